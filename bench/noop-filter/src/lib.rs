@@ -1,0 +1,1 @@
+//! TODO(owner: e2e/bench helper)

@@ -1,0 +1,1 @@
+//! TODO(owner): see docs/core-api.md

@@ -1,0 +1,34 @@
+//! tollgate-core: the pure logic shared by the Envoy filter (`plugin/`) and the counter service
+//! (`counter/`).
+//!
+//! Everything here is plain data in, plain data out: no proxy-wasm, no tokio, no clock, no I/O.
+//! That keeps the hot path testable natively (unit and property tests) and lets the same code run
+//! inside a wasm VM in Envoy and in a native service.
+//!
+//! # Layout
+//! - [`protocol`]: the JSON wire types between gateways and `tollgate-counter` (principal, scope
+//!   keys, leases, usage records). Both sides compile against this one definition.
+//! - [`money`]: integer money (micro-dollars) and prices (pico-dollars per token).
+//! - [`config`]: the filter's configuration, in two phases: raw serde input, then a validated,
+//!   compiled form built once per VM.
+//! - [`dialect`]: which LLM API a request speaks, recognised by its path.
+//! - [`json`]: a validating scanner for top-level JSON object members and the byte-exact splice
+//!   used to rewrite the model without re-serializing the body.
+//! - [`attribution`]: who is calling: the principal from trusted headers, virtual keys, body metadata.
+//! - [`routing`]: the ordered routing table: match, then set model / set route header / deny.
+//! - [`errors`]: error bodies in each dialect's own JSON shape.
+//! - [`usage`]: incremental usage scanning of JSON and SSE responses, split-point independent.
+//! - [`pricing`]: the price table (LiteLLM format + overrides) and integer cost arithmetic.
+//! - [`estimate`]: token estimates for the request's worst case and for streams cut short.
+
+pub mod attribution;
+pub mod config;
+pub mod dialect;
+pub mod errors;
+pub mod estimate;
+pub mod json;
+pub mod money;
+pub mod pricing;
+pub mod protocol;
+pub mod routing;
+pub mod usage;

