@@ -1,0 +1,386 @@
+//! The in-memory book: budgets, spend per day bucket, lease slices and exemptions, with the lease
+//! and charging rules. Pure — no I/O, no clock — so the rules are tested here once and any backend
+//! that keeps its hot state in process (the SQLite store does) can reuse them.
+//!
+//! Why in memory: a lease call must answer in microseconds and see every acknowledged charge. The
+//! durable copy of spend lives in the store's own tables and is loaded back at start-up.
+
+use crate::budget::{assess, Budget, Exemption};
+use crate::store::BudgetState;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tollgate_core::money::Micros;
+use tollgate_core::protocol::{BudgetLease, BudgetMode, LeaseRequest, LeaseResponse, Principal, Tokens};
+
+/// Scope key → the budgets on it. Rebuilt (rarely) when budgets change, shared by `Arc` so the
+/// ingest path can match records without holding the book's lock.
+pub type ScopeIndex = HashMap<String, Vec<Arc<Budget>>>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub micros: Micros,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    micros: Micros,
+    expires_at_ms: i64,
+}
+
+/// Charges accumulated over one or more batches before they are applied together.
+#[derive(Debug, Default)]
+pub struct Charges {
+    /// (budget id, day bucket) → amount to add.
+    pub spend: HashMap<(String, i64), Spend>,
+    /// (gateway id, budget id) → amount to take off that slice.
+    pub slices: HashMap<(String, String), Micros>,
+}
+
+impl Charges {
+    /// Adds one new record's cost to every budget on its principal's chain.
+    pub fn charge(&mut self, index: &ScopeIndex, gateway_id: &str, principal: &Principal, cost: Micros, tokens: &Tokens, now_ms: i64) {
+        for key in principal.scope_keys() {
+            let Some(budgets) = index.get(&key) else { continue };
+            for budget in budgets {
+                let bucket = budget.span(now_ms).bucket;
+                let s = self.spend.entry((budget.id.clone(), bucket)).or_default();
+                s.micros = s.micros.saturating_add(cost);
+                s.tokens = s.tokens.saturating_add(tokens.total());
+                if cost > 0 {
+                    let slice = self.slices.entry((gateway_id.to_owned(), budget.id.clone())).or_default();
+                    *slice = slice.saturating_add(cost);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spend.is_empty() && self.slices.is_empty()
+    }
+}
+
+/// The hot state of every budget.
+#[derive(Debug)]
+pub struct Book {
+    budgets: BTreeMap<String, Arc<Budget>>,
+    index: Arc<ScopeIndex>,
+    spend: HashMap<String, BTreeMap<i64, Spend>>,
+    /// budget id → gateway id → slice.
+    leases: HashMap<String, HashMap<String, Slice>>,
+    exemptions: Vec<Exemption>,
+    lease_ttl_ms: i64,
+}
+
+impl Book {
+    pub fn new(lease_ttl_ms: i64) -> Book {
+        Book {
+            budgets: BTreeMap::new(),
+            index: Arc::default(),
+            spend: HashMap::new(),
+            leases: HashMap::new(),
+            exemptions: Vec::new(),
+            lease_ttl_ms,
+        }
+    }
+
+    pub fn budget(&self, id: &str) -> Option<&Arc<Budget>> {
+        self.budgets.get(id)
+    }
+
+    pub fn index(&self) -> Arc<ScopeIndex> {
+        Arc::clone(&self.index)
+    }
+
+    /// Adds or replaces a budget. Its spend counters stay (day buckets are window-independent).
+    pub fn put_budget(&mut self, budget: Budget) {
+        self.budgets.insert(budget.id.clone(), Arc::new(budget));
+        self.rebuild_index();
+    }
+
+    /// Removes a budget with its spend and leases.
+    pub fn remove_budget(&mut self, id: &str) -> Option<Arc<Budget>> {
+        let removed = self.budgets.remove(id)?;
+        self.spend.remove(id);
+        self.leases.remove(id);
+        self.rebuild_index();
+        Some(removed)
+    }
+
+    fn rebuild_index(&mut self) {
+        let mut index = ScopeIndex::new();
+        for budget in self.budgets.values() {
+            index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
+        }
+        self.index = Arc::new(index);
+    }
+
+    /// Restores a spend bucket at start-up.
+    pub fn load_spend(&mut self, budget_id: &str, bucket: i64, spend: Spend) {
+        self.spend.entry(budget_id.to_owned()).or_default().insert(bucket, spend);
+    }
+
+    pub fn put_exemption(&mut self, exemption: Exemption) {
+        match self.exemptions.iter_mut().find(|e| e.id == exemption.id) {
+            Some(slot) => *slot = exemption,
+            None => self.exemptions.push(exemption),
+        }
+    }
+
+    pub fn exemptions(&self) -> &[Exemption] {
+        &self.exemptions
+    }
+
+    /// Applies committed charges: spend grows, the reporting gateway's slices shrink (not below 0).
+    pub fn apply(&mut self, charges: &Charges) {
+        for ((budget_id, bucket), add) in &charges.spend {
+            if !self.budgets.contains_key(budget_id) {
+                continue;
+            }
+            let s = self.spend.entry(budget_id.clone()).or_default().entry(*bucket).or_default();
+            s.micros = s.micros.saturating_add(add.micros);
+            s.tokens = s.tokens.saturating_add(add.tokens);
+        }
+        for ((gateway_id, budget_id), used) in &charges.slices {
+            if let Some(slice) = self.leases.get_mut(budget_id).and_then(|g| g.get_mut(gateway_id)) {
+                slice.micros = slice.micros.saturating_sub(*used).max(0);
+            }
+        }
+    }
+
+    fn window_spend(&self, budget: &Budget, now_ms: i64) -> (Spend, crate::window::WindowSpan) {
+        let span = budget.span(now_ms);
+        let mut total = Spend::default();
+        if let Some(buckets) = self.spend.get(&budget.id) {
+            for s in buckets.range(span.from..).map(|(_, s)| s) {
+                total.micros = total.micros.saturating_add(s.micros);
+                total.tokens = total.tokens.saturating_add(s.tokens);
+            }
+        }
+        (total, span)
+    }
+
+    fn exempt_micros(&self, scope: &str, now_ms: i64) -> Micros {
+        self.exemptions
+            .iter()
+            .filter(|e| e.scope == scope && e.active_at(now_ms))
+            .fold(0, |sum: Micros, e| sum.saturating_add(e.amount_micros))
+    }
+
+    fn live_slices(&self, budget_id: &str, now_ms: i64) -> impl Iterator<Item = (&String, Micros)> {
+        self.leases
+            .get(budget_id)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, s)| s.expires_at_ms > now_ms)
+            .map(|(g, s)| (g, s.micros))
+    }
+
+    /// One budget's figures now.
+    pub fn state(&self, budget: &Budget, now_ms: i64) -> BudgetState {
+        let (spent, span) = self.window_spend(budget, now_ms);
+        let exempt = self.exempt_micros(&budget.scope, now_ms);
+        let a = assess(budget, spent.micros, spent.tokens, exempt);
+        BudgetState {
+            budget: budget.to_spec(),
+            spent_micros: spent.micros,
+            tokens_used: spent.tokens,
+            exemption_micros: exempt,
+            effective_limit_micros: a.effective_limit_micros,
+            hard_limit_micros: a.hard_limit_micros,
+            leased_micros: self.live_slices(&budget.id, now_ms).fold(0, |s: Micros, (_, m)| s.saturating_add(m)),
+            status: a.status,
+            window_start: span.from,
+            resets_at: span.resets_at,
+        }
+    }
+
+    pub fn states(&self, now_ms: i64) -> Vec<BudgetState> {
+        self.budgets.values().map(|b| self.state(b, now_ms)).collect()
+    }
+
+    /// Grants or tops up `request.gateway_id`'s slice on every budget of `request.scopes`.
+    ///
+    /// Enforce: slice = clamp(want, 0, hard − spent − other gateways' live slices). Observe: slice =
+    /// want. The caller holds the book's lock for the whole call, which is what makes concurrent
+    /// grants unable to over-commit a budget.
+    pub fn grant(&mut self, request: &LeaseRequest, now_ms: i64) -> LeaseResponse {
+        let expires_at_ms = now_ms.saturating_add(self.lease_ttl_ms);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for scope in &request.scopes {
+            let Some(budgets) = self.index.get(scope).cloned() else { continue };
+            for budget in budgets {
+                if !seen.insert(budget.id.clone()) {
+                    continue;
+                }
+                let (spent, span) = self.window_spend(&budget, now_ms);
+                let exempt = self.exempt_micros(&budget.scope, now_ms);
+                let a = assess(&budget, spent.micros, spent.tokens, exempt);
+                let others = self
+                    .live_slices(&budget.id, now_ms)
+                    .filter(|(g, _)| **g != request.gateway_id)
+                    .fold(0, |s: Micros, (_, m)| s.saturating_add(m));
+                let tokens_exhausted = budget.token_limit.is_some_and(|t| spent.tokens >= t);
+                let granted = match budget.mode {
+                    BudgetMode::Observe => request.want_micros.max(0),
+                    BudgetMode::Enforce if tokens_exhausted => 0,
+                    BudgetMode::Enforce => {
+                        let headroom = a.hard_limit_micros.saturating_sub(spent.micros).saturating_sub(others);
+                        request.want_micros.min(headroom).max(0)
+                    }
+                };
+                let gateways = self.leases.entry(budget.id.clone()).or_default();
+                gateways.retain(|_, s| s.expires_at_ms > now_ms);
+                gateways.insert(request.gateway_id.clone(), Slice { micros: granted, expires_at_ms });
+                out.push(BudgetLease {
+                    budget_id: budget.id.clone(),
+                    scope: budget.scope.clone(),
+                    mode: budget.mode,
+                    granted_micros: granted,
+                    spent_micros: spent.micros,
+                    limit_micros: a.effective_limit_micros,
+                    hard_limit_micros: a.hard_limit_micros,
+                    soft_threshold_pct: budget.soft_thresholds_pct.first().copied().unwrap_or(100),
+                    status: a.status,
+                    resets_at: span.resets_at,
+                    lease_expires_at_ms: expires_at_ms,
+                });
+            }
+        }
+        LeaseResponse { budgets: out }
+    }
+
+    /// Drops spend buckets that no window can reach any more (older than 367 days).
+    pub fn prune(&mut self, now_ms: i64) {
+        let horizon = now_ms / 1000 - 367 * crate::window::DAY_SECS;
+        for buckets in self.spend.values_mut() {
+            // Bucket 0 belongs to `none` windows and is kept.
+            buckets.retain(|b, _| *b == 0 || *b >= horizon);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::BudgetSpec;
+    use tollgate_core::protocol::BudgetStatus;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn budget(json: &str) -> Budget {
+        Budget::from_spec(serde_json::from_str::<BudgetSpec>(json).unwrap()).unwrap()
+    }
+
+    fn book_with(budgets: &[&str]) -> Book {
+        let mut book = Book::new(30_000);
+        for b in budgets {
+            book.put_budget(budget(b));
+        }
+        book
+    }
+
+    fn lease(gateway: &str, scopes: &[&str], want: Micros) -> LeaseRequest {
+        LeaseRequest { gateway_id: gateway.into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), want_micros: want }
+    }
+
+    fn charge(book: &mut Book, gateway: &str, team: &str, cost: Micros, now_ms: i64) {
+        let mut c = Charges::default();
+        let p = Principal { team: Some(team.into()), ..Default::default() };
+        c.charge(&book.index(), gateway, &p, cost, &Tokens { input: 10, ..Default::default() }, now_ms);
+        book.apply(&c);
+    }
+
+    const TEAM: &str = r#"{"id":"t","scope":"team:a","limit":"0.000100","window":"day"}"#;
+
+    #[test]
+    fn slices_of_all_gateways_never_exceed_headroom() {
+        let mut book = book_with(&[TEAM]);
+        assert_eq!(book.grant(&lease("g1", &["team:a"], 60), 0).budgets[0].granted_micros, 60);
+        assert_eq!(book.grant(&lease("g2", &["team:a"], 60), 0).budgets[0].granted_micros, 40, "capped by g1's slice");
+        assert_eq!(book.grant(&lease("g1", &["team:a"], 80), 0).budgets[0].granted_micros, 60, "top-up capped too");
+        let state = book.state(book.budget("t").unwrap(), 0);
+        assert_eq!(state.leased_micros, 100);
+    }
+
+    #[test]
+    fn usage_moves_cost_from_the_slice_to_spend() {
+        let mut book = book_with(&[TEAM]);
+        book.grant(&lease("g1", &["team:a"], 50), 0);
+        charge(&mut book, "g1", "a", 30, 0);
+        let state = book.state(book.budget("t").unwrap(), 0);
+        assert_eq!((state.spent_micros, state.leased_micros, state.tokens_used), (30, 20, 10));
+        charge(&mut book, "g1", "a", 30, 0);
+        assert_eq!(book.state(book.budget("t").unwrap(), 0).leased_micros, 0, "saturates at 0");
+        let l = book.grant(&lease("g2", &["team:a"], 100), 0);
+        assert_eq!((l.budgets[0].granted_micros, l.budgets[0].status), (40, BudgetStatus::Ok), "60% spent");
+        charge(&mut book, "g2", "a", 25, 0);
+        assert_eq!(book.grant(&lease("g2", &["team:a"], 100), 0).budgets[0].status, BudgetStatus::Soft, "85% spent");
+    }
+
+    #[test]
+    fn expired_slices_return_to_headroom() {
+        let mut book = book_with(&[TEAM]);
+        book.grant(&lease("g1", &["team:a"], 100), 0);
+        assert_eq!(book.grant(&lease("g2", &["team:a"], 100), 29_999).budgets[0].granted_micros, 0);
+        assert_eq!(book.grant(&lease("g2", &["team:a"], 100), 30_000).budgets[0].granted_micros, 100);
+    }
+
+    #[test]
+    fn spend_resets_with_the_window() {
+        let mut book = book_with(&[TEAM]);
+        charge(&mut book, "g1", "a", 100, 0);
+        let l = book.grant(&lease("g1", &["team:a"], 10), DAY_MS - 1);
+        assert_eq!((l.budgets[0].granted_micros, l.budgets[0].status, l.budgets[0].resets_at), (0, BudgetStatus::Hard, Some(86_400)));
+        let l = book.grant(&lease("g1", &["team:a"], 10), DAY_MS);
+        assert_eq!((l.budgets[0].granted_micros, l.budgets[0].spent_micros), (10, 0));
+    }
+
+    #[test]
+    fn observe_budgets_grant_what_is_asked_and_still_report() {
+        let mut book = book_with(&[r#"{"id":"o","scope":"team:a","limit":"0.000100","window":"none","mode":"observe"}"#]);
+        charge(&mut book, "g1", "a", 150, 0);
+        let l = book.grant(&lease("g1", &["team:a"], 500), 0);
+        assert_eq!((l.budgets[0].granted_micros, l.budgets[0].status, l.budgets[0].resets_at), (500, BudgetStatus::Hard, None));
+    }
+
+    #[test]
+    fn exemptions_add_headroom_while_active() {
+        let mut book = book_with(&[TEAM]);
+        charge(&mut book, "g1", "a", 100, 0);
+        book.put_exemption(Exemption {
+            id: 1,
+            scope: "team:a".into(),
+            amount_micros: 50,
+            starts_at_ms: 1_000,
+            ends_at_ms: 2_000,
+            reason: "launch".into(),
+            approver: "cfo".into(),
+            created_by: "alice".into(),
+            created_at_ms: 0,
+            revoked_at_ms: None,
+        });
+        assert_eq!(book.grant(&lease("g1", &["team:a"], 80), 999).budgets[0].granted_micros, 0);
+        assert_eq!(book.grant(&lease("g1", &["team:a"], 80), 1_000).budgets[0].granted_micros, 50);
+        assert_eq!(book.grant(&lease("g1", &["team:a"], 80), 2_000).budgets[0].granted_micros, 0, "expired by itself");
+    }
+
+    #[test]
+    fn every_budget_on_the_chain_is_charged_once() {
+        let mut book = book_with(&[
+            TEAM,
+            r#"{"id":"u","scope":"user:bob","limit":"1","window":"month"}"#,
+            r#"{"id":"w","scope":"workflow:a/ci","limit":"1","window":"week"}"#,
+            r#"{"id":"other","scope":"team:b","limit":"1","window":"day"}"#,
+        ]);
+        let mut c = Charges::default();
+        let p = Principal { team: Some("a".into()), user: Some("bob".into()), use_case: Some("ci".into()), ..Default::default() };
+        c.charge(&book.index(), "g1", &p, 7, &Tokens::default(), 0);
+        book.apply(&c);
+        let spent: Vec<(String, Micros)> = book.states(0).into_iter().map(|s| (s.budget.id, s.spent_micros)).collect();
+        assert_eq!(spent, [("other".into(), 0), ("t".into(), 7), ("u".into(), 7), ("w".into(), 7)]);
+        let l = book.grant(&lease("g1", &["team:a", "team:a", "user:bob", "org:none"], 1), 0);
+        assert_eq!(l.budgets.iter().map(|b| b.budget_id.as_str()).collect::<Vec<_>>(), ["t", "u"]);
+    }
+}

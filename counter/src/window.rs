@@ -1,0 +1,293 @@
+//! Budget windows and the calendar arithmetic behind them.
+//!
+//! Supported windows: calendar `day`, `week` (ISO, Monday first) and `month`, in UTC or a fixed UTC
+//! offset such as `+02:00`; `rolling:N` (the last N local days, today included); and `none` (spend
+//! accumulates until an admin raises the limit). There is no IANA time-zone table: a zone with
+//! daylight saving time is configured as its standard offset and its windows turn over an hour off
+//! in summer. That is stated in docs/counter.md rather than hidden.
+//!
+//! Spend is kept in **day buckets** (the unix second at which the budget's local day starts), or a
+//! single bucket `0` for `none`. A window is then "the buckets at or after its start", so switching
+//! a budget from `day` to `month` keeps the days already counted this month.
+
+use std::fmt;
+
+pub const DAY_SECS: i64 = 86_400;
+
+/// How a budget's spend resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Day,
+    Week,
+    Month,
+    /// The last `days` local days including today.
+    Rolling { days: u32 },
+    /// Never resets.
+    None,
+}
+
+impl Window {
+    /// Parses `day`, `week`, `month`, `none` or `rolling:N` (1 ≤ N ≤ 366).
+    pub fn parse(text: &str) -> Result<Window, String> {
+        match text {
+            "day" => Ok(Window::Day),
+            "week" => Ok(Window::Week),
+            "month" => Ok(Window::Month),
+            "none" => Ok(Window::None),
+            other => {
+                let days = other
+                    .strip_prefix("rolling:")
+                    .and_then(|n| n.trim_end_matches('d').parse::<u32>().ok())
+                    .filter(|n| (1..=366).contains(n));
+                match days {
+                    Some(days) => Ok(Window::Rolling { days }),
+                    None => Err(format!(
+                        "`{other}` is not a window; use day, week, month, none or rolling:N (N days, 1-366)"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Window::Day => f.write_str("day"),
+            Window::Week => f.write_str("week"),
+            Window::Month => f.write_str("month"),
+            Window::None => f.write_str("none"),
+            Window::Rolling { days } => write!(f, "rolling:{days}"),
+        }
+    }
+}
+
+/// Parses `UTC`, `Z`, `+HH:MM` or `-HH:MM` into minutes east of UTC (at most ±14:00).
+pub fn parse_utc_offset(text: &str) -> Result<i32, String> {
+    let bad = || format!("`{text}` is not a UTC offset; use UTC or +HH:MM / -HH:MM (e.g. +02:00)");
+    if text.eq_ignore_ascii_case("utc") || text == "Z" || text.is_empty() {
+        return Ok(0);
+    }
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let h: i32 = h.parse().map_err(|_| bad())?;
+    let m: i32 = m.parse().map_err(|_| bad())?;
+    if m >= 60 || h * 60 + m > 14 * 60 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 60 + m))
+}
+
+/// Formats minutes east of UTC the way [`parse_utc_offset`] reads them.
+pub fn format_utc_offset(minutes: i32) -> String {
+    if minutes == 0 {
+        return "UTC".into();
+    }
+    let sign = if minutes < 0 { '-' } else { '+' };
+    let m = minutes.abs();
+    format!("{sign}{:02}:{:02}", m / 60, m % 60)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Hinnant's days-from-civil).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(month) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number (inverse of [`days_from_civil`]).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `YYYY-MM-DD` of a unix time in UTC.
+pub fn utc_date(unix_secs: i64) -> String {
+    let (y, m, d) = civil_from_days(unix_secs.div_euclid(DAY_SECS));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses a point in time for the admin API and CLI: `YYYY-MM-DD` (midnight UTC),
+/// `YYYY-MM-DDTHH:MM:SSZ` (or with a `±HH:MM` offset), or plain unix milliseconds.
+/// Returns unix milliseconds.
+pub fn parse_time_ms(text: &str) -> Result<i64, String> {
+    let bad = || format!("`{text}` is not a time; use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or unix milliseconds");
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    let (date, rest) = text.split_at(text.len().min(10));
+    let mut parts = date.split('-');
+    let (Some(y), Some(m), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(bad());
+    }
+    let y: i64 = y.parse().map_err(|_| bad())?;
+    let m: u32 = m.parse().map_err(|_| bad())?;
+    let d: u32 = d.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return Err(bad());
+    }
+    let mut secs = days_from_civil(y, m, d) * DAY_SECS;
+    if !rest.is_empty() {
+        let rest = rest.strip_prefix('T').or_else(|| rest.strip_prefix(' ')).ok_or_else(bad)?;
+        if rest.len() < 8 {
+            return Err(bad());
+        }
+        let (hms, zone) = rest.split_at(8);
+        let f: Vec<&str> = hms.split(':').collect();
+        if f.len() != 3 || f.iter().any(|p| p.len() != 2) {
+            return Err(bad());
+        }
+        let h: i64 = f[0].parse().map_err(|_| bad())?;
+        let mi: i64 = f[1].parse().map_err(|_| bad())?;
+        let s: i64 = f[2].parse().map_err(|_| bad())?;
+        if h > 23 || mi > 59 || s > 59 {
+            return Err(bad());
+        }
+        let offset = if zone.is_empty() { 0 } else { parse_utc_offset(zone).map_err(|_| bad())? };
+        secs += h * 3600 + mi * 60 + s - i64::from(offset) * 60;
+    }
+    Ok(secs * 1000)
+}
+
+/// Formats unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_time_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let tod = secs.rem_euclid(DAY_SECS);
+    format!("{}T{:02}:{:02}:{:02}Z", utc_date(secs), tod / 3600, tod / 60 % 60, tod % 60)
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    let next = if month == 12 { days_from_civil(year + 1, 1, 1) } else { days_from_civil(year, month + 1, 1) };
+    (next - days_from_civil(year, month, 1)) as u32
+}
+
+/// Where a budget stands in time: which bucket a charge made now lands in, which buckets count,
+/// and when the window next resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpan {
+    /// Bucket a charge made now is added to.
+    pub bucket: i64,
+    /// Buckets `>= from` are in the current window.
+    pub from: i64,
+    /// Unix seconds of the next reset; `None` for `Window::None`.
+    pub resets_at: Option<i64>,
+}
+
+/// Computes the [`WindowSpan`] of `window` at `now_ms`, with local days starting at midnight in the
+/// fixed offset `offset_minutes`.
+pub fn span(window: Window, offset_minutes: i32, now_ms: i64) -> WindowSpan {
+    if window == Window::None {
+        return WindowSpan { bucket: 0, from: 0, resets_at: None };
+    }
+    let offset = i64::from(offset_minutes) * 60;
+    let local_day = (now_ms.div_euclid(1000) + offset).div_euclid(DAY_SECS);
+    let day_start = |day: i64| day * DAY_SECS - offset;
+    let (first_day, next_day) = match window {
+        Window::Day => (local_day, local_day + 1),
+        Window::Week => {
+            // 1970-01-01 was a Thursday; ISO weeks start on Monday.
+            let monday = local_day - (local_day + 3).rem_euclid(7);
+            (monday, monday + 7)
+        }
+        Window::Month => {
+            let (y, m, _) = civil_from_days(local_day);
+            let next = if m == 12 { days_from_civil(y + 1, 1, 1) } else { days_from_civil(y, m + 1, 1) };
+            (days_from_civil(y, m, 1), next)
+        }
+        Window::Rolling { days } => (local_day - i64::from(days) + 1, local_day + 1),
+        Window::None => unreachable!("handled above"),
+    };
+    WindowSpan { bucket: day_start(local_day), from: day_start(first_day), resets_at: Some(day_start(next_day)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> i64 {
+        parse_time_ms(text).unwrap()
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (2026, 11, 23), (1969, 12, 31)] {
+            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28), 2, "2000 is a leap year");
+    }
+
+    #[test]
+    fn times_parse_in_every_accepted_form() {
+        assert_eq!(at("1970-01-02"), 86_400_000);
+        assert_eq!(at("1970-01-01T01:00:00Z"), 3_600_000);
+        assert_eq!(at("1970-01-01T03:00:00+02:00"), 3_600_000);
+        assert_eq!(at("12345"), 12_345);
+        for bad in ["2026-13-01", "2026-02-30", "yesterday", "2026-1-1", "2026-01-01T25:00:00Z"] {
+            assert!(parse_time_ms(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_time_ms(at("2026-11-23T13:30:05Z")), "2026-11-23T13:30:05Z");
+    }
+
+    #[test]
+    fn windows_parse_and_display() {
+        for text in ["day", "week", "month", "none", "rolling:7"] {
+            assert_eq!(Window::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(Window::parse("rolling:30d"), Ok(Window::Rolling { days: 30 }));
+        assert!(Window::parse("rolling:0").is_err());
+        assert!(Window::parse("fortnight").is_err());
+    }
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!(parse_utc_offset("UTC"), Ok(0));
+        assert_eq!(parse_utc_offset("+02:00"), Ok(120));
+        assert_eq!(parse_utc_offset("-05:30"), Ok(-330));
+        assert!(parse_utc_offset("Europe/Paris").is_err());
+        assert!(parse_utc_offset("+15:00").is_err());
+        assert_eq!(format_utc_offset(-330), "-05:30");
+    }
+
+    #[test]
+    fn calendar_windows_start_and_reset_on_local_boundaries() {
+        let now = at("2026-11-25T10:00:00Z"); // a Wednesday
+        let check = |w: Window, off: i32, from: &str, resets: &str| {
+            let s = span(w, off, now);
+            assert_eq!(s.from, at(from) / 1000, "{w} {off} from");
+            assert_eq!(s.resets_at, Some(at(resets) / 1000), "{w} {off} resets");
+        };
+        check(Window::Day, 0, "2026-11-25", "2026-11-26");
+        check(Window::Week, 0, "2026-11-23", "2026-11-30");
+        check(Window::Month, 0, "2026-11-01", "2026-12-01");
+        check(Window::Month, 120, "2026-11-01T00:00:00+02:00", "2026-12-01T00:00:00+02:00");
+        check(Window::Day, -600, "2026-11-25T00:00:00-10:00", "2026-11-26T00:00:00-10:00");
+        check(Window::Rolling { days: 7 }, 0, "2026-11-19", "2026-11-26");
+        let dec = span(Window::Month, 0, at("2026-12-31T23:59:59Z"));
+        assert_eq!(dec.resets_at, Some(at("2027-01-01") / 1000));
+        assert_eq!(span(Window::None, 0, now), WindowSpan { bucket: 0, from: 0, resets_at: None });
+    }
+}
