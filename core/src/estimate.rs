@@ -1,1 +1,142 @@
-//! TODO(owner): see docs/core-api.md
+//! Token estimates for the two moments the filter has no usage report to go on.
+//!
+//! - **Before the request** (reservations): the worst case. [`input_tokens_upper_bound`] bounds the
+//!   prompt by its body size, and [`worst_case_cost`] prices that bound plus the most output the
+//!   request may produce, so a reservation is never smaller than what the request can cost.
+//! - **After a cut stream** (the client or upstream hung up before usage arrived):
+//!   [`estimate_from_stream`] gives a realistic figure from the prompt and the content that was
+//!   streamed. The caller flags such records `estimated`.
+//!
+//! # Why one token per byte is an upper bound
+//! The tokenizers behind these APIs (OpenAI's and Anthropic's byte-level BPE, Gemini's
+//! SentencePiece with byte fallback) never produce a token covering less than one byte of text, so
+//! a text of `n` UTF-8 bytes is at most `n` tokens. The request body is the text plus JSON syntax
+//! (quotes, keys, escapes such as `\u4e2d` for three UTF-8 bytes), so its length bounds the text's
+//! length. The chat template's few tokens per message are paid for many times over by the JSON
+//! around each message (`{"role":"user","content":""}` alone is 28 bytes). Not covered: media
+//! referenced by URL or file id (an image URL of 100 bytes can cost a thousand tokens); base64
+//! media inline is covered (its bytes far exceed its tokens). The bound is also capped by the
+//! model's context window when the price table knows it, since the upstream refuses longer prompts.
+//!
+//! The divisor is configurable (`pricing.estimate.reserve_bytes_per_token`, default 1) for
+//! operators who accept a tighter, no longer guaranteed, reservation.
+//!
+//! # Why four bytes per token for cut streams
+//! English text and code average about four bytes per token with these tokenizers; a cut stream is
+//! charged for what was plausibly produced, not the worst case (`stream_bytes_per_token`, default 4).
+//! Both counts round up.
+
+use crate::money::{self, Micros};
+use crate::pricing::{ModelPrice, LONG_CONTEXT_THRESHOLD};
+use crate::protocol::Tokens;
+use serde::Deserialize;
+
+/// Bytes per token assumed for the reservation's upper bound (see the module docs).
+pub const DEFAULT_RESERVE_BYTES_PER_TOKEN: u32 = 1;
+/// Bytes per token assumed when estimating a cut stream.
+pub const DEFAULT_STREAM_BYTES_PER_TOKEN: u32 = 4;
+/// Output tokens reserved when neither the request nor the price table gives a maximum.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 16_384;
+
+/// Estimate settings, `pricing.estimate` in the filter config. Every field is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateConfig {
+    /// Divisor for the reservation's prompt bound; 1 is a true upper bound for text.
+    #[serde(default = "default_reserve")]
+    pub reserve_bytes_per_token: u32,
+    /// Divisor used to estimate a cut stream's prompt and output.
+    #[serde(default = "default_stream")]
+    pub stream_bytes_per_token: u32,
+    /// Output tokens reserved when the request sets no maximum and the model's is unknown.
+    #[serde(default = "default_max_output")]
+    pub default_max_output_tokens: u64,
+}
+
+fn default_reserve() -> u32 {
+    DEFAULT_RESERVE_BYTES_PER_TOKEN
+}
+fn default_stream() -> u32 {
+    DEFAULT_STREAM_BYTES_PER_TOKEN
+}
+fn default_max_output() -> u64 {
+    DEFAULT_MAX_OUTPUT_TOKENS
+}
+
+impl Default for EstimateConfig {
+    fn default() -> EstimateConfig {
+        EstimateConfig {
+            reserve_bytes_per_token: DEFAULT_RESERVE_BYTES_PER_TOKEN,
+            stream_bytes_per_token: DEFAULT_STREAM_BYTES_PER_TOKEN,
+            default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+        }
+    }
+}
+
+impl EstimateConfig {
+    /// Checks the settings; the error names the field (relative to `pricing.estimate`).
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.reserve_bytes_per_token == 0 {
+            return Err(("reserve_bytes_per_token", "must be at least 1 (1 is the safe upper bound)"));
+        }
+        if self.stream_bytes_per_token == 0 {
+            return Err(("stream_bytes_per_token", "must be at least 1 (4 is typical)"));
+        }
+        Ok(())
+    }
+
+    /// The most prompt tokens a body of `body_len` bytes can hold, with this config's divisor.
+    pub fn input_tokens_upper_bound(&self, body_len: u64) -> u64 {
+        body_len.div_ceil(u64::from(self.reserve_bytes_per_token.max(1)))
+    }
+
+    /// A realistic token count for a stream cut before its usage report.
+    pub fn estimate_from_stream(&self, prompt_bytes: u64, streamed_content_bytes: u64) -> Tokens {
+        let per_token = u64::from(self.stream_bytes_per_token.max(1));
+        Tokens {
+            input: prompt_bytes.div_ceil(per_token),
+            output: streamed_content_bytes.div_ceil(per_token),
+            ..Tokens::default()
+        }
+    }
+
+    /// The output tokens to reserve: the request's own maximum (capped by the model's, since the
+    /// upstream cannot produce more), else the model's maximum, else `default_max_output_tokens`.
+    pub fn max_output_tokens(&self, requested: Option<u64>, price: Option<&ModelPrice>) -> u64 {
+        let model_max = price.and_then(|p| p.max_output_tokens);
+        match (requested, model_max) {
+            (Some(r), Some(m)) => r.min(m),
+            (Some(r), None) => r,
+            (None, Some(m)) => m,
+            (None, None) => self.default_max_output_tokens,
+        }
+    }
+}
+
+/// The most prompt tokens a request body of `body_len` bytes can hold: one per byte.
+pub fn input_tokens_upper_bound(body_len: u64) -> u64 {
+    EstimateConfig::default().input_tokens_upper_bound(body_len)
+}
+
+/// A realistic estimate for a stream cut short: about four bytes per token for the prompt body and
+/// for the content streamed so far. The caller flags the record `estimated`.
+pub fn estimate_from_stream(prompt_bytes: u64, streamed_content_bytes: u64) -> Tokens {
+    EstimateConfig::default().estimate_from_stream(prompt_bytes, streamed_content_bytes)
+}
+
+/// The most a request can cost: `input_upper_bound` prompt tokens (capped by the model's context
+/// window when known) and `max_output_tokens` output tokens, at the long-context tier when the
+/// prompt bound exceeds 200k tokens. Every prompt token is priced at the dearest of the input,
+/// cache-read and cache-write prices, because the request may write its whole prompt to a cache.
+pub fn worst_case_cost(price: &ModelPrice, input_upper_bound: u64, max_output_tokens: u64) -> Micros {
+    let input = match price.max_input_tokens {
+        Some(window) => input_upper_bound.min(window),
+        None => input_upper_bound,
+    };
+    let tier = if input > LONG_CONTEXT_THRESHOLD { price.above_200k.unwrap_or(price.base) } else { price.base };
+    let prompt_price = tier.input.max(tier.cache_read).max(tier.cache_write);
+    let picos = u128::from(input)
+        .saturating_mul(u128::from(prompt_price))
+        .saturating_add(u128::from(max_output_tokens).saturating_mul(u128::from(tier.output)));
+    money::picos_to_micros_ceil(picos)
+}

@@ -1,1 +1,775 @@
-//! TODO(owner): see docs/core-api.md
+//! The price table and integer cost arithmetic.
+//!
+//! Prices come from LiteLLM's `model_prices_and_context_window.json` format (the repo bundles a
+//! filtered copy, `core/prices/model_prices.json`, refreshed by `scripts/refresh-prices.sh`), then
+//! the filter config's `pricing` section adds or replaces models, aliases names, and says what to do
+//! with a model nobody priced. docs/metering.md is the user-facing description.
+//!
+//! # Exactness
+//! Prices are read from the JSON *number text* (our own small scanner, never `f64`) into
+//! pico-dollars per token ([`PicosPerToken`]). A request's cost is the sum over token kinds of
+//! tokens × price in `u128` pico-dollars, converted to micro-dollars once, rounding up
+//! ([`money::picos_to_micros_ceil`]).
+//!
+//! # Long context
+//! When a request's prompt (input + cache read + cache write) exceeds [`LONG_CONTEXT_THRESHOLD`]
+//! tokens and the model lists `…_above_200k_tokens` prices, every token of the request is priced at
+//! that tier (that is how Anthropic and Google bill it). A kind the tier does not list keeps its
+//! base price.
+//!
+//! # Lookup
+//! A model name is tried, in order: the config's `aliases` (one step), the name as given, the name
+//! without a `models/` or provider prefix (`openai/gpt-4o` → `gpt-4o`), then each of those without an
+//! obvious date or revision suffix (`-2024-08-06`, `-20241022`, `@20241022`, `-002`). Table keys
+//! with a provider prefix (`azure/gpt-4o`, `gemini/gemini-2.5-pro`) are also reachable by their bare
+//! name when no bare entry exists; the preferred provider is chosen by a fixed ranking.
+
+use crate::estimate::EstimateConfig;
+use crate::money::{self, Micros, PicosPerToken};
+use crate::protocol::Tokens;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// A prompt of more than this many tokens is priced at the long-context tier, when the model has one.
+pub const LONG_CONTEXT_THRESHOLD: u64 = 200_000;
+
+/// The bundled LiteLLM-format price file (filtered to the dialects Tollgate speaks).
+pub const BUNDLED_PRICES_JSON: &str = include_str!("../prices/model_prices.json");
+
+/// Per-token prices for one tier, in pico-dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierPrice {
+    pub input: PicosPerToken,
+    pub output: PicosPerToken,
+    pub cache_read: PicosPerToken,
+    pub cache_write: PicosPerToken,
+}
+
+impl TierPrice {
+    /// Tokens × prices, summed exactly in pico-dollars.
+    pub fn cost_picos(&self, tokens: &Tokens) -> u128 {
+        let term = |count: u64, price: PicosPerToken| u128::from(count).saturating_mul(u128::from(price));
+        term(tokens.input, self.input)
+            .saturating_add(term(tokens.output, self.output))
+            .saturating_add(term(tokens.cache_read, self.cache_read))
+            .saturating_add(term(tokens.cache_write, self.cache_write))
+    }
+}
+
+/// One model's prices and limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelPrice {
+    pub base: TierPrice,
+    /// Prices when the prompt exceeds [`LONG_CONTEXT_THRESHOLD`] tokens.
+    pub above_200k: Option<TierPrice>,
+    /// The context window, when known (caps reservation estimates).
+    pub max_input_tokens: Option<u64>,
+    /// The most output the model can produce, when known (the default reservation).
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The prompt tokens that decide the long-context tier: input + cache read + cache write.
+pub fn prompt_tokens(tokens: &Tokens) -> u64 {
+    tokens.input.saturating_add(tokens.cache_read).saturating_add(tokens.cache_write)
+}
+
+impl ModelPrice {
+    /// The tier that prices a request with `prompt_tokens` prompt tokens, and whether it is the
+    /// long-context one.
+    pub fn tier_for(&self, prompt_tokens: u64) -> (TierPrice, bool) {
+        match self.above_200k {
+            Some(long) if prompt_tokens > LONG_CONTEXT_THRESHOLD => (long, true),
+            _ => (self.base, false),
+        }
+    }
+
+    /// The exact cost in pico-dollars, and whether the long-context tier applied.
+    pub fn cost_picos(&self, tokens: &Tokens) -> (u128, bool) {
+        let (tier, long) = self.tier_for(prompt_tokens(tokens));
+        (tier.cost_picos(tokens), long)
+    }
+
+    /// The cost in micro-dollars, rounded up once.
+    pub fn cost_micros(&self, tokens: &Tokens) -> Micros {
+        money::picos_to_micros_ceil(self.cost_picos(tokens).0)
+    }
+}
+
+/// What a request cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub micros: Micros,
+    /// False when the model had no price and the unknown-model policy priced it (default or zero).
+    pub known: bool,
+    /// True when the long-context tier applied.
+    pub long_context: bool,
+}
+
+/// The price the table applies to a model, after the unknown-model policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriceLookup {
+    pub price: ModelPrice,
+    /// False when the model had no price and the policy supplied one (default price or zero).
+    pub known: bool,
+}
+
+/// A model with no price, under the `deny` policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+}
+
+impl fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "model `{}` has no price; add it under pricing.models (or an alias under pricing.aliases), \
+             or set pricing.unknown_model to default_price or zero",
+            self.model
+        )
+    }
+}
+
+impl std::error::Error for UnknownModel {}
+
+/// What to do with a model that has no price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModelPolicy {
+    /// Refuse it ([`PriceTable::price`] and [`PriceTable::cost`] return [`UnknownModel`]).
+    Deny,
+    /// Charge `pricing.default_price`.
+    DefaultPrice,
+    /// Charge nothing; the filter counts it so it shows in the stats.
+    #[default]
+    Zero,
+}
+
+/// A decimal amount written in the config. Strings (`"2.50"`) and whole JSON numbers (`3`) are
+/// accepted; fractional JSON numbers are refused because they would pass through a float.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decimal(pub String);
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+        struct DecimalVisitor;
+        impl Visitor<'_> for DecimalVisitor {
+            type Value = Decimal;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a price as a decimal string, e.g. \"2.50\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
+                match money::parse_decimal_scaled(v, 0) {
+                    Some(_) => Ok(Decimal(v.to_owned())),
+                    None => Err(E::custom(format!("`{v}` is not a non-negative decimal number, e.g. \"2.50\""))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+                Ok(Decimal(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+                u64::try_from(v)
+                    .map(|v| Decimal(v.to_string()))
+                    .map_err(|_| E::custom("a price cannot be negative"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+                Err(E::custom(format!(
+                    "write fractional prices as strings, e.g. \"{v}\" (a JSON number would pass through a float)"
+                )))
+            }
+        }
+        deserializer.deserialize_any(DecimalVisitor)
+    }
+}
+
+/// One model's price in the filter config, in USD per million tokens (how providers list them).
+/// Omitted cache prices default to the input price; omitted long-context prices keep the base price.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    pub input_per_mtok: Decimal,
+    pub output_per_mtok: Decimal,
+    #[serde(default)]
+    pub cache_read_per_mtok: Option<Decimal>,
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<Decimal>,
+    #[serde(default)]
+    pub input_per_mtok_above_200k: Option<Decimal>,
+    #[serde(default)]
+    pub output_per_mtok_above_200k: Option<Decimal>,
+    #[serde(default)]
+    pub cache_read_per_mtok_above_200k: Option<Decimal>,
+    #[serde(default)]
+    pub cache_write_per_mtok_above_200k: Option<Decimal>,
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The filter config's `pricing` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Start from the bundled price table (default true); false prices only `models`.
+    #[serde(default = "yes")]
+    pub bundled: bool,
+    /// What to do with a model that has no price (default `zero`: charge nothing, count it).
+    #[serde(default)]
+    pub unknown_model: UnknownModelPolicy,
+    /// The price for unknown models; required by, and only allowed with, `unknown_model: default_price`.
+    #[serde(default)]
+    pub default_price: Option<PriceOverride>,
+    /// Prices that add to or replace the table's, by exact model name.
+    #[serde(default)]
+    pub models: BTreeMap<String, PriceOverride>,
+    /// Names priced as another model, e.g. an Azure deployment → `gpt-4o`.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    /// Estimate settings.
+    #[serde(default)]
+    pub estimate: EstimateConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for PricingConfig {
+    fn default() -> PricingConfig {
+        PricingConfig {
+            bundled: true,
+            unknown_model: UnknownModelPolicy::default(),
+            default_price: None,
+            models: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            estimate: EstimateConfig::default(),
+        }
+    }
+}
+
+/// A problem in the `pricing` config section. Displays as `pricing.<path>: <problem>`, so the
+/// filter's config error reads `tollgate config: pricing.<path>: <problem>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricingConfigError {
+    /// The field, starting with `pricing.`.
+    pub path: String,
+    pub problem: String,
+}
+
+impl fmt::Display for PricingConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.problem)
+    }
+}
+
+impl std::error::Error for PricingConfigError {}
+
+/// A price file that is not LiteLLM-format JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceFileError {
+    /// Byte offset of the problem.
+    pub offset: usize,
+    pub problem: &'static str,
+}
+
+impl fmt::Display for PriceFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "price table: byte {}: {}", self.offset, self.problem)
+    }
+}
+
+impl std::error::Error for PriceFileError {}
+
+/// Model prices, the unknown-model policy and estimate settings, built once per VM.
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable {
+    entries: HashMap<String, ModelPrice>,
+    aliases: HashMap<String, String>,
+    unknown_model: UnknownModelPolicy,
+    default_price: Option<ModelPrice>,
+    estimate: EstimateConfig,
+    skipped: usize,
+}
+
+impl PriceTable {
+    /// A table with no prices (every model unknown; policy `zero`).
+    pub fn empty() -> PriceTable {
+        PriceTable::default()
+    }
+
+    /// The bundled table (`core/prices/model_prices.json`). A unit test keeps it loadable.
+    pub fn bundled() -> Result<PriceTable, PriceFileError> {
+        PriceTable::from_litellm_json(BUNDLED_PRICES_JSON)
+    }
+
+    /// Loads LiteLLM's `model_prices_and_context_window.json` format. Entries without
+    /// `input_cost_per_token`, with an unreadable price, and `sample_spec` are skipped (see
+    /// [`PriceTable::skipped`]); fields other than prices and token limits are ignored.
+    pub fn from_litellm_json(text: &str) -> Result<PriceTable, PriceFileError> {
+        let raw = litellm::parse(text)?;
+        let mut table = PriceTable::empty();
+        // Bare names reachable through provider-prefixed keys: name → (rank, key, price).
+        let mut stripped: HashMap<String, (u32, String, ModelPrice)> = HashMap::new();
+        for (key, entry) in raw {
+            if key == "sample_spec" {
+                continue;
+            }
+            let Some(price) = entry.to_price() else {
+                table.skipped += 1;
+                continue;
+            };
+            if let Some((prefix, bare)) = key.rsplit_once('/') {
+                let rank = provider_rank(prefix);
+                let better = match stripped.get(bare) {
+                    Some((r, k, _)) => (rank, key.as_str()) < (*r, k.as_str()),
+                    None => true,
+                };
+                if better && !bare.is_empty() {
+                    stripped.insert(bare.to_owned(), (rank, key.clone(), price));
+                }
+            }
+            table.entries.insert(key, price);
+        }
+        for (bare, (_, _, price)) in stripped {
+            table.entries.entry(bare).or_insert(price);
+        }
+        Ok(table)
+    }
+
+    /// Builds the table the filter uses from its `pricing` config section.
+    pub fn from_config(config: &PricingConfig) -> Result<PriceTable, PricingConfigError> {
+        let mut table = if config.bundled {
+            PriceTable::bundled().map_err(|e| PricingConfigError {
+                path: "pricing.bundled".into(),
+                problem: format!("the bundled {e} (rebuild the filter; set bundled: false to work around)"),
+            })?
+        } else {
+            PriceTable::empty()
+        };
+        config.estimate.validate().map_err(|(field, problem)| PricingConfigError {
+            path: format!("pricing.estimate.{field}"),
+            problem: problem.into(),
+        })?;
+        table.estimate = config.estimate;
+        for (model, over) in &config.models {
+            let price = over.to_price(&format!("pricing.models.{model}"))?;
+            table.entries.insert(model.clone(), price);
+        }
+        table.unknown_model = config.unknown_model;
+        table.default_price = match (&config.default_price, config.unknown_model) {
+            (Some(over), UnknownModelPolicy::DefaultPrice) => Some(over.to_price("pricing.default_price")?),
+            (None, UnknownModelPolicy::DefaultPrice) => {
+                return Err(PricingConfigError {
+                    path: "pricing.default_price".into(),
+                    problem: "required when unknown_model is default_price; give input_per_mtok and output_per_mtok"
+                        .into(),
+                })
+            }
+            (Some(_), _) => {
+                return Err(PricingConfigError {
+                    path: "pricing.default_price".into(),
+                    problem: "only used when unknown_model is default_price; set that or remove default_price".into(),
+                })
+            }
+            (None, _) => None,
+        };
+        for (alias, target) in &config.aliases {
+            if table.lookup(target).is_none() {
+                return Err(PricingConfigError {
+                    path: format!("pricing.aliases.{alias}"),
+                    problem: format!("target model `{target}` has no price; add it under pricing.models"),
+                });
+            }
+            table.aliases.insert(alias.clone(), target.clone());
+        }
+        Ok(table)
+    }
+
+    /// Number of priced entries (including bare names reachable through prefixed keys).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries of the source file that were skipped (no per-token input price, or unreadable).
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    pub fn unknown_model_policy(&self) -> UnknownModelPolicy {
+        self.unknown_model
+    }
+
+    pub fn estimate_config(&self) -> &EstimateConfig {
+        &self.estimate
+    }
+
+    /// The model's price if the table knows it (aliases, prefixes and date suffixes applied; no
+    /// unknown-model policy).
+    pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
+        let model = self.aliases.get(model).map(String::as_str).unwrap_or(model);
+        let lower = model.bytes().any(|b| b.is_ascii_uppercase()).then(|| model.to_ascii_lowercase());
+        let lower = lower.as_deref();
+        let names = [Some(model), lower].into_iter().flatten();
+        let candidates = || names.clone().flat_map(|name| [name, strip_prefix(name)]);
+        let found = candidates()
+            .find_map(|name| self.entries.get(name))
+            .or_else(|| candidates().filter_map(strip_date_suffix).find_map(|name| self.entries.get(name)));
+        found
+    }
+
+    /// The price to apply to `model`, after the unknown-model policy.
+    pub fn price(&self, model: &str) -> Result<PriceLookup, UnknownModel> {
+        if let Some(price) = self.lookup(model) {
+            return Ok(PriceLookup { price: *price, known: true });
+        }
+        match (self.unknown_model, self.default_price) {
+            (UnknownModelPolicy::Deny, _) => Err(UnknownModel { model: model.to_owned() }),
+            (UnknownModelPolicy::DefaultPrice, Some(price)) => Ok(PriceLookup { price, known: false }),
+            _ => Ok(PriceLookup { price: ModelPrice::default(), known: false }),
+        }
+    }
+
+    /// What `tokens` of `model` cost, after the unknown-model policy.
+    pub fn cost(&self, model: &str, tokens: &Tokens) -> Result<Cost, UnknownModel> {
+        let lookup = self.price(model)?;
+        let (picos, long_context) = lookup.price.cost_picos(tokens);
+        Ok(Cost { micros: money::picos_to_micros_ceil(picos), known: lookup.known, long_context })
+    }
+}
+
+/// Preference among provider prefixes when several keys share a bare name (lower wins).
+fn provider_rank(prefix: &str) -> u32 {
+    match prefix {
+        "openai" | "text-completion-openai" => 0,
+        "anthropic" => 1,
+        "gemini" => 2,
+        "vertex_ai" => 3,
+        "azure" => 4,
+        _ => 100,
+    }
+}
+
+/// `models/gemini-2.5-pro` → `gemini-2.5-pro`; `openai/gpt-4o` → `gpt-4o`.
+fn strip_prefix(model: &str) -> &str {
+    model.rsplit_once('/').map(|(_, bare)| bare).filter(|b| !b.is_empty()).unwrap_or(model)
+}
+
+/// `gpt-4o-2024-08-06` → `gpt-4o`, `claude-3-5-sonnet-20241022` → `claude-3-5-sonnet`,
+/// `claude-3-5-sonnet-v2@20241022` → `claude-3-5-sonnet-v2`, `gemini-1.5-flash-002` → `gemini-1.5-flash`.
+fn strip_date_suffix(model: &str) -> Option<&str> {
+    if let Some((base, _)) = model.rsplit_once('@') {
+        return (!base.is_empty()).then_some(base);
+    }
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    // -YYYY-MM-DD
+    let mut parts = model.rsplitn(4, '-');
+    if let (Some(d), Some(m), Some(y), Some(base)) = (parts.next(), parts.next(), parts.next(), parts.next()) {
+        if digits(y, 4) && digits(m, 2) && digits(d, 2) && !base.is_empty() {
+            return Some(base);
+        }
+    }
+    // -YYYYMMDD or -NNN
+    let (base, tail) = model.rsplit_once('-')?;
+    ((digits(tail, 8) || digits(tail, 3)) && !base.is_empty()).then_some(base)
+}
+
+impl PriceOverride {
+    fn to_price(&self, path: &str) -> Result<ModelPrice, PricingConfigError> {
+        let per_mtok = |field: &str, value: &Decimal| -> Result<PicosPerToken, PricingConfigError> {
+            // USD per million tokens × 10^6 = pico-dollars per token.
+            money::parse_decimal_scaled(&value.0, 6)
+                .and_then(|p| PicosPerToken::try_from(p).ok())
+                .ok_or_else(|| PricingConfigError {
+                    path: format!("{path}.{field}"),
+                    problem: format!("`{}` is not a usable price in USD per million tokens, e.g. \"2.50\"", value.0),
+                })
+        };
+        let opt = |field: &str, value: &Option<Decimal>| value.as_ref().map(|v| per_mtok(field, v)).transpose();
+        let input = per_mtok("input_per_mtok", &self.input_per_mtok)?;
+        let base = TierPrice {
+            input,
+            output: per_mtok("output_per_mtok", &self.output_per_mtok)?,
+            cache_read: opt("cache_read_per_mtok", &self.cache_read_per_mtok)?.unwrap_or(input),
+            cache_write: opt("cache_write_per_mtok", &self.cache_write_per_mtok)?.unwrap_or(input),
+        };
+        let long = [
+            opt("input_per_mtok_above_200k", &self.input_per_mtok_above_200k)?,
+            opt("output_per_mtok_above_200k", &self.output_per_mtok_above_200k)?,
+            opt("cache_read_per_mtok_above_200k", &self.cache_read_per_mtok_above_200k)?,
+            opt("cache_write_per_mtok_above_200k", &self.cache_write_per_mtok_above_200k)?,
+        ];
+        Ok(ModelPrice {
+            base,
+            above_200k: long_tier(&base, long),
+            max_input_tokens: self.max_input_tokens,
+            max_output_tokens: self.max_output_tokens,
+        })
+    }
+}
+
+/// The long-context tier from its listed prices (input, output, cache read, cache write); kinds not
+/// listed keep the base price. `None` when no long-context price is listed.
+fn long_tier(base: &TierPrice, [input, output, cache_read, cache_write]: [Option<PicosPerToken>; 4]) -> Option<TierPrice> {
+    if input.is_none() && output.is_none() && cache_read.is_none() && cache_write.is_none() {
+        return None;
+    }
+    Some(TierPrice {
+        input: input.unwrap_or(base.input),
+        output: output.unwrap_or(base.output),
+        cache_read: cache_read.unwrap_or(base.cache_read),
+        cache_write: cache_write.unwrap_or(base.cache_write),
+    })
+}
+
+/// A minimal scanner for LiteLLM's price file: a JSON object of model → object of fields. Keeps
+/// the number *text* of the fields we price with; skips everything else without building values.
+mod litellm {
+    use super::{long_tier, ModelPrice, PriceFileError, TierPrice};
+    use crate::money::{self, PicosPerToken};
+
+    /// Price and limit fields of one entry, as number text.
+    #[derive(Debug, Default)]
+    pub(super) struct RawEntry<'a> {
+        fields: [Option<&'a str>; FIELDS.len()],
+    }
+
+    const FIELDS: [&str; 10] = [
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "cache_read_input_token_cost",
+        "cache_creation_input_token_cost",
+        "input_cost_per_token_above_200k_tokens",
+        "output_cost_per_token_above_200k_tokens",
+        "cache_read_input_token_cost_above_200k_tokens",
+        "cache_creation_input_token_cost_above_200k_tokens",
+        "max_input_tokens",
+        "max_output_tokens",
+    ];
+
+    impl RawEntry<'_> {
+        /// `None` when the entry has no per-token input price or a price does not parse.
+        pub(super) fn to_price(&self) -> Option<ModelPrice> {
+            let [input, output, cache_read, cache_write, input_l, output_l, cache_read_l, cache_write_l, max_in, max_out] =
+                self.fields;
+            let price = |text: Option<&str>| -> Result<Option<PicosPerToken>, ()> {
+                match text {
+                    None => Ok(None),
+                    Some(t) => money::parse_decimal_scaled(t, 12)
+                        .and_then(|p| PicosPerToken::try_from(p).ok())
+                        .map(Some)
+                        .ok_or(()),
+                }
+            };
+            let count = |text: Option<&str>| text.and_then(|t| t.parse::<u64>().ok());
+            let input = price(input).ok()??;
+            let base = TierPrice {
+                input,
+                output: price(output).ok()?.unwrap_or(0),
+                cache_read: price(cache_read).ok()?.unwrap_or(input),
+                cache_write: price(cache_write).ok()?.unwrap_or(input),
+            };
+            let long = [price(input_l).ok()?, price(output_l).ok()?, price(cache_read_l).ok()?, price(cache_write_l).ok()?];
+            Some(ModelPrice {
+                base,
+                above_200k: long_tier(&base, long),
+                max_input_tokens: count(max_in),
+                max_output_tokens: count(max_out),
+            })
+        }
+    }
+
+    const MAX_DEPTH: u32 = 64;
+
+    struct Cursor<'a> {
+        text: &'a str,
+        pos: usize,
+    }
+
+    /// Parses the whole file into (key, entry) pairs in file order.
+    pub(super) fn parse(text: &str) -> Result<Vec<(String, RawEntry<'_>)>, PriceFileError> {
+        let mut c = Cursor { text, pos: 0 };
+        let mut out = Vec::new();
+        c.ws();
+        c.expect(b'{', "expected the file to be a JSON object of models")?;
+        c.ws();
+        if c.eat(b'}') {
+            return c.end(out);
+        }
+        loop {
+            c.ws();
+            let key = c.string()?;
+            c.ws();
+            c.expect(b':', "expected `:` after a model name")?;
+            c.ws();
+            if c.peek() == Some(b'{') {
+                out.push((key, c.entry()?));
+            } else {
+                c.skip_value(0)?;
+            }
+            c.ws();
+            if c.eat(b',') {
+                continue;
+            }
+            c.expect(b'}', "expected `,` or `}` after a model entry")?;
+            return c.end(out);
+        }
+    }
+
+    impl<'a> Cursor<'a> {
+        fn err<T>(&self, problem: &'static str) -> Result<T, PriceFileError> {
+            Err(PriceFileError { offset: self.pos, problem })
+        }
+        fn peek(&self) -> Option<u8> {
+            self.text.as_bytes().get(self.pos).copied()
+        }
+        fn eat(&mut self, byte: u8) -> bool {
+            let hit = self.peek() == Some(byte);
+            if hit {
+                self.pos += 1;
+            }
+            hit
+        }
+        fn expect(&mut self, byte: u8, problem: &'static str) -> Result<(), PriceFileError> {
+            if self.eat(byte) {
+                Ok(())
+            } else {
+                self.err(problem)
+            }
+        }
+        fn ws(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.pos += 1;
+            }
+        }
+        fn end<T>(&mut self, value: T) -> Result<T, PriceFileError> {
+            self.ws();
+            if self.pos == self.text.len() {
+                Ok(value)
+            } else {
+                self.err("unexpected text after the top-level object")
+            }
+        }
+
+        /// The raw text of a string token including its quotes.
+        fn raw_string(&mut self) -> Result<&'a str, PriceFileError> {
+            let start = self.pos;
+            self.expect(b'"', "expected a string")?;
+            let bytes = self.text.as_bytes();
+            while let Some(&b) = bytes.get(self.pos) {
+                self.pos += 1;
+                match b {
+                    b'"' => return self.text.get(start..self.pos).map_or_else(|| self.err("bad string"), Ok),
+                    b'\\' => self.pos += 1,
+                    _ => {}
+                }
+            }
+            self.err("unterminated string")
+        }
+
+        /// A string token, unescaped.
+        fn string(&mut self) -> Result<String, PriceFileError> {
+            let start = self.pos;
+            let raw = self.raw_string()?;
+            let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
+            if !inner.contains('\\') {
+                return Ok(inner.to_owned());
+            }
+            serde_json::from_str::<String>(raw).map_err(|_| PriceFileError { offset: start, problem: "bad string escape" })
+        }
+
+        fn number(&mut self) -> Result<&'a str, PriceFileError> {
+            let start = self.pos;
+            while matches!(self.peek(), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+                self.pos += 1;
+            }
+            match self.text.get(start..self.pos) {
+                Some(t) if !t.is_empty() => Ok(t),
+                _ => self.err("expected a value"),
+            }
+        }
+
+        fn literal(&mut self) -> Result<(), PriceFileError> {
+            for word in ["true", "false", "null"] {
+                if self.text.get(self.pos..).is_some_and(|rest| rest.starts_with(word)) {
+                    self.pos += word.len();
+                    return Ok(());
+                }
+            }
+            self.err("expected a value")
+        }
+
+        fn skip_value(&mut self, depth: u32) -> Result<(), PriceFileError> {
+            if depth > MAX_DEPTH {
+                return self.err("nesting too deep");
+            }
+            match self.peek() {
+                Some(b'"') => self.raw_string().map(|_| ()),
+                Some(open @ (b'{' | b'[')) => {
+                    self.pos += 1;
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    self.ws();
+                    if self.eat(close) {
+                        return Ok(());
+                    }
+                    loop {
+                        self.ws();
+                        if open == b'{' {
+                            self.raw_string()?;
+                            self.ws();
+                            self.expect(b':', "expected `:`")?;
+                            self.ws();
+                        }
+                        self.skip_value(depth + 1)?;
+                        self.ws();
+                        if self.eat(b',') {
+                            continue;
+                        }
+                        return self.expect(close, "expected `,` or the end of a list or object");
+                    }
+                }
+                Some(b't' | b'f' | b'n') => self.literal(),
+                _ => self.number().map(|_| ()),
+            }
+        }
+
+        /// One model entry: keeps the text of the fields in [`FIELDS`] that hold numbers (or
+        /// numeric strings); `null` counts as absent.
+        fn entry(&mut self) -> Result<RawEntry<'a>, PriceFileError> {
+            let mut entry = RawEntry::default();
+            self.expect(b'{', "expected a model entry object")?;
+            self.ws();
+            if self.eat(b'}') {
+                return Ok(entry);
+            }
+            loop {
+                self.ws();
+                let key = self.string()?;
+                self.ws();
+                self.expect(b':', "expected `:` after a field name")?;
+                self.ws();
+                let slot = FIELDS.iter().position(|f| *f == key).and_then(|i| entry.fields.get_mut(i));
+                match (slot, self.peek()) {
+                    (Some(slot), Some(b'0'..=b'9' | b'-')) => *slot = Some(self.number()?),
+                    (Some(slot), Some(b'"')) => {
+                        let raw = self.raw_string()?;
+                        *slot = raw.get(1..raw.len().saturating_sub(1));
+                    }
+                    _ => self.skip_value(1)?,
+                }
+                self.ws();
+                if self.eat(b',') {
+                    continue;
+                }
+                self.expect(b'}', "expected `,` or `}` in a model entry")?;
+                return Ok(entry);
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Refreshes core/prices/model_prices.json from LiteLLM's price table, reproducibly.
+#
+#   scripts/refresh-prices.sh [LITELLM_VERSION]     (default: the version the bundled file came from)
+#
+# Downloads the `litellm` wheel of exactly that version from PyPI (no dependencies, nothing is
+# installed), takes its model_prices_and_context_window_backup.json, keeps the chat, completion,
+# responses and embedding models of OpenAI, Azure OpenAI, Anthropic and Gemini / Vertex AI that have
+# a per-token input price, and keeps only the fields Tollgate reads (so the wasm stays small). The
+# format stays LiteLLM's; number text is copied byte for byte (never through a float).
+# core/prices/SOURCE records the version and the source file's SHA-256. Rebuild the filter afterwards:
+# the table is compiled in (include_str!).
+set -euo pipefail
+
+version="${1:-1.109.1}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="$repo/core/prices/model_prices.json"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+python3 -m pip download --quiet --no-deps --dest "$work" "litellm==$version"
+wheel="$(ls "$work"/litellm-"$version"-*.whl)"
+python3 - "$wheel" "$out" "$version" <<'PY'
+import hashlib, json, sys, zipfile
+
+wheel, out, version = sys.argv[1], sys.argv[2], sys.argv[3]
+with zipfile.ZipFile(wheel) as z:
+    raw = z.read("litellm/model_prices_and_context_window_backup.json")
+
+class Num(str):
+    """A JSON number kept as its source text."""
+
+table = json.loads(raw, parse_float=Num, parse_int=Num)
+
+PROVIDERS = {
+    "openai", "text-completion-openai", "azure", "anthropic", "gemini",
+    "vertex_ai-language-models", "vertex_ai-anthropic_models", "vertex_ai-embedding-models",
+}
+MODES = {"chat", "completion", "responses", "embedding"}
+KEEP = [
+    "litellm_provider", "mode", "max_input_tokens", "max_output_tokens",
+    "input_cost_per_token", "output_cost_per_token",
+    "cache_read_input_token_cost", "cache_creation_input_token_cost",
+    "input_cost_per_token_above_200k_tokens", "output_cost_per_token_above_200k_tokens",
+    "cache_read_input_token_cost_above_200k_tokens", "cache_creation_input_token_cost_above_200k_tokens",
+]
+
+def emit(value):
+    if isinstance(value, Num):
+        return str(value)
+    return json.dumps(value)
+
+lines = []
+for key in sorted(table):
+    entry = table[key]
+    if not isinstance(entry, dict) or key == "sample_spec":
+        continue
+    if entry.get("litellm_provider") not in PROVIDERS or entry.get("mode") not in MODES:
+        continue
+    if not isinstance(entry.get("input_cost_per_token"), Num):
+        continue
+    fields = ", ".join(f"{json.dumps(f)}: {emit(entry[f])}" for f in KEEP if entry.get(f) is not None)
+    lines.append(f"  {json.dumps(key)}: {{{fields}}}")
+
+with open(out, "w") as f:
+    f.write("{\n" + ",\n".join(lines) + "\n}\n")
+with open(out.rsplit("/", 1)[0] + "/SOURCE", "w") as f:
+    f.write(f"litellm=={version} litellm/model_prices_and_context_window_backup.json "
+            f"sha256={hashlib.sha256(raw).hexdigest()} models_kept={len(lines)}\n")
+print(f"wrote {out}: {len(lines)} models from litellm {version}", file=sys.stderr)
+PY
