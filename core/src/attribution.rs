@@ -1,1 +1,489 @@
-//! TODO(owner): see docs/core-api.md
+//! Who is calling: the request's [`Principal`], from sources the operator trusts.
+//!
+//! Sources, tried in the configured order (default: trusted headers, virtual keys, body metadata);
+//! for each principal field the first source that gives it wins, then the config's `defaults`:
+//! - **trusted headers**: headers written by an earlier Envoy filter (jwt_authn
+//!   `claim_to_headers`, ext_authz, Istio), named per field by the operator;
+//! - **virtual keys**: a table of SHA-256 hex digests of API keys (`Authorization: Bearer`,
+//!   `x-api-key`, `api-key`, `x-goog-api-key`) → principal. Only digests are configured and only
+//!   digests are computed; a raw key is never stored, logged or exposed;
+//! - **body metadata**: fields of the request body (OpenAI `user`, Anthropic `metadata.user_id`),
+//!   only when configured — the client writes them, so trust them only where that is acceptable.
+//!
+//! Client-supplied `x-tollgate-*` headers are removed before the upstream by the plugin, and are
+//! read here only if the operator lists them as trusted headers.
+
+use crate::config::ConfigError;
+use crate::json::{self, Kind, TopLevel};
+use crate::protocol::Principal;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+/// Longest principal value accepted from a header or the body; longer values are ignored.
+pub const MAX_VALUE_LEN: usize = 256;
+
+/// A field of [`Principal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Org,
+    CostCenter,
+    Team,
+    User,
+    KeyId,
+    UseCase,
+    Tier,
+    Task,
+}
+
+impl Field {
+    pub const ALL: [Field; 8] =
+        [Field::Org, Field::CostCenter, Field::Team, Field::User, Field::KeyId, Field::UseCase, Field::Tier, Field::Task];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Org => "org",
+            Field::CostCenter => "cost_center",
+            Field::Team => "team",
+            Field::User => "user",
+            Field::KeyId => "key_id",
+            Field::UseCase => "use_case",
+            Field::Tier => "tier",
+            Field::Task => "task",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+
+    pub fn get(self, p: &Principal) -> Option<&str> {
+        self.slot_ref(p).as_deref()
+    }
+
+    fn slot_ref(self, p: &Principal) -> &Option<String> {
+        match self {
+            Field::Org => &p.org,
+            Field::CostCenter => &p.cost_center,
+            Field::Team => &p.team,
+            Field::User => &p.user,
+            Field::KeyId => &p.key_id,
+            Field::UseCase => &p.use_case,
+            Field::Tier => &p.tier,
+            Field::Task => &p.task,
+        }
+    }
+
+    fn slot(self, p: &mut Principal) -> &mut Option<String> {
+        match self {
+            Field::Org => &mut p.org,
+            Field::CostCenter => &mut p.cost_center,
+            Field::Team => &mut p.team,
+            Field::User => &mut p.user,
+            Field::KeyId => &mut p.key_id,
+            Field::UseCase => &mut p.use_case,
+            Field::Tier => &mut p.tier,
+            Field::Task => &mut p.task,
+        }
+    }
+
+    /// Sets the field if it is still empty (first source wins).
+    fn fill(self, p: &mut Principal, value: &str) {
+        let slot = self.slot(p);
+        if slot.is_none() {
+            *slot = Some(value.to_owned());
+        }
+    }
+
+    fn expected() -> String {
+        Field::ALL.map(Field::as_str).join(", ")
+    }
+}
+
+/// A principal source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    TrustedHeaders,
+    VirtualKeys,
+    BodyMetadata,
+}
+
+/// `attribution` in the filter config, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionConfig {
+    /// Order in which sources are consulted. Default: trusted_headers, virtual_keys, body_metadata.
+    #[serde(default)]
+    pub sources: Option<Vec<Source>>,
+    /// Principal field → request header name, e.g. `{"team": "x-jwt-team"}`.
+    #[serde(default)]
+    pub trusted_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub virtual_keys: Vec<VirtualKeyConfig>,
+    /// Principal field → body path(s), e.g. `{"user": ["user", "metadata.user_id"]}`.
+    #[serde(default)]
+    pub body_metadata: BTreeMap<String, OneOrMany>,
+    /// Values used when no source gives a field.
+    #[serde(default)]
+    pub defaults: Principal,
+}
+
+/// One virtual key: the SHA-256 of the key (64 hex digits) and who it belongs to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualKeyConfig {
+    pub sha256: String,
+    pub principal: Principal,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The compiled attribution settings.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    order: Vec<Source>,
+    trusted_headers: Vec<(Field, String)>,
+    virtual_keys: HashMap<[u8; 32], Principal>,
+    body_metadata: Vec<(Field, Vec<Vec<String>>)>,
+    defaults: Principal,
+}
+
+/// What the request headers said, captured in the request-headers phase (before `x-tollgate-*`
+/// headers are stripped) and combined with the body later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    trusted: Vec<(Field, String)>,
+    /// The principal of the virtual key presented, if it is in the table.
+    virtual_key: Option<Principal>,
+    /// Whether the request carried an API key at all (matched or not).
+    pub presented_key: bool,
+}
+
+/// The headers an API key may arrive in, in the order they are looked at.
+pub const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+impl Attribution {
+    /// Validates `attribution` (`path` is its place in the config, for error messages).
+    pub fn compile(raw: AttributionConfig, path: &str) -> Result<Attribution, ConfigError> {
+        let order = raw.sources.unwrap_or_else(|| vec![Source::TrustedHeaders, Source::VirtualKeys, Source::BodyMetadata]);
+        for (i, s) in order.iter().enumerate() {
+            if order.get(..i).unwrap_or_default().contains(s) {
+                return Err(ConfigError::new(format!("{path}.sources[{i}]"), "listed twice; list each source once"));
+            }
+        }
+        let field_at = |section: &str, name: &str| {
+            Field::parse(name).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{path}.{section}.{name}"),
+                    format!("unknown principal field; expected one of {}", Field::expected()),
+                )
+            })
+        };
+        let mut trusted_headers = Vec::new();
+        for (name, header) in raw.trusted_headers {
+            let field = field_at("trusted_headers", &name)?;
+            let header = header.trim().to_ascii_lowercase();
+            if header.is_empty() || header.starts_with(':') || !header.bytes().all(is_header_name_byte) {
+                return Err(ConfigError::new(
+                    format!("{path}.trusted_headers.{name}"),
+                    format!("\"{header}\" is not a valid request header name"),
+                ));
+            }
+            trusted_headers.push((field, header));
+        }
+        let mut virtual_keys = HashMap::new();
+        for (i, vk) in raw.virtual_keys.into_iter().enumerate() {
+            let at = format!("{path}.virtual_keys[{i}]");
+            let digest = parse_sha256_hex(&vk.sha256).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{at}.sha256"),
+                    "must be the 64 hex digits of the key's SHA-256 (e.g. `printf %s \"$KEY\" | sha256sum`), never the key itself",
+                )
+            })?;
+            if vk.principal.key_id.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{at}.principal.key_id"),
+                    "required: name the key so usage records and budgets can refer to it",
+                ));
+            }
+            if virtual_keys.insert(digest, vk.principal).is_some() {
+                return Err(ConfigError::new(format!("{at}.sha256"), "the same key digest is listed twice"));
+            }
+        }
+        let mut body_metadata = Vec::new();
+        for (name, paths) in raw.body_metadata {
+            let field = field_at("body_metadata", &name)?;
+            let paths = paths.into_vec();
+            if paths.is_empty() {
+                return Err(ConfigError::new(format!("{path}.body_metadata.{name}"), "give at least one body path"));
+            }
+            let mut split = Vec::new();
+            for p in paths {
+                let segments: Vec<String> = p.split('.').map(str::to_owned).collect();
+                if segments.iter().any(String::is_empty) {
+                    return Err(ConfigError::new(
+                        format!("{path}.body_metadata.{name}"),
+                        format!("\"{p}\" is not a body path; write top-level keys joined by dots, e.g. \"metadata.user_id\""),
+                    ));
+                }
+                split.push(segments);
+            }
+            body_metadata.push((field, split));
+        }
+        Ok(Attribution { order, trusted_headers, virtual_keys, body_metadata, defaults: raw.defaults })
+    }
+
+    /// Reads what the headers give. `header` returns a request header's value by lowercase name.
+    pub fn from_headers<'h>(&self, header: impl Fn(&str) -> Option<&'h str>) -> HeaderFacts {
+        let mut facts = HeaderFacts::default();
+        for (field, name) in &self.trusted_headers {
+            if let Some(value) = header(name).and_then(clean_value) {
+                facts.trusted.push((*field, value.to_owned()));
+            }
+        }
+        if let Some(key) = presented_key(&header) {
+            facts.presented_key = true;
+            if !self.virtual_keys.is_empty() {
+                let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+                facts.virtual_key = self.virtual_keys.get(&digest).cloned();
+            }
+        }
+        facts
+    }
+
+    /// Whether any field comes from the body.
+    pub fn reads_body(&self) -> bool {
+        !self.body_metadata.is_empty()
+    }
+
+    /// Whether virtual keys are configured.
+    pub fn has_virtual_keys(&self) -> bool {
+        !self.virtual_keys.is_empty()
+    }
+
+    /// The principal: per field, the first source in order that gives it, then the defaults.
+    /// `body` is the request body and its scan, when there is one.
+    pub fn principal(&self, facts: &HeaderFacts, body: Option<(&[u8], &TopLevel)>) -> Principal {
+        let mut p = Principal::default();
+        for source in &self.order {
+            match source {
+                Source::TrustedHeaders => {
+                    for (field, value) in &facts.trusted {
+                        field.fill(&mut p, value);
+                    }
+                }
+                Source::VirtualKeys => {
+                    if let Some(vk) = &facts.virtual_key {
+                        for field in Field::ALL {
+                            if let Some(value) = field.get(vk) {
+                                field.fill(&mut p, value);
+                            }
+                        }
+                    }
+                }
+                Source::BodyMetadata => {
+                    if let Some((buf, top)) = body {
+                        for (field, paths) in &self.body_metadata {
+                            if let Some(value) = paths.iter().find_map(|path| body_value(buf, top, path)) {
+                                field.fill(&mut p, &value);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for field in Field::ALL {
+            if let Some(value) = field.get(&self.defaults) {
+                field.fill(&mut p, value);
+            }
+        }
+        p
+    }
+}
+
+/// The API key the request presents, from the first key header that has one.
+fn presented_key<'h>(header: &impl Fn(&str) -> Option<&'h str>) -> Option<&'h str> {
+    KEY_HEADERS.iter().find_map(|name| {
+        let value = header(name)?.trim();
+        let key = if *name == "authorization" {
+            let (scheme, token) = value.split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return None;
+            }
+            token.trim()
+        } else {
+            value
+        };
+        (!key.is_empty()).then_some(key)
+    })
+}
+
+/// A principal value as given by a source, or `None` if it is empty, too long or has control
+/// characters (such a value is ignored rather than propagated into records and logs).
+fn clean_value(value: &str) -> Option<&str> {
+    let value = value.trim();
+    (!value.is_empty() && value.len() <= MAX_VALUE_LEN && !value.chars().any(char::is_control)).then_some(value)
+}
+
+/// Follows `path` (top-level key, then nested object keys) to a string value.
+fn body_value(buf: &[u8], top: &TopLevel, path: &[String]) -> Option<String> {
+    let (first, rest) = path.split_first()?;
+    let mut member = top.get(first)?.clone();
+    for key in rest {
+        if member.kind != Kind::Object {
+            return None;
+        }
+        let inner = json::scan_nested(buf, member.value.clone()).ok()?;
+        member = inner.get(key)?.clone();
+    }
+    if member.kind != Kind::String {
+        return None;
+    }
+    let text = json::decode_string(buf, member.value).ok()?;
+    clean_value(&text).map(str::to_owned)
+}
+
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+}
+
+/// Parses 64 hex digits (either case) into a digest.
+pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = text.get(i * 2..i * 2 + 2)?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Lowercase hex SHA-256 of a key: what operators put in `virtual_keys[].sha256`.
+pub fn sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(json: serde_json::Value) -> Attribution {
+        Attribution::compile(serde_json::from_value(json).unwrap(), "attribution").unwrap()
+    }
+
+    fn compile_err(json: serde_json::Value) -> String {
+        Attribution::compile(serde_json::from_value(json).unwrap(), "attribution").unwrap_err().to_string()
+    }
+
+    fn facts(a: &Attribution, headers: &[(&str, &str)]) -> HeaderFacts {
+        a.from_headers(|name| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v))
+    }
+
+    fn config() -> Attribution {
+        compile(serde_json::json!({
+            "trusted_headers": {"team": "x-jwt-team", "user": "x-jwt-sub"},
+            "virtual_keys": [{"sha256": sha256_hex("sk-alice"), "principal": {"key_id": "k-alice", "user": "alice", "team": "research", "tier": "premium"}}],
+            "body_metadata": {"user": ["metadata.user_id", "user"], "task": "metadata.task"},
+            "defaults": {"org": "acme", "tier": "standard"}
+        }))
+    }
+
+    #[test]
+    fn first_source_wins_per_field_then_defaults() {
+        let a = config();
+        let f = facts(&a, &[("x-jwt-team", "platform"), ("authorization", "Bearer sk-alice")]);
+        let p = a.principal(&f, None);
+        assert_eq!(p.team.as_deref(), Some("platform"), "trusted header beats the key's team");
+        assert_eq!(p.user.as_deref(), Some("alice"), "key gives the user the headers did not");
+        assert_eq!(p.key_id.as_deref(), Some("k-alice"));
+        assert_eq!(p.tier.as_deref(), Some("premium"), "key beats the default");
+        assert_eq!(p.org.as_deref(), Some("acme"), "default fills the rest");
+    }
+
+    #[test]
+    fn source_order_is_configurable() {
+        let a = compile(serde_json::json!({
+            "sources": ["virtual_keys", "trusted_headers"],
+            "trusted_headers": {"team": "x-team"},
+            "virtual_keys": [{"sha256": sha256_hex("k"), "principal": {"key_id": "k1", "team": "from-key"}}]
+        }));
+        let p = a.principal(&facts(&a, &[("x-team", "from-header"), ("x-api-key", "k")]), None);
+        assert_eq!(p.team.as_deref(), Some("from-key"));
+    }
+
+    #[test]
+    fn keys_are_found_in_every_key_header_and_unknown_keys_give_nothing() {
+        let a = config();
+        for (name, value) in [("authorization", "bearer sk-alice"), ("x-api-key", "sk-alice"), ("api-key", "sk-alice"), ("x-goog-api-key", "sk-alice")] {
+            assert_eq!(a.principal(&facts(&a, &[(name, value)]), None).key_id.as_deref(), Some("k-alice"), "{name}");
+        }
+        let f = facts(&a, &[("authorization", "Bearer sk-mallory")]);
+        assert!(f.presented_key);
+        assert_eq!(a.principal(&f, None).key_id, None);
+        assert!(!facts(&a, &[("authorization", "Basic abc")]).presented_key);
+    }
+
+    #[test]
+    fn raw_keys_never_appear_in_what_attribution_keeps() {
+        let a = config();
+        let f = facts(&a, &[("authorization", "Bearer sk-alice")]);
+        assert!(!format!("{f:?}{a:?}").contains("sk-alice"));
+    }
+
+    #[test]
+    fn body_metadata_is_read_by_path_only_when_configured() {
+        let a = config();
+        let body = br#"{"model":"m","user":"u-top","metadata":{"user_id":"u-meta","task":"t-7"}}"#;
+        let top = json::scan_object(body).unwrap();
+        let p = a.principal(&HeaderFacts::default(), Some((body, &top)));
+        assert_eq!((p.user.as_deref(), p.task.as_deref()), (Some("u-meta"), Some("t-7")));
+        let body = br#"{"model":"m","user":"u-top","metadata":{"user_id":42}}"#;
+        let top = json::scan_object(body).unwrap();
+        assert_eq!(a.principal(&HeaderFacts::default(), Some((body, &top))).user.as_deref(), Some("u-top"), "non-strings skipped");
+        let none = compile(serde_json::json!({}));
+        assert_eq!(none.principal(&HeaderFacts::default(), Some((body, &top))), Principal::default());
+    }
+
+    #[test]
+    fn empty_overlong_or_control_values_are_ignored() {
+        let a = config();
+        let long = "x".repeat(MAX_VALUE_LEN + 1);
+        for bad in ["", "  ", long.as_str(), "a\u{7}b"] {
+            assert_eq!(a.principal(&facts(&a, &[("x-jwt-team", bad)]), None).team, None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            compile_err(serde_json::json!({"trusted_headers": {"teem": "x-team"}})),
+            "tollgate config: attribution.trusted_headers.teem: unknown principal field; expected one of org, cost_center, team, user, key_id, use_case, tier, task"
+        );
+        assert!(compile_err(serde_json::json!({"virtual_keys": [{"sha256": "sk-live-123", "principal": {"key_id": "a"}}]}))
+            .starts_with("tollgate config: attribution.virtual_keys[0].sha256: must be the 64 hex digits"));
+        assert!(compile_err(serde_json::json!({"virtual_keys": [{"sha256": sha256_hex("a"), "principal": {}}]}))
+            .starts_with("tollgate config: attribution.virtual_keys[0].principal.key_id: required"));
+        assert!(compile_err(serde_json::json!({"trusted_headers": {"team": "X Team"}})).contains("not a valid request header name"));
+        assert!(compile_err(serde_json::json!({"body_metadata": {"user": "metadata..id"}})).contains("attribution.body_metadata.user"));
+        assert!(compile_err(serde_json::json!({"sources": ["virtual_keys", "virtual_keys"]})).contains("attribution.sources[1]"));
+    }
+}

@@ -1,1 +1,273 @@
-//! TODO(owner): see docs/core-api.md
+//! The filter's configuration, in two phases (like ripgrep's flags): the raw JSON Envoy hands the
+//! plugin (`plugin_config.configuration`), then a validated, compiled [`CompiledConfig`] built once
+//! per VM in `on_configure` and shared by every request.
+//!
+//! Unknown fields are refused everywhere, so a typo is an error rather than a silent default.
+//! Every error names the field path and the problem — `tollgate config: routing.rules[2].match.model:
+//! …` — and the plugin logs it and returns false, so Envoy refuses the plugin instead of running
+//! with a half-understood policy.
+//!
+//! Sections are parsed one at a time from a `serde_json::Value` so each error can be prefixed with
+//! its path (serde alone reports only line and column).
+
+use crate::attribution::{Attribution, AttributionConfig};
+use crate::dialect::{Dialect, Mounts};
+use crate::pricing::{PriceTable, PricingConfig};
+use crate::routing::{RoutingConfig, RoutingTable};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Default for `max_request_body_bytes`: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 1 << 20;
+/// Largest `max_request_body_bytes` accepted (the body is buffered in the wasm VM).
+pub const MAX_MAX_REQUEST_BODY_BYTES: u64 = 64 << 20;
+
+/// A configuration problem: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// e.g. `routing.rules[2].match.model`; empty for the document as a whole.
+    pub path: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError { path: path.into(), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "tollgate config: {}", self.problem)
+        } else {
+            write!(f, "tollgate config: {}: {}", self.path, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Deserializes one section, prefixing serde's message with the section's path.
+pub fn parse_at<T: DeserializeOwned>(value: serde_json::Value, path: &str) -> Result<T, ConfigError> {
+    serde_json::from_value(value).map_err(|e| ConfigError::new(path, e.to_string()))
+}
+
+/// The configuration as written. Sections stay `Value`s here so each is parsed with its path.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Names this gateway in usage records and lease requests. Default `tollgate`.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    /// Per dialect: `{"prefixes": ["", "/llm/openai"]}` or `{"enabled": false}`.
+    #[serde(default)]
+    pub dialects: Option<serde_json::Value>,
+    #[serde(default)]
+    pub max_request_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub attribution: Option<serde_json::Value>,
+    #[serde(default)]
+    pub routing: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pricing: Option<serde_json::Value>,
+    /// Budgets and leases (issue 4). Absent = metering only.
+    ///
+    /// Owned by the enforcement work: kept as raw JSON here (only checked to be an object) until
+    /// `core::enforce` defines its typed, `deny_unknown_fields` settings and compiles them in
+    /// [`FilterConfig::from_json`] into [`CompiledConfig::enforcement`].
+    #[serde(default)]
+    pub enforcement: Option<serde_json::Value>,
+}
+
+/// One dialect's mount, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DialectMountConfig {
+    #[serde(default = "enabled")]
+    enabled: bool,
+    #[serde(default)]
+    prefixes: Option<Vec<String>>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// The validated configuration every request uses.
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    pub gateway_id: String,
+    pub mounts: Mounts,
+    pub max_request_body_bytes: u64,
+    pub attribution: Attribution,
+    pub routing: RoutingTable,
+    pub prices: PriceTable,
+    /// The raw `enforcement` section, for the enforcement work to compile (see [`FilterConfig`]).
+    pub enforcement: Option<serde_json::Value>,
+}
+
+impl FilterConfig {
+    /// Parses and validates the plugin configuration. An empty document means all defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<CompiledConfig, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::new("", "the configuration is not UTF-8"))?;
+        let raw: FilterConfig = if text.trim().is_empty() {
+            FilterConfig::default()
+        } else {
+            serde_json::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?
+        };
+        raw.compile()
+    }
+
+    pub fn compile(self) -> Result<CompiledConfig, ConfigError> {
+        let gateway_id = match self.gateway_id {
+            None => "tollgate".to_owned(),
+            Some(id) if valid_gateway_id(&id) => id,
+            Some(_) => {
+                return Err(ConfigError::new("gateway_id", "use 1-64 characters from a-z, A-Z, 0-9, '.', '_', '-'"));
+            }
+        };
+        let mounts = compile_mounts(self.dialects)?;
+        let max_request_body_bytes = self.max_request_body_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
+        if max_request_body_bytes == 0 || max_request_body_bytes > MAX_MAX_REQUEST_BODY_BYTES {
+            return Err(ConfigError::new(
+                "max_request_body_bytes",
+                format!("must be between 1 and {MAX_MAX_REQUEST_BODY_BYTES} (the body is buffered in memory)"),
+            ));
+        }
+        let attribution_raw: AttributionConfig = match self.attribution {
+            Some(v) => parse_at(v, "attribution")?,
+            None => AttributionConfig::default(),
+        };
+        let attribution = Attribution::compile(attribution_raw, "attribution")?;
+        let routing_raw: RoutingConfig = match self.routing {
+            Some(v) => parse_at(v, "routing")?,
+            None => RoutingConfig::default(),
+        };
+        let routing = RoutingTable::compile(routing_raw, "routing")?;
+        let pricing_raw: PricingConfig = match self.pricing {
+            Some(v) => parse_at(v, "pricing")?,
+            None => PricingConfig::default(),
+        };
+        let prices = PriceTable::from_config(&pricing_raw).map_err(|e| ConfigError::new(e.path, e.problem))?;
+        if let Some(e) = &self.enforcement {
+            if !e.is_object() {
+                return Err(ConfigError::new("enforcement", "must be an object"));
+            }
+        }
+        Ok(CompiledConfig {
+            gateway_id,
+            mounts,
+            max_request_body_bytes,
+            attribution,
+            routing,
+            prices,
+            enforcement: self.enforcement,
+        })
+    }
+}
+
+fn valid_gateway_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn compile_mounts(raw: Option<serde_json::Value>) -> Result<Mounts, ConfigError> {
+    let Some(raw) = raw else { return Ok(Mounts::default()) };
+    let by_name: BTreeMap<String, serde_json::Value> = parse_at(raw, "dialects")?;
+    let mut configured: BTreeMap<&'static str, DialectMountConfig> = BTreeMap::new();
+    for (name, value) in by_name {
+        let dialect = Dialect::parse(&name).ok_or_else(|| {
+            ConfigError::new(format!("dialects.{name}"), "unknown dialect; expected one of openai, azure_openai, anthropic, gemini")
+        })?;
+        configured.insert(dialect.as_str(), parse_at(value, &format!("dialects.{name}"))?);
+    }
+    let mut entries = Vec::new();
+    for dialect in Dialect::ALL {
+        let (enabled, prefixes) = match configured.remove(dialect.as_str()) {
+            Some(m) => (m.enabled, m.prefixes.unwrap_or_else(|| vec![String::new()])),
+            None => (true, vec![String::new()]),
+        };
+        if !enabled {
+            continue;
+        }
+        if prefixes.is_empty() {
+            return Err(ConfigError::new(
+                format!("dialects.{}.prefixes", dialect.as_str()),
+                "give at least one prefix (\"\" for the root), or set enabled: false",
+            ));
+        }
+        for (i, prefix) in prefixes.into_iter().enumerate() {
+            let normalised = prefix.trim_end_matches('/').to_owned();
+            if !(normalised.is_empty() || normalised.starts_with('/')) || normalised.contains(['?', '#', '*', ' ']) {
+                return Err(ConfigError::new(
+                    format!("dialects.{}.prefixes[{i}]", dialect.as_str()),
+                    format!("\"{prefix}\" is not a path prefix; write it like \"/llm/openai\" (or \"\" for the root)"),
+                ));
+            }
+            entries.push((dialect, normalised));
+        }
+    }
+    Ok(Mounts::new(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::Endpoint;
+
+    fn err(json: &str) -> String {
+        FilterConfig::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_config_means_defaults() {
+        for doc in ["", "{}", "  \n"] {
+            let c = FilterConfig::from_json(doc.as_bytes()).unwrap();
+            assert_eq!(c.gateway_id, "tollgate");
+            assert_eq!(c.max_request_body_bytes, 1 << 20);
+            assert!(c.mounts.recognise("/v1/messages").is_some());
+            assert!(c.enforcement.is_none());
+        }
+    }
+
+    #[test]
+    fn a_full_config_compiles() {
+        let c = FilterConfig::from_json(
+            br#"{
+            "gateway_id": "edge-1",
+            "dialects": {"openai": {"prefixes": ["/llm/openai/", ""]}, "gemini": {"enabled": false}},
+            "max_request_body_bytes": 2048,
+            "attribution": {"trusted_headers": {"team": "x-team"}},
+            "routing": {"rules": [{"name": "r1", "match": {"model": "tier:premium"}, "set_model": "gpt-4o"}]},
+            "pricing": {"unknown_model": "zero"},
+            "enforcement": {"anything": "for now"}
+        }"#,
+        )
+        .unwrap();
+        assert_eq!(c.gateway_id, "edge-1");
+        assert_eq!(c.mounts.recognise("/llm/openai/v1/chat/completions").map(|r| r.endpoint), Some(Endpoint::Chat));
+        assert!(c.mounts.recognise("/v1beta/models/g:generateContent").is_none(), "gemini disabled");
+        assert!(c.mounts.recognise("/v1/messages").is_some(), "unlisted dialects stay at the root");
+        assert_eq!(c.routing.rules().len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field_path_and_the_problem() {
+        assert!(err(r#"{"routng": {}}"#).starts_with("tollgate config: unknown field `routng`"));
+        assert_eq!(
+            err(r#"{"routing": {"rules": [{"name": "a"}, {"name": "b"}, {"name": "c", "match": {"model": 5}}]}}"#),
+            "tollgate config: routing.rules[2].match: data did not match any variant of untagged enum OneOrMany"
+        );
+        assert!(err(r#"{"max_request_body_bytes": 0}"#).starts_with("tollgate config: max_request_body_bytes: must be between"));
+        assert!(err(r#"{"dialects": {"bedrock": {}}}"#).starts_with("tollgate config: dialects.bedrock: unknown dialect"));
+        assert!(err(r#"{"dialects": {"openai": {"prefixes": ["llm"]}}}"#).starts_with("tollgate config: dialects.openai.prefixes[0]:"));
+        assert!(err(r#"{"gateway_id": "a b"}"#).starts_with("tollgate config: gateway_id:"));
+        assert!(err(r#"{"attribution": {"virtual_keys": [{"sha256": "x", "principal": {"key_id": "k"}}]}}"#)
+            .starts_with("tollgate config: attribution.virtual_keys[0].sha256:"));
+        assert!(err(r#"{"pricing": {"unknown_model": "guess"}}"#).starts_with("tollgate config: pricing: unknown variant `guess`"));
+        assert!(err(r#"{"enforcement": 5}"#).starts_with("tollgate config: enforcement: must be an object"));
+        assert!(err("{").starts_with("tollgate config: EOF while parsing"));
+    }
+}

@@ -1,0 +1,329 @@
+//! What the filter does with one recognised request, in two steps with a gap for enforcement:
+//!
+//! 1. [`parse_request`]: validate the body, read the fields that matter (model, stream, max output
+//!    tokens), attribute the principal. Malformed input → a 400 [`Failure`].
+//! 2. (enforcement may look up the principal's budget utilization here)
+//! 3. [`ParsedRequest::route`]: apply the routing table and compute the exact edits — the body's
+//!    `model` spliced in place or the path segment replaced, `stream_options.include_usage` for
+//!    OpenAI streams, headers to set. A deny → 403; an unresolved alias → 400.
+//!
+//! Everything here is pure so it is tested natively; the plugin only moves bytes to and from Envoy.
+
+use crate::attribution::HeaderFacts;
+use crate::config::CompiledConfig;
+use crate::dialect::{Dialect, Endpoint, Recognised};
+use crate::errors::{ErrorKind, Failure};
+use crate::json::{self, Edit, JsonError, Kind, TopLevel};
+use crate::protocol::Principal;
+use crate::routing::RouteInput;
+
+/// A validated request body and what it says.
+#[derive(Debug, Clone)]
+pub struct ParsedRequest<'b> {
+    body: &'b [u8],
+    top: TopLevel,
+    pub dialect: Dialect,
+    pub endpoint: Endpoint,
+    pub principal: Principal,
+    /// The model the client asked for (body `model`, or the Azure deployment / Gemini path model).
+    pub requested_model: String,
+    pub stream: bool,
+    /// The output cap the client set (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
+    /// Gemini `generationConfig.maxOutputTokens`), for enforcement's worst case.
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The routed request: what to send upstream and what to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPlan {
+    pub principal: Principal,
+    pub requested_model: String,
+    /// The model the upstream is asked for (equals `requested_model` when no rule changed it).
+    pub routed_model: String,
+    /// The routing rule that matched, if any.
+    pub rule: Option<String>,
+    /// Request headers to set.
+    pub set_headers: Vec<(String, String)>,
+    /// The new body, when it changed; every byte other than the edits is the client's.
+    pub body: Option<Vec<u8>>,
+    /// The new `:path`, when the model lives in the path and changed.
+    pub path: Option<String>,
+    pub stream: bool,
+    /// Whether `stream_options.include_usage` was added or set to true.
+    pub injected_include_usage: bool,
+    pub max_output_tokens: Option<u64>,
+    /// Bytes of the body forwarded upstream (the prompt size estimates start from).
+    pub body_len: usize,
+}
+
+/// Step 1: validates the body and attributes the request.
+pub fn parse_request<'b>(
+    config: &CompiledConfig,
+    recognised: &Recognised,
+    headers: &HeaderFacts,
+    body: &'b [u8],
+) -> Result<ParsedRequest<'b>, Failure> {
+    let top = json::scan_object(body).map_err(body_failure)?;
+    let requested_model = match &recognised.path_model {
+        Some((model, _)) => model.clone(),
+        None => match top.get("model") {
+            Some(m) if m.kind == Kind::String => {
+                let model = json::decode_string(body, m.value.clone()).map_err(body_failure)?;
+                if model.trim().is_empty() {
+                    return Err(invalid("\"model\" must not be empty; name the model to call", "model"));
+                }
+                model.into_owned()
+            }
+            Some(m) => return Err(invalid(format!("\"model\" must be a string, got {}", m.kind.as_str()), "model")),
+            None => return Err(invalid("\"model\" is required; name the model to call", "model")),
+        },
+    };
+    let stream = match recognised.endpoint {
+        Endpoint::StreamGenerateContent => true,
+        Endpoint::GenerateContent | Endpoint::Embeddings => false,
+        _ => match top.get("stream") {
+            None => false,
+            Some(m) if m.kind == Kind::Null => false,
+            Some(m) if m.kind == Kind::Bool => body.get(m.value.clone()) == Some(b"true".as_slice()),
+            Some(m) => return Err(invalid(format!("\"stream\" must be true or false, got {}", m.kind.as_str()), "stream")),
+        },
+    };
+    let max_output_tokens = max_output_tokens(body, &top, recognised.endpoint)?;
+    let principal = config.attribution.principal(headers, Some((body, &top)));
+    Ok(ParsedRequest {
+        body,
+        top,
+        dialect: recognised.dialect,
+        endpoint: recognised.endpoint,
+        principal,
+        requested_model,
+        stream,
+        max_output_tokens,
+    })
+}
+
+impl ParsedRequest<'_> {
+    /// Step 3: routes and computes the edits. `path` is the request's `:path`;
+    /// `budget_utilization_pct` comes from enforcement (`None` when metering only).
+    pub fn route(
+        &self,
+        config: &CompiledConfig,
+        recognised: &Recognised,
+        path: &str,
+        budget_utilization_pct: Option<u32>,
+    ) -> Result<RequestPlan, Failure> {
+        let routed = config.routing.route(RouteInput {
+            principal: &self.principal,
+            dialect: self.dialect,
+            requested_model: &self.requested_model,
+            budget_utilization_pct,
+        })?;
+        let mut edits: Vec<Edit> = Vec::new();
+        let mut new_path = None;
+        if routed.model != self.requested_model {
+            match &recognised.path_model {
+                Some((_, range)) => {
+                    let (Some(head), Some(tail)) = (path.get(..range.start), path.get(range.end..)) else {
+                        return Err(Failure::new(ErrorKind::InvalidRequest, "the request path changed while it was routed; retry"));
+                    };
+                    new_path = Some(format!("{head}{}{tail}", encode_path_segment(&routed.model)));
+                }
+                None => {
+                    if let Some(m) = self.top.get("model") {
+                        edits.push(Edit { range: m.value.clone(), bytes: json::quote(&routed.model) });
+                    }
+                }
+            }
+        }
+        let wants_usage_option = matches!(self.dialect, Dialect::OpenAi | Dialect::AzureOpenAi)
+            && matches!(self.endpoint, Endpoint::Chat | Endpoint::Completions)
+            && self.stream;
+        let mut injected_include_usage = false;
+        if wants_usage_option {
+            let usage_edits = json::include_usage_edits(self.body, &self.top)
+                .map_err(|_| invalid("\"stream_options\" must be an object", "stream_options"))?;
+            injected_include_usage = !usage_edits.is_empty();
+            edits.extend(usage_edits);
+        }
+        let body = (!edits.is_empty()).then(|| json::apply_edits(self.body, edits));
+        let body_len = body.as_ref().map_or(self.body.len(), Vec::len);
+        Ok(RequestPlan {
+            principal: self.principal.clone(),
+            requested_model: self.requested_model.clone(),
+            routed_model: routed.model,
+            rule: routed.rule.map(str::to_owned),
+            set_headers: routed.set_headers.to_vec(),
+            body,
+            path: new_path,
+            stream: self.stream,
+            injected_include_usage,
+            max_output_tokens: self.max_output_tokens,
+            body_len,
+        })
+    }
+}
+
+fn invalid(message: impl Into<String>, param: &str) -> Failure {
+    Failure::new(ErrorKind::InvalidRequest, message).with_param(param)
+}
+
+fn body_failure(e: JsonError) -> Failure {
+    let message = match &e {
+        JsonError::DuplicateKey(_) | JsonError::NotAnObject => e.to_string(),
+        _ => format!("the request body is not valid JSON ({e}); send one complete JSON object"),
+    };
+    Failure::new(ErrorKind::InvalidRequest, message)
+}
+
+/// The client's output cap, by endpoint. When several spellings are present the larger counts
+/// (the worst case is what enforcement reserves).
+fn max_output_tokens(body: &[u8], top: &TopLevel, endpoint: Endpoint) -> Result<Option<u64>, Failure> {
+    let read = |object: &TopLevel, key: &str| -> Result<Option<u64>, Failure> {
+        match object.get(key) {
+            None => Ok(None),
+            Some(m) if m.kind == Kind::Null => Ok(None),
+            Some(m) => json::integer_value(body, m.value.clone())
+                .map(Some)
+                .ok_or_else(|| invalid(format!("\"{key}\" must be a non-negative integer"), key)),
+        }
+    };
+    let keys: &[&str] = match endpoint {
+        Endpoint::Chat => &["max_completion_tokens", "max_tokens"],
+        Endpoint::Completions | Endpoint::Messages => &["max_tokens"],
+        Endpoint::Responses => &["max_output_tokens"],
+        Endpoint::Embeddings => &[],
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
+            let mut best = None;
+            for (outer, inner) in [("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens")] {
+                if let Some(m) = top.get(outer).filter(|m| m.kind == Kind::Object) {
+                    let nested = json::scan_nested(body, m.value.clone()).map_err(body_failure)?;
+                    best = best.max(read(&nested, inner)?);
+                }
+            }
+            return Ok(best);
+        }
+    };
+    let mut best = None;
+    for key in keys {
+        best = best.max(read(top, key)?);
+    }
+    Ok(best)
+}
+
+/// Percent-encodes a model name for a path segment (unreserved characters stay as they are).
+fn encode_path_segment(model: &str) -> String {
+    let mut out = String::with_capacity(model.len());
+    for b in model.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FilterConfig;
+
+    fn config(json: &str) -> CompiledConfig {
+        FilterConfig::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn plan(cfg: &CompiledConfig, path: &str, headers: &[(&str, &str)], body: &str) -> Result<RequestPlan, Failure> {
+        let recognised = cfg.mounts.recognise(path).expect("recognised");
+        let facts = cfg.attribution.from_headers(|n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v));
+        let parsed = parse_request(cfg, &recognised, &facts, body.as_bytes())?;
+        parsed.route(cfg, &recognised, path, None)
+    }
+
+    fn body_text(p: &RequestPlan) -> String {
+        String::from_utf8(p.body.clone().unwrap()).unwrap()
+    }
+
+    const RULES: &str = r#"{
+        "attribution": {"trusted_headers": {"team": "x-tollgate-team", "tier": "x-tier"}},
+        "routing": {"rules": [
+            {"name": "no-interns", "match": {"team": "interns"}, "deny": true, "message": "interns use the sandbox"},
+            {"name": "premium", "match": {"tier": "premium", "model": "tier:premium"}, "set_model": "gpt-4o", "set_headers": {"x-tollgate-provider": "openai"}},
+            {"name": "gemini-down", "match": {"dialect": "gemini"}, "set_model": "gemini-2.0-flash"},
+            {"name": "azure-down", "match": {"dialect": "azure_openai"}, "set_model": "gpt-4o-mini"}
+        ]}}"#;
+
+    #[test]
+    fn openai_stream_gets_model_spliced_and_usage_requested_other_bytes_untouched() {
+        let cfg = config(RULES);
+        let body = r#"{"model": "tier:premium", "messages":[{"role":"user","content":"hi"}], "stream": true}"#;
+        let p = plan(&cfg, "/v1/chat/completions", &[("x-tier", "premium")], body).unwrap();
+        assert_eq!(
+            body_text(&p),
+            r#"{"model": "gpt-4o", "messages":[{"role":"user","content":"hi"}], "stream": true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!((p.requested_model.as_str(), p.routed_model.as_str(), p.rule.as_deref()), ("tier:premium", "gpt-4o", Some("premium")));
+        assert!(p.stream && p.injected_include_usage);
+        assert_eq!(p.set_headers, vec![("x-tollgate-provider".to_string(), "openai".to_string())]);
+        assert_eq!(p.body_len, p.body.as_ref().unwrap().len());
+    }
+
+    #[test]
+    fn an_unchanged_request_keeps_its_body() {
+        let cfg = config(RULES);
+        let p = plan(&cfg, "/v1/messages", &[], r#"{"model":"claude-sonnet-4","max_tokens":512,"stream":true,"messages":[]}"#).unwrap();
+        assert_eq!((p.body.is_none(), p.path.is_none(), p.stream, p.max_output_tokens), (true, true, true, Some(512)));
+        assert!(!p.injected_include_usage, "only OpenAI needs include_usage");
+    }
+
+    #[test]
+    fn path_models_are_rewritten_in_the_path() {
+        let cfg = config(RULES);
+        let p = plan(&cfg, "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", &[], r#"{"contents":[],"generationConfig":{"maxOutputTokens":100}}"#).unwrap();
+        assert_eq!(p.path.as_deref(), Some("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"));
+        assert_eq!((p.stream, p.max_output_tokens, p.body.is_none()), (true, Some(100), true));
+        let p = plan(&cfg, "/openai/deployments/gpt4o/chat/completions?api-version=1", &[], r#"{"messages":[],"stream":true}"#).unwrap();
+        assert_eq!(p.path.as_deref(), Some("/openai/deployments/gpt-4o-mini/chat/completions?api-version=1"));
+        assert_eq!(p.requested_model, "gpt4o");
+        assert!(p.injected_include_usage, "Azure chat streams get include_usage too");
+    }
+
+    #[test]
+    fn denied_and_bad_requests_fail_with_what_to_do() {
+        let cfg = config(RULES);
+        let deny = plan(&cfg, "/v1/messages", &[("x-tollgate-team", "interns")], r#"{"model":"m"}"#).unwrap_err();
+        assert_eq!((deny.status(), deny.message.as_str()), (403, "denied by routing rule \"no-interns\": interns use the sandbox"));
+        let check = |body: &str, needle: &str| {
+            let f = plan(&cfg, "/v1/chat/completions", &[], body).unwrap_err();
+            assert_eq!(f.status(), 400, "{body}");
+            assert!(f.message.contains(needle), "{body}: {}", f.message);
+        };
+        check(r#"{"model":123}"#, "\"model\" must be a string, got a number");
+        check(r#"{"messages":[]}"#, "\"model\" is required");
+        check(r#"{"model":"m","stream":"yes"}"#, "\"stream\" must be true or false");
+        check(r#"{"model":"m","max_tokens":-5}"#, "\"max_tokens\" must be a non-negative integer");
+        check(r#"{"model":"m""#, "not valid JSON");
+        check(r#"{"model":"a","model":"b"}"#, "appears more than once");
+        check(r#"[1]"#, "must be a JSON object");
+        check(r#"{"model":"m","stream":true,"stream_options":5}"#, "stream_options");
+        check(r#"{"model":"tier:premium"}"#, "no routing rule resolves it");
+        let invalid_utf8 = plan(&cfg, "/v1/chat/completions", &[], "{\"model\":\"\u{0}\"}");
+        assert!(invalid_utf8.is_err());
+    }
+
+    #[test]
+    fn max_output_takes_the_largest_spelling() {
+        let cfg = config("{}");
+        let p = plan(&cfg, "/v1/chat/completions", &[], r#"{"model":"m","max_tokens":10,"max_completion_tokens":300}"#).unwrap();
+        assert_eq!(p.max_output_tokens, Some(300));
+        let p = plan(&cfg, "/v1/responses", &[], r#"{"model":"m","max_output_tokens":7,"stream":true}"#).unwrap();
+        assert_eq!((p.max_output_tokens, p.injected_include_usage), (Some(7), false));
+        let p = plan(&cfg, "/v1/embeddings", &[], r#"{"model":"m","input":"x"}"#).unwrap();
+        assert_eq!(p.max_output_tokens, None);
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode_path_segment("gemini-2.0-flash"), "gemini-2.0-flash");
+        assert_eq!(encode_path_segment("a/b c:d"), "a%2Fb%20c%3Ad");
+    }
+}
