@@ -24,6 +24,7 @@
 pub mod attribution;
 pub mod config;
 pub mod dialect;
+pub mod enforce;
 pub mod errors;
 pub mod estimate;
 pub mod json;

@@ -1,0 +1,608 @@
+//! The lease book: what this gateway holds of each budget, kept per scope in Envoy shared data.
+//!
+//! One [`ScopeEntry`] per scope key (`team:platform`), holding a [`BudgetSlot`] for each budget the
+//! counter attached to that scope. Entries live in process-wide shared data so every worker of an
+//! Envoy process draws on the same slices; they are updated by version-checked read-modify-write
+//! (see [`super::chain`]), and encoded compactly ([`ScopeEntry::encode`]) because every request
+//! reads them.
+//!
+//! # The local mirror of a slice
+//! The counter keeps, per `(gateway, budget)`, a slice `S`. A grant sets `S = g`; every usage record
+//! it ingests from this gateway shrinks `S` by the record's cost. Locally, [`BudgetSlot::slice`]
+//! mirrors `S` *minus the cost of records the counter has not ingested yet*:
+//!
+//! - settling a request with actual cost `a` subtracts `a` at once (the counter will subtract it
+//!   from `S` when the record arrives);
+//! - an acknowledged record changes nothing (both sides have subtracted it);
+//! - applying a grant sets `slice = g - pending`, where `pending` is every cost not acknowledged
+//!   before the lease call was sent (`unacked + acked_since_send`). Records acknowledged after the
+//!   send may or may not be reflected in `g`; counting them is conservative.
+//!
+//! So `slice <= S - (records not yet ingested)` always holds, and a request is admitted only if its
+//! worst case fits in `slice - reserved`. That is the local half of the overspend bound
+//! (docs/enforcement.md).
+
+use super::config::EnforcementSettings;
+use crate::money::Micros;
+use crate::protocol::{BudgetLease, BudgetMode, BudgetStatus};
+
+/// This gateway's view of one budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSlot {
+    pub budget_id: String,
+    pub mode: BudgetMode,
+    pub status: BudgetStatus,
+    /// Local mirror of the counter-side slice, net of costs the counter has not ingested. May go
+    /// negative when a request cost more than it reserved, or in observe mode.
+    pub slice: Micros,
+    /// Sum of the reservations of requests in flight.
+    pub reserved: Micros,
+    /// The last grant, as the counter stated it.
+    pub granted: Micros,
+    /// The last grant was less than asked for: the budget had no more headroom to give.
+    pub capped: bool,
+    pub granted_at_ms: i64,
+    /// Counter clock, unix ms. Past it the slice is back in the counter's headroom.
+    pub expires_at_ms: i64,
+    /// Spent as of the last grant, plus what this gateway settled since (for utilization).
+    pub spent_at_grant: Micros,
+    pub spent_since_grant: Micros,
+    pub limit: Micros,
+    pub hard_limit: Micros,
+    pub soft_threshold_pct: u32,
+    /// Window reset, unix seconds.
+    pub resets_at: Option<i64>,
+}
+
+impl BudgetSlot {
+    /// Free headroom for new reservations; zero or less once the lease has lapsed.
+    pub fn available(&self, now_ms: i64) -> Micros {
+        if now_ms >= self.expires_at_ms {
+            return self.slice.saturating_sub(self.reserved).min(0);
+        }
+        self.slice.saturating_sub(self.reserved)
+    }
+
+    /// Utilization in whole percent of `limit` (rounded down), from what this gateway knows.
+    pub fn utilization_pct(&self) -> u32 {
+        let spent = i128::from(self.spent_at_grant) + i128::from(self.spent_since_grant);
+        if self.limit <= 0 {
+            return if spent > 0 { u32::MAX.min(10_000) } else { 0 };
+        }
+        let pct = (spent.max(0) * 100) / i128::from(self.limit);
+        u32::try_from(pct.min(10_000)).unwrap_or(10_000)
+    }
+
+    /// Whether the counter said, recently, that it had nothing more to give.
+    pub fn capped_recently(&self, now_ms: i64, settings: &EnforcementSettings) -> bool {
+        self.capped && now_ms.saturating_sub(self.granted_at_ms) < settings.recheck_after_ms
+    }
+}
+
+/// Everything this gateway knows about one scope.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScopeEntry {
+    /// When the counter last answered for this scope (0: never).
+    pub fetched_at_ms: i64,
+    /// The budgets covering this scope; empty if the scope has none.
+    pub budgets: Vec<BudgetSlot>,
+    /// Costs settled here whose usage records the counter has not acknowledged.
+    pub unacked: Micros,
+    /// Costs acknowledged since the last lease call was sent.
+    pub acked_since_send: Micros,
+    /// A lease call for this scope is in flight until then (0: none). One at a time per process,
+    /// so grants are applied in the order the counter made them.
+    pub refill_until_ms: i64,
+    /// When a lease call last failed (0: the last one succeeded).
+    pub failed_at_ms: i64,
+}
+
+/// What one scope says about admitting a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeCheck {
+    Fits,
+    /// Ask the counter (no call in flight, none failed recently).
+    NeedRefill,
+    /// A lease call for this scope is in flight (maybe on another worker): wait for it.
+    Wait,
+    /// A lease call failed recently: the counter is unreachable; apply the failure mode.
+    Unavailable,
+    /// An enforce-mode budget has no headroom left.
+    Refused { budget: usize },
+}
+
+impl ScopeEntry {
+    /// A scope whose answer is known and still good: budgets are attached, or "no budget" is
+    /// fresh enough to trust.
+    pub fn known(&self, now_ms: i64, settings: &EnforcementSettings) -> bool {
+        if self.fetched_at_ms == 0 {
+            return false;
+        }
+        !self.budgets.is_empty() || now_ms.saturating_sub(self.fetched_at_ms) < settings.unbudgeted_scope_ttl_ms
+    }
+
+    fn refill_in_flight(&self, now_ms: i64) -> bool {
+        self.refill_until_ms > now_ms
+    }
+
+    fn failed_recently(&self, now_ms: i64, settings: &EnforcementSettings) -> bool {
+        self.failed_at_ms != 0 && now_ms.saturating_sub(self.failed_at_ms) < settings.recheck_after_ms
+    }
+
+    /// Why not ask now: a call is in flight, or one failed recently.
+    fn ask_or_hold(&self, now_ms: i64, settings: &EnforcementSettings) -> ScopeCheck {
+        if self.refill_in_flight(now_ms) {
+            ScopeCheck::Wait
+        } else if self.failed_recently(now_ms, settings) {
+            ScopeCheck::Unavailable
+        } else {
+            ScopeCheck::NeedRefill
+        }
+    }
+
+    /// Decides, without changing anything, whether `amount` fits every enforce-mode budget.
+    /// Observe-mode budgets never block, except that an unknown scope must be asked about first.
+    pub fn check(&self, amount: Micros, now_ms: i64, settings: &EnforcementSettings) -> ScopeCheck {
+        if !self.known(now_ms, settings) {
+            return self.ask_or_hold(now_ms, settings);
+        }
+        for (index, slot) in self.budgets.iter().enumerate() {
+            if slot.mode == BudgetMode::Observe || slot.available(now_ms) >= amount {
+                continue;
+            }
+            if slot.capped_recently(now_ms, settings) && now_ms < slot.expires_at_ms {
+                return ScopeCheck::Refused { budget: index };
+            }
+            return self.ask_or_hold(now_ms, settings);
+        }
+        ScopeCheck::Fits
+    }
+
+    /// Budget ids of observe-mode budgets that would have refused `amount`.
+    pub fn would_refuse(&self, amount: Micros, now_ms: i64, settings: &EnforcementSettings) -> Vec<String> {
+        self.budgets
+            .iter()
+            .filter(|s| s.mode == BudgetMode::Observe)
+            .filter(|s| {
+                s.available(now_ms) < amount && (s.status == BudgetStatus::Hard || s.capped_recently(now_ms, settings))
+            })
+            .map(|s| s.budget_id.clone())
+            .collect()
+    }
+
+    /// Reserves `amount` on every budget of the scope. Call only after [`Self::check`] said `Fits`
+    /// on this same version of the entry. Returns the budget ids reserved on.
+    pub fn reserve(&mut self, amount: Micros) -> Vec<String> {
+        for slot in &mut self.budgets {
+            slot.reserved = slot.reserved.saturating_add(amount);
+        }
+        self.budgets.iter().map(|s| s.budget_id.clone()).collect()
+    }
+
+    /// Gives back a reservation that was never used (the request was refused further down the
+    /// chain, or never reached the upstream).
+    pub fn release(&mut self, amount: Micros, budget_ids: &[String]) {
+        for slot in self.budgets.iter_mut().filter(|s| budget_ids.contains(&s.budget_id)) {
+            slot.reserved = slot.reserved.saturating_sub(amount).max(0);
+        }
+    }
+
+    /// Replaces a reservation by the real cost: the reservation is released on the budgets it was
+    /// made on, and `actual` is charged to every budget of the scope (the counter charges the
+    /// record to all of them), even where it exceeds the reservation.
+    pub fn settle(&mut self, reserved: Micros, budget_ids: &[String], actual: Micros) {
+        let actual = actual.max(0);
+        self.release(reserved, budget_ids);
+        for slot in &mut self.budgets {
+            slot.slice = slot.slice.saturating_sub(actual);
+            slot.spent_since_grant = slot.spent_since_grant.saturating_add(actual);
+        }
+        self.unacked = self.unacked.saturating_add(actual);
+    }
+
+    /// The counter acknowledged records of this scope costing `cost` in total.
+    pub fn acknowledge(&mut self, cost: Micros) {
+        let cost = cost.max(0);
+        self.unacked = self.unacked.saturating_sub(cost).max(0);
+        self.acked_since_send = self.acked_since_send.saturating_add(cost);
+    }
+
+    /// Records costing `cost` were dropped and will never reach the counter: stop deducting them
+    /// from future grants (the counter's slice never shrinks for them).
+    pub fn forget(&mut self, cost: Micros) {
+        self.unacked = self.unacked.saturating_sub(cost.max(0)).max(0);
+    }
+
+    /// Whether a background top-up is due: some budget's free headroom is under the watermark or
+    /// its lease is close to lapsing; and asking now makes sense (no call in flight, none failed
+    /// or came back capped recently).
+    pub fn wants_topup(&self, now_ms: i64, settings: &EnforcementSettings) -> bool {
+        if self.refill_in_flight(now_ms) || self.failed_recently(now_ms, settings) {
+            return false;
+        }
+        if !self.known(now_ms, settings) {
+            return true;
+        }
+        self.budgets.iter().any(|slot| {
+            let low = slot.available(now_ms) < settings.refill_watermark_micros;
+            let lapsing = slot.expires_at_ms.saturating_sub(now_ms) < settings.renew_before_expiry_ms;
+            (low || lapsing) && !slot.capped_recently(now_ms, settings)
+        })
+    }
+
+    /// The slice to ask for so that, once granted, `need` (at least the configured slice) is free
+    /// beyond what is reserved and what the counter has yet to deduct.
+    pub fn want(&self, need: Micros, settings: &EnforcementSettings) -> Micros {
+        let free = need.max(settings.lease_slice_micros);
+        let reserved = self.budgets.iter().map(|s| s.reserved).max().unwrap_or(0);
+        free.saturating_add(reserved).saturating_add(self.unacked.max(0))
+    }
+
+    /// Marks a lease call as in flight, unless one already is. Returns whether this caller owns it.
+    pub fn begin_refill(&mut self, now_ms: i64, settings: &EnforcementSettings) -> bool {
+        if self.refill_in_flight(now_ms) {
+            return false;
+        }
+        let timeout = i64::try_from(settings.call_timeout_ms).unwrap_or(i64::MAX);
+        self.refill_until_ms = now_ms.saturating_add(timeout).saturating_add(REFILL_SLACK_MS);
+        self.acked_since_send = 0;
+        true
+    }
+
+    /// Applies the counter's answer for this scope. `leases` are the answer's budgets whose
+    /// `scope` is this one; `want` is what the call asked for.
+    pub fn apply_grant(&mut self, leases: &[&BudgetLease], want: Micros, now_ms: i64) {
+        let pending = self.unacked.max(0).saturating_add(self.acked_since_send.max(0));
+        let budgets = leases
+            .iter()
+            .map(|lease| {
+                let reserved = self.budgets.iter().find(|s| s.budget_id == lease.budget_id).map_or(0, |s| s.reserved);
+                BudgetSlot {
+                    budget_id: lease.budget_id.clone(),
+                    mode: lease.mode,
+                    status: lease.status,
+                    slice: lease.granted_micros.saturating_sub(pending),
+                    reserved,
+                    granted: lease.granted_micros,
+                    capped: lease.granted_micros < want,
+                    granted_at_ms: now_ms,
+                    expires_at_ms: lease.lease_expires_at_ms,
+                    spent_at_grant: lease.spent_micros,
+                    spent_since_grant: self.unacked.max(0),
+                    limit: lease.limit_micros,
+                    hard_limit: lease.hard_limit_micros,
+                    soft_threshold_pct: lease.soft_threshold_pct,
+                    resets_at: lease.resets_at,
+                }
+            })
+            .collect();
+        self.budgets = budgets;
+        self.fetched_at_ms = now_ms;
+        self.refill_until_ms = 0;
+        self.failed_at_ms = 0;
+    }
+
+    /// The lease call failed (timeout, refused connection, error status, unreadable answer).
+    pub fn fail_refill(&mut self, now_ms: i64) {
+        self.refill_until_ms = 0;
+        self.failed_at_ms = now_ms.max(1);
+    }
+}
+
+/// Extra time a lease-call marker outlives the call's own timeout before another worker may ask.
+pub const REFILL_SLACK_MS: i64 = 500;
+
+// ---- compact encoding ------------------------------------------------------------------------
+
+const FORMAT_VERSION: u8 = 1;
+
+impl ScopeEntry {
+    /// Compact binary form for Envoy shared data: a version byte, fixed-width little-endian
+    /// integers, length-prefixed strings.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.budgets.len() * 128);
+        out.push(FORMAT_VERSION);
+        for v in [self.fetched_at_ms, self.unacked, self.acked_since_send, self.refill_until_ms, self.failed_at_ms] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.budgets.len().min(u16::MAX as usize) as u16).to_le_bytes());
+        for slot in self.budgets.iter().take(u16::MAX as usize) {
+            let id = slot.budget_id.as_bytes();
+            let id = id.get(..id.len().min(u16::MAX as usize)).unwrap_or_default();
+            out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            out.extend_from_slice(id);
+            let mode = match slot.mode {
+                BudgetMode::Enforce => 0u8,
+                BudgetMode::Observe => 1,
+            };
+            let status = match slot.status {
+                BudgetStatus::Ok => 0u8,
+                BudgetStatus::Soft => 1,
+                BudgetStatus::Hard => 2,
+            };
+            out.extend_from_slice(&[mode, status, u8::from(slot.capped), u8::from(slot.resets_at.is_some())]);
+            out.extend_from_slice(&slot.soft_threshold_pct.to_le_bytes());
+            for v in [
+                slot.slice,
+                slot.reserved,
+                slot.granted,
+                slot.granted_at_ms,
+                slot.expires_at_ms,
+                slot.spent_at_grant,
+                slot.spent_since_grant,
+                slot.limit,
+                slot.hard_limit,
+                slot.resets_at.unwrap_or(0),
+            ] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads [`Self::encode`]'s output. `None` for anything else (another version, truncation):
+    /// the caller treats the scope as unknown and asks the counter again.
+    pub fn decode(bytes: &[u8]) -> Option<ScopeEntry> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.u8()? != FORMAT_VERSION {
+            return None;
+        }
+        let mut entry = ScopeEntry {
+            fetched_at_ms: r.i64()?,
+            unacked: r.i64()?,
+            acked_since_send: r.i64()?,
+            refill_until_ms: r.i64()?,
+            failed_at_ms: r.i64()?,
+            budgets: Vec::new(),
+        };
+        let count = r.u16()?;
+        for _ in 0..count {
+            let id_len = usize::from(r.u16()?);
+            let budget_id = String::from_utf8(r.take(id_len)?.to_vec()).ok()?;
+            let mode = match r.u8()? {
+                0 => BudgetMode::Enforce,
+                1 => BudgetMode::Observe,
+                _ => return None,
+            };
+            let status = match r.u8()? {
+                0 => BudgetStatus::Ok,
+                1 => BudgetStatus::Soft,
+                2 => BudgetStatus::Hard,
+                _ => return None,
+            };
+            let capped = r.u8()? != 0;
+            let has_reset = r.u8()? != 0;
+            let soft_threshold_pct = r.u32()?;
+            let mut slot = BudgetSlot {
+                budget_id,
+                mode,
+                status,
+                capped,
+                soft_threshold_pct,
+                slice: r.i64()?,
+                reserved: r.i64()?,
+                granted: r.i64()?,
+                granted_at_ms: r.i64()?,
+                expires_at_ms: r.i64()?,
+                spent_at_grant: r.i64()?,
+                spent_since_grant: r.i64()?,
+                limit: r.i64()?,
+                hard_limit: r.i64()?,
+                resets_at: None,
+            };
+            let resets_at = r.i64()?;
+            slot.resets_at = has_reset.then_some(resets_at);
+            entry.budgets.push(slot);
+        }
+        (r.at == bytes.len()).then_some(entry)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::enforce::config::test_settings;
+    use proptest::prelude::*;
+
+    pub(crate) fn lease(budget: &str, scope: &str, granted: Micros, expires_at_ms: i64) -> BudgetLease {
+        BudgetLease {
+            budget_id: budget.into(),
+            scope: scope.into(),
+            mode: BudgetMode::Enforce,
+            granted_micros: granted,
+            spent_micros: 0,
+            limit_micros: 10_000_000,
+            hard_limit_micros: 10_000_000,
+            soft_threshold_pct: 80,
+            status: BudgetStatus::Ok,
+            resets_at: Some(1_800_000_000),
+            lease_expires_at_ms: expires_at_ms,
+        }
+    }
+
+    fn granted(amount: Micros, want: Micros) -> ScopeEntry {
+        let mut e = ScopeEntry::default();
+        assert!(e.begin_refill(1_000, &test_settings()));
+        e.apply_grant(&[&lease("b1", "team:a", amount, 60_000)], want, 1_000);
+        e
+    }
+
+    #[test]
+    fn an_unknown_scope_must_be_asked_about_and_only_once_at_a_time() {
+        let s = test_settings();
+        let mut e = ScopeEntry::default();
+        assert_eq!(e.check(1, 0, &s), ScopeCheck::NeedRefill);
+        assert!(e.begin_refill(0, &s));
+        assert_eq!(e.check(1, 10, &s), ScopeCheck::Wait);
+        assert!(!e.begin_refill(10, &s), "second caller does not own the call");
+        e.fail_refill(20);
+        assert_eq!(e.check(1, 30, &s), ScopeCheck::Unavailable, "recent failure: apply the failure mode");
+        assert_eq!(e.check(1, 20 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill, "then ask again");
+    }
+
+    #[test]
+    fn a_scope_without_budget_admits_until_the_answer_goes_stale() {
+        let s = test_settings();
+        let mut e = ScopeEntry::default();
+        e.begin_refill(0, &s);
+        e.apply_grant(&[], 1_000_000, 5);
+        assert_eq!(e.check(i64::MAX / 4, 6, &s), ScopeCheck::Fits);
+        assert_eq!(e.check(1, 5 + s.unbudgeted_scope_ttl_ms, &s), ScopeCheck::NeedRefill);
+    }
+
+    #[test]
+    fn reserve_and_settle_keep_the_arithmetic() {
+        let s = test_settings();
+        let mut e = granted(1_000_000, 1_000_000);
+        assert_eq!(e.check(600_000, 2_000, &s), ScopeCheck::Fits);
+        let ids = e.reserve(600_000);
+        assert_eq!(e.budgets[0].available(2_000), 400_000);
+        assert_eq!(e.check(500_000, 2_000, &s), ScopeCheck::NeedRefill, "does not fit, counter not known to be dry");
+        e.settle(600_000, &ids, 250_000);
+        assert_eq!(e.budgets[0].available(2_000), 750_000, "unused part returns");
+        assert_eq!(e.unacked, 250_000);
+        e.acknowledge(250_000);
+        assert_eq!(e.budgets[0].available(2_000), 750_000, "an ack does not change the slice");
+        assert_eq!((e.unacked, e.acked_since_send), (0, 250_000));
+    }
+
+    #[test]
+    fn settle_charges_the_real_cost_even_above_the_reservation() {
+        let mut e = granted(1_000_000, 1_000_000);
+        let ids = e.reserve(100_000);
+        e.settle(100_000, &ids, 1_300_000);
+        assert_eq!(e.budgets[0].reserved, 0);
+        assert_eq!(e.budgets[0].slice, -300_000);
+    }
+
+    #[test]
+    fn a_capped_grant_refuses_until_recheck_then_asks_again() {
+        let s = test_settings();
+        let e = granted(200_000, 1_000_000);
+        assert!(e.budgets[0].capped);
+        assert_eq!(e.check(100_000, 1_500, &s), ScopeCheck::Fits, "what is left can still be used");
+        assert_eq!(e.check(300_000, 1_500, &s), ScopeCheck::Refused { budget: 0 });
+        assert_eq!(e.check(300_000, 1_000 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill);
+        assert!(!e.wants_topup(1_500, &s), "no hammering a dry budget");
+    }
+
+    #[test]
+    fn an_expired_lease_holds_nothing() {
+        let s = test_settings();
+        let e = granted(1_000_000, 1_000_000);
+        assert_eq!(e.check(1, 60_000, &s), ScopeCheck::NeedRefill);
+        assert!(e.wants_topup(60_000 - s.renew_before_expiry_ms + 1, &s), "renewed before it lapses");
+        assert!(!e.wants_topup(2_000, &s), "a full fresh slice needs nothing");
+    }
+
+    #[test]
+    fn observe_budgets_never_block_but_report() {
+        let s = test_settings();
+        let mut l = lease("obs", "team:a", 0, 60_000);
+        l.mode = BudgetMode::Observe;
+        l.status = BudgetStatus::Hard;
+        let mut e = ScopeEntry::default();
+        e.apply_grant(&[&l], 1_000_000, 1_000);
+        assert_eq!(e.check(500, 1_100, &s), ScopeCheck::Fits);
+        assert_eq!(e.would_refuse(500, 1_100, &s), ["obs"]);
+    }
+
+    #[test]
+    fn a_grant_is_net_of_costs_the_counter_may_not_have_seen() {
+        let s = test_settings();
+        let mut e = granted(1_000_000, 1_000_000);
+        let ids = e.reserve(400_000);
+        e.settle(400_000, &ids, 300_000); // unacked 300k
+        e.acknowledge(100_000); // unacked 200k, acked before the next send: counter has it
+        assert!(e.begin_refill(2_000, &s));
+        e.acknowledge(50_000); // acked after send: maybe in the grant, maybe not
+        let r2 = e.reserve(10_000);
+        e.apply_grant(&[&lease("b1", "team:a", 1_000_000, 90_000)], 1_000_000, 2_100);
+        assert_eq!(e.budgets[0].slice, 1_000_000 - 150_000 - 50_000);
+        assert_eq!(e.budgets[0].reserved, 10_000, "reservations survive a grant");
+        e.settle(10_000, &r2, 0);
+        assert_eq!(e.budgets[0].reserved, 0);
+        assert_eq!(e.want(0, &s), 1_000_000 + 150_000);
+    }
+
+    fn arb_entry() -> impl Strategy<Value = ScopeEntry> {
+        let slot = (
+            "[a-z0-9:/_-]{0,24}",
+            any::<bool>(),
+            0u8..3,
+            any::<(i64, i64, i64, i64, i64)>(),
+            any::<(i64, i64, i64, i64)>(),
+            any::<(u32, bool, Option<i64>)>(),
+        )
+            .prop_map(|(id, observe, status, a, b, c)| BudgetSlot {
+                budget_id: id,
+                mode: if observe { BudgetMode::Observe } else { BudgetMode::Enforce },
+                status: [BudgetStatus::Ok, BudgetStatus::Soft, BudgetStatus::Hard][usize::from(status)],
+                slice: a.0,
+                reserved: a.1,
+                granted: a.2,
+                granted_at_ms: a.3,
+                expires_at_ms: a.4,
+                spent_at_grant: b.0,
+                spent_since_grant: b.1,
+                limit: b.2,
+                hard_limit: b.3,
+                soft_threshold_pct: c.0,
+                capped: c.1,
+                resets_at: c.2,
+            });
+        (any::<(i64, i64, i64, i64, i64)>(), proptest::collection::vec(slot, 0..4)).prop_map(|(h, budgets)| ScopeEntry {
+            fetched_at_ms: h.0,
+            unacked: h.1,
+            acked_since_send: h.2,
+            refill_until_ms: h.3,
+            failed_at_ms: h.4,
+            budgets,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_round_trips(entry in arb_entry()) {
+            prop_assert_eq!(ScopeEntry::decode(&entry.encode()), Some(entry));
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = ScopeEntry::decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_entries_are_refused(entry in arb_entry(), cut in 0usize..1000) {
+            let bytes = entry.encode();
+            let cut = cut % bytes.len();
+            prop_assert_eq!(ScopeEntry::decode(&bytes[..cut]), None);
+        }
+    }
+}

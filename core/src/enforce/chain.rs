@@ -1,0 +1,410 @@
+//! Budget decisions across a principal's whole chain of scopes, over a versioned store.
+//!
+//! A request is charged to every budget on its chain (`org:… → team:… → user:…`), and each scope's
+//! [`ScopeEntry`] is a separate shared-data key. [`LeaseStore`] is everything these functions ask
+//! of the host: read a key with its version, write it if the version still matches. The plugin
+//! implements it over Envoy shared data (process-wide, compare-and-swap); tests implement it in
+//! memory and can inject conflicts.
+//!
+//! Every update is a bounded read-modify-write loop ([`MAX_CAS_ATTEMPTS`]): a worker that keeps
+//! losing the race gives up (the request is then treated as if the counter were unreachable)
+//! rather than spin.
+
+use super::book::{ScopeCheck, ScopeEntry};
+use super::config::EnforcementSettings;
+use crate::money::{format_micros, Micros};
+use crate::protocol::{BudgetStatus, LeaseResponse};
+
+/// Attempts of one read-modify-write before giving up.
+pub const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// What the host's store can say about a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone wrote the key since we read it.
+    Conflict,
+    /// The store refused for another reason.
+    Failed,
+}
+
+/// Versioned key-value storage for scope entries (Envoy shared data in the plugin).
+pub trait LeaseStore {
+    /// The entry under `scope` and its version; `(None, None)` if absent, `(None, Some(v))` if
+    /// present but unreadable (it is then overwritten).
+    fn load(&self, scope: &str) -> (Option<ScopeEntry>, Option<u32>);
+    /// Writes `entry` if the key's version is still `version` (`None`: the key did not exist).
+    fn store(&mut self, scope: &str, entry: &ScopeEntry, version: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// Bounded read-modify-write of one entry. `change` returns its result and whether it modified the
+/// entry (unchanged entries are not written).
+pub fn update<S: LeaseStore, R>(
+    store: &mut S,
+    scope: &str,
+    mut change: impl FnMut(&mut ScopeEntry) -> (R, bool),
+) -> Result<R, StoreError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (entry, version) = store.load(scope);
+        let mut entry = entry.unwrap_or_default();
+        let (result, changed) = change(&mut entry);
+        if !changed {
+            return Ok(result);
+        }
+        match store.store(scope, &entry, version) {
+            Ok(()) => return Ok(result),
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::Failed) => return Err(StoreError::Failed),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
+/// A reservation held by one request: released or settled exactly once (it is consumed by value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The chain the request is charged to (settlement charges every scope on it).
+    pub scopes: Vec<String>,
+    /// The worst-case amount reserved on each budget in `reserved_on`.
+    pub amount: Micros,
+    /// `(scope, budget ids)` the amount was actually reserved on.
+    pub reserved_on: Vec<(String, Vec<String>)>,
+}
+
+impl Reservation {
+    /// Admission without a reservation (fail-open while the counter is unreachable): settlement
+    /// still charges the real cost to every scope.
+    pub fn unreserved(scopes: Vec<String>) -> Reservation {
+        Reservation { scopes, amount: 0, reserved_on: Vec::new() }
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub budget_id: String,
+    pub scope: String,
+    pub spent_micros: Micros,
+    pub hard_limit_micros: Micros,
+    /// The request's worst case, which did not fit.
+    pub needed_micros: Micros,
+    /// Window reset, unix seconds.
+    pub resets_at: Option<i64>,
+}
+
+impl Refusal {
+    /// Seconds until the window resets (at least 1); `None` for a budget with no window.
+    pub fn retry_after_secs(&self, now_ms: i64) -> Option<u64> {
+        retry_after_secs(self.resets_at, now_ms)
+    }
+
+    /// The message the client sees, naming the budget and what to do.
+    pub fn message(&self) -> String {
+        let when = match self.resets_at {
+            Some(_) => "retry after the window resets (see Retry-After)",
+            None => "ask the budget's owner to raise it",
+        };
+        format!(
+            "budget `{}` (scope {}) has no headroom left for this request: ${} spent of a ${} hard limit, \
+             this request may cost up to ${}; {when}",
+            self.budget_id,
+            self.scope,
+            format_micros(self.spent_micros),
+            format_micros(self.hard_limit_micros),
+            format_micros(self.needed_micros),
+        )
+    }
+}
+
+/// `Retry-After` seconds from a window reset: at least 1, `None` without a window.
+pub fn retry_after_secs(resets_at: Option<i64>, now_ms: i64) -> Option<u64> {
+    let reset_ms = resets_at?.checked_mul(1000)?;
+    let wait_ms = reset_ms.saturating_sub(now_ms).max(1);
+    u64::try_from(wait_ms.saturating_add(999) / 1000).ok()
+}
+
+/// A budget past its soft threshold, for the `x-tollgate-budget-*` response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetWarning {
+    pub budget_id: String,
+    pub utilization_pct: u32,
+    pub resets_at: Option<i64>,
+}
+
+impl BudgetWarning {
+    /// Response headers stating the budget, its utilization and its reset.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("x-tollgate-budget-id", self.budget_id.clone()),
+            ("x-tollgate-budget-utilization-pct", self.utilization_pct.to_string()),
+            ("x-tollgate-budget-status", "soft".to_owned()),
+        ];
+        if let Some(reset) = self.resets_at {
+            headers.push(("x-tollgate-budget-reset", reset.to_string()));
+        }
+        headers
+    }
+}
+
+/// The outcome of trying to reserve a request's worst case on its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward the request.
+    Admit {
+        reservation: Reservation,
+        /// Scopes to top up in the background (the request does not wait).
+        topup: Vec<String>,
+        /// Observe-mode budgets that would have refused.
+        would_refuse: Vec<String>,
+        /// The most-utilized budget past its soft threshold, if any.
+        warning: Option<BudgetWarning>,
+    },
+    /// Pause the request and ask the counter about these scopes.
+    Refill { scopes: Vec<String> },
+    /// Pause: another call for these scopes is in flight; check again when it lands.
+    Wait,
+    /// The counter is unreachable (a recent call failed, or the store kept conflicting).
+    Unavailable,
+    /// An enforce-mode budget is out of headroom.
+    Refuse(Refusal),
+}
+
+/// Reads the chain's entries and, if every enforce-mode budget has room for `amount`, reserves it
+/// on all of them. Nothing is changed unless the request is admitted.
+pub fn reserve<S: LeaseStore>(
+    store: &mut S,
+    scopes: &[String],
+    amount: Micros,
+    now_ms: i64,
+    settings: &EnforcementSettings,
+) -> Decision {
+    let amount = amount.max(0);
+    // Phase 1: read-only decision over the whole chain, so one lease call covers every scope that
+    // needs one.
+    let mut refill = Vec::new();
+    let mut wait = false;
+    let mut unavailable = false;
+    for scope in scopes {
+        let entry = store.load(scope).0.unwrap_or_default();
+        match entry.check(amount, now_ms, settings) {
+            ScopeCheck::Fits => {}
+            ScopeCheck::Refused { budget } => return refusal(&entry, budget, scope, amount),
+            ScopeCheck::NeedRefill => refill.push(scope.clone()),
+            ScopeCheck::Wait => wait = true,
+            ScopeCheck::Unavailable => unavailable = true,
+        }
+    }
+    if unavailable {
+        return Decision::Unavailable;
+    }
+    if !refill.is_empty() {
+        return Decision::Refill { scopes: refill };
+    }
+    if wait {
+        return Decision::Wait;
+    }
+    // Phase 2: reserve scope by scope; a scope that changed under us undoes what was done.
+    let mut reserved_on: Vec<(String, Vec<String>)> = Vec::with_capacity(scopes.len());
+    let mut topup = Vec::new();
+    let mut would_refuse = Vec::new();
+    let mut warning: Option<BudgetWarning> = None;
+    for scope in scopes {
+        let result = update(store, scope, |entry| match entry.check(amount, now_ms, settings) {
+            ScopeCheck::Fits => {
+                let ids = entry.reserve(amount);
+                let extra = (
+                    entry.wants_topup(now_ms, settings),
+                    entry.would_refuse(amount, now_ms, settings),
+                    soft_warning(entry),
+                );
+                (Ok((ids, extra)), !entry.budgets.is_empty())
+            }
+            ScopeCheck::Refused { budget } => (Err(refusal(entry, budget, scope, amount)), false),
+            ScopeCheck::NeedRefill => (Err(Decision::Refill { scopes: vec![scope.clone()] }), false),
+            ScopeCheck::Wait => (Err(Decision::Wait), false),
+            ScopeCheck::Unavailable => (Err(Decision::Unavailable), false),
+        });
+        match result {
+            Ok(Ok((ids, (wants_topup, refusing, warn)))) => {
+                if wants_topup {
+                    topup.push(scope.clone());
+                }
+                would_refuse.extend(refusing);
+                if let Some(w) = warn {
+                    if warning.as_ref().is_none_or(|cur| w.utilization_pct > cur.utilization_pct) {
+                        warning = Some(w);
+                    }
+                }
+                if !ids.is_empty() {
+                    reserved_on.push((scope.clone(), ids));
+                }
+            }
+            Ok(Err(decision)) => {
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on });
+                return decision;
+            }
+            Err(_) => {
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on });
+                return Decision::Unavailable;
+            }
+        }
+    }
+    Decision::Admit {
+        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on },
+        topup,
+        would_refuse,
+        warning,
+    }
+}
+
+fn refusal(entry: &ScopeEntry, budget: usize, scope: &str, amount: Micros) -> Decision {
+    match entry.budgets.get(budget) {
+        Some(slot) => Decision::Refuse(Refusal {
+            budget_id: slot.budget_id.clone(),
+            scope: scope.to_owned(),
+            spent_micros: slot.spent_at_grant.saturating_add(slot.spent_since_grant),
+            hard_limit_micros: slot.hard_limit,
+            needed_micros: amount,
+            resets_at: slot.resets_at,
+        }),
+        None => Decision::Unavailable,
+    }
+}
+
+/// The most-utilized budget of an entry at or past its soft threshold (or flagged soft/hard by
+/// the counter).
+fn soft_warning(entry: &ScopeEntry) -> Option<BudgetWarning> {
+    entry
+        .budgets
+        .iter()
+        .filter(|s| s.status != BudgetStatus::Ok || s.utilization_pct() >= s.soft_threshold_pct)
+        .max_by_key(|s| s.utilization_pct())
+        .map(|s| BudgetWarning { budget_id: s.budget_id.clone(), utilization_pct: s.utilization_pct(), resets_at: s.resets_at })
+}
+
+/// The highest utilization (percent) of any budget on the chain that this gateway knows of, for
+/// routing's `budget_utilization_at_least_pct`. 0 when nothing is known yet.
+pub fn max_utilization_pct<S: LeaseStore>(store: &S, scopes: &[String]) -> u32 {
+    scopes
+        .iter()
+        .filter_map(|scope| store.load(scope).0)
+        .flat_map(|entry| entry.budgets.into_iter().map(|s| s.utilization_pct()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Gives a reservation back unused (the request never reached the upstream).
+pub fn release<S: LeaseStore>(store: &mut S, reservation: &Reservation) {
+    for (scope, ids) in &reservation.reserved_on {
+        let _ = update(store, scope, |entry| {
+            entry.release(reservation.amount, ids);
+            ((), true)
+        });
+    }
+}
+
+/// What settling a request did, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settled {
+    /// Reserved but not used: returned to the slices.
+    pub returned_micros: Micros,
+    /// Cost beyond the reservation: `(actual - reserved)^+`, the estimate error that the
+    /// overspend bound adds up.
+    pub excess_micros: Micros,
+}
+
+/// Replaces the reservation by the real cost on every scope of the chain.
+pub fn settle<S: LeaseStore>(store: &mut S, reservation: Reservation, actual: Micros) -> Settled {
+    let actual = actual.max(0);
+    for scope in &reservation.scopes {
+        let ids: &[String] =
+            reservation.reserved_on.iter().find(|(s, _)| s == scope).map(|(_, ids)| ids.as_slice()).unwrap_or(&[]);
+        let reserved = if ids.is_empty() { 0 } else { reservation.amount };
+        let _ = update(store, scope, |entry| {
+            if entry.fetched_at_ms == 0 && entry.budgets.is_empty() && actual == 0 {
+                return ((), false);
+            }
+            entry.settle(reserved, ids, actual);
+            ((), true)
+        });
+    }
+    let reserved_any = !reservation.reserved_on.is_empty();
+    let amount = if reserved_any { reservation.amount } else { 0 };
+    Settled {
+        returned_micros: amount.saturating_sub(actual).max(0),
+        excess_micros: if reserved_any { actual.saturating_sub(amount).max(0) } else { 0 },
+    }
+}
+
+/// A lease call this worker owns: which scopes, and what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefillTicket {
+    pub scopes: Vec<String>,
+    pub want_micros: Micros,
+}
+
+/// Marks the lease call for `scopes` as in flight (skipping scopes whose call is already in flight
+/// elsewhere) and computes the `want` to ask for. `need` is the worst case of the request waiting
+/// on it (0 for a background top-up). `None` if every scope is already being asked about.
+pub fn begin_refill<S: LeaseStore>(
+    store: &mut S,
+    scopes: &[String],
+    need: Micros,
+    now_ms: i64,
+    settings: &EnforcementSettings,
+) -> Option<RefillTicket> {
+    let mut owned = Vec::new();
+    let mut want: Micros = 0;
+    for scope in scopes {
+        let result = update(store, scope, |entry| {
+            if entry.begin_refill(now_ms, settings) {
+                (Some(entry.want(need, settings)), true)
+            } else {
+                (None, false)
+            }
+        });
+        if let Ok(Some(w)) = result {
+            owned.push(scope.clone());
+            want = want.max(w);
+        }
+    }
+    (!owned.is_empty()).then_some(RefillTicket { scopes: owned, want_micros: want })
+}
+
+/// Applies the counter's answer to every scope of the ticket (a scope absent from the answer has
+/// no budget).
+pub fn finish_refill<S: LeaseStore>(store: &mut S, ticket: &RefillTicket, response: &LeaseResponse, now_ms: i64) {
+    for scope in &ticket.scopes {
+        let leases: Vec<_> = response.budgets.iter().filter(|b| &b.scope == scope).collect();
+        let _ = update(store, scope, |entry| {
+            entry.apply_grant(&leases, ticket.want_micros, now_ms);
+            ((), true)
+        });
+    }
+}
+
+/// The lease call failed: clear the in-flight marks and remember the failure.
+pub fn fail_refill<S: LeaseStore>(store: &mut S, ticket: &RefillTicket, now_ms: i64) {
+    for scope in &ticket.scopes {
+        let _ = update(store, scope, |entry| {
+            entry.fail_refill(now_ms);
+            ((), true)
+        });
+    }
+}
+
+/// Usage records acknowledged (or, with `dropped`, given up on): per scope, the total cost.
+pub fn acknowledge<S: LeaseStore>(store: &mut S, costs_by_scope: &[(String, Micros)], dropped: bool) {
+    for (scope, cost) in costs_by_scope {
+        let _ = update(store, scope, |entry| {
+            if entry.fetched_at_ms == 0 && entry.budgets.is_empty() {
+                return ((), false);
+            }
+            if dropped {
+                entry.forget(*cost);
+            } else {
+                entry.acknowledge(*cost);
+            }
+            ((), true)
+        });
+    }
+}

@@ -1,0 +1,198 @@
+//! The usage queue's policy: when to post a batch, how big, what a bound means, how a batch body
+//! is built and an acknowledgement read.
+//!
+//! Records wait in an Envoy shared queue (process-wide). A worker's tick takes up to
+//! `batch_size` of them into an [`InFlightBatch`] and posts it; they leave for good only when the
+//! counter acknowledges the batch. A failed or timed-out post puts every record back (the counter
+//! ignores ids it has already counted, so redelivery never double-charges). The queue is bounded:
+//! past `queue_bound` new records are dropped and counted, never silently.
+
+use super::config::EnforcementSettings;
+use crate::money::Micros;
+use crate::protocol::{UsageAck, UsageRecord};
+
+/// Whether a worker should post now: nothing of its own in flight, something queued, and either a
+/// full batch or the flush interval has passed since its last post.
+pub fn should_flush(queued: usize, ms_since_last_post: i64, in_flight: bool, settings: &EnforcementSettings) -> bool {
+    if in_flight || queued == 0 {
+        return false;
+    }
+    let interval = i64::try_from(settings.flush_interval_ms).unwrap_or(i64::MAX);
+    queued >= settings.batch_size || ms_since_last_post >= interval
+}
+
+/// Whether one more record may join a queue holding `queued` (redeliveries always may: they were
+/// admitted once and only left to be posted).
+pub fn admits(queued: usize, settings: &EnforcementSettings) -> bool {
+    queued < settings.queue_bound
+}
+
+/// One queued record: its JSON as enqueued, plus what acknowledgement needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRecord {
+    pub json: Vec<u8>,
+    pub id: String,
+    pub cost_micros: Micros,
+    pub scopes: Vec<String>,
+}
+
+impl QueuedRecord {
+    /// Serializes a record for the queue.
+    pub fn from_record(record: &UsageRecord) -> Option<QueuedRecord> {
+        let json = serde_json::to_vec(record).ok()?;
+        Some(QueuedRecord {
+            json,
+            id: record.id.clone(),
+            cost_micros: record.cost_micros,
+            scopes: record.principal.scope_keys(),
+        })
+    }
+
+    /// Reads a record back from the queue; `None` for bytes that are not a record (dropped and
+    /// counted by the caller).
+    pub fn from_queue(bytes: Vec<u8>) -> Option<QueuedRecord> {
+        let record: UsageRecord = serde_json::from_slice(&bytes).ok()?;
+        Some(QueuedRecord {
+            id: record.id,
+            cost_micros: record.cost_micros,
+            scopes: record.principal.scope_keys(),
+            json: bytes,
+        })
+    }
+}
+
+/// A batch posted and not yet answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightBatch {
+    pub records: Vec<QueuedRecord>,
+    pub sent_at_ms: i64,
+}
+
+impl InFlightBatch {
+    /// Total cost per scope, for [`super::chain::acknowledge`].
+    pub fn costs_by_scope(&self) -> Vec<(String, Micros)> {
+        costs_by_scope(&self.records)
+    }
+}
+
+/// Total cost per scope of some records, scopes in first-seen order.
+pub fn costs_by_scope(records: &[QueuedRecord]) -> Vec<(String, Micros)> {
+    let mut out: Vec<(String, Micros)> = Vec::new();
+    for record in records {
+        for scope in &record.scopes {
+            match out.iter_mut().find(|(s, _)| s == scope) {
+                Some((_, total)) => *total = total.saturating_add(record.cost_micros.max(0)),
+                None => out.push((scope.clone(), record.cost_micros.max(0))),
+            }
+        }
+    }
+    out
+}
+
+/// The `POST /v1/usage` body (`UsageBatch`), assembled from the records' JSON as queued, without
+/// re-serializing them.
+pub fn batch_body(gateway_id: &str, records: &[QueuedRecord]) -> Vec<u8> {
+    let id = serde_json::to_string(gateway_id).unwrap_or_else(|_| "\"\"".to_owned());
+    let size = records.iter().map(|r| r.json.len() + 1).sum::<usize>();
+    let mut body = Vec::with_capacity(size + id.len() + 32);
+    body.extend_from_slice(b"{\"gateway_id\":");
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(b",\"records\":[");
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&record.json);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// Reads the counter's answer to a usage post: `Ok` only for a 200 with a well-formed
+/// acknowledgement that accounts for every record sent.
+pub fn read_ack(status: Option<u16>, body: &[u8], sent: usize) -> Result<UsageAck, String> {
+    match status {
+        Some(200) => {}
+        Some(code) => return Err(format!("counter answered HTTP {code}: {}", String::from_utf8_lossy(body.get(..body.len().min(300)).unwrap_or_default()))),
+        None => return Err("no answer (timeout or connection failure)".to_owned()),
+    }
+    let ack: UsageAck = serde_json::from_slice(body).map_err(|e| format!("unreadable acknowledgement: {e}"))?;
+    if ack.accepted.saturating_add(ack.duplicates) != sent as u64 {
+        return Err(format!(
+            "acknowledgement covers {} records, {sent} were sent",
+            ack.accepted.saturating_add(ack.duplicates)
+        ));
+    }
+    Ok(ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enforce::config::test_settings;
+    use crate::protocol::{Principal, Tokens, UsageBatch};
+
+    fn record(id: &str, team: &str, cost: Micros) -> UsageRecord {
+        UsageRecord {
+            id: id.into(),
+            principal: Principal { team: Some(team.into()), user: Some("u".into()), ..Default::default() },
+            dialect: "openai".into(),
+            requested_model: "m".into(),
+            routed_model: "m".into(),
+            tokens: Tokens { input: 10, output: 5, ..Default::default() },
+            cost_micros: cost,
+            status: 200,
+            estimated: false,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn flushes_on_a_full_batch_or_on_the_interval_never_twice_at_once() {
+        let s = test_settings();
+        assert!(!should_flush(0, 10_000, false, &s), "nothing to send");
+        assert!(!should_flush(1, 10, false, &s), "wait for more");
+        assert!(should_flush(1, 1_000, false, &s), "interval passed");
+        assert!(should_flush(s.batch_size, 0, false, &s), "batch full");
+        assert!(!should_flush(s.batch_size, 5_000, true, &s), "one batch in flight per worker");
+    }
+
+    #[test]
+    fn the_bound_is_the_configured_one() {
+        let s = test_settings();
+        assert!(admits(s.queue_bound - 1, &s));
+        assert!(!admits(s.queue_bound, &s));
+    }
+
+    #[test]
+    fn a_batch_body_is_a_usage_batch_the_counter_reads() {
+        let records: Vec<_> =
+            [record("g1-a", "x", 10), record("g1-b", "y", 20)].iter().filter_map(QueuedRecord::from_record).collect();
+        let body = batch_body("gw \"1\"", &records);
+        let batch: UsageBatch = serde_json::from_slice(&body).unwrap();
+        assert_eq!(batch.gateway_id, "gw \"1\"");
+        assert_eq!(batch.records, [record("g1-a", "x", 10), record("g1-b", "y", 20)]);
+        let empty: UsageBatch = serde_json::from_slice(&batch_body("g", &[])).unwrap();
+        assert!(empty.records.is_empty());
+    }
+
+    #[test]
+    fn queued_records_round_trip_and_sum_per_scope() {
+        let q = QueuedRecord::from_record(&record("a", "x", 10)).unwrap();
+        let back = QueuedRecord::from_queue(q.json.clone()).unwrap();
+        assert_eq!(back, q);
+        assert_eq!(QueuedRecord::from_queue(b"not json".to_vec()), None);
+        let r2 = QueuedRecord::from_record(&record("b", "y", 5)).unwrap();
+        assert_eq!(costs_by_scope(&[q, r2]), [("team:x".into(), 10), ("user:u".into(), 15), ("team:y".into(), 5)]);
+    }
+
+    #[test]
+    fn only_a_complete_acknowledgement_lets_records_go() {
+        assert_eq!(read_ack(Some(200), br#"{"accepted":2,"duplicates":1}"#, 3).map(|a| a.accepted), Ok(2));
+        assert!(read_ack(Some(200), br#"{"accepted":1,"duplicates":0}"#, 3).is_err(), "partial");
+        assert!(read_ack(Some(200), b"garbage", 1).is_err());
+        assert!(read_ack(Some(503), b"{}", 1).unwrap_err().contains("503"));
+        assert!(read_ack(None, b"", 1).is_err());
+    }
+}

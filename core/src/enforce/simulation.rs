@@ -1,0 +1,370 @@
+//! A randomized simulation of the whole lease protocol: a model counter, several gateways with
+//! their own books, and every message (lease calls, usage posts, acknowledgements) delivered late
+//! and interleaved at random. It checks the overspend bound of docs/enforcement.md:
+//!
+//! per enforce-mode budget, `spent <= hard_limit + Σ (actual - reserved)^+`
+//!
+//! and that once everything has settled and been acknowledged, no reservation is left behind.
+
+use super::book::ScopeEntry;
+use super::chain::{self, Decision, LeaseStore, RefillTicket, Reservation, StoreError};
+use super::config::{EnforcementConfig, EnforcementSettings};
+use super::queue::{costs_by_scope, QueuedRecord};
+use crate::money::Micros;
+use crate::protocol::{BudgetLease, BudgetMode, BudgetStatus, LeaseResponse, Principal, Tokens, UsageRecord};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// In-memory versioned store; `conflict_every` makes every n-th write fail with a conflict.
+#[derive(Default)]
+struct MemStore {
+    entries: BTreeMap<String, (ScopeEntry, u32)>,
+    writes: u32,
+    conflict_every: u32,
+}
+
+impl LeaseStore for MemStore {
+    fn load(&self, scope: &str) -> (Option<ScopeEntry>, Option<u32>) {
+        match self.entries.get(scope) {
+            Some((e, v)) => (Some(e.clone()), Some(*v)),
+            None => (None, None),
+        }
+    }
+    fn store(&mut self, scope: &str, entry: &ScopeEntry, version: Option<u32>) -> Result<(), StoreError> {
+        self.writes += 1;
+        if self.conflict_every > 0 && self.writes % self.conflict_every == 0 {
+            return Err(StoreError::Conflict);
+        }
+        let current = self.entries.get(scope).map(|(_, v)| *v);
+        if current.is_some() && current != version {
+            return Err(StoreError::Conflict);
+        }
+        // Round-trip through the shared-data encoding, as Envoy would.
+        let decoded = ScopeEntry::decode(&entry.encode()).ok_or(StoreError::Failed)?;
+        self.entries.insert(scope.to_owned(), (decoded, current.unwrap_or(0) + 1));
+        Ok(())
+    }
+}
+
+/// The counter's side of the contract (core::protocol's doc comment), kept minimal.
+struct ModelCounter {
+    /// scope → (budget id, hard limit, spent, slices by gateway: (slice, expires_at_ms))
+    budgets: BTreeMap<String, (String, Micros, Micros, BTreeMap<usize, (Micros, i64)>)>,
+    seen: BTreeSet<String>,
+    ttl_ms: i64,
+}
+
+impl ModelCounter {
+    fn grant(&mut self, gateway: usize, scopes: &[String], want: Micros, now: i64) -> LeaseResponse {
+        let mut out = Vec::new();
+        for scope in scopes {
+            let Some((id, hard, spent, slices)) = self.budgets.get_mut(scope) else { continue };
+            slices.retain(|_, (_, exp)| *exp > now);
+            let others: Micros = slices.iter().filter(|(g, _)| **g != gateway).map(|(_, (s, _))| *s).sum();
+            let granted = want.min((*hard - *spent - others).max(0));
+            slices.insert(gateway, (granted, now + self.ttl_ms));
+            assert!(*spent + others + granted <= *hard || granted == 0, "counter invariant");
+            out.push(BudgetLease {
+                budget_id: id.clone(),
+                scope: scope.clone(),
+                mode: BudgetMode::Enforce,
+                granted_micros: granted,
+                spent_micros: *spent,
+                limit_micros: *hard,
+                hard_limit_micros: *hard,
+                soft_threshold_pct: 80,
+                status: if *spent >= *hard { BudgetStatus::Hard } else { BudgetStatus::Ok },
+                resets_at: None,
+                lease_expires_at_ms: now + self.ttl_ms,
+            });
+        }
+        LeaseResponse { budgets: out }
+    }
+
+    fn ingest(&mut self, gateway: usize, records: &[QueuedRecord]) {
+        for r in records {
+            if !self.seen.insert(r.id.clone()) {
+                continue;
+            }
+            for scope in &r.scopes {
+                if let Some((_, _, spent, slices)) = self.budgets.get_mut(scope) {
+                    *spent += r.cost_micros;
+                    if let Some((slice, _)) = slices.get_mut(&gateway) {
+                        *slice = (*slice - r.cost_micros).max(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Gateway {
+    store: MemStore,
+    in_flight: Vec<(Reservation, Micros, Vec<String>)>,
+    queue: Vec<QueuedRecord>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Start { gateway: usize, user: u8, worst: Micros, overrun: bool, ratio_pct: u8 },
+    Finish(usize),
+    CounterLease(usize),
+    ApplyLease(usize),
+    Flush(usize),
+    CounterUsage(usize),
+    ApplyAck(usize),
+    Tick(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..3, 0u8..3, 1_000i64..400_000, prop::bool::weighted(0.1), 0u8..=100)
+            .prop_map(|(gateway, user, worst, overrun, ratio_pct)| Op::Start { gateway, user, worst, overrun, ratio_pct }),
+        3 => any::<usize>().prop_map(Op::Finish),
+        2 => any::<usize>().prop_map(Op::CounterLease),
+        2 => any::<usize>().prop_map(Op::ApplyLease),
+        1 => (0usize..3).prop_map(Op::Flush),
+        1 => any::<usize>().prop_map(Op::CounterUsage),
+        1 => any::<usize>().prop_map(Op::ApplyAck),
+        1 => (1u16..400).prop_map(Op::Tick),
+    ]
+}
+
+fn settings() -> EnforcementSettings {
+    EnforcementConfig::from_json(
+        r#"{"counter_cluster":"c","gateway_token":"t","lease_slice_usd":"0.5","recheck_after_ms":200,
+            "call_timeout_ms":100000,"renew_before_expiry_ms":1000}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
+    let s = settings();
+    let mut counter = ModelCounter {
+        budgets: BTreeMap::from([
+            ("team:a".to_owned(), ("team-a".to_owned(), 3_000_000, 0, BTreeMap::new())),
+            ("user:u0".to_owned(), ("user-u0".to_owned(), 1_000_000, 0, BTreeMap::new())),
+        ]),
+        seen: BTreeSet::new(),
+        ttl_ms: 1_000_000_000,
+    };
+    let mut gateways: Vec<Gateway> = (0..3)
+        .map(|_| Gateway { store: MemStore { conflict_every, ..Default::default() }, in_flight: vec![], queue: vec![] })
+        .collect();
+    let mut lease_calls: Vec<(usize, RefillTicket)> = vec![];
+    let mut lease_answers: Vec<(usize, RefillTicket, LeaseResponse)> = vec![];
+    let mut posts: Vec<(usize, Vec<QueuedRecord>)> = vec![];
+    let mut acks: Vec<(usize, Vec<QueuedRecord>)> = vec![];
+    let mut excess: BTreeMap<String, Micros> = BTreeMap::new();
+    let mut now: i64 = 1_000;
+    let mut next_id = 0u64;
+
+    let drive = |ops: &mut dyn Iterator<Item = Op>,
+                 gateways: &mut Vec<Gateway>,
+                 counter: &mut ModelCounter,
+                 lease_calls: &mut Vec<(usize, RefillTicket)>,
+                 lease_answers: &mut Vec<(usize, RefillTicket, LeaseResponse)>,
+                 posts: &mut Vec<(usize, Vec<QueuedRecord>)>,
+                 acks: &mut Vec<(usize, Vec<QueuedRecord>)>,
+                 excess: &mut BTreeMap<String, Micros>,
+                 now: &mut i64,
+                 next_id: &mut u64| {
+        for op in ops {
+            match op {
+                Op::Start { gateway, user, worst, overrun, ratio_pct } => {
+                    let g = &mut gateways[gateway];
+                    let principal = Principal { team: Some("a".into()), user: Some(format!("u{user}")), ..Default::default() };
+                    let scopes = principal.scope_keys();
+                    match chain::reserve(&mut g.store, &scopes, worst, *now, &s) {
+                        Decision::Admit { reservation, .. } => {
+                            let actual = if overrun { worst + worst / 2 } else { worst * i64::from(ratio_pct) / 100 };
+                            g.in_flight.push((reservation, actual, scopes));
+                        }
+                        Decision::Refill { scopes } => {
+                            if let Some(ticket) = chain::begin_refill(&mut g.store, &scopes, worst, *now, &s) {
+                                lease_calls.push((gateway, ticket));
+                            }
+                        }
+                        Decision::Wait | Decision::Unavailable | Decision::Refuse(_) => {}
+                    }
+                }
+                Op::Finish(i) => {
+                    let Some(gi) = (0..3).map(|k| (i + k) % 3).find(|k| !gateways[*k].in_flight.is_empty()) else { continue };
+                    let g = &mut gateways[gi];
+                    let (reservation, actual, scopes) = g.in_flight.remove(i % g.in_flight.len());
+                    let settled = chain::settle(&mut g.store, reservation, actual);
+                    for scope in &scopes {
+                        *excess.entry(scope.clone()).or_default() += settled.excess_micros;
+                    }
+                    *next_id += 1;
+                    let record = UsageRecord {
+                        id: format!("r{next_id}"),
+                        principal: Principal {
+                            team: Some("a".into()),
+                            user: scopes.get(1).and_then(|s| s.strip_prefix("user:")).map(str::to_owned),
+                            ..Default::default()
+                        },
+                        dialect: "openai".into(),
+                        requested_model: "m".into(),
+                        routed_model: "m".into(),
+                        tokens: Tokens::default(),
+                        cost_micros: actual,
+                        status: 200,
+                        estimated: false,
+                        started_at_ms: *now,
+                        finished_at_ms: *now,
+                    };
+                    g.queue.push(QueuedRecord::from_record(&record).unwrap_or_else(|| panic!("record")));
+                }
+                Op::CounterLease(i) => {
+                    if lease_calls.is_empty() {
+                        continue;
+                    }
+                    let (gw, ticket) = lease_calls.remove(i % lease_calls.len());
+                    let response = counter.grant(gw, &ticket.scopes, ticket.want_micros, *now);
+                    lease_answers.push((gw, ticket, response));
+                }
+                Op::ApplyLease(i) => {
+                    if lease_answers.is_empty() {
+                        continue;
+                    }
+                    let (gw, ticket, response) = lease_answers.remove(i % lease_answers.len());
+                    chain::finish_refill(&mut gateways[gw].store, &ticket, &response, *now);
+                }
+                Op::Flush(gw) => {
+                    let batch: Vec<_> = gateways[gw].queue.drain(..).collect();
+                    if !batch.is_empty() {
+                        posts.push((gw, batch));
+                    }
+                }
+                Op::CounterUsage(i) => {
+                    if posts.is_empty() {
+                        continue;
+                    }
+                    let (gw, batch) = posts.remove(i % posts.len());
+                    counter.ingest(gw, &batch);
+                    acks.push((gw, batch));
+                }
+                Op::ApplyAck(i) => {
+                    if acks.is_empty() {
+                        continue;
+                    }
+                    let (gw, batch) = acks.remove(i % acks.len());
+                    chain::acknowledge(&mut gateways[gw].store, &costs_by_scope(&batch), false);
+                }
+                Op::Tick(ms) => *now += i64::from(ms),
+            }
+        }
+    };
+
+    drive(
+        &mut ops.into_iter(),
+        &mut gateways,
+        &mut counter,
+        &mut lease_calls,
+        &mut lease_answers,
+        &mut posts,
+        &mut acks,
+        &mut excess,
+        &mut now,
+        &mut next_id,
+    );
+    // Drain: finish everything in flight, deliver every message.
+    let mut drain = Vec::new();
+    for _ in 0..200 {
+        drain.extend([Op::Finish(0), Op::CounterLease(0), Op::ApplyLease(0)]);
+    }
+    for gw in 0..3 {
+        drain.push(Op::Flush(gw));
+    }
+    for _ in 0..50 {
+        drain.extend([Op::CounterUsage(0), Op::ApplyAck(0)]);
+    }
+    drive(
+        &mut drain.into_iter(),
+        &mut gateways,
+        &mut counter,
+        &mut lease_calls,
+        &mut lease_answers,
+        &mut posts,
+        &mut acks,
+        &mut excess,
+        &mut now,
+        &mut next_id,
+    );
+
+    for (scope, (id, hard, spent, _)) in &counter.budgets {
+        let allowance = excess.get(scope).copied().unwrap_or(0);
+        prop_assert!(*spent <= hard + allowance, "budget {id}: spent {spent} > hard {hard} + excess {allowance}");
+    }
+    for g in &gateways {
+        prop_assert!(g.in_flight.is_empty());
+        for (scope, (entry, _)) in &g.store.entries {
+            if conflict_every == 0 {
+                for slot in &entry.budgets {
+                    prop_assert_eq!(slot.reserved, 0, "reservation left on {}", scope);
+                }
+                prop_assert_eq!(entry.unacked, 0, "unacknowledged cost left on {}", scope);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn spend_never_exceeds_the_hard_limit_beyond_reservation_overruns(ops in prop::collection::vec(op(), 0..300)) {
+        run(ops, 0)?;
+    }
+
+    #[test]
+    fn the_bound_holds_when_shared_data_writes_keep_conflicting(ops in prop::collection::vec(op(), 0..200)) {
+        run(ops, 3)?;
+    }
+}
+
+#[test]
+fn steady_load_without_overruns_spends_close_to_the_limit_and_never_over() {
+    // Deterministic: two gateways take turns until the budget is dry, every call answered at once.
+    let s = settings();
+    let mut counter = ModelCounter {
+        budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), 2_000_000, 0, BTreeMap::new()))]),
+        seen: BTreeSet::new(),
+        ttl_ms: 60_000,
+    };
+    let mut stores = [MemStore::default(), MemStore::default()];
+    let scopes = vec!["team:a".to_owned()];
+    let (mut admitted, mut refused) = (0, 0);
+    let mut id = 0;
+    for round in 0..400 {
+        let gw = round % 2;
+        let now = 1_000 + round as i64;
+        match chain::reserve(&mut stores[gw], &scopes, 30_000, now, &s) {
+            Decision::Admit { reservation, .. } => {
+                admitted += 1;
+                chain::settle(&mut stores[gw], reservation, 20_000);
+                id += 1;
+                let rec = QueuedRecord { json: vec![], id: format!("{id}"), cost_micros: 20_000, scopes: scopes.clone() };
+                counter.ingest(gw, std::slice::from_ref(&rec));
+                chain::acknowledge(&mut stores[gw], &costs_by_scope(&[rec]), false);
+            }
+            Decision::Refill { scopes: ask } => {
+                if let Some(ticket) = chain::begin_refill(&mut stores[gw], &ask, 30_000, now, &s) {
+                    let response = counter.grant(gw, &ticket.scopes, ticket.want_micros, now);
+                    chain::finish_refill(&mut stores[gw], &ticket, &response, now);
+                }
+            }
+            Decision::Refuse(r) => {
+                refused += 1;
+                assert_eq!(r.budget_id, "team-a");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let spent = counter.budgets["team:a"].2;
+    assert!(spent <= 2_000_000, "spent {spent}");
+    assert!(spent >= 2_000_000 - 2 * 30_000 - 2 * 20_000, "headroom is not stranded: spent {spent}");
+    assert!(admitted >= 95 && refused > 0, "admitted {admitted}, refused {refused}");
+}
