@@ -105,8 +105,8 @@ pub struct CompiledConfig {
     pub attribution: Attribution,
     pub routing: RoutingTable,
     pub prices: PriceTable,
-    /// The raw `enforcement` section, for the enforcement work to compile (see [`FilterConfig`]).
-    pub enforcement: Option<serde_json::Value>,
+    /// Budgets and leases (`core::enforce`); `None` = metering only.
+    pub enforcement: Option<crate::enforce::EnforcementSettings>,
 }
 
 impl FilterConfig {
@@ -152,11 +152,13 @@ impl FilterConfig {
             None => PricingConfig::default(),
         };
         let prices = PriceTable::from_config(&pricing_raw).map_err(|e| ConfigError::new(e.path, e.problem))?;
-        if let Some(e) = &self.enforcement {
-            if !e.is_object() {
-                return Err(ConfigError::new("enforcement", "must be an object"));
-            }
-        }
+        let enforcement = match self.enforcement {
+            None => None,
+            Some(v) if !v.is_object() => return Err(ConfigError::new("enforcement", "must be an object")),
+            Some(v) => Some(
+                crate::enforce::EnforcementConfig::compile_value(v).map_err(|e| ConfigError::new(e.path(), e.problem))?,
+            ),
+        };
         Ok(CompiledConfig {
             gateway_id,
             mounts,
@@ -164,7 +166,7 @@ impl FilterConfig {
             attribution,
             routing,
             prices,
-            enforcement: self.enforcement,
+            enforcement,
         })
     }
 }
@@ -242,7 +244,7 @@ mod tests {
             "attribution": {"trusted_headers": {"team": "x-team"}},
             "routing": {"rules": [{"name": "r1", "match": {"model": "tier:premium"}, "set_model": "gpt-4o"}]},
             "pricing": {"unknown_model": "zero"},
-            "enforcement": {"anything": "for now"}
+            "enforcement": {"counter_cluster": "counter", "gateway_token": "t"}
         }"#,
         )
         .unwrap();
@@ -268,6 +270,8 @@ mod tests {
             .starts_with("tollgate config: attribution.virtual_keys[0].sha256:"));
         assert!(err(r#"{"pricing": {"unknown_model": "guess"}}"#).starts_with("tollgate config: pricing: unknown variant `guess`"));
         assert!(err(r#"{"enforcement": 5}"#).starts_with("tollgate config: enforcement: must be an object"));
+        assert!(err(r#"{"enforcement": {"counter_cluster": "c", "gateway_token": "t", "batch_size": 0}}"#)
+            .starts_with("tollgate config: enforcement.batch_size:"));
         assert!(err("{").starts_with("tollgate config: EOF while parsing"));
     }
 }

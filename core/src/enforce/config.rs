@@ -146,6 +146,17 @@ impl fmt::Display for EnforcementConfigError {
 
 impl std::error::Error for EnforcementConfigError {}
 
+impl EnforcementConfigError {
+    /// The field's path in the filter config (`enforcement` for the section as a whole).
+    pub fn path(&self) -> String {
+        if self.field == "(section)" {
+            "enforcement".to_owned()
+        } else {
+            format!("enforcement.{}", self.field)
+        }
+    }
+}
+
 /// The validated settings the filter runs on.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EnforcementSettings {
@@ -209,6 +220,13 @@ impl EnforcementConfig {
     /// Parses the section on its own (the filter config embeds it; tests use this directly).
     pub fn from_json(json: &str) -> Result<EnforcementSettings, EnforcementConfigError> {
         let raw: EnforcementConfig = serde_json::from_str(json)
+            .map_err(|e| EnforcementConfigError { field: "(section)", problem: e.to_string() })?;
+        raw.compile()
+    }
+
+    /// Parses the section from the filter config's JSON value.
+    pub fn compile_value(value: serde_json::Value) -> Result<EnforcementSettings, EnforcementConfigError> {
+        let raw: EnforcementConfig = serde_json::from_value(value)
             .map_err(|e| EnforcementConfigError { field: "(section)", problem: e.to_string() })?;
         raw.compile()
     }
