@@ -79,11 +79,12 @@ pub struct EnforcementConfig {
     /// How long "this scope has no budget" is remembered before asking again. Default 60000.
     #[serde(default = "defaults::unbudgeted_scope_ttl_ms")]
     pub unbudgeted_scope_ttl_ms: u64,
-    /// Output tokens assumed for a request that sets no max_tokens, unless the model has its own
-    /// entry in `max_output_tokens_by_model`. Default 4096.
-    #[serde(default = "defaults::default_max_output_tokens")]
-    pub default_max_output_tokens: u64,
-    /// Per-model default output tokens (exact model names, as routed).
+    /// Output tokens to reserve for a request that sets no max_tokens, instead of the model's
+    /// maximum from the price table. Unset by default (the model's maximum: a true bound); set it
+    /// to reserve less, accepting that such requests may overrun their reservation.
+    #[serde(default)]
+    pub default_max_output_tokens: Option<u64>,
+    /// The same per model (exact model names, as routed); wins over `default_max_output_tokens`.
     #[serde(default)]
     pub max_output_tokens_by_model: BTreeMap<String, u64>,
 }
@@ -125,9 +126,6 @@ mod defaults {
     }
     pub fn unbudgeted_scope_ttl_ms() -> u64 {
         60_000
-    }
-    pub fn default_max_output_tokens() -> u64 {
-        4_096
     }
 }
 
@@ -173,7 +171,7 @@ pub struct EnforcementSettings {
     pub failure_mode: FailureMode,
     pub recheck_after_ms: i64,
     pub unbudgeted_scope_ttl_ms: i64,
-    pub default_max_output_tokens: u64,
+    pub default_max_output_tokens: Option<u64>,
     pub max_output_tokens_by_model: BTreeMap<String, u64>,
 }
 
@@ -202,9 +200,9 @@ impl EnforcementSettings {
         format!("Bearer {}", self.gateway_token)
     }
 
-    /// Output tokens to reserve for when the request names no maximum.
-    pub fn default_output_tokens(&self, model: &str) -> u64 {
-        self.max_output_tokens_by_model.get(model).copied().unwrap_or(self.default_max_output_tokens)
+    /// The operator's output-token assumption for a request that names no maximum, if any.
+    pub fn output_tokens_override(&self, model: &str) -> Option<u64> {
+        self.max_output_tokens_by_model.get(model).copied().or(self.default_max_output_tokens)
     }
 
     /// The root tick period: often enough to flush on time and to re-check requests waiting on
@@ -280,7 +278,7 @@ impl EnforcementConfig {
         if self.queue_bound < self.batch_size {
             return err("queue_bound", "must be at least batch_size");
         }
-        if self.default_max_output_tokens == 0 {
+        if self.default_max_output_tokens == Some(0) {
             return err("default_max_output_tokens", "must be at least 1 (it sizes the reservation of requests without max_tokens)");
         }
         if let Some((model, _)) = self.max_output_tokens_by_model.iter().find(|(_, v)| **v == 0) {
@@ -335,7 +333,7 @@ mod tests {
         assert_eq!(s.batch_size, 500);
         assert_eq!(s.queue_bound, 100_000);
         assert_eq!(s.failure_mode, FailureMode::FailClosed);
-        assert_eq!(s.default_output_tokens("any"), 4_096);
+        assert_eq!(s.output_tokens_override("any"), None);
         assert_eq!(s.authorization(), "Bearer secret");
     }
 
@@ -354,8 +352,8 @@ mod tests {
         assert_eq!(s.refill_watermark_micros, 50_000);
         assert_eq!(s.failure_mode, FailureMode::FailOpen);
         assert_eq!((s.batch_size, s.queue_bound), (50, 1000));
-        assert_eq!(s.default_output_tokens("gpt-4o"), 16_384);
-        assert_eq!(s.default_output_tokens("gpt-4o-mini"), 1_024);
+        assert_eq!(s.output_tokens_override("gpt-4o"), Some(16_384));
+        assert_eq!(s.output_tokens_override("gpt-4o-mini"), Some(1_024));
         assert_eq!(s.tick_ms(), 100);
     }
 
