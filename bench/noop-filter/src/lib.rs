@@ -1,1 +1,81 @@
-//! TODO(owner: e2e/bench helper)
+//! Reference filters for `make bench`: what a proxy-wasm filter costs before it does any work.
+//!
+//! - Default (no configuration, or `{"mode":"noop"}`): every callback returns `Continue`. This is
+//!   the floor every wasm filter pays in Envoy (V8 calls, context lifecycle); Tollgate's throughput
+//!   is reported as a ratio to it.
+//! - `{"mode":"naive"}`: buffers the request body, parses it into `serde_json::Value` and writes
+//!   it back re-serialized: the obvious way to rewrite a model field, which Tollgate avoids (it
+//!   splices bytes instead). Shown for comparison only.
+//!
+//! It never panics: a body that is not JSON is forwarded untouched.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { naive: false }) });
+}}
+
+struct Root {
+    naive: bool,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let text = String::from_utf8_lossy(&config);
+        self.naive = text.contains("\"naive\"");
+        true
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.naive {
+            Some(Box::new(Naive))
+        } else {
+            Some(Box::new(Noop))
+        }
+    }
+}
+
+/// Does nothing: the SDK's default callbacks all continue.
+struct Noop;
+
+impl Context for Noop {}
+impl HttpContext for Noop {}
+
+/// Parses and re-serializes the request body.
+struct Naive;
+
+impl Context for Naive {}
+
+impl HttpContext for Naive {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            // The re-serialized body may differ in length.
+            self.set_http_request_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(body) = self.get_http_request_body(0, body_size) else {
+            return Action::Continue;
+        };
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if let Ok(out) = serde_json::to_vec(&value) {
+                self.set_http_request_body(0, body_size, &out);
+            }
+        }
+        Action::Continue
+    }
+}

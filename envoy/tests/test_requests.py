@@ -1,0 +1,231 @@
+"""Attribution, refusals, bad input and pass-through, through real Envoy with the real filter."""
+import json
+
+import pytest
+
+from checks import assert_error_shape, log_int, stat_increase
+from conftest import ALICE_KEY
+from harness import new_id, request_raw_until_close, sse_json
+
+CHAT = {"model": "e2e-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+# One request per dialect, used for refusal shapes: (dialect, path, body with model placeholder).
+PER_DIALECT = [
+    ("openai", "/v1/chat/completions", lambda m: {"model": m, "messages": [{"role": "user", "content": "hi"}]}),
+    ("azure_openai", "/openai/deployments/{m}/chat/completions?api-version=2024-10-21", lambda m: {"messages": [{"role": "user", "content": "hi"}]}),
+    ("anthropic", "/v1/messages", lambda m: {"model": m, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    ("gemini", "/v1beta/models/{m}:generateContent", lambda m: {"contents": [{"parts": [{"text": "hi"}]}]}),
+]
+VALID_MODEL = {"openai": "e2e-chat", "azure_openai": "e2e-deployment", "anthropic": "e2e-claude", "gemini": "e2e-gemini"}
+
+
+def test_virtual_key_attributes_the_principal(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post("/v1/chat/completions", json.dumps(CHAT), {"x-e2e-id": e2e_id, "authorization": f"Bearer {ALICE_KEY}"})
+    assert resp.status == 200, resp
+    log = envoy.access_log_line(e2e_id)
+    for part in ("acme", "search", "alice", "key-alice"):
+        assert part in log["principal"], log
+    assert ALICE_KEY not in json.dumps(log), "the raw key must never be logged"
+    upstream = mock.request_with(e2e_id)
+    assert upstream["header_map"].get("authorization") == f"Bearer {ALICE_KEY}", "the key is the provider's; it is forwarded"
+
+
+def test_trusted_header_attributes_and_client_tollgate_headers_are_stripped(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post(
+        "/v1/chat/completions",
+        json.dumps(CHAT),
+        {
+            "x-e2e-id": e2e_id,
+            "x-e2e-team": "ranking",  # configured as a trusted header for `team`
+            "x-tollgate-team": "intruder",
+            "x-tollgate-user": "mallory",
+            "x-tollgate-provider": "gemini",  # a client cannot pick the cluster
+        },
+    )
+    assert resp.status == 200, resp
+    log = envoy.access_log_line(e2e_id)
+    assert "ranking" in log["principal"], log
+    assert "intruder" not in log["principal"] and "mallory" not in log["principal"], log
+    assert log["upstream_cluster"] == "openai", log
+    upstream = mock.request_with(e2e_id)
+    values = {n: v for n, v in upstream["headers"]}
+    assert "intruder" not in values.values() and "mallory" not in values.values(), upstream["headers"]
+    assert values.get("x-tollgate-provider") in (None, "openai"), upstream["headers"]
+
+
+def test_alias_resolves_through_the_table(envoy, mock):
+    e2e_id = new_id()
+    body = {"model": "tier:premium", "messages": [{"role": "user", "content": "hi"}]}
+    resp = envoy.post("/v1/chat/completions", json.dumps(body), {"x-e2e-id": e2e_id})
+    assert resp.status == 200, resp
+    assert json.loads(mock.request_with(e2e_id)["body"])["model"] == "gpt-4o"
+    log = envoy.access_log_line(e2e_id)
+    assert log["model_requested"] == "tier:premium" and log["model_routed"] == "gpt-4o", log
+
+
+@pytest.mark.parametrize("dialect,path,body", PER_DIALECT, ids=[d[0] for d in PER_DIALECT])
+def test_deny_rule_refuses_with_403_in_dialect_shape(envoy, mock, dialect, path, body):
+    e2e_id = new_id()
+    before = envoy.stats()
+    resp = envoy.post(path.format(m="forbidden-model"), json.dumps(body("forbidden-model")), {"x-e2e-id": e2e_id})
+    message = assert_error_shape(dialect, resp, 403)
+    assert "no-forbidden" in message, f"the refusal names the rule: {message!r}"
+    assert mock.request_with(e2e_id, wait=0.5) is None, "a denied request must not reach the upstream"
+    assert stat_increase(before, envoy.stats(), "tollgate", "request") >= 1
+
+
+def _bad_bodies(dialect):
+    good = json.dumps(PER_DIALECT_BODY[dialect]).encode()
+    return {
+        "malformed": b'{"model": "e2e-chat", "messages": [}',
+        "truncated": good[: len(good) // 2],
+        "model-is-a-number": b'{"model": 123, "messages": []}',
+        "invalid-utf8": b'{"model": "e2e-chat", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        "not-an-object": b'["model", "e2e-chat"]',
+        "duplicate-model": b'{"model": "e2e-chat", "model": "gpt-4o", "messages": []}',
+    }
+
+
+PER_DIALECT_BODY = {d: b(VALID_MODEL[d]) for d, _, b in PER_DIALECT}
+BAD_KINDS = ["malformed", "truncated", "model-is-a-number", "invalid-utf8", "not-an-object", "duplicate-model"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("dialect,path,_body", PER_DIALECT, ids=[d[0] for d in PER_DIALECT])
+def test_bad_body_gets_400_in_dialect_shape(envoy, mock, dialect, path, _body, kind):
+    if dialect in ("azure_openai", "gemini") and kind in ("model-is-a-number", "duplicate-model"):
+        pytest.skip("the model is in the path for this dialect; a body model is just another member")
+    e2e_id = new_id()
+    resp = envoy.post(path.format(m=VALID_MODEL[dialect]), _bad_bodies(dialect)[kind], {"x-e2e-id": e2e_id})
+    assert_error_shape(dialect, resp, 400)
+    assert mock.request_with(e2e_id, wait=0.3) is None, "a refused request must not reach the upstream"
+
+
+@pytest.mark.parametrize("dialect,path,body", PER_DIALECT, ids=[d[0] for d in PER_DIALECT])
+def test_body_over_the_limit_gets_413_in_dialect_shape(envoy, mock, dialect, path, body):
+    e2e_id = new_id()
+    big = body(VALID_MODEL[dialect])
+    big["padding"] = "x" * 70000  # the session config allows 65536 bytes
+    resp = envoy.post(path.format(m=VALID_MODEL[dialect]), json.dumps(big), {"x-e2e-id": e2e_id})
+    assert_error_shape(dialect, resp, 413)
+    assert mock.request_with(e2e_id, wait=0.3) is None
+
+
+def test_unknown_path_passes_through_untouched(envoy, mock):
+    e2e_id = new_id()
+    body = b'{"model": "e2e-chat", "whatever": [1, 2, 3]}  \n'
+    before = envoy.stats()
+    resp = envoy.post("/v1/models/not-an-llm-endpoint?x=1", body, {"x-e2e-id": e2e_id, "x-custom": "kept"})
+    assert resp.status == 200 and resp.json()["mock"] == "echo", resp
+    upstream = mock.request_with(e2e_id)
+    assert upstream["body_bytes"] == body, "bytes of an unrecognised request are forwarded as sent"
+    assert upstream["target"] == "/v1/models/not-an-llm-endpoint?x=1"
+    assert upstream["header_map"]["x-custom"] == "kept"
+    after = envoy.stats()
+    assert stat_increase(before, after, "tokens") == 0
+    assert stat_increase(before, after, "passthrough") + stat_increase(before, after, "unrecognised") + stat_increase(before, after, "unrecognized") >= 1, \
+        f"unrecognised requests are counted: {after}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_gzip_upstream_does_not_hide_usage(envoy, mock, stream):
+    e2e_id = new_id()
+    body = dict(CHAT, stream=stream)
+    resp = envoy.post(
+        "/v1/chat/completions",
+        json.dumps(body),
+        {"x-e2e-id": e2e_id, "accept-encoding": "gzip", "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100"},
+    )
+    assert resp.status == 200, resp
+    if stream:
+        assert sse_json(resp.body)
+    else:
+        assert resp.json()["usage"]["prompt_tokens"] == 1000
+    log = envoy.access_log_line(e2e_id)
+    assert log_int(log, "tokens_input") == 1000 and log_int(log, "tokens_output") == 100, log
+    assert log_int(log, "cost_micros") == 3500, log
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/chat/completions", dict(CHAT, stream=True)),
+        ("/v1/messages", {"model": "e2e-claude", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"model": "e2e-chat", "input": "hi", "stream": True}),
+        ("/v1beta/models/e2e-gemini:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "hi"}]}]}),
+    ],
+    ids=["openai", "anthropic", "responses", "gemini"],
+)
+def test_cut_stream_is_charged_from_an_estimate(envoy, mock, path, body):
+    e2e_id = new_id()
+    before = envoy.stats()
+    status, _, got = request_raw_until_close(
+        envoy.listen_port, "POST", path, json.dumps(body), {"x-e2e-id": e2e_id, "x-mock-events": "20", "x-mock-cut-after-events": "5"}
+    )
+    assert status == 200
+    assert b"Hello" in got, "the client received the part that was streamed"
+    log = envoy.access_log_line(e2e_id)
+    assert log.get("estimated") in ("true", "1"), f"a cut stream is charged from an estimate, flagged: {log}"
+    assert log_int(log, "tokens_output") > 0, log
+    assert log_int(log, "cost_micros") > 0, log
+    assert stat_increase(before, envoy.stats(), "estimate") >= 1
+
+
+def test_upstream_error_without_usage_is_not_charged(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post("/v1/chat/completions", json.dumps(CHAT), {"x-e2e-id": e2e_id, "x-mock-status": "503"})
+    assert resp.status == 503
+    assert resp.json()["error"]["type"] == "server_error", "the upstream's error reaches the client unchanged"
+    log = envoy.access_log_line(e2e_id)
+    assert log.get("cost_micros") in ("0", None, "-"), log
+
+
+def test_cached_and_reasoning_tokens_are_kept_apart(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post(
+        "/v1/chat/completions",
+        json.dumps(CHAT),
+        {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100",
+         "x-mock-cached-tokens": "400", "x-mock-reasoning-tokens": "30"},
+    )
+    assert resp.status == 200
+    log = envoy.access_log_line(e2e_id)
+    assert log_int(log, "tokens_cache_read") == 400, log
+    assert log_int(log, "tokens_input") == 600, "input excludes the cached tokens"
+    assert log_int(log, "tokens_reasoning") == 30, log
+    # gpt-4o: 600 × $2.50 + 400 × $1.25 (cache read) + 100 × $10 per Mtok
+    assert log_int(log, "cost_micros") == 1500 + 500 + 1000, log
+
+
+def test_anthropic_cache_tokens_are_kept_apart(envoy, mock):
+    e2e_id = new_id()
+    body = {"model": "e2e-claude", "max_tokens": 500, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    resp = envoy.post(
+        "/v1/messages",
+        json.dumps(body),
+        {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100",
+         "x-mock-cached-tokens": "400", "x-mock-cache-write-tokens": "100"},
+    )
+    assert resp.status == 200
+    log = envoy.access_log_line(e2e_id)
+    assert (log_int(log, "tokens_input"), log_int(log, "tokens_cache_read"), log_int(log, "tokens_cache_write")) == (500, 400, 100), log
+    # claude-haiku-4-5: 500 × $1 + 400 × $0.10 + 100 × $1.25 + 100 × $5 per Mtok
+    assert log_int(log, "cost_micros") == 500 + 40 + 125 + 500, log
+
+
+def test_usage_is_independent_of_how_the_upstream_splits_bytes(envoy, mock):
+    """The same stream, written 7 bytes at a time with pauses, is metered the same."""
+    e2e_id = new_id()
+    body = {"model": "e2e-claude", "max_tokens": 500, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    resp = envoy.post(
+        "/v1/messages",
+        json.dumps(body),
+        {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100",
+         "x-mock-chunk-bytes": "7", "x-mock-chunk-delay-ms": "1"},
+    )
+    assert resp.status == 200
+    assert [n for n, _ in sse_json(resp.body)][-1] == "message_stop"
+    log = envoy.access_log_line(e2e_id)
+    assert (log_int(log, "tokens_input"), log_int(log, "tokens_output"), log_int(log, "cost_micros")) == (1000, 100, 1500), log
