@@ -12,13 +12,22 @@
 //! - [`budget`]: budget and exemption specs, their validation, and the status decision.
 //! - [`store`]: the [`store::Store`] trait (the storage contract), the in-memory [`store::book`]
 //!   with the lease and charging rules, and the embedded SQLite backend [`store::sqlite`].
-//! - `server`: the HTTP API (`run(listener, store, clock, auth, shutdown)`), auth, errors.
-//! - `metrics`: Prometheus text.
-//! - `log`: structured JSON-line logs to stderr.
-//! - `client`: a small HTTP/1.1 client used by the CLI, the bench and the tests.
-//! - `cli`: the `tollgate-counter` command line.
+//! - [`report`]: JSON, CSV and table shapes of the reports.
+//! - [`server`]: the HTTP API (`run(listener, store, clock, auth, shutdown)`), auth, errors.
+//! - [`metrics`]: Prometheus text.
+//! - [`log`]: structured JSON-line logs to stderr.
+//! - [`client`]: a small HTTP/1.1 client used by the CLI, the bench and the tests.
+//! - [`cli`]: the `tollgate-counter` command line (`serve`, admin subcommands).
+//! - [`bench`]: `tollgate-counter bench`, records/s and lease calls/s over loopback HTTP.
 
+pub mod bench;
 pub mod budget;
+pub mod cli;
+pub mod client;
+pub mod log;
+pub mod metrics;
+pub mod report;
+pub mod server;
 pub mod clock;
 pub mod store;
 pub mod window;

@@ -1,1 +1,5 @@
-fn main() {}
+//! `tollgate-counter`: flags are parsed and dispatched in `tollgate_counter::cli`.
+
+fn main() {
+    std::process::exit(tollgate_counter::cli::main());
+}

@@ -1,0 +1,120 @@
+//! Prometheus text exposition for `GET /metrics`: service counters plus one gauge set per budget.
+//!
+//! Counters are plain atomics bumped on the request path; budget gauges are computed from the store
+//! at scrape time, so they can never disagree with what the admin API shows.
+
+use crate::store::BudgetState;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tollgate_core::protocol::BudgetStatus;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub usage_batches: AtomicU64,
+    pub usage_records_accepted: AtomicU64,
+    pub usage_records_duplicate: AtomicU64,
+    pub usage_batches_rejected: AtomicU64,
+    pub lease_requests: AtomicU64,
+    pub lease_requests_rejected: AtomicU64,
+    pub lease_grants_ok: AtomicU64,
+    pub lease_grants_soft: AtomicU64,
+    pub lease_grants_hard: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+pub fn inc(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn count_grant(&self, status: BudgetStatus) {
+        inc(
+            match status {
+                BudgetStatus::Ok => &self.lease_grants_ok,
+                BudgetStatus::Soft => &self.lease_grants_soft,
+                BudgetStatus::Hard => &self.lease_grants_hard,
+            },
+            1,
+        );
+    }
+
+    /// Renders everything in Prometheus text format 0.0.4.
+    pub fn render(&self, budgets: &[BudgetState]) -> String {
+        let mut out = String::with_capacity(4096 + budgets.len() * 600);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        counter("tollgate_counter_usage_batches_total", "Usage batches stored.", &[("", get(&self.usage_batches))]);
+        counter(
+            "tollgate_counter_usage_records_total",
+            "Usage records received in stored batches, by result.",
+            &[
+                ("{result=\"accepted\"}", get(&self.usage_records_accepted)),
+                ("{result=\"duplicate\"}", get(&self.usage_records_duplicate)),
+            ],
+        );
+        counter(
+            "tollgate_counter_usage_batches_rejected_total",
+            "Usage batches refused as invalid (nothing applied).",
+            &[("", get(&self.usage_batches_rejected))],
+        );
+        counter("tollgate_counter_lease_requests_total", "Lease requests answered.", &[("", get(&self.lease_requests))]);
+        counter(
+            "tollgate_counter_lease_requests_rejected_total",
+            "Lease requests refused as invalid.",
+            &[("", get(&self.lease_requests_rejected))],
+        );
+        counter(
+            "tollgate_counter_lease_grants_total",
+            "Budget slices granted, by the budget's status at the grant.",
+            &[
+                ("{status=\"ok\"}", get(&self.lease_grants_ok)),
+                ("{status=\"soft\"}", get(&self.lease_grants_soft)),
+                ("{status=\"hard\"}", get(&self.lease_grants_hard)),
+            ],
+        );
+        counter("tollgate_counter_unauthorized_total", "Requests refused for a missing or wrong token.", &[("", get(&self.unauthorized))]);
+        counter("tollgate_counter_store_errors_total", "Store operations that failed.", &[("", get(&self.store_errors))]);
+
+        let gauges: [(&str, &str, fn(&BudgetState) -> String); 6] = [
+            ("tollgate_counter_budget_spent_micros", "Spend in the current window, micro-dollars.", |b| b.spent_micros.to_string()),
+            ("tollgate_counter_budget_limit_micros", "Limit including active exemptions, micro-dollars.", |b| {
+                b.effective_limit_micros.to_string()
+            }),
+            ("tollgate_counter_budget_hard_limit_micros", "Hard limit including exemptions, micro-dollars.", |b| {
+                b.hard_limit_micros.to_string()
+            }),
+            ("tollgate_counter_budget_leased_micros", "Sum of live lease slices, micro-dollars.", |b| b.leased_micros.to_string()),
+            ("tollgate_counter_budget_utilization_ratio", "Spend divided by the limit.", |b| format!("{:.6}", b.utilization())),
+            ("tollgate_counter_budget_status", "0 ok, 1 past a soft threshold, 2 at the hard limit.", |b| {
+                (b.status as u8).to_string()
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for b in budgets {
+                let mode = match b.budget.mode {
+                    tollgate_core::protocol::BudgetMode::Enforce => "enforce",
+                    tollgate_core::protocol::BudgetMode::Observe => "observe",
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{budget=\"{}\",scope=\"{}\",mode=\"{mode}\"}} {}",
+                    label(&b.budget.id),
+                    label(&b.budget.scope),
+                    value(b)
+                );
+            }
+        }
+        out
+    }
+}

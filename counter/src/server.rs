@@ -1,0 +1,524 @@
+//! The HTTP API: routing, bearer-token auth, JSON in and out, one `Store` call per request.
+//!
+//! ```text
+//! POST   /v1/leases                      gateway token   LeaseRequest -> LeaseResponse
+//! POST   /v1/usage                       gateway token   UsageBatch   -> UsageAck
+//! GET    /healthz                        none            {"status":"ok"} or 503
+//! GET    /metrics                        none            Prometheus text
+//! GET    /admin/budgets                  admin token     {"budgets":[BudgetState]}
+//! GET    /admin/budgets/{id}             admin token     BudgetState
+//! PUT    /admin/budgets/{id}             admin token     BudgetSpec -> {"outcome", "budget"}
+//! DELETE /admin/budgets/{id}             admin token     {"deleted": BudgetSpec}
+//! POST   /admin/budgets/{id}/topup       admin token     {"amount":"100.00"} -> {"outcome", "budget"}
+//! GET    /admin/exemptions               admin token     {"exemptions":[Exemption + active]}
+//! POST   /admin/exemptions               admin token     ExemptionSpec -> Exemption (201)
+//! DELETE /admin/exemptions/{id}          admin token     revokes -> Exemption
+//! GET    /admin/reports/spend            admin token     ?group_by=team,model&from=&to=&format=json|csv
+//! GET    /admin/reports/utilization      admin token     ?format=json|csv
+//! GET    /admin/audit                    admin token     ?subject=&since=&limit=
+//! ```
+//!
+//! Every error is a `protocol::ApiError` JSON body with a machine code and a message that says what
+//! to do. Bodies are parsed here (not by an extractor) so that malformed JSON, unknown fields and
+//! bad values all get that same shape. Tokens are compared in constant time and never logged.
+
+use crate::budget::{valid_id, Budget, BudgetFile, BudgetSpec, Exemption, ExemptionSpec};
+use crate::clock::Clock;
+use crate::metrics::{inc, Metrics};
+use crate::report;
+use crate::store::{validate_batch, validate_lease_request, AuditQuery, GroupBy, PutOutcome, ReportQuery, Store, StoreError};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tollgate_core::money::{parse_decimal_scaled, Micros};
+use tollgate_core::protocol::{ApiError, ApiErrorBody, LeaseRequest, UsageBatch};
+
+/// Largest request body accepted (a usage batch of ~50k records).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Named bearer tokens. Names appear in the audit log and logs; secrets never do.
+#[derive(Clone, Default)]
+pub struct Auth {
+    gateways: Vec<(String, String)>,
+    admins: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        f.debug_struct("Auth").field("gateways", &names(&self.gateways)).field("admins", &names(&self.admins)).finish()
+    }
+}
+
+impl Auth {
+    /// `gateways` and `admins` are (name, secret) pairs. Empty secrets are refused.
+    pub fn new(gateways: Vec<(String, String)>, admins: Vec<(String, String)>) -> Result<Auth, String> {
+        for (name, secret) in gateways.iter().chain(&admins) {
+            if name.is_empty() || secret.is_empty() {
+                return Err(format!("token `{name}`: both a name and a non-empty secret are needed"));
+            }
+        }
+        if gateways.is_empty() || admins.is_empty() {
+            return Err("configure at least one gateway token and one admin token (TOLLGATE_GATEWAY_TOKENS, TOLLGATE_ADMIN_TOKENS or --tokens FILE)".into());
+        }
+        Ok(Auth { gateways, admins })
+    }
+
+    /// Parses `name=secret,name2=secret2` (a bare `secret` is named `default`).
+    pub fn parse_list(text: &str) -> Vec<(String, String)> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((n, s)) => (n.trim().to_owned(), s.trim().to_owned()),
+                None => ("default".to_owned(), p.to_owned()),
+            })
+            .collect()
+    }
+
+    fn find<'a>(tokens: &'a [(String, String)], headers: &HeaderMap) -> Option<&'a str> {
+        let presented = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        tokens.iter().find(|(_, secret)| constant_time_eq(secret.as_bytes(), presented.as_bytes())).map(|(n, _)| n.as_str())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Shared by every handler.
+pub struct App<S> {
+    pub store: Arc<S>,
+    pub clock: Arc<dyn Clock>,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> Clone for App<S> {
+    fn clone(&self) -> Self {
+        App { store: Arc::clone(&self.store), clock: Arc::clone(&self.clock), auth: Arc::clone(&self.auth), metrics: Arc::clone(&self.metrics) }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests and shuts
+/// the store down (which flushes every accepted write).
+pub async fn run<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    auth: Auth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default() };
+    crate::log::info("listening", json!({"addr": addr.to_string()}));
+    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await?;
+    match store.shutdown().await {
+        Ok(()) => crate::log::info("stopped; store flushed", json!({})),
+        Err(e) => crate::log::error("store shutdown failed", json!({"error": e.to_string()})),
+    }
+    Ok(())
+}
+
+/// The routes, for embedding or testing without a listener.
+pub fn router<S: Store>(app: App<S>) -> Router {
+    Router::new()
+        .route("/v1/leases", post(leases::<S>))
+        .route("/v1/usage", post(usage::<S>))
+        .route("/healthz", get(healthz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route("/admin/budgets", get(list_budgets::<S>))
+        .route("/admin/budgets/{id}", put(put_budget::<S>).get(get_budget::<S>).delete(delete_budget::<S>))
+        .route("/admin/budgets/{id}/topup", post(topup::<S>))
+        .route("/admin/exemptions", get(list_exemptions::<S>).post(add_exemption::<S>))
+        .route("/admin/exemptions/{id}", axum::routing::delete(revoke_exemption::<S>))
+        .route("/admin/reports/spend", get(spend_report::<S>))
+        .route("/admin/reports/utilization", get(utilization_report::<S>))
+        .route("/admin/audit", get(audit::<S>))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// An `ApiError` response.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = ApiError { error: ApiErrorBody { code: code.into(), message: message.into() } };
+    ok_json(status, &body)
+}
+
+fn ok_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")).into_response(),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request", message)
+}
+
+fn store_error(metrics: &Metrics, e: StoreError) -> Response {
+    match e {
+        StoreError::Invalid(m) => invalid(m),
+        StoreError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
+        StoreError::Unavailable(m) => {
+            inc(&metrics.store_errors, 1);
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+        }
+        StoreError::Internal(m) => {
+            inc(&metrics.store_errors, 1);
+            crate::log::error("store error", json!({"error": m}));
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{m}; see the counter's logs"))
+        }
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| invalid(format!("request body: {e}; fix the JSON and send it again")))
+}
+
+impl<S: Store> App<S> {
+    fn gateway(&self, headers: &HeaderMap) -> Result<(), Response> {
+        Auth::find(&self.auth.gateways, headers).map(|_| ()).ok_or_else(|| self.unauthorized("a gateway"))
+    }
+
+    /// The admin token's name (for the audit log).
+    fn admin(&self, headers: &HeaderMap) -> Result<String, Response> {
+        Auth::find(&self.auth.admins, headers).map(str::to_owned).ok_or_else(|| self.unauthorized("an admin"))
+    }
+
+    fn unauthorized(&self, who: &str) -> Response {
+        inc(&self.metrics.unauthorized, 1);
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("missing or wrong bearer token; send `Authorization: Bearer <token>` with {who} token"),
+        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    }
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(response) => return response,
+        }
+    };
+}
+
+async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bytes) -> Response {
+    tri!(app.gateway(&headers));
+    let request: LeaseRequest = match parse_body(&body).and_then(|r| validate_lease_request(&r).map(|_| r).map_err(invalid)) {
+        Ok(r) => r,
+        Err(response) => {
+            inc(&app.metrics.lease_requests_rejected, 1);
+            return response;
+        }
+    };
+    match app.store.grant_leases(&request, app.clock.now_ms()).await {
+        Ok(answer) => {
+            inc(&app.metrics.lease_requests, 1);
+            for b in &answer.budgets {
+                app.metrics.count_grant(b.status);
+            }
+            ok_json(StatusCode::OK, &answer)
+        }
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bytes) -> Response {
+    tri!(app.gateway(&headers));
+    let batch: UsageBatch = match parse_body(&body).and_then(|b| validate_batch(&b).map(|_| b).map_err(invalid)) {
+        Ok(b) => b,
+        Err(response) => {
+            inc(&app.metrics.usage_batches_rejected, 1);
+            return response;
+        }
+    };
+    match app.store.ingest(batch, app.clock.now_ms()).await {
+        Ok(ack) => {
+            inc(&app.metrics.usage_batches, 1);
+            inc(&app.metrics.usage_records_accepted, ack.accepted);
+            inc(&app.metrics.usage_records_duplicate, ack.duplicates);
+            ok_json(StatusCode::OK, &ack)
+        }
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+async fn healthz<S: Store>(State(app): State<App<S>>) -> Response {
+    match app.store.health().await {
+        Ok(()) => ok_json(StatusCode::OK, &json!({"status": "ok"})),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
+async fn metrics<S: Store>(State(app): State<App<S>>) -> Response {
+    let budgets = app.store.list_budgets(app.clock.now_ms()).await.unwrap_or_default();
+    let mut r = app.metrics.render(&budgets).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+async fn list_budgets<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {
+    tri!(app.admin(&headers));
+    match app.store.list_budgets(app.clock.now_ms()).await {
+        Ok(budgets) => ok_json(StatusCode::OK, &json!({ "budgets": budgets })),
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+async fn budget_state<S: Store>(app: &App<S>, id: &str) -> Result<crate::store::BudgetState, Response> {
+    let budgets = app.store.list_budgets(app.clock.now_ms()).await.map_err(|e| store_error(&app.metrics, e))?;
+    budgets
+        .into_iter()
+        .find(|b| b.budget.id == id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", format!("no budget `{id}`; list them with GET /admin/budgets")))
+}
+
+async fn get_budget<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    tri!(app.admin(&headers));
+    ok_json(StatusCode::OK, &tri!(budget_state(&app, &id).await))
+}
+
+async fn save_budget<S: Store>(app: &App<S>, actor: &str, budget: Budget) -> Response {
+    let id = budget.id.clone();
+    let outcome = match app.store.put_budget(budget, actor, app.clock.now_ms()).await {
+        Ok(PutOutcome::Created) => "created",
+        Ok(PutOutcome::Updated { .. }) => "updated",
+        Ok(PutOutcome::Unchanged) => "unchanged",
+        Err(e) => return store_error(&app.metrics, e),
+    };
+    crate::log::info("budget saved", json!({"budget": id, "outcome": outcome, "actor": actor}));
+    let state = tri!(budget_state(app, &id).await);
+    ok_json(StatusCode::OK, &json!({ "outcome": outcome, "budget": state }))
+}
+
+async fn put_budget<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    let actor = tri!(app.admin(&headers));
+    let mut spec: BudgetSpec = tri!(parse_body(&body));
+    if spec.id.is_empty() {
+        spec.id = id.clone();
+    } else if spec.id != id {
+        return invalid(format!("id: the body says `{}` but the path says `{id}`; make them match or omit id", spec.id));
+    }
+    let budget = tri!(Budget::from_spec(spec).map_err(invalid));
+    save_budget(&app, &actor, budget).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUp {
+    amount: String,
+}
+
+async fn topup<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    let actor = tri!(app.admin(&headers));
+    let TopUp { amount } = tri!(parse_body(&body));
+    let Some(add) = parse_decimal_scaled(&amount, 6).and_then(|m| Micros::try_from(m).ok()) else {
+        return invalid(format!("amount: `{amount}` is not an amount of dollars; write a decimal such as \"100.00\""));
+    };
+    let state = tri!(budget_state(&app, &id).await);
+    let mut budget = tri!(Budget::from_spec(state.budget).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)));
+    budget.limit_micros = budget.limit_micros.saturating_add(add);
+    save_budget(&app, &actor, budget).await
+}
+
+async fn delete_budget<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let actor = tri!(app.admin(&headers));
+    match app.store.delete_budget(&id, &actor, app.clock.now_ms()).await {
+        Ok(Some(spec)) => {
+            crate::log::info("budget deleted", json!({"budget": id, "actor": actor}));
+            ok_json(StatusCode::OK, &json!({ "deleted": spec }))
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no budget `{id}`; nothing deleted")),
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+fn exemption_json(e: &Exemption, now_ms: i64) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("active".into(), json!(e.active_at(now_ms)));
+        obj.insert("amount".into(), json!(tollgate_core::money::format_micros(e.amount_micros)));
+    }
+    v
+}
+
+async fn list_exemptions<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {
+    tri!(app.admin(&headers));
+    let now = app.clock.now_ms();
+    match app.store.list_exemptions().await {
+        Ok(list) => ok_json(StatusCode::OK, &json!({ "exemptions": list.iter().map(|e| exemption_json(e, now)).collect::<Vec<_>>() })),
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+async fn add_exemption<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = tri!(app.admin(&headers));
+    let spec: ExemptionSpec = tri!(parse_body(&body));
+    let now = app.clock.now_ms();
+    let exemption = tri!(Exemption::from_spec(spec, &actor, now).map_err(invalid));
+    match app.store.add_exemption(exemption, &actor, now).await {
+        Ok(e) => {
+            crate::log::info("exemption added", json!({"exemption": e.id, "scope": e.scope, "actor": actor}));
+            ok_json(StatusCode::CREATED, &exemption_json(&e, now))
+        }
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+async fn revoke_exemption<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let actor = tri!(app.admin(&headers));
+    let Ok(id) = id.parse::<u64>() else { return invalid(format!("`{id}` is not an exemption id (a number)")) };
+    let now = app.clock.now_ms();
+    match app.store.revoke_exemption(id, &actor, now).await {
+        Ok(Some(e)) => ok_json(StatusCode::OK, &exemption_json(&e, now)),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no exemption {id}")),
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+/// Refuses query parameters the endpoint does not know (a typo is an error, not a silent default).
+fn check_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(invalid(format!("unknown query parameter `{k}`; this endpoint takes {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+fn format_param(params: &HashMap<String, String>) -> Result<bool, Response> {
+    match params.get("format").map(String::as_str) {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => Err(invalid(format!("format: `{other}` is not supported; use json or csv"))),
+    }
+}
+
+fn time_param(params: &HashMap<String, String>, name: &str, default: i64) -> Result<i64, Response> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(t) => crate::window::parse_time_ms(t).map_err(|e| invalid(format!("{name}: {e}"))),
+    }
+}
+
+fn csv_response(filename: &str, text: String) -> Response {
+    let mut r = text.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
+    tri!(app.admin(&headers));
+    tri!(check_params(&params, &["group_by", "from", "to", "format"]));
+    let csv = tri!(format_param(&params));
+    let group_by = tri!(GroupBy::parse_list(params.get("group_by").map(String::as_str).unwrap_or("")).map_err(invalid));
+    let from_ms = tri!(time_param(&params, "from", 0));
+    let to_ms = tri!(time_param(&params, "to", i64::MAX));
+    if to_ms <= from_ms {
+        return invalid("to: must be after from");
+    }
+    let rows = match app.store.report(ReportQuery { group_by: group_by.clone(), from_ms, to_ms }).await {
+        Ok(rows) => rows,
+        Err(e) => return store_error(&app.metrics, e),
+    };
+    if csv {
+        let (header, cells) = report::spend_cells(&group_by, &rows);
+        return csv_response("tollgate-spend.csv", report::to_csv(&header, &cells));
+    }
+    let total_micros = rows.iter().fold(0 as Micros, |s, r| s.saturating_add(r.cost_micros));
+    let total_requests: u64 = rows.iter().map(|r| r.requests).sum();
+    ok_json(
+        StatusCode::OK,
+        &json!({
+            "group_by": group_by,
+            "from_ms": from_ms,
+            "to_ms": if to_ms == i64::MAX { None } else { Some(to_ms) },
+            "rows": rows.iter().map(|r| report::spend_row_json(&group_by, r)).collect::<Vec<_>>(),
+            "total": {"requests": total_requests, "cost_micros": total_micros, "cost_usd": tollgate_core::money::format_micros(total_micros)},
+        }),
+    )
+}
+
+async fn utilization_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
+    tri!(app.admin(&headers));
+    tri!(check_params(&params, &["format"]));
+    let csv = tri!(format_param(&params));
+    let budgets = match app.store.list_budgets(app.clock.now_ms()).await {
+        Ok(b) => b,
+        Err(e) => return store_error(&app.metrics, e),
+    };
+    if csv {
+        let (header, cells) = report::utilization_cells(&budgets);
+        return csv_response("tollgate-utilization.csv", report::to_csv(&header, &cells));
+    }
+    let rows: Vec<_> = budgets
+        .iter()
+        .map(|b| {
+            json!({
+                "budget": b.budget.id, "scope": b.budget.scope, "window": b.budget.window, "mode": b.budget.mode,
+                "spent_micros": b.spent_micros, "limit_micros": b.effective_limit_micros, "hard_limit_micros": b.hard_limit_micros,
+                "utilization": b.utilization(), "status": b.status, "leased_micros": b.leased_micros,
+                "exemption_micros": b.exemption_micros, "window_start": b.window_start, "resets_at": b.resets_at,
+            })
+        })
+        .collect();
+    ok_json(StatusCode::OK, &json!({ "budgets": rows }))
+}
+
+async fn audit<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
+    tri!(app.admin(&headers));
+    tri!(check_params(&params, &["subject", "since", "limit"]));
+    let since_ms = match params.get("since") {
+        Some(t) => Some(tri!(crate::window::parse_time_ms(t).map_err(|e| invalid(format!("since: {e}"))))),
+        None => None,
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=10_000).contains(&l) => l,
+        Some(_) => return invalid("limit: give a number between 1 and 10000"),
+    };
+    let query = AuditQuery { subject: params.get("subject").cloned(), since_ms, limit };
+    match app.store.audit(query).await {
+        Ok(entries) => ok_json(StatusCode::OK, &json!({ "entries": entries })),
+        Err(e) => store_error(&app.metrics, e),
+    }
+}
+
+/// Applies the budgets file at start-up: each budget is created or updated (audited as
+/// `file:<path>`) unless identical to the stored one. Budgets not in the file are left alone.
+pub async fn apply_budget_file<S: Store>(store: &S, path: &std::path::Path, now_ms: i64) -> Result<(usize, usize), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read budgets file {}: {e}", path.display()))?;
+    let budgets = BudgetFile::parse(&text)?;
+    let actor = format!("file:{}", path.display());
+    let (mut changed, total) = (0, budgets.len());
+    for budget in budgets {
+        if !valid_id(&budget.id) {
+            continue;
+        }
+        match store.put_budget(budget, &actor, now_ms).await.map_err(|e| e.to_string())? {
+            PutOutcome::Unchanged => {}
+            _ => changed += 1,
+        }
+    }
+    Ok((changed, total))
+}
