@@ -1,7 +1,44 @@
-//! Incremental usage scanning of LLM responses (JSON and SSE, every dialect).
+//! Incremental usage scanning of LLM responses: JSON and SSE, every dialect.
 //!
-//! Work in progress: the public API below is final (see docs/contracts.md); the scanner body lands
-//! in the next commit.
+//! The filter sees a response as a sequence of body chunks and must not buffer it (streams are
+//! long, and the client is reading them as they come). [`UsageScanner`] is fed each chunk and keeps
+//! only a bounded state: where it is in the SSE framing, a path of the JSON keys above the current
+//! value (keys remembered for the first few levels only), and the few small values it wants
+//! (token counts, the model name, the event type). Content strings are counted as they pass, never
+//! stored. Memory stays under a few kilobytes whatever the upstream sends.
+//!
+//! Because all of it is one byte-level state machine, the outcome is the same however the bytes are
+//! split into chunks; property tests check every split point.
+//!
+//! # Where usage is read
+//! A *message* is one JSON object: a whole JSON body, one element of Gemini's JSON-array stream,
+//! or the `data` of one SSE event. Only complete messages count: one cut off mid-way says nothing.
+//! - OpenAI / Azure chat, completions, embeddings: `usage.prompt_tokens`, `completion_tokens`,
+//!   `prompt_tokens_details.cached_tokens`, `completion_tokens_details.reasoning_tokens` (the
+//!   streaming usage chunk is the one with a non-null `usage`). The stream ends with `[DONE]`.
+//! - OpenAI Responses: `usage` (JSON) or `response.usage` (`response.completed`, `.incomplete`,
+//!   `.failed` events) with `input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`,
+//!   `output_tokens_details.reasoning_tokens`.
+//! - Anthropic: `usage` (JSON, `message_delta`) and `message.usage` (`message_start`) with
+//!   `input_tokens`, `output_tokens`, `cache_read_input_tokens`, `cache_creation_input_tokens`.
+//!   `message_delta` counts are cumulative, so each field keeps its last value (never summed).
+//! - Gemini: `usageMetadata` with `promptTokenCount`, `candidatesTokenCount`,
+//!   `cachedContentTokenCount`, `thoughtsTokenCount`, `toolUsePromptTokenCount`.
+//!
+//! For OpenAI and Gemini the last usage object wins as a whole; for Anthropic each field keeps
+//! its last value, because `message_start` and `message_delta` carry different fields.
+//!
+//! # Normalisation to [`Tokens`]
+//! `input` excludes cache reads and writes; `output` includes reasoning; `reasoning` is reported
+//! apart. OpenAI's `prompt_tokens` and Gemini's `promptTokenCount` include cached tokens, so those
+//! are subtracted; Anthropic's `input_tokens` already excludes them. Gemini's `thoughtsTokenCount`
+//! is billed as output and is added to it; its `toolUsePromptTokenCount` is billed as input.
+//!
+//! # Content bytes
+//! For estimates when a stream is cut, the bytes of generated strings are counted as JSON text
+//! (escapes count as written): chat `content` / `refusal` / `reasoning_content` / tool-call
+//! `arguments`, completions `text`, Responses `delta` and output text, Anthropic `text` /
+//! `thinking` / `partial_json`, Gemini part `text`.
 
 use crate::dialect::{Dialect, Endpoint};
 use crate::protocol::Tokens;
@@ -9,7 +46,7 @@ use crate::protocol::Tokens;
 /// How the response body is framed, from its `content-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFormat {
-    /// `application/json` (including Gemini's JSON-array stream form).
+    /// `application/json` (including Gemini's JSON-array stream form, `[{...},{...}]`).
     Json,
     /// `text/event-stream`.
     Sse,
@@ -18,11 +55,12 @@ pub enum ResponseFormat {
 /// How the upstream said the response ended, when it said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TerminalEvent {
-    /// The response ended normally.
+    /// The response ended normally: a complete JSON body, `[DONE]`, `message_stop`,
+    /// `response.completed`, a Gemini `finishReason`.
     Completed,
     /// The upstream stopped early but billed what it produced (`response.incomplete`).
     Incomplete,
-    /// The upstream reported an error (`response.failed`, an `error` event or body).
+    /// The upstream reported an error: `response.failed`, an `error` event, a body with `error`.
     Failed,
 }
 
@@ -31,13 +69,26 @@ pub enum TerminalEvent {
 pub struct ScanOutcome {
     /// Billed tokens as the upstream reported them, normalised; `None` if no usage arrived.
     pub tokens: Option<Tokens>,
-    /// The model the upstream says it used (last one reported).
+    /// The model the upstream says it used (the last one reported).
     pub model: Option<String>,
     /// Bytes of generated content seen (text, tool arguments, thinking), for estimates.
     pub streamed_content_bytes: u64,
-    /// How the response ended, if the upstream said so.
+    /// How the response ended, if the upstream said so (the last such signal).
     pub terminal: Option<TerminalEvent>,
 }
+
+/// Deepest JSON nesting followed; deeper input is treated as malformed.
+const MAX_DEPTH: usize = 128;
+/// Levels whose object keys are remembered (every path we read is shallower).
+const KEY_LEVELS: usize = 9;
+/// Longest key remembered; longer keys match nothing we read.
+const KEY_CAP: usize = 40;
+/// Longest captured string or number (model names, event types, token counts).
+const CAPTURE_CAP: usize = 256;
+/// Longest SSE field name kept (`data`, `event`).
+const FIELD_CAP: usize = 8;
+/// Bytes of an SSE event's data kept to recognise `[DONE]`.
+const DATA_PREFIX_CAP: usize = 8;
 
 /// Reads usage from a response body fed chunk by chunk, with bounded memory.
 #[derive(Debug, Clone)]
@@ -45,20 +96,891 @@ pub struct UsageScanner {
     dialect: Dialect,
     endpoint: Endpoint,
     format: ResponseFormat,
+    json: JsonState,
+    message: Message,
+    sse: SseState,
+    found: Found,
+    finished: Option<ScanOutcome>,
 }
 
 impl UsageScanner {
     pub fn new(dialect: Dialect, endpoint: Endpoint, format: ResponseFormat) -> UsageScanner {
-        UsageScanner { dialect, endpoint, format }
+        UsageScanner {
+            dialect,
+            endpoint,
+            format,
+            json: JsonState::new(format == ResponseFormat::Json),
+            message: Message::default(),
+            sse: SseState::default(),
+            found: Found::default(),
+            finished: None,
+        }
     }
 
-    /// Feeds the next chunk of the response body.
+    /// Feeds the next chunk of the response body. Chunks after [`UsageScanner::finish`] are ignored.
     pub fn feed(&mut self, chunk: &[u8]) {
-        let _ = (chunk, self.dialect, self.endpoint, self.format);
+        if self.finished.is_some() {
+            return;
+        }
+        match self.format {
+            ResponseFormat::Json => self.feed_json(chunk),
+            ResponseFormat::Sse => self.feed_sse(chunk),
+        }
     }
 
     /// Ends the body and returns what was found. Calling it again returns the same outcome.
     pub fn finish(&mut self) -> ScanOutcome {
-        ScanOutcome::default()
+        if let Some(outcome) = &self.finished {
+            return outcome.clone();
+        }
+        if self.format == ResponseFormat::Sse {
+            // A last line or event without its terminating blank line still counts if complete.
+            if self.sse.line_started {
+                self.end_line();
+            }
+            self.dispatch_event();
+        }
+        let outcome = ScanOutcome {
+            tokens: self.found.has_usage.then(|| normalise(self.dialect, &self.found.usage)),
+            model: self.found.model.clone(),
+            streamed_content_bytes: self.found.content_bytes,
+            terminal: self.found.terminal,
+        };
+        self.finished = Some(outcome.clone());
+        outcome
+    }
+
+    // ---- SSE framing -------------------------------------------------------------------------
+
+    fn feed_sse(&mut self, mut bytes: &[u8]) {
+        while let Some((&first, rest)) = bytes.split_first() {
+            if self.sse.after_cr {
+                self.sse.after_cr = false;
+                if first == b'\n' {
+                    bytes = rest;
+                    continue;
+                }
+            }
+            if self.sse.in_value {
+                // Fast path: the value runs to the next line break.
+                let end = bytes.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(bytes.len());
+                let (value, tail) = bytes.split_at(end);
+                self.sse_value(value);
+                bytes = tail;
+                if let Some((&brk, tail)) = bytes.split_first() {
+                    self.sse.after_cr = brk == b'\r';
+                    self.end_line();
+                    bytes = tail;
+                }
+                continue;
+            }
+            bytes = rest;
+            match first {
+                b'\n' | b'\r' => {
+                    self.sse.after_cr = first == b'\r';
+                    self.end_line();
+                }
+                b':' => {
+                    self.sse.line_started = true;
+                    self.begin_field_value();
+                }
+                _ => {
+                    self.sse.line_started = true;
+                    self.sse.field.push(first);
+                }
+            }
+        }
+    }
+
+    /// A field name ended with `:`; its value follows.
+    fn begin_field_value(&mut self) {
+        self.sse.in_value = true;
+        self.sse.strip_space = true;
+        self.sse.value_kind = match self.sse.field.as_slice() {
+            // A line starting with `:` is a comment.
+            Some(b"") => FieldKind::Ignore,
+            Some(b"data") => {
+                self.begin_data_line();
+                FieldKind::Data
+            }
+            Some(b"event") => {
+                self.sse.event_name.clear();
+                FieldKind::Event
+            }
+            _ => FieldKind::Ignore,
+        };
+    }
+
+    fn sse_value(&mut self, mut value: &[u8]) {
+        if value.is_empty() {
+            return;
+        }
+        if self.sse.strip_space {
+            self.sse.strip_space = false;
+            if let Some((b' ', rest)) = value.split_first() {
+                value = rest;
+            }
+        }
+        match self.sse.value_kind {
+            FieldKind::Data => self.event_data(value),
+            FieldKind::Event => self.sse.event_name.extend(value),
+            FieldKind::Ignore => {}
+        }
+    }
+
+    /// Each `data` line after the first adds a newline to the event's data (SSE joins them so).
+    fn begin_data_line(&mut self) {
+        if self.sse.has_data {
+            self.event_data(b"\n");
+        }
+        self.sse.has_data = true;
+    }
+
+    fn event_data(&mut self, data: &[u8]) {
+        self.sse.data_prefix.extend(data);
+        self.feed_json(data);
+    }
+
+    fn end_line(&mut self) {
+        if !self.sse.line_started {
+            self.dispatch_event();
+        } else if !self.sse.in_value {
+            // A line without a colon is a field name with an empty value.
+            match self.sse.field.as_slice() {
+                Some(b"data") => self.begin_data_line(),
+                Some(b"event") => self.sse.event_name.clear(),
+                _ => {}
+            }
+        }
+        self.sse.line_started = false;
+        self.sse.in_value = false;
+        self.sse.field.clear();
+    }
+
+    /// A blank line ends an event: apply it if its data was one complete JSON object or `[DONE]`.
+    fn dispatch_event(&mut self) {
+        if self.sse.has_data {
+            if is_done_marker(&self.sse.data_prefix) {
+                self.found.terminal = Some(TerminalEvent::Completed);
+            } else if self.json.lex == Lex::Done && self.message.open {
+                if !self.message.type_seen {
+                    self.message.type_terminal = self.sse.event_name.as_slice().and_then(terminal_for_type);
+                }
+                self.commit_message();
+            }
+        }
+        self.sse.has_data = false;
+        self.sse.data_prefix.clear();
+        self.sse.event_name.clear();
+        self.json.reset();
+        self.message.clear();
+    }
+
+    // ---- JSON lexing -------------------------------------------------------------------------
+
+    fn feed_json(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if let Lex::Str { key } = self.json.lex {
+                bytes = self.string_run(bytes, key);
+                continue;
+            }
+            let Some((&b, rest)) = bytes.split_first() else { break };
+            bytes = rest;
+            self.json_byte(b);
+        }
+    }
+
+    /// Consumes string bytes up to and including the closing quote, if it is in `bytes`.
+    fn string_run<'b>(&mut self, bytes: &'b [u8], key: bool) -> &'b [u8] {
+        let mut end = bytes.len();
+        let mut closed = false;
+        for (i, &b) in bytes.iter().enumerate() {
+            if self.json.escaped {
+                self.json.escaped = false;
+            } else if b == b'\\' {
+                self.json.escaped = true;
+            } else if b == b'"' {
+                end = i;
+                closed = true;
+                break;
+            }
+        }
+        let (run, rest) = bytes.split_at(end);
+        if key {
+            self.json.key_bytes(run);
+        } else {
+            match self.json.target {
+                Target::Content => {
+                    self.found.content_bytes = self.found.content_bytes.saturating_add(run.len() as u64);
+                }
+                Target::None => {}
+                _ => self.json.scratch.extend(run),
+            }
+        }
+        if !closed {
+            return rest;
+        }
+        if key {
+            self.json.lex = Lex::Colon;
+        } else {
+            self.end_scalar(Scalar::Str);
+        }
+        rest.get(1..).unwrap_or(&[])
+    }
+
+    fn json_byte(&mut self, b: u8) {
+        match self.json.lex {
+            Lex::Number | Lex::Literal => {
+                if is_scalar_byte(b) {
+                    self.json.scratch.push(b);
+                    return;
+                }
+                let kind = if self.json.lex == Lex::Number { Scalar::Number } else { Scalar::Literal };
+                self.end_scalar(kind);
+                // The delimiter is handled by the state after the value.
+                self.json_byte(b);
+            }
+            _ if is_ws(b) => {}
+            Lex::Value | Lex::ValueOrClose => match b {
+                b']' if self.json.lex == Lex::ValueOrClose => self.close(b'['),
+                _ => self.begin_value(b),
+            },
+            Lex::KeyOrClose | Lex::Key => match b {
+                b'"' => {
+                    self.json.start_key();
+                    self.json.lex = Lex::Str { key: true };
+                }
+                b'}' if self.json.lex == Lex::KeyOrClose => self.close(b'{'),
+                _ => self.json.fail(),
+            },
+            Lex::Colon => match b {
+                b':' => self.json.lex = Lex::Value,
+                _ => self.json.fail(),
+            },
+            Lex::AfterValue => match (b, self.json.stack.last()) {
+                (b',', Some(b'{')) => self.json.lex = Lex::Key,
+                (b',', Some(b'[')) => self.json.lex = Lex::Value,
+                (b'}', Some(b'{')) => self.close(b'{'),
+                (b']', Some(b'[')) => self.close(b'['),
+                _ => self.json.fail(),
+            },
+            Lex::Done | Lex::Error | Lex::Str { .. } => self.json.fail(),
+        }
+    }
+
+    fn begin_value(&mut self, b: u8) {
+        let target = if self.json.stack.len() > self.json.root {
+            let path = self.json.path();
+            classify(self.dialect, path.as_slice())
+        } else {
+            Target::None
+        };
+        self.json.target = target;
+        self.json.scratch.clear();
+        match b {
+            b'{' | b'[' => self.open(b, target),
+            b'"' => self.json.lex = Lex::Str { key: false },
+            b'-' | b'0'..=b'9' => {
+                self.json.scratch.push(b);
+                self.json.lex = Lex::Number;
+            }
+            b't' | b'f' | b'n' => {
+                self.json.scratch.push(b);
+                self.json.lex = Lex::Literal;
+            }
+            _ => self.json.fail(),
+        }
+    }
+
+    fn open(&mut self, bracket: u8, target: Target) {
+        let depth = self.json.stack.len();
+        if depth >= MAX_DEPTH {
+            self.json.fail();
+            return;
+        }
+        if depth == 0 && bracket == b'[' && self.json.array_stream {
+            // Gemini's JSON-array stream: each element is a message.
+            self.json.root = 1;
+        }
+        if depth == self.json.root && bracket == b'{' {
+            self.message.clear();
+            self.message.open = true;
+        }
+        if target == Target::Error && bracket == b'{' {
+            self.message.error = true;
+        }
+        self.json.stack.push(bracket);
+        self.json.lex = if bracket == b'{' { Lex::KeyOrClose } else { Lex::ValueOrClose };
+    }
+
+    fn close(&mut self, bracket: u8) {
+        if self.json.stack.pop() != Some(bracket) {
+            self.json.fail();
+            return;
+        }
+        let depth = self.json.stack.len();
+        if depth == self.json.root && bracket == b'{' && self.format == ResponseFormat::Json {
+            self.commit_message();
+        }
+        self.after_value();
+    }
+
+    fn after_value(&mut self) {
+        if self.json.stack.is_empty() {
+            self.json.lex = Lex::Done;
+            if self.format == ResponseFormat::Json && self.found.terminal.is_none() {
+                self.found.terminal = Some(TerminalEvent::Completed);
+            }
+        } else {
+            self.json.lex = Lex::AfterValue;
+        }
+    }
+
+    fn end_scalar(&mut self, kind: Scalar) {
+        if kind == Scalar::Literal && !matches!(self.json.scratch.as_slice(), Some(b"true" | b"false" | b"null")) {
+            self.json.fail();
+            return;
+        }
+        let value = self.json.scratch.as_slice();
+        match (self.json.target, kind, value) {
+            (Target::Usage(field), Scalar::Number, Some(text)) => {
+                if let Some(slot) = self.message.usage.get_mut(field as usize) {
+                    *slot = parse_count(text).or(*slot);
+                }
+            }
+            (Target::Model, Scalar::Str, Some(text)) if !text.is_empty() => {
+                self.message.model.clear();
+                self.message.model.extend_from_slice(text);
+                self.message.model_seen = true;
+            }
+            (Target::Type, Scalar::Str, text) => {
+                self.message.type_seen = true;
+                self.message.type_terminal = text.and_then(terminal_for_type);
+            }
+            (Target::Status, Scalar::Str, Some(text)) if self.endpoint == Endpoint::Responses => {
+                self.message.status_terminal = terminal_for_status(text);
+            }
+            (Target::Finish, Scalar::Str, _) => self.message.finished = true,
+            _ => {}
+        }
+        self.after_value();
+    }
+
+    // ---- Interpretation ----------------------------------------------------------------------
+
+    fn commit_message(&mut self) {
+        let message = &mut self.message;
+        if !message.open {
+            return;
+        }
+        message.open = false;
+        if message.usage.iter().any(Option::is_some) {
+            if self.dialect == Dialect::Anthropic {
+                // message_start and message_delta carry different, cumulative fields.
+                for (slot, value) in self.found.usage.iter_mut().zip(message.usage) {
+                    if value.is_some() {
+                        *slot = value;
+                    }
+                }
+            } else {
+                self.found.usage = message.usage;
+            }
+            self.found.has_usage = true;
+        }
+        if message.model_seen {
+            self.found.model = Some(unescape_lossy(&message.model));
+        }
+        let terminal = if message.error {
+            Some(TerminalEvent::Failed)
+        } else {
+            message
+                .type_terminal
+                .or(message.status_terminal)
+                .or(message.finished.then_some(TerminalEvent::Completed))
+        };
+        if terminal.is_some() {
+            self.found.terminal = terminal;
+        }
     }
 }
+
+/// Token counts by the upstream's own field, before normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// `prompt_tokens`, `input_tokens`, `promptTokenCount`.
+    Prompt = 0,
+    /// `completion_tokens`, `output_tokens`, `candidatesTokenCount`.
+    Completion = 1,
+    /// `cached_tokens`, `cache_read_input_tokens`, `cachedContentTokenCount`.
+    CacheRead = 2,
+    /// `cache_creation_input_tokens`.
+    CacheWrite = 3,
+    /// `reasoning_tokens` (already inside the completion count).
+    Reasoning = 4,
+    /// Gemini `thoughtsTokenCount` (not inside `candidatesTokenCount`).
+    Thoughts = 5,
+    /// Gemini `toolUsePromptTokenCount` (not inside `promptTokenCount`).
+    ToolPrompt = 6,
+}
+
+const FIELDS: usize = 7;
+type RawUsage = [Option<u64>; FIELDS];
+
+fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
+    let get = |field: Field| usage.get(field as usize).copied().flatten().unwrap_or(0);
+    match dialect {
+        Dialect::Anthropic => Tokens {
+            input: get(Field::Prompt),
+            output: get(Field::Completion),
+            cache_read: get(Field::CacheRead),
+            cache_write: get(Field::CacheWrite),
+            reasoning: 0,
+        },
+        Dialect::Gemini => {
+            let prompt = get(Field::Prompt);
+            let cache_read = get(Field::CacheRead).min(prompt);
+            let thoughts = get(Field::Thoughts);
+            Tokens {
+                input: (prompt - cache_read).saturating_add(get(Field::ToolPrompt)),
+                output: get(Field::Completion).saturating_add(thoughts),
+                cache_read,
+                cache_write: 0,
+                reasoning: thoughts,
+            }
+        }
+        Dialect::OpenAi | Dialect::AzureOpenAi => {
+            let prompt = get(Field::Prompt);
+            let cache_read = get(Field::CacheRead).min(prompt);
+            let output = get(Field::Completion);
+            Tokens {
+                input: prompt - cache_read,
+                output,
+                cache_read,
+                cache_write: 0,
+                reasoning: get(Field::Reasoning).min(output),
+            }
+        }
+    }
+}
+
+/// What the value at a path means to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    None,
+    Usage(Field),
+    Model,
+    Type,
+    Status,
+    Finish,
+    /// An `error` member at the message root (an object there means the upstream failed).
+    Error,
+    /// Generated content: counted, never stored.
+    Content,
+}
+
+/// One step of the path from the message root to a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg<'a> {
+    Key(&'a [u8]),
+    Index,
+    /// A key too long, or too deep, to remember: matches nothing.
+    Unknown,
+}
+
+fn classify(dialect: Dialect, path: &[Seg<'_>]) -> Target {
+    use Seg::{Index as I, Key as K};
+    match dialect {
+        Dialect::OpenAi | Dialect::AzureOpenAi => match path {
+            [K(b"model")] | [K(b"response"), K(b"model")] => Target::Model,
+            [K(b"type")] => Target::Type,
+            [K(b"status")] => Target::Status,
+            [K(b"error")] => Target::Error,
+            [K(b"usage"), rest @ ..] | [K(b"response"), K(b"usage"), rest @ ..] => match rest {
+                [K(b"prompt_tokens" | b"input_tokens")] => Target::Usage(Field::Prompt),
+                [K(b"completion_tokens" | b"output_tokens")] => Target::Usage(Field::Completion),
+                [K(b"prompt_tokens_details" | b"input_tokens_details"), K(b"cached_tokens")] => {
+                    Target::Usage(Field::CacheRead)
+                }
+                [K(b"completion_tokens_details" | b"output_tokens_details"), K(b"reasoning_tokens")] => {
+                    Target::Usage(Field::Reasoning)
+                }
+                _ => Target::None,
+            },
+            [K(b"choices"), I, K(b"delta" | b"message"), K(b"content" | b"refusal" | b"reasoning_content")]
+            | [K(b"choices"), I, K(b"delta" | b"message"), K(b"tool_calls"), I, K(b"function"), K(b"arguments")]
+            | [K(b"choices"), I, K(b"text")]
+            | [K(b"delta")]
+            | [K(b"output"), I, K(b"content"), I, K(b"text")]
+            | [K(b"output"), I, K(b"arguments")] => Target::Content,
+            _ => Target::None,
+        },
+        Dialect::Anthropic => match path {
+            [K(b"model")] | [K(b"message"), K(b"model")] => Target::Model,
+            [K(b"type")] => Target::Type,
+            [K(b"error")] => Target::Error,
+            [K(b"usage"), rest @ ..] | [K(b"message"), K(b"usage"), rest @ ..] => match rest {
+                [K(b"input_tokens")] => Target::Usage(Field::Prompt),
+                [K(b"output_tokens")] => Target::Usage(Field::Completion),
+                [K(b"cache_read_input_tokens")] => Target::Usage(Field::CacheRead),
+                [K(b"cache_creation_input_tokens")] => Target::Usage(Field::CacheWrite),
+                _ => Target::None,
+            },
+            [K(b"delta"), K(b"text" | b"partial_json" | b"thinking")]
+            | [K(b"content"), I, K(b"text" | b"thinking")] => Target::Content,
+            _ => Target::None,
+        },
+        Dialect::Gemini => match path {
+            [K(b"modelVersion")] => Target::Model,
+            [K(b"error")] => Target::Error,
+            [K(b"usageMetadata"), K(field)] => match *field {
+                b"promptTokenCount" => Target::Usage(Field::Prompt),
+                b"candidatesTokenCount" => Target::Usage(Field::Completion),
+                b"cachedContentTokenCount" => Target::Usage(Field::CacheRead),
+                b"thoughtsTokenCount" => Target::Usage(Field::Thoughts),
+                b"toolUsePromptTokenCount" => Target::Usage(Field::ToolPrompt),
+                _ => Target::None,
+            },
+            [K(b"candidates"), I, K(b"finishReason")] => Target::Finish,
+            [K(b"candidates"), I, K(b"content"), K(b"parts"), I, K(b"text")] => Target::Content,
+            _ => Target::None,
+        },
+    }
+}
+
+fn terminal_for_type(kind: &[u8]) -> Option<TerminalEvent> {
+    match kind {
+        b"response.completed" | b"message_stop" => Some(TerminalEvent::Completed),
+        b"response.incomplete" => Some(TerminalEvent::Incomplete),
+        b"response.failed" | b"error" => Some(TerminalEvent::Failed),
+        _ => None,
+    }
+}
+
+fn terminal_for_status(status: &[u8]) -> Option<TerminalEvent> {
+    match status {
+        b"completed" => Some(TerminalEvent::Completed),
+        b"incomplete" => Some(TerminalEvent::Incomplete),
+        b"failed" => Some(TerminalEvent::Failed),
+        _ => None,
+    }
+}
+
+fn is_done_marker(prefix: &Capped<DATA_PREFIX_CAP>) -> bool {
+    prefix.as_slice().is_some_and(|p| p.trim_ascii() == b"[DONE]")
+}
+
+/// A token count: plain non-negative integer text (anything else is ignored).
+fn parse_count(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn is_scalar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
+}
+
+/// Decodes a JSON string's escapes (invalid ones and lone surrogates become U+FFFD).
+fn unescape_lossy(raw: &[u8]) -> String {
+    if !raw.contains(&b'\\') {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    let mut units: Vec<u16> = Vec::new();
+    let mut i = 0;
+    let flush = |units: &mut Vec<u16>, out: &mut Vec<u8>| {
+        if !units.is_empty() {
+            out.extend(String::from_utf16_lossy(units).as_bytes());
+            units.clear();
+        }
+    };
+    while let Some(&b) = raw.get(i) {
+        if b != b'\\' {
+            flush(&mut units, &mut out);
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let escaped = raw.get(i + 1).copied();
+        i += 2;
+        let simple = match escaped {
+            Some(b'"') => Some(b'"'),
+            Some(b'\\') => Some(b'\\'),
+            Some(b'/') => Some(b'/'),
+            Some(b'b') => Some(8),
+            Some(b'f') => Some(12),
+            Some(b'n') => Some(b'\n'),
+            Some(b'r') => Some(b'\r'),
+            Some(b't') => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            flush(&mut units, &mut out);
+            out.push(c);
+        } else if escaped == Some(b'u') {
+            let unit = raw
+                .get(i..i + 4)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            match unit {
+                Some(unit) => {
+                    units.push(unit);
+                    i += 4;
+                }
+                None => {
+                    flush(&mut units, &mut out);
+                    out.extend("\u{FFFD}".as_bytes());
+                }
+            }
+        } else {
+            flush(&mut units, &mut out);
+            out.extend("\u{FFFD}".as_bytes());
+        }
+    }
+    flush(&mut units, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A byte buffer that keeps at most `N` bytes and remembers whether more were offered. An
+/// overflowed buffer reads as `None`, so a truncated key or value never matches anything.
+#[derive(Debug, Clone, Copy)]
+struct Capped<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+    overflow: bool,
+}
+
+impl<const N: usize> Default for Capped<N> {
+    fn default() -> Self {
+        Capped { bytes: [0; N], len: 0, overflow: false }
+    }
+}
+
+impl<const N: usize> Capped<N> {
+    fn clear(&mut self) {
+        self.len = 0;
+        self.overflow = false;
+    }
+
+    fn push(&mut self, b: u8) {
+        self.extend(&[b]);
+    }
+
+    fn extend(&mut self, more: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        let end = self.len.saturating_add(more.len());
+        match self.bytes.get_mut(self.len..end) {
+            Some(slot) => {
+                slot.copy_from_slice(more);
+                self.len = end;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        if self.overflow {
+            None
+        } else {
+            self.bytes.get(..self.len)
+        }
+    }
+}
+
+/// Where the JSON lexer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Expecting a value.
+    Value,
+    /// Just after `[`: a value or `]`.
+    ValueOrClose,
+    /// Just after `{`: a key or `}`.
+    KeyOrClose,
+    /// After `,` in an object: a key.
+    Key,
+    Colon,
+    /// After a value: `,` or a closing bracket.
+    AfterValue,
+    /// Inside a string (a key or a value).
+    Str { key: bool },
+    Number,
+    Literal,
+    /// The top-level value is complete; only whitespace may follow.
+    Done,
+    /// Malformed input: everything up to the next SSE event (or the end of a JSON body) is ignored.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scalar {
+    Str,
+    Number,
+    Literal,
+}
+
+#[derive(Debug, Clone)]
+struct JsonState {
+    lex: Lex,
+    /// Open brackets, innermost last.
+    stack: Vec<u8>,
+    /// The current key of each object on the stack, for the first [`KEY_LEVELS`] levels.
+    keys: [Capped<KEY_CAP>; KEY_LEVELS],
+    /// Stack depth of a message's root object: 0, or 1 in a JSON-array stream.
+    root: usize,
+    /// Whether a top-level array is a stream of messages (JSON bodies).
+    array_stream: bool,
+    escaped: bool,
+    /// What the value being read means.
+    target: Target,
+    /// The value being read, when its target wants it.
+    scratch: Capped<CAPTURE_CAP>,
+}
+
+impl JsonState {
+    fn new(array_stream: bool) -> JsonState {
+        JsonState {
+            lex: Lex::Value,
+            stack: Vec::with_capacity(16),
+            keys: [Capped::default(); KEY_LEVELS],
+            root: 0,
+            array_stream,
+            escaped: false,
+            target: Target::None,
+            scratch: Capped::default(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.lex = Lex::Value;
+        self.stack.clear();
+        self.root = 0;
+        self.escaped = false;
+        self.target = Target::None;
+        self.scratch.clear();
+    }
+
+    fn fail(&mut self) {
+        self.lex = Lex::Error;
+    }
+
+    fn start_key(&mut self) {
+        if let Some(key) = self.stack.len().checked_sub(1).and_then(|d| self.keys.get_mut(d)) {
+            key.clear();
+        }
+    }
+
+    fn key_bytes(&mut self, run: &[u8]) {
+        if let Some(key) = self.stack.len().checked_sub(1).and_then(|d| self.keys.get_mut(d)) {
+            key.extend(run);
+        }
+    }
+
+    /// The path from the message root to the value about to start.
+    fn path(&self) -> Path<'_> {
+        let mut path = Path { segs: [Seg::Unknown; 8], len: 0, too_deep: false };
+        for (depth, bracket) in self.stack.iter().enumerate().skip(self.root) {
+            let seg = match bracket {
+                b'[' => Seg::Index,
+                _ => match self.keys.get(depth).and_then(Capped::as_slice) {
+                    Some(key) => Seg::Key(key),
+                    None => Seg::Unknown,
+                },
+            };
+            match path.segs.get_mut(path.len) {
+                Some(slot) => {
+                    *slot = seg;
+                    path.len += 1;
+                }
+                None => path.too_deep = true,
+            }
+        }
+        path
+    }
+}
+
+struct Path<'a> {
+    segs: [Seg<'a>; 8],
+    len: usize,
+    too_deep: bool,
+}
+
+impl<'a> Path<'a> {
+    fn as_slice(&self) -> &[Seg<'a>] {
+        if self.too_deep {
+            return &[];
+        }
+        self.segs.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// What the message being read has said so far.
+#[derive(Debug, Clone, Default)]
+struct Message {
+    /// A message's root object has opened and not yet been committed.
+    open: bool,
+    usage: RawUsage,
+    model: Vec<u8>,
+    model_seen: bool,
+    type_seen: bool,
+    type_terminal: Option<TerminalEvent>,
+    status_terminal: Option<TerminalEvent>,
+    finished: bool,
+    error: bool,
+}
+
+impl Message {
+    /// Forgets everything, keeping the model buffer's allocation.
+    fn clear(&mut self) {
+        let mut model = std::mem::take(&mut self.model);
+        model.clear();
+        *self = Message { model, ..Message::default() };
+    }
+}
+
+/// What complete messages have said, across the response.
+#[derive(Debug, Clone, Default)]
+struct Found {
+    usage: RawUsage,
+    has_usage: bool,
+    model: Option<String>,
+    content_bytes: u64,
+    terminal: Option<TerminalEvent>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum FieldKind {
+    Data,
+    Event,
+    #[default]
+    Ignore,
+}
+
+/// Where the SSE framing is.
+#[derive(Debug, Clone, Default)]
+struct SseState {
+    /// The previous byte was `\r`: a `\n` right after it belongs to the same line break.
+    after_cr: bool,
+    /// The current line has at least one byte.
+    line_started: bool,
+    /// Past the field name's colon.
+    in_value: bool,
+    /// The value's first space is still to be dropped.
+    strip_space: bool,
+    field: Capped<FIELD_CAP>,
+    value_kind: FieldKind,
+    /// The current event has a `data` field.
+    has_data: bool,
+    data_prefix: Capped<DATA_PREFIX_CAP>,
+    event_name: Capped<CAPTURE_CAP>,
+}
+
+#[cfg(test)]
+#[path = "usage/tests.rs"]
+mod tests;

@@ -1,0 +1,567 @@
+//! Usage scanning, specified by realistic responses of every dialect, then by properties: the
+//! outcome never depends on how the bytes are split, and no input makes the scanner panic.
+
+use super::*;
+use proptest::prelude::*;
+
+fn scan(dialect: Dialect, endpoint: Endpoint, format: ResponseFormat, body: &[u8]) -> ScanOutcome {
+    let mut scanner = UsageScanner::new(dialect, endpoint, format);
+    scanner.feed(body);
+    scanner.finish()
+}
+
+fn scan_chunks(dialect: Dialect, endpoint: Endpoint, format: ResponseFormat, chunks: &[&[u8]]) -> ScanOutcome {
+    let mut scanner = UsageScanner::new(dialect, endpoint, format);
+    for chunk in chunks {
+        scanner.feed(chunk);
+    }
+    scanner.finish()
+}
+
+fn tokens(input: u64, output: u64, cache_read: u64, cache_write: u64, reasoning: u64) -> Option<Tokens> {
+    Some(Tokens { input, output, cache_read, cache_write, reasoning })
+}
+
+/// A realistic response and what scanning it must give.
+struct Case {
+    name: &'static str,
+    dialect: Dialect,
+    endpoint: Endpoint,
+    format: ResponseFormat,
+    body: &'static str,
+    tokens: Option<Tokens>,
+    model: Option<&'static str>,
+    content_bytes: u64,
+    terminal: Option<TerminalEvent>,
+}
+
+use Dialect::*;
+use Endpoint::*;
+use ResponseFormat::{Json, Sse};
+use TerminalEvent::*;
+
+const OPENAI_CHAT_SSE: &str = concat!(
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w\\u00f6rld\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":300,\"total_tokens\":1300,\"prompt_tokens_details\":{\"cached_tokens\":400,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":120,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const OPENAI_CHAT_JSON: &str = r#"{
+  "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+  "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there", "refusal": null,
+    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+    "logprobs": null, "finish_reason": "stop"}],
+  "usage": {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
+    "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
+  "system_fingerprint": "fp_1"
+}"#;
+
+const OPENAI_COMPLETIONS_SSE: &str = concat!(
+    "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"choices\":[{\"text\":\"Once\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}],\"model\":\"gpt-3.5-turbo-instruct\",\"usage\":null}\n\n",
+    "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"choices\":[{\"text\":\" upon\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}],\"model\":\"gpt-3.5-turbo-instruct\",\"usage\":null}\n\n",
+    "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"choices\":[],\"model\":\"gpt-3.5-turbo-instruct\",\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const OPENAI_EMBEDDINGS_JSON: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,-0.0028842222]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+
+const RESPONSES_SSE: &str = concat!(
+    "event: response.created\n",
+    "data: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"model\":\"o4-mini-2025-04-16\",\"output\":[],\"usage\":null}}\n\n",
+    "event: response.output_text.delta\n",
+    "data: {\"type\":\"response.output_text.delta\",\"sequence_number\":4,\"item_id\":\"msg_1\",\"output_index\":1,\"content_index\":0,\"delta\":\"Hi\"}\n\n",
+    "event: response.output_text.delta\n",
+    "data: {\"type\":\"response.output_text.delta\",\"sequence_number\":5,\"item_id\":\"msg_1\",\"output_index\":1,\"content_index\":0,\"delta\":\" there!\"}\n\n",
+    "event: response.completed\n",
+    "data: {\"type\":\"response.completed\",\"sequence_number\":9,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"model\":\"o4-mini-2025-04-16\",",
+    "\"output\":[{\"type\":\"reasoning\",\"id\":\"rs_1\",\"summary\":[]},{\"type\":\"message\",\"id\":\"msg_1\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hi there!\",\"annotations\":[]}]}],",
+    "\"usage\":{\"input_tokens\":2000,\"input_tokens_details\":{\"cached_tokens\":1500},\"output_tokens\":700,\"output_tokens_details\":{\"reasoning_tokens\":640},\"total_tokens\":2700}}}\n\n",
+);
+
+const RESPONSES_INCOMPLETE_SSE: &str = concat!(
+    "event: response.output_text.delta\n",
+    "data: {\"type\":\"response.output_text.delta\",\"delta\":\"abcd\"}\n\n",
+    "event: response.incomplete\n",
+    "data: {\"type\":\"response.incomplete\",\"response\":{\"status\":\"incomplete\",\"incomplete_details\":{\"reason\":\"max_output_tokens\"},\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":10,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":16,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":26}}}\n\n",
+);
+
+const RESPONSES_FAILED_SSE: &str = concat!(
+    "event: response.failed\n",
+    "data: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":10,\"output_tokens\":3}}}\n\n",
+);
+
+const RESPONSES_JSON: &str = r#"{"id":"resp_2","object":"response","created_at":1,"status":"incomplete","error":null,
+  "incomplete_details":{"reason":"max_output_tokens"},"model":"gpt-4.1-2025-04-14",
+  "output":[{"type":"message","id":"msg_2","status":"incomplete","role":"assistant","content":[{"type":"output_text","text":"Hello","annotations":[]}]}],
+  "usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":6},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#;
+
+const ANTHROPIC_SSE: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5-20250929\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":50,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: ping\n",
+    "data: {\"type\": \"ping\"}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"!\"}}\n\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":9}}\n\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n\n",
+);
+
+const ANTHROPIC_JSON: &str = r#"{"id":"msg_2","type":"message","role":"assistant","model":"claude-haiku-4-5-20251001",
+  "content":[{"type":"thinking","thinking":"hmm","signature":"sig"},{"type":"text","text":"Hi!"},{"type":"tool_use","id":"t","name":"f","input":{"a":"long text not counted"}}],
+  "stop_reason":"end_turn","stop_sequence":null,
+  "usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":2048,"output_tokens":6,"service_tier":"standard"}}"#;
+
+const ANTHROPIC_ERROR_SSE: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+    "event: error\n",
+    "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+);
+
+const GEMINI_JSON: &str = r#"{
+  "candidates": [{"content": {"parts": [{"text": "Four."}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+  "usageMetadata": {"promptTokenCount": 1200, "candidatesTokenCount": 40, "totalTokenCount": 1340,
+    "cachedContentTokenCount": 1000, "thoughtsTokenCount": 100,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1200}]},
+  "modelVersion": "gemini-2.5-flash", "responseId": "r1"
+}"#;
+
+const GEMINI_SSE: &str = concat!(
+    "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"The\"}],\"role\": \"model\"},\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 9,\"totalTokenCount\": 9,\"promptTokensDetails\": [{\"modality\": \"TEXT\",\"tokenCount\": 9}]},\"modelVersion\": \"gemini-2.5-pro\"}\r\n\r\n",
+    "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \" answer\"}],\"role\": \"model\"},\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 9,\"totalTokenCount\": 9},\"modelVersion\": \"gemini-2.5-pro\"}\r\n\r\n",
+    "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \" is 4\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 9,\"candidatesTokenCount\": 5,\"totalTokenCount\": 44,\"thoughtsTokenCount\": 30},\"modelVersion\": \"gemini-2.5-pro\"}\r\n\r\n",
+);
+
+const GEMINI_ARRAY_STREAM: &str = r#"[{
+  "candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}, "index": 0}],
+  "usageMetadata": {"promptTokenCount": 6, "totalTokenCount": 6},
+  "modelVersion": "gemini-2.0-flash"
+}
+,
+{
+  "candidates": [{"content": {"parts": [{"text": "lo"}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+  "usageMetadata": {"promptTokenCount": 6, "candidatesTokenCount": 2, "totalTokenCount": 8},
+  "modelVersion": "gemini-2.0-flash"
+}
+]"#;
+
+/// SSE framing details: CRLF and lone CR line ends, comments, `event` after `data`, no space after
+/// the colon, JSON split over several `data` lines, an unknown field, `retry`, `id`.
+const SSE_FRAMING: &str = concat!(
+    ": keep-alive comment\r\n\r\n",
+    "id: 1\rretry: 1000\r",
+    "data:{\"type\":\"message_start\",\r\n",
+    "data:  \"message\":{\"model\":\"claude-3-5-haiku-20241022\",\n",
+    "data: \"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n",
+    "event: message_start\n",
+    "weird-field: x\n",
+    "\n",
+    "event:content_block_delta\ndata:{\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"ab\\\"c\"}}\r\r",
+    "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n\n",
+);
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "openai chat stream with usage chunk",
+            dialect: OpenAi,
+            endpoint: Chat,
+            format: Sse,
+            body: OPENAI_CHAT_SSE,
+            tokens: tokens(600, 300, 400, 0, 120),
+            model: Some("gpt-4o-2024-08-06"),
+            content_bytes: 5 + 11,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "openai chat json",
+            dialect: OpenAi,
+            endpoint: Chat,
+            format: Json,
+            body: OPENAI_CHAT_JSON,
+            tokens: tokens(19, 10, 0, 0, 0),
+            model: Some("gpt-4o-mini-2024-07-18"),
+            content_bytes: 8 + 9,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "azure completions stream",
+            dialect: AzureOpenAi,
+            endpoint: Completions,
+            format: Sse,
+            body: OPENAI_COMPLETIONS_SSE,
+            tokens: tokens(5, 2, 0, 0, 0),
+            model: Some("gpt-3.5-turbo-instruct"),
+            content_bytes: 9,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "openai embeddings",
+            dialect: OpenAi,
+            endpoint: Embeddings,
+            format: Json,
+            body: OPENAI_EMBEDDINGS_JSON,
+            tokens: tokens(8, 0, 0, 0, 0),
+            model: Some("text-embedding-3-small"),
+            content_bytes: 0,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "responses stream completed",
+            dialect: OpenAi,
+            endpoint: Responses,
+            format: Sse,
+            body: RESPONSES_SSE,
+            tokens: tokens(500, 700, 1500, 0, 640),
+            model: Some("o4-mini-2025-04-16"),
+            content_bytes: 2 + 7,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "responses stream incomplete",
+            dialect: OpenAi,
+            endpoint: Responses,
+            format: Sse,
+            body: RESPONSES_INCOMPLETE_SSE,
+            tokens: tokens(10, 16, 0, 0, 0),
+            model: Some("gpt-4.1"),
+            content_bytes: 4,
+            terminal: Some(Incomplete),
+        },
+        Case {
+            name: "responses stream failed still bills its usage",
+            dialect: OpenAi,
+            endpoint: Responses,
+            format: Sse,
+            body: RESPONSES_FAILED_SSE,
+            tokens: tokens(10, 3, 0, 0, 0),
+            model: Some("gpt-4.1"),
+            content_bytes: 0,
+            terminal: Some(Failed),
+        },
+        Case {
+            name: "responses json incomplete",
+            dialect: AzureOpenAi,
+            endpoint: Responses,
+            format: Json,
+            body: RESPONSES_JSON,
+            tokens: tokens(30, 87, 6, 0, 0),
+            model: Some("gpt-4.1-2025-04-14"),
+            content_bytes: 5,
+            terminal: Some(Incomplete),
+        },
+        Case {
+            name: "anthropic stream: message_start plus cumulative message_delta",
+            dialect: Anthropic,
+            endpoint: Messages,
+            format: Sse,
+            body: ANTHROPIC_SSE,
+            tokens: tokens(25, 15, 50, 100, 0),
+            model: Some("claude-sonnet-4-5-20250929"),
+            content_bytes: 6,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "anthropic json",
+            dialect: Anthropic,
+            endpoint: Messages,
+            format: Json,
+            body: ANTHROPIC_JSON,
+            tokens: tokens(12, 6, 2048, 0, 0),
+            model: Some("claude-haiku-4-5-20251001"),
+            content_bytes: 3 + 3,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "anthropic stream error after message_start",
+            dialect: Anthropic,
+            endpoint: Messages,
+            format: Sse,
+            body: ANTHROPIC_ERROR_SSE,
+            tokens: tokens(7, 1, 0, 0, 0),
+            model: Some("claude-opus-4-5"),
+            content_bytes: 0,
+            terminal: Some(Failed),
+        },
+        Case {
+            name: "gemini json with cache and thoughts",
+            dialect: Gemini,
+            endpoint: GenerateContent,
+            format: Json,
+            body: GEMINI_JSON,
+            tokens: tokens(200, 140, 1000, 0, 100),
+            model: Some("gemini-2.5-flash"),
+            content_bytes: 5,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "gemini sse (alt=sse), CRLF, last usageMetadata wins",
+            dialect: Gemini,
+            endpoint: StreamGenerateContent,
+            format: Sse,
+            body: GEMINI_SSE,
+            tokens: tokens(9, 35, 0, 0, 30),
+            model: Some("gemini-2.5-pro"),
+            content_bytes: 3 + 7 + 5,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "gemini json-array stream",
+            dialect: Gemini,
+            endpoint: StreamGenerateContent,
+            format: Json,
+            body: GEMINI_ARRAY_STREAM,
+            tokens: tokens(6, 2, 0, 0, 0),
+            model: Some("gemini-2.0-flash"),
+            content_bytes: 5,
+            terminal: Some(Completed),
+        },
+        Case {
+            name: "sse framing details",
+            dialect: Anthropic,
+            endpoint: Messages,
+            format: Sse,
+            body: SSE_FRAMING,
+            tokens: tokens(3, 4, 0, 0, 0),
+            model: Some("claude-3-5-haiku-20241022"),
+            content_bytes: 5,
+            terminal: None,
+        },
+    ]
+}
+
+fn outcome_of(case: &Case) -> ScanOutcome {
+    scan(case.dialect, case.endpoint, case.format, case.body.as_bytes())
+}
+
+#[test]
+fn every_dialect_reports_its_usage() {
+    for case in cases() {
+        let got = outcome_of(&case);
+        let want = ScanOutcome {
+            tokens: case.tokens,
+            model: case.model.map(str::to_owned),
+            streamed_content_bytes: case.content_bytes,
+            terminal: case.terminal,
+        };
+        assert_eq!(got, want, "{}", case.name);
+    }
+}
+
+#[test]
+fn every_split_point_gives_the_same_outcome() {
+    for case in cases() {
+        let whole = outcome_of(&case);
+        let body = case.body.as_bytes();
+        for at in 0..=body.len() {
+            let (a, b) = body.split_at(at);
+            let split = scan_chunks(case.dialect, case.endpoint, case.format, &[a, b]);
+            assert_eq!(split, whole, "{} split at {at}", case.name);
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(scan_chunks(case.dialect, case.endpoint, case.format, &bytes), whole, "{} byte by byte", case.name);
+    }
+}
+
+#[test]
+fn openai_stream_without_include_usage_has_no_tokens_but_counts_content() {
+    let body = OPENAI_CHAT_SSE.replace(
+        "\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":300,\"total_tokens\":1300,\"prompt_tokens_details\":{\"cached_tokens\":400,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":120,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+        "\"usage\":null",
+    );
+    let got = scan(OpenAi, Chat, Sse, body.as_bytes());
+    assert_eq!(got.tokens, None);
+    assert_eq!(got.streamed_content_bytes, 16);
+    assert_eq!(got.terminal, Some(Completed));
+}
+
+#[test]
+fn a_stream_cut_before_usage_has_content_but_no_tokens_and_no_end() {
+    let cut = OPENAI_CHAT_SSE.find("\"choices\":[],\"usage\":{").unwrap_or(0) + 30;
+    let got = scan(OpenAi, Chat, Sse, &OPENAI_CHAT_SSE.as_bytes()[..cut]);
+    assert_eq!(got.tokens, None, "the usage event never completed");
+    assert_eq!(got.streamed_content_bytes, 16);
+    assert_eq!(got.terminal, None);
+    assert_eq!(got.model.as_deref(), Some("gpt-4o-2024-08-06"));
+}
+
+#[test]
+fn a_truncated_json_body_reports_nothing_complete() {
+    let got = scan(OpenAi, Chat, Json, &OPENAI_CHAT_JSON.as_bytes()[..OPENAI_CHAT_JSON.len() - 3]);
+    assert_eq!(got.tokens, None);
+    assert_eq!(got.terminal, None);
+}
+
+#[test]
+fn a_last_event_without_its_blank_line_still_counts() {
+    let body = "data: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}";
+    assert_eq!(scan(OpenAi, Chat, Sse, body.as_bytes()).tokens, tokens(4, 2, 0, 0, 0));
+    let cut = &body[..body.len() - 1];
+    assert_eq!(scan(OpenAi, Chat, Sse, cut.as_bytes()).tokens, None, "an unfinished object never counts");
+}
+
+#[test]
+fn error_bodies_end_failed_without_tokens() {
+    let check = |dialect: Dialect, endpoint: Endpoint, body: &str| {
+        let got = scan(dialect, endpoint, Json, body.as_bytes());
+        assert_eq!((got.tokens, got.terminal), (None, Some(Failed)), "{body}");
+    };
+    check(OpenAi, Chat, r#"{"error":{"message":"Rate limit","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#);
+    check(Anthropic, Messages, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+    check(Gemini, GenerateContent, r#"{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT"}}"#);
+    let sse = "data: {\"error\":{\"message\":\"boom\"}}\n\n";
+    assert_eq!(scan(OpenAi, Chat, Sse, sse.as_bytes()).terminal, Some(Failed));
+}
+
+#[test]
+fn escaped_model_names_are_decoded() {
+    let body = r#"{"model":"gpt\u002d4o\/x \"q\" \ud83d\ude00","usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+    assert_eq!(scan(OpenAi, Chat, Json, body.as_bytes()).model.as_deref(), Some("gpt-4o/x \"q\" \u{1F600}"));
+}
+
+#[test]
+fn the_last_usage_object_wins_as_a_whole_for_openai_and_gemini() {
+    let body = concat!(
+        "data: {\"usageMetadata\":{\"promptTokenCount\":10,\"cachedContentTokenCount\":4}}\n\n",
+        "data: {\"usageMetadata\":{\"promptTokenCount\":10,\"candidatesTokenCount\":3}}\n\n",
+    );
+    assert_eq!(scan(Gemini, StreamGenerateContent, Sse, body.as_bytes()).tokens, tokens(10, 3, 0, 0, 0));
+}
+
+#[test]
+fn nonsense_counts_are_clamped_not_wrapped() {
+    let body = r#"{"usage":{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":9},"completion_tokens_details":{"reasoning_tokens":7}}}"#;
+    assert_eq!(scan(OpenAi, Chat, Json, body.as_bytes()).tokens, tokens(0, 2, 5, 0, 2));
+    let body = r#"{"usage":{"prompt_tokens":-5,"completion_tokens":2.5,"total_tokens":99999999999999999999999}}"#;
+    assert_eq!(scan(OpenAi, Chat, Json, body.as_bytes()).tokens, None, "no readable count");
+}
+
+#[test]
+fn a_malformed_event_is_skipped_and_the_next_one_read() {
+    let deep = "[".repeat(MAX_DEPTH + 5);
+    let body = format!(
+        "data: {{\"usage\":{{\"prompt_tokens\":1,,}}}}\n\ndata: {deep}\n\ndata: {{\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":1}}}}\n\ndata: [DONE]\n\n"
+    );
+    let got = scan(OpenAi, Chat, Sse, body.as_bytes());
+    assert_eq!(got.tokens, tokens(3, 1, 0, 0, 0));
+    assert_eq!(got.terminal, Some(Completed));
+}
+
+#[test]
+fn huge_content_is_counted_without_being_kept() {
+    let big = "x".repeat(4 << 20);
+    let event = format!("data: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"{big}\"}}}}\n\n");
+    let mut scanner = UsageScanner::new(Anthropic, Messages, Sse);
+    for chunk in event.as_bytes().chunks(16 * 1024) {
+        scanner.feed(chunk);
+    }
+    scanner.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1048576}}\n\n");
+    assert!(scanner.json.stack.capacity() <= MAX_DEPTH, "only the bracket stack grows, and it is bounded");
+    assert!(scanner.message.model.capacity() <= CAPTURE_CAP);
+    let got = scanner.finish();
+    assert_eq!(got.streamed_content_bytes, 4 << 20);
+    assert_eq!(got.tokens, tokens(0, 1_048_576, 0, 0, 0));
+}
+
+#[test]
+fn finish_is_idempotent_and_later_chunks_are_ignored() {
+    let mut scanner = UsageScanner::new(Anthropic, Messages, Sse);
+    scanner.feed(ANTHROPIC_SSE.as_bytes());
+    let first = scanner.finish();
+    scanner.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":99}}\n\n");
+    assert_eq!(scanner.finish(), first);
+}
+
+#[test]
+fn keys_that_only_look_like_usage_are_ignored() {
+    // Usage nested where the dialect does not put it, and content that mentions usage.
+    let body = r#"{"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":5}","usage":{"prompt_tokens":7}}}],"meta":{"usage":{"prompt_tokens":9}}}"#;
+    assert_eq!(scan(OpenAi, Chat, Json, body.as_bytes()).tokens, None);
+}
+
+/// All four dialects and both formats, for inputs that are not one dialect's fixtures.
+fn any_scanner_kind() -> impl Strategy<Value = (Dialect, Endpoint, ResponseFormat)> {
+    (
+        prop_oneof![Just(OpenAi), Just(AzureOpenAi), Just(Anthropic), Just(Gemini)],
+        prop_oneof![Just(Chat), Just(Responses), Just(Messages), Just(StreamGenerateContent)],
+        prop_oneof![Just(Json), Just(Sse)],
+    )
+}
+
+/// Scans `body` cut at the given points (sorted and clamped to the body).
+fn scan_at(kind: (Dialect, Endpoint, ResponseFormat), body: &[u8], cuts: &[usize]) -> ScanOutcome {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut scanner = UsageScanner::new(kind.0, kind.1, kind.2);
+    let mut start = 0;
+    for cut in cuts {
+        scanner.feed(body.get(start..cut).unwrap_or(&[]));
+        start = cut;
+    }
+    scanner.feed(body.get(start..).unwrap_or(&[]));
+    scanner.finish()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fixtures_give_the_same_outcome_under_random_multi_splits(
+        index in 0usize..15,
+        cuts in proptest::collection::vec(0usize..100_000, 0..40),
+    ) {
+        let cases = cases();
+        let case = &cases[index % cases.len()];
+        let kind = (case.dialect, case.endpoint, case.format);
+        prop_assert_eq!(scan_at(kind, case.body.as_bytes(), &cuts), outcome_of(case), "{}", case.name);
+    }
+
+    #[test]
+    fn damaged_fixtures_never_panic_and_ignore_splits(
+        index in 0usize..15,
+        edits in proptest::collection::vec((0usize..100_000, any::<u8>(), 0u8..3), 1..8),
+        cuts in proptest::collection::vec(0usize..100_000, 0..20),
+    ) {
+        let cases = cases();
+        let case = &cases[index % cases.len()];
+        let mut body = case.body.as_bytes().to_vec();
+        for (at, byte, op) in edits {
+            let at = at % (body.len() + 1);
+            match op {
+                0 => body.insert(at, byte),
+                1 if at < body.len() => { body.remove(at); }
+                _ => if let Some(b) = body.get_mut(at) { *b = byte },
+            }
+        }
+        let kind = (case.dialect, case.endpoint, case.format);
+        prop_assert_eq!(scan_at(kind, &body, &cuts), scan_at(kind, &body, &[]));
+    }
+
+    #[test]
+    fn garbage_never_panics_and_ignores_splits(
+        kind in any_scanner_kind(),
+        body in proptest::collection::vec(
+            prop_oneof![
+                any::<u8>(),
+                proptest::sample::select(b"{}[]\":,\\ \r\n0123456789dataevent-.etrufalsn".to_vec()),
+            ],
+            0..600,
+        ),
+        cuts in proptest::collection::vec(0usize..1000, 0..20),
+    ) {
+        prop_assert_eq!(scan_at(kind, &body, &cuts), scan_at(kind, &body, &[]));
+    }
+}
