@@ -143,12 +143,12 @@ def sse_json(data):
 class Mock:
     """The mock LLM upstream (mock-llm) on a free port."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, record_limit=5000):
         if not MOCK_BIN.exists():
             raise RuntimeError(f"{MOCK_BIN} is missing: run `make native` (or cargo build --release -p tollgate-mock-upstream)")
         self.log = open(Path(workdir) / "mock-llm.log", "wb")
         self.proc = subprocess.Popen(
-            [str(MOCK_BIN), "--listen", "127.0.0.1:0", "--record-limit", "5000"],
+            [str(MOCK_BIN), "--listen", "127.0.0.1:0", "--record-limit", str(record_limit)],
             stdout=subprocess.PIPE,
             stderr=self.log,
         )
@@ -192,7 +192,8 @@ class EnvoyFailedToStart(RuntimeError):
 class Envoy:
     """Envoy from the venv, rendered from envoy/envoy.yaml.tmpl, on free ports."""
 
-    def __init__(self, workdir, upstream_port, wasm=TOLLGATE_WASM, plugin_config="{}", name="tollgate", ready_timeout=30):
+    def __init__(self, workdir, upstream_port, wasm=TOLLGATE_WASM, plugin_config="{}", name="tollgate", ready_timeout=30,
+                 access_log=True, log_args=("--log-level", "info", "--component-log-level", "wasm:debug")):
         self.workdir = Path(workdir)
         self.name = name
         self.listen_port = free_port()
@@ -210,7 +211,7 @@ class Envoy:
                 "WASM_PATH": str(wasm) if wasm else "",
                 "WASM_NAME": name,
                 "PLUGIN_CONFIG": plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config),
-                "ACCESS_LOG_PATH": str(self.access_log),
+                "ACCESS_LOG_PATH": str(self.access_log) if access_log else "",
                 "COUNTER_PORT": "",
             },
         )
@@ -224,8 +225,7 @@ class Envoy:
                 "--concurrency", "1",
                 "--disable-hot-restart",
                 "--file-flush-interval-msec", "50",
-                "--log-level", "info",
-                "--component-log-level", "wasm:debug",
+                *log_args,
             ],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The demo stack, in the foreground: mock-llm (the "providers") and Envoy with the Tollgate filter
+# on 127.0.0.1:10000 (admin 127.0.0.1:9901), access log on this terminal. Ctrl-C stops everything
+# this script started. The filter's configuration is envoy/demo-config.json (docs/config.md).
+# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+LISTEN_PORT="${LISTEN_PORT:-10000}"
+ADMIN_PORT="${ADMIN_PORT:-9901}"
+MOCK_PORT="${MOCK_PORT:-9100}"
+WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm"
+MOCK="$CARGO_TARGET_DIR/release/mock-llm"
+ENVOY=.venv/bin/envoy
+RUN=.run/demo
+mkdir -p "$RUN"
+
+for f in "$WASM" "$MOCK" "$ENVOY"; do
+  [ -e "$f" ] || { echo "run-demo: $f is missing: run 'make build' (or 'make run', which builds first)" >&2; exit 2; }
+done
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo "run-demo: stopped"
+}
+trap cleanup INT TERM EXIT
+
+wait_http() { # url, what, seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    curl -fs -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "run-demo: $2 did not become ready at $1 within $3 s (logs in $RUN/)" >&2
+  exit 1
+}
+
+# 1. The mock LLM upstream: every provider cluster points at it.
+"$MOCK" --listen "127.0.0.1:$MOCK_PORT" --record-limit 200 >"$RUN/mock-llm.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$MOCK_PORT/__mock/health" mock-llm 10
+
+# 2. tollgate-counter (budgets and leases, issue 4) will start here: run it, wait for /healthz, and
+#    pass COUNTER_PORT=<its port> to render.py below so Envoy gets the tollgate_counter cluster.
+COUNTER_PORT=""
+
+# 3. Envoy with the filter.
+python3 envoy/render.py envoy/envoy.yaml.tmpl \
+  LISTEN_PORT="$LISTEN_PORT" ADMIN_PORT="$ADMIN_PORT" UPSTREAM_PORT="$MOCK_PORT" \
+  WASM_PATH="$PWD/$WASM" WASM_NAME=tollgate PLUGIN_CONFIG=@envoy/demo-config.json \
+  ACCESS_LOG_PATH=/dev/stdout COUNTER_PORT="$COUNTER_PORT" >"$RUN/envoy.yaml"
+"$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --file-flush-interval-msec 200 \
+  --log-level warn --component-log-level wasm:info 2>"$RUN/envoy.log" &
+pids+=($!)
+for ((i = 0; i < 300; i++)); do
+  curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null | grep -q LIVE && break
+  kill -0 "${pids[-1]}" 2>/dev/null || { echo "run-demo: envoy exited; its log:" >&2; tail -20 "$RUN/envoy.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" | grep -q LIVE || { echo "run-demo: envoy not ready after 30 s; see $RUN/envoy.log" >&2; exit 1; }
+
+cat <<MSG
+
+Tollgate demo: Envoy + filter on http://127.0.0.1:$LISTEN_PORT, admin http://127.0.0.1:$ADMIN_PORT,
+mock providers on 127.0.0.1:$MOCK_PORT. Access log lines appear below. Ctrl-C stops everything.
+
+Try:
+  # an alias routed to gpt-4o, attributed to alice by her virtual key
+  curl -s localhost:$LISTEN_PORT/v1/chat/completions -H 'authorization: Bearer sk-demo-alice' \\
+    -H 'content-type: application/json' -d '{"model":"tier:premium","messages":[{"role":"user","content":"hi"}]}'
+  # Anthropic, streaming, routed to claude-haiku-4-5
+  curl -sN localhost:$LISTEN_PORT/v1/messages -H 'content-type: application/json' \\
+    -d '{"model":"claude-cheap","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+  # a denied model (403 in OpenAI's error shape), then the meters
+  curl -s localhost:$LISTEN_PORT/v1/chat/completions -d '{"model":"gpt-4-32k","messages":[]}'
+  curl -s 'localhost:$ADMIN_PORT/stats?filter=tollgate'
+
+MSG
+wait -n "${pids[@]}"
+echo "run-demo: a process exited; logs in $RUN/" >&2
