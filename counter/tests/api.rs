@@ -1,0 +1,329 @@
+//! The counter's HTTP API, end to end over loopback: leases, usage, admin, reports, auth, errors.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use tollgate_counter::clock::Clock;
+
+fn team_budget(id: &str, team: &str, limit: &str) -> Value {
+    json!({"id": id, "scope": format!("team:{team}"), "limit": limit, "window": "day"})
+}
+
+#[tokio::test]
+async fn lease_then_usage_moves_money_from_slice_to_spend() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "1.00")).await;
+    h.budget(json!({"id": "acme", "scope": "org:acme", "limit": "100", "window": "month", "hard_limit_pct": 150})).await;
+
+    let l = h.lease("gw1", &["org:acme", "team:platform", "user:nobody"], 400_000).await;
+    let budgets = l["budgets"].as_array().unwrap();
+    assert_eq!(budgets.len(), 2, "scopes without a budget are skipped: {l}");
+    let platform = budgets.iter().find(|b| b["budget_id"] == "platform").unwrap();
+    assert_eq!(platform["granted_micros"], 400_000);
+    assert_eq!(platform["status"], "ok");
+    assert_eq!(platform["resets_at"], at("2026-11-26") / 1000);
+    assert_eq!(platform["lease_expires_at_ms"], at("2026-11-25T10:00:00Z") + LEASE_TTL_MS);
+    let acme = budgets.iter().find(|b| b["budget_id"] == "acme").unwrap();
+    assert_eq!(acme["hard_limit_micros"], 150_000_000);
+
+    assert_eq!(h.usage("gw1", vec![record("r1", "platform", 300_000), record("r2", "platform", 550_000)]).await, (2, 0));
+    assert_eq!(h.spent("platform").await, 850_000);
+    assert_eq!(h.spent("acme").await, 850_000);
+
+    let (_, state) = h.admin("GET", "/admin/budgets/platform", None).await;
+    assert_eq!(state["leased_micros"], 0, "gw1's slice shrank by what it reported, saturating at 0");
+    assert_eq!(state["status"], "soft", "85% of the limit is past the 80% threshold");
+
+    let l = h.lease("gw2", &["team:platform"], 400_000).await;
+    assert_eq!(l["budgets"][0]["granted_micros"], 150_000, "only the remaining headroom is granted");
+    assert_eq!(l["budgets"][0]["spent_micros"], 850_000);
+}
+
+#[tokio::test]
+async fn a_batch_sent_twice_counts_once_even_after_a_restart() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "10")).await;
+    let batch = vec![record("a", "platform", 100), record("b", "platform", 200), record("a", "platform", 100)];
+    assert_eq!(h.usage("gw1", batch.clone()).await, (2, 1), "a repeated id inside one batch is a duplicate");
+    assert_eq!(h.usage("gw1", batch.clone()).await, (0, 3));
+    assert_eq!(h.spent("platform").await, 300);
+
+    let now = h.clock.now_ms();
+    let dir = h.stop().await;
+    let h = Harness::start_in(dir, now).await;
+    assert_eq!(h.spent("platform").await, 300, "spend counters survive a restart");
+    assert_eq!(h.usage("gw1", batch).await, (0, 3), "ids are remembered across restarts");
+    assert_eq!(h.usage("gw2", vec![record("c", "platform", 1)]).await, (1, 0));
+    assert_eq!(h.spent("platform").await, 301);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_400_and_nothing_is_half_applied() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "10")).await;
+    let check = |status: u16, body: &Value, needle: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "`{message}` should mention `{needle}`");
+    };
+
+    let mut negative = record("bad", "platform", -5);
+    let (s, b) = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": [record("good", "platform", 100), negative.clone()]})).await;
+    check(s, &b, "records[1].cost_micros");
+    assert_eq!(h.spent("platform").await, 0, "the good record of a refused batch is not counted");
+    assert_eq!(h.usage("gw1", vec![record("good", "platform", 100)]).await, (1, 0), "and its id is not burnt");
+
+    negative["cost_micros"] = json!(5);
+    negative["surprise"] = json!(true);
+    let (s, b) = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": [negative]})).await;
+    check(s, &b, "unknown field `surprise`");
+
+    let (s, b) = h.raw("POST", "/v1/usage", Some(GATEWAY_TOKEN), b"{\"gateway_id\": \"gw1\", \"records\": [").await;
+    let b: Value = serde_json::from_str(&b).unwrap();
+    check(s, &b, "request body");
+
+    let (s, b) = h.gateway("/v1/leases", json!({"gateway_id": "gw1", "scopes": ["galaxy:far"], "want_micros": 1})).await;
+    check(s, &b, "galaxy:far");
+    let (s, b) = h.gateway("/v1/leases", json!({"gateway_id": "gw1", "scopes": ["team:platform"], "want_micros": -1})).await;
+    check(s, &b, "want_micros");
+
+    let (s, b) = h.admin("PUT", "/admin/budgets/x", Some(json!({"scope": "team:x", "limit": "-3", "window": "day"}))).await;
+    check(s, &b, "limit");
+    let (s, b) = h.admin("PUT", "/admin/budgets/x", Some(json!({"scope": "team:x", "limit": "3", "window": "fortnightly"}))).await;
+    check(s, &b, "window");
+    let (s, b) = h.admin("PUT", "/admin/budgets/x", Some(json!({"id": "y", "scope": "team:x", "limit": "3", "window": "day"}))).await;
+    check(s, &b, "path says `x`");
+    let (s, b) = h.admin("GET", "/admin/reports/spend?group_by=planet", None).await;
+    check(s, &b, "planet");
+    let (s, b) = h.admin("GET", "/admin/reports/spend?grup_by=team", None).await;
+    check(s, &b, "grup_by");
+
+    assert_eq!(h.spent("platform").await, 100);
+    let (s, b) = h.admin("GET", "/admin/budgets/x", None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, b) = h.call("GET", "/nowhere", None, None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_kept_apart() {
+    let h = Harness::start().await;
+    let lease = json!({"gateway_id": "gw1", "scopes": [], "want_micros": 1});
+    for token in [None, Some("wrong"), Some(ALICE_TOKEN)] {
+        let (s, b) = h.call("POST", "/v1/leases", token, Some(lease.clone())).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")), "gateway endpoint with {token:?}");
+    }
+    for token in [None, Some("wrong"), Some(GATEWAY_TOKEN)] {
+        let (s, b) = h.call("GET", "/admin/budgets", token, None).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")), "admin endpoint with {token:?}");
+    }
+    assert_eq!(h.call("POST", "/v1/leases", Some(GATEWAY_TOKEN), Some(lease)).await.0, 200);
+    assert_eq!(h.call("GET", "/admin/budgets", Some(BOB_TOKEN), None).await.0, 200);
+    let (s, b) = h.call("GET", "/healthz", None, None).await;
+    assert_eq!((s, b), (200, json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn spend_resets_when_the_window_rolls_over() {
+    let h = Harness::start().await;
+    h.budget(team_budget("daily", "platform", "0.001")).await;
+    h.budget(json!({"id": "weekly", "scope": "team:platform", "limit": "1", "window": "week"})).await;
+    h.budget(json!({"id": "rolling", "scope": "team:platform", "limit": "1", "window": "rolling:2"})).await;
+    h.budget(json!({"id": "paris", "scope": "team:platform", "limit": "1", "window": "day", "utc_offset": "+01:00"})).await;
+    h.usage("gw1", vec![record("r1", "platform", 1000)]).await;
+
+    let l = h.lease("gw1", &["team:platform"], 10).await;
+    let daily = &l["budgets"].as_array().unwrap().iter().find(|b| b["budget_id"] == "daily").unwrap().clone();
+    assert_eq!((daily["status"].as_str(), daily["granted_micros"].as_i64()), (Some("hard"), Some(0)));
+
+    h.clock.set_ms(at("2026-11-25T23:30:00Z")); // 00:30 on the 26th in +01:00
+    assert_eq!(h.spent("paris").await, 0, "the +01:00 day already turned over");
+    assert_eq!(h.spent("daily").await, 1000, "the UTC day has not");
+
+    h.clock.set_ms(at("2026-11-26T00:00:00Z"));
+    assert_eq!(h.spent("daily").await, 0);
+    assert_eq!(h.lease("gw1", &["team:platform"], 10).await["budgets"][0]["granted_micros"], 10);
+    assert_eq!(h.spent("rolling").await, 1000, "yesterday is still within rolling:2");
+    assert_eq!(h.spent("weekly").await, 1000);
+    h.usage("gw1", vec![record("r2", "platform", 7)]).await;
+
+    h.clock.set_ms(at("2026-11-27T00:00:00Z"));
+    assert_eq!(h.spent("rolling").await, 7, "the 25th dropped out of the last two days");
+    h.clock.set_ms(at("2026-11-30T00:00:00Z")); // Monday
+    assert_eq!(h.spent("weekly").await, 0);
+}
+
+#[tokio::test]
+async fn exemptions_raise_the_limit_until_they_expire_and_are_audited() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "1")).await;
+    h.usage("gw1", vec![record("r1", "platform", 1_000_000)]).await;
+    assert_eq!(h.lease("gw1", &["team:platform"], 500_000).await["budgets"][0]["granted_micros"], 0);
+
+    let (s, e) = h
+        .admin(
+            "POST",
+            "/admin/exemptions",
+            Some(json!({"scope": "team:platform", "amount": "0.25", "ends_at": "2026-11-25T12:00:00Z", "reason": "launch day", "approver": "cfo"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{e}");
+    assert_eq!(e["active"], true);
+    let l = h.lease("gw1", &["team:platform"], 500_000).await;
+    assert_eq!(l["budgets"][0]["granted_micros"], 250_000);
+    assert_eq!(l["budgets"][0]["limit_micros"], 1_250_000);
+
+    h.clock.set_ms(at("2026-11-25T12:00:00Z"));
+    let l = h.lease("gw1", &["team:platform"], 500_000).await;
+    assert_eq!((l["budgets"][0]["granted_micros"].as_i64(), l["budgets"][0]["limit_micros"].as_i64()), (Some(0), Some(1_000_000)));
+    let (_, list) = h.admin("GET", "/admin/exemptions", None).await;
+    assert_eq!(list["exemptions"][0]["active"], false, "expired by itself");
+
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=exemption:1", None).await;
+    let entry = &audit["entries"][0];
+    assert_eq!((entry["actor"].as_str(), entry["action"].as_str()), (Some("alice"), Some("exemption.add")));
+    assert_eq!(entry["after"]["reason"], "launch day");
+    assert_eq!(entry["after"]["approver"], "cfo");
+}
+
+#[tokio::test]
+async fn every_budget_change_is_audited_with_who_when_before_and_after() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "800.00")).await;
+    h.clock.advance_ms(60_000);
+    let (s, b) = h
+        .call("PUT", "/admin/budgets/platform", Some(BOB_TOKEN), Some(json!({"scope": "team:platform", "limit": "900", "window": "month"})))
+        .await;
+    assert_eq!((s, b["outcome"].as_str()), (200, Some("updated")));
+    let (_, b) = h.call("PUT", "/admin/budgets/platform", Some(BOB_TOKEN), Some(json!({"scope": "team:platform", "limit": "900.000", "window": "month"}))).await;
+    assert_eq!(b["outcome"], "unchanged", "an identical spec is not a change");
+    h.clock.advance_ms(60_000);
+    assert_eq!(h.admin("DELETE", "/admin/budgets/platform", None).await.0, 200);
+    assert_eq!(h.admin("DELETE", "/admin/budgets/platform", None).await.0, 404);
+
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=platform", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let summary: Vec<(&str, &str, i64)> =
+        entries.iter().map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap(), e["at_ms"].as_i64().unwrap())).collect();
+    let t0 = at("2026-11-25T10:00:00Z");
+    assert_eq!(
+        summary,
+        [("alice", "budget.delete", t0 + 120_000), ("bob", "budget.update", t0 + 60_000), ("alice", "budget.create", t0)]
+    );
+    assert_eq!(entries[1]["before"]["limit"], "800.000000");
+    assert_eq!(entries[1]["before"]["window"], "day");
+    assert_eq!(entries[1]["after"]["limit"], "900.000000");
+    assert_eq!(entries[0]["after"], Value::Null);
+    assert_eq!(entries[2]["before"], Value::Null);
+    let (_, since) = h.admin("GET", &format!("/admin/audit?since={}", t0 + 1), None).await;
+    assert_eq!(since["entries"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn observe_budgets_never_refuse_but_report_status() {
+    let h = Harness::start().await;
+    h.budget(json!({"id": "watch", "scope": "team:platform", "limit": "0.000010", "window": "none", "mode": "observe"})).await;
+    h.usage("gw1", vec![record("r1", "platform", 50)]).await;
+    let l = h.lease("gw1", &["team:platform"], 1_000_000).await;
+    let b = &l["budgets"][0];
+    assert_eq!((b["granted_micros"].as_i64(), b["status"].as_str(), b["mode"].as_str()), (Some(1_000_000), Some("hard"), Some("observe")));
+    assert_eq!(b["resets_at"], Value::Null);
+}
+
+#[tokio::test]
+async fn topping_up_a_balance_raises_its_limit() {
+    let h = Harness::start().await;
+    h.budget(json!({"id": "balance", "scope": "key:k1", "limit": "5", "window": "none"})).await;
+    let (s, b) = h.admin("POST", "/admin/budgets/balance/topup", Some(json!({"amount": "2.50"}))).await;
+    assert_eq!((s, b["budget"]["budget"]["limit"].as_str()), (200, Some("7.500000")));
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=balance&limit=1", None).await;
+    assert_eq!(audit["entries"][0]["before"]["limit"], "5.000000");
+}
+
+#[tokio::test]
+async fn spend_reports_group_by_any_dimension_as_json_and_csv() {
+    let h = Harness::start().await;
+    let r = |id: &str, team: &str, user: &str, model: &str, cost: i64, finished: &str| {
+        let mut v = record(id, team, cost);
+        v["principal"]["user"] = json!(user);
+        v["routed_model"] = json!(model);
+        v["started_at_ms"] = json!(at(finished) - 1000);
+        v["finished_at_ms"] = json!(at(finished));
+        v
+    };
+    let records = vec![
+        r("1", "platform", "alice", "gpt-4o", 100, "2026-11-24T10:00:00Z"),
+        r("2", "platform", "bob", "gpt-4o", 200, "2026-11-25T09:00:00Z"),
+        r("3", "platform", "bob", "claude", 400, "2026-11-25T09:30:00Z"),
+        r("4", "data, science", "carol", "gpt-4o", 800, "2026-11-25T09:45:00Z"),
+    ];
+    h.usage("gw1", records).await;
+
+    let (s, rep) = h.admin("GET", "/admin/reports/spend?group_by=team,model", None).await;
+    assert_eq!(s, 200, "{rep}");
+    let rows: Vec<(String, String, i64, u64)> = rep["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["team"].as_str().unwrap().into(), r["model"].as_str().unwrap().into(), r["cost_micros"].as_i64().unwrap(), r["requests"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("data, science".into(), "gpt-4o".into(), 800, 1),
+            ("platform".into(), "claude".into(), 400, 1),
+            ("platform".into(), "gpt-4o".into(), 300, 2)
+        ]
+    );
+    assert_eq!(rep["total"]["cost_usd"], "0.001500");
+
+    let (_, rep) = h.admin("GET", "/admin/reports/spend?group_by=day&from=2026-11-25&to=2026-11-26", None).await;
+    assert_eq!(rep["rows"], json!([{"day": "2026-11-25", "requests": 3, "cost_usd": "0.001400", "cost_micros": 1400,
+        "input_tokens": 300, "output_tokens": 60, "cache_read_tokens": 0, "cache_write_tokens": 0, "estimated_requests": 0}]));
+
+    let mut c = h.client().await;
+    let a = c.get("/admin/reports/spend?group_by=team,user&format=csv", Some(ALICE_TOKEN)).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.text(),
+        "team,user,requests,cost_usd,cost_micros,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,estimated_requests\r\n\
+         \"data, science\",carol,1,0.000800,800,100,20,0,0,0\r\n\
+         platform,alice,1,0.000100,100,100,20,0,0,0\r\n\
+         platform,bob,2,0.000600,600,200,40,0,0,0\r\n"
+    );
+}
+
+#[tokio::test]
+async fn utilization_and_metrics_cover_every_budget() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "0.001")).await;
+    h.budget(team_budget("idle", "idle", "5")).await;
+    h.usage("gw1", vec![record("r1", "platform", 900)]).await;
+    h.lease("gw1", &["team:platform"], 50).await;
+
+    let (_, u) = h.admin("GET", "/admin/reports/utilization", None).await;
+    let rows = u["budgets"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let p = rows.iter().find(|r| r["budget"] == "platform").unwrap();
+    assert_eq!((p["spent_micros"].as_i64(), p["status"].as_str(), p["leased_micros"].as_i64()), (Some(900), Some("soft"), Some(50)));
+    assert!((p["utilization"].as_f64().unwrap() - 0.9).abs() < 1e-9);
+
+    let mut c = h.client().await;
+    let csv = c.get("/admin/reports/utilization?format=csv", Some(ALICE_TOKEN)).await.unwrap().text();
+    assert!(csv.starts_with("budget,scope,window,mode,spent_usd,limit_usd"), "{csv}");
+    assert!(csv.contains("platform,team:platform,day,enforce,0.000900,0.001000,0.001000,90.0,soft,0.000050"), "{csv}");
+
+    let metrics = c.get("/metrics", None).await.unwrap().text();
+    for line in [
+        "tollgate_counter_budget_spent_micros{budget=\"platform\",scope=\"team:platform\",mode=\"enforce\"} 900",
+        "tollgate_counter_budget_limit_micros{budget=\"idle\",scope=\"team:idle\",mode=\"enforce\"} 5000000",
+        "tollgate_counter_budget_utilization_ratio{budget=\"platform\",scope=\"team:platform\",mode=\"enforce\"} 0.900000",
+        "tollgate_counter_usage_records_total{result=\"accepted\"} 1",
+        "tollgate_counter_lease_requests_total 1",
+        "tollgate_counter_lease_grants_total{status=\"soft\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in\n{metrics}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Test harness: a real counter on 127.0.0.1:0 with a SQLite store in a temp dir and a manual
+//! clock, plus helpers that speak JSON over real HTTP.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tollgate_counter::client::Client;
+use tollgate_counter::clock::ManualClock;
+use tollgate_counter::server::{run, Auth};
+use tollgate_counter::store::sqlite::{SqliteOptions, SqliteStore};
+use tollgate_counter::window::parse_time_ms;
+
+pub const GATEWAY_TOKEN: &str = "gw-secret-token";
+pub const ALICE_TOKEN: &str = "alice-admin-token";
+pub const BOB_TOKEN: &str = "bob-admin-token";
+pub const LEASE_TTL_MS: i64 = 30_000;
+
+pub fn at(text: &str) -> i64 {
+    parse_time_ms(text).unwrap()
+}
+
+pub struct Harness {
+    pub url: String,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Harness {
+    /// A fresh counter whose clock reads 2026-11-25T10:00:00Z (a Wednesday).
+    pub async fn start() -> Harness {
+        Harness::start_in(tempfile::tempdir().unwrap(), at("2026-11-25T10:00:00Z")).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, now_ms: i64) -> Harness {
+        let options = SqliteOptions { lease_ttl_ms: LEASE_TTL_MS, ..SqliteOptions::default() };
+        let store = Arc::new(SqliteStore::open(dir.path(), options).unwrap());
+        let clock = Arc::new(ManualClock::new(now_ms));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let auth = Auth::new(
+            vec![("gw".into(), GATEWAY_TOKEN.into())],
+            vec![("alice".into(), ALICE_TOKEN.into()), ("bob".into(), BOB_TOKEN.into())],
+        )
+        .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, store, clock.clone(), auth, async {
+            let _ = stopped.await;
+        }));
+        Harness { url, clock, dir, stop: Some(stop), server: Some(server) }
+    }
+
+    /// Graceful stop (flushes the store); returns the data dir for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        self.server.take().unwrap().await.unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url).await.unwrap()
+    }
+
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut c = self.client().await;
+        let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+        let a = c.send(method, path, token, body.map(|b| serde_json::to_vec(&b).unwrap())).await.unwrap();
+        let v = serde_json::from_slice(&a.body).unwrap_or(Value::String(a.text()));
+        (a.status, v)
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+        let mut c = self.client().await;
+        let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+        let a = c.send(method, path, token, Some(body.to_vec())).await.unwrap();
+        (a.status, a.text())
+    }
+
+    pub async fn gateway(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(GATEWAY_TOKEN), Some(body)).await
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(method, path, Some(ALICE_TOKEN), body).await
+    }
+
+    /// PUTs a budget spec (as alice) and asserts it was stored.
+    pub async fn budget(&self, spec: Value) {
+        let id = spec["id"].as_str().unwrap().to_owned();
+        let (status, body) = self.admin("PUT", &format!("/admin/budgets/{id}"), Some(spec)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub async fn lease(&self, gateway: &str, scopes: &[&str], want: i64) -> Value {
+        let (status, body) = self.gateway("/v1/leases", json!({"gateway_id": gateway, "scopes": scopes, "want_micros": want})).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn usage(&self, gateway: &str, records: Vec<Value>) -> (u64, u64) {
+        let (status, body) = self.gateway("/v1/usage", json!({"gateway_id": gateway, "records": records})).await;
+        assert_eq!(status, 200, "{body}");
+        (body["accepted"].as_u64().unwrap(), body["duplicates"].as_u64().unwrap())
+    }
+
+    pub async fn spent(&self, budget: &str) -> i64 {
+        let (status, body) = self.admin("GET", &format!("/admin/budgets/{budget}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        body["spent_micros"].as_i64().unwrap()
+    }
+}
+
+/// A usage record for `team` (org acme, user bob, use case chat) costing `cost` micro-dollars.
+pub fn record(id: &str, team: &str, cost: i64) -> Value {
+    json!({
+        "id": id,
+        "principal": {"org": "acme", "team": team, "user": "bob", "use_case": "chat"},
+        "dialect": "openai", "requested_model": "gpt-4o", "routed_model": "gpt-4o-mini",
+        "tokens": {"input": 100, "output": 20},
+        "cost_micros": cost, "status": 200,
+        "started_at_ms": 1_764_064_800_000i64, "finished_at_ms": 1_764_064_801_000i64
+    })
+}
