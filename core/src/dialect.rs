@@ -116,7 +116,7 @@ impl Mounts {
     /// Builds the matcher. Prefixes must be `""` or start with `/` and not end with `/`
     /// (validated by `config`). A dialect absent from `entries` is not recognised at all.
     pub fn new(mut entries: Vec<(Dialect, String)>) -> Mounts {
-        entries.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.1.len()));
         Mounts { entries }
     }
 
@@ -147,11 +147,10 @@ fn recognise_canonical(dialect: Dialect, rest: &str, offset: usize) -> Option<Re
             "/v1/responses" => plain(Endpoint::Responses),
             _ => None,
         },
-        Dialect::Anthropic => (rest == "/v1/messages").then(|| Recognised {
-            dialect,
-            endpoint: Endpoint::Messages,
-            path_model: None,
-        }),
+        Dialect::Anthropic => match rest {
+            "/v1/messages" => plain(Endpoint::Messages),
+            _ => None,
+        },
         Dialect::AzureOpenAi => {
             const HEAD: &str = "/openai/deployments/";
             let after = rest.strip_prefix(HEAD)?;

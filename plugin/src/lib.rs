@@ -1,1 +1,29 @@
-//! TODO(owner: plugin helper)
+//! `tollgate.wasm`: Tollgate's proxy-wasm filter for Envoy — a thin adapter over `tollgate-core`.
+//!
+//! It recognises LLM API calls by path, attributes them to a principal, routes them (model
+//! rewrite, provider header, deny), meters usage from the response as it streams past, prices it
+//! in integer micro-dollars and publishes the result as Envoy stats and access-log filter state.
+//! Budget enforcement plugs in at two points (see [`enforcement`]).
+//!
+//! # Layout
+//! - [`filter`]: the root and HTTP contexts; each callback advances the request's phase.
+//! - [`enforcement`]: the admission / settlement hooks and the metering-only default.
+//! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
+//! - [`metrics`]: the `tollgate_*` counters.
+//! - [`host`]: every host call, with every status handled (the SDK's hostcalls panic).
+//! - [`wire`]: the header-map wire format, decoded without panicking.
+//!
+//! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
+
+pub mod enforcement;
+pub mod filter;
+pub mod host;
+pub mod metrics;
+pub mod settle;
+pub mod wire;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(filter::Root::default()) });
+}}

@@ -1,0 +1,76 @@
+//! Envoy shared data as the lease book's [`LeaseStore`], and the usage queue's length counter.
+//!
+//! Shared data is process-wide (every worker VM of one Envoy sees the same keys) and versioned:
+//! a write names the version it read and fails with a CAS mismatch if another worker wrote in
+//! between. `core::enforce::chain` turns that into bounded read-modify-write loops.
+
+use super::abi::{self, SetShared};
+use tollgate_core::enforce::book::ScopeEntry;
+use tollgate_core::enforce::{LeaseStore, StoreError};
+
+/// Shared-data key of a scope's lease entry.
+pub fn lease_key(scope: &str) -> String {
+    format!("tollgate.lease.{scope}")
+}
+
+/// Shared-data key of the usage queue's length (the queue itself cannot be counted).
+const QUEUED_KEY: &str = "tollgate.usage.queued";
+
+/// The lease book in Envoy shared data.
+pub struct SharedStore;
+
+impl LeaseStore for SharedStore {
+    fn load(&self, scope: &str) -> (Option<ScopeEntry>, Option<u32>) {
+        match abi::get_shared(&lease_key(scope)) {
+            Ok((Some(bytes), cas)) => (ScopeEntry::decode(&bytes), cas),
+            Ok((None, cas)) => (None, cas),
+            Err(_) => (None, None),
+        }
+    }
+
+    fn store(&mut self, scope: &str, entry: &ScopeEntry, version: Option<u32>) -> Result<(), StoreError> {
+        match abi::set_shared(&lease_key(scope), &entry.encode(), version) {
+            SetShared::Written => Ok(()),
+            SetShared::Conflict => Err(StoreError::Conflict),
+            SetShared::Failed(_) => Err(StoreError::Failed),
+        }
+    }
+}
+
+/// The number of records waiting in the usage queue (process-wide).
+pub fn queued() -> u64 {
+    match abi::get_shared(QUEUED_KEY) {
+        Ok((Some(bytes), _)) => decode_u64(&bytes),
+        _ => 0,
+    }
+}
+
+/// Adds `delta` to the queue length if the result stays within `0..=limit` (bounded CAS loop).
+/// Returns whether it was applied.
+pub fn adjust_queued(delta: i64, limit: u64) -> bool {
+    for _ in 0..tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS {
+        let (current, cas) = match abi::get_shared(QUEUED_KEY) {
+            Ok((Some(bytes), cas)) => (decode_u64(&bytes), cas),
+            Ok((None, cas)) => (0, cas),
+            Err(_) => return false,
+        };
+        let next = if delta >= 0 {
+            match current.checked_add(delta.unsigned_abs()) {
+                Some(n) if n <= limit => n,
+                _ => return false,
+            }
+        } else {
+            current.saturating_sub(delta.unsigned_abs())
+        };
+        match abi::set_shared(QUEUED_KEY, &next.to_le_bytes(), cas) {
+            SetShared::Written => return true,
+            SetShared::Conflict => continue,
+            SetShared::Failed(_) => return false,
+        }
+    }
+    false
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_le_bytes).unwrap_or(0)
+}

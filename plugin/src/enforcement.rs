@@ -1,0 +1,113 @@
+//! The two points where budget enforcement plugs into the request path (issue 4), and the
+//! metering-only behaviour used until it does.
+//!
+//! ```text
+//! request body parsed ─► principal known ─► [utilization_pct] ─► routed ─► worst case computed
+//!                                                                            │
+//!                                                                   [admit] ─┴─► Proceed / Refuse / Wait
+//! response finished (or cut) ─► tokens and cost known ─► UsageRecord ─► [settle]
+//! ```
+//!
+//! - [`Enforcer::utilization_pct`] feeds routing's `budget_utilization_at_least_pct` condition.
+//! - [`Enforcer::admit`] sees the routed request with its worst-case cost and decides. `Wait`
+//!   makes the filter pause the request (e.g. while a lease top-up is in flight); the answer to an
+//!   outbound call made from this HTTP context arrives in [`Enforcer::on_http_call_response`],
+//!   which returns the final verdict, and the filter resumes or refuses the request.
+//! - [`Enforcer::settle`] is called exactly once for every admitted request, with the complete
+//!   usage record (also for cut streams, charged from an estimate and flagged `estimated`, and for
+//!   upstream errors, charged what the upstream reported or zero).
+//!
+//! [`EnforcementRoot`] is the per-VM side (one per plugin configuration): it makes a fresh
+//! [`Enforcer`] for each request and receives the root context's ticks (batching, lease renewal).
+
+use std::rc::Rc;
+use tollgate_core::config::CompiledConfig;
+use tollgate_core::dialect::Dialect;
+use tollgate_core::errors::Failure;
+use tollgate_core::money::Micros;
+use tollgate_core::protocol::{Principal, UsageRecord};
+
+/// A routed request awaiting admission.
+#[derive(Debug, Clone)]
+pub struct Admission<'a> {
+    /// Unique per request on this gateway (`x-request-id`).
+    pub request_id: &'a str,
+    pub principal: &'a Principal,
+    pub dialect: Dialect,
+    pub routed_model: &'a str,
+    pub stream: bool,
+    /// Upper bound of input tokens from the body size.
+    pub input_tokens_upper_bound: u64,
+    /// The output cap used for the worst case (client's, else the model's, else the default).
+    pub max_output_tokens: u64,
+    /// What the request can cost at most, priced with the routed model.
+    pub worst_case_micros: Micros,
+    pub now_ms: i64,
+}
+
+/// What enforcement decides about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Forward it; `response_headers` are added to the client's response (e.g. budget warnings).
+    Proceed { response_headers: Vec<(String, String)> },
+    /// Answer locally with this failure (429/503 in the dialect's shape) and extra headers
+    /// (e.g. `retry-after`).
+    Refuse { failure: Failure, headers: Vec<(String, String)> },
+    /// Keep the request paused until [`Enforcer::on_http_call_response`] returns a verdict.
+    Wait,
+}
+
+/// Per-request enforcement.
+pub trait Enforcer {
+    /// The highest budget utilization (percent) on the principal's chain, for routing.
+    fn utilization_pct(&mut self, _principal: &Principal, _now_ms: i64) -> Option<u32> {
+        None
+    }
+
+    fn admit(&mut self, admission: &Admission<'_>) -> Verdict;
+
+    /// The answer to an outbound call this request's context made; `Some` ends a `Wait`.
+    fn on_http_call_response(&mut self, _token: u32, _status: Option<u16>, _body: &[u8], _now_ms: i64) -> Option<Verdict> {
+        None
+    }
+
+    /// The settled request. Called exactly once per admitted request.
+    fn settle(&mut self, record: &UsageRecord);
+}
+
+/// Metering only: every request proceeds; records are only logged (by the filter).
+#[derive(Debug, Default)]
+pub struct MeteringOnly;
+
+impl Enforcer for MeteringOnly {
+    fn admit(&mut self, _admission: &Admission<'_>) -> Verdict {
+        Verdict::Proceed { response_headers: Vec::new() }
+    }
+
+    fn settle(&mut self, _record: &UsageRecord) {}
+}
+
+/// The per-VM side of enforcement, owned by the root context.
+pub struct EnforcementRoot {
+    #[allow(dead_code)]
+    config: Rc<CompiledConfig>,
+}
+
+impl EnforcementRoot {
+    pub fn new(config: Rc<CompiledConfig>) -> EnforcementRoot {
+        EnforcementRoot { config }
+    }
+
+    /// How often the root context should tick (`None`: no ticks needed).
+    pub fn tick_period_ms(&self) -> Option<u64> {
+        None
+    }
+
+    pub fn on_tick(&mut self, _now_ms: i64) {}
+
+    /// A fresh enforcer for one request. Metering only until `core::enforce` is wired in here
+    /// (when `config.enforcement` is `Some`).
+    pub fn for_request(&self) -> Box<dyn Enforcer> {
+        Box::new(MeteringOnly)
+    }
+}

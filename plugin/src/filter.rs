@@ -1,0 +1,551 @@
+//! The proxy-wasm contexts: a root context per plugin configuration and an HTTP context per
+//! request. Each callback only advances the request's [`Phase`] and maps it to Pause / Continue;
+//! the decisions are made by `tollgate_core` (plan, pricing, usage) and [`crate::settle`].
+//!
+//! Request path, top to bottom:
+//! 1. `on_http_request_headers`: strip client `x-tollgate-*` headers (every request); recognise
+//!    the dialect from `:path` (else pass through, counted); read attribution headers; ask the
+//!    upstream for `accept-encoding: identity` so usage is readable; refuse a declared
+//!    `content-length` over the limit (413); pause until the whole body is here.
+//! 2. `on_http_request_body`: 413 past the limit; at end of body: parse → principal →
+//!    enforcement's utilization → route → price check → worst case → apply the plan (body splice,
+//!    `content-length`, `:path`, route headers — changing request headers makes Envoy recompute
+//!    the route) → enforcement `admit` → continue, refuse, or wait.
+//! 3. `on_http_response_headers` / `on_http_response_body`: choose JSON or SSE scanning; feed every
+//!    chunk to the usage scanner as it passes (always Continue, nothing buffered); settle at end of
+//!    stream.
+//! 4. `on_log`: a request that never reached end of stream (client or upstream cut) is settled
+//!    here from an estimate.
+
+use crate::enforcement::{Admission, EnforcementRoot, Enforcer, Verdict};
+use crate::host::{self, Buffer, LogLevel, Map};
+use crate::metrics::{Metrics, Outcome};
+use crate::settle::{self, Ended, Exchange};
+use crate::wire::Header;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::rc::Rc;
+use tollgate_core::attribution::{Field, HeaderFacts};
+use tollgate_core::config::{CompiledConfig, FilterConfig};
+use tollgate_core::dialect::Recognised;
+use tollgate_core::errors::{ErrorKind, Failure};
+use tollgate_core::estimate;
+use tollgate_core::routing::plan::{self, RequestPlan};
+use tollgate_core::usage::{ResponseFormat, UsageScanner};
+
+/// Prefix of filter-state keys: Envoy stores `set_property("tollgate.x")` as `wasm.tollgate.x`.
+const STATE_PREFIX: &str = "tollgate.";
+
+pub struct Root {
+    config: Option<Rc<CompiledConfig>>,
+    metrics: Rc<Metrics>,
+    enforcement: Option<Rc<std::cell::RefCell<EnforcementRoot>>>,
+}
+
+impl Default for Root {
+    fn default() -> Root {
+        Root { config: None, metrics: Rc::new(Metrics::default()), enforcement: None }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match host::get_buffer(Buffer::PluginConfiguration, 0, size) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                host::log(LogLevel::Error, &format!("tollgate config: cannot read the plugin configuration (host status {})", e.0));
+                return false;
+            }
+        };
+        match FilterConfig::from_json(&bytes) {
+            Ok(config) => {
+                let config = Rc::new(config);
+                host::log(
+                    LogLevel::Info,
+                    &format!(
+                        "tollgate: configured gateway_id={} routing_rules={} enforcement={}",
+                        config.gateway_id,
+                        config.routing.rules().len(),
+                        if config.enforcement.is_some() { "on" } else { "off (metering only)" }
+                    ),
+                );
+                let enforcement = EnforcementRoot::new(Rc::clone(&config));
+                if let Some(ms) = enforcement.tick_period_ms() {
+                    if let Err(e) = host::set_tick_period_ms(ms) {
+                        host::log(LogLevel::Warn, &format!("tollgate: could not start the tick timer (host status {})", e.0));
+                    }
+                }
+                self.enforcement = Some(Rc::new(std::cell::RefCell::new(enforcement)));
+                self.metrics = Rc::new(Metrics::define());
+                self.config = Some(config);
+                true
+            }
+            Err(e) => {
+                host::log(LogLevel::Error, &e.to_string());
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(enforcement) = &self.enforcement {
+            if let Ok(mut e) = enforcement.try_borrow_mut() {
+                e.on_tick(host::now_ms());
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let enforcer = self.enforcement.as_ref().and_then(|e| e.try_borrow().ok().map(|e| e.for_request()));
+        Some(Box::new(Stream {
+            context_id,
+            config: self.config.clone(),
+            metrics: Rc::clone(&self.metrics),
+            enforcer,
+            phase: Phase::Start,
+            request: None,
+            response: None,
+            pending_response_headers: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    /// Not an LLM call (or no config): untouched.
+    Passthrough,
+    AwaitingBody,
+    /// Paused while enforcement waits on an outbound call.
+    AwaitingAdmission,
+    Forwarded,
+    /// The filter answered locally.
+    Replied,
+    Settled,
+}
+
+/// What the request phase learned.
+struct RequestState {
+    recognised: Recognised,
+    facts: HeaderFacts,
+    request_id: String,
+    started_at_ms: i64,
+    had_content_length: bool,
+    plan: Option<RequestPlan>,
+}
+
+/// What the response phase is reading.
+struct ResponseState {
+    status: u16,
+    scanner: Option<UsageScanner>,
+}
+
+pub struct Stream {
+    context_id: u32,
+    config: Option<Rc<CompiledConfig>>,
+    metrics: Rc<Metrics>,
+    enforcer: Option<Box<dyn Enforcer>>,
+    phase: Phase,
+    request: Option<RequestState>,
+    response: Option<ResponseState>,
+    /// Headers enforcement asked to add to the client's response (budget warnings).
+    pending_response_headers: Vec<(String, String)>,
+}
+
+fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+fn publish(name: &str, value: &str) {
+    let mut key = String::with_capacity(STATE_PREFIX.len() + name.len());
+    key.push_str(STATE_PREFIX);
+    key.push_str(name);
+    let _ = host::set_property(&key, value.as_bytes());
+}
+
+impl Stream {
+    fn dialect(&self) -> Option<tollgate_core::dialect::Dialect> {
+        self.request.as_ref().map(|r| r.recognised.dialect)
+    }
+
+    /// Answers locally in the dialect's error shape and records the outcome.
+    fn reply(&mut self, failure: &Failure, extra_headers: &[(String, String)]) -> Action {
+        let Some(dialect) = self.dialect() else { return Action::Continue };
+        let outcome = match failure.kind {
+            ErrorKind::InvalidRequest => Outcome::Invalid,
+            ErrorKind::Denied => Outcome::Denied,
+            ErrorKind::TooLarge => Outcome::TooLarge,
+            ErrorKind::BudgetExceeded | ErrorKind::Unavailable => Outcome::Refused,
+        };
+        self.metrics.outcome(dialect, outcome);
+        publish("outcome", outcome.as_str());
+        let body = failure.body(dialect);
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(extra_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.phase = Phase::Replied;
+        if let Err(e) = host::send_response(failure.status(), &headers, &body) {
+            self.metrics.host_error();
+            host::log(LogLevel::Warn, &format!("tollgate: could not send the {} reply (host status {})", failure.status(), e.0));
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn too_large(&mut self, limit: u64) -> Action {
+        let failure = Failure::new(
+            ErrorKind::TooLarge,
+            format!("the request body is larger than this gateway accepts ({limit} bytes); send a smaller request"),
+        );
+        self.reply(&failure, &[])
+    }
+
+    /// Step 2 at end of body. Returns the action for the body callback.
+    fn on_full_body(&mut self, body: &[u8]) -> Action {
+        let (Some(config), Some(req)) = (self.config.clone(), self.request.as_ref()) else { return Action::Continue };
+        let parsed = match plan::parse_request(&config, &req.recognised, &req.facts, body) {
+            Ok(p) => p,
+            Err(f) => return self.reply(&f, &[]),
+        };
+        for field in Field::ALL {
+            if let Some(value) = field.get(&parsed.principal) {
+                publish(field.as_str(), value);
+            }
+        }
+        publish("requested_model", &parsed.requested_model);
+        let now = host::now_ms();
+        let utilization = self.enforcer.as_mut().and_then(|e| e.utilization_pct(&parsed.principal, now));
+        let path = match host::headers(Map::RequestHeaders) {
+            Ok(h) => header(&h, ":path").unwrap_or_default().to_owned(),
+            Err(_) => String::new(),
+        };
+        let Some(req) = self.request.as_ref() else { return Action::Continue };
+        let plan = match parsed.route(&config, &req.recognised, &path, utilization) {
+            Ok(p) => p,
+            Err(f) => return self.reply(&f, &[]),
+        };
+        publish("routed_model", &plan.routed_model);
+        if let Some(rule) = &plan.rule {
+            publish("rule", rule);
+            self.metrics.routed();
+        }
+        let price = match config.prices.price(&plan.routed_model) {
+            Ok(lookup) => lookup,
+            Err(unknown) => {
+                let failure = Failure::new(
+                    ErrorKind::InvalidRequest,
+                    format!("model \"{}\" is not priced on this gateway, so it cannot be used; use another model or ask the gateway operator to add its price", unknown.model),
+                )
+                .with_param("model");
+                return self.reply(&failure, &[]);
+            }
+        };
+        let est = config.prices.estimate_config();
+        let body_len = u64::try_from(plan.body_len).unwrap_or(u64::MAX);
+        let input_upper = est.input_tokens_upper_bound(body_len);
+        let max_output = est.max_output_tokens(plan.max_output_tokens, price.known.then_some(&price.price));
+        let worst_case = estimate::worst_case_cost(&price.price, input_upper, max_output);
+
+        if let Err(e) = self.apply(&plan, body.len()) {
+            self.metrics.host_error();
+            host::log(LogLevel::Error, &format!("tollgate: could not rewrite the request (host status {}); refusing it", e.0));
+            let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not prepare this request; retry");
+            return self.reply(&failure, &[]);
+        }
+        if plan.injected_include_usage {
+            self.metrics.include_usage_injected();
+        }
+        let verdict = match (self.enforcer.as_mut(), self.request.as_ref()) {
+            (Some(enforcer), Some(req)) => enforcer.admit(&Admission {
+                request_id: &req.request_id,
+                principal: &plan.principal,
+                dialect: req.recognised.dialect,
+                routed_model: &plan.routed_model,
+                stream: plan.stream,
+                input_tokens_upper_bound: input_upper,
+                max_output_tokens: max_output,
+                worst_case_micros: worst_case,
+                now_ms: now,
+            }),
+            _ => Verdict::Proceed { response_headers: Vec::new() },
+        };
+        if let Some(req) = self.request.as_mut() {
+            req.plan = Some(plan);
+        }
+        self.on_verdict(verdict, false)
+    }
+
+    /// Acts on an admission verdict; `resume` when the request was paused waiting for it.
+    fn on_verdict(&mut self, verdict: Verdict, resume: bool) -> Action {
+        match verdict {
+            Verdict::Proceed { response_headers } => {
+                self.phase = Phase::Forwarded;
+                self.pending_response_headers = response_headers;
+                if resume && host::resume_request().is_err() {
+                    self.metrics.host_error();
+                }
+                Action::Continue
+            }
+            Verdict::Refuse { failure, headers } => self.reply(&failure, &headers),
+            Verdict::Wait => {
+                self.phase = Phase::AwaitingAdmission;
+                Action::Pause
+            }
+        }
+    }
+
+    /// Writes the plan into the request: body, content-length, path, route headers.
+    fn apply(&self, plan: &RequestPlan, original_len: usize) -> Result<(), host::HostError> {
+        if let Some(body) = &plan.body {
+            host::set_buffer(Buffer::RequestBody, 0, original_len, body)?;
+            if self.request.as_ref().is_some_and(|r| r.had_content_length) {
+                host::set_header(Map::RequestHeaders, "content-length", &body.len().to_string())?;
+            }
+        }
+        if let Some(path) = &plan.path {
+            host::set_header(Map::RequestHeaders, ":path", path)?;
+        }
+        for (name, value) in &plan.set_headers {
+            host::set_header(Map::RequestHeaders, name, value)?;
+        }
+        Ok(())
+    }
+
+    /// Prices and records the request; `complete` when the response reached end of stream.
+    fn settle(&mut self) {
+        if self.phase != Phase::Forwarded {
+            return;
+        }
+        self.phase = Phase::Settled;
+        let (Some(config), Some(req)) = (self.config.as_ref(), self.request.as_ref()) else { return };
+        let Some(plan) = req.plan.as_ref() else { return };
+        let (status, scan) = match self.response.as_mut() {
+            Some(r) => (r.status, r.scanner.as_mut().map(UsageScanner::finish).unwrap_or_default()),
+            None => (0, Default::default()),
+        };
+        let exchange = Exchange {
+            record_id: format!("{}:{}", config.gateway_id, req.request_id),
+            principal: plan.principal.clone(),
+            dialect: req.recognised.dialect,
+            requested_model: plan.requested_model.clone(),
+            routed_model: plan.routed_model.clone(),
+            prompt_bytes: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
+            started_at_ms: req.started_at_ms,
+        };
+        let s = settle::settle(&config.prices, &exchange, &scan, status, host::now_ms());
+        let t = &s.record.tokens;
+        for (name, value) in [
+            ("tokens_input", t.input),
+            ("tokens_output", t.output),
+            ("tokens_cache_read", t.cache_read),
+            ("tokens_cache_write", t.cache_write),
+            ("tokens_reasoning", t.reasoning),
+        ] {
+            publish(name, &value.to_string());
+        }
+        publish("cost_micros", &s.record.cost_micros.to_string());
+        publish("cost_usd", &tollgate_core::money::format_micros(s.record.cost_micros));
+        publish("estimated", if s.record.estimated { "true" } else { "false" });
+        let outcome = match s.ended {
+            Ended::Metered => Outcome::Metered,
+            Ended::Estimated => Outcome::Estimated,
+            Ended::UpstreamError => Outcome::UpstreamError,
+        };
+        publish("outcome", outcome.as_str());
+        self.metrics.outcome(req.recognised.dialect, outcome);
+        self.metrics.usage(t, s.record.cost_micros);
+        if s.unknown_model {
+            self.metrics.unknown_model();
+        }
+        if host::log_level() <= LogLevel::Debug {
+            let json = serde_json::to_string(&s.record).unwrap_or_default();
+            host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
+        }
+        if let Some(enforcer) = self.enforcer.as_mut() {
+            enforcer.settle(&s.record);
+        }
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.phase != Phase::AwaitingAdmission {
+            return;
+        }
+        let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
+        let headers = host::headers(Map::HttpCallResponseHeaders).unwrap_or_default();
+        let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
+        let now = host::now_ms();
+        let verdict = self.enforcer.as_mut().and_then(|e| e.on_http_call_response(token, status, &body, now));
+        if let Some(verdict) = verdict {
+            // Proceed resumes the paused request; Refuse answers it locally; Wait keeps waiting.
+            let _ = self.on_verdict(verdict, true);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        true
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Start {
+            return Action::Continue;
+        }
+        let headers = match host::headers(Map::RequestHeaders) {
+            Ok(h) => h,
+            Err(_) => {
+                self.metrics.host_error();
+                self.phase = Phase::Passthrough;
+                return Action::Continue;
+            }
+        };
+        // Client-supplied x-tollgate-* headers never reach the upstream (read below only if trusted).
+        for (name, _) in &headers {
+            if name.starts_with("x-tollgate-") && host::remove_header(Map::RequestHeaders, name).is_err() {
+                self.metrics.host_error();
+            }
+        }
+        let Some(config) = self.config.clone() else {
+            self.phase = Phase::Passthrough;
+            return Action::Continue;
+        };
+        let recognised = header(&headers, ":path").and_then(|p| config.mounts.recognise(p));
+        let Some(recognised) = recognised else {
+            self.metrics.passthrough();
+            self.phase = Phase::Passthrough;
+            return Action::Continue;
+        };
+        let facts = config.attribution.from_headers(|name| header(&headers, name));
+        let started_at_ms = host::now_ms();
+        let request_id = header(&headers, "x-request-id")
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("ctx{}-{started_at_ms}", self.context_id));
+        let declared_len = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        publish("dialect", recognised.dialect.as_str());
+        self.request = Some(RequestState {
+            recognised,
+            facts,
+            request_id,
+            started_at_ms,
+            had_content_length: declared_len.is_some(),
+            plan: None,
+        });
+        // Usage must be readable in the response: ask for an uncompressed body.
+        if host::set_header(Map::RequestHeaders, "accept-encoding", "identity").is_err() {
+            self.metrics.host_error();
+        }
+        if end_of_stream {
+            let failure = Failure::new(ErrorKind::InvalidRequest, "this API call needs a JSON request body; send it as a POST with the body");
+            return self.reply(&failure, &[]);
+        }
+        if declared_len.is_some_and(|len| len > config.max_request_body_bytes) {
+            return self.too_large(config.max_request_body_bytes);
+        }
+        self.phase = Phase::AwaitingBody;
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::AwaitingBody {
+            return Action::Continue;
+        }
+        let limit = self.config.as_ref().map_or(0, |c| c.max_request_body_bytes);
+        if u64::try_from(body_size).unwrap_or(u64::MAX) > limit {
+            return self.too_large(limit);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        match host::get_buffer(Buffer::RequestBody, 0, body_size) {
+            Ok(body) => self.on_full_body(&body),
+            Err(e) => {
+                self.metrics.host_error();
+                host::log(LogLevel::Error, &format!("tollgate: could not read the request body (host status {})", e.0));
+                let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not read this request; retry");
+                self.reply(&failure, &[])
+            }
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A body followed by trailers ends here rather than with end_of_stream on a body chunk.
+        if self.phase != Phase::AwaitingBody {
+            return Action::Continue;
+        }
+        match host::get_buffer(Buffer::RequestBody, 0, usize::MAX) {
+            Ok(body) => {
+                let limit = self.config.as_ref().map_or(0, |c| c.max_request_body_bytes);
+                if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
+                    return self.too_large(limit);
+                }
+                self.on_full_body(&body)
+            }
+            Err(_) => {
+                self.metrics.host_error();
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Forwarded {
+            return Action::Continue;
+        }
+        let headers = host::headers(Map::ResponseHeaders).unwrap_or_default();
+        let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let content_type = header(&headers, "content-type").unwrap_or_default().to_ascii_lowercase();
+        let format = if content_type.starts_with("text/event-stream") { ResponseFormat::Sse } else { ResponseFormat::Json };
+        let encoded = header(&headers, "content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let scanner = match (&self.request, encoded) {
+            // A compressed body cannot be scanned; it is charged from an estimate.
+            (_, true) => None,
+            (Some(req), false) => Some(UsageScanner::new(req.recognised.dialect, req.recognised.endpoint, format)),
+            (None, false) => None,
+        };
+        self.response = Some(ResponseState { status, scanner });
+        for (name, value) in std::mem::take(&mut self.pending_response_headers) {
+            let _ = host::set_header(Map::ResponseHeaders, &name, &value);
+        }
+        if end_of_stream {
+            self.settle();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Forwarded {
+            return Action::Continue;
+        }
+        if let Some(scanner) = self.response.as_mut().and_then(|r| r.scanner.as_mut()) {
+            if body_size > 0 {
+                match host::get_buffer(Buffer::ResponseBody, 0, body_size) {
+                    Ok(chunk) => scanner.feed(&chunk),
+                    Err(_) => self.metrics.host_error(),
+                }
+            }
+        }
+        if end_of_stream {
+            self.settle();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.settle();
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Cut streams (client gone, upstream reset) never saw end of stream: charge them now.
+        self.settle();
+    }
+}

@@ -1,0 +1,161 @@
+//! Settlement: from what the response said (or did not say) to a priced [`UsageRecord`].
+//!
+//! Pure, so the charging rules are tested natively:
+//! - usage reported by the upstream → those tokens, `estimated: false`;
+//! - a 2xx (or no response at all) without usage — a stream cut by the client or the upstream, a
+//!   compressed body the scanner could not read — → tokens estimated from the prompt bytes and the
+//!   content streamed so far, `estimated: true`;
+//! - an upstream error without usage → zero tokens (the provider does not bill it).
+//!
+//! The routed model is priced (it is what was asked for and reserved against). If the table does
+//! not know it but knows the model the upstream reports (e.g. an Azure deployment name vs the
+//! `gpt-4o-2024-08-06` in the response), the reported model is priced instead.
+
+use tollgate_core::dialect::Dialect;
+use tollgate_core::money::Micros;
+use tollgate_core::pricing::PriceTable;
+use tollgate_core::protocol::{Principal, Tokens, UsageRecord};
+use tollgate_core::usage::ScanOutcome;
+
+/// How a forwarded request ended, for metrics and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The upstream reported usage.
+    Metered,
+    /// Charged from an estimate.
+    Estimated,
+    /// The upstream answered with an error and no usage.
+    UpstreamError,
+}
+
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Metered => "metered",
+            Ended::Estimated => "estimated",
+            Ended::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// What the filter knows about a forwarded request.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub record_id: String,
+    pub principal: Principal,
+    pub dialect: Dialect,
+    pub requested_model: String,
+    pub routed_model: String,
+    /// Bytes of the body sent upstream.
+    pub prompt_bytes: u64,
+    pub started_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    pub record: UsageRecord,
+    pub ended: Ended,
+    /// The model had no price and the unknown-model policy applied.
+    pub unknown_model: bool,
+}
+
+/// Prices the exchange. `status` is what the client saw (0 if no response started).
+pub fn settle(prices: &PriceTable, exchange: &Exchange, scan: &ScanOutcome, status: u16, finished_at_ms: i64) -> Settlement {
+    let success_or_none = status == 0 || (200..300).contains(&status);
+    let (tokens, ended) = match scan.tokens {
+        Some(tokens) => (tokens, Ended::Metered),
+        None if success_or_none => (
+            prices.estimate_config().estimate_from_stream(exchange.prompt_bytes, scan.streamed_content_bytes),
+            Ended::Estimated,
+        ),
+        None => (Tokens::default(), Ended::UpstreamError),
+    };
+    let priced_model = match &scan.model {
+        Some(reported) if prices.lookup(&exchange.routed_model).is_none() && prices.lookup(reported).is_some() => reported.as_str(),
+        _ => exchange.routed_model.as_str(),
+    };
+    let (cost_micros, unknown_model): (Micros, bool) = match prices.cost(priced_model, &tokens) {
+        Ok(cost) => (cost.micros.max(0), !cost.known),
+        Err(_) => (0, true),
+    };
+    Settlement {
+        record: UsageRecord {
+            id: exchange.record_id.clone(),
+            principal: exchange.principal.clone(),
+            dialect: exchange.dialect.as_str().to_owned(),
+            requested_model: exchange.requested_model.clone(),
+            routed_model: exchange.routed_model.clone(),
+            tokens,
+            cost_micros,
+            status,
+            estimated: ended == Ended::Estimated,
+            started_at_ms: exchange.started_at_ms,
+            finished_at_ms,
+        },
+        ended,
+        unknown_model,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::pricing::PricingConfig;
+
+    fn table() -> PriceTable {
+        let config: PricingConfig = serde_json::from_value(serde_json::json!({
+            "bundled": false,
+            "models": {"m": {"input_per_mtok": "1", "output_per_mtok": "2"}}
+        }))
+        .unwrap();
+        PriceTable::from_config(&config).unwrap()
+    }
+
+    fn exchange(model: &str) -> Exchange {
+        Exchange {
+            record_id: "gw:r1".into(),
+            principal: Principal { team: Some("t".into()), ..Default::default() },
+            dialect: Dialect::OpenAi,
+            requested_model: "tier:x".into(),
+            routed_model: model.into(),
+            prompt_bytes: 4000,
+            started_at_ms: 10,
+        }
+    }
+
+    #[test]
+    fn reported_usage_is_priced_exactly() {
+        let scan = ScanOutcome { tokens: Some(Tokens { input: 1_000_000, output: 500_000, ..Default::default() }), ..Default::default() };
+        let s = settle(&table(), &exchange("m"), &scan, 200, 20);
+        assert_eq!((s.ended, s.record.cost_micros, s.record.estimated, s.unknown_model), (Ended::Metered, 2_000_000, false, false));
+        assert_eq!((s.record.id.as_str(), s.record.requested_model.as_str(), s.record.status, s.record.finished_at_ms), ("gw:r1", "tier:x", 200, 20));
+    }
+
+    #[test]
+    fn a_cut_stream_is_charged_from_an_estimate() {
+        let scan = ScanOutcome { streamed_content_bytes: 400, ..Default::default() };
+        for status in [200, 0] {
+            let s = settle(&table(), &exchange("m"), &scan, status, 20);
+            assert_eq!(s.ended, Ended::Estimated);
+            assert!(s.record.estimated);
+            assert_eq!((s.record.tokens.input, s.record.tokens.output), (1000, 100), "4 bytes per token by default");
+            assert_eq!(s.record.cost_micros, 1000 + 200);
+        }
+    }
+
+    #[test]
+    fn an_upstream_error_without_usage_costs_nothing() {
+        let s = settle(&table(), &exchange("m"), &ScanOutcome::default(), 503, 20);
+        assert_eq!((s.ended, s.record.cost_micros, s.record.estimated), (Ended::UpstreamError, 0, false));
+    }
+
+    #[test]
+    fn the_reported_model_prices_an_unknown_routed_model() {
+        let scan = ScanOutcome { tokens: Some(Tokens { output: 1_000_000, ..Default::default() }), model: Some("m".into()), ..Default::default() };
+        let s = settle(&table(), &exchange("my-azure-deployment"), &scan, 200, 20);
+        assert_eq!((s.record.cost_micros, s.unknown_model), (2_000_000, false));
+        assert_eq!(s.record.routed_model, "my-azure-deployment");
+        let unknown = settle(&table(), &exchange("nope"), &ScanOutcome { model: None, ..scan }, 200, 20);
+        assert_eq!((unknown.record.cost_micros, unknown.unknown_model), (0, true));
+    }
+}

@@ -1,0 +1,77 @@
+//! The proxy-wasm header-map wire format, encoded and decoded without panicking.
+//!
+//! The SDK's own decoder unwraps UTF-8 conversions and slice bounds; a client sending a non-UTF-8
+//! header value would trap the VM and take every later request on this worker with it. Here a
+//! malformed map decodes to what could be read, and non-UTF-8 values stay bytes.
+//!
+//! Format: `u32 count`, then `count × (u32 key_len, u32 value_len)`, then each key and value
+//! followed by a NUL byte. Integers are little-endian.
+
+/// One header: lowercase name and raw value bytes.
+pub type Header = (String, Vec<u8>);
+
+/// Decodes a serialized header map. Entries past a malformed point are dropped.
+pub fn decode_map(bytes: &[u8]) -> Vec<Header> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        let arr: [u8; 4] = b.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(arr)).ok()
+    };
+    let Some(count) = read_u32(0) else { return Vec::new() };
+    let Some(mut data) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else { return Vec::new() };
+    let mut out = Vec::with_capacity(count.min(256));
+    for n in 0..count {
+        let (Some(key_len), Some(value_len)) = (read_u32(4 + n * 8), read_u32(8 + n * 8)) else { break };
+        let Some(key) = data.checked_add(key_len).and_then(|end| bytes.get(data..end)) else { break };
+        data += key_len + 1;
+        let Some(value) = data.checked_add(value_len).and_then(|end| bytes.get(data..end)) else { break };
+        data += value_len + 1;
+        out.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+    }
+    out
+}
+
+/// Encodes headers for `proxy_send_local_response`.
+pub fn encode_map(headers: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + headers.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len32(headers.len()));
+    for (k, v) in headers {
+        out.extend_from_slice(&len32(k.len()));
+        out.extend_from_slice(&len32(v.len()));
+    }
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_round_trip() {
+        let headers = [(":path", "/v1/messages"), ("x-a", ""), ("content-type", "application/json")];
+        let decoded = decode_map(&encode_map(&headers));
+        let expected: Vec<Header> = headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn malformed_maps_do_not_panic() {
+        let good = encode_map(&[("a", "1"), ("b", "2")]);
+        for cut in 0..good.len() {
+            let _ = decode_map(&good[..cut]);
+        }
+        assert_eq!(decode_map(&[0xff, 0xff, 0xff, 0xff]), Vec::<Header>::new());
+        let mut bad_utf8 = encode_map(&[("k", "v")]);
+        let at = bad_utf8.len() - 2;
+        bad_utf8[at] = 0xff;
+        assert_eq!(decode_map(&bad_utf8), vec![("k".to_string(), vec![0xff])]);
+    }
+}
