@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps --dest "$work" "litellm==$version"
 wheel="$(ls "$work"/litellm-"$version"-*.whl)"
 python3 - "$wheel" "$out" "$version" <<'PY'
-import hashlib, json, sys, zipfile
+import hashlib, json, re, sys, zipfile
 
 wheel, out, version = sys.argv[1], sys.argv[2], sys.argv[3]
 with zipfile.ZipFile(wheel) as z:
@@ -37,13 +37,11 @@ PROVIDERS = {
     "vertex_ai-language-models", "vertex_ai-anthropic_models", "vertex_ai-embedding-models",
 }
 MODES = {"chat", "completion", "responses", "embedding"}
-KEEP = [
-    "litellm_provider", "mode", "max_input_tokens", "max_output_tokens",
-    "input_cost_per_token", "output_cost_per_token",
-    "cache_read_input_token_cost", "cache_creation_input_token_cost",
-    "input_cost_per_token_above_200k_tokens", "output_cost_per_token_above_200k_tokens",
-    "cache_read_input_token_cost_above_200k_tokens", "cache_creation_input_token_cost_above_200k_tokens",
-]
+KINDS = ["input_cost_per_token", "output_cost_per_token",
+         "cache_read_input_token_cost", "cache_creation_input_token_cost"]
+KEEP = ["litellm_provider", "mode", "max_input_tokens", "max_output_tokens"] + KINDS
+# The long-context tier: the same four prices with an `_above_<N>k_tokens` suffix.
+TIER = re.compile("^(" + "|".join(KINDS) + r")_above_\d+k_tokens$")
 
 def emit(value):
     if isinstance(value, Num):
@@ -59,7 +57,8 @@ for key in sorted(table):
         continue
     if not isinstance(entry.get("input_cost_per_token"), Num):
         continue
-    fields = ", ".join(f"{json.dumps(f)}: {emit(entry[f])}" for f in KEEP if entry.get(f) is not None)
+    keep = KEEP + sorted(f for f in entry if TIER.match(f))
+    fields = ", ".join(f"{json.dumps(f)}: {emit(entry[f])}" for f in keep if entry.get(f) is not None)
     lines.append(f"  {json.dumps(key)}: {{{fields}}}")
 
 with open(out, "w") as f:

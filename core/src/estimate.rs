@@ -27,7 +27,7 @@
 //! Both counts round up.
 
 use crate::money::{self, Micros};
-use crate::pricing::{ModelPrice, LONG_CONTEXT_THRESHOLD};
+use crate::pricing::ModelPrice;
 use crate::protocol::Tokens;
 use serde::Deserialize;
 
@@ -126,14 +126,14 @@ pub fn estimate_from_stream(prompt_bytes: u64, streamed_content_bytes: u64) -> T
 
 /// The most a request can cost: `input_upper_bound` prompt tokens (capped by the model's context
 /// window when known) and `max_output_tokens` output tokens, at the long-context tier when the
-/// prompt bound exceeds 200k tokens. Every prompt token is priced at the dearest of the input,
+/// prompt bound exceeds the model's threshold. Every prompt token is priced at the dearest of the input,
 /// cache-read and cache-write prices, because the request may write its whole prompt to a cache.
 pub fn worst_case_cost(price: &ModelPrice, input_upper_bound: u64, max_output_tokens: u64) -> Micros {
     let input = match price.max_input_tokens {
         Some(window) => input_upper_bound.min(window),
         None => input_upper_bound,
     };
-    let tier = if input > LONG_CONTEXT_THRESHOLD { price.above_200k.unwrap_or(price.base) } else { price.base };
+    let (tier, _) = price.tier_for(input);
     let prompt_price = tier.input.max(tier.cache_read).max(tier.cache_write);
     let picos = u128::from(input)
         .saturating_mul(u128::from(prompt_price))

@@ -12,10 +12,11 @@
 //! ([`money::picos_to_micros_ceil`]).
 //!
 //! # Long context
-//! When a request's prompt (input + cache read + cache write) exceeds [`LONG_CONTEXT_THRESHOLD`]
-//! tokens and the model lists `…_above_200k_tokens` prices, every token of the request is priced at
-//! that tier (that is how Anthropic and Google bill it). A kind the tier does not list keeps its
-//! base price.
+//! When a request's prompt (input + cache read + cache write) exceeds a model's long-context
+//! threshold, every token of the request is priced at that tier (that is how Anthropic, Google and
+//! OpenAI bill it). LiteLLM writes the tier as `…_above_<N>k_tokens` fields: 200k for Claude and
+//! Gemini 2.5, 272k for GPT-5.x, 128k for Gemini 1.5. A kind the tier does not list keeps its base
+//! price. A model with tiers at several thresholds keeps the lowest one (none in the bundled table).
 //!
 //! # Lookup
 //! A model name is tried, in order: the config's `aliases` (one step), the name as given, the name
@@ -32,8 +33,8 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-/// A prompt of more than this many tokens is priced at the long-context tier, when the model has one.
-pub const LONG_CONTEXT_THRESHOLD: u64 = 200_000;
+/// The long-context threshold of a configured price that does not name one (`above_tokens`).
+pub const DEFAULT_LONG_CONTEXT_THRESHOLD: u64 = 200_000;
 
 /// The bundled LiteLLM-format price file (filtered to the dialects Tollgate speaks).
 pub const BUNDLED_PRICES_JSON: &str = include_str!("../prices/model_prices.json");
@@ -58,12 +59,19 @@ impl TierPrice {
     }
 }
 
+/// The prices that apply to a whole request once its prompt exceeds `above_tokens` tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LongContext {
+    pub above_tokens: u64,
+    pub price: TierPrice,
+}
+
 /// One model's prices and limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelPrice {
     pub base: TierPrice,
-    /// Prices when the prompt exceeds [`LONG_CONTEXT_THRESHOLD`] tokens.
-    pub above_200k: Option<TierPrice>,
+    /// The long-context tier, when the model has one.
+    pub long_context: Option<LongContext>,
     /// The context window, when known (caps reservation estimates).
     pub max_input_tokens: Option<u64>,
     /// The most output the model can produce, when known (the default reservation).
@@ -79,8 +87,8 @@ impl ModelPrice {
     /// The tier that prices a request with `prompt_tokens` prompt tokens, and whether it is the
     /// long-context one.
     pub fn tier_for(&self, prompt_tokens: u64) -> (TierPrice, bool) {
-        match self.above_200k {
-            Some(long) if prompt_tokens > LONG_CONTEXT_THRESHOLD => (long, true),
+        match self.long_context {
+            Some(long) if prompt_tokens > long.above_tokens => (long.price, true),
             _ => (self.base, false),
         }
     }
@@ -185,7 +193,7 @@ impl<'de> Deserialize<'de> for Decimal {
 }
 
 /// One model's price in the filter config, in USD per million tokens (how providers list them).
-/// Omitted cache prices default to the input price; omitted long-context prices keep the base price.
+/// Omitted cache prices default to the input price.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceOverride {
@@ -195,18 +203,35 @@ pub struct PriceOverride {
     pub cache_read_per_mtok: Option<Decimal>,
     #[serde(default)]
     pub cache_write_per_mtok: Option<Decimal>,
+    /// The long-context tier, if the model has one.
     #[serde(default)]
-    pub input_per_mtok_above_200k: Option<Decimal>,
-    #[serde(default)]
-    pub output_per_mtok_above_200k: Option<Decimal>,
-    #[serde(default)]
-    pub cache_read_per_mtok_above_200k: Option<Decimal>,
-    #[serde(default)]
-    pub cache_write_per_mtok_above_200k: Option<Decimal>,
+    pub long_context: Option<LongContextOverride>,
     #[serde(default)]
     pub max_input_tokens: Option<u64>,
     #[serde(default)]
     pub max_output_tokens: Option<u64>,
+}
+
+/// A long-context tier in the filter config, USD per million tokens. Omitted prices keep the base
+/// price of their kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContextOverride {
+    /// The tier applies when the prompt exceeds this many tokens (default 200000).
+    #[serde(default = "default_long_context_threshold")]
+    pub above_tokens: u64,
+    #[serde(default)]
+    pub input_per_mtok: Option<Decimal>,
+    #[serde(default)]
+    pub output_per_mtok: Option<Decimal>,
+    #[serde(default)]
+    pub cache_read_per_mtok: Option<Decimal>,
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<Decimal>,
+}
+
+fn default_long_context_threshold() -> u64 {
+    DEFAULT_LONG_CONTEXT_THRESHOLD
 }
 
 /// The filter config's `pricing` section.
@@ -499,15 +524,28 @@ impl PriceOverride {
             cache_read: opt("cache_read_per_mtok", &self.cache_read_per_mtok)?.unwrap_or(input),
             cache_write: opt("cache_write_per_mtok", &self.cache_write_per_mtok)?.unwrap_or(input),
         };
-        let long = [
-            opt("input_per_mtok_above_200k", &self.input_per_mtok_above_200k)?,
-            opt("output_per_mtok_above_200k", &self.output_per_mtok_above_200k)?,
-            opt("cache_read_per_mtok_above_200k", &self.cache_read_per_mtok_above_200k)?,
-            opt("cache_write_per_mtok_above_200k", &self.cache_write_per_mtok_above_200k)?,
-        ];
+        let long_context = match &self.long_context {
+            None => None,
+            Some(long) => {
+                let prices = [
+                    opt("long_context.input_per_mtok", &long.input_per_mtok)?,
+                    opt("long_context.output_per_mtok", &long.output_per_mtok)?,
+                    opt("long_context.cache_read_per_mtok", &long.cache_read_per_mtok)?,
+                    opt("long_context.cache_write_per_mtok", &long.cache_write_per_mtok)?,
+                ];
+                let tier = long_tier(&base, long.above_tokens, prices);
+                if tier.is_none() {
+                    return Err(PricingConfigError {
+                        path: format!("{path}.long_context"),
+                        problem: "names no price; give at least input_per_mtok or output_per_mtok, or remove it".into(),
+                    });
+                }
+                tier
+            }
+        };
         Ok(ModelPrice {
             base,
-            above_200k: long_tier(&base, long),
+            long_context,
             max_input_tokens: self.max_input_tokens,
             max_output_tokens: self.max_output_tokens,
         })
@@ -516,16 +554,21 @@ impl PriceOverride {
 
 /// The long-context tier from its listed prices (input, output, cache read, cache write); kinds not
 /// listed keep the base price. `None` when no long-context price is listed.
-fn long_tier(base: &TierPrice, [input, output, cache_read, cache_write]: [Option<PicosPerToken>; 4]) -> Option<TierPrice> {
+fn long_tier(
+    base: &TierPrice,
+    above_tokens: u64,
+    [input, output, cache_read, cache_write]: [Option<PicosPerToken>; 4],
+) -> Option<LongContext> {
     if input.is_none() && output.is_none() && cache_read.is_none() && cache_write.is_none() {
         return None;
     }
-    Some(TierPrice {
+    let price = TierPrice {
         input: input.unwrap_or(base.input),
         output: output.unwrap_or(base.output),
         cache_read: cache_read.unwrap_or(base.cache_read),
         cache_write: cache_write.unwrap_or(base.cache_write),
-    })
+    };
+    Some(LongContext { above_tokens, price })
 }
 
 /// A minimal scanner for LiteLLM's price file: a JSON object of model → object of fields. Keeps
@@ -537,27 +580,58 @@ mod litellm {
     /// Price and limit fields of one entry, as number text.
     #[derive(Debug, Default)]
     pub(super) struct RawEntry<'a> {
-        fields: [Option<&'a str>; FIELDS.len()],
+        /// Base prices in [`KINDS`] order.
+        base: [Option<&'a str>; 4],
+        /// The lowest long-context threshold listed, and its prices in [`KINDS`] order.
+        long: Option<(u64, [Option<&'a str>; 4])>,
+        max_input_tokens: Option<&'a str>,
+        max_output_tokens: Option<&'a str>,
     }
 
-    const FIELDS: [&str; 10] = [
-        "input_cost_per_token",
-        "output_cost_per_token",
-        "cache_read_input_token_cost",
-        "cache_creation_input_token_cost",
-        "input_cost_per_token_above_200k_tokens",
-        "output_cost_per_token_above_200k_tokens",
-        "cache_read_input_token_cost_above_200k_tokens",
-        "cache_creation_input_token_cost_above_200k_tokens",
-        "max_input_tokens",
-        "max_output_tokens",
-    ];
+    /// LiteLLM's names for the four prices: input, output, cache read, cache write. The
+    /// long-context tier is the same name plus `_above_<N>k_tokens`.
+    const KINDS: [&str; 4] =
+        ["input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost", "cache_creation_input_token_cost"];
 
-    impl RawEntry<'_> {
+    impl<'a> RawEntry<'a> {
+        /// Where a field's text goes, if it is one we read.
+        fn record(&mut self, key: &str, text: &'a str) {
+            match key {
+                "max_input_tokens" => self.max_input_tokens = Some(text),
+                "max_output_tokens" => self.max_output_tokens = Some(text),
+                _ => {}
+            }
+            for (kind, name) in KINDS.iter().enumerate() {
+                let Some(rest) = key.strip_prefix(name) else { continue };
+                if rest.is_empty() {
+                    if let Some(slot) = self.base.get_mut(kind) {
+                        *slot = Some(text);
+                    }
+                    return;
+                }
+                // `_above_200k_tokens`; other suffixes (`_batches`, `_above_1hr`, `_priority`) are
+                // other products and are ignored.
+                let thousands = rest
+                    .strip_prefix("_above_")
+                    .and_then(|r| r.strip_suffix("k_tokens"))
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .and_then(|n| n.checked_mul(1000));
+                let Some(threshold) = thousands else { continue };
+                let tier = match &mut self.long {
+                    Some((current, _)) if threshold > *current => return,
+                    Some((current, tier)) if threshold == *current => tier,
+                    long => &mut long.insert((threshold, [None; 4])).1,
+                };
+                if let Some(slot) = tier.get_mut(kind) {
+                    *slot = Some(text);
+                }
+                return;
+            }
+        }
+
         /// `None` when the entry has no per-token input price or a price does not parse.
         pub(super) fn to_price(&self) -> Option<ModelPrice> {
-            let [input, output, cache_read, cache_write, input_l, output_l, cache_read_l, cache_write_l, max_in, max_out] =
-                self.fields;
             let price = |text: Option<&str>| -> Result<Option<PicosPerToken>, ()> {
                 match text {
                     None => Ok(None),
@@ -568,6 +642,7 @@ mod litellm {
                 }
             };
             let count = |text: Option<&str>| text.and_then(|t| t.parse::<u64>().ok());
+            let [input, output, cache_read, cache_write] = self.base;
             let input = price(input).ok()??;
             let base = TierPrice {
                 input,
@@ -575,12 +650,17 @@ mod litellm {
                 cache_read: price(cache_read).ok()?.unwrap_or(input),
                 cache_write: price(cache_write).ok()?.unwrap_or(input),
             };
-            let long = [price(input_l).ok()?, price(output_l).ok()?, price(cache_read_l).ok()?, price(cache_write_l).ok()?];
+            let long_context = match self.long {
+                None => None,
+                Some((above_tokens, [i, o, r, w])) => {
+                    long_tier(&base, above_tokens, [price(i).ok()?, price(o).ok()?, price(r).ok()?, price(w).ok()?])
+                }
+            };
             Some(ModelPrice {
                 base,
-                above_200k: long_tier(&base, long),
-                max_input_tokens: count(max_in),
-                max_output_tokens: count(max_out),
+                long_context,
+                max_input_tokens: count(self.max_input_tokens),
+                max_output_tokens: count(self.max_output_tokens),
             })
         }
     }
@@ -754,12 +834,16 @@ mod litellm {
                 self.ws();
                 self.expect(b':', "expected `:` after a field name")?;
                 self.ws();
-                let slot = FIELDS.iter().position(|f| *f == key).and_then(|i| entry.fields.get_mut(i));
-                match (slot, self.peek()) {
-                    (Some(slot), Some(b'0'..=b'9' | b'-')) => *slot = Some(self.number()?),
-                    (Some(slot), Some(b'"')) => {
+                match self.peek() {
+                    Some(b'0'..=b'9' | b'-') => {
+                        let text = self.number()?;
+                        entry.record(&key, text);
+                    }
+                    Some(b'"') => {
                         let raw = self.raw_string()?;
-                        *slot = raw.get(1..raw.len().saturating_sub(1));
+                        if let Some(text) = raw.get(1..raw.len().saturating_sub(1)) {
+                            entry.record(&key, text);
+                        }
                     }
                     _ => self.skip_value(1)?,
                 }
@@ -773,3 +857,7 @@ mod litellm {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pricing/tests.rs"]
+mod tests;

@@ -1,0 +1,307 @@
+//! Prices: exact parsing of LiteLLM's number text, hand-computed costs, the long-context tier,
+//! model lookup, the unknown-model policy and the config section's errors.
+
+use super::*;
+
+const USD: u128 = 1_000_000_000_000; // pico-dollars
+
+fn tokens(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Tokens {
+    Tokens { input, output, cache_read, cache_write, reasoning: 0 }
+}
+
+fn table(json: &str) -> PriceTable {
+    match PriceTable::from_litellm_json(json) {
+        Ok(table) => table,
+        Err(e) => panic!("test table does not load: {e}"),
+    }
+}
+
+fn config(json: &str) -> Result<PriceTable, String> {
+    let config: PricingConfig = serde_json::from_str(json).map_err(|e| format!("serde: {e}"))?;
+    PriceTable::from_config(&config).map_err(|e| e.to_string())
+}
+
+const SMALL: &str = r#"{
+  "sample_spec": {"input_cost_per_token": "set to 0.0 if free", "max_tokens": "LEGACY"},
+  "claude-like": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+    "cache_read_input_token_cost": 3e-07, "cache_creation_input_token_cost": 3.75e-06,
+    "cache_creation_input_token_cost_above_1hr": 6e-06, "input_cost_per_token_batches": 1.5e-06,
+    "max_input_tokens": 200000, "max_output_tokens": 64000, "supports_vision": true,
+    "search_context_cost_per_query": {"search_context_size_low": 0.01}, "supported_endpoints": ["/v1/messages"]},
+  "gemini-long": {"input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05,
+    "cache_read_input_token_cost": 1.25e-07,
+    "input_cost_per_token_above_200k_tokens": 2.5e-06, "output_cost_per_token_above_200k_tokens": 1.5e-05,
+    "cache_read_input_token_cost_above_200k_tokens": 2.5e-07,
+    "input_cost_per_token_above_200k_tokens_priority": 4.5e-06},
+  "mini": {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07},
+  "odd": {"input_cost_per_token": "3.3e-07", "output_cost_per_token": null,
+    "input_cost_per_token_above_512k_tokens": 9e-07, "input_cost_per_token_above_128k_tokens": 6e-07,
+    "output_cost_per_token_above_128k_tokens": 1e-06},
+  "precise": {"input_cost_per_token": 1.2345678901234567e-06, "output_cost_per_token": 0},
+  "image-only": {"input_cost_per_image": 0.04, "mode": "image_generation"},
+  "broken": {"input_cost_per_token": "free"},
+  "gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "gpt-4o-2024-05-13": {"input_cost_per_token": 5e-06, "output_cost_per_token": 1.5e-05},
+  "azure/only-on-azure": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06},
+  "azure/both": {"input_cost_per_token": 9e-06, "output_cost_per_token": 9e-06},
+  "openai/both": {"input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+  "azure/eu/both": {"input_cost_per_token": 8e-06, "output_cost_per_token": 8e-06},
+  "gemini/gemini-9-pro": {"input_cost_per_token": 2e-06, "output_cost_per_token": 4e-06},
+  "claude-9-sonnet": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05},
+  "gemini-9-flash": {"input_cost_per_token": 3e-07, "output_cost_per_token": 2.5e-06}
+}"#;
+
+fn price(table: &PriceTable, model: &str) -> ModelPrice {
+    match table.lookup(model) {
+        Some(price) => *price,
+        None => panic!("no price for {model}"),
+    }
+}
+
+#[test]
+fn litellm_number_text_becomes_exact_picos_per_token() {
+    let t = table(SMALL);
+    let claude = price(&t, "claude-like");
+    assert_eq!(
+        claude.base,
+        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000 }
+    );
+    assert_eq!((claude.max_input_tokens, claude.max_output_tokens), (Some(200_000), Some(64_000)));
+    assert_eq!(claude.long_context, None, "`_above_1hr` and `_batches` are other products");
+    assert_eq!(price(&t, "mini").base.input, 150_000);
+    assert_eq!(price(&t, "odd").base.input, 330_000, "numeric strings read like numbers");
+    assert_eq!(price(&t, "odd").base.output, 0, "null is absent");
+    assert_eq!(price(&t, "precise").base.input, 1_234_568, "sub-pico digits round up");
+}
+
+#[test]
+fn entries_without_a_token_price_are_skipped_and_counted() {
+    let t = table(SMALL);
+    assert!(t.lookup("sample_spec").is_none());
+    assert!(t.lookup("image-only").is_none());
+    assert!(t.lookup("broken").is_none());
+    assert_eq!(t.skipped(), 2, "image-only and broken");
+}
+
+#[test]
+fn missing_cache_prices_fall_back_to_the_input_price() {
+    let mini = price(&table(SMALL), "mini");
+    assert_eq!((mini.base.cache_read, mini.base.cache_write), (150_000, 150_000));
+}
+
+#[test]
+fn cost_is_summed_in_picos_by_kind_by_hand() {
+    // $3/M × 1000 + $15/M × 500 + $0.30/M × 2000 + $3.75/M × 400
+    // = 0.003 + 0.0075 + 0.0006 + 0.0015 = $0.0126 = 12_600 micro-dollars, exactly.
+    let t = table(SMALL);
+    let cost = t.cost("claude-like", &tokens(1000, 500, 2000, 400));
+    assert_eq!(cost, Ok(Cost { micros: 12_600, known: true, long_context: false }));
+    assert_eq!(price(&t, "claude-like").cost_picos(&tokens(1000, 500, 2000, 400)), (12_600 * 1_000_000, false));
+}
+
+#[test]
+fn cost_rounds_up_once_after_summing() {
+    let t = table(SMALL);
+    // 1 input at 150_000 picos + 1 output at 600_000 = 750_000 picos: one micro-dollar, not two.
+    assert_eq!(t.cost("mini", &tokens(1, 1, 0, 0)).map(|c| c.micros), Ok(1));
+    // 7 inputs = 1_050_000 picos: rounds up to 2.
+    assert_eq!(t.cost("mini", &tokens(7, 0, 0, 0)).map(|c| c.micros), Ok(2));
+    assert_eq!(t.cost("mini", &Tokens::default()).map(|c| c.micros), Ok(0));
+}
+
+#[test]
+fn a_float_would_be_wrong_here_and_integers_are_not() {
+    // 300 cache writes at 3.75e-06 = $0.001125 = 1125 micro-dollars exactly. In f64,
+    // 3.75e-06 * 300 * 1e6 is 1125.0000000000002, which a round-up would bill as 1126.
+    let t = table(SMALL);
+    assert_eq!(t.cost("claude-like", &tokens(0, 0, 0, 300)).map(|c| c.micros), Ok(1125));
+}
+
+#[test]
+fn long_context_tier_prices_the_whole_request_above_its_threshold() {
+    let t = table(SMALL);
+    let gemini = price(&t, "gemini-long");
+    // Exactly 200k prompt tokens: base tier. 200_000 × $1.25/M + 1000 × $10/M = $0.25 + $0.01.
+    assert_eq!(t.cost("gemini-long", &tokens(200_000, 1000, 0, 0)).map(|c| (c.micros, c.long_context)), Ok((260_000, false)));
+    // 150k input + 60k cache read = 210k prompt: long tier for every kind.
+    // 150_000 × $2.50/M + 60_000 × $0.25/M + 1000 × $15/M = $0.375 + $0.015 + $0.015 = $0.405.
+    assert_eq!(t.cost("gemini-long", &tokens(150_000, 1000, 60_000, 0)).map(|c| (c.micros, c.long_context)), Ok((405_000, true)));
+    let long = gemini.long_context.map(|l| (l.above_tokens, l.price));
+    let want = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 250_000, cache_write: 1_250_000 };
+    assert_eq!(long, Some((200_000, want)), "an unlisted kind keeps its base price");
+    // The lowest listed threshold is kept.
+    let odd = price(&t, "odd").long_context.map(|l| (l.above_tokens, l.price.input, l.price.output));
+    assert_eq!(odd, Some((128_000, 600_000, 1_000_000)));
+}
+
+#[test]
+fn huge_counts_saturate_instead_of_wrapping() {
+    let t = table(SMALL);
+    let cost = t.cost("claude-like", &tokens(u64::MAX, u64::MAX, u64::MAX, u64::MAX));
+    assert_eq!(cost.map(|c| c.micros), Ok(i64::MAX));
+    let all_kinds_price: u128 = 3_000_000 + 15_000_000 + 300_000 + 3_750_000;
+    let picos = price(&t, "claude-like").cost_picos(&tokens(u64::MAX, u64::MAX, u64::MAX, u64::MAX)).0;
+    assert_eq!(picos, u128::from(u64::MAX) * all_kinds_price, "u128 pico-dollars hold any u64 token count exactly");
+    assert!(picos / USD > 1_000_000_000, "that is more dollars than an i64 of micros holds");
+}
+
+#[test]
+fn lookup_tries_prefixes_then_date_suffixes() {
+    let t = table(SMALL);
+    let input = |model: &str| t.lookup(model).map(|p| p.base.input);
+    assert_eq!(input("gpt-4o"), Some(2_500_000));
+    assert_eq!(input("gpt-4o-2024-05-13"), Some(5_000_000), "an exact dated entry wins");
+    assert_eq!(input("gpt-4o-2099-01-01"), Some(2_500_000), "-YYYY-MM-DD falls back");
+    assert_eq!(input("openai/gpt-4o"), Some(2_500_000), "a provider prefix in the name");
+    assert_eq!(input("GPT-4o"), Some(2_500_000), "case");
+    assert_eq!(input("claude-9-sonnet-20991231"), Some(3_000_000), "-YYYYMMDD");
+    assert_eq!(input("claude-9-sonnet@20991231"), Some(3_000_000), "Vertex @YYYYMMDD");
+    assert_eq!(input("gemini-9-flash-002"), Some(300_000), "Gemini revision");
+    assert_eq!(input("models/gemini-9-flash"), Some(300_000), "Gemini models/ prefix");
+    assert_eq!(input("gemini-9-pro"), Some(2_000_000), "a prefixed key by its bare name");
+    assert_eq!(input("only-on-azure"), Some(1_000_000));
+    assert_eq!(input("both"), Some(1_000_000), "openai/ is preferred to azure/ and azure/eu/");
+    assert_eq!(input("azure/both"), Some(9_000_000), "the full key is still exact");
+    assert_eq!(input("gpt-4o-mini-2099-01-01"), None, "no guessing beyond the suffix");
+    assert_eq!(input("gpt-4o-20"), None);
+    assert_eq!(input(""), None);
+}
+
+#[test]
+fn unknown_models_follow_the_policy() {
+    let deny = config(r#"{"bundled": false, "unknown_model": "deny"}"#).unwrap_or_default();
+    let err = deny.cost("mystery", &tokens(10, 10, 0, 0));
+    assert_eq!(err, Err(UnknownModel { model: "mystery".into() }));
+    let message = err.map(|_| String::new()).unwrap_or_else(|e| e.to_string());
+    assert!(message.contains("pricing.models") && message.contains("unknown_model"), "{message}");
+
+    let zero = config(r#"{"bundled": false}"#).unwrap_or_default();
+    assert_eq!(zero.unknown_model_policy(), UnknownModelPolicy::Zero, "zero is the default");
+    assert_eq!(zero.cost("mystery", &tokens(10, 10, 0, 0)), Ok(Cost { micros: 0, known: false, long_context: false }));
+
+    let default = config(
+        r#"{"bundled": false, "unknown_model": "default_price",
+            "default_price": {"input_per_mtok": "10", "output_per_mtok": 30}}"#,
+    );
+    let default = default.unwrap_or_default();
+    // 1000 × $10/M + 1000 × $30/M = $0.04.
+    assert_eq!(default.cost("mystery", &tokens(1000, 1000, 0, 0)), Ok(Cost { micros: 40_000, known: false, long_context: false }));
+}
+
+#[test]
+fn config_prices_are_usd_per_million_tokens_and_replace_the_table() {
+    let t = config(
+        r#"{"models": {
+              "gpt-4o": {"input_per_mtok": "2.00", "output_per_mtok": "8", "cache_read_per_mtok": "0.5"},
+              "in-house": {"input_per_mtok": "0.1", "output_per_mtok": "0.2", "max_output_tokens": 4096,
+                "long_context": {"above_tokens": 100000, "input_per_mtok": "0.3"}}
+           },
+           "aliases": {"my-azure-deployment": "gpt-4o", "cheap": "in-house"}}"#,
+    );
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let gpt = price(&t, "gpt-4o");
+    assert_eq!(gpt.base, TierPrice { input: 2_000_000, output: 8_000_000, cache_read: 500_000, cache_write: 2_000_000 });
+    assert_eq!(price(&t, "my-azure-deployment"), gpt);
+    let house = price(&t, "cheap");
+    assert_eq!(house.max_output_tokens, Some(4096));
+    assert_eq!(house.long_context.map(|l| (l.above_tokens, l.price.input, l.price.output)), Some((100_000, 300_000, 200_000)));
+    assert!(t.lookup("claude-sonnet-4-5").is_some(), "the bundled table is still there");
+}
+
+#[test]
+fn config_errors_name_the_field_and_the_fix() {
+    let check = |json: &str, want: &str| {
+        let got = config(json).map(|_| String::from("accepted")).unwrap_or_else(|e| e);
+        assert!(got.contains(want), "{json}\n got: {got}\nwant: {want}");
+    };
+    check(r#"{"bundled": false, "colour": 1}"#, "unknown field `colour`");
+    check(r#"{"models": {"m": {"input_per_mtok": 2.5, "output_per_mtok": "1"}}}"#, "write fractional prices as strings");
+    check(r#"{"models": {"m": {"input_per_mtok": "-1", "output_per_mtok": "1"}}}"#, "not a non-negative decimal");
+    check(r#"{"models": {"m": {"input_per_mtok": "1"}}}"#, "missing field `output_per_mtok`");
+    check(r#"{"models": {"m": {"input_per_mtok": "1", "output_per_mtok": "1", "long_context": {}}}}"#, "pricing.models.m.long_context: names no price");
+    check(r#"{"models": {"m": {"input_per_mtok": "1e30", "output_per_mtok": "1"}}}"#, "pricing.models.m.input_per_mtok: `1e30` is not a usable price");
+    check(r#"{"unknown_model": "default_price"}"#, "pricing.default_price: required when unknown_model is default_price");
+    check(r#"{"default_price": {"input_per_mtok": "1", "output_per_mtok": "1"}}"#, "pricing.default_price: only used when");
+    check(r#"{"unknown_model": "maybe"}"#, "unknown variant `maybe`");
+    check(r#"{"aliases": {"x": "no-such-model"}}"#, "pricing.aliases.x: target model `no-such-model` has no price");
+    check(r#"{"estimate": {"reserve_bytes_per_token": 0}}"#, "pricing.estimate.reserve_bytes_per_token: must be at least 1");
+}
+
+#[test]
+fn the_price_file_must_be_an_object_of_objects() {
+    for (bad, offset) in [("", 0), ("[]", 0), ("{\"a\": {\"input_cost_per_token\": 1e-6", 35), ("{} x", 3), ("{\"a\" 1}", 5)] {
+        assert_eq!(PriceTable::from_litellm_json(bad).map(|t| t.len()).map_err(|e| e.offset), Err(offset), "{bad:?}");
+    }
+    assert_eq!(table("{}").len(), 0);
+    assert_eq!(table(r#"{"note": "not a model", "m": {"input_cost_per_token": 1e-6, "x": [[{"y": [1, -2.5e3, true, null]}]]}}"#).len(), 1);
+    let deep = format!("{{\"m\": {}{}}}", "[".repeat(100), "]".repeat(100));
+    assert!(PriceTable::from_litellm_json(&deep).is_err(), "nesting is bounded");
+}
+
+#[test]
+fn the_bundled_table_loads_whole_and_knows_the_major_models() {
+    let t = match PriceTable::bundled() {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(t.skipped(), 0);
+    assert!(t.len() > 500, "{}", t.len());
+    for model in [
+        "gpt-4o",
+        "gpt-4o-mini-2024-07-18",
+        "text-embedding-3-small",
+        "claude-sonnet-4-5",
+        "claude-sonnet-4-5-20250929",
+        "claude-haiku-4-5",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "models/gemini-2.5-flash",
+        "azure/gpt-4o",
+    ] {
+        assert!(t.lookup(model).is_some_and(|p| p.base.input > 0 || model.starts_with("text-")), "{model}");
+    }
+    // $2.50/M input, $10/M output for gpt-4o in this LiteLLM release.
+    assert_eq!(t.cost("gpt-4o", &tokens(1_000_000, 100_000, 0, 0)).map(|c| c.micros), Ok(3_500_000));
+    let long = t.lookup("gemini-2.5-pro").and_then(|p| p.long_context).map(|l| l.above_tokens);
+    assert_eq!(long, Some(200_000));
+}
+
+/// Cross-checks our number scanner against serde_json on the whole bundled file: every price we
+/// read is the file's number to within float error, and every priced entry is present.
+#[test]
+fn the_bundled_table_agrees_with_a_reference_parser() {
+    let Ok(reference) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(BUNDLED_PRICES_JSON) else {
+        panic!("bundled file is not JSON");
+    };
+    let t = PriceTable::bundled().unwrap_or_default();
+    for (model, entry) in &reference {
+        let got = price(&t, model);
+        let want = |field: &str| entry.get(field).and_then(serde_json::Value::as_f64);
+        let close = |picos: u64, usd: f64| ((picos as f64) - usd * 1e12).abs() <= 1.0 + usd * 1e12 * 1e-12;
+        let input = want("input_cost_per_token").unwrap_or(f64::NAN);
+        assert!(close(got.base.input, input), "{model} input {} vs {input}", got.base.input);
+        let output = want("output_cost_per_token").unwrap_or(0.0);
+        assert!(close(got.base.output, output), "{model} output");
+        let cache_read = want("cache_read_input_token_cost").unwrap_or(input);
+        assert!(close(got.base.cache_read, cache_read), "{model} cache read");
+        assert_eq!(got.max_output_tokens, entry.get("max_output_tokens").and_then(serde_json::Value::as_u64), "{model}");
+    }
+}
+
+/// Not a test of behaviour: prints how long loading the bundled table takes
+/// (`cargo test --release -p tollgate-core bundled_parse_time -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn bundled_parse_time() {
+    let rounds = 50u32;
+    let start = std::time::Instant::now();
+    let mut entries = 0;
+    for _ in 0..rounds {
+        entries += PriceTable::bundled().map(|t| t.len()).unwrap_or(0);
+    }
+    let each = start.elapsed() / rounds;
+    println!("bundled price table: {} entries, {} bytes, {each:?} per load", entries / rounds as usize, BUNDLED_PRICES_JSON.len());
+}
