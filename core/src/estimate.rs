@@ -27,7 +27,7 @@
 //! Both counts round up.
 
 use crate::money::{self, Micros};
-use crate::pricing::ModelPrice;
+use crate::pricing::{ModelPrice, TierPrice};
 use crate::protocol::Tokens;
 use serde::Deserialize;
 
@@ -125,18 +125,131 @@ pub fn estimate_from_stream(prompt_bytes: u64, streamed_content_bytes: u64) -> T
 }
 
 /// The most a request can cost: `input_upper_bound` prompt tokens (capped by the model's context
-/// window when known) and `max_output_tokens` output tokens, at the long-context tier when the
-/// prompt bound exceeds the model's threshold. Every prompt token is priced at the dearest of the input,
-/// cache-read and cache-write prices, because the request may write its whole prompt to a cache.
+/// window when known) and `max_output_tokens` output tokens. Every prompt token is priced at the
+/// dearest of the input, cache-read and cache-write prices, because the request may write its whole
+/// prompt to a cache. When the bound exceeds the model's long-context threshold, the dearer of the
+/// two tiers is taken (the real prompt may land on either side of the threshold).
 pub fn worst_case_cost(price: &ModelPrice, input_upper_bound: u64, max_output_tokens: u64) -> Micros {
     let input = match price.max_input_tokens {
         Some(window) => input_upper_bound.min(window),
         None => input_upper_bound,
     };
-    let (tier, _) = price.tier_for(input);
-    let prompt_price = tier.input.max(tier.cache_read).max(tier.cache_write);
-    let picos = u128::from(input)
-        .saturating_mul(u128::from(prompt_price))
-        .saturating_add(u128::from(max_output_tokens).saturating_mul(u128::from(tier.output)));
+    let at = |tier: &TierPrice| {
+        let prompt_price = tier.input.max(tier.cache_read).max(tier.cache_write);
+        u128::from(input)
+            .saturating_mul(u128::from(prompt_price))
+            .saturating_add(u128::from(max_output_tokens).saturating_mul(u128::from(tier.output)))
+    };
+    let (tier, long) = price.tier_for(input);
+    let picos = if long { at(&tier).max(at(&price.base)) } else { at(&tier) };
     money::picos_to_micros_ceil(picos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::LongContext;
+    use proptest::prelude::*;
+
+    const CLAUDE_LIKE: TierPrice =
+        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000 };
+
+    fn model(base: TierPrice) -> ModelPrice {
+        ModelPrice { base, ..ModelPrice::default() }
+    }
+
+    #[test]
+    fn the_prompt_bound_is_one_token_per_byte_unless_configured() {
+        assert_eq!(input_tokens_upper_bound(0), 0);
+        assert_eq!(input_tokens_upper_bound(2048), 2048);
+        let three = EstimateConfig { reserve_bytes_per_token: 3, ..EstimateConfig::default() };
+        assert_eq!(three.input_tokens_upper_bound(1000), 334, "rounds up");
+    }
+
+    #[test]
+    fn a_cut_stream_is_estimated_at_four_bytes_per_token_rounding_up() {
+        assert_eq!(estimate_from_stream(4001, 10), Tokens { input: 1001, output: 3, ..Tokens::default() });
+        assert_eq!(estimate_from_stream(0, 0), Tokens::default());
+        let two = EstimateConfig { stream_bytes_per_token: 2, ..EstimateConfig::default() };
+        assert_eq!(two.estimate_from_stream(10, 5), Tokens { input: 5, output: 3, ..Tokens::default() });
+    }
+
+    #[test]
+    fn worst_case_prices_every_prompt_token_as_a_cache_write_by_hand() {
+        // 1000 × $3.75/M + 500 × $15/M = $0.00375 + $0.0075 = 11_250 micro-dollars.
+        assert_eq!(worst_case_cost(&model(CLAUDE_LIKE), 1000, 500), 11_250);
+        // The context window caps the bound: 800 × $3.75/M + 500 × $15/M = 10_500.
+        let windowed = ModelPrice { max_input_tokens: Some(800), ..model(CLAUDE_LIKE) };
+        assert_eq!(worst_case_cost(&windowed, 1000, 500), 10_500);
+        assert_eq!(worst_case_cost(&model(CLAUDE_LIKE), 0, 0), 0);
+    }
+
+    #[test]
+    fn worst_case_takes_the_long_context_tier_above_its_threshold() {
+        let long = TierPrice { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 };
+        let price =
+            ModelPrice { long_context: Some(LongContext { above_tokens: 200_000, price: long }), ..model(CLAUDE_LIKE) };
+        // 200_000 × $3.75/M + 1000 × $15/M = $0.75 + $0.015.
+        assert_eq!(worst_case_cost(&price, 200_000, 1000), 765_000);
+        // 300_000 × $7.50/M + 1000 × $22.50/M = $2.25 + $0.0225.
+        assert_eq!(worst_case_cost(&price, 300_000, 1000), 2_272_500);
+    }
+
+    #[test]
+    fn max_output_comes_from_the_request_then_the_model_then_the_default() {
+        let cfg = EstimateConfig::default();
+        let price = ModelPrice { max_output_tokens: Some(64_000), ..ModelPrice::default() };
+        assert_eq!(cfg.max_output_tokens(Some(1000), Some(&price)), 1000);
+        assert_eq!(cfg.max_output_tokens(Some(1_000_000), Some(&price)), 64_000, "the model cannot produce more");
+        assert_eq!(cfg.max_output_tokens(None, Some(&price)), 64_000);
+        assert_eq!(cfg.max_output_tokens(None, None), DEFAULT_MAX_OUTPUT_TOKENS);
+        assert_eq!(cfg.max_output_tokens(Some(7), None), 7);
+    }
+
+    #[test]
+    fn the_config_refuses_a_zero_divisor() {
+        let zero = EstimateConfig { stream_bytes_per_token: 0, ..EstimateConfig::default() };
+        assert_eq!(zero.validate().map_err(|(field, _)| field), Err("stream_bytes_per_token"));
+        assert_eq!(EstimateConfig::default().validate(), Ok(()));
+    }
+
+    fn tier() -> impl Strategy<Value = TierPrice> {
+        (0u64..50_000_000, 0u64..80_000_000, 0u64..10_000_000, 0u64..20_000_000)
+            .prop_map(|(input, output, cache_read, cache_write)| TierPrice { input, output, cache_read, cache_write })
+    }
+
+    proptest! {
+        /// A reservation covers whatever the request then costs, for any split of the prompt into
+        /// input and cache tokens, any output up to the maximum, either side of the threshold.
+        #[test]
+        fn the_worst_case_covers_every_real_outcome(
+            base in tier(),
+            long in proptest::option::of(tier()),
+            above in 1u64..400_000,
+            window in proptest::option::of(1u64..500_000),
+            bound in 0u64..600_000,
+            max_out in 0u64..200_000,
+            shares in (0u64..=100, 0u64..=100, 0u64..=100),
+            used in 0u64..=100,
+        ) {
+            let price = ModelPrice {
+                base,
+                long_context: long.map(|price| LongContext { above_tokens: above, price }),
+                max_input_tokens: window,
+                max_output_tokens: None,
+            };
+            let prompt = bound.min(window.unwrap_or(u64::MAX)) * used / 100;
+            let total = (shares.0 + shares.1 + shares.2).max(1);
+            let cache_read = prompt * shares.1 / total;
+            let cache_write = prompt * shares.2 / total;
+            let actual = Tokens {
+                input: prompt - cache_read - cache_write,
+                output: max_out * used / 100,
+                cache_read,
+                cache_write,
+                reasoning: 0,
+            };
+            prop_assert!(price.cost_micros(&actual) <= worst_case_cost(&price, bound, max_out));
+        }
+    }
 }

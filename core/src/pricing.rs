@@ -178,9 +178,7 @@ impl<'de> Deserialize<'de> for Decimal {
                 Ok(Decimal(v.to_string()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
-                u64::try_from(v)
-                    .map(|v| Decimal(v.to_string()))
-                    .map_err(|_| E::custom("a price cannot be negative"))
+                u64::try_from(v).map(|v| Decimal(v.to_string())).map_err(|_| E::custom("a price cannot be negative"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
                 Err(E::custom(format!(
@@ -509,12 +507,12 @@ impl PriceOverride {
     fn to_price(&self, path: &str) -> Result<ModelPrice, PricingConfigError> {
         let per_mtok = |field: &str, value: &Decimal| -> Result<PicosPerToken, PricingConfigError> {
             // USD per million tokens × 10^6 = pico-dollars per token.
-            money::parse_decimal_scaled(&value.0, 6)
-                .and_then(|p| PicosPerToken::try_from(p).ok())
-                .ok_or_else(|| PricingConfigError {
+            money::parse_decimal_scaled(&value.0, 6).and_then(|p| PicosPerToken::try_from(p).ok()).ok_or_else(|| {
+                PricingConfigError {
                     path: format!("{path}.{field}"),
                     problem: format!("`{}` is not a usable price in USD per million tokens, e.g. \"2.50\"", value.0),
-                })
+                }
+            })
         };
         let opt = |field: &str, value: &Option<Decimal>| value.as_ref().map(|v| per_mtok(field, v)).transpose();
         let input = per_mtok("input_per_mtok", &self.input_per_mtok)?;
@@ -590,8 +588,12 @@ mod litellm {
 
     /// LiteLLM's names for the four prices: input, output, cache read, cache write. The
     /// long-context tier is the same name plus `_above_<N>k_tokens`.
-    const KINDS: [&str; 4] =
-        ["input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost", "cache_creation_input_token_cost"];
+    const KINDS: [&str; 4] = [
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "cache_read_input_token_cost",
+        "cache_creation_input_token_cost",
+    ];
 
     impl<'a> RawEntry<'a> {
         /// Where a field's text goes, if it is one we read.
@@ -761,7 +763,8 @@ mod litellm {
             if !inner.contains('\\') {
                 return Ok(inner.to_owned());
             }
-            serde_json::from_str::<String>(raw).map_err(|_| PriceFileError { offset: start, problem: "bad string escape" })
+            serde_json::from_str::<String>(raw)
+                .map_err(|_| PriceFileError { offset: start, problem: "bad string escape" })
         }
 
         fn number(&mut self) -> Result<&'a str, PriceFileError> {

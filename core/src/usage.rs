@@ -493,10 +493,7 @@ impl UsageScanner {
         let terminal = if message.error {
             Some(TerminalEvent::Failed)
         } else {
-            message
-                .type_terminal
-                .or(message.status_terminal)
-                .or(message.finished.then_some(TerminalEvent::Completed))
+            message.type_terminal.or(message.status_terminal).or(message.finished.then_some(TerminalEvent::Completed))
         };
         if terminal.is_some() {
             self.found.terminal = terminal;
@@ -809,7 +806,9 @@ enum Lex {
     /// After a value: `,` or a closing bracket.
     AfterValue,
     /// Inside a string (a key or a value).
-    Str { key: bool },
+    Str {
+        key: bool,
+    },
     Number,
     Literal,
     /// The top-level value is complete; only whitespace may follow.

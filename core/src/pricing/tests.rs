@@ -122,10 +122,16 @@ fn long_context_tier_prices_the_whole_request_above_its_threshold() {
     let t = table(SMALL);
     let gemini = price(&t, "gemini-long");
     // Exactly 200k prompt tokens: base tier. 200_000 × $1.25/M + 1000 × $10/M = $0.25 + $0.01.
-    assert_eq!(t.cost("gemini-long", &tokens(200_000, 1000, 0, 0)).map(|c| (c.micros, c.long_context)), Ok((260_000, false)));
+    assert_eq!(
+        t.cost("gemini-long", &tokens(200_000, 1000, 0, 0)).map(|c| (c.micros, c.long_context)),
+        Ok((260_000, false))
+    );
     // 150k input + 60k cache read = 210k prompt: long tier for every kind.
     // 150_000 × $2.50/M + 60_000 × $0.25/M + 1000 × $15/M = $0.375 + $0.015 + $0.015 = $0.405.
-    assert_eq!(t.cost("gemini-long", &tokens(150_000, 1000, 60_000, 0)).map(|c| (c.micros, c.long_context)), Ok((405_000, true)));
+    assert_eq!(
+        t.cost("gemini-long", &tokens(150_000, 1000, 60_000, 0)).map(|c| (c.micros, c.long_context)),
+        Ok((405_000, true))
+    );
     let long = gemini.long_context.map(|l| (l.above_tokens, l.price));
     let want = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 250_000, cache_write: 1_250_000 };
     assert_eq!(long, Some((200_000, want)), "an unlisted kind keeps its base price");
@@ -185,7 +191,10 @@ fn unknown_models_follow_the_policy() {
     );
     let default = default.unwrap_or_default();
     // 1000 × $10/M + 1000 × $30/M = $0.04.
-    assert_eq!(default.cost("mystery", &tokens(1000, 1000, 0, 0)), Ok(Cost { micros: 40_000, known: false, long_context: false }));
+    assert_eq!(
+        default.cost("mystery", &tokens(1000, 1000, 0, 0)),
+        Ok(Cost { micros: 40_000, known: false, long_context: false })
+    );
 }
 
 #[test]
@@ -203,11 +212,17 @@ fn config_prices_are_usd_per_million_tokens_and_replace_the_table() {
         Err(e) => panic!("{e}"),
     };
     let gpt = price(&t, "gpt-4o");
-    assert_eq!(gpt.base, TierPrice { input: 2_000_000, output: 8_000_000, cache_read: 500_000, cache_write: 2_000_000 });
+    assert_eq!(
+        gpt.base,
+        TierPrice { input: 2_000_000, output: 8_000_000, cache_read: 500_000, cache_write: 2_000_000 }
+    );
     assert_eq!(price(&t, "my-azure-deployment"), gpt);
     let house = price(&t, "cheap");
     assert_eq!(house.max_output_tokens, Some(4096));
-    assert_eq!(house.long_context.map(|l| (l.above_tokens, l.price.input, l.price.output)), Some((100_000, 300_000, 200_000)));
+    assert_eq!(
+        house.long_context.map(|l| (l.above_tokens, l.price.input, l.price.output)),
+        Some((100_000, 300_000, 200_000))
+    );
     assert!(t.lookup("claude-sonnet-4-5").is_some(), "the bundled table is still there");
 }
 
@@ -218,25 +233,51 @@ fn config_errors_name_the_field_and_the_fix() {
         assert!(got.contains(want), "{json}\n got: {got}\nwant: {want}");
     };
     check(r#"{"bundled": false, "colour": 1}"#, "unknown field `colour`");
-    check(r#"{"models": {"m": {"input_per_mtok": 2.5, "output_per_mtok": "1"}}}"#, "write fractional prices as strings");
+    check(
+        r#"{"models": {"m": {"input_per_mtok": 2.5, "output_per_mtok": "1"}}}"#,
+        "write fractional prices as strings",
+    );
     check(r#"{"models": {"m": {"input_per_mtok": "-1", "output_per_mtok": "1"}}}"#, "not a non-negative decimal");
     check(r#"{"models": {"m": {"input_per_mtok": "1"}}}"#, "missing field `output_per_mtok`");
-    check(r#"{"models": {"m": {"input_per_mtok": "1", "output_per_mtok": "1", "long_context": {}}}}"#, "pricing.models.m.long_context: names no price");
-    check(r#"{"models": {"m": {"input_per_mtok": "1e30", "output_per_mtok": "1"}}}"#, "pricing.models.m.input_per_mtok: `1e30` is not a usable price");
-    check(r#"{"unknown_model": "default_price"}"#, "pricing.default_price: required when unknown_model is default_price");
-    check(r#"{"default_price": {"input_per_mtok": "1", "output_per_mtok": "1"}}"#, "pricing.default_price: only used when");
+    check(
+        r#"{"models": {"m": {"input_per_mtok": "1", "output_per_mtok": "1", "long_context": {}}}}"#,
+        "pricing.models.m.long_context: names no price",
+    );
+    check(
+        r#"{"models": {"m": {"input_per_mtok": "1e30", "output_per_mtok": "1"}}}"#,
+        "pricing.models.m.input_per_mtok: `1e30` is not a usable price",
+    );
+    check(
+        r#"{"unknown_model": "default_price"}"#,
+        "pricing.default_price: required when unknown_model is default_price",
+    );
+    check(
+        r#"{"default_price": {"input_per_mtok": "1", "output_per_mtok": "1"}}"#,
+        "pricing.default_price: only used when",
+    );
     check(r#"{"unknown_model": "maybe"}"#, "unknown variant `maybe`");
     check(r#"{"aliases": {"x": "no-such-model"}}"#, "pricing.aliases.x: target model `no-such-model` has no price");
-    check(r#"{"estimate": {"reserve_bytes_per_token": 0}}"#, "pricing.estimate.reserve_bytes_per_token: must be at least 1");
+    check(
+        r#"{"estimate": {"reserve_bytes_per_token": 0}}"#,
+        "pricing.estimate.reserve_bytes_per_token: must be at least 1",
+    );
 }
 
 #[test]
 fn the_price_file_must_be_an_object_of_objects() {
-    for (bad, offset) in [("", 0), ("[]", 0), ("{\"a\": {\"input_cost_per_token\": 1e-6", 35), ("{} x", 3), ("{\"a\" 1}", 5)] {
+    for (bad, offset) in
+        [("", 0), ("[]", 0), ("{\"a\": {\"input_cost_per_token\": 1e-6", 35), ("{} x", 3), ("{\"a\" 1}", 5)]
+    {
         assert_eq!(PriceTable::from_litellm_json(bad).map(|t| t.len()).map_err(|e| e.offset), Err(offset), "{bad:?}");
     }
     assert_eq!(table("{}").len(), 0);
-    assert_eq!(table(r#"{"note": "not a model", "m": {"input_cost_per_token": 1e-6, "x": [[{"y": [1, -2.5e3, true, null]}]]}}"#).len(), 1);
+    assert_eq!(
+        table(
+            r#"{"note": "not a model", "m": {"input_cost_per_token": 1e-6, "x": [[{"y": [1, -2.5e3, true, null]}]]}}"#
+        )
+        .len(),
+        1
+    );
     let deep = format!("{{\"m\": {}{}}}", "[".repeat(100), "]".repeat(100));
     assert!(PriceTable::from_litellm_json(&deep).is_err(), "nesting is bounded");
 }
@@ -287,7 +328,11 @@ fn the_bundled_table_agrees_with_a_reference_parser() {
         assert!(close(got.base.output, output), "{model} output");
         let cache_read = want("cache_read_input_token_cost").unwrap_or(input);
         assert!(close(got.base.cache_read, cache_read), "{model} cache read");
-        assert_eq!(got.max_output_tokens, entry.get("max_output_tokens").and_then(serde_json::Value::as_u64), "{model}");
+        assert_eq!(
+            got.max_output_tokens,
+            entry.get("max_output_tokens").and_then(serde_json::Value::as_u64),
+            "{model}"
+        );
     }
 }
 
@@ -303,5 +348,9 @@ fn bundled_parse_time() {
         entries += PriceTable::bundled().map(|t| t.len()).unwrap_or(0);
     }
     let each = start.elapsed() / rounds;
-    println!("bundled price table: {} entries, {} bytes, {each:?} per load", entries / rounds as usize, BUNDLED_PRICES_JSON.len());
+    println!(
+        "bundled price table: {} entries, {} bytes, {each:?} per load",
+        entries / rounds as usize,
+        BUNDLED_PRICES_JSON.len()
+    );
 }

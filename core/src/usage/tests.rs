@@ -419,9 +419,17 @@ fn error_bodies_end_failed_without_tokens() {
         let got = scan(dialect, endpoint, Json, body.as_bytes());
         assert_eq!((got.tokens, got.terminal), (None, Some(Failed)), "{body}");
     };
-    check(OpenAi, Chat, r#"{"error":{"message":"Rate limit","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#);
+    check(
+        OpenAi,
+        Chat,
+        r#"{"error":{"message":"Rate limit","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+    );
     check(Anthropic, Messages, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
-    check(Gemini, GenerateContent, r#"{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT"}}"#);
+    check(
+        Gemini,
+        GenerateContent,
+        r#"{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT"}}"#,
+    );
     let sse = "data: {\"error\":{\"message\":\"boom\"}}\n\n";
     assert_eq!(scan(OpenAi, Chat, Sse, sse.as_bytes()).terminal, Some(Failed));
 }
@@ -463,7 +471,9 @@ fn a_malformed_event_is_skipped_and_the_next_one_read() {
 #[test]
 fn huge_content_is_counted_without_being_kept() {
     let big = "x".repeat(4 << 20);
-    let event = format!("data: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"{big}\"}}}}\n\n");
+    let event = format!(
+        "data: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"{big}\"}}}}\n\n"
+    );
     let mut scanner = UsageScanner::new(Anthropic, Messages, Sse);
     for chunk in event.as_bytes().chunks(16 * 1024) {
         scanner.feed(chunk);
