@@ -229,3 +229,118 @@ def test_usage_is_independent_of_how_the_upstream_splits_bytes(envoy, mock):
     assert [n for n, _ in sse_json(resp.body)][-1] == "message_stop"
     log = envoy.access_log_line(e2e_id)
     assert (log_int(log, "tokens_input"), log_int(log, "tokens_output"), log_int(log, "cost_micros")) == (1000, 100, 1500), log
+
+
+def test_upstream_that_gzips_anyway_is_still_charged(envoy, mock):
+    """An upstream that compresses although asked for identity: usage is unreadable in the filter,
+    so the request must be charged from a flagged estimate, never silently for free."""
+    e2e_id = new_id()
+    resp = envoy.post("/v1/chat/completions", json.dumps(dict(CHAT, stream=True)), {"x-e2e-id": e2e_id, "x-mock-gzip": "always"})
+    assert resp.status == 200 and resp.header("content-encoding") == "gzip"
+    assert sse_json(resp.body), "the client still gets the (compressed) stream intact"
+    log = envoy.access_log_line(e2e_id)
+    assert log.get("estimated") == "true" and log_int(log, "cost_micros") > 0, log
+
+
+def test_upstream_is_asked_for_identity_encoding(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post("/v1/chat/completions", json.dumps(CHAT), {"x-e2e-id": e2e_id, "accept-encoding": "gzip, br"})
+    assert resp.status == 200
+    assert mock.request_with(e2e_id)["header_map"].get("accept-encoding") in (None, "identity")
+
+
+def test_client_disconnect_mid_stream_is_charged_from_an_estimate(envoy, mock):
+    import socket
+    import time
+
+    e2e_id = new_id()
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    with socket.create_connection(("127.0.0.1", envoy.listen_port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: e2e\r\ncontent-type: application/json\r\n"
+            + f"x-e2e-id: {e2e_id}\r\nx-mock-events: 50\r\nx-mock-event-delay-ms: 40\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        got, deadline = b"", time.monotonic() + 10
+        while b"Hello" not in got and time.monotonic() < deadline:
+            got += s.recv(65536)
+    assert b"Hello" in got, got
+    log = envoy.access_log_line(e2e_id, wait=10)
+    assert log.get("estimated") == "true", f"a stream the client abandoned is charged from an estimate: {log}"
+    assert log_int(log, "tokens_output") > 0 and log_int(log, "cost_micros") > 0, log
+
+
+def test_chunked_request_body_is_routed_and_metered(envoy, mock):
+    import http.client
+
+    e2e_id = new_id()
+    raw = json.dumps(CHAT).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.listen_port, timeout=15)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=iter([raw[:10], raw[10:25], raw[25:]]), encode_chunked=True,
+                     headers={"content-type": "application/json", "transfer-encoding": "chunked", "x-e2e-id": e2e_id,
+                              "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100"})
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        r.read()
+    finally:
+        conn.close()
+    assert json.loads(mock.request_with(e2e_id)["body"])["model"] == "gpt-4o"
+    assert log_int(envoy.access_log_line(e2e_id), "cost_micros") == 3500
+
+
+def test_large_body_in_many_pieces_under_the_limit_is_routed(envoy, mock):
+    e2e_id = new_id()
+    body = dict(CHAT, messages=[{"role": "user", "content": "y" * 60000}])
+    resp = envoy.post("/v1/chat/completions", json.dumps(body), {"x-e2e-id": e2e_id})
+    assert resp.status == 200, resp
+    upstream = mock.request_with(e2e_id)
+    assert json.loads(upstream["body"])["model"] == "gpt-4o" and upstream["body_len"] > 60000
+
+
+def test_unpriced_model_is_forwarded_charged_zero_and_counted(envoy, mock):
+    e2e_id = new_id()
+    before = envoy.stats()
+    resp = envoy.post("/v1/chat/completions", json.dumps(dict(CHAT, model="e2e-unpriced-model")), {"x-e2e-id": e2e_id})
+    assert resp.status == 200, resp
+    assert json.loads(mock.request_with(e2e_id)["body"])["model"] == "e2e-unpriced-model"
+    log = envoy.access_log_line(e2e_id)
+    assert log_int(log, "cost_micros") == 0 and log_int(log, "tokens_input") > 0, log
+    assert stat_increase(before, envoy.stats(), "unknown_model") == 1
+
+
+def test_mount_prefix_is_recognised(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post("/llm/openai/v1/chat/completions", json.dumps(CHAT), {"x-e2e-id": e2e_id})
+    assert resp.status == 200, resp
+    upstream = mock.request_with(e2e_id)
+    assert upstream["path"] == "/llm/openai/v1/chat/completions"
+    assert json.loads(upstream["body"])["model"] == "gpt-4o"
+    assert envoy.access_log_line(e2e_id)["routed_model"] == "gpt-4o"
+
+
+@pytest.mark.parametrize("path", ["/v1//chat/completions", "/v1/./chat/completions", "/x/../v1/chat/completions"])
+def test_path_tricks_cannot_sidestep_a_deny_rule(envoy, mock, path):
+    e2e_id = new_id()
+    resp = envoy.post(path, json.dumps(dict(CHAT, model="forbidden-model")), {"x-e2e-id": e2e_id})
+    assert_error_shape("openai", resp, 403)
+    assert mock.request_with(e2e_id, wait=0.3) is None
+
+
+def test_requests_on_one_keepalive_connection_are_each_metered(envoy, mock):
+    import http.client
+
+    ids = [new_id() for _ in range(3)]
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.listen_port, timeout=15)
+    try:
+        for i, e2e_id in enumerate(ids):
+            body = json.dumps(dict(CHAT, stream=bool(i % 2))).encode()
+            conn.request("POST", "/v1/chat/completions", body=body, headers={
+                "content-type": "application/json", "x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100"})
+            r = conn.getresponse()
+            assert r.status == 200
+            r.read()
+    finally:
+        conn.close()
+    for e2e_id in ids:
+        assert log_int(envoy.access_log_line(e2e_id), "cost_micros") == 3500

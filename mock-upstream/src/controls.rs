@@ -14,6 +14,7 @@
 //! | `x-mock-cut-after-events: N`  | streams: send N content events, then drop the connection before usage; JSON: send half the body, then drop |
 //! | `x-mock-status: NNN`          | answer with that status and the dialect's error JSON (no usage) |
 //! | `x-mock-gzip: never`          | don't gzip even if the client accepts gzip (default: gzip when accepted) |
+//! | `x-mock-gzip: always`         | gzip even if the client did not ask (a misbehaving upstream)  |
 //! | `x-mock-input-tokens: N`      | override the prompt token count (default: ceil(body bytes / 4)) |
 //! | `x-mock-output-tokens: N`     | override the output token count (default: 4 × events), still capped by max tokens |
 //! | `x-mock-cached-tokens: N`     | N prompt tokens read from cache                               |
@@ -33,6 +34,7 @@ pub struct Controls {
     pub cut_after_events: Option<u32>,
     pub status: Option<u16>,
     pub gzip_allowed: bool,
+    pub gzip_forced: bool,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub cached_tokens: u64,
@@ -56,6 +58,7 @@ impl Default for Controls {
             cut_after_events: None,
             status: None,
             gzip_allowed: true,
+            gzip_forced: false,
             input_tokens: None,
             output_tokens: None,
             cached_tokens: 0,
@@ -88,7 +91,10 @@ impl Controls {
                 "chunk-delay-ms" => c.chunk_delay = ms().unwrap_or(c.chunk_delay),
                 "cut-after-events" => c.cut_after_events = num().map(|n| n.min(MAX_EVENTS as u64) as u32),
                 "status" => c.status = num().filter(|s| (100..=599).contains(s)).map(|s| s as u16),
-                "gzip" => c.gzip_allowed = !value.eq_ignore_ascii_case("never"),
+                "gzip" => {
+                    c.gzip_allowed = !value.eq_ignore_ascii_case("never");
+                    c.gzip_forced = value.eq_ignore_ascii_case("always");
+                }
                 "input-tokens" => c.input_tokens = num(),
                 "output-tokens" => c.output_tokens = num(),
                 "cached-tokens" => c.cached_tokens = num().unwrap_or(0),
@@ -160,6 +166,7 @@ mod tests {
                 cut_after_events: Some(3),
                 status: Some(503),
                 gzip_allowed: false,
+                gzip_forced: false,
                 input_tokens: Some(1000),
                 output_tokens: Some(50),
                 cached_tokens: 400,
@@ -167,6 +174,12 @@ mod tests {
                 reasoning_tokens: 20,
             }
         );
+    }
+
+    #[test]
+    fn gzip_can_be_forced() {
+        let c = parse(&[("x-mock-gzip", "Always")]);
+        assert!(c.gzip_allowed && c.gzip_forced);
     }
 
     #[test]

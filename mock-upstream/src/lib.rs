@@ -85,7 +85,8 @@ impl Handler for Mock {
         }
         let mut resp = self.respond(req, &controls, seq);
         resp.headers.push(("x-mock-seq", seq.to_string()));
-        let gzip = controls.gzip_allowed && req.header("accept-encoding").is_some_and(accepts_gzip) && resp.status < 300;
+        let accepted = req.header("accept-encoding").is_some_and(accepts_gzip);
+        let gzip = controls.gzip_allowed && (accepted || controls.gzip_forced) && resp.status < 300;
         shape(&mut resp, &controls, gzip);
         resp
     }
