@@ -14,8 +14,8 @@
 //! # Long context
 //! When a request's prompt (input + cache read + cache write) exceeds a model's long-context
 //! threshold, every token of the request is priced at that tier (that is how Anthropic, Google and
-//! OpenAI bill it). LiteLLM writes the tier as `…_above_<N>k_tokens` fields: 200k for Claude and
-//! Gemini 2.5, 272k for GPT-5.x, 128k for Gemini 1.5. A kind the tier does not list keeps its base
+//! OpenAI bill it). LiteLLM writes the tier as `…_above_<N>k_tokens` fields: 200k for Gemini 2.5
+//! Pro, 272k for GPT-5.x, 128k for Gemini 1.5. A kind the tier does not list keeps its base
 //! price. A model with tiers at several thresholds keeps the lowest one (none in the bundled table).
 //!
 //! # Lookup
