@@ -30,6 +30,7 @@
 //!   what it alone can know.
 
 pub mod book;
+pub mod redis;
 pub mod sqlite;
 
 use crate::budget::{Budget, BudgetSpec, Exemption};
