@@ -50,7 +50,7 @@ COUNTER_PORT=""
 # 3. Envoy with the filter.
 python3 envoy/render.py envoy/envoy.yaml.tmpl \
   LISTEN_PORT="$LISTEN_PORT" ADMIN_PORT="$ADMIN_PORT" UPSTREAM_PORT="$MOCK_PORT" \
-  WASM_PATH="$PWD/$WASM" WASM_NAME=tollgate PLUGIN_CONFIG=@envoy/demo-config.json \
+  WASM_PATH="$(realpath "$WASM")" WASM_NAME=tollgate PLUGIN_CONFIG=@envoy/demo-config.json \
   ACCESS_LOG_PATH=/dev/stdout COUNTER_PORT="$COUNTER_PORT" >"$RUN/envoy.yaml"
 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --file-flush-interval-msec 200 \
   --log-level warn --component-log-level wasm:info 2>"$RUN/envoy.log" &
