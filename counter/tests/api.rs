@@ -327,3 +327,15 @@ async fn utilization_and_metrics_cover_every_budget() {
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn granted_slices_survive_a_restart_until_they_expire() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "1")).await;
+    assert_eq!(h.lease("gw1", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 1_000_000);
+    let now = h.clock.now_ms();
+    let h = Harness::start_in(h.stop().await, now + 1_000).await;
+    assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 0, "gw1 still holds it all");
+    h.clock.set_ms(now + LEASE_TTL_MS);
+    assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 1_000_000, "gw1's slice lapsed");
+}

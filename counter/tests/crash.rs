@@ -56,11 +56,16 @@ async fn acknowledged_records_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let budgets = dir.path().join("budgets.json");
-    std::fs::write(&budgets, r#"{"budgets":[{"id":"platform","scope":"team:platform","limit":"1000000","window":"month"}]}"#).unwrap();
+    std::fs::write(&budgets, r#"{"budgets":[{"id":"platform","scope":"team:platform","limit":"1000000","window":"month"},
+            {"id":"tiny","scope":"org:tiny","limit":"1","window":"none"}]}"#).unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut child = spawn(&data, &budgets, port);
     wait_healthy(&url).await;
+    let lease = |gw: &str| json!({"gateway_id": gw, "scopes": ["org:tiny"], "want_micros": 1_000_000});
+    let mut c = Client::connect(&url).await.unwrap();
+    let granted = c.post_json("/v1/leases", Some(GW), &lease("holder")).await.unwrap().json().unwrap();
+    assert_eq!(granted["budgets"][0]["granted_micros"], 1_000_000);
 
     // (worker, batch number, cost, acknowledged?)
     let sent: Arc<Mutex<Vec<(usize, usize, i64, bool)>>> = Arc::default();
@@ -103,6 +108,8 @@ async fn acknowledged_records_survive_kill_9_exactly_once() {
     let mut child = spawn(&data, &budgets, port);
     wait_healthy(&url).await;
     let mut c = Client::connect(&url).await.unwrap();
+    let other = c.post_json("/v1/leases", Some(GW), &lease("other")).await.unwrap().json().unwrap();
+    assert_eq!(other["budgets"][0]["granted_micros"], 0, "the slice granted before the crash still holds the headroom");
     let totals = c.get("/admin/reports/spend", Some(ADMIN)).await.unwrap().json().unwrap();
     let ledger_requests = totals["total"]["requests"].as_u64().unwrap();
     let ledger_cost = totals["total"]["cost_micros"].as_i64().unwrap();

@@ -120,6 +120,11 @@ impl Book {
         self.spend.entry(budget_id.to_owned()).or_default().insert(bucket, spend);
     }
 
+    /// Restores a persisted lease slice at start-up.
+    pub fn load_lease(&mut self, budget_id: &str, gateway_id: &str, micros: Micros, expires_at_ms: i64) {
+        self.leases.entry(budget_id.to_owned()).or_default().insert(gateway_id.to_owned(), Slice { micros, expires_at_ms });
+    }
+
     pub fn put_exemption(&mut self, exemption: Exemption) {
         match self.exemptions.iter_mut().find(|e| e.id == exemption.id) {
             Some(slot) => *slot = exemption,

@@ -13,7 +13,8 @@
 //!   gateway's slice becomes `min(want, hard - spent - other live slices)` (never below 0) for an
 //!   enforce budget, exactly `want` for an observe budget, and expires `lease_ttl` after `now`.
 //!   Invariant at every grant, per enforce budget: `spent + sum(live slices) <= hard limit`, under
-//!   any concurrency. Expired slices count for nothing.
+//!   any concurrency. Expired slices count for nothing. A grant is durable before it is answered:
+//!   a restarted counter still counts the live slices it handed out before the restart.
 //! - **Usage** ([`Store::ingest`]): a batch is all or nothing. A record whose id was seen before
 //!   (in any earlier batch, across restarts, or earlier in the same batch) is a duplicate and
 //!   changes nothing. Each new record is added to the ledger and charged (cost and billed tokens) to

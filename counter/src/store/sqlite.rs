@@ -22,15 +22,19 @@
 //! page cache) but the last commits can be lost on power failure. Group commit is what keeps FULL
 //! fast: one fsync per group, not per batch.
 //!
-//! Lease slices are **not** persisted: they live `lease_ttl` at most, and a restarted counter
-//! starts with none (see docs/counter.md for what that means for the overspend bound).
+//! Lease grants are durable too: a grant is reserved in the book under its lock, then its slice
+//! row `(budget, gateway, micros, expiry, seq)` rides the same group commit as usage, and the
+//! answer is sent after `COMMIT`. After a crash the counter restores every unexpired slice, so a
+//! restart cannot hand out headroom a gateway still holds. (`seq` orders grants: a row is only
+//! replaced by a later grant.) Usage that shrinks a slice is not re-written: a restored slice can
+//! only be larger than the truth, which errs towards refusing, and it expires within `lease_ttl`.
 
 use super::book::{Book, Charges, Spend};
 use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{Budget, BudgetSpec, Exemption};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::protocol::{LeaseRequest, LeaseResponse, UsageAck, UsageBatch};
@@ -81,6 +85,10 @@ CREATE TABLE IF NOT EXISTS audit (
   subject TEXT NOT NULL, before TEXT, after TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, seq);
+CREATE TABLE IF NOT EXISTS leases (
+  budget_id TEXT NOT NULL, gateway_id TEXT NOT NULL, micros INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
+  seq INTEGER NOT NULL, PRIMARY KEY (budget_id, gateway_id)
+) WITHOUT ROWID;
 ";
 
 const INSERT_LEDGER: &str = "INSERT OR IGNORE INTO ledger VALUES
@@ -89,11 +97,25 @@ const INSERT_LEDGER: &str = "INSERT OR IGNORE INTO ledger VALUES
 const UPSERT_SPEND: &str = "INSERT INTO spend (budget_id, bucket, micros, tokens) VALUES (?1, ?2, ?3, ?4)
   ON CONFLICT (budget_id, bucket) DO UPDATE SET micros = micros + excluded.micros, tokens = tokens + excluded.tokens";
 
+const UPSERT_LEASE: &str = "INSERT INTO leases (budget_id, gateway_id, micros, expires_at_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+  ON CONFLICT (budget_id, gateway_id) DO UPDATE SET micros = excluded.micros, expires_at_ms = excluded.expires_at_ms,
+  seq = excluded.seq WHERE excluded.seq > leases.seq";
+
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// One granted slice to persist.
+struct LeaseRow {
+    budget_id: String,
+    gateway_id: String,
+    micros: i64,
+    expires_at_ms: i64,
+    seq: i64,
+}
 
 /// Work for the writer thread.
 enum Job {
     Ingest { batch: UsageBatch, now_ms: i64, reply: Reply<UsageAck> },
+    Leases { rows: Vec<LeaseRow>, reply: Reply<()> },
     PutBudget { budget: Budget, actor: String, now_ms: i64, reply: Reply<PutOutcome> },
     DeleteBudget { id: String, actor: String, now_ms: i64, reply: Reply<Option<BudgetSpec>> },
     AddExemption { exemption: Exemption, actor: String, now_ms: i64, reply: Reply<Exemption> },
@@ -111,6 +133,8 @@ pub struct SqliteStore {
     /// writer), on the blocking pool.
     reader: Arc<Mutex<Connection>>,
     writer_alive: Arc<AtomicBool>,
+    /// Orders lease grants; taken under the book's lock so it follows grant order.
+    lease_seq: AtomicI64,
     path: PathBuf,
 }
 
@@ -142,6 +166,9 @@ impl SqliteStore {
         conn.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"))
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
+        // Slices that expired before this start can never matter again.
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
         let mut book = Book::new(options.lease_ttl_ms);
         {
@@ -160,6 +187,14 @@ impl SqliteStore {
                 let (id, bucket, micros, tokens) = row.map_err(internal)?;
                 book.load_spend(&id, bucket, Spend { micros, tokens: tokens.max(0) as u64 });
             }
+            let mut stmt = conn.prepare("SELECT budget_id, gateway_id, micros, expires_at_ms FROM leases").map_err(internal)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                .map_err(internal)?;
+            for row in rows {
+                let (budget_id, gateway_id, micros, expires_at_ms) = row.map_err(internal)?;
+                book.load_lease(&budget_id, &gateway_id, micros, expires_at_ms);
+            }
             let mut stmt = conn.prepare("SELECT body FROM exemptions ORDER BY id").map_err(internal)?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(internal)?;
             for row in rows {
@@ -168,6 +203,7 @@ impl SqliteStore {
             }
         }
 
+        let lease_seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM leases", [], |r| r.get(0)).map_err(internal)?;
         let reader = Connection::open(&path).map_err(internal)?;
         reader.execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;").map_err(internal)?;
 
@@ -183,7 +219,7 @@ impl SqliteStore {
                 alive.store(false, Ordering::SeqCst);
             })
             .map_err(|e| internal(format!("cannot start writer thread: {e}")))?;
-        Ok(SqliteStore { book, jobs, reader: Arc::new(Mutex::new(reader)), writer_alive, path })
+        Ok(SqliteStore { book, jobs, reader: Arc::new(Mutex::new(reader)), writer_alive, lease_seq: AtomicI64::new(lease_seq), path })
     }
 
     /// The database file.
@@ -244,7 +280,28 @@ impl Store for SqliteStore {
     }
 
     async fn grant_leases(&self, request: &LeaseRequest, now_ms: i64) -> StoreResult<LeaseResponse> {
-        Ok(lock(&self.book).grant(request, now_ms))
+        let (answer, rows) = {
+            let mut book = lock(&self.book);
+            let answer = book.grant(request, now_ms);
+            let seq = self.lease_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            let rows: Vec<LeaseRow> = answer
+                .budgets
+                .iter()
+                .map(|b| LeaseRow {
+                    budget_id: b.budget_id.clone(),
+                    gateway_id: request.gateway_id.clone(),
+                    micros: b.granted_micros,
+                    expires_at_ms: b.lease_expires_at_ms,
+                    seq,
+                })
+                .collect();
+            (answer, rows)
+        };
+        if !rows.is_empty() {
+            // The reservation already holds in memory; the answer waits until it is durable.
+            self.submit(|reply| Job::Leases { rows, reply }).await?;
+        }
+        Ok(answer)
     }
 
     async fn ingest(&self, batch: UsageBatch, now_ms: i64) -> StoreResult<UsageAck> {
@@ -358,6 +415,15 @@ struct Writer {
     max_group_records: usize,
 }
 
+/// Usage batches and lease grants committed together.
+#[derive(Default)]
+struct Group {
+    batches: Vec<Pending>,
+    records: usize,
+    leases: Vec<LeaseRow>,
+    lease_replies: Vec<Reply<()>>,
+}
+
 struct Pending {
     batch: UsageBatch,
     now_ms: i64,
@@ -377,23 +443,30 @@ impl Writer {
                 },
             };
             match job {
-                Job::Ingest { batch, now_ms, reply } => {
-                    let mut records = batch.records.len();
-                    let mut group = vec![Pending { batch, now_ms, reply }];
-                    while records < self.max_group_records {
-                        match rx.try_recv() {
-                            Ok(Job::Ingest { batch, now_ms, reply }) => {
-                                records += batch.records.len();
-                                group.push(Pending { batch, now_ms, reply });
+                job @ (Job::Ingest { .. } | Job::Leases { .. }) => {
+                    // Group commit: take every usage batch and lease grant already waiting.
+                    let mut group = Group::default();
+                    let mut job = Some(job);
+                    while let Some(j) = job.take() {
+                        match j {
+                            Job::Ingest { batch, now_ms, reply } => {
+                                group.records += batch.records.len();
+                                group.batches.push(Pending { batch, now_ms, reply });
                             }
-                            Ok(other) => {
+                            Job::Leases { rows, reply } => {
+                                group.leases.extend(rows);
+                                group.lease_replies.push(reply);
+                            }
+                            other => {
                                 next = Some(other);
                                 break;
                             }
-                            Err(_) => break,
+                        }
+                        if group.records < self.max_group_records {
+                            job = rx.try_recv().ok();
                         }
                     }
-                    self.ingest_group(group);
+                    self.write_group(group);
                 }
                 Job::PutBudget { budget, actor, now_ms, reply } => {
                     let _ = reply.send(self.put_budget(budget, &actor, now_ms));
@@ -421,15 +494,20 @@ impl Writer {
         }
     }
 
-    fn ingest_group(&mut self, group: Vec<Pending>) {
+    fn write_group(&mut self, group: Group) {
         let index = lock(&self.book).index();
+        let Group { batches, leases, lease_replies, .. } = group;
         let result = (|| -> rusqlite::Result<(Vec<UsageAck>, Charges)> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut acks = Vec::with_capacity(group.len());
+            let mut acks = Vec::with_capacity(batches.len());
             let mut charges = Charges::default();
             {
+                let mut upsert_lease = tx.prepare_cached(UPSERT_LEASE)?;
+                for l in &leases {
+                    upsert_lease.execute(params![l.budget_id, l.gateway_id, l.micros, l.expires_at_ms, l.seq])?;
+                }
                 let mut insert = tx.prepare_cached(INSERT_LEDGER)?;
-                for p in &group {
+                for p in &batches {
                     let mut ack = UsageAck { accepted: 0, duplicates: 0 };
                     for r in &p.batch.records {
                         let t = &r.tokens;
@@ -482,16 +560,22 @@ impl Writer {
                 if !charges.is_empty() {
                     lock(&self.book).apply(&charges);
                 }
-                for (p, ack) in group.into_iter().zip(acks) {
+                for (p, ack) in batches.into_iter().zip(acks) {
                     let _ = p.reply.send(Ok(ack));
+                }
+                for reply in lease_replies {
+                    let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {
-                crate::log::error("usage batch not stored", serde_json::json!({"error": e.to_string(), "batches": group.len()}));
-                for p in group {
+                crate::log::error("group commit failed", serde_json::json!({"error": e.to_string(), "batches": batches.len()}));
+                for p in batches {
                     let _ = p.reply.send(Err(StoreError::Unavailable(format!(
                         "the ledger could not store this batch ({e}); nothing of it was counted, retry"
                     ))));
+                }
+                for reply in lease_replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("the lease could not be stored ({e}); retry"))));
                 }
             }
         }
@@ -530,6 +614,7 @@ impl Writer {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
         tx.execute("DELETE FROM budgets WHERE id = ?1", params![id]).map_err(internal)?;
         tx.execute("DELETE FROM spend WHERE budget_id = ?1", params![id]).map_err(internal)?;
+        tx.execute("DELETE FROM leases WHERE budget_id = ?1", params![id]).map_err(internal)?;
         Self::audit_row(&tx, now_ms, actor, "budget.delete", id, Some(before_json), None).map_err(internal)?;
         tx.commit().map_err(internal)?;
         lock(&self.book).remove_budget(id);
