@@ -1,6 +1,12 @@
 //! Test harness: a real counter on 127.0.0.1:0 with a SQLite store in a temp dir and a manual
 //! clock, plus helpers that speak JSON over real HTTP.
+//!
+//! The same suites run on Redis: a test binary whose name starts with `redis` (e.g.
+//! tests/redis_api.rs, which includes api.rs) gets a [`RedisStore`] backed by a real redis-server
+//! started in the harness's temp dir ([`redis_server`]).
 #![allow(dead_code)]
+
+pub mod redis_server;
 
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -8,7 +14,9 @@ use tokio::sync::oneshot;
 use tollgate_counter::client::Client;
 use tollgate_counter::clock::ManualClock;
 use tollgate_counter::server::{run, Auth};
+use tollgate_counter::store::redis::{RedisOptions, RedisStore};
 use tollgate_counter::store::sqlite::{SqliteOptions, SqliteStore};
+use tollgate_counter::store::Store;
 use tollgate_counter::window::parse_time_ms;
 
 pub const GATEWAY_TOKEN: &str = "gw-secret-token";
@@ -26,6 +34,24 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The redis-server behind a Redis-backed harness.
+    pub redis: Option<redis_server::RedisServer>,
+}
+
+/// True in test binaries named `redis*`: the suite runs against the Redis store.
+pub fn on_redis() -> bool {
+    env!("CARGO_CRATE_NAME").starts_with("redis")
+}
+
+/// Redis store options for tests: the harness's lease TTL, quick retries.
+pub fn redis_options(url: &str) -> RedisOptions {
+    RedisOptions {
+        url: url.into(),
+        lease_ttl_ms: LEASE_TTL_MS,
+        retries: 3,
+        retry_backoff: std::time::Duration::from_millis(20),
+        ..RedisOptions::default()
+    }
 }
 
 impl Harness {
@@ -35,9 +61,21 @@ impl Harness {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, now_ms: i64) -> Harness {
+        let clock = Arc::new(ManualClock::new(now_ms));
+        if on_redis() {
+            let server = redis_server::RedisServer::start(dir.path());
+            let store = Arc::new(RedisStore::connect(redis_options(&server.url())).await.unwrap());
+            let mut h = Harness::with_store(store, clock, dir).await;
+            h.redis = Some(server);
+            return h;
+        }
         let options = SqliteOptions { lease_ttl_ms: LEASE_TTL_MS, ..SqliteOptions::default() };
         let store = Arc::new(SqliteStore::open(dir.path(), options).unwrap());
-        let clock = Arc::new(ManualClock::new(now_ms));
+        Harness::with_store(store, clock, dir).await
+    }
+
+    /// A counter serving `store` (e.g. a second instance on the same Redis).
+    pub async fn with_store<S: Store>(store: Arc<S>, clock: Arc<ManualClock>, dir: tempfile::TempDir) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let auth = Auth::new(
@@ -49,13 +87,16 @@ impl Harness {
         let server = tokio::spawn(run(listener, store, clock.clone(), auth, async {
             let _ = stopped.await;
         }));
-        Harness { url, clock, dir, stop: Some(stop), server: Some(server) }
+        Harness { url, clock, dir, stop: Some(stop), server: Some(server), redis: None }
     }
 
-    /// Graceful stop (flushes the store); returns the data dir for a restart.
+    /// Graceful stop (flushes the store, stops its redis-server); returns the data dir for a restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.stop.take().unwrap().send(());
         self.server.take().unwrap().await.unwrap().unwrap();
+        if let Some(mut redis) = self.redis.take() {
+            redis.stop();
+        }
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
