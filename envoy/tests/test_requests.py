@@ -344,3 +344,70 @@ def test_requests_on_one_keepalive_connection_are_each_metered(envoy, mock):
         conn.close()
     for e2e_id in ids:
         assert log_int(envoy.access_log_line(e2e_id), "cost_micros") == 3500
+
+
+STREAMS = [
+    ("openai", "/v1/chat/completions", dict(CHAT, stream=True), 3500),
+    ("responses", "/v1/responses", {"model": "e2e-chat", "input": "hi", "stream": True}, 3500),
+    ("azure", "/openai/deployments/e2e-deployment/chat/completions?api-version=2024-10-21",
+     {"messages": [{"role": "user", "content": "hi"}], "stream": True}, 3500),
+    ("anthropic", "/v1/messages", {"model": "e2e-claude", "max_tokens": 500, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, 1500),
+    ("gemini", "/v1beta/models/e2e-gemini:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "hi"}]}]}, 550),
+]
+
+
+@pytest.mark.parametrize("name,path,body,cost", STREAMS, ids=[s[0] for s in STREAMS])
+def test_stream_split_into_5_byte_writes_is_metered_the_same(envoy, mock, name, path, body, cost):
+    e2e_id = new_id()
+    resp = envoy.post(path, json.dumps(body), {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100",
+                                              "x-mock-chunk-bytes": "5", "x-mock-chunk-delay-ms": "1"})
+    assert resp.status == 200 and sse_json(resp.body)
+    log = envoy.access_log_line(e2e_id)
+    assert (log_int(log, "tokens_input"), log_int(log, "tokens_output"), log_int(log, "cost_micros")) == (1000, 100, cost), log
+    assert log["estimated"] == "false", log
+
+
+def test_responses_cut_by_max_output_tokens_is_metered_from_response_incomplete(envoy, mock):
+    e2e_id = new_id()
+    body = {"model": "e2e-chat", "input": "hi", "stream": True, "max_output_tokens": 40}
+    resp = envoy.post("/v1/responses", json.dumps(body), {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100"})
+    assert resp.status == 200
+    assert [n for n, _ in sse_json(resp.body)][-1] == "response.incomplete"
+    log = envoy.access_log_line(e2e_id)
+    assert (log_int(log, "tokens_output"), log_int(log, "cost_micros"), log["estimated"]) == (40, 2500 + 400, "false"), log
+
+
+def test_gemini_stream_without_alt_sse_is_charged(envoy, mock):
+    """Without ?alt=sse Gemini streams a JSON array. Metered exactly, or at least from a flagged
+    estimate: never silently free."""
+    e2e_id = new_id()
+    resp = envoy.post("/v1beta/models/e2e-gemini:streamGenerateContent", json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}),
+                      {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "100"})
+    assert resp.status == 200
+    assert isinstance(resp.json(), list)
+    log = envoy.access_log_line(e2e_id)
+    exact = (log_int(log, "tokens_input"), log_int(log, "tokens_output"), log_int(log, "cost_micros")) == (1000, 100, 550)
+    assert exact or (log["estimated"] == "true" and log_int(log, "cost_micros") > 0), log
+
+
+def test_azure_embeddings_route_by_deployment(envoy, mock):
+    e2e_id = new_id()
+    resp = envoy.post("/openai/deployments/e2e-deployment/embeddings?api-version=2024-10-21", json.dumps({"input": "hello"}),
+                      {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000"})
+    assert resp.status == 200 and resp.json()["data"][0]["embedding"]
+    assert mock.request_with(e2e_id)["path"] == "/openai/deployments/gpt-4o/embeddings"
+    log = envoy.access_log_line(e2e_id)
+    assert (log["upstream_cluster"], log_int(log, "tokens_input"), log_int(log, "cost_micros")) == ("azure_openai", 1000, 2500), log
+
+
+@pytest.mark.parametrize("status", [400, 429, 500])
+def test_upstream_errors_reach_the_client_unchanged_and_are_not_charged(envoy, mock, status):
+    e2e_id = new_id()
+    before = envoy.stats()
+    resp = envoy.post("/v1/messages", json.dumps({"model": "e2e-claude", "max_tokens": 10, "messages": []}),
+                      {"x-e2e-id": e2e_id, "x-mock-status": str(status)})
+    assert resp.status == status
+    assert resp.json()["type"] == "error" and "x-mock-status" in resp.json()["error"]["message"]
+    log = envoy.access_log_line(e2e_id)
+    assert log.get("cost_micros") in ("0", None), log
+    assert stat_increase(before, envoy.stats(), "upstream_error") == 1

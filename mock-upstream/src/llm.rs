@@ -130,6 +130,8 @@ pub struct Ask {
     pub max_output: Option<u64>,
     /// Embeddings: how many inputs.
     pub inputs: usize,
+    /// Gemini streams as SSE only with `?alt=sse`; otherwise as a JSON array sent piece by piece.
+    pub gemini_sse: bool,
 }
 
 /// Reads the request body. `Err` carries a message for a 400 in the dialect's shape.
@@ -145,7 +147,7 @@ pub fn read_ask(route: &Route, body: &[u8], query: &str) -> Result<Ask, String> 
         Api::GeminiGenerate | Api::OpenAiEmbeddings => false,
         _ => f.stream.unwrap_or(false),
     };
-    let _ = query;
+    let gemini_sse = query.split('&').any(|kv| kv == "alt=sse");
     let include_usage = f.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
     let max_output = f
         .max_completion_tokens
@@ -160,7 +162,7 @@ pub fn read_ask(route: &Route, body: &[u8], query: &str) -> Result<Ask, String> 
     } else {
         0
     };
-    Ok(Ask { model, stream, include_usage, max_output, inputs })
+    Ok(Ask { model, stream, include_usage, max_output, inputs, gemini_sse })
 }
 
 /// Token counts of one answer.
@@ -241,7 +243,10 @@ pub fn answer(route: &Route, ask: &Ask, u: &Usage, events: u32, seq: u64) -> Bod
         Api::OpenAiEmbeddings => openai_embeddings(ask, u, &model),
         Api::OpenAiResponses => openai_responses(ask, u, events, seq, &model, &text),
         Api::AnthropicMessages => anthropic(ask, u, events, seq, &model, &text),
-        Api::GeminiGenerate | Api::GeminiStream => gemini(route.api == Api::GeminiStream, u, events, seq, &model, &text),
+        Api::GeminiGenerate | Api::GeminiStream => {
+            let stream = (route.api == Api::GeminiStream).then_some(ask.gemini_sse);
+            gemini(stream, u, events, seq, &model, &text)
+        }
     }
 }
 
@@ -460,7 +465,8 @@ fn anthropic(ask: &Ask, u: &Usage, events: u32, seq: u64, model: &str, text: &st
     Body { content_type: "text/event-stream; charset=utf-8", prelude, content, trailer, streaming: true }
 }
 
-fn gemini(stream: bool, u: &Usage, events: u32, seq: u64, model: &str, text: &str) -> Body {
+/// `stream`: None for generateContent, Some(true) for SSE, Some(false) for a streamed JSON array.
+fn gemini(stream: Option<bool>, u: &Usage, events: u32, seq: u64, model: &str, text: &str) -> Body {
     let finish = if u.truncated { "MAX_TOKENS" } else { "STOP" };
     let visible = u.output - u.reasoning;
     let mut full_usage = format!(r#"{{"promptTokenCount":{p},"candidatesTokenCount":{visible},"totalTokenCount":{t}"#, p = u.prompt, t = u.prompt + u.output);
@@ -472,12 +478,12 @@ fn gemini(stream: bool, u: &Usage, events: u32, seq: u64, model: &str, text: &st
     }
     let _ = write!(full_usage, r#","promptTokensDetails":[{{"modality":"TEXT","tokenCount":{}}}]}}"#, u.prompt);
     let tail = format!(r#""modelVersion":{model},"responseId":"mock-{seq}""#);
-    if !stream {
+    let Some(sse) = stream else {
         return json_body(format!(
             r#"{{"candidates":[{{"content":{{"parts":[{{"text":{text}}}],"role":"model"}},"finishReason":"{finish}","index":0}}],"usageMetadata":{full_usage},{tail}}}"#,
             text = q(text)
         ));
-    }
+    };
     // Like Gemini, every chunk carries usageMetadata; only the last one is complete.
     let partial_usage = format!(r#"{{"promptTokenCount":{p},"totalTokenCount":{p}}}"#, p = u.prompt);
     let content = (0..events)
@@ -488,14 +494,22 @@ fn gemini(stream: bool, u: &Usage, events: u32, seq: u64, model: &str, text: &st
             } else {
                 (String::new(), partial_usage.as_str())
             };
-            sse_data(&format!(
+            let doc = format!(
                 r#"{{"candidates":[{{"content":{{"parts":[{{"text":{p}}}],"role":"model"}}{finish_member},"index":0}}],"usageMetadata":{usage},{tail}}}"#,
                 p = q(&piece(i))
-            ))
-            .replace("\n\n", "\r\n\r\n")
+            );
+            match (sse, i) {
+                (true, _) => format!("data: {doc}\r\n\r\n"),
+                (false, 0) => format!("[{doc}"),
+                (false, _) => format!(",\r\n{doc}"),
+            }
         })
         .collect();
-    Body { content_type: "text/event-stream", prelude: Vec::new(), content, trailer: Vec::new(), streaming: true }
+    if sse {
+        Body { content_type: "text/event-stream", prelude: Vec::new(), content, trailer: Vec::new(), streaming: true }
+    } else {
+        Body { content_type: "application/json; charset=UTF-8", prelude: Vec::new(), content, trailer: vec!["]".to_string()], streaming: true }
+    }
 }
 
 /// The dialect's error JSON for `status`.
@@ -570,7 +584,7 @@ mod tests {
     #[test]
     fn the_request_says_model_stream_usage_and_cap() {
         let a = ask("/v1/chat/completions", r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
-        assert_eq!(a, Ask { model: "gpt-4o".into(), stream: true, include_usage: true, max_output: Some(5), inputs: 0 });
+        assert_eq!(a, Ask { model: "gpt-4o".into(), stream: true, include_usage: true, max_output: Some(5), inputs: 0, gemini_sse: false });
         let g = ask("/v1beta/models/gemini-2.5-flash:streamGenerateContent", r#"{"contents":[],"generationConfig":{"maxOutputTokens":9}}"#).unwrap();
         assert_eq!((g.model.as_str(), g.stream, g.max_output), ("gemini-2.5-flash", true, Some(9)));
         let e = ask("/v1/embeddings", r#"{"model":"text-embedding-3-small","input":["a","b","c"]}"#).unwrap();
@@ -587,8 +601,22 @@ mod tests {
     }
 
     #[test]
+    fn gemini_streams_a_json_array_without_alt_sse() {
+        let route = recognise("/v1beta/models/g:streamGenerateContent").unwrap();
+        let a = read_ask(&route, b"{}", "key=x").unwrap();
+        let u = Usage::compute(route.api, 2, &a, &Controls::default());
+        let b = answer(&route, &a, &u, 3, 1);
+        let whole: String = b.prelude.iter().chain(&b.content).chain(&b.trailer).cloned().collect();
+        let v: serde_json::Value = serde_json::from_str(&whole).unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(3));
+        assert_eq!(v[2]["usageMetadata"]["candidatesTokenCount"], 16, "4 × the default 4 events");
+        let sse = read_ask(&route, b"{}", "alt=sse&key=x").unwrap();
+        assert!(sse.gemini_sse);
+    }
+
+    #[test]
     fn usage_is_derived_from_the_request() {
-        let a = Ask { model: "m".into(), stream: false, include_usage: false, max_output: Some(10), inputs: 0 };
+        let a = Ask { model: "m".into(), stream: false, include_usage: false, max_output: Some(10), inputs: 0, gemini_sse: false };
         let c = Controls { cached_tokens: 5000, reasoning_tokens: 3, ..Controls::default() };
         let u = Usage::compute(Api::OpenAiChat, 401, &a, &c);
         assert_eq!(u, Usage { prompt: 101, cached: 101, cache_write: 0, output: 10, reasoning: 3, truncated: true });
@@ -612,7 +640,7 @@ mod tests {
             for stream in [false, true] {
                 let route = recognise(path).unwrap();
                 let body = format!(r#"{{"model":"m\"x","stream":{stream},"stream_options":{{"include_usage":true}}}}"#);
-                let a = read_ask(&route, body.as_bytes(), "").unwrap();
+                let a = read_ask(&route, body.as_bytes(), "alt=sse").unwrap();
                 let u = Usage::compute(route.api, body.len(), &a, &c);
                 let b = answer(&route, &a, &u, 3, 1);
                 for part in b.prelude.iter().chain(&b.content).chain(&b.trailer) {
