@@ -94,7 +94,7 @@ impl Harness {
     pub async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.stop.take().unwrap().send(());
         self.server.take().unwrap().await.unwrap().unwrap();
-        if let Some(mut redis) = self.redis.take() {
+        if let Some(redis) = self.redis.take() {
             redis.stop();
         }
         let dir = tempfile::tempdir().unwrap();

@@ -7,12 +7,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    /// Behind a mutex so a test can kill and restart the server while others hold the harness.
+    child: Mutex<Option<Child>>,
 }
 
 fn free_port() -> u16 {
@@ -22,7 +24,7 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server whose data (appendonlydir/) lives in `dir`.
     pub fn start(dir: &Path) -> RedisServer {
-        let mut server = RedisServer { port: free_port(), dir: dir.to_path_buf(), child: None };
+        let server = RedisServer { port: free_port(), dir: dir.to_path_buf(), child: Mutex::new(None) };
         server.spawn();
         server
     }
@@ -31,7 +33,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&self) {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
         let log = self.dir.join("redis.log").display().to_string();
@@ -42,7 +44,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts; install it with `bash scripts/setup.sh` or `apt-get install -y redis-server`");
-        self.child = Some(child);
+        *self.child() = Some(child);
         self.wait_ready();
     }
 
@@ -58,6 +60,10 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING within 10 s; see {}/redis.log", self.port, self.dir.display());
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -66,16 +72,16 @@ impl RedisServer {
     }
 
     /// SIGKILL: no shutdown hook runs, only what reached the append-only file survives.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn kill9(&self) {
+        if let Some(mut child) = self.child().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// Graceful stop (SIGTERM: Redis fsyncs the append-only file and exits).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child().take() {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -90,7 +96,7 @@ impl RedisServer {
     }
 
     /// Starts again on the same port and directory (after `kill9` or `stop`).
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.kill9();
         self.spawn();
     }
