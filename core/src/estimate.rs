@@ -27,8 +27,9 @@
 //! Both counts round up.
 
 use crate::money::{self, Micros};
-use crate::pricing::{ModelPrice, TierPrice};
+use crate::pricing::{prompt_tokens, ModelPrice, TierPrice};
 use crate::protocol::Tokens;
+use crate::usage::ScanOutcome;
 use serde::Deserialize;
 
 /// Bytes per token assumed for the reservation's upper bound (see the module docs).
@@ -97,6 +98,23 @@ impl EstimateConfig {
             input: prompt_bytes.div_ceil(per_token),
             output: streamed_content_bytes.div_ceil(per_token),
             ..Tokens::default()
+        }
+    }
+
+    /// The tokens to charge for a response whose final usage never arrived (`scan.tokens` is
+    /// `None`): the counts of an early, partial report where there is one (Anthropic's
+    /// `message_start` gives exact input and cache counts), else the prompt estimate; and the larger
+    /// of the reported output and the streamed-content estimate. The caller flags it `estimated`.
+    pub fn estimate_unfinished(&self, prompt_bytes: u64, scan: &ScanOutcome) -> Tokens {
+        let guess = self.estimate_from_stream(prompt_bytes, scan.streamed_content_bytes);
+        match scan.tokens.or(scan.partial_tokens) {
+            Some(reported) if prompt_tokens(&reported) > 0 => {
+                Tokens { output: reported.output.max(guess.output), ..reported }
+            }
+            Some(reported) => {
+                Tokens { output: reported.output.max(guess.output), reasoning: reported.reasoning, ..guess }
+            }
+            None => guess,
         }
     }
 
@@ -172,6 +190,23 @@ mod tests {
         assert_eq!(estimate_from_stream(0, 0), Tokens::default());
         let two = EstimateConfig { stream_bytes_per_token: 2, ..EstimateConfig::default() };
         assert_eq!(two.estimate_from_stream(10, 5), Tokens { input: 5, output: 3, ..Tokens::default() });
+    }
+
+    #[test]
+    fn an_unfinished_stream_keeps_the_exact_counts_it_was_given() {
+        let cfg = EstimateConfig::default();
+        // Anthropic cut after message_start (input 25, cache 50 + 100, placeholder output 1) with
+        // 400 bytes of text streamed: the prompt counts are exact, the output is estimated.
+        let early = Tokens { input: 25, output: 1, cache_read: 50, cache_write: 100, reasoning: 0 };
+        let scan = ScanOutcome { partial_tokens: Some(early), streamed_content_bytes: 400, ..ScanOutcome::default() };
+        assert_eq!(cfg.estimate_unfinished(9_999, &scan), Tokens { output: 100, ..early });
+        // Nothing reported: both from bytes.
+        let scan = ScanOutcome { streamed_content_bytes: 400, ..ScanOutcome::default() };
+        assert_eq!(cfg.estimate_unfinished(800, &scan), Tokens { input: 200, output: 100, ..Tokens::default() });
+        // A report with no prompt counts keeps the prompt estimate, and a larger reported output wins.
+        let odd = Tokens { output: 500, ..Tokens::default() };
+        let scan = ScanOutcome { partial_tokens: Some(odd), streamed_content_bytes: 400, ..ScanOutcome::default() };
+        assert_eq!(cfg.estimate_unfinished(800, &scan), Tokens { input: 200, output: 500, ..Tokens::default() });
     }
 
     #[test]

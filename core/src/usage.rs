@@ -28,6 +28,14 @@
 //! For OpenAI and Gemini the last usage object wins as a whole; for Anthropic each field keeps
 //! its last value, because `message_start` and `message_delta` carry different fields.
 //!
+//! # Final or partial
+//! Usage is *final* when the upstream has finished reporting it: OpenAI's usage object (sent once,
+//! at the end), Anthropic's top-level `usage` (a JSON body or `message_delta`), Gemini's
+//! `usageMetadata` in a whole JSON body or in the chunk with `finishReason`, or any usage once the
+//! response ended (`Completed` / `Incomplete`). Otherwise the stream was cut after an early report
+//! (Anthropic's `message_start`, whose output count is a placeholder; Gemini's first chunks), and
+//! that report goes to [`ScanOutcome::partial_tokens`] instead of `tokens`.
+//!
 //! # Normalisation to [`Tokens`]
 //! `input` excludes cache reads and writes; `output` includes reasoning; `reasoning` is reported
 //! apart. OpenAI's `prompt_tokens` and Gemini's `promptTokenCount` include cached tokens, so those
@@ -67,8 +75,13 @@ pub enum TerminalEvent {
 /// What a scanned response said about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanOutcome {
-    /// Billed tokens as the upstream reported them, normalised; `None` if no usage arrived.
+    /// Billed tokens as the upstream reported them, normalised; `None` if no final usage arrived
+    /// (a stream cut short: charge an estimate, see `estimate::EstimateConfig::estimate_unfinished`).
     pub tokens: Option<Tokens>,
+    /// Usage reported before the stream was cut, not final: Anthropic's `message_start` (exact
+    /// input and cache counts, placeholder output), Gemini's early `usageMetadata`. `None` when
+    /// `tokens` is set.
+    pub partial_tokens: Option<Tokens>,
     /// The model the upstream says it used (the last one reported).
     pub model: Option<String>,
     /// Bytes of generated content seen (text, tool arguments, thinking), for estimates.
@@ -140,8 +153,13 @@ impl UsageScanner {
             }
             self.dispatch_event();
         }
+        // The upstream's own end of the response makes whatever usage it reported final.
+        let ended = matches!(self.found.terminal, Some(TerminalEvent::Completed | TerminalEvent::Incomplete));
+        let usage = self.found.has_usage.then(|| normalise(self.dialect, &self.found.usage));
+        let is_final = self.found.usage_final || ended;
         let outcome = ScanOutcome {
-            tokens: self.found.has_usage.then(|| normalise(self.dialect, &self.found.usage)),
+            tokens: usage.filter(|_| is_final),
+            partial_tokens: usage.filter(|_| !is_final),
             model: self.found.model.clone(),
             streamed_content_bytes: self.found.content_bytes,
             terminal: self.found.terminal,
@@ -443,10 +461,11 @@ impl UsageScanner {
         }
         let value = self.json.scratch.as_slice();
         match (self.json.target, kind, value) {
-            (Target::Usage(field), Scalar::Number, Some(text)) => {
+            (Target::Usage(field) | Target::EarlyUsage(field), Scalar::Number, Some(text)) => {
                 if let Some(slot) = self.message.usage.get_mut(field as usize) {
                     *slot = parse_count(text).or(*slot);
                 }
+                self.message.early_usage |= matches!(self.json.target, Target::EarlyUsage(_));
             }
             (Target::Model, Scalar::Str, Some(text)) if !text.is_empty() => {
                 self.message.model.clear();
@@ -475,6 +494,7 @@ impl UsageScanner {
         }
         message.open = false;
         if message.usage.iter().any(Option::is_some) {
+            let whole_body = self.format == ResponseFormat::Json && self.json.root == 0;
             if self.dialect == Dialect::Anthropic {
                 // message_start and message_delta carry different, cumulative fields.
                 for (slot, value) in self.found.usage.iter_mut().zip(message.usage) {
@@ -482,8 +502,11 @@ impl UsageScanner {
                         *slot = value;
                     }
                 }
+                self.found.usage_final |= !message.early_usage;
             } else {
                 self.found.usage = message.usage;
+                // Gemini repeats usageMetadata on every chunk; the one with finishReason is final.
+                self.found.usage_final = self.dialect != Dialect::Gemini || message.finished || whole_body;
             }
             self.found.has_usage = true;
         }
@@ -565,6 +588,8 @@ fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
 enum Target {
     None,
     Usage(Field),
+    /// A usage count the stream will report again, final, later (Anthropic `message_start`).
+    EarlyUsage(Field),
     Model,
     Type,
     Status,
@@ -615,13 +640,12 @@ fn classify(dialect: Dialect, path: &[Seg<'_>]) -> Target {
             [K(b"model")] | [K(b"message"), K(b"model")] => Target::Model,
             [K(b"type")] => Target::Type,
             [K(b"error")] => Target::Error,
-            [K(b"usage"), rest @ ..] | [K(b"message"), K(b"usage"), rest @ ..] => match rest {
-                [K(b"input_tokens")] => Target::Usage(Field::Prompt),
-                [K(b"output_tokens")] => Target::Usage(Field::Completion),
-                [K(b"cache_read_input_tokens")] => Target::Usage(Field::CacheRead),
-                [K(b"cache_creation_input_tokens")] => Target::Usage(Field::CacheWrite),
-                _ => Target::None,
+            // `message.usage` is message_start's: its output count is a placeholder.
+            [K(b"message"), K(b"usage"), K(field)] => match anthropic_usage(field) {
+                Target::Usage(field) => Target::EarlyUsage(field),
+                other => other,
             },
+            [K(b"usage"), K(field)] => anthropic_usage(field),
             [K(b"delta"), K(b"text" | b"partial_json" | b"thinking")]
             | [K(b"content"), I, K(b"text" | b"thinking")] => Target::Content,
             _ => Target::None,
@@ -641,6 +665,16 @@ fn classify(dialect: Dialect, path: &[Seg<'_>]) -> Target {
             [K(b"candidates"), I, K(b"content"), K(b"parts"), I, K(b"text")] => Target::Content,
             _ => Target::None,
         },
+    }
+}
+
+fn anthropic_usage(field: &[u8]) -> Target {
+    match field {
+        b"input_tokens" => Target::Usage(Field::Prompt),
+        b"output_tokens" => Target::Usage(Field::Completion),
+        b"cache_read_input_tokens" => Target::Usage(Field::CacheRead),
+        b"cache_creation_input_tokens" => Target::Usage(Field::CacheWrite),
+        _ => Target::None,
     }
 }
 
@@ -925,6 +959,8 @@ struct Message {
     /// A message's root object has opened and not yet been committed.
     open: bool,
     usage: RawUsage,
+    /// Some usage came from a place the stream reports again later (Anthropic `message_start`).
+    early_usage: bool,
     model: Vec<u8>,
     model_seen: bool,
     type_seen: bool,
@@ -948,6 +984,8 @@ impl Message {
 struct Found {
     usage: RawUsage,
     has_usage: bool,
+    /// The usage is the upstream's final word, not an early report of a stream that was then cut.
+    usage_final: bool,
     model: Option<String>,
     content_bytes: u64,
     terminal: Option<TerminalEvent>,

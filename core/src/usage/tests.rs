@@ -30,6 +30,7 @@ struct Case {
     format: ResponseFormat,
     body: &'static str,
     tokens: Option<Tokens>,
+    partial: Option<Tokens>,
     model: Option<&'static str>,
     content_bytes: u64,
     terminal: Option<TerminalEvent>,
@@ -182,6 +183,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: OPENAI_CHAT_SSE,
             tokens: tokens(600, 300, 400, 0, 120),
+            partial: None,
             model: Some("gpt-4o-2024-08-06"),
             content_bytes: 5 + 11,
             terminal: Some(Completed),
@@ -193,6 +195,7 @@ fn cases() -> Vec<Case> {
             format: Json,
             body: OPENAI_CHAT_JSON,
             tokens: tokens(19, 10, 0, 0, 0),
+            partial: None,
             model: Some("gpt-4o-mini-2024-07-18"),
             content_bytes: 8 + 9,
             terminal: Some(Completed),
@@ -204,6 +207,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: OPENAI_COMPLETIONS_SSE,
             tokens: tokens(5, 2, 0, 0, 0),
+            partial: None,
             model: Some("gpt-3.5-turbo-instruct"),
             content_bytes: 9,
             terminal: Some(Completed),
@@ -215,6 +219,7 @@ fn cases() -> Vec<Case> {
             format: Json,
             body: OPENAI_EMBEDDINGS_JSON,
             tokens: tokens(8, 0, 0, 0, 0),
+            partial: None,
             model: Some("text-embedding-3-small"),
             content_bytes: 0,
             terminal: Some(Completed),
@@ -226,6 +231,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: RESPONSES_SSE,
             tokens: tokens(500, 700, 1500, 0, 640),
+            partial: None,
             model: Some("o4-mini-2025-04-16"),
             content_bytes: 2 + 7,
             terminal: Some(Completed),
@@ -237,6 +243,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: RESPONSES_INCOMPLETE_SSE,
             tokens: tokens(10, 16, 0, 0, 0),
+            partial: None,
             model: Some("gpt-4.1"),
             content_bytes: 4,
             terminal: Some(Incomplete),
@@ -248,6 +255,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: RESPONSES_FAILED_SSE,
             tokens: tokens(10, 3, 0, 0, 0),
+            partial: None,
             model: Some("gpt-4.1"),
             content_bytes: 0,
             terminal: Some(Failed),
@@ -259,6 +267,7 @@ fn cases() -> Vec<Case> {
             format: Json,
             body: RESPONSES_JSON,
             tokens: tokens(30, 87, 6, 0, 0),
+            partial: None,
             model: Some("gpt-4.1-2025-04-14"),
             content_bytes: 5,
             terminal: Some(Incomplete),
@@ -270,6 +279,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: ANTHROPIC_SSE,
             tokens: tokens(25, 15, 50, 100, 0),
+            partial: None,
             model: Some("claude-sonnet-4-5-20250929"),
             content_bytes: 6,
             terminal: Some(Completed),
@@ -281,6 +291,7 @@ fn cases() -> Vec<Case> {
             format: Json,
             body: ANTHROPIC_JSON,
             tokens: tokens(12, 6, 2048, 0, 0),
+            partial: None,
             model: Some("claude-haiku-4-5-20251001"),
             content_bytes: 3 + 3,
             terminal: Some(Completed),
@@ -291,7 +302,8 @@ fn cases() -> Vec<Case> {
             endpoint: Messages,
             format: Sse,
             body: ANTHROPIC_ERROR_SSE,
-            tokens: tokens(7, 1, 0, 0, 0),
+            tokens: None,
+            partial: tokens(7, 1, 0, 0, 0),
             model: Some("claude-opus-4-5"),
             content_bytes: 0,
             terminal: Some(Failed),
@@ -303,6 +315,7 @@ fn cases() -> Vec<Case> {
             format: Json,
             body: GEMINI_JSON,
             tokens: tokens(200, 140, 1000, 0, 100),
+            partial: None,
             model: Some("gemini-2.5-flash"),
             content_bytes: 5,
             terminal: Some(Completed),
@@ -314,6 +327,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: GEMINI_SSE,
             tokens: tokens(9, 35, 0, 0, 30),
+            partial: None,
             model: Some("gemini-2.5-pro"),
             content_bytes: 3 + 7 + 5,
             terminal: Some(Completed),
@@ -325,6 +339,7 @@ fn cases() -> Vec<Case> {
             format: Json,
             body: GEMINI_ARRAY_STREAM,
             tokens: tokens(6, 2, 0, 0, 0),
+            partial: None,
             model: Some("gemini-2.0-flash"),
             content_bytes: 5,
             terminal: Some(Completed),
@@ -336,6 +351,7 @@ fn cases() -> Vec<Case> {
             format: Sse,
             body: SSE_FRAMING,
             tokens: tokens(3, 4, 0, 0, 0),
+            partial: None,
             model: Some("claude-3-5-haiku-20241022"),
             content_bytes: 5,
             terminal: None,
@@ -353,6 +369,7 @@ fn every_dialect_reports_its_usage() {
         let got = outcome_of(&case);
         let want = ScanOutcome {
             tokens: case.tokens,
+            partial_tokens: case.partial,
             model: case.model.map(str::to_owned),
             streamed_content_bytes: case.content_bytes,
             terminal: case.terminal,
@@ -396,6 +413,33 @@ fn a_stream_cut_before_usage_has_content_but_no_tokens_and_no_end() {
     assert_eq!(got.streamed_content_bytes, 16);
     assert_eq!(got.terminal, None);
     assert_eq!(got.model.as_deref(), Some("gpt-4o-2024-08-06"));
+}
+
+#[test]
+fn an_anthropic_stream_cut_after_message_start_reports_partial_usage_only() {
+    let cut = ANTHROPIC_SSE.find("event: message_delta").unwrap_or(0);
+    let got = scan(Anthropic, Messages, Sse, &ANTHROPIC_SSE.as_bytes()[..cut]);
+    assert_eq!(got.tokens, None, "message_start's output count is a placeholder");
+    assert_eq!(got.partial_tokens, tokens(25, 1, 50, 100, 0), "its input and cache counts are exact");
+    assert_eq!(got.streamed_content_bytes, 6);
+    assert_eq!(got.terminal, None);
+}
+
+#[test]
+fn a_gemini_stream_cut_before_its_last_chunk_reports_partial_usage_only() {
+    let cut = GEMINI_SSE.find("data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \" is 4").unwrap_or(0);
+    let got = scan(Gemini, StreamGenerateContent, Sse, &GEMINI_SSE.as_bytes()[..cut]);
+    assert_eq!((got.tokens, got.partial_tokens), (None, tokens(9, 0, 0, 0, 0)));
+    let cut = GEMINI_ARRAY_STREAM.find("lo").unwrap_or(0);
+    let got = scan(Gemini, StreamGenerateContent, Json, &GEMINI_ARRAY_STREAM.as_bytes()[..cut]);
+    assert_eq!((got.tokens, got.partial_tokens), (None, tokens(6, 0, 0, 0, 0)));
+}
+
+#[test]
+fn a_whole_gemini_body_is_final_even_without_a_finish_reason() {
+    let blocked = r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":12,"totalTokenCount":12},"modelVersion":"gemini-2.5-flash"}"#;
+    let got = scan(Gemini, GenerateContent, Json, blocked.as_bytes());
+    assert_eq!((got.tokens, got.partial_tokens), (tokens(12, 0, 0, 0, 0), None));
 }
 
 #[test]
@@ -444,7 +488,7 @@ fn escaped_model_names_are_decoded() {
 fn the_last_usage_object_wins_as_a_whole_for_openai_and_gemini() {
     let body = concat!(
         "data: {\"usageMetadata\":{\"promptTokenCount\":10,\"cachedContentTokenCount\":4}}\n\n",
-        "data: {\"usageMetadata\":{\"promptTokenCount\":10,\"candidatesTokenCount\":3}}\n\n",
+        "data: {\"candidates\":[{\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":10,\"candidatesTokenCount\":3}}\n\n",
     );
     assert_eq!(scan(Gemini, StreamGenerateContent, Sse, body.as_bytes()).tokens, tokens(10, 3, 0, 0, 0));
 }
@@ -537,6 +581,18 @@ proptest! {
         let case = &cases[index % cases.len()];
         let kind = (case.dialect, case.endpoint, case.format);
         prop_assert_eq!(scan_at(kind, case.body.as_bytes(), &cuts), outcome_of(case), "{}", case.name);
+    }
+
+    /// Cutting a response anywhere never yields final tokens other than the whole response's
+    /// (Anthropic's fixtures send a `message_delta` twice, so they are left out).
+    #[test]
+    fn a_cut_response_never_reports_wrong_final_tokens(index in 0usize..15, cut in 0usize..100_000) {
+        let cases = cases();
+        let case = &cases[index % cases.len()];
+        prop_assume!(case.dialect != Anthropic);
+        let body = case.body.as_bytes();
+        let got = scan(case.dialect, case.endpoint, case.format, &body[..cut % (body.len() + 1)]);
+        prop_assert!(got.tokens.is_none() || got.tokens == case.tokens, "{}: {:?}", case.name, got.tokens);
     }
 
     #[test]
