@@ -143,12 +143,12 @@ def sse_json(data):
 class Mock:
     """The mock LLM upstream (mock-llm) on a free port."""
 
-    def __init__(self, workdir, record_limit=5000):
+    def __init__(self, workdir, record_limit=5000, cmd_prefix=()):
         if not MOCK_BIN.exists():
             raise RuntimeError(f"{MOCK_BIN} is missing: run `make native` (or cargo build --release -p tollgate-mock-upstream)")
         self.log = open(Path(workdir) / "mock-llm.log", "wb")
         self.proc = subprocess.Popen(
-            [str(MOCK_BIN), "--listen", "127.0.0.1:0", "--record-limit", str(record_limit)],
+            [*cmd_prefix, str(MOCK_BIN), "--listen", "127.0.0.1:0", "--record-limit", str(record_limit)],
             stdout=subprocess.PIPE,
             stderr=self.log,
         )
@@ -193,7 +193,7 @@ class Envoy:
     """Envoy from the venv, rendered from envoy/envoy.yaml.tmpl, on free ports."""
 
     def __init__(self, workdir, upstream_port, wasm=TOLLGATE_WASM, plugin_config="{}", name="tollgate", ready_timeout=30,
-                 access_log=True, log_args=("--log-level", "info", "--component-log-level", "wasm:debug")):
+                 access_log=True, log_args=("--log-level", "info", "--component-log-level", "wasm:debug"), cmd_prefix=()):
         self.workdir = Path(workdir)
         self.name = name
         self.listen_port = free_port()
@@ -220,6 +220,7 @@ class Envoy:
         self.log_file = open(self.envoy_log, "wb")
         self.proc = subprocess.Popen(
             [
+                *cmd_prefix,
                 str(ENVOY_BIN),
                 "-c", str(self.config_path),
                 "--concurrency", "1",
