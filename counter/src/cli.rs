@@ -6,8 +6,9 @@ use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::report;
 use crate::server::{apply_budget_file, run, Auth};
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
-use crate::store::{BudgetState, GroupBy, ReportRow};
+use crate::store::{BudgetState, GroupBy, ReportRow, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -71,9 +72,22 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: String,
-    /// Data directory (holds counter.sqlite3 and its WAL).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Data directory (holds counter.sqlite3 and its WAL). Not used with --redis-url.
+    #[arg(long, required_unless_present = "redis_url")]
+    pub data: Option<PathBuf>,
+    /// Keep all state in Redis instead of --data, so several counter instances can share it:
+    /// `redis://[:password@]host:port[/db]`. See docs/counter-redis.md.
+    #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true, conflicts_with = "data")]
+    pub redis_url: Option<String>,
+    /// Hash tag of every Redis key: one namespace per deployment (or per independent tenant).
+    #[arg(long, env = "TOLLGATE_REDIS_NAMESPACE", default_value = "tollgate")]
+    pub redis_namespace: String,
+    /// Days a usage record id is remembered in Redis; a duplicate arriving later counts again.
+    #[arg(long, env = "TOLLGATE_REDIS_IDEMPOTENCY_DAYS", default_value_t = 7)]
+    pub redis_idempotency_days: u64,
+    /// Days of ledger kept in the Redis stream (0: keep everything); export before it ages out.
+    #[arg(long, env = "TOLLGATE_REDIS_LEDGER_DAYS", default_value_t = 400)]
+    pub redis_ledger_days: u64,
     /// Budgets file (JSON, `{"budgets": [...]}`) applied at start-up.
     #[arg(long)]
     pub budgets: Option<PathBuf>,
@@ -310,8 +324,27 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if ttl_ms <= 0 {
         return Err("--lease-ttl-secs must be at least 1".into());
     }
+    if let Some(url) = &args.redis_url {
+        let days_ms = |days: u64| i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+        let options = RedisOptions {
+            url: url.clone(),
+            namespace: args.redis_namespace.clone(),
+            lease_ttl_ms: ttl_ms,
+            idempotency_ttl_ms: days_ms(args.redis_idempotency_days.max(1)),
+            ledger_retention_ms: (args.redis_ledger_days > 0).then(|| days_ms(args.redis_ledger_days)),
+            ..RedisOptions::default()
+        };
+        let store = Arc::new(RedisStore::connect(options).await.map_err(|e| format!("redis store: {e}"))?);
+        return serve_store(store, args, auth).await;
+    }
+    let data = args.data.clone().ok_or("--data DIR is needed (or --redis-url): where the counter keeps its state")?;
     let options = SqliteOptions { lease_ttl_ms: ttl_ms, synchronous: args.sync.into(), ..SqliteOptions::default() };
-    let store = Arc::new(SqliteStore::open(&args.data, options).map_err(|e| e.to_string())?);
+    let store = Arc::new(SqliteStore::open(&data, options).map_err(|e| e.to_string())?);
+    serve_store(store, args, auth).await
+}
+
+/// Applies the budgets file, listens and serves until a shutdown signal, on either store.
+async fn serve_store<S: Store>(store: Arc<S>, args: ServeArgs, auth: Auth) -> Result<(), String> {
     let clock = Arc::new(SystemClock);
     if let Some(path) = &args.budgets {
         let (changed, total) = apply_budget_file(store.as_ref(), path, clock.now_ms()).await?;
@@ -320,7 +353,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     crate::log::info(
         "counter starting",
-        json!({"data": args.data.display().to_string(), "lease_ttl_secs": args.lease_ttl_secs, "sync": format!("{:?}", args.sync).to_lowercase(), "auth": format!("{auth:?}")}),
+        json!({"data": args.data.as_ref().map(|d| d.display().to_string()), "redis_namespace": args.redis_url.as_ref().map(|_| &args.redis_namespace), "lease_ttl_secs": args.lease_ttl_secs, "sync": format!("{:?}", args.sync).to_lowercase(), "auth": format!("{auth:?}")}),
     );
     run(listener, store, clock, auth, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
 }
