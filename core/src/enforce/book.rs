@@ -15,8 +15,13 @@
 //!   from `S` when the record arrives);
 //! - an acknowledged record changes nothing (both sides have subtracted it);
 //! - applying a grant sets `slice = g - pending`, where `pending` is every cost not acknowledged
-//!   before the lease call was sent (`unacked + acked_since_send`). Records acknowledged after the
-//!   send may or may not be reflected in `g`; counting them is conservative.
+//!   before the lease call was sent: `unacked` now, plus what was acknowledged since the send
+//!   (`acked_total - acked_total at send`, the call's [`super::chain::RefillTicket`] remembers
+//!   the latter). Records acknowledged after the send may or may not be reflected in `g`; counting
+//!   them is conservative.
+//! - several lease calls may be in flight at once (each paused request asks for itself); an answer
+//!   the counter computed *before* the one already applied is ignored. The counter stamps every
+//!   grant with `lease_expires_at_ms = its now + TTL`, which orders them.
 //!
 //! So `slice <= S - (records not yet ingested)` always holds, and a request is admitted only if its
 //! worst case fits in `slice - reserved`. That is the local half of the overspend bound
@@ -67,7 +72,7 @@ impl BudgetSlot {
     pub fn utilization_pct(&self) -> u32 {
         let spent = i128::from(self.spent_at_grant) + i128::from(self.spent_since_grant);
         if self.limit <= 0 {
-            return if spent > 0 { u32::MAX.min(10_000) } else { 0 };
+            return if spent > 0 { 10_000 } else { 0 };
         }
         let pct = (spent.max(0) * 100) / i128::from(self.limit);
         u32::try_from(pct.min(10_000)).unwrap_or(10_000)
@@ -88,10 +93,10 @@ pub struct ScopeEntry {
     pub budgets: Vec<BudgetSlot>,
     /// Costs settled here whose usage records the counter has not acknowledged.
     pub unacked: Micros,
-    /// Costs acknowledged since the last lease call was sent.
-    pub acked_since_send: Micros,
-    /// A lease call for this scope is in flight until then (0: none). One at a time per process,
-    /// so grants are applied in the order the counter made them.
+    /// Costs acknowledged, ever (monotonic; lease calls remember it at send).
+    pub acked_total: Micros,
+    /// A background top-up for this scope is in flight until then (0: none): one at a time per
+    /// process, so a busy scope does not send a top-up per request.
     pub refill_until_ms: i64,
     /// When a lease call last failed (0: the last one succeeded).
     pub failed_at_ms: i64,
@@ -103,8 +108,6 @@ pub enum ScopeCheck {
     Fits,
     /// Ask the counter (no call in flight, none failed recently).
     NeedRefill,
-    /// A lease call for this scope is in flight (maybe on another worker): wait for it.
-    Wait,
     /// A lease call failed recently: the counter is unreachable; apply the failure mode.
     Unavailable,
     /// An enforce-mode budget has no headroom left.
@@ -129,11 +132,9 @@ impl ScopeEntry {
         self.failed_at_ms != 0 && now_ms.saturating_sub(self.failed_at_ms) < settings.recheck_after_ms
     }
 
-    /// Why not ask now: a call is in flight, or one failed recently.
+    /// Ask now, unless a call failed recently.
     fn ask_or_hold(&self, now_ms: i64, settings: &EnforcementSettings) -> ScopeCheck {
-        if self.refill_in_flight(now_ms) {
-            ScopeCheck::Wait
-        } else if self.failed_recently(now_ms, settings) {
+        if self.failed_recently(now_ms, settings) {
             ScopeCheck::Unavailable
         } else {
             ScopeCheck::NeedRefill
@@ -204,7 +205,7 @@ impl ScopeEntry {
     pub fn acknowledge(&mut self, cost: Micros) {
         let cost = cost.max(0);
         self.unacked = self.unacked.saturating_sub(cost).max(0);
-        self.acked_since_send = self.acked_since_send.saturating_add(cost);
+        self.acked_total = self.acked_total.saturating_add(cost);
     }
 
     /// Records costing `cost` were dropped and will never reach the counter: stop deducting them
@@ -238,30 +239,42 @@ impl ScopeEntry {
         free.saturating_add(reserved).saturating_add(self.unacked.max(0))
     }
 
-    /// Marks a lease call as in flight, unless one already is. Returns whether this caller owns it.
-    pub fn begin_refill(&mut self, now_ms: i64, settings: &EnforcementSettings) -> bool {
+    /// Marks a background top-up as in flight, unless one already is. Returns whether this
+    /// caller owns it.
+    pub fn begin_topup(&mut self, now_ms: i64, settings: &EnforcementSettings) -> bool {
         if self.refill_in_flight(now_ms) {
             return false;
         }
         let timeout = i64::try_from(settings.call_timeout_ms).unwrap_or(i64::MAX);
         self.refill_until_ms = now_ms.saturating_add(timeout).saturating_add(REFILL_SLACK_MS);
-        self.acked_since_send = 0;
         true
     }
 
     /// Applies the counter's answer for this scope. `leases` are the answer's budgets whose
-    /// `scope` is this one; `want` is what the call asked for.
-    pub fn apply_grant(&mut self, leases: &[&BudgetLease], want: Micros, now_ms: i64) {
-        let pending = self.unacked.max(0).saturating_add(self.acked_since_send.max(0));
+    /// `scope` is this one; `want` is what the call asked for; `acked_at_send` is
+    /// [`Self::acked_total`] when it was sent; `owned_topup` clears the top-up mark.
+    pub fn apply_grant(&mut self, leases: &[&BudgetLease], want: Micros, acked_at_send: Micros, owned_topup: bool, now_ms: i64) {
+        let acked_since_send = self.acked_total.saturating_sub(acked_at_send).max(0);
+        let pending = self.unacked.max(0).saturating_add(acked_since_send);
         let budgets = leases
             .iter()
             .map(|lease| {
-                let reserved = self.budgets.iter().find(|s| s.budget_id == lease.budget_id).map_or(0, |s| s.reserved);
+                let existing = self.budgets.iter().find(|s| s.budget_id == lease.budget_id);
+                if let Some(slot) = existing.filter(|s| s.expires_at_ms > lease.lease_expires_at_ms) {
+                    // The counter made this grant before the one already applied: it is stale.
+                    return slot.clone();
+                }
+                let reserved = existing.map_or(0, |s| s.reserved);
+                let mut slice = lease.granted_micros.saturating_sub(pending);
+                if let Some(slot) = existing.filter(|s| s.expires_at_ms == lease.lease_expires_at_ms) {
+                    // Same counter millisecond: which came last is unknown; keep the smaller.
+                    slice = slice.min(slot.slice);
+                }
                 BudgetSlot {
                     budget_id: lease.budget_id.clone(),
                     mode: lease.mode,
                     status: lease.status,
-                    slice: lease.granted_micros.saturating_sub(pending),
+                    slice,
                     reserved,
                     granted: lease.granted_micros,
                     capped: lease.granted_micros < want,
@@ -278,18 +291,22 @@ impl ScopeEntry {
             .collect();
         self.budgets = budgets;
         self.fetched_at_ms = now_ms;
-        self.refill_until_ms = 0;
+        if owned_topup {
+            self.refill_until_ms = 0;
+        }
         self.failed_at_ms = 0;
     }
 
     /// The lease call failed (timeout, refused connection, error status, unreadable answer).
-    pub fn fail_refill(&mut self, now_ms: i64) {
-        self.refill_until_ms = 0;
+    pub fn fail_refill(&mut self, owned_topup: bool, now_ms: i64) {
+        if owned_topup {
+            self.refill_until_ms = 0;
+        }
         self.failed_at_ms = now_ms.max(1);
     }
 }
 
-/// Extra time a lease-call marker outlives the call's own timeout before another worker may ask.
+/// Extra time a top-up mark outlives the call's own timeout before another worker may ask.
 pub const REFILL_SLACK_MS: i64 = 500;
 
 // ---- compact encoding ------------------------------------------------------------------------
@@ -302,7 +319,7 @@ impl ScopeEntry {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.budgets.len() * 128);
         out.push(FORMAT_VERSION);
-        for v in [self.fetched_at_ms, self.unacked, self.acked_since_send, self.refill_until_ms, self.failed_at_ms] {
+        for v in [self.fetched_at_ms, self.unacked, self.acked_total, self.refill_until_ms, self.failed_at_ms] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&(self.budgets.len().min(u16::MAX as usize) as u16).to_le_bytes());
@@ -350,7 +367,7 @@ impl ScopeEntry {
         let mut entry = ScopeEntry {
             fetched_at_ms: r.i64()?,
             unacked: r.i64()?,
-            acked_since_send: r.i64()?,
+            acked_total: r.i64()?,
             refill_until_ms: r.i64()?,
             failed_at_ms: r.i64()?,
             budgets: Vec::new(),
@@ -448,30 +465,41 @@ pub(crate) mod tests {
 
     fn granted(amount: Micros, want: Micros) -> ScopeEntry {
         let mut e = ScopeEntry::default();
-        assert!(e.begin_refill(1_000, &test_settings()));
-        e.apply_grant(&[&lease("b1", "team:a", amount, 60_000)], want, 1_000);
+        e.apply_grant(&[&lease("b1", "team:a", amount, 60_000)], want, 0, false, 1_000);
         e
     }
 
     #[test]
-    fn an_unknown_scope_must_be_asked_about_and_only_once_at_a_time() {
+    fn an_unknown_scope_must_be_asked_about_and_top_ups_go_one_at_a_time() {
         let s = test_settings();
         let mut e = ScopeEntry::default();
         assert_eq!(e.check(1, 0, &s), ScopeCheck::NeedRefill);
-        assert!(e.begin_refill(0, &s));
-        assert_eq!(e.check(1, 10, &s), ScopeCheck::Wait);
-        assert!(!e.begin_refill(10, &s), "second caller does not own the call");
-        e.fail_refill(20);
+        assert!(e.wants_topup(0, &s));
+        assert!(e.begin_topup(0, &s));
+        assert!(!e.begin_topup(10, &s), "second caller does not own the top-up");
+        assert!(!e.wants_topup(10, &s));
+        assert_eq!(e.check(1, 10, &s), ScopeCheck::NeedRefill, "a paused request still asks for itself");
+        e.fail_refill(true, 20);
         assert_eq!(e.check(1, 30, &s), ScopeCheck::Unavailable, "recent failure: apply the failure mode");
         assert_eq!(e.check(1, 20 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill, "then ask again");
+    }
+
+    #[test]
+    fn a_stale_grant_never_overwrites_a_newer_one() {
+        let mut e = granted(300_000, 1_000_000);
+        e.apply_grant(&[&lease("b1", "team:a", 900_000, 59_000)], 1_000_000, 0, false, 1_100);
+        assert_eq!(e.budgets[0].slice, 300_000, "computed earlier by the counter: ignored");
+        e.apply_grant(&[&lease("b1", "team:a", 900_000, 60_000)], 1_000_000, 0, false, 1_100);
+        assert_eq!(e.budgets[0].slice, 300_000, "same counter millisecond: the smaller stands");
+        e.apply_grant(&[&lease("b1", "team:a", 900_000, 61_000)], 1_000_000, 0, false, 1_100);
+        assert_eq!(e.budgets[0].slice, 900_000);
     }
 
     #[test]
     fn a_scope_without_budget_admits_until_the_answer_goes_stale() {
         let s = test_settings();
         let mut e = ScopeEntry::default();
-        e.begin_refill(0, &s);
-        e.apply_grant(&[], 1_000_000, 5);
+        e.apply_grant(&[], 1_000_000, 0, false, 5);
         assert_eq!(e.check(i64::MAX / 4, 6, &s), ScopeCheck::Fits);
         assert_eq!(e.check(1, 5 + s.unbudgeted_scope_ttl_ms, &s), ScopeCheck::NeedRefill);
     }
@@ -489,7 +517,7 @@ pub(crate) mod tests {
         assert_eq!(e.unacked, 250_000);
         e.acknowledge(250_000);
         assert_eq!(e.budgets[0].available(2_000), 750_000, "an ack does not change the slice");
-        assert_eq!((e.unacked, e.acked_since_send), (0, 250_000));
+        assert_eq!((e.unacked, e.acked_total), (0, 250_000));
     }
 
     #[test]
@@ -528,7 +556,7 @@ pub(crate) mod tests {
         l.mode = BudgetMode::Observe;
         l.status = BudgetStatus::Hard;
         let mut e = ScopeEntry::default();
-        e.apply_grant(&[&l], 1_000_000, 1_000);
+        e.apply_grant(&[&l], 1_000_000, 0, false, 1_000);
         assert_eq!(e.check(500, 1_100, &s), ScopeCheck::Fits);
         assert_eq!(e.would_refuse(500, 1_100, &s), ["obs"]);
     }
@@ -540,10 +568,10 @@ pub(crate) mod tests {
         let ids = e.reserve(400_000);
         e.settle(400_000, &ids, 300_000); // unacked 300k
         e.acknowledge(100_000); // unacked 200k, acked before the next send: counter has it
-        assert!(e.begin_refill(2_000, &s));
+        let acked_at_send = e.acked_total;
         e.acknowledge(50_000); // acked after send: maybe in the grant, maybe not
         let r2 = e.reserve(10_000);
-        e.apply_grant(&[&lease("b1", "team:a", 1_000_000, 90_000)], 1_000_000, 2_100);
+        e.apply_grant(&[&lease("b1", "team:a", 1_000_000, 90_000)], 1_000_000, acked_at_send, false, 2_100);
         assert_eq!(e.budgets[0].slice, 1_000_000 - 150_000 - 50_000);
         assert_eq!(e.budgets[0].reserved, 10_000, "reservations survive a grant");
         e.settle(10_000, &r2, 0);
@@ -580,7 +608,7 @@ pub(crate) mod tests {
         (any::<(i64, i64, i64, i64, i64)>(), proptest::collection::vec(slot, 0..4)).prop_map(|(h, budgets)| ScopeEntry {
             fetched_at_ms: h.0,
             unacked: h.1,
-            acked_since_send: h.2,
+            acked_total: h.2,
             refill_until_ms: h.3,
             failed_at_ms: h.4,
             budgets,

@@ -13,7 +13,7 @@
 use super::book::{ScopeCheck, ScopeEntry};
 use super::config::EnforcementSettings;
 use crate::money::{format_micros, Micros};
-use crate::protocol::{BudgetStatus, LeaseResponse};
+use crate::protocol::{BudgetStatus, LeaseRequest, LeaseResponse};
 
 /// Attempts of one read-modify-write before giving up.
 pub const MAX_CAS_ATTEMPTS: usize = 16;
@@ -158,10 +158,8 @@ pub enum Decision {
         /// The most-utilized budget past its soft threshold, if any.
         warning: Option<BudgetWarning>,
     },
-    /// Pause the request and ask the counter about these scopes.
+    /// Pause the request and ask the counter about these scopes ([`begin_refill`]).
     Refill { scopes: Vec<String> },
-    /// Pause: another call for these scopes is in flight; check again when it lands.
-    Wait,
     /// The counter is unreachable (a recent call failed, or the store kept conflicting).
     Unavailable,
     /// An enforce-mode budget is out of headroom.
@@ -181,7 +179,6 @@ pub fn reserve<S: LeaseStore>(
     // Phase 1: read-only decision over the whole chain, so one lease call covers every scope that
     // needs one.
     let mut refill = Vec::new();
-    let mut wait = false;
     let mut unavailable = false;
     for scope in scopes {
         let entry = store.load(scope).0.unwrap_or_default();
@@ -189,7 +186,6 @@ pub fn reserve<S: LeaseStore>(
             ScopeCheck::Fits => {}
             ScopeCheck::Refused { budget } => return refusal(&entry, budget, scope, amount),
             ScopeCheck::NeedRefill => refill.push(scope.clone()),
-            ScopeCheck::Wait => wait = true,
             ScopeCheck::Unavailable => unavailable = true,
         }
     }
@@ -198,9 +194,6 @@ pub fn reserve<S: LeaseStore>(
     }
     if !refill.is_empty() {
         return Decision::Refill { scopes: refill };
-    }
-    if wait {
-        return Decision::Wait;
     }
     // Phase 2: reserve scope by scope; a scope that changed under us undoes what was done.
     let mut reserved_on: Vec<(String, Vec<String>)> = Vec::with_capacity(scopes.len());
@@ -220,7 +213,6 @@ pub fn reserve<S: LeaseStore>(
             }
             ScopeCheck::Refused { budget } => (Err(refusal(entry, budget, scope, amount)), false),
             ScopeCheck::NeedRefill => (Err(Decision::Refill { scopes: vec![scope.clone()] }), false),
-            ScopeCheck::Wait => (Err(Decision::Wait), false),
             ScopeCheck::Unavailable => (Err(Decision::Unavailable), false),
         });
         match result {
@@ -335,58 +327,82 @@ pub fn settle<S: LeaseStore>(store: &mut S, reservation: Reservation, actual: Mi
     }
 }
 
-/// A lease call this worker owns: which scopes, and what it asked for.
+/// A lease call in flight: which scopes, what it asked for, and what it must remember to apply
+/// the answer conservatively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefillTicket {
-    pub scopes: Vec<String>,
+    /// `(scope, acked_total at send)`.
+    pub scopes: Vec<(String, Micros)>,
     pub want_micros: Micros,
+    /// A background top-up holding the scopes' top-up marks (cleared when it lands).
+    pub topup: bool,
 }
 
-/// Marks the lease call for `scopes` as in flight (skipping scopes whose call is already in flight
-/// elsewhere) and computes the `want` to ask for. `need` is the worst case of the request waiting
-/// on it (0 for a background top-up). `None` if every scope is already being asked about.
+impl RefillTicket {
+    /// The `POST /v1/leases` body.
+    pub fn request(&self, gateway_id: &str) -> LeaseRequest {
+        LeaseRequest {
+            gateway_id: gateway_id.to_owned(),
+            scopes: self.scopes.iter().map(|(s, _)| s.clone()).collect(),
+            want_micros: self.want_micros,
+        }
+    }
+}
+
+/// Prepares a lease call for a paused request: every scope in `scopes`, asking for enough that
+/// `need` (its worst case) fits beside the configured slice. Several may be in flight at once.
 pub fn begin_refill<S: LeaseStore>(
     store: &mut S,
     scopes: &[String],
     need: Micros,
-    now_ms: i64,
     settings: &EnforcementSettings,
-) -> Option<RefillTicket> {
-    let mut owned = Vec::new();
-    let mut want: Micros = 0;
+) -> RefillTicket {
+    let mut ticket = RefillTicket { scopes: Vec::with_capacity(scopes.len()), want_micros: 0, topup: false };
+    for scope in scopes {
+        let entry = store.load(scope).0.unwrap_or_default();
+        ticket.want_micros = ticket.want_micros.max(entry.want(need, settings));
+        ticket.scopes.push((scope.clone(), entry.acked_total));
+    }
+    ticket
+}
+
+/// Prepares a background top-up of `scopes`, taking each scope's top-up mark (scopes whose mark
+/// another worker holds are left out). `None` if no scope is left.
+pub fn begin_topup<S: LeaseStore>(store: &mut S, scopes: &[String], now_ms: i64, settings: &EnforcementSettings) -> Option<RefillTicket> {
+    let mut ticket = RefillTicket { scopes: Vec::new(), want_micros: 0, topup: true };
     for scope in scopes {
         let result = update(store, scope, |entry| {
-            if entry.begin_refill(now_ms, settings) {
-                (Some(entry.want(need, settings)), true)
+            if entry.begin_topup(now_ms, settings) {
+                (Some((entry.want(0, settings), entry.acked_total)), true)
             } else {
                 (None, false)
             }
         });
-        if let Ok(Some(w)) = result {
-            owned.push(scope.clone());
-            want = want.max(w);
+        if let Ok(Some((want, acked))) = result {
+            ticket.scopes.push((scope.clone(), acked));
+            ticket.want_micros = ticket.want_micros.max(want);
         }
     }
-    (!owned.is_empty()).then_some(RefillTicket { scopes: owned, want_micros: want })
+    (!ticket.scopes.is_empty()).then_some(ticket)
 }
 
 /// Applies the counter's answer to every scope of the ticket (a scope absent from the answer has
 /// no budget).
 pub fn finish_refill<S: LeaseStore>(store: &mut S, ticket: &RefillTicket, response: &LeaseResponse, now_ms: i64) {
-    for scope in &ticket.scopes {
+    for (scope, acked_at_send) in &ticket.scopes {
         let leases: Vec<_> = response.budgets.iter().filter(|b| &b.scope == scope).collect();
         let _ = update(store, scope, |entry| {
-            entry.apply_grant(&leases, ticket.want_micros, now_ms);
+            entry.apply_grant(&leases, ticket.want_micros, *acked_at_send, ticket.topup, now_ms);
             ((), true)
         });
     }
 }
 
-/// The lease call failed: clear the in-flight marks and remember the failure.
+/// The lease call failed: remember the failure (and give back the top-up marks).
 pub fn fail_refill<S: LeaseStore>(store: &mut S, ticket: &RefillTicket, now_ms: i64) {
-    for scope in &ticket.scopes {
+    for (scope, _) in &ticket.scopes {
         let _ = update(store, scope, |entry| {
-            entry.fail_refill(now_ms);
+            entry.fail_refill(ticket.topup, now_ms);
             ((), true)
         });
     }
