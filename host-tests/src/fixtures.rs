@@ -37,3 +37,28 @@ impl Rng {
         sizes
     }
 }
+
+/// The host's own test filter (`fixtures/probe-filter`), built once per process with cargo (two
+/// seconds) into `$CARGO_TARGET_DIR/probe`, and compiled once.
+pub fn probe_module() -> wasmtime::Module {
+    use std::sync::OnceLock;
+    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let path = PATH.get_or_init(|| {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| here.join("..").join("target"))
+            .join("probe");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+            .arg(here.join("fixtures/probe-filter/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the probe filter: {e}"));
+        assert!(status.success(), "building host-tests/fixtures/probe-filter failed (is the wasm32-wasip1 target installed?)");
+        target.join("wasm32-wasip1/release/probe_filter.wasm")
+    });
+    crate::module::load_module(path)
+}

@@ -652,9 +652,16 @@ impl Inner {
         if self.workers[w].vm.failed.is_some() && self.settings.allow_traps {
             return Err(Trap { callback: name.to_string(), message: "VM failed earlier".into(), stderr: String::new() });
         }
-        let result = self.raw_call(w, name, args);
+        let mut result = self.raw_call(w, name, args);
         self.sync_tick(w);
-        if let Err(trap) = &result {
+        if let Err(trap) = &mut result {
+            // The SDK's panic hook logs the panic message at critical level just before the trap.
+            for line in self.shared.borrow().logs.iter().rev().take(5).rev() {
+                if line.worker == w && line.level == "critical" {
+                    trap.stderr.push_str(&line.message);
+                    trap.stderr.push('\n');
+                }
+            }
             if !self.settings.allow_traps {
                 let logs: Vec<String> = self
                     .shared
