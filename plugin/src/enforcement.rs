@@ -89,25 +89,46 @@ impl Enforcer for MeteringOnly {
 
 /// The per-VM side of enforcement, owned by the root context.
 pub struct EnforcementRoot {
-    #[allow(dead_code)]
-    config: Rc<CompiledConfig>,
+    /// This worker's enforcement (`crate::enforce`) when `config.enforcement` is set.
+    worker: Option<crate::enforce::SharedWorker>,
 }
 
 impl EnforcementRoot {
     pub fn new(config: Rc<CompiledConfig>) -> EnforcementRoot {
-        EnforcementRoot { config }
+        let worker = config.enforcement.clone().map(|settings| crate::enforce::Worker::new(settings, &config.gateway_id));
+        EnforcementRoot { worker }
     }
 
     /// How often the root context should tick (`None`: no ticks needed).
     pub fn tick_period_ms(&self) -> Option<u64> {
-        None
+        self.worker.as_ref().and_then(|w| w.try_borrow().ok().map(|w| w.tick_period_ms()))
     }
 
-    pub fn on_tick(&mut self, _now_ms: i64) {}
+    pub fn on_tick(&mut self, now_ms: i64) {
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.on_tick(now_ms);
+        }
+    }
 
-    /// A fresh enforcer for one request. Metering only until `core::enforce` is wired in here
-    /// (when `config.enforcement` is `Some`).
+    /// The answer to a call the root context made (lease top-ups, usage batches).
+    pub fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) {
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.on_http_call_response(token, status, body, now_ms);
+        }
+    }
+
+    /// The root context is done (Envoy shutting down or the plugin replaced): flush usage now.
+    pub fn on_done(&mut self, now_ms: i64) {
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.on_drain(now_ms);
+        }
+    }
+
+    /// A fresh enforcer for one request: leases when enforcement is configured, else metering only.
     pub fn for_request(&self) -> Box<dyn Enforcer> {
-        Box::new(MeteringOnly)
+        match &self.worker {
+            Some(worker) => Box::new(crate::enforce::LeaseEnforcer::new(Rc::clone(worker))),
+            None => Box::new(MeteringOnly),
+        }
     }
 }

@@ -48,7 +48,25 @@ impl Default for Root {
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// Answers to calls the root made for enforcement (lease top-ups, usage batches).
+    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(enforcement) = &self.enforcement else { return };
+        let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
+        let headers = host::headers(Map::HttpCallResponseHeaders).unwrap_or_default();
+        let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
+        if let Ok(mut e) = enforcement.try_borrow_mut() {
+            e.on_http_call_response(token, status, &body, host::now_ms());
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(Ok(mut e)) = self.enforcement.as_ref().map(|e| e.try_borrow_mut()) {
+            e.on_done(host::now_ms());
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`filter`]: the root and HTTP contexts; each callback advances the request's phase.
 //! - [`enforcement`]: the admission / settlement hooks and the metering-only default.
+//! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue).
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`host`]: every host call, with every status handled (the SDK's hostcalls panic).
@@ -15,6 +16,7 @@
 //!
 //! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
 
+pub mod enforce;
 pub mod enforcement;
 pub mod filter;
 pub mod host;

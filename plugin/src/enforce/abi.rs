@@ -1,5 +1,5 @@
 //! The host calls enforcement needs beyond `crate::host`: shared data, shared queues, outbound
-//! HTTP calls, effective context, stream resumption, the tick, metrics gauges.
+//! HTTP calls, gauges.
 //!
 //! Same rules as `crate::host`: the ABI is called directly and every status becomes a value (the
 //! SDK's wrappers panic on statuses they do not expect, and a panic traps the VM). Outside wasm the
@@ -34,11 +34,6 @@ mod imports {
             timeout_ms: u32,
             token: *mut u32,
         ) -> u32;
-        pub fn proxy_set_effective_context(context_id: u32) -> u32;
-        pub fn proxy_continue_stream(stream: u32) -> u32;
-        pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-        pub fn proxy_get_header_map_pairs(kind: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-        pub fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, data: *mut *mut u8, size: *mut usize) -> u32;
         pub fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
     }
@@ -55,11 +50,6 @@ mod imports {
     pub unsafe fn proxy_enqueue_shared_queue(_: u32, _: *const u8, _: usize) -> u32 { FAIL }
     pub unsafe fn proxy_dequeue_shared_queue(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
     pub unsafe fn proxy_http_call(_: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: u32, _: *mut u32) -> u32 { FAIL }
-    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 { FAIL }
-    pub unsafe fn proxy_continue_stream(_: u32) -> u32 { FAIL }
-    pub unsafe fn proxy_set_tick_period_milliseconds(_: u32) -> u32 { FAIL }
-    pub unsafe fn proxy_get_header_map_pairs(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
-    pub unsafe fn proxy_get_buffer_bytes(_: u32, _: usize, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
     pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 { FAIL }
 }
@@ -170,57 +160,6 @@ pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_m
         )
     })?;
     Ok(token)
-}
-
-/// Makes the following host calls act on `context_id` (a root or a stream context).
-pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
-    // SAFETY: plain value.
-    check(unsafe { imports::proxy_set_effective_context(context_id) })
-}
-
-/// Resumes the effective context's paused request.
-pub fn resume_request() -> Result<(), HostError> {
-    // SAFETY: plain value (0 = HTTP request stream).
-    check(unsafe { imports::proxy_continue_stream(0) })
-}
-
-pub fn set_tick_period_ms(period: u64) -> Result<(), HostError> {
-    // SAFETY: plain value.
-    check(unsafe { imports::proxy_set_tick_period_milliseconds(u32::try_from(period).unwrap_or(u32::MAX)) })
-}
-
-/// The `:status` of the HTTP call answer being delivered (`None` if absent or unreadable).
-pub fn call_response_status() -> Option<u16> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size = 0usize;
-    // SAFETY: out-pointers to live locals (6 = HTTP call response headers).
-    let status = unsafe { imports::proxy_get_header_map_pairs(6, &mut data, &mut size) };
-    if status != OK {
-        return None;
-    }
-    // SAFETY: a successful call hands the serialized map over.
-    let bytes = unsafe { take(data, size) };
-    crate::wire::decode_map(&bytes)
-        .into_iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()))
-}
-
-/// The body of the HTTP call answer being delivered, up to `max` bytes.
-pub fn call_response_body(size: usize, max: usize) -> Vec<u8> {
-    if size == 0 {
-        return Vec::new();
-    }
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut got = 0usize;
-    // SAFETY: out-pointers to live locals (4 = HTTP call response body).
-    let status = unsafe { imports::proxy_get_buffer_bytes(4, 0, size.min(max), &mut data, &mut got) };
-    if status == OK {
-        // SAFETY: a successful call hands the bytes over.
-        unsafe { take(data, got) }
-    } else {
-        Vec::new()
-    }
 }
 
 /// Defines a gauge; Envoy names it `wasmcustom.<name>`.

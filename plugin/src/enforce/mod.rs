@@ -1,61 +1,50 @@
-//! Enforcement inside Envoy: the adapter between `core::enforce` and the proxy-wasm host.
-//!
-//! The filter calls four hooks per request and three per worker; everything else happens here:
+//! Budget enforcement inside Envoy: `core::enforce` behind the filter's [`Enforcer`] hooks.
 //!
 //! ```text
-//! root on_configure        configure()        queue, metrics, tick
-//! request body parsed      admit()            reserve the worst case on the chain → continue,
-//!                                             pause (lease call), or answer 429 / 503
-//! response headers         response_headers() soft-threshold warning headers
-//! response finished        settle()           real cost replaces the reservation; record queued
-//! on_done / on_log         finish()           last resort: release what was never settled
-//! root on_tick             on_tick()          resume waiters, post usage batches
-//! root on_http_call_resp.  on_call_response() lease answers, usage acknowledgements
+//! per request (LeaseEnforcer)                  per worker (Worker, owned by the root context)
+//! ───────────────────────────                  ──────────────────────────────────────────────
+//! utilization_pct  chain utilization → routing  on_tick  background top-ups, usage batches
+//! admit            reserve the worst case:      on_http_call_response
+//!                  Proceed | Wait (lease call          top-up answers, usage acks → redelivery
+//!                  from this context) | 429/503
+//! on_http_call_response  apply the grant, decide again
+//! settle           real cost replaces the reservation; the record joins the shared queue
+//! drop             a reservation never settled is released
 //! ```
 //!
-//! Every call to the counter service is dispatched *as the root context* (the effective context is
-//! switched for the call), so its answer reaches the root even if the request that caused it is
-//! gone, and one answer can resume every request of this worker that waits on it. Requests paused
-//! on a lease call another worker owns are re-checked on the tick.
-//!
-//! State is per worker VM (a thread-local): the waiting requests, the reservations of requests in
-//! flight, the calls in flight. The lease book itself is process-wide in shared data
-//! ([`store::SharedStore`]); the usage queue is a process-wide shared queue.
+//! Calls a paused request makes are its own (dispatched from its HTTP context), so its answer
+//! comes back to it and resumes it; several may be in flight at once, which `core::enforce` makes
+//! safe. Background top-ups and usage posts leave from the root context on its tick, so they
+//! outlive the request that noticed the need. The lease book is process-wide shared data
+//! ([`store::SharedStore`]); the usage queue is a process-wide shared queue; everything else here
+//! is per worker.
 
 mod abi;
 mod store;
 
+use crate::enforcement::{Admission, Enforcer, Verdict};
 use crate::host::{self, LogLevel};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use tollgate_core::dialect::Dialect;
-use tollgate_core::enforce::chain::{self, BudgetWarning, RefillTicket};
+use tollgate_core::enforce::chain::{self, RefillTicket};
 use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
-use tollgate_core::enforce::{Decision, EnforcementSettings, FailureMode, Refusal, Reservation};
+use tollgate_core::enforce::{Decision, EnforcementSettings, FailureMode, Reservation};
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::{LeaseRequest, LeaseResponse, UsageRecord};
+use tollgate_core::protocol::{LeaseResponse, Principal, UsageRecord};
 
 /// Name of the process-wide usage queue.
 const QUEUE_NAME: &str = "tollgate.usage";
-/// Largest counter answer read.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
-/// Times a paused request may go back to the counter before it is treated as unreachable.
+/// Lease calls a paused request may make before it is treated as if the counter were unreachable
+/// (each answer that still does not fit, e.g. because other requests took the new headroom,
+/// costs a round).
 const MAX_ROUNDS: u8 = 3;
+/// The response header carrying the usage record id (`<gateway_id>:<request id>`).
+pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 
-/// What the filter does with the request after [`admit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Forward it (a reservation, if any, is held for [`settle`]).
-    Continue,
-    /// Return `Action::Pause`: enforcement resumes it, or answers it, when the counter answers.
-    Pause,
-    /// A local response (429 or 503) was sent; stop processing.
-    Answered,
-}
-
-/// Counters, `wasmcustom.tollgate_*` in Envoy's stats.
-#[derive(Default)]
+/// Counters (`wasmcustom.tollgate_*`) and the queue gauge.
 struct Metrics {
     admitted: u32,
     paused: u32,
@@ -77,305 +66,198 @@ struct Metrics {
     usage_acked: u32,
     usage_requeued: u32,
     usage_dropped: u32,
-    usage_queued_gauge: u32,
+    usage_queued: u32,
 }
+
+/// Every metric enforcement defines, for docs and tests.
+pub const METRIC_NAMES: [&str; 21] = [
+    "tollgate_enforce_admitted_total",
+    "tollgate_enforce_paused_total",
+    "tollgate_enforce_refused_total",
+    "tollgate_enforce_unavailable_total",
+    "tollgate_enforce_fail_open_total",
+    "tollgate_enforce_observe_would_refuse_total",
+    "tollgate_enforce_soft_warning_total",
+    "tollgate_enforce_excess_micros_total",
+    "tollgate_enforce_unreserved_micros_total",
+    "tollgate_enforce_settled_total",
+    "tollgate_enforce_released_unsettled_total",
+    "tollgate_enforce_double_settle_prevented_total",
+    "tollgate_lease_calls_total",
+    "tollgate_lease_call_failures_total",
+    "tollgate_lease_topups_total",
+    "tollgate_usage_posts_total",
+    "tollgate_usage_post_failures_total",
+    "tollgate_usage_records_acked_total",
+    "tollgate_usage_records_requeued_total",
+    "tollgate_usage_dropped_total",
+    "tollgate_usage_queued",
+];
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |name: &str| host::define_counter(name).unwrap_or(u32::MAX);
+        let c = |i: usize| METRIC_NAMES.get(i).and_then(|n| host::define_counter(n).ok()).unwrap_or(u32::MAX);
         Metrics {
-            admitted: c("tollgate_enforce_admitted_total"),
-            paused: c("tollgate_enforce_paused_total"),
-            refused: c("tollgate_enforce_refused_total"),
-            unavailable: c("tollgate_enforce_unavailable_total"),
-            fail_open: c("tollgate_enforce_fail_open_total"),
-            would_refuse: c("tollgate_enforce_observe_would_refuse_total"),
-            soft_warning: c("tollgate_enforce_soft_warning_total"),
-            excess_micros: c("tollgate_enforce_excess_micros_total"),
-            unreserved_micros: c("tollgate_enforce_unreserved_micros_total"),
-            settled: c("tollgate_enforce_settled_total"),
-            released_unsettled: c("tollgate_enforce_released_unsettled_total"),
-            double_settle: c("tollgate_enforce_double_settle_prevented_total"),
-            lease_calls: c("tollgate_lease_calls_total"),
-            lease_failures: c("tollgate_lease_call_failures_total"),
-            topups: c("tollgate_lease_topups_total"),
-            usage_posts: c("tollgate_usage_posts_total"),
-            usage_post_failures: c("tollgate_usage_post_failures_total"),
-            usage_acked: c("tollgate_usage_records_acked_total"),
-            usage_requeued: c("tollgate_usage_records_requeued_total"),
-            usage_dropped: c("tollgate_usage_dropped_total"),
-            usage_queued_gauge: abi::define_gauge("tollgate_usage_queued").unwrap_or(u32::MAX),
+            admitted: c(0),
+            paused: c(1),
+            refused: c(2),
+            unavailable: c(3),
+            fail_open: c(4),
+            would_refuse: c(5),
+            soft_warning: c(6),
+            excess_micros: c(7),
+            unreserved_micros: c(8),
+            settled: c(9),
+            released_unsettled: c(10),
+            double_settle: c(11),
+            lease_calls: c(12),
+            lease_failures: c(13),
+            topups: c(14),
+            usage_posts: c(15),
+            usage_post_failures: c(16),
+            usage_acked: c(17),
+            usage_requeued: c(18),
+            usage_dropped: c(19),
+            usage_queued: METRIC_NAMES.get(20).and_then(|n| abi::define_gauge(n).ok()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn inc(id: u32, by: u64) {
+        if id != u32::MAX {
+            host::increment(id, by);
         }
     }
 }
 
-fn inc(id: u32, by: u64) {
-    if id != u32::MAX {
-        host::increment(id, by);
-    }
+fn micros(m: Micros) -> u64 {
+    u64::try_from(m).unwrap_or(0)
 }
 
-/// A request paused until the counter answers.
-struct Waiter {
-    dialect: Dialect,
-    scopes: Vec<String>,
-    amount: Micros,
-    paused_at_ms: i64,
-    rounds: u8,
-}
-
-/// A request admitted on this worker and not finished yet.
-struct Admitted {
-    reservation: Option<Reservation>,
-    warning: Option<BudgetWarning>,
-    settled: bool,
-}
-
-enum Call {
-    Lease(RefillTicket),
+/// A call the root context made.
+enum RootCall {
+    Topup(RefillTicket),
     Usage(InFlightBatch),
 }
 
-struct Enforcer {
+/// One worker's enforcement state, shared by the root context and this worker's requests.
+pub struct Worker {
     settings: EnforcementSettings,
     gateway_id: String,
-    root_context_id: u32,
     queue_id: Option<u32>,
     metrics: Metrics,
-    calls: BTreeMap<u32, Call>,
-    waiters: BTreeMap<u32, Waiter>,
-    requests: BTreeMap<u32, Admitted>,
+    /// Scopes requests found low, topped up from the root on the next tick.
+    topups: BTreeSet<String>,
+    calls: BTreeMap<u32, RootCall>,
     usage_in_flight: bool,
     last_post_ms: i64,
 }
 
-thread_local! {
-    static ENFORCER: RefCell<Option<Enforcer>> = const { RefCell::new(None) };
-}
+/// The shared handle requests and the root hold.
+pub type SharedWorker = Rc<RefCell<Worker>>;
 
-/// Runs `f` on this worker's enforcer; `None` when enforcement is off (or re-entered).
-fn with<R>(f: impl FnOnce(&mut Enforcer) -> R) -> Option<R> {
-    ENFORCER.with(|cell| cell.try_borrow_mut().ok().and_then(|mut e| e.as_mut().map(f)))
-}
-
-/// Whether enforcement is configured on this worker.
-pub fn enabled() -> bool {
-    with(|_| ()).is_some()
-}
-
-/// Root `on_configure`: (re)initialises enforcement for this worker, or turns it off (`None`).
-pub fn configure(root_context_id: u32, settings: Option<EnforcementSettings>, gateway_id: &str) -> Result<(), String> {
-    let Some(settings) = settings else {
-        ENFORCER.with(|cell| {
-            if let Ok(mut e) = cell.try_borrow_mut() {
-                *e = None;
+impl Worker {
+    /// Sets up this worker: the usage queue and the metrics. A queue that cannot be registered is
+    /// logged; records are then dropped (and counted) rather than the plugin refused.
+    pub fn new(settings: EnforcementSettings, gateway_id: &str) -> SharedWorker {
+        let queue_id = match abi::register_queue(QUEUE_NAME) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                host::log(LogLevel::Error, &format!("tollgate: cannot register the usage queue (host status {}); usage records will be dropped", e.0));
+                None
             }
-        });
-        return Ok(());
-    };
-    let queue_id = abi::register_queue(QUEUE_NAME).map_err(|e| format!("tollgate: cannot register the usage queue (host status {})", e.0))?;
-    abi::set_tick_period_ms(settings.tick_ms()).map_err(|e| format!("tollgate: cannot set the tick period (host status {})", e.0))?;
-    host::log(
-        LogLevel::Info,
-        &format!(
-            "tollgate: enforcement on: counter cluster `{}`, gateway `{gateway_id}`, {}",
-            settings.counter_cluster,
-            settings.failure_mode.as_str()
-        ),
-    );
-    let enforcer = Enforcer {
-        settings,
-        gateway_id: gateway_id.to_owned(),
-        root_context_id,
-        queue_id: Some(queue_id),
-        metrics: Metrics::define(),
-        calls: BTreeMap::new(),
-        waiters: BTreeMap::new(),
-        requests: BTreeMap::new(),
-        usage_in_flight: false,
-        last_post_ms: host::now_ms(),
-    };
-    ENFORCER.with(|cell| {
-        if let Ok(mut e) = cell.try_borrow_mut() {
-            *e = Some(enforcer);
-        }
-    });
-    Ok(())
-}
-
-/// The highest budget utilization (percent) on the chain that this gateway knows of, for
-/// routing's `budget_utilization_at_least_pct`. `None` when enforcement is off.
-pub fn utilization_pct(scopes: &[String]) -> Option<u32> {
-    with(|_| chain::max_utilization_pct(&store::SharedStore, scopes))
-}
-
-/// Request body parsed, principal and routed model known: reserve `worst_case` on the chain.
-/// `context_id` is the calling HTTP context. With enforcement off, always `Continue`.
-pub fn admit(context_id: u32, dialect: Dialect, scopes: Vec<String>, worst_case: Micros) -> Admission {
-    with(|e| e.admit(context_id, dialect, scopes, worst_case)).unwrap_or(Admission::Continue)
-}
-
-/// Response headers to add for this request: a soft-threshold warning, if any.
-pub fn response_headers(context_id: u32) -> Vec<(&'static str, String)> {
-    with(|e| e.requests.get(&context_id).and_then(|a| a.warning.as_ref()).map(BudgetWarning::headers).unwrap_or_default())
-        .unwrap_or_default()
-}
-
-/// Response finished, cost known: the reservation becomes the real cost and the record is queued.
-/// Exactly once per request; later calls are ignored (and counted). Returns whether it settled.
-pub fn settle(context_id: u32, record: &UsageRecord) -> bool {
-    with(|e| e.settle(context_id, record)).unwrap_or(false)
-}
-
-/// `on_done` / `on_log`: forget the request; a reservation never settled is released (the
-/// request never reached the upstream, or the filter had nothing to charge).
-pub fn finish(context_id: u32) {
-    let _ = with(|e| e.finish(context_id));
-}
-
-/// Root `on_tick`.
-pub fn on_tick() {
-    let _ = with(|e| e.on_tick());
-}
-
-/// Root `on_http_call_response`. Returns false if the token is not enforcement's.
-pub fn on_call_response(token: u32, num_headers: usize, body_size: usize) -> bool {
-    with(|e| e.on_call_response(token, num_headers, body_size)).unwrap_or(false)
-}
-
-/// Root `on_done` (Envoy draining or the plugin being replaced): post what is queued now.
-pub fn on_drain() {
-    let _ = with(|e| {
-        e.last_post_ms = i64::MIN / 2;
-        e.flush(host::now_ms());
-    });
-}
-
-impl Enforcer {
-    fn admit(&mut self, context_id: u32, dialect: Dialect, scopes: Vec<String>, amount: Micros) -> Admission {
-        let now = host::now_ms();
-        match chain::reserve(&mut store::SharedStore, &scopes, amount, now, &self.settings) {
-            Decision::Admit { reservation, topup, would_refuse, warning } => {
-                self.admitted(context_id, Some(reservation), &would_refuse, warning);
-                self.topup(&topup, now, context_id);
-                Admission::Continue
-            }
-            Decision::Refill { scopes: ask } => {
-                if !self.ask(&ask, amount, now, context_id) {
-                    // The call could not even be dispatched: decide now.
-                    return self.unavailable(context_id, dialect, scopes, context_id);
-                }
-                inc(self.metrics.paused, 1);
-                self.waiters.insert(context_id, Waiter { dialect, scopes, amount, paused_at_ms: now, rounds: 1 });
-                Admission::Pause
-            }
-            Decision::Wait => {
-                inc(self.metrics.paused, 1);
-                self.waiters.insert(context_id, Waiter { dialect, scopes, amount, paused_at_ms: now, rounds: 1 });
-                Admission::Pause
-            }
-            Decision::Unavailable => self.unavailable(context_id, dialect, scopes, context_id),
-            Decision::Refuse(refusal) => {
-                self.refuse(context_id, dialect, &refusal, now, context_id);
-                Admission::Answered
-            }
-        }
-    }
-
-    fn admitted(&mut self, context_id: u32, reservation: Option<Reservation>, would_refuse: &[String], warning: Option<BudgetWarning>) {
-        inc(self.metrics.admitted, 1);
-        if !would_refuse.is_empty() {
-            inc(self.metrics.would_refuse, 1);
-            host::log(LogLevel::Info, &format!("tollgate: observe-mode budget(s) {} would have refused a request", would_refuse.join(", ")));
-        }
-        if warning.is_some() {
-            inc(self.metrics.soft_warning, 1);
-        }
-        self.requests.insert(context_id, Admitted { reservation, warning, settled: false });
-    }
-
-    /// The counter cannot be asked: apply the failure mode. `current` is the context of the
-    /// running callback (to restore after acting on `context_id`).
-    fn unavailable(&mut self, context_id: u32, dialect: Dialect, scopes: Vec<String>, current: u32) -> Admission {
-        match self.settings.failure_mode {
-            FailureMode::FailOpen => {
-                inc(self.metrics.fail_open, 1);
-                self.admitted(context_id, Some(Reservation::unreserved(scopes)), &[], None);
-                Admission::Continue
-            }
-            FailureMode::FailClosed => {
-                inc(self.metrics.unavailable, 1);
-                let failure = Failure::new(
-                    ErrorKind::Unavailable,
-                    "the budget service (tollgate-counter) cannot be reached and this gateway holds no budget headroom for \
-                     this request; retry shortly, and if it persists ask the gateway operator to check the counter service",
-                );
-                self.answer(context_id, dialect, &failure, None, current);
-                Admission::Answered
-            }
-        }
-    }
-
-    fn refuse(&mut self, context_id: u32, dialect: Dialect, refusal: &Refusal, now: i64, current: u32) {
-        inc(self.metrics.refused, 1);
-        let failure = Failure::new(ErrorKind::BudgetExceeded, refusal.message());
-        self.answer(context_id, dialect, &failure, refusal.retry_after_secs(now), current);
-    }
-
-    /// Sends a local response on `context_id` (switching the effective context if it is not the
-    /// running one).
-    fn answer(&self, context_id: u32, dialect: Dialect, failure: &Failure, retry_after: Option<u64>, current: u32) {
-        let body = failure.body(dialect);
-        let retry = retry_after.map(|s| s.to_string());
-        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-        if let Some(r) = retry.as_deref() {
-            headers.push(("retry-after", r));
-        }
-        if context_id != current && abi::set_effective_context(context_id).is_err() {
-            return;
-        }
-        if let Err(e) = host::send_response(failure.status(), &headers, &body) {
-            host::log(LogLevel::Warn, &format!("tollgate: could not answer a request locally (host status {})", e.0));
-        }
-        if context_id != current {
-            let _ = abi::set_effective_context(current);
-        }
-    }
-
-    /// Dispatches a lease call for `scopes` as the root context. Returns whether a call for them
-    /// is now in flight (ours, just dispatched, or another's).
-    fn ask(&mut self, scopes: &[String], need: Micros, now: i64, current: u32) -> bool {
-        let Some(ticket) = chain::begin_refill(&mut store::SharedStore, scopes, need, now, &self.settings) else {
-            return true; // every scope is already being asked about
         };
-        let request = LeaseRequest { gateway_id: self.gateway_id.clone(), scopes: ticket.scopes.clone(), want_micros: ticket.want_micros };
-        let body = serde_json::to_vec(&request).unwrap_or_default();
-        match self.dispatch("/v1/leases", &body, current) {
-            Some(token) => {
-                inc(self.metrics.lease_calls, 1);
-                self.calls.insert(token, Call::Lease(ticket));
-                true
-            }
-            None => {
-                inc(self.metrics.lease_failures, 1);
-                chain::fail_refill(&mut store::SharedStore, &ticket, now);
-                false
-            }
-        }
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "tollgate: enforcement on: counter cluster `{}`, gateway `{gateway_id}`, {}, slice {} micro-USD",
+                settings.counter_cluster,
+                settings.failure_mode.as_str(),
+                settings.lease_slice_micros
+            ),
+        );
+        Rc::new(RefCell::new(Worker {
+            settings,
+            gateway_id: gateway_id.to_owned(),
+            queue_id,
+            metrics: Metrics::define(),
+            topups: BTreeSet::new(),
+            calls: BTreeMap::new(),
+            usage_in_flight: false,
+            last_post_ms: host::now_ms(),
+        }))
     }
 
-    fn topup(&mut self, scopes: &[String], now: i64, current: u32) {
-        if !scopes.is_empty() && self.ask(scopes, 0, now, current) {
-            inc(self.metrics.topups, 1);
-        }
+    /// The root tick period this worker needs.
+    pub fn tick_period_ms(&self) -> u64 {
+        self.settings.tick_ms()
     }
 
-    /// `POST path` to the counter as the root context.
-    fn dispatch(&self, path: &str, body: &[u8], current: u32) -> Option<u32> {
-        let switch = current != self.root_context_id;
-        if switch && abi::set_effective_context(self.root_context_id).is_err() {
-            return None;
+    /// Root tick: background top-ups, then a usage batch if one is due.
+    pub fn on_tick(&mut self, now: i64) {
+        if !self.topups.is_empty() {
+            let scopes: Vec<String> = std::mem::take(&mut self.topups).into_iter().collect();
+            if let Some(ticket) = chain::begin_topup(&mut store::SharedStore, &scopes, now, &self.settings) {
+                let body = serde_json::to_vec(&ticket.request(&self.gateway_id)).unwrap_or_default();
+                match self.dispatch("/v1/leases", &body) {
+                    Some(token) => {
+                        Metrics::inc(self.metrics.topups, 1);
+                        Metrics::inc(self.metrics.lease_calls, 1);
+                        self.calls.insert(token, RootCall::Topup(ticket));
+                    }
+                    None => {
+                        Metrics::inc(self.metrics.lease_failures, 1);
+                        chain::fail_refill(&mut store::SharedStore, &ticket, now);
+                    }
+                }
+            }
         }
+        self.flush(now, false);
+        abi::set_gauge(self.metrics.usage_queued, store::queued());
+    }
+
+    /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
+    /// queued now rather than on the next tick.
+    pub fn on_drain(&mut self, now: i64) {
+        self.flush(now, true);
+    }
+
+    /// An answer to a call the root made. Returns false if the token is not enforcement's.
+    pub fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now: i64) -> bool {
+        let Some(call) = self.calls.remove(&token) else { return false };
+        match call {
+            RootCall::Topup(ticket) => match read_lease(status, body) {
+                Ok(response) => chain::finish_refill(&mut store::SharedStore, &ticket, &response, now),
+                Err(why) => {
+                    Metrics::inc(self.metrics.lease_failures, 1);
+                    host::log(LogLevel::Warn, &format!("tollgate: lease top-up failed: {why}"));
+                    chain::fail_refill(&mut store::SharedStore, &ticket, now);
+                }
+            },
+            RootCall::Usage(batch) => {
+                self.usage_in_flight = false;
+                match queue::read_ack(status, body, batch.records.len()) {
+                    Ok(_) => {
+                        Metrics::inc(self.metrics.usage_acked, batch.records.len() as u64);
+                        chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
+                        // More may be waiting: do not sit on a full queue until the next interval.
+                        self.flush(now, false);
+                    }
+                    Err(why) => {
+                        Metrics::inc(self.metrics.usage_post_failures, 1);
+                        host::log(
+                            LogLevel::Warn,
+                            &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
+                        );
+                        self.requeue(batch.records);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// `POST path` to the counter from the current context.
+    fn dispatch(&self, path: &str, body: &[u8]) -> Option<u32> {
         let authorization = self.settings.authorization();
         let headers = [
             (":method", "POST"),
@@ -384,17 +266,13 @@ impl Enforcer {
             ("content-type", "application/json"),
             ("authorization", authorization.as_str()),
         ];
-        let result = abi::http_call(&self.settings.counter_cluster, &headers, body, self.settings.call_timeout_ms);
-        if switch {
-            let _ = abi::set_effective_context(current);
-        }
-        match result {
+        match abi::http_call(&self.settings.counter_cluster, &headers, body, self.settings.call_timeout_ms) {
             Ok(token) => Some(token),
             Err(e) => {
                 host::log(
                     LogLevel::Warn,
                     &format!(
-                        "tollgate: cannot call the counter service on cluster `{}` (host status {}); check that the cluster exists",
+                        "tollgate: cannot call the counter service on cluster `{}` (host status {}); check enforcement.counter_cluster names a cluster in the bootstrap",
                         self.settings.counter_cluster, e.0
                     ),
                 );
@@ -403,133 +281,12 @@ impl Enforcer {
         }
     }
 
-    fn settle(&mut self, context_id: u32, record: &UsageRecord) -> bool {
-        let reservation = match self.requests.get_mut(&context_id) {
-            Some(a) if a.settled => {
-                inc(self.metrics.double_settle, 1);
-                return false;
-            }
-            Some(a) => {
-                a.settled = true;
-                a.reservation.take()
-            }
-            None => {
-                self.requests.insert(context_id, Admitted { reservation: None, warning: None, settled: true });
-                None
-            }
-        };
-        let cost = record.cost_micros.max(0);
-        match reservation {
-            Some(r) if r.reserved_on.is_empty() && r.amount == 0 => {
-                chain::settle(&mut store::SharedStore, r, cost);
-                inc(self.metrics.unreserved_micros, u64::try_from(cost).unwrap_or(0));
-            }
-            Some(r) => {
-                let settled = chain::settle(&mut store::SharedStore, r, cost);
-                inc(self.metrics.excess_micros, u64::try_from(settled.excess_micros).unwrap_or(0));
-            }
-            None => {
-                let scopes = record.principal.scope_keys();
-                chain::settle(&mut store::SharedStore, Reservation::unreserved(scopes), cost);
-                inc(self.metrics.unreserved_micros, u64::try_from(cost).unwrap_or(0));
-            }
-        }
-        inc(self.metrics.settled, 1);
-        self.enqueue(record);
-        true
-    }
-
-    fn enqueue(&mut self, record: &UsageRecord) {
-        let Some(queued) = QueuedRecord::from_record(record) else { return };
-        let admitted = store::adjust_queued(1, self.settings.queue_bound as u64);
-        let sent = admitted && self.queue_id.is_some_and(|q| abi::enqueue(q, &queued.json).is_ok());
-        if !sent {
-            if admitted {
-                store::adjust_queued(-1, u64::MAX);
-            }
-            self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
-        }
-    }
-
-    fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
-        inc(self.metrics.usage_dropped, records.len() as u64);
-        chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
-        let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
-        host::log(
-            LogLevel::Error,
-            &format!("tollgate: dropped {} usage record(s) ({why}); first ids: {}; the counter will not see them", records.len(), ids.join(", ")),
-        );
-    }
-
-    fn finish(&mut self, context_id: u32) {
-        self.waiters.remove(&context_id);
-        if let Some(admitted) = self.requests.remove(&context_id) {
-            if let Some(reservation) = admitted.reservation {
-                if !admitted.settled {
-                    inc(self.metrics.released_unsettled, 1);
-                    chain::release(&mut store::SharedStore, &reservation);
-                }
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        let now = host::now_ms();
-        let root = self.root_context_id;
-        self.process_waiters(now, root);
-        self.flush(now);
-        abi::set_gauge(self.metrics.usage_queued_gauge, store::queued());
-    }
-
-    /// Re-checks every paused request of this worker.
-    fn process_waiters(&mut self, now: i64, current: u32) {
-        let ids: Vec<u32> = self.waiters.keys().copied().collect();
-        for id in ids {
-            let Some(waiter) = self.waiters.remove(&id) else { continue };
-            let deadline = waiter
-                .paused_at_ms
-                .saturating_add(i64::try_from(self.settings.call_timeout_ms).unwrap_or(i64::MAX).saturating_mul(i64::from(MAX_ROUNDS)))
-                .saturating_add(tollgate_core::enforce::book::REFILL_SLACK_MS);
-            let decision = chain::reserve(&mut store::SharedStore, &waiter.scopes, waiter.amount, now, &self.settings);
-            let outcome = match decision {
-                Decision::Admit { reservation, topup, would_refuse, warning } => {
-                    self.admitted(id, Some(reservation), &would_refuse, warning);
-                    self.topup(&topup, now, current);
-                    Admission::Continue
-                }
-                Decision::Refill { scopes } if waiter.rounds < MAX_ROUNDS && now < deadline => {
-                    if self.ask(&scopes, waiter.amount, now, current) {
-                        self.waiters.insert(id, Waiter { rounds: waiter.rounds + 1, ..waiter });
-                        continue;
-                    }
-                    self.unavailable(id, waiter.dialect, waiter.scopes, current)
-                }
-                Decision::Wait if now < deadline => {
-                    self.waiters.insert(id, waiter);
-                    continue;
-                }
-                Decision::Refill { .. } | Decision::Wait | Decision::Unavailable => {
-                    self.unavailable(id, waiter.dialect, waiter.scopes, current)
-                }
-                Decision::Refuse(refusal) => {
-                    self.refuse(id, waiter.dialect, &refusal, now, current);
-                    Admission::Answered
-                }
-            };
-            if outcome == Admission::Continue && abi::set_effective_context(id).is_ok() {
-                if let Err(e) = abi::resume_request() {
-                    host::log(LogLevel::Debug, &format!("tollgate: could not resume a request (host status {}); it has probably gone", e.0));
-                }
-                let _ = abi::set_effective_context(current);
-            }
-        }
-    }
-
-    /// Posts a batch if one is due.
-    fn flush(&mut self, now: i64) {
+    /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued).
+    fn flush(&mut self, now: i64, now_or_never: bool) {
         let Some(queue_id) = self.queue_id else { return };
         let queued = usize::try_from(store::queued()).unwrap_or(usize::MAX);
-        if !queue::should_flush(queued, now.saturating_sub(self.last_post_ms), self.usage_in_flight, &self.settings) {
+        let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
+        if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
             return;
         }
         let mut records = Vec::new();
@@ -543,10 +300,9 @@ impl Enforcer {
                 _ => break,
             }
         }
-        let taken = records.len() as u64 + garbage;
-        store::adjust_queued(-i64::try_from(taken).unwrap_or(i64::MAX), u64::MAX);
+        store::adjust_queued(-i64::try_from(records.len() as u64 + garbage).unwrap_or(i64::MAX), u64::MAX);
         if garbage > 0 {
-            inc(self.metrics.usage_dropped, garbage);
+            Metrics::inc(self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
         if records.is_empty() {
@@ -554,27 +310,42 @@ impl Enforcer {
         }
         self.last_post_ms = now;
         let body = queue::batch_body(&self.gateway_id, &records);
-        let root = self.root_context_id;
-        match self.dispatch("/v1/usage", &body, root) {
+        match self.dispatch("/v1/usage", &body) {
             Some(token) => {
-                inc(self.metrics.usage_posts, 1);
+                Metrics::inc(self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
-                self.calls.insert(token, Call::Usage(InFlightBatch { records, sent_at_ms: now }));
+                self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
             }
             None => {
-                inc(self.metrics.usage_post_failures, 1);
+                Metrics::inc(self.metrics.usage_post_failures, 1);
                 self.requeue(records);
             }
         }
     }
 
-    /// Puts records back for redelivery (ids make it idempotent at the counter).
+    /// Queues a settled request's record (bounded: past `queue_bound` it is dropped and counted).
+    fn enqueue(&mut self, record: &UsageRecord) {
+        let Some(queued) = QueuedRecord::from_record(record) else { return };
+        let admitted = store::adjust_queued(1, self.settings.queue_bound as u64);
+        let sent = admitted && self.queue_id.is_some_and(|q| abi::enqueue(q, &queued.json).is_ok());
+        if !sent {
+            if admitted {
+                store::adjust_queued(-1, u64::MAX);
+            }
+            self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
+        }
+    }
+
+    /// Puts records back for redelivery; the counter ignores ids it has already counted.
     fn requeue(&mut self, records: Vec<QueuedRecord>) {
-        let Some(queue_id) = self.queue_id else { return };
-        inc(self.metrics.usage_requeued, records.len() as u64);
+        let Some(queue_id) = self.queue_id else {
+            self.dropped(&records, "no usage queue");
+            return;
+        };
+        Metrics::inc(self.metrics.usage_requeued, records.len() as u64);
         let mut lost = Vec::new();
         for record in records {
-            // Redeliveries are always admitted: they were counted in the bound once already.
+            // A redelivery is always let back in: it was admitted under the bound once.
             store::adjust_queued(1, u64::MAX);
             if abi::enqueue(queue_id, &record.json).is_err() {
                 store::adjust_queued(-1, u64::MAX);
@@ -586,44 +357,22 @@ impl Enforcer {
         }
     }
 
-    fn on_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize) -> bool {
-        let Some(call) = self.calls.remove(&token) else { return false };
-        let now = host::now_ms();
-        let status = abi::call_response_status();
-        let body = abi::call_response_body(body_size, MAX_ANSWER_BYTES);
-        match call {
-            Call::Lease(ticket) => {
-                match read_lease(status, &body) {
-                    Ok(response) => chain::finish_refill(&mut store::SharedStore, &ticket, &response, now),
-                    Err(why) => {
-                        inc(self.metrics.lease_failures, 1);
-                        host::log(LogLevel::Warn, &format!("tollgate: lease call failed: {why}"));
-                        chain::fail_refill(&mut store::SharedStore, &ticket, now);
-                    }
-                }
-                let root = self.root_context_id;
-                self.process_waiters(now, root);
-            }
-            Call::Usage(batch) => {
-                self.usage_in_flight = false;
-                match queue::read_ack(status, &body, batch.records.len()) {
-                    Ok(_) => {
-                        inc(self.metrics.usage_acked, batch.records.len() as u64);
-                        chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
-                    }
-                    Err(why) => {
-                        inc(self.metrics.usage_post_failures, 1);
-                        host::log(LogLevel::Warn, &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()));
-                        self.requeue(batch.records);
-                    }
-                }
-            }
-        }
-        true
+    fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
+        Metrics::inc(self.metrics.usage_dropped, records.len() as u64);
+        chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
+        let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
+        host::log(
+            LogLevel::Error,
+            &format!(
+                "tollgate: dropped {} usage record(s) ({why}); first ids: {}; the counter will not see them",
+                records.len(),
+                ids.join(", ")
+            ),
+        );
     }
 }
 
-/// Reads a lease answer: a 200 with a `LeaseResponse`, anything else is a failure to report.
+/// Reads a lease answer: a 200 with a `LeaseResponse`; anything else is a failure to report.
 fn read_lease(status: Option<u16>, body: &[u8]) -> Result<LeaseResponse, String> {
     match status {
         Some(200) => serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}")),
@@ -632,5 +381,186 @@ fn read_lease(status: Option<u16>, body: &[u8]) -> Result<LeaseResponse, String>
             String::from_utf8_lossy(body.get(..body.len().min(300)).unwrap_or_default())
         )),
         None => Err("no answer (timeout or connection failure)".to_owned()),
+    }
+}
+
+/// A request paused on its own lease call.
+struct Pending {
+    token: u32,
+    ticket: RefillTicket,
+    rounds: u8,
+}
+
+/// One request's enforcement.
+pub struct LeaseEnforcer {
+    worker: SharedWorker,
+    dialect: Dialect,
+    scopes: Vec<String>,
+    amount: Micros,
+    record_id: String,
+    reservation: Option<Reservation>,
+    pending: Option<Pending>,
+    settled: bool,
+}
+
+impl LeaseEnforcer {
+    pub fn new(worker: SharedWorker) -> LeaseEnforcer {
+        LeaseEnforcer {
+            worker,
+            dialect: Dialect::OpenAi,
+            scopes: Vec::new(),
+            amount: 0,
+            record_id: String::new(),
+            reservation: None,
+            pending: None,
+            settled: false,
+        }
+    }
+
+    /// Decides on the current book; `round` is the number of lease calls made so far.
+    fn decide(&mut self, w: &mut Worker, now: i64, round: u8) -> Option<Verdict> {
+        match chain::reserve(&mut store::SharedStore, &self.scopes, self.amount, now, &w.settings) {
+            Decision::Admit { reservation, topup, would_refuse, warning } => {
+                Metrics::inc(w.metrics.admitted, 1);
+                if !would_refuse.is_empty() {
+                    Metrics::inc(w.metrics.would_refuse, 1);
+                    host::log(
+                        LogLevel::Info,
+                        &format!("tollgate: observe-mode budget(s) {} would have refused request {}", would_refuse.join(", "), self.record_id),
+                    );
+                }
+                let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
+                if let Some(warning) = warning {
+                    Metrics::inc(w.metrics.soft_warning, 1);
+                    headers.extend(warning.headers().into_iter().map(|(k, v)| (k.to_owned(), v)));
+                }
+                w.topups.extend(topup);
+                self.reservation = Some(reservation);
+                Some(Verdict::Proceed { response_headers: headers })
+            }
+            Decision::Refill { scopes } if round < MAX_ROUNDS => {
+                let ticket = chain::begin_refill(&mut store::SharedStore, &scopes, self.amount, &w.settings);
+                let body = serde_json::to_vec(&ticket.request(&w.gateway_id)).unwrap_or_default();
+                match w.dispatch("/v1/leases", &body) {
+                    Some(token) => {
+                        Metrics::inc(w.metrics.lease_calls, 1);
+                        if round == 0 {
+                            Metrics::inc(w.metrics.paused, 1);
+                        }
+                        self.pending = Some(Pending { token, ticket, rounds: round + 1 });
+                        None
+                    }
+                    None => {
+                        Metrics::inc(w.metrics.lease_failures, 1);
+                        chain::fail_refill(&mut store::SharedStore, &ticket, now);
+                        Some(self.unavailable(w))
+                    }
+                }
+            }
+            Decision::Refill { .. } | Decision::Unavailable => Some(self.unavailable(w)),
+            Decision::Refuse(refusal) => {
+                Metrics::inc(w.metrics.refused, 1);
+                let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
+                if let Some(secs) = refusal.retry_after_secs(now) {
+                    headers.push(("retry-after".to_owned(), secs.to_string()));
+                }
+                host::log(LogLevel::Debug, &format!("tollgate: refused {}: {}", self.record_id, refusal.message()));
+                Some(Verdict::Refuse { failure: Failure::new(ErrorKind::BudgetExceeded, refusal.message()), headers })
+            }
+        }
+    }
+
+    /// The counter cannot be asked: the configured failure mode decides.
+    fn unavailable(&mut self, w: &mut Worker) -> Verdict {
+        match w.settings.failure_mode {
+            FailureMode::FailOpen => {
+                Metrics::inc(w.metrics.fail_open, 1);
+                self.reservation = Some(Reservation::unreserved(self.scopes.clone()));
+                Verdict::Proceed { response_headers: vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())] }
+            }
+            FailureMode::FailClosed => {
+                Metrics::inc(w.metrics.unavailable, 1);
+                let failure = Failure::new(
+                    ErrorKind::Unavailable,
+                    "the budget service (tollgate-counter) cannot be reached and this gateway holds no budget headroom for \
+                     this request; retry shortly, and if it persists ask the gateway operator to check the counter service",
+                );
+                Verdict::Refuse { failure, headers: vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())] }
+            }
+        }
+    }
+}
+
+/// The answer if this worker's state is already borrowed. proxy-wasm never re-enters a VM, so
+/// this cannot happen; if it did, a 503 is safer than admitting an unchecked request.
+fn busy_verdict() -> Verdict {
+    Verdict::Refuse {
+        failure: Failure::new(ErrorKind::Unavailable, "the gateway could not check this request's budget; retry"),
+        headers: Vec::new(),
+    }
+}
+
+impl Enforcer for LeaseEnforcer {
+    fn utilization_pct(&mut self, principal: &Principal, _now_ms: i64) -> Option<u32> {
+        Some(chain::max_utilization_pct(&store::SharedStore, &principal.scope_keys()))
+    }
+
+    fn admit(&mut self, admission: &Admission<'_>) -> Verdict {
+        let worker = Rc::clone(&self.worker);
+        let Ok(mut w) = worker.try_borrow_mut() else { return busy_verdict() };
+        self.dialect = admission.dialect;
+        self.scopes = admission.principal.scope_keys();
+        self.amount = admission.worst_case_micros.max(0);
+        self.record_id = format!("{}:{}", w.gateway_id, admission.request_id);
+        self.decide(&mut w, admission.now_ms, 0).unwrap_or(Verdict::Wait)
+    }
+
+    fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) -> Option<Verdict> {
+        let pending = self.pending.take_if(|p| p.token == token)?;
+        let worker = Rc::clone(&self.worker);
+        let Ok(mut w) = worker.try_borrow_mut() else { return Some(busy_verdict()) };
+        match read_lease(status, body) {
+            Ok(response) => chain::finish_refill(&mut store::SharedStore, &pending.ticket, &response, now_ms),
+            Err(why) => {
+                Metrics::inc(w.metrics.lease_failures, 1);
+                host::log(LogLevel::Warn, &format!("tollgate: lease call for request {} failed: {why}", self.record_id));
+                chain::fail_refill(&mut store::SharedStore, &pending.ticket, now_ms);
+            }
+        }
+        self.decide(&mut w, now_ms, pending.rounds)
+    }
+
+    fn settle(&mut self, record: &UsageRecord) {
+        let worker = Rc::clone(&self.worker);
+        let Ok(mut w) = worker.try_borrow_mut() else { return };
+        if self.settled {
+            Metrics::inc(w.metrics.double_settle, 1);
+            return;
+        }
+        self.settled = true;
+        let cost = record.cost_micros.max(0);
+        let reservation = self.reservation.take().unwrap_or_else(|| Reservation::unreserved(record.principal.scope_keys()));
+        let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
+        let settled = chain::settle(&mut store::SharedStore, reservation, cost);
+        if unreserved {
+            Metrics::inc(w.metrics.unreserved_micros, micros(cost));
+        } else {
+            Metrics::inc(w.metrics.excess_micros, micros(settled.excess_micros));
+        }
+        Metrics::inc(w.metrics.settled, 1);
+        w.enqueue(record);
+    }
+}
+
+impl Drop for LeaseEnforcer {
+    /// The request is gone. A reservation still held was never settled (the request never reached
+    /// the upstream): give it back.
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            chain::release(&mut store::SharedStore, &reservation);
+            if let Ok(w) = self.worker.try_borrow() {
+                Metrics::inc(w.metrics.released_unsettled, 1);
+            }
+        }
     }
 }
