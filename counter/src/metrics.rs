@@ -8,6 +8,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_core::protocol::BudgetStatus;
 
+/// A per-budget gauge: name, help text, how to read its value.
+type Gauge = (&'static str, &'static str, fn(&BudgetState) -> String);
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub usage_batches: AtomicU64,
@@ -85,7 +88,7 @@ impl Metrics {
         counter("tollgate_counter_unauthorized_total", "Requests refused for a missing or wrong token.", &[("", get(&self.unauthorized))]);
         counter("tollgate_counter_store_errors_total", "Store operations that failed.", &[("", get(&self.store_errors))]);
 
-        let gauges: [(&str, &str, fn(&BudgetState) -> String); 6] = [
+        let gauges: [Gauge; 6] = [
             ("tollgate_counter_budget_spent_micros", "Spend in the current window, micro-dollars.", |b| b.spent_micros.to_string()),
             ("tollgate_counter_budget_limit_micros", "Limit including active exemptions, micro-dollars.", |b| {
                 b.effective_limit_micros.to_string()

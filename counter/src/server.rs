@@ -22,6 +22,10 @@
 //! to do. Bodies are parsed here (not by an extractor) so that malformed JSON, unknown fields and
 //! bad values all get that same shape. Tokens are compared in constant time and never logged.
 
+// Helpers return `Result<_, Response>` so a handler can `tri!` its way to the error answer; the
+// large `Err` is the HTTP response itself and is built only on the error path.
+#![allow(clippy::result_large_err)]
+
 use crate::budget::{valid_id, Budget, BudgetFile, BudgetSpec, Exemption, ExemptionSpec};
 use crate::clock::Clock;
 use crate::metrics::{inc, Metrics};

@@ -14,6 +14,9 @@ const GW: &str = "crash-gw-token";
 const ADMIN: &str = "crash-admin-token";
 const BATCH: usize = 200;
 
+/// (worker, batch number, cost, acknowledged?)
+type Sent = (usize, usize, i64, bool);
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -67,8 +70,7 @@ async fn acknowledged_records_survive_kill_9_exactly_once() {
     let granted = c.post_json("/v1/leases", Some(GW), &lease("holder")).await.unwrap().json().unwrap();
     assert_eq!(granted["budgets"][0]["granted_micros"], 1_000_000);
 
-    // (worker, batch number, cost, acknowledged?)
-    let sent: Arc<Mutex<Vec<(usize, usize, i64, bool)>>> = Arc::default();
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..4 {
         let (url, sent) = (url.clone(), Arc::clone(&sent));
