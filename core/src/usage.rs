@@ -2,10 +2,12 @@
 //!
 //! The filter sees a response as a sequence of body chunks and must not buffer it (streams are
 //! long, and the client is reading them as they come). [`UsageScanner`] is fed each chunk and keeps
-//! only a bounded state: where it is in the SSE framing, a path of the JSON keys above the current
-//! value (keys remembered for the first few levels only), and the few small values it wants
-//! (token counts, the model name, the event type). Content strings are counted as they pass, never
-//! stored. Memory stays under a few kilobytes whatever the upstream sends.
+//! only a bounded state: where it is in the SSE framing, a stack of the open JSON containers (at
+//! most 128 deep), each tagged with its place on the few paths we read (a tiny trie per dialect,
+//! so a value's meaning is one step from its container's and whole subtrees are skipped unread),
+//! the current key, and the few small values it wants (token counts, the model name, the event
+//! type). Content strings are counted as they pass, never stored. Memory stays under a few
+//! kilobytes whatever the upstream sends.
 //!
 //! Because all of it is one byte-level state machine, the outcome is the same however the bytes are
 //! split into chunks; property tests check every split point.
@@ -92,8 +94,6 @@ pub struct ScanOutcome {
 
 /// Deepest JSON nesting followed; deeper input is treated as malformed.
 const MAX_DEPTH: usize = 128;
-/// Levels whose object keys are remembered (every path we read is shallower).
-const KEY_LEVELS: usize = 9;
 /// Longest key remembered; longer keys match nothing we read.
 const KEY_CAP: usize = 40;
 /// Longest captured string or number (model names, event types, token counts).
@@ -181,7 +181,7 @@ impl UsageScanner {
             }
             if self.sse.in_value {
                 // Fast path: the value runs to the next line break.
-                let end = bytes.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(bytes.len());
+                let end = find_either(bytes, b'\n', b'\r').unwrap_or(bytes.len());
                 let (value, tail) = bytes.split_at(end);
                 self.sse_value(value);
                 bytes = tail;
@@ -297,14 +297,29 @@ impl UsageScanner {
     // ---- JSON lexing -------------------------------------------------------------------------
 
     fn feed_json(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if let Lex::Str { key } = self.json.lex {
-                bytes = self.string_run(bytes, key);
-                continue;
+        while let Some((&b, rest)) = bytes.split_first() {
+            match self.json.lex {
+                Lex::Str { key } => bytes = self.string_run(bytes, key),
+                Lex::Number | Lex::Literal if is_scalar_byte(b) => {
+                    // A whole run of the number or literal at once.
+                    let end = bytes.iter().position(|&b| !is_scalar_byte(b)).unwrap_or(bytes.len());
+                    let (run, rest) = bytes.split_at(end);
+                    self.json.scratch.extend(run);
+                    bytes = rest;
+                }
+                _ if is_ws(b) && self.json.lex != Lex::Error => {
+                    let end = bytes.iter().position(|&b| !is_ws(b)).unwrap_or(bytes.len());
+                    if matches!(self.json.lex, Lex::Number | Lex::Literal) {
+                        self.json_byte(b);
+                    }
+                    bytes = bytes.get(end..).unwrap_or(&[]);
+                }
+                Lex::Error => return,
+                _ => {
+                    bytes = rest;
+                    self.json_byte(b);
+                }
             }
-            let Some((&b, rest)) = bytes.split_first() else { break };
-            bytes = rest;
-            self.json_byte(b);
         }
     }
 
@@ -312,15 +327,28 @@ impl UsageScanner {
     fn string_run<'b>(&mut self, bytes: &'b [u8], key: bool) -> &'b [u8] {
         let mut end = bytes.len();
         let mut closed = false;
-        for (i, &b) in bytes.iter().enumerate() {
-            if self.json.escaped {
-                self.json.escaped = false;
-            } else if b == b'\\' {
-                self.json.escaped = true;
-            } else if b == b'"' {
-                end = i;
-                closed = true;
-                break;
+        let mut from = 0;
+        if self.json.escaped && !bytes.is_empty() {
+            // The byte after a backslash that ended the previous chunk.
+            self.json.escaped = false;
+            from = 1;
+        }
+        while let Some(tail) = bytes.get(from..) {
+            match find_either(tail, b'"', b'\\') {
+                None => break,
+                Some(at) => {
+                    let at = from + at;
+                    if bytes.get(at) == Some(&b'"') {
+                        end = at;
+                        closed = true;
+                        break;
+                    }
+                    // A backslash: skip the escaped byte, which may be in the next chunk.
+                    from = at + 2;
+                    if from > bytes.len() {
+                        self.json.escaped = true;
+                    }
+                }
             }
         }
         let (run, rest) = bytes.split_at(end);
@@ -375,7 +403,7 @@ impl UsageScanner {
                 b':' => self.json.lex = Lex::Value,
                 _ => self.json.fail(),
             },
-            Lex::AfterValue => match (b, self.json.stack.last()) {
+            Lex::AfterValue => match (b, self.json.stack.last().map(|f| f.bracket)) {
                 (b',', Some(b'{')) => self.json.lex = Lex::Key,
                 (b',', Some(b'[')) => self.json.lex = Lex::Value,
                 (b'}', Some(b'{')) => self.close(b'{'),
@@ -387,16 +415,27 @@ impl UsageScanner {
     }
 
     fn begin_value(&mut self, b: u8) {
-        let target = if self.json.stack.len() > self.json.root {
-            let path = self.json.path();
-            classify(self.dialect, path.as_slice())
-        } else {
-            Target::None
+        let node = match self.json.stack.last() {
+            None => match b {
+                b'{' => Node::Root,
+                b'[' if self.json.array_stream => Node::Stream,
+                _ => Node::Dead,
+            },
+            Some(Frame { node: Node::Dead, .. }) => Node::Dead,
+            Some(Frame { bracket: b'[', node }) => step(self.dialect, *node, Step::Index),
+            Some(Frame { node, .. }) => match self.json.key.as_slice() {
+                Some(key) => step(self.dialect, *node, Step::Key(key)),
+                None => Node::Dead,
+            },
+        };
+        let target = match node {
+            Node::Leaf(target) => target,
+            _ => Target::None,
         };
         self.json.target = target;
         self.json.scratch.clear();
         match b {
-            b'{' | b'[' => self.open(b, target),
+            b'{' | b'[' => self.open(b, node),
             b'"' => self.json.lex = Lex::Str { key: false },
             b'-' | b'0'..=b'9' => {
                 self.json.scratch.push(b);
@@ -410,34 +449,32 @@ impl UsageScanner {
         }
     }
 
-    fn open(&mut self, bracket: u8, target: Target) {
-        let depth = self.json.stack.len();
-        if depth >= MAX_DEPTH {
+    fn open(&mut self, bracket: u8, node: Node) {
+        if self.json.stack.len() >= MAX_DEPTH {
             self.json.fail();
             return;
         }
-        if depth == 0 && bracket == b'[' && self.json.array_stream {
+        match (node, bracket) {
             // Gemini's JSON-array stream: each element is a message.
-            self.json.root = 1;
+            (Node::Stream, _) => self.json.root = 1,
+            (Node::Root, b'{') => {
+                self.message.clear();
+                self.message.open = true;
+            }
+            (Node::Leaf(Target::Error), b'{') => self.message.error = true,
+            _ => {}
         }
-        if depth == self.json.root && bracket == b'{' {
-            self.message.clear();
-            self.message.open = true;
-        }
-        if target == Target::Error && bracket == b'{' {
-            self.message.error = true;
-        }
-        self.json.stack.push(bracket);
+        self.json.stack.push(Frame { bracket, node });
         self.json.lex = if bracket == b'{' { Lex::KeyOrClose } else { Lex::ValueOrClose };
     }
 
     fn close(&mut self, bracket: u8) {
-        if self.json.stack.pop() != Some(bracket) {
+        let frame = self.json.stack.pop();
+        if frame.map(|f| f.bracket) != Some(bracket) {
             self.json.fail();
             return;
         }
-        let depth = self.json.stack.len();
-        if depth == self.json.root && bracket == b'{' && self.format == ResponseFormat::Json {
+        if frame.map(|f| f.node) == Some(Node::Root) && bracket == b'{' && self.format == ResponseFormat::Json {
             self.commit_message();
         }
         self.after_value();
@@ -600,81 +637,145 @@ enum Target {
     Content,
 }
 
-/// One step of the path from the message root to a value.
+/// Where a container sits on the paths we read: a node of a small trie per dialect, kept in each
+/// stack frame. A value's node is one step from its container's, so finding out what a value
+/// means costs one match, and nothing under a `Dead` container is looked at (not even its keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seg<'a> {
-    Key(&'a [u8]),
-    Index,
-    /// A key too long, or too deep, to remember: matches nothing.
-    Unknown,
+enum Node {
+    /// Nothing we read is in here.
+    Dead,
+    /// A JSON body's top-level array whose elements are messages (Gemini's array stream).
+    Stream,
+    /// A message's root object.
+    Root,
+    /// A value we read.
+    Leaf(Target),
+    // OpenAI / Azure
+    OResponse,
+    OUsage,
+    OPromptDetails,
+    OCompletionDetails,
+    OChoices,
+    OChoice,
+    OChoiceMessage,
+    OToolCalls,
+    OToolCall,
+    OFunction,
+    OOutput,
+    OOutputItem,
+    OOutputContent,
+    OOutputPart,
+    // Anthropic
+    AMessage,
+    AUsage,
+    AEarlyUsage,
+    ADelta,
+    AContent,
+    AContentItem,
+    // Gemini
+    GUsage,
+    GCandidates,
+    GCandidate,
+    GContent,
+    GParts,
+    GPart,
 }
 
-fn classify(dialect: Dialect, path: &[Seg<'_>]) -> Target {
-    use Seg::{Index as I, Key as K};
-    match dialect {
-        Dialect::OpenAi | Dialect::AzureOpenAi => match path {
-            [K(b"model")] | [K(b"response"), K(b"model")] => Target::Model,
-            [K(b"type")] => Target::Type,
-            [K(b"status")] => Target::Status,
-            [K(b"error")] => Target::Error,
-            [K(b"usage"), rest @ ..] | [K(b"response"), K(b"usage"), rest @ ..] => match rest {
-                [K(b"prompt_tokens" | b"input_tokens")] => Target::Usage(Field::Prompt),
-                [K(b"completion_tokens" | b"output_tokens")] => Target::Usage(Field::Completion),
-                [K(b"prompt_tokens_details" | b"input_tokens_details"), K(b"cached_tokens")] => {
-                    Target::Usage(Field::CacheRead)
-                }
-                [K(b"completion_tokens_details" | b"output_tokens_details"), K(b"reasoning_tokens")] => {
-                    Target::Usage(Field::Reasoning)
-                }
-                _ => Target::None,
-            },
-            [K(b"choices"), I, K(b"delta" | b"message"), K(b"content" | b"refusal" | b"reasoning_content")]
-            | [K(b"choices"), I, K(b"delta" | b"message"), K(b"tool_calls"), I, K(b"function"), K(b"arguments")]
-            | [K(b"choices"), I, K(b"text")]
-            | [K(b"delta")]
-            | [K(b"output"), I, K(b"content"), I, K(b"text")]
-            | [K(b"output"), I, K(b"arguments")] => Target::Content,
-            _ => Target::None,
+/// How a value hangs off its container.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    Key(&'a [u8]),
+    Index,
+}
+
+/// The node of a value, from its container's node and its key or index.
+fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
+    use Node::*;
+    use Step::{Index as I, Key as K};
+    let leaf = Leaf;
+    let usage = |field: Field| Leaf(Target::Usage(field));
+    match (node, step) {
+        (Stream, I) => Root,
+        (Root, K(key)) => match (dialect, key) {
+            (Dialect::Gemini, b"modelVersion") => leaf(Target::Model),
+            (Dialect::Gemini, b"usageMetadata") => GUsage,
+            (Dialect::Gemini, b"candidates") => GCandidates,
+            (Dialect::Gemini, _) if key == b"error" => leaf(Target::Error),
+            (Dialect::Gemini, _) => Dead,
+            (_, b"model") => leaf(Target::Model),
+            (_, b"type") => leaf(Target::Type),
+            (_, b"error") => leaf(Target::Error),
+            (Dialect::Anthropic, b"usage") => AUsage,
+            (Dialect::Anthropic, b"message") => AMessage,
+            (Dialect::Anthropic, b"delta") => ADelta,
+            (Dialect::Anthropic, b"content") => AContent,
+            (Dialect::Anthropic, _) => Dead,
+            (_, b"status") => leaf(Target::Status),
+            (_, b"usage") => OUsage,
+            (_, b"response") => OResponse,
+            (_, b"choices") => OChoices,
+            // Responses API streaming deltas (`response.output_text.delta` and friends).
+            (_, b"delta") => leaf(Target::Content),
+            (_, b"output") => OOutput,
+            _ => Dead,
         },
-        Dialect::Anthropic => match path {
-            [K(b"model")] | [K(b"message"), K(b"model")] => Target::Model,
-            [K(b"type")] => Target::Type,
-            [K(b"error")] => Target::Error,
-            // `message.usage` is message_start's: its output count is a placeholder.
-            [K(b"message"), K(b"usage"), K(field)] => match anthropic_usage(field) {
-                Target::Usage(field) => Target::EarlyUsage(field),
-                other => other,
-            },
-            [K(b"usage"), K(field)] => anthropic_usage(field),
-            [K(b"delta"), K(b"text" | b"partial_json" | b"thinking")]
-            | [K(b"content"), I, K(b"text" | b"thinking")] => Target::Content,
-            _ => Target::None,
+        // OpenAI / Azure: chat, completions, embeddings, Responses.
+        (OResponse, K(b"model")) => leaf(Target::Model),
+        (OResponse, K(b"usage")) => OUsage,
+        (OUsage, K(b"prompt_tokens" | b"input_tokens")) => usage(Field::Prompt),
+        (OUsage, K(b"completion_tokens" | b"output_tokens")) => usage(Field::Completion),
+        (OUsage, K(b"prompt_tokens_details" | b"input_tokens_details")) => OPromptDetails,
+        (OUsage, K(b"completion_tokens_details" | b"output_tokens_details")) => OCompletionDetails,
+        (OPromptDetails, K(b"cached_tokens")) => usage(Field::CacheRead),
+        (OCompletionDetails, K(b"reasoning_tokens")) => usage(Field::Reasoning),
+        (OChoices, I) => OChoice,
+        (OChoice, K(b"delta" | b"message")) => OChoiceMessage,
+        (OChoice, K(b"text")) => leaf(Target::Content),
+        (OChoiceMessage, K(b"content" | b"refusal" | b"reasoning_content")) => leaf(Target::Content),
+        (OChoiceMessage, K(b"tool_calls")) => OToolCalls,
+        (OToolCalls, I) => OToolCall,
+        (OToolCall, K(b"function")) => OFunction,
+        (OFunction, K(b"arguments")) => leaf(Target::Content),
+        (OOutput, I) => OOutputItem,
+        (OOutputItem, K(b"content")) => OOutputContent,
+        (OOutputItem, K(b"arguments")) => leaf(Target::Content),
+        (OOutputContent, I) => OOutputPart,
+        (OOutputPart, K(b"text")) => leaf(Target::Content),
+        // Anthropic. `message.usage` is message_start's: its output count is a placeholder.
+        (AMessage, K(b"model")) => leaf(Target::Model),
+        (AMessage, K(b"usage")) => AEarlyUsage,
+        (AUsage, K(field)) => anthropic_usage(field),
+        (AEarlyUsage, K(field)) => match anthropic_usage(field) {
+            Leaf(Target::Usage(field)) => Leaf(Target::EarlyUsage(field)),
+            other => other,
         },
-        Dialect::Gemini => match path {
-            [K(b"modelVersion")] => Target::Model,
-            [K(b"error")] => Target::Error,
-            [K(b"usageMetadata"), K(field)] => match *field {
-                b"promptTokenCount" => Target::Usage(Field::Prompt),
-                b"candidatesTokenCount" => Target::Usage(Field::Completion),
-                b"cachedContentTokenCount" => Target::Usage(Field::CacheRead),
-                b"thoughtsTokenCount" => Target::Usage(Field::Thoughts),
-                b"toolUsePromptTokenCount" => Target::Usage(Field::ToolPrompt),
-                _ => Target::None,
-            },
-            [K(b"candidates"), I, K(b"finishReason")] => Target::Finish,
-            [K(b"candidates"), I, K(b"content"), K(b"parts"), I, K(b"text")] => Target::Content,
-            _ => Target::None,
-        },
+        (ADelta, K(b"text" | b"partial_json" | b"thinking")) => leaf(Target::Content),
+        (AContent, I) => AContentItem,
+        (AContentItem, K(b"text" | b"thinking")) => leaf(Target::Content),
+        // Gemini.
+        (GUsage, K(b"promptTokenCount")) => usage(Field::Prompt),
+        (GUsage, K(b"candidatesTokenCount")) => usage(Field::Completion),
+        (GUsage, K(b"cachedContentTokenCount")) => usage(Field::CacheRead),
+        (GUsage, K(b"thoughtsTokenCount")) => usage(Field::Thoughts),
+        (GUsage, K(b"toolUsePromptTokenCount")) => usage(Field::ToolPrompt),
+        (GCandidates, I) => GCandidate,
+        (GCandidate, K(b"finishReason")) => leaf(Target::Finish),
+        (GCandidate, K(b"content")) => GContent,
+        (GContent, K(b"parts")) => GParts,
+        (GParts, I) => GPart,
+        (GPart, K(b"text")) => leaf(Target::Content),
+        _ => Dead,
     }
 }
 
-fn anthropic_usage(field: &[u8]) -> Target {
+fn anthropic_usage(field: &[u8]) -> Node {
+    let usage = |field: Field| Node::Leaf(Target::Usage(field));
     match field {
-        b"input_tokens" => Target::Usage(Field::Prompt),
-        b"output_tokens" => Target::Usage(Field::Completion),
-        b"cache_read_input_tokens" => Target::Usage(Field::CacheRead),
-        b"cache_creation_input_tokens" => Target::Usage(Field::CacheWrite),
-        _ => Target::None,
+        b"input_tokens" => usage(Field::Prompt),
+        b"output_tokens" => usage(Field::Completion),
+        b"cache_read_input_tokens" => usage(Field::CacheRead),
+        b"cache_creation_input_tokens" => usage(Field::CacheWrite),
+        _ => Node::Dead,
     }
 }
 
@@ -706,6 +807,27 @@ fn parse_count(text: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// The first position of `a` or `b`, eight bytes at a time (this is the scanner's inner loop:
+/// content strings and SSE lines are searched for their end, never looked at byte by byte).
+fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
+    let (wa, wb) = (ONES.wrapping_mul(u64::from(a)), ONES.wrapping_mul(u64::from(b)));
+    let mut words = hay.chunks_exact(8);
+    let mut offset = 0;
+    for word in words.by_ref() {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let v = u64::from_le_bytes(eight);
+        if has_zero(v ^ wa) || has_zero(v ^ wb) {
+            return word.iter().position(|&c| c == a || c == b).map(|i| offset + i);
+        }
+        offset += 8;
+    }
+    words.remainder().iter().position(|&c| c == a || c == b).map(|i| offset + i)
 }
 
 fn is_ws(b: u8) -> bool {
@@ -861,10 +983,10 @@ enum Scalar {
 #[derive(Debug, Clone)]
 struct JsonState {
     lex: Lex,
-    /// Open brackets, innermost last.
-    stack: Vec<u8>,
-    /// The current key of each object on the stack, for the first [`KEY_LEVELS`] levels.
-    keys: [Capped<KEY_CAP>; KEY_LEVELS],
+    /// Open containers, innermost last.
+    stack: Vec<Frame>,
+    /// The key being read or just read in the innermost object (only under a live node).
+    key: Capped<KEY_CAP>,
     /// Stack depth of a message's root object: 0, or 1 in a JSON-array stream.
     root: usize,
     /// Whether a top-level array is a stream of messages (JSON bodies).
@@ -881,7 +1003,7 @@ impl JsonState {
         JsonState {
             lex: Lex::Value,
             stack: Vec::with_capacity(16),
-            keys: [Capped::default(); KEY_LEVELS],
+            key: Capped::default(),
             root: 0,
             array_stream,
             escaped: false,
@@ -904,53 +1026,22 @@ impl JsonState {
     }
 
     fn start_key(&mut self) {
-        if let Some(key) = self.stack.len().checked_sub(1).and_then(|d| self.keys.get_mut(d)) {
-            key.clear();
-        }
+        self.key.clear();
     }
 
     fn key_bytes(&mut self, run: &[u8]) {
-        if let Some(key) = self.stack.len().checked_sub(1).and_then(|d| self.keys.get_mut(d)) {
-            key.extend(run);
+        if self.stack.last().is_some_and(|f| f.node != Node::Dead) {
+            self.key.extend(run);
         }
-    }
-
-    /// The path from the message root to the value about to start.
-    fn path(&self) -> Path<'_> {
-        let mut path = Path { segs: [Seg::Unknown; 8], len: 0, too_deep: false };
-        for (depth, bracket) in self.stack.iter().enumerate().skip(self.root) {
-            let seg = match bracket {
-                b'[' => Seg::Index,
-                _ => match self.keys.get(depth).and_then(Capped::as_slice) {
-                    Some(key) => Seg::Key(key),
-                    None => Seg::Unknown,
-                },
-            };
-            match path.segs.get_mut(path.len) {
-                Some(slot) => {
-                    *slot = seg;
-                    path.len += 1;
-                }
-                None => path.too_deep = true,
-            }
-        }
-        path
     }
 }
 
-struct Path<'a> {
-    segs: [Seg<'a>; 8],
-    len: usize,
-    too_deep: bool,
-}
-
-impl<'a> Path<'a> {
-    fn as_slice(&self) -> &[Seg<'a>] {
-        if self.too_deep {
-            return &[];
-        }
-        self.segs.get(..self.len).unwrap_or(&[])
-    }
+/// An open container and where it sits.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// `{` or `[`.
+    bracket: u8,
+    node: Node,
 }
 
 /// What the message being read has said so far.

@@ -546,6 +546,17 @@ fn keys_that_only_look_like_usage_are_ignored() {
     assert_eq!(scan(OpenAi, Chat, Json, body.as_bytes()).tokens, None);
 }
 
+#[test]
+fn find_either_agrees_with_a_plain_search() {
+    let hay: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+    for len in 0..hay.len() {
+        let part = &hay[..len];
+        for (a, b) in [(b'"', b'\\'), (b'\n', b'\r'), (0, 255), (7, 7)] {
+            assert_eq!(find_either(part, a, b), part.iter().position(|&c| c == a || c == b), "{len} {a} {b}");
+        }
+    }
+}
+
 /// All four dialects and both formats, for inputs that are not one dialect's fixtures.
 fn any_scanner_kind() -> impl Strategy<Value = (Dialect, Endpoint, ResponseFormat)> {
     (
