@@ -11,7 +11,8 @@
 //! - [`window`]: calendar, rolling and open-ended windows; fixed UTC offsets; day buckets.
 //! - [`budget`]: budget and exemption specs, their validation, and the status decision.
 //! - [`store`]: the [`store::Store`] trait (the storage contract), the in-memory [`store::book`]
-//!   with the lease and charging rules, and the embedded SQLite backend [`store::sqlite`].
+//!   with the lease and charging rules, the embedded SQLite backend [`store::sqlite`] (default)
+//!   and the shared Redis backend [`store::redis`].
 //! - [`report`]: JSON, CSV and table shapes of the reports.
 //! - [`server`]: the HTTP API (`run(listener, store, clock, auth, shutdown)`), auth, errors.
 //! - [`metrics`]: Prometheus text.

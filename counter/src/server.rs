@@ -153,6 +153,9 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/admin/reports/utilization", get(utilization_report::<S>))
         .route("/admin/audit", get(audit::<S>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/counter.md")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -190,8 +193,20 @@ fn store_error(metrics: &Metrics, e: StoreError) -> Response {
     }
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| invalid(format!("request body: {e}; fix the JSON and send it again")))
+/// A request body as extracted: too large or unreadable bodies become JSON errors too.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response> {
+    let bytes = body.as_ref().map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body larger than {MAX_BODY_BYTES} bytes; send smaller batches")
+        } else {
+            format!("request body could not be read: {rejection}")
+        };
+        error(status, "invalid_request", message)
+    })?;
+    serde_json::from_slice(bytes).map_err(|e| invalid(format!("request body: {e}; fix the JSON and send it again")))
 }
 
 impl<S: Store> App<S> {
@@ -225,7 +240,7 @@ macro_rules! tri {
     };
 }
 
-async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));
     let request: LeaseRequest = match parse_body(&body).and_then(|r| validate_lease_request(&r).map(|_| r).map_err(invalid)) {
         Ok(r) => r,
@@ -246,7 +261,7 @@ async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: B
     }
 }
 
-async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));
     let batch: UsageBatch = match parse_body(&body).and_then(|b| validate_batch(&b).map(|_| b).map_err(invalid)) {
         Ok(b) => b,
@@ -314,7 +329,7 @@ async fn save_budget<S: Store>(app: &App<S>, actor: &str, budget: Budget) -> Res
     ok_json(StatusCode::OK, &json!({ "outcome": outcome, "budget": state }))
 }
 
-async fn put_budget<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+async fn put_budget<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Response {
     let actor = tri!(app.admin(&headers));
     let mut spec: BudgetSpec = tri!(parse_body(&body));
     if spec.id.is_empty() {
@@ -332,7 +347,7 @@ struct TopUp {
     amount: String,
 }
 
-async fn topup<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+async fn topup<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Response {
     let actor = tri!(app.admin(&headers));
     let TopUp { amount } = tri!(parse_body(&body));
     let Some(add) = parse_decimal_scaled(&amount, 6).and_then(|m| Micros::try_from(m).ok()) else {
@@ -374,7 +389,7 @@ async fn list_exemptions<S: Store>(State(app): State<App<S>>, headers: HeaderMap
     }
 }
 
-async fn add_exemption<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn add_exemption<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     let actor = tri!(app.admin(&headers));
     let spec: ExemptionSpec = tri!(parse_body(&body));
     let now = app.clock.now_ms();

@@ -105,6 +105,8 @@ async fn bad_input_is_a_clear_400_and_nothing_is_half_applied() {
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, b) = h.call("GET", "/nowhere", None, None).await;
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, b) = h.call("GET", "/v1/usage", Some(GATEWAY_TOKEN), None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (405, Some("method_not_allowed")));
 }
 
 #[tokio::test]

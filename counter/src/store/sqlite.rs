@@ -166,7 +166,7 @@ impl SqliteStore {
         conn.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"))
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
-        // Slices that expired before this start can never matter again.
+        // Slices that expired a day before this start can never matter again.
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
@@ -203,6 +203,9 @@ impl SqliteStore {
             }
         }
 
+        // Housekeeping only (decisions always compare against the clock's now): day buckets older
+        // than any window can reach stay on disk for history but need no memory.
+        book.prune(now_ms);
         let lease_seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM leases", [], |r| r.get(0)).map_err(internal)?;
         let reader = Connection::open(&path).map_err(internal)?;
         reader.execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;").map_err(internal)?;
