@@ -1,5 +1,6 @@
 //! `tollgate-counter bench`: measures usage records/s (batched) and lease calls/s over real HTTP
-//! on loopback against an in-process server with a fresh SQLite store in a temporary directory.
+//! on loopback against an in-process server with a fresh SQLite store in a temporary directory,
+//! or (`--redis-url`) a Redis store in a fresh namespace that is deleted afterwards.
 //!
 //! Client and server share the machine (on the 2-core CI box they share both cores), so the figures
 //! are a floor for a dedicated counter host. Each phase runs for a fixed time and prints one line.
@@ -8,6 +9,7 @@ use crate::budget::{Budget, BudgetSpec};
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::server::{run, Auth};
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use crate::store::Store;
 use std::fmt::Write;
@@ -22,6 +24,8 @@ pub struct BenchOptions {
     pub batch: usize,
     pub concurrency: usize,
     pub synchronous: Synchronous,
+    /// Bench the Redis store at this URL instead of SQLite.
+    pub redis_url: Option<String>,
 }
 
 const GATEWAY_TOKEN: &str = "bench-gateway-token";
@@ -53,11 +57,29 @@ fn batch_body(gateway: &str, prefix: &str, start: u64, n: usize) -> Vec<u8> {
 
 /// Runs both phases and prints `usage_records_per_sec=…` and `lease_calls_per_sec=…` lines.
 pub async fn bench(options: BenchOptions) -> Result<(), String> {
+    if let Some(url) = &options.redis_url {
+        let namespace = format!("tollgate-bench-{}", std::process::id());
+        let store = Arc::new(RedisStore::connect(RedisOptions { url: url.clone(), namespace, ..RedisOptions::default() }).await.map_err(|e| e.to_string())?);
+        let result = bench_with(Arc::clone(&store), &options, "store=redis").await;
+        store.delete_namespace().await.map_err(|e| e.to_string())?;
+        return result;
+    }
     let dir = std::env::temp_dir().join(format!("tollgate-counter-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(
         SqliteStore::open(&dir, SqliteOptions { synchronous: options.synchronous, ..SqliteOptions::default() }).map_err(|e| e.to_string())?,
     );
+    let sync = match options.synchronous {
+        Synchronous::Full => "synchronous=full",
+        Synchronous::Normal => "synchronous=normal",
+    };
+    let result = bench_with(store, &options, sync).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Both phases against a server on `store`; `store_label` goes into the usage line.
+async fn bench_with<S: Store>(store: Arc<S>, options: &BenchOptions, store_label: &str) -> Result<(), String> {
     let now = SystemClock.now_ms();
     let mut specs = vec![r#"{"id":"org","scope":"org:acme","limit":"100000000","window":"month"}"#.to_string()];
     for t in 0..10 {
@@ -74,10 +96,6 @@ pub async fn bench(options: BenchOptions) -> Result<(), String> {
     let server = tokio::spawn(run(listener, Arc::clone(&store), Arc::new(SystemClock), auth, async {
         let _ = stopped.await;
     }));
-    let sync = match options.synchronous {
-        Synchronous::Full => "full",
-        Synchronous::Normal => "normal",
-    };
 
     // Phase 1: usage batches.
     let deadline = Instant::now() + Duration::from_secs_f64(options.seconds);
@@ -107,7 +125,7 @@ pub async fn bench(options: BenchOptions) -> Result<(), String> {
     let elapsed = started.elapsed().as_secs_f64();
     let n = records.load(Ordering::Relaxed);
     println!(
-        "usage_records_per_sec={:.0} (records={n}, seconds={elapsed:.2}, batch={}, concurrency={}, synchronous={sync}, http=loopback)",
+        "usage_records_per_sec={:.0} (records={n}, seconds={elapsed:.2}, batch={}, concurrency={}, {store_label}, http=loopback)",
         n as f64 / elapsed,
         options.batch,
         options.concurrency
@@ -150,6 +168,5 @@ pub async fn bench(options: BenchOptions) -> Result<(), String> {
 
     let _ = stop.send(());
     server.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

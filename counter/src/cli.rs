@@ -238,6 +238,9 @@ pub struct BenchArgs {
     pub concurrency: usize,
     #[arg(long, value_enum, default_value = "full")]
     pub sync: SyncArg,
+    /// Bench the Redis store at this URL (a fresh namespace, deleted afterwards) instead of SQLite.
+    #[arg(long)]
+    pub redis_url: Option<String>,
 }
 
 /// Entry point of the binary. Returns the process exit code.
@@ -268,7 +271,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Utilization { conn, format } => utilization(conn, format).await,
         Command::Audit { conn, subject, since, limit, format } => audit(conn, subject, since, limit, format).await,
         Command::Bench(a) => {
-            crate::bench::bench(crate::bench::BenchOptions { seconds: a.seconds, batch: a.batch.max(1), concurrency: a.concurrency.max(1), synchronous: a.sync.into() })
+            crate::bench::bench(crate::bench::BenchOptions { seconds: a.seconds, batch: a.batch.max(1), concurrency: a.concurrency.max(1), synchronous: a.sync.into(), redis_url: a.redis_url })
                 .await
         }
     }

@@ -281,6 +281,36 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// Deletes every key of this namespace (benches and throw-away environments); returns how many.
+    pub async fn delete_namespace(&self) -> StoreResult<u64> {
+        let pattern = format!("{}*", self.prefix);
+        let mut cursor = 0u64;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .retry("delete namespace", |mut conn| {
+                    let pattern = pattern.clone();
+                    async move { redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(&mut conn).await }
+                })
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = self
+                    .retry("delete namespace", |mut conn| {
+                        let keys = keys.clone();
+                        async move { redis::cmd("UNLINK").arg(keys).query_async(&mut conn).await }
+                    })
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        self.reload().await?;
+        Ok(deleted)
+    }
+
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
