@@ -9,6 +9,16 @@ def stat_increase(before, after, *needles):
     return sum(v for k, v in stats_delta(before, after).items() if all(n in k for n in needles))
 
 
+def outcome_count(stats, dialect, outcome):
+    """The filter's per-dialect outcome counter (`tollgate_requests_<dialect>_<outcome>`)."""
+    return stats.get(f"wasmcustom.tollgate_requests_{dialect}_{outcome}", 0)
+
+
+def assert_outcome_counted(before, after, dialect, outcome):
+    name = f"wasmcustom.tollgate_requests_{dialect}_{outcome}"
+    assert after.get(name, 0) - before.get(name, 0) == 1, f"{name} did not count the request: {stats_delta(before, after)}"
+
+
 def assert_error_shape(dialect, resp, status):
     """The body is the dialect's own error JSON (what its SDKs parse), with a non-empty message."""
     assert resp.status == status, resp

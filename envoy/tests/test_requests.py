@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from checks import assert_error_shape, log_int, stat_increase
+from checks import assert_error_shape, assert_outcome_counted, log_int, stat_increase
 from conftest import ALICE_KEY
 from harness import new_id, request_raw_until_close, sse_json
 
@@ -73,7 +73,7 @@ def test_deny_rule_refuses_with_403_in_dialect_shape(envoy, mock, dialect, path,
     message = assert_error_shape(dialect, resp, 403)
     assert "no-forbidden" in message, f"the refusal names the rule: {message!r}"
     assert mock.request_with(e2e_id, wait=0.5) is None, "a denied request must not reach the upstream"
-    assert stat_increase(before, envoy.stats(), "tollgate", "request") >= 1
+    assert_outcome_counted(before, envoy.stats(), dialect, "denied")
 
 
 def _bad_bodies(dialect):
@@ -98,9 +98,11 @@ def test_bad_body_gets_400_in_dialect_shape(envoy, mock, dialect, path, _body, k
     if dialect in ("azure_openai", "gemini") and kind in ("model-is-a-number", "duplicate-model"):
         pytest.skip("the model is in the path for this dialect; a body model is just another member")
     e2e_id = new_id()
+    before = envoy.stats()
     resp = envoy.post(path.format(m=VALID_MODEL[dialect]), _bad_bodies(dialect)[kind], {"x-e2e-id": e2e_id})
     assert_error_shape(dialect, resp, 400)
     assert mock.request_with(e2e_id, wait=0.3) is None, "a refused request must not reach the upstream"
+    assert_outcome_counted(before, envoy.stats(), dialect, "invalid")
 
 
 @pytest.mark.parametrize("dialect,path,body", PER_DIALECT, ids=[d[0] for d in PER_DIALECT])
@@ -108,9 +110,11 @@ def test_body_over_the_limit_gets_413_in_dialect_shape(envoy, mock, dialect, pat
     e2e_id = new_id()
     big = body(VALID_MODEL[dialect])
     big["padding"] = "x" * 70000  # the session config allows 65536 bytes
+    before = envoy.stats()
     resp = envoy.post(path.format(m=VALID_MODEL[dialect]), json.dumps(big), {"x-e2e-id": e2e_id})
     assert_error_shape(dialect, resp, 413)
     assert mock.request_with(e2e_id, wait=0.3) is None
+    assert_outcome_counted(before, envoy.stats(), dialect, "too_large")
 
 
 def test_unknown_path_passes_through_untouched(envoy, mock):
@@ -125,8 +129,7 @@ def test_unknown_path_passes_through_untouched(envoy, mock):
     assert upstream["header_map"]["x-custom"] == "kept"
     after = envoy.stats()
     assert stat_increase(before, after, "tokens") == 0
-    assert stat_increase(before, after, "passthrough") + stat_increase(before, after, "unrecognised") + stat_increase(before, after, "unrecognized") >= 1, \
-        f"unrecognised requests are counted: {after}"
+    assert stat_increase(before, after, "tollgate_passthrough") == 1, f"unrecognised requests are counted: {after}"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -170,7 +173,8 @@ def test_cut_stream_is_charged_from_an_estimate(envoy, mock, path, body):
     assert log.get("estimated") in ("true", "1"), f"a cut stream is charged from an estimate, flagged: {log}"
     assert log_int(log, "tokens_output") > 0, log
     assert log_int(log, "cost_micros") > 0, log
-    assert stat_increase(before, envoy.stats(), "estimate") >= 1
+    dialect = {"/v1/messages": "anthropic"}.get(path, "gemini" if "gemini" in path else "openai")
+    assert_outcome_counted(before, envoy.stats(), dialect, "estimated")
 
 
 def test_upstream_error_without_usage_is_not_charged(envoy, mock):
@@ -306,7 +310,7 @@ def test_unpriced_model_is_forwarded_charged_zero_and_counted(envoy, mock):
     assert json.loads(mock.request_with(e2e_id)["body"])["model"] == "e2e-unpriced-model"
     log = envoy.access_log_line(e2e_id)
     assert log_int(log, "cost_micros") == 0 and log_int(log, "tokens_input") > 0, log
-    assert stat_increase(before, envoy.stats(), "unknown_model") == 1
+    assert stat_increase(before, envoy.stats(), "tollgate_unknown_model") == 1
 
 
 def test_mount_prefix_is_recognised(envoy, mock):
@@ -410,4 +414,4 @@ def test_upstream_errors_reach_the_client_unchanged_and_are_not_charged(envoy, m
     assert resp.json()["type"] == "error" and "x-mock-status" in resp.json()["error"]["message"]
     log = envoy.access_log_line(e2e_id)
     assert log.get("cost_micros") in ("0", None), log
-    assert stat_increase(before, envoy.stats(), "upstream_error") == 1
+    assert_outcome_counted(before, envoy.stats(), "anthropic", "upstream_error")
