@@ -598,9 +598,8 @@ proptest! {
     /// (Anthropic's fixtures send a `message_delta` twice, so they are left out).
     #[test]
     fn a_cut_response_never_reports_wrong_final_tokens(index in 0usize..15, cut in 0usize..100_000) {
-        let cases = cases();
+        let cases: Vec<Case> = cases().into_iter().filter(|c| c.dialect != Anthropic).collect();
         let case = &cases[index % cases.len()];
-        prop_assume!(case.dialect != Anthropic);
         let body = case.body.as_bytes();
         let got = scan(case.dialect, case.endpoint, case.format, &body[..cut % (body.len() + 1)]);
         prop_assert!(got.tokens.is_none() || got.tokens == case.tokens, "{}: {:?}", case.name, got.tokens);
