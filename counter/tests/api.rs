@@ -334,10 +334,16 @@ async fn utilization_and_metrics_cover_every_budget() {
 async fn granted_slices_survive_a_restart_until_they_expire() {
     let h = Harness::start().await;
     h.budget(team_budget("platform", "platform", "1")).await;
-    assert_eq!(h.lease("gw1", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 1_000_000);
-    let now = h.clock.now_ms();
-    let h = Harness::start_in(h.stop().await, now + 1_000).await;
+    let t0 = h.clock.now_ms();
+    assert_eq!(h.lease("gw1", &["team:platform"], 400_000).await["budgets"][0]["granted_micros"], 400_000);
+    h.clock.advance_ms(1_000);
+    assert_eq!(h.lease("gw1", &["team:platform"], 300_000).await["budgets"][0]["granted_micros"], 300_000, "a smaller renewal");
+    assert_eq!(h.lease("gw1", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 1_000_000, "a bigger one");
+    let h = Harness::start_in(h.stop().await, t0 + 2_000).await;
     assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 0, "gw1 still holds it all");
-    h.clock.set_ms(now + LEASE_TTL_MS);
+    h.clock.set_ms(t0 + 1_000 + LEASE_TTL_MS - 1);
+    assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 0, "until its TTL");
+    // The SQLite store restores a durable upper bound that lives at most two TTLs from its write.
+    h.clock.set_ms(t0 + 1_000 + 2 * LEASE_TTL_MS);
     assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 1_000_000, "gw1's slice lapsed");
 }

@@ -22,19 +22,24 @@
 //! page cache) but the last commits can be lost on power failure. Group commit is what keeps FULL
 //! fast: one fsync per group, not per batch.
 //!
-//! Lease grants are durable too: a grant is reserved in the book under its lock, then its slice
-//! row `(budget, gateway, micros, expiry, seq)` rides the same group commit as usage, and the
-//! answer is sent after `COMMIT`. After a crash the counter restores every unexpired slice, so a
-//! restart cannot hand out headroom a gateway still holds. (`seq` orders grants: a row is only
-//! replaced by a later grant.) Usage that shrinks a slice is not re-written: a restored slice can
-//! only be larger than the truth, which errs towards refusing, and it expires within `lease_ttl`.
+//! Lease grants are durable too. The `leases` table holds, per (budget, gateway), an **upper
+//! bound** on the slice the gateway may hold: `micros` and `expires_at_ms`. A grant is reserved in
+//! the book under its lock; if the durable bound already covers it (at least as many micros, an
+//! expiry at least as late) it is answered at once, otherwise a new bound — the granted micros and
+//! an expiry of `now + 2 × lease_ttl` — rides the same group commit as usage and the answer waits
+//! for `COMMIT`. A live bound only grows (`MAX` of both columns); an expired one is replaced. So a
+//! steady gateway renewing the same slice writes about once per `lease_ttl`, not once per call.
+//! After a crash every unexpired bound is restored as the slice: a restart cannot hand out
+//! headroom a gateway still holds; it can only hold back more than needed, for at most
+//! `2 × lease_ttl`. Usage that shrinks a slice is not re-written, for the same reason.
 
 use super::book::{Book, Charges, Spend};
 use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{Budget, BudgetSpec, Exemption};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::protocol::{LeaseRequest, LeaseResponse, UsageAck, UsageBatch};
@@ -74,6 +79,7 @@ CREATE TABLE IF NOT EXISTS ledger (
   cost_micros INTEGER NOT NULL, status INTEGER NOT NULL, estimated INTEGER NOT NULL,
   started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_finished ON ledger (finished_at_ms);
 CREATE TABLE IF NOT EXISTS budgets (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spend (
   budget_id TEXT NOT NULL, bucket INTEGER NOT NULL, micros INTEGER NOT NULL, tokens INTEGER NOT NULL,
@@ -87,7 +93,7 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, seq);
 CREATE TABLE IF NOT EXISTS leases (
   budget_id TEXT NOT NULL, gateway_id TEXT NOT NULL, micros INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
-  seq INTEGER NOT NULL, PRIMARY KEY (budget_id, gateway_id)
+  PRIMARY KEY (budget_id, gateway_id)
 ) WITHOUT ROWID;
 ";
 
@@ -97,9 +103,22 @@ const INSERT_LEDGER: &str = "INSERT OR IGNORE INTO ledger VALUES
 const UPSERT_SPEND: &str = "INSERT INTO spend (budget_id, bucket, micros, tokens) VALUES (?1, ?2, ?3, ?4)
   ON CONFLICT (budget_id, bucket) DO UPDATE SET micros = micros + excluded.micros, tokens = tokens + excluded.tokens";
 
-const UPSERT_LEASE: &str = "INSERT INTO leases (budget_id, gateway_id, micros, expires_at_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-  ON CONFLICT (budget_id, gateway_id) DO UPDATE SET micros = excluded.micros, expires_at_ms = excluded.expires_at_ms,
-  seq = excluded.seq WHERE excluded.seq > leases.seq";
+/// Must agree with [`merge_bound`]: a live bound grows, an expired one is replaced.
+const UPSERT_LEASE: &str = "INSERT INTO leases (budget_id, gateway_id, micros, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+  ON CONFLICT (budget_id, gateway_id) DO UPDATE SET
+  micros = CASE WHEN leases.expires_at_ms > ?5 THEN MAX(leases.micros, excluded.micros) ELSE excluded.micros END,
+  expires_at_ms = CASE WHEN leases.expires_at_ms > ?5 THEN MAX(leases.expires_at_ms, excluded.expires_at_ms) ELSE excluded.expires_at_ms END";
+
+/// (budget id, gateway id) → durable upper bound (micros, expires_at_ms) of that slice.
+type Bounds = HashMap<(String, String), (i64, i64)>;
+
+/// The in-memory mirror of [`UPSERT_LEASE`].
+fn merge_bound(old: Option<(i64, i64)>, row: &LeaseRow) -> (i64, i64) {
+    match old {
+        Some((micros, expires)) if expires > row.now_ms => (micros.max(row.micros), expires.max(row.expires_at_ms)),
+        _ => (row.micros, row.expires_at_ms),
+    }
+}
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -109,7 +128,7 @@ struct LeaseRow {
     gateway_id: String,
     micros: i64,
     expires_at_ms: i64,
-    seq: i64,
+    now_ms: i64,
 }
 
 /// Work for the writer thread.
@@ -133,8 +152,10 @@ pub struct SqliteStore {
     /// writer), on the blocking pool.
     reader: Arc<Mutex<Connection>>,
     writer_alive: Arc<AtomicBool>,
-    /// Orders lease grants; taken under the book's lock so it follows grant order.
-    lease_seq: AtomicI64,
+    /// What the `leases` table already guarantees, updated by the writer right after each commit
+    /// (so it never claims more than is on disk). Locked after `book`, never before.
+    bounds: Arc<Mutex<Bounds>>,
+    lease_ttl_ms: i64,
     path: PathBuf,
 }
 
@@ -171,6 +192,7 @@ impl SqliteStore {
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
         let mut book = Book::new(options.lease_ttl_ms);
+        let mut bounds = Bounds::new();
         {
             let mut stmt = conn.prepare("SELECT id, spec FROM budgets").map_err(internal)?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(internal)?;
@@ -194,6 +216,7 @@ impl SqliteStore {
             for row in rows {
                 let (budget_id, gateway_id, micros, expires_at_ms) = row.map_err(internal)?;
                 book.load_lease(&budget_id, &gateway_id, micros, expires_at_ms);
+                bounds.insert((budget_id, gateway_id), (micros, expires_at_ms));
             }
             let mut stmt = conn.prepare("SELECT body FROM exemptions ORDER BY id").map_err(internal)?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(internal)?;
@@ -206,14 +229,15 @@ impl SqliteStore {
         // Housekeeping only (decisions always compare against the clock's now): day buckets older
         // than any window can reach stay on disk for history but need no memory.
         book.prune(now_ms);
-        let lease_seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM leases", [], |r| r.get(0)).map_err(internal)?;
         let reader = Connection::open(&path).map_err(internal)?;
         reader.execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;").map_err(internal)?;
 
         let book = Arc::new(Mutex::new(book));
         let (jobs, rx) = mpsc::channel(4096);
         let writer_alive = Arc::new(AtomicBool::new(true));
-        let writer = Writer { conn, book: Arc::clone(&book), max_group_records: options.max_group_records.max(1) };
+        let bounds = Arc::new(Mutex::new(bounds));
+        let writer =
+            Writer { conn, book: Arc::clone(&book), bounds: Arc::clone(&bounds), max_group_records: options.max_group_records.max(1) };
         let alive = Arc::clone(&writer_alive);
         std::thread::Builder::new()
             .name("counter-sqlite-writer".into())
@@ -222,7 +246,15 @@ impl SqliteStore {
                 alive.store(false, Ordering::SeqCst);
             })
             .map_err(|e| internal(format!("cannot start writer thread: {e}")))?;
-        Ok(SqliteStore { book, jobs, reader: Arc::new(Mutex::new(reader)), writer_alive, lease_seq: AtomicI64::new(lease_seq), path })
+        Ok(SqliteStore {
+            book,
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            writer_alive,
+            bounds,
+            lease_ttl_ms: options.lease_ttl_ms,
+            path,
+        })
     }
 
     /// The database file.
@@ -286,16 +318,20 @@ impl Store for SqliteStore {
         let (answer, rows) = {
             let mut book = lock(&self.book);
             let answer = book.grant(request, now_ms);
-            let seq = self.lease_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            let bounds = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
             let rows: Vec<LeaseRow> = answer
                 .budgets
                 .iter()
+                .filter(|b| {
+                    let key = (b.budget_id.clone(), request.gateway_id.clone());
+                    !matches!(bounds.get(&key), Some(&(m, e)) if m >= b.granted_micros && e >= b.lease_expires_at_ms)
+                })
                 .map(|b| LeaseRow {
                     budget_id: b.budget_id.clone(),
                     gateway_id: request.gateway_id.clone(),
                     micros: b.granted_micros,
-                    expires_at_ms: b.lease_expires_at_ms,
-                    seq,
+                    expires_at_ms: now_ms.saturating_add(self.lease_ttl_ms.saturating_mul(2)),
+                    now_ms,
                 })
                 .collect();
             (answer, rows)
@@ -415,6 +451,7 @@ fn audit(conn: &Connection, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEntry>>
 struct Writer {
     conn: Connection,
     book: Arc<Mutex<Book>>,
+    bounds: Arc<Mutex<Bounds>>,
     max_group_records: usize,
 }
 
@@ -507,7 +544,7 @@ impl Writer {
             {
                 let mut upsert_lease = tx.prepare_cached(UPSERT_LEASE)?;
                 for l in &leases {
-                    upsert_lease.execute(params![l.budget_id, l.gateway_id, l.micros, l.expires_at_ms, l.seq])?;
+                    upsert_lease.execute(params![l.budget_id, l.gateway_id, l.micros, l.expires_at_ms, l.now_ms])?;
                 }
                 let mut insert = tx.prepare_cached(INSERT_LEDGER)?;
                 for p in &batches {
@@ -560,6 +597,14 @@ impl Writer {
         })();
         match result {
             Ok((acks, charges)) => {
+                if !leases.is_empty() {
+                    let mut bounds = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
+                    for row in &leases {
+                        let key = (row.budget_id.clone(), row.gateway_id.clone());
+                        let merged = merge_bound(bounds.get(&key).copied(), row);
+                        bounds.insert(key, merged);
+                    }
+                }
                 if !charges.is_empty() {
                     lock(&self.book).apply(&charges);
                 }
@@ -618,6 +663,8 @@ impl Writer {
         tx.execute("DELETE FROM budgets WHERE id = ?1", params![id]).map_err(internal)?;
         tx.execute("DELETE FROM spend WHERE budget_id = ?1", params![id]).map_err(internal)?;
         tx.execute("DELETE FROM leases WHERE budget_id = ?1", params![id]).map_err(internal)?;
+        // Bounds are only an optimisation: dropping them makes the next grant write again.
+        self.bounds.lock().unwrap_or_else(|p| p.into_inner()).retain(|(b, _), _| b != id);
         Self::audit_row(&tx, now_ms, actor, "budget.delete", id, Some(before_json), None).map_err(internal)?;
         tx.commit().map_err(internal)?;
         lock(&self.book).remove_budget(id);
