@@ -415,3 +415,60 @@ def test_upstream_errors_reach_the_client_unchanged_and_are_not_charged(envoy, m
     log = envoy.access_log_line(e2e_id)
     assert log.get("cost_micros") in ("0", None), log
     assert_outcome_counted(before, envoy.stats(), "anthropic", "upstream_error")
+
+
+def test_streams_are_not_buffered_by_the_filter(envoy, mock):
+    """The first SSE event reaches the client long before the stream ends: metering reads chunks
+    as they pass, it never holds the response back."""
+    import socket
+    import time
+
+    e2e_id = new_id()
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    with socket.create_connection(("127.0.0.1", envoy.listen_port), timeout=10) as s:
+        start = time.monotonic()
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: e2e\r\ncontent-type: application/json\r\n"
+            + f"x-e2e-id: {e2e_id}\r\nx-mock-events: 8\r\nx-mock-event-delay-ms: 250\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        got = b""
+        while b"Hello" not in got and time.monotonic() - start < 10:
+            got += s.recv(65536)
+        first = time.monotonic() - start
+        while not got.endswith(b"0\r\n\r\n") and time.monotonic() - start < 10:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        total = time.monotonic() - start
+    assert b"data: [DONE]" in got, got[-200:]
+    assert total >= 2.0, f"the mock paces the stream over ~2.5 s, took {total:.2f}s"
+    assert first < 1.0, f"the first event arrived after {first:.2f}s of a {total:.2f}s stream: the response was buffered"
+    assert envoy.access_log_line(e2e_id)["estimated"] == "false"
+
+
+def test_concurrent_streams_are_metered_independently(envoy, mock):
+    """20 requests at once on one Envoy worker, mixed dialects and modes: each gets its own usage."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shapes = [
+        ("/v1/chat/completions", lambda i: dict(CHAT, stream=bool(i % 2)), 3500),
+        ("/v1/messages", lambda i: {"model": "e2e-claude", "max_tokens": 500, "stream": bool(i % 2),
+                                    "messages": [{"role": "user", "content": "hi"}]}, 1500),
+        ("/v1beta/models/e2e-gemini:streamGenerateContent?alt=sse", lambda i: {"contents": [{"parts": [{"text": "hi"}]}]}, 550),
+        ("/v1/responses", lambda i: {"model": "e2e-chat", "input": "hi", "stream": bool(i % 2)}, 3500),
+    ]
+    jobs = [(new_id(), *shapes[i % len(shapes)], i) for i in range(20)]
+
+    def send(job):
+        e2e_id, path, body, _, i = job
+        return envoy.post(path, json.dumps(body(i)), {"x-e2e-id": e2e_id, "x-mock-input-tokens": "1000",
+                                                      "x-mock-output-tokens": "100", "x-mock-event-delay-ms": "20"}).status
+
+    before = envoy.stats()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert list(pool.map(send, jobs)) == [200] * 20
+    for e2e_id, _, _, cost, _ in jobs:
+        assert log_int(envoy.access_log_line(e2e_id), "cost_micros") == cost
+    assert stat_increase(before, envoy.stats(), "tollgate_cost_micros") == sum(j[3] for j in jobs)

@@ -1,0 +1,353 @@
+"""Budget enforcement end to end: two real Envoys (2 workers each), one real tollgate-counter.
+
+What this file specifies (docs/enforcement.md has the model and the bound):
+- under 64 concurrent clients, streaming and not, spend stops at the budget: the counter's ledger
+  total is at most the hard limit plus the documented bound, which here is zero (every request
+  states max_tokens and the mock never exceeds it, so no reservation can be overrun), and the
+  filters' own `tollgate_enforce_excess_micros_total` says so too;
+- every request that got a 200 is in the ledger exactly once (matched by the record id the filter
+  returns in `x-tollgate-request-id`), and nothing else is;
+- refusals are 429s in the dialect's error shape, naming the budget;
+- the books stay right: a client that hangs up mid-stream, an upstream 5xx without usage and a
+  graceful drain each leave every reservation charged or released (per Envoy,
+  `admitted + fail_open == settled + released_unsettled` once idle) and the ledger agrees with the
+  counter's spend.
+
+Each test uses its own team, and so its own budget, on the one counter.
+"""
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import REPO, TARGET, TEMPLATE, ENVOY_BIN, TOLLGATE_WASM, Envoy, EnvoyFailedToStart, free_port, render, request, stop
+
+COUNTER_BIN = Path(os.environ.get("TOLLGATE_COUNTER_BIN", TARGET / "release" / "tollgate-counter"))
+GATEWAY_TOKEN = "e2e-gateway-token"
+ADMIN_TOKEN = "e2e-admin-token"
+
+# Budgets for the tests below, one team each. `none` window: a balance, nothing resets mid-test.
+BUDGETS = [
+    {"id": "load", "scope": "team:enforce-load", "limit": "2.00", "window": "none"},
+    {"id": "books", "scope": "team:enforce-books", "limit": "50.00", "window": "none"},
+    {"id": "drain", "scope": "team:enforce-drain", "limit": "50.00", "window": "none"},
+    {"id": "soft", "scope": "team:enforce-soft", "limit": "1.00", "window": "month", "soft_thresholds_pct": [1]},
+]
+
+SLICE_USD = "0.25"
+MAX_TOKENS = 2000
+
+
+def filter_config(gateway_id):
+    return {
+        "gateway_id": gateway_id,
+        "attribution": {"trusted_headers": {"team": "x-e2e-team", "user": "x-e2e-user"}},
+        "routing": {"rules": [{"name": "chat", "match": {"model": "e2e-chat"}, "set_model": "gpt-4o",
+                               "set_headers": {"x-tollgate-provider": "openai"}}]},
+        "pricing": {"unknown_model": "zero"},
+        "enforcement": {
+            "counter_cluster": "tollgate_counter",
+            "gateway_token": GATEWAY_TOKEN,
+            "lease_slice_usd": SLICE_USD,
+            "flush_interval_ms": 200,
+            "call_timeout_ms": 2000,
+            "failure_mode": "fail_closed",
+        },
+    }
+
+
+class Counter:
+    """tollgate-counter on a free port with the budgets above, SQLite ledger in `data`."""
+
+    def __init__(self, workdir):
+        if not COUNTER_BIN.exists():
+            raise RuntimeError(f"{COUNTER_BIN} is missing: cargo build --release -p tollgate-counter")
+        self.data = Path(workdir) / "counter-data"
+        self.data.mkdir()
+        budgets = Path(workdir) / "budgets.json"
+        budgets.write_text(json.dumps({"budgets": BUDGETS}))
+        tokens = Path(workdir) / "tokens.json"
+        tokens.write_text(json.dumps({"gateway": {"e2e": GATEWAY_TOKEN}, "admin": {"e2e": ADMIN_TOKEN}}))
+        self.port = free_port()
+        self.log = open(Path(workdir) / "counter.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data),
+             "--budgets", str(budgets), "--tokens", str(tokens), "--lease-ttl-secs", "30", "--sync", "normal"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tollgate-counter exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if request(self.port, "GET", "/healthz", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.close()
+        raise RuntimeError("tollgate-counter not healthy after 15s")
+
+    def budget(self, budget_id):
+        r = request(self.port, "GET", f"/admin/budgets/{budget_id}", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status == 200, r
+        return r.json()
+
+    def ledger(self, team):
+        """{record id: (cost_micros, status, estimated)} for the team, read from the SQLite ledger."""
+        db = sqlite3.connect(f"file:{self.data / 'counter.sqlite3'}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = db.execute("SELECT id, cost_micros, status, estimated FROM ledger WHERE team = ?", (team,)).fetchall()
+        finally:
+            db.close()
+        return {r[0]: (r[1], r[2], bool(r[3])) for r in rows}
+
+    def close(self):
+        stop(self.proc)
+        self.log.close()
+
+
+class EnforcingEnvoy(Envoy):
+    """Envoy with the counter cluster and several workers (the harness's Envoy runs one worker
+    and no counter). Same template, same readiness check, same helpers."""
+
+    def __init__(self, workdir, upstream_port, counter_port, name, concurrency=2):
+        self.workdir = Path(workdir)
+        self.name = name
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        self.access_log = self.workdir / f"{name}-access.log"
+        self.envoy_log = self.workdir / f"{name}-envoy.log"
+        yaml = render.render(TEMPLATE.read_text(), {
+            "LISTEN_PORT": self.listen_port, "ADMIN_PORT": self.admin_port, "UPSTREAM_PORT": upstream_port,
+            "WASM_PATH": str(TOLLGATE_WASM), "WASM_NAME": "tollgate", "PLUGIN_CONFIG": json.dumps(filter_config(name)),
+            "ACCESS_LOG_PATH": str(self.access_log), "COUNTER_PORT": counter_port,
+        })
+        self.config_path = self.workdir / f"{name}-envoy.yaml"
+        self.config_path.write_text(yaml)
+        self.log_file = open(self.envoy_log, "wb")
+        self.proc = subprocess.Popen(
+            [str(ENVOY_BIN), "-c", str(self.config_path), "--concurrency", str(concurrency), "--disable-hot-restart",
+             "--file-flush-interval-msec", "50", "--log-level", "info", "--component-log-level", "wasm:info"],
+            stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        self._wait_ready(30)
+
+    def enforcement_stats(self):
+        return {k.removeprefix("wasmcustom."): v for k, v in self.stats().items() if "tollgate_enforce" in k or "tollgate_usage" in k or "tollgate_lease" in k}
+
+
+@pytest.fixture(scope="module")
+def counter():
+    with tempfile.TemporaryDirectory(prefix="tollgate-enforce-") as d:
+        c = Counter(d)
+        c.workdir = d
+        yield c
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def gateways(counter, mock):
+    envoys = []
+    try:
+        for name in ("gw-a", "gw-b"):
+            envoys.append(EnforcingEnvoy(counter.workdir, mock.port, counter.port, name))
+        yield envoys
+    finally:
+        for e in envoys:
+            e.close()
+
+
+def chat(envoy, team, stream, output_tokens, extra_headers=None, timeout=30):
+    body = {"model": "e2e-chat", "max_tokens": MAX_TOKENS, "stream": stream,
+            "messages": [{"role": "user", "content": "Summarise the quarterly report in three bullet points."}]}
+    headers = {"x-e2e-team": team, "x-e2e-user": "load-client", "x-mock-output-tokens": str(output_tokens),
+               "x-mock-gzip": "never", "x-mock-events": "8", "x-mock-event-delay-ms": "5"}
+    headers.update(extra_headers or {})
+    return request(envoy.listen_port, "POST", "/v1/chat/completions", json.dumps(body), headers, timeout=timeout)
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def books_balance(envoy):
+    """Once idle, every reservation was either settled or released."""
+    s = envoy.enforcement_stats()
+    got = lambda n: s.get(n, 0)  # noqa: E731
+    return got("tollgate_enforce_admitted_total") + got("tollgate_enforce_fail_open_total") == \
+        got("tollgate_enforce_settled_total") + got("tollgate_enforce_released_unsettled_total")
+
+
+def queue_empty(envoy):
+    s = envoy.enforcement_stats()
+    return s.get("tollgate_usage_queued", 0) == 0
+
+
+def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, gateways, mock):
+    team = "enforce-load"
+    limit = 2_000_000
+    ok_ids, refusals, errors = [], [], []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 60
+
+    def client(n):
+        envoy = gateways[n % 2]
+        refused = 0
+        i = 0
+        while time.monotonic() < stop_at and refused < 2 and i < 200:
+            i += 1
+            try:
+                r = chat(envoy, team, stream=(n + i) % 2 == 0, output_tokens=500 + (n * 37 + i * 101) % 1500)
+            except OSError as e:
+                with lock:
+                    errors.append(repr(e))
+                continue
+            with lock:
+                if r.status == 200:
+                    ok_ids.append(r.header("x-tollgate-request-id"))
+                elif r.status == 429:
+                    refusals.append(r)
+                    refused += 1
+                else:
+                    errors.append(f"{r.status} {r.body[:200]!r}")
+            if r.status == 429:
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "clients did not finish in time"
+    assert not errors, errors[:5]
+    assert refusals, "the budget never refused"
+    assert len(ok_ids) > 20, f"only {len(ok_ids)} requests served"
+
+    # Refusals: 429 in OpenAI's error shape, naming the budget; no Retry-After for a no-window budget.
+    err = refusals[0].json()["error"]
+    assert err["code"] == "budget_exceeded" and "`load`" in err["message"], err
+    assert refusals[0].header("retry-after") is None
+
+    for e in gateways:
+        wait_for(lambda: queue_empty(e) and books_balance(e), 15, f"{e.name} to flush and balance")
+    wait_for(lambda: len(counter.ledger(team)) >= len(ok_ids), 15, "the ledger to hold every served request")
+
+    ledger = counter.ledger(team)
+    assert None not in ok_ids, "every 200 carries x-tollgate-request-id"
+    assert len(set(ok_ids)) == len(ok_ids), "record ids are unique"
+    assert set(ledger) == set(ok_ids), (
+        f"missing from ledger: {sorted(set(ok_ids) - set(ledger))[:5]}, unexpected: {sorted(set(ledger) - set(ok_ids))[:5]}")
+    total = sum(cost for cost, _, _ in ledger.values())
+    excess = sum(e.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0) for e in gateways)
+    unreserved = sum(e.enforcement_stats().get("tollgate_enforce_unreserved_micros_total", 0) for e in gateways)
+    assert excess == 0 and unreserved == 0, "max_tokens is honoured and the counter stayed up: the bound is zero"
+    assert total <= limit + excess + unreserved, f"ledger {total} over limit {limit} + bound {excess + unreserved}"
+    # Headroom is not stranded: at most the two gateways' free slices and a request's worst case are
+    # left when refusals start.
+    slice_micros = 250_000
+    assert total >= limit - 2 * slice_micros - 25_000, f"only {total} of {limit} spent"
+    assert counter.budget("load")["spent_micros"] == total, "the counter's spend is the ledger's sum"
+
+    stats = [e.enforcement_stats() for e in gateways]
+    paused = sum(s.get("tollgate_enforce_paused_total", 0) for s in stats)
+    admitted = sum(s.get("tollgate_enforce_admitted_total", 0) for s in stats)
+    print(f"\nload: served {len(ok_ids)}, refused {len(refusals)}, spent {total}/{limit} micros, "
+          f"paused {paused} of {admitted} admitted, lease calls {sum(s.get('tollgate_lease_calls_total', 0) for s in stats)}")
+
+
+def test_a_client_hanging_up_mid_stream_is_charged_once_and_releases_its_reservation(counter, gateways):
+    team = "enforce-books"
+    envoy = gateways[0]
+    body = json.dumps({"model": "e2e-chat", "max_tokens": MAX_TOKENS, "stream": True,
+                       "messages": [{"role": "user", "content": "Write a long story."}]})
+    raw = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+           f"content-length: {len(body)}\r\nx-e2e-team: {team}\r\nx-mock-gzip: never\r\nx-mock-events: 40\r\n"
+           f"x-mock-event-delay-ms: 50\r\n\r\n{body}").encode()
+    hung_up = 0
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", envoy.listen_port), timeout=10) as s:
+            s.sendall(raw)
+            head = s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            hung_up += 1
+        # The socket is closed here, mid-stream.
+    wait_for(lambda: books_balance(envoy) and queue_empty(envoy), 15, "settlement of the cut streams")
+    wait_for(lambda: len(counter.ledger(team)) >= hung_up, 10, "the cut streams' records")
+    ledger = counter.ledger(team)
+    assert len(ledger) == hung_up
+    assert all(est for _, _, est in ledger.values()), f"cut streams are charged from a flagged estimate: {ledger}"
+    assert counter.budget("books")["spent_micros"] == sum(c for c, _, _ in ledger.values())
+
+
+def test_an_upstream_error_without_usage_releases_the_reservation(counter, gateways):
+    team = "enforce-books"
+    envoy = gateways[1]
+    before = counter.ledger(team)
+    spent_before = counter.budget("books")["spent_micros"]
+    r = chat(envoy, team, stream=False, output_tokens=100, extra_headers={"x-mock-status": "503"})
+    assert r.status == 503
+    wait_for(lambda: books_balance(envoy) and queue_empty(envoy), 15, "settlement of the failed request")
+    wait_for(lambda: len(counter.ledger(team)) > len(before), 10, "the failed request's record")
+    new = {k: v for k, v in counter.ledger(team).items() if k not in before}
+    assert list(new.values()) == [(0, 503, False)], new
+    assert counter.budget("books")["spent_micros"] == spent_before
+
+
+def test_a_graceful_drain_delivers_every_record(counter, mock):
+    team = "enforce-drain"
+    envoy = EnforcingEnvoy(counter.workdir, mock.port, counter.port, "gw-drain")
+    try:
+        ids = []
+        lock = threading.Lock()
+
+        def client(n):
+            for i in range(5):
+                r = chat(envoy, team, stream=i % 2 == 0, output_tokens=200,
+                         extra_headers={"x-mock-event-delay-ms": "30"})
+                assert r.status == 200, r
+                with lock:
+                    ids.append(r.header("x-tollgate-request-id"))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        r = request(envoy.admin_port, "POST", "/drain_listeners?graceful")
+        assert r.status == 200
+        for t in threads:
+            t.join(timeout=60)
+        # The operator's signal that a gateway may be stopped: nothing queued, nothing unsettled.
+        wait_for(lambda: queue_empty(envoy) and books_balance(envoy), 15, "the drained gateway to flush")
+    finally:
+        envoy.close()
+    wait_for(lambda: len(counter.ledger(team)) >= len(ids), 10, "every record of the drained gateway")
+    assert set(counter.ledger(team)) == set(ids)
+
+
+def test_past_the_soft_threshold_responses_carry_the_budget_warning(counter, gateways):
+    team = "enforce-soft"
+    envoy = gateways[0]
+    first = chat(envoy, team, stream=False, output_tokens=1500)
+    assert first.status == 200
+    # The warning reflects what this gateway knows: after the first request's settlement.
+    wait_for(lambda: books_balance(envoy), 10, "the first request to settle")
+    r = chat(envoy, team, stream=False, output_tokens=10)
+    assert r.status == 200
+    assert r.header("x-tollgate-budget-id") == "soft"
+    assert r.header("x-tollgate-budget-status") == "soft"
+    assert int(r.header("x-tollgate-budget-utilization-pct")) >= 1
+    assert int(r.header("x-tollgate-budget-reset")) > time.time()
+    assert envoy.enforcement_stats().get("tollgate_enforce_soft_warning_total", 0) >= 1
