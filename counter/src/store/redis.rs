@@ -90,6 +90,9 @@ pub struct RedisOptions {
     pub retries: u32,
     /// First backoff; doubles per retry.
     pub retry_backoff: Duration,
+    /// No retry starts after this much time was spent on one call (a hung Redis must not hold a
+    /// request for `retries x op_timeout`).
+    pub retry_budget: Duration,
 }
 
 impl Default for RedisOptions {
@@ -102,9 +105,10 @@ impl Default for RedisOptions {
             ledger_max_len: None,
             ledger_retention_ms: Some(400 * 86_400_000),
             connect_timeout: Duration::from_secs(1),
-            op_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(2),
             retries: 4,
             retry_backoff: Duration::from_millis(50),
+            retry_budget: Duration::from_secs(3),
         }
     }
 }
@@ -334,6 +338,7 @@ impl RedisStore {
         F: FnMut(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        let started = std::time::Instant::now();
         let mut delay = self.options.retry_backoff;
         let mut attempt = 0;
         loop {
@@ -347,7 +352,8 @@ impl RedisStore {
                     if breaks_connection(&e) {
                         self.forget_connection().await;
                     }
-                    if transient(&e) && attempt < self.options.retries {
+                    let in_budget = started.elapsed() + delay < self.options.retry_budget;
+                    if transient(&e) && attempt < self.options.retries && in_budget {
                         attempt += 1;
                         tokio::time::sleep(delay).await;
                         delay = delay.saturating_mul(2);
