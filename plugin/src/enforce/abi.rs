@@ -21,19 +21,6 @@ mod imports {
         pub fn proxy_register_shared_queue(name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_enqueue_shared_queue(id: u32, value: *const u8, value_size: usize) -> u32;
         pub fn proxy_dequeue_shared_queue(id: u32, value: *mut *mut u8, value_size: *mut usize) -> u32;
-        #[allow(clippy::too_many_arguments)]
-        pub fn proxy_http_call(
-            upstream: *const u8,
-            upstream_size: usize,
-            headers: *const u8,
-            headers_size: usize,
-            body: *const u8,
-            body_size: usize,
-            trailers: *const u8,
-            trailers_size: usize,
-            timeout_ms: u32,
-            token: *mut u32,
-        ) -> u32;
         pub fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
     }
@@ -49,7 +36,6 @@ mod imports {
     pub unsafe fn proxy_register_shared_queue(_: *const u8, _: usize, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_enqueue_shared_queue(_: u32, _: *const u8, _: usize) -> u32 { FAIL }
     pub unsafe fn proxy_dequeue_shared_queue(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
-    pub unsafe fn proxy_http_call(_: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: u32, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 { FAIL }
 }
@@ -137,29 +123,17 @@ pub fn dequeue(id: u32) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
-/// Dispatches an HTTP call to `cluster`; the answer arrives at the current effective context's
+/// Dispatches an HTTP call to `cluster`; the answer arrives at the current context's
 /// `on_http_call_response` with the returned token.
+///
+/// This one goes through the SDK's `hostcalls::dispatch_http_call`: its dispatcher routes the
+/// answer by token and only knows tokens registered there (an unknown token panics in the SDK).
+/// That wrapper panics only on a status Envoy's `httpCall` never returns (Envoy answers Ok,
+/// BadArgument for an unknown cluster, or InternalFailure).
 pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Result<u32, HostError> {
-    let map = crate::wire::encode_map(headers);
-    let trailers = crate::wire::encode_map(&[]);
-    let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
-    let mut token = 0u32;
-    // SAFETY: pointers/lengths of live data, out-pointer to a live local.
-    check(unsafe {
-        imports::proxy_http_call(
-            cluster.as_ptr(),
-            cluster.len(),
-            map.as_ptr(),
-            map.len(),
-            body.as_ptr(),
-            body.len(),
-            trailers.as_ptr(),
-            trailers.len(),
-            timeout,
-            &mut token,
-        )
-    })?;
-    Ok(token)
+    let timeout = std::time::Duration::from_millis(timeout_ms.min(u64::from(u32::MAX)));
+    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers.to_vec(), Some(body), Vec::new(), timeout)
+        .map_err(|status| HostError(status as u32))
 }
 
 /// Defines a gauge; Envoy names it `wasmcustom.<name>`.
