@@ -10,6 +10,8 @@ missing=()
 [ -x .venv/bin/envoy ] && [ -x .venv/bin/pytest ] || missing+=("the venv (.venv/bin/envoy, pytest): run scripts/setup.sh")
 [ -f "$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm" ] || missing+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm: run make wasm")
 [ -x "$CARGO_TARGET_DIR/release/mock-llm" ] || missing+=("$CARGO_TARGET_DIR/release/mock-llm: run make native")
+counter="${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}"
+[ -x "$counter" ] || missing+=("$counter (enforcement tests): run make native")
 if [ ${#missing[@]} -gt 0 ]; then
   printf 'test-e2e: missing %s\n' "${missing[@]}" >&2
   exit 2
