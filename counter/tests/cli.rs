@@ -89,3 +89,17 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(!logs.contains("secret-gw") && !logs.contains("secret-admin"), "tokens never reach the logs: {logs}");
     assert!(!dir.path().join("counter.sqlite3-wal").exists() || std::fs::metadata(dir.path().join("counter.sqlite3-wal")).unwrap().len() == 0, "the WAL was checkpointed");
 }
+
+#[test]
+fn the_bench_prints_one_line_per_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-counter"))
+        .args(["bench", "--seconds", "0.3", "--batch", "50", "--concurrency", "2", "--sync", "normal"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("usage_records_per_sec="), "{stdout}");
+    assert!(lines[1].starts_with("lease_calls_per_sec="), "{stdout}");
+}
