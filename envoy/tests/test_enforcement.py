@@ -39,13 +39,15 @@ BUDGETS = [
     {"id": "books", "scope": "team:enforce-books", "limit": "50.00", "window": "none"},
     {"id": "drain", "scope": "team:enforce-drain", "limit": "50.00", "window": "none"},
     {"id": "soft", "scope": "team:enforce-soft", "limit": "1.00", "window": "month", "soft_thresholds_pct": [1]},
+    {"id": "observe", "scope": "team:enforce-observe", "limit": "0.01", "window": "none", "mode": "observe"},
+    {"id": "outage", "scope": "team:enforce-outage", "limit": "50.00", "window": "none"},
 ]
 
 SLICE_USD = "0.25"
 MAX_TOKENS = 2000
 
 
-def filter_config(gateway_id):
+def filter_config(gateway_id, **enforcement):
     return {
         "gateway_id": gateway_id,
         "attribution": {"trusted_headers": {"team": "x-e2e-team", "user": "x-e2e-user"}},
@@ -59,6 +61,7 @@ def filter_config(gateway_id):
             "flush_interval_ms": 200,
             "call_timeout_ms": 2000,
             "failure_mode": "fail_closed",
+            **enforcement,
         },
     }
 
@@ -66,17 +69,18 @@ def filter_config(gateway_id):
 class Counter:
     """tollgate-counter on a free port with the budgets above, SQLite ledger in `data`."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, port=None, name="counter"):
         if not COUNTER_BIN.exists():
             raise RuntimeError(f"{COUNTER_BIN} is missing: cargo build --release -p tollgate-counter")
-        self.data = Path(workdir) / "counter-data"
+        self.workdir = workdir
+        self.data = Path(workdir) / f"{name}-data"
         self.data.mkdir()
         budgets = Path(workdir) / "budgets.json"
         budgets.write_text(json.dumps({"budgets": BUDGETS}))
         tokens = Path(workdir) / "tokens.json"
         tokens.write_text(json.dumps({"gateway": {"e2e": GATEWAY_TOKEN}, "admin": {"e2e": ADMIN_TOKEN}}))
-        self.port = free_port()
-        self.log = open(Path(workdir) / "counter.log", "wb")
+        self.port = port or free_port()
+        self.log = open(Path(workdir) / f"{name}.log", "wb")
         self.proc = subprocess.Popen(
             [str(COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data),
              "--budgets", str(budgets), "--tokens", str(tokens), "--lease-ttl-secs", "30", "--sync", "normal"],
@@ -118,7 +122,7 @@ class EnforcingEnvoy(Envoy):
     """Envoy with the counter cluster and several workers (the harness's Envoy runs one worker
     and no counter). Same template, same readiness check, same helpers."""
 
-    def __init__(self, workdir, upstream_port, counter_port, name, concurrency=2):
+    def __init__(self, workdir, upstream_port, counter_port, name, concurrency=2, **enforcement):
         self.workdir = Path(workdir)
         self.name = name
         self.listen_port = free_port()
@@ -127,7 +131,7 @@ class EnforcingEnvoy(Envoy):
         self.envoy_log = self.workdir / f"{name}-envoy.log"
         yaml = render.render(TEMPLATE.read_text(), {
             "LISTEN_PORT": self.listen_port, "ADMIN_PORT": self.admin_port, "UPSTREAM_PORT": upstream_port,
-            "WASM_PATH": str(TOLLGATE_WASM), "WASM_NAME": "tollgate", "PLUGIN_CONFIG": json.dumps(filter_config(name)),
+            "WASM_PATH": str(TOLLGATE_WASM), "WASM_NAME": "tollgate", "PLUGIN_CONFIG": json.dumps(filter_config(name, **enforcement)),
             "ACCESS_LOG_PATH": str(self.access_log), "COUNTER_PORT": counter_port,
         })
         self.config_path = self.workdir / f"{name}-envoy.yaml"
@@ -148,7 +152,6 @@ class EnforcingEnvoy(Envoy):
 def counter():
     with tempfile.TemporaryDirectory(prefix="tollgate-enforce-") as d:
         c = Counter(d)
-        c.workdir = d
         yield c
         c.close()
 
@@ -193,7 +196,7 @@ def books_balance(envoy):
 
 def queue_empty(envoy):
     s = envoy.enforcement_stats()
-    return s.get("tollgate_usage_queued", 0) == 0
+    return s.get("tollgate_usage_unacked", 0) == 0
 
 
 def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, gateways, mock):
@@ -351,3 +354,61 @@ def test_past_the_soft_threshold_responses_carry_the_budget_warning(counter, gat
     assert int(r.header("x-tollgate-budget-utilization-pct")) >= 1
     assert int(r.header("x-tollgate-budget-reset")) > time.time()
     assert envoy.enforcement_stats().get("tollgate_enforce_soft_warning_total", 0) >= 1
+
+
+def test_observe_mode_budgets_refuse_nothing_and_count_what_they_would_have_refused(counter, gateways):
+    team = "enforce-observe"
+    envoy = gateways[1]
+    before = envoy.enforcement_stats().get("tollgate_enforce_observe_would_refuse_total", 0)
+    for i in range(4):
+        r = chat(envoy, team, stream=i % 2 == 0, output_tokens=1500)
+        assert r.status == 200, r
+    # Every request's worst case (~$0.02) alone passes the $0.01 limit.
+    assert envoy.enforcement_stats()["tollgate_enforce_observe_would_refuse_total"] - before == 4
+    wait_for(lambda: queue_empty(envoy) and books_balance(envoy), 15, "the observed requests to settle")
+    wait_for(lambda: counter.budget("observe")["spent_micros"] > 10_000, 10, "the observed spend to reach the counter")
+
+
+def test_counter_unreachable_fail_closed_answers_503_in_the_dialect_shape(counter, mock):
+    dead_port = free_port()
+    envoy = EnforcingEnvoy(counter.workdir, mock.port, dead_port, "gw-closed", concurrency=1, call_timeout_ms=500)
+    try:
+        r = chat(envoy, "enforce-outage", stream=False, output_tokens=10)
+        assert r.status == 503, r
+        err = r.json()["error"]
+        assert err["code"] == "budget_service_unavailable" and "tollgate-counter" in err["message"], err
+        stats = envoy.enforcement_stats()
+        assert stats["tollgate_enforce_unavailable_total"] == 1 and stats["tollgate_lease_call_failures_total"] >= 1
+        assert books_balance(envoy)
+    finally:
+        envoy.close()
+
+
+def test_counter_unreachable_fail_open_serves_and_delivers_the_records_once_it_is_back(counter, mock):
+    team = "enforce-outage"
+    port = free_port()
+    envoy = EnforcingEnvoy(counter.workdir, mock.port, port, "gw-open", concurrency=2, call_timeout_ms=500,
+                           failure_mode="fail_open")
+    late = None
+    try:
+        ids = []
+        for i in range(4):
+            r = chat(envoy, team, stream=i % 2 == 0, output_tokens=100)
+            assert r.status == 200, r
+            ids.append(r.header("x-tollgate-request-id"))
+        wait_for(lambda: envoy.enforcement_stats().get("tollgate_usage_post_failures_total", 0) >= 1, 10,
+                 "a usage post to fail while the counter is down")
+        stats = envoy.enforcement_stats()
+        assert stats["tollgate_enforce_fail_open_total"] == 4
+        assert stats["tollgate_usage_unacked"] == 4, "records wait, unacknowledged"
+        assert stats["tollgate_usage_dropped_total"] == 0
+        # The counter comes up (a fresh one, on the port the gateway was configured with).
+        late = Counter(counter.workdir, port=port, name="late-counter")
+        wait_for(lambda: set(late.ledger(team)) == set(ids), 15, "the queued records to be redelivered")
+        wait_for(lambda: queue_empty(envoy), 5, "the queue to drain")
+        assert late.budget("outage")["spent_micros"] == sum(c for c, _, _ in late.ledger(team).values())
+        assert books_balance(envoy)
+    finally:
+        envoy.close()
+        if late:
+            late.close()

@@ -159,13 +159,16 @@ impl ScopeEntry {
         ScopeCheck::Fits
     }
 
-    /// Budget ids of observe-mode budgets that would have refused `amount`.
-    pub fn would_refuse(&self, amount: Micros, now_ms: i64, settings: &EnforcementSettings) -> Vec<String> {
+    /// Budget ids of observe-mode budgets that would have refused `amount`: the counter says the
+    /// budget is at its hard limit, or what is known spent plus this request passes it. (The
+    /// counter grants observe budgets whatever is asked, so their slices say nothing.)
+    pub fn would_refuse(&self, amount: Micros) -> Vec<String> {
         self.budgets
             .iter()
             .filter(|s| s.mode == BudgetMode::Observe)
             .filter(|s| {
-                s.available(now_ms) < amount && (s.status == BudgetStatus::Hard || s.capped_recently(now_ms, settings))
+                let spent = s.spent_at_grant.saturating_add(s.spent_since_grant);
+                s.status == BudgetStatus::Hard || spent.saturating_add(amount) > s.hard_limit
             })
             .map(|s| s.budget_id.clone())
             .collect()
@@ -558,7 +561,15 @@ pub(crate) mod tests {
         let mut e = ScopeEntry::default();
         e.apply_grant(&[&l], 1_000_000, 0, false, 1_000);
         assert_eq!(e.check(500, 1_100, &s), ScopeCheck::Fits);
-        assert_eq!(e.would_refuse(500, 1_100, &s), ["obs"]);
+        assert_eq!(e.would_refuse(500), ["obs"], "the counter says it is over");
+        // Observe slices are granted in full; what counts is spend against the hard limit.
+        let mut l = lease("obs", "team:a", 5_000_000, 60_000);
+        l.mode = BudgetMode::Observe;
+        l.spent_micros = 9_999_000;
+        e.apply_grant(&[&l], 1_000_000, 0, false, 1_200);
+        assert_eq!(e.check(5_000, 1_300, &s), ScopeCheck::Fits);
+        assert!(e.would_refuse(1_000).is_empty(), "still fits under the hard limit");
+        assert_eq!(e.would_refuse(1_001), ["obs"]);
     }
 
     #[test]

@@ -206,7 +206,7 @@ pub fn reserve<S: LeaseStore>(
                 let ids = entry.reserve(amount);
                 let extra = (
                     entry.wants_topup(now_ms, settings),
-                    entry.would_refuse(amount, now_ms, settings),
+                    entry.would_refuse(amount),
                     soft_warning(entry),
                 );
                 (Ok((ids, extra)), !entry.budgets.is_empty())

@@ -66,7 +66,7 @@ struct Metrics {
     usage_acked: u32,
     usage_requeued: u32,
     usage_dropped: u32,
-    usage_queued: u32,
+    usage_unacked: u32,
 }
 
 /// Every metric enforcement defines, for docs and tests.
@@ -91,7 +91,7 @@ pub const METRIC_NAMES: [&str; 21] = [
     "tollgate_usage_records_acked_total",
     "tollgate_usage_records_requeued_total",
     "tollgate_usage_dropped_total",
-    "tollgate_usage_queued",
+    "tollgate_usage_unacked",
 ];
 
 impl Metrics {
@@ -118,7 +118,7 @@ impl Metrics {
             usage_acked: c(17),
             usage_requeued: c(18),
             usage_dropped: c(19),
-            usage_queued: METRIC_NAMES.get(20).and_then(|n| abi::define_gauge(n).ok()).unwrap_or(u32::MAX),
+            usage_unacked: METRIC_NAMES.get(20).and_then(|n| abi::define_gauge(n).ok()).unwrap_or(u32::MAX),
         }
     }
 
@@ -212,7 +212,7 @@ impl Worker {
             }
         }
         self.flush(now, false);
-        abi::set_gauge(self.metrics.usage_queued, store::queued());
+        abi::set_gauge(self.metrics.usage_unacked, store::unacked());
     }
 
     /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
@@ -238,6 +238,7 @@ impl Worker {
                 match queue::read_ack(status, body, batch.records.len()) {
                     Ok(_) => {
                         Metrics::inc(self.metrics.usage_acked, batch.records.len() as u64);
+                        store::adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
                         // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
@@ -284,7 +285,7 @@ impl Worker {
     /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued).
     fn flush(&mut self, now: i64, now_or_never: bool) {
         let Some(queue_id) = self.queue_id else { return };
-        let queued = usize::try_from(store::queued()).unwrap_or(usize::MAX);
+        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX);
         let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
         if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
             return;
@@ -300,8 +301,8 @@ impl Worker {
                 _ => break,
             }
         }
-        store::adjust_queued(-i64::try_from(records.len() as u64 + garbage).unwrap_or(i64::MAX), u64::MAX);
         if garbage > 0 {
+            store::adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
             Metrics::inc(self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
@@ -326,11 +327,11 @@ impl Worker {
     /// Queues a settled request's record (bounded: past `queue_bound` it is dropped and counted).
     fn enqueue(&mut self, record: &UsageRecord) {
         let Some(queued) = QueuedRecord::from_record(record) else { return };
-        let admitted = store::adjust_queued(1, self.settings.queue_bound as u64);
+        let admitted = store::adjust_unacked(1, self.settings.queue_bound as u64);
         let sent = admitted && self.queue_id.is_some_and(|q| abi::enqueue(q, &queued.json).is_ok());
         if !sent {
             if admitted {
-                store::adjust_queued(-1, u64::MAX);
+                store::adjust_unacked(-1, u64::MAX);
             }
             self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
         }
@@ -339,20 +340,15 @@ impl Worker {
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
     fn requeue(&mut self, records: Vec<QueuedRecord>) {
         let Some(queue_id) = self.queue_id else {
+            store::adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&records, "no usage queue");
             return;
         };
         Metrics::inc(self.metrics.usage_requeued, records.len() as u64);
-        let mut lost = Vec::new();
-        for record in records {
-            // A redelivery is always let back in: it was admitted under the bound once.
-            store::adjust_queued(1, u64::MAX);
-            if abi::enqueue(queue_id, &record.json).is_err() {
-                store::adjust_queued(-1, u64::MAX);
-                lost.push(record);
-            }
-        }
+        // Still counted in `unacked` (and so under the bound): it only left to be posted.
+        let lost: Vec<QueuedRecord> = records.into_iter().filter(|r| abi::enqueue(queue_id, &r.json).is_err()).collect();
         if !lost.is_empty() {
+            store::adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&lost, "the usage queue refused a redelivery");
         }
     }

@@ -13,8 +13,10 @@ pub fn lease_key(scope: &str) -> String {
     format!("tollgate.lease.{scope}")
 }
 
-/// Shared-data key of the usage queue's length (the queue itself cannot be counted).
-const QUEUED_KEY: &str = "tollgate.usage.queued";
+/// Shared-data key of the number of usage records not yet acknowledged: waiting in the queue or
+/// in a post in flight (the queue itself cannot be counted). It is what `queue_bound` bounds, and
+/// zero means a gateway has nothing left to deliver.
+const UNACKED_KEY: &str = "tollgate.usage.unacked";
 
 /// The lease book in Envoy shared data.
 pub struct SharedStore;
@@ -37,19 +39,19 @@ impl LeaseStore for SharedStore {
     }
 }
 
-/// The number of records waiting in the usage queue (process-wide).
-pub fn queued() -> u64 {
-    match abi::get_shared(QUEUED_KEY) {
+/// The number of usage records not yet acknowledged (process-wide).
+pub fn unacked() -> u64 {
+    match abi::get_shared(UNACKED_KEY) {
         Ok((Some(bytes), _)) => decode_u64(&bytes),
         _ => 0,
     }
 }
 
-/// Adds `delta` to the queue length if the result stays within `0..=limit` (bounded CAS loop).
-/// Returns whether it was applied.
-pub fn adjust_queued(delta: i64, limit: u64) -> bool {
+/// Adds `delta` to the unacknowledged count if the result stays within `0..=limit` (bounded CAS
+/// loop). Returns whether it was applied.
+pub fn adjust_unacked(delta: i64, limit: u64) -> bool {
     for _ in 0..tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS {
-        let (current, cas) = match abi::get_shared(QUEUED_KEY) {
+        let (current, cas) = match abi::get_shared(UNACKED_KEY) {
             Ok((Some(bytes), cas)) => (decode_u64(&bytes), cas),
             Ok((None, cas)) => (0, cas),
             Err(_) => return false,
@@ -62,7 +64,7 @@ pub fn adjust_queued(delta: i64, limit: u64) -> bool {
         } else {
             current.saturating_sub(delta.unsigned_abs())
         };
-        match abi::set_shared(QUEUED_KEY, &next.to_le_bytes(), cas) {
+        match abi::set_shared(UNACKED_KEY, &next.to_le_bytes(), cas) {
             SetShared::Written => return true,
             SetShared::Conflict => continue,
             SetShared::Failed(_) => return false,
