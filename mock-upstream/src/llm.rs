@@ -513,6 +513,8 @@ fn gemini(stream: Option<bool>, u: &Usage, events: u32, seq: u64, model: &str, t
 }
 
 /// The dialect's error JSON for `status`.
+// Specific statuses first, then the rest of their class: the overlap is the point.
+#[allow(clippy::match_overlapping_arm)]
 pub fn error_body(family: Family, status: u16, message: &str) -> String {
     let m = q(message);
     match family {
