@@ -234,12 +234,18 @@ impl ScopeEntry {
         })
     }
 
-    /// The slice to ask for so that, once granted, `need` (at least the configured slice) is free
-    /// beyond what is reserved and what the counter has yet to deduct.
+    /// The slice to ask for: enough that, once granted, `need` (at least the configured slice) is
+    /// free beyond what is reserved and what the counter has yet to deduct; and never less than
+    /// this gateway believes it holds (`slice + unacked`), so a grant never shrinks the counter's
+    /// slice below what requests in flight and unsent records have already committed.
     pub fn want(&self, need: Micros, settings: &EnforcementSettings) -> Micros {
         let free = need.max(settings.lease_slice_micros);
-        let reserved = self.budgets.iter().map(|s| s.reserved).max().unwrap_or(0);
-        free.saturating_add(reserved).saturating_add(self.unacked.max(0))
+        let unacked = self.unacked.max(0);
+        self.budgets
+            .iter()
+            .map(|s| s.reserved.max(0).saturating_add(free).max(s.slice).saturating_add(unacked))
+            .max()
+            .unwrap_or_else(|| free.saturating_add(unacked))
     }
 
     /// Marks a background top-up as in flight, unless one already is. Returns whether this
@@ -588,6 +594,16 @@ pub(crate) mod tests {
         e.settle(10_000, &r2, 0);
         assert_eq!(e.budgets[0].reserved, 0);
         assert_eq!(e.want(0, &s), 1_000_000 + 150_000);
+    }
+
+    #[test]
+    fn a_gateway_never_asks_for_less_than_it_holds() {
+        let s = test_settings();
+        let mut e = granted(3_000_000, 3_000_000);
+        assert_eq!(e.want(0, &s), 3_000_000, "holding more than the configured slice: keep it");
+        let ids = e.reserve(2_900_000);
+        e.settle(2_900_000, &ids, 2_900_000);
+        assert_eq!(e.want(0, &s), 1_000_000 + 2_900_000, "free slice plus what the counter has yet to deduct");
     }
 
     fn arb_entry() -> impl Strategy<Value = ScopeEntry> {

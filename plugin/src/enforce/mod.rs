@@ -147,6 +147,10 @@ pub struct Worker {
     metrics: Metrics,
     /// Scopes requests found low, topped up from the root on the next tick.
     topups: BTreeSet<String>,
+    /// Scopes with requests in flight on this worker (reference counts): their leases are renewed
+    /// on the tick before they lapse, even without new traffic, so a long stream's reservation is
+    /// never left without a live lease.
+    held: BTreeMap<String, u32>,
     calls: BTreeMap<u32, RootCall>,
     usage_in_flight: bool,
     last_post_ms: i64,
@@ -181,6 +185,7 @@ impl Worker {
             queue_id,
             metrics: Metrics::define(),
             topups: BTreeSet::new(),
+            held: BTreeMap::new(),
             calls: BTreeMap::new(),
             usage_in_flight: false,
             last_post_ms: host::now_ms(),
@@ -192,8 +197,17 @@ impl Worker {
         self.settings.tick_ms()
     }
 
-    /// Root tick: background top-ups, then a usage batch if one is due.
+    /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
+    /// lapse), then a usage batch if one is due.
     pub fn on_tick(&mut self, now: i64) {
+        for scope in self.held.keys() {
+            if !self.topups.contains(scope) {
+                let entry = store::load(scope);
+                if entry.wants_topup(now, &self.settings) && !entry.budgets.is_empty() {
+                    self.topups.insert(scope.clone());
+                }
+            }
+        }
         if !self.topups.is_empty() {
             let scopes: Vec<String> = std::mem::take(&mut self.topups).into_iter().collect();
             if let Some(ticket) = chain::begin_topup(&mut store::SharedStore, &scopes, now, &self.settings) {
@@ -255,6 +269,23 @@ impl Worker {
             }
         }
         true
+    }
+
+    fn hold(&mut self, scopes: &[String]) {
+        for scope in scopes {
+            *self.held.entry(scope.clone()).or_insert(0) += 1;
+        }
+    }
+
+    fn unhold(&mut self, scopes: &[String]) {
+        for scope in scopes {
+            if let Some(n) = self.held.get_mut(scope) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.held.remove(scope);
+                }
+            }
+        }
     }
 
     /// `POST path` to the counter from the current context.
@@ -431,6 +462,7 @@ impl LeaseEnforcer {
                     headers.extend(warning.headers().into_iter().map(|(k, v)| (k.to_owned(), v)));
                 }
                 w.topups.extend(topup);
+                w.hold(&self.scopes);
                 self.reservation = Some(reservation);
                 Some(Verdict::Proceed { response_headers: headers })
             }
@@ -471,6 +503,7 @@ impl LeaseEnforcer {
         match w.settings.failure_mode {
             FailureMode::FailOpen => {
                 Metrics::inc(w.metrics.fail_open, 1);
+                w.hold(&self.scopes);
                 self.reservation = Some(Reservation::unreserved(self.scopes.clone()));
                 Verdict::Proceed { response_headers: vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())] }
             }
@@ -535,7 +568,13 @@ impl Enforcer for LeaseEnforcer {
         }
         self.settled = true;
         let cost = record.cost_micros.max(0);
-        let reservation = self.reservation.take().unwrap_or_else(|| Reservation::unreserved(record.principal.scope_keys()));
+        let reservation = match self.reservation.take() {
+            Some(r) => {
+                w.unhold(&r.scopes);
+                r
+            }
+            None => Reservation::unreserved(record.principal.scope_keys()),
+        };
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
         let settled = chain::settle(&mut store::SharedStore, reservation, cost);
         if unreserved {
@@ -554,7 +593,8 @@ impl Drop for LeaseEnforcer {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
             chain::release(&mut store::SharedStore, &reservation);
-            if let Ok(w) = self.worker.try_borrow() {
+            if let Ok(mut w) = self.worker.try_borrow_mut() {
+                w.unhold(&reservation.scopes);
                 Metrics::inc(w.metrics.released_unsettled, 1);
             }
         }

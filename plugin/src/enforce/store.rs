@@ -39,6 +39,11 @@ impl LeaseStore for SharedStore {
     }
 }
 
+/// A scope's entry as stored now (default if absent or unreadable).
+pub fn load(scope: &str) -> ScopeEntry {
+    SharedStore.load(scope).0.unwrap_or_default()
+}
+
 /// The number of usage records not yet acknowledged (process-wide).
 pub fn unacked() -> u64 {
     match abi::get_shared(UNACKED_KEY) {
