@@ -5,6 +5,7 @@ stopped by the fixture that started it. Only the standard library is used (http.
 suite needs nothing beyond pytest.
 """
 import base64
+import ctypes
 import gzip
 import http.client
 import json
@@ -30,6 +31,15 @@ ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", REPO / ".venv" / "bin" / "envoy"))
 TEMPLATE = ENVOY_DIR / "envoy.yaml.tmpl"
 
 HTTP_TIMEOUT = 15  # seconds, for any single request made by a test
+
+
+def _die_with_parent():
+    """Runs in the child before exec: if the test process dies (timeout, kill -9), the kernel sends
+    the child SIGTERM, so no Envoy or mock outlives the suite (PR_SET_PDEATHSIG, Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except OSError:
+        pass
 
 
 def free_port():
@@ -151,6 +161,7 @@ class Mock:
             [*cmd_prefix, str(MOCK_BIN), "--listen", "127.0.0.1:0", "--record-limit", str(record_limit)],
             stdout=subprocess.PIPE,
             stderr=self.log,
+            preexec_fn=_die_with_parent,
         )
         ready, _, _ = select.select([self.proc.stdout], [], [], 10)
         line = self.proc.stdout.readline().decode() if ready else ""
@@ -230,6 +241,7 @@ class Envoy:
             ],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         self._wait_ready(ready_timeout)
 
