@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, TARGET, TEMPLATE, ENVOY_BIN, TOLLGATE_WASM, Envoy, EnvoyFailedToStart, free_port, render, request, stop
+from harness import TARGET, TEMPLATE, ENVOY_BIN, TOLLGATE_WASM, Envoy, free_port, new_id, render, request, stop
 
 COUNTER_BIN = Path(os.environ.get("TOLLGATE_COUNTER_BIN", TARGET / "release" / "tollgate-counter"))
 GATEWAY_TOKEN = "e2e-gateway-token"
@@ -41,6 +41,7 @@ BUDGETS = [
     {"id": "soft", "scope": "team:enforce-soft", "limit": "1.00", "window": "month", "soft_thresholds_pct": [1]},
     {"id": "observe", "scope": "team:enforce-observe", "limit": "0.01", "window": "none", "mode": "observe"},
     {"id": "outage", "scope": "team:enforce-outage", "limit": "50.00", "window": "none"},
+    {"id": "downgrade", "scope": "team:enforce-downgrade", "limit": "0.03", "window": "none"},
 ]
 
 SLICE_USD = "0.25"
@@ -51,8 +52,13 @@ def filter_config(gateway_id, **enforcement):
     return {
         "gateway_id": gateway_id,
         "attribution": {"trusted_headers": {"team": "x-e2e-team", "user": "x-e2e-user"}},
-        "routing": {"rules": [{"name": "chat", "match": {"model": "e2e-chat"}, "set_model": "gpt-4o",
-                               "set_headers": {"x-tollgate-provider": "openai"}}]},
+        "routing": {"rules": [
+            {"name": "downgrade-near-limit", "match": {"team": "enforce-downgrade", "model": "e2e-chat",
+                                                       "budget_utilization_at_least_pct": 50},
+             "set_model": "gpt-4o-mini", "set_headers": {"x-tollgate-provider": "openai"}},
+            {"name": "chat", "match": {"model": "e2e-chat"}, "set_model": "gpt-4o",
+             "set_headers": {"x-tollgate-provider": "openai"}},
+        ]},
         "pricing": {"unknown_model": "zero"},
         "enforcement": {
             "counter_cluster": "tollgate_counter",
@@ -186,17 +192,24 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def books_balance(envoy):
+def books_balance(envoy, s=None):
     """Once idle, every reservation was either settled or released."""
-    s = envoy.enforcement_stats()
+    s = s if s is not None else envoy.enforcement_stats()
     got = lambda n: s.get(n, 0)  # noqa: E731
     return got("tollgate_enforce_admitted_total") + got("tollgate_enforce_fail_open_total") == \
         got("tollgate_enforce_settled_total") + got("tollgate_enforce_released_unsettled_total")
 
 
-def queue_empty(envoy):
-    s = envoy.enforcement_stats()
+def queue_empty(envoy, s=None):
+    """Every usage record acknowledged by the counter."""
+    s = s if s is not None else envoy.enforcement_stats()
     return s.get("tollgate_usage_unacked", 0) == 0
+
+
+def idle(envoy):
+    """Books balanced and nothing left to deliver, from one stats snapshot."""
+    s = envoy.enforcement_stats()
+    return books_balance(envoy, s) and queue_empty(envoy, s)
 
 
 def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, gateways, mock):
@@ -245,7 +258,7 @@ def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, g
     assert refusals[0].header("retry-after") is None
 
     for e in gateways:
-        wait_for(lambda: queue_empty(e) and books_balance(e), 15, f"{e.name} to flush and balance")
+        wait_for(lambda: idle(e), 15, f"{e.name} to flush and balance")
     wait_for(lambda: len(counter.ledger(team)) >= len(ok_ids), 15, "the ledger to hold every served request")
 
     ledger = counter.ledger(team)
@@ -287,7 +300,7 @@ def test_a_client_hanging_up_mid_stream_is_charged_once_and_releases_its_reserva
             assert head.startswith(b"HTTP/1.1 200"), head[:200]
             hung_up += 1
         # The socket is closed here, mid-stream.
-    wait_for(lambda: books_balance(envoy) and queue_empty(envoy), 15, "settlement of the cut streams")
+    wait_for(lambda: idle(envoy), 15, "settlement of the cut streams")
     wait_for(lambda: len(counter.ledger(team)) >= hung_up, 10, "the cut streams' records")
     ledger = counter.ledger(team)
     assert len(ledger) == hung_up
@@ -302,7 +315,7 @@ def test_an_upstream_error_without_usage_releases_the_reservation(counter, gatew
     spent_before = counter.budget("books")["spent_micros"]
     r = chat(envoy, team, stream=False, output_tokens=100, extra_headers={"x-mock-status": "503"})
     assert r.status == 503
-    wait_for(lambda: books_balance(envoy) and queue_empty(envoy), 15, "settlement of the failed request")
+    wait_for(lambda: idle(envoy), 15, "settlement of the failed request")
     wait_for(lambda: len(counter.ledger(team)) > len(before), 10, "the failed request's record")
     new = {k: v for k, v in counter.ledger(team).items() if k not in before}
     assert list(new.values()) == [(0, 503, False)], new
@@ -333,7 +346,7 @@ def test_a_graceful_drain_delivers_every_record(counter, mock):
         for t in threads:
             t.join(timeout=60)
         # The operator's signal that a gateway may be stopped: nothing queued, nothing unsettled.
-        wait_for(lambda: queue_empty(envoy) and books_balance(envoy), 15, "the drained gateway to flush")
+        wait_for(lambda: idle(envoy), 15, "the drained gateway to flush")
     finally:
         envoy.close()
     wait_for(lambda: len(counter.ledger(team)) >= len(ids), 10, "every record of the drained gateway")
@@ -365,7 +378,7 @@ def test_observe_mode_budgets_refuse_nothing_and_count_what_they_would_have_refu
         assert r.status == 200, r
     # Every request's worst case (~$0.02) alone passes the $0.01 limit.
     assert envoy.enforcement_stats()["tollgate_enforce_observe_would_refuse_total"] - before == 4
-    wait_for(lambda: queue_empty(envoy) and books_balance(envoy), 15, "the observed requests to settle")
+    wait_for(lambda: idle(envoy), 15, "the observed requests to settle")
     wait_for(lambda: counter.budget("observe")["spent_micros"] > 10_000, 10, "the observed spend to reach the counter")
 
 
@@ -412,3 +425,18 @@ def test_counter_unreachable_fail_open_serves_and_delivers_the_records_once_it_i
         envoy.close()
         if late:
             late.close()
+
+
+def test_routing_downgrades_the_model_once_a_budget_is_half_used(counter, gateways):
+    team = "enforce-downgrade"
+    envoy = gateways[0]
+    first_id, second_id = new_id(), new_id()
+    first = chat(envoy, team, stream=False, output_tokens=1500, extra_headers={"x-e2e-id": first_id})
+    assert first.status == 200, first
+    assert envoy.access_log_line(first_id)["routed_model"] == "gpt-4o"
+    wait_for(lambda: books_balance(envoy), 10, "the first request to settle")
+    # About $0.015 of $0.03 is spent: past 50%, the same request is routed to the cheaper model.
+    second = chat(envoy, team, stream=False, output_tokens=1500, extra_headers={"x-e2e-id": second_id})
+    assert second.status == 200, second
+    line = envoy.access_log_line(second_id)
+    assert (line["routed_model"], line["rule"]) == ("gpt-4o-mini", "downgrade-near-limit"), line

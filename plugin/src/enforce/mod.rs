@@ -226,7 +226,6 @@ impl Worker {
             }
         }
         self.flush(now, false);
-        abi::set_gauge(self.metrics.usage_unacked, store::unacked());
     }
 
     /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
@@ -252,7 +251,7 @@ impl Worker {
                 match queue::read_ack(status, body, batch.records.len()) {
                     Ok(_) => {
                         Metrics::inc(self.metrics.usage_acked, batch.records.len() as u64);
-                        store::adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
+                        self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
                         // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
@@ -269,6 +268,18 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Changes the process-wide unacknowledged count (see `store::adjust_unacked`) and publishes it
+    /// in the gauge at once, so the gauge is never behind what was queued or acknowledged.
+    fn adjust_unacked(&self, delta: i64, limit: u64) -> bool {
+        match store::adjust_unacked(delta, limit) {
+            Some(now) => {
+                abi::set_gauge(self.metrics.usage_unacked, now);
+                true
+            }
+            None => false,
+        }
     }
 
     fn hold(&mut self, scopes: &[String]) {
@@ -333,7 +344,7 @@ impl Worker {
             }
         }
         if garbage > 0 {
-            store::adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
+            self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
             Metrics::inc(self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
@@ -358,11 +369,11 @@ impl Worker {
     /// Queues a settled request's record (bounded: past `queue_bound` it is dropped and counted).
     fn enqueue(&mut self, record: &UsageRecord) {
         let Some(queued) = QueuedRecord::from_record(record) else { return };
-        let admitted = store::adjust_unacked(1, self.settings.queue_bound as u64);
+        let admitted = self.adjust_unacked(1, self.settings.queue_bound as u64);
         let sent = admitted && self.queue_id.is_some_and(|q| abi::enqueue(q, &queued.json).is_ok());
         if !sent {
             if admitted {
-                store::adjust_unacked(-1, u64::MAX);
+                self.adjust_unacked(-1, u64::MAX);
             }
             self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
         }
@@ -371,7 +382,7 @@ impl Worker {
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
     fn requeue(&mut self, records: Vec<QueuedRecord>) {
         let Some(queue_id) = self.queue_id else {
-            store::adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
+            self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&records, "no usage queue");
             return;
         };
@@ -379,7 +390,7 @@ impl Worker {
         // Still counted in `unacked` (and so under the bound): it only left to be posted.
         let lost: Vec<QueuedRecord> = records.into_iter().filter(|r| abi::enqueue(queue_id, &r.json).is_err()).collect();
         if !lost.is_empty() {
-            store::adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
+            self.adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&lost, "the usage queue refused a redelivery");
         }
     }
@@ -582,8 +593,10 @@ impl Enforcer for LeaseEnforcer {
         } else {
             Metrics::inc(w.metrics.excess_micros, micros(settled.excess_micros));
         }
-        Metrics::inc(w.metrics.settled, 1);
+        // Queued (and counted unacknowledged) before it counts as settled, so an observer that
+        // sees it settled also sees it waiting.
         w.enqueue(record);
+        Metrics::inc(w.metrics.settled, 1);
     }
 }
 

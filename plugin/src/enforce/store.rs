@@ -53,29 +53,29 @@ pub fn unacked() -> u64 {
 }
 
 /// Adds `delta` to the unacknowledged count if the result stays within `0..=limit` (bounded CAS
-/// loop). Returns whether it was applied.
-pub fn adjust_unacked(delta: i64, limit: u64) -> bool {
+/// loop). Returns the new count, `None` if not applied.
+pub fn adjust_unacked(delta: i64, limit: u64) -> Option<u64> {
     for _ in 0..tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS {
         let (current, cas) = match abi::get_shared(UNACKED_KEY) {
             Ok((Some(bytes), cas)) => (decode_u64(&bytes), cas),
             Ok((None, cas)) => (0, cas),
-            Err(_) => return false,
+            Err(_) => return None,
         };
         let next = if delta >= 0 {
             match current.checked_add(delta.unsigned_abs()) {
                 Some(n) if n <= limit => n,
-                _ => return false,
+                _ => return None,
             }
         } else {
             current.saturating_sub(delta.unsigned_abs())
         };
         match abi::set_shared(UNACKED_KEY, &next.to_le_bytes(), cas) {
-            SetShared::Written => return true,
+            SetShared::Written => return Some(next),
             SetShared::Conflict => continue,
-            SetShared::Failed(_) => return false,
+            SetShared::Failed(_) => return None,
         }
     }
-    false
+    None
 }
 
 fn decode_u64(bytes: &[u8]) -> u64 {
