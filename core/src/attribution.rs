@@ -138,11 +138,27 @@ pub struct VirtualKeyConfig {
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<OneOrMany, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(s) => Ok(OneOrMany::One(s)),
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    other => Err(serde::de::Error::custom(format!("expected a string or a list of strings, found {other}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(OneOrMany::Many),
+            other => Err(serde::de::Error::custom(format!("expected a string or a list of strings, found {other}"))),
+        }
+    }
 }
 
 impl OneOrMany {

@@ -51,8 +51,23 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Deserializes one section, prefixing serde's message with the section's path.
+/// When the section is an object and one member is at fault, the error names that member
+/// (`routing.rules[2].match.model: …`), found by parsing each member on its own.
 pub fn parse_at<T: DeserializeOwned>(value: serde_json::Value, path: &str) -> Result<T, ConfigError> {
-    serde_json::from_value(value).map_err(|e| ConfigError::new(path, e.to_string()))
+    let members: Option<Vec<(String, serde_json::Value)>> =
+        value.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    serde_json::from_value(value).map_err(|whole| {
+        for (key, member) in members.into_iter().flatten() {
+            let single = serde_json::Value::Object([(key.clone(), member)].into_iter().collect());
+            if let Err(e) = serde_json::from_value::<T>(single) {
+                let text = e.to_string();
+                if !text.starts_with("missing field") && !text.starts_with("unknown field") {
+                    return ConfigError::new(format!("{path}.{key}"), text);
+                }
+            }
+        }
+        ConfigError::new(path, whole.to_string())
+    })
 }
 
 /// The configuration as written. Sections stay `Value`s here so each is parsed with its path.
@@ -260,7 +275,7 @@ mod tests {
         assert!(err(r#"{"routng": {}}"#).starts_with("tollgate config: unknown field `routng`"));
         assert_eq!(
             err(r#"{"routing": {"rules": [{"name": "a"}, {"name": "b"}, {"name": "c", "match": {"model": 5}}]}}"#),
-            "tollgate config: routing.rules[2].match: data did not match any variant of untagged enum OneOrMany"
+            "tollgate config: routing.rules[2].match.model: expected a string or a list of strings, found 5"
         );
         assert!(err(r#"{"max_request_body_bytes": 0}"#).starts_with("tollgate config: max_request_body_bytes: must be between"));
         assert!(err(r#"{"dialects": {"bedrock": {}}}"#).starts_with("tollgate config: dialects.bedrock: unknown dialect"));
@@ -268,7 +283,7 @@ mod tests {
         assert!(err(r#"{"gateway_id": "a b"}"#).starts_with("tollgate config: gateway_id:"));
         assert!(err(r#"{"attribution": {"virtual_keys": [{"sha256": "x", "principal": {"key_id": "k"}}]}}"#)
             .starts_with("tollgate config: attribution.virtual_keys[0].sha256:"));
-        assert!(err(r#"{"pricing": {"unknown_model": "guess"}}"#).starts_with("tollgate config: pricing: unknown variant `guess`"));
+        assert!(err(r#"{"pricing": {"unknown_model": "guess"}}"#).starts_with("tollgate config: pricing.unknown_model: unknown variant `guess`"));
         assert!(err(r#"{"enforcement": 5}"#).starts_with("tollgate config: enforcement: must be an object"));
         assert!(err(r#"{"enforcement": {"counter_cluster": "c", "gateway_token": "t", "batch_size": 0}}"#)
             .starts_with("tollgate config: enforcement.batch_size:"));
