@@ -73,6 +73,10 @@ pub trait Enforcer {
 
     /// The settled request. Called exactly once per admitted request.
     fn settle(&mut self, record: &UsageRecord);
+
+    /// The request ended while still waiting for admission (the client went away during `Wait`);
+    /// it was never admitted or forwarded. Release whatever the wait was holding.
+    fn abandon(&mut self) {}
 }
 
 /// Metering only: every request proceeds; records are only logged (by the filter).

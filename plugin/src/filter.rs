@@ -154,6 +154,8 @@ struct RequestState {
     recognised: Recognised,
     facts: HeaderFacts,
     request_id: String,
+    /// `:path` as the client sent it (the plan may rewrite it).
+    path: String,
     started_at_ms: i64,
     had_content_length: bool,
     plan: Option<RequestPlan>,
@@ -239,12 +241,8 @@ impl Stream {
         publish("requested_model", &parsed.requested_model);
         let now = host::now_ms();
         let utilization = self.enforcer.as_mut().and_then(|e| e.utilization_pct(&parsed.principal, now));
-        let path = match host::headers(Map::RequestHeaders) {
-            Ok(h) => header(&h, ":path").unwrap_or_default().to_owned(),
-            Err(_) => String::new(),
-        };
         let Some(req) = self.request.as_ref() else { return Action::Continue };
-        let plan = match parsed.route(&config, &req.recognised, &path, utilization) {
+        let plan = match parsed.route(&config, &req.recognised, &req.path, utilization) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
@@ -435,8 +433,8 @@ impl HttpContext for Stream {
             self.phase = Phase::Passthrough;
             return Action::Continue;
         };
-        let recognised = header(&headers, ":path").and_then(|p| config.mounts.recognise(p));
-        let Some(recognised) = recognised else {
+        let path = header(&headers, ":path").unwrap_or_default();
+        let Some(recognised) = config.mounts.recognise(path) else {
             self.metrics.passthrough();
             self.phase = Phase::Passthrough;
             return Action::Continue;
@@ -453,6 +451,7 @@ impl HttpContext for Stream {
             recognised,
             facts,
             request_id,
+            path: path.to_owned(),
             started_at_ms,
             had_content_length: declared_len.is_some(),
             plan: None,
@@ -563,6 +562,14 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        // A request still waiting for admission was abandoned (client gone): nothing to charge.
+        if self.phase == Phase::AwaitingAdmission {
+            self.phase = Phase::Settled;
+            if let Some(enforcer) = self.enforcer.as_mut() {
+                enforcer.abandon();
+            }
+            return;
+        }
         // Cut streams (client gone, upstream reset) never saw end of stream: charge them now.
         self.settle();
     }
