@@ -440,3 +440,48 @@ def test_routing_downgrades_the_model_once_a_budget_is_half_used(counter, gatewa
     assert second.status == 200, second
     line = envoy.access_log_line(second_id)
     assert (line["routed_model"], line["rule"]) == ("gpt-4o-mini", "downgrade-near-limit"), line
+
+
+def test_in_steady_state_no_request_waits_on_the_network(counter, gateways):
+    # Once a gateway holds slices, top-ups happen in the background before the slice runs dry:
+    # `tollgate_enforce_paused_total` stays flat while hundreds of requests are admitted.
+    team = "enforce-books"
+    envoy = gateways[1]
+
+    def small(i):
+        body = {"model": "e2e-chat", "max_tokens": 300, "stream": i % 2 == 0,
+                "messages": [{"role": "user", "content": "ping"}]}
+        # 20 ms per call (real LLM calls take far longer): ~8 × 50 calls/s, ~$1/s on the team budget,
+        # so its $0.25 slices need several top-ups during the run.
+        headers = {"x-e2e-team": team, "x-e2e-user": f"steady-{i % 4}", "x-mock-gzip": "never", "x-mock-events": "4",
+                   "x-mock-output-tokens": "250", "x-mock-delay-ms": "20"}
+        r = request(envoy.listen_port, "POST", "/v1/chat/completions", json.dumps(body), headers)
+        assert r.status == 200, r
+
+    for i in range(8):  # warm-up: the four users' scopes get their first slices
+        small(i)
+    before = envoy.enforcement_stats()
+    failures = []
+
+    def client(n):
+        try:
+            for i in range(40):
+                small(n * 40 + i)
+        except AssertionError as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures[:3]
+    after = envoy.enforcement_stats()
+    admitted = after["tollgate_enforce_admitted_total"] - before["tollgate_enforce_admitted_total"]
+    paused = after["tollgate_enforce_paused_total"] - before["tollgate_enforce_paused_total"]
+    topups = after["tollgate_lease_topups_total"] - before["tollgate_lease_topups_total"]
+    print(f"\nsteady: {admitted} admitted, {paused} paused, {topups} background top-ups")
+    assert admitted == 320
+    assert topups >= 2, "the slices were topped up in the background"
+    assert paused == 0, f"{paused} of {admitted} requests waited on a lease call"
+    wait_for(lambda: idle(envoy), 15, "the steady-state requests to settle")

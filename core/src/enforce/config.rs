@@ -205,14 +205,18 @@ impl EnforcementSettings {
         self.max_output_tokens_by_model.get(model).copied().or(self.default_max_output_tokens)
     }
 
-    /// The root tick period: often enough to flush on time and to re-check requests waiting on
-    /// another worker's lease call, rarely enough to cost nothing in steady state.
+    /// The root tick period: background top-ups leave on the tick, so it bounds how long a slice
+    /// under its watermark waits for its top-up (a tick costs a few shared-data reads); usage is
+    /// flushed on the first tick after `flush_interval_ms`.
     pub fn tick_ms(&self) -> u64 {
-        self.flush_interval_ms.clamp(20, 100)
+        self.flush_interval_ms.min(TICK_MS)
     }
 }
 
 const MAX_MS: u64 = 24 * 3600 * 1000;
+
+/// The longest root tick.
+pub const TICK_MS: u64 = 20;
 
 impl EnforcementConfig {
     /// Parses the section on its own (the filter config embeds it; tests use this directly).
@@ -354,7 +358,7 @@ mod tests {
         assert_eq!((s.batch_size, s.queue_bound), (50, 1000));
         assert_eq!(s.output_tokens_override("gpt-4o"), Some(16_384));
         assert_eq!(s.output_tokens_override("gpt-4o-mini"), Some(1_024));
-        assert_eq!(s.tick_ms(), 100);
+        assert_eq!(s.tick_ms(), 20);
     }
 
     #[test]
