@@ -42,6 +42,7 @@ BUDGETS = [
     {"id": "observe", "scope": "team:enforce-observe", "limit": "0.01", "window": "none", "mode": "observe"},
     {"id": "outage", "scope": "team:enforce-outage", "limit": "50.00", "window": "none"},
     {"id": "downgrade", "scope": "team:enforce-downgrade", "limit": "0.03", "window": "none"},
+    {"id": "steady", "scope": "team:enforce-steady", "limit": "50.00", "window": "none"},
 ]
 
 SLICE_USD = "0.25"
@@ -284,7 +285,7 @@ def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, g
           f"paused {paused} of {admitted} admitted, lease calls {sum(s.get('tollgate_lease_calls_total', 0) for s in stats)}")
 
 
-def test_a_client_hanging_up_mid_stream_is_charged_once_and_releases_its_reservation(counter, gateways):
+def test_a_client_hanging_up_or_timing_out_is_charged_once_and_releases_its_reservation(counter, gateways):
     team = "enforce-books"
     envoy = gateways[0]
     body = json.dumps({"model": "e2e-chat", "max_tokens": MAX_TOKENS, "stream": True,
@@ -300,11 +301,15 @@ def test_a_client_hanging_up_mid_stream_is_charged_once_and_releases_its_reserva
             assert head.startswith(b"HTTP/1.1 200"), head[:200]
             hung_up += 1
         # The socket is closed here, mid-stream.
-    wait_for(lambda: idle(envoy), 15, "settlement of the cut streams")
-    wait_for(lambda: len(counter.ledger(team)) >= hung_up, 10, "the cut streams' records")
+    # A client that times out before the upstream even answers.
+    with pytest.raises(TimeoutError):
+        chat(envoy, team, stream=False, output_tokens=10, extra_headers={"x-mock-delay-ms": "3000"}, timeout=0.5)
+    hung_up += 1
+    wait_for(lambda: idle(envoy), 15, "settlement of the cut requests")
+    wait_for(lambda: len(counter.ledger(team)) >= hung_up, 10, "the cut requests' records")
     ledger = counter.ledger(team)
-    assert len(ledger) == hung_up
-    assert all(est for _, _, est in ledger.values()), f"cut streams are charged from a flagged estimate: {ledger}"
+    assert len(ledger) == hung_up, "each cut request is charged exactly once"
+    assert all(est for _, _, est in ledger.values()), f"cut requests are charged from a flagged estimate: {ledger}"
     assert counter.budget("books")["spent_micros"] == sum(c for c, _, _ in ledger.values())
 
 
@@ -445,7 +450,7 @@ def test_routing_downgrades_the_model_once_a_budget_is_half_used(counter, gatewa
 def test_in_steady_state_no_request_waits_on_the_network(counter, gateways):
     # Once a gateway holds slices, top-ups happen in the background before the slice runs dry:
     # `tollgate_enforce_paused_total` stays flat while hundreds of requests are admitted.
-    team = "enforce-books"
+    team = "enforce-steady"
     envoy = gateways[1]
 
     def small(i):
