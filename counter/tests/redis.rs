@@ -141,6 +141,28 @@ async fn while_redis_is_down_the_counter_is_unhealthy_and_refuses_with_503_then_
     assert_eq!(h.spent("t").await, 5);
 }
 
+#[tokio::test]
+async fn a_hung_redis_turns_into_503_within_seconds_and_a_resend_counts_once() {
+    let h = Harness::start().await;
+    h.budget(json!({"id": "t", "scope": "team:platform", "limit": "10", "window": "day"})).await;
+    h.redis.as_ref().unwrap().pause();
+
+    let started = std::time::Instant::now();
+    let (status, body) = h.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": [record("r1", "platform", 7)]})).await;
+    assert_eq!(status, 503, "{body}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "a hung Redis held the calls for {waited:?}");
+
+    // The usage command may still run when Redis wakes up: the gateway re-sends, it counts once.
+    h.redis.as_ref().unwrap().resume();
+    assert_eq!(h.call("GET", "/healthz", None, None).await.0, 200);
+    let (accepted, duplicates) = h.usage("gw1", vec![record("r1", "platform", 7)]).await;
+    assert_eq!(accepted + duplicates, 1);
+    assert_eq!(h.spent("t").await, 7, "counted exactly once");
+}
+
 /// Each record of writer `w`'s batch `i` costs the same, distinct per batch.
 fn cost(w: usize, i: usize) -> i64 {
     (w * 1000 + i) as i64 + 1

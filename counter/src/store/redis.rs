@@ -369,8 +369,8 @@ impl RedisStore {
         if transient(e) {
             crate::log::warn("redis unavailable", serde_json::json!({"redis": self.address, "op": what, "error": e.to_string(), "retries": retries}));
             StoreError::Unavailable(format!(
-                "{what}: redis at {} is unavailable ({e}) after {retries} retries; nothing of this request was applied \
-                 or acknowledged, send it again (check that Redis is up and reachable)",
+                "{what}: redis at {} is unavailable ({e}) after {retries} retries; nothing of this request is \
+                 acknowledged: send it again, repeating is safe (check that Redis is up and reachable)",
                 self.address
             ))
         } else if e.code() == Some("OOM") {

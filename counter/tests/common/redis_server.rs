@@ -95,6 +95,21 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server hangs (connections open, nothing answered) until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = self.child().as_ref() {
+            let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
+        }
+    }
+
     /// Starts again on the same port and directory (after `kill9` or `stop`).
     pub fn restart(&self) {
         self.kill9();
@@ -104,6 +119,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.resume();
         self.kill9();
     }
 }
