@@ -159,20 +159,3 @@ pub fn deserialize_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     }
     Some(pairs)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pairs_round_trip_including_empty_values() {
-        let pairs = vec![(":path".to_string(), b"/v1/x".to_vec()), ("x-empty".to_string(), Vec::new())];
-        assert_eq!(deserialize_pairs(&serialize_pairs(&pairs)), Some(pairs));
-    }
-
-    #[test]
-    fn truncated_pairs_are_refused() {
-        let bytes = serialize_pairs(&[("a".to_string(), b"bcd".to_vec())]);
-        assert_eq!(deserialize_pairs(&bytes[..bytes.len() - 3]), None);
-    }
-}

@@ -60,7 +60,7 @@ impl HttpCall {
     }
 }
 
-pub(crate) struct Queue {
+pub struct Queue {
     pub vm_id: String,
     pub name: String,
     pub items: VecDeque<Vec<u8>>,
@@ -68,7 +68,8 @@ pub(crate) struct Queue {
     pub owner: (usize, u32),
 }
 
-pub(crate) struct Shared {
+/// The process-wide state (see the module doc).
+pub struct Shared {
     /// Virtual wall clock, unix nanoseconds.
     pub now_ns: u64,
     /// Virtual monotonic clock, nanoseconds since the gateway started.
@@ -145,21 +146,5 @@ impl Shared {
             eprintln!("[worker {worker}] {level}: {message}");
         }
         self.logs.push(LogLine { worker, level, message });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cas_zero_is_unconditional_and_a_stale_cas_is_refused() {
-        let mut s = Shared::new(0);
-        assert!(s.set_data("vm", "k", b"1".to_vec(), 0));
-        let cas = s.data[&("vm".to_string(), "k".to_string())].1;
-        assert!(s.set_data("vm", "k", b"2".to_vec(), cas));
-        assert!(!s.set_data("vm", "k", b"3".to_vec(), cas), "the cas moved on after the last write");
-        assert!(s.set_data("vm", "k", b"4".to_vec(), 0));
-        assert!(s.set_data("vm", "new", b"x".to_vec(), 12345), "a missing key is set whatever the cas");
     }
 }

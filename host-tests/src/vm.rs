@@ -82,7 +82,7 @@ pub struct CallResponse {
 
 /// Everything a VM's host functions can reach.
 pub struct VmState {
-    pub(crate) shared: Rc<RefCell<Shared>>,
+    pub shared: Rc<RefCell<Shared>>,
     pub worker: usize,
     pub vm_id: String,
     pub vm_config: Vec<u8>,

@@ -1,1 +1,117 @@
-fn main() {}
+//! Wasm instructions the filter executes per request, for reference workloads: a figure machine
+//! noise cannot move (wasmtime fuel = instructions executed), so a regression shows in review.
+//!
+//! `cargo run --release -p tollgate-host-tests --features bench --bin instructions`
+//! (`make bench` runs it). Uses `$TOLLGATE_WASM` or the built `tollgate.wasm` (see `module`), and
+//! the no-op filter beside it, if built, as the floor every wasm filter pays.
+
+use tollgate_host_tests::fixtures::{openai_chat_request, openai_chat_sse, refs};
+use tollgate_host_tests::module;
+use tollgate_host_tests::Gateway;
+
+/// A production-like configuration: the bundled price table, attribution, a few routing rules.
+const CONFIG: &str = r#"{
+  "gateway_id": "bench",
+  "attribution": {
+    "trusted_headers": { "team": "x-auth-team", "use_case": "x-auth-use-case" },
+    "defaults": { "org": "acme" }
+  },
+  "routing": { "rules": [
+    { "name": "no-legacy", "match": { "model": "gpt-4-32k*" }, "deny": true, "message": "retired" },
+    { "name": "premium", "match": { "model": "tier:premium" }, "set_model": "gpt-4o", "set_headers": { "x-tollgate-provider": "openai" } },
+    { "name": "chat", "match": { "dialect": "openai", "model": "gpt-4o*" }, "set_headers": { "x-tollgate-provider": "openai" } }
+  ] }
+}"#;
+
+struct Workload {
+    name: &'static str,
+    request: Vec<u8>,
+    response_headers: Vec<(&'static str, &'static str)>,
+    /// Response body chunks, as the upstream sends them.
+    response: Vec<Vec<u8>>,
+}
+
+fn workloads() -> Vec<Workload> {
+    // One SSE event per chunk, as a provider flushes them.
+    let sse = openai_chat_sse("gpt-4o-2024-08-06", 40, 520, 160, 0, 0);
+    let events: Vec<Vec<u8>> = sse
+        .split_inclusive(|b| *b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|pair| pair.concat())
+        .collect();
+    let agent = openai_chat_request("gpt-4o", false, 200 * 1024);
+    let agent_response = br#"{"id":"chatcmpl-9","object":"chat.completion","created":1767225600,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Here is the plan."},"finish_reason":"stop"}],"usage":{"prompt_tokens":51200,"completion_tokens":420,"total_tokens":51620,"prompt_tokens_details":{"cached_tokens":40960}}}"#;
+    vec![
+        Workload {
+            name: "chat 2 KB request, 40-event SSE response",
+            request: openai_chat_request("gpt-4o", true, 2048).into_bytes(),
+            response_headers: vec![(":status", "200"), ("content-type", "text/event-stream")],
+            response: events,
+        },
+        Workload {
+            name: "agent 200 KB request, JSON response",
+            request: agent.into_bytes(),
+            response_headers: vec![(":status", "200"), ("content-type", "application/json")],
+            response: vec![agent_response.to_vec()],
+        },
+    ]
+}
+
+/// (request phase, response phase incl. log/done/delete) instructions for one request.
+fn measure(gw: &Gateway, w: &Workload) -> (u64, u64) {
+    let headers = vec![
+        (":method".to_string(), "POST".to_string()),
+        (":path".to_string(), "/v1/chat/completions".to_string()),
+        (":authority".to_string(), "llm.internal".to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("content-length".to_string(), w.request.len().to_string()),
+        ("x-auth-team".to_string(), "platform".to_string()),
+    ];
+    let mut s = gw.stream();
+    // Envoy delivers a large body in ~16 KiB reads.
+    s.send_request_chunked(&refs(&headers), &w.request, &[16 * 1024]);
+    assert!(s.upstream().complete, "{}: the request did not reach the upstream: {:?}", w.name, s.client());
+    let request = s.instructions();
+    s.response_headers(&w.response_headers, false);
+    let last = w.response.len() - 1;
+    for (i, chunk) in w.response.iter().enumerate() {
+        s.response_body(chunk, i == last);
+    }
+    assert!(s.finished(), "{}: the stream did not finish", w.name);
+    (request, s.instructions() - request)
+}
+
+fn main() {
+    let wasm = module::tollgate_wasm_path();
+    println!("# wasm instructions per request (wasmtime fuel), deterministic");
+    println!("# command: cargo run --release -p tollgate-host-tests --features bench --bin instructions");
+    println!("# filter: {}", wasm.display());
+    let gw = Gateway::new(CONFIG);
+    gw.start();
+    let startup = gw.instructions();
+    println!("startup (instantiate + configure, bundled price table): {startup} instructions");
+    let noop = wasm.with_file_name("noop_filter.wasm");
+    let floor = noop.exists().then(|| Gateway::new("").module(module::load_module(&noop)));
+    println!();
+    println!("| workload | request phase | response phase | total | no-op filter total |");
+    println!("|---|---:|---:|---:|---:|");
+    for w in workloads() {
+        // The first request pays one-time lazy initialisation; the steady state is what matters.
+        let (cold_req, cold_resp) = measure(&gw, &w);
+        let (req, resp) = measure(&gw, &w);
+        let again = measure(&gw, &w);
+        assert_eq!((req, resp), again, "instruction counts are deterministic");
+        let floor_total = floor.as_ref().map(|f| {
+            let (a, b) = measure(f, &w);
+            (a + b).to_string()
+        });
+        println!(
+            "| {} | {req} | {resp} | {} | {} |",
+            w.name,
+            req + resp,
+            floor_total.unwrap_or_else(|| "(noop_filter.wasm not built)".into())
+        );
+        println!("|   first request (cold) | {cold_req} | {cold_resp} | {} | |", cold_req + cold_resp);
+    }
+}

@@ -244,3 +244,23 @@ fn a_buffered_response_reaches_the_client_whole() {
     // The probe adds up the size of every callback: 3, 6, 9 then 10 bytes buffered.
     assert_eq!(s.filter_state("wasm.probe.response_bytes").as_deref(), Some("28"));
 }
+
+#[test]
+fn header_pairs_round_trip_in_the_abi_wire_format_and_truncation_is_refused() {
+    use tollgate_host_tests::abi::{deserialize_pairs, serialize_pairs};
+    let pairs = vec![(":path".to_string(), b"/v1/x".to_vec()), ("x-empty".to_string(), Vec::new())];
+    let bytes = serialize_pairs(&pairs);
+    assert_eq!(deserialize_pairs(&bytes), Some(pairs));
+    assert_eq!(deserialize_pairs(&bytes[..bytes.len() - 3]), None);
+}
+
+#[test]
+fn shared_data_cas_zero_is_unconditional_and_a_stale_cas_is_refused() {
+    let mut s = tollgate_host_tests::shared::Shared::new(0);
+    assert!(s.set_data("vm", "k", b"1".to_vec(), 0));
+    let cas = s.data[&("vm".to_string(), "k".to_string())].1;
+    assert!(s.set_data("vm", "k", b"2".to_vec(), cas));
+    assert!(!s.set_data("vm", "k", b"3".to_vec(), cas), "the cas moved on after the last write");
+    assert!(s.set_data("vm", "k", b"4".to_vec(), 0));
+    assert!(s.set_data("vm", "new", b"x".to_vec(), 12345), "a missing key is set whatever the cas (Envoy)");
+}

@@ -1,0 +1,87 @@
+//! Streams that do not end well still leave the books right: a client that leaves mid-stream is
+//! charged from a flagged estimate; an upstream error or reset is recorded, not charged as usage.
+
+use crate::common::*;
+use tollgate_host_tests::fixtures::{cases, refs};
+
+fn case(name: &str) -> tollgate_host_tests::fixtures::Case {
+    cases().into_iter().find(|c| c.name == name).expect("fixture exists")
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_is_charged_from_a_flagged_estimate() {
+    let gw = gateway();
+    for name in ["openai chat sse", "anthropic messages sse", "gemini streamGenerateContent sse"] {
+        let c = case(name);
+        let mut s = gw.stream();
+        s.send_request(&refs(&c.headers()), &c.request);
+        s.response_headers(&refs(&c.response_headers()), false);
+        // The first event only: no final usage yet (Anthropic's message_start is a placeholder).
+        let first_event_end = c.response.windows(2).position(|w| w == b"\n\n").expect("an event") + 2;
+        s.response_body(&c.response[..first_event_end], false);
+        s.client_reset();
+        assert!(s.finished(), "{name}");
+        let st = s.filter_states();
+        assert_eq!(st.get("wasm.tollgate.estimated").map(String::as_str), Some("true"), "{name}: {st:?}");
+        assert_eq!(st.get("wasm.tollgate.outcome").map(String::as_str), Some("estimated"), "{name}");
+        let input: u64 = st.get("wasm.tollgate.tokens_input").and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(input > 0, "{name}: the prompt is charged from its size: {st:?}");
+        let cost: i64 = st.get("wasm.tollgate.cost_micros").and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(cost > 0, "{name}: an estimate costs something: {st:?}");
+    }
+}
+
+#[test]
+fn an_upstream_error_is_passed_through_and_not_charged_as_usage() {
+    let gw = gateway();
+    let c = case("openai chat json");
+    let mut s = gw.stream();
+    s.send_request(&refs(&c.headers()), &c.request);
+    let error = br#"{"error":{"message":"overloaded","type":"server_error"}}"#;
+    s.respond(&[(":status", "503"), ("content-type", "application/json")], error);
+    assert_eq!(s.client().status(), Some(503));
+    assert_eq!(s.client().body, error);
+    assert_eq!(s.filter_state("wasm.tollgate.outcome").as_deref(), Some("upstream_error"));
+    assert_eq!(s.filter_state("wasm.tollgate.cost_micros").as_deref(), Some("0"));
+    assert_eq!(gw.counter("tollgate_requests_openai_upstream_error"), 1);
+}
+
+#[test]
+fn an_upstream_reset_before_headers_gives_the_client_envoys_503_and_charges_nothing() {
+    let gw = gateway();
+    let c = case("anthropic messages json");
+    let mut s = gw.stream();
+    s.send_request(&refs(&c.headers()), &c.request);
+    s.upstream_reset();
+    let client = s.expect_local_response(503);
+    assert!(client.body_text().contains("upstream connect error"));
+    assert!(s.finished());
+    assert_eq!(s.filter_state("wasm.tollgate.cost_micros").as_deref(), Some("0"), "{:?}", s.filter_states());
+}
+
+#[test]
+fn an_upstream_reset_mid_stream_is_charged_from_an_estimate() {
+    let gw = gateway();
+    let c = case("openai chat sse");
+    let mut s = gw.stream();
+    s.send_request(&refs(&c.headers()), &c.request);
+    s.response_headers(&refs(&c.response_headers()), false);
+    s.response_body(&c.response[..c.response.len() / 3], false);
+    s.upstream_reset();
+    assert!(s.client().reset);
+    assert_eq!(s.filter_state("wasm.tollgate.estimated").as_deref(), Some("true"), "{:?}", s.filter_states());
+}
+
+#[test]
+fn a_response_with_trailers_settles_once() {
+    let gw = gateway();
+    let c = case("anthropic messages json");
+    let mut s = gw.stream();
+    s.send_request(&refs(&c.headers()), &c.request);
+    s.response_headers(&refs(&c.response_headers()), false);
+    s.response_body(&c.response, false);
+    s.response_trailers(&[("x-trailer", "1")]);
+    assert_eq!(s.client().trailers, vec![("x-trailer".to_string(), "1".to_string())]);
+    expect_metered(&s, &c);
+    assert_eq!(gw.counter("tollgate_requests_anthropic_metered"), 1, "settled once");
+}

@@ -1,0 +1,17 @@
+//! Every scenario, in one test binary: the release profile links with LTO, so each extra test
+//! binary would cost minutes of linking wasmtime; modules keep the files apart instead.
+//!
+//! - `host`: the host itself, with its own probe filter.
+//! - `dialects`: every dialect routed byte-exact and metered, any chunking.
+//! - `requests`: attribution, routing rules, denials, malformed input, 413, refused configs.
+//! - `usage_split`: the usage event split at every byte.
+//! - `randomized`: garbage and random chunking never trap the VM (fixed seeds, bounded).
+//! - `lifecycle`: cut streams, upstream errors, resets.
+
+mod common;
+mod dialects;
+mod host;
+mod lifecycle;
+mod randomized;
+mod requests;
+mod usage_split;
