@@ -46,10 +46,13 @@ impl LeaseStore for MemStore {
     }
 }
 
+/// One budget in the model counter: id, hard limit, spent, slices by gateway (slice, expiry).
+type ModelBudget = (String, Micros, Micros, BTreeMap<usize, (Micros, i64)>);
+
 /// The counter's side of the contract (core::protocol's doc comment), kept minimal.
 struct ModelCounter {
-    /// scope → (budget id, hard limit, spent, slices by gateway: (slice, expires_at_ms))
-    budgets: BTreeMap<String, (String, Micros, Micros, BTreeMap<usize, (Micros, i64)>)>,
+    /// scope → its budget
+    budgets: BTreeMap<String, ModelBudget>,
     seen: BTreeSet<String>,
     ttl_ms: i64,
 }
