@@ -98,6 +98,7 @@ pub fn settle(prices: &PriceTable, exchange: &Exchange, scan: &ScanOutcome, stat
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use tollgate_core::pricing::PricingConfig;

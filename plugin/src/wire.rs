@@ -51,6 +51,7 @@ pub fn encode_map(headers: &[(&str, &str)]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
