@@ -424,3 +424,170 @@ pub fn acknowledge<S: LeaseStore>(store: &mut S, costs_by_scope: &[(String, Micr
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enforce::book::tests::lease;
+    use crate::enforce::config::test_settings;
+    use crate::protocol::BudgetMode;
+    use std::collections::BTreeMap;
+
+    /// A versioned in-memory store.
+    #[derive(Default)]
+    struct Mem(BTreeMap<String, (ScopeEntry, u32)>);
+
+    impl LeaseStore for Mem {
+        fn load(&self, scope: &str) -> (Option<ScopeEntry>, Option<u32>) {
+            self.0.get(scope).map_or((None, None), |(e, v)| (Some(e.clone()), Some(*v)))
+        }
+        fn store(&mut self, scope: &str, entry: &ScopeEntry, version: Option<u32>) -> Result<(), StoreError> {
+            let current = self.0.get(scope).map(|(_, v)| *v);
+            if current.is_some() && current != version {
+                return Err(StoreError::Conflict);
+            }
+            self.0.insert(scope.to_owned(), (entry.clone(), current.unwrap_or(0) + 1));
+            Ok(())
+        }
+    }
+
+    fn scopes(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A store where each scope was granted `granted` (want = `want`) at t=1000, lease until 60_000.
+    fn book(grants: &[(&str, Micros, Micros)]) -> Mem {
+        let mut mem = Mem::default();
+        for (scope, granted, want) in grants {
+            let mut e = ScopeEntry::default();
+            e.apply_grant(&[&lease(&format!("b-{scope}"), scope, *granted, 60_000)], *want, 0, false, 1_000);
+            mem.0.insert(scope.to_string(), (e, 1));
+        }
+        mem
+    }
+
+    #[test]
+    fn a_request_is_reserved_on_every_budget_of_its_chain() {
+        let s = test_settings();
+        let mut mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 1_000_000, 1_000_000)]);
+        let Decision::Admit { reservation, .. } = reserve(&mut mem, &scopes(&["team:a", "user:u"]), 300_000, 2_000, &s) else {
+            panic!("admitted")
+        };
+        assert_eq!(reservation.reserved_on.len(), 2);
+        for scope in ["team:a", "user:u"] {
+            assert_eq!(mem.0[scope].0.budgets[0].reserved, 300_000);
+        }
+        let settled = settle(&mut mem, reservation, 100_000);
+        assert_eq!(settled, Settled { returned_micros: 200_000, excess_micros: 0 });
+        for scope in ["team:a", "user:u"] {
+            let slot = &mem.0[scope].0.budgets[0];
+            assert_eq!((slot.reserved, slot.slice), (0, 900_000));
+        }
+    }
+
+    #[test]
+    fn a_refusal_anywhere_on_the_chain_leaves_nothing_reserved() {
+        let s = test_settings();
+        // user:u was granted less than asked: its budget is dry.
+        let mut mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 100_000, 1_000_000)]);
+        match reserve(&mut mem, &scopes(&["team:a", "user:u"]), 300_000, 1_500, &s) {
+            Decision::Refuse(r) => {
+                assert_eq!((r.budget_id.as_str(), r.scope.as_str(), r.needed_micros), ("b-user:u", "user:u", 300_000));
+                assert!(r.message().contains("`b-user:u`") && r.message().contains("$0.300000"), "{}", r.message());
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(mem.0["team:a"].0.budgets[0].reserved, 0);
+    }
+
+    #[test]
+    fn every_scope_that_needs_the_counter_is_asked_in_one_call() {
+        let s = test_settings();
+        let mut mem = book(&[("team:a", 1_000_000, 1_000_000)]);
+        let chain = scopes(&["org:x", "team:a", "user:u"]);
+        assert_eq!(reserve(&mut mem, &chain, 10, 2_000, &s), Decision::Refill { scopes: scopes(&["org:x", "user:u"]) });
+        let ticket = begin_refill(&mut mem, &scopes(&["org:x", "user:u"]), 10, &s);
+        assert_eq!(ticket.request("gw").scopes, ["org:x", "user:u"]);
+        assert_eq!(ticket.want_micros, s.lease_slice_micros);
+        // The answer: user:u has a budget, org:x has none.
+        let answer = LeaseResponse { budgets: vec![lease("b-user", "user:u", 1_000_000, 60_000)] };
+        finish_refill(&mut mem, &ticket, &answer, 2_100);
+        assert!(matches!(reserve(&mut mem, &chain, 10, 2_200, &s), Decision::Admit { .. }));
+    }
+
+    #[test]
+    fn a_failed_call_puts_the_chain_under_the_failure_mode_until_recheck() {
+        let s = test_settings();
+        let mut mem = Mem::default();
+        let chain = scopes(&["team:a"]);
+        let ticket = begin_refill(&mut mem, &chain, 10, &s);
+        fail_refill(&mut mem, &ticket, 5_000);
+        assert_eq!(reserve(&mut mem, &chain, 10, 5_100, &s), Decision::Unavailable);
+        assert!(matches!(reserve(&mut mem, &chain, 10, 5_000 + s.recheck_after_ms, &s), Decision::Refill { .. }));
+    }
+
+    #[test]
+    fn top_ups_are_one_at_a_time_per_scope() {
+        let s = test_settings();
+        let mut mem = book(&[("team:a", 300_000, 1_000_000)]);
+        let chain = scopes(&["team:a"]);
+        let first = begin_topup(&mut mem, &chain, 2_000, &s);
+        assert!(first.as_ref().is_some_and(|t| t.topup));
+        assert_eq!(begin_topup(&mut mem, &chain, 2_001, &s), None, "the mark is held");
+        let answer = LeaseResponse { budgets: vec![lease("b-team:a", "team:a", 1_000_000, 61_000)] };
+        finish_refill(&mut mem, &first.unwrap_or_else(|| panic!("ticket")), &answer, 2_010);
+        assert!(begin_topup(&mut mem, &chain, 2_020, &s).is_some(), "the mark is released by the answer");
+    }
+
+    #[test]
+    fn observe_budgets_admit_and_name_themselves() {
+        let s = test_settings();
+        let mut l = lease("watch", "team:a", 0, 60_000);
+        l.mode = BudgetMode::Observe;
+        l.spent_micros = 10_000_000;
+        let mut e = ScopeEntry::default();
+        e.apply_grant(&[&l], 1_000_000, 0, false, 1_000);
+        let mut mem = Mem::default();
+        mem.0.insert("team:a".into(), (e, 1));
+        match reserve(&mut mem, &scopes(&["team:a"]), 50_000, 2_000, &s) {
+            Decision::Admit { would_refuse, warning, .. } => {
+                assert_eq!(would_refuse, ["watch"]);
+                assert_eq!(warning.map(|w| w.utilization_pct), Some(100));
+            }
+            other => panic!("observe never refuses, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_counts_whole_seconds_to_the_reset() {
+        assert_eq!(retry_after_secs(None, 0), None);
+        assert_eq!(retry_after_secs(Some(100), 40_000), Some(60));
+        assert_eq!(retry_after_secs(Some(100), 40_001), Some(60), "rounded up");
+        assert_eq!(retry_after_secs(Some(100), 99_500), Some(1));
+        assert_eq!(retry_after_secs(Some(100), 200_000), Some(1), "already reset: retry now-ish");
+    }
+
+    #[test]
+    fn warnings_become_headers() {
+        let w = BudgetWarning { budget_id: "team-x".into(), utilization_pct: 85, resets_at: Some(1_800_000_000) };
+        assert_eq!(
+            w.headers(),
+            [
+                ("x-tollgate-budget-id", "team-x".to_owned()),
+                ("x-tollgate-budget-utilization-pct", "85".to_owned()),
+                ("x-tollgate-budget-status", "soft".to_owned()),
+                ("x-tollgate-budget-reset", "1800000000".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn utilization_for_routing_is_the_highest_on_the_chain() {
+        let mut mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 1_000_000, 1_000_000)]);
+        if let Some((e, _)) = mem.0.get_mut("user:u") {
+            e.budgets[0].spent_at_grant = 8_500_000;
+        }
+        assert_eq!(max_utilization_pct(&mem, &scopes(&["team:a", "user:u"])), 85);
+        assert_eq!(max_utilization_pct(&mem, &scopes(&["org:unknown"])), 0);
+    }
+}
