@@ -326,4 +326,60 @@ mod tests {
         assert_eq!(encode_path_segment("gemini-2.0-flash"), "gemini-2.0-flash");
         assert_eq!(encode_path_segment("a/b c:d"), "a%2Fb%20c%3Ad");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        fn arb_leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i32>().prop_map(Value::from),
+                "[a-z \"\\\\\u{e9}\u{1F600}]{0,12}".prop_map(Value::from),
+            ]
+        }
+
+        fn arb_body() -> impl Strategy<Value = Value> {
+            (
+                "[a-z0-9.\\-\"\\\\\u{e9}]{1,16}",
+                any::<bool>(),
+                prop::collection::btree_map("[a-z_]{1,8}", arb_leaf(), 0..6),
+                prop::option::of(prop::collection::btree_map("[a-z_]{1,8}", arb_leaf(), 0..3)),
+            )
+                .prop_map(|(model, stream, extra, options)| {
+                    let mut body = serde_json::Map::new();
+                    for (k, v) in extra {
+                        body.insert(k, v);
+                    }
+                    body.insert("model".into(), Value::from(model));
+                    body.insert("stream".into(), Value::from(stream));
+                    if let Some(options) = options {
+                        body.insert("stream_options".into(), Value::Object(options.into_iter().collect()));
+                    }
+                    Value::Object(body)
+                })
+        }
+
+        proptest! {
+            /// What a strict JSON parser reads from the rewritten body is exactly the client's
+            /// body with the routed model, plus include_usage for a stream — nothing else moved.
+            #[test]
+            fn the_upstream_reads_the_routed_model_and_nothing_else_changes(body in arb_body(), pretty in any::<bool>()) {
+                let cfg = config(r#"{"routing":{"rules":[{"name":"all","set_model":"routed-\"model\""}]}}"#);
+                let text = if pretty { serde_json::to_string_pretty(&body).unwrap() } else { body.to_string() };
+                let p = plan(&cfg, "/v1/chat/completions", &[], &text).unwrap();
+                prop_assert_eq!(p.requested_model.as_str(), body["model"].as_str().unwrap(), "we read what a strict parser reads");
+                let forwarded: Value = serde_json::from_slice(p.body.as_deref().unwrap_or(text.as_bytes())).unwrap();
+                let mut expected = body.clone();
+                expected["model"] = json!("routed-\"model\"");
+                if body["stream"] == json!(true) {
+                    let options = expected.as_object_mut().unwrap().entry("stream_options").or_insert(json!({}));
+                    options["include_usage"] = json!(true);
+                }
+                prop_assert_eq!(forwarded, expected);
+            }
+        }
+    }
 }
