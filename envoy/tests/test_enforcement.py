@@ -43,6 +43,7 @@ BUDGETS = [
     {"id": "outage", "scope": "team:enforce-outage", "limit": "50.00", "window": "none"},
     {"id": "downgrade", "scope": "team:enforce-downgrade", "limit": "0.03", "window": "none"},
     {"id": "steady", "scope": "team:enforce-steady", "limit": "50.00", "window": "none"},
+    {"id": "dry", "scope": "team:enforce-dry", "limit": "0.00", "window": "month"},
 ]
 
 SLICE_USD = "0.25"
@@ -490,3 +491,27 @@ def test_in_steady_state_no_request_waits_on_the_network(counter, gateways):
     assert topups >= 2, "the slices were topped up in the background"
     assert paused == 0, f"{paused} of {admitted} requests waited on a lease call"
     wait_for(lambda: idle(envoy), 15, "the steady-state requests to settle")
+
+
+@pytest.mark.parametrize("dialect,path,body,shape", [
+    ("openai", "/v1/chat/completions",
+     {"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+     lambda e: e["error"]["code"] == "budget_exceeded" and e["error"]["type"] == "insufficient_quota"),
+    ("anthropic", "/v1/messages",
+     {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+     lambda e: e["type"] == "error" and e["error"]["type"] == "rate_limit_error"),
+    ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent",
+     {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 10}},
+     lambda e: e["error"]["code"] == 429 and e["error"]["status"] == "RESOURCE_EXHAUSTED"),
+])
+def test_refusals_speak_each_dialect_and_say_when_to_retry(counter, gateways, dialect, path, body, shape):
+    envoy = gateways[0]
+    r = request(envoy.listen_port, "POST", path, json.dumps(body), {"x-e2e-team": "enforce-dry", "x-mock-gzip": "never"})
+    assert r.status == 429, r
+    err = r.json()
+    assert shape(err), err
+    message = json.dumps(err)
+    assert "`dry`" in message and "team:enforce-dry" in message, message
+    # A monthly budget: retry when the month turns (at most 31 days away).
+    retry = int(r.header("retry-after"))
+    assert 0 < retry <= 31 * 86400
