@@ -37,6 +37,9 @@ use tollgate_core::usage::{ResponseFormat, UsageScanner};
 const STATE_PREFIX: &str = "tollgate.";
 
 pub struct Root {
+    /// Makes request ids unique to this VM: the host clock in nanoseconds when it was configured
+    /// (each worker's VM configures at a different instant), in hex.
+    vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     enforcement: Option<Rc<std::cell::RefCell<EnforcementRoot>>>,
@@ -44,7 +47,7 @@ pub struct Root {
 
 impl Default for Root {
     fn default() -> Root {
-        Root { config: None, metrics: Rc::new(Metrics::default()), enforcement: None }
+        Root { vm_tag: Rc::from(""), config: None, metrics: Rc::new(Metrics::default()), enforcement: None }
     }
 }
 
@@ -98,6 +101,7 @@ impl RootContext for Root {
                 self.enforcement = Some(Rc::new(std::cell::RefCell::new(enforcement)));
                 self.metrics = Rc::new(Metrics::define());
                 self.config = Some(config);
+                self.vm_tag = Rc::from(format!("{:x}", host::now_ns()).as_str());
                 true
             }
             Err(e) => {
@@ -119,6 +123,7 @@ impl RootContext for Root {
         let enforcer = self.enforcement.as_ref().and_then(|e| e.try_borrow().ok().map(|e| e.for_request()));
         Some(Box::new(Stream {
             context_id,
+            vm_tag: Rc::clone(&self.vm_tag),
             config: self.config.clone(),
             metrics: Rc::clone(&self.metrics),
             enforcer,
@@ -169,6 +174,7 @@ struct ResponseState {
 
 pub struct Stream {
     context_id: u32,
+    vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     enforcer: Option<Box<dyn Enforcer>>,
@@ -441,10 +447,13 @@ impl HttpContext for Stream {
         };
         let facts = config.attribution.from_headers(|name| header(&headers, name));
         let started_at_ms = host::now_ms();
-        let request_id = header(&headers, "x-request-id")
-            .filter(|id| !id.is_empty() && id.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("ctx{}-{started_at_ms}", self.context_id));
+        // Unique per request even when a client reuses an x-request-id (Envoy keeps a client's
+        // id unless it is the edge): usage records are deduplicated by id, so a reused id must not
+        // make two requests count once. The x-request-id stays first, for correlation.
+        let client_id = header(&headers, "x-request-id")
+            .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("-");
+        let request_id = format!("{client_id}.{}.{:x}", self.vm_tag, self.context_id);
         let declared_len = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
         publish("dialect", recognised.dialect.as_str());
         self.request = Some(RequestState {

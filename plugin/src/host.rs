@@ -137,6 +137,18 @@ pub fn log_level() -> LogLevel {
     }
 }
 
+/// Unix nanoseconds (0 if the host cannot say).
+pub fn now_ns() -> u64 {
+    let mut nanos = 0u64;
+    // SAFETY: writes one u64 to a live local.
+    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status == OK {
+        nanos
+    } else {
+        0
+    }
+}
+
 /// Unix milliseconds (0 if the host cannot say).
 pub fn now_ms() -> i64 {
     let mut nanos = 0u64;
