@@ -503,7 +503,7 @@ def test_in_steady_state_no_request_waits_on_the_network(counter, gateways):
     ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent",
      {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 10}},
      lambda e: e["error"]["code"] == 429 and e["error"]["status"] == "RESOURCE_EXHAUSTED"),
-])
+], ids=["openai", "anthropic", "gemini"])
 def test_refusals_speak_each_dialect_and_say_when_to_retry(counter, gateways, dialect, path, body, shape):
     envoy = gateways[0]
     r = request(envoy.listen_port, "POST", path, json.dumps(body), {"x-e2e-team": "enforce-dry", "x-mock-gzip": "never"})

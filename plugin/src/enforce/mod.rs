@@ -41,6 +41,8 @@ const QUEUE_NAME: &str = "tollgate.usage";
 /// (each answer that still does not fit, e.g. because other requests took the new headroom,
 /// costs a round).
 const MAX_ROUNDS: u8 = 3;
+/// How often the leases of scopes with requests in flight are checked for renewal.
+const RENEW_CHECK_MS: i64 = 1_000;
 /// The response header carrying the usage record id (`<gateway_id>:<request id>`).
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 
@@ -151,6 +153,9 @@ pub struct Worker {
     /// on the tick before they lapse, even without new traffic, so a long stream's reservation is
     /// never left without a live lease.
     held: BTreeMap<String, u32>,
+    /// When the held scopes' leases were last checked (once a second is plenty: renewal starts
+    /// `renew_before_expiry_ms` ahead).
+    last_renew_check_ms: i64,
     calls: BTreeMap<u32, RootCall>,
     usage_in_flight: bool,
     last_post_ms: i64,
@@ -186,6 +191,7 @@ impl Worker {
             metrics: Metrics::define(),
             topups: BTreeSet::new(),
             held: BTreeMap::new(),
+            last_renew_check_ms: 0,
             calls: BTreeMap::new(),
             usage_in_flight: false,
             last_post_ms: host::now_ms(),
@@ -200,11 +206,14 @@ impl Worker {
     /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
     /// lapse), then a usage batch if one is due.
     pub fn on_tick(&mut self, now: i64) {
-        for scope in self.held.keys() {
-            if !self.topups.contains(scope) {
-                let entry = store::load(scope);
-                if entry.wants_topup(now, &self.settings) && !entry.budgets.is_empty() {
-                    self.topups.insert(scope.clone());
+        if now.saturating_sub(self.last_renew_check_ms) >= RENEW_CHECK_MS {
+            self.last_renew_check_ms = now;
+            for scope in self.held.keys() {
+                if !self.topups.contains(scope) {
+                    let entry = store::load(scope);
+                    if entry.wants_topup(now, &self.settings) && !entry.budgets.is_empty() {
+                        self.topups.insert(scope.clone());
+                    }
                 }
             }
         }
