@@ -9,7 +9,7 @@
 //!
 //! Everything here is pure: time comes in as `now_ms`, storage through the [`chain::LeaseStore`]
 //! trait, calls to the counter as plain request/response values. The plugin
-//! (`plugin/src/enforce.rs`) is the adapter onto Envoy shared data, queues and HTTP calls.
+//! (`plugin/src/enforce/`) is the adapter onto Envoy shared data, queues and HTTP calls.
 //!
 //! # Layout
 //! - [`config`]: the `enforcement` config section, validated into [`EnforcementSettings`].
