@@ -157,6 +157,8 @@ pub enum Decision {
         would_refuse: Vec<String>,
         /// The most-utilized budget past its soft threshold, if any.
         warning: Option<BudgetWarning>,
+        /// Per scope on the chain, its highest budget utilization (percent), as just read.
+        utilization: Vec<(String, u32)>,
     },
     /// Pause the request and ask the counter about these scopes ([`begin_refill`]).
     Refill { scopes: Vec<String> },
@@ -166,8 +168,12 @@ pub enum Decision {
     Refuse(Refusal),
 }
 
-/// Reads the chain's entries and, if every enforce-mode budget has room for `amount`, reserves it
-/// on all of them. Nothing is changed unless the request is admitted.
+/// Reserves `amount` on every budget of the chain if every enforce-mode budget has room for it.
+/// Nothing stays changed unless the request is admitted.
+///
+/// The common case costs one read-modify-write per scope: each scope is checked and reserved in
+/// the same update. At the first scope that does not fit, what was reserved is given back and the
+/// rest of the chain is read to decide, so one lease call covers every scope that needs one.
 pub fn reserve<S: LeaseStore>(
     store: &mut S,
     scopes: &[String],
@@ -176,31 +182,12 @@ pub fn reserve<S: LeaseStore>(
     settings: &EnforcementSettings,
 ) -> Decision {
     let amount = amount.max(0);
-    // Phase 1: read-only decision over the whole chain, so one lease call covers every scope that
-    // needs one.
-    let mut refill = Vec::new();
-    let mut unavailable = false;
-    for scope in scopes {
-        let entry = store.load(scope).0.unwrap_or_default();
-        match entry.check(amount, now_ms, settings) {
-            ScopeCheck::Fits => {}
-            ScopeCheck::Refused { budget } => return refusal(&entry, budget, scope, amount),
-            ScopeCheck::NeedRefill => refill.push(scope.clone()),
-            ScopeCheck::Unavailable => unavailable = true,
-        }
-    }
-    if unavailable {
-        return Decision::Unavailable;
-    }
-    if !refill.is_empty() {
-        return Decision::Refill { scopes: refill };
-    }
-    // Phase 2: reserve scope by scope; a scope that changed under us undoes what was done.
     let mut reserved_on: Vec<(String, Vec<String>)> = Vec::with_capacity(scopes.len());
     let mut topup = Vec::new();
     let mut would_refuse = Vec::new();
     let mut warning: Option<BudgetWarning> = None;
-    for scope in scopes {
+    let mut utilization = Vec::with_capacity(scopes.len());
+    for (index, scope) in scopes.iter().enumerate() {
         let result = update(store, scope, |entry| match entry.check(amount, now_ms, settings) {
             ScopeCheck::Fits => {
                 let ids = entry.reserve(amount);
@@ -208,15 +195,14 @@ pub fn reserve<S: LeaseStore>(
                     entry.wants_topup(now_ms, settings),
                     entry.would_refuse(amount),
                     soft_warning(entry),
+                    entry.budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0),
                 );
-                (Ok((ids, extra)), !entry.budgets.is_empty())
+                (Some((ids, extra)), !entry.budgets.is_empty())
             }
-            ScopeCheck::Refused { budget } => (Err(refusal(entry, budget, scope, amount)), false),
-            ScopeCheck::NeedRefill => (Err(Decision::Refill { scopes: vec![scope.clone()] }), false),
-            ScopeCheck::Unavailable => (Err(Decision::Unavailable), false),
+            _ => (None, false),
         });
         match result {
-            Ok(Ok((ids, (wants_topup, refusing, warn)))) => {
+            Ok(Some((ids, (wants_topup, refusing, warn, pct)))) => {
                 if wants_topup {
                     topup.push(scope.clone());
                 }
@@ -226,13 +212,14 @@ pub fn reserve<S: LeaseStore>(
                         warning = Some(w);
                     }
                 }
+                utilization.push((scope.clone(), pct));
                 if !ids.is_empty() {
                     reserved_on.push((scope.clone(), ids));
                 }
             }
-            Ok(Err(decision)) => {
+            Ok(None) => {
                 release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on });
-                return decision;
+                return decide_short(store, scopes.get(index..).unwrap_or_default(), amount, now_ms, settings);
             }
             Err(_) => {
                 release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on });
@@ -245,6 +232,37 @@ pub fn reserve<S: LeaseStore>(
         topup,
         would_refuse,
         warning,
+        utilization,
+    }
+}
+
+/// Why a request cannot be admitted, from the scopes at and after the first that did not fit
+/// (read only): a refusal wins, then an unreachable counter, then the scopes to ask about.
+fn decide_short<S: LeaseStore>(
+    store: &S,
+    scopes: &[String],
+    amount: Micros,
+    now_ms: i64,
+    settings: &EnforcementSettings,
+) -> Decision {
+    let mut refill = Vec::new();
+    let mut unavailable = false;
+    for scope in scopes {
+        let entry = store.load(scope).0.unwrap_or_default();
+        match entry.check(amount, now_ms, settings) {
+            ScopeCheck::Fits => {}
+            ScopeCheck::Refused { budget } => return refusal(&entry, budget, scope, amount),
+            ScopeCheck::NeedRefill => refill.push(scope.clone()),
+            ScopeCheck::Unavailable => unavailable = true,
+        }
+    }
+    if unavailable {
+        Decision::Unavailable
+    } else if refill.is_empty() {
+        // Everything fits now (another worker changed the book in between): ask again shortly.
+        Decision::Refill { scopes: scopes.get(..1).unwrap_or_default().to_vec() }
+    } else {
+        Decision::Refill { scopes: refill }
     }
 }
 
@@ -294,36 +312,43 @@ pub fn release<S: LeaseStore>(store: &mut S, reservation: &Reservation) {
     }
 }
 
-/// What settling a request did, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What settling a request did, for metrics and routing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Settled {
     /// Reserved but not used: returned to the slices.
     pub returned_micros: Micros,
     /// Cost beyond the reservation: `(actual - reserved)^+`, the estimate error that the
     /// overspend bound adds up.
     pub excess_micros: Micros,
+    /// Per scope with budgets, its highest budget utilization (percent) after this charge.
+    pub utilization: Vec<(String, u32)>,
 }
 
 /// Replaces the reservation by the real cost on every scope of the chain.
 pub fn settle<S: LeaseStore>(store: &mut S, reservation: Reservation, actual: Micros) -> Settled {
     let actual = actual.max(0);
+    let mut utilization = Vec::new();
     for scope in &reservation.scopes {
         let ids: &[String] =
             reservation.reserved_on.iter().find(|(s, _)| s == scope).map(|(_, ids)| ids.as_slice()).unwrap_or(&[]);
         let reserved = if ids.is_empty() { 0 } else { reservation.amount };
-        let _ = update(store, scope, |entry| {
+        let pct = update(store, scope, |entry| {
             if entry.fetched_at_ms == 0 && entry.budgets.is_empty() && actual == 0 {
-                return ((), false);
+                return (None, false);
             }
             entry.settle(reserved, ids, actual);
-            ((), true)
+            (entry.budgets.iter().map(|s| s.utilization_pct()).max(), true)
         });
+        if let Ok(Some(pct)) = pct {
+            utilization.push((scope.clone(), pct));
+        }
     }
     let reserved_any = !reservation.reserved_on.is_empty();
     let amount = if reserved_any { reservation.amount } else { 0 };
     Settled {
         returned_micros: amount.saturating_sub(actual).max(0),
         excess_micros: if reserved_any { actual.saturating_sub(amount).max(0) } else { 0 },
+        utilization,
     }
 }
 
@@ -478,7 +503,8 @@ mod tests {
             assert_eq!(mem.0[scope].0.budgets[0].reserved, 300_000);
         }
         let settled = settle(&mut mem, reservation, 100_000);
-        assert_eq!(settled, Settled { returned_micros: 200_000, excess_micros: 0 });
+        assert_eq!((settled.returned_micros, settled.excess_micros), (200_000, 0));
+        assert_eq!(settled.utilization, [("team:a".to_owned(), 1), ("user:u".to_owned(), 1)], "100k of 10M spent");
         for scope in ["team:a", "user:u"] {
             let slot = &mem.0[scope].0.budgets[0];
             assert_eq!((slot.reserved, slot.slice), (0, 900_000));

@@ -41,6 +41,10 @@ const QUEUE_NAME: &str = "tollgate.usage";
 /// (each answer that still does not fit, e.g. because other requests took the new headroom,
 /// costs a round).
 const MAX_ROUNDS: u8 = 3;
+/// How long a utilization figure read by this worker is reused for routing.
+const UTILIZATION_FRESH_MS: i64 = 1_000;
+/// Most scopes whose utilization a worker remembers (beyond, it starts afresh).
+const UTILIZATION_CACHE_SCOPES: usize = 10_000;
 /// How often the leases of scopes with requests in flight are checked for renewal.
 const RENEW_CHECK_MS: i64 = 1_000;
 /// The response header carrying the usage record id (`<gateway_id>:<request id>`).
@@ -153,6 +157,9 @@ pub struct Worker {
     /// on the tick before they lapse, even without new traffic, so a long stream's reservation is
     /// never left without a live lease.
     held: BTreeMap<String, u32>,
+    /// Per scope, its highest budget utilization (percent) and when this worker read it: routing's
+    /// input without a shared-data read per request.
+    utilization: BTreeMap<String, (u32, i64)>,
     /// When the held scopes' leases were last checked (once a second is plenty: renewal starts
     /// `renew_before_expiry_ms` ahead).
     last_renew_check_ms: i64,
@@ -192,6 +199,7 @@ impl Worker {
             topups: BTreeSet::new(),
             held: BTreeMap::new(),
             last_renew_check_ms: 0,
+            utilization: BTreeMap::new(),
             calls: BTreeMap::new(),
             usage_in_flight: false,
             last_post_ms: host::now_ms(),
@@ -289,6 +297,33 @@ impl Worker {
             }
             None => false,
         }
+    }
+
+    fn remember_utilization(&mut self, scopes: Vec<(String, u32)>, now: i64) {
+        if self.utilization.len() + scopes.len() > UTILIZATION_CACHE_SCOPES {
+            self.utilization.clear();
+        }
+        for (scope, pct) in scopes {
+            self.utilization.insert(scope, (pct, now));
+        }
+    }
+
+    /// The highest utilization on a chain: from what this worker read in the last second, else
+    /// from shared data.
+    fn utilization_pct(&mut self, scopes: &[String], now: i64) -> u32 {
+        let mut max = 0;
+        for scope in scopes {
+            let pct = match self.utilization.get(scope) {
+                Some((pct, at)) if now.saturating_sub(*at) < UTILIZATION_FRESH_MS => *pct,
+                _ => {
+                    let pct = store::load(scope).budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0);
+                    self.remember_utilization(vec![(scope.clone(), pct)], now);
+                    pct
+                }
+            };
+            max = max.max(pct);
+        }
+        max
     }
 
     fn hold(&mut self, scopes: &[String]) {
@@ -467,7 +502,8 @@ impl LeaseEnforcer {
     /// Decides on the current book; `round` is the number of lease calls made so far.
     fn decide(&mut self, w: &mut Worker, now: i64, round: u8) -> Option<Verdict> {
         match chain::reserve(&mut store::SharedStore, &self.scopes, self.amount, now, &w.settings) {
-            Decision::Admit { reservation, topup, would_refuse, warning } => {
+            Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
+                w.remember_utilization(utilization, now);
                 Metrics::inc(w.metrics.admitted, 1);
                 if !would_refuse.is_empty() {
                     Metrics::inc(w.metrics.would_refuse, 1);
@@ -550,8 +586,10 @@ fn busy_verdict() -> Verdict {
 }
 
 impl Enforcer for LeaseEnforcer {
-    fn utilization_pct(&mut self, principal: &Principal, _now_ms: i64) -> Option<u32> {
-        Some(chain::max_utilization_pct(&store::SharedStore, &principal.scope_keys()))
+    fn utilization_pct(&mut self, principal: &Principal, now_ms: i64) -> Option<u32> {
+        let worker = Rc::clone(&self.worker);
+        let mut w = worker.try_borrow_mut().ok()?;
+        Some(w.utilization_pct(&principal.scope_keys(), now_ms))
     }
 
     fn admit(&mut self, admission: &Admission<'_>) -> Verdict {
@@ -597,6 +635,7 @@ impl Enforcer for LeaseEnforcer {
         };
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
         let settled = chain::settle(&mut store::SharedStore, reservation, cost);
+        w.remember_utilization(settled.utilization, host::now_ms());
         if unreserved {
             Metrics::inc(w.metrics.unreserved_micros, micros(cost));
         } else {
