@@ -507,9 +507,11 @@ impl HttpContext for Stream {
         if self.phase != Phase::AwaitingBody {
             return Action::Continue;
         }
-        match host::get_buffer(Buffer::RequestBody, 0, usize::MAX) {
+        let limit = self.config.as_ref().map_or(0, |c| c.max_request_body_bytes);
+        // One byte past the limit is enough to tell a body that is too large.
+        let read = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+        match host::get_buffer(Buffer::RequestBody, 0, read) {
             Ok(body) => {
-                let limit = self.config.as_ref().map_or(0, |c| c.max_request_body_bytes);
                 if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
                     return self.too_large(limit);
                 }
