@@ -19,7 +19,7 @@
 //! - [`log`]: structured JSON-line logs to stderr.
 //! - [`client`]: a small HTTP/1.1 client used by the CLI, the bench and the tests.
 //! - [`cli`]: the `tollgate-counter` command line (`serve`, admin subcommands).
-//! - [`bench`]: `tollgate-counter bench`, records/s and lease calls/s over loopback HTTP.
+//! - [`bench`](mod@bench): `tollgate-counter bench`, records/s and lease calls/s over loopback HTTP.
 
 pub mod bench;
 pub mod budget;
