@@ -71,7 +71,7 @@ const MAX_LUA_INT: i64 = (1 << 53) - 1;
 /// How the Redis store connects, names its keys and keeps its data.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[:password@]host:port[/db]` (or `rediss://` is not built in: use a TLS sidecar).
+    /// `redis://[:password@]host:port[/db]`. TLS (`rediss://`) is not built in: use a TLS sidecar.
     pub url: String,
     /// The hash tag of every key: one deployment (or tenant) per namespace.
     pub namespace: String,
