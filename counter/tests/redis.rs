@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -161,6 +161,34 @@ async fn a_hung_redis_turns_into_503_within_seconds_and_a_resend_counts_once() {
     let (accepted, duplicates) = h.usage("gw1", vec![record("r1", "platform", 7)]).await;
     assert_eq!(accepted + duplicates, 1);
     assert_eq!(h.spent("t").await, 7, "counted exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_cluster_every_node_serves_the_namespace_by_following_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = RedisCluster::start(dir.path(), 3);
+    let clock = Arc::new(tollgate_counter::clock::ManualClock::new(at("2026-11-25T10:00:00Z")));
+    // One counter per node: the two whose slots do not hold `{tollgate}` answer MOVED at first.
+    let mut counters = Vec::new();
+    for node in &cluster.nodes {
+        let store = Arc::new(RedisStore::connect(redis_options(&node.url())).await.unwrap());
+        counters.push(Harness::with_store(store, Arc::clone(&clock), tempfile::tempdir().unwrap()).await);
+    }
+    counters[0].budget(json!({"id": "t", "scope": "team:platform", "limit": "1.00", "window": "day"})).await;
+    let granted: Vec<i64> = {
+        let mut out = Vec::new();
+        for (i, h) in counters.iter().enumerate() {
+            out.push(h.lease(&format!("gw{i}"), &["team:platform"], 400_000).await["budgets"][0]["granted_micros"].as_i64().unwrap());
+        }
+        out
+    };
+    assert_eq!(granted, [400_000, 400_000, 200_000], "one budget, one headroom, whichever node was asked");
+    for (i, h) in counters.iter().enumerate() {
+        assert_eq!(h.usage(&format!("gw{i}"), vec![record("c1", "platform", 50_000), record(&format!("own-{i}"), "platform", 1)]).await.0, if i == 0 { 2 } else { 1 });
+    }
+    assert_eq!(counters[2].spent("t").await, 50_003);
+    let (_, report) = counters[1].admin("GET", "/admin/reports/spend?group_by=team", None).await;
+    assert_eq!(report["rows"][0]["requests"], 4, "{report}");
 }
 
 /// Each record of writer `w`'s batch `i` costs the same, distinct per batch.

@@ -22,7 +22,8 @@
 //! The hash tag puts a namespace on **one Cluster slot**. A usage record touches every budget on
 //! its chain (org, team, user, ... each shared with other chains) plus its idempotency key, and a
 //! lease reads a whole chain; with one slot each is a single atomic script, with no cross-slot
-//! coordination and no partial charge. The price: one namespace's load is served by one shard.
+//! coordination and no partial charge. On a Cluster the store follows the `MOVED` answer of any
+//! node to the one serving that slot. The price: one namespace's load is served by one shard.
 //! To scale out, run one namespace per independent tenant (budgets never span namespaces). The
 //! rejected alternative — a slot per budget with an idempotency-first script that records the
 //! charge in an outbox and per-budget scripts that apply it — spreads load but makes the
@@ -191,9 +192,17 @@ struct LedgerEntry {
     record: UsageRecord,
 }
 
+/// The Redis node this store talks to (on Cluster: the one serving the namespace's slot, learnt
+/// from a `MOVED` redirect), and its `host:port` for messages (the URL may hold a password).
+struct Node {
+    client: redis::Client,
+    address: String,
+}
+
 /// The Redis store. Cheap to share behind an `Arc`; one multiplexed connection serves every call.
 pub struct RedisStore {
-    client: redis::Client,
+    /// A std mutex: held only to clone or replace the client.
+    node: Mutex<Node>,
     /// The live connection, if any. A tokio mutex: a reconnect awaits while holding it, so that
     /// concurrent callers wait for one reconnect instead of each opening their own.
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
@@ -203,8 +212,6 @@ pub struct RedisStore {
     /// `{ns}:` and `{ns}:config:version`.
     prefix: String,
     version_key: String,
-    /// `host:port` for messages (the URL may hold a password).
-    address: String,
     options: RedisOptions,
 }
 
@@ -213,7 +220,10 @@ fn transient(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
-        || matches!(e.kind(), ErrorKind::BusyLoadingError | ErrorKind::TryAgain | ErrorKind::MasterDown | ErrorKind::ReadOnly)
+        || matches!(
+            e.kind(),
+            ErrorKind::BusyLoadingError | ErrorKind::TryAgain | ErrorKind::MasterDown | ErrorKind::ReadOnly | ErrorKind::Ask | ErrorKind::ClusterDown
+        )
 }
 
 fn breaks_connection(e: &RedisError) -> bool {
@@ -266,13 +276,12 @@ impl RedisStore {
         let address = client.get_connection_info().addr.to_string();
         let prefix = format!("{{{}}}:", options.namespace);
         let store = RedisStore {
-            client,
+            node: Mutex::new(Node { client, address }),
             conn: tokio::sync::Mutex::new(None),
             config: Mutex::new(Arc::default()),
             scripts: Scripts::new(),
             version_key: format!("{prefix}config:version"),
             prefix,
-            address,
             options,
         };
         store.reload().await?;
@@ -315,6 +324,32 @@ impl RedisStore {
         Ok(deleted)
     }
 
+    fn node(&self) -> std::sync::MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `host:port` of the Redis node in use.
+    pub fn address(&self) -> String {
+        self.node().address.clone()
+    }
+
+    /// On Redis Cluster, a node that does not serve the namespace's slot answers
+    /// `MOVED <slot> <host>:<port>`: every key of the namespace is in that one slot, so the store
+    /// simply moves to that node (same credentials) for good. Returns false if the answer is not
+    /// a redirect it can follow.
+    fn follow_redirect(&self, e: &RedisError) -> bool {
+        let Some(target) = e.detail().and_then(|d| d.split_whitespace().nth(1)) else { return false };
+        let Some((host, port)) = target.rsplit_once(':') else { return false };
+        let Ok(port) = port.parse::<u16>() else { return false };
+        let mut node = self.node();
+        let mut info = node.client.get_connection_info().clone();
+        info.addr = redis::ConnectionAddr::Tcp(host.trim_matches(['[', ']']).to_owned(), port);
+        let Ok(client) = redis::Client::open(info) else { return false };
+        crate::log::info("redis cluster: the namespace's slot is on another node; moving there", serde_json::json!({"from": node.address, "to": target}));
+        *node = Node { client, address: target.to_owned() };
+        true
+    }
+
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
@@ -323,7 +358,8 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(self.options.connect_timeout)
             .set_response_timeout(self.options.op_timeout);
-        let c = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let client = self.node().client.clone();
+        let c = client.get_multiplexed_async_connection_with_config(&config).await?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -349,6 +385,11 @@ impl RedisStore {
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    if e.kind() == ErrorKind::Moved && attempt < self.options.retries && self.follow_redirect(&e) {
+                        attempt += 1;
+                        self.forget_connection().await;
+                        continue;
+                    }
                     if breaks_connection(&e) {
                         self.forget_connection().await;
                     }
@@ -367,19 +408,19 @@ impl RedisStore {
 
     fn failure(&self, what: &str, e: &RedisError, retries: u32) -> StoreError {
         if transient(e) {
-            crate::log::warn("redis unavailable", serde_json::json!({"redis": self.address, "op": what, "error": e.to_string(), "retries": retries}));
+            crate::log::warn("redis unavailable", serde_json::json!({"redis": self.address(), "op": what, "error": e.to_string(), "retries": retries}));
             StoreError::Unavailable(format!(
                 "{what}: redis at {} is unavailable ({e}) after {retries} retries; nothing of this request is \
                  acknowledged: send it again, repeating is safe (check that Redis is up and reachable)",
-                self.address
+                self.address()
             ))
         } else if e.code() == Some("OOM") {
             StoreError::Unavailable(format!(
                 "{what}: redis at {} is out of memory ({e}); nothing was applied. Raise maxmemory or shorten the ledger retention",
-                self.address
+                self.address()
             ))
         } else {
-            StoreError::Internal(format!("{what}: redis at {} refused: {e}", self.address))
+            StoreError::Internal(format!("{what}: redis at {} refused: {e}", self.address()))
         }
     }
 
@@ -463,7 +504,7 @@ impl RedisStore {
         let appendonly = get("appendonly").await;
         let fsync = get("appendfsync").await;
         let policy = get("maxmemory-policy").await;
-        let fields = serde_json::json!({"redis": self.address, "namespace": self.options.namespace, "appendonly": appendonly, "appendfsync": fsync, "maxmemory_policy": policy});
+        let fields = serde_json::json!({"redis": self.address(), "namespace": self.options.namespace, "appendonly": appendonly, "appendfsync": fsync, "maxmemory_policy": policy});
         if appendonly.as_deref() == Some("no") {
             crate::log::warn("redis has appendonly no: acknowledged usage is lost if Redis restarts; set appendonly yes", fields.clone());
         }
@@ -841,7 +882,7 @@ impl Store for RedisStore {
                     *slot = None;
                 }
             }
-            StoreError::Unavailable(format!("redis at {} does not answer ({e}); check that Redis is up and reachable", self.address))
+            StoreError::Unavailable(format!("redis at {} does not answer ({e}); check that Redis is up and reachable", self.address()))
         })
     }
 

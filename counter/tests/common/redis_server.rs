@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// Arguments added to the defaults (e.g. cluster mode).
+    extra: Vec<String>,
     /// Behind a mutex so a test can kill and restart the server while others hold the harness.
     child: Mutex<Option<Child>>,
 }
@@ -24,7 +26,17 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server whose data (appendonlydir/) lives in `dir`.
     pub fn start(dir: &Path) -> RedisServer {
-        let server = RedisServer { port: free_port(), dir: dir.to_path_buf(), child: Mutex::new(None) };
+        RedisServer::start_with(dir, &[])
+    }
+
+    /// Starts a server with `extra` arguments after the defaults.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> RedisServer {
+        let server = RedisServer {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            child: Mutex::new(None),
+        };
         server.spawn();
         server
     }
@@ -40,6 +52,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .args(["--dir", &dir, "--logfile", &log, "--daemonize", "no", "--maxmemory-policy", "noeviction"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -121,5 +134,53 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.kill9();
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas), each a [`RedisServer`] in its own subdirectory.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(dir: &Path, n: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let node_dir = dir.join(format!("node-{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let nodes_conf = node_dir.join("nodes.conf").display().to_string();
+            nodes.push(RedisServer::start_with(
+                &node_dir,
+                &["--cluster-enabled", "yes", "--cluster-config-file", &nodes_conf, "--cluster-node-timeout", "2000"],
+            ));
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if cluster.nodes.iter().all(|n| n.cluster_ok()) {
+                return cluster;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the Redis Cluster did not reach cluster_state:ok within 15 s");
+    }
+}
+
+impl RedisServer {
+    fn cluster_ok(&self) -> bool {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "cluster", "info"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
     }
 }
