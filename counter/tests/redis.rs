@@ -142,6 +142,31 @@ async fn while_redis_is_down_the_counter_is_unhealthy_and_refuses_with_503_then_
 }
 
 #[tokio::test]
+async fn a_full_redis_is_unhealthy_and_refuses_usage_without_counting_any_of_it() {
+    let h = Harness::start().await;
+    h.budget(json!({"id": "t", "scope": "team:platform", "limit": "10", "window": "day"})).await;
+    let client = redis::Client::open(h.redis.as_ref().unwrap().url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let maxmemory = |bytes: &str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(bytes);
+        cmd
+    };
+
+    maxmemory("1").query_async::<()>(&mut conn).await.unwrap();
+    let (status, body) = h.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": [record("r1", "platform", 5), record("r2", "platform", 6)]})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("out of memory"), "{body}");
+
+    maxmemory("0").query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(h.call("GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(h.spent("t").await, 0, "nothing of the refused batch was counted");
+    assert_eq!(h.usage("gw1", vec![record("r1", "platform", 5), record("r2", "platform", 6)]).await, (2, 0));
+}
+
+#[tokio::test]
 async fn a_hung_redis_turns_into_503_within_seconds_and_a_resend_counts_once() {
     let h = Harness::start().await;
     h.budget(json!({"id": "t", "scope": "team:platform", "limit": "10", "window": "day"})).await;

@@ -18,6 +18,7 @@
 //! {ns}:seen:<record id> string  idempotency key, PX idempotency_ttl
 //! {ns}:ledger           stream  one entry per accepted record: r = {"gateway_id","ingested_at_ms","record"}
 //! {ns}:audit            stream  one entry per change;  {ns}:audit:seq  its sequence numbers
+//! {ns}:health           string  written by `/healthz` (a write, so a replica or a full Redis fails)
 //! ```
 //! The hash tag puts a namespace on **one Cluster slot**. A usage record touches every budget on
 //! its chain (org, team, user, ... each shared with other chains) plus its idempotency key, and a
@@ -866,23 +867,35 @@ impl Store for RedisStore {
     }
 
     async fn health(&self) -> StoreResult<()> {
-        let ping = async {
-            let mut conn = self.connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        };
-        let result = match tokio::time::timeout(self.options.op_timeout, ping).await {
-            Ok(r) => r,
-            Err(_) => Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "PING timed out"))),
-        };
-        result.map(|_| ()).map_err(|e| {
-            let forget = breaks_connection(&e);
-            if forget {
+        // A write, not a PING: a replica (READONLY after a failover), a full Redis (OOM with
+        // noeviction) or a node that lost the slot cannot take writes, and neither can we.
+        let key = format!("{}health", self.prefix);
+        let mut result = Ok(());
+        for _ in 0..2 {
+            let probe = async {
+                let mut conn = self.connection().await?;
+                redis::cmd("SET").arg(&key).arg("ok").arg("PX").arg(60_000).query_async::<()>(&mut conn).await
+            };
+            result = match tokio::time::timeout(self.options.op_timeout, probe).await {
+                Ok(r) => r,
+                Err(_) => Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))),
+            };
+            match &result {
+                Err(e) if e.kind() == ErrorKind::Moved && self.follow_redirect(e) => self.forget_connection().await,
+                _ => break,
+            }
+        }
+        result.map_err(|e| {
+            if breaks_connection(&e) {
                 // Do not wait on the connection lock here; the next call reconnects.
                 if let Ok(mut slot) = self.conn.try_lock() {
                     *slot = None;
                 }
             }
-            StoreError::Unavailable(format!("redis at {} does not answer ({e}); check that Redis is up and reachable", self.address()))
+            StoreError::Unavailable(format!(
+                "redis at {} cannot take writes ({e}); check that Redis is up, reachable, a primary and not out of memory",
+                self.address()
+            ))
         })
     }
 
