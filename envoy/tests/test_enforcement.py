@@ -67,7 +67,8 @@ def filter_config(gateway_id, **enforcement):
             "gateway_token": GATEWAY_TOKEN,
             "lease_slice_usd": SLICE_USD,
             "flush_interval_ms": 200,
-            "call_timeout_ms": 2000,
+            # Generous: the machine running the suite may be busy; a timeout would be a 503 here.
+            "call_timeout_ms": 5000,
             "failure_mode": "fail_closed",
             **enforcement,
         },
@@ -250,7 +251,7 @@ def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, g
     for t in threads:
         t.join(timeout=90)
     assert not any(t.is_alive() for t in threads), "clients did not finish in time"
-    assert not errors, errors[:5]
+    assert not errors, f"{len(errors)} unexpected answers, first: {errors[:5]}; stats: {[e.enforcement_stats() for e in gateways]}"
     assert refusals, "the budget never refused"
     assert len(ok_ids) > 20, f"only {len(ok_ids)} requests served"
 
@@ -260,7 +261,7 @@ def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, g
     assert refusals[0].header("retry-after") is None
 
     for e in gateways:
-        wait_for(lambda: idle(e), 15, f"{e.name} to flush and balance")
+        wait_for(lambda: idle(e), 30, f"{e.name} to flush and balance: {e.enforcement_stats()}")
     wait_for(lambda: len(counter.ledger(team)) >= len(ok_ids), 15, "the ledger to hold every served request")
 
     ledger = counter.ledger(team)
