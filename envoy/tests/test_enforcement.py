@@ -186,13 +186,14 @@ def chat(envoy, team, stream, output_tokens, extra_headers=None, timeout=30):
     return request(envoy.listen_port, "POST", "/v1/chat/completions", json.dumps(body), headers, timeout=timeout)
 
 
-def wait_for(predicate, timeout, what):
+def wait_for(predicate, timeout, what, detail=None):
+    """Polls `predicate` until true; on timeout fails naming `what` (and `detail()` if given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {detail()}" if detail else ""))
 
 
 def books_balance(envoy, s=None):
@@ -261,7 +262,7 @@ def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, g
     assert refusals[0].header("retry-after") is None
 
     for e in gateways:
-        wait_for(lambda: idle(e), 30, f"{e.name} to flush and balance: {e.enforcement_stats()}")
+        wait_for(lambda: idle(e), 30, f"{e.name} to flush and balance", e.enforcement_stats)
     wait_for(lambda: len(counter.ledger(team)) >= len(ok_ids), 15, "the ledger to hold every served request")
 
     ledger = counter.ledger(team)
