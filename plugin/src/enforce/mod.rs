@@ -27,7 +27,6 @@ use crate::host::{self, LogLevel};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use tollgate_core::dialect::Dialect;
 use tollgate_core::enforce::chain::{self, RefillTicket};
 use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
 use tollgate_core::enforce::{Decision, EnforcementSettings, FailureMode, Reservation};
@@ -476,7 +475,6 @@ struct Pending {
 /// One request's enforcement.
 pub struct LeaseEnforcer {
     worker: SharedWorker,
-    dialect: Dialect,
     scopes: Vec<String>,
     amount: Micros,
     record_id: String,
@@ -489,7 +487,6 @@ impl LeaseEnforcer {
     pub fn new(worker: SharedWorker) -> LeaseEnforcer {
         LeaseEnforcer {
             worker,
-            dialect: Dialect::OpenAi,
             scopes: Vec::new(),
             amount: 0,
             record_id: String::new(),
@@ -508,7 +505,7 @@ impl LeaseEnforcer {
                 if !would_refuse.is_empty() {
                     Metrics::inc(w.metrics.would_refuse, 1);
                     host::log(
-                        LogLevel::Info,
+                        LogLevel::Debug,
                         &format!("tollgate: observe-mode budget(s) {} would have refused request {}", would_refuse.join(", "), self.record_id),
                     );
                 }
@@ -595,7 +592,6 @@ impl Enforcer for LeaseEnforcer {
     fn admit(&mut self, admission: &Admission<'_>) -> Verdict {
         let worker = Rc::clone(&self.worker);
         let Ok(mut w) = worker.try_borrow_mut() else { return busy_verdict() };
-        self.dialect = admission.dialect;
         self.scopes = admission.principal.scope_keys();
         self.amount = admission.worst_case_micros.max(0);
         self.record_id = format!("{}:{}", w.gateway_id, admission.request_id);
