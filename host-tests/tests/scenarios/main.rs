@@ -10,6 +10,7 @@
 
 mod common;
 mod dialects;
+mod enforcement;
 mod host;
 mod lifecycle;
 mod randomized;

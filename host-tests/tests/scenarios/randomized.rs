@@ -33,7 +33,7 @@ fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
 
 fn garbage_or_mutated(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
     match rng.below(5) {
-        0 => rng.bytes(rng.below(600)),
+        0 => { let n = rng.below(600); rng.bytes(n) },
         1 => Vec::new(),
         _ => mutate(rng, valid),
     }
@@ -47,17 +47,18 @@ fn run_case(gw: &tollgate_host_tests::Gateway, rng: &mut Rng, case: &Case) {
         headers.push(("content-length".into(), request.len().to_string()));
     }
     let mut s = gw.stream();
-    let sizes = rng.chunk_sizes(request.len(), 1 + rng.below(300));
+    let max = 1 + rng.below(300);
+    let sizes = rng.chunk_sizes(request.len(), max);
     s.send_request_chunked(&refs(&headers), &request, &sizes);
     let client = s.client();
-    if let Some(reply) = client.local_reply {
+    if let Some(reply) = &client.local_reply {
         assert!((400..600).contains(&reply.status), "refusals are 4xx/5xx, got {}", reply.status);
         assert!(client.json().get("error").is_some(), "a refusal is the dialect's JSON error: {}", client.body_text());
         assert!(s.finished());
         return;
     }
     assert!(s.upstream().complete, "neither forwarded nor answered");
-    let response = if rng.below(3) == 0 { rng.bytes(rng.below(800)) } else { mutate(rng, &case.response) };
+    let response = if rng.below(3) == 0 { { let n = rng.below(800); rng.bytes(n) } } else { mutate(rng, &case.response) };
     let status = *rng.pick(&["200", "200", "200", "400", "429", "500"]);
     let content_type = *rng.pick(&[case.response_content_type, "text/event-stream", "application/json", ""]);
     let mut h = vec![(":status", status)];
@@ -73,7 +74,8 @@ fn run_case(gw: &tollgate_host_tests::Gateway, rng: &mut Rng, case: &Case) {
             if rng.below(2) == 0 { s.client_reset() } else { s.upstream_reset() }
         }
         _ => {
-            let sizes = rng.chunk_sizes(response.len(), 1 + rng.below(200));
+            let max = 1 + rng.below(200);
+            let sizes = rng.chunk_sizes(response.len(), max);
             s.respond_chunked(&h, &response, &sizes);
             assert_eq!(s.client().body, response, "the client gets the upstream's bytes unchanged");
         }
@@ -107,10 +109,10 @@ fn random_headers_on_llm_paths_never_trap_the_filter() {
         gw.label(format!("header case {i}"));
         let mut h: Vec<(String, String)> = vec![(":method".into(), "POST".into()), (":path".into(), rng.pick(&paths).to_string())];
         for _ in 0..rng.below(6) {
-            let value: String = rng.bytes(rng.below(40)).into_iter().map(|b| (b % 94 + 33) as char).collect();
+            let value: String = { let n = rng.below(40); rng.bytes(n) }.into_iter().map(|b| (b % 94 + 33) as char).collect();
             h.push((rng.pick(&names).to_string(), value));
         }
-        let body = rng.bytes(rng.below(100));
+        let body = { let n = rng.below(100); rng.bytes(n) };
         let mut s = gw.stream();
         s.send_request(&refs(&h), &body);
         if !s.finished() && s.upstream().headers.is_some() {

@@ -220,7 +220,6 @@ fn an_unpriced_model_is_refused_when_the_policy_is_deny() {
 fn invalid_configurations_are_refused_with_a_log_line_naming_the_field() {
     let cases: Vec<(&str, String, &str)> = vec![
         ("unknown top-level field", config_with(|v| v["bogus"] = json!(1)), "bogus"),
-        ("wrong type", config_with(|v| v["max_request_body_bytes"] = json!("big")), "max_request_body_bytes"),
         ("unknown rule field", config_with(|v| v["routing"]["rules"][0]["colour"] = json!("red")), "routing"),
         ("unknown pricing policy", config_with(|v| v["pricing"]["unknown_model"] = json!("maybe")), "pricing"),
         ("not JSON", "{gateway_id: gw".to_string(), "tollgate config"),
@@ -234,4 +233,18 @@ fn invalid_configurations_are_refused_with_a_log_line_naming_the_field() {
     }
     // The valid one starts, on every worker.
     Gateway::new(TEST_CONFIG).workers(2).start();
+}
+
+/// FILTER BUG (core/src/config.rs `FilterConfig::from_json`): a serde type error in a typed
+/// top-level field is reported with an empty path — the log says `tollgate config: invalid type:
+/// string "big", expected u64 at line 1 column 328`, not which field. The contract
+/// (docs/contracts.md: `tollgate config: <field.path>: <problem>`) and issue 2 want the field named.
+#[test]
+#[ignore = "filter bug: a type error in a top-level field does not name the field (see doc comment); un-ignore when fixed"]
+fn a_wrong_type_in_a_top_level_field_is_refused_naming_the_field() {
+    for (field, value) in [("max_request_body_bytes", json!("big")), ("gateway_id", json!(42))] {
+        let refusal = Gateway::new(config_with(|v| v[field] = value)).try_start().expect_err("refused");
+        let text = refusal.log_text();
+        assert!(text.contains(&format!("tollgate config: {field}")), "the log line names `{field}`:\n{text}");
+    }
 }

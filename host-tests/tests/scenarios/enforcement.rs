@@ -1,0 +1,208 @@
+//! Enforcement (issue 4) with the counter service played by the test, on virtual time: a request
+//! that waits for a lease and resumes when it comes, refusals at a hard limit, the counter down
+//! (fail-closed and fail-open), and usage delivered in tick-driven batches, redelivered after a
+//! failed post with the same ids.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use tollgate_host_tests::fixtures::{cases, refs, Case, TEST_CONFIG};
+use tollgate_host_tests::*;
+
+const CLUSTER: &str = "tollgate_counter";
+
+fn enforcing(failure_mode: &str) -> Gateway {
+    let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
+    v["enforcement"] = json!({
+        "counter_cluster": CLUSTER,
+        "gateway_token": "gt-secret",
+        "lease_slice_usd": "1",
+        "failure_mode": failure_mode,
+        "flush_interval_ms": 1000,
+        "call_timeout_ms": 500,
+        "default_max_output_tokens": 1000
+    });
+    Gateway::new(v.to_string())
+}
+
+fn chat() -> Case {
+    cases().into_iter().find(|c| c.name == "openai chat json").expect("fixture")
+}
+
+fn request_headers(c: &Case, id: &str) -> Vec<(String, String)> {
+    with(with(c.headers(), "x-auth-team", "platform"), "x-request-id", id)
+}
+
+/// A lease answer granting `granted` micro-dollars on every scope asked for.
+fn grant(call: &HttpCall, granted: i64, status: &str, now_ms: u64) -> Answer {
+    let req = call.json();
+    let budgets: Vec<Value> = req["scopes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a LeaseRequest has scopes: {req}"))
+        .iter()
+        .map(|scope| {
+            json!({
+                "budget_id": format!("b-{}", scope.as_str().unwrap_or("?")),
+                "scope": scope,
+                "mode": "enforce",
+                "granted_micros": granted,
+                "spent_micros": 0,
+                "limit_micros": 10_000_000,
+                "hard_limit_micros": 10_000_000,
+                "soft_threshold_pct": 80,
+                "status": status,
+                "resets_at": (now_ms / 1000) + 3600,
+                "lease_expires_at_ms": now_ms + 60_000
+            })
+        })
+        .collect();
+    Answer::json(200, &json!({ "budgets": budgets }))
+}
+
+#[test]
+fn a_request_waits_for_its_lease_and_resumes_when_the_counter_answers() {
+    let gw = enforcing("fail_closed");
+    let c = chat();
+    let mut s = gw.stream();
+    s.send_request(&refs(&request_headers(&c, "req-1")), &c.request);
+    assert!(s.upstream().headers.is_none(), "paused: no lease yet");
+    let now = gw.now_ms();
+    let call = gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now).after(Duration::from_millis(250)));
+    assert_eq!(call.cluster, CLUSTER);
+    assert_eq!(call.method(), "POST");
+    assert_eq!(call.header("authorization"), Some("Bearer gt-secret"));
+    let lease = call.json();
+    assert_eq!(lease["gateway_id"], "gw-test");
+    assert_eq!(lease["scopes"], json!(["org:acme", "team:platform"]));
+    assert!(lease["want_micros"].as_i64().unwrap_or(0) >= 1_000_000, "asks for at least the slice: {lease}");
+    gw.advance(Duration::from_millis(249));
+    assert!(s.upstream().headers.is_none(), "the grant is 250 ms away");
+    gw.advance(Duration::from_millis(1));
+    s.expect_upstream_body(&c.upstream_request);
+    s.respond(&refs(&c.response_headers()), &c.response);
+    expect_metered(&s, &c);
+
+    // The next request is covered by the slice in hand: no network wait.
+    let mut next = gw.stream();
+    next.send_request(&refs(&request_headers(&c, "req-2")), &c.request);
+    next.expect_upstream_body(&c.upstream_request);
+}
+
+#[test]
+fn settled_usage_leaves_in_a_tick_batch_and_is_redelivered_after_a_failed_post() {
+    let gw = enforcing("fail_closed").workers(2);
+    let c = chat();
+    let now = gw.now_ms();
+    let mut record_ids = Vec::new();
+    for (i, id) in ["req-a", "req-b"].iter().enumerate() {
+        let mut s = gw.stream();
+        s.send_request(&refs(&request_headers(&c, id)), &c.request);
+        if i == 0 {
+            gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+        }
+        s.expect_upstream_body(&c.upstream_request);
+        s.respond(&refs(&c.response_headers()), &c.response);
+        // The client learns the record id; it starts with the gateway and its x-request-id.
+        let record_id = s.client().header("x-tollgate-request-id").map(String::from).expect("x-tollgate-request-id on the response");
+        assert!(record_id.starts_with(&format!("gw-test:{id}")), "{record_id}");
+        record_ids.push(record_id);
+    }
+    record_ids.sort();
+    // Background lease top-ups may come and go; answer them as a healthy counter would.
+    let answer_leases = |gw: &Gateway| {
+        while gw.pending_calls().iter().any(|c| c.path() == "/v1/leases") {
+            let now = gw.now_ms();
+            gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+        }
+    };
+    gw.advance(Duration::from_millis(1000));
+    answer_leases(&gw);
+    let failed = gw.answer_call_to("/v1/usage", |_| Answer::status(500).body("ingest down"));
+    let first: Value = failed.json();
+    let ids = |batch: &Value| -> Vec<String> {
+        let mut v: Vec<String> = batch["records"].as_array().into_iter().flatten().filter_map(|r| r["id"].as_str().map(String::from)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&first), record_ids, "both workers' records in one batch: {first}");
+    let record = &first["records"][0];
+    assert_eq!(record["cost_micros"], json!(c.cost_micros()));
+    assert_eq!(record["tokens"]["input"], json!(c.tokens.input));
+    assert_eq!(record["routed_model"], "tg-chat");
+    assert_eq!(record["status"], 200);
+    // Redelivered on a later tick, same ids, then acknowledged and gone.
+    gw.advance(Duration::from_millis(2000));
+    answer_leases(&gw);
+    let again = gw.expect_usage_batch();
+    assert_eq!(ids(&again), ids(&first), "redelivery keeps the ids, so the counter counts once");
+    gw.advance(Duration::from_millis(3000));
+    answer_leases(&gw);
+    assert!(
+        !gw.pending_calls().iter().any(|c| c.path() == "/v1/usage"),
+        "acknowledged records are not sent again: {:?}",
+        gw.pending_calls().iter().map(|c| c.path().to_string()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_budget_at_its_hard_limit_refuses_with_429_in_the_dialects_shape() {
+    let gw = enforcing("fail_closed");
+    let c = cases().into_iter().find(|c| c.name == "anthropic messages json").expect("fixture");
+    let mut s = gw.stream();
+    s.send_request(&refs(&request_headers(&c, "req-hard")), &c.request);
+    let now = gw.now_ms();
+    gw.answer_call_to("/v1/leases", |call| grant(call, 0, "hard", now));
+    gw.advance(Duration::from_millis(1));
+    let client = s.expect_local_response(429);
+    let body = client.json();
+    assert_eq!(body["type"], "error", "anthropic shape: {body}");
+    assert!(client.header("retry-after").is_some(), "Retry-After at the window reset: {:?}", client.headers);
+    assert!(s.upstream().headers.is_none());
+}
+
+#[test]
+fn counter_down_fail_closed_answers_503_with_what_to_do() {
+    let gw = enforcing("fail_closed");
+    gw.auto_answer(|_| Answer::connect_failure());
+    let c = chat();
+    let mut s = gw.stream();
+    s.send_request(&refs(&request_headers(&c, "req-down")), &c.request);
+    gw.advance(Duration::from_millis(10));
+    let client = s.expect_local_response(503);
+    let body = client.json();
+    assert_eq!(body["error"]["code"], "budget_service_unavailable", "{body}");
+    assert!(s.upstream().headers.is_none());
+}
+
+#[test]
+fn counter_down_fail_open_keeps_serving_and_delivers_the_records_when_it_is_back() {
+    let gw = enforcing("fail_open");
+    gw.auto_answer(|_| Answer::timeout());
+    let c = chat();
+    let mut s = gw.stream();
+    s.send_request(&refs(&request_headers(&c, "req-open")), &c.request);
+    gw.advance(Duration::from_millis(600));
+    s.expect_upstream_body(&c.upstream_request);
+    s.respond(&refs(&c.response_headers()), &c.response);
+    expect_metered(&s, &c);
+    let record_id = s.client().header("x-tollgate-request-id").map(String::from).expect("x-tollgate-request-id");
+    // Posts fail while it is down (timeouts); nothing is lost.
+    gw.advance(Duration::from_secs(3));
+    gw.stop_auto_answer();
+    gw.advance(Duration::from_secs(2));
+    let mut delivered = Vec::new();
+    for _ in 0..10 {
+        let pending = gw.pending_calls();
+        if let Some(call) = pending.iter().find(|c| c.path() == "/v1/usage") {
+            let _ = call;
+            let batch = gw.expect_usage_batch();
+            delivered.extend(batch["records"].as_array().cloned().unwrap_or_default());
+        } else if pending.iter().any(|c| c.path() == "/v1/leases") {
+            let now = gw.now_ms();
+            gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+        } else {
+            gw.advance(Duration::from_millis(500));
+        }
+    }
+    let ids: Vec<&str> = delivered.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, [record_id.as_str()], "delivered exactly once when the counter is back");
+}
