@@ -280,6 +280,23 @@ fn refusal(entry: &ScopeEntry, budget: usize, scope: &str, amount: Micros) -> De
     }
 }
 
+/// The first enforce-mode budget on the chain that has no room for `amount` now, as a refusal:
+/// for a request that went back to the counter several times and still does not fit (other
+/// requests keep taking the headroom it was granted). `None` if everything fits.
+pub fn shortfall<S: LeaseStore>(store: &S, scopes: &[String], amount: Micros, now_ms: i64) -> Option<Refusal> {
+    scopes.iter().find_map(|scope| {
+        let entry = store.load(scope).0?;
+        let index = entry
+            .budgets
+            .iter()
+            .position(|s| s.mode == crate::protocol::BudgetMode::Enforce && s.available(now_ms) < amount)?;
+        match refusal(&entry, index, scope, amount) {
+            Decision::Refuse(r) => Some(r),
+            _ => None,
+        }
+    })
+}
+
 /// The most-utilized budget of an entry at or past its soft threshold (or flagged soft/hard by
 /// the counter).
 fn soft_warning(entry: &ScopeEntry) -> Option<BudgetWarning> {
@@ -582,6 +599,15 @@ mod tests {
             }
             other => panic!("observe never refuses, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_request_that_keeps_missing_out_is_refused_by_the_budget_it_does_not_fit() {
+        let mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 200_000, 200_000)]);
+        let chain = scopes(&["team:a", "user:u"]);
+        let r = shortfall(&mem, &chain, 300_000, 2_000).unwrap_or_else(|| panic!("user:u is short"));
+        assert_eq!((r.budget_id.as_str(), r.scope.as_str()), ("b-user:u", "user:u"));
+        assert_eq!(shortfall(&mem, &chain, 100_000, 2_000), None);
     }
 
     #[test]

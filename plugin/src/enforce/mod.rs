@@ -520,7 +520,10 @@ impl LeaseEnforcer {
                 Some(Verdict::Proceed { response_headers: headers })
             }
             Decision::Refill { scopes } if round < MAX_ROUNDS => {
-                let ticket = chain::begin_refill(&mut store::SharedStore, &scopes, self.amount, &w.settings);
+                // Each round asks for more: requests admitted meanwhile on this gateway take from
+                // the same slice, and a grant sized for one request can be gone when it lands.
+                let need = self.amount.max(w.settings.lease_slice_micros).saturating_mul(i64::from(round) + 1);
+                let ticket = chain::begin_refill(&mut store::SharedStore, &scopes, need, &w.settings);
                 let body = serde_json::to_vec(&ticket.request(&w.gateway_id)).unwrap_or_default();
                 match w.dispatch("/v1/leases", &body) {
                     Some(token) => {
@@ -538,17 +541,25 @@ impl LeaseEnforcer {
                     }
                 }
             }
-            Decision::Refill { .. } | Decision::Unavailable => Some(self.unavailable(w)),
-            Decision::Refuse(refusal) => {
-                Metrics::inc(w.metrics.refused, 1);
-                let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
-                if let Some(secs) = refusal.retry_after_secs(now) {
-                    headers.push(("retry-after".to_owned(), secs.to_string()));
-                }
-                host::log(LogLevel::Debug, &format!("tollgate: refused {}: {}", self.record_id, refusal.message()));
-                Some(Verdict::Refuse { failure: Failure::new(ErrorKind::BudgetExceeded, refusal.message()), headers })
-            }
+            Decision::Refill { .. } => match chain::shortfall(&store::SharedStore, &self.scopes, self.amount, now) {
+                // The counter answered every round, but the headroom kept going to other requests.
+                Some(refusal) => Some(self.refuse(w, &refusal, now)),
+                None => Some(self.unavailable(w)),
+            },
+            Decision::Unavailable => Some(self.unavailable(w)),
+            Decision::Refuse(refusal) => Some(self.refuse(w, &refusal, now)),
         }
+    }
+
+    /// A 429 naming the budget, with Retry-After at its window reset.
+    fn refuse(&self, w: &mut Worker, refusal: &tollgate_core::enforce::Refusal, now: i64) -> Verdict {
+        Metrics::inc(w.metrics.refused, 1);
+        let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
+        if let Some(secs) = refusal.retry_after_secs(now) {
+            headers.push(("retry-after".to_owned(), secs.to_string()));
+        }
+        host::log(LogLevel::Debug, &format!("tollgate: refused {}: {}", self.record_id, refusal.message()));
+        Verdict::Refuse { failure: Failure::new(ErrorKind::BudgetExceeded, refusal.message()), headers }
     }
 
     /// The counter cannot be asked: the configured failure mode decides.
