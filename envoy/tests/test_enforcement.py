@@ -44,6 +44,7 @@ BUDGETS = [
     {"id": "downgrade", "scope": "team:enforce-downgrade", "limit": "0.03", "window": "none"},
     {"id": "steady", "scope": "team:enforce-steady", "limit": "50.00", "window": "none"},
     {"id": "dry", "scope": "team:enforce-dry", "limit": "0.00", "window": "month"},
+    {"id": "estimate", "scope": "team:enforce-estimate", "limit": "50.00", "window": "none"},
 ]
 
 SLICE_USD = "0.25"
@@ -517,3 +518,24 @@ def test_refusals_speak_each_dialect_and_say_when_to_retry(counter, gateways, di
     # A monthly budget: retry when the month turns (at most 31 days away).
     retry = int(r.header("retry-after"))
     assert 0 < retry <= 31 * 86400
+
+
+def test_an_output_override_makes_reservations_estimates_and_their_overrun_is_reported(counter, mock):
+    # Reserving 10 output tokens for requests without max_tokens: a request that then produces
+    # 1500 overruns its reservation, and the gateway reports the overrun (term (1) of the bound).
+    envoy = EnforcingEnvoy(counter.workdir, mock.port, counter.port, "gw-estimate", concurrency=1,
+                           default_max_output_tokens=10)
+    try:
+        body = {"model": "e2e-chat", "messages": [{"role": "user", "content": "no cap on this one"}]}
+        headers = {"x-e2e-team": "enforce-estimate", "x-mock-gzip": "never", "x-mock-output-tokens": "1500"}
+        r = request(envoy.listen_port, "POST", "/v1/chat/completions", json.dumps(body), headers)
+        assert r.status == 200, r
+        wait_for(lambda: idle(envoy), 15, "the request to settle", envoy.enforcement_stats)
+        excess = envoy.enforcement_stats()["tollgate_enforce_excess_micros_total"]
+        # 1490 output tokens beyond the reservation at gpt-4o's $10 per million ($0.0149), less the
+        # prompt's over-reservation (one token per body byte reserved, a quarter of that used).
+        assert 14_000 <= excess <= 14_900, excess
+        ledger = counter.ledger("enforce-estimate")
+        assert [cost for cost, _, _ in ledger.values()] == [counter.budget("estimate")["spent_micros"]]
+    finally:
+        envoy.close()

@@ -271,7 +271,19 @@ impl Stream {
         let est = config.prices.estimate_config();
         let body_len = u64::try_from(plan.body_len).unwrap_or(u64::MAX);
         let input_upper = est.input_tokens_upper_bound(body_len);
-        let max_output = est.max_output_tokens(plan.max_output_tokens, price.known.then_some(&price.price));
+        let known_price = price.known.then_some(&price.price);
+        let max_output = match &config.enforcement {
+            // Enforcement's operator overrides for requests without a cap (docs/enforcement.md).
+            Some(settings) => tollgate_core::enforce::request::reserved_output_tokens(
+                plan.max_output_tokens,
+                &plan.routed_model,
+                known_price,
+                est,
+                settings,
+            )
+            .0,
+            None => est.max_output_tokens(plan.max_output_tokens, known_price),
+        };
         let worst_case = estimate::worst_case_cost(&price.price, input_upper, max_output);
 
         if let Err(e) = self.apply(&plan, body.len()) {

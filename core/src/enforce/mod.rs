@@ -18,7 +18,8 @@
 //! - [`chain`]: decisions across a principal's chain over a versioned store: reserve, release,
 //!   settle, lease calls, acknowledgements; refusals, warnings, Retry-After.
 //! - [`queue`]: the usage queue's policy: batching, the bound, batch bodies, acknowledgements.
-//! - [`request`]: the request's worst case: the output-token ceiling a request body sets.
+//! - [`request`]: how many output tokens a reservation assumes (request cap, operator override,
+//!   price table).
 
 pub mod book;
 pub mod chain;
