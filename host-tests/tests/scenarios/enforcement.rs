@@ -206,3 +206,41 @@ fn counter_down_fail_open_keeps_serving_and_delivers_the_records_when_it_is_back
     let ids: Vec<&str> = delivered.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, [record_id.as_str()], "delivered exactly once when the counter is back");
 }
+
+/// A counter whose budget has exactly `headroom` left: it grants all of it (a real counter grants
+/// `min(want, headroom)`, so a short grant tells the gateway there is no more).
+fn grant_all_there_is(call: &HttpCall, headroom: i64, now_ms: u64) -> Answer {
+    let Answer::Response { body, .. } = grant(call, headroom, "ok", now_ms) else { unreachable!() };
+    let mut v: Value = serde_json::from_slice(&body).expect("json");
+    for b in v["budgets"].as_array_mut().into_iter().flatten() {
+        b["limit_micros"] = json!(headroom);
+        b["hard_limit_micros"] = json!(headroom);
+    }
+    Answer::json(200, &v)
+}
+
+#[test]
+fn workers_share_one_lease_book_two_worst_cases_fit_the_third_is_refused() {
+    // Worst case of the chat fixture: ~430 prompt bytes at the dearest prompt price (cache write,
+    // 4 µ$/token, one token per byte) + max_tokens 256 at 15 µ$ = 5,560 µ$. A budget with 12,000 µ$
+    // of headroom covers two requests in flight, whichever worker they run on, and not a third.
+    let gw = enforcing("fail_closed").workers(3);
+    let c = chat();
+    let mut first = gw.stream();
+    first.send_request(&refs(&request_headers(&c, "w0")), &c.request);
+    let now = gw.now_ms();
+    gw.answer_call_to("/v1/leases", |call| grant_all_there_is(call, 12_000, now));
+    first.expect_upstream_body(&c.upstream_request);
+    let mut second = gw.stream();
+    second.send_request(&refs(&request_headers(&c, "w1")), &c.request);
+    second.expect_upstream_body(&c.upstream_request);
+    assert_ne!(first.id().0, second.id().0, "different workers");
+    let mut third = gw.stream();
+    third.send_request(&refs(&request_headers(&c, "w2")), &c.request);
+    let client = third.expect_local_response(429);
+    let message = client.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("0.005560"), "the refusal names the request's worst case: {message}");
+    assert!(third.upstream().headers.is_none());
+    assert_eq!(gw.counter("tollgate_enforce_admitted_total"), 2);
+    assert_eq!(gw.counter("tollgate_enforce_refused_total"), 1);
+}
