@@ -62,7 +62,8 @@ pub fn parse_at<T: DeserializeOwned>(value: serde_json::Value, path: &str) -> Re
             if let Err(e) = serde_json::from_value::<T>(single) {
                 let text = e.to_string();
                 if !text.starts_with("missing field") && !text.starts_with("unknown field") {
-                    return ConfigError::new(format!("{path}.{key}"), text);
+                    let member_path = if path.is_empty() { key } else { format!("{path}.{key}") };
+                    return ConfigError::new(member_path, text);
                 }
             }
         }
@@ -131,7 +132,11 @@ impl FilterConfig {
         let raw: FilterConfig = if text.trim().is_empty() {
             FilterConfig::default()
         } else {
-            serde_json::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?
+            // Syntax first (serde's message keeps line and column), then the shape, member by
+            // member, so a wrong type names its field: `max_request_body_bytes: invalid type …`.
+            let document: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?;
+            parse_at(document, "")?
         };
         raw.compile()
     }
@@ -247,6 +252,13 @@ mod tests {
             assert!(c.mounts.recognise("/v1/messages").is_some());
             assert!(c.enforcement.is_none());
         }
+    }
+
+    #[test]
+    fn a_wrong_type_at_the_top_level_names_its_field() {
+        assert!(err(r#"{"max_request_body_bytes": "big"}"#).starts_with("tollgate config: max_request_body_bytes: invalid type"));
+        assert!(err(r#"{"gateway_id": 42}"#).starts_with("tollgate config: gateway_id: invalid type"));
+        assert!(err(r#"{"gateway_id": "a""#).contains("line 1"), "a syntax error keeps its position");
     }
 
     #[test]

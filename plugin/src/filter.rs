@@ -101,7 +101,7 @@ impl RootContext for Root {
                 self.enforcement = Some(Rc::new(std::cell::RefCell::new(enforcement)));
                 self.metrics = Rc::new(Metrics::define());
                 self.config = Some(config);
-                self.vm_tag = Rc::from(format!("{:x}", host::now_ns()).as_str());
+                self.vm_tag = Rc::from(new_vm_tag().as_str());
                 true
             }
             Err(e) => {
@@ -596,4 +596,15 @@ impl HttpContext for Stream {
         // Cut streams (client gone, upstream reset) never saw end of stream: charge them now.
         self.settle();
     }
+}
+
+/// A tag unique to this VM, part of every usage record id so two requests never share an id even
+/// when clients reuse `x-request-id`: the configure time mixed with WASI randomness (std's
+/// `RandomState` draws its keys from `random_get`), so workers configured in the same nanosecond
+/// still differ.
+fn new_vm_tag() -> String {
+    use std::hash::BuildHasher;
+    let now = host::now_ns();
+    let salt = std::collections::hash_map::RandomState::new().hash_one(now);
+    format!("{now:x}{:04x}", salt & 0xffff)
 }

@@ -235,12 +235,9 @@ fn invalid_configurations_are_refused_with_a_log_line_naming_the_field() {
     Gateway::new(TEST_CONFIG).workers(2).start();
 }
 
-/// FILTER BUG (core/src/config.rs `FilterConfig::from_json`): a serde type error in a typed
-/// top-level field is reported with an empty path — the log says `tollgate config: invalid type:
-/// string "big", expected u64 at line 1 column 328`, not which field. The contract
-/// (docs/contracts.md: `tollgate config: <field.path>: <problem>`) and issue 2 want the field named.
+/// A type error in a top-level field names the field (`tollgate config: <field.path>: <problem>`),
+/// not only a line and column.
 #[test]
-#[ignore = "filter bug: a type error in a top-level field does not name the field (see doc comment); un-ignore when fixed"]
 fn a_wrong_type_in_a_top_level_field_is_refused_naming_the_field() {
     for (field, value) in [("max_request_body_bytes", json!("big")), ("gateway_id", json!(42))] {
         let refusal = Gateway::new(config_with(|v| v[field] = value)).try_start().expect_err("refused");
