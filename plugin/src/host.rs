@@ -95,7 +95,7 @@ mod abi {
     pub unsafe fn proxy_set_tick_period_milliseconds(_: u32) -> u32 { FAIL }
 }
 
-fn check(status: u32) -> Result<(), HostError> {
+pub(crate) fn check(status: u32) -> Result<(), HostError> {
     if status == OK {
         Ok(())
     } else {
@@ -108,7 +108,7 @@ fn check(status: u32) -> Result<(), HostError> {
 /// # Safety
 /// `data`/`size` must come from a successful host call that allocated through
 /// `proxy_on_memory_allocate` (or be null).
-unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
+pub(crate) unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
         Vec::new()
     } else {

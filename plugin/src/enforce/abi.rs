@@ -5,7 +5,7 @@
 //! SDK's wrappers panic on statuses they do not expect, and a panic traps the VM). Outside wasm the
 //! imports are stubs that fail, so the crate builds and tests natively.
 
-use crate::host::HostError;
+use crate::host::{check, take, HostError};
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
@@ -38,27 +38,6 @@ mod imports {
     pub unsafe fn proxy_dequeue_shared_queue(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
     pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 { FAIL }
-}
-
-fn check(status: u32) -> Result<(), HostError> {
-    if status == OK {
-        Ok(())
-    } else {
-        Err(HostError(status))
-    }
-}
-
-/// Takes ownership of a host-allocated buffer (allocated through `proxy_on_memory_allocate`).
-///
-/// # Safety
-/// `data`/`size` must come from a successful host call that hands the buffer over (or be null).
-unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
-    if data.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: the host allocated `size` bytes at `data` with our allocator and hands them over.
-        unsafe { Vec::from_raw_parts(data, size, size) }
-    }
 }
 
 /// A shared-data value and its version (`None`: the key is absent).
