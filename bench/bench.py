@@ -9,20 +9,43 @@ worker (--concurrency 1). The cases:
   naive     Envoy + a wasm filter that parses the body into serde_json::Value and re-serializes it
   tollgate  Envoy + Tollgate: attribute (virtual key), route (rewrite the model, set the provider
             header), meter the SSE response (tokens and cost)
+  enforce   the same plus full budget enforcement (docs/enforcement.md): leases from a real
+            `tollgate-counter serve` on loopback (SQLite store in a temp dir, budget on org:acme so
+            large it never refuses, lease slice big enough that steady state never waits), usage
+            records batched and posted to it. Reported with it: requests paused on a lease call
+            during the measured rounds (delta of tollgate_enforce_paused_total) and what the counter
+            ingested (tollgate_counter_usage_records_total / _batches_total).
 All Envoys run at once (idle ones cost nothing) against one mock-llm; rounds are interleaved
 (plain, noop, naive, tollgate, plain, ...) so drift on a shared machine hits every case alike.
 Each round runs wrk twice per case: BENCH_CONNECTIONS connections for throughput, then one
 connection for latency (the added p50 on one connection is the per-request cost, not queueing).
 The figures per case are medians over rounds.
 
-Output: a markdown table on stdout, and the section between the bench markers in BENCHMARKS.md
-(other sections of that file are kept).
+Other parts of the same run (BENCH_PARTS, default all, in this order so the compile of the
+instruction counter, if needed, happens before anything is timed):
+  instructions  wasm instructions per request (host-tests, wasmtime fuel; deterministic):
+                `cargo run --release -p tollgate-host-tests --features bench --bin instructions`
+  envoy         the table above
+  counter       `tollgate-counter bench --seconds N` (SQLite, --sync full): usage records/s, lease calls/s
+  redis         the same with `--redis-url` against a redis-server started here on a loopback port
+                (`--save "" --appendonly yes --appendfsync always`, temp dir), as docs/counter-redis.md
+
+Output: markdown on stdout, and each part's section between its markers in BENCHMARKS.md (other
+text in that file is kept).
+
+`--quick` (smoke run, a few seconds per part): 1 round of 3 s + 2 s, counter phases of 1 s, and
+the sections go to BENCH_OUT (default: a temp file), not BENCHMARKS.md. The figures mean little;
+it checks that every part works.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_LATENCY_SECONDS (5),
-BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,tollgate), BENCH_OUT (BENCHMARKS.md),
+BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,tollgate,enforce), BENCH_OUT (BENCHMARKS.md),
+BENCH_PARTS (instructions,envoy,counter,redis), BENCH_COUNTER_SECONDS (5, per phase),
+BENCH_INSTRUCTIONS_BIN (run this prebuilt `instructions` binary instead of `cargo run`),
+TOLLGATE_COUNTER_BIN, REDIS_SERVER (redis-server),
 BENCH_PIN (1 with 2+ CPUs: Envoy on CPU 0, wrk and the mock on the others, so the load generator
 does not steal the measured worker's core; 0 to let the scheduler decide).
 """
+import argparse
 import datetime
 import hashlib
 import json
@@ -33,23 +56,40 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import socket
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "envoy" / "tests"))
 import harness  # noqa: E402
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "5"))
+_ARGS = argparse.ArgumentParser(description="make bench: every benchmark figure in one run (see the module doc)")
+_ARGS.add_argument("--quick", action="store_true", help="smoke run: a few seconds per part, output to a temp file")
+ARGS = _ARGS.parse_args()
+QUICK = ARGS.quick
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "10"))
+LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "2" if QUICK else "5"))
+WARMUP_SECONDS = 1 if QUICK else 2
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,tollgate").split(",")
-OUT = Path(os.environ.get("BENCH_OUT", REPO / "BENCHMARKS.md"))
+CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,tollgate,enforce").split(",")
+PARTS = os.environ.get("BENCH_PARTS", "instructions,envoy,counter,redis").split(",")
+COUNTER_SECONDS = int(os.environ.get("BENCH_COUNTER_SECONDS", "1" if QUICK else "5"))
+OUT = Path(os.environ.get("BENCH_OUT", Path(tempfile.gettempdir()) / "tollgate-bench-quick.md" if QUICK else REPO / "BENCHMARKS.md"))
+COMMAND = "scripts/bench.sh --quick" if QUICK else "make bench"
+COUNTER_BIN = Path(os.environ.get("TOLLGATE_COUNTER_BIN", harness.TARGET / "release" / "tollgate-counter"))
+REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 CPUS = sorted(os.sched_getaffinity(0))
 PIN = os.environ.get("BENCH_PIN", "1" if len(CPUS) >= 2 else "0") == "1" and len(CPUS) >= 2
 ENVOY_PIN = ("taskset", "-c", str(CPUS[0])) if PIN else ()
 LOAD_PIN = ("taskset", "-c", ",".join(map(str, CPUS[1:]))) if PIN else ()
-BEGIN, END = "<!-- bench.sh:begin (regenerated by make bench; edit outside the markers) -->", "<!-- bench.sh:end -->"
+# One marker pair per section; the envoy one keeps the original markers.
+MARKERS = {
+    "envoy": ("<!-- bench.sh:begin (regenerated by make bench; edit outside the markers) -->", "<!-- bench.sh:end -->"),
+    "counter": ("<!-- bench.sh:counter:begin (regenerated by make bench; edit outside the markers) -->", "<!-- bench.sh:counter:end -->"),
+    "instructions": ("<!-- bench.sh:instructions:begin (regenerated by make bench; edit outside the markers) -->", "<!-- bench.sh:instructions:end -->"),
+}
 
 KEY = "sk-bench-0123456789abcdef"
 EVENTS = 20
@@ -62,6 +102,114 @@ TOLLGATE_CONFIG = {
     "routing": {"rules": [{"name": "bench", "match": {"model": "bench-chat"}, "set_model": "gpt-4o",
                            "set_headers": {"x-tollgate-provider": "openai"}}]},
 }
+# The enforce case: Tollgate as above plus enforcement against a real counter. The bench principal
+# (org acme, from the virtual key) has one budget, so large that the bench never comes near it;
+# the slice ($100) is far more than a tenth of a second of the peak spend here (~$0.002 a request,
+# ~$20/s at 10k req/s) plus the worst case, so background top-ups keep up and nothing waits.
+GATEWAY_TOKEN = "bench-gateway-token"
+ADMIN_TOKEN = "bench-admin-token"
+BENCH_BUDGET = {"id": "bench-org", "scope": "org:acme", "limit": "100000000.00", "window": "none"}
+SLICE_USD = "100"
+ENFORCE_CONFIG = {**TOLLGATE_CONFIG, "enforcement": {
+    "counter_cluster": "tollgate_counter", "gateway_token": GATEWAY_TOKEN, "lease_slice_usd": SLICE_USD,
+    "failure_mode": "fail_closed", "call_timeout_ms": 5000}}
+PAUSED = "wasmcustom.tollgate_enforce_paused_total"
+ADMITTED = "wasmcustom.tollgate_enforce_admitted_total"
+SETTLED = "wasmcustom.tollgate_enforce_settled_total"
+LEASE_CALLS = "wasmcustom.tollgate_lease_calls_total"
+UNACKED = "wasmcustom.tollgate_usage_unacked"
+ENVOY_ONLY_COUNTERS = (PAUSED, ADMITTED, SETTLED, LEASE_CALLS)
+
+
+def machine():
+    """The machine conditions printed with every section."""
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{platform.machine()}, {len(CPUS)} CPUs, load average {load} (1/5/15 min) at the start"
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Counter:
+    """`tollgate-counter serve` on a free loopback port, SQLite store in `workdir`, one huge budget."""
+
+    def __init__(self, workdir, cmd_prefix=()):
+        if not COUNTER_BIN.exists():
+            raise RuntimeError(f"{COUNTER_BIN} is missing: run `make build`")
+        workdir = Path(workdir)
+        data = workdir / "counter-data"
+        data.mkdir()
+        budgets = workdir / "budgets.json"
+        budgets.write_text(json.dumps({"budgets": [BENCH_BUDGET]}))
+        tokens = workdir / "tokens.json"
+        tokens.write_text(json.dumps({"gateway": {"bench": GATEWAY_TOKEN}, "admin": {"bench": ADMIN_TOKEN}}))
+        self.port = harness.free_port()
+        self.log = open(workdir / "counter.log", "wb")
+        self.proc = subprocess.Popen(
+            [*cmd_prefix, str(COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(data),
+             "--budgets", str(budgets), "--tokens", str(tokens)],
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=harness._die_with_parent)
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tollgate-counter exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                return harness.request(self.port, "GET", "/healthz", timeout=1).status == 200
+            except OSError:
+                return False
+        wait_until(healthy, 15, "tollgate-counter to be healthy")
+
+    def metrics(self):
+        """{'records': accepted usage records, 'duplicates': ..., 'batches': usage batches} from /metrics."""
+        text = harness.request(self.port, "GET", "/metrics", timeout=5).body.decode()
+        out = {"records": 0, "duplicates": 0, "batches": 0}
+        for line in text.splitlines():
+            m = re.match(r'tollgate_counter_usage_records_total\{result="(accepted|duplicate)"\} (\S+)', line)
+            if m:
+                out["records" if m.group(1) == "accepted" else "duplicates"] = int(float(m.group(2)))
+            m = re.match(r"tollgate_counter_usage_batches_total (\S+)", line)
+            if m:
+                out["batches"] = int(float(m.group(1)))
+        return out
+
+    def close(self):
+        harness.stop(self.proc)
+        self.log.close()
+
+
+class EnforcingEnvoy(harness.Envoy):
+    """harness.Envoy (one worker, same template) with the counter cluster rendered in."""
+
+    def __init__(self, workdir, upstream_port, counter_port, name, plugin_config, cmd_prefix=()):
+        self.workdir = Path(workdir)
+        self.name = name
+        self.listen_port = harness.free_port()
+        self.admin_port = harness.free_port()
+        self.access_log = self.workdir / f"{name}-access.log"
+        self.envoy_log = self.workdir / f"{name}-envoy.log"
+        yaml = harness.render.render(harness.TEMPLATE.read_text(), {
+            "LISTEN_PORT": self.listen_port, "ADMIN_PORT": self.admin_port, "UPSTREAM_PORT": upstream_port,
+            "WASM_PATH": str(harness.TOLLGATE_WASM), "WASM_NAME": name, "PLUGIN_CONFIG": json.dumps(plugin_config),
+            "ACCESS_LOG_PATH": "", "COUNTER_PORT": counter_port,
+        })
+        self.config_path = self.workdir / f"{name}-envoy.yaml"
+        self.config_path.write_text(yaml)
+        self.log_file = open(self.envoy_log, "wb")
+        self.proc = subprocess.Popen(
+            [*cmd_prefix, str(harness.ENVOY_BIN), "-c", str(self.config_path), "--concurrency", "1", "--disable-hot-restart",
+             "--file-flush-interval-msec", "50", "--log-level", "warn"],
+            stdout=self.log_file, stderr=subprocess.STDOUT, preexec_fn=harness._die_with_parent)
+        self._wait_ready(30)
 
 
 def chat_body(size=2048):
@@ -124,27 +272,37 @@ def sanity_check(envoys, mock_port):
         r = e.post("/v1/chat/completions", body, {"authorization": f"Bearer {KEY}", "x-mock-events": str(EVENTS)})
         if r.status != 200 or not r.body.rstrip().endswith(b"data: [DONE]"):
             raise RuntimeError(f"{name}: the benchmark request fails: {r}")
-        if name == "tollgate":
+        if name in ("tollgate", "enforce"):
             delta = harness.stats_delta(before, e.stats())
             if not any("token" in k for k in delta):
-                raise RuntimeError(f"tollgate: the request was not metered (stats delta {delta}); the figures would mean nothing")
+                raise RuntimeError(f"{name}: the request was not metered (stats delta {delta}); the figures would mean nothing")
+            if name == "enforce":
+                if not delta.get(ADMITTED):
+                    raise RuntimeError(f"enforce: the request was not admitted with a reservation (stats delta {delta}); "
+                                       "is the principal attributed and the budget loaded?")
+                missing = [k for k in (*ENVOY_ONLY_COUNTERS, UNACKED) if k not in e.stats()]
+                if missing:
+                    raise RuntimeError(f"enforce: Envoy has no stat {missing}: the paused count would read as 0; fix the names")
+                # The first request of a fresh gateway has no lease yet: it waits for one.
+                print(f"enforce sanity request: paused {delta.get(PAUSED, 0)}, lease calls {delta.get(LEASE_CALLS, 0)}", flush=True)
 
 
 def fmt_us(us):
     return f"{us / 1000:.2f} ms" if us >= 10000 else f"{us:.0f} µs"
 
 
-def main():
-    for tool in ("wrk",):
-        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
-            sys.exit(f"bench: {tool} is missing: run scripts/setup.sh")
+def envoy_part():
+    """Plain / no-op / naive / tollgate / enforce Envoys, interleaved wrk rounds; returns the section."""
     body = chat_body()
     assert len(body) == 2048, len(body)
+    conditions = machine()
+    enforce = {"paused": 0, "admitted": 0, "settled": 0, "lease_calls": 0}
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as work:
         work = Path(work)
         script = work / "chat.lua"
         wrk_script(script, body)
         mock = harness.Mock(work, record_limit=0, cmd_prefix=LOAD_PIN)
+        counter = None
         quiet = ("--log-level", "warn")
         specs = {
             "plain": dict(wasm=None),
@@ -155,38 +313,57 @@ def main():
         envoys = {}
         try:
             for name in CASES:
-                envoys[name] = harness.Envoy(work, mock.port, name=name, access_log=False, log_args=quiet, cmd_prefix=ENVOY_PIN, **specs[name])
+                if name == "enforce":
+                    # The counter is load-side work (like the mock): off the measured worker's CPU.
+                    counter = Counter(work, cmd_prefix=LOAD_PIN)
+                    envoys[name] = EnforcingEnvoy(work, mock.port, counter.port, name, ENFORCE_CONFIG, cmd_prefix=ENVOY_PIN)
+                else:
+                    envoys[name] = harness.Envoy(work, mock.port, name=name, access_log=False, log_args=quiet, cmd_prefix=ENVOY_PIN, **specs[name])
             sanity_check(envoys, mock.port)
             results = {n: {"rps": [], "p50": [], "p99": [], "p50_1": [], "p99_1": []} for n in CASES}
-            for name, e in envoys.items():  # warm-up: V8 tiers up, pools fill
-                run_wrk(e.listen_port, script, CONNECTIONS, 2)
+            for name, e in envoys.items():  # warm-up: V8 tiers up, pools fill, the first lease is taken
+                run_wrk(e.listen_port, script, CONNECTIONS, WARMUP_SECONDS)
             for rnd in range(1, ROUNDS + 1):
                 for name, e in envoys.items():
+                    before = e.stats() if name == "enforce" else None
                     r = run_wrk(e.listen_port, script, CONNECTIONS, SECONDS)
                     one = run_wrk(e.listen_port, script, 1, LATENCY_SECONDS)
+                    extra = ""
+                    if before is not None:
+                        after = e.stats()
+                        for key, stat in (("paused", PAUSED), ("admitted", ADMITTED), ("settled", SETTLED), ("lease_calls", LEASE_CALLS)):
+                            enforce[key] += after.get(stat, 0) - before.get(stat, 0)
+                        extra = f"  | paused so far {enforce['paused']} of {enforce['admitted']} admitted"
                     res = results[name]
                     res["rps"].append(r["rps"]); res["p50"].append(r["p50_us"]); res["p99"].append(r["p99_us"])
                     res["p50_1"].append(one["p50_us"]); res["p99_1"].append(one["p99_us"])
                     print(f"round {rnd}/{ROUNDS} {name:9} {r['rps']:9.0f} req/s  p50 {fmt_us(r['p50_us'])}  p99 {fmt_us(r['p99_us'])}"
-                          f"  | 1 conn: p50 {fmt_us(one['p50_us'])}  p99 {fmt_us(one['p99_us'])}", flush=True)
+                          f"  | 1 conn: p50 {fmt_us(one['p50_us'])}  p99 {fmt_us(one['p99_us'])}{extra}", flush=True)
+            if "enforce" in envoys:
+                e = envoys["enforce"]
+                # Every record delivered: the filter's queue drains (flush every second), then the
+                # counter's own count is compared with what the filter settled.
+                wait_until(lambda: e.stats().get(UNACKED, 0) == 0, 15, "the enforce Envoy's usage queue to drain")
+                stats = e.stats()
+                enforce["settled_total"] = stats.get(SETTLED, 0)
+                enforce["dropped_total"] = stats.get("wasmcustom.tollgate_usage_dropped_total", 0)
+                enforce["counter"] = counter.metrics()
         finally:
             for e in envoys.values():
                 e.close()
+            if counter:
+                counter.close()
             mock.close()
     med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
-    section = report(med)
-    print("\n" + section)
-    write_section(section)
-    print(f"bench: wrote the section to {OUT}")
+    return envoy_report(med, enforce, conditions)
 
 
-def report(med):
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def envoy_report(med, enforce, conditions):
     lines = [
-        "## Filter overhead: plain Envoy vs no-op wasm vs Tollgate",
+        "## Filter overhead: plain Envoy vs no-op wasm vs Tollgate (metering, enforcement)",
         "",
-        f"`make bench` ({now}; {platform.machine()}, {len(CPUS)} CPUs; "
-        + (f"Envoy pinned to CPU {CPUS[0]}, wrk and mock-llm to CPU {','.join(map(str, CPUS[1:]))}): " if PIN else "no CPU pinning): ")
+        f"`{COMMAND}` ({now()}; {conditions}; "
+        + (f"Envoy pinned to CPU {CPUS[0]}, wrk, mock-llm and tollgate-counter to CPU {','.join(map(str, CPUS[1:]))}): " if PIN else "no CPU pinning): ")
         + f"Envoy 1.40 `--concurrency 1`, wrk `-t1 -c{CONNECTIONS}` for {SECONDS} s and `-c1` for {LATENCY_SECONDS} s per case "
         f"per round, {ROUNDS} interleaved rounds, medians shown. Request: 2 KB streaming chat "
         f"(`/v1/chat/completions`, virtual key), response: SSE with {EVENTS} content events and a usage chunk from mock-llm.",
@@ -198,7 +375,10 @@ def report(med):
     for name, m in med.items():
         ratio = f"{m['rps'] / noop['rps'] * 100:.1f}%" if noop else "n/a"
         lines.append(f"| {name} | {m['rps']:.0f} | {fmt_us(m['p50'])} | {fmt_us(m['p99'])} | {fmt_us(m['p50_1'])} | {fmt_us(m['p99_1'])} | {ratio} |")
-    lines.append("")
+    lines += ["", "Cases: `tollgate` = attribute, route (model rewrite, provider header) and meter; `enforce` = the same plus "
+              f"budget enforcement against a real `tollgate-counter serve` on loopback (SQLite, `--sync full`, temp dir; one budget "
+              f"on `org:acme`, ${BENCH_BUDGET['limit']}, window none, so nothing is refused), `lease_slice_usd` ${SLICE_USD}, "
+              "usage records batched and posted (defaults: `batch_size` 500, `flush_interval_ms` 1000).", ""]
     if "plain" in med and noop:
         lines.append(f"- no-op wasm keeps **{noop['rps'] / med['plain']['rps'] * 100:.1f}%** of plain Envoy's throughput.")
     if "naive" in med and "plain" in med:
@@ -211,16 +391,154 @@ def report(med):
                      f"(target ≥ 90%: {'met' if ok_tp else 'NOT met'}).")
         lines.append(f"- Tollgate adds **{added:.0f} µs** at p50 over the no-op filter on one connection "
                      f"(target ≤ 30 µs: {'met' if added <= 30 else 'NOT met'}).")
-    lines += ["", "Reproduce: `make bench` (knobs: BENCH_ROUNDS, BENCH_SECONDS, BENCH_LATENCY_SECONDS, BENCH_CONNECTIONS, BENCH_CASES)."]
+    if "enforce" in med and noop:
+        t = med["enforce"]
+        c = enforce.get("counter", {})
+        batches = c.get("batches", 0)
+        per_batch = f"{c.get('records', 0) / batches:.0f}" if batches else "n/a"
+        lines.append(f"- Tollgate with enforcement keeps **{t['rps'] / noop['rps'] * 100:.1f}%** of the no-op filter's throughput "
+                     f"and adds **{t['p50_1'] - noop['p50_1']:.0f} µs** at p50 on one connection"
+                     + (f" ({t['rps'] / med['tollgate']['rps'] * 100:.1f}% of metering-only Tollgate)." if "tollgate" in med else "."))
+        lines.append(f"- Paused on a lease call during the measured rounds: **{enforce['paused']:.0f}** of {enforce['admitted']:.0f} "
+                     f"admitted requests (`tollgate_enforce_paused_total` delta); {enforce['lease_calls']:.0f} lease calls "
+                     "(`tollgate_lease_calls_total` delta, background top-ups and renewals).")
+        lines.append(f"- Delivered: the counter ingested **{c.get('records', 0)}** usage records in {batches} batches "
+                     f"(~{per_batch} records a batch; {c.get('duplicates', 0)} duplicates) for the {enforce.get('settled_total', 0):.0f} "
+                     f"requests the filter settled over its whole life (sanity check and warm-up included); "
+                     f"{enforce.get('dropped_total', 0):.0f} dropped, usage queue drained to 0 after the run.")
+    lines += ["", f"Reproduce: `{COMMAND}` (knobs: BENCH_ROUNDS, BENCH_SECONDS, BENCH_LATENCY_SECONDS, BENCH_CONNECTIONS, BENCH_CASES; "
+              "`BENCH_PARTS=envoy` for this section alone)."]
     return "\n".join(lines)
 
 
-def write_section(section):
-    block = f"{BEGIN}\n{section}\n{END}"
+def instructions_part():
+    """Wasm instructions per request from host-tests (deterministic); returns the section."""
+    cmd = ["cargo", "run", "--release", "-q", "-p", "tollgate-host-tests", "--features", "bench", "--bin", "instructions"]
+    shown = "cargo run --release -p tollgate-host-tests --features bench --bin instructions"
+    prebuilt = os.environ.get("BENCH_INSTRUCTIONS_BIN")
+    if prebuilt:
+        cmd = [prebuilt]
+    conditions = machine()
+    # The first run compiles wasmtime (minutes on 2 cores); later runs only check freshness.
+    print(f"instructions: {' '.join(cmd)} (compiles host-tests on first use)", flush=True)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        raise RuntimeError(f"instructions: `{' '.join(cmd)}` failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    body = [line for line in p.stdout.splitlines() if not line.startswith("# command:")]
+    lines = ["## Wasm instructions per request (host-tests, wasmtime fuel)", "",
+             f"`{COMMAND}` ({now()}; {conditions}) ran `{shown}`"
+             + (f" (prebuilt: `{prebuilt}`)" if prebuilt else "")
+             + " against the built `tollgate.wasm`. Deterministic: the same binary gives the same counts on any load.",
+             "", *[(l[2:] + "  " if l.startswith("# ") else l) for l in body], ""]
+    print(p.stdout)
+    return "\n".join(lines)
+
+
+class Redis:
+    """redis-server on a free loopback port, append-only file fsynced on every write, temp dir."""
+
+    def __init__(self, workdir):
+        self.port = harness.free_port()
+        self.args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                     "--appendfsync", "always", "--dir", str(workdir)]
+        self.log = open(Path(workdir) / "redis.log", "wb")
+        self.proc = subprocess.Popen([REDIS_SERVER, *self.args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=harness._die_with_parent)
+
+        def pong():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(64).startswith(b"+PONG")
+            except OSError:
+                return False
+        wait_until(pong, 10, "redis-server to answer PING")
+
+    def version(self):
+        out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"v=(\S+)", out)
+        return m.group(1) if m else "?"
+
+    def close(self):
+        harness.stop(self.proc)
+        self.log.close()
+
+
+def counter_bench(extra):
+    cmd = [str(COUNTER_BIN), "bench", "--seconds", str(COUNTER_SECONDS), *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=4 * COUNTER_SECONDS + 60)
+    if p.returncode != 0:
+        raise RuntimeError(f"counter: `{' '.join(cmd)}` failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    print(p.stdout, end="", flush=True)
+    def figure(name):
+        m = re.search(rf"\b{name}=(\d+)", p.stdout)
+        return float(m.group(1)) if m else None
+    return {"records": figure("usage_records_per_sec"), "leases": figure("lease_calls_per_sec"), "raw": p.stdout.strip()}
+
+
+def counter_part(parts):
+    """tollgate-counter bench on SQLite and on a real Redis; returns the section."""
+    if not COUNTER_BIN.exists():
+        raise RuntimeError(f"{COUNTER_BIN} is missing: run `make build`")
+    conditions = machine()
+    rows, raws, commands = [], [], []
+    if "counter" in parts:
+        r = counter_bench([])
+        rows.append(("SQLite, `--sync full`", r)); raws.append(r["raw"])
+        commands.append(f"tollgate-counter bench --seconds {COUNTER_SECONDS}")
+    if "redis" in parts:
+        with tempfile.TemporaryDirectory(prefix="tollgate-bench-redis-") as d:
+            redis = Redis(d)
+            try:
+                r = counter_bench(["--redis-url", f"redis://127.0.0.1:{redis.port}"])
+                rows.append((f"Redis {redis.version()}, `appendfsync always`", r)); raws.append(r["raw"])
+                shown = " ".join(a if a else '""' for a in redis.args).replace(d, "<temp dir>")
+                commands.append(f"redis-server {shown}")
+                commands.append(f"tollgate-counter bench --seconds {COUNTER_SECONDS} --redis-url redis://127.0.0.1:{redis.port}")
+            finally:
+                redis.close()
+    def num(x):
+        return "?" if x is None else f"{x:,.0f}".replace(",", " ")
+    lines = ["## Counter: usage records/s and lease calls/s", "",
+             f"`{COMMAND}` ({now()}; {conditions}; no CPU pinning: bench client, counter and Redis share the machine, "
+             "so these are floors). Each store in turn, back to back, "
+             f"{COUNTER_SECONDS} s per phase: usage batches of 1000 records over 4 connections, then lease calls on 2 budgets "
+             "over 16 connections, real loopback HTTP (docs/counter.md, docs/counter-redis.md). Commands:", "", "```sh",
+             *commands, "```", "",
+             "| store | usage records/s | lease calls/s |", "| --- | ---: | ---: |",
+             *[f"| {name} | {num(r['records'])} | {num(r['leases'])} |" for name, r in rows],
+             "", "Raw output:", "", "```", *raws, "```"]
+    return "\n".join(lines)
+
+
+def main():
+    for tool in ("wrk",):
+        if "envoy" in PARTS and subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            sys.exit(f"bench: {tool} is missing: run scripts/setup.sh")
+    started = time.monotonic()
+    sections = {}
+    if "instructions" in PARTS:
+        sections["instructions"] = instructions_part()
+    if "envoy" in PARTS:
+        sections["envoy"] = envoy_part()
+    if "counter" in PARTS or "redis" in PARTS:
+        sections["counter"] = counter_part(PARTS)
+    for name in ("envoy", "counter", "instructions"):
+        if name in sections:
+            print("\n" + sections[name])
+            write_section(name, sections[name])
+    print(f"bench: wrote {', '.join(sections)} to {OUT} in {time.monotonic() - started:.0f} s")
+
+
+def write_section(name, section):
+    begin, end = MARKERS[name]
+    block = f"{begin}\n{section}\n{end}"
     text = OUT.read_text() if OUT.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"

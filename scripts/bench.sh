@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# make bench: plain Envoy vs Envoy + no-op wasm vs Envoy + Tollgate (and a naive re-serializing
-# filter), interleaved rounds with wrk on loopback; prints a markdown table and regenerates its
-# section of BENCHMARKS.md. Takes about 4 minutes with the defaults and loads the machine: don't
-# run it while something else is being measured. Knobs: see bench/bench.py.
+# make bench: every benchmark figure in one run, written into BENCHMARKS.md (one regenerated section
+# per part, each with its command and the machine conditions):
+#   instructions  wasm instructions per request (host-tests; compiled here on first use)
+#   envoy         plain Envoy vs no-op wasm vs naive vs Tollgate (metering) vs Tollgate with full
+#                 enforcement against a real tollgate-counter; interleaved wrk rounds on loopback
+#   counter/redis tollgate-counter bench on SQLite and on a real redis-server (loopback, temp dir)
+# Takes about 5 minutes with the defaults (plus a one-time compile of the instruction counter) and
+# loads the machine: don't run it while something else is being measured.
+# `scripts/bench.sh --quick`: smoke run (~1 minute), output to a temp file, not BENCHMARKS.md.
+# Knobs: see bench/bench.py (BENCH_PARTS, BENCH_CASES, BENCH_ROUNDS, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-for f in "$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm" \
-         "$CARGO_TARGET_DIR/release/mock-llm" .venv/bin/envoy; do
+parts="${BENCH_PARTS:-instructions,envoy,counter,redis}"
+need=(.venv/bin/envoy)
+case ",$parts," in *,envoy,*) need+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm" \
+                                      "$CARGO_TARGET_DIR/release/mock-llm" "${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}") ;; esac
+case ",$parts," in *,counter,*|*,redis,*) need+=("${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}") ;; esac
+for f in "${need[@]}"; do
   [ -e "$f" ] || { echo "bench: $f is missing: run 'make build'" >&2; exit 2; }
 done
-command -v wrk >/dev/null || { echo "bench: wrk is missing: run scripts/setup.sh" >&2; exit 2; }
-exec timeout --kill-after=10 900 python3 bench/bench.py "$@"
+case ",$parts," in *,envoy,*) command -v wrk >/dev/null || { echo "bench: wrk is missing: run scripts/setup.sh" >&2; exit 2; } ;; esac
+case ",$parts," in *,redis,*) command -v "${REDIS_SERVER:-redis-server}" >/dev/null || { echo "bench: redis-server is missing: run scripts/setup.sh" >&2; exit 2; } ;; esac
+exec timeout --kill-after=10 1200 python3 bench/bench.py "$@"
