@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# The demo stack, in the foreground: mock-llm (the "providers") and Envoy with the Tollgate filter
-# on 127.0.0.1:10000 (admin 127.0.0.1:9901), access log on this terminal. Ctrl-C stops everything
+# The demo stack, in the foreground: mock-llm (the "providers"), tollgate-counter (budgets, on
+# 127.0.0.1:8787) and Envoy with the Tollgate filter on 127.0.0.1:10000 (admin 127.0.0.1:9901),
+# access log on this terminal. Ctrl-C stops everything
 # this script started. The filter's configuration is envoy/demo-config.json (docs/config.md).
-# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT.
+# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT, COUNTER_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 LISTEN_PORT="${LISTEN_PORT:-10000}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 MOCK_PORT="${MOCK_PORT:-9100}"
+COUNTER_PORT="${COUNTER_PORT:-8787}"
 WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm"
 MOCK="$CARGO_TARGET_DIR/release/mock-llm"
+COUNTER="$CARGO_TARGET_DIR/release/tollgate-counter"
 ENVOY=.venv/bin/envoy
 RUN=.run/demo
 mkdir -p "$RUN"
 
-for f in "$WASM" "$MOCK" "$ENVOY"; do
+for f in "$WASM" "$MOCK" "$COUNTER" "$ENVOY"; do
   [ -e "$f" ] || { echo "run-demo: $f is missing: run 'make build' (or 'make run', which builds first)" >&2; exit 2; }
 done
 
@@ -43,9 +46,16 @@ wait_http() { # url, what, seconds
 pids+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/__mock/health" mock-llm 10
 
-# 2. tollgate-counter (budgets and leases, issue 4) will start here: run it, wait for /healthz, and
-#    pass COUNTER_PORT=<its port> to render.py below so Envoy gets the tollgate_counter cluster.
-COUNTER_PORT=""
+# 2. tollgate-counter: budgets (envoy/demo-budgets.json), leases and the ledger, in $RUN/counter-data.
+#    The tokens are demo values; a real deployment keeps them in secrets (docs/counter.md).
+cat >"$RUN/tokens.json" <<'TOKENS'
+{"gateway": {"demo": "demo-gateway-token"}, "admin": {"demo-admin": "demo-admin-token"}}
+TOKENS
+mkdir -p "$RUN/counter-data"
+"$COUNTER" serve --listen "127.0.0.1:$COUNTER_PORT" --data "$RUN/counter-data" \
+  --budgets envoy/demo-budgets.json --tokens "$RUN/tokens.json" 2>"$RUN/counter.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$COUNTER_PORT/healthz" tollgate-counter 15
 
 # 3. Envoy with the filter.
 python3 envoy/render.py envoy/envoy.yaml.tmpl \
@@ -65,7 +75,7 @@ curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" | grep -q LIVE || { echo "run-demo
 cat <<MSG
 
 Tollgate demo: Envoy + filter on http://127.0.0.1:$LISTEN_PORT, admin http://127.0.0.1:$ADMIN_PORT,
-mock providers on 127.0.0.1:$MOCK_PORT. Access log lines appear below. Ctrl-C stops everything.
+mock providers on 127.0.0.1:$MOCK_PORT, tollgate-counter on 127.0.0.1:$COUNTER_PORT. Access log lines appear below. Ctrl-C stops everything.
 
 Try:
   # an alias routed to gpt-4o, attributed to alice by her virtual key
@@ -77,6 +87,9 @@ Try:
   # a denied model (403 in OpenAI's error shape), then the meters
   curl -s localhost:$LISTEN_PORT/v1/chat/completions -d '{"model":"gpt-4-32k","messages":[]}'
   curl -s 'localhost:$ADMIN_PORT/stats?filter=tollgate'
+  # alice has \$0.003 a day: repeat the first line until it answers 429 naming her budget, then
+  $COUNTER utilization --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token
+  $COUNTER report --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token --group-by team,model
 
 MSG
 wait -n "${pids[@]}"
