@@ -96,6 +96,26 @@ pub struct FilterConfig {
     /// [`FilterConfig::from_json`] into [`CompiledConfig::enforcement`].
     #[serde(default)]
     pub enforcement: Option<serde_json::Value>,
+    /// What the filter publishes for the access log. Default `summary`.
+    #[serde(default)]
+    pub access_log: Option<AccessLogMode>,
+}
+
+/// What the filter publishes as filter state for the access log (docs/config.md, "Access log").
+///
+/// Each published value is one host call that crosses the wasm boundary, so the default is one
+/// compact `wasm.tollgate.summary` value per request; `fields` publishes each value on its own
+/// (about twenty calls per request) for formats that pick single fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    /// One `wasm.tollgate.summary` value per request: `key=value` pairs separated by spaces.
+    #[default]
+    Summary,
+    /// Every value as its own `wasm.tollgate.<name>`, set as soon as it is known.
+    Fields,
+    /// Nothing (stats only).
+    Off,
 }
 
 /// One dialect's mount, as written.
@@ -123,6 +143,7 @@ pub struct CompiledConfig {
     pub prices: PriceTable,
     /// Budgets and leases (`core::enforce`); `None` = metering only.
     pub enforcement: Option<crate::enforce::EnforcementSettings>,
+    pub access_log: AccessLogMode,
 }
 
 impl FilterConfig {
@@ -187,6 +208,7 @@ impl FilterConfig {
             routing,
             prices,
             enforcement,
+            access_log: self.access_log.unwrap_or_default(),
         })
     }
 }
@@ -251,7 +273,19 @@ mod tests {
             assert_eq!(c.max_request_body_bytes, 1 << 20);
             assert!(c.mounts.recognise("/v1/messages").is_some());
             assert!(c.enforcement.is_none());
+            assert_eq!(c.access_log, AccessLogMode::Summary);
         }
+    }
+
+    #[test]
+    fn access_log_takes_summary_fields_or_off() {
+        for (text, mode) in [("summary", AccessLogMode::Summary), ("fields", AccessLogMode::Fields), ("off", AccessLogMode::Off)] {
+            let c = FilterConfig::from_json(format!(r#"{{"access_log": "{text}"}}"#).as_bytes()).unwrap();
+            assert_eq!(c.access_log, mode);
+        }
+        let e = err(r#"{"access_log": "all"}"#);
+        assert!(e.starts_with("tollgate config: access_log: unknown variant `all`"), "{e}");
+        assert!(e.contains("summary") && e.contains("fields") && e.contains("off"), "the error lists the choices: {e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ ALICE_KEY = "sk-e2e-alice-0123456789"
 # The filter configuration used by the session's Envoy (reference: docs/config.md).
 FILTER_CONFIG = {
     "gateway_id": "e2e",
+    "access_log": "fields",  # the tests read single access-log fields
     "dialects": {"openai": {"prefixes": ["", "/llm/openai"]}},
     "max_request_body_bytes": 65536,
     "attribution": {

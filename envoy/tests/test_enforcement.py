@@ -54,6 +54,7 @@ MAX_TOKENS = 2000
 def filter_config(gateway_id, **enforcement):
     return {
         "gateway_id": gateway_id,
+        "access_log": "fields",
         "attribution": {"trusted_headers": {"team": "x-e2e-team", "user": "x-e2e-user"}},
         "routing": {"rules": [
             {"name": "downgrade-near-limit", "match": {"team": "enforce-downgrade", "model": "e2e-chat",

@@ -10,6 +10,7 @@ from harness import Envoy, new_id
 
 POLICY_CONFIG = {
     "gateway_id": "e2e-policies",
+    "access_log": "fields",
     "attribution": {
         "trusted_headers": {"team": "x-tollgate-team"},  # an earlier filter (e.g. jwt_authn) writes it
         "body_metadata": {"user": ["user", "metadata.user_id"]},

@@ -129,9 +129,11 @@ pub fn refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// The filter configuration the scenarios run with: every dialect mounted, one routing rule per
 /// dialect onto a model priced here in whole micro-dollars per token, a deny rule, attribution
-/// from a trusted header and a virtual key (`sk-test-alice`).
+/// from a trusted header and a virtual key (`sk-test-alice`); every access-log value as its own
+/// filter state (`access_log: fields`), so scenarios can check each one.
 pub const TEST_CONFIG: &str = r#"{
   "gateway_id": "gw-test",
+  "access_log": "fields",
   "attribution": {
     "trusted_headers": { "team": "x-auth-team" },
     "virtual_keys": [

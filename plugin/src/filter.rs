@@ -17,6 +17,7 @@
 //! 4. `on_log`: a request that never reached end of stream (client or upstream cut) is settled
 //!    here from an estimate.
 
+use crate::access_log::AccessLog;
 use crate::enforcement::{Admission, EnforcementRoot, Enforcer, Verdict};
 use crate::host::{self, Buffer, LogLevel, Map};
 use crate::metrics::{Metrics, Outcome};
@@ -33,9 +34,6 @@ use tollgate_core::estimate;
 use tollgate_core::routing::plan::{self, RequestPlan};
 use tollgate_core::usage::{ResponseFormat, UsageScanner};
 
-/// Prefix of filter-state keys: Envoy stores `set_property("tollgate.x")` as `wasm.tollgate.x`.
-const STATE_PREFIX: &str = "tollgate.";
-
 pub struct Root {
     /// Makes request ids unique to this VM: the host clock in nanoseconds when it was configured
     /// (each worker's VM configures at a different instant), in hex.
@@ -43,11 +41,41 @@ pub struct Root {
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     enforcement: Option<Rc<std::cell::RefCell<EnforcementRoot>>>,
+    log_level: Rc<LogLevelCache>,
 }
 
 impl Default for Root {
     fn default() -> Root {
-        Root { vm_tag: Rc::from(""), config: None, metrics: Rc::new(Metrics::default()), enforcement: None }
+        Root {
+            vm_tag: Rc::from(""),
+            config: None,
+            metrics: Rc::new(Metrics::default()),
+            enforcement: None,
+            log_level: Rc::new(LogLevelCache::default()),
+        }
+    }
+}
+
+/// The host's log level, asked at most once a second (a host call per request otherwise; only
+/// settlement's debug line needs it).
+#[derive(Debug, Default)]
+struct LogLevelCache {
+    /// (level, when asked in ms); `None` before the first ask.
+    seen: std::cell::Cell<Option<(LogLevel, i64)>>,
+}
+
+impl LogLevelCache {
+    const MAX_AGE_MS: i64 = 1000;
+
+    fn get(&self, now_ms: i64) -> LogLevel {
+        match self.seen.get() {
+            Some((level, at)) if (0..Self::MAX_AGE_MS).contains(&now_ms.saturating_sub(at)) => level,
+            _ => {
+                let level = host::log_level();
+                self.seen.set(Some((level, now_ms)));
+                level
+            }
+        }
     }
 }
 
@@ -121,7 +149,10 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let enforcer = self.enforcement.as_ref().and_then(|e| e.try_borrow().ok().map(|e| e.for_request()));
+        let access_log = AccessLog::new(self.config.as_ref().map(|c| c.access_log).unwrap_or_default());
         Some(Box::new(Stream {
+            access_log,
+            log_level: Rc::clone(&self.log_level),
             context_id,
             vm_tag: Rc::clone(&self.vm_tag),
             config: self.config.clone(),
@@ -173,6 +204,8 @@ struct ResponseState {
 }
 
 pub struct Stream {
+    access_log: AccessLog,
+    log_level: Rc<LogLevelCache>,
     context_id: u32,
     vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
@@ -187,13 +220,6 @@ pub struct Stream {
 
 fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
     headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
-fn publish(name: &str, value: &str) {
-    let mut key = String::with_capacity(STATE_PREFIX.len() + name.len());
-    key.push_str(STATE_PREFIX);
-    key.push_str(name);
-    let _ = host::set_property(&key, value.as_bytes());
 }
 
 impl Stream {
@@ -211,7 +237,7 @@ impl Stream {
             ErrorKind::BudgetExceeded | ErrorKind::Unavailable => Outcome::Refused,
         };
         self.metrics.outcome(dialect, outcome);
-        publish("outcome", outcome.as_str());
+        self.access_log.set("outcome", outcome.as_str());
         let body = failure.body(dialect);
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(extra_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -241,20 +267,21 @@ impl Stream {
         };
         for field in Field::ALL {
             if let Some(value) = field.get(&parsed.principal) {
-                publish(field.as_str(), value);
+                self.access_log.set(field.as_str(), value);
             }
         }
-        publish("requested_model", &parsed.requested_model);
-        let now = host::now_ms();
+        self.access_log.set("requested_model", &parsed.requested_model);
+        // Only enforcement needs the time here (a host call).
+        let now = if self.enforcer.is_some() { host::now_ms() } else { 0 };
         let utilization = self.enforcer.as_mut().and_then(|e| e.utilization_pct(&parsed.principal, now));
         let Some(req) = self.request.as_ref() else { return Action::Continue };
         let plan = match parsed.route(&config, &req.recognised, &req.path, utilization) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
-        publish("routed_model", &plan.routed_model);
+        self.access_log.set("routed_model", &plan.routed_model);
         if let Some(rule) = &plan.rule {
-            publish("rule", rule);
+            self.access_log.set("rule", rule);
             self.metrics.routed();
         }
         let price = match config.prices.price(&plan.routed_model) {
@@ -372,8 +399,10 @@ impl Stream {
             prompt_bytes: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
             started_at_ms: req.started_at_ms,
         };
-        let s = settle::settle(&config.prices, &exchange, &scan, status, host::now_ms());
+        let finished_at_ms = host::now_ms();
+        let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
         let t = &s.record.tokens;
+        let log = &mut self.access_log;
         for (name, value) in [
             ("tokens_input", t.input),
             ("tokens_output", t.output),
@@ -381,23 +410,25 @@ impl Stream {
             ("tokens_cache_write", t.cache_write),
             ("tokens_reasoning", t.reasoning),
         ] {
-            publish(name, &value.to_string());
+            log.set_int(name, value);
         }
-        publish("cost_micros", &s.record.cost_micros.to_string());
-        publish("cost_usd", &tollgate_core::money::format_micros(s.record.cost_micros));
-        publish("estimated", if s.record.estimated { "true" } else { "false" });
+        log.set_int("cost_micros", s.record.cost_micros);
+        if log.wants_text() {
+            log.set("cost_usd", &tollgate_core::money::format_micros(s.record.cost_micros));
+        }
+        log.set("estimated", if s.record.estimated { "true" } else { "false" });
         let outcome = match s.ended {
             Ended::Metered => Outcome::Metered,
             Ended::Estimated => Outcome::Estimated,
             Ended::UpstreamError => Outcome::UpstreamError,
         };
-        publish("outcome", outcome.as_str());
+        log.set("outcome", outcome.as_str());
         self.metrics.outcome(req.recognised.dialect, outcome);
         self.metrics.usage(t, s.record.cost_micros);
         if s.unknown_model {
             self.metrics.unknown_model();
         }
-        if host::log_level() <= LogLevel::Debug {
+        if self.log_level.get(finished_at_ms) <= LogLevel::Debug {
             let json = serde_json::to_string(&s.record).unwrap_or_default();
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
         }
@@ -467,7 +498,7 @@ impl HttpContext for Stream {
             .unwrap_or("-");
         let request_id = format!("{client_id}.{}.{:x}", self.vm_tag, self.context_id);
         let declared_len = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-        publish("dialect", recognised.dialect.as_str());
+        self.access_log.set("dialect", recognised.dialect.as_str());
         self.request = Some(RequestState {
             recognised,
             facts,
@@ -591,10 +622,13 @@ impl HttpContext for Stream {
             if let Some(enforcer) = self.enforcer.as_mut() {
                 enforcer.abandon();
             }
+            self.access_log.flush();
             return;
         }
         // Cut streams (client gone, upstream reset) never saw end of stream: charge them now.
         self.settle();
+        // Envoy writes the access-log line after on_log.
+        self.access_log.flush();
     }
 }
 

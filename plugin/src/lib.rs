@@ -11,11 +11,13 @@
 //! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue).
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
+//! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
 //! - [`host`]: every host call, with every status handled (the SDK's hostcalls panic).
 //! - [`wire`]: the header-map wire format, decoded without panicking.
 //!
 //! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
 
+pub mod access_log;
 pub mod enforce;
 pub mod enforcement;
 pub mod filter;
