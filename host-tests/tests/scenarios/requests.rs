@@ -245,3 +245,36 @@ fn a_wrong_type_in_a_top_level_field_is_refused_naming_the_field() {
         assert!(text.contains(&format!("tollgate config: {field}")), "the log line names `{field}`:\n{text}");
     }
 }
+
+#[test]
+fn the_default_access_log_is_one_summary_with_the_same_values_as_the_single_fields() {
+    let c = cases().into_iter().find(|c| c.name == "openai chat sse").expect("fixture exists");
+    let run = |access_log: Option<&str>| {
+        let gw = Gateway::new(config_with(|v| match access_log {
+            Some(mode) => v["access_log"] = json!(mode),
+            None => {
+                v.as_object_mut().map(|o| o.remove("access_log"));
+            }
+        }));
+        let mut s = gw.stream();
+        s.send_request(&refs(&c.headers()), &c.request);
+        s.respond(&refs(&c.response_headers()), &c.response);
+        assert!(s.finished());
+        s.filter_states().into_iter().filter(|(k, _)| k.starts_with("wasm.tollgate.")).collect::<Vec<_>>()
+    };
+    let fields = run(Some("fields"));
+    assert!(fields.len() > 10, "fields mode publishes every value: {fields:?}");
+    let summary = run(None);
+    assert_eq!(summary.len(), 1, "the default publishes one value: {summary:?}");
+    let (key, line) = &summary[0];
+    assert_eq!(key, "wasm.tollgate.summary");
+    let pairs: Vec<(&str, &str)> = line.split(' ').map(|p| p.split_once('=').expect("name=value")).collect();
+    let mut expected: Vec<(String, String)> =
+        fields.iter().map(|(k, v)| (k.trim_start_matches("wasm.tollgate.").to_string(), v.clone())).collect();
+    let mut got: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "the summary holds exactly the single fields' values");
+    assert!(line.starts_with("dialect=openai ") && line.ends_with(" outcome=metered"), "in the order they became known: {line}");
+    assert_eq!(run(Some("off")), vec![], "off publishes nothing");
+}
