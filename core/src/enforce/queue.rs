@@ -61,6 +61,35 @@ impl QueuedRecord {
     }
 }
 
+/// One shared-queue item holding several records: their JSON joined by `\n` (JSON text never
+/// contains a raw newline). A worker enqueues what it settled since its last tick as one item, so
+/// the queue costs one host call per tick rather than one per request.
+pub fn item(records: &[QueuedRecord]) -> Vec<u8> {
+    let size = records.iter().map(|r| r.json.len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(&record.json);
+    }
+    out
+}
+
+/// Reads a queue item back: its records, and how many lines were not records (dropped and
+/// counted by the caller).
+pub fn from_item(bytes: &[u8]) -> (Vec<QueuedRecord>, u64) {
+    let mut records = Vec::new();
+    let mut garbage = 0u64;
+    for line in bytes.split(|b| *b == b'\n') {
+        match QueuedRecord::from_queue(line.to_vec()) {
+            Some(r) => records.push(r),
+            None => garbage += 1,
+        }
+    }
+    (records, garbage)
+}
+
 /// A batch posted and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlightBatch {
@@ -185,6 +214,18 @@ mod tests {
         assert_eq!(QueuedRecord::from_queue(b"not json".to_vec()), None);
         let r2 = QueuedRecord::from_record(&record("b", "y", 5)).unwrap();
         assert_eq!(costs_by_scope(&[q, r2]), [("team:x".into(), 10), ("user:u".into(), 15), ("team:y".into(), 5)]);
+    }
+
+    #[test]
+    fn an_item_carries_several_records_and_reads_back_exactly() {
+        let records: Vec<_> =
+            [record("a", "x", 1), record("b\n", "y", 2), record("c", "z", 3)].iter().filter_map(QueuedRecord::from_record).collect();
+        let bytes = item(&records);
+        assert_eq!(from_item(&bytes), (records.clone(), 0), "a newline inside an id is escaped in JSON");
+        assert_eq!(from_item(&item(&records[..1])), (records[..1].to_vec(), 0));
+        let mut damaged = bytes.clone();
+        damaged.extend_from_slice(b"\nnot json");
+        assert_eq!(from_item(&damaged), (records, 1), "garbage lines are counted, the rest kept");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use tollgate_host_tests::fixtures::{openai_chat_request, openai_chat_sse, refs};
 use tollgate_host_tests::module;
-use tollgate_host_tests::Gateway;
+use tollgate_host_tests::{Answer, Gateway};
 
 /// A production-like configuration: the bundled price table, attribution, a few routing rules.
 const CONFIG: &str = r#"{
@@ -82,6 +82,66 @@ fn measure(gw: &Gateway, w: &Workload) -> (u64, u64) {
     (request, s.instructions() - request)
 }
 
+/// The enforcement workload: [`CONFIG`] plus enforcement against a counter played here, with a
+/// budget on `org:acme` only (as in the Envoy bench): the chain's other scope (`team:platform`)
+/// has none. Steady state: the slice is in hand, no request waits.
+fn enforcing_gateway() -> Gateway {
+    let mut v: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
+    v["enforcement"] = serde_json::json!({
+        "counter_cluster": "tollgate_counter",
+        "gateway_token": "t",
+        "lease_slice_usd": "1000000",
+        "flush_interval_ms": 1000
+    });
+    let gw = Gateway::new(v.to_string());
+    gw.start();
+    gw.auto_answer(|call| {
+        let req = call.json();
+        if call.path() == "/v1/usage" {
+            let n = req["records"].as_array().map_or(0, |r| r.len());
+            return Answer::json(200, &serde_json::json!({"accepted": n, "duplicates": 0}));
+        }
+        let budgets: Vec<serde_json::Value> = req["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s.as_str() == Some("org:acme"))
+            .map(|scope| {
+                serde_json::json!({
+                    "budget_id": "acme-monthly", "scope": scope, "mode": "enforce",
+                    "granted_micros": req["want_micros"], "spent_micros": 0,
+                    "limit_micros": 1_000_000_000_000i64, "hard_limit_micros": 1_000_000_000_000i64,
+                    "soft_threshold_pct": 80, "status": "ok", "resets_at": null,
+                    "lease_expires_at_ms": 4_000_000_000_000u64
+                })
+            })
+            .collect();
+        Answer::json(200, &serde_json::json!({ "budgets": budgets }))
+    });
+    gw
+}
+
+/// Enforcement per request: the stream's own instructions in steady state, and everything the
+/// filter executed (streams plus root ticks: usage batches, acknowledgements) over `N` requests
+/// and the ticks that deliver their records, divided by `N`.
+fn measure_enforcement(w: &Workload) -> (u64, u64, u64) {
+    const N: u64 = 50;
+    let gw = enforcing_gateway();
+    for _ in 0..3 {
+        measure(&gw, w);
+        gw.advance(std::time::Duration::from_millis(1000));
+    }
+    let (req, resp) = measure(&gw, w);
+    gw.advance(std::time::Duration::from_millis(1000));
+    let before = gw.instructions();
+    for _ in 0..N {
+        measure(&gw, w);
+    }
+    gw.advance(std::time::Duration::from_millis(1000));
+    assert!(gw.pending_calls().is_empty(), "the counter answered everything");
+    (req, resp, (gw.instructions() - before) / N)
+}
+
 fn main() {
     let wasm = module::tollgate_wasm_path();
     println!("# wasm instructions per request (wasmtime fuel), deterministic");
@@ -113,5 +173,8 @@ fn main() {
             floor_total.unwrap_or_else(|| "(noop_filter.wasm not built)".into())
         );
         println!("|   first request (cold) | {cold_req} | {cold_resp} | {} | |", cold_req + cold_resp);
+        let (ereq, eresp, amortized) = measure_enforcement(&w);
+        println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
+        println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");
     }
 }

@@ -128,7 +128,7 @@ impl Metrics {
     }
 
     fn inc(id: u32, by: u64) {
-        if id != u32::MAX {
+        if id != u32::MAX && by != 0 {
             host::increment(id, by);
         }
     }
@@ -165,6 +165,12 @@ pub struct Worker {
     calls: BTreeMap<u32, RootCall>,
     usage_in_flight: bool,
     last_post_ms: i64,
+    /// Scopes known to have no budget, and settlement costs on them not yet written to shared data.
+    unbudgeted: store::Unbudgeted,
+    /// Records settled on this worker since its last tick, queued as one item on the tick. The
+    /// first of them is counted in the process-wide unacknowledged count at once (so the gauge is
+    /// never 0 while a record waits here); the others when they are queued.
+    outbox: Vec<QueuedRecord>,
 }
 
 /// The shared handle requests and the root hold.
@@ -202,6 +208,8 @@ impl Worker {
             calls: BTreeMap::new(),
             usage_in_flight: false,
             last_post_ms: host::now_ms(),
+            unbudgeted: store::Unbudgeted::default(),
+            outbox: Vec::new(),
         }))
     }
 
@@ -241,12 +249,14 @@ impl Worker {
                 }
             }
         }
+        self.ship_outbox();
         self.flush(now, false);
     }
 
     /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
     /// queued now rather than on the next tick.
     pub fn on_drain(&mut self, now: i64) {
+        self.ship_outbox();
         self.flush(now, true);
     }
 
@@ -379,12 +389,18 @@ impl Worker {
         let mut garbage = 0u64;
         while records.len() < self.settings.batch_size {
             match abi::dequeue(queue_id) {
-                Ok(Some(bytes)) => match QueuedRecord::from_queue(bytes) {
-                    Some(r) => records.push(r),
-                    None => garbage += 1,
-                },
+                Ok(Some(bytes)) => {
+                    let (more, bad) = queue::from_item(&bytes);
+                    records.extend(more);
+                    garbage += bad;
+                }
                 _ => break,
             }
+        }
+        if records.len() > self.settings.batch_size {
+            // The last item overfilled the batch: its tail goes back for the next one.
+            let rest = records.split_off(self.settings.batch_size.max(1));
+            self.enqueue_items(rest, "the usage queue refused records put back");
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
@@ -409,33 +425,70 @@ impl Worker {
         }
     }
 
-    /// Queues a settled request's record (bounded: past `queue_bound` it is dropped and counted).
+    /// Takes a settled request's record into this worker's outbox, queued on the next tick. The
+    /// first record of an empty outbox is counted unacknowledged at once (bounded: past
+    /// `queue_bound` it is dropped and counted); the rest are counted when queued.
     fn enqueue(&mut self, record: &UsageRecord) {
         let Some(queued) = QueuedRecord::from_record(record) else { return };
-        let admitted = self.adjust_unacked(1, self.settings.queue_bound as u64);
-        let sent = admitted && self.queue_id.is_some_and(|q| abi::enqueue(q, &queued.json).is_ok());
-        if !sent {
-            if admitted {
-                self.adjust_unacked(-1, u64::MAX);
-            }
+        if self.outbox.is_empty() && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
             self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
+            return;
         }
+        self.outbox.push(queued);
     }
 
-    /// Puts records back for redelivery; the counter ignores ids it has already counted.
-    fn requeue(&mut self, records: Vec<QueuedRecord>) {
+    /// Moves the outbox into the shared queue as items of at most `batch_size` records: first the
+    /// settlement costs deferred on unbudgeted scopes, then the count (records past `queue_bound`
+    /// are dropped and counted), then the items.
+    fn ship_outbox(&mut self) {
+        self.unbudgeted.flush();
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut records = std::mem::take(&mut self.outbox);
+        let uncounted = records.len().saturating_sub(1) as u64;
+        let added = match store::add_unacked_up_to(uncounted, self.settings.queue_bound as u64) {
+            Some((now, added)) => {
+                abi::set_gauge(self.metrics.usage_unacked, now);
+                added
+            }
+            None => 0,
+        };
+        let keep = 1 + usize::try_from(added).unwrap_or(usize::MAX);
+        if records.len() > keep {
+            let over = records.split_off(keep);
+            self.dropped(&over, "the usage queue is full (enforcement.queue_bound)");
+        }
+        self.enqueue_items(records, "the usage queue refused new records");
+    }
+
+    /// Enqueues counted records as items of at most `batch_size`; what the queue refuses is
+    /// uncounted and dropped (logged).
+    fn enqueue_items(&mut self, records: Vec<QueuedRecord>, why: &str) {
         let Some(queue_id) = self.queue_id else {
             self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&records, "no usage queue");
             return;
         };
-        Metrics::inc(self.metrics.usage_requeued, records.len() as u64);
-        // Still counted in `unacked` (and so under the bound): it only left to be posted.
-        let lost: Vec<QueuedRecord> = records.into_iter().filter(|r| abi::enqueue(queue_id, &r.json).is_err()).collect();
+        let mut lost: Vec<QueuedRecord> = Vec::new();
+        for chunk in records.chunks(self.settings.batch_size.max(1)) {
+            if abi::enqueue(queue_id, &queue::item(chunk)).is_err() {
+                lost.extend_from_slice(chunk);
+            }
+        }
         if !lost.is_empty() {
             self.adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
-            self.dropped(&lost, "the usage queue refused a redelivery");
+            self.dropped(&lost, why);
         }
+    }
+
+    /// Puts records back for redelivery; the counter ignores ids it has already counted.
+    fn requeue(&mut self, records: Vec<QueuedRecord>) {
+        if self.queue_id.is_some() {
+            Metrics::inc(self.metrics.usage_requeued, records.len() as u64);
+        }
+        // Still counted in `unacked` (and so under the bound): it only left to be posted.
+        self.enqueue_items(records, "the usage queue refused a redelivery");
     }
 
     fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
@@ -498,7 +551,11 @@ impl LeaseEnforcer {
 
     /// Decides on the current book; `round` is the number of lease calls made so far.
     fn decide(&mut self, w: &mut Worker, now: i64, round: u8) -> Option<Verdict> {
-        match chain::reserve(&mut store::SharedStore, &self.scopes, self.amount, now, &w.settings) {
+        let decision = {
+            let mut book = store::CachedStore::new(&mut w.unbudgeted, now, w.settings.unbudgeted_scope_ttl_ms);
+            chain::reserve(&mut book, &self.scopes, self.amount, now, &w.settings)
+        };
+        match decision {
             Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
                 w.remember_utilization(utilization, now);
                 Metrics::inc(w.metrics.admitted, 1);
@@ -641,8 +698,12 @@ impl Enforcer for LeaseEnforcer {
             None => Reservation::unreserved(record.principal.scope_keys()),
         };
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
-        let settled = chain::settle(&mut store::SharedStore, reservation, cost);
-        w.remember_utilization(settled.utilization, host::now_ms());
+        let now = host::now_ms();
+        let settled = {
+            let ttl = w.settings.unbudgeted_scope_ttl_ms;
+            chain::settle(&mut store::CachedStore::new(&mut w.unbudgeted, now, ttl), reservation, cost)
+        };
+        w.remember_utilization(settled.utilization, now);
         if unreserved {
             Metrics::inc(w.metrics.unreserved_micros, micros(cost));
         } else {
