@@ -483,15 +483,20 @@ impl<'a> Parser<'a> {
         let mut out = if decode { Some(String::new()) } else { None };
         loop {
             // A run of plain bytes, validated as UTF-8 in one go.
+            // One pass over the slice (no per-byte bounds check), noting any non-ASCII byte.
             let run_start = self.pos;
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
-            }
-            let run = self.buf.get(run_start..self.pos).unwrap_or_default();
-            if !run.is_ascii() {
+            let rest = self.buf.get(run_start..).unwrap_or_default();
+            let mut high = 0u8;
+            let len = rest
+                .iter()
+                .position(|&b| {
+                    high |= b;
+                    b == b'"' || b == b'\\' || b < 0x20
+                })
+                .unwrap_or(rest.len());
+            self.pos = run_start + len;
+            let run = rest.get(..len).unwrap_or_default();
+            if high >= 0x80 && !run.is_ascii() {
                 match std::str::from_utf8(run) {
                     Ok(text) => {
                         if let Some(out) = out.as_mut() {
