@@ -12,6 +12,15 @@
 //! Because all of it is one byte-level state machine, the outcome is the same however the bytes are
 //! split into chunks; property tests check every split point.
 //!
+//! # Skimming plain SSE events
+//! Most events of a stream are content deltas that change nothing but the content count, and
+//! parsing each one cost tens of wasm instructions per byte. So an SSE event's data is held (at
+//! most [`EVENT_HOLD_CAP`] bytes) until the event ends, then skimmed from quote to quote, eight
+//! bytes at a time, looking only at keys ([`UsageScanner::skim_plain_event`]). An event with any
+//! key that could matter (usage, an error, an end, a new model, or content the parser would not
+//! count) is parsed in full from the held bytes; a longer event is parsed as it streams. Either
+//! way the decision depends only on the event's bytes, never on how they were chunked.
+//!
 //! # Where usage is read
 //! A *message* is one JSON object: a whole JSON body, one element of Gemini's JSON-array stream,
 //! or the `data` of one SSE event. Only complete messages count: one cut off mid-way says nothing.
@@ -102,6 +111,9 @@ const CAPTURE_CAP: usize = 256;
 const FIELD_CAP: usize = 8;
 /// Bytes of an SSE event's data kept to recognise `[DONE]`.
 const DATA_PREFIX_CAP: usize = 8;
+/// Longest SSE event data held whole so a plain event can be skimmed instead of parsed; a longer
+/// event is parsed as it streams (from its held start), exactly as before.
+const EVENT_HOLD_CAP: usize = 4096;
 
 /// Reads usage from a response body fed chunk by chunk, with bounded memory.
 #[derive(Debug, Clone)]
@@ -254,9 +266,139 @@ impl UsageScanner {
         self.sse.has_data = true;
     }
 
+    /// An event's data is held (up to [`EVENT_HOLD_CAP`]) until the event ends, when
+    /// [`UsageScanner::dispatch_event`] skims or parses it; a longer event is parsed as it streams.
     fn event_data(&mut self, data: &[u8]) {
         self.sse.data_prefix.extend(data);
+        if self.sse.streaming {
+            self.feed_json(data);
+            return;
+        }
+        if self.sse.held.len().saturating_add(data.len()) <= EVENT_HOLD_CAP {
+            self.sse.held.extend_from_slice(data);
+            return;
+        }
+        // Too long to hold: parse what was held, then the rest as it comes (same bytes, same order).
+        let mut held = std::mem::take(&mut self.sse.held);
+        self.feed_json(&held);
+        held.clear();
+        self.sse.held = held;
+        self.sse.streaming = true;
         self.feed_json(data);
+    }
+
+    /// Parses or skims the held data of the event that just ended.
+    fn take_held_event(&mut self) {
+        let mut held = std::mem::take(&mut self.sse.held);
+        if !held.is_empty() && !is_done_marker(&self.sse.data_prefix) {
+            match self.skim_plain_event(&held) {
+                Some(bytes) => self.found.content_bytes = self.found.content_bytes.saturating_add(bytes),
+                None => self.feed_json(&held),
+            }
+        }
+        held.clear();
+        self.sse.held = held;
+    }
+
+    /// The content bytes of an event that can change nothing else, or `None` if the event may
+    /// carry usage, a new model, an end or an error (it is then parsed in full).
+    ///
+    /// Most events of a stream are content deltas. Parsing each one costs tens of instructions
+    /// per byte; this hops from string to string (eight bytes at a time) and looks only at keys.
+    /// It bails out on any key that could matter: `usage` (unless `null`), `error`, `status`,
+    /// `response`, `message`, Gemini's keys, a `model` other than the one already reported, a
+    /// terminal `type` (or event name), or a Responses `*.done` event (which repeats its text).
+    /// What is left can only add content: the strings under the dialect's content keys.
+    fn skim_plain_event(&self, data: &[u8]) -> Option<u64> {
+        if self.dialect == Dialect::Gemini || self.sse.event_name.as_slice().is_some_and(|n| terminal_for_type(n).is_some())
+        {
+            return None;
+        }
+        let mut content = 0u64;
+        // Inside a string: where it started (just past its quote).
+        let mut string_start: Option<usize> = None;
+        // A byte escaped by a backslash (ignored whatever it is).
+        let mut escaped_at = usize::MAX;
+        // The key just read wants its string value, expected to open at `value_quote`.
+        let mut pending = Pending::Nothing;
+        let mut value_quote = usize::MAX;
+        // One `"` or `\\` at `at`; `false` when the event must be parsed instead.
+        let mut special = |at: usize, byte: u8| -> bool {
+            if at == escaped_at {
+                return true;
+            }
+            let Some(start) = string_start else {
+                if byte == b'"' {
+                    string_start = Some(at + 1);
+                }
+                return true;
+            };
+            if byte == b'\\' {
+                escaped_at = at + 1;
+                return true;
+            }
+            string_start = None;
+            let text = data.get(start..at).unwrap_or(&[]);
+            if start == value_quote.wrapping_add(1) {
+                match pending {
+                    Pending::Model if self.found.model.is_none() || self.found.model_raw.as_slice() != text => return false,
+                    Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
+                    Pending::Content => content = content.saturating_add(text.len() as u64),
+                    _ => {}
+                }
+                pending = Pending::Nothing;
+                return true;
+            }
+            let colon = skip_ws(data, at + 1);
+            if data.get(colon) != Some(&b':') {
+                return true;
+            }
+            // A key: what does its value mean?
+            value_quote = skip_ws(data, colon + 1);
+            let value_is_string = data.get(value_quote) == Some(&b'"');
+            pending = match skim_key(self.dialect, text) {
+                SkimKey::Usage if data.get(value_quote..).is_some_and(|v| v.starts_with(b"null")) => Pending::Nothing,
+                SkimKey::Usage | SkimKey::Bail => return false,
+                SkimKey::Model if value_is_string => Pending::Model,
+                SkimKey::Model => return false,
+                SkimKey::Type => Pending::Type,
+                SkimKey::Content => Pending::Content,
+                SkimKey::Other => Pending::Nothing,
+            };
+            true
+        };
+        // Eight bytes at a time: the high bit of each byte that is `"` or `\\`, exactly.
+        const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+        let zero_bytes = |x: u64| !(((x & LOWS).wrapping_add(LOWS)) | x | LOWS);
+        let mut words = data.chunks_exact(8);
+        let mut base = 0;
+        for word in words.by_ref() {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(word);
+            let v = u64::from_le_bytes(eight);
+            let mut mask = zero_bytes(v ^ 0x2222_2222_2222_2222) | zero_bytes(v ^ 0x5C5C_5C5C_5C5C_5C5C);
+            while mask != 0 {
+                let bit = mask.trailing_zeros();
+                mask &= mask.wrapping_sub(1);
+                if !special(base + (bit / 8) as usize, (v >> (bit & !7)) as u8) {
+                    return None;
+                }
+            }
+            base += 8;
+        }
+        for (i, &byte) in words.remainder().iter().enumerate() {
+            if (byte == b'"' || byte == b'\\') && !special(base + i, byte) {
+                return None;
+            }
+        }
+        match (string_start, pending) {
+            // Data cut inside a string: a model or type cut short is left to the parser.
+            (Some(start), Pending::Model | Pending::Type) if start == value_quote.wrapping_add(1) => None,
+            (Some(start), Pending::Content) if start == value_quote.wrapping_add(1) => {
+                Some(content.saturating_add(data.len().saturating_sub(start) as u64))
+            }
+            _ => Some(content),
+        }
     }
 
     fn end_line(&mut self) {
@@ -277,6 +419,11 @@ impl UsageScanner {
 
     /// A blank line ends an event: apply it if its data was one complete JSON object or `[DONE]`.
     fn dispatch_event(&mut self) {
+        if self.sse.streaming {
+            self.sse.streaming = false;
+        } else {
+            self.take_held_event();
+        }
         if self.sse.has_data {
             if is_done_marker(&self.sse.data_prefix) {
                 self.found.terminal = Some(TerminalEvent::Completed);
@@ -547,8 +694,11 @@ impl UsageScanner {
             }
             self.found.has_usage = true;
         }
-        if message.model_seen {
+        // The same model again (every chunk repeats it) is not decoded again.
+        if message.model_seen && (self.found.model.is_none() || self.found.model_raw != message.model) {
             self.found.model = Some(unescape_lossy(&message.model));
+            self.found.model_raw.clear();
+            self.found.model_raw.extend_from_slice(&message.model);
         }
         let terminal = if message.error {
             Some(TerminalEvent::Failed)
@@ -830,6 +980,98 @@ fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     words.remainder().iter().position(|&c| c == a || c == b).map(|i| offset + i)
 }
 
+/// What the string value after a key means to [`UsageScanner::skim_plain_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Nothing,
+    Model,
+    Type,
+    Content,
+}
+
+/// The first index at or after `at` that is not JSON whitespace.
+fn skip_ws(data: &[u8], at: usize) -> usize {
+    let mut at = at;
+    while data.get(at).is_some_and(|&b| is_ws(b)) {
+        at += 1;
+    }
+    at
+}
+
+/// What a key means to [`UsageScanner::skim_plain_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SkimKey {
+    Usage,
+    /// Where usage, an end or an error is reported, or content is repeated whole (Anthropic
+    /// `content_block`, Responses `item` and `part`, whose text the parser does not count).
+    Bail,
+    Model,
+    Type,
+    /// Its string value is generated content somewhere in the dialect's events.
+    Content,
+    Other,
+}
+
+/// Up to the first eight bytes of a key, as one number (keys are compared by number, not by
+/// `memcmp`, which is a call per comparison in wasm).
+const fn key_word(key: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < key.len() && i < 8 {
+        word |= (key[i] as u64) << (8 * i);
+        i += 1;
+    }
+    word
+}
+
+fn skim_key(dialect: Dialect, key: &[u8]) -> SkimKey {
+    const fn k(key: &[u8]) -> (usize, u64) {
+        (key.len(), key_word(key))
+    }
+    const USAGE: (usize, u64) = k(b"usage");
+    const ERROR: (usize, u64) = k(b"error");
+    const STATUS: (usize, u64) = k(b"status");
+    const RESPONSE: (usize, u64) = k(b"response");
+    const MESSAGE: (usize, u64) = k(b"message");
+    const ITEM: (usize, u64) = k(b"item");
+    const PART: (usize, u64) = k(b"part");
+    const MODEL: (usize, u64) = k(b"model");
+    const TYPE: (usize, u64) = k(b"type");
+    const TEXT: (usize, u64) = k(b"text");
+    const THINKING: (usize, u64) = k(b"thinking");
+    const CONTENT: (usize, u64) = k(b"content");
+    const REFUSAL: (usize, u64) = k(b"refusal");
+    const DELTA: (usize, u64) = k(b"delta");
+    const ARGUMENTS: (usize, u64) = k(b"arguments");
+    const USAGE_METADATA: (usize, u64) = k(b"usageMetadata");
+    const MODEL_VERSION: (usize, u64) = k(b"modelVersion");
+    const FINISH_REASON: (usize, u64) = k(b"finishReason");
+    const CONTENT_BLOCK: (usize, u64) = k(b"content_block");
+    const PARTIAL_JSON: (usize, u64) = k(b"partial_json");
+    const REASONING_CONTENT: (usize, u64) = k(b"reasoning_content");
+    let openai = matches!(dialect, Dialect::OpenAi | Dialect::AzureOpenAi);
+    let anthropic = dialect == Dialect::Anthropic;
+    // Keys longer than eight bytes are confirmed whole once their first eight match.
+    let long = |name: &[u8]| key == name;
+    match (key.len(), key_word(key)) {
+        USAGE => SkimKey::Usage,
+        ERROR | STATUS | RESPONSE | MESSAGE | ITEM | PART => SkimKey::Bail,
+        USAGE_METADATA if long(b"usageMetadata") => SkimKey::Bail,
+        MODEL_VERSION if long(b"modelVersion") => SkimKey::Bail,
+        FINISH_REASON if long(b"finishReason") => SkimKey::Bail,
+        CONTENT_BLOCK if long(b"content_block") => SkimKey::Bail,
+        MODEL => SkimKey::Model,
+        TYPE => SkimKey::Type,
+        TEXT => SkimKey::Content,
+        THINKING if anthropic => SkimKey::Content,
+        PARTIAL_JSON if anthropic && long(b"partial_json") => SkimKey::Content,
+        CONTENT | REFUSAL | DELTA if openai => SkimKey::Content,
+        ARGUMENTS if openai && long(b"arguments") => SkimKey::Content,
+        REASONING_CONTENT if openai && long(b"reasoning_content") => SkimKey::Content,
+        _ => SkimKey::Other,
+    }
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -1078,6 +1320,8 @@ struct Found {
     /// The usage is the upstream's final word, not an early report of a stream that was then cut.
     usage_final: bool,
     model: Option<String>,
+    /// `model` as written in the JSON (escapes undecoded), to recognise it cheaply.
+    model_raw: Vec<u8>,
     content_bytes: u64,
     terminal: Option<TerminalEvent>,
 }
@@ -1106,6 +1350,10 @@ struct SseState {
     /// The current event has a `data` field.
     has_data: bool,
     data_prefix: Capped<DATA_PREFIX_CAP>,
+    /// The current event's data, while it fits in [`EVENT_HOLD_CAP`].
+    held: Vec<u8>,
+    /// The current event outgrew `held` and is being parsed as it streams.
+    streaming: bool,
     event_name: Capped<CAPTURE_CAP>,
 }
 
