@@ -22,7 +22,7 @@ use crate::enforcement::{Admission, EnforcementRoot, Enforcer, Verdict};
 use crate::host::{self, Buffer, LogLevel, Map};
 use crate::metrics::{Metrics, Outcome};
 use crate::settle::{self, Ended, Exchange};
-use crate::wire::Header;
+use crate::wire::HeaderMap;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
@@ -218,8 +218,8 @@ pub struct Stream {
     pending_response_headers: Vec<(String, String)>,
 }
 
-fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
-    headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)
 }
 
 impl Stream {
@@ -473,9 +473,12 @@ impl HttpContext for Stream {
             }
         };
         // Client-supplied x-tollgate-* headers never reach the upstream (read below only if trusted).
-        for (name, _) in &headers {
-            if name.starts_with("x-tollgate-") && host::remove_header(Map::RequestHeaders, name).is_err() {
-                self.metrics.host_error();
+        for (name, _) in headers.iter() {
+            if name.starts_with(b"x-tollgate-") {
+                let name = String::from_utf8_lossy(name);
+                if host::remove_header(Map::RequestHeaders, &name).is_err() {
+                    self.metrics.host_error();
+                }
             }
         }
         let Some(config) = self.config.clone() else {
@@ -509,7 +512,8 @@ impl HttpContext for Stream {
             plan: None,
         });
         // Usage must be readable in the response: ask for an uncompressed body.
-        if host::set_header(Map::RequestHeaders, "accept-encoding", "identity").is_err() {
+        let identity = header(&headers, "accept-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+        if !identity && host::set_header(Map::RequestHeaders, "accept-encoding", "identity").is_err() {
             self.metrics.host_error();
         }
         if end_of_stream {

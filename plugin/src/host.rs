@@ -182,7 +182,7 @@ pub fn set_buffer(kind: Buffer, start: usize, size: usize, value: &[u8]) -> Resu
 }
 
 /// All headers of a map, in order.
-pub fn headers(kind: Map) -> Result<Vec<wire::Header>, HostError> {
+pub fn headers(kind: Map) -> Result<wire::HeaderMap, HostError> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size = 0usize;
     // SAFETY: out-pointers to live locals.
@@ -190,7 +190,7 @@ pub fn headers(kind: Map) -> Result<Vec<wire::Header>, HostError> {
     check(status)?;
     // SAFETY: a successful call hands us the serialized map.
     let bytes = unsafe { take(data, size) };
-    Ok(wire::decode_map(&bytes))
+    Ok(wire::HeaderMap::new(bytes))
 }
 
 pub fn set_header(kind: Map, name: &str, value: &str) -> Result<(), HostError> {
