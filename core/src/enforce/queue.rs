@@ -1,7 +1,8 @@
 //! The usage queue's policy: when to post a batch, how big, what a bound means, how a batch body
 //! is built and an acknowledgement read.
 //!
-//! Records wait in an Envoy shared queue (process-wide). A worker's tick takes up to
+//! Records wait in an Envoy shared queue (process-wide), several per item ([`item`]: a worker
+//! queues what it settled since its last tick at once). A worker's tick takes up to
 //! `batch_size` of them into an [`InFlightBatch`] and posts it; they leave for good only when the
 //! counter acknowledges the batch. A failed or timed-out post puts every record back (the counter
 //! ignores ids it has already counted, so redelivery never double-charges). The queue is bounded:

@@ -134,9 +134,14 @@ fn measure_enforcement(w: &Workload) -> (u64, u64, u64) {
     let (req, resp) = measure(&gw, w);
     gw.advance(std::time::Duration::from_millis(1000));
     let before = gw.instructions();
+    let version = |scope: &str| gw.shared_data(&format!("tollgate.lease.{scope}")).map(|(_, cas)| cas);
+    let (org, team) = (version("org:acme"), version("team:platform"));
     for _ in 0..N {
         measure(&gw, w);
     }
+    // Between ticks, a request touches shared data only for the scope with a budget.
+    assert_ne!(version("org:acme"), org, "requests reserve and settle on org:acme");
+    assert_eq!(version("team:platform"), team, "the unbudgeted scope is not written per request");
     gw.advance(std::time::Duration::from_millis(1000));
     assert!(gw.pending_calls().is_empty(), "the counter answered everything");
     (req, resp, (gw.instructions() - before) / N)

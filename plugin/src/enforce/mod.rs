@@ -8,7 +8,8 @@
 //!                  Proceed | Wait (lease call          top-up answers, usage acks → redelivery
 //!                  from this context) | 429/503
 //! on_http_call_response  apply the grant, decide again
-//! settle           real cost replaces the reservation; the record joins the shared queue
+//! settle           real cost replaces the reservation; the record joins the worker's outbox,
+//!                  queued (one shared-queue item per tick) by on_tick / on_drain
 //! drop             a reservation never settled is released
 //! ```
 //!
@@ -17,7 +18,10 @@
 //! safe. Background top-ups and usage posts leave from the root context on its tick, so they
 //! outlive the request that noticed the need. The lease book is process-wide shared data
 //! ([`store::SharedStore`]); the usage queue is a process-wide shared queue; everything else here
-//! is per worker.
+//! is per worker. Host calls are what a request pays for in V8, so the per-request path keeps them
+//! few: scopes known to have no budget are answered from the worker's memory
+//! ([`store::CachedStore`]), records wait in a per-worker outbox and reach the shared queue once
+//! per tick, and zero-valued counter increments are skipped.
 
 mod abi;
 mod store;
@@ -171,6 +175,9 @@ pub struct Worker {
     /// first of them is counted in the process-wide unacknowledged count at once (so the gauge is
     /// never 0 while a record waits here); the others when they are queued.
     outbox: Vec<QueuedRecord>,
+    /// The root context is being torn down (`on_drain`): no more ticks may come, so records
+    /// settled from now on are queued at once.
+    draining: bool,
 }
 
 /// The shared handle requests and the root hold.
@@ -210,6 +217,7 @@ impl Worker {
             last_post_ms: host::now_ms(),
             unbudgeted: store::Unbudgeted::default(),
             outbox: Vec::new(),
+            draining: false,
         }))
     }
 
@@ -256,6 +264,7 @@ impl Worker {
     /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
     /// queued now rather than on the next tick.
     pub fn on_drain(&mut self, now: i64) {
+        self.draining = true;
         self.ship_outbox();
         self.flush(now, true);
     }
@@ -435,6 +444,9 @@ impl Worker {
             return;
         }
         self.outbox.push(queued);
+        if self.draining {
+            self.ship_outbox();
+        }
     }
 
     /// Moves the outbox into the shared queue as items of at most `batch_size` records: first the
@@ -492,6 +504,8 @@ impl Worker {
     }
 
     fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
+        // Their costs must be in shared data before they are forgotten there.
+        self.unbudgeted.flush();
         Metrics::inc(self.metrics.usage_dropped, records.len() as u64);
         chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
         let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
