@@ -2,7 +2,7 @@
 # The demo stack, in the foreground: mock-llm (the "providers"), tollgate-counter (budgets, on
 # 127.0.0.1:8787) and Envoy with the Tollgate filter on 127.0.0.1:10000 (admin 127.0.0.1:9901),
 # access log on this terminal. Ctrl-C stops everything
-# this script started. The filter's configuration is envoy/demo-config.json (docs/config.md).
+# this script started. The filter's configuration is envoy/demo-config.json (README.md, "Configuration reference").
 # Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT, COUNTER_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."

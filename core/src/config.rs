@@ -101,7 +101,7 @@ pub struct FilterConfig {
     pub access_log: Option<AccessLogMode>,
 }
 
-/// What the filter publishes as filter state for the access log (docs/config.md, "Access log").
+/// What the filter publishes as filter state for the access log (README.md, "Access log").
 ///
 /// Each published value is one host call that crosses the wasm boundary, so the default is one
 /// compact `wasm.tollgate.summary` value per request; `fields` publishes each value on its own

@@ -4,7 +4,7 @@
 //! string ignored), never by sniffing the body: a path Tollgate does not know passes through
 //! untouched and unmetered (the plugin counts it), so an unusual client can never make the filter
 //! misread a request. Envoy's `normalize_path` / `merge_slashes` should be on so `/v1//messages`
-//! cannot sidestep recognition (docs/config.md says so).
+//! cannot sidestep recognition (README.md says so).
 //!
 //! | dialect        | paths (after a mount prefix)                                             |
 //! |----------------|--------------------------------------------------------------------------|

@@ -14,7 +14,7 @@ from harness import Envoy, Mock
 # The virtual key the tests present; the config holds only its SHA-256.
 ALICE_KEY = "sk-e2e-alice-0123456789"
 
-# The filter configuration used by the session's Envoy (reference: docs/config.md).
+# The filter configuration used by the session's Envoy (reference: README.md).
 FILTER_CONFIG = {
     "gateway_id": "e2e",
     "access_log": "fields",  # the tests read single access-log fields
