@@ -15,8 +15,8 @@
 //! # Skimming plain SSE events
 //! Most events of a stream are content deltas that change nothing but the content count, and
 //! parsing each one cost tens of wasm instructions per byte. So an SSE event's data is held (at
-//! most [`EVENT_HOLD_CAP`] bytes) until the event ends, then skimmed from quote to quote, eight
-//! bytes at a time, looking only at keys ([`UsageScanner::skim_plain_event`]). An event with any
+//! most `EVENT_HOLD_CAP` bytes) until the event ends, then skimmed from quote to quote, eight
+//! bytes at a time, looking only at keys (`UsageScanner::skim_plain_event`). An event with any
 //! key that could matter (usage, an error, an end, a new model, or content the parser would not
 //! count) is parsed in full from the held bytes; a longer event is parsed as it streams. Either
 //! way the decision depends only on the event's bytes, never on how they were chunked.

@@ -513,6 +513,18 @@ fn a_malformed_event_is_skipped_and_the_next_one_read() {
 }
 
 #[test]
+fn skimmed_content_events_count_their_content_and_a_changed_model_is_still_read() {
+    let body = concat!(
+        "data: {\"model\":\"a\",\"choices\":[{\"delta\":{\"content\":\"xy\"}}],\"usage\":null}\n\n",
+        "data: {\"model\":\"a\",\"choices\":[{\"delta\":{\"content\":\"z\\\"\"}}],\"usage\":null}\n\n",
+        "data: {\"model\":\"b\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"type\":\"function\",\"function\":{\"arguments\":\"{\\\"k\\\":1}\"}}]}}]}\n\n",
+    );
+    let got = scan(OpenAi, Chat, Sse, body.as_bytes());
+    assert_eq!(got.model.as_deref(), Some("b"), "an event with another model is parsed, not skimmed");
+    assert_eq!(got.streamed_content_bytes, 2 + 3 + 9, "escapes count as written, as the parser counts them");
+}
+
+#[test]
 fn huge_content_is_counted_without_being_kept() {
     let big = "x".repeat(4 << 20);
     let event = format!(
