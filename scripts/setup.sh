@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rustup show active-toolchain >/dev/null   # installs the toolchain pinned in rust-toolchain.toml
+# The toolchain pinned in rust-toolchain.toml, installed explicitly (rustup no longer installs it
+# on first use when RUSTUP_AUTO_INSTALL=0, as on CI machines).
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain list | grep -q "^$channel" ||
+  rustup toolchain install "$channel" --profile minimal --component clippy,rustfmt --target wasm32-wasip1
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 need_apt=()
