@@ -81,11 +81,15 @@ class Counter:
     """tollgate-counter on a free port with the budgets above, SQLite ledger in `data`."""
 
     def __init__(self, workdir, port=None, name="counter"):
+        self.data = Path(workdir) / f"{name}-data"
+        self.data.mkdir()
+        self._serve(workdir, name, ["--data", str(self.data), "--sync", "normal"], port)
+
+    def _serve(self, workdir, name, store_args, port=None):
+        """Starts `tollgate-counter serve` with the budgets above and `store_args`; waits for /healthz."""
         if not COUNTER_BIN.exists():
             raise RuntimeError(f"{COUNTER_BIN} is missing: cargo build --release -p tollgate-counter")
         self.workdir = workdir
-        self.data = Path(workdir) / f"{name}-data"
-        self.data.mkdir()
         budgets = Path(workdir) / "budgets.json"
         budgets.write_text(json.dumps({"budgets": BUDGETS}))
         tokens = Path(workdir) / "tokens.json"
@@ -93,8 +97,8 @@ class Counter:
         self.port = port or free_port()
         self.log = open(Path(workdir) / f"{name}.log", "wb")
         self.proc = subprocess.Popen(
-            [str(COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data),
-             "--budgets", str(budgets), "--tokens", str(tokens), "--lease-ttl-secs", "30", "--sync", "normal"],
+            [str(COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--budgets", str(budgets),
+             "--tokens", str(tokens), "--lease-ttl-secs", "30", *store_args],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 15

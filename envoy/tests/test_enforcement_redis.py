@@ -51,42 +51,14 @@ class RedisServer:
         stop(self.proc)
 
 
-class RedisCounter:
+class RedisCounter(base.Counter):
     """tollgate-counter serving from Redis; the same interface as test_enforcement.Counter."""
 
     NAMESPACE = "tollgate-e2e"
 
     def __init__(self, workdir, redis, name):
-        self.workdir = workdir
         self.redis = redis
-        budgets = Path(workdir) / "budgets.json"
-        budgets.write_text(json.dumps({"budgets": base.BUDGETS}))
-        tokens = Path(workdir) / "tokens.json"
-        tokens.write_text(json.dumps({"gateway": {"e2e": base.GATEWAY_TOKEN}, "admin": {"e2e": base.ADMIN_TOKEN}}))
-        self.port = free_port()
-        self.log = open(Path(workdir) / f"{name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(base.COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--redis-url", redis.url,
-             "--redis-namespace", self.NAMESPACE, "--budgets", str(budgets), "--tokens", str(tokens), "--lease-ttl-secs", "30"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tollgate-counter exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if request(self.port, "GET", "/healthz", timeout=1).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.close()
-        raise RuntimeError("tollgate-counter not healthy after 15s")
-
-    def budget(self, budget_id):
-        r = request(self.port, "GET", f"/admin/budgets/{budget_id}", headers={"authorization": f"Bearer {base.ADMIN_TOKEN}"})
-        assert r.status == 200, r
-        return r.json()
+        self._serve(workdir, name, ["--redis-url", redis.url, "--redis-namespace", self.NAMESPACE])
 
     def ledger(self, team):
         """{record id: (cost_micros, status, estimated)} for the team, read from the ledger stream."""
@@ -97,10 +69,6 @@ class RedisCounter:
             if r["principal"].get("team") == team:
                 out[r["id"]] = (r["cost_micros"], r["status"], r["estimated"])
         return out
-
-    def close(self):
-        stop(self.proc)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
