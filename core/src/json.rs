@@ -17,6 +17,7 @@
 //!   first or the last wins, so an ambiguous body is rejected rather than routed one way and served
 //!   another.
 
+use crate::bytes;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
@@ -482,21 +483,13 @@ impl<'a> Parser<'a> {
         self.pos += 1;
         let mut out = if decode { Some(String::new()) } else { None };
         loop {
-            // A run of plain bytes, validated as UTF-8 in one go.
-            // One pass over the slice (no per-byte bounds check), noting any non-ASCII byte.
+            // A run of plain bytes (eight at a time), validated as UTF-8 in one go if not ASCII.
             let run_start = self.pos;
             let rest = self.buf.get(run_start..).unwrap_or_default();
-            let mut high = 0u8;
-            let len = rest
-                .iter()
-                .position(|&b| {
-                    high |= b;
-                    b == b'"' || b == b'\\' || b < 0x20
-                })
-                .unwrap_or(rest.len());
+            let (len, non_ascii) = bytes::plain_string_run(rest);
             self.pos = run_start + len;
             let run = rest.get(..len).unwrap_or_default();
-            if high >= 0x80 && !run.is_ascii() {
+            if non_ascii {
                 match std::str::from_utf8(run) {
                     Ok(text) => {
                         if let Some(out) = out.as_mut() {

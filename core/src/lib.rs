@@ -12,6 +12,7 @@
 //! - [`config`]: the filter's configuration, in two phases: raw serde input, then a validated,
 //!   compiled form built once per VM.
 //! - [`dialect`]: which LLM API a request speaks, recognised by its path.
+//! - [`bytes`]: word-at-a-time byte searches, the scanners' inner loops (fast in any wasm host).
 //! - [`json`]: a validating scanner for top-level JSON object members and the byte-exact splice
 //!   used to rewrite the model without re-serializing the body.
 //! - [`attribution`]: who is calling: the principal from trusted headers, virtual keys, body metadata.
@@ -22,6 +23,7 @@
 //! - [`estimate`]: token estimates for the request's worst case and for streams cut short.
 
 pub mod attribution;
+pub mod bytes;
 pub mod config;
 pub mod dialect;
 pub mod enforce;

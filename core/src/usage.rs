@@ -59,7 +59,9 @@
 //! `arguments`, completions `text`, Responses `delta` and output text, Anthropic `text` /
 //! `thinking` / `partial_json`, Gemini part `text`.
 
+use crate::bytes;
 use crate::dialect::{Dialect, Endpoint};
+use std::ops::Range;
 use crate::protocol::Tokens;
 
 /// How the response body is framed, from its `content-type`.
@@ -142,6 +144,13 @@ impl UsageScanner {
         }
     }
 
+    /// The same scanner without [`EventTemplate`]s: every plain event is skimmed.
+    #[cfg(test)]
+    fn without_event_templates(mut self) -> UsageScanner {
+        self.sse.template.disabled = true;
+        self
+    }
+
     /// Feeds the next chunk of the response body. Chunks after [`UsageScanner::finish`] are ignored.
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.finished.is_some() {
@@ -193,7 +202,7 @@ impl UsageScanner {
             }
             if self.sse.in_value {
                 // Fast path: the value runs to the next line break.
-                let end = find_either(bytes, b'\n', b'\r').unwrap_or(bytes.len());
+                let end = bytes::find_either(bytes, b'\n', b'\r').unwrap_or(bytes.len());
                 let (value, tail) = bytes.split_at(end);
                 self.sse_value(value);
                 bytes = tail;
@@ -279,6 +288,7 @@ impl UsageScanner {
             return;
         }
         // Too long to hold: parse what was held, then the rest as it comes (same bytes, same order).
+        self.sse.template.forget();
         let mut held = std::mem::take(&mut self.sse.held);
         self.feed_json(&held);
         held.clear();
@@ -291,9 +301,21 @@ impl UsageScanner {
     fn take_held_event(&mut self) {
         let mut held = std::mem::take(&mut self.sse.held);
         if !held.is_empty() && !is_done_marker(&self.sse.data_prefix) {
-            match self.skim_plain_event(&held) {
+            let event_name = self.sse.event_name.as_slice();
+            let content = match self.sse.template.content_of(&held, event_name) {
+                Some(bytes) => Some(bytes),
+                None => self.skim_plain_event(&held).map(|(bytes, slot)| {
+                    self.sse.template.learn(&held, slot, bytes, event_name);
+                    bytes
+                }),
+            };
+            match content {
                 Some(bytes) => self.found.content_bytes = self.found.content_bytes.saturating_add(bytes),
-                None => self.feed_json(&held),
+                None => {
+                    // A parsed event may change what skimming compares against (the model).
+                    self.sse.template.forget();
+                    self.feed_json(&held);
+                }
             }
         }
         held.clear();
@@ -301,7 +323,8 @@ impl UsageScanner {
     }
 
     /// The content bytes of an event that can change nothing else, or `None` if the event may
-    /// carry usage, a new model, an end or an error (it is then parsed in full).
+    /// carry usage, a new model, an end or an error (it is then parsed in full). With them, the
+    /// range of the event's last content string (inside its quotes), for [`EventTemplate`].
     ///
     /// Most events of a stream are content deltas. Parsing each one costs tens of instructions
     /// per byte; this hops from string to string (eight bytes at a time) and looks only at keys.
@@ -309,7 +332,7 @@ impl UsageScanner {
     /// `response`, `message`, Gemini's keys, a `model` other than the one already reported, a
     /// terminal `type` (or event name), or a Responses `*.done` event (which repeats its text).
     /// What is left can only add content: the strings under the dialect's content keys.
-    fn skim_plain_event(&self, data: &[u8]) -> Option<u64> {
+    fn skim_plain_event(&self, data: &[u8]) -> Option<(u64, Option<Range<usize>>)> {
         if self.dialect == Dialect::Gemini || self.sse.event_name.as_slice().is_some_and(|n| terminal_for_type(n).is_some())
         {
             return None;
@@ -322,6 +345,8 @@ impl UsageScanner {
         // The key just read wants its string value, expected to open at `value_quote`.
         let mut pending = Pending::Nothing;
         let mut value_quote = usize::MAX;
+        // The last content string value (inside its quotes): the template's variable slot.
+        let mut last_content: Option<Range<usize>> = None;
         // One `"` or `\\` at `at`; `false` when the event must be parsed instead.
         let mut special = |at: usize, byte: u8| -> bool {
             if at == escaped_at {
@@ -343,7 +368,10 @@ impl UsageScanner {
                 match pending {
                     Pending::Model if self.found.model.is_none() || self.found.model_raw.as_slice() != text => return false,
                     Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
-                    Pending::Content => content = content.saturating_add(text.len() as u64),
+                    Pending::Content => {
+                        content = content.saturating_add(text.len() as u64);
+                        last_content = Some(start..at);
+                    }
                     _ => {}
                 }
                 pending = Pending::Nothing;
@@ -367,37 +395,16 @@ impl UsageScanner {
             };
             true
         };
-        // Eight bytes at a time: the high bit of each byte that is `"` or `\\`, exactly.
-        const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-        let zero_bytes = |x: u64| !(((x & LOWS).wrapping_add(LOWS)) | x | LOWS);
-        let mut words = data.chunks_exact(8);
-        let mut base = 0;
-        for word in words.by_ref() {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            let v = u64::from_le_bytes(eight);
-            let mut mask = zero_bytes(v ^ 0x2222_2222_2222_2222) | zero_bytes(v ^ 0x5C5C_5C5C_5C5C_5C5C);
-            while mask != 0 {
-                let bit = mask.trailing_zeros();
-                mask &= mask.wrapping_sub(1);
-                if !special(base + (bit / 8) as usize, (v >> (bit & !7)) as u8) {
-                    return None;
-                }
-            }
-            base += 8;
-        }
-        for (i, &byte) in words.remainder().iter().enumerate() {
-            if (byte == b'"' || byte == b'\\') && !special(base + i, byte) {
-                return None;
-            }
+        if !bytes::each_quote_or_backslash(data, &mut special) {
+            return None;
         }
         match (string_start, pending) {
             // Data cut inside a string: a model or type cut short is left to the parser.
             (Some(start), Pending::Model | Pending::Type) if start == value_quote.wrapping_add(1) => None,
             (Some(start), Pending::Content) if start == value_quote.wrapping_add(1) => {
-                Some(content.saturating_add(data.len().saturating_sub(start) as u64))
+                Some((content.saturating_add(data.len().saturating_sub(start) as u64), None))
             }
-            _ => Some(content),
+            _ => Some((content, last_content)),
         }
     }
 
@@ -481,7 +488,7 @@ impl UsageScanner {
             from = 1;
         }
         while let Some(tail) = bytes.get(from..) {
-            match find_either(tail, b'"', b'\\') {
+            match bytes::find_either(tail, b'"', b'\\') {
                 None => break,
                 Some(at) => {
                     let at = from + at;
@@ -959,27 +966,6 @@ fn parse_count(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text).ok()?.parse().ok()
 }
 
-/// The first position of `a` or `b`, eight bytes at a time (this is the scanner's inner loop:
-/// content strings and SSE lines are searched for their end, never looked at byte by byte).
-fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
-    let (wa, wb) = (ONES.wrapping_mul(u64::from(a)), ONES.wrapping_mul(u64::from(b)));
-    let mut words = hay.chunks_exact(8);
-    let mut offset = 0;
-    for word in words.by_ref() {
-        let mut eight = [0u8; 8];
-        eight.copy_from_slice(word);
-        let v = u64::from_le_bytes(eight);
-        if has_zero(v ^ wa) || has_zero(v ^ wb) {
-            return word.iter().position(|&c| c == a || c == b).map(|i| offset + i);
-        }
-        offset += 8;
-    }
-    words.remainder().iter().position(|&c| c == a || c == b).map(|i| offset + i)
-}
-
 /// What the string value after a key means to [`UsageScanner::skim_plain_event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -1355,6 +1341,65 @@ struct SseState {
     /// The current event outgrew `held` and is being parsed as it streams.
     streaming: bool,
     event_name: Capped<CAPTURE_CAP>,
+    template: EventTemplate,
+}
+
+/// The shape of the last skimmed event, cut around its last content string.
+///
+/// A stream's content events differ only in that string: OpenAI repeats `id`, `model`,
+/// `created`, ... around `"content":"…"`, Anthropic repeats `type` and `index` around
+/// `"text":"…"`. An event that is `head` + a string body + `tail`, byte for byte, under the same
+/// event name, is exactly what skimming it would find again: the same keys and values (the model
+/// compared against has not changed: any parsed event forgets the template), and one different
+/// content string. So it is recognised by comparing bytes, eight at a time, instead of walking
+/// its thirty-odd strings.
+#[derive(Debug, Clone, Default)]
+struct EventTemplate {
+    /// Off only in tests, to compare with plain skimming.
+    disabled: bool,
+    valid: bool,
+    /// The data up to and including the content string's opening quote.
+    head: Vec<u8>,
+    /// From the content string's closing quote to the end of the data.
+    tail: Vec<u8>,
+    /// Content bytes of the event outside that string.
+    other_content: u64,
+    event_name: Vec<u8>,
+}
+
+impl EventTemplate {
+    /// The content bytes of `data` if it has the template's shape; `None` if it must be skimmed.
+    fn content_of(&self, data: &[u8], event_name: Option<&[u8]>) -> Option<u64> {
+        if !self.valid || event_name != Some(self.event_name.as_slice()) {
+            return None;
+        }
+        let middle_end = data.len().checked_sub(self.tail.len())?;
+        let head = data.get(..self.head.len())?;
+        let middle = data.get(self.head.len()..middle_end)?;
+        let tail = data.get(middle_end..)?;
+        let same = bytes::same_bytes(head, &self.head) && bytes::same_bytes(tail, &self.tail);
+        (same && bytes::is_unterminated_string_body(middle)).then(|| self.other_content.saturating_add(middle.len() as u64))
+    }
+
+    /// Remembers a skimmed event's shape: `slot` is its last content string (inside the quotes),
+    /// `content` what skimming counted.
+    fn learn(&mut self, data: &[u8], slot: Option<Range<usize>>, content: u64, event_name: Option<&[u8]>) {
+        self.valid = false;
+        let (Some(slot), Some(event_name), false) = (slot, event_name, self.disabled) else { return };
+        let (Some(head), Some(tail)) = (data.get(..slot.start), data.get(slot.end..)) else { return };
+        self.head.clear();
+        self.head.extend_from_slice(head);
+        self.tail.clear();
+        self.tail.extend_from_slice(tail);
+        self.event_name.clear();
+        self.event_name.extend_from_slice(event_name);
+        self.other_content = content.saturating_sub(slot.len() as u64);
+        self.valid = true;
+    }
+
+    fn forget(&mut self) {
+        self.valid = false;
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", REPO / ".venv" / "bin" / "envoy"))
 TEMPLATE = ENVOY_DIR / "envoy.yaml.tmpl"
 
 HTTP_TIMEOUT = 15  # seconds, for any single request made by a test
+STATS_FLUSH_WAIT = 0.3  # seconds: the filter's counter flush interval (100 ms) with margin
 
 
 def _die_with_parent():
@@ -271,7 +272,11 @@ class Envoy:
         return request(self.listen_port, "POST", path, body, headers, **kw)
 
     def stats(self):
-        """All counters and gauges whose name contains 'tollgate', as {name: value}."""
+        """All counters and gauges whose name contains 'tollgate', as {name: value}.
+
+        The filter hands its counts to Envoy on a 100 ms tick (plugin/src/metrics.rs), so this
+        first waits out one flush: what was done before the call is counted."""
+        time.sleep(STATS_FLUSH_WAIT)
         r = request(self.admin_port, "GET", "/stats?format=json&filter=tollgate")
         out = {}
         for s in r.json().get("stats", []):

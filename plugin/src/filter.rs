@@ -20,7 +20,7 @@
 use crate::access_log::AccessLog;
 use crate::enforcement::{Admission, EnforcementRoot, Enforcer, Verdict};
 use crate::host::{self, Buffer, LogLevel, Map};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, FLUSH_INTERVAL_MS};
 use crate::settle::{self, Ended, Exchange};
 use crate::wire::HeaderMap;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -92,6 +92,7 @@ impl Context for Root {
     }
 
     fn on_done(&mut self) -> bool {
+        self.metrics.flush();
         if let Some(Ok(mut e)) = self.enforcement.as_ref().map(|e| e.try_borrow_mut()) {
             e.on_done(host::now_ms());
         }
@@ -121,12 +122,13 @@ impl RootContext for Root {
                     ),
                 );
                 let enforcement = EnforcementRoot::new(Rc::clone(&config));
-                if let Some(ms) = enforcement.tick_period_ms() {
-                    if let Err(e) = host::set_tick_period_ms(ms) {
-                        host::log(LogLevel::Warn, &format!("tollgate: could not start the tick timer (host status {})", e.0));
-                    }
+                // The tick flushes the counters and drives enforcement's background work.
+                let tick_ms = enforcement.tick_period_ms().map_or(FLUSH_INTERVAL_MS, |ms| ms.min(FLUSH_INTERVAL_MS));
+                if let Err(e) = host::set_tick_period_ms(tick_ms) {
+                    host::log(LogLevel::Warn, &format!("tollgate: could not start the tick timer (host status {}); counters and enforcement will lag", e.0));
                 }
                 self.enforcement = Some(Rc::new(std::cell::RefCell::new(enforcement)));
+                self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define());
                 self.config = Some(config);
                 self.vm_tag = Rc::from(new_vm_tag().as_str());
@@ -140,6 +142,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.metrics.flush();
         if let Some(enforcement) = &self.enforcement {
             if let Ok(mut e) = enforcement.try_borrow_mut() {
                 e.on_tick(host::now_ms());

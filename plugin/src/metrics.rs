@@ -4,8 +4,16 @@
 //! Names are flat (dialect and outcome in the name) so they need no tag-extraction config.
 //! Every metric is defined once per VM in `on_configure`; a metric the host refused to define is
 //! skipped, never fatal.
+//!
+//! Counts are added up in the VM and handed to the host on the root's tick, every
+//! [`FLUSH_INTERVAL_MS`], not per request: a request touches eight or more counters, and each
+//! host call costs about as much as scanning a kilobyte, so per-request increments were a
+//! measurable share of the filter's cost (BENCHMARKS.md). Envoy's stats therefore trail the
+//! traffic by at most one interval (plus the tick's own delay on a busy worker); counts pending
+//! when the VM shuts down are flushed in its `on_done`.
 
 use crate::host;
+use std::cell::Cell;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::protocol::Tokens;
 
@@ -53,17 +61,27 @@ fn dialect_index(d: Dialect) -> usize {
     Dialect::ALL.iter().position(|x| *x == d).unwrap_or(0)
 }
 
-/// Counter ids (`None` when the host refused to define one).
+/// How often pending counts reach Envoy (the root context's tick).
+pub const FLUSH_INTERVAL_MS: u64 = 100;
+
+/// One counter: its host id and the count not yet handed to the host.
+#[derive(Debug)]
+struct Counter {
+    id: u32,
+    pending: Cell<u64>,
+}
+
+/// The filter's counters (`None` when the host refused to define one).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    passthrough: Option<u32>,
-    requests: [[Option<u32>; 7]; 4],
-    tokens: [Option<u32>; 5],
-    cost_micros: Option<u32>,
-    unknown_model: Option<u32>,
-    routed: Option<u32>,
-    include_usage_injected: Option<u32>,
-    host_errors: Option<u32>,
+    passthrough: Option<Counter>,
+    requests: [[Option<Counter>; 7]; 4],
+    tokens: [Option<Counter>; 5],
+    cost_micros: Option<Counter>,
+    unknown_model: Option<Counter>,
+    routed: Option<Counter>,
+    include_usage_injected: Option<Counter>,
+    host_errors: Option<Counter>,
 }
 
 /// Every counter name, for docs and tests.
@@ -88,7 +106,7 @@ const TOKEN_KINDS: [&str; 5] = ["input", "output", "cache_read", "cache_write", 
 
 impl Metrics {
     pub fn define() -> Metrics {
-        let def = |name: &str| host::define_counter(name).ok();
+        let def = |name: &str| host::define_counter(name).ok().map(|id| Counter { id, pending: Cell::new(0) });
         let mut m = Metrics { passthrough: def("tollgate_passthrough"), ..Default::default() };
         for d in Dialect::ALL {
             for o in Outcome::ALL {
@@ -108,42 +126,58 @@ impl Metrics {
         m
     }
 
-    fn bump(id: Option<u32>, by: u64) {
-        if let Some(id) = id {
-            host::increment(id, by);
+    fn bump(counter: &Option<Counter>, by: u64) {
+        if let Some(c) = counter {
+            c.pending.set(c.pending.get().saturating_add(by));
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Counter> {
+        let singles = [&self.passthrough, &self.cost_micros, &self.unknown_model, &self.routed, &self.include_usage_injected, &self.host_errors];
+        self.requests.iter().flatten().chain(self.tokens.iter()).chain(singles).flatten()
+    }
+
+    /// Hands every pending count to the host (one call per counter that changed).
+    pub fn flush(&self) {
+        for c in self.all() {
+            let by = c.pending.replace(0);
+            if by > 0 {
+                host::increment(c.id, by);
+            }
         }
     }
 
     pub fn passthrough(&self) {
-        Self::bump(self.passthrough, 1);
+        Self::bump(&self.passthrough, 1);
     }
 
     pub fn outcome(&self, dialect: Dialect, outcome: Outcome) {
-        let id = self.requests.get(dialect_index(dialect)).and_then(|row| row.get(outcome.index())).copied().flatten();
-        Self::bump(id, 1);
+        if let Some(counter) = self.requests.get(dialect_index(dialect)).and_then(|row| row.get(outcome.index())) {
+            Self::bump(counter, 1);
+        }
     }
 
     pub fn usage(&self, tokens: &Tokens, cost_micros: i64) {
         let values = [tokens.input, tokens.output, tokens.cache_read, tokens.cache_write, tokens.reasoning];
-        for (id, value) in self.tokens.iter().zip(values) {
-            Self::bump(*id, value);
+        for (counter, value) in self.tokens.iter().zip(values) {
+            Self::bump(counter, value);
         }
-        Self::bump(self.cost_micros, u64::try_from(cost_micros).unwrap_or(0));
+        Self::bump(&self.cost_micros, u64::try_from(cost_micros).unwrap_or(0));
     }
 
     pub fn unknown_model(&self) {
-        Self::bump(self.unknown_model, 1);
+        Self::bump(&self.unknown_model, 1);
     }
 
     pub fn routed(&self) {
-        Self::bump(self.routed, 1);
+        Self::bump(&self.routed, 1);
     }
 
     pub fn include_usage_injected(&self) {
-        Self::bump(self.include_usage_injected, 1);
+        Self::bump(&self.include_usage_injected, 1);
     }
 
     pub fn host_error(&self) {
-        Self::bump(self.host_errors, 1);
+        Self::bump(&self.host_errors, 1);
     }
 }

@@ -558,15 +558,39 @@ fn keys_that_only_look_like_usage_are_ignored() {
     assert_eq!(scan(OpenAi, Chat, Json, body.as_bytes()).tokens, None);
 }
 
-#[test]
-fn find_either_agrees_with_a_plain_search() {
-    let hay: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
-    for len in 0..hay.len() {
-        let part = &hay[..len];
-        for (a, b) in [(b'"', b'\\'), (b'\n', b'\r'), (0, 255), (7, 7)] {
-            assert_eq!(find_either(part, a, b), part.iter().position(|&c| c == a || c == b), "{len} {a} {b}");
+/// A content string as an upstream could send it: plain text, escapes (`\"`, `\\`, `\n`,
+/// `\u00e9`), UTF-8, and the odd raw quote or trailing backslash that breaks the event.
+fn content_text() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("a"), Just("Hello"), Just(" "), Just("\\\""), Just("\\\\"), Just("\\n"), Just("\\u00e9"), Just("é"),
+            Just("\""), Just("\\"), Just("\"},\"usage\":{\"prompt_tokens\":9}")
+        ],
+        0..6,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+/// One SSE event of a stream: mostly content deltas of one shape, sometimes another shape,
+/// another model, a usage report or the end.
+fn stream_event(dialect: Dialect) -> impl Strategy<Value = String> {
+    (0u8..10, content_text(), prop_oneof![Just("gpt-4o"), Just("gpt-4o-mini")]).prop_map(move |(kind, text, model)| {
+        if dialect == Anthropic {
+            return match kind {
+                0 => "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n".to_owned(),
+                1 => "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n".to_owned(),
+                2 => format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{{\"type\":\"thinking_delta\",\"thinking\":\"{text}\"}}}}\n\n"),
+                3 => format!("event: ping\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"),
+                _ => format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"),
+            };
         }
-    }
+        match kind {
+            0 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":11,\"completion_tokens\":{}}}}}\n\n", text.len()),
+            1 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"refusal\":\"{text}\"}}}}],\"usage\":null}}\n\n"),
+            2 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":\"stop\"}}],\"usage\":null}}\n\n"),
+            _ => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"),
+        }
+    })
 }
 
 /// All four dialects and both formats, for inputs that are not one dialect's fixtures.
@@ -636,6 +660,25 @@ proptest! {
         }
         let kind = (case.dialect, case.endpoint, case.format);
         prop_assert_eq!(scan_at(kind, &body, &cuts), scan_at(kind, &body, &[]));
+    }
+
+    /// Recognising an event by the shape of the one before it ([`EventTemplate`]) finds exactly
+    /// what skimming (or parsing) it would, whatever its content string holds.
+    #[test]
+    fn event_templates_change_no_outcome(
+        dialect in prop_oneof![Just(OpenAi), Just(Anthropic)],
+        events in proptest::collection::vec(stream_event(OpenAi), 1..12),
+        anthropic_events in proptest::collection::vec(stream_event(Anthropic), 1..12),
+        cuts in proptest::collection::vec(0usize..3000, 0..6),
+    ) {
+        let (endpoint, events) = if dialect == Anthropic { (Messages, anthropic_events) } else { (Chat, events) };
+        let body = events.concat();
+        let reference = {
+            let mut s = UsageScanner::new(dialect, endpoint, Sse).without_event_templates();
+            s.feed(body.as_bytes());
+            s.finish()
+        };
+        prop_assert_eq!(scan_at((dialect, endpoint, Sse), body.as_bytes(), &cuts), reference);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub fn expect_metered(s: &Stream, case: &Case) {
     assert_eq!(st("cost_micros"), case.cost_micros().to_string(), "{}: cost in micro-dollars", case.name);
 }
 
+/// Lets the filter's counters reach the host: they are flushed on the root tick, every 100 ms.
+pub fn flush_counters(gw: &Gateway) {
+    gw.advance(std::time::Duration::from_millis(100));
+}
+
 pub fn post(path: &str, body: &[u8]) -> Vec<(String, String)> {
     vec![
         (":method".into(), "POST".into()),

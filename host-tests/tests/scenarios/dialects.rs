@@ -64,6 +64,7 @@ fn metrics_count_requests_tokens_and_cost() {
     for case in &all {
         run(&gw, case, &[usize::MAX], &[usize::MAX]);
     }
+    flush_counters(&gw);
     let sum = |f: fn(&tollgate_host_tests::fixtures::Tokens) -> u64| all.iter().map(|c| f(&c.tokens)).sum::<u64>();
     assert_eq!(gw.counter("tollgate_tokens_input"), sum(|t| t.input));
     assert_eq!(gw.counter("tollgate_tokens_output"), sum(|t| t.output));
@@ -77,6 +78,22 @@ fn metrics_count_requests_tokens_and_cost() {
     let cost_metric = gw.metrics().into_iter().find(|(k, _)| k.contains("cost")).map(|(k, v)| (k, v));
     assert!(cost_metric.is_some(), "a cost metric exists; metrics: {:?}", gw.metrics().keys().collect::<Vec<_>>());
     assert_eq!(gw.counter(&cost_metric.unwrap().0), cost as u64, "cost metric in micro-dollars");
+}
+
+/// Counters are added up in the VM and reach the host on the next tick, not with each request
+/// (a host call per counter per request was a measurable share of the filter's cost).
+#[test]
+fn counters_reach_the_host_within_one_tick_not_per_request() {
+    let gw = gateway();
+    let case = cases().into_iter().find(|c| c.name == "openai chat sse").expect("fixture");
+    run(&gw, &case, &[usize::MAX], &[usize::MAX]);
+    run(&gw, &case, &[usize::MAX], &[usize::MAX]);
+    assert_eq!(gw.counter("tollgate_requests_openai_metered"), 0, "nothing is handed over per request");
+    flush_counters(&gw);
+    assert_eq!(gw.counter("tollgate_requests_openai_metered"), 2);
+    assert_eq!(gw.counter("tollgate_tokens_input"), 2 * case.tokens.input);
+    flush_counters(&gw);
+    assert_eq!(gw.counter("tollgate_requests_openai_metered"), 2, "a flush hands each count over once");
 }
 
 #[test]
@@ -102,5 +119,6 @@ fn an_unknown_path_passes_through_untouched_and_is_counted() {
     s.respond(&[(":status", "200")], b"{}");
     assert_eq!(s.client().body, b"{}");
     assert_eq!(s.filter_state("wasm.tollgate.outcome"), None);
+    flush_counters(&gw);
     assert_eq!(gw.counter("tollgate_passthrough"), 1, "metrics: {:?}", gw.metrics().keys().collect::<Vec<_>>());
 }

@@ -43,6 +43,7 @@ fn an_upstream_error_is_passed_through_and_not_charged_as_usage() {
     assert_eq!(s.client().body, error);
     assert_eq!(s.filter_state("wasm.tollgate.outcome").as_deref(), Some("upstream_error"));
     assert_eq!(s.filter_state("wasm.tollgate.cost_micros").as_deref(), Some("0"));
+    flush_counters(&gw);
     assert_eq!(gw.counter("tollgate_requests_openai_upstream_error"), 1);
 }
 
@@ -83,5 +84,6 @@ fn a_response_with_trailers_settles_once() {
     s.response_trailers(&[("x-trailer", "1")]);
     assert_eq!(s.client().trailers, vec![("x-trailer".to_string(), "1".to_string())]);
     expect_metered(&s, &c);
+    flush_counters(&gw);
     assert_eq!(gw.counter("tollgate_requests_anthropic_metered"), 1, "settled once");
 }

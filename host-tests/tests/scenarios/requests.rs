@@ -132,6 +132,7 @@ fn a_deny_rule_answers_403_in_every_dialects_shape_naming_the_rule() {
         assert!(s.upstream().headers.is_none(), "{dialect}: nothing reaches the upstream");
         assert_eq!(s.filter_state("wasm.tollgate.outcome").as_deref(), Some("denied"), "{dialect}");
     }
+    flush_counters(&gw);
     assert_eq!(gw.counter("tollgate_requests_openai_denied"), 1);
     assert_eq!(gw.counter("tollgate_requests_gemini_denied"), 1);
 }
