@@ -191,6 +191,40 @@ pub struct HeaderFacts {
     pub presented_key: bool,
 }
 
+/// SHA-256 digests of the API keys presented recently, so a key seen again is looked up without
+/// hashing it again: clients send the same key with every request, and SHA-256 in wasm costs
+/// thousands of instructions. Bounded: forgets everything when [`KeyDigests::CAPACITY`] keys are
+/// held. The keys stay in the VM's memory (as the request headers do) and are never logged.
+#[derive(Debug, Default)]
+pub struct KeyDigests {
+    digests: HashMap<String, [u8; 32]>,
+}
+
+impl KeyDigests {
+    pub const CAPACITY: usize = 4096;
+
+    /// The SHA-256 of `key`.
+    pub fn digest(&mut self, key: &str) -> [u8; 32] {
+        if let Some(digest) = self.digests.get(key) {
+            return *digest;
+        }
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if self.digests.len() >= Self::CAPACITY {
+            self.digests.clear();
+        }
+        self.digests.insert(key.to_owned(), digest);
+        digest
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
 /// The headers an API key may arrive in, in the order they are looked at.
 pub const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
@@ -265,8 +299,9 @@ impl Attribution {
         Ok(Attribution { order, trusted_headers, virtual_keys, body_metadata, defaults: raw.defaults })
     }
 
-    /// Reads what the headers give. `header` returns a request header's value by lowercase name.
-    pub fn from_headers<'h>(&self, header: impl Fn(&str) -> Option<&'h str>) -> HeaderFacts {
+    /// Reads what the headers give. `header` returns a request header's value by lowercase name;
+    /// `digests` remembers the SHA-256 of keys already seen (one per VM in the filter).
+    pub fn from_headers<'h>(&self, header: impl Fn(&str) -> Option<&'h str>, digests: &mut KeyDigests) -> HeaderFacts {
         let mut facts = HeaderFacts::default();
         for (field, name) in &self.trusted_headers {
             if let Some(value) = header(name).and_then(clean_value) {
@@ -276,7 +311,7 @@ impl Attribution {
         if let Some(key) = presented_key(&header) {
             facts.presented_key = true;
             if !self.virtual_keys.is_empty() {
-                let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+                let digest = digests.digest(key);
                 facts.virtual_key = self.virtual_keys.get(&digest).cloned();
             }
         }
@@ -411,7 +446,21 @@ mod tests {
     }
 
     fn facts(a: &Attribution, headers: &[(&str, &str)]) -> HeaderFacts {
-        a.from_headers(|name| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v))
+        a.from_headers(|name| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v), &mut KeyDigests::default())
+    }
+
+    #[test]
+    fn key_digests_are_sha256_remembered_and_bounded() {
+        let mut digests = KeyDigests::default();
+        let expected = parse_sha256_hex(&sha256_hex("sk-alice")).unwrap();
+        assert_eq!(digests.digest("sk-alice"), expected);
+        assert_eq!(digests.digest("sk-alice"), expected, "the remembered digest is the same");
+        assert_eq!(digests.len(), 1);
+        for i in 0..KeyDigests::CAPACITY {
+            digests.digest(&format!("sk-{i}"));
+        }
+        assert!(digests.len() <= KeyDigests::CAPACITY, "never holds more than its capacity");
+        assert_eq!(digests.digest("sk-alice"), expected, "a forgotten key is hashed again");
     }
 
     fn config() -> Attribution {

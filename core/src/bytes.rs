@@ -134,6 +134,33 @@ pub fn is_unterminated_string_body(text: &[u8]) -> bool {
     }) && escaped_at != text.len()
 }
 
+/// The length of the JSON string body at the start of `bytes` (up to its first unescaped `"`),
+/// or `None` if a line break (`\n` or `\r`, escaped or not) or the end of `bytes` comes first.
+pub fn string_body_on_one_line(bytes: &[u8]) -> Option<usize> {
+    let (quote, backslash, lf, cr) = (splat(b'"'), splat(b'\\'), splat(b'\n'), splat(b'\r'));
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..) {
+        let stop = if rest.len() >= 8 {
+            let v = word(rest);
+            let mask = zero_bytes(v ^ quote) | zero_bytes(v ^ backslash) | zero_bytes(v ^ lf) | zero_bytes(v ^ cr);
+            if mask == 0 {
+                at += 8;
+                continue;
+            }
+            at + (mask.trailing_zeros() / 8) as usize
+        } else {
+            at + rest.iter().position(|&b| matches!(b, b'"' | b'\\' | b'\n' | b'\r'))?
+        };
+        match bytes.get(stop)? {
+            b'"' => return Some(stop),
+            // Skip the escaped byte, unless it breaks the line.
+            b'\\' if !matches!(bytes.get(stop + 1)?, b'\n' | b'\r') => at = stop + 2,
+            _ => return None,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +204,13 @@ mod tests {
         )
     }
 
+    fn tricky_line_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![Just(b'"'), Just(b'\\'), Just(b'\n'), Just(b'\r'), Just(b'a'), Just(0x0B_u8), Just(0x8D_u8), any::<u8>()],
+            0..40,
+        )
+    }
+
     proptest! {
         #[test]
         fn plain_string_run_stops_where_a_byte_loop_stops(bytes in tricky_bytes()) {
@@ -210,6 +244,23 @@ mod tests {
                 prop_assert!(!same_bytes(&a, &b));
                 prop_assert!(!same_bytes(&a, &a[..a.len() - 1]));
             }
+        }
+
+        #[test]
+        fn one_line_string_bodies_end_at_the_first_unescaped_quote(bytes in tricky_line_bytes()) {
+            let expected = {
+                let mut i = 0;
+                loop {
+                    match bytes.get(i) {
+                        None | Some(b'\n' | b'\r') => break None,
+                        Some(b'"') => break Some(i),
+                        Some(b'\\') if matches!(bytes.get(i + 1), None | Some(b'\n' | b'\r')) => break None,
+                        Some(b'\\') => i += 2,
+                        Some(_) => i += 1,
+                    }
+                }
+            };
+            prop_assert_eq!(string_body_on_one_line(&bytes), expected);
         }
 
         #[test]

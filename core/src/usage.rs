@@ -193,6 +193,16 @@ impl UsageScanner {
 
     fn feed_sse(&mut self, mut bytes: &[u8]) {
         while let Some((&first, rest)) = bytes.split_first() {
+            if first == b'd' && self.sse.at_event_start() {
+                // A whole `data:` event shaped like the last skimmed one: counted in one pass.
+                let event_name = self.sse.event_name.as_slice();
+                if let Some((len, content)) = self.sse.template.match_event(bytes, event_name) {
+                    self.found.content_bytes = self.found.content_bytes.saturating_add(content);
+                    self.sse.event_name.clear();
+                    bytes = bytes.get(len..).unwrap_or_default();
+                    continue;
+                }
+            }
             if self.sse.after_cr {
                 self.sse.after_cr = false;
                 if first == b'\n' {
@@ -1344,6 +1354,14 @@ struct SseState {
     template: EventTemplate,
 }
 
+impl SseState {
+    /// At the start of a line with no event data yet: where [`EventTemplate::match_event`] can
+    /// take a whole event (the state after it is the state before it).
+    fn at_event_start(&self) -> bool {
+        !self.after_cr && !self.line_started && !self.has_data && !self.streaming && self.held.is_empty()
+    }
+}
+
 /// The shape of the last skimmed event, cut around its last content string.
 ///
 /// A stream's content events differ only in that string: OpenAI repeats `id`, `model`,
@@ -1364,6 +1382,8 @@ struct EventTemplate {
     tail: Vec<u8>,
     /// Content bytes of the event outside that string.
     other_content: u64,
+    /// Neither head nor tail holds a line break (the event was one `data` line).
+    single_line: bool,
     event_name: Vec<u8>,
 }
 
@@ -1381,6 +1401,30 @@ impl EventTemplate {
         (same && bytes::is_unterminated_string_body(middle)).then(|| self.other_content.saturating_add(middle.len() as u64))
     }
 
+    /// A whole event at the start of `bytes`, `data: ` + head + string body + tail + `\n\n`
+    /// under the same event name: its length in `bytes` and its content bytes. This is
+    /// [`EventTemplate::content_of`] without holding the data first: the string body ends at
+    /// its first unescaped quote (the tail starts with that quote), and no line break may
+    /// come before the blank line, so the SSE framing would have made the same event of it.
+    fn match_event(&self, bytes: &[u8], event_name: Option<&[u8]>) -> Option<(usize, u64)> {
+        if !self.valid || !self.single_line || event_name != Some(self.event_name.as_slice()) {
+            return None;
+        }
+        let data = bytes.strip_prefix(b"data: ")?;
+        if !bytes::same_bytes(data.get(..self.head.len())?, &self.head) {
+            return None;
+        }
+        let body = data.get(self.head.len()..)?;
+        let middle = bytes::string_body_on_one_line(body)?;
+        let after = body.get(middle..)?;
+        let end = self.tail.len();
+        if !bytes::same_bytes(after.get(..end)?, &self.tail) || after.get(end..end + 2) != Some(b"\n\n".as_slice()) {
+            return None;
+        }
+        let len = b"data: ".len() + self.head.len() + middle + end + 2;
+        Some((len, self.other_content.saturating_add(middle as u64)))
+    }
+
     /// Remembers a skimmed event's shape: `slot` is its last content string (inside the quotes),
     /// `content` what skimming counted.
     fn learn(&mut self, data: &[u8], slot: Option<Range<usize>>, content: u64, event_name: Option<&[u8]>) {
@@ -1394,6 +1438,8 @@ impl EventTemplate {
         self.event_name.clear();
         self.event_name.extend_from_slice(event_name);
         self.other_content = content.saturating_sub(slot.len() as u64);
+        let line_break = |b: &u8| *b == b'\n' || *b == b'\r';
+        self.single_line = !head.iter().any(line_break) && !tail.iter().any(line_break);
         self.valid = true;
     }
 

@@ -26,7 +26,8 @@ use crate::wire::HeaderMap;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
-use tollgate_core::attribution::{Field, HeaderFacts};
+use std::cell::RefCell;
+use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests};
 use tollgate_core::config::{CompiledConfig, FilterConfig};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
@@ -42,6 +43,8 @@ pub struct Root {
     metrics: Rc<Metrics>,
     enforcement: Option<Rc<std::cell::RefCell<EnforcementRoot>>>,
     log_level: Rc<LogLevelCache>,
+    /// SHA-256 of the API keys this VM has seen (virtual-key lookups).
+    key_digests: Rc<RefCell<KeyDigests>>,
 }
 
 impl Default for Root {
@@ -52,6 +55,7 @@ impl Default for Root {
             metrics: Rc::new(Metrics::default()),
             enforcement: None,
             log_level: Rc::new(LogLevelCache::default()),
+            key_digests: Rc::default(),
         }
     }
 }
@@ -156,6 +160,7 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             access_log,
             log_level: Rc::clone(&self.log_level),
+            key_digests: Rc::clone(&self.key_digests),
             context_id,
             vm_tag: Rc::clone(&self.vm_tag),
             config: self.config.clone(),
@@ -209,6 +214,7 @@ struct ResponseState {
 pub struct Stream {
     access_log: AccessLog,
     log_level: Rc<LogLevelCache>,
+    key_digests: Rc<RefCell<KeyDigests>>,
     context_id: u32,
     vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
@@ -402,7 +408,8 @@ impl Stream {
             prompt_bytes: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
             started_at_ms: req.started_at_ms,
         };
-        let finished_at_ms = host::now_ms();
+        // Only enforcement's ledger needs the end time; metering alone saves the host call.
+        let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
         let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
         let t = &s.record.tokens;
         let log = &mut self.access_log;
@@ -494,7 +501,10 @@ impl HttpContext for Stream {
             self.phase = Phase::Passthrough;
             return Action::Continue;
         };
-        let facts = config.attribution.from_headers(|name| header(&headers, name));
+        let facts = match self.key_digests.try_borrow_mut() {
+            Ok(mut digests) => config.attribution.from_headers(|name| header(&headers, name), &mut digests),
+            Err(_) => config.attribution.from_headers(|name| header(&headers, name), &mut KeyDigests::default()),
+        };
         let started_at_ms = host::now_ms();
         // Unique per request even when a client reuses an x-request-id (Envoy keeps a client's
         // id unless it is the edge): usage records are deduplicated by id, so a reused id must not
@@ -502,7 +512,7 @@ impl HttpContext for Stream {
         let client_id = header(&headers, "x-request-id")
             .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
             .unwrap_or("-");
-        let request_id = format!("{client_id}.{}.{:x}", self.vm_tag, self.context_id);
+        let request_id = request_id(client_id, &self.vm_tag, self.context_id);
         let declared_len = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
         self.access_log.set("dialect", recognised.dialect.as_str());
         self.request = Some(RequestState {
@@ -639,6 +649,22 @@ impl HttpContext for Stream {
     }
 }
 
+/// `{client_id}.{vm_tag}.{context_id in hex}`, built without `format!` (the formatting
+/// machinery costs more than the rest of the header phase).
+fn request_id(client_id: &str, vm_tag: &str, context_id: u32) -> String {
+    let mut id = String::with_capacity(client_id.len() + vm_tag.len() + 10);
+    id.push_str(client_id);
+    id.push('.');
+    id.push_str(vm_tag);
+    id.push('.');
+    let digits = if context_id == 0 { 1 } else { 8 - (context_id.leading_zeros() / 4) as usize };
+    for shift in (0..digits).rev() {
+        let nibble = (context_id >> (shift * 4)) & 0xF;
+        id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
+    id
+}
+
 /// A tag unique to this VM, part of every usage record id so two requests never share an id even
 /// when clients reuse `x-request-id`: the configure time mixed with WASI randomness (std's
 /// `RandomState` draws its keys from `random_get`), so workers configured in the same nanosecond
@@ -648,4 +674,16 @@ fn new_vm_tag() -> String {
     let now = host::now_ns();
     let salt = std::collections::hash_map::RandomState::new().hash_one(now);
     format!("{now:x}{:04x}", salt & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id;
+
+    #[test]
+    fn request_ids_end_in_the_context_id_in_hex() {
+        for id in [0u32, 1, 0xf, 0x10, 0xabc, 0x7fff_ffff, u32::MAX] {
+            assert_eq!(request_id("req-1", "tag", id), format!("req-1.tag.{id:x}"));
+        }
+    }
 }

@@ -62,26 +62,124 @@ impl QueuedRecord {
     }
 }
 
-/// One shared-queue item holding several records: their JSON joined by `\n` (JSON text never
-/// contains a raw newline). A worker enqueues what it settled since its last tick as one item, so
-/// the queue costs one host call per tick rather than one per request.
+/// The first bytes of a framed queue item ([`item`]).
+const FRAMED: &[u8] = b"tollgate-usage/2\n";
+
+/// One shared-queue item holding several records. A worker enqueues what it settled since its
+/// last tick as one item, so the queue costs a host call per tick, not per request.
+///
+/// Framed so that reading it back needs no JSON parsing (parsing every record again on the tick
+/// cost more than serializing it): after [`FRAMED`], per record, its cost, id, scopes and JSON,
+/// numbers in decimal followed by a space, byte strings as `<length>:<bytes>`:
+/// `<cost> <id len>:<id><scope count> (<len>:<scope>)* <json len>:<json>`.
+/// Items of the older format (the records' JSON joined by `\n`) are still read, so records
+/// queued by a previous version of the filter in the same Envoy are delivered, not dropped.
 pub fn item(records: &[QueuedRecord]) -> Vec<u8> {
-    let size = records.iter().map(|r| r.json.len() + 1).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    for (i, record) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b'\n');
+    let size = records.iter().map(|r| r.json.len() + r.id.len() + r.scopes.iter().map(|s| s.len() + 8).sum::<usize>() + 40).sum::<usize>();
+    let mut out = Vec::with_capacity(FRAMED.len() + size);
+    out.extend_from_slice(FRAMED);
+    for record in records {
+        push_number(&mut out, record.cost_micros);
+        push_bytes(&mut out, record.id.as_bytes());
+        push_number(&mut out, i64::try_from(record.scopes.len()).unwrap_or(i64::MAX));
+        for scope in &record.scopes {
+            push_bytes(&mut out, scope.as_bytes());
         }
-        out.extend_from_slice(&record.json);
+        push_bytes(&mut out, &record.json);
     }
     out
 }
 
-/// Reads a queue item back: its records, and how many lines were not records (dropped and
-/// counted by the caller).
+fn push_number(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.push(b' ');
+}
+
+fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut len = Vec::with_capacity(21);
+    push_number(&mut len, i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+    if let Some(b' ') = len.last() {
+        len.pop();
+    }
+    out.extend_from_slice(&len);
+    out.push(b':');
+    out.extend_from_slice(bytes);
+}
+
+/// Reads a framed item field by field.
+struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Frames<'a> {
+    /// Digits (with an optional `-`) up to `end`.
+    fn number(&mut self, end: u8) -> Option<i64> {
+        let stop = self.rest.iter().position(|&b| b == end)?;
+        let (text, rest) = self.rest.split_at(stop);
+        self.rest = rest.get(1..)?;
+        let (negative, digits) = match text.split_first() {
+            Some((b'-', digits)) => (true, digits),
+            _ => (false, text),
+        };
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let value = digits.iter().try_fold(0i64, |n, d| n.checked_mul(10)?.checked_add(i64::from(d - b'0')))?;
+        Some(if negative { -value } else { value })
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.number(b':')?).ok()?;
+        let bytes = self.rest.get(..len)?;
+        self.rest = self.rest.get(len..)?;
+        Some(bytes)
+    }
+
+    fn record(&mut self) -> Option<QueuedRecord> {
+        let cost_micros = self.number(b' ')?;
+        let id = String::from_utf8(self.bytes()?.to_vec()).ok()?;
+        let count = usize::try_from(self.number(b' ')?).ok()?;
+        let mut scopes = Vec::with_capacity(count.min(16));
+        for _ in 0..count {
+            scopes.push(String::from_utf8(self.bytes()?.to_vec()).ok()?);
+        }
+        let json = self.bytes()?.to_vec();
+        Some(QueuedRecord { json, id, cost_micros, scopes })
+    }
+}
+
+/// Reads a queue item back: its records, and how many were unreadable (dropped and counted by
+/// the caller; in a framed item, a damaged record ends the item and counts as one).
 pub fn from_item(bytes: &[u8]) -> (Vec<QueuedRecord>, u64) {
     let mut records = Vec::new();
     let mut garbage = 0u64;
+    if let Some(body) = bytes.strip_prefix(FRAMED) {
+        let mut frames = Frames { rest: body };
+        while !frames.rest.is_empty() {
+            match frames.record() {
+                Some(r) => records.push(r),
+                None => {
+                    garbage += 1;
+                    break;
+                }
+            }
+        }
+        return (records, garbage);
+    }
     for line in bytes.split(|b| *b == b'\n') {
         match QueuedRecord::from_queue(line.to_vec()) {
             Some(r) => records.push(r),
@@ -225,8 +323,30 @@ mod tests {
         assert_eq!(from_item(&bytes), (records.clone(), 0), "a newline inside an id is escaped in JSON");
         assert_eq!(from_item(&item(&records[..1])), (records[..1].to_vec(), 0));
         let mut damaged = bytes.clone();
+        damaged.extend_from_slice(b"12 not a record");
+        assert_eq!(from_item(&damaged), (records.clone(), 1), "a damaged tail is counted, the rest kept");
+        assert_eq!(from_item(&bytes[..bytes.len() - 1]), (records[..2].to_vec(), 1), "a cut record is counted");
+        assert_eq!(from_item(&item(&[])), (vec![], 0));
+    }
+
+    /// Items queued by an earlier version of the filter (JSON lines) are still delivered.
+    #[test]
+    fn items_of_the_older_json_lines_format_still_read() {
+        let records: Vec<_> = [record("a", "x", 1), record("b", "y", 2)].iter().filter_map(QueuedRecord::from_record).collect();
+        let old: Vec<u8> = records.iter().map(|r| r.json.clone()).collect::<Vec<_>>().join(&b'\n');
+        assert_eq!(from_item(&old), (records.clone(), 0));
+        let mut damaged = old.clone();
         damaged.extend_from_slice(b"\nnot json");
         assert_eq!(from_item(&damaged), (records, 1), "garbage lines are counted, the rest kept");
+    }
+
+    #[test]
+    fn framed_numbers_round_trip_at_their_limits() {
+        for cost in [0, 1, -1, 9, 10, i64::MAX, i64::MIN + 1] {
+            let mut q = QueuedRecord::from_record(&record("a", "x", 1)).unwrap();
+            q.cost_micros = cost;
+            assert_eq!(from_item(&item(std::slice::from_ref(&q))), (vec![q], 0), "{cost}");
+        }
     }
 
     #[test]

@@ -234,7 +234,7 @@ mod tests {
 
     fn plan(cfg: &CompiledConfig, path: &str, headers: &[(&str, &str)], body: &str) -> Result<RequestPlan, Failure> {
         let recognised = cfg.mounts.recognise(path).expect("recognised");
-        let facts = cfg.attribution.from_headers(|n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v));
+        let facts = cfg.attribution.from_headers(|n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v), &mut Default::default());
         let parsed = parse_request(cfg, &recognised, &facts, body.as_bytes())?;
         parsed.route(cfg, &recognised, path, None)
     }

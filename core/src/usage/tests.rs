@@ -524,6 +524,20 @@ fn skimmed_content_events_count_their_content_and_a_changed_model_is_still_read(
     assert_eq!(got.streamed_content_bytes, 2 + 3 + 9, "escapes count as written, as the parser counts them");
 }
 
+/// An event whose data spans two `data` lines teaches a shape with a line break in it; raw bytes
+/// that look the same but whose second line is not `data` are a different event, and count so.
+#[test]
+fn a_two_line_event_shape_is_not_matched_against_raw_bytes() {
+    let body = concat!(
+        "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+        "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"b\"},\ndata: \"refusal\":\"qq\"}]}\n\n",
+        "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"b\"},\n\"refusal\":\"ZZZ\"}]}\n\n",
+    );
+    let got = scan(OpenAi, Chat, Sse, body.as_bytes());
+    // "a", then "b" + "qq", then only "b": the last event's second line is not data.
+    assert_eq!(got.streamed_content_bytes, 1 + 3 + 1);
+}
+
 #[test]
 fn huge_content_is_counted_without_being_kept() {
     let big = "x".repeat(4 << 20);
@@ -564,7 +578,7 @@ fn content_text() -> impl Strategy<Value = String> {
     proptest::collection::vec(
         prop_oneof![
             Just("a"), Just("Hello"), Just(" "), Just("\\\""), Just("\\\\"), Just("\\n"), Just("\\u00e9"), Just("é"),
-            Just("\""), Just("\\"), Just("\"},\"usage\":{\"prompt_tokens\":9}")
+            Just("\""), Just("\\"), Just("\"},\"usage\":{\"prompt_tokens\":9}"), Just("\n"), Just("\r\n"), Just("\\\n")
         ],
         0..6,
     )
@@ -574,7 +588,7 @@ fn content_text() -> impl Strategy<Value = String> {
 /// One SSE event of a stream: mostly content deltas of one shape, sometimes another shape,
 /// another model, a usage report or the end.
 fn stream_event(dialect: Dialect) -> impl Strategy<Value = String> {
-    (0u8..10, content_text(), prop_oneof![Just("gpt-4o"), Just("gpt-4o-mini")]).prop_map(move |(kind, text, model)| {
+    (0u8..14, content_text(), prop_oneof![Just("gpt-4o"), Just("gpt-4o-mini")]).prop_map(move |(kind, text, model)| {
         if dialect == Anthropic {
             return match kind {
                 0 => "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n".to_owned(),
@@ -588,6 +602,9 @@ fn stream_event(dialect: Dialect) -> impl Strategy<Value = String> {
             0 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":11,\"completion_tokens\":{}}}}}\n\n", text.len()),
             1 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"refusal\":\"{text}\"}}}}],\"usage\":null}}\n\n"),
             2 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":\"stop\"}}],\"usage\":null}}\n\n"),
+            3 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}],\"usage\":null}}\r\n\r\n"),
+            4 => format!("data:{{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"),
+            5 => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\ndata: \"finish_reason\":null}}]}}\n\n"),
             _ => format!("data: {{\"id\":\"c1\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"),
         }
     })

@@ -241,6 +241,7 @@ fn workers_share_one_lease_book_two_worst_cases_fit_the_third_is_refused() {
     let message = client.json()["error"]["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("0.005560"), "the refusal names the request's worst case: {message}");
     assert!(third.upstream().headers.is_none());
+    flush_counters(&gw);
     assert_eq!(gw.counter("tollgate_enforce_admitted_total"), 2);
     assert_eq!(gw.counter("tollgate_enforce_refused_total"), 1);
 }

@@ -76,6 +76,9 @@ struct Metrics {
     usage_requeued: u32,
     usage_dropped: u32,
     usage_unacked: u32,
+    /// Counts not yet handed to the host, by counter id (flushed on the tick, like the filter's
+    /// counters: `crate::metrics`).
+    pending: RefCell<BTreeMap<u32, u64>>,
 }
 
 /// Every metric enforcement defines, for docs and tests.
@@ -128,12 +131,25 @@ impl Metrics {
             usage_requeued: c(18),
             usage_dropped: c(19),
             usage_unacked: METRIC_NAMES.get(20).and_then(|n| abi::define_gauge(n).ok()).unwrap_or(u32::MAX),
+            pending: RefCell::default(),
         }
     }
 
-    fn inc(id: u32, by: u64) {
+    fn inc(&self, id: u32, by: u64) {
         if id != u32::MAX && by != 0 {
-            host::increment(id, by);
+            if let Ok(mut pending) = self.pending.try_borrow_mut() {
+                let count = pending.entry(id).or_insert(0);
+                *count = count.saturating_add(by);
+            }
+        }
+    }
+
+    /// Hands the pending counts to the host.
+    fn flush(&self) {
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            for (id, by) in std::mem::take(&mut *pending) {
+                host::increment(id, by);
+            }
         }
     }
 }
@@ -246,12 +262,12 @@ impl Worker {
                 let body = serde_json::to_vec(&ticket.request(&self.gateway_id)).unwrap_or_default();
                 match self.dispatch("/v1/leases", &body) {
                     Some(token) => {
-                        Metrics::inc(self.metrics.topups, 1);
-                        Metrics::inc(self.metrics.lease_calls, 1);
+                        self.metrics.inc(self.metrics.topups, 1);
+                        self.metrics.inc(self.metrics.lease_calls, 1);
                         self.calls.insert(token, RootCall::Topup(ticket));
                     }
                     None => {
-                        Metrics::inc(self.metrics.lease_failures, 1);
+                        self.metrics.inc(self.metrics.lease_failures, 1);
                         chain::fail_refill(&mut store::SharedStore, &ticket, now);
                     }
                 }
@@ -259,6 +275,7 @@ impl Worker {
         }
         self.ship_outbox();
         self.flush(now, false);
+        self.metrics.flush();
     }
 
     /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
@@ -267,6 +284,7 @@ impl Worker {
         self.draining = true;
         self.ship_outbox();
         self.flush(now, true);
+        self.metrics.flush();
     }
 
     /// An answer to a call the root made. Returns false if the token is not enforcement's.
@@ -276,7 +294,7 @@ impl Worker {
             RootCall::Topup(ticket) => match read_lease(status, body) {
                 Ok(response) => chain::finish_refill(&mut store::SharedStore, &ticket, &response, now),
                 Err(why) => {
-                    Metrics::inc(self.metrics.lease_failures, 1);
+                    self.metrics.inc(self.metrics.lease_failures, 1);
                     host::log(LogLevel::Warn, &format!("tollgate: lease top-up failed: {why}"));
                     chain::fail_refill(&mut store::SharedStore, &ticket, now);
                 }
@@ -285,14 +303,14 @@ impl Worker {
                 self.usage_in_flight = false;
                 match queue::read_ack(status, body, batch.records.len()) {
                     Ok(_) => {
-                        Metrics::inc(self.metrics.usage_acked, batch.records.len() as u64);
+                        self.metrics.inc(self.metrics.usage_acked, batch.records.len() as u64);
                         self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
                         // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
                     }
                     Err(why) => {
-                        Metrics::inc(self.metrics.usage_post_failures, 1);
+                        self.metrics.inc(self.metrics.usage_post_failures, 1);
                         host::log(
                             LogLevel::Warn,
                             &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
@@ -413,7 +431,7 @@ impl Worker {
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
-            Metrics::inc(self.metrics.usage_dropped, garbage);
+            self.metrics.inc(self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
         if records.is_empty() {
@@ -423,12 +441,12 @@ impl Worker {
         let body = queue::batch_body(&self.gateway_id, &records);
         match self.dispatch("/v1/usage", &body) {
             Some(token) => {
-                Metrics::inc(self.metrics.usage_posts, 1);
+                self.metrics.inc(self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
                 self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
             }
             None => {
-                Metrics::inc(self.metrics.usage_post_failures, 1);
+                self.metrics.inc(self.metrics.usage_post_failures, 1);
                 self.requeue(records);
             }
         }
@@ -497,7 +515,7 @@ impl Worker {
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
     fn requeue(&mut self, records: Vec<QueuedRecord>) {
         if self.queue_id.is_some() {
-            Metrics::inc(self.metrics.usage_requeued, records.len() as u64);
+            self.metrics.inc(self.metrics.usage_requeued, records.len() as u64);
         }
         // Still counted in `unacked` (and so under the bound): it only left to be posted.
         self.enqueue_items(records, "the usage queue refused a redelivery");
@@ -506,7 +524,7 @@ impl Worker {
     fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
         // Their costs must be in shared data before they are forgotten there.
         self.unbudgeted.flush();
-        Metrics::inc(self.metrics.usage_dropped, records.len() as u64);
+        self.metrics.inc(self.metrics.usage_dropped, records.len() as u64);
         chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
         let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
         host::log(
@@ -572,9 +590,9 @@ impl LeaseEnforcer {
         match decision {
             Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
                 w.remember_utilization(utilization, now);
-                Metrics::inc(w.metrics.admitted, 1);
+                w.metrics.inc(w.metrics.admitted, 1);
                 if !would_refuse.is_empty() {
-                    Metrics::inc(w.metrics.would_refuse, 1);
+                    w.metrics.inc(w.metrics.would_refuse, 1);
                     host::log(
                         LogLevel::Debug,
                         &format!("tollgate: observe-mode budget(s) {} would have refused request {}", would_refuse.join(", "), self.record_id),
@@ -582,7 +600,7 @@ impl LeaseEnforcer {
                 }
                 let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
                 if let Some(warning) = warning {
-                    Metrics::inc(w.metrics.soft_warning, 1);
+                    w.metrics.inc(w.metrics.soft_warning, 1);
                     headers.extend(warning.headers().into_iter().map(|(k, v)| (k.to_owned(), v)));
                 }
                 w.topups.extend(topup);
@@ -598,15 +616,15 @@ impl LeaseEnforcer {
                 let body = serde_json::to_vec(&ticket.request(&w.gateway_id)).unwrap_or_default();
                 match w.dispatch("/v1/leases", &body) {
                     Some(token) => {
-                        Metrics::inc(w.metrics.lease_calls, 1);
+                        w.metrics.inc(w.metrics.lease_calls, 1);
                         if round == 0 {
-                            Metrics::inc(w.metrics.paused, 1);
+                            w.metrics.inc(w.metrics.paused, 1);
                         }
                         self.pending = Some(Pending { token, ticket, rounds: round + 1 });
                         None
                     }
                     None => {
-                        Metrics::inc(w.metrics.lease_failures, 1);
+                        w.metrics.inc(w.metrics.lease_failures, 1);
                         chain::fail_refill(&mut store::SharedStore, &ticket, now);
                         Some(self.unavailable(w))
                     }
@@ -624,7 +642,7 @@ impl LeaseEnforcer {
 
     /// A 429 naming the budget, with Retry-After at its window reset.
     fn refuse(&self, w: &mut Worker, refusal: &tollgate_core::enforce::Refusal, now: i64) -> Verdict {
-        Metrics::inc(w.metrics.refused, 1);
+        w.metrics.inc(w.metrics.refused, 1);
         let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
         if let Some(secs) = refusal.retry_after_secs(now) {
             headers.push(("retry-after".to_owned(), secs.to_string()));
@@ -637,13 +655,13 @@ impl LeaseEnforcer {
     fn unavailable(&mut self, w: &mut Worker) -> Verdict {
         match w.settings.failure_mode {
             FailureMode::FailOpen => {
-                Metrics::inc(w.metrics.fail_open, 1);
+                w.metrics.inc(w.metrics.fail_open, 1);
                 w.hold(&self.scopes);
                 self.reservation = Some(Reservation::unreserved(self.scopes.clone()));
                 Verdict::Proceed { response_headers: vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())] }
             }
             FailureMode::FailClosed => {
-                Metrics::inc(w.metrics.unavailable, 1);
+                w.metrics.inc(w.metrics.unavailable, 1);
                 let failure = Failure::new(
                     ErrorKind::Unavailable,
                     "the budget service (tollgate-counter) cannot be reached and this gateway holds no budget headroom for \
@@ -687,7 +705,7 @@ impl Enforcer for LeaseEnforcer {
         match read_lease(status, body) {
             Ok(response) => chain::finish_refill(&mut store::SharedStore, &pending.ticket, &response, now_ms),
             Err(why) => {
-                Metrics::inc(w.metrics.lease_failures, 1);
+                w.metrics.inc(w.metrics.lease_failures, 1);
                 host::log(LogLevel::Warn, &format!("tollgate: lease call for request {} failed: {why}", self.record_id));
                 chain::fail_refill(&mut store::SharedStore, &pending.ticket, now_ms);
             }
@@ -699,7 +717,7 @@ impl Enforcer for LeaseEnforcer {
         let worker = Rc::clone(&self.worker);
         let Ok(mut w) = worker.try_borrow_mut() else { return };
         if self.settled {
-            Metrics::inc(w.metrics.double_settle, 1);
+            w.metrics.inc(w.metrics.double_settle, 1);
             return;
         }
         self.settled = true;
@@ -712,21 +730,22 @@ impl Enforcer for LeaseEnforcer {
             None => Reservation::unreserved(record.principal.scope_keys()),
         };
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
-        let now = host::now_ms();
+        // The filter read the clock when it priced the record.
+        let now = record.finished_at_ms;
         let settled = {
             let ttl = w.settings.unbudgeted_scope_ttl_ms;
             chain::settle(&mut store::CachedStore::new(&mut w.unbudgeted, now, ttl), reservation, cost)
         };
         w.remember_utilization(settled.utilization, now);
         if unreserved {
-            Metrics::inc(w.metrics.unreserved_micros, micros(cost));
+            w.metrics.inc(w.metrics.unreserved_micros, micros(cost));
         } else {
-            Metrics::inc(w.metrics.excess_micros, micros(settled.excess_micros));
+            w.metrics.inc(w.metrics.excess_micros, micros(settled.excess_micros));
         }
         // Queued (and counted unacknowledged) before it counts as settled, so an observer that
         // sees it settled also sees it waiting.
         w.enqueue(record);
-        Metrics::inc(w.metrics.settled, 1);
+        w.metrics.inc(w.metrics.settled, 1);
     }
 }
 
@@ -738,7 +757,7 @@ impl Drop for LeaseEnforcer {
             chain::release(&mut store::SharedStore, &reservation);
             if let Ok(mut w) = self.worker.try_borrow_mut() {
                 w.unhold(&reservation.scopes);
-                Metrics::inc(w.metrics.released_unsettled, 1);
+                w.metrics.inc(w.metrics.released_unsettled, 1);
             }
         }
     }
