@@ -7,6 +7,10 @@ worker (--concurrency 1). The cases:
   plain     Envoy, no wasm                         (the ceiling)
   noop      Envoy + a wasm filter that does nothing (the floor any wasm filter pays)
   naive     Envoy + a wasm filter that parses the body into serde_json::Value and re-serializes it
+  calls     Envoy + a wasm filter that makes Tollgate's host calls on this request (read headers,
+            pause, read and write the body, set three headers, read the response headers and
+            body, publish one access-log value) and does nothing else: the floor under Tollgate
+            that comes from talking to Envoy at all, before any parsing, routing or metering
   tollgate  Envoy + Tollgate: attribute (virtual key), route (rewrite the model, set the provider
             header), meter the SSE response (tokens and cost)
   enforce   the same plus full budget enforcement (docs/enforcement.md): leases from a real
@@ -38,7 +42,7 @@ the sections go to BENCH_OUT (default: a temp file), not BENCHMARKS.md. The figu
 it checks that every part works.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_LATENCY_SECONDS (5),
-BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,tollgate,enforce), BENCH_OUT (BENCHMARKS.md),
+BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,calls,tollgate,enforce), BENCH_OUT (BENCHMARKS.md),
 BENCH_PARTS (instructions,envoy,counter,redis), BENCH_COUNTER_SECONDS (5, per phase),
 BENCH_INSTRUCTIONS_BIN (run this prebuilt `instructions` binary instead of `cargo run`),
 TOLLGATE_COUNTER_BIN, REDIS_SERVER (redis-server),
@@ -73,7 +77,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "10"))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "2" if QUICK else "5"))
 WARMUP_SECONDS = 1 if QUICK else 2
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,tollgate,enforce").split(",")
+CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,calls,tollgate,enforce").split(",")
 PARTS = os.environ.get("BENCH_PARTS", "instructions,envoy,counter,redis").split(",")
 COUNTER_SECONDS = int(os.environ.get("BENCH_COUNTER_SECONDS", "1" if QUICK else "5"))
 OUT = Path(os.environ.get("BENCH_OUT", Path(tempfile.gettempdir()) / "tollgate-bench-quick.md" if QUICK else REPO / "BENCHMARKS.md"))
@@ -308,6 +312,7 @@ def envoy_part():
             "plain": dict(wasm=None),
             "noop": dict(wasm=harness.NOOP_WASM, plugin_config="{}"),
             "naive": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"naive"}'),
+            "calls": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"calls"}'),
             "tollgate": dict(wasm=harness.TOLLGATE_WASM, plugin_config=TOLLGATE_CONFIG),
         }
         envoys = {}
@@ -383,6 +388,11 @@ def envoy_report(med, enforce, conditions):
         lines.append(f"- no-op wasm keeps **{noop['rps'] / med['plain']['rps'] * 100:.1f}%** of plain Envoy's throughput.")
     if "naive" in med and "plain" in med:
         lines.append(f"- the naive re-serializing filter keeps **{med['naive']['rps'] / med['plain']['rps'] * 100:.1f}%** of plain Envoy's throughput.")
+    if "calls" in med and noop:
+        c = med["calls"]
+        lines.append(f"- the host-call floor (`calls`: Tollgate's conversation with Envoy, none of its work) keeps "
+                     f"**{c['rps'] / noop['rps'] * 100:.1f}%** of the no-op filter's throughput and adds "
+                     f"**{c['p50_1'] - noop['p50_1']:.0f} µs** at p50 on one connection.")
     if "tollgate" in med and noop:
         t = med["tollgate"]
         ok_tp = t["rps"] / noop["rps"] >= 0.90
@@ -391,6 +401,9 @@ def envoy_report(med, enforce, conditions):
                      f"(target ≥ 90%: {'met' if ok_tp else 'NOT met'}).")
         lines.append(f"- Tollgate adds **{added:.0f} µs** at p50 over the no-op filter on one connection "
                      f"(target ≤ 30 µs: {'met' if added <= 30 else 'NOT met'}).")
+        if "calls" in med:
+            lines.append(f"- Tollgate keeps **{t['rps'] / med['calls']['rps'] * 100:.1f}%** of the host-call floor's throughput: "
+                         "the rest of its cost is its own work in wasm.")
     if "enforce" in med and noop:
         t = med["enforce"]
         c = enforce.get("counter", {})

@@ -21,6 +21,10 @@
 //! count) is parsed in full from the held bytes; a longer event is parsed as it streams. Either
 //! way the decision depends only on the event's bytes, never on how they were chunked.
 //!
+//! A skimmed event also leaves its shape (`EventTemplate`): the next event that is the same bytes
+//! around a different content string is counted by comparing bytes, without holding or skimming
+//! it (docs/metering.md, "Event templates").
+//!
 //! # Where usage is read
 //! A *message* is one JSON object: a whole JSON body, one element of Gemini's JSON-array stream,
 //! or the `data` of one SSE event. Only complete messages count: one cut off mid-way says nothing.

@@ -6,6 +6,12 @@
 //! - `{"mode":"naive"}`: buffers the request body, parses it into `serde_json::Value` and writes
 //!   it back re-serialized: the obvious way to rewrite a model field, which Tollgate avoids (it
 //!   splices bytes instead). Shown for comparison only.
+//! - `{"mode":"calls"}`: makes the host calls Tollgate makes on the benchmark's request, and
+//!   nothing else: read the request headers, replace `accept-encoding`, read the clock, pause;
+//!   read the body and write it back, replace `content-length` and set a route header; read the
+//!   response headers and every response body chunk; set one filter-state value at the end.
+//!   What the same conversation with Envoy costs without any of Tollgate's own work (parsing,
+//!   routing, metering), so `make bench` can show how much of Tollgate's cost is that floor.
 //!
 //! It never panics: a body that is not JSON is forwarded untouched.
 
@@ -14,11 +20,18 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { naive: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { mode: Mode::Noop }) });
 }}
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Noop,
+    Naive,
+    Calls,
+}
+
 struct Root {
-    naive: bool,
+    mode: Mode,
 }
 
 impl Context for Root {}
@@ -27,7 +40,13 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
         let text = String::from_utf8_lossy(&config);
-        self.naive = text.contains("\"naive\"");
+        self.mode = if text.contains("\"naive\"") {
+            Mode::Naive
+        } else if text.contains("\"calls\"") {
+            Mode::Calls
+        } else {
+            Mode::Noop
+        };
         true
     }
 
@@ -36,10 +55,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        if self.naive {
-            Some(Box::new(Naive))
-        } else {
-            Some(Box::new(Noop))
+        match self.mode {
+            Mode::Naive => Some(Box::new(Naive)),
+            Mode::Calls => Some(Box::new(Calls)),
+            Mode::Noop => Some(Box::new(Noop)),
         }
     }
 }
@@ -77,5 +96,50 @@ impl HttpContext for Naive {
             }
         }
         Action::Continue
+    }
+}
+
+/// Tollgate's host calls on the benchmark request, without Tollgate's work.
+struct Calls;
+
+impl Context for Calls {}
+
+impl HttpContext for Calls {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = self.get_http_request_headers_bytes();
+        self.set_http_request_header("accept-encoding", Some("identity"));
+        let _ = self.get_current_time();
+        if end_of_stream || headers.is_empty() {
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_request_body(0, body_size) {
+            self.set_http_request_body(0, body_size, &body);
+            self.set_http_request_header("content-length", Some(&body.len().to_string()));
+        }
+        self.set_http_request_header("x-bench-route", Some("calls"));
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _ = self.get_http_response_headers_bytes();
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if body_size > 0 {
+            let _ = self.get_http_response_body(0, body_size);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.set_property(vec!["bench.calls"], Some(b"calls"));
     }
 }
