@@ -400,7 +400,7 @@ impl Stream {
             None => (0, Default::default()),
         };
         let exchange = Exchange {
-            record_id: format!("{}:{}", config.gateway_id, req.request_id),
+            record_id: [config.gateway_id.as_str(), req.request_id.as_str()].join(":"),
             principal: plan.principal.clone(),
             dialect: req.recognised.dialect,
             requested_model: plan.requested_model.clone(),

@@ -694,7 +694,7 @@ impl Enforcer for LeaseEnforcer {
         let Ok(mut w) = worker.try_borrow_mut() else { return busy_verdict() };
         self.scopes = admission.principal.scope_keys();
         self.amount = admission.worst_case_micros.max(0);
-        self.record_id = format!("{}:{}", w.gateway_id, admission.request_id);
+        self.record_id = [w.gateway_id.as_str(), admission.request_id].join(":");
         self.decide(&mut w, admission.now_ms, 0).unwrap_or(Verdict::Wait)
     }
 
