@@ -369,6 +369,57 @@ pub fn settle<S: LeaseStore>(store: &mut S, reservation: Reservation, actual: Mi
     }
 }
 
+/// Settles several requests with one read-modify-write per scope instead of one per request and
+/// scope. Each settlement is applied to the entry exactly as [`settle`] applies it, in order, so
+/// the book ends where settling them one by one would leave it; what is returned per settlement
+/// (returned, excess) does not depend on the book. The utilization is each scope's after all of
+/// them. A scope the store fails on keeps its reservations until they lapse, as with [`settle`].
+pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Micros)]) -> (Vec<Settled>, Vec<(String, u32)>) {
+    let mut scopes: Vec<&str> = Vec::new();
+    for (reservation, _) in settlements {
+        for scope in &reservation.scopes {
+            if !scopes.contains(&scope.as_str()) {
+                scopes.push(scope);
+            }
+        }
+    }
+    let mut utilization = Vec::new();
+    for scope in scopes {
+        let pct = update(store, scope, |entry| {
+            let mut changed = false;
+            for (reservation, actual) in settlements.iter().filter(|(r, _)| r.scopes.iter().any(|s| s == scope)) {
+                let actual = (*actual).max(0);
+                if entry.fetched_at_ms == 0 && entry.budgets.is_empty() && actual == 0 {
+                    continue;
+                }
+                let ids: &[String] =
+                    reservation.reserved_on.iter().find(|(s, _)| s == scope).map(|(_, ids)| ids.as_slice()).unwrap_or(&[]);
+                let reserved = if ids.is_empty() { 0 } else { reservation.amount };
+                entry.settle(reserved, ids, actual);
+                changed = true;
+            }
+            (changed.then(|| entry.budgets.iter().map(|s| s.utilization_pct()).max()).flatten(), changed)
+        });
+        if let Ok(Some(pct)) = pct {
+            utilization.push((scope.to_owned(), pct));
+        }
+    }
+    let settled = settlements
+        .iter()
+        .map(|(reservation, actual)| {
+            let actual = (*actual).max(0);
+            let reserved_any = !reservation.reserved_on.is_empty();
+            let amount = if reserved_any { reservation.amount } else { 0 };
+            Settled {
+                returned_micros: amount.saturating_sub(actual).max(0),
+                excess_micros: if reserved_any { actual.saturating_sub(amount).max(0) } else { 0 },
+                utilization: Vec::new(),
+            }
+        })
+        .collect();
+    (settled, utilization)
+}
+
 /// A lease call in flight: which scopes, what it asked for, and what it must remember to apply
 /// the answer conservatively.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,6 +576,41 @@ mod tests {
         for scope in ["team:a", "user:u"] {
             let slot = &mem.0[scope].0.budgets[0];
             assert_eq!((slot.reserved, slot.slice), (0, 900_000));
+        }
+    }
+
+    proptest::proptest! {
+        /// Settling a tick's worth of requests at once leaves the book exactly where settling
+        /// them one by one would, and reports the same returned and excess amounts.
+        #[test]
+        fn settling_many_at_once_equals_settling_one_by_one(
+            requests in proptest::collection::vec((0usize..4, 0i64..400_000, 0i64..600_000), 1..12),
+        ) {
+            let s = test_settings();
+            let chains = [scopes(&["team:a", "user:u"]), scopes(&["team:a"]), scopes(&["user:u", "key:k"]), scopes(&["team:a", "user:v"])];
+            let mut one_by_one = book(&[("team:a", 5_000_000, 5_000_000), ("user:u", 2_000_000, 2_000_000)]);
+            let mut at_once = book(&[("team:a", 5_000_000, 5_000_000), ("user:u", 2_000_000, 2_000_000)]);
+            let mut reserved = Vec::new();
+            for (chain, amount, actual) in &requests {
+                let chain = &chains[*chain];
+                let a = reserve(&mut one_by_one, chain, *amount, 2_000, &s);
+                let b = reserve(&mut at_once, chain, *amount, 2_000, &s);
+                proptest::prop_assert_eq!(&a, &b);
+                let reservation = match a {
+                    Decision::Admit { reservation, .. } => reservation,
+                    _ => Reservation::unreserved(chain.clone()),
+                };
+                reserved.push((reservation, *actual));
+            }
+            let expected: Vec<(Micros, Micros)> = reserved
+                .iter()
+                .map(|(r, actual)| settle(&mut one_by_one, r.clone(), *actual))
+                .map(|x| (x.returned_micros, x.excess_micros))
+                .collect();
+            let (got, _) = settle_all(&mut at_once, &reserved);
+            proptest::prop_assert_eq!(got.iter().map(|x| (x.returned_micros, x.excess_micros)).collect::<Vec<_>>(), expected);
+            let entries = |m: &Mem| m.0.iter().map(|(k, (e, _))| (k.clone(), e.clone())).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(entries(&at_once), entries(&one_by_one));
         }
     }
 

@@ -58,6 +58,35 @@ fn grant(call: &HttpCall, granted: i64, status: &str, now_ms: u64) -> Answer {
     Answer::json(200, &json!({ "budgets": budgets }))
 }
 
+/// A request's settlement reaches the lease book on the worker's next tick, with every other
+/// request that ended since (one shared-data write per scope), not as each request ends: until
+/// then the book still holds the request's worst case, so nothing is over-granted meanwhile.
+#[test]
+fn settlements_reach_the_lease_book_on_the_next_tick() {
+    let gw = enforcing("fail_closed");
+    let c = chat();
+    let mut s = gw.stream();
+    s.send_request(&refs(&request_headers(&c, "req-1")), &c.request);
+    let now = gw.now_ms();
+    gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+    gw.advance(Duration::from_millis(1));
+    s.expect_upstream_body(&c.upstream_request);
+    let entry = || {
+        let (bytes, _) = gw.shared_data("tollgate.lease.org:acme").expect("org:acme has a lease entry");
+        tollgate_core::enforce::book::ScopeEntry::decode(&bytes).expect("the entry decodes")
+    };
+    let reserved = entry().budgets[0].reserved;
+    assert!(reserved > 0, "the worst case is reserved while the request runs");
+    s.respond(&refs(&c.response_headers()), &c.response);
+    assert_eq!(s.client().status(), Some(200));
+    assert_eq!(entry().budgets[0].reserved, reserved, "ended, not yet written: the book still holds the worst case");
+    assert_eq!(entry().unacked, 0);
+    gw.advance(Duration::from_millis(20));
+    let after = entry();
+    assert_eq!(after.budgets[0].reserved, 0, "the tick released the reservation");
+    assert_eq!(after.unacked, c.cost_micros(), "and charged the real cost");
+}
+
 #[test]
 fn a_request_waits_for_its_lease_and_resumes_when_the_counter_answers() {
     let gw = enforcing("fail_closed");
