@@ -91,12 +91,26 @@ pub fn item(records: &[QueuedRecord]) -> Vec<u8> {
 }
 
 fn push_number(out: &mut Vec<u8>, n: i64) {
+    push_digits(out, n);
+    out.push(b' ');
+}
+
+fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_digits(out, i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+    out.push(b':');
+    out.extend_from_slice(bytes);
+}
+
+/// `n` in decimal, with a `-` if negative.
+fn push_digits(out: &mut Vec<u8>, n: i64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = n.unsigned_abs();
     loop {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (rest % 10) as u8;
+        }
         rest /= 10;
         if rest == 0 {
             break;
@@ -105,19 +119,7 @@ fn push_number(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(&digits[at..]);
-    out.push(b' ');
-}
-
-fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut len = Vec::with_capacity(21);
-    push_number(&mut len, i64::try_from(bytes.len()).unwrap_or(i64::MAX));
-    if let Some(b' ') = len.last() {
-        len.pop();
-    }
-    out.extend_from_slice(&len);
-    out.push(b':');
-    out.extend_from_slice(bytes);
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
 }
 
 /// Reads a framed item field by field.
