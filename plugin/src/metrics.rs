@@ -64,11 +64,34 @@ fn dialect_index(d: Dialect) -> usize {
 /// How often pending counts reach Envoy (the root context's tick).
 pub const FLUSH_INTERVAL_MS: u64 = 100;
 
-/// One counter: its host id and the count not yet handed to the host.
+/// One counter: its host id and the count not yet handed to the host (see the module doc).
+/// Enforcement's counters are these too.
 #[derive(Debug)]
-struct Counter {
+pub struct Counter {
     id: u32,
     pending: Cell<u64>,
+}
+
+impl Counter {
+    /// Defines the counter in the host; `None` if the host refused (the counter is then skipped).
+    pub fn define(name: &str) -> Option<Counter> {
+        host::define_counter(name).ok().map(|id| Counter { id, pending: Cell::new(0) })
+    }
+
+    /// Adds `by` to the count the next flush hands over.
+    pub fn add(counter: &Option<Counter>, by: u64) {
+        if let Some(c) = counter {
+            c.pending.set(c.pending.get().saturating_add(by));
+        }
+    }
+
+    /// Hands the pending count to the host, if any.
+    pub fn flush(&self) {
+        let by = self.pending.replace(0);
+        if by > 0 {
+            host::increment(self.id, by);
+        }
+    }
 }
 
 /// The filter's counters (`None` when the host refused to define one).
@@ -106,7 +129,7 @@ const TOKEN_KINDS: [&str; 5] = ["input", "output", "cache_read", "cache_write", 
 
 impl Metrics {
     pub fn define() -> Metrics {
-        let def = |name: &str| host::define_counter(name).ok().map(|id| Counter { id, pending: Cell::new(0) });
+        let def = Counter::define;
         let mut m = Metrics { passthrough: def("tollgate_passthrough"), ..Default::default() };
         for d in Dialect::ALL {
             for o in Outcome::ALL {
@@ -127,9 +150,7 @@ impl Metrics {
     }
 
     fn bump(counter: &Option<Counter>, by: u64) {
-        if let Some(c) = counter {
-            c.pending.set(c.pending.get().saturating_add(by));
-        }
+        Counter::add(counter, by);
     }
 
     fn all(&self) -> impl Iterator<Item = &Counter> {
@@ -140,10 +161,7 @@ impl Metrics {
     /// Hands every pending count to the host (one call per counter that changed).
     pub fn flush(&self) {
         for c in self.all() {
-            let by = c.pending.replace(0);
-            if by > 0 {
-                host::increment(c.id, by);
-            }
+            c.flush();
         }
     }
 

@@ -28,6 +28,7 @@ mod store;
 
 use crate::enforcement::{Admission, Enforcer, Verdict};
 use crate::host::{self, LogLevel};
+use crate::metrics::Counter;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -55,30 +56,27 @@ pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 
 /// Counters (`wasmcustom.tollgate_*`) and the queue gauge.
 struct Metrics {
-    admitted: u32,
-    paused: u32,
-    refused: u32,
-    unavailable: u32,
-    fail_open: u32,
-    would_refuse: u32,
-    soft_warning: u32,
-    excess_micros: u32,
-    unreserved_micros: u32,
-    settled: u32,
-    released_unsettled: u32,
-    double_settle: u32,
-    lease_calls: u32,
-    lease_failures: u32,
-    topups: u32,
-    usage_posts: u32,
-    usage_post_failures: u32,
-    usage_acked: u32,
-    usage_requeued: u32,
-    usage_dropped: u32,
+    admitted: Option<Counter>,
+    paused: Option<Counter>,
+    refused: Option<Counter>,
+    unavailable: Option<Counter>,
+    fail_open: Option<Counter>,
+    would_refuse: Option<Counter>,
+    soft_warning: Option<Counter>,
+    excess_micros: Option<Counter>,
+    unreserved_micros: Option<Counter>,
+    settled: Option<Counter>,
+    released_unsettled: Option<Counter>,
+    double_settle: Option<Counter>,
+    lease_calls: Option<Counter>,
+    lease_failures: Option<Counter>,
+    topups: Option<Counter>,
+    usage_posts: Option<Counter>,
+    usage_post_failures: Option<Counter>,
+    usage_acked: Option<Counter>,
+    usage_requeued: Option<Counter>,
+    usage_dropped: Option<Counter>,
     usage_unacked: u32,
-    /// Counts not yet handed to the host, by counter id (flushed on the tick, like the filter's
-    /// counters: `crate::metrics`).
-    pending: RefCell<BTreeMap<u32, u64>>,
 }
 
 /// Every metric enforcement defines, for docs and tests.
@@ -108,7 +106,7 @@ pub const METRIC_NAMES: [&str; 21] = [
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |i: usize| METRIC_NAMES.get(i).and_then(|n| host::define_counter(n).ok()).unwrap_or(u32::MAX);
+        let c = |i: usize| METRIC_NAMES.get(i).and_then(|n| Counter::define(n));
         Metrics {
             admitted: c(0),
             paused: c(1),
@@ -131,25 +129,23 @@ impl Metrics {
             usage_requeued: c(18),
             usage_dropped: c(19),
             usage_unacked: METRIC_NAMES.get(20).and_then(|n| abi::define_gauge(n).ok()).unwrap_or(u32::MAX),
-            pending: RefCell::default(),
         }
     }
 
-    fn inc(&self, id: u32, by: u64) {
-        if id != u32::MAX && by != 0 {
-            if let Ok(mut pending) = self.pending.try_borrow_mut() {
-                let count = pending.entry(id).or_insert(0);
-                *count = count.saturating_add(by);
-            }
-        }
+    fn inc(counter: &Option<Counter>, by: u64) {
+        Counter::add(counter, by);
     }
 
     /// Hands the pending counts to the host.
     fn flush(&self) {
-        if let Ok(mut pending) = self.pending.try_borrow_mut() {
-            for (id, by) in std::mem::take(&mut *pending) {
-                host::increment(id, by);
-            }
+        let counters = [
+            &self.admitted, &self.paused, &self.refused, &self.unavailable, &self.fail_open, &self.would_refuse,
+            &self.soft_warning, &self.excess_micros, &self.unreserved_micros, &self.settled, &self.released_unsettled,
+            &self.double_settle, &self.lease_calls, &self.lease_failures, &self.topups, &self.usage_posts,
+            &self.usage_post_failures, &self.usage_acked, &self.usage_requeued, &self.usage_dropped,
+        ];
+        for counter in counters.into_iter().flatten() {
+            counter.flush();
         }
     }
 }
@@ -269,12 +265,12 @@ impl Worker {
                 let body = serde_json::to_vec(&ticket.request(&self.gateway_id)).unwrap_or_default();
                 match self.dispatch("/v1/leases", &body) {
                     Some(token) => {
-                        self.metrics.inc(self.metrics.topups, 1);
-                        self.metrics.inc(self.metrics.lease_calls, 1);
+                        Metrics::inc(&self.metrics.topups, 1);
+                        Metrics::inc(&self.metrics.lease_calls, 1);
                         self.calls.insert(token, RootCall::Topup(ticket));
                     }
                     None => {
-                        self.metrics.inc(self.metrics.lease_failures, 1);
+                        Metrics::inc(&self.metrics.lease_failures, 1);
                         chain::fail_refill(&mut store::SharedStore, &ticket, now);
                     }
                 }
@@ -314,7 +310,7 @@ impl Worker {
             RootCall::Topup(ticket) => match read_lease(status, body) {
                 Ok(response) => chain::finish_refill(&mut store::SharedStore, &ticket, &response, now),
                 Err(why) => {
-                    self.metrics.inc(self.metrics.lease_failures, 1);
+                    Metrics::inc(&self.metrics.lease_failures, 1);
                     host::log(LogLevel::Warn, &format!("tollgate: lease top-up failed: {why}"));
                     chain::fail_refill(&mut store::SharedStore, &ticket, now);
                 }
@@ -323,14 +319,14 @@ impl Worker {
                 self.usage_in_flight = false;
                 match queue::read_ack(status, body, batch.records.len()) {
                     Ok(_) => {
-                        self.metrics.inc(self.metrics.usage_acked, batch.records.len() as u64);
+                        Metrics::inc(&self.metrics.usage_acked, batch.records.len() as u64);
                         self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
                         // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
                     }
                     Err(why) => {
-                        self.metrics.inc(self.metrics.usage_post_failures, 1);
+                        Metrics::inc(&self.metrics.usage_post_failures, 1);
                         host::log(
                             LogLevel::Warn,
                             &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
@@ -451,7 +447,7 @@ impl Worker {
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
-            self.metrics.inc(self.metrics.usage_dropped, garbage);
+            Metrics::inc(&self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
         if records.is_empty() {
@@ -461,12 +457,12 @@ impl Worker {
         let body = queue::batch_body(&self.gateway_id, &records);
         match self.dispatch("/v1/usage", &body) {
             Some(token) => {
-                self.metrics.inc(self.metrics.usage_posts, 1);
+                Metrics::inc(&self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
                 self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
             }
             None => {
-                self.metrics.inc(self.metrics.usage_post_failures, 1);
+                Metrics::inc(&self.metrics.usage_post_failures, 1);
                 self.requeue(records);
             }
         }
@@ -535,7 +531,7 @@ impl Worker {
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
     fn requeue(&mut self, records: Vec<QueuedRecord>) {
         if self.queue_id.is_some() {
-            self.metrics.inc(self.metrics.usage_requeued, records.len() as u64);
+            Metrics::inc(&self.metrics.usage_requeued, records.len() as u64);
         }
         // Still counted in `unacked` (and so under the bound): it only left to be posted.
         self.enqueue_items(records, "the usage queue refused a redelivery");
@@ -544,7 +540,7 @@ impl Worker {
     fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
         // Their costs must be in shared data before they are forgotten there.
         self.unbudgeted.flush();
-        self.metrics.inc(self.metrics.usage_dropped, records.len() as u64);
+        Metrics::inc(&self.metrics.usage_dropped, records.len() as u64);
         chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
         let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
         host::log(
@@ -610,9 +606,9 @@ impl LeaseEnforcer {
         match decision {
             Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
                 w.remember_utilization(utilization, now);
-                w.metrics.inc(w.metrics.admitted, 1);
+                Metrics::inc(&w.metrics.admitted, 1);
                 if !would_refuse.is_empty() {
-                    w.metrics.inc(w.metrics.would_refuse, 1);
+                    Metrics::inc(&w.metrics.would_refuse, 1);
                     host::log(
                         LogLevel::Debug,
                         &format!("tollgate: observe-mode budget(s) {} would have refused request {}", would_refuse.join(", "), self.record_id),
@@ -620,7 +616,7 @@ impl LeaseEnforcer {
                 }
                 let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
                 if let Some(warning) = warning {
-                    w.metrics.inc(w.metrics.soft_warning, 1);
+                    Metrics::inc(&w.metrics.soft_warning, 1);
                     headers.extend(warning.headers().into_iter().map(|(k, v)| (k.to_owned(), v)));
                 }
                 w.topups.extend(topup);
@@ -636,15 +632,15 @@ impl LeaseEnforcer {
                 let body = serde_json::to_vec(&ticket.request(&w.gateway_id)).unwrap_or_default();
                 match w.dispatch("/v1/leases", &body) {
                     Some(token) => {
-                        w.metrics.inc(w.metrics.lease_calls, 1);
+                        Metrics::inc(&w.metrics.lease_calls, 1);
                         if round == 0 {
-                            w.metrics.inc(w.metrics.paused, 1);
+                            Metrics::inc(&w.metrics.paused, 1);
                         }
                         self.pending = Some(Pending { token, ticket, rounds: round + 1 });
                         None
                     }
                     None => {
-                        w.metrics.inc(w.metrics.lease_failures, 1);
+                        Metrics::inc(&w.metrics.lease_failures, 1);
                         chain::fail_refill(&mut store::SharedStore, &ticket, now);
                         Some(self.unavailable(w))
                     }
@@ -662,7 +658,7 @@ impl LeaseEnforcer {
 
     /// A 429 naming the budget, with Retry-After at its window reset.
     fn refuse(&self, w: &mut Worker, refusal: &tollgate_core::enforce::Refusal, now: i64) -> Verdict {
-        w.metrics.inc(w.metrics.refused, 1);
+        Metrics::inc(&w.metrics.refused, 1);
         let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
         if let Some(secs) = refusal.retry_after_secs(now) {
             headers.push(("retry-after".to_owned(), secs.to_string()));
@@ -675,13 +671,13 @@ impl LeaseEnforcer {
     fn unavailable(&mut self, w: &mut Worker) -> Verdict {
         match w.settings.failure_mode {
             FailureMode::FailOpen => {
-                w.metrics.inc(w.metrics.fail_open, 1);
+                Metrics::inc(&w.metrics.fail_open, 1);
                 w.hold(&self.scopes);
                 self.reservation = Some(Reservation::unreserved(self.scopes.clone()));
                 Verdict::Proceed { response_headers: vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())] }
             }
             FailureMode::FailClosed => {
-                w.metrics.inc(w.metrics.unavailable, 1);
+                Metrics::inc(&w.metrics.unavailable, 1);
                 let failure = Failure::new(
                     ErrorKind::Unavailable,
                     "the budget service (tollgate-counter) cannot be reached and this gateway holds no budget headroom for \
@@ -725,7 +721,7 @@ impl Enforcer for LeaseEnforcer {
         match read_lease(status, body) {
             Ok(response) => chain::finish_refill(&mut store::SharedStore, &pending.ticket, &response, now_ms),
             Err(why) => {
-                w.metrics.inc(w.metrics.lease_failures, 1);
+                Metrics::inc(&w.metrics.lease_failures, 1);
                 host::log(LogLevel::Warn, &format!("tollgate: lease call for request {} failed: {why}", self.record_id));
                 chain::fail_refill(&mut store::SharedStore, &pending.ticket, now_ms);
             }
@@ -737,7 +733,7 @@ impl Enforcer for LeaseEnforcer {
         let worker = Rc::clone(&self.worker);
         let Ok(mut w) = worker.try_borrow_mut() else { return };
         if self.settled {
-            w.metrics.inc(w.metrics.double_settle, 1);
+            Metrics::inc(&w.metrics.double_settle, 1);
             return;
         }
         self.settled = true;
@@ -751,9 +747,9 @@ impl Enforcer for LeaseEnforcer {
         };
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
         if unreserved {
-            w.metrics.inc(w.metrics.unreserved_micros, micros(cost));
+            Metrics::inc(&w.metrics.unreserved_micros, micros(cost));
         } else if !reservation.reserved_on.is_empty() {
-            w.metrics.inc(w.metrics.excess_micros, micros(cost.saturating_sub(reservation.amount).max(0)));
+            Metrics::inc(&w.metrics.excess_micros, micros(cost.saturating_sub(reservation.amount).max(0)));
         }
         // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
         w.settlements.push((reservation, cost));
@@ -763,7 +759,7 @@ impl Enforcer for LeaseEnforcer {
         // Queued (and counted unacknowledged) before it counts as settled, so an observer that
         // sees it settled also sees it waiting.
         w.enqueue(record);
-        w.metrics.inc(w.metrics.settled, 1);
+        Metrics::inc(&w.metrics.settled, 1);
     }
 }
 
@@ -775,7 +771,7 @@ impl Drop for LeaseEnforcer {
             chain::release(&mut store::SharedStore, &reservation);
             if let Ok(mut w) = self.worker.try_borrow_mut() {
                 w.unhold(&reservation.scopes);
-                w.metrics.inc(w.metrics.released_unsettled, 1);
+                Metrics::inc(&w.metrics.released_unsettled, 1);
             }
         }
     }
