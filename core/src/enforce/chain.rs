@@ -76,6 +76,22 @@ impl Reservation {
     pub fn unreserved(scopes: Vec<String>) -> Reservation {
         Reservation { scopes, amount: 0, reserved_on: Vec::new() }
     }
+
+    /// What settling at `actual` gives back to the slices: reserved but not used.
+    pub fn returned(&self, actual: Micros) -> Micros {
+        let amount = if self.reserved_on.is_empty() { 0 } else { self.amount };
+        amount.saturating_sub(actual.max(0)).max(0)
+    }
+
+    /// Cost beyond the reservation when settled at `actual` (0 for an unreserved request): the
+    /// estimate error the overspend bound adds up.
+    pub fn excess(&self, actual: Micros) -> Micros {
+        if self.reserved_on.is_empty() {
+            0
+        } else {
+            actual.max(0).saturating_sub(self.amount).max(0)
+        }
+    }
 }
 
 /// Why a request is refused.
@@ -360,21 +376,16 @@ pub fn settle<S: LeaseStore>(store: &mut S, reservation: Reservation, actual: Mi
             utilization.push((scope.clone(), pct));
         }
     }
-    let reserved_any = !reservation.reserved_on.is_empty();
-    let amount = if reserved_any { reservation.amount } else { 0 };
-    Settled {
-        returned_micros: amount.saturating_sub(actual).max(0),
-        excess_micros: if reserved_any { actual.saturating_sub(amount).max(0) } else { 0 },
-        utilization,
-    }
+    Settled { returned_micros: reservation.returned(actual), excess_micros: reservation.excess(actual), utilization }
 }
 
 /// Settles several requests with one read-modify-write per scope instead of one per request and
 /// scope. Each settlement is applied to the entry exactly as [`settle`] applies it, in order, so
-/// the book ends where settling them one by one would leave it; what is returned per settlement
-/// (returned, excess) does not depend on the book. The utilization is each scope's after all of
-/// them. A scope the store fails on keeps its reservations until they lapse, as with [`settle`].
-pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Micros)]) -> (Vec<Settled>, Vec<(String, u32)>) {
+/// the book ends where settling them one by one would leave it. The utilization is each scope's
+/// after all of them (returned per scope with budgets); what each settlement returns or overran is
+/// [`Reservation::returned`] / [`Reservation::excess`]. A scope the store fails on keeps its
+/// reservations until they lapse, as with [`settle`].
+pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Micros)]) -> Vec<(String, u32)> {
     let mut scopes: Vec<&str> = Vec::new();
     for (reservation, _) in settlements {
         for scope in &reservation.scopes {
@@ -404,20 +415,7 @@ pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Mic
             utilization.push((scope.to_owned(), pct));
         }
     }
-    let settled = settlements
-        .iter()
-        .map(|(reservation, actual)| {
-            let actual = (*actual).max(0);
-            let reserved_any = !reservation.reserved_on.is_empty();
-            let amount = if reserved_any { reservation.amount } else { 0 };
-            Settled {
-                returned_micros: amount.saturating_sub(actual).max(0),
-                excess_micros: if reserved_any { actual.saturating_sub(amount).max(0) } else { 0 },
-                utilization: Vec::new(),
-            }
-        })
-        .collect();
-    (settled, utilization)
+    utilization
 }
 
 /// A lease call in flight: which scopes, what it asked for, and what it must remember to apply
@@ -602,13 +600,14 @@ mod tests {
                 };
                 reserved.push((reservation, *actual));
             }
-            let expected: Vec<(Micros, Micros)> = reserved
+            let settled: Vec<(Micros, Micros)> = reserved
                 .iter()
                 .map(|(r, actual)| settle(&mut one_by_one, r.clone(), *actual))
                 .map(|x| (x.returned_micros, x.excess_micros))
                 .collect();
-            let (got, _) = settle_all(&mut at_once, &reserved);
-            proptest::prop_assert_eq!(got.iter().map(|x| (x.returned_micros, x.excess_micros)).collect::<Vec<_>>(), expected);
+            settle_all(&mut at_once, &reserved);
+            let derived: Vec<(Micros, Micros)> = reserved.iter().map(|(r, actual)| (r.returned(*actual), r.excess(*actual))).collect();
+            proptest::prop_assert_eq!(derived, settled);
             let entries = |m: &Mem| m.0.iter().map(|(k, (e, _))| (k.clone(), e.clone())).collect::<Vec<_>>();
             proptest::prop_assert_eq!(entries(&at_once), entries(&one_by_one));
         }

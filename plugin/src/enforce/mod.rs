@@ -289,7 +289,7 @@ impl Worker {
         }
         let settlements = std::mem::take(&mut self.settlements);
         let ttl = self.settings.unbudgeted_scope_ttl_ms;
-        let (_, utilization) = chain::settle_all(&mut store::CachedStore::new(&mut self.unbudgeted, now, ttl), &settlements);
+        let utilization = chain::settle_all(&mut store::CachedStore::new(&mut self.unbudgeted, now, ttl), &settlements);
         self.remember_utilization(utilization, now);
     }
 
@@ -748,8 +748,8 @@ impl Enforcer for LeaseEnforcer {
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
         if unreserved {
             Metrics::inc(&w.metrics.unreserved_micros, micros(cost));
-        } else if !reservation.reserved_on.is_empty() {
-            Metrics::inc(&w.metrics.excess_micros, micros(cost.saturating_sub(reservation.amount).max(0)));
+        } else {
+            Metrics::inc(&w.metrics.excess_micros, micros(reservation.excess(cost)));
         }
         // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
         w.settlements.push((reservation, cost));
