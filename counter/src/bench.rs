@@ -7,7 +7,7 @@
 
 use crate::budget::{Budget, BudgetSpec};
 use crate::client::Client;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Stopwatch, SystemClock};
 use crate::server::{run, Auth};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -15,7 +15,7 @@ use crate::store::Store;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ pub async fn bench(options: BenchOptions) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("tollgate-counter-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(
-        SqliteStore::open(&dir, SqliteOptions { synchronous: options.synchronous, ..SqliteOptions::default() }).map_err(|e| e.to_string())?,
+        SqliteStore::open(&dir, SqliteOptions { synchronous: options.synchronous, ..SqliteOptions::default() }, SystemClock.now_ms()).map_err(|e| e.to_string())?,
     );
     let sync = match options.synchronous {
         Synchronous::Full => "synchronous=full",
@@ -98,16 +98,16 @@ async fn bench_with<S: Store>(store: Arc<S>, options: &BenchOptions, store_label
     }));
 
     // Phase 1: usage batches.
-    let deadline = Instant::now() + Duration::from_secs_f64(options.seconds);
+    let run_for = Duration::from_secs_f64(options.seconds);
     let records = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let mut tasks = Vec::new();
     for worker in 0..options.concurrency {
         let (url, records, batch) = (url.clone(), Arc::clone(&records), options.batch);
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(&url).await?;
             let mut next = 0u64;
-            while Instant::now() < deadline {
+            while started.elapsed() < run_for {
                 let body = batch_body(&format!("gw-{worker}"), &format!("w{worker}"), next, batch);
                 next += batch as u64;
                 let answer = client.send(hyper::Method::POST, "/v1/usage", Some(GATEWAY_TOKEN), Some(body)).await?;
@@ -132,9 +132,9 @@ async fn bench_with<S: Store>(store: Arc<S>, options: &BenchOptions, store_label
     );
 
     // Phase 2: lease calls.
-    let deadline = Instant::now() + Duration::from_secs_f64(options.seconds);
+    let run_for = Duration::from_secs_f64(options.seconds);
     let calls = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let mut tasks = Vec::new();
     for worker in 0..options.concurrency.max(1) * 4 {
         let (url, calls) = (url.clone(), Arc::clone(&calls));
@@ -145,7 +145,7 @@ async fn bench_with<S: Store>(store: Arc<S>, options: &BenchOptions, store_label
                 worker % 10
             )
             .into_bytes();
-            while Instant::now() < deadline {
+            while started.elapsed() < run_for {
                 let answer = client.send(hyper::Method::POST, "/v1/leases", Some(GATEWAY_TOKEN), Some(body.clone())).await?;
                 if answer.status != 200 {
                     return Err(format!("lease answered {}: {}", answer.status, answer.text()));

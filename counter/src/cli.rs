@@ -322,6 +322,8 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // The one clock of this process: every `now` the store and the server use comes from it.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let auth = load_auth(args.tokens.as_ref())?;
     let ttl_ms = i64::try_from(args.lease_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     if ttl_ms <= 0 {
@@ -338,17 +340,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             ..RedisOptions::default()
         };
         let store = Arc::new(RedisStore::connect(options).await.map_err(|e| format!("redis store: {e}"))?);
-        return serve_store(store, args, auth).await;
+        return serve_store(store, clock, args, auth).await;
     }
     let data = args.data.clone().ok_or("--data DIR is needed (or --redis-url): where the counter keeps its state")?;
     let options = SqliteOptions { lease_ttl_ms: ttl_ms, synchronous: args.sync.into(), ..SqliteOptions::default() };
-    let store = Arc::new(SqliteStore::open(&data, options).map_err(|e| e.to_string())?);
-    serve_store(store, args, auth).await
+    let store = Arc::new(SqliteStore::open(&data, options, clock.now_ms()).map_err(|e| e.to_string())?);
+    serve_store(store, clock, args, auth).await
 }
 
 /// Applies the budgets file, listens and serves until a shutdown signal, on either store.
-async fn serve_store<S: Store>(store: Arc<S>, args: ServeArgs, auth: Auth) -> Result<(), String> {
-    let clock = Arc::new(SystemClock);
+async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: ServeArgs, auth: Auth) -> Result<(), String> {
     if let Some(path) = &args.budgets {
         let (changed, total) = apply_budget_file(store.as_ref(), path, clock.now_ms()).await?;
         crate::log::info("budgets file applied", json!({"file": path.display().to_string(), "budgets": total, "changed": changed}));

@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tollgate_counter::clock::Stopwatch;
 
 fn cli(h: &Harness, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate-counter"))
@@ -75,9 +76,9 @@ fn sigterm_drains_and_exits_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let (waited, limit) = (Stopwatch::start(), Duration::from_secs(20));
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the counter did not start listening");
+        assert!(waited.elapsed() < limit, "the counter did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

@@ -7,7 +7,8 @@ use common::record;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tollgate_counter::clock::Stopwatch;
 use tollgate_counter::client::Client;
 
 const GW: &str = "crash-gw-token";
@@ -36,8 +37,8 @@ fn spawn(data: &std::path::Path, budgets: &std::path::Path, port: u16) -> Child 
 }
 
 async fn wait_healthy(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
+    let (waited, limit) = (Stopwatch::start(), Duration::from_secs(20));
+    while waited.elapsed() < limit {
         if let Ok(mut c) = Client::connect(url).await {
             if c.get("/healthz", None).await.map(|a| a.status == 200).unwrap_or(false) {
                 return;
@@ -93,8 +94,8 @@ async fn acknowledged_records_survive_kill_9_exactly_once() {
         }));
     }
     // Kill once a fair number of batches were acknowledged (bounded wait).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sent.lock().unwrap().iter().filter(|s| s.3).count() < 40 && Instant::now() < deadline {
+    let (waited, limit) = (Stopwatch::start(), Duration::from_secs(20));
+    while sent.lock().unwrap().iter().filter(|s| s.3).count() < 40 && waited.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap(); // SIGKILL

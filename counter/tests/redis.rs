@@ -172,7 +172,7 @@ async fn a_hung_redis_turns_into_503_within_seconds_and_a_resend_counts_once() {
     h.budget(json!({"id": "t", "scope": "team:platform", "limit": "10", "window": "day"})).await;
     h.redis.as_ref().unwrap().pause();
 
-    let started = std::time::Instant::now();
+    let started = tollgate_counter::clock::Stopwatch::start();
     let (status, body) = h.call("GET", "/healthz", None, None).await;
     assert_eq!(status, 503, "{body}");
     let (status, body) = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": [record("r1", "platform", 7)]})).await;

@@ -335,22 +335,3 @@ fn the_bundled_table_agrees_with_a_reference_parser() {
         );
     }
 }
-
-/// Not a test of behaviour: prints how long loading the bundled table takes
-/// (`cargo test --release -p tollgate-core bundled_parse_time -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn bundled_parse_time() {
-    let rounds = 50u32;
-    let start = std::time::Instant::now();
-    let mut entries = 0;
-    for _ in 0..rounds {
-        entries += PriceTable::bundled().map(|t| t.len()).unwrap_or(0);
-    }
-    let each = start.elapsed() / rounds;
-    println!(
-        "bundled price table: {} entries, {} bytes, {each:?} per load",
-        entries / rounds as usize,
-        BUNDLED_PRICES_JSON.len()
-    );
-}

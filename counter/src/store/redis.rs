@@ -375,7 +375,7 @@ impl RedisStore {
         F: FnMut(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let started = std::time::Instant::now();
+        let started = crate::clock::Stopwatch::start();
         let mut delay = self.options.retry_backoff;
         let mut attempt = 0;
         loop {

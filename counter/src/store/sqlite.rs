@@ -175,7 +175,9 @@ fn lock(book: &Mutex<Book>) -> MutexGuard<'_, Book> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir` and loads budgets, exemptions and spend.
-    pub fn open(dir: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
+    /// `now_ms` is the server clock's reading at start-up (like every `now_ms` a backend gets):
+    /// lease slices that expired more than a day before it are pruned.
+    pub fn open(dir: &Path, options: SqliteOptions, now_ms: i64) -> StoreResult<SqliteStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Internal(format!("cannot create data directory {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
@@ -188,7 +190,6 @@ impl SqliteStore {
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         // Slices that expired a day before this start can never matter again.
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
         let mut book = Book::new(options.lease_ttl_ms);

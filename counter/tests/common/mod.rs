@@ -70,7 +70,7 @@ impl Harness {
             return h;
         }
         let options = SqliteOptions { lease_ttl_ms: LEASE_TTL_MS, ..SqliteOptions::default() };
-        let store = Arc::new(SqliteStore::open(dir.path(), options).unwrap());
+        let store = Arc::new(SqliteStore::open(dir.path(), options, now_ms).unwrap());
         Harness::with_store(store, clock, dir).await
     }
 

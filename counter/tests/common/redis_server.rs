@@ -8,7 +8,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tollgate_counter::clock::Stopwatch;
 
 pub struct RedisServer {
     pub port: u16,
@@ -49,7 +50,12 @@ impl RedisServer {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
         let log = self.dir.join("redis.log").display().to_string();
+        // redis-server keeps the machine's real clock even when `make test` shifts ours with
+        // faketime (it hangs at start under libfaketime): the store must never mix Redis's time
+        // with the injected clock, and a shifted run then checks exactly that.
         let child = Command::new("redis-server")
+            .env_remove("LD_PRELOAD")
+            .env_remove("FAKETIME")
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .args(["--dir", &dir, "--logfile", &log, "--daemonize", "no", "--maxmemory-policy", "noeviction"])
             .args(&self.extra)
@@ -63,8 +69,8 @@ impl RedisServer {
 
     /// Waits (at most 10 s) until the server answers PING, i.e. has loaded its data.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        let (waited, limit) = (Stopwatch::start(), Duration::from_secs(10));
+        while waited.elapsed() < limit {
             if self.ping() {
                 return;
             }
@@ -96,8 +102,8 @@ impl RedisServer {
     pub fn stop(&self) {
         if let Some(mut child) = self.child().take() {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
+            let (waited, limit) = (Stopwatch::start(), Duration::from_secs(10));
+            while waited.elapsed() < limit {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
                 }
@@ -165,8 +171,8 @@ impl RedisCluster {
             .expect("redis-cli runs");
         assert!(status.success(), "redis-cli --cluster create failed");
         let cluster = RedisCluster { nodes };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
+        let (waited, limit) = (Stopwatch::start(), Duration::from_secs(15));
+        while waited.elapsed() < limit {
             if cluster.nodes.iter().all(|n| n.cluster_ok()) {
                 return cluster;
             }
