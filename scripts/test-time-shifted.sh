@@ -27,7 +27,7 @@ failed=0
 for shift in "${shifts[@]}"; do
   echo "== native suites of core and counter with the clock at '$shift' (faketime)"
   while IFS=$'\t' read -r dir exe; do
-    if ! (cd "$dir" && TZ=UTC FAKETIME_DONT_FAKE_MONOTONIC=1 timeout 600 faketime -f "$shift" "$exe" -q); then
+    if ! (cd "$dir" && TZ=UTC FAKETIME_DONT_FAKE_MONOTONIC=1 timeout 300 faketime -f "$shift" "$exe" -q); then
       echo "FAILED with the clock at '$shift': $exe" >&2
       failed=1
     fi

@@ -290,4 +290,42 @@ mod tests {
         assert_eq!(dec.resets_at, Some(at("2027-01-01") / 1000));
         assert_eq!(span(Window::None, 0, now), WindowSpan { bucket: 0, from: 0, resets_at: None });
     }
+
+    #[test]
+    fn windows_turn_over_at_month_ends_leap_days_and_year_ends() {
+        // (window, offset minutes, now, window start, next reset)
+        let cases: &[(Window, i32, &str, &str, &str)] = &[
+            // The last second of a leap February, and the first of March.
+            (Window::Day, 0, "2028-02-29T23:59:59Z", "2028-02-29", "2028-03-01"),
+            (Window::Month, 0, "2028-02-29T23:59:59Z", "2028-02-01", "2028-03-01"),
+            (Window::Month, 0, "2028-03-01T00:00:00Z", "2028-03-01", "2028-04-01"),
+            // A common year's February has 28 days.
+            (Window::Month, 0, "2027-02-28T23:59:58Z", "2027-02-01", "2027-03-01"),
+            (Window::Day, 0, "2027-02-28T23:59:58Z", "2027-02-28", "2027-03-01"),
+            // 30- and 31-day months.
+            (Window::Month, 0, "2026-04-30T23:59:59Z", "2026-04-01", "2026-05-01"),
+            (Window::Month, 0, "2026-01-31T23:59:59Z", "2026-01-01", "2026-02-01"),
+            // East of UTC the local month has already turned while UTC is still on the 31st...
+            (Window::Month, 120, "2026-12-31T22:30:00Z", "2027-01-01T00:00:00+02:00", "2027-02-01T00:00:00+02:00"),
+            // ...and west of UTC it has not, though UTC is already on the 1st.
+            (Window::Month, -300, "2027-01-01T03:00:00Z", "2026-12-01T00:00:00-05:00", "2027-01-01T00:00:00-05:00"),
+            // ISO weeks across a year end (2026-12-28 and 2027-12-27 are Mondays).
+            (Window::Week, 0, "2027-01-01T12:00:00Z", "2026-12-28", "2027-01-04"),
+            (Window::Week, 0, "2028-01-02T23:59:59Z", "2027-12-27", "2028-01-03"),
+            // A rolling window reaching back over a leap day.
+            (Window::Rolling { days: 3 }, 0, "2028-03-01T10:00:00Z", "2028-02-28", "2028-03-02"),
+            // Far in the future the arithmetic is the same (2400 is a leap year, 2100 is not).
+            (Window::Month, 0, "2400-02-29T12:00:00Z", "2400-02-01", "2400-03-01"),
+            (Window::Day, 0, "2100-02-28T23:59:59Z", "2100-02-28", "2100-03-01"),
+        ];
+        for &(window, offset, now, from, resets) in cases {
+            let s = span(window, offset, at(now));
+            assert_eq!(s.from, at(from) / 1000, "{window} {offset} at {now}: window start");
+            assert_eq!(s.resets_at, Some(at(resets) / 1000), "{window} {offset} at {now}: next reset");
+            assert_eq!(s.bucket, span(Window::Day, offset, at(now)).from, "{window} {offset} at {now}: today's bucket");
+        }
+        assert!(parse_time_ms("2027-02-29").is_err(), "2027 is not a leap year");
+        assert!(parse_time_ms("2100-02-29").is_err(), "2100 is not a leap year");
+        assert_eq!(format_time_ms(at("2028-02-29T23:59:59Z") + 1000), "2028-03-01T00:00:00Z");
+    }
 }

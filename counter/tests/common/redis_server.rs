@@ -50,12 +50,7 @@ impl RedisServer {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
         let log = self.dir.join("redis.log").display().to_string();
-        // redis-server keeps the machine's real clock even when `make test` shifts ours with
-        // faketime (it hangs at start under libfaketime): the store must never mix Redis's time
-        // with the injected clock, and a shifted run then checks exactly that.
-        let child = Command::new("redis-server")
-            .env_remove("LD_PRELOAD")
-            .env_remove("FAKETIME")
+        let child = redis_command("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .args(["--dir", &dir, "--logfile", &log, "--daemonize", "no", "--maxmemory-policy", "noeviction"])
             .args(&self.extra)
@@ -148,6 +143,15 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
+/// A Redis program on the machine's real clock, even when `make test` shifts the tests' clock with
+/// faketime (Redis hangs under libfaketime). The store must never mix Redis's time with the
+/// injected clock, and a shifted run then checks exactly that.
+fn redis_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.env_remove("LD_PRELOAD").env_remove("FAKETIME").env_remove("FAKETIME_DONT_FAKE_MONOTONIC");
+    command
+}
+
 impl RedisCluster {
     pub fn start(dir: &Path, n: usize) -> RedisCluster {
         let mut nodes = Vec::new();
@@ -161,7 +165,7 @@ impl RedisCluster {
             ));
         }
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let status = Command::new("redis-cli")
+        let status = redis_command("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -184,7 +188,7 @@ impl RedisCluster {
 
 impl RedisServer {
     fn cluster_ok(&self) -> bool {
-        Command::new("redis-cli")
+        redis_command("redis-cli")
             .args(["-p", &self.port.to_string(), "cluster", "info"])
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
