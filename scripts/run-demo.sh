@@ -3,7 +3,9 @@
 # 127.0.0.1:8787) and Envoy with the Tollgate filter on 127.0.0.1:10000 (admin 127.0.0.1:9901),
 # access log on this terminal. Ctrl-C stops everything
 # this script started. The filter's configuration is envoy/demo-config.json (README.md, "Configuration reference").
-# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT, COUNTER_PORT.
+# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT, COUNTER_PORT; DEMO_DIR (default .run/demo)
+# holds logs and the counter's data, emptied at every start so the walkthrough below always starts
+# from fresh books (envoy/tests/test_demo.py runs it as printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -15,7 +17,7 @@ WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm"
 MOCK="$CARGO_TARGET_DIR/release/mock-llm"
 COUNTER="$CARGO_TARGET_DIR/release/tollgate-counter"
 ENVOY=.venv/bin/envoy
-RUN=.run/demo
+RUN="${DEMO_DIR:-.run/demo}"
 mkdir -p "$RUN"
 
 for f in "$WASM" "$MOCK" "$COUNTER" "$ENVOY"; do
@@ -51,6 +53,7 @@ wait_http "http://127.0.0.1:$MOCK_PORT/__mock/health" mock-llm 10
 cat >"$RUN/tokens.json" <<'TOKENS'
 {"gateway": {"demo": "demo-gateway-token"}, "admin": {"demo-admin": "demo-admin-token"}}
 TOKENS
+rm -rf "$RUN/counter-data"
 mkdir -p "$RUN/counter-data"
 "$COUNTER" serve --listen "127.0.0.1:$COUNTER_PORT" --data "$RUN/counter-data" \
   --budgets envoy/demo-budgets.json --tokens "$RUN/tokens.json" 2>"$RUN/counter.log" &
@@ -58,10 +61,13 @@ pids+=($!)
 wait_http "http://127.0.0.1:$COUNTER_PORT/healthz" tollgate-counter 15
 
 # 3. Envoy with the filter.
+#    The access log prints what the filter publishes: its `access_log` setting picks the format.
+access_log=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("access_log", "summary"))' envoy/demo-config.json)
 python3 envoy/render.py envoy/envoy.yaml.tmpl \
   LISTEN_PORT="$LISTEN_PORT" ADMIN_PORT="$ADMIN_PORT" UPSTREAM_PORT="$MOCK_PORT" \
   WASM_PATH="$(realpath "$WASM")" WASM_NAME=tollgate PLUGIN_CONFIG=@envoy/demo-config.json \
-  ACCESS_LOG_PATH=/dev/stdout COUNTER_PORT="$COUNTER_PORT" >"$RUN/envoy.yaml"
+  ACCESS_LOG_PATH=/dev/stdout ACCESS_LOG_SUMMARY="$([ "$access_log" = summary ] && echo 1)" \
+  ACCESS_LOG_FIELDS="$([ "$access_log" = fields ] && echo 1)" COUNTER_PORT="$COUNTER_PORT" >"$RUN/envoy.yaml"
 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --file-flush-interval-msec 200 \
   --log-level warn --component-log-level wasm:info 2>"$RUN/envoy.log" &
 pids+=($!)
@@ -72,22 +78,30 @@ for ((i = 0; i < 300; i++)); do
 done
 curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" | grep -q LIVE || { echo "run-demo: envoy not ready after 30 s; see $RUN/envoy.log" >&2; exit 1; }
 
+alice='-H "authorization: Bearer sk-demo-alice" -H "content-type: application/json"'
+ask='{"model":"tier:premium","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'
 cat <<MSG
 
 Tollgate demo: Envoy + filter on http://127.0.0.1:$LISTEN_PORT, admin http://127.0.0.1:$ADMIN_PORT,
 mock providers on 127.0.0.1:$MOCK_PORT, tollgate-counter on 127.0.0.1:$COUNTER_PORT. Access log lines appear below. Ctrl-C stops everything.
 
-Try:
-  # an alias routed to gpt-4o, attributed to alice by her virtual key
-  curl -s localhost:$LISTEN_PORT/v1/chat/completions -H 'authorization: Bearer sk-demo-alice' \\
-    -H 'content-type: application/json' -d '{"model":"tier:premium","messages":[{"role":"user","content":"hi"}]}'
-  # Anthropic, streaming, routed to claude-haiku-4-5
+Try, in this order:
+  # 1. alice asks for the premium tier: routed to gpt-4o, attributed to her by her virtual key, 200.
+  #    (max_tokens bounds what the filter reserves: without it, gpt-4o's 16k output tokens cost
+  #    \$0.16, more than her whole day, and the request would be refused before it is sent.)
+  curl -s localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'
+  # 2. alice has \$0.003 a day, with a soft alert at 50 %: 15 more requests. Past half her budget
+  #    the answers carry x-tollgate-budget-status: soft; at the hard limit they turn into 429.
+  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} %header{x-tollgate-budget-status}\n' localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'; done
+  # 3. the refusal, in OpenAI's error shape, names her budget
+  curl -s localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'
+  # 4. Anthropic, streaming, routed to claude-haiku-4-5 (charged to the org, which has room)
   curl -sN localhost:$LISTEN_PORT/v1/messages -H 'content-type: application/json' \\
     -d '{"model":"claude-cheap","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
-  # a denied model (403 in OpenAI's error shape), then the meters
+  # 5. a retired model: 403 in OpenAI's error shape, before anything reaches a provider
   curl -s localhost:$LISTEN_PORT/v1/chat/completions -d '{"model":"gpt-4-32k","messages":[]}'
+  # 6. the meters: Envoy's stats, then the counter's books
   curl -s 'localhost:$ADMIN_PORT/stats?filter=tollgate'
-  # alice has \$0.003 a day: repeat the first line until it answers 429 naming her budget, then
   $COUNTER utilization --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token
   $COUNTER report --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token --group-by team,model
 

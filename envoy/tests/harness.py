@@ -201,6 +201,15 @@ class EnvoyFailedToStart(RuntimeError):
         self.log = log
 
 
+def access_log_format(plugin_config):
+    """The template values that make the access log print what the filter publishes: its
+    `access_log` setting ("summary", the default, or "fields")."""
+    config = json.loads(plugin_config or "{}") if isinstance(plugin_config, str) else plugin_config
+    published = config.get("access_log", "summary") if isinstance(config, dict) else "summary"
+    return {"ACCESS_LOG_SUMMARY": "1" if published == "summary" else "",
+            "ACCESS_LOG_FIELDS": "1" if published == "fields" else ""}
+
+
 class Envoy:
     """Envoy from the venv, rendered from envoy/envoy.yaml.tmpl, on free ports."""
 
@@ -224,6 +233,7 @@ class Envoy:
                 "WASM_NAME": name,
                 "PLUGIN_CONFIG": plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config),
                 "ACCESS_LOG_PATH": str(self.access_log) if access_log else "",
+                **access_log_format(plugin_config),
                 "COUNTER_PORT": "",
             },
         )

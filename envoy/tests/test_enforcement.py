@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import TARGET, TEMPLATE, ENVOY_BIN, TOLLGATE_WASM, Envoy, free_port, new_id, render, request, stop
+from harness import TARGET, TEMPLATE, ENVOY_BIN, TOLLGATE_WASM, Envoy, access_log_format, free_port, new_id, render, request, stop
 
 COUNTER_BIN = Path(os.environ.get("TOLLGATE_COUNTER_BIN", TARGET / "release" / "tollgate-counter"))
 GATEWAY_TOKEN = "e2e-gateway-token"
@@ -144,10 +144,11 @@ class EnforcingEnvoy(Envoy):
         self.admin_port = free_port()
         self.access_log = self.workdir / f"{name}-access.log"
         self.envoy_log = self.workdir / f"{name}-envoy.log"
+        plugin_config = filter_config(name, **enforcement)
         yaml = render.render(TEMPLATE.read_text(), {
             "LISTEN_PORT": self.listen_port, "ADMIN_PORT": self.admin_port, "UPSTREAM_PORT": upstream_port,
-            "WASM_PATH": str(TOLLGATE_WASM), "WASM_NAME": "tollgate", "PLUGIN_CONFIG": json.dumps(filter_config(name, **enforcement)),
-            "ACCESS_LOG_PATH": str(self.access_log), "COUNTER_PORT": counter_port,
+            "WASM_PATH": str(TOLLGATE_WASM), "WASM_NAME": "tollgate", "PLUGIN_CONFIG": json.dumps(plugin_config),
+            "ACCESS_LOG_PATH": str(self.access_log), **access_log_format(plugin_config), "COUNTER_PORT": counter_port,
         })
         self.config_path = self.workdir / f"{name}-envoy.yaml"
         self.config_path.write_text(yaml)
