@@ -20,12 +20,15 @@
 //! # Leases
 //! A lease is one gateway's slice of one budget's headroom, keyed by `(gateway_id, budget_id)`.
 //! Asking again tops the slice up and renews its expiry. Invariant kept by the counter, per budget:
-//! `spent + sum(live lease slices) <= hard_limit` at the moment of every grant. Usage records
+//! `spent + sum(live lease slices) <= hard_limit` at the moment of every grant. A call never lowers
+//! a live slice granted after the last grant the gateway had seen when it sent the call
+//! ([`LeaseRequest::known_leases`]). Usage records
 //! charged to a budget shrink the reporting gateway's slice by their cost (the gateway already
 //! consumed that much of it locally). An expired lease's remaining slice returns to headroom.
 
 use crate::money::Micros;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Who a request is charged to. Every field is optional: a gateway knows what its sources give it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,6 +152,28 @@ pub struct LeaseRequest {
     /// The slice the gateway would like to hold on each budget after this call, in micro-dollars.
     /// The counter grants up to this, capped by the budget's remaining headroom.
     pub want_micros: Micros,
+    /// Per budget id, the `lease_expires_at_ms` of the grant the gateway had applied when it sent
+    /// this call (a budget it holds no grant on is left out). The counter never lowers a live slice
+    /// granted *after* that one: several calls may be in flight, and one sent before a bigger grant
+    /// landed asks for less than the gateway may already have committed of it. Absent (a caller
+    /// that does not say): `want_micros` alone sets the slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_leases: Option<BTreeMap<String, i64>>,
+}
+
+impl LeaseRequest {
+    /// What [`Self::known_leases`] says about `budget_id`: `None` if the caller does not say,
+    /// `Some(i64::MIN)` if it knew no grant on that budget.
+    pub fn known_lease(&self, budget_id: &str) -> Option<i64> {
+        self.known_leases.as_ref().map(|known| known.get(budget_id).copied().unwrap_or(i64::MIN))
+    }
+
+    /// Whether this call must leave the caller's live slice on `budget_id`, granted with expiry
+    /// `slice_expires_at_ms`, at least as big as it is: the caller sent the call before that grant
+    /// reached it, so `want_micros` cannot count what it has committed of it.
+    pub fn keeps_slice(&self, budget_id: &str, slice_expires_at_ms: i64) -> bool {
+        self.known_lease(budget_id).is_some_and(|known| slice_expires_at_ms > known)
+    }
 }
 
 /// Whether a budget refuses requests or only records what it would have refused.
@@ -285,6 +310,20 @@ pub struct ApiErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_call_keeps_only_slices_granted_after_what_it_knew() {
+        let legacy: LeaseRequest = serde_json::from_str(r#"{"gateway_id":"g","scopes":["team:a"],"want_micros":5}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(legacy.known_leases, None);
+        assert!(!legacy.keeps_slice("b", 2_000), "a caller that does not say: want alone");
+        let call = LeaseRequest { known_leases: Some(BTreeMap::from([("b".to_owned(), 2_000)])), ..legacy };
+        assert!(!call.keeps_slice("b", 2_000), "the grant it knew: its want counted it");
+        assert!(call.keeps_slice("b", 2_001), "granted after it was sent");
+        assert!(call.keeps_slice("other", 1), "no grant known on that budget");
+        let body = serde_json::to_string(&call).unwrap_or_default();
+        assert!(body.ends_with(r#""known_leases":{"b":2000}}"#), "{body}");
+    }
 
     #[test]
     fn chain_runs_from_org_to_task_with_team_use_case() {

@@ -331,6 +331,25 @@ async fn utilization_and_metrics_cover_every_budget() {
 }
 
 #[tokio::test]
+async fn a_lease_call_sent_before_a_grant_landed_never_lowers_that_grant() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "1")).await;
+    let call = |want: i64, known: Value| json!({"gateway_id": "gw1", "scopes": ["team:platform"], "want_micros": want, "known_leases": known});
+    let (s, first) = h.gateway("/v1/leases", call(800_000, json!({}))).await;
+    assert_eq!((s, first["budgets"][0]["granted_micros"].as_i64()), (200, Some(800_000)), "{first}");
+    h.clock.advance_ms(1);
+    // gw1 sent this before the 800_000 reached it: it may have committed all of that since.
+    let (s, kept) = h.gateway("/v1/leases", call(500_000, json!({}))).await;
+    assert_eq!((s, kept["budgets"][0]["granted_micros"].as_i64()), (200, Some(800_000)), "kept: {kept}");
+    assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 200_000, "only the rest");
+    h.clock.advance_ms(1);
+    // Sent knowing the grant it renews: gw1 counted what it committed, so it may hold less.
+    let known = json!({"platform": kept["budgets"][0]["lease_expires_at_ms"]});
+    let (s, smaller) = h.gateway("/v1/leases", call(500_000, known)).await;
+    assert_eq!((s, smaller["budgets"][0]["granted_micros"].as_i64()), (200, Some(500_000)), "{smaller}");
+}
+
+#[tokio::test]
 async fn granted_slices_survive_a_restart_until_they_expire() {
     let h = Harness::start().await;
     h.budget(team_budget("platform", "platform", "1")).await;

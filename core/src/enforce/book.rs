@@ -21,7 +21,10 @@
 //!   them is conservative.
 //! - several lease calls may be in flight at once (each paused request asks for itself); an answer
 //!   the counter computed *before* the one already applied is ignored. The counter stamps every
-//!   grant with `lease_expires_at_ms = its now + TTL`, which orders them.
+//!   grant with `lease_expires_at_ms = its now + TTL`, which orders them. Each call names the
+//!   stamps this gateway had applied ([`super::chain::RefillTicket::known_leases`]), and the
+//!   counter never lowers a newer live slice for it: a call's `want` cannot count what was
+//!   committed on a grant that landed after it was sent.
 //!
 //! So `slice <= S - (records not yet ingested)` always holds, and a request is admitted only if its
 //! worst case fits in `slice - reserved`. That is the local half of the overspend bound

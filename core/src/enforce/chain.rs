@@ -427,6 +427,10 @@ pub struct RefillTicket {
     pub want_micros: Micros,
     /// A background top-up holding the scopes' top-up marks (cleared when it lands).
     pub topup: bool,
+    /// `(budget id, lease_expires_at_ms)` of every grant applied on the scopes at send: the counter
+    /// keeps any newer grant at least as big (`want_micros` cannot count what this gateway commits
+    /// of a grant that lands while the call is in flight).
+    pub known_leases: Vec<(String, i64)>,
 }
 
 impl RefillTicket {
@@ -436,7 +440,12 @@ impl RefillTicket {
             gateway_id: gateway_id.to_owned(),
             scopes: self.scopes.iter().map(|(s, _)| s.clone()).collect(),
             want_micros: self.want_micros,
+            known_leases: Some(self.known_leases.iter().cloned().collect()),
         }
+    }
+
+    fn remember_grants(&mut self, entry: &ScopeEntry) {
+        self.known_leases.extend(entry.budgets.iter().map(|s| (s.budget_id.clone(), s.expires_at_ms)));
     }
 }
 
@@ -448,11 +457,12 @@ pub fn begin_refill<S: LeaseStore>(
     need: Micros,
     settings: &EnforcementSettings,
 ) -> RefillTicket {
-    let mut ticket = RefillTicket { scopes: Vec::with_capacity(scopes.len()), want_micros: 0, topup: false };
+    let mut ticket = RefillTicket { scopes: Vec::with_capacity(scopes.len()), want_micros: 0, topup: false, known_leases: Vec::new() };
     for scope in scopes {
         let entry = store.load(scope).0.unwrap_or_default();
         ticket.want_micros = ticket.want_micros.max(entry.want(need, settings));
         ticket.scopes.push((scope.clone(), entry.acked_total));
+        ticket.remember_grants(&entry);
     }
     ticket
 }
@@ -460,18 +470,19 @@ pub fn begin_refill<S: LeaseStore>(
 /// Prepares a background top-up of `scopes`, taking each scope's top-up mark (scopes whose mark
 /// another worker holds are left out). `None` if no scope is left.
 pub fn begin_topup<S: LeaseStore>(store: &mut S, scopes: &[String], now_ms: i64, settings: &EnforcementSettings) -> Option<RefillTicket> {
-    let mut ticket = RefillTicket { scopes: Vec::new(), want_micros: 0, topup: true };
+    let mut ticket = RefillTicket { scopes: Vec::new(), want_micros: 0, topup: true, known_leases: Vec::new() };
     for scope in scopes {
         let result = update(store, scope, |entry| {
             if entry.begin_topup(now_ms, settings) {
-                (Some((entry.want(0, settings), entry.acked_total)), true)
+                (Some((entry.want(0, settings), entry.acked_total, entry.clone())), true)
             } else {
                 (None, false)
             }
         });
-        if let Ok(Some((want, acked))) = result {
+        if let Ok(Some((want, acked, entry))) = result {
             ticket.scopes.push((scope.clone(), acked));
             ticket.want_micros = ticket.want_micros.max(want);
+            ticket.remember_grants(&entry);
         }
     }
     (!ticket.scopes.is_empty()).then_some(ticket)
@@ -665,6 +676,17 @@ mod tests {
         let answer = LeaseResponse { budgets: vec![lease("b-team:a", "team:a", 1_000_000, 61_000)] };
         finish_refill(&mut mem, &first.unwrap_or_else(|| panic!("ticket")), &answer, 2_010);
         assert!(begin_topup(&mut mem, &chain, 2_020, &s).is_some(), "the mark is released by the answer");
+    }
+
+    #[test]
+    fn a_lease_call_names_the_grants_it_was_sent_knowing() {
+        let s = test_settings();
+        let mut mem = book(&[("team:a", 300_000, 1_000_000)]);
+        let chain = scopes(&["team:a", "user:u"]);
+        let known = Some(BTreeMap::from([("b-team:a".to_owned(), 60_000)]));
+        assert_eq!(begin_refill(&mut mem, &chain, 10, &s).request("gw").known_leases, known, "user:u: no grant known");
+        let topup = begin_topup(&mut mem, &chain, 2_000, &s).unwrap_or_else(|| panic!("ticket"));
+        assert_eq!(topup.request("gw").known_leases, known);
     }
 
     #[test]

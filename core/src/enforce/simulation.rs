@@ -11,7 +11,7 @@ use super::chain::{self, Decision, LeaseStore, RefillTicket, Reservation, StoreE
 use super::config::{EnforcementConfig, EnforcementSettings};
 use super::queue::{costs_by_scope, QueuedRecord};
 use crate::money::Micros;
-use crate::protocol::{BudgetLease, BudgetMode, BudgetStatus, LeaseResponse, Principal, Tokens, UsageRecord};
+use crate::protocol::{BudgetLease, BudgetMode, BudgetStatus, LeaseRequest, LeaseResponse, Principal, Tokens, UsageRecord};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,13 +58,15 @@ struct ModelCounter {
 }
 
 impl ModelCounter {
-    fn grant(&mut self, gateway: usize, scopes: &[String], want: Micros, now: i64) -> LeaseResponse {
+    fn grant(&mut self, gateway: usize, request: &LeaseRequest, now: i64) -> LeaseResponse {
         let mut out = Vec::new();
-        for scope in scopes {
+        for scope in &request.scopes {
             let Some((id, hard, spent, slices)) = self.budgets.get_mut(scope) else { continue };
             slices.retain(|_, (_, exp)| *exp > now);
             let others: Micros = slices.iter().filter(|(g, _)| **g != gateway).map(|(_, (s, _))| *s).sum();
-            let granted = want.min((*hard - *spent - others).max(0));
+            // A live slice granted after what the caller knew at send is never lowered by the call.
+            let kept = slices.get(&gateway).filter(|(_, exp)| request.keeps_slice(id, *exp)).map_or(0, |(s, _)| *s);
+            let granted = request.want_micros.max(kept).min((*hard - *spent - others).max(0));
             slices.insert(gateway, (granted, now + self.ttl_ms));
             assert!(*spent + others + granted <= *hard || granted == 0, "counter invariant");
             out.push(BudgetLease {
@@ -225,7 +227,7 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                         continue;
                     }
                     let (gw, ticket) = lease_calls.remove(i % lease_calls.len());
-                    let response = counter.grant(gw, &ticket.request("g").scopes, ticket.want_micros, *now);
+                    let response = counter.grant(gw, &ticket.request("g"), *now);
                     lease_answers.push((gw, ticket, response));
                 }
                 Op::ApplyLease(i) => {
@@ -356,7 +358,7 @@ fn steady_load_without_overruns_spends_close_to_the_limit_and_never_over() {
             }
             Decision::Refill { scopes: ask } => {
                 let ticket = chain::begin_refill(&mut stores[gw], &ask, 30_000, &s);
-                let response = counter.grant(gw, &ask, ticket.want_micros, now);
+                let response = counter.grant(gw, &ticket.request("g"), now);
                 chain::finish_refill(&mut stores[gw], &ticket, &response, now);
             }
             Decision::Refuse(r) => {
@@ -375,8 +377,9 @@ fn steady_load_without_overruns_spends_close_to_the_limit_and_never_over() {
 #[test]
 fn a_late_answer_to_an_earlier_call_cannot_resurrect_a_slice_the_counter_shrank() {
     // Gateway 0 has two lease calls in flight: A asks for a big slice, B (sent later, computed
-    // later) for a small one, so the counter shrinks the slice to B's size and hands the rest to
-    // gateway 1. A's answer arrives last; applying it would let gateway 0 spend A's slice.
+    // later) for a small one. B was sent before A's grant landed, so the counter keeps A's slice
+    // for B and hands the rest to gateway 1. A's answer arrives last and is ignored (computed
+    // earlier); whatever the order, gateway 0 spends no more than the counter holds for it.
     let s = settings();
     let mut counter = ModelCounter {
         budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), 1_000_000, 0, BTreeMap::new()))]),
@@ -389,12 +392,12 @@ fn a_late_answer_to_an_earlier_call_cannot_resurrect_a_slice_the_counter_shrank(
     let a = chain::begin_refill(&mut g0, &scopes, 900_000, &s);
     let b = chain::begin_refill(&mut g0, &scopes, 0, &s);
     assert!(a.want_micros > b.want_micros);
-    let answer_a = counter.grant(0, &scopes, a.want_micros, 1_000);
-    let answer_b = counter.grant(0, &scopes, b.want_micros, 1_001);
+    let answer_a = counter.grant(0, &a.request("g"), 1_000);
+    let answer_b = counter.grant(0, &b.request("g"), 1_001);
     chain::finish_refill(&mut g0, &b, &answer_b, 1_002);
     chain::finish_refill(&mut g0, &a, &answer_a, 1_003);
     let g1_ticket = chain::begin_refill(&mut g1, &scopes, 0, &s);
-    let answer_g1 = counter.grant(1, &scopes, 1_000_000, 1_004);
+    let answer_g1 = counter.grant(1, &LeaseRequest { want_micros: 1_000_000, ..g1_ticket.request("g") }, 1_004);
     chain::finish_refill(&mut g1, &g1_ticket, &answer_g1, 1_004);
     let mut spent = 0;
     for (store, gw) in [(&mut g0, 0), (&mut g1, 1)] {
@@ -407,4 +410,49 @@ fn a_late_answer_to_an_earlier_call_cannot_resurrect_a_slice_the_counter_shrank(
     }
     assert!(spent <= 1_000_000, "spent {spent} of a 1_000_000 limit");
     assert_eq!(counter.budgets["team:a"].2, spent);
+}
+
+#[test]
+fn a_call_sent_before_a_bigger_grant_landed_cannot_shrink_the_slice_under_a_reservation() {
+    // Gateway 0 sends two lease calls before either answer lands: A for a request's worst case
+    // (852_549), B for the configured slice (500_000). The counter answers A, then B. Gateway 0
+    // applies A and admits an 800_000 request on it; then B's answer (computed later, so newer)
+    // lands. If B could lower gateway 0's slice to 500_000, the counter would hand the other
+    // 352_549 to gateway 1 while 800_000 is already committed at gateway 0: $1.30 spent of a $1
+    // limit with every reservation a true bound.
+    let s = settings();
+    let mut counter = ModelCounter {
+        budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), 1_000_000, 0, BTreeMap::new()))]),
+        seen: BTreeSet::new(),
+        ttl_ms: 60_000,
+    };
+    let scopes = vec!["team:a".to_owned()];
+    let (mut g0, mut g1) = (MemStore::default(), MemStore::default());
+    let a = chain::begin_refill(&mut g0, &scopes, 852_549, &s);
+    let b = chain::begin_refill(&mut g0, &scopes, 0, &s);
+    assert_eq!((a.want_micros, b.want_micros), (852_549, 500_000));
+    let answer_a = counter.grant(0, &a.request("g"), 1_000);
+    let answer_b = counter.grant(0, &b.request("g"), 1_001);
+    chain::finish_refill(&mut g0, &a, &answer_a, 1_002);
+    let Decision::Admit { reservation, .. } = chain::reserve(&mut g0, &scopes, 800_000, 1_003, &s) else {
+        panic!("800_000 fits A's slice")
+    };
+    chain::finish_refill(&mut g0, &b, &answer_b, 1_004);
+    let g1_ticket = chain::begin_refill(&mut g1, &scopes, 1_000_000, &s);
+    let answer_g1 = counter.grant(1, &g1_ticket.request("g"), 1_005);
+    chain::finish_refill(&mut g1, &g1_ticket, &answer_g1, 1_005);
+    let mut records = Vec::new();
+    chain::settle(&mut g0, reservation, 800_000);
+    records.push((0, QueuedRecord { json: vec![], id: "g0".into(), cost_micros: 800_000, scopes: scopes.clone() }));
+    let mut n = 0;
+    while let Decision::Admit { reservation, .. } = chain::reserve(&mut g1, &scopes, 10_000, 1_006, &s) {
+        chain::settle(&mut g1, reservation, 10_000);
+        n += 1;
+        records.push((1, QueuedRecord { json: vec![], id: format!("g1-{n}"), cost_micros: 10_000, scopes: scopes.clone() }));
+    }
+    for (gw, record) in records {
+        counter.ingest(gw, &[record]);
+    }
+    let spent = counter.budgets["team:a"].2;
+    assert!(spent <= 1_000_000, "spent {spent} of a 1_000_000 limit, no reservation overrun");
 }

@@ -206,9 +206,12 @@ impl Book {
 
     /// Grants or tops up `request.gateway_id`'s slice on every budget of `request.scopes`.
     ///
-    /// Enforce: slice = clamp(want, 0, hard − spent − other gateways' live slices). Observe: slice =
-    /// want. The caller holds the book's lock for the whole call, which is what makes concurrent
-    /// grants unable to over-commit a budget.
+    /// Enforce: slice = clamp(want, 0, hard − spent − other gateways' live slices), except that a
+    /// live slice granted after the last grant the gateway had seen when it sent the call
+    /// ([`LeaseRequest::keeps_slice`]) is not lowered while the budget has room for it: the gateway
+    /// may have committed it, and `want` could not count that. Observe: slice = want. The caller
+    /// holds the book's lock for the whole call, which is what makes concurrent grants unable to
+    /// over-commit a budget.
     pub fn grant(&mut self, request: &LeaseRequest, now_ms: i64) -> LeaseResponse {
         let expires_at_ms = now_ms.saturating_add(self.lease_ttl_ms);
         let mut seen = HashSet::new();
@@ -226,13 +229,19 @@ impl Book {
                     .live_slices(&budget.id, now_ms)
                     .filter(|(g, _)| **g != request.gateway_id)
                     .fold(0, |s: Micros, (_, m)| s.saturating_add(m));
+                let kept = self
+                    .leases
+                    .get(&budget.id)
+                    .and_then(|g| g.get(&request.gateway_id))
+                    .filter(|s| s.expires_at_ms > now_ms && request.keeps_slice(&budget.id, s.expires_at_ms))
+                    .map_or(0, |s| s.micros);
                 let tokens_exhausted = budget.token_limit.is_some_and(|t| spent.tokens >= t);
                 let granted = match budget.mode {
                     BudgetMode::Observe => request.want_micros.max(0),
                     BudgetMode::Enforce if tokens_exhausted => 0,
                     BudgetMode::Enforce => {
                         let headroom = a.hard_limit_micros.saturating_sub(spent.micros).saturating_sub(others);
-                        request.want_micros.min(headroom).max(0)
+                        request.want_micros.max(kept).min(headroom).max(0)
                     }
                 };
                 let gateways = self.leases.entry(budget.id.clone()).or_default();
@@ -287,7 +296,20 @@ mod tests {
     }
 
     fn lease(gateway: &str, scopes: &[&str], want: Micros) -> LeaseRequest {
-        LeaseRequest { gateway_id: gateway.into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), want_micros: want }
+        LeaseRequest {
+            gateway_id: gateway.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            want_micros: want,
+            known_leases: None,
+        }
+    }
+
+    /// A lease call that says which grants the gateway had seen when it sent it.
+    fn lease_knowing(gateway: &str, scopes: &[&str], want: Micros, known: &[(&str, i64)]) -> LeaseRequest {
+        LeaseRequest {
+            known_leases: Some(known.iter().map(|(b, at)| (b.to_string(), *at)).collect()),
+            ..lease(gateway, scopes, want)
+        }
     }
 
     fn charge(book: &mut Book, gateway: &str, team: &str, cost: Micros, now_ms: i64) {
@@ -307,6 +329,28 @@ mod tests {
         assert_eq!(book.grant(&lease("g1", &["team:a"], 80), 0).budgets[0].granted_micros, 60, "top-up capped too");
         let state = book.state(book.budget("t").unwrap(), 0);
         assert_eq!(state.leased_micros, 100);
+    }
+
+    #[test]
+    fn a_call_sent_before_a_grant_landed_never_lowers_that_grant() {
+        let mut book = book_with(&[TEAM]);
+        let first = book.grant(&lease_knowing("g1", &["team:a"], 80, &[]), 0).budgets[0].clone();
+        assert_eq!(first.granted_micros, 80);
+        // Sent before the 80 landed (g1 knew no grant), answered after: g1 may have committed all 80.
+        let kept = book.grant(&lease_knowing("g1", &["team:a"], 50, &[]), 1).budgets[0].clone();
+        assert_eq!(kept.granted_micros, 80, "kept");
+        assert_eq!(book.grant(&lease("g2", &["team:a"], 100), 2).budgets[0].granted_micros, 20, "only the rest");
+        // Sent knowing only the first grant: the second is newer, kept.
+        let renewed = book.grant(&lease_knowing("g1", &["team:a"], 70, &[("t", first.lease_expires_at_ms)]), 3);
+        assert_eq!(renewed.budgets[0].granted_micros, 80);
+        assert!(kept.lease_expires_at_ms > first.lease_expires_at_ms);
+        // Sent knowing the grant it renews: g1 counted what it committed, so it may ask for less.
+        let smaller = lease_knowing("g1", &["team:a"], 50, &[("t", renewed.budgets[0].lease_expires_at_ms)]);
+        assert_eq!(book.grant(&smaller, 4).budgets[0].granted_micros, 50, "an informed smaller renewal");
+        // Usage still shrinks a kept slice, and a lapsed slice keeps nothing.
+        charge(&mut book, "g1", "a", 40, 5);
+        assert_eq!(book.grant(&lease_knowing("g1", &["team:a"], 0, &[]), 6).budgets[0].granted_micros, 10, "usage shrank it");
+        assert_eq!(book.grant(&lease_knowing("g1", &["team:a"], 0, &[]), 30_006).budgets[0].granted_micros, 0, "lapsed");
     }
 
     #[test]

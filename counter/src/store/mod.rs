@@ -12,6 +12,10 @@
 //! - **Leases** ([`Store::grant_leases`]): for each budget whose scope is in the request, this
 //!   gateway's slice becomes `min(want, hard - spent - other live slices)` (never below 0) for an
 //!   enforce budget, exactly `want` for an observe budget, and expires `lease_ttl` after `now`.
+//!   Except: an enforce slice of this gateway that is live and was granted after the grant the
+//!   request says the gateway had seen (`known_leases`, [`LeaseRequest::keeps_slice`]) is not
+//!   lowered: `min(max(want, slice), hard - spent - other live slices)`. A request without
+//!   `known_leases` is answered by `want` alone.
 //!   Invariant at every grant, per enforce budget: `spent + sum(live slices) <= hard limit`, under
 //!   any concurrency. Expired slices count for nothing. A grant is durable before it is answered:
 //!   a restarted counter still counts the live slices it handed out before the restart.

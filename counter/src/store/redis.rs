@@ -718,6 +718,7 @@ impl Store for RedisStore {
                     a.push(lua_int(assess(b, 0, 0, exempt).hard_limit_micros));
                     a.push(b.token_limit.map_or_else(|| "-1".to_owned(), |t| lua_int(i64::try_from(t).unwrap_or(i64::MAX))));
                     a.push(if b.mode == BudgetMode::Observe { "1" } else { "0" }.to_owned());
+                    a.push(request.known_lease(&b.id).map_or_else(String::new, |at| at.to_string()));
                 }
                 Ok((a, chain))
             })

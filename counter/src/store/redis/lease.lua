@@ -1,6 +1,8 @@
 -- Grants or tops up one gateway's slice on each budget of a chain (contract: store/mod.rs, Leases).
 -- ARGV: prefix, config version, now_ms, gateway, expires_at_ms, want, n,
---       then n x (budget id, window start bucket, hard limit, token limit or -1, observe 0/1).
+--       then n x (budget id, window start bucket, hard limit, token limit or -1, observe 0/1,
+--       known: lease_expires_at_ms of the grant the gateway had seen, or '' if it does not say).
+-- A live slice granted after the one the gateway had seen is not lowered (it may be committed).
 -- Returns {'stale'} or {'ok', then per budget: granted, spent, tokens}.
 if not config_is(ARGV[2]) then return {'stale'} end
 local now, gateway, expires, want = tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -8,17 +10,20 @@ local out = {'ok'}
 local i = 8
 for _ = 1, tonumber(ARGV[7]) do
   local id, from, hard, token_limit, observe = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4] == '1'
-  i = i + 5
+  local known = tonumber(ARGV[i + 5])
+  i = i + 6
   local spent, tokens = window_spend(id, from)
   local key = P .. 'lease:' .. id
   local slices = redis.call('HGETALL', key)
-  local others = 0
+  local others, kept = 0, 0
   for j = 1, #slices, 2 do
     local m, e = slice(slices[j + 1])
     if e <= now then
       redis.call('HDEL', key, slices[j])
     elseif slices[j] ~= gateway then
       others = others + m
+    elseif known ~= nil and e > known then
+      kept = m
     end
   end
   local granted
@@ -27,7 +32,7 @@ for _ = 1, tonumber(ARGV[7]) do
   elseif token_limit >= 0 and tokens >= token_limit then
     granted = 0
   else
-    granted = math.max(math.min(want, hard - spent - others), 0)
+    granted = math.max(math.min(math.max(want, kept), hard - spent - others), 0)
   end
   redis.call('HSET', key, gateway, int(granted) .. ':' .. expires)
   out[#out + 1] = int(granted)
