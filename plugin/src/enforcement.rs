@@ -1,5 +1,6 @@
-//! The two points where budget enforcement plugs into the request path (issue 4), and the
-//! metering-only behaviour used until it does.
+//! The two points where budget enforcement plugs into the request path (issue 4). Without an
+//! `enforcement` section there is no enforcer at all (`None`), and the filter skips every step
+//! below, including the clock reads only enforcement needs.
 //!
 //! ```text
 //! request body parsed ─► principal known ─► [utilization_pct] ─► routed ─► worst case computed
@@ -20,7 +21,6 @@
 //! [`EnforcementRoot`] is the per-VM side (one per plugin configuration): it makes a fresh
 //! [`Enforcer`] for each request and receives the root context's ticks (batching, lease renewal).
 
-use std::rc::Rc;
 use tollgate_core::config::CompiledConfig;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::errors::Failure;
@@ -79,60 +79,48 @@ pub trait Enforcer {
     fn abandon(&mut self) {}
 }
 
-/// Metering only: every request proceeds; records are only logged (by the filter).
-#[derive(Debug, Default)]
-pub struct MeteringOnly;
-
-impl Enforcer for MeteringOnly {
-    fn admit(&mut self, _admission: &Admission<'_>) -> Verdict {
-        Verdict::Proceed { response_headers: Vec::new() }
-    }
-
-    fn settle(&mut self, _record: &UsageRecord) {}
-}
-
-/// The per-VM side of enforcement, owned by the root context.
+/// The per-VM side of enforcement, owned by the root context; it exists only when the
+/// configuration has an `enforcement` section (no enforcement is `None`, nothing else: metering
+/// alone makes no enforcement host calls).
 pub struct EnforcementRoot {
-    /// This worker's enforcement (`crate::enforce`) when `config.enforcement` is set.
-    worker: Option<crate::enforce::SharedWorker>,
+    /// This worker's enforcement (`crate::enforce`).
+    worker: crate::enforce::SharedWorker,
 }
 
 impl EnforcementRoot {
-    pub fn new(config: Rc<CompiledConfig>) -> EnforcementRoot {
-        let worker = config.enforcement.clone().map(|settings| crate::enforce::Worker::new(settings, &config.gateway_id));
-        EnforcementRoot { worker }
+    /// `None` when the configuration has no `enforcement` section.
+    pub fn new(config: &CompiledConfig) -> Option<EnforcementRoot> {
+        let settings = config.enforcement.clone()?;
+        Some(EnforcementRoot { worker: crate::enforce::Worker::new(settings, &config.gateway_id) })
     }
 
-    /// How often the root context should tick (`None`: no ticks needed).
+    /// How often the root context should tick.
     pub fn tick_period_ms(&self) -> Option<u64> {
-        self.worker.as_ref().and_then(|w| w.try_borrow().ok().map(|w| w.tick_period_ms()))
+        self.worker.try_borrow_mut().ok().map(|w| w.tick_period_ms())
     }
 
-    pub fn on_tick(&mut self, now_ms: i64) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+    pub fn on_tick(&self, now_ms: i64) {
+        if let Ok(mut w) = self.worker.try_borrow_mut() {
             w.on_tick(now_ms);
         }
     }
 
     /// The answer to a call the root context made (lease top-ups, usage batches).
-    pub fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+    pub fn on_http_call_response(&self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) {
+        if let Ok(mut w) = self.worker.try_borrow_mut() {
             w.on_http_call_response(token, status, body, now_ms);
         }
     }
 
     /// The root context is done (Envoy shutting down or the plugin replaced): flush usage now.
-    pub fn on_done(&mut self, now_ms: i64) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+    pub fn on_done(&self, now_ms: i64) {
+        if let Ok(mut w) = self.worker.try_borrow_mut() {
             w.on_drain(now_ms);
         }
     }
 
-    /// A fresh enforcer for one request: leases when enforcement is configured, else metering only.
+    /// A fresh enforcer for one request.
     pub fn for_request(&self) -> Box<dyn Enforcer> {
-        match &self.worker {
-            Some(worker) => Box::new(crate::enforce::LeaseEnforcer::new(Rc::clone(worker))),
-            None => Box::new(MeteringOnly),
-        }
+        Box::new(crate::enforce::LeaseEnforcer::new(self.worker.clone()))
     }
 }
