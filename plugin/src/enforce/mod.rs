@@ -24,12 +24,12 @@
 //! per tick, and zero-valued counter increments are skipped.
 
 mod abi;
+pub mod counters;
 mod store;
 
 use crate::enforcement::{Admission, Enforcer, Verdict};
 use crate::host::{self, LogLevel};
-use crate::metrics::Counter;
-use std::cell::RefCell;
+use std::cell::{BorrowMutError, Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use tollgate_core::enforce::chain::{self, RefillTicket};
@@ -54,102 +54,6 @@ const RENEW_CHECK_MS: i64 = 1_000;
 /// The response header carrying the usage record id (`<gateway_id>:<request id>`).
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 
-/// Counters (`wasmcustom.tollgate_*`) and the queue gauge.
-struct Metrics {
-    admitted: Option<Counter>,
-    paused: Option<Counter>,
-    refused: Option<Counter>,
-    unavailable: Option<Counter>,
-    fail_open: Option<Counter>,
-    would_refuse: Option<Counter>,
-    soft_warning: Option<Counter>,
-    excess_micros: Option<Counter>,
-    unreserved_micros: Option<Counter>,
-    settled: Option<Counter>,
-    released_unsettled: Option<Counter>,
-    double_settle: Option<Counter>,
-    lease_calls: Option<Counter>,
-    lease_failures: Option<Counter>,
-    topups: Option<Counter>,
-    usage_posts: Option<Counter>,
-    usage_post_failures: Option<Counter>,
-    usage_acked: Option<Counter>,
-    usage_requeued: Option<Counter>,
-    usage_dropped: Option<Counter>,
-    usage_unacked: u32,
-}
-
-/// Every metric enforcement defines, for docs and tests.
-pub const METRIC_NAMES: [&str; 21] = [
-    "tollgate_enforce_admitted_total",
-    "tollgate_enforce_paused_total",
-    "tollgate_enforce_refused_total",
-    "tollgate_enforce_unavailable_total",
-    "tollgate_enforce_fail_open_total",
-    "tollgate_enforce_observe_would_refuse_total",
-    "tollgate_enforce_soft_warning_total",
-    "tollgate_enforce_excess_micros_total",
-    "tollgate_enforce_unreserved_micros_total",
-    "tollgate_enforce_settled_total",
-    "tollgate_enforce_released_unsettled_total",
-    "tollgate_enforce_double_settle_prevented_total",
-    "tollgate_lease_calls_total",
-    "tollgate_lease_call_failures_total",
-    "tollgate_lease_topups_total",
-    "tollgate_usage_posts_total",
-    "tollgate_usage_post_failures_total",
-    "tollgate_usage_records_acked_total",
-    "tollgate_usage_records_requeued_total",
-    "tollgate_usage_dropped_total",
-    "tollgate_usage_unacked",
-];
-
-impl Metrics {
-    fn define() -> Metrics {
-        let c = |i: usize| METRIC_NAMES.get(i).and_then(|n| Counter::define(n));
-        Metrics {
-            admitted: c(0),
-            paused: c(1),
-            refused: c(2),
-            unavailable: c(3),
-            fail_open: c(4),
-            would_refuse: c(5),
-            soft_warning: c(6),
-            excess_micros: c(7),
-            unreserved_micros: c(8),
-            settled: c(9),
-            released_unsettled: c(10),
-            double_settle: c(11),
-            lease_calls: c(12),
-            lease_failures: c(13),
-            topups: c(14),
-            usage_posts: c(15),
-            usage_post_failures: c(16),
-            usage_acked: c(17),
-            usage_requeued: c(18),
-            usage_dropped: c(19),
-            usage_unacked: METRIC_NAMES.get(20).and_then(|n| abi::define_gauge(n).ok()).unwrap_or(u32::MAX),
-        }
-    }
-
-    fn inc(counter: &Option<Counter>, by: u64) {
-        Counter::add(counter, by);
-    }
-
-    /// Hands the pending counts to the host.
-    fn flush(&self) {
-        let counters = [
-            &self.admitted, &self.paused, &self.refused, &self.unavailable, &self.fail_open, &self.would_refuse,
-            &self.soft_warning, &self.excess_micros, &self.unreserved_micros, &self.settled, &self.released_unsettled,
-            &self.double_settle, &self.lease_calls, &self.lease_failures, &self.topups, &self.usage_posts,
-            &self.usage_post_failures, &self.usage_acked, &self.usage_requeued, &self.usage_dropped,
-        ];
-        for counter in counters.into_iter().flatten() {
-            counter.flush();
-        }
-    }
-}
-
 fn micros(m: Micros) -> u64 {
     u64::try_from(m).unwrap_or(0)
 }
@@ -165,7 +69,7 @@ pub struct Worker {
     settings: EnforcementSettings,
     gateway_id: String,
     queue_id: Option<u32>,
-    metrics: Metrics,
+    metrics: counters::Counters,
     /// Scopes requests found low, topped up from the root on the next tick.
     topups: BTreeSet<String>,
     /// Scopes with requests in flight on this worker (reference counts): their leases are renewed
@@ -198,8 +102,43 @@ pub struct Worker {
     draining: bool,
 }
 
-/// The shared handle requests and the root hold.
-pub type SharedWorker = Rc<RefCell<Worker>>;
+/// A request's settlement that found the worker busy: kept for the worker's next use.
+struct LateSettlement {
+    reservation: Option<Reservation>,
+    record: UsageRecord,
+}
+
+/// The shared handle requests and the root hold: the worker, and an inbox for settlements that
+/// find it busy. proxy-wasm never re-enters a VM, so the worker is never borrowed when a request
+/// settles; if it were, the settlement waits in the inbox (a `Cell`, which cannot be busy) and
+/// every borrow of the worker takes it in first: a settled record never vanishes.
+#[derive(Clone)]
+pub struct SharedWorker {
+    worker: Rc<RefCell<Worker>>,
+    late: Rc<Cell<Vec<LateSettlement>>>,
+}
+
+impl SharedWorker {
+    /// The worker, with any settlement that found it busy taken in first.
+    pub fn try_borrow_mut(&self) -> Result<RefMut<'_, Worker>, BorrowMutError> {
+        let mut w = self.worker.try_borrow_mut()?;
+        let late = self.late.take();
+        if !late.is_empty() {
+            counters::inc(&w.metrics.late_settlements, late.len() as u64);
+            for l in late {
+                w.settle(l.reservation, &l.record);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Keeps a settlement for the worker's next use (it is busy now).
+    fn settle_later(&self, reservation: Option<Reservation>, record: &UsageRecord) {
+        let mut late = self.late.take();
+        late.push(LateSettlement { reservation, record: record.clone() });
+        self.late.set(late);
+    }
+}
 
 impl Worker {
     /// Sets up this worker: the usage queue and the metrics. A queue that cannot be registered is
@@ -221,11 +160,11 @@ impl Worker {
                 settings.lease_slice_micros
             ),
         );
-        Rc::new(RefCell::new(Worker {
+        let worker = Rc::new(RefCell::new(Worker {
             settings,
             gateway_id: gateway_id.to_owned(),
             queue_id,
-            metrics: Metrics::define(),
+            metrics: counters::Counters::define(),
             topups: BTreeSet::new(),
             held: BTreeMap::new(),
             last_renew_check_ms: 0,
@@ -237,7 +176,8 @@ impl Worker {
             outbox: Vec::new(),
             settlements: Vec::new(),
             draining: false,
-        }))
+        }));
+        SharedWorker { worker, late: Rc::default() }
     }
 
     /// The root tick period this worker needs.
@@ -265,12 +205,12 @@ impl Worker {
                 let body = serde_json::to_vec(&ticket.request(&self.gateway_id)).unwrap_or_default();
                 match self.dispatch("/v1/leases", &body) {
                     Some(token) => {
-                        Metrics::inc(&self.metrics.topups, 1);
-                        Metrics::inc(&self.metrics.lease_calls, 1);
+                        counters::inc(&self.metrics.topups, 1);
+                        counters::inc(&self.metrics.lease_calls, 1);
                         self.calls.insert(token, RootCall::Topup(ticket));
                     }
                     None => {
-                        Metrics::inc(&self.metrics.lease_failures, 1);
+                        counters::inc(&self.metrics.lease_failures, 1);
                         chain::fail_refill(&mut store::SharedStore, &ticket, now);
                     }
                 }
@@ -310,7 +250,7 @@ impl Worker {
             RootCall::Topup(ticket) => match read_lease(status, body) {
                 Ok(response) => chain::finish_refill(&mut store::SharedStore, &ticket, &response, now),
                 Err(why) => {
-                    Metrics::inc(&self.metrics.lease_failures, 1);
+                    counters::inc(&self.metrics.lease_failures, 1);
                     host::log(LogLevel::Warn, &format!("tollgate: lease top-up failed: {why}"));
                     chain::fail_refill(&mut store::SharedStore, &ticket, now);
                 }
@@ -319,14 +259,14 @@ impl Worker {
                 self.usage_in_flight = false;
                 match queue::read_ack(status, body, batch.records.len()) {
                     Ok(_) => {
-                        Metrics::inc(&self.metrics.usage_acked, batch.records.len() as u64);
+                        counters::inc(&self.metrics.usage_acked, batch.records.len() as u64);
                         self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
                         // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
                     }
                     Err(why) => {
-                        Metrics::inc(&self.metrics.usage_post_failures, 1);
+                        counters::inc(&self.metrics.usage_post_failures, 1);
                         host::log(
                             LogLevel::Warn,
                             &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
@@ -337,6 +277,34 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// A request ended: its real cost replaces its reservation (`None`: it had none) in the book on
+    /// the next tick, and its record joins the outbox.
+    fn settle(&mut self, reservation: Option<Reservation>, record: &UsageRecord) {
+        let cost = record.cost_micros.max(0);
+        let reservation = match reservation {
+            Some(r) => {
+                self.unhold(&r.scopes);
+                r
+            }
+            None => Reservation::unreserved(record.principal.scope_keys()),
+        };
+        let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
+        if unreserved {
+            counters::inc(&self.metrics.unreserved_micros, micros(cost));
+        } else {
+            counters::inc(&self.metrics.excess_micros, micros(reservation.excess(cost)));
+        }
+        // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
+        self.settlements.push((reservation, cost));
+        if self.draining {
+            self.apply_settlements(record.finished_at_ms);
+        }
+        // Queued (and counted unacknowledged) before it counts as settled, so an observer that
+        // sees it settled also sees it waiting.
+        self.enqueue(record);
+        counters::inc(&self.metrics.settled, 1);
     }
 
     /// Changes the process-wide unacknowledged count (see `store::adjust_unacked`) and publishes it
@@ -447,7 +415,7 @@ impl Worker {
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
-            Metrics::inc(&self.metrics.usage_dropped, garbage);
+            counters::inc(&self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
         if records.is_empty() {
@@ -457,12 +425,12 @@ impl Worker {
         let body = queue::batch_body(&self.gateway_id, &records);
         match self.dispatch("/v1/usage", &body) {
             Some(token) => {
-                Metrics::inc(&self.metrics.usage_posts, 1);
+                counters::inc(&self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
                 self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
             }
             None => {
-                Metrics::inc(&self.metrics.usage_post_failures, 1);
+                counters::inc(&self.metrics.usage_post_failures, 1);
                 self.requeue(records);
             }
         }
@@ -531,7 +499,7 @@ impl Worker {
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
     fn requeue(&mut self, records: Vec<QueuedRecord>) {
         if self.queue_id.is_some() {
-            Metrics::inc(&self.metrics.usage_requeued, records.len() as u64);
+            counters::inc(&self.metrics.usage_requeued, records.len() as u64);
         }
         // Still counted in `unacked` (and so under the bound): it only left to be posted.
         self.enqueue_items(records, "the usage queue refused a redelivery");
@@ -540,7 +508,7 @@ impl Worker {
     fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
         // Their costs must be in shared data before they are forgotten there.
         self.unbudgeted.flush();
-        Metrics::inc(&self.metrics.usage_dropped, records.len() as u64);
+        counters::inc(&self.metrics.usage_dropped, records.len() as u64);
         chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
         let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
         host::log(
@@ -606,9 +574,9 @@ impl LeaseEnforcer {
         match decision {
             Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
                 w.remember_utilization(utilization, now);
-                Metrics::inc(&w.metrics.admitted, 1);
+                counters::inc(&w.metrics.admitted, 1);
                 if !would_refuse.is_empty() {
-                    Metrics::inc(&w.metrics.would_refuse, 1);
+                    counters::inc(&w.metrics.would_refuse, 1);
                     host::log(
                         LogLevel::Debug,
                         &format!("tollgate: observe-mode budget(s) {} would have refused request {}", would_refuse.join(", "), self.record_id),
@@ -616,7 +584,7 @@ impl LeaseEnforcer {
                 }
                 let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
                 if let Some(warning) = warning {
-                    Metrics::inc(&w.metrics.soft_warning, 1);
+                    counters::inc(&w.metrics.soft_warning, 1);
                     headers.extend(warning.headers().into_iter().map(|(k, v)| (k.to_owned(), v)));
                 }
                 w.topups.extend(topup);
@@ -632,15 +600,15 @@ impl LeaseEnforcer {
                 let body = serde_json::to_vec(&ticket.request(&w.gateway_id)).unwrap_or_default();
                 match w.dispatch("/v1/leases", &body) {
                     Some(token) => {
-                        Metrics::inc(&w.metrics.lease_calls, 1);
+                        counters::inc(&w.metrics.lease_calls, 1);
                         if round == 0 {
-                            Metrics::inc(&w.metrics.paused, 1);
+                            counters::inc(&w.metrics.paused, 1);
                         }
                         self.pending = Some(Pending { token, ticket, rounds: round + 1 });
                         None
                     }
                     None => {
-                        Metrics::inc(&w.metrics.lease_failures, 1);
+                        counters::inc(&w.metrics.lease_failures, 1);
                         chain::fail_refill(&mut store::SharedStore, &ticket, now);
                         Some(self.unavailable(w))
                     }
@@ -658,7 +626,7 @@ impl LeaseEnforcer {
 
     /// A 429 naming the budget, with Retry-After at its window reset.
     fn refuse(&self, w: &mut Worker, refusal: &tollgate_core::enforce::Refusal, now: i64) -> Verdict {
-        Metrics::inc(&w.metrics.refused, 1);
+        counters::inc(&w.metrics.refused, 1);
         let mut headers = vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())];
         if let Some(secs) = refusal.retry_after_secs(now) {
             headers.push(("retry-after".to_owned(), secs.to_string()));
@@ -671,13 +639,13 @@ impl LeaseEnforcer {
     fn unavailable(&mut self, w: &mut Worker) -> Verdict {
         match w.settings.failure_mode {
             FailureMode::FailOpen => {
-                Metrics::inc(&w.metrics.fail_open, 1);
+                counters::inc(&w.metrics.fail_open, 1);
                 w.hold(&self.scopes);
                 self.reservation = Some(Reservation::unreserved(self.scopes.clone()));
                 Verdict::Proceed { response_headers: vec![(REQUEST_ID_HEADER.to_owned(), self.record_id.clone())] }
             }
             FailureMode::FailClosed => {
-                Metrics::inc(&w.metrics.unavailable, 1);
+                counters::inc(&w.metrics.unavailable, 1);
                 let failure = Failure::new(
                     ErrorKind::Unavailable,
                     "the budget service (tollgate-counter) cannot be reached and this gateway holds no budget headroom for \
@@ -700,13 +668,13 @@ fn busy_verdict() -> Verdict {
 
 impl Enforcer for LeaseEnforcer {
     fn utilization_pct(&mut self, principal: &Principal, now_ms: i64) -> Option<u32> {
-        let worker = Rc::clone(&self.worker);
+        let worker = self.worker.clone();
         let mut w = worker.try_borrow_mut().ok()?;
         Some(w.utilization_pct(&principal.scope_keys(), now_ms))
     }
 
     fn admit(&mut self, admission: &Admission<'_>) -> Verdict {
-        let worker = Rc::clone(&self.worker);
+        let worker = self.worker.clone();
         let Ok(mut w) = worker.try_borrow_mut() else { return busy_verdict() };
         self.scopes = admission.principal.scope_keys();
         self.amount = admission.worst_case_micros.max(0);
@@ -716,12 +684,12 @@ impl Enforcer for LeaseEnforcer {
 
     fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) -> Option<Verdict> {
         let pending = self.pending.take_if(|p| p.token == token)?;
-        let worker = Rc::clone(&self.worker);
+        let worker = self.worker.clone();
         let Ok(mut w) = worker.try_borrow_mut() else { return Some(busy_verdict()) };
         match read_lease(status, body) {
             Ok(response) => chain::finish_refill(&mut store::SharedStore, &pending.ticket, &response, now_ms),
             Err(why) => {
-                Metrics::inc(&w.metrics.lease_failures, 1);
+                counters::inc(&w.metrics.lease_failures, 1);
                 host::log(LogLevel::Warn, &format!("tollgate: lease call for request {} failed: {why}", self.record_id));
                 chain::fail_refill(&mut store::SharedStore, &pending.ticket, now_ms);
             }
@@ -730,36 +698,20 @@ impl Enforcer for LeaseEnforcer {
     }
 
     fn settle(&mut self, record: &UsageRecord) {
-        let worker = Rc::clone(&self.worker);
-        let Ok(mut w) = worker.try_borrow_mut() else { return };
+        let worker = self.worker.clone();
         if self.settled {
-            Metrics::inc(&w.metrics.double_settle, 1);
+            if let Ok(w) = worker.try_borrow_mut() {
+                counters::inc(&w.metrics.double_settle, 1);
+            }
             return;
         }
         self.settled = true;
-        let cost = record.cost_micros.max(0);
-        let reservation = match self.reservation.take() {
-            Some(r) => {
-                w.unhold(&r.scopes);
-                r
-            }
-            None => Reservation::unreserved(record.principal.scope_keys()),
-        };
-        let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
-        if unreserved {
-            Metrics::inc(&w.metrics.unreserved_micros, micros(cost));
-        } else {
-            Metrics::inc(&w.metrics.excess_micros, micros(reservation.excess(cost)));
+        let reservation = self.reservation.take();
+        if let Ok(mut w) = worker.try_borrow_mut() {
+            w.settle(reservation, record);
+            return;
         }
-        // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
-        w.settlements.push((reservation, cost));
-        if w.draining {
-            w.apply_settlements(record.finished_at_ms);
-        }
-        // Queued (and counted unacknowledged) before it counts as settled, so an observer that
-        // sees it settled also sees it waiting.
-        w.enqueue(record);
-        Metrics::inc(&w.metrics.settled, 1);
+        worker.settle_later(reservation, record);
     }
 }
 
@@ -771,8 +723,55 @@ impl Drop for LeaseEnforcer {
             chain::release(&mut store::SharedStore, &reservation);
             if let Ok(mut w) = self.worker.try_borrow_mut() {
                 w.unhold(&reservation.scopes);
-                Metrics::inc(&w.metrics.released_unsettled, 1);
+                counters::inc(&w.metrics.released_unsettled, 1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use tollgate_core::enforce::EnforcementConfig;
+    use tollgate_core::protocol::Tokens;
+
+    fn worker() -> SharedWorker {
+        let settings = EnforcementConfig::from_json(r#"{"counter_cluster":"counter","gateway_token":"t"}"#).unwrap();
+        Worker::new(settings, "gw")
+    }
+
+    fn record(cost_micros: Micros) -> UsageRecord {
+        UsageRecord {
+            id: "gw:req-1".to_owned(),
+            principal: Principal { org: Some("acme".to_owned()), ..Principal::default() },
+            dialect: "openai".to_owned(),
+            requested_model: "m".to_owned(),
+            routed_model: "m".to_owned(),
+            tokens: Tokens::default(),
+            cost_micros,
+            status: 200,
+            estimated: false,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        }
+    }
+
+    /// proxy-wasm never re-enters a VM, so the worker should never be busy when a request settles;
+    /// if it is, the record is queued and taken in by the worker's next use, never dropped.
+    #[test]
+    fn a_record_settled_while_the_worker_is_busy_is_kept_for_its_next_use() {
+        let worker = worker();
+        let mut enforcer = LeaseEnforcer::new(worker.clone());
+        {
+            let _busy = worker.try_borrow_mut().unwrap();
+            enforcer.settle(&record(250));
+        }
+        let w = worker.try_borrow_mut().unwrap();
+        assert_eq!(w.settlements.len(), 1, "the settlement waits for the book, not dropped");
+        assert_eq!(w.settlements[0].1, 250, "with the record's cost");
+        drop(w);
+        enforcer.settle(&record(250));
+        assert_eq!(worker.try_borrow_mut().unwrap().settlements.len(), 1, "a second settle of the same request is refused");
     }
 }
