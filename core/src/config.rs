@@ -14,62 +14,14 @@ use crate::attribution::{Attribution, AttributionConfig};
 use crate::dialect::{Dialect, Mounts};
 use crate::pricing::{PriceTable, PricingConfig};
 use crate::routing::{RoutingConfig, RoutingTable};
-use serde::de::DeserializeOwned;
+pub use crate::section::{parse_at, ConfigError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// Default for `max_request_body_bytes`: 1 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 1 << 20;
 /// Largest `max_request_body_bytes` accepted (the body is buffered in the wasm VM).
 pub const MAX_MAX_REQUEST_BODY_BYTES: u64 = 64 << 20;
-
-/// A configuration problem: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// e.g. `routing.rules[2].match.model`; empty for the document as a whole.
-    pub path: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        ConfigError { path: path.into(), problem: problem.into() }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "tollgate config: {}", self.problem)
-        } else {
-            write!(f, "tollgate config: {}: {}", self.path, self.problem)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Deserializes one section, prefixing serde's message with the section's path.
-/// When the section is an object and one member is at fault, the error names that member
-/// (`routing.rules[2].match.model: …`), found by parsing each member on its own.
-pub fn parse_at<T: DeserializeOwned>(value: serde_json::Value, path: &str) -> Result<T, ConfigError> {
-    let members: Option<Vec<(String, serde_json::Value)>> =
-        value.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    serde_json::from_value(value).map_err(|whole| {
-        for (key, member) in members.into_iter().flatten() {
-            let single = serde_json::Value::Object([(key.clone(), member)].into_iter().collect());
-            if let Err(e) = serde_json::from_value::<T>(single) {
-                let text = e.to_string();
-                if !text.starts_with("missing field") && !text.starts_with("unknown field") {
-                    let member_path = if path.is_empty() { key } else { format!("{path}.{key}") };
-                    return ConfigError::new(member_path, text);
-                }
-            }
-        }
-        ConfigError::new(path, whole.to_string())
-    })
-}
 
 /// The configuration as written. Sections stay `Value`s here so each is parsed with its path.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -278,7 +278,7 @@ impl Stream {
     /// Step 2 at end of body. Returns the action for the body callback.
     fn on_full_body(&mut self, body: &[u8]) -> Action {
         let (Some(config), Some(req)) = (self.config.clone(), self.request.as_ref()) else { return Action::Continue };
-        let parsed = match plan::parse_request(&config, &req.recognised, &req.facts, body) {
+        let parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
@@ -292,7 +292,7 @@ impl Stream {
         let now = if self.enforcer.is_some() { host::now_ms() } else { 0 };
         let utilization = self.enforcer.as_mut().and_then(|e| e.utilization_pct(&parsed.principal, now));
         let Some(req) = self.request.as_ref() else { return Action::Continue };
-        let plan = match parsed.route(&config, &req.recognised, &req.path, utilization) {
+        let plan = match parsed.route(&config.routing, &req.recognised, &req.path, utilization) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
