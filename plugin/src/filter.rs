@@ -18,7 +18,8 @@
 //!    here from an estimate.
 
 use crate::access_log::AccessLog;
-use crate::enforcement::{Admission, EnforcementRoot, Enforcer, Verdict};
+use crate::admission::{Admission, Enforcer, Verdict};
+use crate::enforce::EnforcementRoot;
 use crate::host::{self, Buffer, LogLevel, Map};
 use crate::metrics::{Metrics, Outcome, FLUSH_INTERVAL_MS};
 use crate::settle::{self, Ended, Exchange};
@@ -408,7 +409,7 @@ impl Stream {
             None => (0, Default::default()),
         };
         let exchange = Exchange {
-            record_id: [config.gateway_id.as_str(), req.request_id.as_str()].join(":"),
+            record_id: tollgate_core::protocol::record_id(&config.gateway_id, &req.request_id),
             principal: plan.principal.clone(),
             dialect: req.recognised.dialect,
             requested_model: plan.requested_model.clone(),

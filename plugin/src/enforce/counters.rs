@@ -3,7 +3,7 @@
 //! definition in the host, the tick's flush and [`ALL`] are generated from it, so adding a counter
 //! cannot relabel another.
 
-use super::abi;
+use crate::host;
 use crate::metrics::Counter;
 
 macro_rules! counters {
@@ -22,7 +22,7 @@ macro_rules! counters {
             pub(super) fn define() -> Counters {
                 Counters {
                     $( $field: Counter::define($name), )*
-                    usage_unacked: abi::define_gauge(UNACKED_GAUGE).unwrap_or(u32::MAX),
+                    usage_unacked: host::define_gauge(UNACKED_GAUGE).unwrap_or(u32::MAX),
                 }
             }
 

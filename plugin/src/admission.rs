@@ -18,10 +18,11 @@
 //!   usage record (also for cut streams, charged from an estimate and flagged `estimated`, and for
 //!   upstream errors, charged what the upstream reported or zero).
 //!
-//! [`EnforcementRoot`] is the per-VM side (one per plugin configuration): it makes a fresh
-//! [`Enforcer`] for each request and receives the root context's ticks (batching, lease renewal).
+//! `crate::enforce::EnforcementRoot` is the per-VM side (one per plugin configuration): it makes
+//! a fresh [`Enforcer`] for each request and receives the root context's ticks (batching, lease
+//! renewal). This module imports nothing of the crate: the filter and `enforce` both depend on it,
+//! never on each other through it.
 
-use tollgate_core::config::CompiledConfig;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::errors::Failure;
 use tollgate_core::money::Micros;
@@ -77,50 +78,4 @@ pub trait Enforcer {
     /// The request ended while still waiting for admission (the client went away during `Wait`);
     /// it was never admitted or forwarded. Release whatever the wait was holding.
     fn abandon(&mut self) {}
-}
-
-/// The per-VM side of enforcement, owned by the root context; it exists only when the
-/// configuration has an `enforcement` section (no enforcement is `None`, nothing else: metering
-/// alone makes no enforcement host calls).
-pub struct EnforcementRoot {
-    /// This worker's enforcement (`crate::enforce`).
-    worker: crate::enforce::SharedWorker,
-}
-
-impl EnforcementRoot {
-    /// `None` when the configuration has no `enforcement` section.
-    pub fn new(config: &CompiledConfig) -> Option<EnforcementRoot> {
-        let settings = config.enforcement.clone()?;
-        Some(EnforcementRoot { worker: crate::enforce::Worker::new(settings, &config.gateway_id) })
-    }
-
-    /// How often the root context should tick.
-    pub fn tick_period_ms(&self) -> Option<u64> {
-        self.worker.try_borrow_mut().ok().map(|w| w.tick_period_ms())
-    }
-
-    pub fn on_tick(&self, now_ms: i64) {
-        if let Ok(mut w) = self.worker.try_borrow_mut() {
-            w.on_tick(now_ms);
-        }
-    }
-
-    /// The answer to a call the root context made (lease top-ups, usage batches).
-    pub fn on_http_call_response(&self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) {
-        if let Ok(mut w) = self.worker.try_borrow_mut() {
-            w.on_http_call_response(token, status, body, now_ms);
-        }
-    }
-
-    /// The root context is done (Envoy shutting down or the plugin replaced): flush usage now.
-    pub fn on_done(&self, now_ms: i64) {
-        if let Ok(mut w) = self.worker.try_borrow_mut() {
-            w.on_drain(now_ms);
-        }
-    }
-
-    /// A fresh enforcer for one request.
-    pub fn for_request(&self) -> Box<dyn Enforcer> {
-        Box::new(crate::enforce::LeaseEnforcer::new(self.worker.clone()))
-    }
 }
