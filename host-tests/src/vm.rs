@@ -329,7 +329,22 @@ fn note_call(c: &Caller<'_, VmState>, name: &'static str) {
     *c.data().shared.borrow_mut().host_calls.entry(name).or_insert(0) += 1;
 }
 
+/// Every proxy-wasm import, one function per ABI group.
 fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    define_lifecycle(linker)?;
+    define_buffers(linker)?;
+    define_header_maps(linker)?;
+    define_properties(linker)?;
+    define_shared_data(linker)?;
+    define_shared_queues(linker)?;
+    define_stream_control(linker)?;
+    define_calls(linker)?;
+    define_metrics(linker)?;
+    Ok(())
+}
+
+/// The ABI version, logging, the clock and the tick.
+fn define_lifecycle(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_abi_version_0_2_1", || {})?;
 
     linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, VmState>, level: i32, ptr: i32, len: i32| -> HostResult<i32> {
@@ -360,6 +375,40 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         Ok(Status::Ok.code())
     })?;
 
+    linker.func_wrap("env", "proxy_done", |mut c: Caller<'_, VmState>| -> i32 {
+        note_call(&c, "proxy_done");
+        c.data_mut().done_called = true;
+        Status::Ok.code()
+    })?;
+
+    linker.func_wrap("env", "proxy_get_status", |mut c: Caller<'_, VmState>, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_status");
+        tryst!(write_u32(&mut c, code_ptr, 0));
+        Ok(copy_out(&mut c, &[], ptr_ptr, size_ptr)?.code())
+    })?;
+
+    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, VmState>, id: i32| -> i32 {
+        note_call(&c, "proxy_set_effective_context");
+        let state = c.data_mut();
+        let id = id as u32;
+        if id == state.root_context_id || state.streams.contains_key(&id) {
+            state.effective_context = id;
+            Status::Ok.code()
+        } else {
+            Status::BadArgument.code()
+        }
+    })?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { note_call(&_c, "proxy_call_foreign_function"); Status::NotFound.code() },
+    )?;
+    Ok(())
+}
+
+/// Request, response, call and configuration buffers.
+fn define_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
@@ -427,7 +476,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Header maps (live only while Envoy holds them for the filter).
+fn define_header_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",
@@ -528,7 +581,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Properties and filter state.
+fn define_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
@@ -569,7 +626,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Process-wide shared data with compare-and-swap.
+fn define_shared_data(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
@@ -600,7 +661,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(if ok { Status::Ok } else { Status::CasMismatch }.code())
         },
     )?;
+    Ok(())
+}
 
+/// Process-wide shared queues.
+fn define_shared_queues(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_register_shared_queue",
@@ -679,7 +744,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Resuming, resetting and answering a stream locally.
+fn define_stream_control(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, VmState>, kind: i32| -> HostResult<i32> {
         note_call(&c, "proxy_continue_stream");
         let effect = match kind {
@@ -739,7 +808,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Outbound HTTP calls; gRPC (no services here).
+fn define_calls(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_http_call",
@@ -807,6 +880,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Status::ParseFailure.code()
         },
     )?;
+
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
@@ -815,42 +889,20 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Status::ParseFailure.code()
         },
     )?;
+
     linker.func_wrap("env", "proxy_grpc_send", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 {
         note_call(&_c, "proxy_grpc_send");
         Status::NotFound.code()
     })?;
+
     linker.func_wrap("env", "proxy_grpc_cancel", |_c: Caller<'_, VmState>, _: i32| -> i32 { note_call(&_c, "proxy_grpc_cancel"); Status::NotFound.code() })?;
+
     linker.func_wrap("env", "proxy_grpc_close", |_c: Caller<'_, VmState>, _: i32| -> i32 { note_call(&_c, "proxy_grpc_close"); Status::NotFound.code() })?;
-    linker.func_wrap("env", "proxy_get_status", |mut c: Caller<'_, VmState>, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
-        note_call(&c, "proxy_get_status");
-        tryst!(write_u32(&mut c, code_ptr, 0));
-        Ok(copy_out(&mut c, &[], ptr_ptr, size_ptr)?.code())
-    })?;
+    Ok(())
+}
 
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, VmState>, id: i32| -> i32 {
-        note_call(&c, "proxy_set_effective_context");
-        let state = c.data_mut();
-        let id = id as u32;
-        if id == state.root_context_id || state.streams.contains_key(&id) {
-            state.effective_context = id;
-            Status::Ok.code()
-        } else {
-            Status::BadArgument.code()
-        }
-    })?;
-
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { note_call(&_c, "proxy_call_foreign_function"); Status::NotFound.code() },
-    )?;
-
-    linker.func_wrap("env", "proxy_done", |mut c: Caller<'_, VmState>| -> i32 {
-        note_call(&c, "proxy_done");
-        c.data_mut().done_called = true;
-        Status::Ok.code()
-    })?;
-
+/// Counters, gauges and histograms.
+fn define_metrics(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_define_metric",
@@ -919,7 +971,6 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         tryst!(write_u64(&mut c, ptr, value));
         Ok(Status::Ok.code())
     })?;
-
     Ok(())
 }
 
