@@ -13,7 +13,7 @@
 //! Client-supplied `x-tollgate-*` headers are removed before the upstream by the plugin, and are
 //! read here only if the operator lists them as trusted headers.
 
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::json::{self, Kind, TopLevel};
 use crate::protocol::Principal;
 use serde::Deserialize;

@@ -14,62 +14,14 @@ use crate::attribution::{Attribution, AttributionConfig};
 use crate::dialect::{Dialect, Mounts};
 use crate::pricing::{PriceTable, PricingConfig};
 use crate::routing::{RoutingConfig, RoutingTable};
-use serde::de::DeserializeOwned;
+pub use crate::section::{parse_at, ConfigError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// Default for `max_request_body_bytes`: 1 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 1 << 20;
 /// Largest `max_request_body_bytes` accepted (the body is buffered in the wasm VM).
 pub const MAX_MAX_REQUEST_BODY_BYTES: u64 = 64 << 20;
-
-/// A configuration problem: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// e.g. `routing.rules[2].match.model`; empty for the document as a whole.
-    pub path: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        ConfigError { path: path.into(), problem: problem.into() }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "tollgate config: {}", self.problem)
-        } else {
-            write!(f, "tollgate config: {}: {}", self.path, self.problem)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Deserializes one section, prefixing serde's message with the section's path.
-/// When the section is an object and one member is at fault, the error names that member
-/// (`routing.rules[2].match.model: …`), found by parsing each member on its own.
-pub fn parse_at<T: DeserializeOwned>(value: serde_json::Value, path: &str) -> Result<T, ConfigError> {
-    let members: Option<Vec<(String, serde_json::Value)>> =
-        value.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    serde_json::from_value(value).map_err(|whole| {
-        for (key, member) in members.into_iter().flatten() {
-            let single = serde_json::Value::Object([(key.clone(), member)].into_iter().collect());
-            if let Err(e) = serde_json::from_value::<T>(single) {
-                let text = e.to_string();
-                if !text.starts_with("missing field") && !text.starts_with("unknown field") {
-                    let member_path = if path.is_empty() { key } else { format!("{path}.{key}") };
-                    return ConfigError::new(member_path, text);
-                }
-            }
-        }
-        ConfigError::new(path, whole.to_string())
-    })
-}
 
 /// The configuration as written. Sections stay `Value`s here so each is parsed with its path.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -197,7 +149,7 @@ impl FilterConfig {
             None => None,
             Some(v) if !v.is_object() => return Err(ConfigError::new("enforcement", "must be an object")),
             Some(v) => Some(
-                crate::enforce::EnforcementConfig::compile_value(v).map_err(|e| ConfigError::new(e.path(), e.problem))?,
+                crate::enforce::EnforcementConfig::compile_value(v).map_err(|e| ConfigError::new(e.path, e.problem))?,
             ),
         };
         Ok(CompiledConfig {
@@ -334,5 +286,74 @@ mod tests {
         assert!(err(r#"{"enforcement": {"counter_cluster": "c", "gateway_token": "t", "batch_size": 0}}"#)
             .starts_with("tollgate config: enforcement.batch_size:"));
         assert!(err("{").starts_with("tollgate config: EOF while parsing"));
+    }
+
+    // One test per section: a mistake in it is reported with the field's path, so the operator
+    // knows where to look (README.md, configuration reference).
+
+    #[test]
+    fn a_gateway_id_mistake_names_gateway_id() {
+        assert!(err(r#"{"gateway_id": ""}"#).starts_with("tollgate config: gateway_id: use 1-64 characters"));
+        assert!(err(r#"{"gateway_id": 7}"#).starts_with("tollgate config: gateway_id: invalid type"));
+    }
+
+    #[test]
+    fn a_body_limit_mistake_names_max_request_body_bytes() {
+        assert!(err(r#"{"max_request_body_bytes": "1MB"}"#).starts_with("tollgate config: max_request_body_bytes: invalid type"));
+        assert!(err(&format!(r#"{{"max_request_body_bytes": {}}}"#, MAX_MAX_REQUEST_BODY_BYTES + 1))
+            .starts_with("tollgate config: max_request_body_bytes: must be between"));
+    }
+
+    #[test]
+    fn a_dialects_mistake_names_the_dialect_and_its_field() {
+        assert!(err(r#"{"dialects": {"openai": {"prefix": "/x"}}}"#).starts_with("tollgate config: dialects.openai: unknown field `prefix`"));
+        assert!(err(r#"{"dialects": {"anthropic": {"enabled": "no"}}}"#).starts_with("tollgate config: dialects.anthropic.enabled:"));
+    }
+
+    #[test]
+    fn an_attribution_mistake_names_its_field() {
+        assert!(err(r#"{"attribution": {"trusted_headers": {"team": 5}}}"#).starts_with("tollgate config: attribution.trusted_headers"));
+        let e = err(r#"{"attribution": {"sources": ["virtual_keys", "virtual_keys"]}}"#);
+        assert!(e.starts_with("tollgate config: attribution.sources[1]: listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_routing_mistake_names_the_rule_and_its_field() {
+        assert!(err(r#"{"routing": {"rules": [{"name": "a", "match": {"dialect": "cobol"}}]}}"#)
+            .starts_with("tollgate config: routing.rules[0].match.dialect:"));
+        assert!(err(r#"{"routing": {"rule": []}}"#).starts_with("tollgate config: routing: unknown field `rule`"));
+    }
+
+    #[test]
+    fn a_pricing_mistake_names_its_field() {
+        assert!(err(r#"{"pricing": {"models": {"m": {"input_per_mtok": "x", "output_per_mtok": "1"}}}}"#)
+            .starts_with("tollgate config: pricing.models: `x` is not a non-negative decimal number"));
+        assert!(err(r#"{"pricing": {"unknown_model": 1}}"#).starts_with("tollgate config: pricing.unknown_model:"));
+    }
+
+    #[test]
+    fn an_enforcement_mistake_names_its_field() {
+        let base = r#""counter_cluster": "c", "gateway_token": "t""#;
+        for (member, path) in [
+            (r#""failure_mode": "fail_sideways""#, "enforcement.failure_mode: unknown variant `fail_sideways`"),
+            (r#""batch_size": "ten""#, "enforcement.batch_size: invalid type"),
+            (r#""lease_slice_usd": "0""#, "enforcement.lease_slice_usd: must be a positive dollar amount"),
+            (r#""call_timeout_ms": 0"#, "enforcement.call_timeout_ms: must be between"),
+            (r#""counter_cluster": "c", "gateway_token": "t", "bogus": 1"#, "enforcement: unknown field `bogus`"),
+        ] {
+            let json = if member.starts_with(r#""counter_cluster""#) {
+                format!(r#"{{"enforcement": {{{member}}}}}"#)
+            } else {
+                format!(r#"{{"enforcement": {{{base}, {member}}}}}"#)
+            };
+            let e = err(&json);
+            assert!(e.starts_with(&format!("tollgate config: {path}")), "{json} -> {e}");
+        }
+        assert!(err(r#"{"enforcement": {"counter_cluster": "c"}}"#).starts_with("tollgate config: enforcement: missing field `gateway_token`"));
+    }
+
+    #[test]
+    fn an_access_log_mistake_names_access_log() {
+        assert!(err(r#"{"access_log": "verbose"}"#).starts_with("tollgate config: access_log: unknown variant `verbose`"));
     }
 }

@@ -9,6 +9,8 @@
 //! - [`protocol`]: the JSON wire types between gateways and `tollgate-counter` (principal, scope
 //!   keys, leases, usage records). Both sides compile against this one definition.
 //! - [`money`]: integer money (micro-dollars) and prices (pico-dollars per token).
+//! - [`section`]: [`section::ConfigError`] (a mistake named by its field) and the section parser;
+//!   imports nothing of the crate, so every section's compiler can use it.
 //! - [`config`]: the filter's configuration, in two phases: raw serde input, then a validated,
 //!   compiled form built once per VM.
 //! - [`dialect`]: which LLM API a request speaks, recognised by its path.
@@ -34,4 +36,5 @@ pub mod money;
 pub mod pricing;
 pub mod protocol;
 pub mod routing;
+pub mod section;
 pub mod usage;

@@ -276,6 +276,12 @@ pub struct UsageRecord {
     pub finished_at_ms: i64,
 }
 
+/// A usage record's id: `<gateway_id>:<request id>` (unique per request on a gateway; the counter
+/// counts an id once). Also sent to the client as `x-tollgate-request-id`.
+pub fn record_id(gateway_id: &str, request_id: &str) -> String {
+    [gateway_id, request_id].join(":")
+}
+
 /// `POST /v1/usage`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

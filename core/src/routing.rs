@@ -20,7 +20,7 @@
 pub mod plan;
 
 use crate::attribution::{Field, OneOrMany};
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::dialect::Dialect;
 use crate::errors::{ErrorKind, Failure};
 use crate::protocol::Principal;
@@ -129,7 +129,7 @@ impl RoutingTable {
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
         for (i, value) in raw.rules.into_iter().enumerate() {
             let at = format!("{path}.rules[{i}]");
-            let rule: RuleConfig = crate::config::parse_at(value, &at)?;
+            let rule: RuleConfig = crate::section::parse_at(value, &at)?;
             if rule.name.trim().is_empty() {
                 return Err(ConfigError::new(format!("{at}.name"), "must not be empty; it names the rule in errors and logs"));
             }
@@ -190,7 +190,7 @@ impl Rule {
 
 fn compile_rule(rule: RuleConfig, at: &str) -> Result<Rule, ConfigError> {
     let matcher: MatchConfig = match rule.matcher {
-        Some(value) => crate::config::parse_at(value, &format!("{at}.match"))?,
+        Some(value) => crate::section::parse_at(value, &format!("{at}.match"))?,
         None => MatchConfig::default(),
     };
     let globs = |values: Option<OneOrMany>, name: &str| -> Result<Option<Vec<Glob>>, ConfigError> {

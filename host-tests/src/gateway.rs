@@ -18,6 +18,7 @@
 //! - A trap fails the VM: the test fails with the filter's panic message, unless it allowed traps
 //!   (then, like Envoy, the stream gets a 503 and the worker answers 503 from then on).
 
+use crate::abi::{BufferType, Status};
 use crate::module;
 use crate::shared::{HttpCall, LogLine, Metric, Shared};
 use crate::vm::{Effect, LocalReply, Pairs, StreamAbi, Trap, Vm, VmState};
@@ -517,6 +518,29 @@ impl Gateway {
     /// Traps seen (only non-empty with [`Gateway::allow_traps`]).
     pub fn traps(&self) -> Vec<Trap> {
         self.inner.borrow().traps.clone()
+    }
+
+    /// From now on, reads of `buffer` answer `status` (a host that cannot hand over a body);
+    /// `None` restores them.
+    pub fn fail_buffer_reads(&self, buffer: BufferType, status: Option<Status>) {
+        let inner = self.inner.borrow();
+        let mut shared = inner.shared.borrow_mut();
+        shared.failing_buffers.retain(|(b, _)| *b != buffer);
+        if let Some(status) = status {
+            shared.failing_buffers.push((buffer, status));
+        }
+    }
+
+    /// Host calls made by every VM so far, by import name (WASI ones as `wasi:<name>`).
+    pub fn host_calls(&self) -> BTreeMap<&'static str, u64> {
+        self.inner.borrow().shared.borrow().host_calls.clone()
+    }
+
+    /// Clock reads made by every VM so far: `proxy_get_current_time_nanoseconds` and WASI
+    /// `clock_time_get`.
+    pub fn clock_reads(&self) -> u64 {
+        let calls = self.host_calls();
+        ["proxy_get_current_time_nanoseconds", "wasi:clock_time_get"].iter().map(|n| calls.get(n).copied().unwrap_or(0)).sum()
     }
 
     /// Wasm instructions executed by every VM since it started (fuel consumed).

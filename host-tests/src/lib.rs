@@ -32,5 +32,6 @@ pub mod shared;
 pub mod vm;
 
 pub use gateway::{chunks, Answer, ClientResponse, Gateway, Refusal, Stream, UpstreamRequest};
+pub use abi::{BufferType, Status};
 pub use shared::{HttpCall, LogLine, Metric};
 pub use std::time::Duration;

@@ -5,6 +5,7 @@
 //! interleave only between callbacks, exactly as Envoy's workers do from the filter's point of
 //! view (each callback runs to completion on its worker).
 
+use crate::abi::{BufferType, Status};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -87,6 +88,10 @@ pub struct Shared {
     pub properties: BTreeMap<String, Vec<u8>>,
     /// Echo filter log lines to stderr as they happen (`HOST_TESTS_LOG=1`).
     pub echo_logs: bool,
+    /// Host calls made by every VM, by import name (WASI ones as `wasi:<name>`).
+    pub host_calls: BTreeMap<&'static str, u64>,
+    /// Buffers whose reads (`proxy_get_buffer_bytes`) answer this status instead of the bytes.
+    pub failing_buffers: Vec<(BufferType, Status)>,
 }
 
 impl Shared {
@@ -104,6 +109,8 @@ impl Shared {
             clusters: None,
             properties: BTreeMap::new(),
             echo_logs: std::env::var_os("HOST_TESTS_LOG").is_some(),
+            host_calls: BTreeMap::new(),
+            failing_buffers: Vec::new(),
         }
     }
 

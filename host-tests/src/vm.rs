@@ -323,10 +323,32 @@ fn map_slot(state: &mut VmState, map: MapType, for_write: bool) -> Option<&mut P
     }
 }
 
+/// Counts one host call by import name (`Shared::host_calls`): what a filter asks of the host per
+/// request is part of its cost (each crossing into the host costs in V8).
+fn note_call(c: &Caller<'_, VmState>, name: &'static str) {
+    *c.data().shared.borrow_mut().host_calls.entry(name).or_insert(0) += 1;
+}
+
+/// Every proxy-wasm import, one function per ABI group.
 fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    define_lifecycle(linker)?;
+    define_buffers(linker)?;
+    define_header_maps(linker)?;
+    define_properties(linker)?;
+    define_shared_data(linker)?;
+    define_shared_queues(linker)?;
+    define_stream_control(linker)?;
+    define_calls(linker)?;
+    define_metrics(linker)?;
+    Ok(())
+}
+
+/// The ABI version, logging, the clock and the tick.
+fn define_lifecycle(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_abi_version_0_2_1", || {})?;
 
     linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, VmState>, level: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_log");
         let message = tryst!(read_str(&mut c, ptr, len));
         let state = c.data();
         state.shared.borrow_mut().log(state.worker, abi::level_name(level), message);
@@ -334,27 +356,70 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
 
     linker.func_wrap("env", "proxy_get_log_level", |mut c: Caller<'_, VmState>, ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_log_level");
         let level = c.data().log_level as u32;
         tryst!(write_u32(&mut c, ptr, level));
         Ok(Status::Ok.code())
     })?;
 
     linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, VmState>, ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_current_time_nanoseconds");
         let now = c.data().shared.borrow().now_ns;
         tryst!(write_u64(&mut c, ptr, now));
         Ok(Status::Ok.code())
     })?;
 
     linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Caller<'_, VmState>, period: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_set_tick_period_milliseconds");
         c.data_mut().tick_period_ms = period as u32;
         Ok(Status::Ok.code())
     })?;
 
+    linker.func_wrap("env", "proxy_done", |mut c: Caller<'_, VmState>| -> i32 {
+        note_call(&c, "proxy_done");
+        c.data_mut().done_called = true;
+        Status::Ok.code()
+    })?;
+
+    linker.func_wrap("env", "proxy_get_status", |mut c: Caller<'_, VmState>, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_status");
+        tryst!(write_u32(&mut c, code_ptr, 0));
+        Ok(copy_out(&mut c, &[], ptr_ptr, size_ptr)?.code())
+    })?;
+
+    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, VmState>, id: i32| -> i32 {
+        note_call(&c, "proxy_set_effective_context");
+        let state = c.data_mut();
+        let id = id as u32;
+        if id == state.root_context_id || state.streams.contains_key(&id) {
+            state.effective_context = id;
+            Status::Ok.code()
+        } else {
+            Status::BadArgument.code()
+        }
+    })?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { note_call(&_c, "proxy_call_foreign_function"); Status::NotFound.code() },
+    )?;
+    Ok(())
+}
+
+/// Request, response, call and configuration buffers.
+fn define_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
         |mut c: Caller<'_, VmState>, kind: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_buffer_bytes");
             let Some(kind) = BufferType::from_abi(kind) else { return Ok(Status::BadArgument.code()) };
+            // A scenario made reads of this buffer fail (`Gateway::fail_buffer_reads`).
+            let injected = c.data().shared.borrow().failing_buffers.iter().find(|(k, _)| *k == kind).map(|(_, status)| *status);
+            if let Some(status) = injected {
+                return Ok(status.code());
+            }
             let state = c.data_mut();
             let buffer: Option<Vec<u8>> = match kind {
                 BufferType::VmConfiguration => Some(state.vm_config.clone()),
@@ -383,6 +448,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: Caller<'_, VmState>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_set_buffer_bytes");
             let Some(kind) = BufferType::from_abi(kind) else { return Ok(Status::BadArgument.code()) };
             let data = tryst!(read(&mut c, ptr, len));
             let state = c.data_mut();
@@ -410,11 +476,16 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Header maps (live only while Envoy holds them for the filter).
+fn define_header_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, VmState>, map: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_header_map_pairs");
             let Some(map) = MapType::from_abi(map) else { return Ok(Status::BadArgument.code()) };
             // Envoy answers Ok with an empty map when the map is absent.
             let pairs = map_slot(c.data_mut(), map, false).map(|p| p.clone()).unwrap_or_default();
@@ -427,6 +498,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: Caller<'_, VmState>, map: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_set_header_map_pairs");
             let Some(map) = MapType::from_abi(map) else { return Ok(Status::BadArgument.code()) };
             let bytes = tryst!(read(&mut c, ptr, len));
             let Some(pairs) = abi::deserialize_pairs(&bytes) else { return Ok(Status::BadArgument.code()) };
@@ -440,6 +512,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: Caller<'_, VmState>, map: i32, key_ptr: i32, key_len: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_header_map_value");
             let Some(map) = MapType::from_abi(map) else { return Ok(Status::BadArgument.code()) };
             let key = tryst!(read_str(&mut c, key_ptr, key_len)).to_ascii_lowercase();
             let state = c.data_mut();
@@ -458,6 +531,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: Caller<'_, VmState>, map: i32, key_ptr: i32, key_len: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_replace_header_map_value");
             let Some(map) = MapType::from_abi(map) else { return Ok(Status::BadArgument.code()) };
             let key = tryst!(read_str(&mut c, key_ptr, key_len)).to_ascii_lowercase();
             let value = tryst!(read(&mut c, ptr, len));
@@ -485,6 +559,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, VmState>, map: i32, key_ptr: i32, key_len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_remove_header_map_value");
             let Some(map) = MapType::from_abi(map) else { return Ok(Status::BadArgument.code()) };
             let key = tryst!(read_str(&mut c, key_ptr, key_len)).to_ascii_lowercase();
             let Some(pairs) = map_slot(c.data_mut(), map, true) else { return Ok(Status::BadArgument.code()) };
@@ -497,6 +572,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: Caller<'_, VmState>, map: i32, key_ptr: i32, key_len: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_add_header_map_value");
             let Some(map) = MapType::from_abi(map) else { return Ok(Status::BadArgument.code()) };
             let key = tryst!(read_str(&mut c, key_ptr, key_len)).to_ascii_lowercase();
             let value = tryst!(read(&mut c, ptr, len));
@@ -505,11 +581,16 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Properties and filter state.
+fn define_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
         |mut c: Caller<'_, VmState>, path_ptr: i32, path_len: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_property");
             let raw = tryst!(read(&mut c, path_ptr, path_len));
             let dotted = String::from_utf8_lossy(&raw).replace('\0', ".");
             let state = c.data_mut();
@@ -536,6 +617,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_property",
         |mut c: Caller<'_, VmState>, path_ptr: i32, path_len: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_set_property");
             let path = tryst!(read(&mut c, path_ptr, path_len));
             let value = tryst!(read(&mut c, ptr, len));
             // Envoy needs a stream's info to hold filter state; a root context has none.
@@ -544,11 +626,16 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Process-wide shared data with compare-and-swap.
+fn define_shared_data(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
         |mut c: Caller<'_, VmState>, key_ptr: i32, key_len: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_shared_data");
             let key = tryst!(read_str(&mut c, key_ptr, key_len));
             let state = c.data();
             let found = state.shared.borrow().data.get(&(state.vm_id.clone(), key)).cloned();
@@ -566,6 +653,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_shared_data",
         |mut c: Caller<'_, VmState>, key_ptr: i32, key_len: i32, ptr: i32, len: i32, cas: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_set_shared_data");
             let key = tryst!(read_str(&mut c, key_ptr, key_len));
             let value = tryst!(read(&mut c, ptr, len));
             let state = c.data();
@@ -573,11 +661,16 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(if ok { Status::Ok } else { Status::CasMismatch }.code())
         },
     )?;
+    Ok(())
+}
 
+/// Process-wide shared queues.
+fn define_shared_queues(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_register_shared_queue",
         |mut c: Caller<'_, VmState>, name_ptr: i32, name_len: i32, id_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_register_shared_queue");
             let name = tryst!(read_str(&mut c, name_ptr, name_len));
             let state = c.data();
             let owner = (state.worker, state.root_context_id);
@@ -608,6 +701,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: Caller<'_, VmState>, vm_ptr: i32, vm_len: i32, name_ptr: i32, name_len: i32, id_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_resolve_shared_queue");
             let vm_id = tryst!(read_str(&mut c, vm_ptr, vm_len));
             let name = tryst!(read_str(&mut c, name_ptr, name_len));
             let found = c.data().shared.borrow().queues.iter().position(|q| q.vm_id == vm_id && q.name == name);
@@ -621,6 +715,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: Caller<'_, VmState>, id: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_dequeue_shared_queue");
             let item = {
                 let mut shared = c.data().shared.borrow_mut();
                 let Some(queue) = shared.queues.get_mut((id as u32 as usize).wrapping_sub(1)) else {
@@ -637,6 +732,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_enqueue_shared_queue",
         |mut c: Caller<'_, VmState>, id: i32, ptr: i32, len: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_enqueue_shared_queue");
             let value = tryst!(read(&mut c, ptr, len));
             let mut shared = c.data().shared.borrow_mut();
             let Some(queue) = shared.queues.get_mut((id as u32 as usize).wrapping_sub(1)) else {
@@ -648,8 +744,13 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Resuming, resetting and answering a stream locally.
+fn define_stream_control(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, VmState>, kind: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_continue_stream");
         let effect = match kind {
             abi::STREAM_HTTP_REQUEST => Effect::ContinueRequest,
             abi::STREAM_HTTP_RESPONSE => Effect::ContinueResponse,
@@ -669,6 +770,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
 
     linker.func_wrap("env", "proxy_close_stream", |mut c: Caller<'_, VmState>, kind: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_close_stream");
         let effect = match kind {
             abi::STREAM_HTTP_REQUEST => Effect::ResetRequest,
             abi::STREAM_HTTP_RESPONSE => Effect::ResetResponse,
@@ -694,6 +796,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          headers_len: i32,
          grpc_status: i32|
          -> HostResult<i32> {
+        note_call(&c, "proxy_send_local_response");
             let details = tryst!(read_str(&mut c, details_ptr, details_len));
             let body = tryst!(read(&mut c, body_ptr, body_len));
             let raw_headers = tryst!(read(&mut c, headers_ptr, headers_len));
@@ -705,7 +808,11 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.code())
         },
     )?;
+    Ok(())
+}
 
+/// Outbound HTTP calls; gRPC (no services here).
+fn define_calls(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_http_call",
@@ -721,6 +828,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          timeout: i32,
          token_ptr: i32|
          -> HostResult<i32> {
+        note_call(&c, "proxy_http_call");
             let cluster = tryst!(read_str(&mut c, up_ptr, up_len));
             let raw_headers = tryst!(read(&mut c, h_ptr, h_len));
             let body = tryst!(read(&mut c, b_ptr, b_len));
@@ -768,52 +876,38 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_grpc_call",
         |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+        note_call(&_c, "proxy_grpc_call");
             Status::ParseFailure.code()
         },
     )?;
+
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
         |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+        note_call(&_c, "proxy_grpc_stream");
             Status::ParseFailure.code()
         },
     )?;
+
     linker.func_wrap("env", "proxy_grpc_send", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 {
+        note_call(&_c, "proxy_grpc_send");
         Status::NotFound.code()
     })?;
-    linker.func_wrap("env", "proxy_grpc_cancel", |_c: Caller<'_, VmState>, _: i32| -> i32 { Status::NotFound.code() })?;
-    linker.func_wrap("env", "proxy_grpc_close", |_c: Caller<'_, VmState>, _: i32| -> i32 { Status::NotFound.code() })?;
-    linker.func_wrap("env", "proxy_get_status", |mut c: Caller<'_, VmState>, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult<i32> {
-        tryst!(write_u32(&mut c, code_ptr, 0));
-        Ok(copy_out(&mut c, &[], ptr_ptr, size_ptr)?.code())
-    })?;
 
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, VmState>, id: i32| -> i32 {
-        let state = c.data_mut();
-        let id = id as u32;
-        if id == state.root_context_id || state.streams.contains_key(&id) {
-            state.effective_context = id;
-            Status::Ok.code()
-        } else {
-            Status::BadArgument.code()
-        }
-    })?;
+    linker.func_wrap("env", "proxy_grpc_cancel", |_c: Caller<'_, VmState>, _: i32| -> i32 { note_call(&_c, "proxy_grpc_cancel"); Status::NotFound.code() })?;
 
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { Status::NotFound.code() },
-    )?;
+    linker.func_wrap("env", "proxy_grpc_close", |_c: Caller<'_, VmState>, _: i32| -> i32 { note_call(&_c, "proxy_grpc_close"); Status::NotFound.code() })?;
+    Ok(())
+}
 
-    linker.func_wrap("env", "proxy_done", |mut c: Caller<'_, VmState>| -> i32 {
-        c.data_mut().done_called = true;
-        Status::Ok.code()
-    })?;
-
+/// Counters, gauges and histograms.
+fn define_metrics(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_define_metric",
         |mut c: Caller<'_, VmState>, kind: i32, name_ptr: i32, name_len: i32, id_ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_define_metric");
             if !(abi::METRIC_COUNTER..=abi::METRIC_HISTOGRAM).contains(&kind) {
                 return Ok(Status::BadArgument.code());
             }
@@ -833,6 +927,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
 
     linker.func_wrap("env", "proxy_increment_metric", |mut c: Caller<'_, VmState>, id: i32, offset: i64| -> i32 {
+        note_call(&c, "proxy_increment_metric");
         let state = c.data_mut();
         let Some(name) = state.metric_names.get(&(id as u32)) else { return Status::NotFound.code() };
         let mut shared = state.shared.borrow_mut();
@@ -848,6 +943,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
 
     linker.func_wrap("env", "proxy_record_metric", |mut c: Caller<'_, VmState>, id: i32, value: i64| -> i32 {
+        note_call(&c, "proxy_record_metric");
         let state = c.data_mut();
         let Some(name) = state.metric_names.get(&(id as u32)) else { return Status::NotFound.code() };
         let mut shared = state.shared.borrow_mut();
@@ -861,6 +957,7 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
 
     linker.func_wrap("env", "proxy_get_metric", |mut c: Caller<'_, VmState>, id: i32, ptr: i32| -> HostResult<i32> {
+        note_call(&c, "proxy_get_metric");
         let value = {
             let state = c.data();
             let Some(name) = state.metric_names.get(&(id as u32)) else { return Ok(Status::NotFound.code()) };
@@ -874,7 +971,6 @@ fn define_proxy_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         tryst!(write_u64(&mut c, ptr, value));
         Ok(Status::Ok.code())
     })?;
-
     Ok(())
 }
 
@@ -915,26 +1011,30 @@ const WASI: &str = "wasi_snapshot_preview1";
 /// arguments; stdout/stderr captured into the log; the virtual clock; deterministic randomness.
 fn define_wasi_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(WASI, "args_sizes_get", |mut c: Caller<'_, VmState>, count: i32, size: i32| -> i32 {
+        note_call(&c, "wasi:args_sizes_get");
         if write_u32(&mut c, count, 0).is_err() || write_u32(&mut c, size, 0).is_err() {
             return ERRNO_INVAL;
         }
         ERRNO_SUCCESS
     })?;
-    linker.func_wrap(WASI, "args_get", |_c: Caller<'_, VmState>, _: i32, _: i32| -> i32 { ERRNO_SUCCESS })?;
+    linker.func_wrap(WASI, "args_get", |_c: Caller<'_, VmState>, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:args_get"); ERRNO_SUCCESS })?;
     linker.func_wrap(WASI, "environ_sizes_get", |mut c: Caller<'_, VmState>, count: i32, size: i32| -> i32 {
+        note_call(&c, "wasi:environ_sizes_get");
         if write_u32(&mut c, count, 0).is_err() || write_u32(&mut c, size, 0).is_err() {
             return ERRNO_INVAL;
         }
         ERRNO_SUCCESS
     })?;
-    linker.func_wrap(WASI, "environ_get", |_c: Caller<'_, VmState>, _: i32, _: i32| -> i32 { ERRNO_SUCCESS })?;
+    linker.func_wrap(WASI, "environ_get", |_c: Caller<'_, VmState>, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:environ_get"); ERRNO_SUCCESS })?;
     linker.func_wrap(WASI, "clock_res_get", |mut c: Caller<'_, VmState>, _id: i32, ptr: i32| -> i32 {
+        note_call(&c, "wasi:clock_res_get");
         if write_u64(&mut c, ptr, 1_000).is_err() {
             return ERRNO_INVAL;
         }
         ERRNO_SUCCESS
     })?;
     linker.func_wrap(WASI, "clock_time_get", |mut c: Caller<'_, VmState>, id: i32, _precision: i64, ptr: i32| -> i32 {
+        note_call(&c, "wasi:clock_time_get");
         let (wall, mono) = {
             let shared = c.data().shared.borrow();
             (shared.now_ns, shared.monotonic_ns)
@@ -953,6 +1053,7 @@ fn define_wasi_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         WASI,
         "fd_write",
         |mut c: Caller<'_, VmState>, fd: i32, iovs: i32, iovs_len: i32, written_ptr: i32| -> i32 {
+        note_call(&c, "wasi:fd_write");
             if fd != 1 && fd != 2 {
                 return ERRNO_BADF;
             }
@@ -972,10 +1073,11 @@ fn define_wasi_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             ERRNO_SUCCESS
         },
     )?;
-    linker.func_wrap(WASI, "fd_read", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 { ERRNO_BADF })?;
-    linker.func_wrap(WASI, "fd_close", |_c: Caller<'_, VmState>, _: i32| -> i32 { ERRNO_SUCCESS })?;
-    linker.func_wrap(WASI, "fd_seek", |_c: Caller<'_, VmState>, _: i32, _: i64, _: i32, _: i32| -> i32 { ERRNO_BADF })?;
+    linker.func_wrap(WASI, "fd_read", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:fd_read"); ERRNO_BADF })?;
+    linker.func_wrap(WASI, "fd_close", |_c: Caller<'_, VmState>, _: i32| -> i32 { note_call(&_c, "wasi:fd_close"); ERRNO_SUCCESS })?;
+    linker.func_wrap(WASI, "fd_seek", |_c: Caller<'_, VmState>, _: i32, _: i64, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:fd_seek"); ERRNO_BADF })?;
     linker.func_wrap(WASI, "fd_fdstat_get", |mut c: Caller<'_, VmState>, fd: i32, ptr: i32| -> i32 {
+        note_call(&c, "wasi:fd_fdstat_get");
         if !(0..=2).contains(&fd) {
             return ERRNO_BADF;
         }
@@ -989,11 +1091,12 @@ fn define_wasi_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         }
         ERRNO_SUCCESS
     })?;
-    linker.func_wrap(WASI, "fd_prestat_get", |_c: Caller<'_, VmState>, _: i32, _: i32| -> i32 { ERRNO_BADF })?;
-    linker.func_wrap(WASI, "fd_prestat_dir_name", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32| -> i32 { ERRNO_BADF })?;
-    linker.func_wrap(WASI, "sched_yield", |_c: Caller<'_, VmState>| -> i32 { ERRNO_SUCCESS })?;
-    linker.func_wrap(WASI, "poll_oneoff", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 { ERRNO_NOSYS })?;
+    linker.func_wrap(WASI, "fd_prestat_get", |_c: Caller<'_, VmState>, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:fd_prestat_get"); ERRNO_BADF })?;
+    linker.func_wrap(WASI, "fd_prestat_dir_name", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:fd_prestat_dir_name"); ERRNO_BADF })?;
+    linker.func_wrap(WASI, "sched_yield", |_c: Caller<'_, VmState>| -> i32 { note_call(&_c, "wasi:sched_yield"); ERRNO_SUCCESS })?;
+    linker.func_wrap(WASI, "poll_oneoff", |_c: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 { note_call(&_c, "wasi:poll_oneoff"); ERRNO_NOSYS })?;
     linker.func_wrap(WASI, "random_get", |mut c: Caller<'_, VmState>, ptr: i32, len: i32| -> i32 {
+        note_call(&c, "wasi:random_get");
         let mut bytes = vec![0u8; len.max(0) as usize];
         let state = c.data_mut();
         for chunk in bytes.chunks_mut(8) {
@@ -1012,6 +1115,7 @@ fn define_wasi_imports(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         ERRNO_SUCCESS
     })?;
     linker.func_wrap(WASI, "proc_exit", |_c: Caller<'_, VmState>, code: i32| -> HostResult<()> {
+        note_call(&_c, "wasi:proc_exit");
         wasmtime::bail!("the filter called proc_exit({code}); Envoy would abort the VM")
     })?;
     Ok(())

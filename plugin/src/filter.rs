@@ -18,7 +18,8 @@
 //!    here from an estimate.
 
 use crate::access_log::AccessLog;
-use crate::enforcement::{Admission, EnforcementRoot, Enforcer, Verdict};
+use crate::admission::{Admission, Enforcer, Verdict};
+use crate::enforce::EnforcementRoot;
 use crate::host::{self, Buffer, LogLevel, Map};
 use crate::metrics::{Metrics, Outcome, FLUSH_INTERVAL_MS};
 use crate::settle::{self, Ended, Exchange};
@@ -41,7 +42,8 @@ pub struct Root {
     vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
-    enforcement: Option<Rc<std::cell::RefCell<EnforcementRoot>>>,
+    /// `None`: enforcement off (metering only).
+    enforcement: Option<EnforcementRoot>,
     log_level: Rc<LogLevelCache>,
     /// SHA-256 of the API keys this VM has seen (virtual-key lookups).
     key_digests: Rc<RefCell<KeyDigests>>,
@@ -90,14 +92,12 @@ impl Context for Root {
         let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
         let headers = host::headers(Map::HttpCallResponseHeaders).unwrap_or_default();
         let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok());
-        if let Ok(mut e) = enforcement.try_borrow_mut() {
-            e.on_http_call_response(token, status, &body, host::now_ms());
-        }
+        enforcement.on_http_call_response(token, status, &body, host::now_ms());
     }
 
     fn on_done(&mut self) -> bool {
         self.metrics.flush();
-        if let Some(Ok(mut e)) = self.enforcement.as_ref().map(|e| e.try_borrow_mut()) {
+        if let Some(e) = &self.enforcement {
             e.on_done(host::now_ms());
         }
         true
@@ -125,13 +125,13 @@ impl RootContext for Root {
                         if config.enforcement.is_some() { "on" } else { "off (metering only)" }
                     ),
                 );
-                let enforcement = EnforcementRoot::new(Rc::clone(&config));
+                let enforcement = EnforcementRoot::new(&config);
                 // The tick flushes the counters and drives enforcement's background work.
-                let tick_ms = enforcement.tick_period_ms().map_or(FLUSH_INTERVAL_MS, |ms| ms.min(FLUSH_INTERVAL_MS));
+                let tick_ms = enforcement.as_ref().and_then(EnforcementRoot::tick_period_ms).map_or(FLUSH_INTERVAL_MS, |ms| ms.min(FLUSH_INTERVAL_MS));
                 if let Err(e) = host::set_tick_period_ms(tick_ms) {
                     host::log(LogLevel::Warn, &format!("tollgate: could not start the tick timer (host status {}); counters and enforcement will lag", e.0));
                 }
-                self.enforcement = Some(Rc::new(std::cell::RefCell::new(enforcement)));
+                self.enforcement = enforcement;
                 self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define());
                 self.config = Some(config);
@@ -148,14 +148,12 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.metrics.flush();
         if let Some(enforcement) = &self.enforcement {
-            if let Ok(mut e) = enforcement.try_borrow_mut() {
-                e.on_tick(host::now_ms());
-            }
+            enforcement.on_tick(host::now_ms());
         }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let enforcer = self.enforcement.as_ref().and_then(|e| e.try_borrow().ok().map(|e| e.for_request()));
+        let enforcer = self.enforcement.as_ref().map(EnforcementRoot::for_request);
         let access_log = AccessLog::new(self.config.as_ref().map(|c| c.access_log).unwrap_or_default());
         Some(Box::new(Stream {
             access_log,
@@ -259,6 +257,17 @@ impl Stream {
         Action::Pause
     }
 
+    /// The host could not hand over the request body (both ends of a body: its last data frame or
+    /// its trailers). Nothing can be attributed, priced or reserved without it, so it never goes
+    /// upstream: 503 in the dialect's shape, whatever `failure_mode` says (that is about the
+    /// counter, not the host).
+    fn unreadable_body(&mut self, e: host::HostError) -> Action {
+        self.metrics.host_error();
+        host::log(LogLevel::Error, &format!("tollgate: could not read the request body (host status {})", e.0));
+        let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not read this request; retry");
+        self.reply(&failure, &[])
+    }
+
     fn too_large(&mut self, limit: u64) -> Action {
         let failure = Failure::new(
             ErrorKind::TooLarge,
@@ -270,7 +279,7 @@ impl Stream {
     /// Step 2 at end of body. Returns the action for the body callback.
     fn on_full_body(&mut self, body: &[u8]) -> Action {
         let (Some(config), Some(req)) = (self.config.clone(), self.request.as_ref()) else { return Action::Continue };
-        let parsed = match plan::parse_request(&config, &req.recognised, &req.facts, body) {
+        let parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
@@ -284,7 +293,7 @@ impl Stream {
         let now = if self.enforcer.is_some() { host::now_ms() } else { 0 };
         let utilization = self.enforcer.as_mut().and_then(|e| e.utilization_pct(&parsed.principal, now));
         let Some(req) = self.request.as_ref() else { return Action::Continue };
-        let plan = match parsed.route(&config, &req.recognised, &req.path, utilization) {
+        let plan = match parsed.route(&config.routing, &req.recognised, &req.path, utilization) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
@@ -400,7 +409,7 @@ impl Stream {
             None => (0, Default::default()),
         };
         let exchange = Exchange {
-            record_id: [config.gateway_id.as_str(), req.request_id.as_str()].join(":"),
+            record_id: tollgate_core::protocol::record_id(&config.gateway_id, &req.request_id),
             principal: plan.principal.clone(),
             dialect: req.recognised.dialect,
             requested_model: plan.requested_model.clone(),
@@ -553,12 +562,7 @@ impl HttpContext for Stream {
         }
         match host::get_buffer(Buffer::RequestBody, 0, body_size) {
             Ok(body) => self.on_full_body(&body),
-            Err(e) => {
-                self.metrics.host_error();
-                host::log(LogLevel::Error, &format!("tollgate: could not read the request body (host status {})", e.0));
-                let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not read this request; retry");
-                self.reply(&failure, &[])
-            }
+            Err(e) => self.unreadable_body(e),
         }
     }
 
@@ -577,10 +581,7 @@ impl HttpContext for Stream {
                 }
                 self.on_full_body(&body)
             }
-            Err(_) => {
-                self.metrics.host_error();
-                Action::Continue
-            }
+            Err(e) => self.unreadable_body(e),
         }
     }
 

@@ -3,23 +3,24 @@
 //! It recognises LLM API calls by path, attributes them to a principal, routes them (model
 //! rewrite, provider header, deny), meters usage from the response as it streams past, prices it
 //! in integer micro-dollars and publishes the result as Envoy stats and access-log filter state.
-//! Budget enforcement plugs in at two points (see [`enforcement`]).
+//! Budget enforcement plugs in at two points (see [`admission`]).
 //!
 //! # Layout
 //! - [`filter`]: the root and HTTP contexts; each callback advances the request's phase.
-//! - [`enforcement`]: the admission / settlement hooks and the metering-only default.
-//! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue).
+//! - [`admission`]: the admission / settlement hooks (imports nothing of the crate).
+//! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue);
+//!   absent (`None`) when the configuration has no `enforcement` section.
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
-//! - [`host`]: every host call, with every status handled (the SDK's hostcalls panic).
+//! - [`host`]: every raw host call, with every status handled (the SDK's hostcalls panic).
 //! - [`wire`]: the header-map wire format, decoded without panicking.
 //!
 //! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
 
 pub mod access_log;
+pub mod admission;
 pub mod enforce;
-pub mod enforcement;
 pub mod filter;
 pub mod host;
 pub mod metrics;

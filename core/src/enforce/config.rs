@@ -132,26 +132,28 @@ mod defaults {
 /// A validation failure: which field of `enforcement`, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnforcementConfigError {
-    pub field: &'static str,
+    /// The field's path in the filter config, e.g. `enforcement.batch_size` (`enforcement` for
+    /// the section as a whole, such as an unknown field, which the problem then names).
+    pub path: String,
     pub problem: String,
 }
 
 impl fmt::Display for EnforcementConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "enforcement.{}: {}", self.field, self.problem)
+        write!(f, "{}: {}", self.path, self.problem)
     }
 }
 
 impl std::error::Error for EnforcementConfigError {}
 
 impl EnforcementConfigError {
+    fn new(field: &str, problem: impl Into<String>) -> EnforcementConfigError {
+        EnforcementConfigError { path: format!("enforcement.{field}"), problem: problem.into() }
+    }
+
     /// The field's path in the filter config (`enforcement` for the section as a whole).
     pub fn path(&self) -> String {
-        if self.field == "(section)" {
-            "enforcement".to_owned()
-        } else {
-            format!("enforcement.{}", self.field)
-        }
+        self.path.clone()
     }
 }
 
@@ -221,21 +223,23 @@ pub const TICK_MS: u64 = 20;
 impl EnforcementConfig {
     /// Parses the section on its own (the filter config embeds it; tests use this directly).
     pub fn from_json(json: &str) -> Result<EnforcementSettings, EnforcementConfigError> {
-        let raw: EnforcementConfig = serde_json::from_str(json)
-            .map_err(|e| EnforcementConfigError { field: "(section)", problem: e.to_string() })?;
-        raw.compile()
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| EnforcementConfigError { path: "enforcement".to_owned(), problem: e.to_string() })?;
+        EnforcementConfig::compile_value(value)
     }
 
     /// Parses the section from the filter config's JSON value.
     pub fn compile_value(value: serde_json::Value) -> Result<EnforcementSettings, EnforcementConfigError> {
-        let raw: EnforcementConfig = serde_json::from_value(value)
-            .map_err(|e| EnforcementConfigError { field: "(section)", problem: e.to_string() })?;
+        // A member of the wrong type or value is named (`enforcement.failure_mode: …`), as in
+        // every other section.
+        let raw: EnforcementConfig = crate::section::parse_at(value, "enforcement")
+            .map_err(|e| EnforcementConfigError { path: e.path, problem: e.problem })?;
         raw.compile()
     }
 
     /// Validates and derives the working settings.
     pub fn compile(self) -> Result<EnforcementSettings, EnforcementConfigError> {
-        let err = |field: &'static str, problem: &str| Err(EnforcementConfigError { field, problem: problem.to_owned() });
+        let err = |field: &str, problem: &str| Err(EnforcementConfigError::new(field, problem));
         if self.counter_cluster.trim().is_empty() {
             return err("counter_cluster", "must name the Envoy cluster that reaches tollgate-counter");
         }
@@ -270,10 +274,7 @@ impl EnforcementConfig {
             ("unbudgeted_scope_ttl_ms", self.unbudgeted_scope_ttl_ms, 0),
         ] {
             if value < min || value > MAX_MS {
-                return Err(EnforcementConfigError {
-                    field,
-                    problem: format!("must be between {min} and {MAX_MS} milliseconds"),
-                });
+                return Err(EnforcementConfigError::new(field, format!("must be between {min} and {MAX_MS} milliseconds")));
             }
         }
         if self.batch_size == 0 || self.batch_size > 10_000 {
@@ -286,10 +287,7 @@ impl EnforcementConfig {
             return err("default_max_output_tokens", "must be at least 1 (it sizes the reservation of requests without max_tokens)");
         }
         if let Some((model, _)) = self.max_output_tokens_by_model.iter().find(|(_, v)| **v == 0) {
-            return Err(EnforcementConfigError {
-                field: "max_output_tokens_by_model",
-                problem: format!("model `{model}`: must be at least 1"),
-            });
+            return Err(EnforcementConfigError::new("max_output_tokens_by_model", format!("model `{model}`: must be at least 1")));
         }
         let refill_watermark_micros =
             i64::try_from(i128::from(lease_slice_micros) * i128::from(self.refill_watermark_pct) / 100).unwrap_or(i64::MAX);
@@ -387,7 +385,16 @@ mod tests {
         check(r#"{"counter_cluster":"c","gateway_token":"t","batch_size":0}"#, "batch_size");
         check(r#"{"counter_cluster":"c","gateway_token":"t","batch_size":10,"queue_bound":5}"#, "queue_bound");
         check(r#"{"counter_cluster":"c","gateway_token":"t","max_output_tokens_by_model":{"m":0}}"#, "max_output_tokens_by_model");
-        check(r#"{"counter_cluster":"c","gateway_token":"t","bogus":1}"#, "(section)");
-        check(r#"{"counter_cluster":"c","gateway_token":"t","failure_mode":"fail_sideways"}"#, "(section)");
+        check(r#"{"counter_cluster":"c","gateway_token":"t","failure_mode":"fail_sideways"}"#, "failure_mode");
+        check(r#"{"counter_cluster":"c","gateway_token":"t","batch_size":"ten"}"#, "batch_size");
+        check(r#"{"counter_cluster":"c","gateway_token":"t","max_output_tokens_by_model":{"m":"x"}}"#, "max_output_tokens_by_model");
+        // The section as a whole: the problem names the field.
+        for (json, names) in [
+            (r#"{"counter_cluster":"c","gateway_token":"t","bogus":1}"#, "unknown field `bogus`"),
+            (r#"{"counter_cluster":"c"}"#, "missing field `gateway_token`"),
+        ] {
+            let e = EnforcementConfig::from_json(json).err().unwrap_or_else(|| panic!("accepted {json}"));
+            assert!(e.to_string().starts_with(&format!("enforcement: {names}")), "{json} -> {e}");
+        }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`chain`]: decisions across a principal's chain over a versioned store: reserve, release,
 //!   settle, lease calls, acknowledgements; refusals, warnings, Retry-After.
 //! - [`queue`]: the usage queue's policy: batching, the bound, batch bodies, acknowledgements.
+//! - [`rounds`]: a paused request's lease rounds: how many, how much each asks, how they end.
 //! - [`request`]: how many output tokens a reservation assumes (request cap, operator override,
 //!   price table).
 
@@ -26,6 +27,7 @@ pub mod chain;
 pub mod config;
 pub mod queue;
 pub mod request;
+pub mod rounds;
 
 pub use chain::{Decision, LeaseStore, Refusal, Reservation, Settled, StoreError};
 pub use config::{EnforcementConfig, EnforcementConfigError, EnforcementSettings, FailureMode};

@@ -9,13 +9,12 @@
 //!
 //! Everything here is pure so it is tested natively; the plugin only moves bytes to and from Envoy.
 
-use crate::attribution::HeaderFacts;
-use crate::config::CompiledConfig;
+use crate::attribution::{Attribution, HeaderFacts};
 use crate::dialect::{Dialect, Endpoint, Recognised};
 use crate::errors::{ErrorKind, Failure};
 use crate::json::{self, Edit, JsonError, Kind, TopLevel};
 use crate::protocol::Principal;
-use crate::routing::RouteInput;
+use crate::routing::{RouteInput, RoutingTable};
 
 /// A validated request body and what it says.
 #[derive(Debug, Clone)]
@@ -58,7 +57,7 @@ pub struct RequestPlan {
 
 /// Step 1: validates the body and attributes the request.
 pub fn parse_request<'b>(
-    config: &CompiledConfig,
+    attribution: &Attribution,
     recognised: &Recognised,
     headers: &HeaderFacts,
     body: &'b [u8],
@@ -89,7 +88,7 @@ pub fn parse_request<'b>(
         },
     };
     let max_output_tokens = max_output_tokens(body, &top, recognised.endpoint)?;
-    let principal = config.attribution.principal(headers, Some((body, &top)));
+    let principal = attribution.principal(headers, Some((body, &top)));
     Ok(ParsedRequest {
         body,
         top,
@@ -107,12 +106,12 @@ impl ParsedRequest<'_> {
     /// `budget_utilization_pct` comes from enforcement (`None` when metering only).
     pub fn route(
         &self,
-        config: &CompiledConfig,
+        routing: &RoutingTable,
         recognised: &Recognised,
         path: &str,
         budget_utilization_pct: Option<u32>,
     ) -> Result<RequestPlan, Failure> {
-        let routed = config.routing.route(RouteInput {
+        let routed = routing.route(RouteInput {
             principal: &self.principal,
             dialect: self.dialect,
             requested_model: &self.requested_model,
@@ -226,7 +225,7 @@ fn encode_path_segment(model: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FilterConfig;
+    use crate::config::{CompiledConfig, FilterConfig};
 
     fn config(json: &str) -> CompiledConfig {
         FilterConfig::from_json(json.as_bytes()).unwrap()
@@ -235,8 +234,8 @@ mod tests {
     fn plan(cfg: &CompiledConfig, path: &str, headers: &[(&str, &str)], body: &str) -> Result<RequestPlan, Failure> {
         let recognised = cfg.mounts.recognise(path).expect("recognised");
         let facts = cfg.attribution.from_headers(|n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v), &mut Default::default());
-        let parsed = parse_request(cfg, &recognised, &facts, body.as_bytes())?;
-        parsed.route(cfg, &recognised, path, None)
+        let parsed = parse_request(&cfg.attribution, &recognised, &facts, body.as_bytes())?;
+        parsed.route(&cfg.routing, &recognised, path, None)
     }
 
     fn body_text(p: &RequestPlan) -> String {

@@ -274,3 +274,38 @@ fn workers_share_one_lease_book_two_worst_cases_fit_the_third_is_refused() {
     assert_eq!(gw.counter("tollgate_enforce_admitted_total"), 2);
     assert_eq!(gw.counter("tollgate_enforce_refused_total"), 1);
 }
+
+/// The host cannot hand over the request body (`proxy_get_buffer_bytes` fails). Without it nothing
+/// can be attributed, priced or reserved, so the request never goes upstream: one decision for a
+/// body that ends on a data frame and one that ends with trailers, with enforcement off, fail-closed
+/// or fail-open (the failure mode is about the counter, not the host): 503 in the dialect's shape,
+/// no lease call, no usage record.
+#[test]
+fn an_unreadable_body_is_refused_503_whether_it_ends_with_data_or_trailers() {
+    let c = chat();
+    for mode in ["metering only", "fail_closed", "fail_open"] {
+        for ends_with_trailers in [false, true] {
+            let label = format!("{mode}, {}", if ends_with_trailers { "trailers" } else { "data" });
+            let gw = if mode == "metering only" { Gateway::new(TEST_CONFIG) } else { enforcing(mode) };
+            gw.start();
+            gw.fail_buffer_reads(BufferType::RequestBody, Some(Status::InternalFailure));
+            let mut s = gw.stream();
+            s.request_headers(&refs(&request_headers(&c, "req-unreadable")), false);
+            if ends_with_trailers {
+                s.request_body(&c.request, false);
+                s.request_trailers(&[("x-checksum", "1")]);
+            } else {
+                s.request_body(&c.request, true);
+            }
+            let client = s.expect_local_response(503);
+            assert!(!s.upstream().complete && s.upstream().body.is_empty(), "{label}: nothing went upstream");
+            let v = client.json();
+            assert_eq!(v["error"]["type"], "service_unavailable", "{label}: openai error shape: {v}");
+            assert_eq!(v["error"]["message"], "the gateway could not read this request; retry", "{label}: {v}");
+            assert_eq!(s.filter_state("wasm.tollgate.outcome").as_deref(), Some("refused"), "{label}");
+            gw.fail_buffer_reads(BufferType::RequestBody, None);
+            gw.advance(Duration::from_millis(2_000));
+            assert!(gw.pending_calls().is_empty(), "{label}: no lease call and no usage record: {:?}", gw.pending_calls());
+        }
+    }
+}

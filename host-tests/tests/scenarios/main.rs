@@ -7,11 +7,13 @@
 //! - `usage_split`: the usage event split at every byte.
 //! - `randomized`: garbage and random chunking never trap the VM (fixed seeds, bounded).
 //! - `lifecycle`: cut streams, upstream errors, resets.
+//! - `host_calls`: host calls per request (clock reads; the bench's `calls` floor matches the filter).
 
 mod common;
 mod dialects;
 mod enforcement;
 mod host;
+mod host_calls;
 mod lifecycle;
 mod randomized;
 mod requests;

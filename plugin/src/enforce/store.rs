@@ -4,7 +4,7 @@
 //! a write names the version it read and fails with a CAS mismatch if another worker wrote in
 //! between. `core::enforce::chain` turns that into bounded read-modify-write loops.
 
-use super::abi::{self, SetShared};
+use crate::host::{self, SetShared};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use tollgate_core::enforce::book::ScopeEntry;
@@ -26,7 +26,7 @@ pub struct SharedStore;
 
 impl LeaseStore for SharedStore {
     fn load(&self, scope: &str) -> (Option<ScopeEntry>, Option<u32>) {
-        match abi::get_shared(&lease_key(scope)) {
+        match host::get_shared(&lease_key(scope)) {
             Ok((Some(bytes), cas)) => (ScopeEntry::decode(&bytes), cas),
             Ok((None, cas)) => (None, cas),
             Err(_) => (None, None),
@@ -34,7 +34,7 @@ impl LeaseStore for SharedStore {
     }
 
     fn store(&mut self, scope: &str, entry: &ScopeEntry, version: Option<u32>) -> Result<(), StoreError> {
-        match abi::set_shared(&lease_key(scope), &entry.encode(), version) {
+        match host::set_shared(&lease_key(scope), &entry.encode(), version) {
             SetShared::Written => Ok(()),
             SetShared::Conflict => Err(StoreError::Conflict),
             SetShared::Failed(_) => Err(StoreError::Failed),
@@ -49,7 +49,7 @@ pub fn load(scope: &str) -> ScopeEntry {
 
 /// The number of usage records not yet acknowledged (process-wide).
 pub fn unacked() -> u64 {
-    match abi::get_shared(UNACKED_KEY) {
+    match host::get_shared(UNACKED_KEY) {
         Ok((Some(bytes), _)) => decode_u64(&bytes),
         _ => 0,
     }
@@ -59,7 +59,7 @@ pub fn unacked() -> u64 {
 /// Returns `(new count, added)`; `None` if the store failed.
 pub fn add_unacked_up_to(want: u64, limit: u64) -> Option<(u64, u64)> {
     for _ in 0..tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS {
-        let (current, cas) = match abi::get_shared(UNACKED_KEY) {
+        let (current, cas) = match host::get_shared(UNACKED_KEY) {
             Ok((Some(bytes), cas)) => (decode_u64(&bytes), cas),
             Ok((None, cas)) => (0, cas),
             Err(_) => return None,
@@ -69,7 +69,7 @@ pub fn add_unacked_up_to(want: u64, limit: u64) -> Option<(u64, u64)> {
             return Some((current, 0));
         }
         let next = current.saturating_add(added);
-        match abi::set_shared(UNACKED_KEY, &next.to_le_bytes(), cas) {
+        match host::set_shared(UNACKED_KEY, &next.to_le_bytes(), cas) {
             SetShared::Written => return Some((next, added)),
             SetShared::Conflict => continue,
             SetShared::Failed(_) => return None,
@@ -82,7 +82,7 @@ pub fn add_unacked_up_to(want: u64, limit: u64) -> Option<(u64, u64)> {
 /// loop). Returns the new count, `None` if not applied.
 pub fn adjust_unacked(delta: i64, limit: u64) -> Option<u64> {
     for _ in 0..tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS {
-        let (current, cas) = match abi::get_shared(UNACKED_KEY) {
+        let (current, cas) = match host::get_shared(UNACKED_KEY) {
             Ok((Some(bytes), cas)) => (decode_u64(&bytes), cas),
             Ok((None, cas)) => (0, cas),
             Err(_) => return None,
@@ -95,7 +95,7 @@ pub fn adjust_unacked(delta: i64, limit: u64) -> Option<u64> {
         } else {
             current.saturating_sub(delta.unsigned_abs())
         };
-        match abi::set_shared(UNACKED_KEY, &next.to_le_bytes(), cas) {
+        match host::set_shared(UNACKED_KEY, &next.to_le_bytes(), cas) {
             SetShared::Written => return Some(next),
             SetShared::Conflict => continue,
             SetShared::Failed(_) => return None,

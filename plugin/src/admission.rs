@@ -1,5 +1,6 @@
-//! The two points where budget enforcement plugs into the request path (issue 4), and the
-//! metering-only behaviour used until it does.
+//! The two points where budget enforcement plugs into the request path (issue 4). Without an
+//! `enforcement` section there is no enforcer at all (`None`), and the filter skips every step
+//! below, including the clock reads only enforcement needs.
 //!
 //! ```text
 //! request body parsed ─► principal known ─► [utilization_pct] ─► routed ─► worst case computed
@@ -17,11 +18,11 @@
 //!   usage record (also for cut streams, charged from an estimate and flagged `estimated`, and for
 //!   upstream errors, charged what the upstream reported or zero).
 //!
-//! [`EnforcementRoot`] is the per-VM side (one per plugin configuration): it makes a fresh
-//! [`Enforcer`] for each request and receives the root context's ticks (batching, lease renewal).
+//! `crate::enforce::EnforcementRoot` is the per-VM side (one per plugin configuration): it makes
+//! a fresh [`Enforcer`] for each request and receives the root context's ticks (batching, lease
+//! renewal). This module imports nothing of the crate: the filter and `enforce` both depend on it,
+//! never on each other through it.
 
-use std::rc::Rc;
-use tollgate_core::config::CompiledConfig;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::errors::Failure;
 use tollgate_core::money::Micros;
@@ -77,62 +78,4 @@ pub trait Enforcer {
     /// The request ended while still waiting for admission (the client went away during `Wait`);
     /// it was never admitted or forwarded. Release whatever the wait was holding.
     fn abandon(&mut self) {}
-}
-
-/// Metering only: every request proceeds; records are only logged (by the filter).
-#[derive(Debug, Default)]
-pub struct MeteringOnly;
-
-impl Enforcer for MeteringOnly {
-    fn admit(&mut self, _admission: &Admission<'_>) -> Verdict {
-        Verdict::Proceed { response_headers: Vec::new() }
-    }
-
-    fn settle(&mut self, _record: &UsageRecord) {}
-}
-
-/// The per-VM side of enforcement, owned by the root context.
-pub struct EnforcementRoot {
-    /// This worker's enforcement (`crate::enforce`) when `config.enforcement` is set.
-    worker: Option<crate::enforce::SharedWorker>,
-}
-
-impl EnforcementRoot {
-    pub fn new(config: Rc<CompiledConfig>) -> EnforcementRoot {
-        let worker = config.enforcement.clone().map(|settings| crate::enforce::Worker::new(settings, &config.gateway_id));
-        EnforcementRoot { worker }
-    }
-
-    /// How often the root context should tick (`None`: no ticks needed).
-    pub fn tick_period_ms(&self) -> Option<u64> {
-        self.worker.as_ref().and_then(|w| w.try_borrow().ok().map(|w| w.tick_period_ms()))
-    }
-
-    pub fn on_tick(&mut self, now_ms: i64) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-            w.on_tick(now_ms);
-        }
-    }
-
-    /// The answer to a call the root context made (lease top-ups, usage batches).
-    pub fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now_ms: i64) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-            w.on_http_call_response(token, status, body, now_ms);
-        }
-    }
-
-    /// The root context is done (Envoy shutting down or the plugin replaced): flush usage now.
-    pub fn on_done(&mut self, now_ms: i64) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-            w.on_drain(now_ms);
-        }
-    }
-
-    /// A fresh enforcer for one request: leases when enforcement is configured, else metering only.
-    pub fn for_request(&self) -> Box<dyn Enforcer> {
-        match &self.worker {
-            Some(worker) => Box::new(crate::enforce::LeaseEnforcer::new(Rc::clone(worker))),
-            None => Box::new(MeteringOnly),
-        }
-    }
 }

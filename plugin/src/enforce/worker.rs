@@ -1,0 +1,505 @@
+//! One worker's enforcement state ([`Worker`], owned by the root context and shared by this
+//! worker's requests through [`SharedWorker`]): background lease top-ups and renewals, the outbox
+//! of settled records and the usage batches posted from the root's tick, deferred lease-book
+//! writes, and the utilization routing reads.
+
+use super::counters::{self, Counters};
+use super::store;
+use crate::host::{self, LogLevel};
+use std::cell::{BorrowMutError, Cell, RefCell, RefMut};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use tollgate_core::enforce::chain::{self, RefillTicket};
+use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
+use tollgate_core::enforce::{EnforcementSettings, Reservation};
+use tollgate_core::money::Micros;
+use tollgate_core::protocol::{LeaseResponse, UsageRecord};
+
+/// Name of the process-wide usage queue.
+const QUEUE_NAME: &str = "tollgate.usage";
+/// How long a utilization figure read by this worker is reused for routing.
+const UTILIZATION_FRESH_MS: i64 = 1_000;
+/// Most scopes whose utilization a worker remembers (beyond, it starts afresh).
+const UTILIZATION_CACHE_SCOPES: usize = 10_000;
+/// How often the leases of scopes with requests in flight are checked for renewal.
+const RENEW_CHECK_MS: i64 = 1_000;
+
+fn micros(m: Micros) -> u64 {
+    u64::try_from(m).unwrap_or(0)
+}
+
+/// A call the root context made.
+enum RootCall {
+    Topup(RefillTicket),
+    Usage(InFlightBatch),
+}
+
+/// One worker's enforcement state, shared by the root context and this worker's requests.
+pub struct Worker {
+    pub(super) settings: EnforcementSettings,
+    pub(super) gateway_id: String,
+    pub(super) queue_id: Option<u32>,
+    pub(super) metrics: Counters,
+    /// Scopes requests found low, topped up from the root on the next tick.
+    pub(super) topups: BTreeSet<String>,
+    /// Scopes with requests in flight on this worker (reference counts): their leases are renewed
+    /// on the tick before they lapse, even without new traffic, so a long stream's reservation is
+    /// never left without a live lease.
+    pub(super) held: BTreeMap<String, u32>,
+    /// Per scope, its highest budget utilization (percent) and when this worker read it: routing's
+    /// input without a shared-data read per request.
+    pub(super) utilization: BTreeMap<String, (u32, i64)>,
+    /// When the held scopes' leases were last checked (once a second is plenty: renewal starts
+    /// `renew_before_expiry_ms` ahead).
+    pub(super) last_renew_check_ms: i64,
+    calls: BTreeMap<u32, RootCall>,
+    pub(super) usage_in_flight: bool,
+    pub(super) last_post_ms: i64,
+    /// Scopes known to have no budget, and settlement costs on them not yet written to shared data.
+    pub(super) unbudgeted: store::Unbudgeted,
+    /// Records settled on this worker since its last tick, queued as one item on the tick. The
+    /// first of them is counted in the process-wide unacknowledged count at once (so the gauge is
+    /// never 0 while a record waits here); the others when they are queued.
+    pub(super) outbox: Vec<QueuedRecord>,
+    /// Reservations of requests that ended on this worker since its last tick, with their real
+    /// cost, written to the lease book on the tick with one shared-data write per scope
+    /// (`chain::settle_all`), not two host calls per scope per request. Until then the book still
+    /// holds their worst case, so nothing is over-granted meanwhile; they are written before the
+    /// outbox is queued, so no record is acknowledged before its cost is in the book.
+    pub(super) settlements: Vec<(Reservation, Micros)>,
+    /// The root context is being torn down (`on_drain`): no more ticks may come, so records
+    /// settled from now on are queued at once.
+    pub(super) draining: bool,
+}
+
+/// A request's settlement that found the worker busy: kept for the worker's next use.
+struct LateSettlement {
+    reservation: Option<Reservation>,
+    record: UsageRecord,
+}
+
+/// The shared handle requests and the root hold: the worker, and an inbox for settlements that
+/// find it busy. proxy-wasm never re-enters a VM, so the worker is never borrowed when a request
+/// settles; if it were, the settlement waits in the inbox (a `Cell`, which cannot be busy) and
+/// every borrow of the worker takes it in first: a settled record never vanishes.
+#[derive(Clone)]
+pub struct SharedWorker {
+    worker: Rc<RefCell<Worker>>,
+    late: Rc<Cell<Vec<LateSettlement>>>,
+}
+
+impl SharedWorker {
+    /// The worker, with any settlement that found it busy taken in first.
+    pub fn try_borrow_mut(&self) -> Result<RefMut<'_, Worker>, BorrowMutError> {
+        let mut w = self.worker.try_borrow_mut()?;
+        let late = self.late.take();
+        if !late.is_empty() {
+            counters::inc(&w.metrics.late_settlements, late.len() as u64);
+            for l in late {
+                w.settle(l.reservation, &l.record);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Keeps a settlement for the worker's next use (it is busy now).
+    pub(super) fn settle_later(&self, reservation: Option<Reservation>, record: &UsageRecord) {
+        let mut late = self.late.take();
+        late.push(LateSettlement { reservation, record: record.clone() });
+        self.late.set(late);
+    }
+}
+
+impl Worker {
+    /// Sets up this worker: the usage queue and the metrics. A queue that cannot be registered is
+    /// logged; records are then dropped (and counted) rather than the plugin refused.
+    pub fn start(settings: EnforcementSettings, gateway_id: &str) -> SharedWorker {
+        let queue_id = match host::register_queue(QUEUE_NAME) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                host::log(LogLevel::Error, &format!("tollgate: cannot register the usage queue (host status {}); usage records will be dropped", e.0));
+                None
+            }
+        };
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "tollgate: enforcement on: counter cluster `{}`, gateway `{gateway_id}`, {}, slice {} micro-USD",
+                settings.counter_cluster,
+                settings.failure_mode.as_str(),
+                settings.lease_slice_micros
+            ),
+        );
+        let worker = Rc::new(RefCell::new(Worker {
+            settings,
+            gateway_id: gateway_id.to_owned(),
+            queue_id,
+            metrics: Counters::define(),
+            topups: BTreeSet::new(),
+            held: BTreeMap::new(),
+            last_renew_check_ms: 0,
+            utilization: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            usage_in_flight: false,
+            last_post_ms: host::now_ms(),
+            unbudgeted: store::Unbudgeted::default(),
+            outbox: Vec::new(),
+            settlements: Vec::new(),
+            draining: false,
+        }));
+        SharedWorker { worker, late: Rc::default() }
+    }
+
+    /// The root tick period this worker needs.
+    pub fn tick_period_ms(&self) -> u64 {
+        self.settings.tick_ms()
+    }
+
+    /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
+    /// lapse), then a usage batch if one is due.
+    pub fn on_tick(&mut self, now: i64) {
+        if now.saturating_sub(self.last_renew_check_ms) >= RENEW_CHECK_MS {
+            self.last_renew_check_ms = now;
+            for scope in self.held.keys() {
+                if !self.topups.contains(scope) {
+                    let entry = store::load(scope);
+                    if entry.wants_topup(now, &self.settings) && !entry.budgets.is_empty() {
+                        self.topups.insert(scope.clone());
+                    }
+                }
+            }
+        }
+        if !self.topups.is_empty() {
+            let scopes: Vec<String> = std::mem::take(&mut self.topups).into_iter().collect();
+            if let Some(ticket) = chain::begin_topup(&mut store::SharedStore, &scopes, now, &self.settings) {
+                let body = serde_json::to_vec(&ticket.request(&self.gateway_id)).unwrap_or_default();
+                match self.dispatch("/v1/leases", &body) {
+                    Some(token) => {
+                        counters::inc(&self.metrics.topups, 1);
+                        counters::inc(&self.metrics.lease_calls, 1);
+                        self.calls.insert(token, RootCall::Topup(ticket));
+                    }
+                    None => {
+                        counters::inc(&self.metrics.lease_failures, 1);
+                        chain::fail_refill(&mut store::SharedStore, &ticket, now);
+                    }
+                }
+            }
+        }
+        self.apply_settlements(now);
+        self.ship_outbox();
+        self.flush(now, false);
+        self.metrics.flush();
+    }
+
+    /// Writes the settlements deferred since the last tick to the lease book.
+    pub(super) fn apply_settlements(&mut self, now: i64) {
+        if self.settlements.is_empty() {
+            return;
+        }
+        let settlements = std::mem::take(&mut self.settlements);
+        let ttl = self.settings.unbudgeted_scope_ttl_ms;
+        let utilization = chain::settle_all(&mut store::CachedStore::new(&mut self.unbudgeted, now, ttl), &settlements);
+        self.remember_utilization(utilization, now);
+    }
+
+    /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
+    /// queued now rather than on the next tick.
+    pub fn on_drain(&mut self, now: i64) {
+        self.draining = true;
+        self.apply_settlements(now);
+        self.ship_outbox();
+        self.flush(now, true);
+        self.metrics.flush();
+    }
+
+    /// An answer to a call the root made. Returns false if the token is not enforcement's.
+    pub fn on_http_call_response(&mut self, token: u32, status: Option<u16>, body: &[u8], now: i64) -> bool {
+        let Some(call) = self.calls.remove(&token) else { return false };
+        match call {
+            RootCall::Topup(ticket) => match read_lease(status, body) {
+                Ok(response) => chain::finish_refill(&mut store::SharedStore, &ticket, &response, now),
+                Err(why) => {
+                    counters::inc(&self.metrics.lease_failures, 1);
+                    host::log(LogLevel::Warn, &format!("tollgate: lease top-up failed: {why}"));
+                    chain::fail_refill(&mut store::SharedStore, &ticket, now);
+                }
+            },
+            RootCall::Usage(batch) => {
+                self.usage_in_flight = false;
+                match queue::read_ack(status, body, batch.records.len()) {
+                    Ok(_) => {
+                        counters::inc(&self.metrics.usage_acked, batch.records.len() as u64);
+                        self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
+                        chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
+                        // More may be waiting: do not sit on a full queue until the next interval.
+                        self.flush(now, false);
+                    }
+                    Err(why) => {
+                        counters::inc(&self.metrics.usage_post_failures, 1);
+                        host::log(
+                            LogLevel::Warn,
+                            &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
+                        );
+                        self.requeue(batch.records);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// A request ended: its real cost replaces its reservation (`None`: it had none) in the book on
+    /// the next tick, and its record joins the outbox.
+    pub(super) fn settle(&mut self, reservation: Option<Reservation>, record: &UsageRecord) {
+        let cost = record.cost_micros.max(0);
+        let reservation = match reservation {
+            Some(r) => {
+                self.unhold(&r.scopes);
+                r
+            }
+            None => Reservation::unreserved(record.principal.scope_keys()),
+        };
+        let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
+        if unreserved {
+            counters::inc(&self.metrics.unreserved_micros, micros(cost));
+        } else {
+            counters::inc(&self.metrics.excess_micros, micros(reservation.excess(cost)));
+        }
+        // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
+        self.settlements.push((reservation, cost));
+        if self.draining {
+            self.apply_settlements(record.finished_at_ms);
+        }
+        // Queued (and counted unacknowledged) before it counts as settled, so an observer that
+        // sees it settled also sees it waiting.
+        self.enqueue(record);
+        counters::inc(&self.metrics.settled, 1);
+    }
+
+    /// Changes the process-wide unacknowledged count (see `store::adjust_unacked`) and publishes it
+    /// in the gauge at once, so the gauge is never behind what was queued or acknowledged.
+    pub(super) fn adjust_unacked(&self, delta: i64, limit: u64) -> bool {
+        match store::adjust_unacked(delta, limit) {
+            Some(now) => {
+                host::set_gauge(self.metrics.usage_unacked, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn remember_utilization(&mut self, scopes: Vec<(String, u32)>, now: i64) {
+        if self.utilization.len() + scopes.len() > UTILIZATION_CACHE_SCOPES {
+            self.utilization.clear();
+        }
+        for (scope, pct) in scopes {
+            self.utilization.insert(scope, (pct, now));
+        }
+    }
+
+    /// The highest utilization on a chain: from what this worker read in the last second, else
+    /// from shared data.
+    pub(super) fn utilization_pct(&mut self, scopes: &[String], now: i64) -> u32 {
+        let mut max = 0;
+        for scope in scopes {
+            let pct = match self.utilization.get(scope) {
+                Some((pct, at)) if now.saturating_sub(*at) < UTILIZATION_FRESH_MS => *pct,
+                _ => {
+                    let pct = store::load(scope).budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0);
+                    self.remember_utilization(vec![(scope.clone(), pct)], now);
+                    pct
+                }
+            };
+            max = max.max(pct);
+        }
+        max
+    }
+
+    pub(super) fn hold(&mut self, scopes: &[String]) {
+        for scope in scopes {
+            *self.held.entry(scope.clone()).or_insert(0) += 1;
+        }
+    }
+
+    pub(super) fn unhold(&mut self, scopes: &[String]) {
+        for scope in scopes {
+            if let Some(n) = self.held.get_mut(scope) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.held.remove(scope);
+                }
+            }
+        }
+    }
+
+    /// `POST path` to the counter from the current context.
+    pub(super) fn dispatch(&self, path: &str, body: &[u8]) -> Option<u32> {
+        let authorization = self.settings.authorization();
+        let headers = [
+            (":method", "POST"),
+            (":path", path),
+            (":authority", self.settings.counter_authority.as_str()),
+            ("content-type", "application/json"),
+            ("authorization", authorization.as_str()),
+        ];
+        match host::http_call(&self.settings.counter_cluster, &headers, body, self.settings.call_timeout_ms) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate: cannot call the counter service on cluster `{}` (host status {}); check enforcement.counter_cluster names a cluster in the bootstrap",
+                        self.settings.counter_cluster, e.0
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued).
+    pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
+        let Some(queue_id) = self.queue_id else { return };
+        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX);
+        let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
+        if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
+            return;
+        }
+        let mut records = Vec::new();
+        let mut garbage = 0u64;
+        while records.len() < self.settings.batch_size {
+            match host::dequeue(queue_id) {
+                Ok(Some(bytes)) => {
+                    let (more, bad) = queue::from_item(&bytes);
+                    records.extend(more);
+                    garbage += bad;
+                }
+                _ => break,
+            }
+        }
+        if records.len() > self.settings.batch_size {
+            // The last item overfilled the batch: its tail goes back for the next one.
+            let rest = records.split_off(self.settings.batch_size.max(1));
+            self.enqueue_items(rest, "the usage queue refused records put back");
+        }
+        if garbage > 0 {
+            self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
+            counters::inc(&self.metrics.usage_dropped, garbage);
+            host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
+        }
+        if records.is_empty() {
+            return;
+        }
+        self.last_post_ms = now;
+        let body = queue::batch_body(&self.gateway_id, &records);
+        match self.dispatch("/v1/usage", &body) {
+            Some(token) => {
+                counters::inc(&self.metrics.usage_posts, 1);
+                self.usage_in_flight = true;
+                self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
+            }
+            None => {
+                counters::inc(&self.metrics.usage_post_failures, 1);
+                self.requeue(records);
+            }
+        }
+    }
+
+    /// Takes a settled request's record into this worker's outbox, queued on the next tick. The
+    /// first record of an empty outbox is counted unacknowledged at once (bounded: past
+    /// `queue_bound` it is dropped and counted); the rest are counted when queued.
+    pub(super) fn enqueue(&mut self, record: &UsageRecord) {
+        let Some(queued) = QueuedRecord::from_record(record) else { return };
+        if self.outbox.is_empty() && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
+            self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
+            return;
+        }
+        self.outbox.push(queued);
+        if self.draining {
+            self.ship_outbox();
+        }
+    }
+
+    /// Moves the outbox into the shared queue as items of at most `batch_size` records: first the
+    /// settlement costs deferred on unbudgeted scopes, then the count (records past `queue_bound`
+    /// are dropped and counted), then the items.
+    pub(super) fn ship_outbox(&mut self) {
+        self.unbudgeted.flush();
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut records = std::mem::take(&mut self.outbox);
+        let uncounted = records.len().saturating_sub(1) as u64;
+        let added = match store::add_unacked_up_to(uncounted, self.settings.queue_bound as u64) {
+            Some((now, added)) => {
+                host::set_gauge(self.metrics.usage_unacked, now);
+                added
+            }
+            None => 0,
+        };
+        let keep = 1 + usize::try_from(added).unwrap_or(usize::MAX);
+        if records.len() > keep {
+            let over = records.split_off(keep);
+            self.dropped(&over, "the usage queue is full (enforcement.queue_bound)");
+        }
+        self.enqueue_items(records, "the usage queue refused new records");
+    }
+
+    /// Enqueues counted records as items of at most `batch_size`; what the queue refuses is
+    /// uncounted and dropped (logged).
+    pub(super) fn enqueue_items(&mut self, records: Vec<QueuedRecord>, why: &str) {
+        let Some(queue_id) = self.queue_id else {
+            self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
+            self.dropped(&records, "no usage queue");
+            return;
+        };
+        let mut lost: Vec<QueuedRecord> = Vec::new();
+        for chunk in records.chunks(self.settings.batch_size.max(1)) {
+            if host::enqueue(queue_id, &queue::item(chunk)).is_err() {
+                lost.extend_from_slice(chunk);
+            }
+        }
+        if !lost.is_empty() {
+            self.adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
+            self.dropped(&lost, why);
+        }
+    }
+
+    /// Puts records back for redelivery; the counter ignores ids it has already counted.
+    pub(super) fn requeue(&mut self, records: Vec<QueuedRecord>) {
+        if self.queue_id.is_some() {
+            counters::inc(&self.metrics.usage_requeued, records.len() as u64);
+        }
+        // Still counted in `unacked` (and so under the bound): it only left to be posted.
+        self.enqueue_items(records, "the usage queue refused a redelivery");
+    }
+
+    pub(super) fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
+        // Their costs must be in shared data before they are forgotten there.
+        self.unbudgeted.flush();
+        counters::inc(&self.metrics.usage_dropped, records.len() as u64);
+        chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
+        let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
+        host::log(
+            LogLevel::Error,
+            &format!(
+                "tollgate: dropped {} usage record(s) ({why}); first ids: {}; the counter will not see them",
+                records.len(),
+                ids.join(", ")
+            ),
+        );
+    }
+}
+
+/// Reads a lease answer: a 200 with a `LeaseResponse`; anything else is a failure to report.
+pub(super) fn read_lease(status: Option<u16>, body: &[u8]) -> Result<LeaseResponse, String> {
+    match status {
+        Some(200) => serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}")),
+        Some(code) => Err(format!(
+            "counter answered HTTP {code}: {}",
+            String::from_utf8_lossy(body.get(..body.len().min(300)).unwrap_or_default())
+        )),
+        None => Err("no answer (timeout or connection failure)".to_owned()),
+    }
+}
