@@ -57,6 +57,9 @@ pub struct Member {
     /// The value's bytes in the scanned buffer (for a string: including its quotes).
     pub value: Range<usize>,
     pub kind: Kind,
+    /// Bit `i` is set when `watch[i]` of [`scan_object_watching`] occurs as a string (a key or
+    /// a string value, escapes decoded) anywhere inside this member's value; 0 without a watch.
+    pub watched: u64,
 }
 
 /// The members of one JSON object, in document order.
@@ -107,7 +110,30 @@ impl std::error::Error for JsonError {}
 
 /// Scans and validates a whole JSON document that must be an object; returns its members.
 pub fn scan_object(buf: &[u8]) -> Result<TopLevel, JsonError> {
-    let mut p = Parser { buf, pos: 0 };
+    scan_object_watching(buf, &[])
+}
+
+/// Most strings [`scan_object_watching`] can watch for (one bit each in [`Member::watched`]).
+pub const MAX_WATCHED: usize = 64;
+
+/// [`scan_object`], also noting, per top-level member, which of up to [`MAX_WATCHED`] strings
+/// occur inside it as a key or a string value ([`Member::watched`]), in the same single pass.
+/// An entry ending in `*` matches any string starting with what precedes the `*`. Strings with
+/// escapes are decoded before comparing, so `"imag\u0065"` is `image`. Entries past
+/// [`MAX_WATCHED`] are ignored.
+///
+/// This is how the filter learns that a body holds, say, an image part without walking it a second
+/// time: the scanner already visits every string; a watched comparison costs a length check for
+/// most of them.
+pub fn scan_object_watching(buf: &[u8], watch: &[&str]) -> Result<TopLevel, JsonError> {
+    let watch = watch.get(..watch.len().min(MAX_WATCHED)).unwrap_or_default();
+    let (mut min_len, mut max_len) = (usize::MAX, 0);
+    for w in watch {
+        let len = w.strip_suffix('*').map_or(w.len(), str::len);
+        min_len = min_len.min(len);
+        max_len = max_len.max(if w.ends_with('*') { usize::MAX } else { len });
+    }
+    let mut p = Parser { buf, pos: 0, watch, min_len, max_len, seen: 0, escaped: false };
     p.skip_ws();
     if p.peek() != Some(b'{') {
         return Err(if p.peek().is_none() { JsonError::Truncated } else { JsonError::NotAnObject });
@@ -124,7 +150,7 @@ pub fn scan_object(buf: &[u8]) -> Result<TopLevel, JsonError> {
 /// `metadata`). `range` is that member's value range in `buf`; returned ranges are in `buf`.
 /// The object was already validated, but its keys are decoded and checked for duplicates here.
 pub fn scan_nested(buf: &[u8], range: Range<usize>) -> Result<TopLevel, JsonError> {
-    let mut p = Parser { buf: buf.get(..range.end).ok_or(JsonError::Truncated)?, pos: range.start };
+    let mut p = Parser::plain(buf.get(..range.end).ok_or(JsonError::Truncated)?, range.start);
     if p.peek() != Some(b'{') {
         return Err(JsonError::NotAnObject);
     }
@@ -143,7 +169,7 @@ pub fn decode_string(buf: &[u8], range: Range<usize>) -> Result<Cow<'_, str>, Js
             .map(Cow::Borrowed)
             .map_err(|_| JsonError::Syntax { offset: range.start, what: "invalid UTF-8" });
     }
-    let mut p = Parser { buf, pos: range.start };
+    let mut p = Parser::plain(buf, range.start);
     p.string(true).map(|s| Cow::Owned(s.unwrap_or_default()))
 }
 
@@ -255,9 +281,51 @@ pub fn insert_member(object: &TopLevel, member: &[u8]) -> Edit {
 struct Parser<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Strings to note (see [`scan_object_watching`]), their shortest length, and their longest
+    /// (`usize::MAX` with a prefix entry): strings outside that range are not compared.
+    watch: &'a [&'a str],
+    min_len: usize,
+    max_len: usize,
+    /// Watched strings seen in the current top-level member.
+    seen: u64,
+    /// Whether the last string scanned had an escape.
+    escaped: bool,
 }
 
 impl<'a> Parser<'a> {
+    fn plain(buf: &'a [u8], pos: usize) -> Parser<'a> {
+        Parser { buf, pos, watch: &[], min_len: usize::MAX, max_len: 0, seen: 0, escaped: false }
+    }
+
+    /// After a string that started at `start` (its opening quote): notes it if it is watched.
+    #[inline]
+    fn note(&mut self, start: usize) {
+        if self.watch.is_empty() {
+            return;
+        }
+        let raw_len = self.pos.saturating_sub(start + 2);
+        // An escape makes the raw text longer than the decoded one (at most six bytes per char).
+        let shortest = if self.escaped { raw_len / 6 } else { raw_len };
+        if raw_len < self.min_len || shortest > self.max_len {
+            return;
+        }
+        let decoded;
+        let text: &[u8] = if self.escaped {
+            decoded = decode_string(self.buf, start..self.pos).map(Cow::into_owned).unwrap_or_default();
+            decoded.as_bytes()
+        } else {
+            self.buf.get(start + 1..self.pos - 1).unwrap_or_default()
+        };
+        for (i, w) in self.watch.iter().enumerate() {
+            let hit = match w.strip_suffix('*') {
+                Some(prefix) => text.starts_with(prefix.as_bytes()),
+                None => text == w.as_bytes(),
+            };
+            if hit {
+                self.seen |= 1 << i;
+            }
+        }
+    }
     fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
@@ -306,11 +374,12 @@ impl<'a> Parser<'a> {
             self.expect(b':', "expected ':' after a key")?;
             self.skip_ws();
             let start = self.pos;
+            self.seen = 0;
             let kind = self.value(depth)?;
             if members.iter().any(|m| m.key == key) {
                 return Err(JsonError::DuplicateKey(key));
             }
-            members.push(Member { key, value: start..self.pos, kind });
+            members.push(Member { key, value: start..self.pos, kind, watched: self.seen });
             self.skip_ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
@@ -332,7 +401,9 @@ impl<'a> Parser<'a> {
             Some(b'{') => Kind::Object,
             Some(b'[') => Kind::Array,
             Some(b'"') => {
+                let start = self.pos;
                 self.string(false)?;
+                self.note(start);
                 return Ok(Kind::String);
             }
             Some(b't') => return self.literal(b"true", Kind::Bool),
@@ -381,7 +452,9 @@ impl<'a> Parser<'a> {
                     if self.peek() != Some(b'"') {
                         return Err(self.err("expected a string key"));
                     }
+                    let start = self.pos;
                     self.string(false)?;
+                    self.note(start);
                     self.skip_ws();
                     self.expect(b':', "expected ':' after a key")?;
                     self.skip_ws();
@@ -481,6 +554,7 @@ impl<'a> Parser<'a> {
     /// At `"`: validates a string; when `decode`, returns its decoded text.
     fn string(&mut self, decode: bool) -> Result<Option<String>, JsonError> {
         self.pos += 1;
+        self.escaped = false;
         let mut out = if decode { Some(String::new()) } else { None };
         loop {
             // A run of plain bytes (eight at a time), validated as UTF-8 in one go if not ASCII.
@@ -515,6 +589,7 @@ impl<'a> Parser<'a> {
                 }
                 Some(b'\\') => {
                     self.pos += 1;
+                    self.escaped = true;
                     let c = self.escape()?;
                     if let Some(out) = out.as_mut() {
                         out.push(c);
@@ -597,6 +672,30 @@ mod tests {
         assert_eq!(top.get("messages").unwrap().kind, Kind::Array);
         assert_eq!(top.members.len(), 6);
         assert_eq!(&body[top.close..=top.close], "}");
+    }
+
+    #[test]
+    fn watched_strings_are_noted_per_top_level_member_keys_and_values_alike() {
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}],
+            "tools":[{"type":"web_search_20250305"}],"model":"image_url","other":{"deep":[[{"x":"y"}]]}}"#;
+        let watch = ["image_url", "web_search_*", "y", "absent"];
+        let top = scan_object_watching(body, &watch).unwrap();
+        let bits = |k: &str| top.get(k).unwrap().watched;
+        assert_eq!(bits("messages"), 0b0001, "as a value and as a key");
+        assert_eq!(bits("tools"), 0b0010, "a prefix entry");
+        assert_eq!(bits("model"), 0b0001, "a top-level string value counts for its member");
+        assert_eq!(bits("other"), 0b0100, "at any depth");
+        assert_eq!(scan_object(body).unwrap().get("messages").unwrap().watched, 0, "no watch, no bits");
+    }
+
+    #[test]
+    fn a_watched_string_cannot_hide_behind_escapes() {
+        let body = br#"{"a":[{"t":"imag\u0065"}],"b":{"\u0069mage":1},"c":"image\n","d":"\u0069"}"#;
+        let top = scan_object_watching(body, &["image", "i"]).unwrap();
+        assert_eq!(top.get("a").unwrap().watched, 1);
+        assert_eq!(top.get("b").unwrap().watched, 1);
+        assert_eq!(top.get("c").unwrap().watched, 0, "image + newline is another string");
+        assert_eq!(top.get("d").unwrap().watched, 2);
     }
 
     #[test]
