@@ -7,12 +7,14 @@
 //! - `usage_split`: the usage event split at every byte.
 //! - `randomized`: garbage and random chunking never trap the VM (fixed seeds, bounded).
 //! - `lifecycle`: cut streams, upstream errors, resets.
+//! - `prompt_bound`: prompts the provider holds reserve the context window, every dialect, any chunking.
 
 mod common;
 mod dialects;
 mod enforcement;
 mod host;
 mod lifecycle;
+mod prompt_bound;
 mod randomized;
 mod requests;
 mod usage_split;
