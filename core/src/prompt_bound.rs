@@ -114,7 +114,7 @@ const RESPONSES: &[&str] = &[
     "mcp",
 ];
 const RESPONSES_INPUT: u64 = 0xff;
-const RESPONSES_STRUCTURAL: u64 = 1 << 6 | 1 << 7;
+const RESPONSES_STRUCTURAL: u64 = (1 << 6) | (1 << 7);
 const RESPONSES_TOOLS: u64 = 0xf << 8;
 
 const ANTHROPIC: &[&str] = &[
@@ -201,7 +201,7 @@ pub fn detect(endpoint: Endpoint, body: &[u8], top: &TopLevel) -> Result<Option<
             if input & RESPONSES_INPUT & !RESPONSES_STRUCTURAL != 0 {
                 let shape = if input & (1 << 2) != 0 {
                     Shape::ItemReference
-                } else if input & (1 << 0 | 1 << 5) != 0 {
+                } else if input & ((1 << 0) | (1 << 5)) != 0 {
                     Shape::Image
                 } else {
                     Shape::File
