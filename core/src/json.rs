@@ -110,30 +110,66 @@ impl std::error::Error for JsonError {}
 
 /// Scans and validates a whole JSON document that must be an object; returns its members.
 pub fn scan_object(buf: &[u8]) -> Result<TopLevel, JsonError> {
-    scan_object_watching(buf, &[])
+    scan_object_watching(buf, &Watch::NONE)
 }
 
 /// Most strings [`scan_object_watching`] can watch for (one bit each in [`Member::watched`]).
 pub const MAX_WATCHED: usize = 64;
 
-/// [`scan_object`], also noting, per top-level member, which of up to [`MAX_WATCHED`] strings
-/// occur inside it as a key or a string value ([`Member::watched`]), in the same single pass.
-/// An entry ending in `*` matches any string starting with what precedes the `*`. Strings with
-/// escapes are decoded before comparing, so `"imag\u0065"` is `image`. Entries past
-/// [`MAX_WATCHED`] are ignored.
+/// Strings for [`scan_object_watching`] to note, with the filter that lets the scan skip most
+/// other strings without comparing. Built at compile time (`const`), so a scan pays nothing to set
+/// it up. An entry ending in `*` matches any string starting with what precedes the `*`. Entries
+/// past [`MAX_WATCHED`] are ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch<'w> {
+    entries: &'w [&'w str],
+    filter: WatchFilter,
+}
+
+impl<'w> Watch<'w> {
+    pub const NONE: Watch<'static> = Watch::new(&[]);
+
+    pub const fn new(entries: &'w [&'w str]) -> Watch<'w> {
+        let entries = if entries.len() > MAX_WATCHED { entries.split_at(MAX_WATCHED).0 } else { entries };
+        let mut filter = WatchFilter { min_len: usize::MAX, max_len: 0, exact: 0, prefix: 0 };
+        let mut i = 0;
+        while i < entries.len() {
+            let bytes = entries[i].as_bytes();
+            let is_prefix = !bytes.is_empty() && bytes[bytes.len() - 1] == b'*';
+            let len = if is_prefix { bytes.len() - 1 } else { bytes.len() };
+            let first = if bytes.is_empty() { 0 } else { bytes[0] };
+            if len < filter.min_len {
+                filter.min_len = len;
+            }
+            if is_prefix {
+                filter.max_len = usize::MAX;
+                filter.prefix |= 1 << (first & 63);
+            } else {
+                if len > filter.max_len {
+                    filter.max_len = len;
+                }
+                filter.exact |= 1 << WatchFilter::slot(len, first);
+            }
+            i += 1;
+        }
+        Watch { entries, filter }
+    }
+
+    /// The entries, in bit order.
+    pub const fn entries(&self) -> &'w [&'w str] {
+        self.entries
+    }
+}
+
+/// [`scan_object`], also noting, per top-level member, which of the `watch` strings occur
+/// inside it as a key or a string value ([`Member::watched`]), in the same single pass. Strings
+/// with escapes are decoded before comparing, so `"imag\u0065"` is `image`.
 ///
 /// This is how the filter learns that a body holds, say, an image part without walking it a second
-/// time: the scanner already visits every string; a watched comparison costs a length check for
-/// most of them.
-pub fn scan_object_watching(buf: &[u8], watch: &[&str]) -> Result<TopLevel, JsonError> {
-    let watch = watch.get(..watch.len().min(MAX_WATCHED)).unwrap_or_default();
-    let (mut min_len, mut max_len) = (usize::MAX, 0);
-    for w in watch {
-        let len = w.strip_suffix('*').map_or(w.len(), str::len);
-        min_len = min_len.min(len);
-        max_len = max_len.max(if w.ends_with('*') { usize::MAX } else { len });
-    }
-    let mut p = Parser { buf, pos: 0, watch, min_len, max_len, seen: 0, escaped: false };
+/// time: the scanner already visits every string; for most of them the watch costs a table lookup.
+pub fn scan_object_watching(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, JsonError> {
+    let (watch, filter) = (watch.entries, watch.filter);
+    let mut p = Parser { buf, pos: 0, watch, filter, seen: 0, escaped: false };
     p.skip_ws();
     if p.peek() != Some(b'{') {
         return Err(if p.peek().is_none() { JsonError::Truncated } else { JsonError::NotAnObject });
@@ -278,14 +314,30 @@ pub fn insert_member(object: &TopLevel, member: &[u8]) -> Edit {
     }
 }
 
+/// Skips the comparison for most strings a watch cannot match: one bit per (length, first byte)
+/// slot of each exact entry, one per first byte of each prefix entry. Unused: all zero.
+#[derive(Debug, Clone, Copy, Default)]
+struct WatchFilter {
+    min_len: usize,
+    /// `usize::MAX` with a prefix entry.
+    max_len: usize,
+    exact: u64,
+    prefix: u64,
+}
+
+impl WatchFilter {
+    #[inline]
+    const fn slot(len: usize, first: u8) -> u32 {
+        (len as u32).wrapping_add((first as u32).wrapping_mul(7)) & 63
+    }
+}
+
 struct Parser<'a> {
     buf: &'a [u8],
     pos: usize,
-    /// Strings to note (see [`scan_object_watching`]), their shortest length, and their longest
-    /// (`usize::MAX` with a prefix entry): strings outside that range are not compared.
+    /// Strings to note (see [`scan_object_watching`]) and the filter that skips most others.
     watch: &'a [&'a str],
-    min_len: usize,
-    max_len: usize,
+    filter: WatchFilter,
     /// Watched strings seen in the current top-level member.
     seen: u64,
     /// Whether the last string scanned had an escape.
@@ -294,7 +346,7 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn plain(buf: &'a [u8], pos: usize) -> Parser<'a> {
-        Parser { buf, pos, watch: &[], min_len: usize::MAX, max_len: 0, seen: 0, escaped: false }
+        Parser { buf, pos, watch: &[], filter: WatchFilter::default(), seen: 0, escaped: false }
     }
 
     /// After a string that started at `start` (its opening quote): notes it if it is watched.
@@ -304,10 +356,19 @@ impl<'a> Parser<'a> {
             return;
         }
         let raw_len = self.pos.saturating_sub(start + 2);
-        // An escape makes the raw text longer than the decoded one (at most six bytes per char).
-        let shortest = if self.escaped { raw_len / 6 } else { raw_len };
-        if raw_len < self.min_len || shortest > self.max_len {
-            return;
+        let f = &self.filter;
+        if self.escaped {
+            // Escapes make the raw text longer than the decoded one (at most six bytes per char).
+            if raw_len < f.min_len || raw_len / 6 > f.max_len {
+                return;
+            }
+        } else {
+            let first = self.buf.get(start + 1).copied().unwrap_or(0);
+            let exact = f.exact >> WatchFilter::slot(raw_len, first) & 1 == 1;
+            let prefix = f.prefix >> (first & 63) & 1 == 1 && raw_len >= f.min_len;
+            if !exact && !prefix {
+                return;
+            }
         }
         let decoded;
         let text: &[u8] = if self.escaped {
@@ -678,7 +739,7 @@ mod tests {
     fn watched_strings_are_noted_per_top_level_member_keys_and_values_alike() {
         let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}],
             "tools":[{"type":"web_search_20250305"}],"model":"image_url","other":{"deep":[[{"x":"y"}]]}}"#;
-        let watch = ["image_url", "web_search_*", "y", "absent"];
+        let watch = Watch::new(&["image_url", "web_search_*", "y", "absent"]);
         let top = scan_object_watching(body, &watch).unwrap();
         let bits = |k: &str| top.get(k).unwrap().watched;
         assert_eq!(bits("messages"), 0b0001, "as a value and as a key");
@@ -691,7 +752,7 @@ mod tests {
     #[test]
     fn a_watched_string_cannot_hide_behind_escapes() {
         let body = br#"{"a":[{"t":"imag\u0065"}],"b":{"\u0069mage":1},"c":"image\n","d":"\u0069"}"#;
-        let top = scan_object_watching(body, &["image", "i"]).unwrap();
+        let top = scan_object_watching(body, &Watch::new(&["image", "i"])).unwrap();
         assert_eq!(top.get("a").unwrap().watched, 1);
         assert_eq!(top.get("b").unwrap().watched, 1);
         assert_eq!(top.get("c").unwrap().watched, 0, "image + newline is another string");

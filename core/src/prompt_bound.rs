@@ -38,7 +38,7 @@
 
 use crate::dialect::Endpoint;
 use crate::errors::{ErrorKind, Failure};
-use crate::json::{self, Kind, Member, TopLevel};
+use crate::json::{self, Kind, Member, TopLevel, Watch};
 use serde_json::Value;
 
 /// Longest id or resource name accepted in `previous_response_id`, `conversation` and
@@ -157,13 +157,17 @@ const GEMINI_TOOLS: u64 = 0xfff << 4;
 
 /// The strings the body scan should watch for on this endpoint (pass to
 /// [`json::scan_object_watching`]); empty where the body is always a bound.
-pub fn watch_list(endpoint: Endpoint) -> &'static [&'static str] {
+pub fn watch_list(endpoint: Endpoint) -> &'static Watch<'static> {
+    const CHAT_WATCH: Watch<'static> = Watch::new(CHAT);
+    const RESPONSES_WATCH: Watch<'static> = Watch::new(RESPONSES);
+    const ANTHROPIC_WATCH: Watch<'static> = Watch::new(ANTHROPIC);
+    const GEMINI_WATCH: Watch<'static> = Watch::new(GEMINI);
     match endpoint {
-        Endpoint::Chat => CHAT,
-        Endpoint::Responses => RESPONSES,
-        Endpoint::Messages => ANTHROPIC,
-        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => GEMINI,
-        Endpoint::Completions | Endpoint::Embeddings => &[],
+        Endpoint::Chat => &CHAT_WATCH,
+        Endpoint::Responses => &RESPONSES_WATCH,
+        Endpoint::Messages => &ANTHROPIC_WATCH,
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => &GEMINI_WATCH,
+        Endpoint::Completions | Endpoint::Embeddings => &Watch::NONE,
     }
 }
 
@@ -459,7 +463,7 @@ mod tests {
     #[test]
     fn watch_lists_fit_the_scanner_and_their_bit_masks() {
         for endpoint in [Chat, Responses, Messages, GenerateContent] {
-            assert!(watch_list(endpoint).len() <= json::MAX_WATCHED);
+            assert!(watch_list(endpoint).entries().len() <= json::MAX_WATCHED, "{endpoint:?}");
         }
         assert_eq!(RESPONSES.len(), 12);
         assert_eq!(RESPONSES[6], "id");
