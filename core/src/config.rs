@@ -286,6 +286,10 @@ mod tests {
         assert!(err(r#"{"enforcement": {"counter_cluster": "c", "gateway_token": "t", "batch_size": 0}}"#)
             .starts_with("tollgate config: enforcement.batch_size:"));
         assert!(err("{").starts_with("tollgate config: EOF while parsing"));
+        assert!(err(r#"{"pricing": {"estimate": {"unknown_context_window": "guess"}}}"#)
+            .starts_with("tollgate config: pricing.estimate: unknown variant `guess`"));
+        assert!(err(r#"{"pricing": {"estimate": {"unknown_context_window_tokens": 0}}}"#)
+            .starts_with("tollgate config: pricing.estimate.unknown_context_window_tokens: must be at least 1"));
     }
 
     // One test per section: a mistake in it is reported with the field's path, so the operator

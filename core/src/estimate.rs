@@ -18,6 +18,12 @@
 //! media inline is covered (its bytes far exceed its tokens). The bound is also capped by the
 //! model's context window when the price table knows it, since the upstream refuses longer prompts.
 //!
+//! Media and stored context are the exception: a request whose billed prompt can exceed its body
+//! (`core::prompt_bound`: a `previous_response_id`, a Gemini `cachedContent`, an image or file by
+//! URL or id, a hosted tool, …) is bounded by the routed model's context window instead
+//! ([`EstimateConfig::prompt_tokens_bound`]); when the window is unknown,
+//! `pricing.estimate.unknown_context_window` decides (default `deny`).
+//!
 //! The divisor is configurable (`pricing.estimate.reserve_bytes_per_token`, default 1) for
 //! operators who accept a tighter, no longer guaranteed, reservation.
 //!
@@ -26,8 +32,10 @@
 //! charged for what was plausibly produced, not the worst case (`stream_bytes_per_token`, default 4).
 //! Both counts round up.
 
+use crate::errors::{ErrorKind, Failure};
 use crate::money::{self, Micros};
 use crate::pricing::{prompt_tokens, ModelPrice, TierPrice};
+use crate::prompt_bound::Shape;
 use crate::protocol::Tokens;
 use crate::usage::ScanOutcome;
 use serde::Deserialize;
@@ -38,6 +46,32 @@ pub const DEFAULT_RESERVE_BYTES_PER_TOKEN: u32 = 1;
 pub const DEFAULT_STREAM_BYTES_PER_TOKEN: u32 = 4;
 /// Output tokens reserved when neither the request nor the price table gives a maximum.
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 16_384;
+/// Prompt tokens reserved, under `unknown_context_window: reserve`, for a request whose prompt
+/// lives partly with the provider when the model's context window is unknown: the largest window
+/// of the models in the bundled table that have one of a million tokens or more is 1,048,576 (Gemini,
+/// GPT-4.1); two million covers Gemini 1.5 Pro too.
+pub const DEFAULT_UNKNOWN_CONTEXT_WINDOW_TOKENS: u64 = 2_000_000;
+
+/// What a request whose billed prompt can exceed its body reserves when the routed model's context
+/// window (`max_input_tokens`) is unknown (`pricing.estimate.unknown_context_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownContextWindow {
+    /// Refuse it (403, naming the model and the fields that fix it): no true bound exists, and
+    /// the hard limit is the promise. The default.
+    #[default]
+    Deny,
+    /// Reserve `unknown_context_window_tokens` prompt tokens. Not a bound: a prompt beyond it
+    /// is counted in `tollgate_enforce_excess_micros_total` (term (1) of the overspend bound).
+    Reserve,
+}
+
+/// A request's prompt bound, in tokens, and whether it is a true upper bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptBound {
+    pub tokens: u64,
+    pub true_bound: bool,
+}
 
 /// Estimate settings, `pricing.estimate` in the filter config. Every field is optional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,6 +86,13 @@ pub struct EstimateConfig {
     /// Output tokens reserved when the request sets no maximum and the model's is unknown.
     #[serde(default = "default_max_output")]
     pub default_max_output_tokens: u64,
+    /// A request whose prompt lives partly with the provider, on a model without a known context
+    /// window: `deny` (default) or `reserve`.
+    #[serde(default)]
+    pub unknown_context_window: UnknownContextWindow,
+    /// Prompt tokens reserved for such a request under `unknown_context_window: reserve`.
+    #[serde(default = "default_unknown_window_tokens")]
+    pub unknown_context_window_tokens: u64,
 }
 
 fn default_reserve() -> u32 {
@@ -63,6 +104,9 @@ fn default_stream() -> u32 {
 fn default_max_output() -> u64 {
     DEFAULT_MAX_OUTPUT_TOKENS
 }
+fn default_unknown_window_tokens() -> u64 {
+    DEFAULT_UNKNOWN_CONTEXT_WINDOW_TOKENS
+}
 
 impl Default for EstimateConfig {
     fn default() -> EstimateConfig {
@@ -70,6 +114,8 @@ impl Default for EstimateConfig {
             reserve_bytes_per_token: DEFAULT_RESERVE_BYTES_PER_TOKEN,
             stream_bytes_per_token: DEFAULT_STREAM_BYTES_PER_TOKEN,
             default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            unknown_context_window: UnknownContextWindow::Deny,
+            unknown_context_window_tokens: DEFAULT_UNKNOWN_CONTEXT_WINDOW_TOKENS,
         }
     }
 }
@@ -83,7 +129,55 @@ impl EstimateConfig {
         if self.stream_bytes_per_token == 0 {
             return Err(("stream_bytes_per_token", "must be at least 1 (4 is typical)"));
         }
+        if self.unknown_context_window_tokens == 0 {
+            return Err(("unknown_context_window_tokens", "must be at least 1 (2000000 covers every context window in the bundled table)"));
+        }
         Ok(())
+    }
+
+    /// The prompt tokens a reservation assumes for a body of `body_len` bytes on `model`
+    /// (priced `price`), given how its billed prompt can exceed the body (`remote`, from
+    /// `core::prompt_bound::detect`):
+    /// - text only: the body bound ([`Self::input_tokens_upper_bound`]; `worst_case_cost` caps it
+    ///   by the window);
+    /// - otherwise the model's context window, the only bound the gateway knows (the upstream
+    ///   refuses a longer prompt); `worst_case_cost` prices it at the dearest prompt price and the
+    ///   long-context tier;
+    /// - no window known: a prompt that costs nothing needs no bound; else
+    ///   `unknown_context_window` decides: a 403 naming the fields to set, or
+    ///   `unknown_context_window_tokens` (not a true bound).
+    pub fn prompt_tokens_bound(
+        &self,
+        body_len: u64,
+        remote: Option<Shape>,
+        model: &str,
+        price: &ModelPrice,
+    ) -> Result<PromptBound, Failure> {
+        let body = self.input_tokens_upper_bound(body_len);
+        let Some(shape) = remote else {
+            return Ok(PromptBound { tokens: body, true_bound: self.reserve_bytes_per_token == 1 });
+        };
+        if let Some(window) = price.max_input_tokens {
+            return Ok(PromptBound { tokens: window, true_bound: true });
+        }
+        let free = |t: &TierPrice| t.input == 0 && t.cache_read == 0 && t.cache_write == 0;
+        if free(&price.base) && price.long_context.is_none_or(|l| free(&l.price)) {
+            return Ok(PromptBound { tokens: body, true_bound: true });
+        }
+        match self.unknown_context_window {
+            UnknownContextWindow::Reserve => {
+                Ok(PromptBound { tokens: self.unknown_context_window_tokens.max(body), true_bound: false })
+            }
+            UnknownContextWindow::Deny => Err(Failure::new(
+                ErrorKind::Denied,
+                format!(
+                    "this request's prompt is partly held by the provider ({}), so only model \"{model}\"'s context window bounds its cost, \
+                     and this gateway does not know that window; send the whole prompt in the body, or ask the gateway operator to set \
+                     pricing.models.\"{model}\".max_input_tokens (or pricing.estimate.unknown_context_window: reserve)",
+                    shape.as_str()
+                ),
+            )),
+        }
     }
 
     /// The most prompt tokens a body of `body_len` bytes can hold, with this config's divisor.
@@ -239,6 +333,70 @@ mod tests {
         assert_eq!(cfg.max_output_tokens(None, Some(&price)), 64_000);
         assert_eq!(cfg.max_output_tokens(None, None), DEFAULT_MAX_OUTPUT_TOKENS);
         assert_eq!(cfg.max_output_tokens(Some(7), None), 7);
+    }
+
+    #[test]
+    fn a_prompt_held_by_the_provider_is_bounded_by_the_context_window() {
+        let cfg = EstimateConfig::default();
+        let windowed = ModelPrice { max_input_tokens: Some(128_000), ..model(CLAUDE_LIKE) };
+        let bound = |remote| cfg.prompt_tokens_bound(500, remote, "m", &windowed).unwrap();
+        assert_eq!(bound(None), PromptBound { tokens: 500, true_bound: true }, "text in the body: the body bound");
+        assert_eq!(bound(Some(Shape::PreviousResponse)), PromptBound { tokens: 128_000, true_bound: true });
+        assert_eq!(bound(Some(Shape::CachedContent)), PromptBound { tokens: 128_000, true_bound: true });
+        let loose = EstimateConfig { reserve_bytes_per_token: 4, ..cfg };
+        assert_eq!(loose.prompt_tokens_bound(500, None, "m", &windowed).unwrap(), PromptBound { tokens: 125, true_bound: false });
+    }
+
+    #[test]
+    fn the_window_is_priced_at_the_dearest_prompt_price_and_the_long_tier() {
+        // Gemini-2.5-Pro-like: 1M window, long tier above 200k.
+        let long = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 625_000, cache_write: 2_500_000 };
+        let base = TierPrice { input: 1_250_000, output: 10_000_000, cache_read: 310_000, cache_write: 1_250_000 };
+        let price = ModelPrice {
+            base,
+            long_context: Some(LongContext { above_tokens: 200_000, price: long }),
+            max_input_tokens: Some(1_048_576),
+            max_output_tokens: Some(65_535),
+        };
+        let bound = EstimateConfig::default().prompt_tokens_bound(80, Some(Shape::CachedContent), "g", &price).unwrap();
+        // 1_048_576 × $2.50/M + 1000 × $15/M = $2.62144 + $0.015.
+        assert_eq!(worst_case_cost(&price, bound.tokens, 1000), 2_636_440);
+        // Whatever the provider then bills from its cache and the body stays under it.
+        for prompt in [1u64, 200_000, 200_001, 1_048_576] {
+            let actual = Tokens { input: 80, cache_read: prompt - 1, output: 1000, ..Tokens::default() };
+            assert!(price.cost_micros(&actual) <= worst_case_cost(&price, bound.tokens, 1000), "{prompt}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_window_is_denied_by_default_or_reserved_as_configured() {
+        let cfg = EstimateConfig::default();
+        let no_window = model(CLAUDE_LIKE);
+        let denied = cfg.prompt_tokens_bound(100, Some(Shape::File), "my-model", &no_window).unwrap_err();
+        assert_eq!(denied.status(), 403);
+        for needle in ["(file)", "pricing.models.\"my-model\".max_input_tokens", "pricing.estimate.unknown_context_window"] {
+            assert!(denied.message.contains(needle), "{needle}: {}", denied.message);
+        }
+        let reserve = EstimateConfig { unknown_context_window: UnknownContextWindow::Reserve, unknown_context_window_tokens: 50_000, ..cfg };
+        assert_eq!(
+            reserve.prompt_tokens_bound(100, Some(Shape::File), "my-model", &no_window).unwrap(),
+            PromptBound { tokens: 50_000, true_bound: false }
+        );
+        assert_eq!(reserve.prompt_tokens_bound(90_000, Some(Shape::File), "m", &no_window).unwrap().tokens, 90_000, "never below the body bound");
+        // A prompt that costs nothing (unknown_model: zero) needs no bound.
+        let free = ModelPrice::default();
+        assert_eq!(cfg.prompt_tokens_bound(100, Some(Shape::Image), "m", &free).unwrap(), PromptBound { tokens: 100, true_bound: true });
+        // Text-only requests never need the window.
+        assert_eq!(cfg.prompt_tokens_bound(100, None, "m", &no_window).unwrap().tokens, 100);
+    }
+
+    #[test]
+    fn the_unknown_window_settings_parse_and_validate() {
+        let cfg: EstimateConfig = serde_json::from_str(r#"{"unknown_context_window":"reserve","unknown_context_window_tokens":300000}"#).unwrap();
+        assert_eq!((cfg.unknown_context_window, cfg.unknown_context_window_tokens), (UnknownContextWindow::Reserve, 300_000));
+        assert!(serde_json::from_str::<EstimateConfig>(r#"{"unknown_context_window":"guess"}"#).is_err());
+        let zero = EstimateConfig { unknown_context_window_tokens: 0, ..EstimateConfig::default() };
+        assert_eq!(zero.validate().map_err(|(field, _)| field), Err("unknown_context_window_tokens"));
     }
 
     #[test]

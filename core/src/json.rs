@@ -57,6 +57,9 @@ pub struct Member {
     /// The value's bytes in the scanned buffer (for a string: including its quotes).
     pub value: Range<usize>,
     pub kind: Kind,
+    /// Bit `i` is set when `watch[i]` of [`scan_object_watching`] occurs as a string (a key or
+    /// a string value, escapes decoded) anywhere inside this member's value; 0 without a watch.
+    pub watched: u64,
 }
 
 /// The members of one JSON object, in document order.
@@ -107,7 +110,66 @@ impl std::error::Error for JsonError {}
 
 /// Scans and validates a whole JSON document that must be an object; returns its members.
 pub fn scan_object(buf: &[u8]) -> Result<TopLevel, JsonError> {
-    let mut p = Parser { buf, pos: 0 };
+    scan_object_watching(buf, &Watch::NONE)
+}
+
+/// Most strings [`scan_object_watching`] can watch for (one bit each in [`Member::watched`]).
+pub const MAX_WATCHED: usize = 64;
+
+/// Strings for [`scan_object_watching`] to note, with the filter that lets the scan skip most
+/// other strings without comparing. Built at compile time (`const`), so a scan pays nothing to set
+/// it up. An entry ending in `*` matches any string starting with what precedes the `*`. Entries
+/// past [`MAX_WATCHED`] are ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch<'w> {
+    entries: &'w [&'w str],
+    filter: WatchFilter,
+}
+
+impl<'w> Watch<'w> {
+    pub const NONE: Watch<'static> = Watch::new(&[]);
+
+    pub const fn new(entries: &'w [&'w str]) -> Watch<'w> {
+        let entries = if entries.len() > MAX_WATCHED { entries.split_at(MAX_WATCHED).0 } else { entries };
+        let mut filter = WatchFilter { min_len: usize::MAX, max_len: 0, exact: 0, prefix: 0 };
+        let mut i = 0;
+        while i < entries.len() {
+            let bytes = entries[i].as_bytes();
+            let is_prefix = !bytes.is_empty() && bytes[bytes.len() - 1] == b'*';
+            let len = if is_prefix { bytes.len() - 1 } else { bytes.len() };
+            let first = if bytes.is_empty() { 0 } else { bytes[0] };
+            if len < filter.min_len {
+                filter.min_len = len;
+            }
+            if is_prefix {
+                filter.max_len = usize::MAX;
+                filter.prefix |= 1 << (first & 63);
+            } else {
+                if len > filter.max_len {
+                    filter.max_len = len;
+                }
+                filter.exact |= 1 << WatchFilter::slot(len, first);
+            }
+            i += 1;
+        }
+        Watch { entries, filter }
+    }
+
+    /// The entries, in bit order.
+    pub const fn entries(&self) -> &'w [&'w str] {
+        self.entries
+    }
+}
+
+/// [`scan_object`], also noting, per top-level member, which of the `watch` strings occur
+/// inside it as a key or a string value ([`Member::watched`]), in the same single pass. Strings
+/// with escapes are decoded before comparing, so `"imag\u0065"` is `image`.
+///
+/// This is how the filter learns that a body holds, say, an image part without walking it a second
+/// time: the scanner already visits every string; for most of them the watch costs a table lookup.
+pub fn scan_object_watching(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, JsonError> {
+    let (watch, filter) = (watch.entries, watch.filter);
+    let mut p = Parser { buf, pos: 0, watch, filter, seen: 0, escaped: false };
     p.skip_ws();
     if p.peek() != Some(b'{') {
         return Err(if p.peek().is_none() { JsonError::Truncated } else { JsonError::NotAnObject });
@@ -124,7 +186,7 @@ pub fn scan_object(buf: &[u8]) -> Result<TopLevel, JsonError> {
 /// `metadata`). `range` is that member's value range in `buf`; returned ranges are in `buf`.
 /// The object was already validated, but its keys are decoded and checked for duplicates here.
 pub fn scan_nested(buf: &[u8], range: Range<usize>) -> Result<TopLevel, JsonError> {
-    let mut p = Parser { buf: buf.get(..range.end).ok_or(JsonError::Truncated)?, pos: range.start };
+    let mut p = Parser::plain(buf.get(..range.end).ok_or(JsonError::Truncated)?, range.start);
     if p.peek() != Some(b'{') {
         return Err(JsonError::NotAnObject);
     }
@@ -143,7 +205,7 @@ pub fn decode_string(buf: &[u8], range: Range<usize>) -> Result<Cow<'_, str>, Js
             .map(Cow::Borrowed)
             .map_err(|_| JsonError::Syntax { offset: range.start, what: "invalid UTF-8" });
     }
-    let mut p = Parser { buf, pos: range.start };
+    let mut p = Parser::plain(buf, range.start);
     p.string(true).map(|s| Cow::Owned(s.unwrap_or_default()))
 }
 
@@ -252,12 +314,79 @@ pub fn insert_member(object: &TopLevel, member: &[u8]) -> Edit {
     }
 }
 
+/// Skips the comparison for most strings a watch cannot match: one bit per (length, first byte)
+/// slot of each exact entry, one per first byte of each prefix entry. Unused: all zero.
+#[derive(Debug, Clone, Copy, Default)]
+struct WatchFilter {
+    min_len: usize,
+    /// `usize::MAX` with a prefix entry.
+    max_len: usize,
+    exact: u64,
+    prefix: u64,
+}
+
+impl WatchFilter {
+    #[inline]
+    const fn slot(len: usize, first: u8) -> u32 {
+        (len as u32).wrapping_add((first as u32).wrapping_mul(7)) & 63
+    }
+}
+
 struct Parser<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Strings to note (see [`scan_object_watching`]) and the filter that skips most others.
+    watch: &'a [&'a str],
+    filter: WatchFilter,
+    /// Watched strings seen in the current top-level member.
+    seen: u64,
+    /// Whether the last string scanned had an escape.
+    escaped: bool,
 }
 
 impl<'a> Parser<'a> {
+    fn plain(buf: &'a [u8], pos: usize) -> Parser<'a> {
+        Parser { buf, pos, watch: &[], filter: WatchFilter::default(), seen: 0, escaped: false }
+    }
+
+    /// After a string that started at `start` (its opening quote): notes it if it is watched.
+    #[inline]
+    fn note(&mut self, start: usize) {
+        if self.watch.is_empty() {
+            return;
+        }
+        let raw_len = self.pos.saturating_sub(start + 2);
+        let f = &self.filter;
+        if self.escaped {
+            // Escapes make the raw text longer than the decoded one (at most six bytes per char).
+            if raw_len < f.min_len || raw_len / 6 > f.max_len {
+                return;
+            }
+        } else {
+            let first = self.buf.get(start + 1).copied().unwrap_or(0);
+            let exact = f.exact >> WatchFilter::slot(raw_len, first) & 1 == 1;
+            let prefix = f.prefix >> (first & 63) & 1 == 1 && raw_len >= f.min_len;
+            if !exact && !prefix {
+                return;
+            }
+        }
+        let decoded;
+        let text: &[u8] = if self.escaped {
+            decoded = decode_string(self.buf, start..self.pos).map(Cow::into_owned).unwrap_or_default();
+            decoded.as_bytes()
+        } else {
+            self.buf.get(start + 1..self.pos - 1).unwrap_or_default()
+        };
+        for (i, w) in self.watch.iter().enumerate() {
+            let hit = match w.strip_suffix('*') {
+                Some(prefix) => text.starts_with(prefix.as_bytes()),
+                None => text == w.as_bytes(),
+            };
+            if hit {
+                self.seen |= 1 << i;
+            }
+        }
+    }
     fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
@@ -306,11 +435,12 @@ impl<'a> Parser<'a> {
             self.expect(b':', "expected ':' after a key")?;
             self.skip_ws();
             let start = self.pos;
+            self.seen = 0;
             let kind = self.value(depth)?;
             if members.iter().any(|m| m.key == key) {
                 return Err(JsonError::DuplicateKey(key));
             }
-            members.push(Member { key, value: start..self.pos, kind });
+            members.push(Member { key, value: start..self.pos, kind, watched: self.seen });
             self.skip_ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
@@ -332,7 +462,9 @@ impl<'a> Parser<'a> {
             Some(b'{') => Kind::Object,
             Some(b'[') => Kind::Array,
             Some(b'"') => {
+                let start = self.pos;
                 self.string(false)?;
+                self.note(start);
                 return Ok(Kind::String);
             }
             Some(b't') => return self.literal(b"true", Kind::Bool),
@@ -381,7 +513,9 @@ impl<'a> Parser<'a> {
                     if self.peek() != Some(b'"') {
                         return Err(self.err("expected a string key"));
                     }
+                    let start = self.pos;
                     self.string(false)?;
+                    self.note(start);
                     self.skip_ws();
                     self.expect(b':', "expected ':' after a key")?;
                     self.skip_ws();
@@ -481,6 +615,7 @@ impl<'a> Parser<'a> {
     /// At `"`: validates a string; when `decode`, returns its decoded text.
     fn string(&mut self, decode: bool) -> Result<Option<String>, JsonError> {
         self.pos += 1;
+        self.escaped = false;
         let mut out = if decode { Some(String::new()) } else { None };
         loop {
             // A run of plain bytes (eight at a time), validated as UTF-8 in one go if not ASCII.
@@ -515,6 +650,7 @@ impl<'a> Parser<'a> {
                 }
                 Some(b'\\') => {
                     self.pos += 1;
+                    self.escaped = true;
                     let c = self.escape()?;
                     if let Some(out) = out.as_mut() {
                         out.push(c);
@@ -597,6 +733,30 @@ mod tests {
         assert_eq!(top.get("messages").unwrap().kind, Kind::Array);
         assert_eq!(top.members.len(), 6);
         assert_eq!(&body[top.close..=top.close], "}");
+    }
+
+    #[test]
+    fn watched_strings_are_noted_per_top_level_member_keys_and_values_alike() {
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}],
+            "tools":[{"type":"web_search_20250305"}],"model":"image_url","other":{"deep":[[{"x":"y"}]]}}"#;
+        let watch = Watch::new(&["image_url", "web_search_*", "y", "absent"]);
+        let top = scan_object_watching(body, &watch).unwrap();
+        let bits = |k: &str| top.get(k).unwrap().watched;
+        assert_eq!(bits("messages"), 0b0001, "as a value and as a key");
+        assert_eq!(bits("tools"), 0b0010, "a prefix entry");
+        assert_eq!(bits("model"), 0b0001, "a top-level string value counts for its member");
+        assert_eq!(bits("other"), 0b0100, "at any depth");
+        assert_eq!(scan_object(body).unwrap().get("messages").unwrap().watched, 0, "no watch, no bits");
+    }
+
+    #[test]
+    fn a_watched_string_cannot_hide_behind_escapes() {
+        let body = br#"{"a":[{"t":"imag\u0065"}],"b":{"\u0069mage":1},"c":"image\n","d":"\u0069"}"#;
+        let top = scan_object_watching(body, &Watch::new(&["image", "i"])).unwrap();
+        assert_eq!(top.get("a").unwrap().watched, 1);
+        assert_eq!(top.get("b").unwrap().watched, 1);
+        assert_eq!(top.get("c").unwrap().watched, 0, "image + newline is another string");
+        assert_eq!(top.get("d").unwrap().watched, 2);
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //! - [`usage`]: incremental usage scanning of JSON and SSE responses, split-point independent.
 //! - [`pricing`]: the price table (LiteLLM format + overrides) and integer cost arithmetic.
 //! - [`estimate`]: token estimates for the request's worst case and for streams cut short.
+//! - [`prompt_bound`]: requests whose billed prompt can exceed their body (stored conversations,
+//!   caches, files, media, hosted tools), recognised per dialect so the reservation stays a bound.
 
 pub mod attribution;
 pub mod bytes;
@@ -34,6 +36,7 @@ pub mod estimate;
 pub mod json;
 pub mod money;
 pub mod pricing;
+pub mod prompt_bound;
 pub mod protocol;
 pub mod routing;
 pub mod section;

@@ -315,7 +315,14 @@ impl Stream {
         };
         let est = config.prices.estimate_config();
         let body_len = u64::try_from(plan.body_len).unwrap_or(u64::MAX);
-        let input_upper = est.input_tokens_upper_bound(body_len);
+        // The body bounds a text prompt; a prompt partly held by the provider is bounded by the
+        // model's context window (core::prompt_bound). Refusing an unboundable one matters only
+        // when there is a budget to protect.
+        let input_upper = match est.prompt_tokens_bound(body_len, plan.remote_prompt, &plan.routed_model, &price.price) {
+            Ok(bound) => bound.tokens,
+            Err(failure) if config.enforcement.is_some() => return self.reply(&failure, &[]),
+            Err(_) => est.input_tokens_upper_bound(body_len),
+        };
         let known_price = price.known.then_some(&price.price);
         let max_output = match &config.enforcement {
             // Enforcement's operator overrides for requests without a cap (docs/enforcement.md).

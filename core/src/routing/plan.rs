@@ -13,6 +13,7 @@ use crate::attribution::{Attribution, HeaderFacts};
 use crate::dialect::{Dialect, Endpoint, Recognised};
 use crate::errors::{ErrorKind, Failure};
 use crate::json::{self, Edit, JsonError, Kind, TopLevel};
+use crate::prompt_bound::{self, Shape};
 use crate::protocol::Principal;
 use crate::routing::{RouteInput, RoutingTable};
 
@@ -30,6 +31,8 @@ pub struct ParsedRequest<'b> {
     /// The output cap the client set (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
     /// Gemini `generationConfig.maxOutputTokens`), for enforcement's worst case.
     pub max_output_tokens: Option<u64>,
+    /// How the billed prompt can exceed the body, if it can (`core::prompt_bound`).
+    pub remote_prompt: Option<Shape>,
 }
 
 /// The routed request: what to send upstream and what to record.
@@ -51,6 +54,9 @@ pub struct RequestPlan {
     /// Whether `stream_options.include_usage` was added or set to true.
     pub injected_include_usage: bool,
     pub max_output_tokens: Option<u64>,
+    /// How the billed prompt can exceed the body, if it can: the reservation then bounds the
+    /// prompt by the model's context window (`EstimateConfig::prompt_tokens_bound`).
+    pub remote_prompt: Option<Shape>,
     /// Bytes of the body forwarded upstream (the prompt size estimates start from).
     pub body_len: usize,
 }
@@ -62,7 +68,8 @@ pub fn parse_request<'b>(
     headers: &HeaderFacts,
     body: &'b [u8],
 ) -> Result<ParsedRequest<'b>, Failure> {
-    let top = json::scan_object(body).map_err(body_failure)?;
+    // One pass validates the body and notes the strings that mark a prompt living elsewhere.
+    let top = json::scan_object_watching(body, prompt_bound::watch_list(recognised.endpoint)).map_err(body_failure)?;
     let requested_model = match &recognised.path_model {
         Some((model, _)) => model.clone(),
         None => match top.get("model") {
@@ -88,6 +95,7 @@ pub fn parse_request<'b>(
         },
     };
     let max_output_tokens = max_output_tokens(body, &top, recognised.endpoint)?;
+    let remote_prompt = prompt_bound::detect(recognised.endpoint, body, &top)?;
     let principal = attribution.principal(headers, Some((body, &top)));
     Ok(ParsedRequest {
         body,
@@ -98,6 +106,7 @@ pub fn parse_request<'b>(
         requested_model,
         stream,
         max_output_tokens,
+        remote_prompt,
     })
 }
 
@@ -157,6 +166,7 @@ impl ParsedRequest<'_> {
             stream: self.stream,
             injected_include_usage,
             max_output_tokens: self.max_output_tokens,
+            remote_prompt: self.remote_prompt,
             body_len,
         })
     }
@@ -318,6 +328,19 @@ mod tests {
         assert_eq!((p.max_output_tokens, p.injected_include_usage), (Some(7), false));
         let p = plan(&cfg, "/v1/embeddings", &[], r#"{"model":"m","input":"x"}"#).unwrap();
         assert_eq!(p.max_output_tokens, None);
+    }
+
+    #[test]
+    fn the_plan_carries_how_the_prompt_can_exceed_the_body() {
+        let cfg = config("{}");
+        let p = plan(&cfg, "/v1/responses", &[], r#"{"model":"m","previous_response_id":"resp_1","input":"more"}"#).unwrap();
+        assert_eq!(p.remote_prompt, Some(Shape::PreviousResponse));
+        let p = plan(&cfg, "/v1beta/models/gemini-2.5-pro:generateContent", &[], r#"{"cachedContent":"cachedContents/c1","contents":[]}"#).unwrap();
+        assert_eq!(p.remote_prompt, Some(Shape::CachedContent));
+        let p = plan(&cfg, "/v1/chat/completions", &[], r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        assert_eq!(p.remote_prompt, None);
+        let bad = plan(&cfg, "/v1/responses", &[], r#"{"model":"m","previous_response_id":1}"#).unwrap_err();
+        assert_eq!((bad.status(), bad.param.as_deref()), (400, Some("previous_response_id")));
     }
 
     #[test]

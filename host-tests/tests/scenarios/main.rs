@@ -8,6 +8,7 @@
 //! - `randomized`: garbage and random chunking never trap the VM (fixed seeds, bounded).
 //! - `lifecycle`: cut streams, upstream errors, resets.
 //! - `host_calls`: host calls per request (clock reads; the bench's `calls` floor matches the filter).
+//! - `prompt_bound`: prompts the provider holds reserve the context window, every dialect, any chunking.
 
 mod common;
 mod dialects;
@@ -15,6 +16,7 @@ mod enforcement;
 mod host;
 mod host_calls;
 mod lifecycle;
+mod prompt_bound;
 mod randomized;
 mod requests;
 mod usage_split;

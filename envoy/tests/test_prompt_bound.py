@@ -1,0 +1,132 @@
+"""Prompts the provider holds, end to end (issue 19 §1; docs/enforcement.md, "Prompts the provider holds").
+
+A request that continues a stored conversation (`previous_response_id`, `conversation`), reads a
+Gemini `cachedContent`, or attaches a file or an image by id or URL is billed for far more prompt
+than its body holds. The mock upstream bills such a prompt (`x-mock-input-tokens`, as a provider
+would), 100 such requests arrive at once on a small budget, and real Envoy (2 workers) with the
+real counter must still stop at the hard limit: the ledger total ends at most the limit, and the
+filter's own `tollgate_enforce_excess_micros_total` (term (1) of the overspend bound) is 0,
+because each reservation was the routed model's context window, a true bound.
+
+Before the fix the reservation was the body size, and the same bursts spent several times the limit.
+"""
+import json
+import tempfile
+import threading
+
+import pytest
+
+import test_enforcement as te
+from harness import request
+
+BURST = 100
+
+# (team/budget id, limit in USD, path, body, mock headers): one burst each. Each request's real
+# cost (what the mock bills) is far above what its body bound would reserve, and BURST of them
+# cost several times the limit.
+SHAPES = {
+    "prev-response": ("1.00", "/v1/responses",
+                      {"model": "gpt-4o", "max_output_tokens": 100, "previous_response_id": "resp_0123456789abcdef",
+                       "input": "And the next step?"},
+                      {"x-mock-input-tokens": "100000", "x-mock-output-tokens": "50"}),
+    "conversation": ("1.00", "/v1/responses",
+                     {"model": "gpt-4o", "max_output_tokens": 100, "conversation": "conv_0123456789abcdef",
+                      "input": "Continue."},
+                     {"x-mock-input-tokens": "60000", "x-mock-output-tokens": "50"}),
+    "gemini-cache": ("0.50", "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                     {"cachedContent": "cachedContents/e2e-cache-1",
+                      "contents": [{"role": "user", "parts": [{"text": "What does section 4 say?"}]}],
+                      "generationConfig": {"maxOutputTokens": 100}},
+                     {"x-mock-input-tokens": "900000", "x-mock-cached-tokens": "850000", "x-mock-output-tokens": "50"}),
+    "anthropic-file": ("1.00", "/v1/messages",
+                       {"model": "claude-sonnet-4-5", "max_tokens": 100,
+                        "messages": [{"role": "user", "content": [
+                            {"type": "document", "source": {"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}},
+                            {"type": "text", "text": "Summarise this contract."}]}]},
+                       {"x-mock-input-tokens": "80000", "x-mock-output-tokens": "50"}),
+    "chat-image": ("0.50", "/v1/chat/completions",
+                   {"model": "gpt-4o", "max_tokens": 100,
+                    "messages": [{"role": "user", "content": [
+                        {"type": "text", "text": "What is in this picture?"},
+                        {"type": "image_url", "image_url": {"url": "https://example.com/photo.jpg"}}]}]},
+                   {"x-mock-input-tokens": "5000", "x-mock-output-tokens": "50"}),
+}
+
+BUDGETS = [{"id": f"pb-{name}", "scope": f"team:pb-{name}", "limit": limit, "window": "none"}
+           for name, (limit, *_rest) in SHAPES.items()]
+
+
+@pytest.fixture(scope="module")
+def counter():
+    with tempfile.TemporaryDirectory(prefix="tollgate-prompt-bound-") as d:
+        saved = te.BUDGETS
+        te.BUDGETS = BUDGETS  # Counter writes the module's BUDGETS at start-up
+        try:
+            c = te.Counter(d)
+        finally:
+            te.BUDGETS = saved
+        yield c
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def envoy(counter, mock):
+    e = te.EnforcingEnvoy(counter.workdir, mock.port, counter.port, "gw-prompt-bound", concurrency=2)
+    yield e
+    e.close()
+
+
+def to_micros(usd):
+    whole, _, frac = usd.partition(".")
+    return int(whole) * 1_000_000 + int((frac + "000000")[:6])
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_a_burst_of_requests_whose_prompt_the_provider_holds_stops_at_the_hard_limit(counter, envoy, name):
+    limit_usd, path, body, mock_headers = SHAPES[name]
+    limit = to_micros(limit_usd)
+    team = f"pb-{name}"
+    excess_before = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0)
+    headers = {"x-e2e-team": team, "x-e2e-user": "agent", "x-mock-gzip": "never", "x-mock-events": "4", **mock_headers}
+    payload = json.dumps(body)
+    start = threading.Barrier(BURST)
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client():
+        start.wait(timeout=30)
+        try:
+            r = request(envoy.listen_port, "POST", path, payload, headers, timeout=60)
+        except OSError as e:
+            with lock:
+                errors.append(repr(e))
+            return
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=client) for _ in range(BURST)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "clients did not finish in time"
+    assert not errors, f"{len(errors)} connection errors, first: {errors[:3]}"
+    statuses = sorted({r.status for r in results})
+    assert set(statuses) <= {200, 429}, f"only 200 or 429 expected, got {statuses}: {[r for r in results if r.status not in (200, 429)][:3]}"
+    ok_ids = [r.header("x-tollgate-request-id") for r in results if r.status == 200]
+    refused = [r for r in results if r.status == 429]
+    assert ok_ids, "the budget admits at least one such request"
+    assert refused, "the burst costs more than the budget, so some are refused"
+
+    te.wait_for(lambda: te.idle(envoy), 30, "the gateway to settle and deliver", envoy.enforcement_stats)
+    te.wait_for(lambda: len(counter.ledger(team)) >= len(ok_ids), 15, "the ledger to hold every served request")
+    ledger = counter.ledger(team)
+    assert set(ledger) == set(ok_ids), "every 200 is in the ledger once, and nothing else"
+    costs = [cost for cost, _, _ in ledger.values()]
+    total = sum(costs)
+    # The burst is a real test of the bound: all of it would have cost several times the limit.
+    assert min(costs) * BURST > 2 * limit, f"a request costs {min(costs)} µ$; {BURST} of them must overrun {limit}"
+    excess = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0) - excess_before
+    assert excess == 0, f"a reservation was overrun by {excess} µ$: the window bound is a true bound"
+    assert total <= limit, f"ledger {total} µ$ over the hard limit {limit} µ$"
+    print(f"\n{name}: {len(ok_ids)} of {BURST} admitted, {len(refused)} refused, spent {total}/{limit} µ$")
