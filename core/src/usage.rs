@@ -109,8 +109,9 @@ pub struct ScanOutcome {
 
 /// Deepest JSON nesting followed; deeper input is treated as malformed.
 const MAX_DEPTH: usize = 128;
-/// Longest key remembered; longer keys match nothing we read.
-const KEY_CAP: usize = 40;
+/// Longest key remembered, as written; longer keys match nothing we read. Room for the longest key
+/// we read (`cache_creation_input_tokens`, 27 bytes) with every byte written as a `\u` escape.
+const KEY_CAP: usize = 192;
 /// Longest captured string or number (model names, event types, token counts).
 const CAPTURE_CAP: usize = 256;
 /// Longest SSE field name kept (`data`, `event`).
@@ -132,6 +133,12 @@ pub struct UsageScanner {
     sse: SseState,
     found: Found,
     finished: Option<ScanOutcome>,
+    /// Bytes of a leading UTF-8 byte order mark matched so far; 3 once the start is past.
+    bom_seen: u8,
+    /// The SSE event just dispatched was OpenAI's usage-only chunk (`"choices": []` and a usage).
+    usage_only_event: bool,
+    /// Removing the usage-only chunk from what the client receives ([`UsageScanner::drop_usage_chunk`]).
+    strip: Option<Box<strip::Strip>>,
 }
 
 impl UsageScanner {
@@ -145,6 +152,9 @@ impl UsageScanner {
             sse: SseState::default(),
             found: Found::default(),
             finished: None,
+            bom_seen: 0,
+            usage_only_event: false,
+            strip: None,
         }
     }
 
@@ -156,10 +166,38 @@ impl UsageScanner {
     }
 
     /// Feeds the next chunk of the response body. Chunks after [`UsageScanner::finish`] are ignored.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
         if self.finished.is_some() {
             return;
         }
+        if self.bom_seen < 3 {
+            chunk = self.skip_bom(chunk);
+        }
+        self.feed_body(chunk);
+    }
+
+    /// A UTF-8 byte order mark at the very start of the body is not part of it (the SSE standard
+    /// strips it; RFC 8259 lets a JSON reader ignore it). It may arrive split across chunks; bytes
+    /// that start like one but are not are fed as they were.
+    fn skip_bom<'c>(&mut self, mut chunk: &'c [u8]) -> &'c [u8] {
+        const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+        while let Some((&b, rest)) = chunk.split_first() {
+            let Some(&want) = BOM.get(usize::from(self.bom_seen)) else { break };
+            if b != want {
+                let partial = usize::from(self.bom_seen);
+                self.bom_seen = 3;
+                if let Some(start) = BOM.get(..partial).filter(|p| !p.is_empty()) {
+                    self.feed_body(start);
+                }
+                return chunk;
+            }
+            self.bom_seen += 1;
+            chunk = rest;
+        }
+        chunk
+    }
+
+    fn feed_body(&mut self, chunk: &[u8]) {
         match self.format {
             ResponseFormat::Json => self.feed_json(chunk),
             ResponseFormat::Sse => self.feed_sse(chunk),
@@ -356,6 +394,9 @@ impl UsageScanner {
         let mut string_start: Option<usize> = None;
         // A byte escaped by a backslash (ignored whatever it is).
         let mut escaped_at = usize::MAX;
+        // The current string holds an escape (a key or a model / type written with escapes is
+        // left to the parser, which decodes them).
+        let mut string_escaped = false;
         // The key just read wants its string value, expected to open at `value_quote`.
         let mut pending = Pending::Nothing;
         let mut value_quote = usize::MAX;
@@ -369,16 +410,21 @@ impl UsageScanner {
             let Some(start) = string_start else {
                 if byte == b'"' {
                     string_start = Some(at + 1);
+                    string_escaped = false;
                 }
                 return true;
             };
             if byte == b'\\' {
                 escaped_at = at + 1;
+                string_escaped = true;
                 return true;
             }
             string_start = None;
             let text = data.get(start..at).unwrap_or(&[]);
             if start == value_quote.wrapping_add(1) {
+                if string_escaped && matches!(pending, Pending::Model | Pending::Type) {
+                    return false;
+                }
                 match pending {
                     Pending::Model if self.found.model.is_none() || self.found.model_raw.as_slice() != text => return false,
                     Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
@@ -394,6 +440,9 @@ impl UsageScanner {
             let colon = skip_ws(data, at + 1);
             if data.get(colon) != Some(&b':') {
                 return true;
+            }
+            if string_escaped {
+                return false;
             }
             // A key: what does its value mean?
             value_quote = skip_ws(data, colon + 1);
@@ -512,6 +561,7 @@ impl UsageScanner {
                         break;
                     }
                     // A backslash: skip the escaped byte, which may be in the next chunk.
+                    self.json.key_escaped |= key;
                     from = at + 2;
                     if from > bytes.len() {
                         self.json.escaped = true;
@@ -556,7 +606,12 @@ impl UsageScanner {
             }
             _ if is_ws(b) => {}
             Lex::Value | Lex::ValueOrClose => match b {
-                b']' if self.json.lex == Lex::ValueOrClose => self.close(b'['),
+                b']' if self.json.lex == Lex::ValueOrClose => {
+                    if self.json.stack.last().is_some_and(|f| f.node == Node::OChoices) {
+                        self.message.empty_choices = true;
+                    }
+                    self.close(b'[')
+                }
                 _ => self.begin_value(b),
             },
             Lex::KeyOrClose | Lex::Key => match b {
@@ -592,6 +647,8 @@ impl UsageScanner {
             Some(Frame { node: Node::Dead, .. }) => Node::Dead,
             Some(Frame { bracket: b'[', node }) => step(self.dialect, *node, Step::Index),
             Some(Frame { node, .. }) => match self.json.key.as_slice() {
+                // `"\u0075sage"` is the key `usage`.
+                Some(key) if self.json.key_escaped => step(self.dialect, *node, Step::Key(unescape_lossy(key).as_bytes())),
                 Some(key) => step(self.dialect, *node, Step::Key(key)),
                 None => Node::Dead,
             },
@@ -679,10 +736,10 @@ impl UsageScanner {
             }
             (Target::Type, Scalar::Str, text) => {
                 self.message.type_seen = true;
-                self.message.type_terminal = text.and_then(terminal_for_type);
+                self.message.type_terminal = text.and_then(|t| terminal_for_type(&unescape_if_needed(t)));
             }
             (Target::Status, Scalar::Str, Some(text)) if self.endpoint == Endpoint::Responses => {
-                self.message.status_terminal = terminal_for_status(text);
+                self.message.status_terminal = terminal_for_status(&unescape_if_needed(text));
             }
             (Target::Finish, Scalar::Str, _) => self.message.finished = true,
             _ => {}
@@ -698,7 +755,9 @@ impl UsageScanner {
             return;
         }
         message.open = false;
-        if message.usage.iter().any(Option::is_some) {
+        let has_usage = message.usage.iter().any(Option::is_some);
+        self.usage_only_event = has_usage && message.empty_choices && self.format == ResponseFormat::Sse;
+        if has_usage {
             let whole_body = self.format == ResponseFormat::Json && self.json.root == 0;
             if self.dialect == Dialect::Anthropic {
                 // message_start and message_delta carry different, cumulative fields.
@@ -1080,6 +1139,15 @@ fn is_scalar_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
 }
 
+/// The text of a short JSON string value, decoded only when it holds an escape.
+fn unescape_if_needed(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if raw.contains(&b'\\') {
+        std::borrow::Cow::Owned(unescape_lossy(raw).into_bytes())
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
 /// Decodes a JSON string's escapes (invalid ones and lone surrogates become U+FFFD).
 fn unescape_lossy(raw: &[u8]) -> String {
     if !raw.contains(&b'\\') {
@@ -1229,6 +1297,8 @@ struct JsonState {
     stack: Vec<Frame>,
     /// The key being read or just read in the innermost object (only under a live node).
     key: Capped<KEY_CAP>,
+    /// The key holds a backslash escape: it is decoded before it is compared.
+    key_escaped: bool,
     /// Stack depth of a message's root object: 0, or 1 in a JSON-array stream.
     root: usize,
     /// Whether a top-level array is a stream of messages (JSON bodies).
@@ -1246,6 +1316,7 @@ impl JsonState {
             lex: Lex::Value,
             stack: Vec::with_capacity(16),
             key: Capped::default(),
+            key_escaped: false,
             root: 0,
             array_stream,
             escaped: false,
@@ -1269,6 +1340,7 @@ impl JsonState {
 
     fn start_key(&mut self) {
         self.key.clear();
+        self.key_escaped = false;
     }
 
     fn key_bytes(&mut self, run: &[u8]) {
@@ -1301,6 +1373,8 @@ struct Message {
     status_terminal: Option<TerminalEvent>,
     finished: bool,
     error: bool,
+    /// OpenAI's `choices` is an empty array (the usage-only chunk of a stream).
+    empty_choices: bool,
 }
 
 impl Message {
@@ -1451,6 +1525,10 @@ impl EventTemplate {
         self.valid = false;
     }
 }
+
+#[path = "usage/strip.rs"]
+mod strip;
+pub use strip::{Forward, HOLD_CAP};
 
 #[cfg(test)]
 #[path = "usage/tests.rs"]

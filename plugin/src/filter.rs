@@ -12,8 +12,10 @@
 //!    `content-length`, `:path`, route headers — changing request headers makes Envoy recompute
 //!    the route) → enforcement `admit` → continue, refuse, or wait.
 //! 3. `on_http_response_headers` / `on_http_response_body`: choose JSON or SSE scanning; feed every
-//!    chunk to the usage scanner as it passes (always Continue, nothing buffered); settle at end of
-//!    stream.
+//!    chunk to the usage scanner as it passes (Continue, nothing buffered); settle at end of
+//!    stream. The one exception: an OpenAI stream whose usage the filter asked for loses its
+//!    usage-only chunk (`core::usage` strip), and a chunk that ends inside an event is held
+//!    (Pause: Envoy buffers it) until the event ends.
 //! 4. `on_log`: a request that never reached end of stream (client or upstream cut) is settled
 //!    here from an estimate.
 
@@ -596,7 +598,12 @@ impl HttpContext for Stream {
         let scanner = match (&self.request, encoded) {
             // A compressed body cannot be scanned; it is charged from an estimate.
             (_, true) => None,
-            (Some(req), false) => Some(UsageScanner::new(req.recognised.dialect, req.recognised.endpoint, format)),
+            (Some(req), false) => {
+                let scanner = UsageScanner::new(req.recognised.dialect, req.recognised.endpoint, format);
+                // The usage chunk the filter asked for is not the client's (core::usage::strip).
+                let injected = req.plan.as_ref().is_some_and(|p| p.injected_include_usage);
+                Some(if injected { scanner.drop_usage_chunk() } else { scanner })
+            }
             (None, false) => None,
         };
         self.response = Some(ResponseState { status, scanner });
@@ -616,7 +623,19 @@ impl HttpContext for Stream {
         if let Some(scanner) = self.response.as_mut().and_then(|r| r.scanner.as_mut()) {
             if body_size > 0 {
                 match host::get_buffer(Buffer::ResponseBody, 0, body_size) {
-                    Ok(chunk) => scanner.feed(&chunk),
+                    Ok(body) => {
+                        // The body Envoy holds: what the last call held back, then the new chunk.
+                        let forward = scanner.feed_forward(&body, end_of_stream);
+                        if let Some(bytes) = forward.replace {
+                            if host::set_buffer(Buffer::ResponseBody, 0, body_size, &bytes).is_err() {
+                                self.metrics.host_error();
+                            }
+                        }
+                        if forward.hold {
+                            // Envoy keeps buffering and hands the body back with the next chunk.
+                            return Action::Pause;
+                        }
+                    }
                     Err(_) => self.metrics.host_error(),
                 }
             }
