@@ -29,7 +29,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use std::cell::RefCell;
-use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests};
+use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
+use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
@@ -503,10 +504,16 @@ impl HttpContext for Stream {
             self.phase = Phase::Passthrough;
             return Action::Continue;
         };
+        // Gemini clients may send their key as `?key=`: read like `x-goog-api-key`.
+        let query = if recognised.dialect == Dialect::Gemini { QueryKey::from_path(path) } else { None };
+        let query_key = query.as_ref().map(|q| q.key.as_str());
         let facts = match self.key_digests.try_borrow_mut() {
-            Ok(mut digests) => config.attribution.from_headers(|name| header(&headers, name), &mut digests),
-            Err(_) => config.attribution.from_headers(|name| header(&headers, name), &mut KeyDigests::default()),
+            Ok(mut digests) => config.attribution.from_request(|name| header(&headers, name), query_key, &mut digests),
+            Err(_) => config.attribution.from_request(|name| header(&headers, name), query_key, &mut KeyDigests::default()),
         };
+        // A virtual key is the gateway's credential: the upstream never receives it.
+        let keyless_path = query.as_ref().filter(|_| facts.virtual_key_in_query).map(|q| q.path_without.as_str());
+        let path = keyless_path.unwrap_or(path);
         let started_at_ms = host::now_ms();
         // Unique per request even when a client reuses an x-request-id (Envoy keeps a client's
         // id unless it is the edge): usage records are deduplicated by id, so a reused id must not
@@ -526,6 +533,13 @@ impl HttpContext for Stream {
             had_content_length: declared_len.is_some(),
             plan: None,
         });
+        if let Some(path) = keyless_path {
+            if host::set_header(Map::RequestHeaders, ":path", path).is_err() {
+                self.metrics.host_error();
+                let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not prepare this request; retry");
+                return self.reply(&failure, &[]);
+            }
+        }
         // Usage must be readable in the response: ask for an uncompressed body.
         let identity = header(&headers, "accept-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("identity"));
         if !identity && host::set_header(Map::RequestHeaders, "accept-encoding", "identity").is_err() {

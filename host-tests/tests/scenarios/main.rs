@@ -7,7 +7,9 @@
 //! - `usage_split`: the usage event split at every byte.
 //! - `randomized`: garbage and random chunking never trap the VM (fixed seeds, bounded).
 //! - `lifecycle`: cut streams, upstream errors, resets.
+//! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
 
+mod client_stream;
 mod common;
 mod dialects;
 mod enforcement;
