@@ -742,6 +742,11 @@ impl UsageScanner {
                 self.message.status_terminal = terminal_for_status(&unescape_if_needed(text));
             }
             (Target::Finish, Scalar::Str, _) => self.message.finished = true,
+            (Target::OutputType, Scalar::Str, Some(b"web_search_call")) => {
+                if let Some(slot) = self.message.usage.get_mut(Field::WebSearches as usize) {
+                    *slot = Some(slot.unwrap_or(0).saturating_add(1));
+                }
+            }
             _ => {}
         }
         self.after_value();
@@ -755,7 +760,8 @@ impl UsageScanner {
             return;
         }
         message.open = false;
-        let has_usage = message.usage.iter().any(Option::is_some);
+        // Counts of tool calls alone (an output item listing) are not a usage report.
+        let has_usage = message.usage.iter().take(Field::WebSearches as usize).any(Option::is_some);
         self.usage_only_event = has_usage && message.empty_choices && self.format == ResponseFormat::Sse;
         if has_usage {
             let whole_body = self.format == ResponseFormat::Json && self.json.root == 0;
@@ -808,21 +814,36 @@ enum Field {
     Thoughts = 5,
     /// Gemini `toolUsePromptTokenCount` (not inside `promptTokenCount`).
     ToolPrompt = 6,
+    /// Anthropic `cache_creation.ephemeral_5m_input_tokens` (part of the cache writes).
+    CacheWrite5m = 7,
+    /// Anthropic `cache_creation.ephemeral_1h_input_tokens` (part of the cache writes).
+    CacheWrite1h = 8,
+    /// Hosted web-search calls: Anthropic `server_tool_use.web_search_requests`, or the number of
+    /// OpenAI Responses `web_search_call` output items. Not a token count: a message with only
+    /// this is not a usage report.
+    WebSearches = 9,
 }
 
-const FIELDS: usize = 7;
+const FIELDS: usize = 10;
 type RawUsage = [Option<u64>; FIELDS];
 
 fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
     let get = |field: Field| usage.get(field as usize).copied().flatten().unwrap_or(0);
     match dialect {
-        Dialect::Anthropic => Tokens {
-            input: get(Field::Prompt),
-            output: get(Field::Completion),
-            cache_read: get(Field::CacheRead),
-            cache_write: get(Field::CacheWrite),
-            reasoning: 0,
-        },
+        Dialect::Anthropic => {
+            // The total, or the two lifetimes' counts if they add up to more (as LiteLLM bills).
+            let cache_write_1h = get(Field::CacheWrite1h);
+            let by_lifetime = get(Field::CacheWrite5m).saturating_add(cache_write_1h);
+            Tokens {
+                input: get(Field::Prompt),
+                output: get(Field::Completion),
+                cache_read: get(Field::CacheRead),
+                cache_write: get(Field::CacheWrite).max(by_lifetime),
+                reasoning: 0,
+                cache_write_1h,
+                web_searches: get(Field::WebSearches),
+            }
+        }
         Dialect::Gemini => {
             let prompt = get(Field::Prompt);
             let cache_read = get(Field::CacheRead).min(prompt);
@@ -833,6 +854,8 @@ fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
                 cache_read,
                 cache_write: 0,
                 reasoning: thoughts,
+                cache_write_1h: 0,
+                web_searches: 0,
             }
         }
         Dialect::OpenAi | Dialect::AzureOpenAi => {
@@ -845,6 +868,8 @@ fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
                 cache_read,
                 cache_write: 0,
                 reasoning: get(Field::Reasoning).min(output),
+                cache_write_1h: 0,
+                web_searches: get(Field::WebSearches),
             }
         }
     }
@@ -865,6 +890,8 @@ enum Target {
     Error,
     /// Generated content: counted, never stored.
     Content,
+    /// The `type` of an OpenAI Responses output item (`web_search_call` items are counted).
+    OutputType,
 }
 
 /// Where a container sits on the paths we read: a node of a small trie per dialect, kept in each
@@ -895,6 +922,9 @@ enum Node {
     OOutputItem,
     OOutputContent,
     OOutputPart,
+    /// `response.output` of a Responses stream event (the final event repeats every item).
+    OFinalOutput,
+    OFinalItem,
     // Anthropic
     AMessage,
     AUsage,
@@ -902,6 +932,10 @@ enum Node {
     ADelta,
     AContent,
     AContentItem,
+    ACacheCreation,
+    AEarlyCacheCreation,
+    AServerTools,
+    AEarlyServerTools,
     // Gemini
     GUsage,
     GCandidates,
@@ -952,6 +986,9 @@ fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
         // OpenAI / Azure: chat, completions, embeddings, Responses.
         (OResponse, K(b"model")) => leaf(Target::Model),
         (OResponse, K(b"usage")) => OUsage,
+        (OResponse, K(b"output")) => OFinalOutput,
+        (OFinalOutput, I) => OFinalItem,
+        (OFinalItem | OOutputItem, K(b"type")) => leaf(Target::OutputType),
         (OUsage, K(b"prompt_tokens" | b"input_tokens")) => usage(Field::Prompt),
         (OUsage, K(b"completion_tokens" | b"output_tokens")) => usage(Field::Completion),
         (OUsage, K(b"prompt_tokens_details" | b"input_tokens_details")) => OPromptDetails,
@@ -977,8 +1014,16 @@ fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
         (AUsage, K(field)) => anthropic_usage(field),
         (AEarlyUsage, K(field)) => match anthropic_usage(field) {
             Leaf(Target::Usage(field)) => Leaf(Target::EarlyUsage(field)),
+            ACacheCreation => AEarlyCacheCreation,
+            AServerTools => AEarlyServerTools,
             other => other,
         },
+        (ACacheCreation, K(b"ephemeral_5m_input_tokens")) => usage(Field::CacheWrite5m),
+        (ACacheCreation, K(b"ephemeral_1h_input_tokens")) => usage(Field::CacheWrite1h),
+        (AEarlyCacheCreation, K(b"ephemeral_5m_input_tokens")) => Leaf(Target::EarlyUsage(Field::CacheWrite5m)),
+        (AEarlyCacheCreation, K(b"ephemeral_1h_input_tokens")) => Leaf(Target::EarlyUsage(Field::CacheWrite1h)),
+        (AServerTools, K(b"web_search_requests")) => usage(Field::WebSearches),
+        (AEarlyServerTools, K(b"web_search_requests")) => Leaf(Target::EarlyUsage(Field::WebSearches)),
         (ADelta, K(b"text" | b"partial_json" | b"thinking")) => leaf(Target::Content),
         (AContent, I) => AContentItem,
         (AContentItem, K(b"text" | b"thinking")) => leaf(Target::Content),
@@ -1005,6 +1050,8 @@ fn anthropic_usage(field: &[u8]) -> Node {
         b"output_tokens" => usage(Field::Completion),
         b"cache_read_input_tokens" => usage(Field::CacheRead),
         b"cache_creation_input_tokens" => usage(Field::CacheWrite),
+        b"cache_creation" => Node::ACacheCreation,
+        b"server_tool_use" => Node::AServerTools,
         _ => Node::Dead,
     }
 }

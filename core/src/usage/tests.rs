@@ -19,7 +19,7 @@ fn scan_chunks(dialect: Dialect, endpoint: Endpoint, format: ResponseFormat, chu
 }
 
 fn tokens(input: u64, output: u64, cache_read: u64, cache_write: u64, reasoning: u64) -> Option<Tokens> {
-    Some(Tokens { input, output, cache_read, cache_write, reasoning })
+    Some(Tokens { input, output, cache_read, cache_write, reasoning, ..Tokens::default() })
 }
 
 /// A realistic response and what scanning it must give.
@@ -918,4 +918,51 @@ fn keys_written_with_unicode_escapes_are_read_like_any_other() {
     let body = "event: x\ndata: {\"type\":\"message\\u005fdelta\",\"u\\u0073age\":{\"output_tokens\":5}}\n\ndata: {\"type\":\"message_\\u0073top\"}\n\n";
     let got = scan(Anthropic, Messages, Sse, body.as_bytes());
     assert_eq!((got.tokens, got.terminal), (tokens(0, 5, 0, 0, 0), Some(Completed)));
+}
+
+// ---- Agent shapes: 1-hour cache writes and hosted web-search calls ----
+
+#[test]
+fn anthropic_cache_lifetimes_and_web_searches_are_read_json_and_sse() {
+    let json = r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","content":[{"type":"text","text":"ok"}],
+        "usage":{"input_tokens":10,"cache_creation_input_tokens":500,"cache_read_input_tokens":20,
+        "cache_creation":{"ephemeral_5m_input_tokens":200,"ephemeral_1h_input_tokens":300},"output_tokens":40,
+        "server_tool_use":{"web_search_requests":2,"web_fetch_requests":1}}}"#;
+    let want = Tokens { input: 10, output: 40, cache_read: 20, cache_write: 500, cache_write_1h: 300, web_searches: 2, ..Tokens::default() };
+    assert_eq!(scan(Anthropic, Messages, Json, json.as_bytes()).tokens, Some(want));
+    let sse = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":500,\"cache_read_input_tokens\":20,\"cache_creation\":{\"ephemeral_5m_input_tokens\":200,\"ephemeral_1h_input_tokens\":300},\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"ok\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":40,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    for at in 0..=sse.len() {
+        let (a, b) = sse.as_bytes().split_at(at);
+        assert_eq!(scan_chunks(Anthropic, Messages, Sse, &[a, b]).tokens, Some(want), "split at {at}");
+    }
+    // Lifetime counts that add up to more than the total are billed as counted (as LiteLLM does).
+    let odd = r#"{"type":"message","usage":{"input_tokens":1,"output_tokens":1,"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":80,"ephemeral_1h_input_tokens":70}}}"#;
+    let got = scan(Anthropic, Messages, Json, odd.as_bytes()).tokens;
+    assert_eq!(got.map(|t| (t.cache_write, t.cache_write_1h)), Some((150, 70)));
+}
+
+#[test]
+fn responses_web_search_calls_are_counted_once_from_the_final_output() {
+    let json = r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-5",
+        "output":[{"type":"web_search_call","id":"ws_1","status":"completed"},{"type":"web_search_call","id":"ws_2","status":"completed"},
+          {"type":"message","content":[{"type":"output_text","text":"Found it."}]}],
+        "usage":{"input_tokens":100,"output_tokens":20,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}}}"#;
+    let got = scan(OpenAi, Responses, Json, json.as_bytes()).tokens;
+    assert_eq!(got, Some(Tokens { input: 100, output: 20, web_searches: 2, ..Tokens::default() }));
+    let sse = concat!(
+        "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"completed\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":1,\"content_index\":0,\"delta\":\"Found it.\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"model\":\"gpt-5\",\"output\":[{\"type\":\"web_search_call\",\"id\":\"ws_1\"},{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Found it.\"}]}],\"usage\":{\"input_tokens\":100,\"output_tokens\":20}}}\n\n",
+    );
+    let got = scan(OpenAi, Responses, Sse, sse.as_bytes());
+    assert_eq!(got.tokens, Some(Tokens { input: 100, output: 20, web_searches: 1, ..Tokens::default() }), "the item event is not counted again");
+    assert_eq!(got.streamed_content_bytes, 9, "the final output's text is not counted as streamed content again");
+    // An output listing without usage is not a usage report.
+    let listing = "data: {\"type\":\"response.in_progress\",\"response\":{\"output\":[{\"type\":\"web_search_call\"}],\"usage\":null}}\n\n";
+    assert_eq!(scan(OpenAi, Responses, Sse, listing.as_bytes()).tokens, None);
 }
