@@ -6,7 +6,9 @@
 # Downloads the `litellm` wheel of exactly that version from PyPI (no dependencies, nothing is
 # installed), takes its model_prices_and_context_window_backup.json, keeps the chat, completion,
 # responses and embedding models of OpenAI, Azure OpenAI, Anthropic and Gemini / Vertex AI that have
-# a per-token input price, and keeps only the fields Tollgate reads (so the wasm stays small). The
+# a per-token input price, and keeps only the fields Tollgate reads, so the wasm stays small (token
+# prices and their long-context tiers, the 1-hour cache-write price, the web-search price per query,
+# the token limits). The
 # format stays LiteLLM's; number text is copied byte for byte (never through a float).
 # core/prices/SOURCE records the version and the source file's SHA-256. Rebuild the filter afterwards:
 # the table is compiled in (include_str!).
@@ -39,13 +41,17 @@ PROVIDERS = {
 MODES = {"chat", "completion", "responses", "embedding"}
 KINDS = ["input_cost_per_token", "output_cost_per_token",
          "cache_read_input_token_cost", "cache_creation_input_token_cost"]
-KEEP = ["litellm_provider", "mode", "max_input_tokens", "max_output_tokens"] + KINDS
-# The long-context tier: the same four prices with an `_above_<N>k_tokens` suffix.
-TIER = re.compile("^(" + "|".join(KINDS) + r")_above_\d+k_tokens$")
+# The 1-hour cache-write price (Anthropic) and the per-query price of hosted web search.
+EXTRA = ["cache_creation_input_token_cost_above_1hr", "search_context_cost_per_query"]
+KEEP = ["litellm_provider", "mode", "max_input_tokens", "max_output_tokens"] + KINDS + EXTRA
+# The long-context tier: the same prices with an `_above_<N>k_tokens` suffix.
+TIER = re.compile("^(" + "|".join(KINDS + EXTRA[:1]) + r")_above_\d+k_tokens$")
 
 def emit(value):
     if isinstance(value, Num):
         return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {emit(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)
 
 lines = []

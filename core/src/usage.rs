@@ -109,8 +109,9 @@ pub struct ScanOutcome {
 
 /// Deepest JSON nesting followed; deeper input is treated as malformed.
 const MAX_DEPTH: usize = 128;
-/// Longest key remembered; longer keys match nothing we read.
-const KEY_CAP: usize = 40;
+/// Longest key remembered, as written; longer keys match nothing we read. Room for the longest key
+/// we read (`cache_creation_input_tokens`, 27 bytes) with every byte written as a `\u` escape.
+const KEY_CAP: usize = 192;
 /// Longest captured string or number (model names, event types, token counts).
 const CAPTURE_CAP: usize = 256;
 /// Longest SSE field name kept (`data`, `event`).
@@ -132,6 +133,12 @@ pub struct UsageScanner {
     sse: SseState,
     found: Found,
     finished: Option<ScanOutcome>,
+    /// Bytes of a leading UTF-8 byte order mark matched so far; 3 once the start is past.
+    bom_seen: u8,
+    /// The SSE event just dispatched was OpenAI's usage-only chunk (`"choices": []` and a usage).
+    usage_only_event: bool,
+    /// Removing the usage-only chunk from what the client receives ([`UsageScanner::drop_usage_chunk`]).
+    strip: Option<Box<strip::Strip>>,
 }
 
 impl UsageScanner {
@@ -145,6 +152,9 @@ impl UsageScanner {
             sse: SseState::default(),
             found: Found::default(),
             finished: None,
+            bom_seen: 0,
+            usage_only_event: false,
+            strip: None,
         }
     }
 
@@ -156,10 +166,38 @@ impl UsageScanner {
     }
 
     /// Feeds the next chunk of the response body. Chunks after [`UsageScanner::finish`] are ignored.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
         if self.finished.is_some() {
             return;
         }
+        if self.bom_seen < 3 {
+            chunk = self.skip_bom(chunk);
+        }
+        self.feed_body(chunk);
+    }
+
+    /// A UTF-8 byte order mark at the very start of the body is not part of it (the SSE standard
+    /// strips it; RFC 8259 lets a JSON reader ignore it). It may arrive split across chunks; bytes
+    /// that start like one but are not are fed as they were.
+    fn skip_bom<'c>(&mut self, mut chunk: &'c [u8]) -> &'c [u8] {
+        const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+        while let Some((&b, rest)) = chunk.split_first() {
+            let Some(&want) = BOM.get(usize::from(self.bom_seen)) else { break };
+            if b != want {
+                let partial = usize::from(self.bom_seen);
+                self.bom_seen = 3;
+                if let Some(start) = BOM.get(..partial).filter(|p| !p.is_empty()) {
+                    self.feed_body(start);
+                }
+                return chunk;
+            }
+            self.bom_seen += 1;
+            chunk = rest;
+        }
+        chunk
+    }
+
+    fn feed_body(&mut self, chunk: &[u8]) {
         match self.format {
             ResponseFormat::Json => self.feed_json(chunk),
             ResponseFormat::Sse => self.feed_sse(chunk),
@@ -356,6 +394,9 @@ impl UsageScanner {
         let mut string_start: Option<usize> = None;
         // A byte escaped by a backslash (ignored whatever it is).
         let mut escaped_at = usize::MAX;
+        // The current string holds an escape (a key or a model / type written with escapes is
+        // left to the parser, which decodes them).
+        let mut string_escaped = false;
         // The key just read wants its string value, expected to open at `value_quote`.
         let mut pending = Pending::Nothing;
         let mut value_quote = usize::MAX;
@@ -369,16 +410,21 @@ impl UsageScanner {
             let Some(start) = string_start else {
                 if byte == b'"' {
                     string_start = Some(at + 1);
+                    string_escaped = false;
                 }
                 return true;
             };
             if byte == b'\\' {
                 escaped_at = at + 1;
+                string_escaped = true;
                 return true;
             }
             string_start = None;
             let text = data.get(start..at).unwrap_or(&[]);
             if start == value_quote.wrapping_add(1) {
+                if string_escaped && matches!(pending, Pending::Model | Pending::Type) {
+                    return false;
+                }
                 match pending {
                     Pending::Model if self.found.model.is_none() || self.found.model_raw.as_slice() != text => return false,
                     Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
@@ -394,6 +440,9 @@ impl UsageScanner {
             let colon = skip_ws(data, at + 1);
             if data.get(colon) != Some(&b':') {
                 return true;
+            }
+            if string_escaped {
+                return false;
             }
             // A key: what does its value mean?
             value_quote = skip_ws(data, colon + 1);
@@ -512,6 +561,7 @@ impl UsageScanner {
                         break;
                     }
                     // A backslash: skip the escaped byte, which may be in the next chunk.
+                    self.json.key_escaped |= key;
                     from = at + 2;
                     if from > bytes.len() {
                         self.json.escaped = true;
@@ -556,7 +606,12 @@ impl UsageScanner {
             }
             _ if is_ws(b) => {}
             Lex::Value | Lex::ValueOrClose => match b {
-                b']' if self.json.lex == Lex::ValueOrClose => self.close(b'['),
+                b']' if self.json.lex == Lex::ValueOrClose => {
+                    if self.json.stack.last().is_some_and(|f| f.node == Node::OChoices) {
+                        self.message.empty_choices = true;
+                    }
+                    self.close(b'[')
+                }
                 _ => self.begin_value(b),
             },
             Lex::KeyOrClose | Lex::Key => match b {
@@ -592,6 +647,8 @@ impl UsageScanner {
             Some(Frame { node: Node::Dead, .. }) => Node::Dead,
             Some(Frame { bracket: b'[', node }) => step(self.dialect, *node, Step::Index),
             Some(Frame { node, .. }) => match self.json.key.as_slice() {
+                // `"\u0075sage"` is the key `usage`.
+                Some(key) if self.json.key_escaped => step(self.dialect, *node, Step::Key(unescape_lossy(key).as_bytes())),
                 Some(key) => step(self.dialect, *node, Step::Key(key)),
                 None => Node::Dead,
             },
@@ -679,12 +736,17 @@ impl UsageScanner {
             }
             (Target::Type, Scalar::Str, text) => {
                 self.message.type_seen = true;
-                self.message.type_terminal = text.and_then(terminal_for_type);
+                self.message.type_terminal = text.and_then(|t| terminal_for_type(&unescape_if_needed(t)));
             }
             (Target::Status, Scalar::Str, Some(text)) if self.endpoint == Endpoint::Responses => {
-                self.message.status_terminal = terminal_for_status(text);
+                self.message.status_terminal = terminal_for_status(&unescape_if_needed(text));
             }
             (Target::Finish, Scalar::Str, _) => self.message.finished = true,
+            (Target::OutputType, Scalar::Str, Some(b"web_search_call")) => {
+                if let Some(slot) = self.message.usage.get_mut(Field::WebSearches as usize) {
+                    *slot = Some(slot.unwrap_or(0).saturating_add(1));
+                }
+            }
             _ => {}
         }
         self.after_value();
@@ -698,7 +760,10 @@ impl UsageScanner {
             return;
         }
         message.open = false;
-        if message.usage.iter().any(Option::is_some) {
+        // Counts of tool calls alone (an output item listing) are not a usage report.
+        let has_usage = message.usage.iter().take(Field::WebSearches as usize).any(Option::is_some);
+        self.usage_only_event = has_usage && message.empty_choices && self.format == ResponseFormat::Sse;
+        if has_usage {
             let whole_body = self.format == ResponseFormat::Json && self.json.root == 0;
             if self.dialect == Dialect::Anthropic {
                 // message_start and message_delta carry different, cumulative fields.
@@ -749,21 +814,36 @@ enum Field {
     Thoughts = 5,
     /// Gemini `toolUsePromptTokenCount` (not inside `promptTokenCount`).
     ToolPrompt = 6,
+    /// Anthropic `cache_creation.ephemeral_5m_input_tokens` (part of the cache writes).
+    CacheWrite5m = 7,
+    /// Anthropic `cache_creation.ephemeral_1h_input_tokens` (part of the cache writes).
+    CacheWrite1h = 8,
+    /// Hosted web-search calls: Anthropic `server_tool_use.web_search_requests`, or the number of
+    /// OpenAI Responses `web_search_call` output items. Not a token count: a message with only
+    /// this is not a usage report.
+    WebSearches = 9,
 }
 
-const FIELDS: usize = 7;
+const FIELDS: usize = 10;
 type RawUsage = [Option<u64>; FIELDS];
 
 fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
     let get = |field: Field| usage.get(field as usize).copied().flatten().unwrap_or(0);
     match dialect {
-        Dialect::Anthropic => Tokens {
-            input: get(Field::Prompt),
-            output: get(Field::Completion),
-            cache_read: get(Field::CacheRead),
-            cache_write: get(Field::CacheWrite),
-            reasoning: 0,
-        },
+        Dialect::Anthropic => {
+            // The total, or the two lifetimes' counts if they add up to more (as LiteLLM bills).
+            let cache_write_1h = get(Field::CacheWrite1h);
+            let by_lifetime = get(Field::CacheWrite5m).saturating_add(cache_write_1h);
+            Tokens {
+                input: get(Field::Prompt),
+                output: get(Field::Completion),
+                cache_read: get(Field::CacheRead),
+                cache_write: get(Field::CacheWrite).max(by_lifetime),
+                reasoning: 0,
+                cache_write_1h,
+                web_searches: get(Field::WebSearches),
+            }
+        }
         Dialect::Gemini => {
             let prompt = get(Field::Prompt);
             let cache_read = get(Field::CacheRead).min(prompt);
@@ -774,6 +854,8 @@ fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
                 cache_read,
                 cache_write: 0,
                 reasoning: thoughts,
+                cache_write_1h: 0,
+                web_searches: 0,
             }
         }
         Dialect::OpenAi | Dialect::AzureOpenAi => {
@@ -786,6 +868,8 @@ fn normalise(dialect: Dialect, usage: &RawUsage) -> Tokens {
                 cache_read,
                 cache_write: 0,
                 reasoning: get(Field::Reasoning).min(output),
+                cache_write_1h: 0,
+                web_searches: get(Field::WebSearches),
             }
         }
     }
@@ -806,6 +890,8 @@ enum Target {
     Error,
     /// Generated content: counted, never stored.
     Content,
+    /// The `type` of an OpenAI Responses output item (`web_search_call` items are counted).
+    OutputType,
 }
 
 /// Where a container sits on the paths we read: a node of a small trie per dialect, kept in each
@@ -836,6 +922,9 @@ enum Node {
     OOutputItem,
     OOutputContent,
     OOutputPart,
+    /// `response.output` of a Responses stream event (the final event repeats every item).
+    OFinalOutput,
+    OFinalItem,
     // Anthropic
     AMessage,
     AUsage,
@@ -843,6 +932,10 @@ enum Node {
     ADelta,
     AContent,
     AContentItem,
+    ACacheCreation,
+    AEarlyCacheCreation,
+    AServerTools,
+    AEarlyServerTools,
     // Gemini
     GUsage,
     GCandidates,
@@ -893,6 +986,9 @@ fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
         // OpenAI / Azure: chat, completions, embeddings, Responses.
         (OResponse, K(b"model")) => leaf(Target::Model),
         (OResponse, K(b"usage")) => OUsage,
+        (OResponse, K(b"output")) => OFinalOutput,
+        (OFinalOutput, I) => OFinalItem,
+        (OFinalItem | OOutputItem, K(b"type")) => leaf(Target::OutputType),
         (OUsage, K(b"prompt_tokens" | b"input_tokens")) => usage(Field::Prompt),
         (OUsage, K(b"completion_tokens" | b"output_tokens")) => usage(Field::Completion),
         (OUsage, K(b"prompt_tokens_details" | b"input_tokens_details")) => OPromptDetails,
@@ -918,8 +1014,16 @@ fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
         (AUsage, K(field)) => anthropic_usage(field),
         (AEarlyUsage, K(field)) => match anthropic_usage(field) {
             Leaf(Target::Usage(field)) => Leaf(Target::EarlyUsage(field)),
+            ACacheCreation => AEarlyCacheCreation,
+            AServerTools => AEarlyServerTools,
             other => other,
         },
+        (ACacheCreation, K(b"ephemeral_5m_input_tokens")) => usage(Field::CacheWrite5m),
+        (ACacheCreation, K(b"ephemeral_1h_input_tokens")) => usage(Field::CacheWrite1h),
+        (AEarlyCacheCreation, K(b"ephemeral_5m_input_tokens")) => Leaf(Target::EarlyUsage(Field::CacheWrite5m)),
+        (AEarlyCacheCreation, K(b"ephemeral_1h_input_tokens")) => Leaf(Target::EarlyUsage(Field::CacheWrite1h)),
+        (AServerTools, K(b"web_search_requests")) => usage(Field::WebSearches),
+        (AEarlyServerTools, K(b"web_search_requests")) => Leaf(Target::EarlyUsage(Field::WebSearches)),
         (ADelta, K(b"text" | b"partial_json" | b"thinking")) => leaf(Target::Content),
         (AContent, I) => AContentItem,
         (AContentItem, K(b"text" | b"thinking")) => leaf(Target::Content),
@@ -946,6 +1050,8 @@ fn anthropic_usage(field: &[u8]) -> Node {
         b"output_tokens" => usage(Field::Completion),
         b"cache_read_input_tokens" => usage(Field::CacheRead),
         b"cache_creation_input_tokens" => usage(Field::CacheWrite),
+        b"cache_creation" => Node::ACacheCreation,
+        b"server_tool_use" => Node::AServerTools,
         _ => Node::Dead,
     }
 }
@@ -1078,6 +1184,15 @@ fn is_ws(b: u8) -> bool {
 
 fn is_scalar_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
+}
+
+/// The text of a short JSON string value, decoded only when it holds an escape.
+fn unescape_if_needed(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if raw.contains(&b'\\') {
+        std::borrow::Cow::Owned(unescape_lossy(raw).into_bytes())
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
 }
 
 /// Decodes a JSON string's escapes (invalid ones and lone surrogates become U+FFFD).
@@ -1229,6 +1344,8 @@ struct JsonState {
     stack: Vec<Frame>,
     /// The key being read or just read in the innermost object (only under a live node).
     key: Capped<KEY_CAP>,
+    /// The key holds a backslash escape: it is decoded before it is compared.
+    key_escaped: bool,
     /// Stack depth of a message's root object: 0, or 1 in a JSON-array stream.
     root: usize,
     /// Whether a top-level array is a stream of messages (JSON bodies).
@@ -1246,6 +1363,7 @@ impl JsonState {
             lex: Lex::Value,
             stack: Vec::with_capacity(16),
             key: Capped::default(),
+            key_escaped: false,
             root: 0,
             array_stream,
             escaped: false,
@@ -1269,6 +1387,7 @@ impl JsonState {
 
     fn start_key(&mut self) {
         self.key.clear();
+        self.key_escaped = false;
     }
 
     fn key_bytes(&mut self, run: &[u8]) {
@@ -1301,6 +1420,8 @@ struct Message {
     status_terminal: Option<TerminalEvent>,
     finished: bool,
     error: bool,
+    /// OpenAI's `choices` is an empty array (the usage-only chunk of a stream).
+    empty_choices: bool,
 }
 
 impl Message {
@@ -1451,6 +1572,10 @@ impl EventTemplate {
         self.valid = false;
     }
 }
+
+#[path = "usage/strip.rs"]
+mod strip;
+pub use strip::{Forward, HOLD_CAP};
 
 #[cfg(test)]
 #[path = "usage/tests.rs"]

@@ -108,6 +108,19 @@ impl Case {
     pub fn response_headers(&self) -> Vec<(String, String)> {
         vec![(":status".into(), "200".into()), ("content-type".into(), self.response_content_type.into())]
     }
+    /// What the client must receive: the upstream's bytes, except that an OpenAI stream whose
+    /// usage the filter asked for (`include_usage` added on the way up) loses the usage-only
+    /// event that request made the upstream send (`"choices":[]` with the usage).
+    pub fn client_response(&self) -> Vec<u8> {
+        let has = |body: &[u8], what: &str| String::from_utf8_lossy(body).contains(what);
+        let injected = has(&self.upstream_request, r#""include_usage":true"#) && !has(&self.request, r#""include_usage":true"#);
+        if !injected || self.response_content_type != "text/event-stream" {
+            return self.response.clone();
+        }
+        let text = String::from_utf8_lossy(&self.response).into_owned();
+        text.split_inclusive("\n\n").filter(|event| !event.contains(r#""choices":[],"usage":{"#)).collect::<String>().into_bytes()
+    }
+
     /// The cost in micro-dollars under [`TEST_CONFIG`]'s prices.
     pub fn cost_micros(&self) -> i64 {
         let (i, o, r, w) = match self.routed_model {

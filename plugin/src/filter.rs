@@ -12,8 +12,10 @@
 //!    `content-length`, `:path`, route headers — changing request headers makes Envoy recompute
 //!    the route) → enforcement `admit` → continue, refuse, or wait.
 //! 3. `on_http_response_headers` / `on_http_response_body`: choose JSON or SSE scanning; feed every
-//!    chunk to the usage scanner as it passes (always Continue, nothing buffered); settle at end of
-//!    stream.
+//!    chunk to the usage scanner as it passes (Continue, nothing buffered); settle at end of
+//!    stream. The one exception: an OpenAI stream whose usage the filter asked for loses its
+//!    usage-only chunk (`core::usage` strip), and a chunk that ends inside an event is held
+//!    (Pause: Envoy buffers it) until the event ends.
 //! 4. `on_log`: a request that never reached end of stream (client or upstream cut) is settled
 //!    here from an estimate.
 
@@ -28,7 +30,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use std::cell::RefCell;
-use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests};
+use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
+use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
@@ -517,10 +520,16 @@ impl HttpContext for Stream {
             self.phase = Phase::Passthrough;
             return Action::Continue;
         };
+        // Gemini clients may send their key as `?key=`: read like `x-goog-api-key`.
+        let query = if recognised.dialect == Dialect::Gemini { QueryKey::from_path(path) } else { None };
+        let query_key = query.as_ref().map(|q| q.key.as_str());
         let facts = match self.key_digests.try_borrow_mut() {
-            Ok(mut digests) => config.attribution.from_headers(|name| header(&headers, name), &mut digests),
-            Err(_) => config.attribution.from_headers(|name| header(&headers, name), &mut KeyDigests::default()),
+            Ok(mut digests) => config.attribution.from_request(|name| header(&headers, name), query_key, &mut digests),
+            Err(_) => config.attribution.from_request(|name| header(&headers, name), query_key, &mut KeyDigests::default()),
         };
+        // A virtual key is the gateway's credential: the upstream never receives it.
+        let keyless_path = query.as_ref().filter(|_| facts.virtual_key_in_query).map(|q| q.path_without.as_str());
+        let path = keyless_path.unwrap_or(path);
         let started_at_ms = host::now_ms();
         // Unique per request even when a client reuses an x-request-id (Envoy keeps a client's
         // id unless it is the edge): usage records are deduplicated by id, so a reused id must not
@@ -540,6 +549,13 @@ impl HttpContext for Stream {
             had_content_length: declared_len.is_some(),
             plan: None,
         });
+        if let Some(path) = keyless_path {
+            if host::set_header(Map::RequestHeaders, ":path", path).is_err() {
+                self.metrics.host_error();
+                let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not prepare this request; retry");
+                return self.reply(&failure, &[]);
+            }
+        }
         // Usage must be readable in the response: ask for an uncompressed body.
         let identity = header(&headers, "accept-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("identity"));
         if !identity && host::set_header(Map::RequestHeaders, "accept-encoding", "identity").is_err() {
@@ -604,7 +620,12 @@ impl HttpContext for Stream {
         let scanner = match (&self.request, encoded) {
             // A compressed body cannot be scanned; it is charged from an estimate.
             (_, true) => None,
-            (Some(req), false) => Some(UsageScanner::new(req.recognised.dialect, req.recognised.endpoint, format)),
+            (Some(req), false) => {
+                let scanner = UsageScanner::new(req.recognised.dialect, req.recognised.endpoint, format);
+                // The usage chunk the filter asked for is not the client's (core::usage::strip).
+                let injected = req.plan.as_ref().is_some_and(|p| p.injected_include_usage);
+                Some(if injected { scanner.drop_usage_chunk() } else { scanner })
+            }
             (None, false) => None,
         };
         self.response = Some(ResponseState { status, scanner });
@@ -624,7 +645,19 @@ impl HttpContext for Stream {
         if let Some(scanner) = self.response.as_mut().and_then(|r| r.scanner.as_mut()) {
             if body_size > 0 {
                 match host::get_buffer(Buffer::ResponseBody, 0, body_size) {
-                    Ok(chunk) => scanner.feed(&chunk),
+                    Ok(body) => {
+                        // The body Envoy holds: what the last call held back, then the new chunk.
+                        let forward = scanner.feed_forward(&body, end_of_stream);
+                        if let Some(bytes) = forward.replace {
+                            if host::set_buffer(Buffer::ResponseBody, 0, body_size, &bytes).is_err() {
+                                self.metrics.host_error();
+                            }
+                        }
+                        if forward.hold {
+                            // Envoy keeps buffering and hands the body back with the next chunk.
+                            return Action::Pause;
+                        }
+                    }
                     Err(_) => self.metrics.host_error(),
                 }
             }

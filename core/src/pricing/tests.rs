@@ -6,7 +6,7 @@ use super::*;
 const USD: u128 = 1_000_000_000_000; // pico-dollars
 
 fn tokens(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Tokens {
-    Tokens { input, output, cache_read, cache_write, reasoning: 0 }
+    Tokens { input, output, cache_read, cache_write, ..Tokens::default() }
 }
 
 fn table(json: &str) -> PriceTable {
@@ -64,7 +64,7 @@ fn litellm_number_text_becomes_exact_picos_per_token() {
     let claude = price(&t, "claude-like");
     assert_eq!(
         claude.base,
-        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000 }
+        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000, cache_write_1h: 6_000_000 }
     );
     assert_eq!((claude.max_input_tokens, claude.max_output_tokens), (Some(200_000), Some(64_000)));
     assert_eq!(claude.long_context, None, "`_above_1hr` and `_batches` are other products");
@@ -133,7 +133,7 @@ fn long_context_tier_prices_the_whole_request_above_its_threshold() {
         Ok((405_000, true))
     );
     let long = gemini.long_context.map(|l| (l.above_tokens, l.price));
-    let want = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 250_000, cache_write: 1_250_000 };
+    let want = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 250_000, cache_write: 1_250_000, cache_write_1h: 1_250_000 };
     assert_eq!(long, Some((200_000, want)), "an unlisted kind keeps its base price");
     // The lowest listed threshold is kept.
     let odd = price(&t, "odd").long_context.map(|l| (l.above_tokens, l.price.input, l.price.output));
@@ -214,7 +214,7 @@ fn config_prices_are_usd_per_million_tokens_and_replace_the_table() {
     let gpt = price(&t, "gpt-4o");
     assert_eq!(
         gpt.base,
-        TierPrice { input: 2_000_000, output: 8_000_000, cache_read: 500_000, cache_write: 2_000_000 }
+        TierPrice { input: 2_000_000, output: 8_000_000, cache_read: 500_000, cache_write: 2_000_000, cache_write_1h: 2_000_000 }
     );
     assert_eq!(price(&t, "my-azure-deployment"), gpt);
     let house = price(&t, "cheap");
@@ -334,4 +334,117 @@ fn the_bundled_table_agrees_with_a_reference_parser() {
             "{model}"
         );
     }
+}
+
+// ---- Agent shapes: 1-hour cache writes and hosted web-search calls (issue 19 §4) ----
+
+/// LiteLLM's calculator on the bundled table, in floats as it computes: cache writes without a
+/// lifetime count and 5-minute writes at `cache_creation_input_token_cost`, 1-hour writes at
+/// `cache_creation_input_token_cost_above_1hr` (else the plain write rate), web-search calls at
+/// `search_context_cost_per_query.search_context_size_medium` each.
+fn litellm_cost_usd(entry: &serde_json::Value, t: &Tokens) -> f64 {
+    let f = |field: &str| entry.get(field).and_then(serde_json::Value::as_f64);
+    let input = f("input_cost_per_token").unwrap_or(0.0);
+    let write = f("cache_creation_input_token_cost").unwrap_or(input);
+    let write_1h = f("cache_creation_input_token_cost_above_1hr").unwrap_or(write);
+    let search = entry
+        .get("search_context_cost_per_query")
+        .and_then(|s| s.get("search_context_size_medium"))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    t.input as f64 * input
+        + t.output as f64 * f("output_cost_per_token").unwrap_or(0.0)
+        + t.cache_read as f64 * f("cache_read_input_token_cost").unwrap_or(input)
+        + (t.cache_write - t.cache_write_1h) as f64 * write
+        + t.cache_write_1h as f64 * write_1h
+        + t.web_searches as f64 * search
+}
+
+#[test]
+fn one_hour_cache_writes_and_web_searches_agree_with_litellm_on_the_whole_bundled_table() {
+    let Ok(reference) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(BUNDLED_PRICES_JSON) else {
+        panic!("bundled file is not JSON");
+    };
+    let t = PriceTable::bundled().unwrap_or_default();
+    let usage = Tokens { input: 1200, output: 800, cache_read: 3000, cache_write: 50_000, cache_write_1h: 30_000, web_searches: 3, ..Tokens::default() };
+    let (mut hourly, mut searched) = (0, 0);
+    for (model, entry) in &reference {
+        if entry.get("cache_creation_input_token_cost_above_1hr").is_some() {
+            hourly += 1;
+        }
+        if entry.get("search_context_cost_per_query").is_some() {
+            searched += 1;
+        }
+        // A prompt under every long-context threshold (the base tier).
+        let got = price(&t, model).cost_micros(&usage);
+        let want = (litellm_cost_usd(entry, &usage) * 1e6).ceil() as i64;
+        assert!((got - want).abs() <= 1, "{model}: {got} µ$ vs LiteLLM's {want} µ$");
+    }
+    assert!(hourly >= 40 && searched >= 200, "the table carries both prices: {hourly} models with a 1-hour rate, {searched} with a search price");
+}
+
+#[test]
+fn a_one_hour_cache_write_costs_its_own_rate_by_hand() {
+    let t = PriceTable::bundled().unwrap_or_default();
+    let sonnet = price(&t, "claude-sonnet-4-5");
+    assert_eq!((sonnet.base.cache_write, sonnet.base.cache_write_1h), (3_750_000, 6_000_000), "$3.75 and $6 per Mtok");
+    // 10_000 tokens written, 4_000 of them for an hour: 6_000 × $3.75/M + 4_000 × $6/M
+    // = $0.0225 + $0.024 = 46_500 µ$ (it was 37_500 µ$ with every write at the 5-minute rate).
+    let write = Tokens { cache_write: 10_000, cache_write_1h: 4_000, ..Tokens::default() };
+    assert_eq!(t.cost("claude-sonnet-4-5", &write).map(|c| c.micros), Ok(46_500));
+    // The 1-hour share never exceeds the writes it is part of.
+    let odd = Tokens { cache_write: 100, cache_write_1h: 1_000, ..Tokens::default() };
+    assert_eq!(t.cost("claude-sonnet-4-5", &odd).map(|c| c.micros), Ok(600));
+    // A model without a 1-hour rate bills 1-hour writes at its write rate (as LiteLLM does).
+    let mini = price(&t, "gpt-4o-mini");
+    assert_eq!(mini.base.cache_write_1h, mini.base.cache_write);
+}
+
+#[test]
+fn web_search_calls_are_billed_per_call_where_the_table_prices_them() {
+    let t = PriceTable::bundled().unwrap_or_default();
+    // Anthropic: $10 per 1000 searches. 1000 input + 200 output on Sonnet 4.5 plus 2 searches:
+    // $0.003 + $0.003 + 2 × $0.01 = 26_000 µ$.
+    let searched = Tokens { input: 1000, output: 200, web_searches: 2, ..Tokens::default() };
+    assert_eq!(t.cost("claude-sonnet-4-5", &searched).map(|c| c.micros), Ok(26_000));
+    assert_eq!(price(&t, "gpt-5").web_search_per_call, 10_000_000_000, "$0.01 a call");
+    assert_eq!(price(&t, "gemini-2.5-pro").web_search_per_call, 35_000_000_000, "$0.035 a grounded prompt");
+    // A model the table does not price for search charges nothing for it.
+    assert_eq!(price(&t, "gpt-4o").web_search_per_call, 0);
+}
+
+#[test]
+fn the_long_context_tier_has_its_own_one_hour_rate_when_listed() {
+    let t = table(
+        r#"{"m": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06,
+              "cache_creation_input_token_cost_above_1hr": 6e-06, "input_cost_per_token_above_200k_tokens": 6e-06,
+              "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06,
+              "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 1.2e-05},
+            "n": {"input_cost_per_token": 3e-06, "cache_creation_input_token_cost_above_1hr": 6e-06,
+              "input_cost_per_token_above_200k_tokens": 6e-06, "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06},
+            "o": {"input_cost_per_token": 3e-06, "input_cost_per_token_above_200k_tokens": 6e-06,
+              "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06}}"#,
+    );
+    let long_1h = |m: &str| price(&t, m).long_context.map(|l| (l.price.cache_write, l.price.cache_write_1h));
+    assert_eq!(long_1h("m"), Some((7_500_000, 12_000_000)), "listed");
+    assert_eq!(long_1h("n"), Some((7_500_000, 6_000_000)), "unlisted: the base 1-hour rate, as LiteLLM");
+    assert_eq!(long_1h("o"), Some((7_500_000, 7_500_000)), "no 1-hour rate at all: the tier's write rate");
+}
+
+#[test]
+fn configured_prices_take_a_one_hour_write_and_a_web_search_price() {
+    let t = config(
+        r#"{"bundled": false, "models": {"m": {"input_per_mtok": "3", "output_per_mtok": "15", "cache_write_per_mtok": "3.75",
+              "cache_write_1h_per_mtok": "6", "web_search_per_1k_calls": "10"}, "plain": {"input_per_mtok": "1", "output_per_mtok": "2"}}}"#,
+    );
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let m = price(&t, "m");
+    assert_eq!((m.base.cache_write_1h, m.web_search_per_call), (6_000_000, 10_000_000_000));
+    let plain = price(&t, "plain");
+    assert_eq!((plain.base.cache_write_1h, plain.web_search_per_call), (1_000_000, 0), "defaults: the write price, unpriced");
+    let err = config(r#"{"bundled": false, "models": {"m": {"input_per_mtok": "1", "output_per_mtok": "1", "web_search_per_1k_calls": "-2"}}}"#);
+    assert!(err.is_err_and(|e| e.contains("not a non-negative decimal")));
 }

@@ -19,7 +19,7 @@ fn scan_chunks(dialect: Dialect, endpoint: Endpoint, format: ResponseFormat, chu
 }
 
 fn tokens(input: u64, output: u64, cache_read: u64, cache_write: u64, reasoning: u64) -> Option<Tokens> {
-    Some(Tokens { input, output, cache_read, cache_write, reasoning })
+    Some(Tokens { input, output, cache_read, cache_write, reasoning, ..Tokens::default() })
 }
 
 /// A realistic response and what scanning it must give.
@@ -712,4 +712,257 @@ proptest! {
     ) {
         prop_assert_eq!(scan_at(kind, &body, &cuts), scan_at(kind, &body, &[]));
     }
+}
+
+// ---- The usage chunk Tollgate asked for stays out of the client's stream (usage/strip.rs) ----
+
+/// What the client receives, chunk by chunk, with the usage-only chunk dropped; and the outcome.
+fn forward_at(dialect: Dialect, endpoint: Endpoint, body: &[u8], cuts: &[usize]) -> (Vec<u8>, ScanOutcome) {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.push(body.len());
+    let mut scanner = UsageScanner::new(dialect, endpoint, Sse).drop_usage_chunk();
+    let mut client = Vec::new();
+    // What the host holds: what the filter held back, then the new chunk (Envoy's buffering).
+    let mut host = Vec::new();
+    let mut start = 0;
+    let last = cuts.len() - 1;
+    for (i, cut) in cuts.into_iter().enumerate() {
+        host.extend_from_slice(body.get(start..cut).unwrap_or(&[]));
+        let forward = scanner.feed_forward(&host, i == last);
+        if let Some(bytes) = forward.replace {
+            host = bytes;
+        }
+        if !forward.hold {
+            client.append(&mut host);
+        }
+        start = cut;
+    }
+    assert!(host.is_empty(), "everything reaches the client at the end");
+    (client, scanner.finish())
+}
+
+/// The usage event of [`OPENAI_CHAT_SSE`], as the upstream sends it.
+fn openai_usage_event() -> &'static str {
+    let start = OPENAI_CHAT_SSE.find("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[]").unwrap_or(0);
+    let end = OPENAI_CHAT_SSE.find("data: [DONE]").unwrap_or(0);
+    &OPENAI_CHAT_SSE[start..end]
+}
+
+#[test]
+fn the_injected_usage_chunk_is_read_and_not_forwarded() {
+    let want = OPENAI_CHAT_SSE.replace(openai_usage_event(), "");
+    assert!(want.ends_with("\"finish_reason\":\"stop\"}],\"usage\":null}\n\ndata: [DONE]\n\n"), "{want}");
+    let (client, outcome) = forward_at(OpenAi, Chat, OPENAI_CHAT_SSE.as_bytes(), &[]);
+    assert_eq!(String::from_utf8_lossy(&client), want);
+    assert_eq!(outcome, scan(OpenAi, Chat, Sse, OPENAI_CHAT_SSE.as_bytes()), "metered exactly as before");
+    assert_eq!(outcome.tokens, tokens(600, 300, 400, 0, 120));
+}
+
+#[test]
+fn the_usage_chunk_is_dropped_at_every_split_point_and_byte_by_byte() {
+    let whole = scan(OpenAi, Chat, Sse, OPENAI_CHAT_SSE.as_bytes());
+    let body = OPENAI_CHAT_SSE.as_bytes();
+    let want = OPENAI_CHAT_SSE.replace(openai_usage_event(), "").into_bytes();
+    for at in 0..=body.len() {
+        let (client, outcome) = forward_at(OpenAi, Chat, body, &[at]);
+        assert_eq!(client, want, "split at {at}");
+        assert_eq!(outcome, whole, "split at {at}");
+    }
+    let every: Vec<usize> = (0..body.len()).collect();
+    assert_eq!(forward_at(OpenAi, Chat, body, &every), (want, whole), "byte by byte");
+}
+
+#[test]
+fn every_line_ending_and_the_usage_chunk_with_done_in_one_chunk() {
+    for (name, brk) in [("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")] {
+        let body = OPENAI_CHAT_SSE.replace('\n', brk);
+        let usage = openai_usage_event().replace('\n', brk);
+        let want = body.replace(&usage, "");
+        let whole = scan(OpenAi, Chat, Sse, body.as_bytes());
+        assert_eq!(whole.tokens, tokens(600, 300, 400, 0, 120), "{name}");
+        // Split inside `data:` of the usage event, inside its JSON, right before its blank line,
+        // right after it, and inside [DONE]; and the usage event and [DONE] in one chunk.
+        let usage_at = body.find(&usage).unwrap_or(0);
+        let done_at = body.find("data: [DONE]").unwrap_or(0);
+        for cuts in [
+            vec![usage_at + 2],
+            vec![usage_at + 40, usage_at + 200],
+            vec![done_at - 1],
+            vec![done_at - brk.len() + 1],
+            vec![done_at + 3],
+            vec![usage_at],
+            vec![usage_at, body.len() - 1],
+        ] {
+            let (client, outcome) = forward_at(OpenAi, Chat, body.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8_lossy(&client), want, "{name} cut at {cuts:?}");
+            assert_eq!(outcome, whole, "{name} cut at {cuts:?}");
+        }
+    }
+}
+
+#[test]
+fn completions_streams_lose_their_usage_chunk_too_and_other_streams_pass_untouched() {
+    let usage_start = OPENAI_COMPLETIONS_SSE.find("data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"choices\":[]").unwrap_or(0);
+    let usage_end = OPENAI_COMPLETIONS_SSE.find("data: [DONE]").unwrap_or(0);
+    let want = [&OPENAI_COMPLETIONS_SSE[..usage_start], &OPENAI_COMPLETIONS_SSE[usage_end..]].concat();
+    let (client, outcome) = forward_at(OpenAi, Completions, OPENAI_COMPLETIONS_SSE.as_bytes(), &[100]);
+    assert_eq!(String::from_utf8_lossy(&client), want);
+    assert_eq!(outcome.tokens, tokens(5, 2, 0, 0, 0));
+    // Usage with choices (not the usage-only chunk), and other dialects' usage events, pass.
+    for case in cases().into_iter().filter(|c| c.format == Sse && c.endpoint != Completions && c.body != OPENAI_CHAT_SSE) {
+        let (client, outcome) = forward_at(case.dialect, case.endpoint, case.body.as_bytes(), &[7, 300]);
+        assert_eq!(String::from_utf8_lossy(&client), case.body, "{}", case.name);
+        assert_eq!(outcome, outcome_of(&case), "{}", case.name);
+    }
+    let with_choices = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+    assert_eq!(forward_at(OpenAi, Chat, with_choices.as_bytes(), &[]).0, with_choices.as_bytes());
+}
+
+#[test]
+fn without_drop_usage_chunk_every_chunk_passes_unchanged() {
+    let mut scanner = UsageScanner::new(OpenAi, Chat, Sse);
+    for chunk in OPENAI_CHAT_SSE.as_bytes().chunks(37) {
+        assert_eq!(scanner.feed_forward(chunk, false), Forward::default());
+    }
+    assert_eq!(scanner.finish().tokens, tokens(600, 300, 400, 0, 120));
+    let mut json = UsageScanner::new(OpenAi, Chat, Json).drop_usage_chunk();
+    let body = OPENAI_CHAT_JSON.as_bytes();
+    assert_eq!(json.feed_forward(&body[..50], false), Forward::default(), "JSON bodies are never held");
+    assert_eq!(json.feed_forward(&body[50..], true), Forward::default(), "nor changed");
+}
+
+#[test]
+fn chunks_that_end_on_event_ends_need_no_rewrite_until_the_usage_chunk() {
+    let mut scanner = UsageScanner::new(OpenAi, Chat, Sse).drop_usage_chunk();
+    let events: Vec<String> = OPENAI_CHAT_SSE.split_inclusive("\n\n").map(str::to_owned).collect();
+    let last = events.len() - 1;
+    for (i, event) in events.iter().enumerate() {
+        let got = scanner.feed_forward(event.as_bytes(), i == last);
+        if event.as_str() == openai_usage_event() {
+            assert_eq!(got, Forward { replace: Some(Vec::new()), hold: false }, "the usage chunk");
+        } else {
+            assert_eq!(got, Forward::default(), "{event}");
+        }
+    }
+    assert_eq!(scanner.dropped_usage_chunks(), 1);
+}
+
+#[test]
+fn an_event_longer_than_the_hold_passes_whole_and_a_cut_stream_keeps_its_tail() {
+    let long = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(HOLD_CAP * 2));
+    let body = format!("{long}{}", OPENAI_CHAT_SSE);
+    let want = body.replace(openai_usage_event(), "");
+    let cuts: Vec<usize> = (1..body.len()).step_by(1000).collect();
+    assert_eq!(String::from_utf8_lossy(&forward_at(OpenAi, Chat, body.as_bytes(), &cuts).0), want);
+    // A stream that ends inside an event: the client gets every byte the upstream sent.
+    let cut = OPENAI_CHAT_SSE.find("\"choices\":[],\"usage\"").unwrap_or(0);
+    let partial = &OPENAI_CHAT_SSE.as_bytes()[..cut];
+    assert_eq!(forward_at(OpenAi, Chat, partial, &[cut - 10]).0, partial);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the events and however they are cut, the client gets exactly the stream without
+    /// its usage-only events, and the metering is the scanner's on the whole stream.
+    #[test]
+    fn dropping_the_usage_chunk_ignores_chunking(
+        events in proptest::collection::vec(stream_event(OpenAi), 1..12),
+        cuts in proptest::collection::vec(0usize..3000, 0..8),
+    ) {
+        let body = events.concat();
+        // Only the usage event of `stream_event` has an empty `choices`.
+        let want: String = events.iter().filter(|e| !e.contains("\"choices\":[],\"usage\":{")).cloned().collect();
+        let (client, outcome) = forward_at(OpenAi, Chat, body.as_bytes(), &cuts);
+        prop_assert_eq!(String::from_utf8_lossy(&client), want);
+        prop_assert_eq!(outcome, scan(OpenAi, Chat, Sse, body.as_bytes()));
+    }
+}
+
+// ---- A leading byte order mark, and keys written with escapes ----
+
+#[test]
+fn a_stream_or_body_starting_with_a_byte_order_mark_is_read_like_any_other() {
+    for case in cases() {
+        let with_bom = [b"\xEF\xBB\xBF".as_slice(), case.body.as_bytes()].concat();
+        let want = outcome_of(&case);
+        for at in 0..6 {
+            let (a, b) = with_bom.split_at(at);
+            assert_eq!(scan_chunks(case.dialect, case.endpoint, case.format, &[a, b]), want, "{} split at {at}", case.name);
+        }
+    }
+    // Bytes that only start like a mark are data.
+    let body = b"\xEF\xBBdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n";
+    assert_eq!(scan(OpenAi, Chat, Sse, body).tokens, None, "a broken first line is not usage");
+}
+
+#[test]
+fn keys_written_with_unicode_escapes_are_read_like_any_other() {
+    let escape = |key: &str| key.chars().map(|c| format!("\\u{:04x}", c as u32)).collect::<String>();
+    for case in cases() {
+        let mut body = case.body.to_owned();
+        for key in [
+            "usage", "prompt_tokens", "completion_tokens", "cached_tokens", "input_tokens", "output_tokens",
+            "cache_read_input_tokens", "cache_creation_input_tokens", "usageMetadata", "promptTokenCount",
+            "candidatesTokenCount", "model", "type", "response", "message",
+        ] {
+            body = body.replace(&format!("\"{key}\":"), &format!("\"{}\":", escape(key)));
+            body = body.replace(&format!("\"{key}\": "), &format!("\"{}\": ", escape(key)));
+        }
+        assert_ne!(body, case.body, "{}", case.name);
+        let got = scan(case.dialect, case.endpoint, case.format, body.as_bytes());
+        assert_eq!(got, outcome_of(&case), "{}", case.name);
+    }
+    // Partly escaped, and a type value written with escapes.
+    let body = "event: x\ndata: {\"type\":\"message\\u005fdelta\",\"u\\u0073age\":{\"output_tokens\":5}}\n\ndata: {\"type\":\"message_\\u0073top\"}\n\n";
+    let got = scan(Anthropic, Messages, Sse, body.as_bytes());
+    assert_eq!((got.tokens, got.terminal), (tokens(0, 5, 0, 0, 0), Some(Completed)));
+}
+
+// ---- Agent shapes: 1-hour cache writes and hosted web-search calls ----
+
+#[test]
+fn anthropic_cache_lifetimes_and_web_searches_are_read_json_and_sse() {
+    let json = r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","content":[{"type":"text","text":"ok"}],
+        "usage":{"input_tokens":10,"cache_creation_input_tokens":500,"cache_read_input_tokens":20,
+        "cache_creation":{"ephemeral_5m_input_tokens":200,"ephemeral_1h_input_tokens":300},"output_tokens":40,
+        "server_tool_use":{"web_search_requests":2,"web_fetch_requests":1}}}"#;
+    let want = Tokens { input: 10, output: 40, cache_read: 20, cache_write: 500, cache_write_1h: 300, web_searches: 2, ..Tokens::default() };
+    assert_eq!(scan(Anthropic, Messages, Json, json.as_bytes()).tokens, Some(want));
+    let sse = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":500,\"cache_read_input_tokens\":20,\"cache_creation\":{\"ephemeral_5m_input_tokens\":200,\"ephemeral_1h_input_tokens\":300},\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"ok\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":40,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    for at in 0..=sse.len() {
+        let (a, b) = sse.as_bytes().split_at(at);
+        assert_eq!(scan_chunks(Anthropic, Messages, Sse, &[a, b]).tokens, Some(want), "split at {at}");
+    }
+    // Lifetime counts that add up to more than the total are billed as counted (as LiteLLM does).
+    let odd = r#"{"type":"message","usage":{"input_tokens":1,"output_tokens":1,"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":80,"ephemeral_1h_input_tokens":70}}}"#;
+    let got = scan(Anthropic, Messages, Json, odd.as_bytes()).tokens;
+    assert_eq!(got.map(|t| (t.cache_write, t.cache_write_1h)), Some((150, 70)));
+}
+
+#[test]
+fn responses_web_search_calls_are_counted_once_from_the_final_output() {
+    let json = r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-5",
+        "output":[{"type":"web_search_call","id":"ws_1","status":"completed"},{"type":"web_search_call","id":"ws_2","status":"completed"},
+          {"type":"message","content":[{"type":"output_text","text":"Found it."}]}],
+        "usage":{"input_tokens":100,"output_tokens":20,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}}}"#;
+    let got = scan(OpenAi, Responses, Json, json.as_bytes()).tokens;
+    assert_eq!(got, Some(Tokens { input: 100, output: 20, web_searches: 2, ..Tokens::default() }));
+    let sse = concat!(
+        "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"completed\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":1,\"content_index\":0,\"delta\":\"Found it.\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"model\":\"gpt-5\",\"output\":[{\"type\":\"web_search_call\",\"id\":\"ws_1\"},{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Found it.\"}]}],\"usage\":{\"input_tokens\":100,\"output_tokens\":20}}}\n\n",
+    );
+    let got = scan(OpenAi, Responses, Sse, sse.as_bytes());
+    assert_eq!(got.tokens, Some(Tokens { input: 100, output: 20, web_searches: 1, ..Tokens::default() }), "the item event is not counted again");
+    assert_eq!(got.streamed_content_bytes, 9, "the final output's text is not counted as streamed content again");
+    // An output listing without usage is not a usage report.
+    let listing = "data: {\"type\":\"response.in_progress\",\"response\":{\"output\":[{\"type\":\"web_search_call\"}],\"usage\":null}}\n\n";
+    assert_eq!(scan(OpenAi, Responses, Sse, listing.as_bytes()).tokens, None);
 }

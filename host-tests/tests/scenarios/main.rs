@@ -9,7 +9,9 @@
 //! - `lifecycle`: cut streams, upstream errors, resets.
 //! - `host_calls`: host calls per request (clock reads; the bench's `calls` floor matches the filter).
 //! - `prompt_bound`: prompts the provider holds reserve the context window, every dialect, any chunking.
+//! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
 
+mod client_stream;
 mod common;
 mod dialects;
 mod enforcement;

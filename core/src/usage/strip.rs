@@ -1,0 +1,186 @@
+//! Keeping the usage chunk Tollgate asked for out of the client's stream.
+//!
+//! To meter an OpenAI chat or completions stream, the filter sets
+//! `stream_options.include_usage` on a request that did not ask for it (`routing::plan`). OpenAI
+//! then ends the stream with one extra event, `data: {…,"choices":[],"usage":{…}}`, before
+//! `data: [DONE]`. A client that did not ask for it does not expect it: code as common as
+//! `chunk.choices[0].delta` fails on it. So for such a request the scanner is told
+//! ([`UsageScanner::drop_usage_chunk`]) to read that event and leave it out of what the client
+//! gets; every other byte reaches the client as the upstream sent it.
+//!
+//! # How
+//! [`UsageScanner::feed_forward`] cuts the body at the ends of SSE events (a blank line: `\n`,
+//! `\r\n` or `\r` after an empty line, as the scanner's own framing reads it) and feeds the
+//! scanner one event at a time, so after each event it knows whether that event was the
+//! usage-only chunk (an OpenAI message whose `choices` is `[]` and that carries usage: see
+//! `Message::empty_choices`). That event — its lines and its blank line — is dropped.
+//!
+//! A chunk that ends inside an event is held back whole (the filter pauses the response body, so
+//! Envoy keeps buffering it and hands it back, followed by the next chunk): the usage chunk
+//! may be split anywhere, and the decision never depends on how the upstream's bytes were
+//! chunked. Holding in Envoy rather than in the filter keeps every byte Envoy's to deliver, also
+//! when the upstream ends the body with trailers. A client cannot act on half an event anyway;
+//! the events completed before it in the same chunk wait with it for the next chunk. An event
+//! that grows past [`HOLD_CAP`] before it ends cannot be the usage chunk (a few hundred bytes) in
+//! any stream OpenAI sends; it is released and passes whole. At the end of the body everything
+//! passes.
+//!
+//! Most chunks end exactly at an event's end, so most chunks pass unchanged, with no host call
+//! to rewrite them.
+
+use super::{ResponseFormat, UsageScanner};
+use crate::bytes;
+
+/// Most bytes of an unfinished event held back before it is released unread.
+pub const HOLD_CAP: usize = 16 * 1024;
+
+/// What to do with the response body the host holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forward {
+    /// Replace the held body with these bytes (`None`: leave it as it is).
+    pub replace: Option<Vec<u8>>,
+    /// Keep holding it (the filter pauses the body; the host presents it again with the next
+    /// chunk appended). Otherwise it goes to the client.
+    pub hold: bool,
+}
+
+/// The framing state for [`UsageScanner::feed_forward`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct Strip {
+    /// Bytes at the start of the host's body already fed (what the last [`Forward::hold`] held).
+    held: usize,
+    /// Where the unfinished event starts in those held bytes.
+    event_start: usize,
+    /// The current line has bytes (before the end of the held bytes).
+    line_started: bool,
+    /// The last byte seen was a `\r`: a `\n` right after it is the same line break.
+    after_cr: bool,
+    /// That `\r` was the blank line that ended an event, dropped (`Some(true)`) or kept: a `\n`
+    /// right after it belongs to that event.
+    lf_ends_event: Option<bool>,
+    /// The current event outgrew [`HOLD_CAP`] and was released: it passes whole.
+    passing: bool,
+    /// Usage-only events dropped.
+    dropped: u32,
+}
+
+impl UsageScanner {
+    /// From now on [`UsageScanner::feed_forward`] leaves OpenAI's usage-only stream chunk out of
+    /// what the client receives. Only for SSE; a JSON body is never changed.
+    pub fn drop_usage_chunk(mut self) -> UsageScanner {
+        if self.format == ResponseFormat::Sse {
+            self.strip = Some(Box::default());
+        }
+        self
+    }
+
+    /// How many usage-only events were left out of the client's stream.
+    pub fn dropped_usage_chunks(&self) -> u32 {
+        self.strip.as_ref().map_or(0, |s| s.dropped)
+    }
+
+    /// Feeds the response body the host holds now — the bytes held by the last call's
+    /// [`Forward::hold`], then the new chunk — and says what to do with it. Without
+    /// [`UsageScanner::drop_usage_chunk`] this is [`UsageScanner::feed`] and the body passes.
+    pub fn feed_forward(&mut self, body: &[u8], end_of_stream: bool) -> Forward {
+        let Some(mut strip) = self.strip.take() else {
+            self.feed(body);
+            return Forward::default();
+        };
+        if body.len() < strip.held {
+            // Not what was held (a host that dropped it): start over from this body.
+            strip.held = 0;
+            strip.event_start = 0;
+        }
+        let forward = self.feed_events(&mut strip, body, end_of_stream);
+        self.strip = Some(strip);
+        forward
+    }
+
+    fn feed_events(&mut self, strip: &mut Strip, body: &[u8], end_of_stream: bool) -> Forward {
+        // What the client gets in place of body[..event_start]; `None` while that is unchanged.
+        let mut out: Option<Vec<u8>> = None;
+        let mut event_start = strip.event_start;
+        // Bytes before `fed` were fed to the scanner; `at` is where the framing is.
+        let mut fed = strip.held;
+        let mut at = strip.held;
+        if strip.after_cr {
+            strip.after_cr = false;
+            if body.get(at) == Some(&b'\n') {
+                at += 1;
+                if let Some(dropped) = strip.lf_ends_event {
+                    // The rest of the last event's `\r\n`: dropped or kept with it.
+                    self.feed(body.get(fed..at).unwrap_or_default());
+                    fed = at;
+                    if dropped {
+                        out = Some(body.get(..event_start).unwrap_or_default().to_vec());
+                    }
+                    event_start = at;
+                }
+            }
+        }
+        strip.lf_ends_event = None;
+        while let Some(rest) = body.get(at..).filter(|r| !r.is_empty()) {
+            let Some(found) = bytes::find_either(rest, b'\n', b'\r') else {
+                strip.line_started = true;
+                break;
+            };
+            let brk = at + found;
+            let blank = found == 0 && !strip.line_started;
+            strip.line_started = false;
+            at = brk + 1;
+            let cr = body.get(brk) == Some(&b'\r');
+            if cr && body.get(at) == Some(&b'\n') {
+                // A `\r\n` is one line break; its `\n` is not a second, blank line.
+                at += 1;
+            } else if cr && at == body.len() {
+                // Its `\n` may open the next chunk.
+                strip.after_cr = true;
+            }
+            if !blank {
+                continue;
+            }
+            // One whole event: body[event_start..at], fed up to `fed` already.
+            self.usage_only_event = false;
+            self.feed(body.get(fed..at).unwrap_or_default());
+            fed = at;
+            let drop = self.usage_only_event && !strip.passing;
+            strip.passing = false;
+            if drop {
+                strip.dropped = strip.dropped.saturating_add(1);
+                out.get_or_insert_with(|| body.get(..event_start).unwrap_or_default().to_vec());
+            } else if let Some(out) = out.as_mut() {
+                out.extend_from_slice(body.get(event_start..at).unwrap_or_default());
+            }
+            if strip.after_cr {
+                strip.lf_ends_event = Some(drop);
+            }
+            event_start = at;
+        }
+        // The unfinished event at the end of the body, if any.
+        self.feed(body.get(fed..).unwrap_or_default());
+        let tail = body.get(event_start..).unwrap_or_default();
+        let mut hold = false;
+        if !tail.is_empty() && !end_of_stream && !strip.passing {
+            if tail.len() <= HOLD_CAP {
+                hold = true;
+            } else {
+                // Too long to be the usage chunk: released, and the rest of it passes as it comes.
+                strip.passing = true;
+            }
+        }
+        let replace = out.map(|mut out| {
+            out.extend_from_slice(tail);
+            out
+        });
+        if hold {
+            let kept = replace.as_ref().map_or(body.len(), Vec::len);
+            strip.held = kept;
+            strip.event_start = kept - tail.len();
+        } else {
+            strip.held = 0;
+            strip.event_start = 0;
+        }
+        Forward { replace, hold }
+    }
+}
