@@ -350,13 +350,14 @@ mod tests {
     #[test]
     fn the_window_is_priced_at_the_dearest_prompt_price_and_the_long_tier() {
         // Gemini-2.5-Pro-like: 1M window, long tier above 200k.
-        let long = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 625_000, cache_write: 2_500_000 };
-        let base = TierPrice { input: 1_250_000, output: 10_000_000, cache_read: 310_000, cache_write: 1_250_000 };
+        let long = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 625_000, cache_write: 2_500_000, cache_write_1h: 2_500_000 };
+        let base = TierPrice { input: 1_250_000, output: 10_000_000, cache_read: 310_000, cache_write: 1_250_000, cache_write_1h: 1_250_000 };
         let price = ModelPrice {
             base,
             long_context: Some(LongContext { above_tokens: 200_000, price: long }),
             max_input_tokens: Some(1_048_576),
             max_output_tokens: Some(65_535),
+            web_search_per_call: 0,
         };
         let bound = EstimateConfig::default().prompt_tokens_bound(80, Some(Shape::CachedContent), "g", &price).unwrap();
         // 1_048_576 × $2.50/M + 1000 × $15/M = $2.62144 + $0.015.
