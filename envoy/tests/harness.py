@@ -204,7 +204,10 @@ class EnvoyFailedToStart(RuntimeError):
 def access_log_format(plugin_config):
     """The template values that make the access log print what the filter publishes: its
     `access_log` setting ("summary", the default, or "fields")."""
-    config = json.loads(plugin_config or "{}") if isinstance(plugin_config, str) else plugin_config
+    try:
+        config = json.loads(plugin_config or "{}") if isinstance(plugin_config, str) else plugin_config
+    except ValueError:  # a test of a malformed configuration: the filter refuses it anyway
+        config = {}
     published = config.get("access_log", "summary") if isinstance(config, dict) else "summary"
     return {"ACCESS_LOG_SUMMARY": "1" if published == "summary" else "",
             "ACCESS_LOG_FIELDS": "1" if published == "fields" else ""}

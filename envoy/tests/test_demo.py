@@ -88,7 +88,7 @@ def test_the_printed_walkthrough_does_what_it_says(demo):
     assert "200 soft" in lines, f"no soft alert before the hard stop: {lines}"
     assert statuses[-1] == "429", f"the hard limit was not reached within the printed loop: {lines}"
     first_429 = statuses.index("429")
-    assert all(s == "200" for s in statuses[:first_429]) and all(s == "429" for s in statuses[first_429:]), lines
+    assert all(s == "200" for s in statuses[:first_429]) and all(s == "429" for s in statuses[first_429:]), "\n".join(lines)
     assert lines.index("200 soft") < first_429
 
     # 3. the refusal is OpenAI's error shape and names her budget.

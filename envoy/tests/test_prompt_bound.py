@@ -38,7 +38,7 @@ SHAPES = {
                       "contents": [{"role": "user", "parts": [{"text": "What does section 4 say?"}]}],
                       "generationConfig": {"maxOutputTokens": 100}},
                      {"x-mock-input-tokens": "900000", "x-mock-cached-tokens": "850000", "x-mock-output-tokens": "50"}),
-    "anthropic-file": ("1.00", "/v1/messages",
+    "anthropic-file": ("2.00", "/v1/messages",  # the window at the 1-hour cache-write price: ~$1.20
                        {"model": "claude-sonnet-4-5", "max_tokens": 100,
                         "messages": [{"role": "user", "content": [
                             {"type": "document", "source": {"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}},

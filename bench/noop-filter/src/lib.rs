@@ -102,6 +102,9 @@ impl HttpContext for Naive {
 /// Tollgate's host calls on the benchmark request, without Tollgate's work.
 struct Calls;
 
+/// How the usage-only chunk of an OpenAI stream starts (`"choices":[]`, then the usage).
+const USAGE_ONLY: &[u8] = br#""choices":[],"usage""#;
+
 impl Context for Calls {}
 
 impl HttpContext for Calls {
@@ -134,7 +137,13 @@ impl HttpContext for Calls {
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if body_size > 0 {
-            let _ = self.get_http_response_body(0, body_size);
+            // Tollgate rewrites the chunk holding the usage-only event it asked for (it keeps that
+            // event from the client): one body write, here with the bytes unchanged.
+            if let Some(body) = self.get_http_response_body(0, body_size) {
+                if body.windows(USAGE_ONLY.len()).any(|w| w == USAGE_ONLY) {
+                    self.set_http_response_body(0, body_size, &body);
+                }
+            }
         }
         Action::Continue
     }
