@@ -90,9 +90,11 @@ Try, in this order:
   #    (max_tokens bounds what the filter reserves: without it, gpt-4o's 16k output tokens cost
   #    \$0.16, more than her whole day, and the request would be refused before it is sent.)
   curl -s localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'
-  # 2. alice has \$0.003 a day, with a soft alert at 50 %: 15 more requests. Past half her budget
-  #    the answers carry x-tollgate-budget-status: soft; at the hard limit they turn into 429.
-  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} %header{x-tollgate-budget-status}\n' localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'; done
+  # 2. alice has \$0.003 a day, with a soft alert at 50 %: 15 more requests, one every 0.3 s. Past
+  #    half her budget the answers carry x-tollgate-budget-status: soft; at the hard limit they turn
+  #    into 429. (Sent back to back, some are refused early for a moment: the previous request's
+  #    worst case stays reserved until the gateway's next settlement tick and acknowledgement.)
+  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} %header{x-tollgate-budget-status}\n' localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'; sleep 0.3; done
   # 3. the refusal, in OpenAI's error shape, names her budget
   curl -s localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'
   # 4. Anthropic, streaming, routed to claude-haiku-4-5 (charged to the org, which has room)
