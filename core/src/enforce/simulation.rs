@@ -58,6 +58,15 @@ struct ModelCounter {
 }
 
 impl ModelCounter {
+    /// One budget, `team-a` on `team:a`, nothing spent, 60 s leases (the deterministic cases).
+    fn team_a(hard: Micros) -> ModelCounter {
+        ModelCounter {
+            budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), hard, 0, BTreeMap::new()))]),
+            seen: BTreeSet::new(),
+            ttl_ms: 60_000,
+        }
+    }
+
     fn grant(&mut self, gateway: usize, request: &LeaseRequest, now: i64) -> LeaseResponse {
         let mut out = Vec::new();
         for scope in &request.scopes {
@@ -335,11 +344,7 @@ proptest! {
 fn steady_load_without_overruns_spends_close_to_the_limit_and_never_over() {
     // Deterministic: two gateways take turns until the budget is dry, every call answered at once.
     let s = settings();
-    let mut counter = ModelCounter {
-        budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), 2_000_000, 0, BTreeMap::new()))]),
-        seen: BTreeSet::new(),
-        ttl_ms: 60_000,
-    };
+    let mut counter = ModelCounter::team_a(2_000_000);
     let mut stores = [MemStore::default(), MemStore::default()];
     let scopes = vec!["team:a".to_owned()];
     let (mut admitted, mut refused) = (0, 0);
@@ -381,11 +386,7 @@ fn a_late_answer_to_an_earlier_call_cannot_resurrect_a_slice_the_counter_shrank(
     // for B and hands the rest to gateway 1. A's answer arrives last and is ignored (computed
     // earlier); whatever the order, gateway 0 spends no more than the counter holds for it.
     let s = settings();
-    let mut counter = ModelCounter {
-        budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), 1_000_000, 0, BTreeMap::new()))]),
-        seen: BTreeSet::new(),
-        ttl_ms: 60_000,
-    };
+    let mut counter = ModelCounter::team_a(1_000_000);
     let scopes = vec!["team:a".to_owned()];
     let mut g0 = MemStore::default();
     let mut g1 = MemStore::default();
@@ -421,11 +422,7 @@ fn a_call_sent_before_a_bigger_grant_landed_cannot_shrink_the_slice_under_a_rese
     // 352_549 to gateway 1 while 800_000 is already committed at gateway 0: $1.30 spent of a $1
     // limit with every reservation a true bound.
     let s = settings();
-    let mut counter = ModelCounter {
-        budgets: BTreeMap::from([("team:a".to_owned(), ("team-a".to_owned(), 1_000_000, 0, BTreeMap::new()))]),
-        seen: BTreeSet::new(),
-        ttl_ms: 60_000,
-    };
+    let mut counter = ModelCounter::team_a(1_000_000);
     let scopes = vec!["team:a".to_owned()];
     let (mut g0, mut g1) = (MemStore::default(), MemStore::default());
     let a = chain::begin_refill(&mut g0, &scopes, 852_549, &s);
