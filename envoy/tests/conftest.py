@@ -5,7 +5,9 @@ Each test tags its requests with a unique `x-e2e-id` header, so it finds its own
 shared state, and tests stay independent of order.
 """
 import hashlib
+import json
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,36 +16,16 @@ from harness import Envoy, Mock
 # The virtual key the tests present; the config holds only its SHA-256.
 ALICE_KEY = "sk-e2e-alice-0123456789"
 
-# The filter configuration used by the session's Envoy (reference: README.md).
-FILTER_CONFIG = {
-    "gateway_id": "e2e",
-    "access_log": "fields",  # the tests read single access-log fields
-    "dialects": {"openai": {"prefixes": ["", "/llm/openai"]}},
-    "max_request_body_bytes": 65536,
-    "attribution": {
-        "trusted_headers": {"team": "x-e2e-team", "use_case": "x-e2e-use-case"},
-        "virtual_keys": [
-            {
-                "sha256": hashlib.sha256(ALICE_KEY.encode()).hexdigest(),
-                "principal": {"org": "acme", "team": "search", "user": "alice", "key_id": "key-alice", "tier": "premium"},
-            }
-        ],
-        "defaults": {"org": "acme"},
-    },
-    "routing": {
-        "rules": [
-            {"name": "no-forbidden", "match": {"model": "forbidden-*"}, "deny": True, "message": "forbidden models are not allowed here"},
-            {"name": "premium-alias", "match": {"model": "tier:premium"}, "set_model": "gpt-4o", "set_headers": {"x-tollgate-provider": "openai"}},
-            {"name": "openai-chat", "match": {"dialect": "openai", "model": "e2e-chat"}, "set_model": "gpt-4o", "set_headers": {"x-tollgate-provider": "openai"}},
-            {"name": "openai-instruct", "match": {"dialect": "openai", "model": "e2e-instruct"}, "set_model": "gpt-3.5-turbo-instruct", "set_headers": {"x-tollgate-provider": "openai"}},
-            {"name": "openai-embed", "match": {"dialect": "openai", "model": "e2e-embed"}, "set_model": "text-embedding-3-small", "set_headers": {"x-tollgate-provider": "openai"}},
-            {"name": "azure", "match": {"dialect": "azure_openai", "model": "e2e-deployment"}, "set_model": "gpt-4o", "set_headers": {"x-tollgate-provider": "azure_openai"}},
-            {"name": "anthropic", "match": {"dialect": "anthropic", "model": "e2e-claude"}, "set_model": "claude-haiku-4-5", "set_headers": {"x-tollgate-provider": "anthropic"}},
-            {"name": "gemini", "match": {"dialect": "gemini", "model": "e2e-gemini"}, "set_model": "gemini-2.5-flash", "set_headers": {"x-tollgate-provider": "gemini"}},
-        ]
-    },
-    "pricing": {"unknown_model": "zero"},
-}
+# The filter configuration used by the session's Envoy (reference: README.md). It lives in
+# envoy/filter-config.json so the deployment manifests (deploy/render.py) carry the very same
+# configuration the suite tests; "access_log": "fields" because the tests read single fields.
+FILTER_CONFIG_PATH = Path(__file__).resolve().parent.parent / "filter-config.json"
+FILTER_CONFIG = json.loads(FILTER_CONFIG_PATH.read_text(encoding="utf-8"))
+# The file holds only the key's SHA-256; it must be ALICE_KEY's, or every virtual-key test fails
+# for a reason far from here.
+assert FILTER_CONFIG["attribution"]["virtual_keys"][0]["sha256"] == hashlib.sha256(ALICE_KEY.encode()).hexdigest(), (
+    f"{FILTER_CONFIG_PATH}: attribution.virtual_keys[0].sha256 is not the SHA-256 of ALICE_KEY"
+)
 
 
 @pytest.fixture(scope="session")
