@@ -8,7 +8,7 @@ WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 # seconds instead of minutes. The wasm keeps the release profile's full LTO (Cargo.toml).
 NATIVE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
-.PHONY: all setup build wasm native test test-core test-native test-clock test-shifted test-host test-e2e run bench prices clean
+.PHONY: all setup build wasm native test test-core test-native test-clock test-shifted test-host test-e2e test-deploy oci run bench prices clean
 
 all: build
 
@@ -46,7 +46,18 @@ test-host: wasm
 test-e2e: build
 	bash scripts/test-e2e.sh
 
-test: test-clock build test-native test-shifted test-host test-e2e
+# Packaging and manifests (deploy/, docs/deploy.md): the OCI image of tollgate.wasm, and every
+# manifest rendered from envoy/filter-config.json and validated against the platforms' schemas.
+test-deploy: setup wasm
+	.venv/bin/python -m pytest -q deploy/tests
+
+test: test-clock build test-native test-shifted test-host test-e2e test-deploy
+
+# tollgate.wasm as an OCI image layout (directory + tarball) in $(CARGO_TARGET_DIR)/oci, without
+# docker; prints the manifest sha256 to pin (docs/deploy.md).
+OCI_TAG ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
+oci: wasm
+	python3 scripts/oci-image.py --wasm $(WASM_DIR)/tollgate.wasm --out $(CARGO_TARGET_DIR)/oci --tag $(OCI_TAG)
 
 run: build
 	bash scripts/run-demo.sh
