@@ -102,22 +102,25 @@ def outputs() -> dict:
     return result
 
 
+def stale(rendered: dict) -> list:
+    """The destinations whose file is missing or differs from its rendered text."""
+    return [d for d, text in rendered.items() if not d.exists() or d.read_text(encoding="utf-8") != text]
+
+
 def main(argv) -> int:
     check = argv[1:] == ["--check"]
     if argv[1:] and not check:
         print(__doc__, file=sys.stderr)
         return 2
-    stale = []
-    for dest, text in outputs().items():
-        if check:
-            if not dest.exists() or dest.read_text(encoding="utf-8") != text:
-                stale.append(dest.relative_to(ROOT))
-        else:
+    rendered = outputs()
+    if not check:
+        for dest, text in rendered.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(text, encoding="utf-8")
-    for s in stale:
+    stale_files = [d.relative_to(ROOT) for d in stale(rendered)]
+    for s in stale_files:
         print(f"render.py: {s} differs from a fresh render of deploy/templates/; run `python3 deploy/render.py`", file=sys.stderr)
-    return 1 if stale else 0
+    return 1 if stale_files else 0
 
 
 if __name__ == "__main__":
