@@ -16,10 +16,8 @@ values first, as an operator would before `kubectl apply`.
 """
 import copy
 import json
-import re
 import shutil
 import subprocess
-import sys
 
 import jsonschema
 import kubernetes_validate
@@ -27,35 +25,12 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from conftest import DEPLOY, ROOT
-
-sys.path.insert(0, str(DEPLOY))
-import render  # noqa: E402  (deploy/render.py)
+from conftest import DEPLOY, ENVSUBST, ROOT, SAMPLE_ENV, substitute
+from conftest import deploy_render as render
 
 KUBERNETES_VERSION = "1.33.0"
 
-# What an operator substitutes (docs/deploy.md lists each one).
-SAMPLE_ENV = {
-    "TOLLGATE_IMAGE": "registry.example.com/tollgate:0.1.0",
-    "TOLLGATE_OCI_SHA256": "9b89084330e1c476537d484ca5ec642cc8b29cba7f7968e6809e659244f905a0",
-    "TOLLGATE_WASM_URL": "https://artifacts.example.com/tollgate/0.1.0/tollgate.wasm",
-    "TOLLGATE_WASM_SHA256": "8d2b1329597608af865a2764e203dd3bbd4d3374dcf8266b1974b3ea6cee9cd9",
-    "TOLLGATE_GATEWAY_TOKEN": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-    "TOLLGATE_GATEWAY_TOKENS": "istio=0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-    "TOLLGATE_ADMIN_TOKENS": "alice=1a2b3c4d5e6f708192a3b4c5d6e7f809",
-    "TOLLGATE_REDIS_PASSWORD": "5e6f708192a3b4c5",
-}
-ENVSUBST = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
-
 CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "Service", "Deployment", "StatefulSet", "PodDisruptionBudget", "PersistentVolumeClaim"}
-
-
-def substitute(text: str) -> str:
-    def sub(m):
-        assert m.group(1) in SAMPLE_ENV, f"${{{m.group(1)}}} is not a documented placeholder"
-        return SAMPLE_ENV[m.group(1)]
-
-    return ENVSUBST.sub(sub, text)
 
 
 def kustomize(path) -> str:
