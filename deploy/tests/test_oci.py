@@ -39,7 +39,8 @@ def read_layout(layout):
     """Returns (manifest digest, wasm bytes), or fails naming what is wrong."""
     assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     index = json.loads((layout / "index.json").read_text())
-    assert index["schemaVersion"] == 2 and index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    # mediaType is a SHOULD in an index (image-spec); when present it must be the index type.
+    assert index["schemaVersion"] == 2 and index.get("mediaType", "application/vnd.oci.image.index.v1+json") == "application/vnd.oci.image.index.v1+json"
     (desc,) = index["manifests"]
     assert desc["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert desc["annotations"]["org.opencontainers.image.ref.name"]
@@ -72,6 +73,8 @@ def built(tmp_path_factory, tollgate_wasm):
 
 def test_the_layout_is_valid_and_its_wasm_layer_is_tollgate_wasm(built, tollgate_wasm):
     out, _ = built
+    index = json.loads((out / "tollgate" / "index.json").read_text())
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     _, wasm = read_layout(out / "tollgate")
     assert wasm == tollgate_wasm.read_bytes()
 
@@ -116,3 +119,23 @@ def test_an_input_that_is_not_wasm_is_refused(tmp_path):
     r = run("--wasm", tmp_path / "x.wasm", "--out", tmp_path / "out", "--tag", "t")
     assert r.returncode == 2 and "not a WebAssembly module" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def skopeo(*args):
+    exe = shutil.which("skopeo")
+    assert exe, "skopeo is needed to read the image as copy tools do (scripts/setup.sh installs it)"
+    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_skopeo_reads_the_layout_and_copies_the_tarball_keeping_the_digest(built, tmp_path):
+    """An independent reader (containers/image, as registries' copy tools use it) sees the image
+    and the digest to pin, and a copy out of the tarball keeps that digest."""
+    out, _ = built
+    digest, _ = read_layout(out / "tollgate")
+    inspected = json.loads(skopeo("inspect", f"oci:{out / 'tollgate'}:0.1.0"))
+    assert inspected["Digest"] == "sha256:" + digest
+    assert (inspected["Architecture"], inspected["Os"]) == ("wasm", "wasip1")
+    skopeo("copy", "--preserve-digests", f"oci-archive:{out / 'tollgate.oci.tar'}:0.1.0", f"oci:{tmp_path / 'copy'}:0.1.0")
+    assert read_layout(tmp_path / "copy") == read_layout(out / "tollgate")
