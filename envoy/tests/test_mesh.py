@@ -415,12 +415,19 @@ def test_a_hot_reload_under_load_loses_no_request_and_no_record(meshdir, mock, m
     results, errors = [], []
     lock = threading.Lock()
     pushed_at, taken_at = [], []
-    stop_at = time.monotonic() + 40  # bound on the whole run
+    stop_at = time.monotonic() + 60  # bound on the whole run
+
+    def enough():
+        # Two seconds after Envoy took the update, and at least 8 requests started a second after
+        # it (a busy machine makes requests slow).
+        if not taken_at or time.monotonic() < taken_at[0] + 2.0:
+            return False
+        with lock:
+            return sum(1 for s, _, _ in results if s >= taken_at[0] + 1.0) >= 8
 
     def client(n):
-        for i in range(100):
-            # Until two seconds after Envoy took the update (bounded in time and count).
-            if time.monotonic() > stop_at or (taken_at and time.monotonic() > taken_at[0] + 2.0):
+        for i in range(150):
+            if time.monotonic() > stop_at or enough():
                 return
             e2e_id = new_id()
             started = time.monotonic()
@@ -446,14 +453,14 @@ def test_a_hot_reload_under_load_loses_no_request_and_no_record(meshdir, mock, m
     accepted_at = time.monotonic()
     taken_at.append(accepted_at)
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=90)
     assert not any(t.is_alive() for t in threads), "clients did not finish in time"
     assert not errors, f"{len(errors)} requests failed across the swap, first: {errors[:5]}"
 
     # Routing: the old model before the push; the new one for every request that started a second
-    # after Envoy took the update. A new binary is compiled first (V8, on the main thread: about
-    # 1-2 s for tollgate.wasm on a busy 2-core machine); meanwhile the old one serves. A new
-    # configuration for the same binary is taken at once.
+    # after Envoy took the update. A new binary is compiled first (V8, on the main thread: 1-2 s
+    # for tollgate.wasm on a 2-core machine, 10 s and more when it is saturated); meanwhile the old
+    # one serves. A new configuration for the same binary is taken at once.
     model = {e: routed_model(envoy, e) for _, e, _ in results}
     before = [e for s, e, _ in results if s < pushed_at[0]]
     after = [e for s, e, _ in results if s >= accepted_at + 1.0]
