@@ -42,12 +42,11 @@ test-clock:
 test-shifted: setup
 	$(NATIVE) bash scripts/test-time-shifted.sh
 
-# The real tollgate.wasm under a wasmtime proxy-wasm host; the policy component under wasmtime's
-# component model (tests/component.rs).
-test-host: wasm component
+# The real tollgate.wasm under a wasmtime proxy-wasm host.
+test-host: wasm
 	$(NATIVE) cargo test --release -p tollgate-host-tests
 
-# The policy component from Node through jco, on the case table core and wasmtime also run.
+# The policy component from Node through jco, on the case table core also runs.
 test-component: setup component
 	bash component/node/run.sh
 

@@ -1,10 +1,10 @@
 //! The case table every host of the component runs (`component/cases.json`): the native policy
-//! (`tests/cases.rs`), wasmtime (`host-tests/tests/component.rs`) and Node through jco
+//! (`tests/cases.rs`) and Node through jco
 //! (`component/node/cases.mjs`). Each host turns its result into an *answer* (plain JSON, the
 //! shape below) and checks it against the case's `expect` with the same rule:
 //! every key of `expect` must be in the answer with an equal value, except `<key>_contains`,
 //! a list of substrings the answer's string `<key>` must contain. So one file states the answers,
-//! and three hosts prove they get them.
+//! and every host proves it gets them.
 //!
 //! Answers: a decision is `{"kind": "pass-through"}`, `{"kind": "forward", "dialect", "endpoint",
 //! "principal": {set fields}, "requested_model", "routed_model", "rule", "set_headers": [[name,

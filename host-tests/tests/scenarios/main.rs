@@ -9,7 +9,6 @@
 //! - `lifecycle`: cut streams, upstream errors, resets.
 //! - `host_calls`: host calls per request (clock reads; the bench's `calls` floor matches the filter).
 //! - `prompt_bound`: prompts the provider holds reserve the context window, every dialect, any chunking.
-//! - `reload`: a root context torn down (a hot reload) puts its usage batch in flight back in the queue.
 //! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
 
 mod client_stream;
@@ -21,6 +20,5 @@ mod host_calls;
 mod lifecycle;
 mod prompt_bound;
 mod randomized;
-mod reload;
 mod requests;
 mod usage_split;
