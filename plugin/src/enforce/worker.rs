@@ -158,6 +158,10 @@ impl Worker {
     /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
     /// lapse), then a usage batch if one is due.
     pub fn on_tick(&mut self, now: i64) {
+        if self.draining {
+            // A torn-down root context posts nothing more; the live ones do (see `on_drain`).
+            return;
+        }
         if now.saturating_sub(self.last_renew_check_ms) >= RENEW_CHECK_MS {
             self.last_renew_check_ms = now;
             for scope in self.held.keys() {
@@ -203,14 +207,40 @@ impl Worker {
         self.remember_utilization(utilization, now);
     }
 
-    /// Root `on_done` (the plugin is being torn down, e.g. Envoy shutting down): post what is
-    /// queued now rather than on the next tick.
+    /// Root `on_done`: the plugin is being torn down, because a new configuration or binary
+    /// replaced it (an ECDS push) or Envoy is stopping. Everything this worker holds goes to the
+    /// process-wide lease book and usage queue, which outlive this root context and, for the same
+    /// `vm_id`, this VM: the successor's tick posts what is queued (docs/enforcement.md, *Hot
+    /// reload*). Calls still in flight die with the context (Envoy cancels them, and a replaced
+    /// binary's VM is destroyed), so their answers would never come back:
+    /// - a usage batch in flight goes back into the queue, still counted unacknowledged; if the
+    ///   counter did ingest it, the successor's redelivery is acknowledged as duplicates and
+    ///   charges nothing twice;
+    /// - a top-up in flight is forgotten; its mark on the scopes lapses by itself (the call's
+    ///   timeout plus a slack), and a grant the counter made for it only parks headroom at this
+    ///   gateway until the next grant replaces it or its lease lapses.
+    ///
+    /// Nothing is posted from here: a call made now would be cancelled with the context.
     pub fn on_drain(&mut self, now: i64) {
         self.draining = true;
         self.apply_settlements(now);
         self.ship_outbox();
-        self.flush(now, true);
+        let calls = std::mem::take(&mut self.calls);
+        let mut batches = 0usize;
+        for call in calls.into_values() {
+            if let RootCall::Usage(batch) = call {
+                batches += 1;
+                self.requeue(batch.records);
+            }
+        }
+        self.usage_in_flight = false;
         self.metrics.flush();
+        if batches > 0 {
+            host::log(
+                LogLevel::Info,
+                &format!("tollgate: plugin context ending (configuration replaced or Envoy stopping): {batches} usage batch(es) in flight put back in the queue"),
+            );
+        }
     }
 
     /// An answer to a call the root made. Returns false if the token is not enforcement's.
