@@ -8,7 +8,7 @@ WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 # seconds instead of minutes. The wasm keeps the release profile's full LTO (Cargo.toml).
 NATIVE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
-.PHONY: all setup build wasm native test test-core test-native test-clock test-shifted test-host test-e2e run bench prices clean
+.PHONY: all setup build wasm simulator test-console native test test-core test-native test-clock test-shifted test-host test-e2e run bench prices clean
 
 all: build
 
@@ -18,7 +18,14 @@ setup:
 wasm:
 	cargo build --release --target wasm32-wasip1 -p tollgate -p noop-filter
 
-native:
+# The policy simulator for the console (core's routing and pricing, wasm-bindgen for the browser);
+# the counter embeds it, so it is built first.
+simulator:
+	cargo build --release --target wasm32-unknown-unknown -p tollgate-simulator
+	wasm-bindgen --target web --no-typescript --out-dir $(CARGO_TARGET_DIR)/simulator-pkg \
+	  $(CARGO_TARGET_DIR)/wasm32-unknown-unknown/release/tollgate_simulator.wasm
+
+native: simulator
 	$(NATIVE) cargo build --release -p tollgate-counter -p tollgate-mock-upstream
 
 build: setup wasm native
@@ -46,7 +53,12 @@ test-host: wasm
 test-e2e: build
 	bash scripts/test-e2e.sh
 
-test: test-clock build test-native test-shifted test-host test-e2e
+# The console in a real browser (Debian's chromium, selenium): every page against the report API,
+# the simulator page against `tollgate-counter simulate`; screenshots in $(CARGO_TARGET_DIR)/console-shots.
+test-console: build
+	bash scripts/test-console.sh
+
+test: test-clock build test-native test-shifted test-host test-e2e test-console
 
 run: build
 	bash scripts/run-demo.sh
