@@ -20,10 +20,11 @@
 //!   UTC offset; `none` is the whole period) with their current limits, exemptions included.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use tollgate_core::dialect::Dialect;
-use tollgate_core::money::{format_micros, Micros};
-use tollgate_core::pricing::{PriceTable, PricingConfig};
+use tollgate_core::money::{self, format_micros, Micros};
+use tollgate_core::pricing::{PriceLookup, PriceTable, PricingConfig};
 use tollgate_core::protocol::{Principal, Tokens};
 use tollgate_core::routing::{RouteInput, RoutingConfig, RoutingTable};
 use tollgate_core::section::parse_at;
@@ -284,8 +285,104 @@ struct BudgetReplay {
     buckets: BTreeMap<i64, (Micros, Micros)>,
 }
 
+/// A ledger request as read from the report, its strings borrowed from the JSON text (100k rows
+/// replay without allocating per row; escaped strings are owned).
+#[derive(Debug, Clone, Deserialize)]
+struct RowRef<'a> {
+    #[serde(borrow)]
+    principal: PrincipalRef<'a>,
+    #[serde(borrow)]
+    dialect: Cow<'a, str>,
+    #[serde(borrow)]
+    requested_model: Cow<'a, str>,
+    #[serde(borrow)]
+    routed_model: Cow<'a, str>,
+    tokens: Tokens,
+    cost_micros: Micros,
+    finished_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+struct PrincipalRef<'a> {
+    #[serde(borrow, default)]
+    org: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    cost_center: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    team: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    key_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    use_case: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tier: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    task: Option<Cow<'a, str>>,
+}
+
+impl PrincipalRef<'_> {
+    fn to_principal(&self) -> Principal {
+        let o = |v: &Option<Cow<'_, str>>| v.as_ref().map(|s| s.to_string());
+        Principal {
+            org: o(&self.org),
+            cost_center: o(&self.cost_center),
+            team: o(&self.team),
+            user: o(&self.user),
+            key_id: o(&self.key_id),
+            use_case: o(&self.use_case),
+            tier: o(&self.tier),
+            task: o(&self.task),
+        }
+    }
+}
+
+fn borrow(p: &Option<String>) -> Option<Cow<'_, str>> {
+    p.as_deref().map(Cow::Borrowed)
+}
+
+impl<'a> RowRef<'a> {
+    fn of(r: &'a LedgerRequest) -> RowRef<'a> {
+        let p = &r.principal;
+        RowRef {
+            principal: PrincipalRef {
+                org: borrow(&p.org),
+                cost_center: borrow(&p.cost_center),
+                team: borrow(&p.team),
+                user: borrow(&p.user),
+                key_id: borrow(&p.key_id),
+                use_case: borrow(&p.use_case),
+                tier: borrow(&p.tier),
+                task: borrow(&p.task),
+            },
+            dialect: Cow::Borrowed(&r.dialect),
+            requested_model: Cow::Borrowed(&r.requested_model),
+            routed_model: Cow::Borrowed(&r.routed_model),
+            tokens: r.tokens,
+            cost_micros: r.cost_micros,
+            finished_at_ms: r.finished_at_ms,
+        }
+    }
+}
+
+/// What routing and pricing decided for one (principal, dialect, requested model): the same for
+/// every request that shares them (utilization is not replayed), so it is computed once.
+struct Decision {
+    /// `None`: refused. Else the routed model and its price (core's `PriceTable::price`).
+    forwarded: Option<(String, PriceLookup)>,
+    group: usize,
+    /// Indexes of the budgets on the principal's scope keys.
+    budgets: Vec<usize>,
+}
+
 /// Replays `requests` through `candidate`, grouped by team × use case, and each budget's windows.
 pub fn simulate(candidate: &Candidate, requests: &[LedgerRequest], budgets: Vec<BudgetInput>) -> Result<Simulation, String> {
+    let rows: Vec<RowRef<'_>> = requests.iter().map(RowRef::of).collect();
+    simulate_rows(candidate, &rows, budgets)
+}
+
+fn simulate_rows(candidate: &Candidate, rows: &[RowRef<'_>], budgets: Vec<BudgetInput>) -> Result<Simulation, String> {
     let mut replays = Vec::with_capacity(budgets.len());
     for (i, b) in budgets.into_iter().enumerate() {
         let kind = parse_window(&b.budget.window).ok_or_else(|| format!("budgets[{i}].budget.window: `{}` is not a window", b.budget.window))?;
@@ -293,45 +390,59 @@ pub fn simulate(candidate: &Candidate, requests: &[LedgerRequest], budgets: Vec<
             parse_offset_minutes(&b.budget.utc_offset).ok_or_else(|| format!("budgets[{i}].budget.utc_offset: `{}` is not UTC or ±HH:MM", b.budget.utc_offset))?;
         replays.push(BudgetReplay { input: b, kind, offset_minutes, buckets: BTreeMap::new() });
     }
-    let mut by_scope: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, r) in replays.iter().enumerate() {
-        by_scope.entry(r.input.budget.scope.clone()).or_default().push(i);
-    }
-    let mut groups: BTreeMap<(String, String), GroupResult> = BTreeMap::new();
-    for request in requests {
-        let outcome = candidate.replay(request);
-        let team = request.principal.team.clone().unwrap_or_default();
-        let use_case = request.principal.use_case.clone().unwrap_or_default();
-        let group = groups.entry((team, use_case)).or_insert_with_key(|(t, u)| GroupResult { team: t.clone(), use_case: u.clone(), ..Default::default() });
+    let mut groups: Vec<GroupResult> = Vec::new();
+    let mut group_index: HashMap<(String, String), usize> = HashMap::new();
+    let mut decisions: HashMap<(&PrincipalRef<'_>, &str, &str), Decision> = HashMap::new();
+    for row in rows {
+        let key = (&row.principal, row.dialect.as_ref(), row.requested_model.as_ref());
+        let decision = decisions.entry(key).or_insert_with(|| {
+            let principal = row.principal.to_principal();
+            let forwarded = Dialect::parse(&row.dialect).and_then(|dialect| {
+                // A deny rule (403) or an alias no rule resolves (400): the filter would refuse it.
+                let routed = candidate
+                    .routing
+                    .route(RouteInput { principal: &principal, dialect, requested_model: &row.requested_model, budget_utilization_pct: None })
+                    .ok()?;
+                // Under `unknown_model: deny` the filter refuses an unpriced model too.
+                let price = candidate.prices.price(&routed.model).ok()?;
+                Some((routed.model, price))
+            });
+            let team = principal.team.clone().unwrap_or_default();
+            let use_case = principal.use_case.clone().unwrap_or_default();
+            let group = *group_index.entry((team.clone(), use_case.clone())).or_insert_with(|| {
+                groups.push(GroupResult { team, use_case, ..Default::default() });
+                groups.len() - 1
+            });
+            let keys = principal.scope_keys();
+            let budgets = replays.iter().enumerate().filter(|(_, r)| keys.contains(&r.input.budget.scope)).map(|(i, _)| i).collect();
+            Decision { forwarded, group, budgets }
+        });
+        let Some(group) = groups.get_mut(decision.group) else { continue };
         group.requests += 1;
-        group.billed_micros = group.billed_micros.saturating_add(request.cost_micros);
-        let candidate_cost = match outcome {
-            Outcome::Refused => {
+        group.billed_micros = group.billed_micros.saturating_add(row.cost_micros);
+        let candidate_cost = match &decision.forwarded {
+            None => {
                 group.denied += 1;
                 0
             }
-            Outcome::Forwarded { model, cost_micros, priced } => {
-                group.rerouted += u64::from(model != request.routed_model);
-                group.unpriced += u64::from(!priced);
-                cost_micros
+            Some((model, lookup)) => {
+                group.rerouted += u64::from(*model != row.routed_model);
+                group.unpriced += u64::from(!lookup.known);
+                // `PriceTable::cost`, with the lookup done once per decision.
+                money::picos_to_micros_ceil(lookup.price.cost_picos(&row.tokens).0)
             }
         };
         group.candidate_micros = group.candidate_micros.saturating_add(candidate_cost);
-        if by_scope.is_empty() {
-            continue;
-        }
-        for scope in request.principal.scope_keys() {
-            for &i in by_scope.get(&scope).map(Vec::as_slice).unwrap_or_default() {
-                if let Some(r) = replays.get_mut(i) {
-                    let key = window_key(r.kind, r.offset_minutes, request.finished_at_ms);
-                    let slot = r.buckets.entry(key).or_insert((0, 0));
-                    slot.0 = slot.0.saturating_add(request.cost_micros);
-                    slot.1 = slot.1.saturating_add(candidate_cost);
-                }
+        for &i in &decision.budgets {
+            if let Some(r) = replays.get_mut(i) {
+                let key = window_key(r.kind, r.offset_minutes, row.finished_at_ms);
+                let slot = r.buckets.entry(key).or_insert((0, 0));
+                slot.0 = slot.0.saturating_add(row.cost_micros);
+                slot.1 = slot.1.saturating_add(candidate_cost);
             }
         }
     }
-    let groups: Vec<GroupResult> = groups.into_values().collect();
+    groups.sort_by(|a, b| (&a.team, &a.use_case).cmp(&(&b.team, &b.use_case)));
     let sum = |f: fn(&GroupResult) -> u64| groups.iter().map(f).sum::<u64>();
     let billed_micros = groups.iter().fold(0 as Micros, |s, g| s.saturating_add(g.billed_micros));
     let candidate_micros = groups.iter().fold(0 as Micros, |s, g| s.saturating_add(g.candidate_micros));
@@ -372,18 +483,25 @@ pub fn simulate(candidate: &Candidate, requests: &[LedgerRequest], budgets: Vec<
     })
 }
 
+/// The report document, its rows borrowed from the text.
+#[derive(Deserialize)]
+struct LedgerDocumentRef<'a> {
+    #[serde(borrow)]
+    records: Vec<RowRef<'a>>,
+}
+
 /// The one entry point both the page and the CLI call: the report documents as JSON text in, the
 /// [`Simulation`] as JSON text out. `budgets` may be empty (no budget replay).
 pub fn simulate_json(ledger: &str, routing: &str, pricing: Option<&str>, budgets: &str) -> Result<String, String> {
     let candidate = Candidate::from_json(routing, pricing)?;
-    let ledger: LedgerDocument =
+    let ledger: LedgerDocumentRef<'_> =
         serde_json::from_str(ledger).map_err(|e| format!("ledger: {e}; give the answer of GET /admin/reports/requests"))?;
     let budgets: Vec<BudgetInput> = if budgets.trim().is_empty() {
         Vec::new()
     } else {
         serde_json::from_str::<BudgetsDocument>(budgets).map_err(|e| format!("budgets: {e}; give the answer of GET /admin/budgets"))?.budgets
     };
-    let result = simulate(&candidate, &ledger.records, budgets)?;
+    let result = simulate_rows(&candidate, &ledger.records, budgets)?;
     serde_json::to_string(&result).map_err(|e| format!("cannot encode the simulation: {e}"))
 }
 
