@@ -7,6 +7,7 @@ the counter to the window current when it ingests, so budget pages are compared 
 the same moment, never with a figure computed here.
 """
 import json
+import math
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -46,13 +48,19 @@ TEAMS = [
     ("search", "cc-eng", ["carol"], ["chat", "code-review"]),
     ("research", "cc-research", ["dave", "erin"], ["chat", "agent"]),
 ]
-# (dialect, model, $ per million input tokens, $ per million output tokens)
-MODELS = [
-    ("openai", "gpt-4o", 2.5, 10),
-    ("openai", "gpt-4o-mini", 0.15, 0.6),
-    ("anthropic", "claude-sonnet-4", 3, 15),
-    ("anthropic", "claude-opus-4", 15, 75),
-]
+# (dialect, model); all priced by the bundled price table.
+MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-opus-4-5")]
+BUNDLED = json.loads((REPO / "core" / "prices" / "model_prices.json").read_text(), parse_float=Decimal)
+
+
+def cost_micros(model, inp, outp, overrides=None):
+    """What input + output tokens of `model` cost, exactly as Tollgate bills: the bundled per-token
+    prices (or `overrides`: {model: ($ per Mtok in, $ per Mtok out)}), rounded up to a micro-dollar."""
+    if overrides and model in overrides:
+        p_in, p_out = (Decimal(p) / 1_000_000 for p in overrides[model])
+    else:
+        p_in, p_out = BUNDLED[model]["input_cost_per_token"], BUNDLED[model]["output_cost_per_token"]
+    return math.ceil((inp * p_in + outp * p_out) * 1_000_000)
 
 
 def free_port():
@@ -80,9 +88,9 @@ def records(count, seed=13, prefix="seed"):
     out = []
     for i in range(count):
         team, cc, users, use_cases = TEAMS[i % len(TEAMS)]
-        dialect, model, p_in, p_out = MODELS[rnd.randrange(len(MODELS))]
+        dialect, model = MODELS[rnd.randrange(len(MODELS))]
         inp, outp = rnd.randrange(200, 20000), rnd.randrange(50, 3000)
-        cost = -(-int(inp * p_in * 100 + outp * p_out * 100) // 100)  # micro-dollars, rounded up
+        cost = cost_micros(model, inp, outp)
         finished = NOV_1_MS + (i * 30 * DAY_MS) // count + rnd.randrange(0, 60_000)
         out.append({
             "id": f"{prefix}:{i}",

@@ -12,7 +12,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import ADMIN_TOKEN, MONTH_FROM, MONTH_TO, Counter, records
+from conftest import ADMIN_TOKEN, MONTH_FROM, MONTH_TO, Counter, cost_micros, records
 
 WAIT_S = 30
 
@@ -26,10 +26,15 @@ def usd(micros):
 def open_page(browser, counter, page, query=""):
     """Goes to `#page?query` and waits until the page has rendered (or failed)."""
     browser.execute_script("document.getElementById('page').removeAttribute('data-ready')")
-    browser.execute_script("location.hash = arguments[0]", f"{page}?{query}" if query else page)
+    # A fresh `n` makes every visit a hash change, so the page renders even when the address is the same.
+    open_page.visits += 1
+    browser.execute_script("location.hash = arguments[0]", f"{page}?{query}&n={open_page.visits}" if query else f"{page}?n={open_page.visits}")
     WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-ready") == page)
     errors = browser.find_elements(By.ID, "page-error")
     assert not errors, errors[0].text
+
+
+open_page.visits = 0
 
 
 def cells(browser, table_id):
@@ -188,7 +193,7 @@ def test_an_exemption_added_and_revoked_on_the_page_is_what_the_api_lists(signed
 CANDIDATE_ROUTING = {"rules": [
     {"name": "research-no-opus", "match": {"team": "research", "model": "claude-opus*"}, "deny": True},
     {"name": "autocomplete-mini", "match": {"use_case": "autocomplete"}, "set_model": "gpt-4o-mini"},
-    {"name": "review-sonnet", "match": {"use_case": "code-review", "dialect": "anthropic"}, "set_model": "claude-sonnet-4"},
+    {"name": "review-sonnet", "match": {"use_case": "code-review", "dialect": "anthropic"}, "set_model": "claude-sonnet-4-5"},
 ]}
 CANDIDATE_PRICING = {"models": {"gpt-4o-mini": {"input_per_mtok": "0.10", "output_per_mtok": "0.40"}}}
 
@@ -212,6 +217,25 @@ def test_the_simulator_page_gives_the_clis_figures(signed_in, counter, shots, wo
     page, _ = run_simulator(signed_in, counter, routing.read_text(), pricing.read_text())
     cli = json.loads(counter.cli("simulate", "--routing", str(routing), "--prices", str(pricing), "--from", MONTH_FROM, "--to", MONTH_TO, "--format", "json"))
     assert page == cli
+    # An oracle written here: the same rules and prices applied to the seeded records in Python.
+    expected = {}
+    for r in records(3000):
+        p, model = r["principal"], r["requested_model"]
+        g = expected.setdefault((p["team"], p["use_case"]), {"requests": 0, "billed": 0, "candidate": 0, "rerouted": 0, "denied": 0})
+        g["requests"] += 1
+        g["billed"] += r["cost_micros"]
+        if p["team"] == "research" and model.startswith("claude-opus"):
+            g["denied"] += 1
+            continue
+        if p["use_case"] == "autocomplete":
+            model = "gpt-4o-mini"
+        elif p["use_case"] == "code-review" and r["dialect"] == "anthropic":
+            model = "claude-sonnet-4-5"
+        g["rerouted"] += model != r["routed_model"]
+        g["candidate"] += cost_micros(model, r["tokens"]["input"], r["tokens"]["output"], {"gpt-4o-mini": ("0.10", "0.40")})
+    assert {(g["team"], g["use_case"]): {"requests": g["requests"], "billed": g["billed_micros"], "candidate": g["candidate_micros"],
+                                         "rerouted": g["rerouted"], "denied": g["denied"]} for g in page["groups"]} == expected
+    assert page["unpriced"] == 0
     # Not a trivial replay: the candidate reroutes, denies and saves, and the billed side is the ledger's.
     month = counter.get(f"/admin/reports/spend?from={MONTH_FROM}&to={MONTH_TO}")["total"]
     assert (page["requests"], page["billed_micros"]) == (month["requests"], month["cost_micros"])
