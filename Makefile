@@ -21,7 +21,7 @@ wasm:
 # The policy simulator for the console (core's routing and pricing, wasm-bindgen for the browser);
 # the counter embeds it, so it is built first.
 simulator:
-	cargo build --release --target wasm32-unknown-unknown -p tollgate-simulator
+	cargo rustc --release --target wasm32-unknown-unknown -p tollgate-simulator --crate-type cdylib
 	wasm-bindgen --target web --no-typescript --out-dir $(CARGO_TARGET_DIR)/simulator-pkg \
 	  $(CARGO_TARGET_DIR)/wasm32-unknown-unknown/release/tollgate_simulator.wasm
 

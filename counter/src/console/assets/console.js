@@ -326,7 +326,12 @@ let simulatorModule = null;
 
 async function loadSimulator() {
   if (!simulatorModule) {
-    const mod = await import("./sim/tollgate_simulator.js");
+    let mod;
+    try {
+      mod = await import("./sim/tollgate_simulator.js");
+    } catch (err) {
+      throw new Error("this counter was built without the simulator's browser build: run `make simulator`, then rebuild the counter (" + err.message + ")");
+    }
     await mod.default({ module_or_path: "./sim/tollgate_simulator_bg.wasm" });
     simulatorModule = mod;
   }
