@@ -8,7 +8,7 @@ WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 # seconds instead of minutes. The wasm keeps the release profile's full LTO (Cargo.toml).
 NATIVE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
-.PHONY: all setup build wasm native component test test-core test-native test-clock test-shifted test-host test-component test-e2e test-deploy oci run bench prices clean
+.PHONY: all setup build wasm simulator native component test test-core test-native test-clock test-shifted test-host test-component test-e2e test-deploy test-console oci run bench prices clean
 
 all: build
 
@@ -18,7 +18,14 @@ setup:
 wasm:
 	cargo build --release --target wasm32-wasip1 -p tollgate -p noop-filter
 
-native:
+# The policy simulator for the console (core's routing and pricing, wasm-bindgen for the browser);
+# the counter embeds it, so it is built first.
+simulator:
+	cargo rustc --release --target wasm32-unknown-unknown -p tollgate-simulator --crate-type cdylib
+	wasm-bindgen --target web --no-typescript --out-dir $(CARGO_TARGET_DIR)/simulator-pkg \
+	  $(CARGO_TARGET_DIR)/wasm32-unknown-unknown/release/tollgate_simulator.wasm
+
+native: simulator
 	$(NATIVE) cargo build --release -p tollgate-counter -p tollgate-mock-upstream
 
 # The policy as a WebAssembly component (wit/tollgate.wit): tollgate_component.wasm, wasm32-wasip2.
@@ -59,13 +66,19 @@ test-e2e: build
 test-deploy: setup wasm
 	.venv/bin/python -m pytest -q deploy/tests
 
-test: test-clock build test-native test-shifted test-host test-component test-e2e test-deploy
 
 # tollgate.wasm as an OCI image layout (directory + tarball) in $(CARGO_TARGET_DIR)/oci, without
 # docker; prints the manifest sha256 to pin (docs/deploy.md).
 OCI_TAG ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 oci: wasm
 	python3 scripts/oci-image.py --wasm $(WASM_DIR)/tollgate.wasm --out $(CARGO_TARGET_DIR)/oci --tag $(OCI_TAG)
+
+# The console in a real browser (Debian's chromium, selenium): every page against the report API,
+# the simulator page against `tollgate-counter simulate`; screenshots in $(CARGO_TARGET_DIR)/console-shots.
+test-console: build
+	bash scripts/test-console.sh
+
+test: test-clock build test-native test-shifted test-host test-component test-e2e test-deploy test-console
 
 run: build
 	bash scripts/run-demo.sh

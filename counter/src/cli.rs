@@ -65,6 +65,8 @@ pub enum Command {
     },
     /// Measure usage records/s and lease calls/s against an in-process server on loopback.
     Bench(BenchArgs),
+    /// Replay the ledger's requests of a period through a candidate routing table (and prices).
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -268,6 +270,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Budgets { conn, command } => budgets(conn, command).await,
         Command::Exemption { conn, command } => exemption(conn, command).await,
         Command::Report(args) => spend_report(args).await,
+        Command::Simulate(args) => crate::simulate::simulate(args).await,
         Command::Utilization { conn, format } => utilization(conn, format).await,
         Command::Audit { conn, subject, since, limit, format } => audit(conn, subject, since, limit, format).await,
         Command::Bench(a) => {
@@ -362,7 +365,7 @@ async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: Serve
     run(listener, store, clock, auth, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
 }
 
-async fn admin_call(conn: &Conn, method: hyper::Method, path: &str, body: Option<Value>) -> Result<crate::client::Answer, String> {
+pub(crate) async fn admin_call(conn: &Conn, method: hyper::Method, path: &str, body: Option<Value>) -> Result<crate::client::Answer, String> {
     let token = conn.token.as_deref().ok_or("no admin token: set TOLLGATE_ADMIN_TOKEN or pass --token")?;
     let mut client = Client::connect(&conn.url).await?;
     let body = body.map(|b| serde_json::to_vec(&b)).transpose().map_err(|e| e.to_string())?;

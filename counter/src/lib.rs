@@ -19,16 +19,20 @@
 //! - [`log`]: structured JSON-line logs to stderr.
 //! - [`client`]: a small HTTP/1.1 client used by the CLI, the bench and the tests.
 //! - [`cli`]: the `tollgate-counter` command line (`serve`, admin subcommands).
+//! - [`simulate`]: the requests report the policy simulator replays, and `tollgate-counter simulate`.
+//! - [`console`]: the web console at `/console/` (assets embedded; its pages call the admin API).
 //! - [`bench`](mod@bench): `tollgate-counter bench`, records/s and lease calls/s over loopback HTTP.
 
 pub mod bench;
 pub mod budget;
 pub mod cli;
+pub mod console;
 pub mod client;
 pub mod log;
 pub mod metrics;
 pub mod report;
 pub mod server;
+pub mod simulate;
 pub mod clock;
 pub mod store;
 pub mod window;

@@ -16,6 +16,8 @@
 //! GET    /admin/reports/spend            admin token     ?group_by=team,model&from=&to=&format=json|csv
 //! GET    /admin/reports/utilization      admin token     ?format=json|csv
 //! GET    /admin/audit                    admin token     ?subject=&since=&limit=
+//! GET    /admin/reports/requests         admin token     ?from=&to=&limit=&format=json|csv (simulate.rs)
+//! GET    /console/...                    none (assets)   the web console; its pages call the admin API (console/)
 //! ```
 //!
 //! Every error is a `protocol::ApiError` JSON body with a machine code and a message that says what
@@ -152,6 +154,8 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/admin/reports/spend", get(spend_report::<S>))
         .route("/admin/reports/utilization", get(utilization_report::<S>))
         .route("/admin/audit", get(audit::<S>))
+        .route("/admin/reports/requests", get(crate::simulate::requests_report::<S>))
+        .merge(crate::console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/counter.md")
@@ -166,18 +170,18 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
     ok_json(status, &body)
 }
 
-fn ok_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn ok_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")).into_response(),
     }
 }
 
-fn invalid(message: impl Into<String>) -> Response {
+pub(crate) fn invalid(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
-fn store_error(metrics: &Metrics, e: StoreError) -> Response {
+pub(crate) fn store_error(metrics: &Metrics, e: StoreError) -> Response {
     match e {
         StoreError::Invalid(m) => invalid(m),
         StoreError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
@@ -215,7 +219,7 @@ impl<S: Store> App<S> {
     }
 
     /// The admin token's name (for the audit log).
-    fn admin(&self, headers: &HeaderMap) -> Result<String, Response> {
+    pub(crate) fn admin(&self, headers: &HeaderMap) -> Result<String, Response> {
         Auth::find(&self.auth.admins, headers).map(str::to_owned).ok_or_else(|| self.unauthorized("an admin"))
     }
 
@@ -415,7 +419,7 @@ async fn revoke_exemption<S: Store>(State(app): State<App<S>>, headers: HeaderMa
 }
 
 /// Refuses query parameters the endpoint does not know (a typo is an error, not a silent default).
-fn check_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
+pub(crate) fn check_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(invalid(format!("unknown query parameter `{k}`; this endpoint takes {}", known.join(", ")))),
         None => Ok(()),
@@ -430,14 +434,14 @@ fn format_param(params: &HashMap<String, String>) -> Result<bool, Response> {
     }
 }
 
-fn time_param(params: &HashMap<String, String>, name: &str, default: i64) -> Result<i64, Response> {
+pub(crate) fn time_param(params: &HashMap<String, String>, name: &str, default: i64) -> Result<i64, Response> {
     match params.get(name) {
         None => Ok(default),
         Some(t) => crate::window::parse_time_ms(t).map_err(|e| invalid(format!("{name}: {e}"))),
     }
 }
 
-fn csv_response(filename: &str, text: String) -> Response {
+pub(crate) fn csv_response(filename: &str, text: String) -> Response {
     let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {

@@ -366,3 +366,45 @@ async fn granted_slices_survive_a_restart_until_they_expire() {
     h.clock.set_ms(t0 + 1_000 + 2 * LEASE_TTL_MS);
     assert_eq!(h.lease("gw2", &["team:platform"], 1_000_000).await["budgets"][0]["granted_micros"], 1_000_000, "gw1's slice lapsed");
 }
+
+/// `GET /admin/reports/requests`: the policy simulator's input, one ledger record per row.
+#[tokio::test]
+async fn the_requests_report_lists_a_periods_ledger_records_oldest_first() {
+    let h = Harness::start().await;
+    let mut rows = Vec::new();
+    for (i, finished) in [("c", "2026-11-03T10:00:00Z"), ("a", "2026-11-01T00:00:00Z"), ("b", "2026-11-02T12:00:00Z"), ("d", "2026-12-01T00:00:00Z")] {
+        let mut r = record(i, "platform", 1000);
+        r["finished_at_ms"] = json!(at(finished));
+        r["started_at_ms"] = json!(at(finished) - 500);
+        r["estimated"] = json!(false);
+        r["tokens"] = json!({"input": 10, "output": 5, "cache_read": 3, "cache_write": 2, "reasoning": 1});
+        rows.push(r);
+    }
+    assert_eq!(h.usage("gw1", rows.clone()).await, (4, 0));
+
+    let (s, v) = h.admin("GET", "/admin/reports/requests?from=2026-11-01&to=2026-12-01", None).await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<&str> = v["records"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c"], "from inclusive, to exclusive, oldest first");
+    assert_eq!((v["count"].as_u64(), v["truncated"].as_bool()), (Some(3), Some(false)));
+    let first = &v["records"][0];
+    assert_eq!(first, &rows[1], "a record comes back as it was posted: principal, models, tokens by kind, cost, times");
+
+    let (_, v) = h.admin("GET", "/admin/reports/requests?from=2026-11-01&to=2026-12-01&limit=2", None).await;
+    assert_eq!((v["count"].as_u64(), v["truncated"].as_bool(), v["records"][1]["id"].as_str()), (Some(2), Some(true), Some("b")));
+
+    let (s, csv) = h.raw("GET", "/admin/reports/requests?to=2026-11-02&format=csv", Some(ALICE_TOKEN), b"").await;
+    assert_eq!(s, 200);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,finished_at_ms,org,cost_center,team,user,key_id,use_case"), "{csv}");
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[1].starts_with(&format!("a,{},acme,,platform,bob,,chat,", at("2026-11-01"))), "{csv}");
+
+    for (query, needle) in [("limit=0", "limit:"), ("limit=2000001", "limit:"), ("from=tomorrow", "from:"), ("group_by=team", "unknown query parameter"), ("format=xml", "format:")] {
+        let (s, b) = h.admin("GET", &format!("/admin/reports/requests?{query}"), None).await;
+        assert_eq!(s, 400, "{query}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(needle), "{query}: {b}");
+    }
+    let (s, _) = h.call("GET", "/admin/reports/requests", Some("wrong"), None).await;
+    assert_eq!(s, 401);
+}

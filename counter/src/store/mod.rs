@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::{BudgetStatus, LeaseRequest, LeaseResponse, UsageAck, UsageBatch};
+use tollgate_core::protocol::{BudgetStatus, LeaseRequest, LeaseResponse, UsageAck, UsageBatch, UsageRecord};
 
 /// Why a store operation failed. The server maps each to an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +169,14 @@ pub struct ReportQuery {
     pub to_ms: i64,
 }
 
+/// `GET /admin/reports/requests`: ledger records in a period, oldest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestsQuery {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: usize,
+}
+
 /// One group of the spend report. `keys` follows `group_by`; a missing attribute is `""`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRow {
@@ -238,6 +246,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Spend from the ledger, grouped; rows sorted by keys.
     fn report(&self, query: ReportQuery) -> impl Future<Output = StoreResult<Vec<ReportRow>>> + Send;
+
+    /// The ledger's records with `from_ms <= finished_at_ms < to_ms`, oldest first (then by id), at
+    /// most `query.limit` (the policy simulator's input, `GET /admin/reports/requests`).
+    fn requests(&self, query: RequestsQuery) -> impl Future<Output = StoreResult<Vec<UsageRecord>>> + Send;
 
     /// Audit entries, newest first, at most `query.limit`.
     fn audit(&self, query: AuditQuery) -> impl Future<Output = StoreResult<Vec<AuditEntry>>> + Send;

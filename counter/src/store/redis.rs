@@ -54,7 +54,10 @@
 //! Amounts cross into Lua as doubles: exact up to 2^53 micro-dollars ($9 billion); larger limits
 //! and wants are clamped to that.
 
+mod requests;
+
 use super::book::ScopeIndex;
+use super::RequestsQuery;
 use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{assess, Budget, BudgetSpec, Exemption};
 use redis::aio::MultiplexedConnection;
@@ -838,6 +841,10 @@ impl Store for RedisStore {
             crate::log::warn("ledger entries that are not usage records were skipped", serde_json::json!({"entries": bad}));
         }
         Ok(rows.into_values().collect())
+    }
+
+    async fn requests(&self, query: RequestsQuery) -> StoreResult<Vec<UsageRecord>> {
+        requests::list(self, query).await
     }
 
     async fn audit(&self, query: AuditQuery) -> StoreResult<Vec<AuditEntry>> {

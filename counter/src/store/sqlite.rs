@@ -33,7 +33,11 @@
 //! headroom a gateway still holds; it can only hold back more than needed, for at most
 //! `2 × lease_ttl`. Usage that shrinks a slice is not re-written, for the same reason.
 
+mod requests;
+
 use super::book::{Book, Charges, Spend};
+use super::RequestsQuery;
+use tollgate_core::protocol::UsageRecord;
 use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{Budget, BudgetSpec, Exemption};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -353,6 +357,10 @@ impl Store for SqliteStore {
 
     async fn report(&self, query: ReportQuery) -> StoreResult<Vec<ReportRow>> {
         self.read(move |conn| report(conn, &query)).await
+    }
+
+    async fn requests(&self, query: RequestsQuery) -> StoreResult<Vec<UsageRecord>> {
+        self.read(move |conn| requests::list(conn, &query)).await
     }
 
     async fn audit(&self, query: AuditQuery) -> StoreResult<Vec<AuditEntry>> {
