@@ -107,7 +107,8 @@ impl Auth {
     /// Like [`Auth::new`] with a role per admin-side token. At least one `admin` is needed (someone
     /// must be able to set budgets); names are unique among admin-side tokens.
     pub fn with_roles(gateways: Vec<(String, String)>, admins: Vec<(String, String, Role)>) -> Result<Auth, String> {
-        for (name, secret) in gateways.iter().chain(admins.iter().map(|(n, s, _)| (n, s)).collect::<Vec<_>>()) {
+        let pairs = gateways.iter().map(|(n, s)| (n, s)).chain(admins.iter().map(|(n, s, _)| (n, s)));
+        for (name, secret) in pairs {
             if name.is_empty() || secret.is_empty() {
                 return Err(format!("token `{name}`: both a name and a non-empty secret are needed"));
             }
