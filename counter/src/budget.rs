@@ -57,7 +57,11 @@ fn default_hard() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetFile {
+    #[serde(default)]
     pub budgets: Vec<BudgetSpec>,
+    /// Workflows (`crate::workflow`), applied after the budgets (`gov_api::apply_workflow_file`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<crate::workflow::WorkflowSpec>,
 }
 
 impl BudgetFile {

@@ -1,11 +1,13 @@
 //! The `tollgate-counter` command line: `serve` runs the service; the other subcommands call its
 //! admin API (so an operator never needs curl); `bench` measures it.
 
+mod gov;
+
 use crate::budget::{BudgetFile, BudgetSpec, ExemptionSpec};
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::report;
-use crate::server::{apply_budget_file, run, Auth};
+use crate::server::{apply_budget_file, Auth};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use crate::store::{BudgetState, GroupBy, ReportRow, Store};
@@ -67,6 +69,44 @@ pub enum Command {
     Bench(BenchArgs),
     /// Replay the ledger's requests of a period through a candidate routing table (and prices).
     Simulate(crate::simulate::SimulateArgs),
+    /// List, show, set (from a file) or delete workflows; their caps become budgets.
+    Workflows {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: gov::WorkflowsCommand,
+    },
+    /// File, list, approve or reject exemption requests.
+    Requests {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: gov::RequestsCommand,
+    },
+    /// Record or list outcomes (merged PRs, resolved tickets, ...).
+    Outcomes {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: gov::OutcomesCommand,
+    },
+    /// Cost per outcome, spend vs output trend, model mix, budget utilization by team.
+    Insights {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: gov::InsightsCommand,
+    },
+    /// The monthly review of every workflow, with a suggested action and the rule behind it.
+    Review {
+        #[command(flatten)]
+        conn: Conn,
+        /// YYYY-MM.
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +137,13 @@ pub struct ServeArgs {
     /// TOLLGATE_GATEWAY_TOKENS / TOLLGATE_ADMIN_TOKENS environment variables (`name=secret,...`).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// Governance file (JSON): extra outcome kinds and the GitHub webhook (secret, repo → team,
+    /// author → user, task id pattern). See docs/counter.md, "Governance".
+    #[arg(long)]
+    pub governance: Option<PathBuf>,
+    /// Require a token (any admin-side role) on GET /metrics.
+    #[arg(long, env = "TOLLGATE_METRICS_REQUIRE_TOKEN")]
+    pub metrics_require_token: bool,
     /// How long a lease slice lives unless renewed.
     #[arg(long, default_value_t = 30)]
     pub lease_ttl_secs: u64,
@@ -273,6 +320,11 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Simulate(args) => crate::simulate::simulate(args).await,
         Command::Utilization { conn, format } => utilization(conn, format).await,
         Command::Audit { conn, subject, since, limit, format } => audit(conn, subject, since, limit, format).await,
+        Command::Workflows { conn, command } => gov::workflows(conn, command).await,
+        Command::Requests { conn, command } => gov::requests(conn, command).await,
+        Command::Outcomes { conn, command } => gov::outcomes(conn, command).await,
+        Command::Insights { conn, command } => gov::insights(conn, command).await,
+        Command::Review { conn, month, format } => gov::review(conn, month, format).await,
         Command::Bench(a) => {
             crate::bench::bench(crate::bench::BenchOptions { seconds: a.seconds, batch: a.batch.max(1), concurrency: a.concurrency.max(1), synchronous: a.sync.into(), redis_url: a.redis_url })
                 .await
@@ -280,10 +332,16 @@ async fn dispatch(command: Command) -> Result<(), String> {
     }
 }
 
-/// Reads gateway and admin tokens from the environment and the optional tokens file.
+/// Reads gateway and admin-side tokens (with their roles) from the environment and the optional
+/// tokens file: `TOLLGATE_{GATEWAY,ADMIN,VIEWER,REQUESTER,APPROVER}_TOKENS` (`name=secret,...`) and
+/// the file's `gateway`, `admin`, `viewer`, `requester`, `approver` sections.
 fn load_auth(file: Option<&PathBuf>) -> Result<Auth, String> {
+    use crate::auth::Role;
     let mut gateways = Auth::parse_list(&std::env::var("TOLLGATE_GATEWAY_TOKENS").unwrap_or_default());
-    let mut admins = Auth::parse_list(&std::env::var("TOLLGATE_ADMIN_TOKENS").unwrap_or_default());
+    let mut admins: Vec<(String, String, Role)> = Vec::new();
+    for role in Role::ALL {
+        admins.extend(Auth::parse_list(&std::env::var(role.env_var()).unwrap_or_default()).into_iter().map(|(n, s)| (n, s, role)));
+    }
     if let Some(path) = file {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -292,13 +350,21 @@ fn load_auth(file: Option<&PathBuf>) -> Result<Auth, String> {
             gateway: std::collections::BTreeMap<String, String>,
             #[serde(default)]
             admin: std::collections::BTreeMap<String, String>,
+            #[serde(default)]
+            viewer: std::collections::BTreeMap<String, String>,
+            #[serde(default)]
+            requester: std::collections::BTreeMap<String, String>,
+            #[serde(default)]
+            approver: std::collections::BTreeMap<String, String>,
         }
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read tokens file {}: {e}", path.display()))?;
         let t: TokensFile = serde_json::from_str(&text).map_err(|e| format!("tokens file {}: {e}", path.display()))?;
         gateways.extend(t.gateway);
-        admins.extend(t.admin);
+        for (role, tokens) in [(Role::Admin, t.admin), (Role::Viewer, t.viewer), (Role::Requester, t.requester), (Role::Approver, t.approver)] {
+            admins.extend(tokens.into_iter().map(|(n, s)| (n, s, role)));
+        }
     }
-    Auth::new(gateways, admins)
+    Auth::with_roles(gateways, admins)
 }
 
 async fn shutdown_signal() {
@@ -327,7 +393,7 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     // The one clock of this process: every `now` the store and the server use comes from it.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let auth = load_auth(args.tokens.as_ref())?;
+    let auth = load_auth(args.tokens.as_ref())?.require_metrics_token(args.metrics_require_token);
     let ttl_ms = i64::try_from(args.lease_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     if ttl_ms <= 0 {
         return Err("--lease-ttl-secs must be at least 1".into());
@@ -357,12 +423,29 @@ async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: Serve
         let (changed, total) = apply_budget_file(store.as_ref(), path, clock.now_ms()).await?;
         crate::log::info("budgets file applied", json!({"file": path.display().to_string(), "budgets": total, "changed": changed}));
     }
+    let gov = load_governance(args.governance.as_ref())?;
+    if let Some(path) = &args.budgets {
+        let (changed, total) = crate::gov_api::apply_workflow_file(store.as_ref(), path, &gov.kinds, clock.now_ms()).await?;
+        crate::log::info("workflows of the budgets file applied", json!({"file": path.display().to_string(), "workflows": total, "changed": changed}));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     crate::log::info(
         "counter starting",
         json!({"data": args.data.as_ref().map(|d| d.display().to_string()), "redis_namespace": args.redis_url.as_ref().map(|_| &args.redis_namespace), "lease_ttl_secs": args.lease_ttl_secs, "sync": format!("{:?}", args.sync).to_lowercase(), "auth": format!("{auth:?}")}),
     );
-    run(listener, store, clock, auth, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
+    crate::server::run_with(listener, store, clock, auth, gov, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
+}
+
+/// The governance file (`--governance`) and `TOLLGATE_GITHUB_WEBHOOK_SECRET`.
+fn load_governance(file: Option<&PathBuf>) -> Result<crate::outcome::GovConfig, String> {
+    let secret = std::env::var("TOLLGATE_GITHUB_WEBHOOK_SECRET").ok();
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read governance file {}: {e}", path.display()))?;
+            crate::outcome::GovConfig::parse(&text, secret)
+        }
+        None => crate::outcome::GovConfig::from_file(Default::default(), secret),
+    }
 }
 
 pub(crate) async fn admin_call(conn: &Conn, method: hyper::Method, path: &str, body: Option<Value>) -> Result<crate::client::Answer, String> {

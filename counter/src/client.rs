@@ -59,9 +59,17 @@ impl Client {
 
     /// Sends one request and reads the whole answer.
     pub async fn send(&mut self, method: Method, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Result<Answer, String> {
+        self.send_with(method, path, token, &[], body).await
+    }
+
+    /// [`Client::send`] with extra headers (e.g. a webhook's signature).
+    pub async fn send_with(&mut self, method: Method, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<Answer, String> {
         let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.authority);
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");

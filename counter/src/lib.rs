@@ -21,18 +21,34 @@
 //! - [`cli`]: the `tollgate-counter` command line (`serve`, admin subcommands).
 //! - [`simulate`]: the requests report the policy simulator replays, and `tollgate-counter simulate`.
 //! - [`console`]: the web console at `/console/` (assets embedded; its pages call the admin API).
+//! - [`auth`]: named bearer tokens and the roles of admin-side tokens (viewer, requester,
+//!   approver, admin); the one role check every admin endpoint uses.
+//! - [`workflow`]: workflows (owner, class, tiers, success metric, caps, review date) and their
+//!   policy; caps become budgets on `workflow:<team>/<use_case>`.
+//! - [`approval`]: exemption requests, approved or rejected by someone else.
+//! - [`outcome`]: outcomes (merged PRs, resolved tickets…), the GitHub webhook, the governance file.
+//! - [`review`]: the outcome reports (cost per outcome, trends, model mix) and the monthly review,
+//!   pure functions over their inputs.
+//! - [`gov_api`]: the HTTP endpoints of the above (`/admin/workflows`, `/admin/exemption-requests`,
+//!   `/outcomes`, `/webhooks/github`, `/admin/reports/{outcomes,trend,model-mix,team-utilization,review}`).
 //! - [`bench`](mod@bench): `tollgate-counter bench`, records/s and lease calls/s over loopback HTTP.
 
+pub mod approval;
+pub mod auth;
 pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod console;
 pub mod client;
 pub mod log;
+pub mod gov_api;
 pub mod metrics;
+pub mod outcome;
+pub mod review;
 pub mod report;
 pub mod server;
 pub mod simulate;
 pub mod clock;
 pub mod store;
 pub mod window;
+pub mod workflow;

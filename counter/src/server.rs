@@ -4,7 +4,7 @@
 //! POST   /v1/leases                      gateway token   LeaseRequest -> LeaseResponse
 //! POST   /v1/usage                       gateway token   UsageBatch   -> UsageAck
 //! GET    /healthz                        none            {"status":"ok"} or 503
-//! GET    /metrics                        none            Prometheus text
+//! GET    /metrics                        none (or viewer) Prometheus text
 //! GET    /admin/budgets                  admin token     {"budgets":[BudgetState]}
 //! GET    /admin/budgets/{id}             admin token     BudgetState
 //! PUT    /admin/budgets/{id}             admin token     BudgetSpec -> {"outcome", "budget"}
@@ -18,7 +18,12 @@
 //! GET    /admin/audit                    admin token     ?subject=&since=&limit=
 //! GET    /admin/reports/requests         admin token     ?from=&to=&limit=&format=json|csv (simulate.rs)
 //! GET    /console/...                    none (assets)   the web console; its pages call the admin API (console/)
+//! ...    workflows, exemption requests, outcomes, the GitHub webhook, outcome reports and the
+//!        monthly review: see `crate::gov_api`.
 //! ```
+//!
+//! "admin token" above: read-only (GET) endpoints need the `viewer` role or above, changes need
+//! `admin` (roles: `crate::auth`).
 //!
 //! Every error is a `protocol::ApiError` JSON body with a machine code and a message that says what
 //! to do. Bodies are parsed here (not by an extractor) so that malformed JSON, unknown fields and
@@ -52,58 +57,7 @@ use tollgate_core::protocol::{ApiError, ApiErrorBody, LeaseRequest, UsageBatch};
 /// Largest request body accepted (a usage batch of ~50k records).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-/// Named bearer tokens. Names appear in the audit log and logs; secrets never do.
-#[derive(Clone, Default)]
-pub struct Auth {
-    gateways: Vec<(String, String)>,
-    admins: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        f.debug_struct("Auth").field("gateways", &names(&self.gateways)).field("admins", &names(&self.admins)).finish()
-    }
-}
-
-impl Auth {
-    /// `gateways` and `admins` are (name, secret) pairs. Empty secrets are refused.
-    pub fn new(gateways: Vec<(String, String)>, admins: Vec<(String, String)>) -> Result<Auth, String> {
-        for (name, secret) in gateways.iter().chain(&admins) {
-            if name.is_empty() || secret.is_empty() {
-                return Err(format!("token `{name}`: both a name and a non-empty secret are needed"));
-            }
-        }
-        if gateways.is_empty() || admins.is_empty() {
-            return Err("configure at least one gateway token and one admin token (TOLLGATE_GATEWAY_TOKENS, TOLLGATE_ADMIN_TOKENS or --tokens FILE)".into());
-        }
-        Ok(Auth { gateways, admins })
-    }
-
-    /// Parses `name=secret,name2=secret2` (a bare `secret` is named `default`).
-    pub fn parse_list(text: &str) -> Vec<(String, String)> {
-        text.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| match p.split_once('=') {
-                Some((n, s)) => (n.trim().to_owned(), s.trim().to_owned()),
-                None => ("default".to_owned(), p.to_owned()),
-            })
-            .collect()
-    }
-
-    fn find<'a>(tokens: &'a [(String, String)], headers: &HeaderMap) -> Option<&'a str> {
-        let presented = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-        tokens.iter().find(|(_, secret)| constant_time_eq(secret.as_bytes(), presented.as_bytes())).map(|(n, _)| n.as_str())
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use crate::auth::{Auth, Role};
 
 /// Shared by every handler.
 pub struct App<S> {
@@ -111,11 +65,13 @@ pub struct App<S> {
     pub clock: Arc<dyn Clock>,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
+    /// Outcome kinds and the GitHub webhook's settings (`crate::outcome::GovConfig`).
+    pub gov: Arc<crate::outcome::GovConfig>,
 }
 
 impl<S> Clone for App<S> {
     fn clone(&self) -> Self {
-        App { store: Arc::clone(&self.store), clock: Arc::clone(&self.clock), auth: Arc::clone(&self.auth), metrics: Arc::clone(&self.metrics) }
+        App { store: Arc::clone(&self.store), clock: Arc::clone(&self.clock), auth: Arc::clone(&self.auth), metrics: Arc::clone(&self.metrics), gov: Arc::clone(&self.gov) }
     }
 }
 
@@ -128,8 +84,20 @@ pub async fn run<S: Store>(
     auth: Auth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(listener, store, clock, auth, crate::outcome::GovConfig::default(), shutdown).await
+}
+
+/// [`run`] with the governance settings (`serve --governance FILE`).
+pub async fn run_with<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    auth: Auth,
+    gov: crate::outcome::GovConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default() };
+    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default(), gov: Arc::new(gov) };
     crate::log::info("listening", json!({"addr": addr.to_string()}));
     axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await?;
     match store.shutdown().await {
@@ -156,6 +124,7 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/admin/audit", get(audit::<S>))
         .route("/admin/reports/requests", get(crate::simulate::requests_report::<S>))
         .merge(crate::console::routes())
+        .merge(crate::gov_api::routes::<S>())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/counter.md")
@@ -198,9 +167,9 @@ pub(crate) fn store_error(metrics: &Metrics, e: StoreError) -> Response {
 }
 
 /// A request body as extracted: too large or unreadable bodies become JSON errors too.
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(crate) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response> {
     let bytes = body.as_ref().map_err(|rejection| {
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -215,12 +184,28 @@ fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response> {
 
 impl<S: Store> App<S> {
     fn gateway(&self, headers: &HeaderMap) -> Result<(), Response> {
-        Auth::find(&self.auth.gateways, headers).map(|_| ()).ok_or_else(|| self.unauthorized("a gateway"))
+        self.auth.gateway(headers).map(|_| ()).ok_or_else(|| self.unauthorized("a gateway"))
     }
 
-    /// The admin token's name (for the audit log).
+    /// The admin token's name (for the audit log); the token must hold the `admin` role.
     pub(crate) fn admin(&self, headers: &HeaderMap) -> Result<String, Response> {
-        Auth::find(&self.auth.admins, headers).map(str::to_owned).ok_or_else(|| self.unauthorized("an admin"))
+        self.role(headers, Role::Admin).map(|c| c.name)
+    }
+
+    /// The caller, if its token holds at least `needed` (see `crate::auth`): 401 without a valid
+    /// admin-side token, 403 naming the role needed otherwise. Every admin endpoint goes through here.
+    pub fn role(&self, headers: &HeaderMap, needed: Role) -> Result<crate::auth::Caller, Response> {
+        self.auth.check(headers, needed).map_err(|denied| match denied {
+            crate::auth::Denied::Unauthenticated => self.unauthorized("an admin-side"),
+            crate::auth::Denied::Forbidden { name, role, needed } => {
+                inc(&self.metrics.unauthorized, 1);
+                error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("token `{name}` has the {} role; this endpoint needs {} (or above); ask an admin", role.as_str(), needed.as_str()),
+                )
+            }
+        })
     }
 
     fn unauthorized(&self, who: &str) -> Response {
@@ -292,15 +277,20 @@ async fn healthz<S: Store>(State(app): State<App<S>>) -> Response {
     }
 }
 
-async fn metrics<S: Store>(State(app): State<App<S>>) -> Response {
+async fn metrics<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {
+    if app.auth.metrics_needs_token() {
+        tri!(app.role(&headers, Role::Viewer));
+    }
     let budgets = app.store.list_budgets(app.clock.now_ms()).await.unwrap_or_default();
-    let mut r = app.metrics.render(&budgets).into_response();
+    let mut text = app.metrics.render(&budgets);
+    text.push_str(&crate::gov_api::workflow_metrics(app.store.as_ref(), app.clock.now_ms()).await);
+    let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
 }
 
 async fn list_budgets<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, Role::Viewer));
     match app.store.list_budgets(app.clock.now_ms()).await {
         Ok(budgets) => ok_json(StatusCode::OK, &json!({ "budgets": budgets })),
         Err(e) => store_error(&app.metrics, e),
@@ -316,7 +306,7 @@ async fn budget_state<S: Store>(app: &App<S>, id: &str) -> Result<crate::store::
 }
 
 async fn get_budget<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, Role::Viewer));
     ok_json(StatusCode::OK, &tri!(budget_state(&app, &id).await))
 }
 
@@ -385,7 +375,7 @@ fn exemption_json(e: &Exemption, now_ms: i64) -> serde_json::Value {
 }
 
 async fn list_exemptions<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, Role::Viewer));
     let now = app.clock.now_ms();
     match app.store.list_exemptions().await {
         Ok(list) => ok_json(StatusCode::OK, &json!({ "exemptions": list.iter().map(|e| exemption_json(e, now)).collect::<Vec<_>>() })),
@@ -426,7 +416,7 @@ pub(crate) fn check_params(params: &HashMap<String, String>, known: &[&str]) -> 
     }
 }
 
-fn format_param(params: &HashMap<String, String>) -> Result<bool, Response> {
+pub(crate) fn format_param(params: &HashMap<String, String>) -> Result<bool, Response> {
     match params.get("format").map(String::as_str) {
         None | Some("json") => Ok(false),
         Some("csv") => Ok(true),
@@ -451,7 +441,7 @@ pub(crate) fn csv_response(filename: &str, text: String) -> Response {
 }
 
 async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, Role::Viewer));
     tri!(check_params(&params, &["group_by", "from", "to", "format"]));
     let csv = tri!(format_param(&params));
     let group_by = tri!(GroupBy::parse_list(params.get("group_by").map(String::as_str).unwrap_or("")).map_err(invalid));
@@ -483,7 +473,7 @@ async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Q
 }
 
 async fn utilization_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, Role::Viewer));
     tri!(check_params(&params, &["format"]));
     let csv = tri!(format_param(&params));
     let budgets = match app.store.list_budgets(app.clock.now_ms()).await {
@@ -509,7 +499,7 @@ async fn utilization_report<S: Store>(State(app): State<App<S>>, headers: Header
 }
 
 async fn audit<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, Role::Viewer));
     tri!(check_params(&params, &["subject", "since", "limit"]));
     let since_ms = match params.get("since") {
         Some(t) => Some(tri!(crate::window::parse_time_ms(t).map_err(|e| invalid(format!("since: {e}"))))),

@@ -35,6 +35,7 @@
 //!   what it alone can know.
 
 pub mod book;
+pub mod gov;
 pub mod redis;
 pub mod sqlite;
 
@@ -218,7 +219,7 @@ pub struct AuditQuery {
 ///
 /// Methods return `impl Future + Send` so backends can be async (network) or hand work to a thread
 /// (SQLite); the server is generic over `S: Store`.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: gov::GovStore + Send + Sync + 'static {
     /// Every budget with its current state, sorted by id.
     fn list_budgets(&self, now_ms: i64) -> impl Future<Output = StoreResult<Vec<BudgetState>>> + Send;
 

@@ -55,6 +55,7 @@
 //! and wants are clamped to that.
 
 mod requests;
+mod gov;
 
 use super::book::ScopeIndex;
 use super::RequestsQuery;

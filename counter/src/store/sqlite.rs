@@ -34,6 +34,7 @@
 //! `2 × lease_ttl`. Usage that shrinks a slice is not re-written, for the same reason.
 
 mod requests;
+mod gov;
 
 use super::book::{Book, Charges, Spend};
 use super::RequestsQuery;
@@ -143,6 +144,8 @@ enum Job {
     DeleteBudget { id: String, actor: String, now_ms: i64, reply: Reply<Option<BudgetSpec>> },
     AddExemption { exemption: Exemption, actor: String, now_ms: i64, reply: Reply<Exemption> },
     RevokeExemption { id: u64, actor: String, now_ms: i64, reply: Reply<Option<Exemption>> },
+    /// Workflows, exemption requests, outcomes (store/sqlite/gov.rs).
+    Gov(gov::GovJob),
     Shutdown { reply: Reply<()> },
 }
 
@@ -193,6 +196,7 @@ impl SqliteStore {
         conn.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"))
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
+        conn.execute_batch(gov::SCHEMA).map_err(internal)?;
         // Slices that expired a day before this start can never matter again.
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
@@ -529,6 +533,7 @@ impl Writer {
                 Job::RevokeExemption { id, actor, now_ms, reply } => {
                     let _ = reply.send(self.revoke_exemption(id, &actor, now_ms));
                 }
+                Job::Gov(job) => self.gov(job),
                 Job::Shutdown { reply } => {
                     // Stop taking work; what is already queued is still handled below, in order.
                     rx.close();

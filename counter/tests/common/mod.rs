@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tollgate_counter::client::Client;
 use tollgate_counter::clock::ManualClock;
-use tollgate_counter::server::{run, Auth};
+use tollgate_counter::server::{run_with, Auth, Role};
 use tollgate_counter::store::redis::{RedisOptions, RedisStore};
 use tollgate_counter::store::sqlite::{SqliteOptions, SqliteStore};
 use tollgate_counter::store::Store;
@@ -23,6 +23,21 @@ pub const GATEWAY_TOKEN: &str = "gw-secret-token";
 pub const ALICE_TOKEN: &str = "alice-admin-token";
 pub const BOB_TOKEN: &str = "bob-admin-token";
 pub const LEASE_TTL_MS: i64 = 30_000;
+/// Admin-side tokens with narrower roles (tollgate_counter::auth): vic views, rita requests,
+/// avery approves. alice and bob are admins.
+pub const VIC_TOKEN: &str = "vic-viewer-token";
+pub const RITA_TOKEN: &str = "rita-requester-token";
+pub const AVERY_TOKEN: &str = "avery-approver-token";
+/// The GitHub webhook secret of the harness's governance settings ([`gov_config`]).
+pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+
+/// The harness's governance settings: one extra outcome kind and a GitHub mapping.
+pub fn gov_config() -> tollgate_counter::outcome::GovConfig {
+    let file = json!({"outcome_kinds": ["incident_closed"],
+        "github": {"secret": GITHUB_SECRET, "repos": {"octo-org/hello-world": {"team": "platform", "use_case": "code-review"}},
+                   "users": {"octocat": "alice"}, "task_id_pattern": "%-#"}});
+    tollgate_counter::outcome::GovConfig::parse(&file.to_string(), None).unwrap()
+}
 
 pub fn at(text: &str) -> i64 {
     parse_time_ms(text).unwrap()
@@ -78,13 +93,20 @@ impl Harness {
     pub async fn with_store<S: Store>(store: Arc<S>, clock: Arc<ManualClock>, dir: tempfile::TempDir) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let auth = Auth::new(
+        let role = |n: &str, t: &str, r: Role| (n.to_owned(), t.to_owned(), r);
+        let auth = Auth::with_roles(
             vec![("gw".into(), GATEWAY_TOKEN.into())],
-            vec![("alice".into(), ALICE_TOKEN.into()), ("bob".into(), BOB_TOKEN.into())],
+            vec![
+                role("alice", ALICE_TOKEN, Role::Admin),
+                role("bob", BOB_TOKEN, Role::Admin),
+                role("vic", VIC_TOKEN, Role::Viewer),
+                role("rita", RITA_TOKEN, Role::Requester),
+                role("avery", AVERY_TOKEN, Role::Approver),
+            ],
         )
         .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(run(listener, store, clock.clone(), auth, async {
+        let server = tokio::spawn(run_with(listener, store, clock.clone(), auth, gov_config(), async {
             let _ = stopped.await;
         }));
         Harness { url, clock, dir, stop: Some(stop), server: Some(server), redis: None }
