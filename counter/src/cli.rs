@@ -5,7 +5,7 @@ use crate::budget::{BudgetFile, BudgetSpec, ExemptionSpec};
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::report;
-use crate::server::{apply_budget_file, run, Auth};
+use crate::server::{apply_budget_file, run_with, Auth};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use crate::store::{BudgetState, GroupBy, ReportRow, Store};
@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+mod governance;
 
 #[derive(Parser, Debug)]
 #[command(name = "tollgate-counter", version, about = "Tollgate's shared counter: budgets, leases, usage ledger, reports.")]
@@ -65,6 +67,10 @@ pub enum Command {
     },
     /// Measure usage records/s and lease calls/s against an in-process server on loopback.
     Bench(BenchArgs),
+    /// Print the events log (thresholds, hard stops, anomalies, overdue reviews), newest first.
+    Events(governance::EventsArgs),
+    /// Print daily spend baselines and suggested monthly limits per team, user, use case or model.
+    Baseline(governance::BaselineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +108,10 @@ pub struct ServeArgs {
     /// crash, may lose the last commits on power loss.
     #[arg(long, value_enum, default_value = "full")]
     pub sync: SyncArg,
+    /// Notify config (JSON): webhooks, threshold and anomaly rules, delivery settings. Without it
+    /// threshold events are still logged (GET /admin/events) but nothing is sent. docs/counter.md.
+    #[arg(long, env = "TOLLGATE_NOTIFY_CONFIG")]
+    pub notify: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -270,6 +280,8 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Report(args) => spend_report(args).await,
         Command::Utilization { conn, format } => utilization(conn, format).await,
         Command::Audit { conn, subject, since, limit, format } => audit(conn, subject, since, limit, format).await,
+        Command::Events(a) => governance::events(a).await,
+        Command::Baseline(a) => governance::baseline(a).await,
         Command::Bench(a) => {
             crate::bench::bench(crate::bench::BenchOptions { seconds: a.seconds, batch: a.batch.max(1), concurrency: a.concurrency.max(1), synchronous: a.sync.into(), redis_url: a.redis_url })
                 .await
@@ -359,7 +371,8 @@ async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: Serve
         "counter starting",
         json!({"data": args.data.as_ref().map(|d| d.display().to_string()), "redis_namespace": args.redis_url.as_ref().map(|_| &args.redis_namespace), "lease_ttl_secs": args.lease_ttl_secs, "sync": format!("{:?}", args.sync).to_lowercase(), "auth": format!("{auth:?}")}),
     );
-    run(listener, store, clock, auth, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
+    let notify = governance::load_notify(args.notify.as_ref())?;
+    run_with(listener, store, clock, auth, notify, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
 }
 
 async fn admin_call(conn: &Conn, method: hyper::Method, path: &str, body: Option<Value>) -> Result<crate::client::Answer, String> {

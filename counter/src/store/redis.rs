@@ -54,6 +54,8 @@
 //! Amounts cross into Lua as doubles: exact up to 2^53 micro-dollars ($9 billion); larger limits
 //! and wants are clamped to that.
 
+mod events;
+
 use super::book::ScopeIndex;
 use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{assess, Budget, BudgetSpec, Exemption};

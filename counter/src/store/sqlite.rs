@@ -33,6 +33,8 @@
 //! headroom a gateway still holds; it can only hold back more than needed, for at most
 //! `2 × lease_ttl`. Usage that shrinks a slice is not re-written, for the same reason.
 
+mod events;
+
 use super::book::{Book, Charges, Spend};
 use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{Budget, BudgetSpec, Exemption};
@@ -157,6 +159,8 @@ pub struct SqliteStore {
     bounds: Arc<Mutex<Bounds>>,
     lease_ttl_ms: i64,
     path: PathBuf,
+    /// The events log and outbox's own connection (store/sqlite/events.rs).
+    events: events::EventsDb,
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -231,6 +235,7 @@ impl SqliteStore {
         // than any window can reach stay on disk for history but need no memory.
         book.prune(now_ms);
         let reader = Connection::open(&path).map_err(internal)?;
+        let events = events::open(&path)?;
         reader.execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;").map_err(internal)?;
 
         let book = Arc::new(Mutex::new(book));
@@ -255,6 +260,7 @@ impl SqliteStore {
             bounds,
             lease_ttl_ms: options.lease_ttl_ms,
             path,
+            events,
         })
     }
 
