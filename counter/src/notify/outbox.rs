@@ -54,8 +54,9 @@ pub struct Notifier {
     stats: Stats,
     known: Mutex<HashSet<String>>,
     last_anomaly_ms: AtomicI64,
-    /// (rule index, local day start) -> trailing 7-day sums by dimension value.
-    trailing: Mutex<HashMap<(usize, i64), BTreeMap<String, Micros>>>,
+    /// (rule index, local day start) -> (read at, trailing 7-day sums by dimension value). Reused
+    /// for `10 × anomaly_every_ms`: late records (a gateway's backlog) still reach the baseline.
+    trailing: Mutex<HashMap<(usize, i64), (i64, BTreeMap<String, Micros>)>>,
 }
 
 impl Notifier {
@@ -188,14 +189,15 @@ impl Notifier {
                 rows.into_iter().filter_map(|r| r.keys.into_iter().next().map(|k| (k, r.cost_micros))).collect()
             };
             let today = sums(store.report(ReportQuery { group_by: vec![dim], from_ms: day_start, to_ms: day_start + DAY_MS }).await?);
-            let cached = guard(&self.trailing).get(&(i, day_start)).cloned();
+            let reuse_ms = self.config.evaluation.anomaly_every_ms.saturating_mul(10);
+            let cached = guard(&self.trailing).get(&(i, day_start)).filter(|(at, _)| now < at.saturating_add(reuse_ms)).map(|(_, t)| t.clone());
             let trailing = match cached {
                 Some(t) => t,
                 None => {
                     let t = sums(store.report(ReportQuery { group_by: vec![dim], from_ms: day_start - 7 * DAY_MS, to_ms: day_start }).await?);
                     let mut cache = guard(&self.trailing);
                     cache.retain(|(_, d), _| *d == day_start);
-                    cache.insert((i, day_start), t.clone());
+                    cache.insert((i, day_start), (now, t.clone()));
                     t
                 }
             };

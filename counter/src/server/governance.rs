@@ -4,7 +4,7 @@
 
 use super::{check_params, csv_response, format_param, invalid, ok_json, store_error, time_param, App};
 use crate::baseline::{self, DAY_MS};
-use crate::notify::{EventKind, EventLog, EventQuery};
+use crate::notify::{EventKind, EventQuery};
 use crate::report;
 use crate::store::{GroupBy, ReportQuery, Store};
 use axum::extract::{Query, State};

@@ -121,8 +121,10 @@ impl EventLog for SqliteStore {
                     "SELECT o.seq, o.target, o.attempts, o.next_at_ms, e.body FROM outbox o JOIN events e ON e.seq = o.seq
                      WHERE o.delivered_at_ms IS NULL AND o.next_at_ms <= ?1 ORDER BY o.next_at_ms, o.seq LIMIT ?2",
                 )?;
-                stmt.query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                    .collect::<rusqlite::Result<_>>()?
+                let rows = stmt
+                    .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                rows
             };
             let mut out = Vec::with_capacity(due.len());
             for (seq, target, attempts, next_at_ms, body) in due {
