@@ -103,7 +103,7 @@ async fn crossing_80_percent_sends_one_signed_slack_message_and_the_hard_stop_an
     let got = &receiver.delivered()[0];
     let body = verified(&h, got);
     assert_eq!(got.path, "/slack");
-    assert_eq!(got.event, "threshold:platform:80:1764028800");
+    assert_eq!(got.event, format!("threshold:platform:80:{}", at("2026-11-25") / 1000));
     assert!(body["text"].as_str().unwrap().contains("passed 80 % of its day limit: $0.85 of $1.00"), "{body}");
     assert_eq!(body["blocks"][0]["type"], "header");
 
@@ -115,7 +115,7 @@ async fn crossing_80_percent_sends_one_signed_slack_message_and_the_hard_stop_an
     h.usage("gw1", vec![record("r4", "platform", 50_000)]).await;
     eventually("the hard-stop message", || async { receiver.delivered().len() == 2 }).await;
     let hard = &receiver.delivered()[1];
-    assert_eq!(hard.event, "hard_stop:platform:1764028800");
+    assert_eq!(hard.event, format!("hard_stop:platform:{}", at("2026-11-25") / 1000));
     assert!(verified(&h, hard)["text"].as_str().unwrap().contains("requests on it are refused"));
 
     let list = events(&h, "").await;
@@ -139,7 +139,7 @@ async fn crossing_80_percent_sends_one_signed_slack_message_and_the_hard_stop_an
     h.clock.set_ms(at("2026-11-26T09:00:00Z"));
     h.usage("gw1", vec![record("r5", "platform", 900_000)]).await;
     eventually("the next day's 80 % message", || async { receiver.delivered().len() == 3 }).await;
-    assert_eq!(receiver.delivered()[2].event, "threshold:platform:80:1764115200");
+    assert_eq!(receiver.delivered()[2].event, format!("threshold:platform:80:{}", at("2026-11-26") / 1000));
 }
 
 #[tokio::test]
