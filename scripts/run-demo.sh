@@ -3,7 +3,9 @@
 # 127.0.0.1:8787) and Envoy with the Tollgate filter on 127.0.0.1:10000 (admin 127.0.0.1:9901),
 # access log on this terminal. Ctrl-C stops everything
 # this script started. The filter's configuration is envoy/demo-config.json (README.md, "Configuration reference").
-# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT, COUNTER_PORT; DEMO_DIR (default .run/demo)
+# A small webhook receiver (scripts/webhook-receiver.py, 127.0.0.1:9300) prints the alerts the counter
+# sends (signed Slack-shaped messages, docs/counter.md "Notifications").
+# Ports can be moved: LISTEN_PORT, ADMIN_PORT, MOCK_PORT, COUNTER_PORT, WEBHOOK_PORT; DEMO_DIR (default .run/demo)
 # holds logs and the counter's data, emptied at every start so the walkthrough below always starts
 # from fresh books (envoy/tests/test_demo.py runs it as printed).
 set -euo pipefail
@@ -13,6 +15,7 @@ LISTEN_PORT="${LISTEN_PORT:-10000}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 MOCK_PORT="${MOCK_PORT:-9100}"
 COUNTER_PORT="${COUNTER_PORT:-8787}"
+WEBHOOK_PORT="${WEBHOOK_PORT:-9300}"
 WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm"
 MOCK="$CARGO_TARGET_DIR/release/mock-llm"
 COUNTER="$CARGO_TARGET_DIR/release/tollgate-counter"
@@ -48,6 +51,16 @@ wait_http() { # url, what, seconds
 pids+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/__mock/health" mock-llm 10
 
+# 2a. The webhook receiver: prints each alert on this terminal after checking its signature.
+export TOLLGATE_WEBHOOK_SECRET=demo-webhook-secret-0123456789
+python3 scripts/webhook-receiver.py --port "$WEBHOOK_PORT" --secret-env TOLLGATE_WEBHOOK_SECRET &
+pids+=($!)
+cat >"$RUN/notify.json" <<NOTIFY
+{"webhooks": [{"name": "demo-slack", "url": "http://127.0.0.1:$WEBHOOK_PORT/hooks/demo", "format": "slack",
+               "secret_env": "TOLLGATE_WEBHOOK_SECRET"}],
+ "evaluation": {"tick_ms": 200}}
+NOTIFY
+
 # 2. tollgate-counter: budgets (envoy/demo-budgets.json), leases and the ledger, in $RUN/counter-data.
 #    The tokens are demo values; a real deployment keeps them in secrets (docs/counter.md).
 cat >"$RUN/tokens.json" <<'TOKENS'
@@ -56,7 +69,7 @@ TOKENS
 rm -rf "$RUN/counter-data"
 mkdir -p "$RUN/counter-data"
 "$COUNTER" serve --listen "127.0.0.1:$COUNTER_PORT" --data "$RUN/counter-data" \
-  --budgets envoy/demo-budgets.json --tokens "$RUN/tokens.json" 2>"$RUN/counter.log" &
+  --budgets envoy/demo-budgets.json --tokens "$RUN/tokens.json" --notify "$RUN/notify.json" 2>"$RUN/counter.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$COUNTER_PORT/healthz" tollgate-counter 15
 
@@ -83,7 +96,8 @@ ask='{"model":"tier:premium","max_tokens":50,"messages":[{"role":"user","content
 cat <<MSG
 
 Tollgate demo: Envoy + filter on http://127.0.0.1:$LISTEN_PORT, admin http://127.0.0.1:$ADMIN_PORT,
-mock providers on 127.0.0.1:$MOCK_PORT, tollgate-counter on 127.0.0.1:$COUNTER_PORT. Access log lines appear below. Ctrl-C stops everything.
+mock providers on 127.0.0.1:$MOCK_PORT, tollgate-counter on 127.0.0.1:$COUNTER_PORT, webhook receiver on
+127.0.0.1:$WEBHOOK_PORT. Access log lines and received alerts appear below. Ctrl-C stops everything.
 
 Try, in this order:
   # 1. alice asks for the premium tier: routed to gpt-4o, attributed to her by her virtual key, 200.
@@ -92,7 +106,8 @@ Try, in this order:
   curl -s localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'
   # 2. alice has \$0.003 a day, with a soft alert at 50 %: 15 more requests, one every 0.3 s. Past
   #    half her budget the answers carry x-tollgate-budget-status: soft; at the hard limit they turn
-  #    into 429. (Sent back to back, some are refused early for a moment: the previous request's
+  #    into 429; the counter sends a signed soft alert to the webhook receiver, which prints it below.
+  #    (Sent back to back, some are refused early for a moment: the previous request's
   #    worst case stays reserved until the gateway's next settlement tick and acknowledgement.)
   for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} %header{x-tollgate-budget-status}\n' localhost:$LISTEN_PORT/v1/chat/completions $alice -d '$ask'; sleep 0.3; done
   # 3. the refusal, in OpenAI's error shape, names her budget
@@ -106,6 +121,8 @@ Try, in this order:
   curl -s 'localhost:$ADMIN_PORT/stats?filter=tollgate'
   $COUNTER utilization --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token
   $COUNTER report --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token --group-by team,model
+  # 7. the events log: alice's soft alert (50 %) and hard stop, each delivered to the local receiver
+  $COUNTER events --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token --scope user:alice
 
 MSG
 wait -n "${pids[@]}"

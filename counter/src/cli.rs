@@ -7,7 +7,7 @@ use crate::budget::{BudgetFile, BudgetSpec, ExemptionSpec};
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::report;
-use crate::server::{apply_budget_file, Auth};
+use crate::server::{apply_budget_file, run_with, Auth};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use crate::store::{BudgetState, GroupBy, ReportRow, Store};
@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+mod governance;
 
 #[derive(Parser, Debug)]
 #[command(name = "tollgate-counter", version, about = "Tollgate's shared counter: budgets, leases, usage ledger, reports.")]
@@ -107,6 +109,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Print the events log (thresholds, hard stops, anomalies, overdue reviews), newest first.
+    Events(governance::EventsArgs),
+    /// Print daily spend baselines and suggested monthly limits per team, user, use case or model.
+    Baseline(governance::BaselineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +157,10 @@ pub struct ServeArgs {
     /// crash, may lose the last commits on power loss.
     #[arg(long, value_enum, default_value = "full")]
     pub sync: SyncArg,
+    /// Notify config (JSON): webhooks, threshold and anomaly rules, delivery settings. Without it
+    /// threshold events are still logged (GET /admin/events) but nothing is sent. docs/counter.md.
+    #[arg(long, env = "TOLLGATE_NOTIFY_CONFIG")]
+    pub notify: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -325,6 +335,8 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Outcomes { conn, command } => gov::outcomes(conn, command).await,
         Command::Insights { conn, command } => gov::insights(conn, command).await,
         Command::Review { conn, month, format } => gov::review(conn, month, format).await,
+        Command::Events(a) => governance::events(a).await,
+        Command::Baseline(a) => governance::baseline(a).await,
         Command::Bench(a) => {
             crate::bench::bench(crate::bench::BenchOptions { seconds: a.seconds, batch: a.batch.max(1), concurrency: a.concurrency.max(1), synchronous: a.sync.into(), redis_url: a.redis_url })
                 .await
@@ -433,7 +445,8 @@ async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: Serve
         "counter starting",
         json!({"data": args.data.as_ref().map(|d| d.display().to_string()), "redis_namespace": args.redis_url.as_ref().map(|_| &args.redis_namespace), "lease_ttl_secs": args.lease_ttl_secs, "sync": format!("{:?}", args.sync).to_lowercase(), "auth": format!("{auth:?}")}),
     );
-    crate::server::run_with(listener, store, clock, auth, gov, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
+    let notify = governance::load_notify(args.notify.as_ref())?;
+    run_with(listener, store, clock, auth, gov, notify, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
 }
 
 /// The governance file (`--governance`) and `TOLLGATE_GITHUB_WEBHOOK_SECRET`.

@@ -16,6 +16,9 @@
 //! - [`report`]: JSON, CSV and table shapes of the reports.
 //! - [`server`]: the HTTP API (`run(listener, store, clock, auth, shutdown)`), auth, errors.
 //! - [`metrics`]: Prometheus text.
+//! - [`notify`]: threshold / hard-stop / anomaly / overdue-review events, the events log, signed
+//!   webhooks through a durable outbox.
+//! - [`baseline`]: daily spend baselines and suggested monthly limits (observe first).
 //! - [`log`]: structured JSON-line logs to stderr.
 //! - [`client`]: a small HTTP/1.1 client used by the CLI, the bench and the tests.
 //! - [`cli`]: the `tollgate-counter` command line (`serve`, admin subcommands).
@@ -45,6 +48,8 @@ pub mod gov_api;
 pub mod metrics;
 pub mod outcome;
 pub mod review;
+pub mod notify;
+pub mod baseline;
 pub mod report;
 pub mod server;
 pub mod simulate;

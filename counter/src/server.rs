@@ -20,6 +20,8 @@
 //! GET    /console/...                    none (assets)   the web console; its pages call the admin API (console/)
 //! ...    workflows, exemption requests, outcomes, the GitHub webhook, outcome reports and the
 //!        monthly review: see `crate::gov_api`.
+//! GET    /admin/events                   admin token     ?kind=&scope=&subject=&since=&until=&limit=&format=
+//! GET    /admin/reports/baseline         admin token     ?scope=team|team:platform&days=60&to=&format=json|csv
 //! ```
 //!
 //! "admin token" above: read-only (GET) endpoints need the `viewer` role or above, changes need
@@ -67,11 +69,20 @@ pub struct App<S> {
     pub metrics: Arc<Metrics>,
     /// Outcome kinds and the GitHub webhook's settings (`crate::outcome::GovConfig`).
     pub gov: Arc<crate::outcome::GovConfig>,
+    /// Notifications: evaluated and delivered in the background; usage only pokes it.
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl<S> Clone for App<S> {
     fn clone(&self) -> Self {
-        App { store: Arc::clone(&self.store), clock: Arc::clone(&self.clock), auth: Arc::clone(&self.auth), metrics: Arc::clone(&self.metrics), gov: Arc::clone(&self.gov) }
+        App {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            auth: Arc::clone(&self.auth),
+            metrics: Arc::clone(&self.metrics),
+            gov: Arc::clone(&self.gov),
+            notifier: Arc::clone(&self.notifier),
+        }
     }
 }
 
@@ -84,22 +95,30 @@ pub async fn run<S: Store>(
     auth: Auth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    run_with(listener, store, clock, auth, crate::outcome::GovConfig::default(), shutdown).await
+    run_with(listener, store, clock, auth, crate::outcome::GovConfig::default(), crate::notify::NotifyConfig::default(), shutdown).await
 }
 
-/// [`run`] with the governance settings (`serve --governance FILE`).
+/// [`run`] with the governance settings (`serve --governance FILE`) and the notify config
+/// (webhooks and rules; `serve --notify FILE`).
 pub async fn run_with<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
     clock: Arc<dyn Clock>,
     auth: Auth,
     gov: crate::outcome::GovConfig,
+    notify: crate::notify::NotifyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default(), gov: Arc::new(gov) };
+    let notifier = crate::notify::Notifier::new(notify, Arc::clone(&clock));
+    let background = notifier.spawn(Arc::clone(&store));
+    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default(), gov: Arc::new(gov), notifier };
     crate::log::info("listening", json!({"addr": addr.to_string()}));
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await?;
+    let served = axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await;
+    for task in background {
+        task.abort();
+    }
+    served?;
     match store.shutdown().await {
         Ok(()) => crate::log::info("stopped; store flushed", json!({})),
         Err(e) => crate::log::error("store shutdown failed", json!({"error": e.to_string()})),
@@ -125,6 +144,8 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/admin/reports/requests", get(crate::simulate::requests_report::<S>))
         .merge(crate::console::routes())
         .merge(crate::gov_api::routes::<S>())
+        .route("/admin/events", get(governance::events::<S>))
+        .route("/admin/reports/baseline", get(governance::baseline::<S>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/counter.md")
@@ -229,6 +250,8 @@ macro_rules! tri {
     };
 }
 
+mod governance;
+
 async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));
     let request: LeaseRequest = match parse_body(&body).and_then(|r| validate_lease_request(&r).map(|_| r).map_err(invalid)) {
@@ -264,6 +287,9 @@ async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bo
             inc(&app.metrics.usage_batches, 1);
             inc(&app.metrics.usage_records_accepted, ack.accepted);
             inc(&app.metrics.usage_records_duplicate, ack.duplicates);
+            if ack.accepted > 0 {
+                app.notifier.poke();
+            }
             ok_json(StatusCode::OK, &ack)
         }
         Err(e) => store_error(&app.metrics, e),
@@ -284,6 +310,7 @@ async fn metrics<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Res
     let budgets = app.store.list_budgets(app.clock.now_ms()).await.unwrap_or_default();
     let mut text = app.metrics.render(&budgets);
     text.push_str(&crate::gov_api::workflow_metrics(app.store.as_ref(), app.clock.now_ms()).await);
+    text.push_str(&app.notifier.render_metrics(crate::notify::EventLog::pending_deliveries(app.store.as_ref()).await.ok()));
     let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r

@@ -74,7 +74,7 @@ def demo():
 
 def test_the_printed_walkthrough_does_what_it_says(demo):
     steps, out, text = demo
-    assert sorted(steps) == [1, 2, 3, 4, 5, 6], f"the walkthrough's steps changed: {steps}"
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6, 7], f"the walkthrough's steps changed: {steps}"
 
     # 1. alice's first request is routed to gpt-4o and answered.
     first = json.loads(run(steps[1][0]))
@@ -109,6 +109,14 @@ def test_the_printed_walkthrough_does_what_it_says(demo):
     assert re.search(r"tollgate_requests_openai_metered: [1-9]", stats), stats
     assert "alice-daily" in utilization, utilization
     assert "search" in report and "gpt-4o" in report, report
+
+    # 7. the events log shows alice's soft alert, delivered to the demo's webhook receiver, which
+    #    printed it (signature checked) on the demo's terminal.
+    events = run(steps[7][0])
+    soft = [line for line in events.splitlines() if "threshold" in line and "alice-daily" in line]
+    assert soft and "passed 50 %" in soft[0] and "demo-slack:delivered" in soft[0], events
+    printed = out.read_text(errors="replace")
+    assert "webhook receiver: threshold:alice-daily:50:" in printed and "(signature ok)" in printed, printed[-2000:]
 
     # The access log prints the filter's summary and no column that is always null.
     log = [json.loads(line) for line in out.read_text(errors="replace").splitlines() if line.startswith("{")]

@@ -216,10 +216,11 @@ pub struct AuditQuery {
 }
 
 /// Everything the counter service asks of its storage. See the module docs for the contract.
+/// Every store also keeps the events log and webhook outbox ([`crate::notify::EventLog`]).
 ///
 /// Methods return `impl Future + Send` so backends can be async (network) or hand work to a thread
 /// (SQLite); the server is generic over `S: Store`.
-pub trait Store: gov::GovStore + Send + Sync + 'static {
+pub trait Store: gov::GovStore + crate::notify::EventLog + Send + Sync + 'static {
     /// Every budget with its current state, sorted by id.
     fn list_budgets(&self, now_ms: i64) -> impl Future<Output = StoreResult<Vec<BudgetState>>> + Send;
 

@@ -56,6 +56,7 @@
 
 mod requests;
 mod gov;
+mod events;
 
 use super::book::ScopeIndex;
 use super::RequestsQuery;

@@ -35,6 +35,7 @@
 
 mod requests;
 mod gov;
+mod events;
 
 use super::book::{Book, Charges, Spend};
 use super::RequestsQuery;
@@ -164,6 +165,8 @@ pub struct SqliteStore {
     bounds: Arc<Mutex<Bounds>>,
     lease_ttl_ms: i64,
     path: PathBuf,
+    /// The events log and outbox's own connection (store/sqlite/events.rs).
+    events: events::EventsDb,
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -239,6 +242,7 @@ impl SqliteStore {
         // than any window can reach stay on disk for history but need no memory.
         book.prune(now_ms);
         let reader = Connection::open(&path).map_err(internal)?;
+        let events = events::open(&path)?;
         reader.execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;").map_err(internal)?;
 
         let book = Arc::new(Mutex::new(book));
@@ -263,6 +267,7 @@ impl SqliteStore {
             bounds,
             lease_ttl_ms: options.lease_ttl_ms,
             path,
+            events,
         })
     }
 

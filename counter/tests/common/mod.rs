@@ -6,6 +6,7 @@
 //! started in the harness's temp dir ([`redis_server`]).
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod redis_server;
 
 use serde_json::{json, Value};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tollgate_counter::client::Client;
 use tollgate_counter::clock::ManualClock;
+use tollgate_counter::notify::NotifyConfig;
 use tollgate_counter::server::{run_with, Auth, Role};
 use tollgate_counter::store::redis::{RedisOptions, RedisStore};
 use tollgate_counter::store::sqlite::{SqliteOptions, SqliteStore};
@@ -76,21 +78,31 @@ impl Harness {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, now_ms: i64) -> Harness {
+        Harness::start_in_with(dir, now_ms, NotifyConfig::default()).await
+    }
+
+    /// [`Harness::start_in`] with a notify config (webhooks, rules).
+    pub async fn start_in_with(dir: tempfile::TempDir, now_ms: i64, notify: NotifyConfig) -> Harness {
         let clock = Arc::new(ManualClock::new(now_ms));
         if on_redis() {
             let server = redis_server::RedisServer::start(dir.path());
             let store = Arc::new(RedisStore::connect(redis_options(&server.url())).await.unwrap());
-            let mut h = Harness::with_store(store, clock, dir).await;
+            let mut h = Harness::with_store_notify(store, clock, dir, notify).await;
             h.redis = Some(server);
             return h;
         }
         let options = SqliteOptions { lease_ttl_ms: LEASE_TTL_MS, ..SqliteOptions::default() };
         let store = Arc::new(SqliteStore::open(dir.path(), options, now_ms).unwrap());
-        Harness::with_store(store, clock, dir).await
+        Harness::with_store_notify(store, clock, dir, notify).await
     }
 
     /// A counter serving `store` (e.g. a second instance on the same Redis).
     pub async fn with_store<S: Store>(store: Arc<S>, clock: Arc<ManualClock>, dir: tempfile::TempDir) -> Harness {
+        Harness::with_store_notify(store, clock, dir, NotifyConfig::default()).await
+    }
+
+    /// [`Harness::with_store`] with a notify config.
+    pub async fn with_store_notify<S: Store>(store: Arc<S>, clock: Arc<ManualClock>, dir: tempfile::TempDir, notify: NotifyConfig) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let role = |n: &str, t: &str, r: Role| (n.to_owned(), t.to_owned(), r);
@@ -106,7 +118,7 @@ impl Harness {
         )
         .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(run_with(listener, store, clock.clone(), auth, gov_config(), async {
+        let server = tokio::spawn(run_with(listener, store, clock.clone(), auth, gov_config(), notify, async {
             let _ = stopped.await;
         }));
         Harness { url, clock, dir, stop: Some(stop), server: Some(server), redis: None }
