@@ -11,6 +11,9 @@ worker (--concurrency 1). The cases:
             pause, read and write the body, set three headers, read the response headers and
             body, publish one access-log value) and does nothing else: the floor under Tollgate
             that comes from talking to Envoy at all, before any parsing, routing or metering
+  calls-v1  the `calls` floor as it was before issue 17 corrected it (the 2026-11-23 figures): the
+            same calls without the response-body write where Tollgate strips the usage-only
+            chunk; shown beside `calls` so one run tells the reference's change from Tollgate's
   tollgate  Envoy + Tollgate: attribute (virtual key), route (rewrite the model, set the provider
             header), meter the SSE response (tokens and cost)
   enforce   the same plus full budget enforcement (docs/enforcement.md): leases from a real
@@ -42,7 +45,7 @@ the sections go to BENCH_OUT (default: a temp file), not BENCHMARKS.md. The figu
 it checks that every part works.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_LATENCY_SECONDS (5),
-BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,calls,tollgate,enforce), BENCH_OUT (BENCHMARKS.md),
+BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,calls-v1,calls,tollgate,enforce), BENCH_OUT (BENCHMARKS.md),
 BENCH_PARTS (instructions,envoy,counter,redis), BENCH_COUNTER_SECONDS (5, per phase),
 BENCH_INSTRUCTIONS_BIN (run this prebuilt `instructions` binary instead of `cargo run`),
 TOLLGATE_COUNTER_BIN, REDIS_SERVER (redis-server),
@@ -77,7 +80,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "10"))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "2" if QUICK else "5"))
 WARMUP_SECONDS = 1 if QUICK else 2
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,calls,tollgate,enforce").split(",")
+CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,calls-v1,calls,tollgate,enforce").split(",")
 PARTS = os.environ.get("BENCH_PARTS", "instructions,envoy,counter,redis").split(",")
 COUNTER_SECONDS = int(os.environ.get("BENCH_COUNTER_SECONDS", "1" if QUICK else "5"))
 OUT = Path(os.environ.get("BENCH_OUT", Path(tempfile.gettempdir()) / "tollgate-bench-quick.md" if QUICK else REPO / "BENCHMARKS.md"))
@@ -313,6 +316,7 @@ def envoy_part():
             "noop": dict(wasm=harness.NOOP_WASM, plugin_config="{}"),
             "naive": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"naive"}'),
             "calls": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"calls"}'),
+            "calls-v1": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"calls-v1"}'),
             "tollgate": dict(wasm=harness.TOLLGATE_WASM, plugin_config=TOLLGATE_CONFIG),
         }
         envoys = {}
@@ -409,6 +413,12 @@ def envoy_report(med, enforce, conditions):
         if "calls" in med:
             lines.append(f"- Tollgate keeps **{t['rps'] / med['calls']['rps'] * 100:.1f}%** of the host-call floor's throughput: "
                          "the rest of its cost is its own work in wasm.")
+        if "calls-v1" in med:
+            v1 = med["calls-v1"]
+            lines.append(f"- Against the pre-issue-17 floor (`calls-v1`, no response-body write) Tollgate keeps "
+                         f"**{t['rps'] / v1['rps'] * 100:.1f}%**; `calls-v1` keeps {v1['rps'] / noop['rps'] * 100:.1f}% of no-op "
+                         + (f"and `calls` {med['calls']['rps'] / noop['rps'] * 100:.1f}%: the difference is the reference's, not Tollgate's."
+                            if "calls" in med else "."))
     if "enforce" in med and noop:
         t = med["enforce"]
         c = enforce.get("counter", {})

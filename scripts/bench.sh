@@ -2,8 +2,10 @@
 # make bench: every benchmark figure in one run, written into BENCHMARKS.md (one regenerated section
 # per part, each with its command and the machine conditions):
 #   instructions  wasm instructions per request (host-tests; compiled here on first use)
-#   envoy         plain Envoy vs no-op wasm vs naive vs Tollgate (metering) vs Tollgate with full
-#                 enforcement against a real tollgate-counter; interleaved wrk rounds on loopback
+#   envoy         plain Envoy vs no-op wasm vs naive vs the host-call floor (`calls`, and `calls-v1`:
+#                 the floor before issue 17 corrected it, side by side) vs Tollgate (metering) vs
+#                 Tollgate with full enforcement against a real tollgate-counter; interleaved wrk
+#                 rounds on loopback
 #   counter/redis tollgate-counter bench on SQLite and on a real redis-server (loopback, temp dir)
 # Takes about 5 minutes with the defaults (plus a one-time compile of the instruction counter) and
 # loads the machine: don't run it while something else is being measured.

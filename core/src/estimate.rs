@@ -1,8 +1,12 @@
-//! Token estimates for the two moments the filter has no usage report to go on.
+//! Token estimates for the two moments the filter has no usage report to go on. Tokens only:
+//! what they cost is `core::pricing`'s (this module imports nothing of it; the model's limits
+//! come in as plain numbers).
 //!
-//! - **Before the request** (reservations): the worst case. [`input_tokens_upper_bound`] bounds the
-//!   prompt by its body size, and [`worst_case_cost`] prices that bound plus the most output the
-//!   request may produce, so a reservation is never smaller than what the request can cost.
+//! - **Before the request** (reservations): the worst case. [`EstimateConfig::prompt_tokens_bound`]
+//!   bounds the prompt by its body size (or by the model's context window, below), and
+//!   [`EstimateConfig::max_output_tokens`] gives the most output the request may produce;
+//!   `ModelPrice::worst_case_cost` prices the two, so a reservation is never smaller than what the
+//!   request can cost (`core::enforce::reservation` puts them together).
 //! - **After a cut stream** (the client or upstream hung up before usage arrived):
 //!   [`estimate_from_stream`] gives a realistic figure from the prompt and the content that was
 //!   streamed. The caller flags such records `estimated`.
@@ -33,8 +37,6 @@
 //! Both counts round up.
 
 use crate::errors::{ErrorKind, Failure};
-use crate::money::{self, Micros};
-use crate::pricing::{prompt_tokens, ModelPrice, TierPrice};
 use crate::prompt_bound::Shape;
 use crate::protocol::Tokens;
 use crate::usage::ScanOutcome;
@@ -135,34 +137,30 @@ impl EstimateConfig {
         Ok(())
     }
 
-    /// The prompt tokens a reservation assumes for a body of `body_len` bytes on `model`
-    /// (priced `price`), given how its billed prompt can exceed the body (`remote`, from
-    /// `core::prompt_bound::detect`):
+    /// The prompt tokens a reservation assumes for a body of `body_len` bytes on `model`, whose
+    /// context window (`max_input_tokens`) is `context_window` when the price table knows it,
+    /// given how its billed prompt can exceed the body (`remote`, from `core::prompt_bound::detect`):
     /// - text only: the body bound ([`Self::input_tokens_upper_bound`]; `worst_case_cost` caps it
     ///   by the window);
     /// - otherwise the model's context window, the only bound the gateway knows (the upstream
     ///   refuses a longer prompt); `worst_case_cost` prices it at the dearest prompt price and the
     ///   long-context tier;
-    /// - no window known: a prompt that costs nothing needs no bound; else
-    ///   `unknown_context_window` decides: a 403 naming the fields to set, or
-    ///   `unknown_context_window_tokens` (not a true bound).
+    /// - no window known: `unknown_context_window` decides: a 403 naming the fields to set, or
+    ///   `unknown_context_window_tokens` (not a true bound). (A model whose prompt costs nothing
+    ///   needs no bound at all: `core::enforce::reservation` does not ask.)
     pub fn prompt_tokens_bound(
         &self,
         body_len: u64,
         remote: Option<Shape>,
         model: &str,
-        price: &ModelPrice,
+        context_window: Option<u64>,
     ) -> Result<PromptBound, Failure> {
         let body = self.input_tokens_upper_bound(body_len);
         let Some(shape) = remote else {
             return Ok(PromptBound { tokens: body, true_bound: self.reserve_bytes_per_token == 1 });
         };
-        if let Some(window) = price.max_input_tokens {
+        if let Some(window) = context_window {
             return Ok(PromptBound { tokens: window, true_bound: true });
-        }
-        let free = |t: &TierPrice| t.input == 0 && t.cache_read == 0 && t.cache_write == 0;
-        if free(&price.base) && price.long_context.is_none_or(|l| free(&l.price)) {
-            return Ok(PromptBound { tokens: body, true_bound: true });
         }
         match self.unknown_context_window {
             UnknownContextWindow::Reserve => {
@@ -202,7 +200,7 @@ impl EstimateConfig {
     pub fn estimate_unfinished(&self, prompt_bytes: u64, scan: &ScanOutcome) -> Tokens {
         let guess = self.estimate_from_stream(prompt_bytes, scan.streamed_content_bytes);
         match scan.tokens.or(scan.partial_tokens) {
-            Some(reported) if prompt_tokens(&reported) > 0 => {
+            Some(reported) if reported.prompt() > 0 => {
                 Tokens { output: reported.output.max(guess.output), ..reported }
             }
             Some(reported) => {
@@ -213,9 +211,9 @@ impl EstimateConfig {
     }
 
     /// The output tokens to reserve: the request's own maximum (capped by the model's, since the
-    /// upstream cannot produce more), else the model's maximum, else `default_max_output_tokens`.
-    pub fn max_output_tokens(&self, requested: Option<u64>, price: Option<&ModelPrice>) -> u64 {
-        let model_max = price.and_then(|p| p.max_output_tokens);
+    /// upstream cannot produce more), else the model's maximum (`model_max`, from the price table
+    /// when the model is priced), else `default_max_output_tokens`.
+    pub fn max_output_tokens(&self, requested: Option<u64>, model_max: Option<u64>) -> u64 {
         match (requested, model_max) {
             (Some(r), Some(m)) => r.min(m),
             (Some(r), None) => r,
@@ -236,39 +234,9 @@ pub fn estimate_from_stream(prompt_bytes: u64, streamed_content_bytes: u64) -> T
     EstimateConfig::default().estimate_from_stream(prompt_bytes, streamed_content_bytes)
 }
 
-/// The most a request can cost: `input_upper_bound` prompt tokens (capped by the model's context
-/// window when known) and `max_output_tokens` output tokens. Every prompt token is priced at the
-/// dearest of the input, cache-read and cache-write prices, because the request may write its whole
-/// prompt to a cache. When the bound exceeds the model's long-context threshold, the dearer of the
-/// two tiers is taken (the real prompt may land on either side of the threshold).
-pub fn worst_case_cost(price: &ModelPrice, input_upper_bound: u64, max_output_tokens: u64) -> Micros {
-    let input = match price.max_input_tokens {
-        Some(window) => input_upper_bound.min(window),
-        None => input_upper_bound,
-    };
-    let at = |tier: &TierPrice| {
-        let prompt_price = tier.dearest_prompt_price();
-        u128::from(input)
-            .saturating_mul(u128::from(prompt_price))
-            .saturating_add(u128::from(max_output_tokens).saturating_mul(u128::from(tier.output)))
-    };
-    let (tier, long) = price.tier_for(input);
-    let picos = if long { at(&tier).max(at(&price.base)) } else { at(&tier) };
-    money::picos_to_micros_ceil(picos)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pricing::LongContext;
-    use proptest::prelude::*;
-
-    const CLAUDE_LIKE: TierPrice =
-        TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000, cache_write_1h: 3_750_000 };
-
-    fn model(base: TierPrice) -> ModelPrice {
-        ModelPrice { base, ..ModelPrice::default() }
-    }
 
     #[test]
     fn the_prompt_bound_is_one_token_per_byte_unless_configured() {
@@ -304,33 +272,12 @@ mod tests {
     }
 
     #[test]
-    fn worst_case_prices_every_prompt_token_as_a_cache_write_by_hand() {
-        // 1000 × $3.75/M + 500 × $15/M = $0.00375 + $0.0075 = 11_250 micro-dollars.
-        assert_eq!(worst_case_cost(&model(CLAUDE_LIKE), 1000, 500), 11_250);
-        // The context window caps the bound: 800 × $3.75/M + 500 × $15/M = 10_500.
-        let windowed = ModelPrice { max_input_tokens: Some(800), ..model(CLAUDE_LIKE) };
-        assert_eq!(worst_case_cost(&windowed, 1000, 500), 10_500);
-        assert_eq!(worst_case_cost(&model(CLAUDE_LIKE), 0, 0), 0);
-    }
-
-    #[test]
-    fn worst_case_takes_the_long_context_tier_above_its_threshold() {
-        let long = TierPrice { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000, cache_write_1h: 7_500_000 };
-        let price =
-            ModelPrice { long_context: Some(LongContext { above_tokens: 200_000, price: long }), ..model(CLAUDE_LIKE) };
-        // 200_000 × $3.75/M + 1000 × $15/M = $0.75 + $0.015.
-        assert_eq!(worst_case_cost(&price, 200_000, 1000), 765_000);
-        // 300_000 × $7.50/M + 1000 × $22.50/M = $2.25 + $0.0225.
-        assert_eq!(worst_case_cost(&price, 300_000, 1000), 2_272_500);
-    }
-
-    #[test]
     fn max_output_comes_from_the_request_then_the_model_then_the_default() {
         let cfg = EstimateConfig::default();
-        let price = ModelPrice { max_output_tokens: Some(64_000), ..ModelPrice::default() };
-        assert_eq!(cfg.max_output_tokens(Some(1000), Some(&price)), 1000);
-        assert_eq!(cfg.max_output_tokens(Some(1_000_000), Some(&price)), 64_000, "the model cannot produce more");
-        assert_eq!(cfg.max_output_tokens(None, Some(&price)), 64_000);
+        let model_max = Some(64_000);
+        assert_eq!(cfg.max_output_tokens(Some(1000), model_max), 1000);
+        assert_eq!(cfg.max_output_tokens(Some(1_000_000), model_max), 64_000, "the model cannot produce more");
+        assert_eq!(cfg.max_output_tokens(None, model_max), 64_000);
         assert_eq!(cfg.max_output_tokens(None, None), DEFAULT_MAX_OUTPUT_TOKENS);
         assert_eq!(cfg.max_output_tokens(Some(7), None), 7);
     }
@@ -338,57 +285,32 @@ mod tests {
     #[test]
     fn a_prompt_held_by_the_provider_is_bounded_by_the_context_window() {
         let cfg = EstimateConfig::default();
-        let windowed = ModelPrice { max_input_tokens: Some(128_000), ..model(CLAUDE_LIKE) };
-        let bound = |remote| cfg.prompt_tokens_bound(500, remote, "m", &windowed).unwrap();
+        let window = Some(128_000);
+        let bound = |remote| cfg.prompt_tokens_bound(500, remote, "m", window).unwrap();
         assert_eq!(bound(None), PromptBound { tokens: 500, true_bound: true }, "text in the body: the body bound");
         assert_eq!(bound(Some(Shape::PreviousResponse)), PromptBound { tokens: 128_000, true_bound: true });
         assert_eq!(bound(Some(Shape::CachedContent)), PromptBound { tokens: 128_000, true_bound: true });
         let loose = EstimateConfig { reserve_bytes_per_token: 4, ..cfg };
-        assert_eq!(loose.prompt_tokens_bound(500, None, "m", &windowed).unwrap(), PromptBound { tokens: 125, true_bound: false });
-    }
-
-    #[test]
-    fn the_window_is_priced_at_the_dearest_prompt_price_and_the_long_tier() {
-        // Gemini-2.5-Pro-like: 1M window, long tier above 200k.
-        let long = TierPrice { input: 2_500_000, output: 15_000_000, cache_read: 625_000, cache_write: 2_500_000, cache_write_1h: 2_500_000 };
-        let base = TierPrice { input: 1_250_000, output: 10_000_000, cache_read: 310_000, cache_write: 1_250_000, cache_write_1h: 1_250_000 };
-        let price = ModelPrice {
-            base,
-            long_context: Some(LongContext { above_tokens: 200_000, price: long }),
-            max_input_tokens: Some(1_048_576),
-            max_output_tokens: Some(65_535),
-            web_search_per_call: 0,
-        };
-        let bound = EstimateConfig::default().prompt_tokens_bound(80, Some(Shape::CachedContent), "g", &price).unwrap();
-        // 1_048_576 × $2.50/M + 1000 × $15/M = $2.62144 + $0.015.
-        assert_eq!(worst_case_cost(&price, bound.tokens, 1000), 2_636_440);
-        // Whatever the provider then bills from its cache and the body stays under it.
-        for prompt in [1u64, 200_000, 200_001, 1_048_576] {
-            let actual = Tokens { input: 80, cache_read: prompt - 1, output: 1000, ..Tokens::default() };
-            assert!(price.cost_micros(&actual) <= worst_case_cost(&price, bound.tokens, 1000), "{prompt}");
-        }
+        assert_eq!(loose.prompt_tokens_bound(500, None, "m", window).unwrap(), PromptBound { tokens: 125, true_bound: false });
     }
 
     #[test]
     fn an_unknown_window_is_denied_by_default_or_reserved_as_configured() {
         let cfg = EstimateConfig::default();
-        let no_window = model(CLAUDE_LIKE);
-        let denied = cfg.prompt_tokens_bound(100, Some(Shape::File), "my-model", &no_window).unwrap_err();
+        let denied = cfg.prompt_tokens_bound(100, Some(Shape::File), "my-model", None).unwrap_err();
         assert_eq!(denied.status(), 403);
         for needle in ["(file)", "pricing.models.\"my-model\".max_input_tokens", "pricing.estimate.unknown_context_window"] {
             assert!(denied.message.contains(needle), "{needle}: {}", denied.message);
         }
         let reserve = EstimateConfig { unknown_context_window: UnknownContextWindow::Reserve, unknown_context_window_tokens: 50_000, ..cfg };
         assert_eq!(
-            reserve.prompt_tokens_bound(100, Some(Shape::File), "my-model", &no_window).unwrap(),
+            reserve.prompt_tokens_bound(100, Some(Shape::File), "my-model", None).unwrap(),
             PromptBound { tokens: 50_000, true_bound: false }
         );
-        assert_eq!(reserve.prompt_tokens_bound(90_000, Some(Shape::File), "m", &no_window).unwrap().tokens, 90_000, "never below the body bound");
-        // A prompt that costs nothing (unknown_model: zero) needs no bound.
-        let free = ModelPrice::default();
-        assert_eq!(cfg.prompt_tokens_bound(100, Some(Shape::Image), "m", &free).unwrap(), PromptBound { tokens: 100, true_bound: true });
-        // Text-only requests never need the window.
-        assert_eq!(cfg.prompt_tokens_bound(100, None, "m", &no_window).unwrap().tokens, 100);
+        assert_eq!(reserve.prompt_tokens_bound(90_000, Some(Shape::File), "m", None).unwrap().tokens, 90_000, "never below the body bound");
+        // A prompt that costs nothing needs no bound: core::enforce::reservation (its tests) does
+        // not ask. Text-only requests never need the window.
+        assert_eq!(cfg.prompt_tokens_bound(100, None, "m", None).unwrap().tokens, 100);
     }
 
     #[test]
@@ -405,49 +327,5 @@ mod tests {
         let zero = EstimateConfig { stream_bytes_per_token: 0, ..EstimateConfig::default() };
         assert_eq!(zero.validate().map_err(|(field, _)| field), Err("stream_bytes_per_token"));
         assert_eq!(EstimateConfig::default().validate(), Ok(()));
-    }
-
-    fn tier() -> impl Strategy<Value = TierPrice> {
-        (0u64..50_000_000, 0u64..80_000_000, 0u64..10_000_000, 0u64..20_000_000, 0u64..40_000_000).prop_map(
-            |(input, output, cache_read, cache_write, cache_write_1h)| TierPrice { input, output, cache_read, cache_write, cache_write_1h },
-        )
-    }
-
-    proptest! {
-        /// A reservation covers whatever the request then costs, for any split of the prompt into
-        /// input and cache tokens, any output up to the maximum, either side of the threshold.
-        #[test]
-        fn the_worst_case_covers_every_real_outcome(
-            base in tier(),
-            long in proptest::option::of(tier()),
-            above in 1u64..400_000,
-            window in proptest::option::of(1u64..500_000),
-            bound in 0u64..600_000,
-            max_out in 0u64..200_000,
-            shares in (0u64..=100, 0u64..=100, 0u64..=100),
-            hour_share in 0u64..=100,
-            used in 0u64..=100,
-        ) {
-            let price = ModelPrice {
-                base,
-                long_context: long.map(|price| LongContext { above_tokens: above, price }),
-                max_input_tokens: window,
-                max_output_tokens: None,
-                web_search_per_call: 0,
-            };
-            let prompt = bound.min(window.unwrap_or(u64::MAX)) * used / 100;
-            let total = (shares.0 + shares.1 + shares.2).max(1);
-            let cache_read = prompt * shares.1 / total;
-            let cache_write = prompt * shares.2 / total;
-            let actual = Tokens {
-                input: prompt - cache_read - cache_write,
-                output: max_out * used / 100,
-                cache_read,
-                cache_write,
-                cache_write_1h: cache_write * hour_share / 100,
-                ..Tokens::default()
-            };
-            prop_assert!(price.cost_micros(&actual) <= worst_case_cost(&price, bound, max_out));
-        }
     }
 }

@@ -132,12 +132,17 @@ impl<'w> Watch<'w> {
     pub const fn new(entries: &'w [&'w str]) -> Watch<'w> {
         let entries = if entries.len() > MAX_WATCHED { entries.split_at(MAX_WATCHED).0 } else { entries };
         let mut filter = WatchFilter { min_len: usize::MAX, max_len: 0, exact: 0, prefix: 0 };
-        let mut i = 0;
-        while i < entries.len() {
-            let bytes = entries[i].as_bytes();
-            let is_prefix = !bytes.is_empty() && bytes[bytes.len() - 1] == b'*';
+        // Walked with `split_first` / `split_last` (const, and no index that could trap).
+        let mut rest = entries;
+        while let Some((entry, tail)) = rest.split_first() {
+            rest = tail;
+            let bytes = entry.as_bytes();
+            let is_prefix = matches!(bytes.split_last(), Some((b'*', _)));
             let len = if is_prefix { bytes.len() - 1 } else { bytes.len() };
-            let first = if bytes.is_empty() { 0 } else { bytes[0] };
+            let first = match bytes.split_first() {
+                Some((first, _)) => *first,
+                None => 0,
+            };
             if len < filter.min_len {
                 filter.min_len = len;
             }
@@ -150,7 +155,6 @@ impl<'w> Watch<'w> {
                 }
                 filter.exact |= 1 << WatchFilter::slot(len, first);
             }
-            i += 1;
         }
         Watch { entries, filter }
     }

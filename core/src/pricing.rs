@@ -6,9 +6,10 @@
 //! with a model nobody priced. docs/metering.md is the user-facing description.
 //!
 //! # Exactness
-//! Prices are read from the JSON *number text* (our own small scanner, never `f64`) into
-//! pico-dollars per token ([`PicosPerToken`]). A request's cost is the sum over token kinds of
-//! tokens × price in `u128` pico-dollars, converted to micro-dollars once, rounding up
+//! Prices are read from the JSON *number text* (serde_json hands it over unparsed,
+//! [`serde_json::value::RawValue`]; never `f64`) into pico-dollars per token ([`PicosPerToken`]);
+//! `pricing/litellm.rs` reads the file. A request's cost is the sum over token kinds of tokens ×
+//! price in `u128` pico-dollars, converted to micro-dollars once, rounding up
 //! ([`money::picos_to_micros_ceil`]).
 //!
 //! # Long context
@@ -98,7 +99,7 @@ pub struct ModelPrice {
 
 /// The prompt tokens that decide the long-context tier: input + cache read + cache write.
 pub fn prompt_tokens(tokens: &Tokens) -> u64 {
-    tokens.input.saturating_add(tokens.cache_read).saturating_add(tokens.cache_write)
+    tokens.prompt()
 }
 
 impl ModelPrice {
@@ -122,6 +123,30 @@ impl ModelPrice {
     /// The cost in micro-dollars, rounded up once.
     pub fn cost_micros(&self, tokens: &Tokens) -> Micros {
         money::picos_to_micros_ceil(self.cost_picos(tokens).0)
+    }
+
+    /// The most a request can cost: `prompt_tokens` prompt tokens (capped by the context window
+    /// when known, since the upstream refuses longer prompts) and `output_tokens` output tokens.
+    /// Every prompt token is priced at the dearest of the input, cache-read and cache-write prices
+    /// ([`TierPrice::dearest_prompt_price`]), because the request may write its whole prompt to a
+    /// cache. When the bound exceeds the long-context threshold, the dearer of the two tiers is
+    /// taken (the real prompt may land on either side of the threshold). Rounded up once.
+    pub fn worst_case_cost(&self, prompt_tokens: u64, output_tokens: u64) -> Micros {
+        let input = match self.max_input_tokens {
+            Some(window) => prompt_tokens.min(window),
+            None => prompt_tokens,
+        };
+        let at = |tier: &TierPrice| term(input, tier.dearest_prompt_price()).saturating_add(term(output_tokens, tier.output));
+        let (tier, long) = self.tier_for(input);
+        let picos = if long { at(&tier).max(at(&self.base)) } else { at(&tier) };
+        money::picos_to_micros_ceil(picos)
+    }
+
+    /// Whether an input, cache-read or cache-write token costs anything, in either tier: a prompt
+    /// that costs nothing needs no bound.
+    pub fn prompt_is_priced(&self) -> bool {
+        let priced = |t: &TierPrice| t.input > 0 || t.cache_read > 0 || t.cache_write > 0;
+        priced(&self.base) || self.long_context.is_some_and(|l| priced(&l.price))
     }
 }
 
@@ -316,17 +341,19 @@ impl fmt::Display for PricingConfigError {
 
 impl std::error::Error for PricingConfigError {}
 
-/// A price file that is not LiteLLM-format JSON.
+/// A price file that is not LiteLLM-format JSON: where, and serde_json's description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceFileError {
-    /// Byte offset of the problem.
-    pub offset: usize,
-    pub problem: &'static str,
+    /// 1-based line of the problem (0 at the end of the text).
+    pub line: usize,
+    /// 1-based column (a byte count) on that line.
+    pub column: usize,
+    pub problem: String,
 }
 
 impl fmt::Display for PriceFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "price table: byte {}: {}", self.offset, self.problem)
+        write!(f, "price table: {}", self.problem)
     }
 }
 
@@ -361,8 +388,11 @@ impl PriceTable {
         let raw = litellm::parse(text)?;
         let mut table = PriceTable::empty();
         // Bare names reachable through provider-prefixed keys: name → (rank, key, price).
-        let mut stripped: HashMap<String, (u32, String, ModelPrice)> = HashMap::new();
-        for (key, entry) in raw {
+        let mut stripped: HashMap<&str, (u32, &str, ModelPrice)> = HashMap::new();
+        let mut priced = Vec::with_capacity(raw.len());
+        for (key, entry) in &raw {
+            // A top-level member that is not an object is not a model.
+            let Some(entry) = entry else { continue };
             if key == "sample_spec" {
                 continue;
             }
@@ -373,17 +403,23 @@ impl PriceTable {
             if let Some((prefix, bare)) = key.rsplit_once('/') {
                 let rank = provider_rank(prefix);
                 let better = match stripped.get(bare) {
-                    Some((r, k, _)) => (rank, key.as_str()) < (*r, k.as_str()),
+                    Some((r, k, _)) => (rank, key.as_ref()) < (*r, *k),
                     None => true,
                 };
                 if better && !bare.is_empty() {
-                    stripped.insert(bare.to_owned(), (rank, key.clone(), price));
+                    stripped.insert(bare, (rank, key.as_ref(), price));
                 }
             }
-            table.entries.insert(key, price);
+            priced.push((key.as_ref(), price));
+        }
+        table.entries.reserve(priced.len() + stripped.len());
+        for (key, price) in priced {
+            table.entries.insert(key.to_owned(), price);
         }
         for (bare, (_, _, price)) in stripped {
-            table.entries.entry(bare).or_insert(price);
+            if !table.entries.contains_key(bare) {
+                table.entries.insert(bare.to_owned(), price);
+            }
         }
         Ok(table)
     }
@@ -614,341 +650,7 @@ fn long_tier(
     Some(LongContext { above_tokens, price })
 }
 
-/// A minimal scanner for LiteLLM's price file: a JSON object of model → object of fields. Keeps
-/// the number *text* of the fields we price with; skips everything else without building values.
-mod litellm {
-    use super::{long_tier, ModelPrice, PriceFileError, TierPrice};
-    use crate::money::{self, PicosPerToken};
-
-    /// Price and limit fields of one entry, as number text.
-    #[derive(Debug, Default)]
-    pub(super) struct RawEntry<'a> {
-        /// Base prices in [`KINDS`] order.
-        base: [Option<&'a str>; 5],
-        /// The lowest long-context threshold listed, and its prices in [`KINDS`] order.
-        long: Option<(u64, [Option<&'a str>; 5])>,
-        max_input_tokens: Option<&'a str>,
-        max_output_tokens: Option<&'a str>,
-        /// `search_context_cost_per_query.search_context_size_medium`: USD per web-search call.
-        web_search: Option<&'a str>,
-    }
-
-    /// LiteLLM's names for the five prices: input, output, cache read, cache write, 1-hour cache
-    /// write. The long-context tier is the same name plus `_above_<N>k_tokens`.
-    const KINDS: [&str; 5] = [
-        "input_cost_per_token",
-        "output_cost_per_token",
-        "cache_read_input_token_cost",
-        "cache_creation_input_token_cost",
-        "cache_creation_input_token_cost_above_1hr",
-    ];
-
-    /// The object of per-query web-search prices, and the one LiteLLM's calculator charges when
-    /// the request names no search context size.
-    pub(super) const WEB_SEARCH: (&str, &str) = ("search_context_cost_per_query", "search_context_size_medium");
-
-    impl<'a> RawEntry<'a> {
-        /// Where a field's text goes, if it is one we read.
-        fn record(&mut self, key: &str, text: &'a str) {
-            match key {
-                "max_input_tokens" => self.max_input_tokens = Some(text),
-                "max_output_tokens" => self.max_output_tokens = Some(text),
-                _ => {}
-            }
-            // Longest name first: the 1-hour write's name starts with the plain write's.
-            for (kind, name) in KINDS.iter().enumerate().rev() {
-                let Some(rest) = key.strip_prefix(name) else { continue };
-                if rest.is_empty() {
-                    if let Some(slot) = self.base.get_mut(kind) {
-                        *slot = Some(text);
-                    }
-                    return;
-                }
-                // `_above_200k_tokens`; other suffixes (`_batches`, `_priority`) are other
-                // products and are ignored.
-                let thousands = rest
-                    .strip_prefix("_above_")
-                    .and_then(|r| r.strip_suffix("k_tokens"))
-                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .and_then(|n| n.checked_mul(1000));
-                let Some(threshold) = thousands else { continue };
-                let tier = match &mut self.long {
-                    Some((current, _)) if threshold > *current => return,
-                    Some((current, tier)) if threshold == *current => tier,
-                    long => &mut long.insert((threshold, [None; 5])).1,
-                };
-                if let Some(slot) = tier.get_mut(kind) {
-                    *slot = Some(text);
-                }
-                return;
-            }
-        }
-
-        /// `None` when the entry has no per-token input price or a price does not parse.
-        pub(super) fn to_price(&self) -> Option<ModelPrice> {
-            let price = |text: Option<&str>| -> Result<Option<PicosPerToken>, ()> {
-                match text {
-                    None => Ok(None),
-                    Some(t) => money::parse_decimal_scaled(t, 12)
-                        .and_then(|p| PicosPerToken::try_from(p).ok())
-                        .map(Some)
-                        .ok_or(()),
-                }
-            };
-            let count = |text: Option<&str>| text.and_then(|t| t.parse::<u64>().ok());
-            let [input, output, cache_read, cache_write, cache_write_1h] = self.base;
-            let input = price(input).ok()??;
-            let cache_write = price(cache_write).ok()?.unwrap_or(input);
-            let listed_1h = price(cache_write_1h).ok()?;
-            let base = TierPrice {
-                input,
-                output: price(output).ok()?.unwrap_or(0),
-                cache_read: price(cache_read).ok()?.unwrap_or(input),
-                cache_write,
-                // LiteLLM prices a 1-hour write at the plain write rate when no 1-hour rate is listed.
-                cache_write_1h: listed_1h.unwrap_or(cache_write),
-            };
-            let long_context = match self.long {
-                None => None,
-                Some((above_tokens, [i, o, r, w, h])) => long_tier(
-                    &base,
-                    above_tokens,
-                    [price(i).ok()?, price(o).ok()?, price(r).ok()?, price(w).ok()?, price(h).ok()?],
-                    listed_1h.is_some(),
-                ),
-            };
-            Some(ModelPrice {
-                base,
-                long_context,
-                max_input_tokens: count(self.max_input_tokens),
-                max_output_tokens: count(self.max_output_tokens),
-                web_search_per_call: price(self.web_search).ok()?.unwrap_or(0),
-            })
-        }
-    }
-
-    const MAX_DEPTH: u32 = 64;
-
-    struct Cursor<'a> {
-        text: &'a str,
-        pos: usize,
-    }
-
-    /// Parses the whole file into (key, entry) pairs in file order.
-    pub(super) fn parse(text: &str) -> Result<Vec<(String, RawEntry<'_>)>, PriceFileError> {
-        let mut c = Cursor { text, pos: 0 };
-        let mut out = Vec::new();
-        c.ws();
-        c.expect(b'{', "expected the file to be a JSON object of models")?;
-        c.ws();
-        if c.eat(b'}') {
-            return c.end(out);
-        }
-        loop {
-            c.ws();
-            let key = c.string()?;
-            c.ws();
-            c.expect(b':', "expected `:` after a model name")?;
-            c.ws();
-            if c.peek() == Some(b'{') {
-                out.push((key, c.entry()?));
-            } else {
-                c.skip_value(0)?;
-            }
-            c.ws();
-            if c.eat(b',') {
-                continue;
-            }
-            c.expect(b'}', "expected `,` or `}` after a model entry")?;
-            return c.end(out);
-        }
-    }
-
-    impl<'a> Cursor<'a> {
-        fn err<T>(&self, problem: &'static str) -> Result<T, PriceFileError> {
-            Err(PriceFileError { offset: self.pos, problem })
-        }
-        fn peek(&self) -> Option<u8> {
-            self.text.as_bytes().get(self.pos).copied()
-        }
-        fn eat(&mut self, byte: u8) -> bool {
-            let hit = self.peek() == Some(byte);
-            if hit {
-                self.pos += 1;
-            }
-            hit
-        }
-        fn expect(&mut self, byte: u8, problem: &'static str) -> Result<(), PriceFileError> {
-            if self.eat(byte) {
-                Ok(())
-            } else {
-                self.err(problem)
-            }
-        }
-        fn ws(&mut self) {
-            while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-                self.pos += 1;
-            }
-        }
-        fn end<T>(&mut self, value: T) -> Result<T, PriceFileError> {
-            self.ws();
-            if self.pos == self.text.len() {
-                Ok(value)
-            } else {
-                self.err("unexpected text after the top-level object")
-            }
-        }
-
-        /// The raw text of a string token including its quotes.
-        fn raw_string(&mut self) -> Result<&'a str, PriceFileError> {
-            let start = self.pos;
-            self.expect(b'"', "expected a string")?;
-            let bytes = self.text.as_bytes();
-            while let Some(&b) = bytes.get(self.pos) {
-                self.pos += 1;
-                match b {
-                    b'"' => return self.text.get(start..self.pos).map_or_else(|| self.err("bad string"), Ok),
-                    b'\\' => self.pos += 1,
-                    _ => {}
-                }
-            }
-            self.err("unterminated string")
-        }
-
-        /// A string token, unescaped.
-        fn string(&mut self) -> Result<String, PriceFileError> {
-            let start = self.pos;
-            let raw = self.raw_string()?;
-            let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
-            if !inner.contains('\\') {
-                return Ok(inner.to_owned());
-            }
-            serde_json::from_str::<String>(raw)
-                .map_err(|_| PriceFileError { offset: start, problem: "bad string escape" })
-        }
-
-        fn number(&mut self) -> Result<&'a str, PriceFileError> {
-            let start = self.pos;
-            while matches!(self.peek(), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
-                self.pos += 1;
-            }
-            match self.text.get(start..self.pos) {
-                Some(t) if !t.is_empty() => Ok(t),
-                _ => self.err("expected a value"),
-            }
-        }
-
-        fn literal(&mut self) -> Result<(), PriceFileError> {
-            for word in ["true", "false", "null"] {
-                if self.text.get(self.pos..).is_some_and(|rest| rest.starts_with(word)) {
-                    self.pos += word.len();
-                    return Ok(());
-                }
-            }
-            self.err("expected a value")
-        }
-
-        fn skip_value(&mut self, depth: u32) -> Result<(), PriceFileError> {
-            if depth > MAX_DEPTH {
-                return self.err("nesting too deep");
-            }
-            match self.peek() {
-                Some(b'"') => self.raw_string().map(|_| ()),
-                Some(open @ (b'{' | b'[')) => {
-                    self.pos += 1;
-                    let close = if open == b'{' { b'}' } else { b']' };
-                    self.ws();
-                    if self.eat(close) {
-                        return Ok(());
-                    }
-                    loop {
-                        self.ws();
-                        if open == b'{' {
-                            self.raw_string()?;
-                            self.ws();
-                            self.expect(b':', "expected `:`")?;
-                            self.ws();
-                        }
-                        self.skip_value(depth + 1)?;
-                        self.ws();
-                        if self.eat(b',') {
-                            continue;
-                        }
-                        return self.expect(close, "expected `,` or the end of a list or object");
-                    }
-                }
-                Some(b't' | b'f' | b'n') => self.literal(),
-                _ => self.number().map(|_| ()),
-            }
-        }
-
-        /// An object of numbers: the text of member `want`, the rest skipped.
-        fn member_number(&mut self, want: &str) -> Result<Option<&'a str>, PriceFileError> {
-            let mut found = None;
-            self.expect(b'{', "expected an object")?;
-            self.ws();
-            if self.eat(b'}') {
-                return Ok(found);
-            }
-            loop {
-                self.ws();
-                let key = self.string()?;
-                self.ws();
-                self.expect(b':', "expected `:` after a field name")?;
-                self.ws();
-                match self.peek() {
-                    Some(b'0'..=b'9' | b'-') if key == want => found = Some(self.number()?),
-                    _ => self.skip_value(2)?,
-                }
-                self.ws();
-                if self.eat(b',') {
-                    continue;
-                }
-                self.expect(b'}', "expected `,` or `}` in an object")?;
-                return Ok(found);
-            }
-        }
-
-        /// One model entry: keeps the text of the fields in [`FIELDS`] that hold numbers (or
-        /// numeric strings); `null` counts as absent.
-        fn entry(&mut self) -> Result<RawEntry<'a>, PriceFileError> {
-            let mut entry = RawEntry::default();
-            self.expect(b'{', "expected a model entry object")?;
-            self.ws();
-            if self.eat(b'}') {
-                return Ok(entry);
-            }
-            loop {
-                self.ws();
-                let key = self.string()?;
-                self.ws();
-                self.expect(b':', "expected `:` after a field name")?;
-                self.ws();
-                match self.peek() {
-                    Some(b'0'..=b'9' | b'-') => {
-                        let text = self.number()?;
-                        entry.record(&key, text);
-                    }
-                    Some(b'"') => {
-                        let raw = self.raw_string()?;
-                        if let Some(text) = raw.get(1..raw.len().saturating_sub(1)) {
-                            entry.record(&key, text);
-                        }
-                    }
-                    Some(b'{') if key == WEB_SEARCH.0 => entry.web_search = self.member_number(WEB_SEARCH.1)?,
-                    _ => self.skip_value(1)?,
-                }
-                self.ws();
-                if self.eat(b',') {
-                    continue;
-                }
-                self.expect(b'}', "expected `,` or `}` in a model entry")?;
-                return Ok(entry);
-            }
-        }
-    }
-}
+mod litellm;
 
 #[cfg(test)]
 #[path = "pricing/tests.rs"]

@@ -262,6 +262,11 @@ impl Tokens {
             .saturating_add(self.cache_read)
             .saturating_add(self.cache_write)
     }
+
+    /// The prompt: input + cache reads + cache writes (what decides a long-context tier).
+    pub fn prompt(&self) -> u64 {
+        self.input.saturating_add(self.cache_read).saturating_add(self.cache_write)
+    }
 }
 
 /// One settled request, as the gateway reports it. `id` makes ingestion idempotent.

@@ -8,7 +8,8 @@
 //!    upstream for `accept-encoding: identity` so usage is readable; refuse a declared
 //!    `content-length` over the limit (413); pause until the whole body is here.
 //! 2. `on_http_request_body`: 413 past the limit; at end of body: parse → principal →
-//!    enforcement's utilization → route → price check → worst case → apply the plan (body splice,
+//!    enforcement's utilization → route → price check → worst case (with enforcement:
+//!    `core::enforce::reservation`) → apply the plan (body splice,
 //!    `content-length`, `:path`, route headers — changing request headers makes Envoy recompute
 //!    the route) → enforcement `admit` → continue, refuse, or wait.
 //! 3. `on_http_response_headers` / `on_http_response_body`: choose JSON or SSE scanning; feed every
@@ -35,7 +36,7 @@ use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
-use tollgate_core::estimate;
+use tollgate_core::enforce::reservation;
 use tollgate_core::routing::plan::{self, RequestPlan};
 use tollgate_core::usage::{ResponseFormat, UsageScanner};
 
@@ -316,30 +317,24 @@ impl Stream {
                 return self.reply(&failure, &[]);
             }
         };
-        let est = config.prices.estimate_config();
-        let body_len = u64::try_from(plan.body_len).unwrap_or(u64::MAX);
-        // The body bounds a text prompt; a prompt partly held by the provider is bounded by the
-        // model's context window (core::prompt_bound). Refusing an unboundable one matters only
-        // when there is a budget to protect.
-        let input_upper = match est.prompt_tokens_bound(body_len, plan.remote_prompt, &plan.routed_model, &price.price) {
-            Ok(bound) => bound.tokens,
-            Err(failure) if config.enforcement.is_some() => return self.reply(&failure, &[]),
-            Err(_) => est.input_tokens_upper_bound(body_len),
+        // What the request can cost at most (core::enforce::reservation): only enforcement
+        // reserves it, and only enforcement refuses a request whose prompt has no known bound.
+        let worst_case = match &config.enforcement {
+            Some(settings) => {
+                let request = reservation::Request {
+                    model: &plan.routed_model,
+                    price: &price,
+                    body_len: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
+                    remote_prompt: plan.remote_prompt,
+                    max_output_tokens: plan.max_output_tokens,
+                };
+                match reservation::worst_case(&request, config.prices.estimate_config(), settings) {
+                    Ok(worst) => Some(worst),
+                    Err(failure) => return self.reply(&failure, &[]),
+                }
+            }
+            None => None,
         };
-        let known_price = price.known.then_some(&price.price);
-        let max_output = match &config.enforcement {
-            // Enforcement's operator overrides for requests without a cap (docs/enforcement.md).
-            Some(settings) => tollgate_core::enforce::request::reserved_output_tokens(
-                plan.max_output_tokens,
-                &plan.routed_model,
-                known_price,
-                est,
-                settings,
-            )
-            .0,
-            None => est.max_output_tokens(plan.max_output_tokens, known_price),
-        };
-        let worst_case = estimate::worst_case_cost(&price.price, input_upper, max_output);
 
         if let Err(e) = self.apply(&plan, body.len()) {
             self.metrics.host_error();
@@ -350,16 +345,16 @@ impl Stream {
         if plan.injected_include_usage {
             self.metrics.include_usage_injected();
         }
-        let verdict = match (self.enforcer.as_mut(), self.request.as_ref()) {
-            (Some(enforcer), Some(req)) => enforcer.admit(&Admission {
+        let verdict = match (self.enforcer.as_mut(), self.request.as_ref(), worst_case) {
+            (Some(enforcer), Some(req), Some(worst)) => enforcer.admit(&Admission {
                 request_id: &req.request_id,
                 principal: &plan.principal,
                 dialect: req.recognised.dialect,
                 routed_model: &plan.routed_model,
                 stream: plan.stream,
-                input_tokens_upper_bound: input_upper,
-                max_output_tokens: max_output,
-                worst_case_micros: worst_case,
+                input_tokens_upper_bound: worst.prompt_tokens,
+                max_output_tokens: worst.output_tokens,
+                worst_case_micros: worst.micros,
                 now_ms: now,
             }),
             _ => Verdict::Proceed { response_headers: Vec::new() },

@@ -12,6 +12,13 @@
 //!   response headers and every response body chunk; set one filter-state value at the end.
 //!   What the same conversation with Envoy costs without any of Tollgate's own work (parsing,
 //!   routing, metering), so `make bench` can show how much of Tollgate's cost is that floor.
+//!   It is kept equal to the filter's calls: host-tests `host_calls.rs` compares them by name
+//!   and count. Where the usage-only event of the OpenAI stream passes, it writes the response
+//!   chunk back (Tollgate strips that event from the client's stream: one body write).
+//! - `{"mode":"calls-v1"}`: the `calls` floor as it was before issue 17 corrected it (bench
+//!   figures up to 2026-11-23): the same calls without that response-body write. Kept so one
+//!   `make bench` run shows the old and the corrected floor side by side, and how much of the
+//!   change in "Tollgate keeps N % of `calls`" is the reference, not Tollgate.
 //!
 //! It never panics: a body that is not JSON is forwarded untouched.
 
@@ -28,6 +35,7 @@ enum Mode {
     Noop,
     Naive,
     Calls,
+    CallsV1,
 }
 
 struct Root {
@@ -42,6 +50,8 @@ impl RootContext for Root {
         let text = String::from_utf8_lossy(&config);
         self.mode = if text.contains("\"naive\"") {
             Mode::Naive
+        } else if text.contains("\"calls-v1\"") {
+            Mode::CallsV1
         } else if text.contains("\"calls\"") {
             Mode::Calls
         } else {
@@ -57,7 +67,8 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         match self.mode {
             Mode::Naive => Some(Box::new(Naive)),
-            Mode::Calls => Some(Box::new(Calls)),
+            Mode::Calls => Some(Box::new(Calls { v1: false })),
+            Mode::CallsV1 => Some(Box::new(Calls { v1: true })),
             Mode::Noop => Some(Box::new(Noop)),
         }
     }
@@ -100,7 +111,10 @@ impl HttpContext for Naive {
 }
 
 /// Tollgate's host calls on the benchmark request, without Tollgate's work.
-struct Calls;
+struct Calls {
+    /// The pre-issue-17 set (`calls-v1`): no response-body write.
+    v1: bool,
+}
 
 /// How the usage-only chunk of an OpenAI stream starts (`"choices":[]`, then the usage).
 const USAGE_ONLY: &[u8] = br#""choices":[],"usage""#;
@@ -136,7 +150,9 @@ impl HttpContext for Calls {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if body_size > 0 {
+        if body_size > 0 && self.v1 {
+            let _ = self.get_http_response_body(0, body_size);
+        } else if body_size > 0 {
             // Tollgate rewrites the chunk holding the usage-only event it asked for (it keeps that
             // event from the client): one body write, here with the bytes unchanged.
             if let Some(body) = self.get_http_response_body(0, body_size) {

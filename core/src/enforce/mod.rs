@@ -19,14 +19,14 @@
 //!   settle, lease calls, acknowledgements; refusals, warnings, Retry-After.
 //! - [`queue`]: the usage queue's policy: batching, the bound, batch bodies, acknowledgements.
 //! - [`rounds`]: a paused request's lease rounds: how many, how much each asks, how they end.
-//! - [`request`]: how many output tokens a reservation assumes (request cap, operator override,
-//!   price table).
+//! - [`reservation`]: a request's worst case, what it reserves: the prompt bound (body or context
+//!   window), the output it assumes (request cap, operator override, price table), the price.
 
 pub mod book;
 pub mod chain;
 pub mod config;
 pub mod queue;
-pub mod request;
+pub mod reservation;
 pub mod rounds;
 
 pub use chain::{Decision, LeaseStore, Refusal, Reservation, Settled, StoreError};

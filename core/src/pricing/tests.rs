@@ -2,6 +2,7 @@
 //! model lookup, the unknown-model policy and the config section's errors.
 
 use super::*;
+use proptest::prelude::*;
 
 const USD: u128 = 1_000_000_000_000; // pico-dollars
 
@@ -265,10 +266,17 @@ fn config_errors_name_the_field_and_the_fix() {
 
 #[test]
 fn the_price_file_must_be_an_object_of_objects() {
-    for (bad, offset) in
-        [("", 0), ("[]", 0), ("{\"a\": {\"input_cost_per_token\": 1e-6", 35), ("{} x", 3), ("{\"a\" 1}", 5)]
-    {
-        assert_eq!(PriceTable::from_litellm_json(bad).map(|t| t.len()).map_err(|e| e.offset), Err(offset), "{bad:?}");
+    // Where (line, column: serde_json's, 1-based; at the end of the text, the bytes read) and what.
+    for (bad, at, what) in [
+        ("", (1, 0), "EOF while parsing a value"),
+        ("[]", (1, 0), "expected a JSON object of models"),
+        ("{\"a\": {\"input_cost_per_token\": 1e-6", (1, 35), "EOF while parsing an object"),
+        ("{} x", (1, 4), "trailing characters"),
+        ("{\"a\" 1}", (1, 6), "expected `:`"),
+        ("{\n  \"a\": {\"input_cost_per_token\": 1e-6,}\n}", (2, 38), "trailing comma"),
+    ] {
+        let err = PriceTable::from_litellm_json(bad).map(|t| t.len()).map_err(|e| ((e.line, e.column), e.to_string()));
+        assert!(matches!(&err, Err((got, text)) if *got == at && text.starts_with("price table: ") && text.contains(what)), "{bad:?}: {err:?}");
     }
     assert_eq!(table("{}").len(), 0);
     assert_eq!(
@@ -278,8 +286,12 @@ fn the_price_file_must_be_an_object_of_objects() {
         .len(),
         1
     );
-    let deep = format!("{{\"m\": {}{}}}", "[".repeat(100), "]".repeat(100));
-    assert!(PriceTable::from_litellm_json(&deep).is_err(), "nesting is bounded");
+    // Fields nobody prices with are skipped without recursion (serde_json's `IgnoredAny`), so no
+    // depth of nesting can exhaust the stack; the model beside them is still read.
+    for depth in [100, 100_000] {
+        let deep = format!("{{\"m\": {{\"input_cost_per_token\": 1e-6, \"x\": {}{}}}, \"n\": {}{}}}", "[".repeat(depth), "]".repeat(depth), "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(PriceTable::from_litellm_json(&deep).map(|t| t.len()), Ok(1), "nesting {depth} deep");
+    }
 }
 
 #[test]
@@ -447,4 +459,78 @@ fn configured_prices_take_a_one_hour_write_and_a_web_search_price() {
     assert_eq!((plain.base.cache_write_1h, plain.web_search_per_call), (1_000_000, 0), "defaults: the write price, unpriced");
     let err = config(r#"{"bundled": false, "models": {"m": {"input_per_mtok": "1", "output_per_mtok": "1", "web_search_per_1k_calls": "-2"}}}"#);
     assert!(err.is_err_and(|e| e.contains("not a non-negative decimal")));
+}
+
+// ---- The worst case: what a reservation prices (moved from estimate: pricing does money) ----
+
+const CLAUDE_LIKE: TierPrice =
+    TierPrice { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000, cache_write_1h: 3_750_000 };
+
+fn model(base: TierPrice) -> ModelPrice {
+    ModelPrice { base, ..ModelPrice::default() }
+}
+
+#[test]
+fn worst_case_prices_every_prompt_token_as_a_cache_write_by_hand() {
+    // 1000 × $3.75/M + 500 × $15/M = $0.00375 + $0.0075 = 11_250 micro-dollars.
+    assert_eq!(model(CLAUDE_LIKE).worst_case_cost(1000, 500), 11_250);
+    // The context window caps the bound: 800 × $3.75/M + 500 × $15/M = 10_500.
+    let windowed = ModelPrice { max_input_tokens: Some(800), ..model(CLAUDE_LIKE) };
+    assert_eq!(windowed.worst_case_cost(1000, 500), 10_500);
+    assert_eq!(model(CLAUDE_LIKE).worst_case_cost(0, 0), 0);
+}
+
+#[test]
+fn worst_case_takes_the_long_context_tier_above_its_threshold() {
+    let long = TierPrice { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000, cache_write_1h: 7_500_000 };
+    let price =
+        ModelPrice { long_context: Some(LongContext { above_tokens: 200_000, price: long }), ..model(CLAUDE_LIKE) };
+    // 200_000 × $3.75/M + 1000 × $15/M = $0.75 + $0.015.
+    assert_eq!(price.worst_case_cost(200_000, 1000), 765_000);
+    // 300_000 × $7.50/M + 1000 × $22.50/M = $2.25 + $0.0225.
+    assert_eq!(price.worst_case_cost(300_000, 1000), 2_272_500);
+}
+
+fn tier() -> impl Strategy<Value = TierPrice> {
+    (0u64..50_000_000, 0u64..80_000_000, 0u64..10_000_000, 0u64..20_000_000, 0u64..40_000_000).prop_map(
+        |(input, output, cache_read, cache_write, cache_write_1h)| TierPrice { input, output, cache_read, cache_write, cache_write_1h },
+    )
+}
+
+proptest! {
+    /// A reservation covers whatever the request then costs, for any split of the prompt into
+    /// input and cache tokens, any output up to the maximum, either side of the threshold.
+    #[test]
+    fn the_worst_case_covers_every_real_outcome(
+        base in tier(),
+        long in proptest::option::of(tier()),
+        above in 1u64..400_000,
+        window in proptest::option::of(1u64..500_000),
+        bound in 0u64..600_000,
+        max_out in 0u64..200_000,
+        shares in (0u64..=100, 0u64..=100, 0u64..=100),
+        hour_share in 0u64..=100,
+        used in 0u64..=100,
+    ) {
+        let price = ModelPrice {
+            base,
+            long_context: long.map(|price| LongContext { above_tokens: above, price }),
+            max_input_tokens: window,
+            max_output_tokens: None,
+            web_search_per_call: 0,
+        };
+        let prompt = bound.min(window.unwrap_or(u64::MAX)) * used / 100;
+        let total = (shares.0 + shares.1 + shares.2).max(1);
+        let cache_read = prompt * shares.1 / total;
+        let cache_write = prompt * shares.2 / total;
+        let actual = Tokens {
+            input: prompt - cache_read - cache_write,
+            output: max_out * used / 100,
+            cache_read,
+            cache_write,
+            cache_write_1h: cache_write * hour_share / 100,
+            ..Tokens::default()
+        };
+        prop_assert!(price.cost_micros(&actual) <= price.worst_case_cost(bound, max_out));
+    }
 }

@@ -84,3 +84,25 @@ fn the_calls_reference_filter_makes_the_host_calls_the_filter_makes() {
     let got = calls_of(&calls, bench_request);
     assert_eq!(got, want, "host calls per request: `calls` reference filter (left) vs tollgate metering (right)");
 }
+
+/// `calls-v1` is the floor before issue 17 corrected it, kept so `make bench` shows both: the
+/// same calls as `calls` but for the response-body write where Tollgate strips the usage chunk.
+#[test]
+fn the_pre_issue_17_calls_reference_lacks_only_the_response_body_write() {
+    let noop = module::tollgate_wasm_path().with_file_name("noop_filter.wasm");
+    assert!(noop.exists(), "{} is built by `make wasm`", noop.display());
+    let calls = Gateway::new(r#"{"mode":"calls"}"#).module(module::load_module(&noop));
+    let v1 = Gateway::new(r#"{"mode":"calls-v1"}"#).module(module::load_module(&noop));
+    calls.start();
+    v1.start();
+    bench_request(&calls);
+    bench_request(&v1);
+    let mut want = calls_of(&calls, bench_request);
+    let got = calls_of(&v1, bench_request);
+    // The body write is one proxy_set_buffer_bytes; the rest is the same.
+    match want.get_mut("proxy_set_buffer_bytes") {
+        Some(n) if *n > 1 => *n -= 1,
+        _ => panic!("`calls` writes the request body and one response chunk: {want:?}"),
+    }
+    assert_eq!(got, want, "host calls per request: `calls-v1` (left) vs `calls` less one body write (right)");
+}
