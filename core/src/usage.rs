@@ -105,6 +105,9 @@ pub struct ScanOutcome {
     pub streamed_content_bytes: u64,
     /// How the response ended, if the upstream said so (the last such signal).
     pub terminal: Option<TerminalEvent>,
+    /// OpenAI Responses: the response's id (`resp_…`: `id` of a JSON body, `response.id` of a
+    /// stream event), which a later request may continue (`core::context_memory`).
+    pub response_id: Option<String>,
 }
 
 /// Deepest JSON nesting followed; deeper input is treated as malformed.
@@ -170,9 +173,11 @@ impl UsageScanner {
         if self.finished.is_some() {
             return;
         }
+        let whole = chunk.len();
         if self.bom_seen < 3 {
             chunk = self.skip_bom(chunk);
         }
+        self.sse.ends_base = whole - chunk.len();
         self.feed_body(chunk);
     }
 
@@ -226,6 +231,7 @@ impl UsageScanner {
             model: self.found.model.clone(),
             streamed_content_bytes: self.found.content_bytes,
             terminal: self.found.terminal,
+            response_id: self.found.response_id.clone(),
         };
         self.finished = Some(outcome.clone());
         outcome
@@ -234,6 +240,7 @@ impl UsageScanner {
     // ---- SSE framing -------------------------------------------------------------------------
 
     fn feed_sse(&mut self, mut bytes: &[u8]) {
+        let total = bytes.len();
         while let Some((&first, rest)) = bytes.split_first() {
             if first == b'd' && self.sse.at_event_start() {
                 // A whole `data:` event shaped like the last skimmed one: counted in one pass.
@@ -242,6 +249,10 @@ impl UsageScanner {
                     self.found.content_bytes = self.found.content_bytes.saturating_add(content);
                     self.sse.event_name.clear();
                     bytes = bytes.get(len..).unwrap_or_default();
+                    // A skimmed shape is never the usage-only chunk (skimming bails on `usage`).
+                    self.usage_only_event = false;
+                    self.sse.dispatched = true;
+                    self.record_event_end(total - bytes.len());
                     continue;
                 }
             }
@@ -249,6 +260,11 @@ impl UsageScanner {
                 self.sse.after_cr = false;
                 if first == b'\n' {
                     bytes = rest;
+                    // The `\n` of a `\r\n` that ended an event belongs to that event.
+                    let at = self.sse.ends_base + (total - bytes.len());
+                    if let Some(end) = self.sse.ends.last_mut().filter(|end| end.0 + 1 == at) {
+                        end.0 = at;
+                    }
                     continue;
                 }
             }
@@ -262,6 +278,7 @@ impl UsageScanner {
                     self.sse.after_cr = brk == b'\r';
                     self.end_line();
                     bytes = tail;
+                    self.record_event_end(total - bytes.len());
                 }
                 continue;
             }
@@ -270,6 +287,7 @@ impl UsageScanner {
                 b'\n' | b'\r' => {
                     self.sse.after_cr = first == b'\r';
                     self.end_line();
+                    self.record_event_end(total - bytes.len());
                 }
                 b':' => {
                     self.sse.line_started = true;
@@ -280,6 +298,15 @@ impl UsageScanner {
                     self.sse.field.push(first);
                 }
             }
+        }
+    }
+
+    /// Notes, for the strip, that an event just ended `at` bytes into the bytes being framed (if
+    /// one did: [`SseState::dispatched`]). The strip reads these ends instead of framing the body
+    /// again.
+    fn record_event_end(&mut self, at: usize) {
+        if std::mem::take(&mut self.sse.dispatched) && self.sse.record_ends {
+            self.sse.ends.push((self.sse.ends_base + at, self.usage_only_event));
         }
     }
 
@@ -489,6 +516,8 @@ impl UsageScanner {
 
     /// A blank line ends an event: apply it if its data was one complete JSON object or `[DONE]`.
     fn dispatch_event(&mut self) {
+        self.usage_only_event = false;
+        self.sse.dispatched = true;
         if self.sse.streaming {
             self.sse.streaming = false;
         } else {
@@ -654,6 +683,9 @@ impl UsageScanner {
             },
         };
         let target = match node {
+            // A response id only in the Responses API; the root `id` only of a whole JSON body.
+            Node::Leaf(Target::ResponseId | Target::RootId) if self.endpoint != Endpoint::Responses => Target::None,
+            Node::Leaf(Target::RootId) if self.format != ResponseFormat::Json => Target::None,
             Node::Leaf(target) => target,
             _ => Target::None,
         };
@@ -742,6 +774,9 @@ impl UsageScanner {
                 self.message.status_terminal = terminal_for_status(&unescape_if_needed(text));
             }
             (Target::Finish, Scalar::Str, _) => self.message.finished = true,
+            (Target::ResponseId | Target::RootId, Scalar::Str, Some(text)) if !text.is_empty() => {
+                self.message.response_id = Some(text.to_vec());
+            }
             (Target::OutputType, Scalar::Str, Some(b"web_search_call")) => {
                 if let Some(slot) = self.message.usage.get_mut(Field::WebSearches as usize) {
                     *slot = Some(slot.unwrap_or(0).saturating_add(1));
@@ -779,6 +814,9 @@ impl UsageScanner {
                 self.found.usage_final = self.dialect != Dialect::Gemini || message.finished || whole_body;
             }
             self.found.has_usage = true;
+        }
+        if let Some(id) = message.response_id.take() {
+            self.found.response_id = Some(unescape_lossy(&id));
         }
         // The same model again (every chunk repeats it) is not decoded again.
         if message.model_seen && (self.found.model.is_none() || self.found.model_raw != message.model) {
@@ -892,6 +930,10 @@ enum Target {
     Content,
     /// The `type` of an OpenAI Responses output item (`web_search_call` items are counted).
     OutputType,
+    /// `response.id` of a Responses stream event.
+    ResponseId,
+    /// The `id` at a message's root: a Responses JSON body's own id.
+    RootId,
 }
 
 /// Where a container sits on the paths we read: a node of a small trie per dialect, kept in each
@@ -981,12 +1023,14 @@ fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
             // Responses API streaming deltas (`response.output_text.delta` and friends).
             (_, b"delta") => leaf(Target::Content),
             (_, b"output") => OOutput,
+            (_, b"id") => leaf(Target::RootId),
             _ => Dead,
         },
         // OpenAI / Azure: chat, completions, embeddings, Responses.
         (OResponse, K(b"model")) => leaf(Target::Model),
         (OResponse, K(b"usage")) => OUsage,
         (OResponse, K(b"output")) => OFinalOutput,
+        (OResponse, K(b"id")) => leaf(Target::ResponseId),
         (OFinalOutput, I) => OFinalItem,
         (OFinalItem | OOutputItem, K(b"type")) => leaf(Target::OutputType),
         (OUsage, K(b"prompt_tokens" | b"input_tokens")) => usage(Field::Prompt),
@@ -1422,6 +1466,8 @@ struct Message {
     error: bool,
     /// OpenAI's `choices` is an empty array (the usage-only chunk of a stream).
     empty_choices: bool,
+    /// The Responses API response id, as written.
+    response_id: Option<Vec<u8>>,
 }
 
 impl Message {
@@ -1445,6 +1491,7 @@ struct Found {
     model_raw: Vec<u8>,
     content_bytes: u64,
     terminal: Option<TerminalEvent>,
+    response_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1477,6 +1524,15 @@ struct SseState {
     streaming: bool,
     event_name: Capped<CAPTURE_CAP>,
     template: EventTemplate,
+    /// An event was just dispatched (read by [`UsageScanner::record_event_end`]).
+    dispatched: bool,
+    /// Record where events end, for the strip (`usage::strip`).
+    record_ends: bool,
+    /// Each event that ended during the current [`UsageScanner::feed`]: its end, as an offset
+    /// into the bytes given to `feed`, and whether it was the usage-only chunk.
+    ends: Vec<(usize, bool)>,
+    /// Bytes of the current `feed` before the framed ones (a byte order mark skipped).
+    ends_base: usize,
 }
 
 impl SseState {
