@@ -129,6 +129,11 @@ pub struct AttributionConfig {
     /// Values used when no source gives a field.
     #[serde(default)]
     pub defaults: Principal,
+    /// Send a virtual key on to the upstream (default `false`: it is removed from the request,
+    /// whichever key header or `?key=` carried it). Only for keys that are the callers' own
+    /// provider keys, registered here to name who holds them.
+    #[serde(default)]
+    pub forward_virtual_keys: bool,
 }
 
 /// One virtual key: the SHA-256 of the key (64 hex digits) and who it belongs to.
@@ -180,6 +185,7 @@ pub struct Attribution {
     virtual_keys: HashMap<[u8; 32], Principal>,
     body_metadata: Vec<(Field, Vec<Vec<String>>)>,
     defaults: Principal,
+    forward_virtual_keys: bool,
 }
 
 /// What the request headers said, captured in the request-headers phase (before `x-tollgate-*`
@@ -193,6 +199,9 @@ pub struct HeaderFacts {
     pub presented_key: bool,
     /// The `?key=` query parameter is a virtual key: the upstream must not receive it.
     pub virtual_key_in_query: bool,
+    /// The key headers holding a virtual key: the upstream must not receive them (Envoy adds the
+    /// provider's own key after the filter, e.g. a route's `request_headers_to_add`).
+    pub virtual_key_headers: Vec<&'static str>,
 }
 
 /// The `key` query parameter of a request path (how Gemini clients may send their API key,
@@ -364,7 +373,14 @@ impl Attribution {
             }
             body_metadata.push((field, split));
         }
-        Ok(Attribution { order, trusted_headers, virtual_keys, body_metadata, defaults: raw.defaults })
+        Ok(Attribution {
+            order,
+            trusted_headers,
+            virtual_keys,
+            body_metadata,
+            defaults: raw.defaults,
+            forward_virtual_keys: raw.forward_virtual_keys,
+        })
     }
 
     /// Reads what the headers give. `header` returns a request header's value by lowercase name;
@@ -394,14 +410,24 @@ impl Attribution {
             Some(key) if !self.virtual_keys.is_empty() => self.virtual_keys.get(&digests.digest(key)),
             _ => None,
         };
-        facts.virtual_key_in_query = query_principal.is_some();
-        if let Some(key) = presented_key(&header) {
+        facts.virtual_key_in_query = query_principal.is_some() && !self.forward_virtual_keys;
+        // The first key header attributes; every one holding a virtual key is kept from the upstream.
+        for name in KEY_HEADERS {
+            let Some(key) = header_key(&header, name) else { continue };
+            let first = !facts.presented_key;
             facts.presented_key = true;
-            if !self.virtual_keys.is_empty() {
-                let digest = digests.digest(key);
-                facts.virtual_key = self.virtual_keys.get(&digest).cloned();
+            if self.virtual_keys.is_empty() {
+                break;
             }
-        } else if query_key.is_some() {
+            let principal = self.virtual_keys.get(&digests.digest(key));
+            if principal.is_some() && !self.forward_virtual_keys {
+                facts.virtual_key_headers.push(name);
+            }
+            if first {
+                facts.virtual_key = principal.cloned();
+            }
+        }
+        if !facts.presented_key && query_key.is_some() {
             facts.presented_key = true;
             facts.virtual_key = query_principal.cloned();
         }
@@ -458,21 +484,19 @@ impl Attribution {
     }
 }
 
-/// The API key the request presents, from the first key header that has one.
-fn presented_key<'h>(header: &impl Fn(&str) -> Option<&'h str>) -> Option<&'h str> {
-    KEY_HEADERS.iter().find_map(|name| {
-        let value = header(name)?.trim();
-        let key = if *name == "authorization" {
-            let (scheme, token) = value.split_once(' ')?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return None;
-            }
-            token.trim()
-        } else {
-            value
-        };
-        (!key.is_empty()).then_some(key)
-    })
+/// The API key in one key header, if it holds one (`authorization` only as a bearer token).
+fn header_key<'h>(header: &impl Fn(&str) -> Option<&'h str>, name: &str) -> Option<&'h str> {
+    let value = header(name)?.trim();
+    let key = if name == "authorization" {
+        let (scheme, token) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        token.trim()
+    } else {
+        value
+    };
+    (!key.is_empty()).then_some(key)
 }
 
 /// A principal value as given by a source, or `None` if it is empty, too long or has control
@@ -540,8 +564,10 @@ mod tests {
     }
 
     impl HeaderFacts {
+        /// The same key read from `?key=`: flagged there, and no header to remove.
         fn with_query_flag(mut self) -> HeaderFacts {
             self.virtual_key_in_query = true;
+            self.virtual_key_headers.clear();
             self
         }
     }
@@ -645,6 +671,35 @@ mod tests {
         assert!(f.presented_key);
         assert_eq!(a.principal(&f, None).key_id, None);
         assert!(!facts(&a, &[("authorization", "Basic abc")]).presented_key);
+    }
+
+    #[test]
+    fn every_key_header_holding_a_virtual_key_is_kept_from_the_upstream_unless_configured() {
+        let a = config();
+        // (headers, key headers the upstream must not receive, key_id)
+        let cases: &[(&[(&str, &str)], &[&str], Option<&str>)] = &[
+            (&[("authorization", "Bearer sk-alice")], &["authorization"], Some("k-alice")),
+            (&[("x-api-key", "sk-alice")], &["x-api-key"], Some("k-alice")),
+            (&[("api-key", "sk-alice")], &["api-key"], Some("k-alice")),
+            (&[("x-goog-api-key", "sk-alice")], &["x-goog-api-key"], Some("k-alice")),
+            // A provider key attributes nothing and passes; a virtual key beside it is still removed.
+            (&[("authorization", "Bearer sk-provider"), ("x-api-key", "sk-alice")], &["x-api-key"], None),
+            (&[("authorization", "Bearer sk-provider")], &[], None),
+            (&[("authorization", "Basic sk-alice")], &[], None),
+        ];
+        for (headers, stripped, key_id) in cases {
+            let f = facts(&a, headers);
+            assert_eq!(f.virtual_key_headers, *stripped, "{headers:?}");
+            assert_eq!(a.principal(&f, None).key_id.as_deref(), *key_id, "{headers:?}");
+        }
+        let forward = compile(serde_json::json!({
+            "forward_virtual_keys": true,
+            "virtual_keys": [{"sha256": sha256_hex("sk-alice"), "principal": {"key_id": "k-alice"}}]
+        }));
+        let f = facts(&forward, &[("authorization", "Bearer sk-alice")]);
+        assert_eq!((f.virtual_key_headers.len(), forward.principal(&f, None).key_id.as_deref()), (0, Some("k-alice")));
+        let f = forward.from_request(|_| None, Some("sk-alice"), &mut KeyDigests::default());
+        assert!(!f.virtual_key_in_query, "forwarded in the query too");
     }
 
     #[test]

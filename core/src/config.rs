@@ -51,6 +51,10 @@ pub struct FilterConfig {
     /// What the filter publishes for the access log. Default `summary`.
     #[serde(default)]
     pub access_log: Option<AccessLogMode>,
+    /// The response-id memory (`core::context_memory`): `{enabled, ttl_s, max_entries}`. Used only
+    /// with `enforcement` (it tightens reservations). Default on.
+    #[serde(default)]
+    pub context_memory: Option<serde_json::Value>,
 }
 
 /// What the filter publishes as filter state for the access log (README.md, "Access log").
@@ -96,6 +100,8 @@ pub struct CompiledConfig {
     /// Budgets and leases (`core::enforce`); `None` = metering only.
     pub enforcement: Option<crate::enforce::EnforcementSettings>,
     pub access_log: AccessLogMode,
+    /// The response-id memory's policy; `None` when disabled.
+    pub context_memory: Option<crate::context_memory::ContextMemory>,
 }
 
 impl FilterConfig {
@@ -152,6 +158,11 @@ impl FilterConfig {
                 crate::enforce::EnforcementConfig::compile_value(v).map_err(|e| ConfigError::new(e.path, e.problem))?,
             ),
         };
+        let context_memory_raw: crate::context_memory::ContextMemoryConfig = match self.context_memory {
+            Some(v) => parse_at(v, "context_memory")?,
+            None => crate::context_memory::ContextMemoryConfig::default(),
+        };
+        let context_memory = context_memory_raw.compile()?;
         Ok(CompiledConfig {
             gateway_id,
             mounts,
@@ -161,6 +172,7 @@ impl FilterConfig {
             prices,
             enforcement,
             access_log: self.access_log.unwrap_or_default(),
+            context_memory,
         })
     }
 }
@@ -359,5 +371,17 @@ mod tests {
     #[test]
     fn an_access_log_mistake_names_access_log() {
         assert!(err(r#"{"access_log": "verbose"}"#).starts_with("tollgate config: access_log: unknown variant `verbose`"));
+    }
+
+    #[test]
+    fn a_context_memory_mistake_names_its_field() {
+        assert!(err(r#"{"context_memory": {"ttl_s": 0}}"#).starts_with("tollgate config: context_memory.ttl_s: must be between 1 and"));
+        assert!(err(r#"{"context_memory": {"max_entries": -1}}"#).starts_with("tollgate config: context_memory.max_entries: invalid value"));
+        assert!(err(r#"{"context_memory": {"max_entries": 0}}"#).starts_with("tollgate config: context_memory.max_entries: must be between"));
+        assert!(err(r#"{"context_memory": {"ttl": 60}}"#).starts_with("tollgate config: context_memory: unknown field `ttl`"));
+        let on = FilterConfig::from_json(b"{}").unwrap();
+        assert_eq!(on.context_memory, Some(crate::context_memory::ContextMemory { ttl_ms: 3_600_000, buckets: 1250 }), "on by default");
+        let off = FilterConfig::from_json(br#"{"context_memory": {"enabled": false}}"#).unwrap();
+        assert_eq!(off.context_memory, None);
     }
 }

@@ -25,10 +25,13 @@
 //! - [`estimate`]: token estimates for the request's worst case and for streams cut short.
 //! - [`prompt_bound`]: requests whose billed prompt can exceed their body (stored conversations,
 //!   caches, files, media, hosted tools), recognised per dialect so the reservation stays a bound.
+//! - [`context_memory`]: the response-id memory: the context a stored response was billed, so a
+//!   request continuing it reserves that prefix plus its body instead of the context window.
 
 pub mod attribution;
 pub mod bytes;
 pub mod config;
+pub mod context_memory;
 pub mod dialect;
 pub mod enforce;
 pub mod errors;

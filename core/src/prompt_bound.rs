@@ -36,6 +36,7 @@
 //! (a message whose whole content is `"image"`) is taken as the shape: a larger reservation, never
 //! a smaller one.
 
+use crate::context_memory::Reference;
 use crate::dialect::Endpoint;
 use crate::errors::{ErrorKind, Failure};
 use crate::json::{self, Kind, Member, TopLevel, Watch};
@@ -175,8 +176,29 @@ pub fn watch_list(endpoint: Endpoint) -> &'static Watch<'static> {
 /// [`json::scan_object_watching`] with [`watch_list`]`(endpoint)`. A reference field of the wrong
 /// type or an absurd length is a 400 naming it.
 pub fn detect(endpoint: Endpoint, body: &[u8], top: &TopLevel) -> Result<Option<Shape>, Failure> {
-    let bits = |key: &str| top.get(key).map_or(0, |m| m.watched);
-    let present = |key: &str| top.get(key).filter(|m| m.kind != Kind::Null);
+    detect_skipping(endpoint, body, top, None)
+}
+
+/// The stored response a request continues, when that is its only provider-held shape (`shape`,
+/// from [`detect`]): the response-id memory (`core::context_memory`) may know its size. Any other
+/// shape beside it (a file by id, a hosted tool, …) still needs the window, so then `None`.
+pub fn detect_reference(endpoint: Endpoint, body: &[u8], top: &TopLevel, shape: Option<Shape>) -> Option<Reference> {
+    const KEY: &str = "previous_response_id";
+    if endpoint != Endpoint::Responses || shape != Some(Shape::PreviousResponse) {
+        return None;
+    }
+    if !matches!(detect_skipping(endpoint, body, top, Some(KEY)), Ok(None)) {
+        return None;
+    }
+    let id = json::decode_string(body, top.get(KEY)?.value.clone()).ok()?;
+    Some(Reference::Response(id.into_owned()))
+}
+
+/// [`detect`], as if the top-level member `skip` were absent.
+fn detect_skipping(endpoint: Endpoint, body: &[u8], top: &TopLevel, skip: Option<&str>) -> Result<Option<Shape>, Failure> {
+    let get = |key: &str| top.get(key).filter(|_| skip != Some(key));
+    let bits = |key: &str| get(key).map_or(0, |m| m.watched);
+    let present = |key: &str| get(key).filter(|m| m.kind != Kind::Null);
     match endpoint {
         Endpoint::Chat => {
             if let Some(shape) = first_shape(bits("messages"), CHAT_SHAPES) {
@@ -458,6 +480,28 @@ mod tests {
         }
         let ok = format!(r#"{{"previous_response_id":"{at_limit}"}}"#);
         assert_eq!(shape(OpenAi, Responses, &ok), Some(PreviousResponse), "the limit itself is accepted");
+    }
+
+    #[test]
+    fn a_previous_response_is_a_remembered_reference_only_when_it_is_the_only_shape() {
+        let resp = |id: &str| Some(Reference::Response(id.to_owned()));
+        // (endpoint, body, reference)
+        let cases: &[(Endpoint, &str, Option<Reference>)] = &[
+            (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"go on"}"#, resp("resp_1")),
+            (Responses, r#"{"model":"m","previous_respons\u0065_id":"resp_\u0031","input":"go on"}"#, resp("resp_1")),
+            (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":[{"role":"user","content":[{"type":"input_file","file_id":"file-1"}]}]}"#, None),
+            (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"q","tools":[{"type":"web_search_preview"}]}"#, None),
+            (Responses, r#"{"model":"m","previous_response_id":"resp_1","conversation":"conv_1"}"#, None),
+            (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"q","tools":[{"type":"function","name":"web_search","parameters":{}}]}"#, resp("resp_1")),
+            (Responses, r#"{"model":"m","conversation":"conv_1","input":"go on"}"#, None),
+            (Responses, r#"{"model":"m","input":"hi"}"#, None),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[]}"#, None),
+        ];
+        for (endpoint, body, want) in cases {
+            let top = json::scan_object_watching(body.as_bytes(), watch_list(*endpoint)).expect("valid JSON");
+            let shape = detect(*endpoint, body.as_bytes(), &top).expect("valid");
+            assert_eq!(&detect_reference(*endpoint, body.as_bytes(), &top, shape), want, "{body}");
+        }
     }
 
     #[test]

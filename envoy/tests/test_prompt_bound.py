@@ -81,14 +81,9 @@ def to_micros(usd):
     return int(whole) * 1_000_000 + int((frac + "000000")[:6])
 
 
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_a_burst_of_requests_whose_prompt_the_provider_holds_stops_at_the_hard_limit(counter, envoy, name):
-    limit_usd, path, body, mock_headers = SHAPES[name]
-    limit = to_micros(limit_usd)
-    team = f"pb-{name}"
-    excess_before = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0)
-    headers = {"x-e2e-team": team, "x-e2e-user": "agent", "x-mock-gzip": "never", "x-mock-events": "4", **mock_headers}
-    payload = json.dumps(body)
+def burst(envoy, path, payload, headers):
+    """BURST concurrent requests, released at once; returns (200s' request ids, 429 count). Any
+    other status or a connection error fails the test."""
     start = threading.Barrier(BURST)
     results, errors = [], []
     lock = threading.Lock()
@@ -113,20 +108,77 @@ def test_a_burst_of_requests_whose_prompt_the_provider_holds_stops_at_the_hard_l
     assert not errors, f"{len(errors)} connection errors, first: {errors[:3]}"
     statuses = sorted({r.status for r in results})
     assert set(statuses) <= {200, 429}, f"only 200 or 429 expected, got {statuses}: {[r for r in results if r.status not in (200, 429)][:3]}"
-    ok_ids = [r.header("x-tollgate-request-id") for r in results if r.status == 200]
-    refused = [r for r in results if r.status == 429]
-    assert ok_ids, "the budget admits at least one such request"
-    assert refused, "the burst costs more than the budget, so some are refused"
+    return [r.header("x-tollgate-request-id") for r in results if r.status == 200], sum(r.status == 429 for r in results)
 
+
+def settled_ledger(counter, envoy, team, ok_ids):
+    """The team's ledger once the gateway has delivered everything: exactly the 200s, once each."""
     te.wait_for(lambda: te.idle(envoy), 30, "the gateway to settle and deliver", envoy.enforcement_stats)
     te.wait_for(lambda: len(counter.ledger(team)) >= len(ok_ids), 15, "the ledger to hold every served request")
     ledger = counter.ledger(team)
     assert set(ledger) == set(ok_ids), "every 200 is in the ledger once, and nothing else"
-    costs = [cost for cost, _, _ in ledger.values()]
+    return [cost for cost, _, _ in ledger.values()]
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_a_burst_of_requests_whose_prompt_the_provider_holds_stops_at_the_hard_limit(counter, envoy, name):
+    limit_usd, path, body, mock_headers = SHAPES[name]
+    limit = to_micros(limit_usd)
+    team = f"pb-{name}"
+    excess_before = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0)
+    headers = {"x-e2e-team": team, "x-e2e-user": "agent", "x-mock-gzip": "never", "x-mock-events": "4", **mock_headers}
+    ok_ids, refused = burst(envoy, path, json.dumps(body), headers)
+    assert ok_ids, "the budget admits at least one such request"
+    assert refused, "the burst costs more than the budget, so some are refused"
+    costs = settled_ledger(counter, envoy, team, ok_ids)
     total = sum(costs)
     # The burst is a real test of the bound: all of it would have cost several times the limit.
     assert min(costs) * BURST > 2 * limit, f"a request costs {min(costs)} µ$; {BURST} of them must overrun {limit}"
     excess = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0) - excess_before
     assert excess == 0, f"a reservation was overrun by {excess} µ$: the window bound is a true bound"
     assert total <= limit, f"ledger {total} µ$ over the hard limit {limit} µ$"
-    print(f"\n{name}: {len(ok_ids)} of {BURST} admitted, {len(refused)} refused, spent {total}/{limit} µ$")
+    print(f"\n{name}: {len(ok_ids)} of {BURST} admitted, {refused} refused, spent {total}/{limit} µ$")
+
+
+# The response-id memory (docs/enforcement.md, "The response-id memory"): a first turn through the
+# gateway is billed a 20,000-token context; BURST continuations of it, each billed that context
+# plus its own input (as a provider bills them), then BURST continuations of a response the
+# gateway never saw, billed the same, each on its own $1.00 budget.
+MEMORY_LIMIT_USD = "1.00"
+MEMORY_FIRST_TURN = {"x-mock-input-tokens": "20000", "x-mock-output-tokens": "50"}
+MEMORY_CONTINUATION = {"x-mock-input-tokens": "20080", "x-mock-output-tokens": "50"}
+BUDGETS += [{"id": f"pb-memory-{case}", "scope": f"team:pb-memory-{case}", "limit": MEMORY_LIMIT_USD, "window": "none"}
+            for case in ("remembered", "unknown")]
+
+
+def test_prompt_bound_with_the_response_id_memory_admits_more_and_still_stops_at_the_hard_limit(counter, envoy):
+    limit = to_micros(MEMORY_LIMIT_USD)
+    common = {"x-e2e-user": "agent", "x-mock-gzip": "never", "x-mock-events": "4"}
+    stat = lambda name: envoy.stats().get(f"wasmcustom.tollgate_context_memory_{name}_total", 0)
+    first = request(envoy.listen_port, "POST", "/v1/responses",
+                    json.dumps({"model": "gpt-4o", "max_output_tokens": 100, "input": "Read the repository and plan."}),
+                    {"x-e2e-team": "pb-memory-first", **common, **MEMORY_FIRST_TURN}, timeout=30)
+    assert first.status == 200, first
+    response_id = first.json()["id"]
+    assert response_id.startswith("resp_"), first.json()
+    te.wait_for(lambda: stat("remembered") >= 1, 10, "the first turn's context to be remembered", envoy.stats)
+    excess_before = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0)
+    hits_before, misses_before = stat("hits"), stat("misses")
+    admitted = {}
+    for case, previous in (("remembered", response_id), ("unknown", "resp_0000never0through0this0gateway")):
+        team = f"pb-memory-{case}"
+        body = {"model": "gpt-4o", "max_output_tokens": 100, "previous_response_id": previous, "input": "Next step?"}
+        ok_ids, refused = burst(envoy, "/v1/responses", json.dumps(body), {"x-e2e-team": team, **common, **MEMORY_CONTINUATION})
+        assert ok_ids and refused, f"{case}: {len(ok_ids)} admitted, {refused} refused; the burst must overrun the budget"
+        costs = settled_ledger(counter, envoy, team, ok_ids)
+        assert min(costs) * BURST > 2 * limit, f"{case}: a request costs {min(costs)} µ$"
+        assert sum(costs) <= limit, f"{case}: ledger {sum(costs)} µ$ over the hard limit {limit} µ$"
+        admitted[case] = (len(ok_ids), sum(costs))
+    excess = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0) - excess_before
+    assert excess == 0, f"a reservation was overrun by {excess} µ$: remembered context + body is a true bound"
+    te.wait_for(lambda: stat("hits") - hits_before >= BURST, 10, "every remembered continuation to count as a hit", envoy.stats)
+    assert stat("misses") - misses_before >= BURST, "every unknown continuation is a miss"
+    (hit_ok, hit_spent), (miss_ok, miss_spent) = admitted["remembered"], admitted["unknown"]
+    assert hit_ok >= 3 * miss_ok, f"the memory admits {hit_ok}, the window bound {miss_ok}"
+    print(f"\nresponse-id memory: {hit_ok} of {BURST} admitted (spent {hit_spent}/{limit} µ$) "
+          f"against {miss_ok} of {BURST} with the context-window bound (spent {miss_spent}/{limit} µ$)")

@@ -22,6 +22,7 @@
 
 use crate::access_log::AccessLog;
 use crate::admission::{Admission, Enforcer, Verdict};
+use crate::context_memory::SharedContextMemory;
 use crate::enforce::EnforcementRoot;
 use crate::host::{self, Buffer, LogLevel, Map};
 use crate::metrics::{Metrics, Outcome, FLUSH_INTERVAL_MS};
@@ -34,6 +35,7 @@ use std::cell::RefCell;
 use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
 use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
+use tollgate_core::context_memory::{self, Reference};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::enforce::reservation;
@@ -51,6 +53,8 @@ pub struct Root {
     log_level: Rc<LogLevelCache>,
     /// SHA-256 of the API keys this VM has seen (virtual-key lookups).
     key_digests: Rc<RefCell<KeyDigests>>,
+    /// The response-id memory (`crate::context_memory`); only with enforcement.
+    context_memory: Option<Rc<SharedContextMemory>>,
 }
 
 impl Default for Root {
@@ -62,6 +66,7 @@ impl Default for Root {
             enforcement: None,
             log_level: Rc::new(LogLevelCache::default()),
             key_digests: Rc::default(),
+            context_memory: None,
         }
     }
 }
@@ -101,6 +106,9 @@ impl Context for Root {
 
     fn on_done(&mut self) -> bool {
         self.metrics.flush();
+        if let Some(m) = &self.context_memory {
+            m.flush();
+        }
         if let Some(e) = &self.enforcement {
             e.on_done(host::now_ms());
         }
@@ -135,6 +143,8 @@ impl RootContext for Root {
                 if let Err(e) = host::set_tick_period_ms(tick_ms) {
                     host::log(LogLevel::Warn, &format!("tollgate: could not start the tick timer (host status {}); counters and enforcement will lag", e.0));
                 }
+                // It tightens reservations, so it matters only where there are some.
+                self.context_memory = config.context_memory.filter(|_| enforcement.is_some()).map(|m| Rc::new(SharedContextMemory::new(m)));
                 self.enforcement = enforcement;
                 self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define());
@@ -151,6 +161,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.metrics.flush();
+        if let Some(m) = &self.context_memory {
+            m.flush();
+        }
         if let Some(enforcement) = &self.enforcement {
             enforcement.on_tick(host::now_ms());
         }
@@ -168,6 +181,7 @@ impl RootContext for Root {
             config: self.config.clone(),
             metrics: Rc::clone(&self.metrics),
             enforcer,
+            context_memory: self.context_memory.clone(),
             phase: Phase::Start,
             request: None,
             response: None,
@@ -222,6 +236,7 @@ pub struct Stream {
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     enforcer: Option<Box<dyn Enforcer>>,
+    context_memory: Option<Rc<SharedContextMemory>>,
     phase: Phase,
     request: Option<RequestState>,
     response: Option<ResponseState>,
@@ -321,12 +336,19 @@ impl Stream {
         // reserves it, and only enforcement refuses a request whose prompt has no known bound.
         let worst_case = match &config.enforcement {
             Some(settings) => {
+                // A continuation of a response this gateway metered: its billed context is known,
+                // and that plus the body is a true bound tighter than the window (core::context_memory).
+                let known_prefix = match (&self.context_memory, &plan.context_reference) {
+                    (Some(memory), Some(reference)) => memory.lookup(reference, &plan.routed_model, now),
+                    _ => None,
+                };
                 let request = reservation::Request {
                     model: &plan.routed_model,
                     price: &price,
                     body_len: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
                     remote_prompt: plan.remote_prompt,
                     max_output_tokens: plan.max_output_tokens,
+                    known_prefix,
                 };
                 match reservation::worst_case(&request, config.prices.estimate_config(), settings) {
                     Ok(worst) => Some(worst),
@@ -425,6 +447,12 @@ impl Stream {
         // Only enforcement's ledger needs the end time; metering alone saves the host call.
         let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
         let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
+        // A response a later request may continue: remember what it was billed.
+        if let (Some(memory), Some(id), Some(tokens)) = (&self.context_memory, scan.response_id.as_deref(), scan.tokens.as_ref()) {
+            if (200..300).contains(&status) {
+                memory.remember(&Reference::Response(id.to_owned()), &plan.routed_model, tokens, finished_at_ms);
+            }
+        }
         let t = &s.record.tokens;
         let log = &mut self.access_log;
         for (name, value) in [
@@ -518,12 +546,13 @@ impl HttpContext for Stream {
         // Gemini clients may send their key as `?key=`: read like `x-goog-api-key`.
         let query = if recognised.dialect == Dialect::Gemini { QueryKey::from_path(path) } else { None };
         let query_key = query.as_ref().map(|q| q.key.as_str());
-        let facts = match self.key_digests.try_borrow_mut() {
+        let mut facts = match self.key_digests.try_borrow_mut() {
             Ok(mut digests) => config.attribution.from_request(|name| header(&headers, name), query_key, &mut digests),
             Err(_) => config.attribution.from_request(|name| header(&headers, name), query_key, &mut KeyDigests::default()),
         };
         // A virtual key is the gateway's credential: the upstream never receives it.
         let keyless_path = query.as_ref().filter(|_| facts.virtual_key_in_query).map(|q| q.path_without.as_str());
+        let virtual_key_headers = std::mem::take(&mut facts.virtual_key_headers);
         let path = keyless_path.unwrap_or(path);
         let started_at_ms = host::now_ms();
         // Unique per request even when a client reuses an x-request-id (Envoy keeps a client's
@@ -544,6 +573,12 @@ impl HttpContext for Stream {
             had_content_length: declared_len.is_some(),
             plan: None,
         });
+        let keyless_headers = virtual_key_headers.iter().all(|name| host::remove_header(Map::RequestHeaders, name).is_ok());
+        if !keyless_headers {
+            self.metrics.host_error();
+            let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not prepare this request; retry");
+            return self.reply(&failure, &[]);
+        }
         if let Some(path) = keyless_path {
             if host::set_header(Map::RequestHeaders, ":path", path).is_err() {
                 self.metrics.host_error();

@@ -10,6 +10,8 @@
 //! - [`admission`]: the admission / settlement hooks (imports nothing of the crate).
 //! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue);
 //!   absent (`None`) when the configuration has no `enforcement` section.
+//! - [`context_memory`]: the response-id memory in shared data (the context a stored response
+//!   was billed, so its continuation reserves that instead of the window); with enforcement only.
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
@@ -20,6 +22,7 @@
 
 pub mod access_log;
 pub mod admission;
+pub mod context_memory;
 pub mod enforce;
 pub mod filter;
 pub mod host;

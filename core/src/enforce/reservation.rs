@@ -36,6 +36,9 @@ pub struct Request<'a> {
     pub remote_prompt: Option<Shape>,
     /// The request's own output cap (`max_tokens` and its per-dialect spellings), if any.
     pub max_output_tokens: Option<u64>,
+    /// The billed context of the response this request continues, when this gateway metered it
+    /// (`core::context_memory`): that plus the body is a true bound, tighter than the window.
+    pub known_prefix: Option<u64>,
 }
 
 /// A request's worst case.
@@ -54,7 +57,9 @@ pub struct WorstCase {
 /// `unknown_context_window: deny`).
 pub fn worst_case(request: &Request<'_>, estimate: &EstimateConfig, settings: &EnforcementSettings) -> Result<WorstCase, Failure> {
     let price = &request.price.price;
-    let prompt_tokens = if request.remote_prompt.is_some() && price.max_input_tokens.is_none() && !price.prompt_is_priced() {
+    let prompt_tokens = if let Some(prefix) = request.known_prefix {
+        crate::context_memory::prompt_bound(prefix, estimate.input_tokens_upper_bound(request.body_len), price.max_input_tokens)
+    } else if request.remote_prompt.is_some() && price.max_input_tokens.is_none() && !price.prompt_is_priced() {
         // Whatever the provider adds costs nothing: the body bound prices everything there is.
         estimate.input_tokens_upper_bound(request.body_len)
     } else {
@@ -128,6 +133,8 @@ mod tests {
         body_len: u64,
         remote: Option<Shape>,
         max_output_tokens: Option<u64>,
+        /// A remembered context (`core::context_memory`), in tokens.
+        known_prefix: Option<u64>,
         estimate: EstimateConfig,
         /// The `enforcement` section's output overrides (JSON members), or "".
         overrides: &'static str,
@@ -146,6 +153,7 @@ mod tests {
         body_len: 1000,
         remote: None,
         max_output_tokens: Some(500),
+        known_prefix: None,
         estimate: EstimateConfig {
             reserve_bytes_per_token: 1,
             stream_bytes_per_token: 4,
@@ -171,6 +179,7 @@ mod tests {
             body_len: case.body_len,
             remote_prompt: case.remote,
             max_output_tokens: case.max_output_tokens,
+            known_prefix: case.known_prefix,
         };
         let got = worst_case(&request, &case.estimate, &settings)
             .map(|w| (w.prompt_tokens, w.output_tokens, w.micros))
@@ -188,6 +197,18 @@ mod tests {
         // 250 × $3.75/M + 500 × $15/M = 8_437.5 → 8_438 µ$ (rounded up once).
         check(Case { name: "reserve_bytes_per_token 4", estimate: four, ..TEXT }, Ok((250, 500, 8_438)));
         check(Case { name: "an empty request reserves nothing", body_len: 0, max_output_tokens: Some(0), ..TEXT }, Ok((0, 0, 0)));
+    }
+
+    #[test]
+    fn a_continuation_of_a_remembered_response_reserves_its_context_plus_its_body() {
+        let windowed = claude_like(Some(200_000), None);
+        // 20_000 remembered + 1000 body = 21_000 × $3.75/M + 500 × $15/M = 78_750 + 7_500 µ$.
+        let continuation = Case { name: "remembered prefix", price: windowed, remote: Some(Shape::PreviousResponse), known_prefix: Some(20_000), ..TEXT };
+        check(continuation, Ok((21_000, 500, 86_250)));
+        // The window still caps it: the provider refuses a longer prompt.
+        check(Case { name: "prefix beyond the window", known_prefix: Some(199_500), ..continuation }, Ok((200_000, 500, 757_500)));
+        // Without the memory the same request reserves the whole window.
+        check(Case { name: "not remembered", known_prefix: None, ..continuation }, Ok((200_000, 500, 757_500)));
     }
 
     #[test]
@@ -246,7 +267,7 @@ mod tests {
     fn whatever_the_provider_bills_from_its_cache_stays_under_the_window_reservation() {
         let price = gemini_like();
         let lookup = PriceLookup { price, known: true };
-        let request = Request { model: "g", price: &lookup, body_len: 80, remote_prompt: Some(Shape::CachedContent), max_output_tokens: Some(1000) };
+        let request = Request { model: "g", price: &lookup, body_len: 80, remote_prompt: Some(Shape::CachedContent), max_output_tokens: Some(1000), known_prefix: None };
         let worst = worst_case(&request, &EstimateConfig::default(), &crate::enforce::config::test_settings()).unwrap();
         assert_eq!(worst.micros, 2_636_440);
         for prompt in [1u64, 200_000, 200_001, 1_048_576] {

@@ -10,6 +10,7 @@
 //! Everything here is pure so it is tested natively; the plugin only moves bytes to and from Envoy.
 
 use crate::attribution::{Attribution, HeaderFacts};
+use crate::context_memory::Reference;
 use crate::dialect::{Dialect, Endpoint, Recognised};
 use crate::errors::{ErrorKind, Failure};
 use crate::json::{self, Edit, JsonError, Kind, TopLevel};
@@ -33,6 +34,9 @@ pub struct ParsedRequest<'b> {
     pub max_output_tokens: Option<u64>,
     /// How the billed prompt can exceed the body, if it can (`core::prompt_bound`).
     pub remote_prompt: Option<Shape>,
+    /// The stored response the request continues, when that is its only provider-held shape:
+    /// the response-id memory may bound its prompt tighter than the window (`core::context_memory`).
+    pub context_reference: Option<Reference>,
 }
 
 /// The routed request: what to send upstream and what to record.
@@ -57,6 +61,8 @@ pub struct RequestPlan {
     /// How the billed prompt can exceed the body, if it can: the reservation then bounds the
     /// prompt by the model's context window (`EstimateConfig::prompt_tokens_bound`).
     pub remote_prompt: Option<Shape>,
+    /// See [`ParsedRequest::context_reference`].
+    pub context_reference: Option<Reference>,
     /// Bytes of the body forwarded upstream (the prompt size estimates start from).
     pub body_len: usize,
 }
@@ -96,6 +102,7 @@ pub fn parse_request<'b>(
     };
     let max_output_tokens = max_output_tokens(body, &top, recognised.endpoint)?;
     let remote_prompt = prompt_bound::detect(recognised.endpoint, body, &top)?;
+    let context_reference = prompt_bound::detect_reference(recognised.endpoint, body, &top, remote_prompt);
     let principal = attribution.principal(headers, Some((body, &top)));
     Ok(ParsedRequest {
         body,
@@ -107,6 +114,7 @@ pub fn parse_request<'b>(
         stream,
         max_output_tokens,
         remote_prompt,
+        context_reference,
     })
 }
 
@@ -167,6 +175,7 @@ impl ParsedRequest<'_> {
             injected_include_usage,
             max_output_tokens: self.max_output_tokens,
             remote_prompt: self.remote_prompt,
+            context_reference: self.context_reference.clone(),
             body_len,
         })
     }

@@ -9,11 +9,11 @@
 //! gets; every other byte reaches the client as the upstream sent it.
 //!
 //! # How
-//! [`UsageScanner::feed_forward`] cuts the body at the ends of SSE events (a blank line: `\n`,
-//! `\r\n` or `\r` after an empty line, as the scanner's own framing reads it) and feeds the
-//! scanner one event at a time, so after each event it knows whether that event was the
-//! usage-only chunk (an OpenAI message whose `choices` is `[]` and that carries usage: see
-//! `Message::empty_choices`). That event — its lines and its blank line — is dropped.
+//! [`UsageScanner::feed_forward`] feeds the scanner the new bytes once; the scanner's own SSE
+//! framing notes where each event ended (its blank line: `\n`, `\r\n` or `\r` after an empty
+//! line) and whether it was the usage-only chunk (an OpenAI message whose `choices` is `[]` and
+//! that carries usage: see `Message::empty_choices`). That event — its lines and its blank line
+//! — is dropped. There is no second pass over the bytes to find the events.
 //!
 //! A chunk that ends inside an event is held back whole (the filter pauses the response body, so
 //! Envoy keeps buffering it and hands it back, followed by the next chunk): the usage chunk
@@ -29,7 +29,6 @@
 //! to rewrite them.
 
 use super::{ResponseFormat, UsageScanner};
-use crate::bytes;
 
 /// Most bytes of an unfinished event held back before it is released unread.
 pub const HOLD_CAP: usize = 16 * 1024;
@@ -51,12 +50,8 @@ pub(super) struct Strip {
     held: usize,
     /// Where the unfinished event starts in those held bytes.
     event_start: usize,
-    /// The current line has bytes (before the end of the held bytes).
-    line_started: bool,
-    /// The last byte seen was a `\r`: a `\n` right after it is the same line break.
-    after_cr: bool,
-    /// That `\r` was the blank line that ended an event, dropped (`Some(true)`) or kept: a `\n`
-    /// right after it belongs to that event.
+    /// The body ended with the `\r` of the blank line that ended an event, dropped (`Some(true)`)
+    /// or kept: a `\n` opening the next body belongs to that event.
     lf_ends_event: Option<bool>,
     /// The current event outgrew [`HOLD_CAP`] and was released: it passes whole.
     passing: bool,
@@ -70,6 +65,7 @@ impl UsageScanner {
     pub fn drop_usage_chunk(mut self) -> UsageScanner {
         if self.format == ResponseFormat::Sse {
             self.strip = Some(Box::default());
+            self.sse.record_ends = true;
         }
         self
     }
@@ -101,50 +97,27 @@ impl UsageScanner {
         // What the client gets in place of body[..event_start]; `None` while that is unchanged.
         let mut out: Option<Vec<u8>> = None;
         let mut event_start = strip.event_start;
-        // Bytes before `fed` were fed to the scanner; `at` is where the framing is.
-        let mut fed = strip.held;
-        let mut at = strip.held;
-        if strip.after_cr {
-            strip.after_cr = false;
-            if body.get(at) == Some(&b'\n') {
-                at += 1;
-                if let Some(dropped) = strip.lf_ends_event {
-                    // The rest of the last event's `\r\n`: dropped or kept with it.
-                    self.feed(body.get(fed..at).unwrap_or_default());
-                    fed = at;
-                    if dropped {
-                        out = Some(body.get(..event_start).unwrap_or_default().to_vec());
-                    }
-                    event_start = at;
+        // Bytes before `fed` were fed to the scanner already (held last time).
+        let fed = strip.held;
+        if let Some(dropped) = strip.lf_ends_event.take() {
+            if body.get(fed) == Some(&b'\n') {
+                // The rest of the last event's `\r\n`: dropped or kept with it.
+                if dropped {
+                    out = Some(body.get(..event_start).unwrap_or_default().to_vec());
                 }
+                event_start = fed + 1;
             }
         }
-        strip.lf_ends_event = None;
-        while let Some(rest) = body.get(at..).filter(|r| !r.is_empty()) {
-            let Some(found) = bytes::find_either(rest, b'\n', b'\r') else {
-                strip.line_started = true;
-                break;
-            };
-            let brk = at + found;
-            let blank = found == 0 && !strip.line_started;
-            strip.line_started = false;
-            at = brk + 1;
-            let cr = body.get(brk) == Some(&b'\r');
-            if cr && body.get(at) == Some(&b'\n') {
-                // A `\r\n` is one line break; its `\n` is not a second, blank line.
-                at += 1;
-            } else if cr && at == body.len() {
-                // Its `\n` may open the next chunk.
-                strip.after_cr = true;
-            }
-            if !blank {
-                continue;
-            }
-            // One whole event: body[event_start..at], fed up to `fed` already.
-            self.usage_only_event = false;
-            self.feed(body.get(fed..at).unwrap_or_default());
-            fed = at;
-            let drop = self.usage_only_event && !strip.passing;
+        // One pass: the scanner frames the new bytes and notes where each event ended.
+        let mut ends = std::mem::take(&mut self.sse.ends);
+        ends.clear();
+        self.sse.ends = ends;
+        self.feed(body.get(fed..).unwrap_or_default());
+        let ends = std::mem::take(&mut self.sse.ends);
+        for &(end, usage_only) in &ends {
+            // One whole event: body[event_start..at].
+            let at = fed + end;
+            let drop = usage_only && !strip.passing;
             strip.passing = false;
             if drop {
                 strip.dropped = strip.dropped.saturating_add(1);
@@ -152,13 +125,14 @@ impl UsageScanner {
             } else if let Some(out) = out.as_mut() {
                 out.extend_from_slice(body.get(event_start..at).unwrap_or_default());
             }
-            if strip.after_cr {
+            if at == body.len() && body.last() == Some(&b'\r') {
+                // Its `\n` may open the next chunk.
                 strip.lf_ends_event = Some(drop);
             }
             event_start = at;
         }
+        self.sse.ends = ends;
         // The unfinished event at the end of the body, if any.
-        self.feed(body.get(fed..).unwrap_or_default());
         let tail = body.get(event_start..).unwrap_or_default();
         let mut hold = false;
         if !tail.is_empty() && !end_of_stream && !strip.passing {

@@ -373,8 +373,10 @@ fn every_dialect_reports_its_usage() {
             model: case.model.map(str::to_owned),
             streamed_content_bytes: case.content_bytes,
             terminal: case.terminal,
+            response_id: None,
         };
-        assert_eq!(got, want, "{}", case.name);
+        // Response ids have their own test (`responses_ids_are_read_from_the_body_or_the_stream`).
+        assert_eq!(ScanOutcome { response_id: None, ..got }, want, "{}", case.name);
     }
 }
 
@@ -965,4 +967,28 @@ fn responses_web_search_calls_are_counted_once_from_the_final_output() {
     // An output listing without usage is not a usage report.
     let listing = "data: {\"type\":\"response.in_progress\",\"response\":{\"output\":[{\"type\":\"web_search_call\"}],\"usage\":null}}\n\n";
     assert_eq!(scan(OpenAi, Responses, Sse, listing.as_bytes()).tokens, None);
+}
+
+#[test]
+fn responses_ids_are_read_from_the_body_or_the_stream_and_nowhere_else() {
+    // (name, dialect, endpoint, format, body, response id)
+    let chat_json = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+    let escaped = r#"{"id":"resp_\u0041","object":"response","status":"completed","model":"m","usage":{"input_tokens":1,"output_tokens":1}}"#;
+    let sse_root_id = "data: {\"type\":\"response.completed\",\"id\":\"evt_1\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+    let cases: &[(&str, Dialect, Endpoint, ResponseFormat, &str, Option<&str>)] = &[
+        ("responses stream", OpenAi, Responses, Sse, RESPONSES_SSE, Some("resp_1")),
+        ("responses json", AzureOpenAi, Responses, Json, RESPONSES_JSON, Some("resp_2")),
+        ("an escaped id is decoded", OpenAi, Responses, Json, escaped, Some("resp_A")),
+        ("a stream event's own id is not the response's", OpenAi, Responses, Sse, sse_root_id, None),
+        ("chat completions ids are not response ids", OpenAi, Chat, Json, chat_json, None),
+        ("nor are chat stream ids", OpenAi, Chat, Sse, OPENAI_CHAT_SSE, None),
+    ];
+    for (name, dialect, endpoint, format, body, want) in cases {
+        let whole = scan(*dialect, *endpoint, *format, body.as_bytes());
+        assert_eq!(whole.response_id.as_deref(), *want, "{name}");
+        for at in 0..=body.len() {
+            let (a, b) = body.as_bytes().split_at(at);
+            assert_eq!(scan_chunks(*dialect, *endpoint, *format, &[a, b]).response_id.as_deref(), *want, "{name} split at {at}");
+        }
+    }
 }

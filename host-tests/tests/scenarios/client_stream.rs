@@ -133,3 +133,31 @@ fn a_virtual_key_in_the_gemini_query_attributes_and_never_reaches_the_upstream()
     assert_eq!(s.upstream().header(":path"), Some("/v1/chat/completions?key=sk-test-alice"));
     assert_eq!(s.filter_state("wasm.tollgate.key_id"), None);
 }
+
+#[test]
+fn a_virtual_key_in_any_key_header_attributes_and_never_reaches_the_upstream() {
+    let gw = gateway();
+    let case = |name: &str| cases().into_iter().find(|c| c.name == name).expect("fixture");
+    let (chat, claude, gemini) = (case("openai chat json"), case("anthropic messages json"), case("gemini generateContent json"));
+    // (case, key header, its value)
+    for (c, name, value) in [
+        (&chat, "authorization", "Bearer sk-test-alice"),
+        (&chat, "api-key", "sk-test-alice"),
+        (&claude, "x-api-key", "sk-test-alice"),
+        (&gemini, "x-goog-api-key", "sk-test-alice"),
+    ] {
+        let mut s = gw.stream();
+        s.send_request(&refs(&with(c.headers(), name, value)), &c.request);
+        s.expect_upstream_body(&c.upstream_request);
+        assert_eq!(s.upstream().header(name), None, "{name}: the virtual key is the gateway's credential, not the provider's");
+        s.respond(&refs(&c.response_headers()), &c.response);
+        assert_eq!(s.filter_state("wasm.tollgate.key_id").as_deref(), Some("key-alice"), "{name}");
+        expect_metered(&s, c);
+        let everything = format!("{:?} {:?}", s.upstream(), gw.logs());
+        assert!(!everything.contains("sk-test-alice"), "{name}: the virtual key went somewhere: {everything}");
+    }
+    // A key that is not virtual is the caller's own provider key: passed on untouched.
+    let mut s = gw.stream();
+    s.send_request(&refs(&with(chat.headers(), "authorization", "Bearer sk-provider-own")), &chat.request);
+    assert_eq!(s.upstream().header("authorization"), Some("Bearer sk-provider-own"));
+}

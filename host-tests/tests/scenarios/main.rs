@@ -10,9 +10,11 @@
 //! - `host_calls`: host calls per request (clock reads; the bench's `calls` floor matches the filter).
 //! - `prompt_bound`: prompts the provider holds reserve the context window, every dialect, any chunking.
 //! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
+//! - `context_memory`: a continued response reserves its remembered context, not the window.
 
 mod client_stream;
 mod common;
+mod context_memory;
 mod dialects;
 mod enforcement;
 mod host;

@@ -10,7 +10,7 @@ use tollgate_host_tests::fixtures::{refs, TEST_CONFIG};
 use tollgate_host_tests::*;
 
 /// The window the scenarios give every test model.
-const WINDOW: u64 = 100_000;
+pub(crate) const WINDOW: u64 = 100_000;
 
 /// (name, path, body): one request per recognised shape and dialect, each with an output cap of
 /// 100 tokens, routed onto a TEST_CONFIG model.
@@ -55,7 +55,7 @@ fn plain(path: &str) -> Value {
 
 /// TEST_CONFIG with enforcement; `window` gives every test model that context window;
 /// `estimate` is `pricing.estimate`.
-fn config(window: Option<u64>, estimate: Option<Value>) -> String {
+pub(crate) fn config(window: Option<u64>, estimate: Option<Value>) -> String {
     let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
     v["enforcement"] = json!({"counter_cluster": "tollgate_counter", "gateway_token": "gt", "lease_slice_usd": "0.01"});
     if let Some(window) = window {
@@ -81,7 +81,7 @@ fn window_worst_case(path: &str) -> u64 {
 }
 
 /// A counter with `headroom` micro-dollars on every scope asked for.
-fn grant_all_there_is(call: &HttpCall, headroom: i64, now_ms: u64) -> Answer {
+pub(crate) fn grant_all_there_is(call: &HttpCall, headroom: i64, now_ms: u64) -> Answer {
     let req = call.json();
     let budgets: Vec<Value> = req["scopes"]
         .as_array()

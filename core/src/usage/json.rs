@@ -1,0 +1,442 @@
+//! The JSON lexer: a byte-level state machine over whole bodies, Gemini's array stream and SSE
+//! event data, with a stack of open containers tagged with their place on the dialect's paths
+//! (`paths`); values at the paths we read are captured, content strings counted, and everything
+//! else skipped unread.
+
+use super::*;
+
+impl UsageScanner {
+    // ---- JSON lexing -------------------------------------------------------------------------
+
+    pub(super) fn feed_json(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
+            match self.json.lex {
+                Lex::Str { key } => bytes = self.string_run(bytes, key),
+                Lex::Number | Lex::Literal if is_scalar_byte(b) => {
+                    // A whole run of the number or literal at once.
+                    let end = bytes.iter().position(|&b| !is_scalar_byte(b)).unwrap_or(bytes.len());
+                    let (run, rest) = bytes.split_at(end);
+                    self.json.scratch.extend(run);
+                    bytes = rest;
+                }
+                _ if is_ws(b) && self.json.lex != Lex::Error => {
+                    let end = bytes.iter().position(|&b| !is_ws(b)).unwrap_or(bytes.len());
+                    if matches!(self.json.lex, Lex::Number | Lex::Literal) {
+                        self.json_byte(b);
+                    }
+                    bytes = bytes.get(end..).unwrap_or(&[]);
+                }
+                Lex::Error => return,
+                _ => {
+                    bytes = rest;
+                    self.json_byte(b);
+                }
+            }
+        }
+    }
+
+    /// Consumes string bytes up to and including the closing quote, if it is in `bytes`.
+    pub(super) fn string_run<'b>(&mut self, bytes: &'b [u8], key: bool) -> &'b [u8] {
+        let mut end = bytes.len();
+        let mut closed = false;
+        let mut from = 0;
+        if self.json.escaped && !bytes.is_empty() {
+            // The byte after a backslash that ended the previous chunk.
+            self.json.escaped = false;
+            from = 1;
+        }
+        while let Some(tail) = bytes.get(from..) {
+            match bytes::find_either(tail, b'"', b'\\') {
+                None => break,
+                Some(at) => {
+                    let at = from + at;
+                    if bytes.get(at) == Some(&b'"') {
+                        end = at;
+                        closed = true;
+                        break;
+                    }
+                    // A backslash: skip the escaped byte, which may be in the next chunk.
+                    self.json.key_escaped |= key;
+                    from = at + 2;
+                    if from > bytes.len() {
+                        self.json.escaped = true;
+                    }
+                }
+            }
+        }
+        let (run, rest) = bytes.split_at(end);
+        if key {
+            self.json.key_bytes(run);
+        } else {
+            match self.json.target {
+                Target::Content => {
+                    self.found.content_bytes = self.found.content_bytes.saturating_add(run.len() as u64);
+                }
+                Target::None => {}
+                _ => self.json.scratch.extend(run),
+            }
+        }
+        if !closed {
+            return rest;
+        }
+        if key {
+            self.json.lex = Lex::Colon;
+        } else {
+            self.end_scalar(Scalar::Str);
+        }
+        rest.get(1..).unwrap_or(&[])
+    }
+
+    pub(super) fn json_byte(&mut self, b: u8) {
+        match self.json.lex {
+            Lex::Number | Lex::Literal => {
+                if is_scalar_byte(b) {
+                    self.json.scratch.push(b);
+                    return;
+                }
+                let kind = if self.json.lex == Lex::Number { Scalar::Number } else { Scalar::Literal };
+                self.end_scalar(kind);
+                // The delimiter is handled by the state after the value.
+                self.json_byte(b);
+            }
+            _ if is_ws(b) => {}
+            Lex::Value | Lex::ValueOrClose => match b {
+                b']' if self.json.lex == Lex::ValueOrClose => {
+                    if self.json.stack.last().is_some_and(|f| f.node == Node::OChoices) {
+                        self.message.empty_choices = true;
+                    }
+                    self.close(b'[')
+                }
+                _ => self.begin_value(b),
+            },
+            Lex::KeyOrClose | Lex::Key => match b {
+                b'"' => {
+                    self.json.start_key();
+                    self.json.lex = Lex::Str { key: true };
+                }
+                b'}' if self.json.lex == Lex::KeyOrClose => self.close(b'{'),
+                _ => self.json.fail(),
+            },
+            Lex::Colon => match b {
+                b':' => self.json.lex = Lex::Value,
+                _ => self.json.fail(),
+            },
+            Lex::AfterValue => match (b, self.json.stack.last().map(|f| f.bracket)) {
+                (b',', Some(b'{')) => self.json.lex = Lex::Key,
+                (b',', Some(b'[')) => self.json.lex = Lex::Value,
+                (b'}', Some(b'{')) => self.close(b'{'),
+                (b']', Some(b'[')) => self.close(b'['),
+                _ => self.json.fail(),
+            },
+            Lex::Done | Lex::Error | Lex::Str { .. } => self.json.fail(),
+        }
+    }
+
+    pub(super) fn begin_value(&mut self, b: u8) {
+        let node = match self.json.stack.last() {
+            None => match b {
+                b'{' => Node::Root,
+                b'[' if self.json.array_stream => Node::Stream,
+                _ => Node::Dead,
+            },
+            Some(Frame { node: Node::Dead, .. }) => Node::Dead,
+            Some(Frame { bracket: b'[', node }) => step(self.dialect, *node, Step::Index),
+            Some(Frame { node, .. }) => match self.json.key.as_slice() {
+                // `"\u0075sage"` is the key `usage`.
+                Some(key) if self.json.key_escaped => step(self.dialect, *node, Step::Key(unescape_lossy(key).as_bytes())),
+                Some(key) => step(self.dialect, *node, Step::Key(key)),
+                None => Node::Dead,
+            },
+        };
+        let target = match node {
+            // A response id only in the Responses API; the root `id` only of a whole JSON body.
+            Node::Leaf(Target::ResponseId | Target::RootId) if self.endpoint != Endpoint::Responses => Target::None,
+            Node::Leaf(Target::RootId) if self.format != ResponseFormat::Json => Target::None,
+            Node::Leaf(target) => target,
+            _ => Target::None,
+        };
+        self.json.target = target;
+        self.json.scratch.clear();
+        match b {
+            b'{' | b'[' => self.open(b, node),
+            b'"' => self.json.lex = Lex::Str { key: false },
+            b'-' | b'0'..=b'9' => {
+                self.json.scratch.push(b);
+                self.json.lex = Lex::Number;
+            }
+            b't' | b'f' | b'n' => {
+                self.json.scratch.push(b);
+                self.json.lex = Lex::Literal;
+            }
+            _ => self.json.fail(),
+        }
+    }
+
+    pub(super) fn open(&mut self, bracket: u8, node: Node) {
+        if self.json.stack.len() >= MAX_DEPTH {
+            self.json.fail();
+            return;
+        }
+        match (node, bracket) {
+            // Gemini's JSON-array stream: each element is a message.
+            (Node::Stream, _) => self.json.root = 1,
+            (Node::Root, b'{') => {
+                self.message.clear();
+                self.message.open = true;
+            }
+            (Node::Leaf(Target::Error), b'{') => self.message.error = true,
+            _ => {}
+        }
+        self.json.stack.push(Frame { bracket, node });
+        self.json.lex = if bracket == b'{' { Lex::KeyOrClose } else { Lex::ValueOrClose };
+    }
+
+    pub(super) fn close(&mut self, bracket: u8) {
+        let frame = self.json.stack.pop();
+        if frame.map(|f| f.bracket) != Some(bracket) {
+            self.json.fail();
+            return;
+        }
+        if frame.map(|f| f.node) == Some(Node::Root) && bracket == b'{' && self.format == ResponseFormat::Json {
+            self.commit_message();
+        }
+        self.after_value();
+    }
+
+    pub(super) fn after_value(&mut self) {
+        if self.json.stack.is_empty() {
+            self.json.lex = Lex::Done;
+            if self.format == ResponseFormat::Json && self.found.terminal.is_none() {
+                self.found.terminal = Some(TerminalEvent::Completed);
+            }
+        } else {
+            self.json.lex = Lex::AfterValue;
+        }
+    }
+
+    pub(super) fn end_scalar(&mut self, kind: Scalar) {
+        if kind == Scalar::Literal && !matches!(self.json.scratch.as_slice(), Some(b"true" | b"false" | b"null")) {
+            self.json.fail();
+            return;
+        }
+        let value = self.json.scratch.as_slice();
+        match (self.json.target, kind, value) {
+            (Target::Usage(field) | Target::EarlyUsage(field), Scalar::Number, Some(text)) => {
+                if let Some(slot) = self.message.usage.get_mut(field as usize) {
+                    *slot = parse_count(text).or(*slot);
+                }
+                self.message.early_usage |= matches!(self.json.target, Target::EarlyUsage(_));
+            }
+            (Target::Model, Scalar::Str, Some(text)) if !text.is_empty() => {
+                self.message.model.clear();
+                self.message.model.extend_from_slice(text);
+                self.message.model_seen = true;
+            }
+            (Target::Type, Scalar::Str, text) => {
+                self.message.type_seen = true;
+                self.message.type_terminal = text.and_then(|t| terminal_for_type(&unescape_if_needed(t)));
+            }
+            (Target::Status, Scalar::Str, Some(text)) if self.endpoint == Endpoint::Responses => {
+                self.message.status_terminal = terminal_for_status(&unescape_if_needed(text));
+            }
+            (Target::Finish, Scalar::Str, _) => self.message.finished = true,
+            (Target::ResponseId | Target::RootId, Scalar::Str, Some(text)) if !text.is_empty() => {
+                self.message.response_id = Some(text.to_vec());
+            }
+            (Target::OutputType, Scalar::Str, Some(b"web_search_call")) => {
+                if let Some(slot) = self.message.usage.get_mut(Field::WebSearches as usize) {
+                    *slot = Some(slot.unwrap_or(0).saturating_add(1));
+                }
+            }
+            _ => {}
+        }
+        self.after_value();
+    }
+}
+
+/// Where the JSON lexer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lex {
+    /// Expecting a value.
+    Value,
+    /// Just after `[`: a value or `]`.
+    ValueOrClose,
+    /// Just after `{`: a key or `}`.
+    KeyOrClose,
+    /// After `,` in an object: a key.
+    Key,
+    Colon,
+    /// After a value: `,` or a closing bracket.
+    AfterValue,
+    /// Inside a string (a key or a value).
+    Str {
+        key: bool,
+    },
+    Number,
+    Literal,
+    /// The top-level value is complete; only whitespace may follow.
+    Done,
+    /// Malformed input: everything up to the next SSE event (or the end of a JSON body) is ignored.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scalar {
+    Str,
+    Number,
+    Literal,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct JsonState {
+    pub(super) lex: Lex,
+    /// Open containers, innermost last.
+    pub(super) stack: Vec<Frame>,
+    /// The key being read or just read in the innermost object (only under a live node).
+    pub(super) key: Capped<KEY_CAP>,
+    /// The key holds a backslash escape: it is decoded before it is compared.
+    pub(super) key_escaped: bool,
+    /// Stack depth of a message's root object: 0, or 1 in a JSON-array stream.
+    pub(super) root: usize,
+    /// Whether a top-level array is a stream of messages (JSON bodies).
+    pub(super) array_stream: bool,
+    pub(super) escaped: bool,
+    /// What the value being read means.
+    pub(super) target: Target,
+    /// The value being read, when its target wants it.
+    pub(super) scratch: Capped<CAPTURE_CAP>,
+}
+
+impl JsonState {
+    pub(super) fn new(array_stream: bool) -> JsonState {
+        JsonState {
+            lex: Lex::Value,
+            stack: Vec::with_capacity(16),
+            key: Capped::default(),
+            key_escaped: false,
+            root: 0,
+            array_stream,
+            escaped: false,
+            target: Target::None,
+            scratch: Capped::default(),
+        }
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.lex = Lex::Value;
+        self.stack.clear();
+        self.root = 0;
+        self.escaped = false;
+        self.target = Target::None;
+        self.scratch.clear();
+    }
+
+    pub(super) fn fail(&mut self) {
+        self.lex = Lex::Error;
+    }
+
+    pub(super) fn start_key(&mut self) {
+        self.key.clear();
+        self.key_escaped = false;
+    }
+
+    pub(super) fn key_bytes(&mut self, run: &[u8]) {
+        if self.stack.last().is_some_and(|f| f.node != Node::Dead) {
+            self.key.extend(run);
+        }
+    }
+}
+
+/// An open container and where it sits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Frame {
+    /// `{` or `[`.
+    pub(super) bracket: u8,
+    pub(super) node: Node,
+}
+
+pub(super) fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+pub(super) fn is_scalar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
+}
+
+/// The text of a short JSON string value, decoded only when it holds an escape.
+pub(super) fn unescape_if_needed(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if raw.contains(&b'\\') {
+        std::borrow::Cow::Owned(unescape_lossy(raw).into_bytes())
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
+/// Decodes a JSON string's escapes (invalid ones and lone surrogates become U+FFFD).
+pub(super) fn unescape_lossy(raw: &[u8]) -> String {
+    if !raw.contains(&b'\\') {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    let mut units: Vec<u16> = Vec::new();
+    let mut i = 0;
+    let flush = |units: &mut Vec<u16>, out: &mut Vec<u8>| {
+        if !units.is_empty() {
+            out.extend(String::from_utf16_lossy(units).as_bytes());
+            units.clear();
+        }
+    };
+    while let Some(&b) = raw.get(i) {
+        if b != b'\\' {
+            flush(&mut units, &mut out);
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let escaped = raw.get(i + 1).copied();
+        i += 2;
+        let simple = match escaped {
+            Some(b'"') => Some(b'"'),
+            Some(b'\\') => Some(b'\\'),
+            Some(b'/') => Some(b'/'),
+            Some(b'b') => Some(8),
+            Some(b'f') => Some(12),
+            Some(b'n') => Some(b'\n'),
+            Some(b'r') => Some(b'\r'),
+            Some(b't') => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            flush(&mut units, &mut out);
+            out.push(c);
+        } else if escaped == Some(b'u') {
+            let unit = raw
+                .get(i..i + 4)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            match unit {
+                Some(unit) => {
+                    units.push(unit);
+                    i += 4;
+                }
+                None => {
+                    flush(&mut units, &mut out);
+                    out.extend("\u{FFFD}".as_bytes());
+                }
+            }
+        } else {
+            flush(&mut units, &mut out);
+            out.extend("\u{FFFD}".as_bytes());
+        }
+    }
+    flush(&mut units, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A token count: plain non-negative integer text (anything else is ignored).
+pub(super) fn parse_count(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}

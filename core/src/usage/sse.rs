@@ -1,0 +1,267 @@
+//! SSE framing: lines, fields and events as the Server-Sent Events standard reads them, each
+//! event's data held (up to `EVENT_HOLD_CAP`) and then skimmed or parsed, `[DONE]`, and where
+//! events end (recorded for the strip, `usage::strip`, so it never frames the body again).
+
+use super::*;
+
+impl UsageScanner {
+    // ---- SSE framing -------------------------------------------------------------------------
+
+    pub(super) fn feed_sse(&mut self, mut bytes: &[u8]) {
+        let total = bytes.len();
+        while let Some((&first, rest)) = bytes.split_first() {
+            if first == b'd' && self.sse.at_event_start() {
+                // A whole `data:` event shaped like the last skimmed one: counted in one pass.
+                let event_name = self.sse.event_name.as_slice();
+                if let Some((len, content)) = self.sse.template.match_event(bytes, event_name) {
+                    self.found.content_bytes = self.found.content_bytes.saturating_add(content);
+                    self.sse.event_name.clear();
+                    bytes = bytes.get(len..).unwrap_or_default();
+                    // A skimmed shape is never the usage-only chunk (skimming bails on `usage`).
+                    self.usage_only_event = false;
+                    self.sse.dispatched = true;
+                    self.record_event_end(total - bytes.len());
+                    continue;
+                }
+            }
+            if self.sse.after_cr {
+                self.sse.after_cr = false;
+                if first == b'\n' {
+                    bytes = rest;
+                    // The `\n` of a `\r\n` that ended an event belongs to that event.
+                    let at = self.sse.ends_base + (total - bytes.len());
+                    if let Some(end) = self.sse.ends.last_mut().filter(|end| end.0 + 1 == at) {
+                        end.0 = at;
+                    }
+                    continue;
+                }
+            }
+            if self.sse.in_value {
+                // Fast path: the value runs to the next line break.
+                let end = bytes::find_either(bytes, b'\n', b'\r').unwrap_or(bytes.len());
+                let (value, tail) = bytes.split_at(end);
+                self.sse_value(value);
+                bytes = tail;
+                if let Some((&brk, tail)) = bytes.split_first() {
+                    self.sse.after_cr = brk == b'\r';
+                    self.end_line();
+                    bytes = tail;
+                    self.record_event_end(total - bytes.len());
+                }
+                continue;
+            }
+            bytes = rest;
+            match first {
+                b'\n' | b'\r' => {
+                    self.sse.after_cr = first == b'\r';
+                    self.end_line();
+                    self.record_event_end(total - bytes.len());
+                }
+                b':' => {
+                    self.sse.line_started = true;
+                    self.begin_field_value();
+                }
+                _ => {
+                    self.sse.line_started = true;
+                    self.sse.field.push(first);
+                }
+            }
+        }
+    }
+
+    /// Notes, for the strip, that an event just ended `at` bytes into the bytes being framed (if
+    /// one did: [`SseState::dispatched`]). The strip reads these ends instead of framing the body
+    /// again.
+    pub(super) fn record_event_end(&mut self, at: usize) {
+        if std::mem::take(&mut self.sse.dispatched) && self.sse.record_ends {
+            self.sse.ends.push((self.sse.ends_base + at, self.usage_only_event));
+        }
+    }
+
+    /// A field name ended with `:`; its value follows.
+    pub(super) fn begin_field_value(&mut self) {
+        self.sse.in_value = true;
+        self.sse.strip_space = true;
+        self.sse.value_kind = match self.sse.field.as_slice() {
+            // A line starting with `:` is a comment.
+            Some(b"") => FieldKind::Ignore,
+            Some(b"data") => {
+                self.begin_data_line();
+                FieldKind::Data
+            }
+            Some(b"event") => {
+                self.sse.event_name.clear();
+                FieldKind::Event
+            }
+            _ => FieldKind::Ignore,
+        };
+    }
+
+    pub(super) fn sse_value(&mut self, mut value: &[u8]) {
+        if value.is_empty() {
+            return;
+        }
+        if self.sse.strip_space {
+            self.sse.strip_space = false;
+            if let Some((b' ', rest)) = value.split_first() {
+                value = rest;
+            }
+        }
+        match self.sse.value_kind {
+            FieldKind::Data => self.event_data(value),
+            FieldKind::Event => self.sse.event_name.extend(value),
+            FieldKind::Ignore => {}
+        }
+    }
+
+    /// Each `data` line after the first adds a newline to the event's data (SSE joins them so).
+    pub(super) fn begin_data_line(&mut self) {
+        if self.sse.has_data {
+            self.event_data(b"\n");
+        }
+        self.sse.has_data = true;
+    }
+
+    /// An event's data is held (up to [`EVENT_HOLD_CAP`]) until the event ends, when
+    /// [`UsageScanner::dispatch_event`] skims or parses it; a longer event is parsed as it streams.
+    pub(super) fn event_data(&mut self, data: &[u8]) {
+        self.sse.data_prefix.extend(data);
+        if self.sse.streaming {
+            self.feed_json(data);
+            return;
+        }
+        if self.sse.held.len().saturating_add(data.len()) <= EVENT_HOLD_CAP {
+            self.sse.held.extend_from_slice(data);
+            return;
+        }
+        // Too long to hold: parse what was held, then the rest as it comes (same bytes, same order).
+        self.sse.template.forget();
+        let mut held = std::mem::take(&mut self.sse.held);
+        self.feed_json(&held);
+        held.clear();
+        self.sse.held = held;
+        self.sse.streaming = true;
+        self.feed_json(data);
+    }
+
+    /// Parses or skims the held data of the event that just ended.
+    pub(super) fn take_held_event(&mut self) {
+        let mut held = std::mem::take(&mut self.sse.held);
+        if !held.is_empty() && !is_done_marker(&self.sse.data_prefix) {
+            let event_name = self.sse.event_name.as_slice();
+            let content = match self.sse.template.content_of(&held, event_name) {
+                Some(bytes) => Some(bytes),
+                None => self.skim_plain_event(&held).map(|(bytes, slot)| {
+                    self.sse.template.learn(&held, slot, bytes, event_name);
+                    bytes
+                }),
+            };
+            match content {
+                Some(bytes) => self.found.content_bytes = self.found.content_bytes.saturating_add(bytes),
+                None => {
+                    // A parsed event may change what skimming compares against (the model).
+                    self.sse.template.forget();
+                    self.feed_json(&held);
+                }
+            }
+        }
+        held.clear();
+        self.sse.held = held;
+    }
+
+
+    pub(super) fn end_line(&mut self) {
+        if !self.sse.line_started {
+            self.dispatch_event();
+        } else if !self.sse.in_value {
+            // A line without a colon is a field name with an empty value.
+            match self.sse.field.as_slice() {
+                Some(b"data") => self.begin_data_line(),
+                Some(b"event") => self.sse.event_name.clear(),
+                _ => {}
+            }
+        }
+        self.sse.line_started = false;
+        self.sse.in_value = false;
+        self.sse.field.clear();
+    }
+
+    /// A blank line ends an event: apply it if its data was one complete JSON object or `[DONE]`.
+    pub(super) fn dispatch_event(&mut self) {
+        self.usage_only_event = false;
+        self.sse.dispatched = true;
+        if self.sse.streaming {
+            self.sse.streaming = false;
+        } else {
+            self.take_held_event();
+        }
+        if self.sse.has_data {
+            if is_done_marker(&self.sse.data_prefix) {
+                self.found.terminal = Some(TerminalEvent::Completed);
+            } else if self.json.lex == Lex::Done && self.message.open {
+                if !self.message.type_seen {
+                    self.message.type_terminal = self.sse.event_name.as_slice().and_then(terminal_for_type);
+                }
+                self.commit_message();
+            }
+        }
+        self.sse.has_data = false;
+        self.sse.data_prefix.clear();
+        self.sse.event_name.clear();
+        self.json.reset();
+        self.message.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum FieldKind {
+    Data,
+    Event,
+    #[default]
+    Ignore,
+}
+
+/// Where the SSE framing is.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SseState {
+    /// The previous byte was `\r`: a `\n` right after it belongs to the same line break.
+    pub(super) after_cr: bool,
+    /// The current line has at least one byte.
+    pub(super) line_started: bool,
+    /// Past the field name's colon.
+    pub(super) in_value: bool,
+    /// The value's first space is still to be dropped.
+    pub(super) strip_space: bool,
+    pub(super) field: Capped<FIELD_CAP>,
+    pub(super) value_kind: FieldKind,
+    /// The current event has a `data` field.
+    pub(super) has_data: bool,
+    pub(super) data_prefix: Capped<DATA_PREFIX_CAP>,
+    /// The current event's data, while it fits in [`EVENT_HOLD_CAP`].
+    pub(super) held: Vec<u8>,
+    /// The current event outgrew `held` and is being parsed as it streams.
+    pub(super) streaming: bool,
+    pub(super) event_name: Capped<CAPTURE_CAP>,
+    pub(super) template: EventTemplate,
+    /// An event was just dispatched (read by [`UsageScanner::record_event_end`]).
+    pub(super) dispatched: bool,
+    /// Record where events end, for the strip (`usage::strip`).
+    pub(super) record_ends: bool,
+    /// Each event that ended during the current [`UsageScanner::feed`]: its end, as an offset
+    /// into the bytes given to `feed`, and whether it was the usage-only chunk.
+    pub(super) ends: Vec<(usize, bool)>,
+    /// Bytes of the current `feed` before the framed ones (a byte order mark skipped).
+    pub(super) ends_base: usize,
+}
+
+impl SseState {
+    /// At the start of a line with no event data yet: where [`EventTemplate::match_event`] can
+    /// take a whole event (the state after it is the state before it).
+    pub(super) fn at_event_start(&self) -> bool {
+        !self.after_cr && !self.line_started && !self.has_data && !self.streaming && self.held.is_empty()
+    }
+}
+
+pub(super) fn is_done_marker(prefix: &Capped<DATA_PREFIX_CAP>) -> bool {
+    prefix.as_slice().is_some_and(|p| p.trim_ascii() == b"[DONE]")
+}

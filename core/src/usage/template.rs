@@ -1,0 +1,288 @@
+//! Skimming plain events and recognising their shape (docs/metering.md, "Event templates"):
+//! most events of a stream are content deltas that change nothing but the content count, so they
+//! are skimmed from quote to quote looking only at keys, and the next event with the same bytes
+//! around a different content string is counted by comparing bytes.
+
+use super::*;
+
+/// The shape of the last skimmed event, cut around its last content string.
+///
+/// A stream's content events differ only in that string: OpenAI repeats `id`, `model`,
+/// `created`, ... around `"content":"…"`, Anthropic repeats `type` and `index` around
+/// `"text":"…"`. An event that is `head` + a string body + `tail`, byte for byte, under the same
+/// event name, is exactly what skimming it would find again: the same keys and values (the model
+/// compared against has not changed: any parsed event forgets the template), and one different
+/// content string. So it is recognised by comparing bytes, eight at a time, instead of walking
+/// its thirty-odd strings.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EventTemplate {
+    /// Off only in tests, to compare with plain skimming.
+    pub(super) disabled: bool,
+    pub(super) valid: bool,
+    /// The data up to and including the content string's opening quote.
+    pub(super) head: Vec<u8>,
+    /// From the content string's closing quote to the end of the data.
+    pub(super) tail: Vec<u8>,
+    /// Content bytes of the event outside that string.
+    pub(super) other_content: u64,
+    /// Neither head nor tail holds a line break (the event was one `data` line).
+    pub(super) single_line: bool,
+    pub(super) event_name: Vec<u8>,
+}
+
+impl EventTemplate {
+    /// The content bytes of `data` if it has the template's shape; `None` if it must be skimmed.
+    pub(super) fn content_of(&self, data: &[u8], event_name: Option<&[u8]>) -> Option<u64> {
+        if !self.valid || event_name != Some(self.event_name.as_slice()) {
+            return None;
+        }
+        let middle_end = data.len().checked_sub(self.tail.len())?;
+        let head = data.get(..self.head.len())?;
+        let middle = data.get(self.head.len()..middle_end)?;
+        let tail = data.get(middle_end..)?;
+        let same = bytes::same_bytes(head, &self.head) && bytes::same_bytes(tail, &self.tail);
+        (same && bytes::is_unterminated_string_body(middle)).then(|| self.other_content.saturating_add(middle.len() as u64))
+    }
+
+    /// A whole event at the start of `bytes`, `data: ` + head + string body + tail + `\n\n`
+    /// under the same event name: its length in `bytes` and its content bytes. This is
+    /// [`EventTemplate::content_of`] without holding the data first: the string body ends at
+    /// its first unescaped quote (the tail starts with that quote), and no line break may
+    /// come before the blank line, so the SSE framing would have made the same event of it.
+    pub(super) fn match_event(&self, bytes: &[u8], event_name: Option<&[u8]>) -> Option<(usize, u64)> {
+        if !self.valid || !self.single_line || event_name != Some(self.event_name.as_slice()) {
+            return None;
+        }
+        let data = bytes.strip_prefix(b"data: ")?;
+        if !bytes::same_bytes(data.get(..self.head.len())?, &self.head) {
+            return None;
+        }
+        let body = data.get(self.head.len()..)?;
+        let middle = bytes::string_body_on_one_line(body)?;
+        let after = body.get(middle..)?;
+        let end = self.tail.len();
+        if !bytes::same_bytes(after.get(..end)?, &self.tail) || after.get(end..end + 2) != Some(b"\n\n".as_slice()) {
+            return None;
+        }
+        let len = b"data: ".len() + self.head.len() + middle + end + 2;
+        Some((len, self.other_content.saturating_add(middle as u64)))
+    }
+
+    /// Remembers a skimmed event's shape: `slot` is its last content string (inside the quotes),
+    /// `content` what skimming counted.
+    pub(super) fn learn(&mut self, data: &[u8], slot: Option<Range<usize>>, content: u64, event_name: Option<&[u8]>) {
+        self.valid = false;
+        let (Some(slot), Some(event_name), false) = (slot, event_name, self.disabled) else { return };
+        let (Some(head), Some(tail)) = (data.get(..slot.start), data.get(slot.end..)) else { return };
+        self.head.clear();
+        self.head.extend_from_slice(head);
+        self.tail.clear();
+        self.tail.extend_from_slice(tail);
+        self.event_name.clear();
+        self.event_name.extend_from_slice(event_name);
+        self.other_content = content.saturating_sub(slot.len() as u64);
+        let line_break = |b: &u8| *b == b'\n' || *b == b'\r';
+        self.single_line = !head.iter().any(line_break) && !tail.iter().any(line_break);
+        self.valid = true;
+    }
+
+    pub(super) fn forget(&mut self) {
+        self.valid = false;
+    }
+}
+
+impl UsageScanner {
+    /// The content bytes of an event that can change nothing else, or `None` if the event may
+    /// carry usage, a new model, an end or an error (it is then parsed in full). With them, the
+    /// range of the event's last content string (inside its quotes), for [`EventTemplate`].
+    ///
+    /// Most events of a stream are content deltas. Parsing each one costs tens of instructions
+    /// per byte; this hops from string to string (eight bytes at a time) and looks only at keys.
+    /// It bails out on any key that could matter: `usage` (unless `null`), `error`, `status`,
+    /// `response`, `message`, Gemini's keys, a `model` other than the one already reported, a
+    /// terminal `type` (or event name), or a Responses `*.done` event (which repeats its text).
+    /// What is left can only add content: the strings under the dialect's content keys.
+    pub(super) fn skim_plain_event(&self, data: &[u8]) -> Option<(u64, Option<Range<usize>>)> {
+        if self.dialect == Dialect::Gemini || self.sse.event_name.as_slice().is_some_and(|n| terminal_for_type(n).is_some())
+        {
+            return None;
+        }
+        let mut content = 0u64;
+        // Inside a string: where it started (just past its quote).
+        let mut string_start: Option<usize> = None;
+        // A byte escaped by a backslash (ignored whatever it is).
+        let mut escaped_at = usize::MAX;
+        // The current string holds an escape (a key or a model / type written with escapes is
+        // left to the parser, which decodes them).
+        let mut string_escaped = false;
+        // The key just read wants its string value, expected to open at `value_quote`.
+        let mut pending = Pending::Nothing;
+        let mut value_quote = usize::MAX;
+        // The last content string value (inside its quotes): the template's variable slot.
+        let mut last_content: Option<Range<usize>> = None;
+        // One `"` or `\\` at `at`; `false` when the event must be parsed instead.
+        let mut special = |at: usize, byte: u8| -> bool {
+            if at == escaped_at {
+                return true;
+            }
+            let Some(start) = string_start else {
+                if byte == b'"' {
+                    string_start = Some(at + 1);
+                    string_escaped = false;
+                }
+                return true;
+            };
+            if byte == b'\\' {
+                escaped_at = at + 1;
+                string_escaped = true;
+                return true;
+            }
+            string_start = None;
+            let text = data.get(start..at).unwrap_or(&[]);
+            if start == value_quote.wrapping_add(1) {
+                if string_escaped && matches!(pending, Pending::Model | Pending::Type) {
+                    return false;
+                }
+                match pending {
+                    Pending::Model if self.found.model.is_none() || self.found.model_raw.as_slice() != text => return false,
+                    Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
+                    Pending::Content => {
+                        content = content.saturating_add(text.len() as u64);
+                        last_content = Some(start..at);
+                    }
+                    _ => {}
+                }
+                pending = Pending::Nothing;
+                return true;
+            }
+            let colon = skip_ws(data, at + 1);
+            if data.get(colon) != Some(&b':') {
+                return true;
+            }
+            if string_escaped {
+                return false;
+            }
+            // A key: what does its value mean?
+            value_quote = skip_ws(data, colon + 1);
+            let value_is_string = data.get(value_quote) == Some(&b'"');
+            pending = match skim_key(self.dialect, text) {
+                SkimKey::Usage if data.get(value_quote..).is_some_and(|v| v.starts_with(b"null")) => Pending::Nothing,
+                SkimKey::Usage | SkimKey::Bail => return false,
+                SkimKey::Model if value_is_string => Pending::Model,
+                SkimKey::Model => return false,
+                SkimKey::Type => Pending::Type,
+                SkimKey::Content => Pending::Content,
+                SkimKey::Other => Pending::Nothing,
+            };
+            true
+        };
+        if !bytes::each_quote_or_backslash(data, &mut special) {
+            return None;
+        }
+        match (string_start, pending) {
+            // Data cut inside a string: a model or type cut short is left to the parser.
+            (Some(start), Pending::Model | Pending::Type) if start == value_quote.wrapping_add(1) => None,
+            (Some(start), Pending::Content) if start == value_quote.wrapping_add(1) => {
+                Some((content.saturating_add(data.len().saturating_sub(start) as u64), None))
+            }
+            _ => Some((content, last_content)),
+        }
+    }
+}
+
+/// What the string value after a key means to [`UsageScanner::skim_plain_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    Nothing,
+    Model,
+    Type,
+    Content,
+}
+
+/// The first index at or after `at` that is not JSON whitespace.
+pub(super) fn skip_ws(data: &[u8], at: usize) -> usize {
+    let mut at = at;
+    while data.get(at).is_some_and(|&b| is_ws(b)) {
+        at += 1;
+    }
+    at
+}
+
+/// What a key means to [`UsageScanner::skim_plain_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SkimKey {
+    Usage,
+    /// Where usage, an end or an error is reported, or content is repeated whole (Anthropic
+    /// `content_block`, Responses `item` and `part`, whose text the parser does not count).
+    Bail,
+    Model,
+    Type,
+    /// Its string value is generated content somewhere in the dialect's events.
+    Content,
+    Other,
+}
+
+/// Up to the first eight bytes of a key, as one number (keys are compared by number, not by
+/// `memcmp`, which is a call per comparison in wasm).
+pub(super) const fn key_word(key: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut shift = 0;
+    let mut rest = key;
+    while let [byte, tail @ ..] = rest {
+        if shift == 64 {
+            break;
+        }
+        word |= (*byte as u64) << shift;
+        shift += 8;
+        rest = tail;
+    }
+    word
+}
+
+pub(super) fn skim_key(dialect: Dialect, key: &[u8]) -> SkimKey {
+    pub(super) const fn k(key: &[u8]) -> (usize, u64) {
+        (key.len(), key_word(key))
+    }
+    const USAGE: (usize, u64) = k(b"usage");
+    const ERROR: (usize, u64) = k(b"error");
+    const STATUS: (usize, u64) = k(b"status");
+    const RESPONSE: (usize, u64) = k(b"response");
+    const MESSAGE: (usize, u64) = k(b"message");
+    const ITEM: (usize, u64) = k(b"item");
+    const PART: (usize, u64) = k(b"part");
+    const MODEL: (usize, u64) = k(b"model");
+    const TYPE: (usize, u64) = k(b"type");
+    const TEXT: (usize, u64) = k(b"text");
+    const THINKING: (usize, u64) = k(b"thinking");
+    const CONTENT: (usize, u64) = k(b"content");
+    const REFUSAL: (usize, u64) = k(b"refusal");
+    const DELTA: (usize, u64) = k(b"delta");
+    const ARGUMENTS: (usize, u64) = k(b"arguments");
+    const USAGE_METADATA: (usize, u64) = k(b"usageMetadata");
+    const MODEL_VERSION: (usize, u64) = k(b"modelVersion");
+    const FINISH_REASON: (usize, u64) = k(b"finishReason");
+    const CONTENT_BLOCK: (usize, u64) = k(b"content_block");
+    const PARTIAL_JSON: (usize, u64) = k(b"partial_json");
+    const REASONING_CONTENT: (usize, u64) = k(b"reasoning_content");
+    let openai = matches!(dialect, Dialect::OpenAi | Dialect::AzureOpenAi);
+    let anthropic = dialect == Dialect::Anthropic;
+    // Keys longer than eight bytes are confirmed whole once their first eight match.
+    let long = |name: &[u8]| key == name;
+    match (key.len(), key_word(key)) {
+        USAGE => SkimKey::Usage,
+        ERROR | STATUS | RESPONSE | MESSAGE | ITEM | PART => SkimKey::Bail,
+        USAGE_METADATA if long(b"usageMetadata") => SkimKey::Bail,
+        MODEL_VERSION if long(b"modelVersion") => SkimKey::Bail,
+        FINISH_REASON if long(b"finishReason") => SkimKey::Bail,
+        CONTENT_BLOCK if long(b"content_block") => SkimKey::Bail,
+        MODEL => SkimKey::Model,
+        TYPE => SkimKey::Type,
+        TEXT => SkimKey::Content,
+        THINKING if anthropic => SkimKey::Content,
+        PARTIAL_JSON if anthropic && long(b"partial_json") => SkimKey::Content,
+        CONTENT | REFUSAL | DELTA if openai => SkimKey::Content,
+        ARGUMENTS if openai && long(b"arguments") => SkimKey::Content,
+        REASONING_CONTENT if openai && long(b"reasoning_content") => SkimKey::Content,
+        _ => SkimKey::Other,
+    }
+}

@@ -1,0 +1,220 @@
+//! The response-id memory (issue 19 §1, `core::context_memory`), through the real filter: a
+//! request that continues a response this gateway metered (`previous_response_id`) reserves the
+//! context that response was billed plus its own body, not the model's context window; an id the
+//! gateway never saw, an expired one or one evicted by the cap reserves the window; every worker
+//! sees what any worker remembered; the response may arrive in chunks of any size.
+
+use crate::common::*;
+use crate::prompt_bound::{config as window_config, WINDOW};
+use serde_json::{json, Value};
+use tollgate_host_tests::fixtures::{refs, TEST_CONFIG};
+use tollgate_host_tests::*;
+
+/// What the first turn is billed: its context is 5,050 tokens, far below the 100,000 window.
+const INPUT: u64 = 5_000;
+const OUTPUT: u64 = 50;
+
+/// The prompt-bound scenarios' config (enforcement, every model's window `WINDOW`), with
+/// `context_memory` set when given.
+fn config(memory: Option<Value>) -> String {
+    let mut v: Value = serde_json::from_str(&window_config(Some(WINDOW), None)).expect("JSON");
+    if let Some(memory) = memory {
+        v["context_memory"] = memory;
+    }
+    v.to_string()
+}
+
+/// A gateway whose counter grants each team the headroom its name starts with (`h50000-…`
+/// gets 50,000 µ$; anything else a billion) and never acknowledges usage (it is not under test).
+fn gateway(config: &str, workers: usize) -> Gateway {
+    let gw = Gateway::new(config).workers(workers);
+    gw.auto_answer(|call| {
+        if call.path() != "/v1/leases" {
+            return Answer::status(503);
+        }
+        let req = call.json();
+        let scopes: Vec<Value> = req["scopes"].as_array().cloned().unwrap_or_default();
+        let headroom = scopes
+            .iter()
+            .filter_map(|s| s.as_str()?.strip_prefix("team:h"))
+            .find_map(|rest| rest.split('-').next()?.parse::<i64>().ok())
+            .unwrap_or(1_000_000_000);
+        let now = call.dispatched_at_ms;
+        let budgets: Vec<Value> = scopes
+            .iter()
+            .map(|scope| {
+                json!({"budget_id": format!("b-{}", scope.as_str().unwrap_or("?")), "scope": scope, "mode": "enforce",
+                       "granted_micros": headroom, "spent_micros": 0, "limit_micros": headroom, "hard_limit_micros": headroom,
+                       "soft_threshold_pct": 80, "status": "ok", "resets_at": now / 1000 + 3600, "lease_expires_at_ms": now + 60_000})
+            })
+            .collect();
+        Answer::json(200, &json!({"budgets": budgets}))
+    });
+    gw
+}
+
+fn responses_json(id: &str) -> Vec<u8> {
+    json!({"id": id, "object": "response", "status": "completed", "model": "tg-chat",
+           "output": [{"type": "message", "id": "msg_1", "role": "assistant", "content": [{"type": "output_text", "text": "Here."}]}],
+           "usage": {"input_tokens": INPUT, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": OUTPUT, "output_tokens_details": {"reasoning_tokens": 0}}})
+    .to_string()
+    .into_bytes()
+}
+
+fn responses_sse(id: &str) -> Vec<u8> {
+    let pending = json!({"id": id, "object": "response", "status": "in_progress", "model": "tg-chat", "output": [], "usage": null});
+    let done = serde_json::from_slice::<Value>(&responses_json(id)).expect("JSON");
+    let events = [
+        ("response.created", json!({"type": "response.created", "sequence_number": 0, "response": pending})),
+        ("response.output_text.delta", json!({"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Here."})),
+        ("response.completed", json!({"type": "response.completed", "sequence_number": 2, "response": done})),
+    ];
+    events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect::<String>().into_bytes()
+}
+
+/// A first turn as `team` on `worker`, answered with `response` in `chunk`-byte pieces.
+fn first_turn(gw: &Gateway, worker: usize, team: &str, response: &[u8], sse: bool, chunk: usize) {
+    let body = json!({"model": "test-chat", "max_output_tokens": 100, "input": "Start.", "stream": sse}).to_string().into_bytes();
+    let mut s = gw.stream_on(worker);
+    s.send_request(&refs(&with(post("/v1/responses", &body), "x-auth-team", team)), &body);
+    gw.advance(std::time::Duration::from_millis(1));
+    assert!(s.upstream().complete, "the first turn is admitted: {:?}", s.client().local_reply);
+    let content_type = if sse { "text/event-stream" } else { "application/json" };
+    s.respond_chunked(&[(":status", "200"), ("content-type", content_type)], response, &[chunk]);
+    assert!(s.finished() || s.client().status() == Some(200), "the first turn ends");
+}
+
+fn continuation(id: &str) -> Vec<u8> {
+    json!({"model": "test-chat", "max_output_tokens": 100, "previous_response_id": id, "input": "And then?"}).to_string().into_bytes()
+}
+
+/// Continues `body` as `team` on `worker`: admitted (true) or refused with 429 (false, with the
+/// refusal's text).
+fn continue_as(gw: &Gateway, worker: usize, team: &str, body: &[u8]) -> Result<(), String> {
+    let mut s = gw.stream_on(worker);
+    s.send_request(&refs(&with(post("/v1/responses", body), "x-auth-team", team)), body);
+    gw.advance(std::time::Duration::from_millis(1));
+    match s.client().local_reply {
+        None if s.upstream().complete => Ok(()),
+        _ => Err(s.expect_local_response(429).body_text()),
+    }
+}
+
+/// A continuation's worst case with a remembered context: (context + forwarded body bytes) at
+/// the dearest prompt price (4 µ$) and 100 output tokens at 15 µ$. The forwarded body names
+/// `tg-chat` where the client wrote `test-chat`.
+fn remembered_worst_case(body: &[u8]) -> u64 {
+    (INPUT + OUTPUT + body.len() as u64 - 2) * 4 + 100 * 15
+}
+
+fn usd(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+fn counter(gw: &Gateway, what: &str) -> u64 {
+    flush_counters(gw);
+    gw.counter(&format!("tollgate_context_memory_{what}_total"))
+}
+
+#[test]
+fn a_continuation_reserves_the_remembered_context_plus_its_body_whatever_the_chunking() {
+    let window_worst = WINDOW * 4 + 100 * 15;
+    for sse in [false, true] {
+        for chunk in [1, 7, 64, usize::MAX] {
+            let label = format!("sse={sse} chunk={chunk}");
+            let gw = gateway(&config(None), 1);
+            let id = "resp_0123456789abcdef";
+            let response = if sse { responses_sse(id) } else { responses_json(id) };
+            first_turn(&gw, 0, "rich", &response, sse, chunk);
+            let body = continuation(id);
+            let worst = remembered_worst_case(&body);
+            assert!(worst < 50_000 && window_worst > 50_000, "the scenario tells the two bounds apart");
+            // Refused on 1 µ$ of headroom, naming exactly the remembered worst case.
+            let refused = continue_as(&gw, 0, "h1-a", &body).expect_err(&label);
+            assert!(refused.contains(&usd(worst)), "{label}: the reservation is the known prefix plus the body, ${}: {refused}", usd(worst));
+            // Admitted on 50,000 µ$, which the window's worst case would not fit in.
+            assert_eq!(continue_as(&gw, 0, "h50000-b", &body), Ok(()), "{label}");
+            assert_eq!((counter(&gw, "hits"), counter(&gw, "misses"), counter(&gw, "remembered")), (2, 0, 1), "{label}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_id_or_another_provider_held_shape_reserves_the_window() {
+    let gw = gateway(&config(None), 1);
+    first_turn(&gw, 0, "rich", &responses_json("resp_known"), false, usize::MAX);
+    let window_worst = usd(WINDOW * 4 + 100 * 15);
+    let refused = continue_as(&gw, 0, "h50000-a", &continuation("resp_never_seen_here")).expect_err("a miss");
+    assert!(refused.contains(&window_worst), "a miss reserves the window (${window_worst}): {refused}");
+    assert_eq!(counter(&gw, "misses"), 1);
+    // A remembered id, but the request also searches the web: the window, and no lookup at all.
+    let with_tool = json!({"model": "test-chat", "max_output_tokens": 100, "previous_response_id": "resp_known", "input": "q",
+                           "tools": [{"type": "web_search_preview"}]})
+    .to_string()
+    .into_bytes();
+    let refused = continue_as(&gw, 0, "h50000-b", &with_tool).expect_err("a hosted tool needs the window");
+    assert!(refused.contains(&window_worst), "{refused}");
+    assert_eq!((counter(&gw, "hits"), counter(&gw, "misses")), (0, 1));
+}
+
+#[test]
+fn an_entry_lives_ttl_s_seconds() {
+    let gw = gateway(&config(Some(json!({"ttl_s": 60}))), 1);
+    first_turn(&gw, 0, "rich", &responses_json("resp_ttl"), false, usize::MAX);
+    gw.advance(std::time::Duration::from_secs(59));
+    assert_eq!(continue_as(&gw, 0, "h50000-a", &continuation("resp_ttl")), Ok(()), "live at 59 s");
+    gw.advance(std::time::Duration::from_secs(2));
+    assert!(continue_as(&gw, 0, "h50000-b", &continuation("resp_ttl")).is_err(), "expired at 61 s: the window again");
+    assert_eq!((counter(&gw, "hits"), counter(&gw, "misses")), (1, 1));
+}
+
+#[test]
+fn the_cap_evicts_and_the_memory_never_grows_past_its_keys() {
+    // Eight entries: one shared-data key of eight.
+    let gw = gateway(&config(Some(json!({"max_entries": 8}))), 1);
+    for i in 0..9 {
+        gw.advance(std::time::Duration::from_millis(10));
+        first_turn(&gw, 0, "rich", &responses_json(&format!("resp_cap_{i}")), false, usize::MAX);
+    }
+    let keys: Vec<String> = gw.shared_data_keys().into_iter().filter(|k| k.starts_with("tollgate.ctx")).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (bytes, _) = gw.shared_data(&keys[0]).expect("the bucket");
+    assert!(bytes.len() < 8 * 80, "eight short entries: {} bytes", bytes.len());
+    assert_eq!(counter(&gw, "evictions"), 1, "the ninth pushed the oldest out");
+    assert!(continue_as(&gw, 0, "h50000-a", &continuation("resp_cap_0")).is_err(), "the oldest was evicted");
+    assert_eq!(continue_as(&gw, 0, "h50000-b", &continuation("resp_cap_1")), Ok(()));
+    assert_eq!(continue_as(&gw, 0, "h50000-c", &continuation("resp_cap_8")), Ok(()));
+}
+
+#[test]
+fn every_worker_sees_what_another_remembered() {
+    let gw = gateway(&config(None), 2);
+    first_turn(&gw, 0, "rich", &responses_sse("resp_shared"), true, 5);
+    assert_eq!(continue_as(&gw, 1, "h50000-a", &continuation("resp_shared")), Ok(()), "worker 1 continues worker 0's response");
+    assert_eq!(counter(&gw, "hits"), 1);
+}
+
+#[test]
+fn nothing_is_remembered_without_enforcement_when_disabled_or_from_a_failed_response() {
+    let ctx_keys = |gw: &Gateway| gw.shared_data_keys().into_iter().filter(|k| k.starts_with("tollgate.ctx")).count();
+    // Metering only: no reservation to tighten, no memory.
+    let gw = Gateway::new(TEST_CONFIG);
+    let body = json!({"model": "test-chat", "input": "Start."}).to_string().into_bytes();
+    let mut s = gw.stream();
+    s.send_request(&refs(&post("/v1/responses", &body)), &body);
+    s.respond(&[(":status", "200"), ("content-type", "application/json")], &responses_json("resp_metered"));
+    assert_eq!(ctx_keys(&gw), 0, "metering only keeps no memory");
+    // Disabled.
+    let gw = gateway(&config(Some(json!({"enabled": false}))), 1);
+    first_turn(&gw, 0, "rich", &responses_json("resp_off"), false, usize::MAX);
+    assert_eq!(ctx_keys(&gw), 0);
+    assert!(continue_as(&gw, 0, "h50000-a", &continuation("resp_off")).is_err(), "the window, as before");
+    // An upstream error with a usage-looking body is not a response anyone can continue.
+    let gw = gateway(&config(None), 1);
+    let body = json!({"model": "test-chat", "max_output_tokens": 100, "input": "Start."}).to_string().into_bytes();
+    let mut s = gw.stream();
+    s.send_request(&refs(&with(post("/v1/responses", &body), "x-auth-team", "rich")), &body);
+    gw.advance(std::time::Duration::from_millis(1));
+    s.respond(&[(":status", "500"), ("content-type", "application/json")], &responses_json("resp_500"));
+    assert_eq!(ctx_keys(&gw), 0);
+}
