@@ -51,6 +51,9 @@ pub struct FilterConfig {
     /// What the filter publishes for the access log. Default `summary`.
     #[serde(default)]
     pub access_log: Option<AccessLogMode>,
+    /// Agent guards (issue 12, `core::guard`). Absent = none (no fingerprint is computed).
+    #[serde(default)]
+    pub guards: Option<serde_json::Value>,
 }
 
 /// What the filter publishes as filter state for the access log (README.md, "Access log").
@@ -96,6 +99,8 @@ pub struct CompiledConfig {
     /// Budgets and leases (`core::enforce`); `None` = metering only.
     pub enforcement: Option<crate::enforce::EnforcementSettings>,
     pub access_log: AccessLogMode,
+    /// Agent guards (`core::guard`); `None` = none.
+    pub guards: Option<crate::guard::Guards>,
 }
 
 impl FilterConfig {
@@ -152,6 +157,11 @@ impl FilterConfig {
                 crate::enforce::EnforcementConfig::compile_value(v).map_err(|e| ConfigError::new(e.path, e.problem))?,
             ),
         };
+        let guards = match self.guards {
+            None => None,
+            Some(v) if !v.is_object() => return Err(ConfigError::new("guards", "must be an object")),
+            Some(v) => Some(crate::guard::Guards::compile(parse_at(v, "guards")?)?),
+        };
         Ok(CompiledConfig {
             gateway_id,
             mounts,
@@ -161,6 +171,7 @@ impl FilterConfig {
             prices,
             enforcement,
             access_log: self.access_log.unwrap_or_default(),
+            guards,
         })
     }
 }

@@ -16,6 +16,8 @@
 //! GET    /admin/reports/spend            admin token     ?group_by=team,model&from=&to=&format=json|csv
 //! GET    /admin/reports/utilization      admin token     ?format=json|csv
 //! GET    /admin/audit                    admin token     ?subject=&since=&limit=
+//! GET    /admin/tasks/{id}               admin token     ?format=json|markdown -> TaskSummary (crate::task)
+//! POST   /admin/checkpoints              admin token     {"task","note"?} -> Checkpoint (201)
 //! ```
 //!
 //! Every error is a `protocol::ApiError` JSON body with a machine code and a message that says what
@@ -152,6 +154,7 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/admin/reports/spend", get(spend_report::<S>))
         .route("/admin/reports/utilization", get(utilization_report::<S>))
         .route("/admin/audit", get(audit::<S>))
+        .merge(crate::task::routes::<S>())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/counter.md")
@@ -166,18 +169,18 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
     ok_json(status, &body)
 }
 
-fn ok_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn ok_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")).into_response(),
     }
 }
 
-fn invalid(message: impl Into<String>) -> Response {
+pub(crate) fn invalid(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
-fn store_error(metrics: &Metrics, e: StoreError) -> Response {
+pub(crate) fn store_error(metrics: &Metrics, e: StoreError) -> Response {
     match e {
         StoreError::Invalid(m) => invalid(m),
         StoreError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
@@ -194,9 +197,9 @@ fn store_error(metrics: &Metrics, e: StoreError) -> Response {
 }
 
 /// A request body as extracted: too large or unreadable bodies become JSON errors too.
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(crate) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response> {
     let bytes = body.as_ref().map_err(|rejection| {
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -215,7 +218,7 @@ impl<S: Store> App<S> {
     }
 
     /// The admin token's name (for the audit log).
-    fn admin(&self, headers: &HeaderMap) -> Result<String, Response> {
+    pub(crate) fn admin(&self, headers: &HeaderMap) -> Result<String, Response> {
         Auth::find(&self.auth.admins, headers).map(str::to_owned).ok_or_else(|| self.unauthorized("an admin"))
     }
 

@@ -36,7 +36,10 @@ use tollgate_core::config::{CompiledConfig, FilterConfig};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::estimate;
-use tollgate_core::routing::plan::{self, RequestPlan};
+use crate::guard::GuardMetrics;
+use tollgate_core::guard::retry::Decision;
+use tollgate_core::guard::{Attributed, RetryGuard, Work};
+use tollgate_core::routing::plan::{self, ParsedRequest, RequestPlan};
 use tollgate_core::usage::{ResponseFormat, UsageScanner};
 
 pub struct Root {
@@ -50,6 +53,8 @@ pub struct Root {
     log_level: Rc<LogLevelCache>,
     /// SHA-256 of the API keys this VM has seen (virtual-key lookups).
     key_digests: Rc<RefCell<KeyDigests>>,
+    /// The guards' counters; `None` without a `guards` section.
+    guard_metrics: Option<Rc<GuardMetrics>>,
 }
 
 impl Default for Root {
@@ -61,6 +66,7 @@ impl Default for Root {
             enforcement: None,
             log_level: Rc::new(LogLevelCache::default()),
             key_digests: Rc::default(),
+            guard_metrics: None,
         }
     }
 }
@@ -100,6 +106,9 @@ impl Context for Root {
 
     fn on_done(&mut self) -> bool {
         self.metrics.flush();
+        if let Some(g) = &self.guard_metrics {
+            g.flush();
+        }
         if let Some(e) = &self.enforcement {
             e.on_done(host::now_ms());
         }
@@ -137,6 +146,10 @@ impl RootContext for Root {
                 self.enforcement = enforcement;
                 self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define());
+                if let Some(g) = &self.guard_metrics {
+                    g.flush();
+                }
+                self.guard_metrics = config.guards.as_ref().map(|_| Rc::new(GuardMetrics::define()));
                 self.config = Some(config);
                 self.vm_tag = Rc::from(new_vm_tag().as_str());
                 true
@@ -150,6 +163,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.metrics.flush();
+        if let Some(g) = &self.guard_metrics {
+            g.flush();
+        }
         if let Some(enforcement) = &self.enforcement {
             enforcement.on_tick(host::now_ms());
         }
@@ -166,6 +182,7 @@ impl RootContext for Root {
             vm_tag: Rc::clone(&self.vm_tag),
             config: self.config.clone(),
             metrics: Rc::clone(&self.metrics),
+            guard_metrics: self.guard_metrics.clone(),
             enforcer,
             phase: Phase::Start,
             request: None,
@@ -204,6 +221,8 @@ struct RequestState {
     started_at_ms: i64,
     had_content_length: bool,
     plan: Option<RequestPlan>,
+    /// A checkpoint a trusted upstream filter wrote (`guards.retry.checkpoint_header`), hashed.
+    checkpoint: Option<u64>,
 }
 
 /// What the response phase is reading.
@@ -220,6 +239,7 @@ pub struct Stream {
     vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
+    guard_metrics: Option<Rc<GuardMetrics>>,
     enforcer: Option<Box<dyn Enforcer>>,
     phase: Phase,
     request: Option<RequestState>,
@@ -244,7 +264,7 @@ impl Stream {
             ErrorKind::InvalidRequest => Outcome::Invalid,
             ErrorKind::Denied => Outcome::Denied,
             ErrorKind::TooLarge => Outcome::TooLarge,
-            ErrorKind::BudgetExceeded | ErrorKind::Unavailable => Outcome::Refused,
+            ErrorKind::BudgetExceeded | ErrorKind::Unavailable | ErrorKind::GuardRefused => Outcome::Refused,
         };
         self.metrics.outcome(dialect, outcome);
         self.access_log.set("outcome", outcome.as_str());
@@ -282,10 +302,30 @@ impl Stream {
     /// Step 2 at end of body. Returns the action for the body callback.
     fn on_full_body(&mut self, body: &[u8]) -> Action {
         let (Some(config), Some(req)) = (self.config.clone(), self.request.as_ref()) else { return Action::Continue };
-        let parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
+        let mut parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
+        // Premium runs need attribution (core::guard): refused, or downgraded before routing.
+        if let Some(guards) = config.guards.as_ref().filter(|g| !g.require_task.is_empty()) {
+            match guards.check_attribution(&parsed.principal, &parsed.requested_model) {
+                Ok(Attributed::Ok) => {}
+                Ok(Attributed::Downgrade { model, rule }) => {
+                    self.access_log.set("guard", &format!("downgraded:{rule}"));
+                    if let Some(g) = &self.guard_metrics {
+                        g.unattributed(true);
+                    }
+                    parsed.downgrade(model);
+                }
+                Err(f) => {
+                    self.access_log.set("guard", "unattributed");
+                    if let Some(g) = &self.guard_metrics {
+                        g.unattributed(false);
+                    }
+                    return self.reply(&f, &[]);
+                }
+            }
+        }
         for field in Field::ALL {
             if let Some(value) = field.get(&parsed.principal) {
                 self.access_log.set(field.as_str(), value);
@@ -340,6 +380,9 @@ impl Stream {
             None => est.max_output_tokens(plan.max_output_tokens, known_price),
         };
         let worst_case = estimate::worst_case_cost(&price.price, input_upper, max_output);
+        if let Some(failure) = self.retry_guard(&config, &parsed, &plan, worst_case) {
+            return self.reply(&failure, &[]);
+        }
 
         if let Err(e) = self.apply(&plan, body.len()) {
             self.metrics.host_error();
@@ -406,6 +449,40 @@ impl Stream {
         Ok(())
     }
 
+    /// The retry-loop guard (`core::guard::retry`, `crate::guard`): counts this attempt of the
+    /// same work if the guard counts it, and returns the 429 when it is over the limit.
+    fn retry_guard(&mut self, config: &CompiledConfig, parsed: &ParsedRequest<'_>, plan: &RequestPlan, worst_case: i64) -> Option<Failure> {
+        let guard = config.guards.as_ref()?.retry.as_ref()?;
+        let work = Work { principal: &plan.principal, requested_model: &plan.requested_model, routed_model: &plan.routed_model, worst_case_micros: worst_case };
+        if !guard.is_expensive(&work) {
+            return None;
+        }
+        let req = self.request.as_ref()?;
+        let key = RetryGuard::key(&plan.principal, parsed.fingerprint(&guard.ignored));
+        let metrics = self.guard_metrics.clone().unwrap_or_default();
+        let Some(decision) = crate::guard::attempt(guard, &key, req.started_at_ms, req.checkpoint, &metrics) else {
+            self.metrics.host_error();
+            return None;
+        };
+        match decision {
+            Decision::Pass { retry } => {
+                if retry > 0 {
+                    self.access_log.set_int("guard_retry", u64::from(retry));
+                }
+                None
+            }
+            Decision::Observe { retry } => {
+                self.access_log.set_int("guard_retry", u64::from(retry));
+                self.access_log.set("guard", "retry_observed");
+                None
+            }
+            Decision::Refuse { attempts } => {
+                self.access_log.set("guard", "retry_refused");
+                Some(guard.refusal(&plan.principal, attempts))
+            }
+        }
+    }
+
     /// Prices and records the request; `complete` when the response reached end of stream.
     fn settle(&mut self) {
         if self.phase != Phase::Forwarded {
@@ -461,8 +538,23 @@ impl Stream {
             let json = serde_json::to_string(&s.record).unwrap_or_default();
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
         }
+        if let Some(task) = s.record.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
+            crate::guard::add_task_cost(task, s.record.cost_micros);
+        }
         if let Some(enforcer) = self.enforcer.as_mut() {
             enforcer.settle(&s.record);
+        }
+    }
+
+    /// `x-tollgate-task-cost` on the response of a request that carries a task id, when configured.
+    fn add_task_cost_header(&self) {
+        let wanted = self.config.as_ref().and_then(|c| c.guards.as_ref()).is_some_and(|g| g.task_cost_header);
+        let task = self.request.as_ref().and_then(|r| r.plan.as_ref()).and_then(|p| p.principal.task.as_deref());
+        if let (true, Some(task)) = (wanted, task) {
+            let cost = crate::guard::task_cost(task).unwrap_or_default();
+            if host::set_header(Map::ResponseHeaders, tollgate_core::guard::TASK_COST_HEADER, &cost.header_value()).is_err() {
+                self.metrics.host_error();
+            }
         }
     }
 }
@@ -548,6 +640,7 @@ impl HttpContext for Stream {
             started_at_ms,
             had_content_length: declared_len.is_some(),
             plan: None,
+            checkpoint: crate::guard::checkpoint(config.guards.as_ref(), |name| header(&headers, name)),
         });
         if let Some(path) = keyless_path {
             if host::set_header(Map::RequestHeaders, ":path", path).is_err() {
@@ -629,6 +722,7 @@ impl HttpContext for Stream {
             (None, false) => None,
         };
         self.response = Some(ResponseState { status, scanner });
+        self.add_task_cost_header();
         for (name, value) in std::mem::take(&mut self.pending_response_headers) {
             let _ = host::set_header(Map::ResponseHeaders, &name, &value);
         }

@@ -10,6 +10,8 @@
 //! - [`admission`]: the admission / settlement hooks (imports nothing of the crate).
 //! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue);
 //!   absent (`None`) when the configuration has no `enforcement` section.
+//! - [`guard`]: agent guards' Envoy side: retry counts in shared data, the checkpoint header,
+//!   the `tollgate_guard_*` counters.
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
@@ -22,6 +24,7 @@ pub mod access_log;
 pub mod admission;
 pub mod enforce;
 pub mod filter;
+pub mod guard;
 pub mod host;
 pub mod metrics;
 pub mod settle;

@@ -33,6 +33,8 @@ pub struct ParsedRequest<'b> {
     pub max_output_tokens: Option<u64>,
     /// How the billed prompt can exceed the body, if it can (`core::prompt_bound`).
     pub remote_prompt: Option<Shape>,
+    /// Set by [`ParsedRequest::downgrade`]: the model to send is not the body's any more.
+    downgraded: bool,
 }
 
 /// The routed request: what to send upstream and what to record.
@@ -107,6 +109,7 @@ pub fn parse_request<'b>(
         stream,
         max_output_tokens,
         remote_prompt,
+        downgraded: false,
     })
 }
 
@@ -128,7 +131,7 @@ impl ParsedRequest<'_> {
         })?;
         let mut edits: Vec<Edit> = Vec::new();
         let mut new_path = None;
-        if routed.model != self.requested_model {
+        if self.downgraded || routed.model != self.requested_model {
             match &recognised.path_model {
                 Some((_, range)) => {
                     let (Some(head), Some(tail)) = (path.get(..range.start), path.get(range.end..)) else {
@@ -169,6 +172,21 @@ impl ParsedRequest<'_> {
             remote_prompt: self.remote_prompt,
             body_len,
         })
+    }
+}
+
+impl ParsedRequest<'_> {
+    /// Serves the request with `model` instead of the one asked for (a guard's fallback, e.g.
+    /// `tier:standard`); routing then resolves it like a requested model.
+    pub fn downgrade(&mut self, model: String) {
+        self.requested_model = model;
+        self.downgraded = true;
+    }
+
+    /// The request's fingerprint for the retry guard (`core::guard::fingerprint`), from the
+    /// members the body scan found: no second parse.
+    pub fn fingerprint(&self, ignored: &[String]) -> u64 {
+        crate::guard::fingerprint::fingerprint(self.body, &self.top, ignored, &self.requested_model)
     }
 }
 

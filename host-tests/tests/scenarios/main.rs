@@ -9,12 +9,14 @@
 //! - `lifecycle`: cut streams, upstream errors, resets.
 //! - `host_calls`: host calls per request (clock reads; the bench's `calls` floor matches the filter).
 //! - `prompt_bound`: prompts the provider holds reserve the context window, every dialect, any chunking.
+//! - `guards`: agent guards: the retry-loop guard and premium runs that need a task.
 //! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
 
 mod client_stream;
 mod common;
 mod dialects;
 mod enforcement;
+mod guards;
 mod host;
 mod host_calls;
 mod lifecycle;
