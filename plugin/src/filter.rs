@@ -457,10 +457,10 @@ impl Stream {
         if !guard.is_expensive(&work) {
             return None;
         }
-        let req = self.request.as_ref()?;
+        let (now_ms, checkpoint) = self.request.as_ref().map(|r| (r.started_at_ms, r.checkpoint))?;
         let key = RetryGuard::key(&plan.principal, parsed.fingerprint(&guard.ignored));
         let metrics = self.guard_metrics.clone().unwrap_or_default();
-        let Some(decision) = crate::guard::attempt(guard, &key, req.started_at_ms, req.checkpoint, &metrics) else {
+        let Some(decision) = crate::guard::attempt(guard, &key, now_ms, checkpoint, &metrics) else {
             self.metrics.host_error();
             return None;
         };

@@ -64,7 +64,7 @@ fn finish(mut h: u64) -> u64 {
 pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &[String], model: &str) -> u64 {
     let mut sum = hash_bytes(1, model.as_bytes());
     for member in &top.members {
-        if ignored.iter().any(|i| *i == member.key) {
+        if ignored.contains(&member.key) {
             continue;
         }
         let key = hash_bytes(2, member.key.as_bytes());

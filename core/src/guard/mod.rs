@@ -383,6 +383,7 @@ fn compile_retry(raw: RetryConfig) -> Result<RetryGuard, ConfigError> {
                 _ => String::new(),
             };
             let micros = parse_decimal_scaled(&text, 6)
+                .and_then(|m| Micros::try_from(m).ok())
                 .ok_or_else(|| ConfigError::new("guards.retry.expensive.min_estimated_cost_usd", format!("`{v}` is not a non-negative dollar amount; write it like \"0.05\"")))?;
             Some(micros)
         }
