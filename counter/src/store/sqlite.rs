@@ -538,7 +538,7 @@ impl Writer {
                 Job::RevokeExemption { id, actor, now_ms, reply } => {
                     let _ = reply.send(self.revoke_exemption(id, &actor, now_ms));
                 }
-                Job::Run(work) => work(self),
+                Job::Run(work) => work(&mut self),
                 Job::Shutdown { reply } => {
                     // Stop taking work; what is already queued is still handled below, in order.
                     rx.close();
