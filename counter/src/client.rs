@@ -59,7 +59,15 @@ impl Client {
 
     /// Sends one request and reads the whole answer.
     pub async fn send(&mut self, method: Method, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Result<Answer, String> {
+        self.send_with_headers(method, path, token, &[], body).await
+    }
+
+    /// [`Client::send`] with extra request headers.
+    pub async fn send_with_headers(&mut self, method: Method, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<Answer, String> {
         let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.authority);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }

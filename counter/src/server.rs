@@ -18,6 +18,7 @@
 //! GET    /admin/audit                    admin token     ?subject=&since=&limit=
 //! GET    /admin/tasks/{id}               admin token     ?format=json|markdown -> TaskSummary (crate::task)
 //! POST   /admin/checkpoints              admin token     {"task","note"?} -> Checkpoint (201)
+//! GET    /tasks/{id}/summary             gateway token   + x-tollgate-key-id: the task's own key (crate::task)
 //! ```
 //!
 //! Every error is a `protocol::ApiError` JSON body with a machine code and a message that says what
@@ -213,7 +214,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response
 }
 
 impl<S: Store> App<S> {
-    fn gateway(&self, headers: &HeaderMap) -> Result<(), Response> {
+    pub(crate) fn gateway(&self, headers: &HeaderMap) -> Result<(), Response> {
         Auth::find(&self.auth.gateways, headers).map(|_| ()).ok_or_else(|| self.unauthorized("a gateway"))
     }
 

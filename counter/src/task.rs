@@ -9,7 +9,15 @@
 //! ```text
 //! GET  /admin/tasks/{id}     admin token   TaskSummary (?format=json|markdown)
 //! POST /admin/checkpoints    admin token   {"task", "note"?} -> Checkpoint (201), audited
+//! GET  /tasks/{id}/summary   gateway token + x-tollgate-key-id: the task's own key
 //! ```
+//!
+//! `/tasks/{id}/summary` lets an agent put its own cost into its handoff. The counter cannot see
+//! virtual keys (gateways hold only their SHA-256, mapped to a key id), so it trusts the gateway
+//! that vouches for the caller: the call carries a gateway token and `x-tollgate-key-id`, the key
+//! id that gateway's attribution gave the caller. It is answered only when every ledger record of
+//! the task was made with that key id (a task shared by several keys is readable by an admin only),
+//! and a task with no requests is 404 for it, like a task of another key (nothing is revealed).
 //!
 //! A checkpoint is a human's "go on" for a task the retry guard stopped: recorded here (who, when,
 //! why) and listed in the summary. The gateway resets its retry count when it sees a new
@@ -46,6 +54,8 @@ pub struct TaskSummary {
     pub failed_requests: u64,
     /// Human checkpoints recorded on the task, oldest first.
     pub checkpoints: Vec<Checkpoint>,
+    /// The key ids the task's requests were made with, sorted (who may read `/tasks/{id}/summary`).
+    pub key_ids: Vec<String>,
 }
 
 /// Tokens by kind (`input` excludes cache reads and writes; `reasoning` is part of `output`).
@@ -68,6 +78,7 @@ pub struct ModelLine {
 /// One ledger row, as much of it as a summary reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {
+    pub key_id: Option<&'a str>,
     pub routed_model: &'a str,
     pub tokens: &'a Tokens,
     pub cost_micros: Micros,
@@ -103,6 +114,11 @@ impl TaskSummary {
         }
         self.first_seen_ms = Some(self.first_seen_ms.map_or(row.started_at_ms, |f| f.min(row.started_at_ms)));
         self.last_seen_ms = Some(self.last_seen_ms.map_or(row.finished_at_ms, |l| l.max(row.finished_at_ms)));
+        if let Some(key) = row.key_id {
+            if let Err(i) = self.key_ids.binary_search_by(|k| k.as_str().cmp(key)) {
+                self.key_ids.insert(i, key.to_owned());
+            }
+        }
         self.estimated_requests += u64::from(row.estimated);
         self.failed_requests += u64::from(row.status == 0 || row.status >= 400);
     }
@@ -195,6 +211,7 @@ pub fn routes<S: Store>() -> axum::Router<App<S>> {
     axum::Router::new()
         .route("/admin/tasks/{id}", axum::routing::get(handlers::get_task::<S>))
         .route("/admin/checkpoints", axum::routing::post(handlers::add_checkpoint::<S>))
+        .route("/tasks/{id}/summary", axum::routing::get(handlers::own_summary::<S>))
 }
 
 mod handlers {
@@ -232,6 +249,38 @@ mod handlers {
                 (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"))], summary.markdown()).into_response()
             }
             Ok(summary) => ok_json(StatusCode::OK, &summary),
+            Err(e) => store_error(&app.metrics, e),
+        }
+    }
+
+    /// The trusted identity header a gateway sends with its token.
+    pub const KEY_ID_HEADER: &str = "x-tollgate-key-id";
+
+    pub async fn own_summary<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Path(id): Path<String>, query: Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+        if let Err(r) = app.gateway(&headers) {
+            return r;
+        }
+        let Some(key_id) = headers.get(KEY_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty()) else {
+            return invalid(format!("{KEY_ID_HEADER}: the gateway must say whose key asks (the key id its attribution gave the caller)"));
+        };
+        let markdown = match query.as_ref().map(|q| q.format.as_deref()) {
+            Ok(None | Some("json")) => false,
+            Ok(Some("markdown" | "md")) => true,
+            Ok(Some(other)) => return invalid(format!("format: `{other}` is not a format; use json or markdown")),
+            Err(e) => return invalid(format!("query: {e}; the only parameter is format=json|markdown")),
+        };
+        if let Err(m) = validate_task(&id, "task id in the path") {
+            return invalid(m);
+        }
+        match app.store.task_summary(&id).await {
+            Ok(summary) if summary.requests > 0 && summary.key_ids == [key_id] => {
+                if markdown {
+                    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"))], summary.markdown()).into_response()
+                } else {
+                    ok_json(StatusCode::OK, &summary)
+                }
+            }
+            Ok(_) => error(StatusCode::NOT_FOUND, "not_found", format!("no task `{id}` made with this key; an admin can read any task at /admin/tasks/{{id}}")),
             Err(e) => store_error(&app.metrics, e),
         }
     }
@@ -286,9 +335,9 @@ mod tests {
     fn a_summary_folds_rows_in_any_order() {
         let (a, b) = (tokens(10, 20), tokens(5, 7));
         let rows = [
-            Row { routed_model: "gpt-4o", tokens: &a, cost_micros: 300, status: 200, estimated: false, started_at_ms: 1_000, finished_at_ms: 2_000 },
-            Row { routed_model: "claude", tokens: &b, cost_micros: 50, status: 500, estimated: true, started_at_ms: 500, finished_at_ms: 900 },
-            Row { routed_model: "gpt-4o", tokens: &b, cost_micros: 1, status: 0, estimated: false, started_at_ms: 3_000, finished_at_ms: 3_500 },
+            Row { key_id: Some("k2"), routed_model: "gpt-4o", tokens: &a, cost_micros: 300, status: 200, estimated: false, started_at_ms: 1_000, finished_at_ms: 2_000 },
+            Row { key_id: Some("k1"), routed_model: "claude", tokens: &b, cost_micros: 50, status: 500, estimated: true, started_at_ms: 500, finished_at_ms: 900 },
+            Row { key_id: None, routed_model: "gpt-4o", tokens: &b, cost_micros: 1, status: 0, estimated: false, started_at_ms: 3_000, finished_at_ms: 3_500 },
         ];
         let forward = summarise("t", rows, Vec::new());
         let backward = summarise("t", rows.into_iter().rev(), Vec::new());
@@ -297,6 +346,7 @@ mod tests {
         assert_eq!(forward.tokens, TaskTokens { input: 20, output: 34, cache_read: 3, cache_write: 6, reasoning: 9 });
         assert_eq!((forward.first_seen_ms, forward.last_seen_ms), (Some(500), Some(3_500)));
         assert_eq!((forward.estimated_requests, forward.failed_requests), (1, 2));
+        assert_eq!(forward.key_ids, ["k1", "k2"], "sorted, each once, a record without a key adds none");
         let m = models_by_name(&forward);
         assert_eq!((m["gpt-4o"].requests, m["gpt-4o"].cost_micros, m["claude"].requests), (2, 301, 1));
         assert_eq!(forward.models.iter().map(|m| m.model.as_str()).collect::<Vec<_>>(), ["claude", "gpt-4o"], "sorted by model");
@@ -305,7 +355,7 @@ mod tests {
     #[test]
     fn markdown_names_the_cost_tokens_models_and_checkpoints() {
         let t = tokens(1000, 200);
-        let row = Row { routed_model: "gpt-4o", tokens: &t, cost_micros: 1_234_567, status: 200, estimated: false, started_at_ms: 0, finished_at_ms: 0 };
+        let row = Row { key_id: None, routed_model: "gpt-4o", tokens: &t, cost_micros: 1_234_567, status: 200, estimated: false, started_at_ms: 0, finished_at_ms: 0 };
         let cp = Checkpoint { id: "cp-1".into(), task: "fix-ci".into(), at_ms: 0, actor: "ana".into(), note: "a|b".into() };
         let md = summarise("fix-ci", [row], vec![cp]).markdown();
         for needle in ["## Task `fix-ci`", "| cost | $1.234567 |", "input 1000, output 200", "| gpt-4o | 1 | $1.234567 |", "| cp-1 |", "a\\|b"] {

@@ -460,3 +460,35 @@ async fn a_checkpoint_is_recorded_audited_and_listed_on_its_task() {
     let (status, _) = h.call("POST", "/admin/checkpoints", Some(GATEWAY_TOKEN), Some(json!({"task": "t"}))).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_task_summary_is_readable_by_the_tasks_own_key_through_a_gateway() {
+    let h = Harness::start().await;
+    let t0 = 1_764_064_800_000i64;
+    let keyed = |id: &str, task: &str, key: &str| {
+        let mut r = task_record(id, task, "gpt-4o", 1_000, 200, false, t0);
+        r["principal"]["key_id"] = json!(key);
+        r
+    };
+    let records = vec![keyed("a1", "agent-run", "key-agent"), keyed("a2", "agent-run", "key-agent"), keyed("s1", "shared-run", "key-agent"), keyed("s2", "shared-run", "key-other")];
+    assert_eq!(h.usage("gw1", records).await, (4, 0));
+    let own = |task: &'static str, token: Option<&'static str>, key: Option<&'static str>| {
+        let url = h.url.clone();
+        async move {
+            let mut c = tollgate_counter::client::Client::connect(&url).await.unwrap();
+            let headers: Vec<(&str, &str)> = key.map(|k| vec![("x-tollgate-key-id", k)]).unwrap_or_default();
+            let a = c.send_with_headers(hyper::Method::GET, &format!("/tasks/{task}/summary"), token, &headers, None).await.unwrap();
+            (a.status, serde_json::from_slice::<Value>(&a.body).unwrap_or(Value::Null))
+        }
+    };
+    let (status, s) = own("agent-run", Some(GATEWAY_TOKEN), Some("key-agent")).await;
+    assert_eq!((status, s["requests"].as_u64(), s["cost_micros"].as_i64()), (200, Some(2), Some(2_000)), "{s}");
+    assert_eq!(s["key_ids"], json!(["key-agent"]));
+    assert_eq!(own("agent-run", Some(GATEWAY_TOKEN), Some("key-other")).await.0, 404, "another key's task is not found");
+    assert_eq!(own("shared-run", Some(GATEWAY_TOKEN), Some("key-agent")).await.0, 404, "a task of several keys: admins only");
+    assert_eq!(own("never-run", Some(GATEWAY_TOKEN), Some("key-agent")).await.0, 404);
+    let (status, b) = own("agent-run", Some(GATEWAY_TOKEN), None).await;
+    assert!(status == 400 && b["error"]["message"].as_str().unwrap().starts_with("x-tollgate-key-id:"), "{b}");
+    assert_eq!(own("agent-run", Some(ALICE_TOKEN), Some("key-agent")).await.0, 401, "the gateway vouches for the key, not an admin");
+    assert_eq!(own("agent-run", None, Some("key-agent")).await.0, 401);
+}

@@ -40,6 +40,7 @@ impl RedisStore {
         Ok(summarise(
             task,
             records.iter().map(|r| Row {
+                key_id: r.principal.key_id.as_deref(),
                 routed_model: &r.routed_model,
                 tokens: &r.tokens,
                 cost_micros: r.cost_micros,

@@ -11,6 +11,7 @@ use tollgate_core::protocol::Tokens;
 
 /// One ledger row as read (owned, so the rows outlive the statement).
 struct Owned {
+    key_id: Option<String>,
     routed_model: String,
     tokens: Tokens,
     cost_micros: i64,
@@ -26,13 +27,14 @@ impl SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT routed_model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-                        cost_micros, status, estimated, started_at_ms, finished_at_ms
+                        cost_micros, status, estimated, started_at_ms, finished_at_ms, key_id
                  FROM ledger WHERE task = ?1",
             )?;
             let u = |v: i64| v.max(0) as u64;
             let rows = stmt
                 .query_map(params![task], |r| {
                     Ok(Owned {
+                        key_id: r.get(11)?,
                         routed_model: r.get(0)?,
                         tokens: Tokens {
                             input: u(r.get(1)?),
@@ -59,6 +61,7 @@ impl SqliteStore {
             Ok(summarise(
                 &task,
                 rows.iter().map(|o| Row {
+                    key_id: o.key_id.as_deref(),
                     routed_model: &o.routed_model,
                     tokens: &o.tokens,
                     cost_micros: o.cost_micros,
