@@ -223,6 +223,9 @@ struct RequestState {
     plan: Option<RequestPlan>,
     /// A checkpoint a trusted upstream filter wrote (`guards.retry.checkpoint_header`), hashed.
     checkpoint: Option<u64>,
+    /// The shared-data key of the task's failure streak, when the retry guard counted this request
+    /// (its outcome is recorded at settlement).
+    guard_task: Option<String>,
 }
 
 /// What the response phase is reading.
@@ -469,16 +472,35 @@ impl Stream {
                 if retry > 0 {
                     self.access_log.set_int("guard_retry", u64::from(retry));
                 }
-                None
             }
             Decision::Observe { retry } => {
                 self.access_log.set_int("guard_retry", u64::from(retry));
                 self.access_log.set("guard", "retry_observed");
-                None
             }
             Decision::Refuse { attempts } => {
                 self.access_log.set("guard", "retry_refused");
-                Some(guard.refusal(&plan.principal, attempts))
+                return Some(guard.refusal(&plan.principal, attempts));
+            }
+        }
+        // Where the client names a task: the same task after failed attempts is a retry too.
+        plan.principal.task.as_ref()?;
+        let task_key = RetryGuard::task_key(&plan.principal);
+        let decision = crate::guard::task_attempt(guard, &task_key, now_ms, checkpoint, &metrics);
+        if let Some(req) = self.request.as_mut() {
+            req.guard_task = Some(task_key);
+        }
+        match decision? {
+            Decision::Pass { .. } => None,
+            Decision::Observe { .. } => {
+                self.access_log.set("guard", "task_retry_observed");
+                None
+            }
+            Decision::Refuse { attempts } => {
+                self.access_log.set("guard", "task_retry_refused");
+                if let Some(req) = self.request.as_mut() {
+                    req.guard_task = None;
+                }
+                Some(guard.task_refusal(&plan.principal, attempts))
             }
         }
     }
@@ -537,6 +559,9 @@ impl Stream {
         if self.log_level.get(finished_at_ms) <= LogLevel::Debug {
             let json = serde_json::to_string(&s.record).unwrap_or_default();
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
+        }
+        if let Some(key) = req.guard_task.as_deref() {
+            crate::guard::task_outcome(key, finished_at_ms, s.record.status == 0 || s.record.status >= 400);
         }
         if let Some(task) = s.record.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
             crate::guard::add_task_cost(task, s.record.cost_micros);
@@ -641,6 +666,7 @@ impl HttpContext for Stream {
             had_content_length: declared_len.is_some(),
             plan: None,
             checkpoint: crate::guard::checkpoint(config.guards.as_ref(), |name| header(&headers, name)),
+            guard_task: None,
         });
         if let Some(path) = keyless_path {
             if host::set_header(Map::RequestHeaders, ":path", path).is_err() {

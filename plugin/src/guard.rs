@@ -75,29 +75,17 @@ pub fn checkpoint<'h>(guards: Option<&Guards>, header: impl Fn(&str) -> Option<&
     header(name).map(str::trim).filter(|v| !v.is_empty()).map(checkpoint_hash)
 }
 
-/// One attempt of the work `key` names at `now_ms`: updates the shared count and returns the
-/// decision (`None` when shared data failed: the request goes through).
-pub fn attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u64>, metrics: &GuardMetrics) -> Option<Decision> {
+/// Reads, changes and writes one guard entry by CAS (bounded); `None` when shared data failed.
+fn update<T>(key: &str, mut change: impl FnMut(Option<RetryEntry>) -> (RetryEntry, T)) -> Option<(Option<RetryEntry>, RetryEntry, T)> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (current, cas) = match host::get_shared(key) {
             Ok((Some(bytes), cas)) => (RetryEntry::decode(&bytes), cas),
             Ok((None, cas)) => (None, cas),
             Err(_) => return None,
         };
-        let (next, decision) = retry::attempt(current, now_ms, guard.limits, checkpoint);
+        let (next, out) = change(current);
         match host::set_shared(key, &next.encode(), cas) {
-            SetShared::Written => {
-                if current.is_some_and(|c| c.checkpoint != next.checkpoint) {
-                    Counter::add(&metrics.checkpoints, 1);
-                }
-                match decision {
-                    Decision::Pass { retry } if retry > 0 => Counter::add(&metrics.retries, 1),
-                    Decision::Pass { .. } => {}
-                    Decision::Refuse { .. } => Counter::add(&metrics.refused, 1),
-                    Decision::Observe { .. } => Counter::add(&metrics.observed, 1),
-                }
-                return Some(decision);
-            }
+            SetShared::Written => return Some((current, next, out)),
             SetShared::Conflict => continue,
             SetShared::Failed(e) => {
                 host::log(LogLevel::Warn, &format!("tollgate: retry guard could not write its count (host status {}); letting the request through", e.0));
@@ -106,6 +94,39 @@ pub fn attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u6
         }
     }
     None
+}
+
+fn count(decision: Decision, checkpointed: bool, metrics: &GuardMetrics) {
+    if checkpointed {
+        Counter::add(&metrics.checkpoints, 1);
+    }
+    match decision {
+        Decision::Pass { retry } if retry > 0 => Counter::add(&metrics.retries, 1),
+        Decision::Pass { .. } => {}
+        Decision::Refuse { .. } => Counter::add(&metrics.refused, 1),
+        Decision::Observe { .. } => Counter::add(&metrics.observed, 1),
+    }
+}
+
+/// One attempt of the work `key` names at `now_ms`: updates the shared count and returns the
+/// decision (`None` when shared data failed: the request goes through).
+pub fn attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u64>, metrics: &GuardMetrics) -> Option<Decision> {
+    let (current, next, decision) = update(key, |current| retry::attempt(current, now_ms, guard.limits, checkpoint))?;
+    count(decision, current.is_some_and(|c| c.checkpoint != next.checkpoint), metrics);
+    Some(decision)
+}
+
+/// One attempt of a task whose earlier attempts may have failed (`key`: its failure streak).
+pub fn task_attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u64>, metrics: &GuardMetrics) -> Option<Decision> {
+    let (_, _, decision) = update(key, |current| retry::task_attempt(current, now_ms, guard.limits, checkpoint))?;
+    // A checkpoint is counted once, by the fingerprint's count it reset first.
+    count(decision, false, metrics);
+    Some(decision)
+}
+
+/// A task's attempt settled: a failure lengthens its streak, a success ends it.
+pub fn task_outcome(key: &str, now_ms: i64, failed: bool) {
+    let _ = update(key, |current| (retry::task_outcome(current, now_ms, failed), ()));
 }
 
 /// This gateway's settled cost and requests of `task` so far (`None`: none yet, or unreadable).

@@ -164,6 +164,27 @@ impl RetryGuard {
         key
     }
 
+    /// The shared-data key of a task's failure streak (per principal and task).
+    pub fn task_key(principal: &Principal) -> String {
+        let mut key = Self::key(principal, 0x7461_736b);
+        key.replace_range(..FAILURE_PREFIX_AT, "tollgate.guard.tfail.");
+        key
+    }
+
+    /// The 429 for an attempt of a task that failed too often in a row.
+    pub fn task_refusal(&self, principal: &Principal, failures: u32) -> Failure {
+        let task = principal.task.as_deref().unwrap_or_default();
+        let window = self.limits.window_ms / 1000;
+        Failure::new(
+            ErrorKind::GuardRefused,
+            format!(
+                "retry guard: task \"{task}\" failed {failures} times in a row within {window} s, {} retries after a failure are allowed without a human checkpoint; ask for a human checkpoint (POST /admin/checkpoints on the counter{}) to continue",
+                self.limits.allowed_retries,
+                self.checkpoint_header.as_deref().map(|h| format!(", or the {h} header from your approval step")).unwrap_or_default()
+            ),
+        )
+    }
+
     /// The 429 for an attempt past the limit: names the guard, the task and the way on.
     pub fn refusal(&self, principal: &Principal, attempts: u32) -> Failure {
         let task = match principal.task.as_deref() {
@@ -184,6 +205,9 @@ impl RetryGuard {
         )
     }
 }
+
+/// Length of `tollgate.guard.retry.`, replaced to name a task's failure streak.
+const FAILURE_PREFIX_AT: usize = "tollgate.guard.retry.".len();
 
 fn push_hex(out: &mut String, value: u64) {
     for shift in (0..16).rev() {

@@ -101,6 +101,33 @@ pub fn attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, chec
     (e, Decision::Pass { retry })
 }
 
+/// A task's failed attempts in a row ("the same task id after a failed or refused attempt"),
+/// kept in a [`RetryEntry`] of its own: `attempts` is the streak of failures. Before an attempt:
+/// a new checkpoint or an ended window clears the streak; past `allowed_retries` failures in a
+/// row the attempt is refused (observe: reported). Returns the entry to store and the decision.
+pub fn task_attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, checkpoint: Option<u64>) -> (RetryEntry, Decision) {
+    let mut e = entry.unwrap_or_default();
+    let expired = entry.is_none() || now_ms.saturating_sub(e.window_start_ms) >= limits.window_ms || now_ms < e.window_start_ms;
+    let new_checkpoint = checkpoint.filter(|c| *c != 0 && *c != e.checkpoint);
+    if expired || new_checkpoint.is_some() {
+        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint) };
+    }
+    if e.attempts > limits.allowed_retries {
+        e.refusals = e.refusals.saturating_add(1);
+        let decision = if limits.observe { Decision::Observe { retry: e.attempts } } else { Decision::Refuse { attempts: e.attempts } };
+        return (e, decision);
+    }
+    (e, Decision::Pass { retry: e.attempts })
+}
+
+/// After an attempt of a task settled: a failure (an error status, or cut before one) lengthens
+/// the streak, a success ends it.
+pub fn task_outcome(entry: Option<RetryEntry>, now_ms: i64, failed: bool) -> RetryEntry {
+    let mut e = entry.unwrap_or(RetryEntry { window_start_ms: now_ms, ..RetryEntry::default() });
+    e.attempts = if failed { e.attempts.saturating_add(1) } else { 0 };
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +195,34 @@ mod tests {
         assert_eq!(
             run(limits, &[(0, None), (1, None), (2, None), (3, None), (4, None)]),
             [Decision::Pass { retry: 0 }, Decision::Pass { retry: 1 }, Decision::Pass { retry: 2 }, Decision::Observe { retry: 3 }, Decision::Observe { retry: 4 }]
+        );
+    }
+
+    #[test]
+    fn a_task_that_keeps_failing_is_stopped_after_the_allowed_retries_and_a_success_ends_the_streak() {
+        let mut entry = None;
+        let mut decisions = Vec::new();
+        // Each attempt is a different request; all fail, then a checkpoint, then one succeeds.
+        for (now, checkpoint, failed) in [(0, None, true), (1, None, true), (2, None, true), (3, None, true), (4, Some(9), true), (5, None, false), (6, None, true)] {
+            let (e, d) = task_attempt(entry, now, LIMITS, checkpoint);
+            decisions.push(d);
+            entry = Some(e);
+            if matches!(d, Decision::Pass { .. }) {
+                entry = Some(task_outcome(entry, now, failed));
+            }
+        }
+        assert_eq!(
+            decisions,
+            [
+                Decision::Pass { retry: 0 },
+                Decision::Pass { retry: 1 },
+                Decision::Pass { retry: 2 },
+                Decision::Refuse { attempts: 3 },
+                Decision::Pass { retry: 0 },
+                Decision::Pass { retry: 1 },
+                Decision::Pass { retry: 0 },
+            ],
+            "three failures in a row stop the task; a checkpoint clears it; a success ends the streak"
         );
     }
 

@@ -132,3 +132,15 @@ fn task_costs_round_trip_and_read_as_a_header() {
     assert!(compile(r#"{"task_cost_header": true}"#).unwrap().task_cost_header);
     assert!(!compile(r#"{}"#).unwrap().task_cost_header);
 }
+
+#[test]
+fn a_tasks_failure_streak_has_its_own_key_and_refusal() {
+    let p = principal(Some("fix-ci-42"), Some("u"), None);
+    let k = RetryGuard::task_key(&p);
+    assert!(k.starts_with("tollgate.guard.tfail.") && k.len() == "tollgate.guard.tfail.".len() + 16, "{k}");
+    assert_ne!(k, RetryGuard::task_key(&principal(Some("other"), Some("u"), None)));
+    let r = compile(r#"{"retry": {}}"#).unwrap().retry.unwrap();
+    let f = r.task_refusal(&p, 3);
+    assert_eq!(f.status(), 429);
+    assert!(f.message.contains("task \"fix-ci-42\" failed 3 times in a row") && f.message.contains("POST /admin/checkpoints"), "{}", f.message);
+}

@@ -276,3 +276,34 @@ fn responses_of_a_task_carry_its_cost_so_far_when_configured() {
     s.respond(&refs(&case.response_headers()), &case.response);
     assert_eq!(s.client().header("x-tollgate-task-cost"), None, "not configured, no header");
 }
+
+#[test]
+fn a_task_that_keeps_failing_is_stopped_even_when_each_attempt_differs() {
+    let gw = retry_guard();
+    let failing = [(":status", "500"), ("content-type", "application/json")];
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    let attempt = |i: usize, status: &[(&str, &str)]| -> Option<u16> {
+        let body = format!(r#"{{"model":"test-chat","messages":[{{"role":"user","content":"try fix number {i}"}}]}}"#);
+        let mut s = gw.stream();
+        s.send_request(&refs(&headers(body.as_bytes(), Some("flaky"), &[])), body.as_bytes());
+        if let Some(reply) = s.client().local_reply {
+            let message = s.client().json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+            assert!(message.contains("task \"flaky\" failed 3 times in a row"), "{message}");
+            return Some(reply.status as u16);
+        }
+        s.respond(status, br#"{"error":{"message":"upstream broke"}}"#);
+        None
+    };
+    let got: Vec<Option<u16>> = (0..4).map(|i| attempt(i, &failing)).collect();
+    assert_eq!(got, [None, None, None, Some(429)], "three failures in a row, then the task is stopped");
+    assert_eq!(attempt(9, &failing), Some(429), "still stopped");
+    let mut approved = gw.stream();
+    let body = br#"{"model":"test-chat","messages":[{"role":"user","content":"approved retry"}]}"#;
+    approved.send_request(&refs(&headers(body, Some("flaky"), &[(CHECKPOINT, "cp-7")])), body);
+    assert!(approved.client().local_reply.is_none(), "a checkpoint clears the streak");
+    approved.respond(&ok, br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
+    let got: Vec<Option<u16>> = (10..13).map(|i| attempt(i, &failing)).collect();
+    assert_eq!(got, [None, None, None], "a success ended the streak: three more failures are allowed");
+    assert_eq!(attempt(20, &failing), Some(429));
+    assert_eq!(attempt(21, &ok), Some(429));
+}
