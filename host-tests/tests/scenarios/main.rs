@@ -16,7 +16,8 @@ mod client_stream;
 mod common;
 mod dialects;
 mod enforcement;
-mod guards;
+// `guards.rs` (issue 12) is written but was never compiled on its branch (no wasmtime build fit
+// in the session); enable it with `mod guards;` once `cargo test -p tollgate-host-tests guards` builds.
 mod host;
 mod host_calls;
 mod lifecycle;
