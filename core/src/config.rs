@@ -55,6 +55,9 @@ pub struct FilterConfig {
     /// with `enforcement` (it tightens reservations). Default on.
     #[serde(default)]
     pub context_memory: Option<serde_json::Value>,
+    /// Agent guards (issue 12, `core::guard`). Absent = none (no fingerprint is computed).
+    #[serde(default)]
+    pub guards: Option<serde_json::Value>,
 }
 
 /// What the filter publishes as filter state for the access log (README.md, "Access log").
@@ -102,6 +105,8 @@ pub struct CompiledConfig {
     pub access_log: AccessLogMode,
     /// The response-id memory's policy; `None` when disabled.
     pub context_memory: Option<crate::context_memory::ContextMemory>,
+    /// Agent guards (`core::guard`); `None` = none.
+    pub guards: Option<crate::guard::Guards>,
 }
 
 impl FilterConfig {
@@ -163,6 +168,11 @@ impl FilterConfig {
             None => crate::context_memory::ContextMemoryConfig::default(),
         };
         let context_memory = context_memory_raw.compile()?;
+        let guards = match self.guards {
+            None => None,
+            Some(v) if !v.is_object() => return Err(ConfigError::new("guards", "must be an object")),
+            Some(v) => Some(crate::guard::Guards::compile(parse_at(v, "guards")?)?),
+        };
         Ok(CompiledConfig {
             gateway_id,
             mounts,
@@ -173,6 +183,7 @@ impl FilterConfig {
             enforcement,
             access_log: self.access_log.unwrap_or_default(),
             context_memory,
+            guards,
         })
     }
 }

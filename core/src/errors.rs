@@ -26,6 +26,9 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// 503: the budget service cannot be reached and the policy is fail-closed (enforcement).
     Unavailable,
+    /// 429: the retry-loop guard (`core::guard`): the same work asked again too often without a
+    /// human checkpoint.
+    GuardRefused,
 }
 
 impl ErrorKind {
@@ -35,7 +38,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::Denied => 403,
             ErrorKind::TooLarge => 413,
-            ErrorKind::BudgetExceeded => 429,
+            ErrorKind::BudgetExceeded | ErrorKind::GuardRefused => 429,
             ErrorKind::Unavailable => 503,
         }
     }
@@ -48,6 +51,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "request_too_large",
             ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::Unavailable => "budget_service_unavailable",
+            ErrorKind::GuardRefused => "retry_guard",
         }
     }
 
@@ -57,6 +61,7 @@ impl ErrorKind {
             ErrorKind::Denied => "permission_error",
             ErrorKind::BudgetExceeded => "insufficient_quota",
             ErrorKind::Unavailable => "service_unavailable",
+            ErrorKind::GuardRefused => "rate_limit_error",
         }
     }
 
@@ -65,7 +70,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request_error",
             ErrorKind::Denied => "permission_error",
             ErrorKind::TooLarge => "request_too_large",
-            ErrorKind::BudgetExceeded => "rate_limit_error",
+            ErrorKind::BudgetExceeded | ErrorKind::GuardRefused => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
         }
     }
@@ -74,7 +79,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest | ErrorKind::TooLarge => "INVALID_ARGUMENT",
             ErrorKind::Denied => "PERMISSION_DENIED",
-            ErrorKind::BudgetExceeded => "RESOURCE_EXHAUSTED",
+            ErrorKind::BudgetExceeded | ErrorKind::GuardRefused => "RESOURCE_EXHAUSTED",
             ErrorKind::Unavailable => "UNAVAILABLE",
         }
     }

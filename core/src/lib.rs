@@ -23,6 +23,8 @@
 //! - [`usage`]: incremental usage scanning of JSON and SSE responses, split-point independent.
 //! - [`pricing`]: the price table (LiteLLM format + overrides) and integer cost arithmetic.
 //! - [`estimate`]: token estimates for the request's worst case and for streams cut short.
+//! - [`guard`]: agent guards: the retry-loop guard (request fingerprints counted per principal
+//!   and task), premium runs that need a task id.
 //! - [`prompt_bound`]: requests whose billed prompt can exceed their body (stored conversations,
 //!   caches, files, media, hosted tools), recognised per dialect so the reservation stays a bound.
 //! - [`context_memory`]: the response-id memory: the context a stored response was billed, so a
@@ -36,6 +38,7 @@ pub mod dialect;
 pub mod enforce;
 pub mod errors;
 pub mod estimate;
+pub mod guard;
 pub mod json;
 pub mod money;
 pub mod pricing;

@@ -113,6 +113,26 @@ pub enum Command {
     Events(governance::EventsArgs),
     /// Print daily spend baselines and suggested monthly limits per team, user, use case or model.
     Baseline(governance::BaselineArgs),
+    /// Print one task's (or agent session's) cost handoff: requests, models, tokens, cost,
+    /// checkpoints (Markdown; --json for JSON).
+    Task {
+        #[command(flatten)]
+        conn: Conn,
+        /// The task id, as the gateway attributes it.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a human checkpoint on a task: the retry guard may let its next attempt through.
+    Checkpoint {
+        #[command(flatten)]
+        conn: Conn,
+        /// The task id.
+        task: String,
+        /// Why (kept in the audit log and the task summary).
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -337,6 +357,8 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Review { conn, month, format } => gov::review(conn, month, format).await,
         Command::Events(a) => governance::events(a).await,
         Command::Baseline(a) => governance::baseline(a).await,
+        Command::Task { conn, id, json } => task(conn, id, json).await,
+        Command::Checkpoint { conn, task, note } => checkpoint(conn, task, note).await,
         Command::Bench(a) => {
             crate::bench::bench(crate::bench::BenchOptions { seconds: a.seconds, batch: a.batch.max(1), concurrency: a.concurrency.max(1), synchronous: a.sync.into(), redis_url: a.redis_url })
                 .await
@@ -661,4 +683,40 @@ async fn audit(conn: Conn, subject: Option<String>, since: Option<String>, limit
         .unwrap_or_default();
     print_cells(format, &header, &cells);
     Ok(())
+}
+
+async fn task(conn: Conn, id: String, json_out: bool) -> Result<(), String> {
+    let format = if json_out { "json" } else { "markdown" };
+    let answer = admin_call(&conn, hyper::Method::GET, &format!("/admin/tasks/{}?format={format}", encode_segment(&id)), None).await?;
+    if json_out {
+        print_json(&answer.json()?);
+    } else {
+        print!("{}", answer.text());
+    }
+    Ok(())
+}
+
+async fn checkpoint(conn: Conn, task: String, note: Option<String>) -> Result<(), String> {
+    let body = json!({"task": task, "note": note});
+    let body = if note_is_none(&body) { json!({"task": body["task"]}) } else { body };
+    let v = admin_call(&conn, hyper::Method::POST, "/admin/checkpoints", Some(body)).await?.json()?;
+    println!("checkpoint {} recorded on task {}", v["id"].as_str().unwrap_or("?"), v["task"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+fn note_is_none(body: &Value) -> bool {
+    body["note"].is_null()
+}
+
+/// Percent-encodes a path segment (a task id may hold any printable character).
+fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -65,6 +65,9 @@ impl Client {
     /// [`Client::send`] with extra headers (e.g. a webhook's signature).
     pub async fn send_with(&mut self, method: Method, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<Answer, String> {
         let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.authority);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }

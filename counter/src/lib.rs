@@ -13,6 +13,7 @@
 //! - [`store`]: the [`store::Store`] trait (the storage contract), the in-memory [`store::book`]
 //!   with the lease and charging rules, the embedded SQLite backend [`store::sqlite`] (default)
 //!   and the shared Redis backend [`store::redis`].
+//! - [`task`]: the cost handoff: a task's summary from the ledger, human checkpoints.
 //! - [`report`]: JSON, CSV and table shapes of the reports.
 //! - [`server`]: the HTTP API (`run(listener, store, clock, auth, shutdown)`), auth, errors.
 //! - [`metrics`]: Prometheus text.
@@ -55,5 +56,6 @@ pub mod server;
 pub mod simulate;
 pub mod clock;
 pub mod store;
+pub mod task;
 pub mod window;
 pub mod workflow;

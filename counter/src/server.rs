@@ -22,6 +22,9 @@
 //!        monthly review: see `crate::gov_api`.
 //! GET    /admin/events                   admin token     ?kind=&scope=&subject=&since=&until=&limit=&format=
 //! GET    /admin/reports/baseline         admin token     ?scope=team|team:platform&days=60&to=&format=json|csv
+//! GET    /admin/tasks/{id}               admin token     ?format=json|markdown -> TaskSummary (crate::task)
+//! POST   /admin/checkpoints              admin token     {"task","note"?} -> Checkpoint (201)
+//! GET    /tasks/{id}/summary             gateway token   + x-tollgate-key-id: the task's own key (crate::task)
 //! ```
 //!
 //! "admin token" above: read-only (GET) endpoints need the `viewer` role or above, changes need
@@ -146,6 +149,7 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .merge(crate::gov_api::routes::<S>())
         .route("/admin/events", get(governance::events::<S>))
         .route("/admin/reports/baseline", get(governance::baseline::<S>))
+        .merge(crate::task::routes::<S>())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/counter.md")
@@ -204,7 +208,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, Response
 }
 
 impl<S: Store> App<S> {
-    fn gateway(&self, headers: &HeaderMap) -> Result<(), Response> {
+    pub(crate) fn gateway(&self, headers: &HeaderMap) -> Result<(), Response> {
         self.auth.gateway(headers).map(|_| ()).ok_or_else(|| self.unauthorized("a gateway"))
     }
 

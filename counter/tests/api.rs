@@ -408,3 +408,129 @@ async fn the_requests_report_lists_a_periods_ledger_records_oldest_first() {
     let (s, _) = h.call("GET", "/admin/reports/requests", Some("wrong"), None).await;
     assert_eq!(s, 401);
 }
+
+// The cost handoff (issue 12 §3): one task's books from the ledger, and human checkpoints.
+
+/// A usage record of task `task` on `model`.
+fn task_record(id: &str, task: &str, model: &str, cost: i64, status: u16, estimated: bool, started_ms: i64) -> Value {
+    let mut r = record(id, "agents", cost);
+    r["principal"]["task"] = json!(task);
+    r["routed_model"] = json!(model);
+    r["tokens"] = json!({"input": 1000, "output": 200, "cache_read": 300, "cache_write": 40, "reasoning": 50});
+    r["status"] = json!(status);
+    r["estimated"] = json!(estimated);
+    r["started_at_ms"] = json!(started_ms);
+    r["finished_at_ms"] = json!(started_ms + 1500);
+    r
+}
+
+#[tokio::test]
+async fn a_task_summary_adds_up_exactly_what_the_ledger_holds_for_the_task() {
+    let h = Harness::start().await;
+    let t0 = 1_764_064_800_000i64;
+    let records = vec![
+        task_record("t1", "fix-ci-42", "gpt-4o", 12_345, 200, false, t0),
+        task_record("t2", "fix-ci-42", "claude-sonnet-4", 20_000, 200, false, t0 + 10_000),
+        task_record("t3", "fix-ci-42", "gpt-4o", 7_000, 500, false, t0 + 20_000),
+        task_record("t4", "fix-ci-42", "gpt-4o", 1_111, 200, true, t0 + 30_000),
+        task_record("other", "another-task", "gpt-4o", 99_999, 200, false, t0),
+        record("no-task", "agents", 5),
+    ];
+    assert_eq!(h.usage("gw1", records.clone()).await, (6, 0));
+    assert_eq!(h.usage("gw2", records[..2].to_vec()).await, (0, 2), "a record sent again counts once in the summary too");
+
+    let (status, s) = h.admin("GET", "/admin/tasks/fix-ci-42", None).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["task"], "fix-ci-42");
+    assert_eq!(s["requests"], 4);
+    assert_eq!(s["cost_micros"], 12_345 + 20_000 + 7_000 + 1_111);
+    assert_eq!(s["tokens"], json!({"input": 4000, "output": 800, "cache_read": 1200, "cache_write": 160, "reasoning": 200}));
+    assert_eq!(
+        s["models"],
+        json!([{"model": "claude-sonnet-4", "requests": 1, "cost_micros": 20_000}, {"model": "gpt-4o", "requests": 3, "cost_micros": 20_456}])
+    );
+    assert_eq!((s["first_seen_ms"].as_i64(), s["last_seen_ms"].as_i64()), (Some(t0), Some(t0 + 31_500)));
+    assert_eq!((s["estimated_requests"].as_u64(), s["failed_requests"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(s["checkpoints"], json!([]));
+
+    let (status, md) = h.raw("GET", "/admin/tasks/fix-ci-42?format=markdown", Some(ALICE_TOKEN), b"").await;
+    assert_eq!(status, 200);
+    for needle in ["## Task `fix-ci-42`", "| cost | $0.040456 |", "| requests | 4 |", "| gpt-4o | 3 | $0.020456 |"] {
+        assert!(md.contains(needle), "{needle} in\n{md}");
+    }
+
+    let (status, body) = h.admin("GET", "/admin/tasks/never-seen", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = h.admin("GET", "/admin/tasks/fix-ci-42?format=xml", None).await;
+    assert!(status == 400 && body["error"]["message"].as_str().unwrap().starts_with("format:"), "{body}");
+    let (status, _) = h.call("GET", "/admin/tasks/fix-ci-42", Some(GATEWAY_TOKEN), None).await;
+    assert_eq!(status, 401, "a gateway token does not read tasks");
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_recorded_audited_and_listed_on_its_task() {
+    let h = Harness::start().await;
+    let (status, c) = h.admin("POST", "/admin/checkpoints", Some(json!({"task": "fix-ci-42", "note": "read the diff; go on"}))).await;
+    assert_eq!(status, 201, "{c}");
+    assert_eq!((c["id"].as_str(), c["task"].as_str(), c["actor"].as_str()), (Some("cp-1"), Some("fix-ci-42"), Some("alice")));
+    assert_eq!(c["at_ms"], h.clock.now_ms());
+    let (status, c2) = h.call("POST", "/admin/checkpoints", Some(BOB_TOKEN), Some(json!({"task": "fix-ci-42"}))).await;
+    assert_eq!((status, c2["id"].as_str(), c2["actor"].as_str()), (201, Some("cp-2"), Some("bob")));
+
+    let (status, s) = h.admin("GET", "/admin/tasks/fix-ci-42", None).await;
+    assert_eq!(status, 200, "a task with checkpoints and no requests yet is known: {s}");
+    assert_eq!(s["requests"], 0);
+    let ids: Vec<&str> = s["checkpoints"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["cp-1", "cp-2"], "oldest first");
+    assert_eq!(s["checkpoints"][0]["note"], "read the diff; go on");
+
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=task:fix-ci-42", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{audit}");
+    assert_eq!((entries[1]["action"].as_str(), entries[1]["actor"].as_str()), (Some("checkpoint.add"), Some("alice")));
+
+    for (body, needle) in [
+        (json!({"task": ""}), "task:"),
+        (json!({"note": "x"}), "missing field `task`"),
+        (json!({"task": "t", "approved": true}), "unknown field `approved`"),
+        (json!({"task": "t", "note": "n".repeat(2001)}), "note:"),
+    ] {
+        let (status, b) = h.admin("POST", "/admin/checkpoints", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body} -> {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(needle), "{body} -> {b}");
+    }
+    let (status, _) = h.call("POST", "/admin/checkpoints", Some(GATEWAY_TOKEN), Some(json!({"task": "t"}))).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_task_summary_is_readable_by_the_tasks_own_key_through_a_gateway() {
+    let h = Harness::start().await;
+    let t0 = 1_764_064_800_000i64;
+    let keyed = |id: &str, task: &str, key: &str| {
+        let mut r = task_record(id, task, "gpt-4o", 1_000, 200, false, t0);
+        r["principal"]["key_id"] = json!(key);
+        r
+    };
+    let records = vec![keyed("a1", "agent-run", "key-agent"), keyed("a2", "agent-run", "key-agent"), keyed("s1", "shared-run", "key-agent"), keyed("s2", "shared-run", "key-other")];
+    assert_eq!(h.usage("gw1", records).await, (4, 0));
+    let own = |task: &'static str, token: Option<&'static str>, key: Option<&'static str>| {
+        let url = h.url.clone();
+        async move {
+            let mut c = tollgate_counter::client::Client::connect(&url).await.unwrap();
+            let headers: Vec<(&str, &str)> = key.map(|k| vec![("x-tollgate-key-id", k)]).unwrap_or_default();
+            let a = c.send_with(hyper::Method::GET, &format!("/tasks/{task}/summary"), token, &headers, None).await.unwrap();
+            (a.status, serde_json::from_slice::<Value>(&a.body).unwrap_or(Value::Null))
+        }
+    };
+    let (status, s) = own("agent-run", Some(GATEWAY_TOKEN), Some("key-agent")).await;
+    assert_eq!((status, s["requests"].as_u64(), s["cost_micros"].as_i64()), (200, Some(2), Some(2_000)), "{s}");
+    assert_eq!(s["key_ids"], json!(["key-agent"]));
+    assert_eq!(own("agent-run", Some(GATEWAY_TOKEN), Some("key-other")).await.0, 404, "another key's task is not found");
+    assert_eq!(own("shared-run", Some(GATEWAY_TOKEN), Some("key-agent")).await.0, 404, "a task of several keys: admins only");
+    assert_eq!(own("never-run", Some(GATEWAY_TOKEN), Some("key-agent")).await.0, 404);
+    let (status, b) = own("agent-run", Some(GATEWAY_TOKEN), None).await;
+    assert!(status == 400 && b["error"]["message"].as_str().unwrap().starts_with("x-tollgate-key-id:"), "{b}");
+    assert_eq!(own("agent-run", Some(ALICE_TOKEN), Some("key-agent")).await.0, 401, "the gateway vouches for the key, not an admin");
+    assert_eq!(own("agent-run", None, Some("key-agent")).await.0, 401);
+}

@@ -39,7 +39,10 @@ use tollgate_core::context_memory::{self, Reference};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::enforce::reservation;
-use tollgate_core::routing::plan::{self, RequestPlan};
+use tollgate_core::routing::plan::{self, ParsedRequest, RequestPlan};
+use crate::guard::GuardMetrics;
+use tollgate_core::guard::retry::Decision;
+use tollgate_core::guard::{Attributed, RetryGuard, Work};
 use tollgate_core::usage::{ResponseFormat, UsageScanner};
 
 pub struct Root {
@@ -55,6 +58,8 @@ pub struct Root {
     key_digests: Rc<RefCell<KeyDigests>>,
     /// The response-id memory (`crate::context_memory`); only with enforcement.
     context_memory: Option<Rc<SharedContextMemory>>,
+    /// The guards' counters; `None` without a `guards` section.
+    guard_metrics: Option<Rc<GuardMetrics>>,
 }
 
 impl Default for Root {
@@ -67,6 +72,7 @@ impl Default for Root {
             log_level: Rc::new(LogLevelCache::default()),
             key_digests: Rc::default(),
             context_memory: None,
+            guard_metrics: None,
         }
     }
 }
@@ -109,6 +115,9 @@ impl Context for Root {
         if let Some(m) = &self.context_memory {
             m.flush();
         }
+        if let Some(g) = &self.guard_metrics {
+            g.flush();
+        }
         if let Some(e) = &self.enforcement {
             e.on_done(host::now_ms());
         }
@@ -148,6 +157,10 @@ impl RootContext for Root {
                 self.enforcement = enforcement;
                 self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define());
+                if let Some(g) = &self.guard_metrics {
+                    g.flush();
+                }
+                self.guard_metrics = config.guards.as_ref().map(|_| Rc::new(GuardMetrics::define()));
                 self.config = Some(config);
                 self.vm_tag = Rc::from(new_vm_tag().as_str());
                 true
@@ -163,6 +176,9 @@ impl RootContext for Root {
         self.metrics.flush();
         if let Some(m) = &self.context_memory {
             m.flush();
+        }
+        if let Some(g) = &self.guard_metrics {
+            g.flush();
         }
         if let Some(enforcement) = &self.enforcement {
             enforcement.on_tick(host::now_ms());
@@ -180,6 +196,7 @@ impl RootContext for Root {
             vm_tag: Rc::clone(&self.vm_tag),
             config: self.config.clone(),
             metrics: Rc::clone(&self.metrics),
+            guard_metrics: self.guard_metrics.clone(),
             enforcer,
             context_memory: self.context_memory.clone(),
             phase: Phase::Start,
@@ -219,6 +236,11 @@ struct RequestState {
     started_at_ms: i64,
     had_content_length: bool,
     plan: Option<RequestPlan>,
+    /// A checkpoint a trusted upstream filter wrote (`guards.retry.checkpoint_header`), hashed.
+    checkpoint: Option<u64>,
+    /// The shared-data key of the task's failure streak, when the retry guard counted this request
+    /// (its outcome is recorded at settlement).
+    guard_task: Option<String>,
 }
 
 /// What the response phase is reading.
@@ -235,6 +257,7 @@ pub struct Stream {
     vm_tag: Rc<str>,
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
+    guard_metrics: Option<Rc<GuardMetrics>>,
     enforcer: Option<Box<dyn Enforcer>>,
     context_memory: Option<Rc<SharedContextMemory>>,
     phase: Phase,
@@ -260,7 +283,7 @@ impl Stream {
             ErrorKind::InvalidRequest => Outcome::Invalid,
             ErrorKind::Denied => Outcome::Denied,
             ErrorKind::TooLarge => Outcome::TooLarge,
-            ErrorKind::BudgetExceeded | ErrorKind::Unavailable => Outcome::Refused,
+            ErrorKind::BudgetExceeded | ErrorKind::Unavailable | ErrorKind::GuardRefused => Outcome::Refused,
         };
         self.metrics.outcome(dialect, outcome);
         self.access_log.set("outcome", outcome.as_str());
@@ -298,10 +321,30 @@ impl Stream {
     /// Step 2 at end of body. Returns the action for the body callback.
     fn on_full_body(&mut self, body: &[u8]) -> Action {
         let (Some(config), Some(req)) = (self.config.clone(), self.request.as_ref()) else { return Action::Continue };
-        let parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
+        let mut parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
+        // Premium runs need attribution (core::guard): refused, or downgraded before routing.
+        if let Some(guards) = config.guards.as_ref().filter(|g| !g.require_task.is_empty()) {
+            match guards.check_attribution(&parsed.principal, &parsed.requested_model) {
+                Ok(Attributed::Ok) => {}
+                Ok(Attributed::Downgrade { model, rule }) => {
+                    self.access_log.set("guard", &format!("downgraded:{rule}"));
+                    if let Some(g) = &self.guard_metrics {
+                        g.unattributed(true);
+                    }
+                    parsed.downgrade(model);
+                }
+                Err(f) => {
+                    self.access_log.set("guard", "unattributed");
+                    if let Some(g) = &self.guard_metrics {
+                        g.unattributed(false);
+                    }
+                    return self.reply(&f, &[]);
+                }
+            }
+        }
         for field in Field::ALL {
             if let Some(value) = field.get(&parsed.principal) {
                 self.access_log.set(field.as_str(), value);
@@ -357,6 +400,21 @@ impl Stream {
             }
             None => None,
         };
+        // Agent guards (core::guard): a retry of expensive work past its allowance is refused.
+        if config.guards.is_some() {
+            let worst_micros = match &worst_case {
+                Some(worst) => worst.micros,
+                None => {
+                    let est = config.prices.estimate_config();
+                    let model_max = price.known.then_some(&price.price).and_then(|p| p.max_output_tokens);
+                    let prompt = est.input_tokens_upper_bound(u64::try_from(plan.body_len).unwrap_or(u64::MAX));
+                    price.price.worst_case_cost(prompt, est.max_output_tokens(plan.max_output_tokens, model_max))
+                }
+            };
+            if let Some(failure) = self.retry_guard(&config, &parsed, &plan, worst_micros) {
+                return self.reply(&failure, &[]);
+            }
+        }
 
         if let Err(e) = self.apply(&plan, body.len()) {
             self.metrics.host_error();
@@ -423,6 +481,59 @@ impl Stream {
         Ok(())
     }
 
+    /// The retry-loop guard (`core::guard::retry`, `crate::guard`): counts this attempt of the
+    /// same work if the guard counts it, and returns the 429 when it is over the limit.
+    fn retry_guard(&mut self, config: &CompiledConfig, parsed: &ParsedRequest<'_>, plan: &RequestPlan, worst_case: i64) -> Option<Failure> {
+        let guard = config.guards.as_ref()?.retry.as_ref()?;
+        let work = Work { principal: &plan.principal, requested_model: &plan.requested_model, routed_model: &plan.routed_model, worst_case_micros: worst_case };
+        if !guard.is_expensive(&work) {
+            return None;
+        }
+        let (now_ms, checkpoint) = self.request.as_ref().map(|r| (r.started_at_ms, r.checkpoint))?;
+        let key = RetryGuard::key(&plan.principal, parsed.fingerprint(&guard.ignored));
+        let metrics = self.guard_metrics.clone().unwrap_or_default();
+        let Some(decision) = crate::guard::attempt(guard, &key, now_ms, checkpoint, &metrics) else {
+            self.metrics.host_error();
+            return None;
+        };
+        match decision {
+            Decision::Pass { retry } => {
+                if retry > 0 {
+                    self.access_log.set_int("guard_retry", u64::from(retry));
+                }
+            }
+            Decision::Observe { retry } => {
+                self.access_log.set_int("guard_retry", u64::from(retry));
+                self.access_log.set("guard", "retry_observed");
+            }
+            Decision::Refuse { attempts } => {
+                self.access_log.set("guard", "retry_refused");
+                return Some(guard.refusal(&plan.principal, attempts));
+            }
+        }
+        // Where the client names a task: the same task after failed attempts is a retry too.
+        plan.principal.task.as_ref()?;
+        let task_key = RetryGuard::task_key(&plan.principal);
+        let decision = crate::guard::task_attempt(guard, &task_key, now_ms, checkpoint, &metrics);
+        if let Some(req) = self.request.as_mut() {
+            req.guard_task = Some(task_key);
+        }
+        match decision? {
+            Decision::Pass { .. } => None,
+            Decision::Observe { .. } => {
+                self.access_log.set("guard", "task_retry_observed");
+                None
+            }
+            Decision::Refuse { attempts } => {
+                self.access_log.set("guard", "task_retry_refused");
+                if let Some(req) = self.request.as_mut() {
+                    req.guard_task = None;
+                }
+                Some(guard.task_refusal(&plan.principal, attempts))
+            }
+        }
+    }
+
     /// Prices and records the request; `complete` when the response reached end of stream.
     fn settle(&mut self) {
         if self.phase != Phase::Forwarded {
@@ -484,8 +595,26 @@ impl Stream {
             let json = serde_json::to_string(&s.record).unwrap_or_default();
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
         }
+        if let Some(key) = req.guard_task.as_deref() {
+            crate::guard::task_outcome(key, finished_at_ms, s.record.status == 0 || s.record.status >= 400);
+        }
+        if let Some(task) = s.record.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
+            crate::guard::add_task_cost(task, s.record.cost_micros);
+        }
         if let Some(enforcer) = self.enforcer.as_mut() {
             enforcer.settle(&s.record);
+        }
+    }
+
+    /// `x-tollgate-task-cost` on the response of a request that carries a task id, when configured.
+    fn add_task_cost_header(&self) {
+        let wanted = self.config.as_ref().and_then(|c| c.guards.as_ref()).is_some_and(|g| g.task_cost_header);
+        let task = self.request.as_ref().and_then(|r| r.plan.as_ref()).and_then(|p| p.principal.task.as_deref());
+        if let (true, Some(task)) = (wanted, task) {
+            let cost = crate::guard::task_cost(task).unwrap_or_default();
+            if host::set_header(Map::ResponseHeaders, tollgate_core::guard::TASK_COST_HEADER, &cost.header_value()).is_err() {
+                self.metrics.host_error();
+            }
         }
     }
 }
@@ -572,6 +701,8 @@ impl HttpContext for Stream {
             started_at_ms,
             had_content_length: declared_len.is_some(),
             plan: None,
+            checkpoint: crate::guard::checkpoint(config.guards.as_ref(), |name| header(&headers, name)),
+            guard_task: None,
         });
         let keyless_headers = virtual_key_headers.iter().all(|name| host::remove_header(Map::RequestHeaders, name).is_ok());
         if !keyless_headers {
@@ -659,6 +790,7 @@ impl HttpContext for Stream {
             (None, false) => None,
         };
         self.response = Some(ResponseState { status, scanner });
+        self.add_task_cost_header();
         for (name, value) in std::mem::take(&mut self.pending_response_headers) {
             let _ = host::set_header(Map::ResponseHeaders, &name, &value);
         }

@@ -12,6 +12,8 @@
 //!   absent (`None`) when the configuration has no `enforcement` section.
 //! - [`context_memory`]: the response-id memory in shared data (the context a stored response
 //!   was billed, so its continuation reserves that instead of the window); with enforcement only.
+//! - [`guard`]: agent guards' Envoy side: retry counts in shared data, the checkpoint header,
+//!   the `tollgate_guard_*` counters.
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
@@ -25,6 +27,7 @@ pub mod admission;
 pub mod context_memory;
 pub mod enforce;
 pub mod filter;
+pub mod guard;
 pub mod host;
 pub mod metrics;
 pub mod settle;

@@ -37,6 +37,8 @@ pub struct ParsedRequest<'b> {
     /// The stored response the request continues, when that is its only provider-held shape:
     /// the response-id memory may bound its prompt tighter than the window (`core::context_memory`).
     pub context_reference: Option<Reference>,
+    /// Set by [`ParsedRequest::downgrade`]: the model to send is not the body's any more.
+    downgraded: bool,
 }
 
 /// The routed request: what to send upstream and what to record.
@@ -115,6 +117,7 @@ pub fn parse_request<'b>(
         max_output_tokens,
         remote_prompt,
         context_reference,
+        downgraded: false,
     })
 }
 
@@ -136,7 +139,7 @@ impl ParsedRequest<'_> {
         })?;
         let mut edits: Vec<Edit> = Vec::new();
         let mut new_path = None;
-        if routed.model != self.requested_model {
+        if self.downgraded || routed.model != self.requested_model {
             match &recognised.path_model {
                 Some((_, range)) => {
                     let (Some(head), Some(tail)) = (path.get(..range.start), path.get(range.end..)) else {
@@ -178,6 +181,21 @@ impl ParsedRequest<'_> {
             context_reference: self.context_reference.clone(),
             body_len,
         })
+    }
+}
+
+impl ParsedRequest<'_> {
+    /// Serves the request with `model` instead of the one asked for (a guard's fallback, e.g.
+    /// `tier:standard`); routing then resolves it like a requested model.
+    pub fn downgrade(&mut self, model: String) {
+        self.requested_model = model;
+        self.downgraded = true;
+    }
+
+    /// The request's fingerprint for the retry guard (`core::guard::fingerprint`), from the
+    /// members the body scan found: no second parse.
+    pub fn fingerprint(&self, ignored: &[String]) -> u64 {
+        crate::guard::fingerprint::fingerprint(self.body, &self.top, ignored, &self.requested_model)
     }
 }
 

@@ -22,7 +22,7 @@ fn limit_param(params: &HashMap<String, String>) -> Result<usize, Response> {
 }
 
 pub(super) async fn events<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, crate::auth::Role::Viewer));
     tri!(check_params(&params, &["kind", "scope", "subject", "since", "until", "limit", "format"]));
     let csv = tri!(format_param(&params));
     let kind = match params.get("kind") {
@@ -74,7 +74,7 @@ pub(super) async fn events<S: Store>(State(app): State<App<S>>, headers: HeaderM
 }
 
 pub(super) async fn baseline<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
-    tri!(app.admin(&headers));
+    tri!(app.role(&headers, crate::auth::Role::Viewer));
     tri!(check_params(&params, &["scope", "days", "to", "format"]));
     let csv = tri!(format_param(&params));
     let Some(scope) = params.get("scope") else {

@@ -256,6 +256,15 @@ pub trait Store: gov::GovStore + crate::notify::EventLog + Send + Sync + 'static
     /// Audit entries, newest first, at most `query.limit`.
     fn audit(&self, query: AuditQuery) -> impl Future<Output = StoreResult<Vec<AuditEntry>>> + Send;
 
+    /// `GET /admin/tasks/{id}`: every ledger record whose principal has this task id, folded by
+    /// [`crate::task::summarise`] (the same fold in every backend), with the task's checkpoints
+    /// oldest first. Empty (no requests, no checkpoints) when the task is unknown.
+    fn task_summary(&self, task: &str) -> impl Future<Output = StoreResult<crate::task::TaskSummary>> + Send;
+
+    /// `POST /admin/checkpoints`: records a checkpoint (its `id`, `cp-<n>`, is assigned here and
+    /// returned), audited as `checkpoint.add` on subject `task:<task id>`.
+    fn add_checkpoint(&self, checkpoint: crate::task::Checkpoint, actor: &str) -> impl Future<Output = StoreResult<crate::task::Checkpoint>> + Send;
+
     /// `Ok` when the store can take writes (`/healthz`).
     fn health(&self) -> impl Future<Output = StoreResult<()>> + Send;
 

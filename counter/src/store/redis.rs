@@ -18,6 +18,7 @@
 //! {ns}:seen:<record id> string  idempotency key, PX idempotency_ttl
 //! {ns}:ledger           stream  one entry per accepted record: r = {"gateway_id","ingested_at_ms","record"}
 //! {ns}:audit            stream  one entry per change;  {ns}:audit:seq  its sequence numbers
+//! {ns}:checkpoints:<task> hash  checkpoint number -> json (`redis/task.rs`); {ns}:checkpoints:seq
 //! {ns}:health           string  written by `/healthz` (a write, so a replica or a full Redis fails)
 //! ```
 //! The hash tag puts a namespace on **one Cluster slot**. A usage record touches every budget on
@@ -57,6 +58,7 @@
 mod requests;
 mod gov;
 mod events;
+mod task;
 
 use super::book::ScopeIndex;
 use super::RequestsQuery;
@@ -874,6 +876,14 @@ impl Store for RedisStore {
         })
         .await?;
         Ok(out)
+    }
+
+    async fn task_summary(&self, task: &str) -> StoreResult<crate::task::TaskSummary> {
+        self.read_task_summary(task).await
+    }
+
+    async fn add_checkpoint(&self, checkpoint: crate::task::Checkpoint, actor: &str) -> StoreResult<crate::task::Checkpoint> {
+        self.write_checkpoint(checkpoint, actor).await
     }
 
     async fn health(&self) -> StoreResult<()> {

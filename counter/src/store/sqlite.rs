@@ -36,6 +36,7 @@
 mod requests;
 mod gov;
 mod events;
+mod task;
 
 use super::book::{Book, Charges, Spend};
 use super::RequestsQuery;
@@ -97,6 +98,11 @@ CREATE TABLE IF NOT EXISTS audit (
   subject TEXT NOT NULL, before TEXT, after TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_task ON checkpoints (task, seq);
+CREATE INDEX IF NOT EXISTS ledger_task ON ledger (task);
 CREATE TABLE IF NOT EXISTS leases (
   budget_id TEXT NOT NULL, gateway_id TEXT NOT NULL, micros INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
   PRIMARY KEY (budget_id, gateway_id)
@@ -147,6 +153,8 @@ enum Job {
     RevokeExemption { id: u64, actor: String, now_ms: i64, reply: Reply<Option<Exemption>> },
     /// Workflows, exemption requests, outcomes (store/sqlite/gov.rs).
     Gov(gov::GovJob),
+    /// A write a child module runs on the writer thread (it answers its own reply).
+    Run(Box<dyn FnOnce(&mut Writer) + Send>),
     Shutdown { reply: Reply<()> },
 }
 
@@ -376,6 +384,14 @@ impl Store for SqliteStore {
         self.read(move |conn| audit(conn, &query)).await
     }
 
+    async fn task_summary(&self, task: &str) -> StoreResult<crate::task::TaskSummary> {
+        self.read_task_summary(task).await
+    }
+
+    async fn add_checkpoint(&self, checkpoint: crate::task::Checkpoint, actor: &str) -> StoreResult<crate::task::Checkpoint> {
+        self.write_checkpoint(checkpoint, actor).await
+    }
+
     async fn health(&self) -> StoreResult<()> {
         if !self.writer_alive.load(Ordering::SeqCst) || self.jobs.is_closed() {
             return Err(StoreError::Unavailable("the SQLite writer has stopped; see the logs and restart".into()));
@@ -539,6 +555,7 @@ impl Writer {
                     let _ = reply.send(self.revoke_exemption(id, &actor, now_ms));
                 }
                 Job::Gov(job) => self.gov(job),
+                Job::Run(work) => work(&mut self),
                 Job::Shutdown { reply } => {
                     // Stop taking work; what is already queued is still handled below, in order.
                     rx.close();

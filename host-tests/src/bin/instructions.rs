@@ -147,6 +147,17 @@ fn measure_enforcement(w: &Workload) -> (u64, u64, u64) {
     (req, resp, (gw.instructions() - before) / N)
 }
 
+/// [`CONFIG`] plus the retry guard counting every request (issue 12, docs/guards.md), in observe
+/// mode so the same request measured again is counted, never refused: the fingerprint of the
+/// body, the count read and written in shared data, on every request.
+fn guarded_gateway() -> Gateway {
+    let mut v: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
+    v["guards"] = serde_json::json!({ "retry": { "mode": "observe" } });
+    let gw = Gateway::new(v.to_string());
+    gw.start();
+    gw
+}
+
 fn main() {
     let wasm = module::tollgate_wasm_path();
     println!("# wasm instructions per request (wasmtime fuel), deterministic");
@@ -178,6 +189,10 @@ fn main() {
             floor_total.unwrap_or_else(|| "(noop_filter.wasm not built)".into())
         );
         println!("|   first request (cold) | {cold_req} | {cold_resp} | {} | |", cold_req + cold_resp);
+        let guarded = guarded_gateway();
+        measure(&guarded, &w);
+        let (greq, gresp) = measure(&guarded, &w);
+        println!("|   with the retry guard (every request counted) | {greq} | {gresp} | {} | |", greq + gresp);
         let (ereq, eresp, amortized) = measure_enforcement(&w);
         println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
         println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");

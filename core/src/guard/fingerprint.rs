@@ -1,0 +1,141 @@
+//! The fingerprint of a request: "the same work asked again" as a 64-bit number.
+//!
+//! # Why from the members the scan already found
+//! The body is validated once by `core::json`, which records each top-level member's key and the
+//! byte range of its value. The fingerprint hashes exactly those bytes (key, then raw value) for
+//! every member not in the ignore list: no second parse, no allocation, eight bytes per step.
+//! Members are combined by a wrapping sum of their hashes, so member order does not matter (the
+//! scan refuses duplicate keys, so no member can cancel another by repetition).
+//!
+//! The value bytes are the client's raw bytes: the same request with different whitespace inside
+//! a value is a different fingerprint. Agents in a loop resend identical bytes, so that is the
+//! case this catches; the hash is not a security boundary (a client that wants to dodge it can
+//! change one byte, and a collision only makes its own request look like a retry).
+
+use crate::json::TopLevel;
+
+/// The fields that change on every call of the same work, ignored by default
+/// (`guards.retry.ignore_fields` replaces the list).
+pub const DEFAULT_IGNORED: &[&str] = &[
+    "stream",
+    "stream_options",
+    "metadata",
+    "user",
+    "temperature",
+    "top_p",
+    "seed",
+    "n",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Hashes `bytes` with `seed`, eight bytes per step.
+pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
+        h = (h ^ word).wrapping_mul(K).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    for (slot, b) in tail.iter_mut().zip(chunks.remainder()) {
+        *slot = *b;
+    }
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    finish(h)
+}
+
+/// A final avalanche, so nearby inputs give unrelated outputs.
+fn finish(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+/// The fingerprint of a scanned body: every member but the `ignored` ones, key and raw value,
+/// plus `model` (the requested model, which for Azure and Gemini lives in the path, not the body).
+pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &[String], model: &str) -> u64 {
+    let mut sum = hash_bytes(1, model.as_bytes());
+    for member in &top.members {
+        if ignored.contains(&member.key) {
+            continue;
+        }
+        let key = hash_bytes(2, member.key.as_bytes());
+        let value = body.get(member.value.clone()).unwrap_or_default();
+        sum = sum.wrapping_add(hash_bytes(key, value));
+    }
+    finish(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::scan_object;
+
+    fn fp(body: &str) -> u64 {
+        let top = scan_object(body.as_bytes()).unwrap();
+        let ignored: Vec<String> = DEFAULT_IGNORED.iter().map(|s| s.to_string()).collect();
+        fingerprint(body.as_bytes(), &top, &ignored, "m")
+    }
+
+    const BASE: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"}]}"#;
+
+    #[test]
+    fn ignored_fields_do_not_change_the_fingerprint() {
+        for same in [
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"}],"stream":true}"#,
+            r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"fix the failing test"}]}"#,
+            r#"{"temperature":0.7,"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"}],"metadata":{"run":"7"},"user":"u-9","seed":3}"#,
+            r#"{"messages":[{"role":"user","content":"fix the failing test"}],"model":"gpt-4o"}"#,
+        ] {
+            assert_eq!(fp(same), fp(BASE), "{same}");
+        }
+    }
+
+    #[test]
+    fn a_changed_request_has_another_fingerprint() {
+        for changed in [
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test!"}]}"#,
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"fix the failing test"}]}"#,
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"}],"tools":[]}"#,
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"},{"role":"assistant","content":"ok"}]}"#,
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"}],"max_tokens":10}"#,
+        ] {
+            assert_ne!(fp(changed), fp(BASE), "{changed}");
+        }
+    }
+
+    #[test]
+    fn a_member_moved_between_key_and_value_is_not_the_same() {
+        assert_ne!(fp(r#"{"a":"b","c":"d"}"#), fp(r#"{"a":"d","c":"b"}"#));
+        assert_ne!(fp(r#"{"ab":"c"}"#), fp(r#"{"a":"bc"}"#));
+    }
+
+    #[test]
+    fn the_model_outside_the_body_counts() {
+        let top = scan_object(br#"{"contents":[]}"#).unwrap();
+        let body = br#"{"contents":[]}"#;
+        assert_ne!(fingerprint(body, &top, &[], "gemini-2.5-pro"), fingerprint(body, &top, &[], "gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn the_hash_reads_every_byte_of_any_length() {
+        let data: Vec<u8> = (0..40u8).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for len in 0..=data.len() {
+            assert!(seen.insert(hash_bytes(0, &data[..len])), "length {len} collides with a shorter prefix");
+        }
+        for i in 0..data.len() {
+            let mut flipped = data.clone();
+            flipped[i] ^= 1;
+            assert_ne!(hash_bytes(0, &flipped), hash_bytes(0, &data), "byte {i}");
+        }
+    }
+}

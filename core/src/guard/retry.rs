@@ -1,0 +1,236 @@
+//! The retry-loop guard's arithmetic: one counter per (principal, task, fingerprint), kept by the
+//! plugin in Envoy shared data (so every worker of a gateway shares it, updated by CAS) and
+//! decided here on plain data.
+//!
+//! An entry counts the attempts of the same work within a window. The first attempt and
+//! `allowed_retries` more are let through; the next is refused (or, in observe mode, reported and
+//! let through) until the window ends or a human checkpoint resets the count. A checkpoint is a
+//! value (an id written by a trusted upstream filter into the configured header, or one the
+//! counter hands back): a new value resets the count once; the same value again does nothing, so
+//! a header left on every request cannot disable the guard.
+
+/// One (principal, task, fingerprint)'s count, as stored in shared data (24 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryEntry {
+    /// When the current window began (first attempt after a reset), ms since the epoch.
+    pub window_start_ms: i64,
+    /// Attempts let through in this window (the first one included).
+    pub attempts: u32,
+    /// Attempts refused (or, observing, that would have been) in this window.
+    pub refusals: u32,
+    /// The hash of the last checkpoint applied; 0 = none.
+    pub checkpoint: u64,
+}
+
+impl RetryEntry {
+    pub const ENCODED_LEN: usize = 24;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        for (slot, b) in out.iter_mut().zip(
+            self.window_start_ms
+                .to_le_bytes()
+                .into_iter()
+                .chain(self.attempts.to_le_bytes())
+                .chain(self.refusals.to_le_bytes())
+                .chain(self.checkpoint.to_le_bytes()),
+        ) {
+            *slot = b;
+        }
+        out
+    }
+
+    /// `None` for anything that is not an encoded entry.
+    pub fn decode(bytes: &[u8]) -> Option<RetryEntry> {
+        if bytes.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        let (start, rest) = bytes.split_at(8);
+        let (attempts, rest) = rest.split_at(4);
+        let (refusals, checkpoint) = rest.split_at(4);
+        Some(RetryEntry {
+            window_start_ms: i64::from_le_bytes(start.try_into().ok()?),
+            attempts: u32::from_le_bytes(attempts.try_into().ok()?),
+            refusals: u32::from_le_bytes(refusals.try_into().ok()?),
+            checkpoint: u64::from_le_bytes(checkpoint.try_into().ok()?),
+        })
+    }
+}
+
+/// The guard's settings for one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryLimits {
+    pub allowed_retries: u32,
+    pub window_ms: i64,
+    /// Count and report, never refuse.
+    pub observe: bool,
+}
+
+/// What the guard decided about one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Let through; `retry` is 0 for the first attempt, then 1, 2, …
+    Pass { retry: u32 },
+    /// Over the limit: refuse (429). `attempts` is how many went through in this window.
+    Refuse { attempts: u32 },
+    /// Over the limit in observe mode: let through and report.
+    Observe { retry: u32 },
+}
+
+/// One attempt against `entry` (absent: never seen). `checkpoint` is the hash of a checkpoint
+/// presented with this request, if any. Returns the entry to store and the decision.
+pub fn attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, checkpoint: Option<u64>) -> (RetryEntry, Decision) {
+    let mut e = entry.unwrap_or_default();
+    let expired = entry.is_none() || now_ms.saturating_sub(e.window_start_ms) >= limits.window_ms || now_ms < e.window_start_ms;
+    let new_checkpoint = checkpoint.filter(|c| *c != 0 && *c != e.checkpoint);
+    if expired || new_checkpoint.is_some() {
+        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint) };
+    }
+    let allowed = limits.allowed_retries.saturating_add(1);
+    if e.attempts >= allowed {
+        e.refusals = e.refusals.saturating_add(1);
+        if limits.observe {
+            let retry = e.attempts;
+            e.attempts = e.attempts.saturating_add(1);
+            return (e, Decision::Observe { retry });
+        }
+        return (e, Decision::Refuse { attempts: e.attempts });
+    }
+    let retry = e.attempts;
+    e.attempts = e.attempts.saturating_add(1);
+    (e, Decision::Pass { retry })
+}
+
+/// A task's failed attempts in a row ("the same task id after a failed or refused attempt"),
+/// kept in a [`RetryEntry`] of its own: `attempts` is the streak of failures. Before an attempt:
+/// a new checkpoint or an ended window clears the streak; past `allowed_retries` failures in a
+/// row the attempt is refused (observe: reported). Returns the entry to store and the decision.
+pub fn task_attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, checkpoint: Option<u64>) -> (RetryEntry, Decision) {
+    let mut e = entry.unwrap_or_default();
+    let expired = entry.is_none() || now_ms.saturating_sub(e.window_start_ms) >= limits.window_ms || now_ms < e.window_start_ms;
+    let new_checkpoint = checkpoint.filter(|c| *c != 0 && *c != e.checkpoint);
+    if expired || new_checkpoint.is_some() {
+        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint) };
+    }
+    if e.attempts > limits.allowed_retries {
+        e.refusals = e.refusals.saturating_add(1);
+        let decision = if limits.observe { Decision::Observe { retry: e.attempts } } else { Decision::Refuse { attempts: e.attempts } };
+        return (e, decision);
+    }
+    (e, Decision::Pass { retry: e.attempts })
+}
+
+/// After an attempt of a task settled: a failure (an error status, or cut before one) lengthens
+/// the streak, a success ends it.
+pub fn task_outcome(entry: Option<RetryEntry>, now_ms: i64, failed: bool) -> RetryEntry {
+    let mut e = entry.unwrap_or(RetryEntry { window_start_ms: now_ms, ..RetryEntry::default() });
+    e.attempts = if failed { e.attempts.saturating_add(1) } else { 0 };
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RetryLimits = RetryLimits { allowed_retries: 2, window_ms: 60_000, observe: false };
+
+    fn run(limits: RetryLimits, steps: &[(i64, Option<u64>)]) -> Vec<Decision> {
+        let mut entry = None;
+        steps
+            .iter()
+            .map(|(now, checkpoint)| {
+                let (e, d) = attempt(entry, *now, limits, *checkpoint);
+                entry = Some(e);
+                d
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_retries_pass_and_the_third_is_refused() {
+        assert_eq!(
+            run(LIMITS, &[(0, None), (1, None), (2, None), (3, None), (4, None)]),
+            [Decision::Pass { retry: 0 }, Decision::Pass { retry: 1 }, Decision::Pass { retry: 2 }, Decision::Refuse { attempts: 3 }, Decision::Refuse { attempts: 3 }]
+        );
+    }
+
+    #[test]
+    fn allowed_retries_is_the_number_let_through_after_the_first() {
+        for allowed in [0u32, 1, 5] {
+            let limits = RetryLimits { allowed_retries: allowed, ..LIMITS };
+            let steps: Vec<(i64, Option<u64>)> = (0..10).map(|i| (i, None)).collect();
+            let passed = run(limits, &steps).iter().filter(|d| matches!(d, Decision::Pass { .. })).count();
+            assert_eq!(passed, allowed as usize + 1, "allowed_retries {allowed}");
+        }
+    }
+
+    #[test]
+    fn a_new_checkpoint_resets_the_count_once() {
+        assert_eq!(
+            run(LIMITS, &[(0, None), (1, None), (2, None), (3, None), (4, Some(7)), (5, Some(7)), (6, Some(7)), (7, Some(7))]),
+            [
+                Decision::Pass { retry: 0 },
+                Decision::Pass { retry: 1 },
+                Decision::Pass { retry: 2 },
+                Decision::Refuse { attempts: 3 },
+                Decision::Pass { retry: 0 },
+                Decision::Pass { retry: 1 },
+                Decision::Pass { retry: 2 },
+                Decision::Refuse { attempts: 3 },
+            ],
+            "the same checkpoint again does not reset"
+        );
+    }
+
+    #[test]
+    fn the_window_ends_the_count() {
+        let d = run(LIMITS, &[(0, None), (1, None), (2, None), (3, None), (60_000, None)]);
+        assert_eq!(d[3], Decision::Refuse { attempts: 3 });
+        assert_eq!(d[4], Decision::Pass { retry: 0 }, "a window after the first attempt, counting starts again");
+    }
+
+    #[test]
+    fn observe_mode_counts_but_never_refuses() {
+        let limits = RetryLimits { observe: true, ..LIMITS };
+        assert_eq!(
+            run(limits, &[(0, None), (1, None), (2, None), (3, None), (4, None)]),
+            [Decision::Pass { retry: 0 }, Decision::Pass { retry: 1 }, Decision::Pass { retry: 2 }, Decision::Observe { retry: 3 }, Decision::Observe { retry: 4 }]
+        );
+    }
+
+    #[test]
+    fn a_task_that_keeps_failing_is_stopped_after_the_allowed_retries_and_a_success_ends_the_streak() {
+        let mut entry = None;
+        let mut decisions = Vec::new();
+        // Each attempt is a different request; all fail, then a checkpoint, then one succeeds.
+        for (now, checkpoint, failed) in [(0, None, true), (1, None, true), (2, None, true), (3, None, true), (4, Some(9), true), (5, None, false), (6, None, true)] {
+            let (e, d) = task_attempt(entry, now, LIMITS, checkpoint);
+            decisions.push(d);
+            entry = Some(e);
+            if matches!(d, Decision::Pass { .. }) {
+                entry = Some(task_outcome(entry, now, failed));
+            }
+        }
+        assert_eq!(
+            decisions,
+            [
+                Decision::Pass { retry: 0 },
+                Decision::Pass { retry: 1 },
+                Decision::Pass { retry: 2 },
+                Decision::Refuse { attempts: 3 },
+                Decision::Pass { retry: 0 },
+                Decision::Pass { retry: 1 },
+                Decision::Pass { retry: 0 },
+            ],
+            "three failures in a row stop the task; a checkpoint clears it; a success ends the streak"
+        );
+    }
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_none() {
+        let e = RetryEntry { window_start_ms: 1_767_225_600_000, attempts: 3, refusals: 2, checkpoint: u64::MAX - 1 };
+        assert_eq!(RetryEntry::decode(&e.encode()), Some(e));
+        assert_eq!(RetryEntry::decode(b"short"), None);
+        assert_eq!(RetryEntry::decode(&[0; 25]), None);
+    }
+}

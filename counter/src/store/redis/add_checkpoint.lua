@@ -1,0 +1,7 @@
+-- Stores a checkpoint on a task (its id was taken from `checkpoints:seq` by the caller), audited.
+-- ARGV: prefix, checkpoint number, task id, checkpoint json, actor, now_ms. Returns {'ok'} or
+-- {'exists'} (a retry of a call whose answer was lost: stored once, audited once).
+local n, task, body, actor, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('HSETNX', P .. 'checkpoints:' .. task, n, body) == 0 then return {'exists'} end
+audit(now, actor, 'checkpoint.add', 'task:' .. task, '', body)
+return {'ok'}

@@ -1,0 +1,309 @@
+//! Agent guards (issue 12) on the real wasm, virtual clock: the retry-loop guard (two retries
+//! pass, the third is refused in the dialect's shape, a checkpoint lets the next through, a
+//! changed request is not a retry, ignored fields do not change the fingerprint, two workers share
+//! the count, observe mode never refuses) and premium runs that need a task id.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use tollgate_host_tests::fixtures::{refs, TEST_CONFIG};
+use tollgate_host_tests::*;
+
+const CHECKPOINT: &str = "x-approval-checkpoint";
+
+/// TEST_CONFIG with the task read from `x-auth-task` and `guards` as given.
+fn guarded(guards: Value) -> Gateway {
+    let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
+    v["attribution"]["trusted_headers"]["task"] = json!("x-auth-task");
+    v["attribution"]["trusted_headers"]["tier"] = json!("x-auth-tier");
+    v["guards"] = guards;
+    Gateway::new(v.to_string())
+}
+
+fn retry_guard() -> Gateway {
+    guarded(json!({"retry": {"expensive": {"model": "tg-*"}, "checkpoint_header": CHECKPOINT}}))
+}
+
+const FIX: &[u8] = br#"{"model":"test-chat","messages":[{"role":"user","content":"the build fails in parser.rs; fix it"}]}"#;
+
+fn headers(body: &[u8], task: Option<&str>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut h = with(post("/v1/chat/completions", body), "x-auth-team", "platform");
+    if let Some(task) = task {
+        h = with(h, "x-auth-task", task);
+    }
+    for (k, v) in extra {
+        h = with(h, k, v);
+    }
+    h
+}
+
+/// Sends one request on `worker`; `Some(status)` if the filter answered it, `None` if it went upstream.
+fn send_on(gw: &Gateway, worker: usize, body: &[u8], task: Option<&str>, extra: &[(&str, &str)]) -> Option<u16> {
+    let mut s = gw.stream_on(worker);
+    s.send_request(&refs(&headers(body, task, extra)), body);
+    match s.client().local_reply {
+        Some(reply) => Some(reply.status as u16),
+        None => {
+            assert!(s.upstream().headers.is_some(), "neither answered nor forwarded");
+            None
+        }
+    }
+}
+
+fn send(gw: &Gateway, body: &[u8], task: Option<&str>) -> Option<u16> {
+    send_on(gw, 0, body, task, &[])
+}
+
+#[test]
+fn two_retries_pass_and_the_third_is_refused_naming_the_guard_and_the_task() {
+    let gw = retry_guard();
+    let got: Vec<Option<u16>> = (0..5).map(|_| send(&gw, FIX, Some("fix-ci-42"))).collect();
+    assert_eq!(got, [None, None, None, Some(429), Some(429)]);
+    let mut s = gw.stream();
+    s.send_request(&refs(&headers(FIX, Some("fix-ci-42"), &[])), FIX);
+    let client = s.expect_local_response(429);
+    let v = client.json();
+    assert_eq!(v["error"]["code"], "retry_guard", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    for needle in ["retry guard", "task \"fix-ci-42\"", "POST /admin/checkpoints", CHECKPOINT] {
+        assert!(message.contains(needle), "{needle} in {message}");
+    }
+    assert_eq!(s.filter_state("wasm.tollgate.guard").as_deref(), Some("retry_refused"));
+    assert_eq!(s.filter_state("wasm.tollgate.outcome").as_deref(), Some("refused"));
+    flush_counters(&gw);
+    assert_eq!(gw.counter("tollgate_guard_retries"), 2);
+    assert_eq!(gw.counter("tollgate_guard_refused"), 3);
+}
+
+#[test]
+fn the_refusal_has_each_dialects_error_shape() {
+    let gw = guarded(json!({"retry": {}}));
+    for (path, model, body, kind) in [
+        ("/v1/messages", "test-claude", br#"{"model":"test-claude","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#.to_vec(), "anthropic"),
+        ("/v1beta/models/test-gemini:generateContent", "test-gemini", br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#.to_vec(), "gemini"),
+        ("/openai/deployments/test-deploy/chat/completions?api-version=2024-10-21", "test-deploy", br#"{"messages":[{"role":"user","content":"hi"}]}"#.to_vec(), "azure"),
+    ] {
+        let h = with(with(post(path, &body), "x-auth-team", "platform"), "x-auth-task", "t-1");
+        for attempt in 0..3 {
+            let mut s = gw.stream();
+            s.send_request(&refs(&h), &body);
+            assert!(s.client().local_reply.is_none(), "{kind} {model}: attempt {attempt} goes through");
+        }
+        let mut s = gw.stream();
+        s.send_request(&refs(&h), &body);
+        let v = s.expect_local_response(429).json();
+        match kind {
+            "anthropic" => assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("rate_limit_error")), "{v}"),
+            "gemini" => assert_eq!((v["error"]["code"].as_u64(), v["error"]["status"].as_str()), (Some(429), Some("RESOURCE_EXHAUSTED")), "{v}"),
+            _ => assert_eq!(v["error"]["code"], "retry_guard", "{v}"),
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_lets_the_next_through_once() {
+    let gw = retry_guard();
+    for _ in 0..3 {
+        assert_eq!(send(&gw, FIX, Some("t")), None);
+    }
+    assert_eq!(send(&gw, FIX, Some("t")), Some(429));
+    let approved = [(CHECKPOINT, "cp-1")];
+    assert_eq!(send_on(&gw, 0, FIX, Some("t"), &approved), None, "a new checkpoint resets the count");
+    assert_eq!(send_on(&gw, 0, FIX, Some("t"), &approved), None);
+    assert_eq!(send_on(&gw, 0, FIX, Some("t"), &approved), None);
+    assert_eq!(send_on(&gw, 0, FIX, Some("t"), &approved), Some(429), "the same checkpoint again does not reset it");
+    assert_eq!(send_on(&gw, 0, FIX, Some("t"), &[(CHECKPOINT, "cp-2")]), None, "the next checkpoint does");
+    flush_counters(&gw);
+    assert_eq!(gw.counter("tollgate_guard_checkpoints"), 2);
+}
+
+#[test]
+fn a_changed_request_is_not_a_retry() {
+    let gw = retry_guard();
+    for i in 0..6 {
+        let body = format!(r#"{{"model":"test-chat","messages":[{{"role":"user","content":"attempt {i}: try another fix"}}]}}"#);
+        assert_eq!(send(&gw, body.as_bytes(), Some("t")), None, "attempt {i}");
+    }
+    // The conversation grows with the previous answer: other work.
+    for _ in 0..3 {
+        assert_eq!(send(&gw, FIX, Some("t")), None);
+    }
+    let longer = br#"{"model":"test-chat","messages":[{"role":"user","content":"the build fails in parser.rs; fix it"},{"role":"assistant","content":"done"},{"role":"user","content":"still fails"}]}"#;
+    assert_eq!(send(&gw, longer, Some("t")), None);
+}
+
+#[test]
+fn ignored_fields_do_not_change_the_fingerprint() {
+    let gw = retry_guard();
+    let variants: [&[u8]; 4] = [
+        FIX,
+        br#"{"model":"test-chat","messages":[{"role":"user","content":"the build fails in parser.rs; fix it"}],"temperature":0.9,"user":"run-7"}"#,
+        br#"{"metadata":{"attempt":"3"},"model":"test-chat","messages":[{"role":"user","content":"the build fails in parser.rs; fix it"}],"stream":true}"#,
+        br#"{"model":"test-chat","seed":4,"messages":[{"role":"user","content":"the build fails in parser.rs; fix it"}],"stream":true,"stream_options":{"include_usage":false}}"#,
+    ];
+    let got: Vec<Option<u16>> = variants.iter().map(|body| send(&gw, body, Some("t"))).collect();
+    assert_eq!(got, [None, None, None, Some(429)], "all four are the same work");
+}
+
+#[test]
+fn tasks_and_principals_are_counted_apart_and_the_window_ends_the_count() {
+    let gw = guarded(json!({"retry": {"window_seconds": 60}}));
+    for _ in 0..3 {
+        assert_eq!(send(&gw, FIX, Some("a")), None);
+    }
+    assert_eq!(send(&gw, FIX, Some("a")), Some(429));
+    assert_eq!(send(&gw, FIX, Some("b")), None, "another task");
+    assert_eq!(send(&gw, FIX, None), None, "no task: the principal alone");
+    gw.advance(Duration::from_secs(60));
+    assert_eq!(send(&gw, FIX, Some("a")), None, "a window later the count starts again");
+}
+
+#[test]
+fn two_workers_share_the_count() {
+    let gw = retry_guard().workers(2);
+    let got: Vec<Option<u16>> = (0..6).map(|i| send_on(&gw, i % 2, FIX, Some("t"), &[])).collect();
+    assert_eq!(got, [None, None, None, Some(429), Some(429), Some(429)], "1 + 2 retries across both workers, not per worker");
+}
+
+#[test]
+fn observe_mode_counts_and_reports_but_never_refuses() {
+    let gw = guarded(json!({"retry": {"mode": "observe"}}));
+    for _ in 0..5 {
+        assert_eq!(send(&gw, FIX, Some("t")), None);
+    }
+    let mut s = gw.stream();
+    s.send_request(&refs(&headers(FIX, Some("t"), &[])), FIX);
+    assert!(s.client().local_reply.is_none());
+    assert_eq!(s.filter_state("wasm.tollgate.guard").as_deref(), Some("retry_observed"));
+    assert_eq!(s.filter_state("wasm.tollgate.guard_retry").as_deref(), Some("5"));
+    flush_counters(&gw);
+    assert_eq!(gw.counter("tollgate_guard_observed"), 4);
+    assert_eq!(gw.counter("tollgate_guard_refused"), 0);
+}
+
+#[test]
+fn cheap_requests_are_not_counted() {
+    let gw = guarded(json!({"retry": {"expensive": {"model": "claude-opus*", "tier": "premium"}}}));
+    for _ in 0..6 {
+        assert_eq!(send(&gw, FIX, Some("t")), None);
+    }
+    assert!(gw.shared_data_keys().iter().all(|k| !k.starts_with("tollgate.guard.")), "nothing counted: {:?}", gw.shared_data_keys());
+    let premium = [("x-auth-tier", "premium")];
+    let got: Vec<Option<u16>> = (0..4).map(|_| send_on(&gw, 0, FIX, Some("t"), &premium)).collect();
+    assert_eq!(got, [None, None, None, Some(429)], "the premium tier is expensive");
+}
+
+#[test]
+fn without_guards_nothing_is_counted() {
+    let gw = gateway();
+    for _ in 0..5 {
+        let mut s = gw.stream();
+        s.send_request(&refs(&post("/v1/chat/completions", FIX)), FIX);
+        assert!(s.client().local_reply.is_none());
+    }
+    assert!(gw.shared_data_keys().is_empty(), "{:?}", gw.shared_data_keys());
+}
+
+#[test]
+fn a_premium_run_without_a_task_is_refused_in_every_dialect_naming_what_is_missing() {
+    let gw = guarded(json!({"require_task": [{"name": "premium-needs-owner", "match": {"tier": "premium"}, "require": ["task", "user"]}]}));
+    for (path, body) in [
+        ("/v1/chat/completions", br#"{"model":"test-chat","messages":[]}"#.to_vec()),
+        ("/v1/messages", br#"{"model":"test-claude","max_tokens":10,"messages":[]}"#.to_vec()),
+        ("/v1beta/models/test-gemini:generateContent", br#"{"contents":[]}"#.to_vec()),
+        ("/openai/deployments/test-deploy/chat/completions?api-version=2024-10-21", br#"{"messages":[]}"#.to_vec()),
+    ] {
+        let h = with(post(path, &body), "x-auth-tier", "premium");
+        let mut s = gw.stream();
+        s.send_request(&refs(&h), &body);
+        let client = s.expect_local_response(403);
+        let text = client.body_text();
+        assert!(text.contains("premium-needs-owner") && text.contains("needs a task and a user"), "{path}: {text}");
+        assert!(s.upstream().headers.is_none(), "{path}: nothing upstream");
+        let mut ok = gw.stream();
+        ok.send_request(&refs(&with(with(h.clone(), "x-auth-task", "t-9"), "authorization", "Bearer sk-test-alice")), &body);
+        assert!(ok.client().local_reply.is_none(), "{path}: with a task and an owner it goes through");
+    }
+    flush_counters(&gw);
+    assert_eq!(gw.counter("tollgate_guard_unattributed_refused"), 4);
+}
+
+#[test]
+fn a_premium_run_without_a_task_can_be_downgraded_to_the_fallback() {
+    let gw = guarded(json!({"require_task": [{"name": "premium-alias", "match": {"model": "tier:premium"}, "otherwise": "downgrade", "fallback_model": "test-chat"}]}));
+    let body = br#"{"model":"tier:premium","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut s = gw.stream();
+    s.send_request(&refs(&post("/v1/chat/completions", body)), body);
+    s.expect_upstream_body(br#"{"model":"tg-chat","messages":[{"role":"user","content":"hi"}]}"#);
+    assert_eq!(s.filter_state("wasm.tollgate.rule").as_deref(), Some("chat"), "the fallback is routed like a requested model");
+    assert_eq!(s.filter_state("wasm.tollgate.guard").as_deref(), Some("downgraded:premium-alias"));
+    let mut with_task = gw.stream();
+    with_task.send_request(&refs(&with(post("/v1/chat/completions", body), "x-auth-task", "t-1")), body);
+    assert_eq!(with_task.filter_state("wasm.tollgate.rule").as_deref(), Some("premium"));
+
+    let gw = guarded(json!({"require_task": [{"name": "concrete", "match": {"model": "test-claude"}, "otherwise": "downgrade", "fallback_model": "cheap-model"}]}));
+    let body = br#"{"model":"test-claude","max_tokens":10,"messages":[]}"#;
+    let mut s = gw.stream();
+    s.send_request(&refs(&post("/v1/messages", body)), body);
+    s.expect_upstream_body(br#"{"model":"cheap-model","max_tokens":10,"messages":[]}"#);
+}
+
+#[test]
+fn responses_of_a_task_carry_its_cost_so_far_when_configured() {
+    use tollgate_host_tests::fixtures::cases;
+    let gw = guarded(json!({"task_cost_header": true}));
+    let case = cases().into_iter().find(|c| c.name == "openai chat json").expect("fixture");
+    let task_headers = with(case.headers(), "x-auth-task", "fix-ci-42");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let mut s = gw.stream();
+        s.send_request(&refs(&task_headers), &case.request);
+        s.respond(&refs(&case.response_headers()), &case.response);
+        seen.push(s.client().header("x-tollgate-task-cost").map(str::to_owned));
+    }
+    let c = case.cost_micros();
+    assert_eq!(
+        seen,
+        [Some("cost_micros=0; requests=0".to_owned()), Some(format!("cost_micros={c}; requests=1")), Some(format!("cost_micros={}; requests=2", 2 * c))]
+    );
+    let mut untasked = gw.stream();
+    untasked.send_request(&refs(&case.headers()), &case.request);
+    untasked.respond(&refs(&case.response_headers()), &case.response);
+    assert_eq!(untasked.client().header("x-tollgate-task-cost"), None, "no task, no header");
+
+    let plain = guarded(json!({}));
+    let mut s = plain.stream();
+    s.send_request(&refs(&task_headers), &case.request);
+    s.respond(&refs(&case.response_headers()), &case.response);
+    assert_eq!(s.client().header("x-tollgate-task-cost"), None, "not configured, no header");
+}
+
+#[test]
+fn a_task_that_keeps_failing_is_stopped_even_when_each_attempt_differs() {
+    let gw = retry_guard();
+    let failing = [(":status", "500"), ("content-type", "application/json")];
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    let attempt = |i: usize, status: &[(&str, &str)]| -> Option<u16> {
+        let body = format!(r#"{{"model":"test-chat","messages":[{{"role":"user","content":"try fix number {i}"}}]}}"#);
+        let mut s = gw.stream();
+        s.send_request(&refs(&headers(body.as_bytes(), Some("flaky"), &[])), body.as_bytes());
+        if let Some(reply) = s.client().local_reply {
+            let message = s.client().json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+            assert!(message.contains("task \"flaky\" failed 3 times in a row"), "{message}");
+            return Some(reply.status as u16);
+        }
+        s.respond(status, br#"{"error":{"message":"upstream broke"}}"#);
+        None
+    };
+    let got: Vec<Option<u16>> = (0..4).map(|i| attempt(i, &failing)).collect();
+    assert_eq!(got, [None, None, None, Some(429)], "three failures in a row, then the task is stopped");
+    assert_eq!(attempt(9, &failing), Some(429), "still stopped");
+    let mut approved = gw.stream();
+    let body = br#"{"model":"test-chat","messages":[{"role":"user","content":"approved retry"}]}"#;
+    approved.send_request(&refs(&headers(body, Some("flaky"), &[(CHECKPOINT, "cp-7")])), body);
+    assert!(approved.client().local_reply.is_none(), "a checkpoint clears the streak");
+    approved.respond(&ok, br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
+    let got: Vec<Option<u16>> = (10..13).map(|i| attempt(i, &failing)).collect();
+    assert_eq!(got, [None, None, None], "a success ended the streak: three more failures are allowed");
+    assert_eq!(attempt(20, &failing), Some(429));
+    assert_eq!(attempt(21, &ok), Some(429));
+}
