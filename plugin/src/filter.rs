@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
 use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
-use tollgate_core::context_memory::{self, Reference};
+use tollgate_core::context_memory::Reference;
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::enforce::reservation;

@@ -203,12 +203,12 @@ mod tests {
     fn a_continuation_of_a_remembered_response_reserves_its_context_plus_its_body() {
         let windowed = claude_like(Some(200_000), None);
         // 20_000 remembered + 1000 body = 21_000 × $3.75/M + 500 × $15/M = 78_750 + 7_500 µ$.
-        let continuation = Case { name: "remembered prefix", price: windowed, remote: Some(Shape::PreviousResponse), known_prefix: Some(20_000), ..TEXT };
-        check(continuation, Ok((21_000, 500, 86_250)));
+        let continuation = || Case { name: "remembered prefix", price: windowed, remote: Some(Shape::PreviousResponse), known_prefix: Some(20_000), ..TEXT };
+        check(continuation(), Ok((21_000, 500, 86_250)));
         // The window still caps it: the provider refuses a longer prompt.
-        check(Case { name: "prefix beyond the window", known_prefix: Some(199_500), ..continuation }, Ok((200_000, 500, 757_500)));
+        check(Case { name: "prefix beyond the window", known_prefix: Some(199_500), ..continuation() }, Ok((200_000, 500, 757_500)));
         // Without the memory the same request reserves the whole window.
-        check(Case { name: "not remembered", known_prefix: None, ..continuation }, Ok((200_000, 500, 757_500)));
+        check(Case { name: "not remembered", known_prefix: None, ..continuation() }, Ok((200_000, 500, 757_500)));
     }
 
     #[test]

@@ -18,8 +18,7 @@ mod common;
 mod context_memory;
 mod dialects;
 mod enforcement;
-// `guards.rs` (issue 12) is written but was never compiled on its branch (no wasmtime build fit
-// in the session); enable it with `mod guards;` once `cargo test -p tollgate-host-tests guards` builds.
+mod guards;
 mod host;
 mod host_calls;
 mod lifecycle;
