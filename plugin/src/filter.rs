@@ -490,7 +490,7 @@ impl Stream {
             return None;
         }
         let (now_ms, checkpoint) = self.request.as_ref().map(|r| (r.started_at_ms, r.checkpoint))?;
-        let key = RetryGuard::key(&plan.principal, parsed.fingerprint(&guard.ignored));
+        let key = RetryGuard::key(&plan.principal, tollgate_core::guard::fingerprint::of_request(parsed, &guard.ignored));
         let metrics = self.guard_metrics.clone().unwrap_or_default();
         let Some(decision) = crate::guard::attempt(guard, &key, now_ms, checkpoint, &metrics) else {
             self.metrics.host_error();

@@ -61,6 +61,13 @@ fn finish(mut h: u64) -> u64 {
 
 /// The fingerprint of a scanned body: every member but the `ignored` ones, key and raw value,
 /// plus `model` (the requested model, which for Azure and Gemini lives in the path, not the body).
+/// The fingerprint of a parsed request: its body's members as the scan found them, and the model it
+/// asks for (after a guard's downgrade).
+pub fn of_request(request: &crate::routing::plan::ParsedRequest<'_>, ignored: &[String]) -> u64 {
+    let (body, top) = request.scanned_body();
+    fingerprint(body, top, ignored, &request.requested_model)
+}
+
 pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &[String], model: &str) -> u64 {
     let mut sum = hash_bytes(1, model.as_bytes());
     for member in &top.members {

@@ -192,10 +192,10 @@ impl ParsedRequest<'_> {
         self.downgraded = true;
     }
 
-    /// The request's fingerprint for the retry guard (`core::guard::fingerprint`), from the
-    /// members the body scan found: no second parse.
-    pub fn fingerprint(&self, ignored: &[String]) -> u64 {
-        crate::guard::fingerprint::fingerprint(self.body, &self.top, ignored, &self.requested_model)
+    /// The body and the top-level members the scan found in it: what the retry guard's
+    /// fingerprint hashes (`core::guard::fingerprint::of_request`), with no second parse.
+    pub fn scanned_body(&self) -> (&[u8], &TopLevel) {
+        (self.body, &self.top)
     }
 }
 
