@@ -28,6 +28,7 @@
 
 use crate::approval::{DecideOutcome, Decision, DecisionBody, ExemptionRequest, ExemptionRequestSpec, RequestState};
 use crate::auth::Role;
+use crate::notify::{EventKind, EventQuery};
 use crate::outcome::{Outcome, OutcomeSpec, PullRequestEvent};
 use crate::report::to_csv;
 use crate::review::{self, AnomalyEvent, Month, OutcomeDim, Period, ReviewExemption, ReviewInput, SpendRow};
@@ -574,9 +575,7 @@ async fn review_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, 
             ReviewExemption { exemption: e, use_case }
         })
         .collect();
-    // The anomaly events come from the notifications events log (issue 11 §2), built on another
-    // branch: the lead wires that log in here at merge. Until then the review has no anomalies.
-    let anomalies: Vec<AnomalyEvent> = Vec::new();
+    let anomalies = tri!(anomalies_for_review(&app, prev_from, to_ms).await);
     let rows = review::review(&ReviewInput {
         month,
         now_ms: now,
@@ -590,5 +589,27 @@ async fn review_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, 
         let (h, c) = review::review_cells(&rows);
         return csv_response(&format!("tollgate-review-{month}.csv"), to_csv(&h, &c));
     }
-    ok_json(StatusCode::OK, &json!({"month": month.label(), "workflows": rows, "anomalies_source": "none (the events log is not wired in yet)"}))
+    ok_json(StatusCode::OK, &json!({"month": month.label(), "workflows": rows}))
+}
+
+/// The anomaly events recorded in `[from_ms, to_ms)` plus a day either side (an anomaly is
+/// recorded on its own day, by the counter's clock; the review keeps those whose day is in the
+/// month).
+async fn anomalies_for_review<S: Store>(app: &App<S>, from_ms: i64, to_ms: i64) -> Result<Vec<AnomalyEvent>, Response> {
+    const DAY_MS: i64 = 86_400_000;
+    let query = EventQuery {
+        kind: Some(EventKind::Anomaly),
+        since_ms: Some(from_ms - DAY_MS),
+        until_ms: Some(to_ms + DAY_MS),
+        limit: 100_000,
+        ..EventQuery::default()
+    };
+    let rows = app.store.list_events(&query).await.map_err(|e| store_error(&app.metrics, e))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let d = row.event.draft;
+            AnomalyEvent { scope: d.scope, day: d.window, amount_micros: d.details.get("today_micros").and_then(Value::as_i64).unwrap_or(0) }
+        })
+        .collect())
 }

@@ -18,10 +18,11 @@
 //! | `reroute.cost_per_outcome_up` | reroute | cost per outcome rose by more than 25 % over the month before |
 //! | `keep.default` | keep | none of the above |
 //!
-//! The anomaly events are an input (scope, day, amount). They come from the notifications events
-//! log (issue 11 §2), which is built separately: **until the lead wires that log in at merge, the
-//! server passes an empty list** (`gov_api::review_report`), and the review's anomaly column is
-//! empty. The rule above is tested with anomaly data here.
+//! The anomaly events are an input (scope, day, amount): the server reads them from the
+//! notifications events log (`kind = anomaly`, `gov_api::review_report`). An anomaly belongs to a
+//! workflow when its scope is the workflow's own (`workflow:<team>/<id>`) or its use case
+//! (`use_case:<id>`, the scope anomaly rules on the `use_case` dimension report), and its day is in
+//! the month.
 
 use crate::budget::Exemption;
 use crate::outcome::Outcome;
@@ -382,7 +383,7 @@ pub struct ReviewInput<'a> {
     pub spend: &'a [SpendRow],
     pub outcomes: &'a [Outcome],
     pub exemptions: &'a [ReviewExemption],
-    /// From the events log (§2); the server passes an empty list until the lead wires it in.
+    /// From the events log (§2): every anomaly event whose day may fall in the month.
     pub anomalies: &'a [AnomalyEvent],
 }
 
@@ -491,6 +492,7 @@ fn review_one(input: &ReviewInput<'_>, w: &Workflow, prev: Month, (first, next_f
     top_models.truncate(3);
 
     let scope = w.scope();
+    let use_case_scope = format!("use_case:{}", spec.id);
     let exemptions: Vec<ExemptionInMonth> = input
         .exemptions
         .iter()
@@ -513,7 +515,7 @@ fn review_one(input: &ReviewInput<'_>, w: &Workflow, prev: Month, (first, next_f
     let anomalies: Vec<AnomalyEvent> = input
         .anomalies
         .iter()
-        .filter(|a| a.scope == scope && day_number(&a.day).is_some_and(|d| (first..next_first).contains(&d)))
+        .filter(|a| (a.scope == scope || a.scope == use_case_scope) && day_number(&a.day).is_some_and(|d| (first..next_first).contains(&d)))
         .cloned()
         .collect();
     let overdue = w.overdue(input.now_ms);

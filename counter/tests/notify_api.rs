@@ -240,6 +240,52 @@ async fn three_times_the_trailing_average_is_an_anomaly_explained_by_model_and_u
 }
 
 #[tokio::test]
+async fn a_workflow_past_its_review_date_is_one_event_until_the_date_moves() {
+    let receiver = Receiver::start().await;
+    let h = start(&receiver, json!({"thresholds": []})).await;
+    let workflow = |review_date: &str| {
+        json!({"id": "code-review", "team": "platform", "owner": "alice", "class": "team_tool",
+               "weekly_cap": "5", "monthly_cap": "20", "review_date": review_date})
+    };
+    let (s, b) = h.admin("PUT", "/admin/workflows/code-review", Some(workflow("2026-11-25"))).await;
+    assert_eq!(s, 200, "{b}");
+    settle(&h, 3).await;
+    assert!(receiver.all().is_empty(), "the review date itself is not overdue yet");
+
+    h.clock.set_ms(at("2026-11-26T08:00:00Z"));
+    eventually("the overdue-review message", || async { receiver.delivered().len() == 1 }).await;
+    assert_eq!(receiver.delivered()[0].event, "review_overdue:workflow:platform/code-review:2026-11-25");
+    let logged = events(&h, "?kind=review_overdue").await;
+    assert_eq!((logged.len(), logged[0]["scope"].as_str()), (1, Some("workflow:platform/code-review")), "{logged:?}");
+    h.clock.set_ms(at("2026-11-28T08:00:00Z"));
+    settle(&h, 3).await;
+    assert_eq!(receiver.all().len(), 1, "once per workflow and review date, however late");
+
+    let (s, b) = h.admin("PUT", "/admin/workflows/code-review", Some(workflow("2026-11-27"))).await;
+    assert_eq!(s, 200, "{b}");
+    eventually("a second message for the moved date", || async { receiver.delivered().len() == 2 }).await;
+}
+
+#[tokio::test]
+async fn the_monthly_review_lists_the_anomalies_the_events_log_recorded_for_the_workflow() {
+    let receiver = Receiver::start().await;
+    let h = start(&receiver, json!({"thresholds": [], "anomalies": [{"scope": "use_case:*", "factor_pct": 300, "min_spend": "1.00"}]})).await;
+    let (s, b) = h.admin("PUT", "/admin/workflows/review", Some(json!({"id": "review", "team": "a", "owner": "bo", "class": "experiment"}))).await;
+    assert_eq!(s, 200, "{b}");
+    let today = at("2026-11-25T00:00:00Z");
+    let seed: Vec<Value> = (1..=7).map(|d| rec(&format!("r-{d}"), "a", 1_000_000, today - d * DAY_MS + 3_600_000, "small", "review")).collect();
+    h.usage("gw1", seed).await;
+    h.usage("gw1", vec![rec("r-t", "a", 4_000_000, today + 3_600_000, "big", "review")]).await;
+    eventually("the anomaly", || async { events(&h, "?kind=anomaly").await.len() == 1 }).await;
+
+    let (s, b) = h.admin("GET", "/admin/reports/review?month=2026-11", None).await;
+    assert_eq!(s, 200, "{b}");
+    let row = b["workflows"].as_array().unwrap().iter().find(|w| w["workflow"] == "review").cloned().unwrap_or_default();
+    assert_eq!(row["anomalies"], json!([{"scope": "use_case:review", "day": "2026-11-25", "amount_micros": 4_000_000}]), "{b}");
+    assert_eq!(row["rule"], "cap.uncapped", "spend and no cap comes before pressure: {row}");
+}
+
+#[tokio::test]
 async fn anomalies_wait_for_the_configured_time_of_day() {
     let receiver = Receiver::start().await;
     let h = start(&receiver, json!({"thresholds": [], "anomalies": [{"scope": "team:a", "evaluate_at": "17:30", "utc_offset": "+01:00"}]})).await;

@@ -12,7 +12,7 @@
 //!   recorded event and every `tick_ms`, so deliveries that failed while a receiver was down go
 //!   out once it is back, after a restart too.
 
-use super::rules::{anomaly_draft, anomaly_hits, local_day, threshold_events, BreakdownRow, NotifyConfig};
+use super::rules::{anomaly_draft, anomaly_hits, local_day, review_overdue_events, threshold_events, BreakdownRow, NotifyConfig, ReviewDue};
 use super::{webhook, Claimed, EventDraft, EventKind, EventLog};
 use crate::clock::Clock;
 use crate::store::{GroupBy, ReportQuery, Store, StoreResult};
@@ -54,6 +54,7 @@ pub struct Notifier {
     stats: Stats,
     known: Mutex<HashSet<String>>,
     last_anomaly_ms: AtomicI64,
+    last_review_ms: AtomicI64,
     /// (rule index, local day start) -> (read at, trailing 7-day sums by dimension value). Reused
     /// for `10 × anomaly_every_ms`: late records (a gateway's backlog) still reach the baseline.
     trailing: Mutex<HashMap<(usize, i64), (i64, BTreeMap<String, Micros>)>>,
@@ -69,6 +70,7 @@ impl Notifier {
             stats: Stats::default(),
             known: Mutex::default(),
             last_anomaly_ms: AtomicI64::new(i64::MIN),
+            last_review_ms: AtomicI64::new(i64::MIN),
             trailing: Mutex::default(),
         })
     }
@@ -160,7 +162,8 @@ impl Notifier {
         Ok(new)
     }
 
-    /// One evaluation: threshold rules always, anomaly rules when due. Returns new events.
+    /// One evaluation: threshold rules always, anomaly rules and overdue reviews when due.
+    /// Returns new events.
     pub async fn evaluate_once<S: Store>(&self, store: &S) -> StoreResult<usize> {
         self.stats.evaluations.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
@@ -173,6 +176,22 @@ impl Notifier {
         if !self.config.anomalies.is_empty() && (last == i64::MIN || now >= last.saturating_add(self.config.evaluation.anomaly_every_ms)) {
             self.last_anomaly_ms.store(now, Ordering::Relaxed);
             new += self.evaluate_anomalies(store, now).await?;
+        }
+        let last = self.last_review_ms.load(Ordering::Relaxed);
+        if self.config.evaluation.review_overdue && (last == i64::MIN || now >= last.saturating_add(self.config.evaluation.anomaly_every_ms)) {
+            self.last_review_ms.store(now, Ordering::Relaxed);
+            let due: Vec<ReviewDue> = store
+                .list_workflows()
+                .await?
+                .into_iter()
+                .filter_map(|w| {
+                    let scope = w.scope();
+                    let spec = w.spec;
+                    spec.review_date.map(|review_date| ReviewDue { workflow: spec.id, scope, owner: spec.owner, review_date })
+                })
+                .collect();
+            let (_, today, _) = local_day(now, 0);
+            new += self.record(store, review_overdue_events(&due, &today)).await?;
         }
         Ok(new)
     }

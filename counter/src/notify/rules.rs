@@ -165,9 +165,18 @@ pub struct EvaluationSpec {
     /// often after usage pokes them.
     #[serde(default = "d_tick")]
     pub tick_ms: u64,
-    /// Anomaly rules read the ledger at most this often (by the counter's clock).
+    /// Anomaly rules read the ledger, and workflows are checked for overdue reviews, at most this
+    /// often (by the counter's clock).
     #[serde(default = "d_anomaly_every")]
     pub anomaly_every_ms: i64,
+    /// Record a `review_overdue` event (once per workflow and review date) the day after a
+    /// workflow's review date. On by default.
+    #[serde(default = "d_review_overdue")]
+    pub review_overdue: bool,
+}
+
+fn d_review_overdue() -> bool {
+    true
 }
 
 fn d_tick() -> u64 {
@@ -179,7 +188,7 @@ fn d_anomaly_every() -> i64 {
 
 impl Default for EvaluationSpec {
     fn default() -> Self {
-        EvaluationSpec { tick_ms: d_tick(), anomaly_every_ms: d_anomaly_every() }
+        EvaluationSpec { tick_ms: d_tick(), anomaly_every_ms: d_anomaly_every(), review_overdue: d_review_overdue() }
     }
 }
 
@@ -591,6 +600,8 @@ pub fn anomaly_draft(rule: &AnomalyRule, hit: &AnomalyHit, mut breakdown: Vec<Br
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewDue {
     pub workflow: String,
+    /// The workflow's budget scope (`workflow:<team>/<id>`): ids are unique per team only.
+    pub scope: String,
     pub owner: String,
     /// `YYYY-MM-DD`.
     pub review_date: String,
@@ -603,9 +614,9 @@ pub fn review_overdue_events(workflows: &[ReviewDue], today: &str) -> Vec<EventD
         .iter()
         .filter(|w| w.review_date.as_str() < today)
         .map(|w| EventDraft {
-            key: format!("review_overdue:{}:{}", w.workflow, w.review_date),
+            key: format!("review_overdue:{}:{}", w.scope, w.review_date),
             kind: EventKind::ReviewOverdue,
-            scope: format!("use_case:{}", w.workflow),
+            scope: w.scope.clone(),
             subject: Some(w.workflow.clone()),
             window: w.review_date.clone(),
             title: format!("Workflow `{}` (owner {}) was due for review on {}", w.workflow, w.owner, w.review_date),
@@ -753,13 +764,13 @@ mod tests {
 
     #[test]
     fn overdue_reviews_fire_the_day_after_the_review_date() {
-        let w = |id: &str, date: &str| ReviewDue { workflow: id.into(), owner: "ana".into(), review_date: date.into() };
+        let w = |id: &str, date: &str| ReviewDue { workflow: id.into(), scope: format!("workflow:platform/{id}"), owner: "ana".into(), review_date: date.into() };
         let items = [w("due-today", "2026-11-25"), w("late", "2026-11-24"), w("future", "2026-12-01")];
         let d = review_overdue_events(&items, "2026-11-25");
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].key, "review_overdue:late:2026-11-24");
+        assert_eq!(d[0].key, "review_overdue:workflow:platform/late:2026-11-24");
         assert_eq!(d[0].kind, EventKind::ReviewOverdue);
-        assert_eq!(d[0].scope, "use_case:late");
+        assert_eq!(d[0].scope, "workflow:platform/late");
         assert_eq!(d[0].details["owner"], "ana");
     }
 
