@@ -17,7 +17,8 @@
 //! The governance file (`serve --governance FILE`) configures both ([`GovConfig`]).
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::BTreeMap;
 
 /// The kinds every counter knows.
@@ -213,21 +214,12 @@ impl GovConfig {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) over SHA-256 from `sha2` (already a workspace dependency).
+/// HMAC-SHA256 (RFC 2104), the same `hmac` crate the webhook signatures use.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let (mut inner_pad, mut outer_pad) = ([0x36u8; 64], [0x5cu8; 64]);
-    for i in 0..64 {
-        inner_pad[i] ^= block[i];
-        outer_pad[i] ^= block[i];
-    }
-    let inner = Sha256::new().chain_update(inner_pad).chain_update(message).finalize();
-    Sha256::new().chain_update(outer_pad).chain_update(inner).finalize().into()
+    // HMAC takes keys of any length: `new_from_slice` cannot fail for it.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return [0; 32] };
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 fn hex(bytes: &[u8]) -> String {
