@@ -49,6 +49,8 @@ BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,calls-v1,calls,tollgate,en
 BENCH_PARTS (instructions,envoy,counter,redis), BENCH_COUNTER_SECONDS (5, per phase),
 BENCH_INSTRUCTIONS_BIN (run this prebuilt `instructions` binary instead of `cargo run`),
 TOLLGATE_COUNTER_BIN, REDIS_SERVER (redis-server),
+BENCH_COUNTER_BASELINE_BIN (another build of tollgate-counter, e.g. an older commit's: each store is
+then measured for both binaries in BENCH_COUNTER_ROUNDS (3) interleaved rounds, medians side by side),
 BENCH_PIN (1 with 2+ CPUs: Envoy on CPU 0, wrk and the mock on the others, so the load generator
 does not steal the measured worker's core; 0 to let the scheduler decide).
 """
@@ -86,6 +88,8 @@ COUNTER_SECONDS = int(os.environ.get("BENCH_COUNTER_SECONDS", "1" if QUICK else 
 OUT = Path(os.environ.get("BENCH_OUT", Path(tempfile.gettempdir()) / "tollgate-bench-quick.md" if QUICK else REPO / "BENCHMARKS.md"))
 COMMAND = "scripts/bench.sh --quick" if QUICK else "make bench"
 COUNTER_BIN = Path(os.environ.get("TOLLGATE_COUNTER_BIN", harness.TARGET / "release" / "tollgate-counter"))
+BASELINE_BIN = Path(os.environ["BENCH_COUNTER_BASELINE_BIN"]) if os.environ.get("BENCH_COUNTER_BASELINE_BIN") else None
+COUNTER_ROUNDS = int(os.environ.get("BENCH_COUNTER_ROUNDS", "1" if QUICK else "3"))
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 CPUS = sorted(os.sched_getaffinity(0))
 PIN = os.environ.get("BENCH_PIN", "1" if len(CPUS) >= 2 else "0") == "1" and len(CPUS) >= 2
@@ -496,8 +500,8 @@ class Redis:
         self.log.close()
 
 
-def counter_bench(extra):
-    cmd = [str(COUNTER_BIN), "bench", "--seconds", str(COUNTER_SECONDS), *extra]
+def counter_bench(extra, binary=None):
+    cmd = [str(binary or COUNTER_BIN), "bench", "--seconds", str(COUNTER_SECONDS), *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=4 * COUNTER_SECONDS + 60)
     if p.returncode != 0:
         raise RuntimeError(f"counter: `{' '.join(cmd)}` failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
@@ -508,22 +512,40 @@ def counter_bench(extra):
     return {"records": figure("usage_records_per_sec"), "leases": figure("lease_calls_per_sec"), "raw": p.stdout.strip()}
 
 
+def counter_rounds(extra):
+    """One store: the counter alone, or (with BENCH_COUNTER_BASELINE_BIN) baseline and counter in
+    interleaved rounds. Returns [(label, medians)] and the raw outputs."""
+    if BASELINE_BIN is None:
+        r = counter_bench(extra)
+        return [("", r)], [r["raw"]]
+    runs = {"baseline": [], "current": []}
+    for _ in range(COUNTER_ROUNDS):
+        runs["baseline"].append(counter_bench(extra, BASELINE_BIN))
+        runs["current"].append(counter_bench(extra))
+    def med(rs, k):
+        xs = [r[k] for r in rs if r[k] is not None]
+        return statistics.median(xs) if xs else None
+    out = [(label, {"records": med(rs, "records"), "leases": med(rs, "leases")}) for label, rs in (("baseline", runs["baseline"]), ("this build", runs["current"]))]
+    return out, [f"{label}: {r['raw']}" for label, rs in runs.items() for r in rs]
+
+
 def counter_part(parts):
     """tollgate-counter bench on SQLite and on a real Redis; returns the section."""
-    if not COUNTER_BIN.exists():
-        raise RuntimeError(f"{COUNTER_BIN} is missing: run `make build`")
+    for b in (COUNTER_BIN, BASELINE_BIN):
+        if b is not None and not b.exists():
+            raise RuntimeError(f"{b} is missing: run `make build` (or build the baseline)")
     conditions = machine()
     rows, raws, commands = [], [], []
     if "counter" in parts:
-        r = counter_bench([])
-        rows.append(("SQLite, `--sync full`", r)); raws.append(r["raw"])
+        rs, raw = counter_rounds([])
+        rows += [(f"SQLite, `--sync full`{' — ' + label if label else ''}", r) for label, r in rs]; raws += raw
         commands.append(f"tollgate-counter bench --seconds {COUNTER_SECONDS}")
     if "redis" in parts:
         with tempfile.TemporaryDirectory(prefix="tollgate-bench-redis-") as d:
             redis = Redis(d)
             try:
-                r = counter_bench(["--redis-url", f"redis://127.0.0.1:{redis.port}"])
-                rows.append((f"Redis {redis.version()}, `appendfsync always`", r)); raws.append(r["raw"])
+                rs, raw = counter_rounds(["--redis-url", f"redis://127.0.0.1:{redis.port}"])
+                rows += [(f"Redis {redis.version()}, `appendfsync always`{' — ' + label if label else ''}", r) for label, r in rs]; raws += raw
                 shown = " ".join(a if a else '""' for a in redis.args).replace(d, "<temp dir>")
                 commands.append(f"redis-server {shown}")
                 commands.append(f"tollgate-counter bench --seconds {COUNTER_SECONDS} --redis-url redis://127.0.0.1:{redis.port}")
@@ -531,12 +553,17 @@ def counter_part(parts):
                 redis.close()
     def num(x):
         return "?" if x is None else f"{x:,.0f}".replace(",", " ")
+    baseline = []
+    if BASELINE_BIN is not None:
+        baseline = ["", f"Side by side: `baseline` is `BENCH_COUNTER_BASELINE_BIN={BASELINE_BIN.name}` (see the text after this "
+                    f"section for which commit), `this build` is {COUNTER_BIN.name}; per store {COUNTER_ROUNDS} interleaved "
+                    "rounds (baseline, this build, baseline, ...), medians shown."]
     lines = ["## Counter: usage records/s and lease calls/s", "",
              f"`{COMMAND}` ({now()}; {conditions}; no CPU pinning: bench client, counter and Redis share the machine, "
              "so these are floors). Each store in turn, back to back, "
              f"{COUNTER_SECONDS} s per phase: usage batches of 1000 records over 4 connections, then lease calls on 2 budgets "
              "over 16 connections, real loopback HTTP (docs/counter.md, docs/counter-redis.md). Commands:", "", "```sh",
-             *commands, "```", "",
+             *commands, "```", *baseline, "",
              "| store | usage records/s | lease calls/s |", "| --- | ---: | ---: |",
              *[f"| {name} | {num(r['records'])} | {num(r['leases'])} |" for name, r in rows],
              "", "Raw output:", "", "```", *raws, "```"]
