@@ -30,6 +30,10 @@ pub struct FilterConfig {
     /// Names this gateway in usage records and lease requests. Default `tollgate`.
     #[serde(default)]
     pub gateway_id: Option<String>,
+    /// `"node_id"`: append a digest of the proxy's node id (`.` + 8 hex digits) to `gateway_id`,
+    /// so every replica that a mesh hands the same configuration keeps its own leases.
+    #[serde(default)]
+    pub gateway_id_suffix: Option<GatewayIdSuffix>,
     /// Per dialect: `{"prefixes": ["", "/llm/openai"]}` or `{"enabled": false}`.
     #[serde(default)]
     pub dialects: Option<serde_json::Value>,
@@ -91,10 +95,30 @@ fn enabled() -> bool {
     true
 }
 
+/// Where a per-proxy part of the gateway id comes from (`gateway_id_suffix`).
+///
+/// The counter keys leases by gateway id, and the overspend bound needs one id per proxy process
+/// (docs/enforcement.md). A mesh control plane (Istio's WasmPlugin or EnvoyFilter, Envoy Gateway's
+/// EnvoyExtensionPolicy) hands every replica the same configuration; the node id is what tells
+/// the replicas apart (Istio: `sidecar~<pod ip>~<pod>.<namespace>~…`; Envoy Gateway: the pod name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayIdSuffix {
+    /// The host's `node.id` property.
+    NodeId,
+}
+
+/// Longest `gateway_id` when `gateway_id_suffix` adds its 9 characters.
+pub const MAX_SUFFIXED_GATEWAY_ID: usize = 64 - 9;
+
 /// The validated configuration every request uses.
 #[derive(Debug, Clone)]
 pub struct CompiledConfig {
+    /// With `gateway_id_suffix`, the configured id until [`CompiledConfig::identify_proxy`] adds
+    /// the proxy's part.
     pub gateway_id: String,
+    /// `Some` until the adapter has called [`CompiledConfig::identify_proxy`].
+    pub gateway_id_suffix: Option<GatewayIdSuffix>,
     pub mounts: Mounts,
     pub max_request_body_bytes: u64,
     pub attribution: Attribution,
@@ -133,6 +157,12 @@ impl FilterConfig {
                 return Err(ConfigError::new("gateway_id", "use 1-64 characters from a-z, A-Z, 0-9, '.', '_', '-'"));
             }
         };
+        if self.gateway_id_suffix.is_some() && gateway_id.len() > MAX_SUFFIXED_GATEWAY_ID {
+            return Err(ConfigError::new(
+                "gateway_id",
+                format!("at most {MAX_SUFFIXED_GATEWAY_ID} characters with gateway_id_suffix (it adds 9)"),
+            ));
+        }
         let mounts = compile_mounts(self.dialects)?;
         let max_request_body_bytes = self.max_request_body_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
         if max_request_body_bytes == 0 || max_request_body_bytes > MAX_MAX_REQUEST_BODY_BYTES {
@@ -175,6 +205,7 @@ impl FilterConfig {
         };
         Ok(CompiledConfig {
             gateway_id,
+            gateway_id_suffix: self.gateway_id_suffix,
             mounts,
             max_request_body_bytes,
             attribution,
@@ -185,6 +216,28 @@ impl FilterConfig {
             context_memory,
             guards,
         })
+    }
+}
+
+impl CompiledConfig {
+    /// Adds the proxy's part to `gateway_id` when `gateway_id_suffix` asks for one: `.` and the
+    /// first 8 hex digits of the SHA-256 of the node id (stable across restarts and config pushes,
+    /// short enough for every record id). The adapter passes the host's `node.id` (`None` when
+    /// the host has none); without a suffix this changes nothing.
+    pub fn identify_proxy(&mut self, node_id: Option<&[u8]>) -> Result<(), ConfigError> {
+        let Some(GatewayIdSuffix::NodeId) = self.gateway_id_suffix else { return Ok(()) };
+        let node_id = node_id.filter(|n| !n.is_empty()).ok_or_else(|| {
+            ConfigError::new(
+                "gateway_id_suffix",
+                "`node_id`, but the proxy has no node id: give Envoy one (`--service-node`, or `node.id` in the bootstrap) or remove gateway_id_suffix",
+            )
+        })?;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(node_id);
+        let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        self.gateway_id = format!("{}.{hex}", self.gateway_id);
+        self.gateway_id_suffix = None;
+        Ok(())
     }
 }
 
@@ -317,6 +370,34 @@ mod tests {
 
     // One test per section: a mistake in it is reported with the field's path, so the operator
     // knows where to look (README.md, configuration reference).
+
+    #[test]
+    fn a_node_id_suffix_gives_each_proxy_its_own_gateway_id() {
+        let cfg = |text: &str| FilterConfig::from_json(text.as_bytes()).unwrap();
+        let mut a = cfg(r#"{"gateway_id": "istio", "gateway_id_suffix": "node_id"}"#);
+        let mut b = a.clone();
+        a.identify_proxy(Some(b"sidecar~10.0.0.1~llm-7d9f-a.apps~apps.svc.cluster.local")).unwrap();
+        b.identify_proxy(Some(b"sidecar~10.0.0.2~llm-7d9f-b.apps~apps.svc.cluster.local")).unwrap();
+        assert!(a.gateway_id.starts_with("istio.") && a.gateway_id.len() == "istio.".len() + 8, "{}", a.gateway_id);
+        assert_ne!(a.gateway_id, b.gateway_id, "two replicas, two ids");
+        let mut again = cfg(r#"{"gateway_id": "istio", "gateway_id_suffix": "node_id"}"#);
+        again.identify_proxy(Some(b"sidecar~10.0.0.1~llm-7d9f-a.apps~apps.svc.cluster.local")).unwrap();
+        assert_eq!(again.gateway_id, a.gateway_id, "stable across config pushes and restarts");
+        assert!(valid_gateway_id(&a.gateway_id));
+
+        let mut plain = cfg(r#"{"gateway_id": "edge-1"}"#);
+        plain.identify_proxy(Some(b"node")).unwrap();
+        assert_eq!(plain.gateway_id, "edge-1", "no suffix asked for: the node id is not used");
+        plain.identify_proxy(None).unwrap();
+
+        for missing in [None, Some(&b""[..])] {
+            let e = cfg(r#"{"gateway_id_suffix": "node_id"}"#).identify_proxy(missing).unwrap_err().to_string();
+            assert!(e.contains("gateway_id_suffix") && e.contains("--service-node"), "{e}");
+        }
+        assert!(err(r#"{"gateway_id_suffix": "pod_name"}"#).starts_with("tollgate config: gateway_id_suffix: unknown variant"));
+        let long = format!(r#"{{"gateway_id": "{}", "gateway_id_suffix": "node_id"}}"#, "g".repeat(56));
+        assert!(err(&long).starts_with("tollgate config: gateway_id: at most 55 characters"), "{}", err(&long));
+    }
 
     #[test]
     fn a_gateway_id_mistake_names_gateway_id() {

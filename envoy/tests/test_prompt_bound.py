@@ -168,7 +168,10 @@ def test_prompt_bound_with_the_response_id_memory_admits_more_and_still_stops_at
     for case, previous in (("remembered", response_id), ("unknown", "resp_0000never0through0this0gateway")):
         team = f"pb-memory-{case}"
         body = {"model": "gpt-4o", "max_output_tokens": 100, "previous_response_id": previous, "input": "Next step?"}
-        ok_ids, refused = burst(envoy, "/v1/responses", json.dumps(body), {"x-e2e-team": team, **common, **MEMORY_CONTINUATION})
+        # The upstream holds each answer 1.5 s, so the whole burst is admitted against reservations
+        # still outstanding: how many fit is then the bound's doing, not how soon early ones settle.
+        ok_ids, refused = burst(envoy, "/v1/responses", json.dumps(body),
+                                {"x-e2e-team": team, **common, **MEMORY_CONTINUATION, "x-mock-delay-ms": "1500"})
         assert ok_ids and refused, f"{case}: {len(ok_ids)} admitted, {refused} refused; the burst must overrun the budget"
         costs = settled_ledger(counter, envoy, team, ok_ids)
         assert min(costs) * BURST > 2 * limit, f"{case}: a request costs {min(costs)} µ$"

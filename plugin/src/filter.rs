@@ -134,7 +134,16 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match FilterConfig::from_json(&bytes) {
+        let configured = FilterConfig::from_json(&bytes).and_then(|mut config| {
+            if config.gateway_id_suffix.is_some() {
+                // A host without the property (or failing to read it) leaves the id unidentified:
+                // `identify_proxy` then refuses the configuration, naming the field.
+                let node_id = host::get_property(&["node", "id"]).ok().flatten();
+                config.identify_proxy(node_id.as_deref())?;
+            }
+            Ok(config)
+        });
+        match configured {
             Ok(config) => {
                 let config = Rc::new(config);
                 host::log(

@@ -59,6 +59,7 @@ mod abi {
         pub fn proxy_replace_header_map_value(kind: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
         pub fn proxy_remove_header_map_value(kind: u32, key: *const u8, key_size: usize) -> u32;
         pub fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
+        pub fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
         #[allow(clippy::too_many_arguments)]
         pub fn proxy_send_local_response(
             status: u32,
@@ -91,6 +92,7 @@ mod abi {
     pub unsafe fn proxy_replace_header_map_value(_: u32, _: *const u8, _: usize, _: *const u8, _: usize) -> u32 { FAIL }
     pub unsafe fn proxy_remove_header_map_value(_: u32, _: *const u8, _: usize) -> u32 { FAIL }
     pub unsafe fn proxy_set_property(_: *const u8, _: usize, _: *const u8, _: usize) -> u32 { FAIL }
+    pub unsafe fn proxy_get_property(_: *const u8, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
     pub unsafe fn proxy_send_local_response(_: u32, _: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: i32) -> u32 { FAIL }
     pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_increment_metric(_: u32, _: i64) -> u32 { FAIL }
@@ -174,6 +176,22 @@ pub fn get_buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Hos
         // SAFETY: a successful call hands us the buffer.
         OK => Ok(unsafe { take(data, size) }),
         NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// A host property by path segments (`["node", "id"]`); `Ok(None)` when the host has none.
+pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    // proxy-wasm serializes a property path as its segments joined by NUL bytes.
+    let serialized = path.join("\0").into_bytes();
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the path slice is live; out-pointers to live locals.
+    let status = unsafe { abi::proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
+    match status {
+        // SAFETY: a successful call hands us the value.
+        OK => Ok(Some(unsafe { take(data, size) })),
+        NOT_FOUND => Ok(None),
         other => Err(HostError(other)),
     }
 }

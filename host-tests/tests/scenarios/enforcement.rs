@@ -11,6 +11,10 @@ use tollgate_host_tests::*;
 const CLUSTER: &str = "tollgate_counter";
 
 fn enforcing(failure_mode: &str) -> Gateway {
+    Gateway::new(enforcing_config(failure_mode).to_string())
+}
+
+fn enforcing_config(failure_mode: &str) -> Value {
     let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
     v["enforcement"] = json!({
         "counter_cluster": CLUSTER,
@@ -21,7 +25,7 @@ fn enforcing(failure_mode: &str) -> Gateway {
         "call_timeout_ms": 500,
         "default_max_output_tokens": 1000
     });
-    Gateway::new(v.to_string())
+    v
 }
 
 fn chat() -> Case {
@@ -308,4 +312,42 @@ fn an_unreadable_body_is_refused_503_whether_it_ends_with_data_or_trailers() {
             assert!(gw.pending_calls().is_empty(), "{label}: no lease call and no usage record: {:?}", gw.pending_calls());
         }
     }
+}
+
+/// `gateway_id_suffix: node_id` (docs/enforcement.md, "One gateway id per proxy"): replicas a mesh
+/// hands the same configuration ask for leases and write record ids under their own gateway ids,
+/// from the host's `node.id`; a host without a node id refuses the configuration, naming the field.
+#[test]
+fn replicas_with_one_configuration_lease_under_their_own_node_derived_gateway_ids() {
+    let replica = |node_id: Option<&str>| {
+        let mut v = enforcing_config("fail_closed");
+        v["gateway_id_suffix"] = json!("node_id");
+        let gw = Gateway::new(v.to_string());
+        match node_id {
+            Some(id) => gw.property("node.id", id),
+            None => gw,
+        }
+    };
+    let lease_gateway = |gw: &Gateway| {
+        let c = chat();
+        let mut s = gw.stream();
+        s.send_request(&refs(&request_headers(&c, "req-1")), &c.request);
+        let now = gw.now_ms();
+        let call = gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+        s.expect_upstream_body(&c.upstream_request);
+        s.respond(&refs(&c.response_headers()), &c.response);
+        let record_id = s.client().header("x-tollgate-request-id").map(String::from).unwrap_or_default();
+        (call.json()["gateway_id"].as_str().unwrap_or_default().to_owned(), record_id)
+    };
+    let (a, a_record) = lease_gateway(&replica(Some("sidecar~10.0.0.1~llm-a.apps~apps.svc.cluster.local")));
+    let (b, _) = lease_gateway(&replica(Some("sidecar~10.0.0.2~llm-b.apps~apps.svc.cluster.local")));
+    let (a_again, _) = lease_gateway(&replica(Some("sidecar~10.0.0.1~llm-a.apps~apps.svc.cluster.local")));
+    assert!(a.starts_with("gw-test.") && a.len() == "gw-test.".len() + 8, "{a}");
+    assert_ne!(a, b, "two replicas, two gateway ids");
+    assert_eq!(a, a_again, "the same proxy keeps its id across restarts");
+    assert!(a_record.starts_with(&format!("{a}:req-1")), "record ids carry it too: {a_record}");
+
+    let refusal = replica(None).try_start().expect_err("no node id: refused");
+    assert!(refusal.trap.is_none(), "refused, not trapped");
+    assert!(refusal.log_text().contains("gateway_id_suffix"), "{}", refusal.log_text());
 }
