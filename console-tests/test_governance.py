@@ -462,6 +462,9 @@ def test_the_monthly_review_shows_each_workflows_action_and_rule(browser, gov, s
         r = by[w["workflow"]]
         assert (r[col["action"]], r[col["rule"]], r[col["reason"]]) == (w["action"], w["rule"], w["reason"])
         assert r[col["spend_usd"]] == usd(w["spend_micros"]) and r[col["outcomes"]] == str(w["outcomes"])
+    # The summary of actions at the top: the same action, rule and reason per workflow.
+    assert cells(browser, "review-actions") == [[w["workflow"], w["team"], w["owner"], w["action"], w["rule"], w["reason"]] for w in review["workflows"]]
+    assert parse_csv(download(browser, "review-actions")) == [header(browser, "review-actions")] + cells(browser, "review-actions")
     # What the seed was built for: an idle experiment, an overdue one without outcomes, and the approved
     # exemption (starting 2026-11-10, for use case ci-agent) in ci-agent's month.
     assert (by["ghost"][col["action"]], by["ghost"][col["rule"]]) == ("retire", "retire.idle")
