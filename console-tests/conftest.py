@@ -104,7 +104,8 @@ def records(count, seed=13, prefix="seed"):
 
 
 class Counter:
-    def __init__(self, workdir, name="counter"):
+    def __init__(self, workdir, name="counter", env=None, args=()):
+        """`env`: more environment (e.g. TOLLGATE_VIEWER_TOKENS); `args`: more `serve` arguments."""
         if not COUNTER_BIN.exists():
             raise RuntimeError(f"{COUNTER_BIN} is missing: run `make native`")
         self.dir = Path(workdir) / name
@@ -113,11 +114,11 @@ class Counter:
         budgets.write_text(json.dumps(BUDGETS))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, TOLLGATE_GATEWAY_TOKENS=f"gw={GATEWAY_TOKEN}", TOLLGATE_ADMIN_TOKENS=f"admin={ADMIN_TOKEN}")
+        env = dict(os.environ, TOLLGATE_GATEWAY_TOKENS=f"gw={GATEWAY_TOKEN}", TOLLGATE_ADMIN_TOKENS=f"admin={ADMIN_TOKEN}", **(env or {}))
         self.log = open(self.dir / "counter.log", "wb")
         self.proc = subprocess.Popen(
             [str(COUNTER_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", str(self.dir / "data"),
-             "--budgets", str(budgets), "--sync", "normal"],
+             "--budgets", str(budgets), "--sync", "normal", *args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -135,10 +136,20 @@ class Counter:
             status, body = http(self.port, "POST", "/v1/usage", {"gateway_id": "seed", "records": rows[start:start + batch]}, token=GATEWAY_TOKEN, timeout=60)
             assert status == 200, body
 
-    def get(self, path):
-        status, body = http(self.port, "GET", path)
+    def get(self, path, token=ADMIN_TOKEN):
+        status, body = http(self.port, "GET", path, token=token)
         assert status == 200, (path, body)
         return json.loads(body)
+
+    def get_text(self, path, token=ADMIN_TOKEN):
+        status, body = http(self.port, "GET", path, token=token)
+        assert status == 200, (path, body)
+        return body.decode()
+
+    def call(self, method, path, body=None, token=ADMIN_TOKEN, expect=(200, 201)):
+        status, answer = http(self.port, method, path, body, token=token)
+        assert status in expect, (method, path, status, answer)
+        return json.loads(answer) if answer else None
 
     def cli(self, *args, timeout=60):
         env = dict(os.environ, TOLLGATE_COUNTER_URL=self.url, TOLLGATE_ADMIN_TOKEN=ADMIN_TOKEN)

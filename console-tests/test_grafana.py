@@ -19,8 +19,13 @@ PROMETHEUS_OWN = {"up"}
 
 
 def counter_metrics():
-    """Every metric name counter/src/metrics.rs writes."""
-    return set(re.findall(r'"(tollgate_counter_[a-z_]+)"', (REPO / "counter" / "src" / "metrics.rs").read_text()))
+    """Every metric name the counter writes: the names in counter/src/metrics.rs, and those other
+    modules declare in their own `# TYPE` lines (the notifier's in notify/outbox.rs, the workflow
+    gauge in gov_api.rs)."""
+    names = set(re.findall(r'"(tollgate_counter_[a-z_]+)"', (REPO / "counter" / "src" / "metrics.rs").read_text()))
+    for src in (REPO / "counter" / "src").rglob("*.rs"):
+        names |= set(re.findall(r"# TYPE (tollgate_counter_[a-z_]+) ", src.read_text()))
+    return names
 
 
 def envoy_metrics():

@@ -4,9 +4,13 @@
 //!
 //! The assets are public; every number on a page comes from the admin API the CLI uses
 //! (`/admin/reports/spend`, `/admin/reports/utilization`, `/admin/budgets`, `/admin/exemptions`,
-//! `/admin/reports/requests`), fetched by the page with the admin token the user signed in with
-//! (kept in `sessionStorage`, sent as `Authorization: Bearer`). So the console needs no session
-//! store or auth of its own, and cannot show what the token could not fetch. A strict
+//! `/admin/reports/requests`, and the governance endpoints: `/admin/workflows`,
+//! `/admin/exemption-requests`, `/admin/audit`, `/admin/events`, `/admin/outcomes`,
+//! `/admin/reports/{outcomes,trend,model-mix,review}`), fetched by the page with the token the user
+//! signed in with (any admin-side role; kept in `sessionStorage`, sent as `Authorization: Bearer`).
+//! So the console needs no session store or auth of its own, cannot show what the token could not
+//! fetch, and cannot do what its role may not (the server's 403 is shown as it answered). Tables of
+//! endpoints that offer `format=csv` download that CSV, so the file is the CLI's. A strict
 //! Content-Security-Policy keeps scripts to these files (the page writes values as text, never as
 //! HTML). docs/console.md is the user's guide.
 

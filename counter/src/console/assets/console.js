@@ -44,16 +44,29 @@ function toCsv(header, rows) {
   return [header, ...rows].map((r) => r.map(csvField).join(",")).join("\r\n") + "\r\n";
 }
 
-/** A titled table with a CSV download of exactly the cells shown. `numeric` names right-aligned columns. */
-function table(id, title, header, rows, numeric = []) {
-  const link = el("a", { href: "#", class: "csv", "data-csv": id }, "CSV");
-  link.addEventListener("click", (e) => {
+function download(id, text) {
+  const blob = new Blob([text], { type: "text/csv" });
+  const a = el("a", { href: URL.createObjectURL(blob), download: `tollgate-${id}.csv` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+/**
+ * A titled table with a CSV download. `numeric` names right-aligned columns. Without `source` the
+ * CSV is exactly the cells shown; with `source` (an API path and its query, for endpoints that
+ * offer `format=csv`) it is the endpoint's own CSV for the same query, as the CLI prints it.
+ */
+function table(id, title, header, rows, numeric = [], source = null) {
+  const link = el("a", { href: "#", class: "csv", "data-csv": id, "data-source": source ? source.path : "page" }, "CSV");
+  const failure = el("span", { class: "error" });
+  link.addEventListener("click", async (e) => {
     e.preventDefault();
-    const blob = new Blob([toCsv(header, rows)], { type: "text/csv" });
-    const a = el("a", { href: URL.createObjectURL(blob), download: `tollgate-${id}.csv` });
-    document.body.append(a);
-    a.click();
-    a.remove();
+    failure.textContent = "";
+    try {
+      const q = source ? new URLSearchParams({ ...source.query, format: "csv" }) : null;
+      download(id, source ? await api(`${source.path}?${q}`, { raw: true }) : toCsv(header, rows));
+    } catch (err) { failure.textContent = " " + err.message; }
   });
   const t = el("table", { id },
     el("thead", {}, el("tr", {}, header.map((h) => el("th", {}, h)))),
@@ -61,9 +74,11 @@ function table(id, title, header, rows, numeric = []) {
       const td = el("td", { "data-col": header[i] }, c);
       if (numeric.includes(header[i])) td.className = "num";
       if (header[i] === "status") td.className = "status-" + c;
+      if (header[i] === "overdue" && c === "true") td.className = "status-hard";
+      if (header[i] === "action") td.className = "action-" + c;
       return td;
     })))));
-  return el("div", { class: "table" }, el("h2", {}, title, link), t, rows.length ? "" : el("p", { class: "muted" }, "No rows."));
+  return el("div", { class: "table" }, el("h2", {}, title, link, failure), t, rows.length ? "" : el("p", { class: "muted" }, "No rows."));
 }
 
 function card(id, label, value) {
@@ -105,7 +120,7 @@ async function api(path, options = {}) {
   const headers = { Authorization: "Bearer " + token(), ...(options.headers || {}) };
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401) {
-    signOut("That token was refused (401). Sign in with an admin token of this counter.");
+    signOut("That token was refused (401). Sign in with a token of this counter (viewer, requester, approver or admin).");
     throw new Error("unauthorized");
   }
   const text = await response.text();
@@ -318,8 +333,267 @@ async function exemptionsPage() {
     tr.append(td);
   });
   return [el("h1", {}, "Exemptions"), el("p", { class: "muted" },
-    "An exemption adds its amount to the limit and hard limit of every budget on its scope until it ends. Requests for approval by a second person arrive with the governance work (issue 11)."),
+    "An exemption adds its amount to the limit and hard limit of every budget on its scope until it ends. Adding one here needs the admin role; anyone with the requester role can ask for one on the Requests page, and someone else with the approver role decides."),
     form, message, t];
+}
+
+// ---- governance pages: workflows, exemption requests, events, outcomes, the monthly review ------
+
+/** A time as the counter prints it (`format_time_ms`): 2026-11-18T10:00:00Z; "" for none. */
+function isoTime(ms) {
+  return ms === null || ms === undefined ? "" : new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** Micro-dollars or nothing (a null cost per outcome prints empty, as in the counter's CSV). */
+function usdOrEmpty(micros) {
+  return micros === null || micros === undefined ? "" : usd(micros);
+}
+
+/** A percentage the counter already rounded to one decimal, printed as Rust's `{:.1}` does (-0.0 too). */
+function pct1(p) {
+  return p === null || p === undefined ? "" : Object.is(p, -0) ? "-0.0" : Number(p).toFixed(1);
+}
+
+function text(v) {
+  return v === null || v === undefined ? "" : typeof v === "string" ? v : String(v);
+}
+
+/** A form whose fields become the page's address (empty fields left out). */
+function filterForm(page, id, fields, button = "Show") {
+  const form = el("form", { class: "inline", id }, fields, el("button", { type: "submit" }, button));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    setParams(page, Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== "")));
+  });
+  return form;
+}
+
+function select(name, options, current) {
+  return el("select", { name }, options.map(([value, label]) => el("option", value === current ? { value, selected: "" } : { value }, label)));
+}
+
+/** A message line for an action's result: the server's error (401/403/409 ...) as it answered. */
+function messageLine(id) {
+  return el("p", { id, class: "error", role: "status" });
+}
+
+async function workflowsPage() {
+  const list = (await api("/admin/workflows")).workflows;
+  // The first eight columns are `tollgate-counter workflows list`'s.
+  const header = ["id", "team", "owner", "class", "weekly_cap", "monthly_cap", "review_date", "overdue",
+    "default_tier", "escalation_tier", "cap_mode", "outcome_kind", "scope", "cap_budgets", "exception_path"];
+  const rows = list.map((w) => [w.id, w.team, w.owner, w.class, text(w.weekly_cap), text(w.monthly_cap), text(w.review_date), String(w.overdue),
+    text(w.default_tier), text(w.escalation_tier), w.cap_mode || "enforce", w.success_metric ? w.success_metric.outcome_kind : "", w.scope,
+    (w.cap_budgets || []).join(";"), text(w.exception_path)]);
+  return [
+    el("h1", {}, "Workflows"),
+    el("p", { class: "muted" }, "Every AI workflow with its owner, class, tiers, caps (budgets on workflow:<team>/<id>) and review date; overdue once the review date has passed. ",
+      "Workflows are changed with an admin token (PUT /admin/workflows/{id} or tollgate-counter workflows set)."),
+    el("div", { class: "cards" },
+      card("workflows-count", "Workflows", list.length),
+      card("workflows-overdue", "Review overdue", list.filter((w) => w.overdue).length),
+      card("workflows-uncapped", "Without a monthly cap", list.filter((w) => !w.monthly_cap).length)),
+    table("workflows", "Workflows", header, rows),
+  ];
+}
+
+const REQUEST_HEADER = ["id", "scope", "amount_usd", "starts_at", "ends_at", "reason", "use_case", "requested_by", "requested_at", "state",
+  "decided_by", "decided_at", "note", "exemption_id"];
+const AUDIT_HEADER = ["seq", "at", "actor", "action", "subject", "state", "note", "before", "after"];
+
+async function requestAudit(chosen) {
+  if (!chosen) {
+    // Every exemption request and exemption change among the latest 1000 audit entries.
+    const entries = (await api("/admin/audit?limit=1000")).entries;
+    return entries.filter((e) => e.action.startsWith("exemption_request.") || e.action.startsWith("exemption."));
+  }
+  const subjects = [`exemption_request:${chosen.id}`];
+  if (chosen.exemption_id !== null && chosen.exemption_id !== undefined) subjects.push(`exemption:${chosen.exemption_id}`);
+  const answers = await Promise.all(subjects.map((s) => api(`/admin/audit?${new URLSearchParams({ subject: s, limit: "1000" })}`)));
+  return answers.flatMap((a) => a.entries).sort((a, b) => b.seq - a.seq);
+}
+
+async function requestsPage(params) {
+  const state = params.get("state") || "";
+  const auditId = params.get("audit") || "";
+  const all = (await api("/admin/exemption-requests")).requests;
+  const list = (await api(`/admin/exemption-requests${state ? "?" + new URLSearchParams({ state }) : ""}`)).requests;
+  const message = messageLine("request-message");
+  const form = el("form", { class: "inline", id: "request-form" },
+    el("label", {}, "scope", el("input", { name: "scope", placeholder: "team:platform", required: "" })),
+    el("label", {}, "amount ($)", el("input", { name: "amount", placeholder: "250", required: "" })),
+    el("label", {}, "window start (default now)", el("input", { name: "starts_at", placeholder: "YYYY-MM-DD" })),
+    el("label", {}, "window end", el("input", { name: "ends_at", placeholder: "YYYY-MM-DD", required: "" })),
+    el("label", {}, "reason", el("input", { name: "reason", required: "" })),
+    el("label", {}, "use case (workflow)", el("input", { name: "use_case", placeholder: "optional" })),
+    el("button", { type: "submit" }, "File request"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
+    try {
+      const filed = await api("/admin/exemption-requests", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+      setParams("requests", { audit: String(filed.id) });
+    } catch (err) { message.textContent = err.message; }
+  });
+  const decide = async (id, verdict, note) => {
+    try {
+      await api(`/admin/exemption-requests/${id}/${verdict}`, note ? { method: "POST", body: JSON.stringify({ note }), headers: { "Content-Type": "application/json" } } : { method: "POST" });
+      setParams("requests", { ...(state ? { state } : {}), audit: String(id) });
+    } catch (err) { message.textContent = err.message; }
+  };
+  const t = table("requests", state ? `Exemption requests (${state})` : "Exemption requests", REQUEST_HEADER, list.map((r) => [
+    r.id, r.scope, r.amount, isoTime(r.starts_at_ms), isoTime(r.ends_at_ms), r.reason, text(r.use_case), r.requested_by, isoTime(r.requested_at_ms), r.state,
+    text(r.decided_by), isoTime(r.decided_at_ms), text(r.note), text(r.exemption_id)]), ["amount_usd"]);
+  // Decision controls and the audit link on each row (the CSV keeps the cells above).
+  t.querySelectorAll("tbody tr").forEach((tr, i) => {
+    const r = list[i];
+    const td = el("td", { class: "actions" });
+    if (r.state === "pending") {
+      const note = el("input", { "data-note": r.id, placeholder: "note", size: 10 });
+      td.append(note,
+        el("button", { "data-approve": r.id, on: { click: () => decide(r.id, "approve", note.value) } }, "Approve"),
+        el("button", { "data-reject": r.id, on: { click: () => decide(r.id, "reject", note.value) } }, "Reject"));
+    }
+    td.append(el("a", { href: `#requests?${new URLSearchParams({ ...(state ? { state } : {}), audit: String(r.id) })}`, "data-audit": r.id }, "audit"));
+    tr.append(td);
+  });
+  const chosen = auditId ? all.find((r) => String(r.id) === auditId) : null;
+  if (auditId && !chosen) throw new Error(`no exemption request ${auditId}`);
+  const entries = await requestAudit(chosen);
+  const json = (v) => (v === null || v === undefined ? "" : JSON.stringify(v));
+  const audit = table("request-audit", chosen ? `Audit trail of request ${chosen.id}${chosen.exemption_id !== null && chosen.exemption_id !== undefined ? ` and exemption ${chosen.exemption_id}` : ""}` : "Audit trail of exemption requests and exemptions (latest first)",
+    AUDIT_HEADER, entries.map((e) => [e.seq, isoTime(e.at_ms), e.actor, e.action, e.subject, text(e.after && e.after.state), text(e.after && e.after.note), json(e.before), json(e.after)]));
+  audit.querySelector("table").classList.add("audit");
+  return [
+    el("h1", {}, "Exemption requests"),
+    el("p", { class: "muted" }, "A requester asks for a temporary increase; someone else with the approver role approves or rejects it; only an approval creates the exemption. ",
+      "The counter enforces the roles and that the approver is not the requester: a refusal shows here as it answered."),
+    el("div", { class: "cards" },
+      card("requests-pending", "Pending", all.filter((r) => r.state === "pending").length),
+      card("requests-approved", "Approved", all.filter((r) => r.state === "approved").length),
+      card("requests-rejected", "Rejected", all.filter((r) => r.state === "rejected").length)),
+    el("h2", {}, "File a request (requester role or above)"), form, message,
+    filterForm("requests", "requests-filter", [el("label", {}, "state", select("state", [["", "all"], ["pending", "pending"], ["approved", "approved"], ["rejected", "rejected"]], state))]),
+    t, audit,
+  ];
+}
+
+const EVENT_KINDS = ["threshold", "hard_stop", "anomaly", "review_overdue"];
+
+async function eventsPage(params) {
+  const query = {};
+  for (const k of ["kind", "scope", "limit"]) if (params.get(k)) query[k] = params.get(k);
+  const form = filterForm("events", "events-form", [
+    el("label", {}, "kind", select("kind", [["", "all"], ...EVENT_KINDS.map((k) => [k, k])], query.kind || "")),
+    el("label", {}, "scope", el("input", { name: "scope", value: query.scope || "", placeholder: "team:platform" })),
+    el("label", {}, "limit", el("input", { name: "limit", value: query.limit || "", placeholder: "100", size: 6 }))]);
+  const rows = (await api(`/admin/events?${new URLSearchParams(query)}`)).events;
+  const delivered = (r) => r.deliveries.filter((d) => d.delivered_at_ms !== null && d.delivered_at_ms !== undefined).length;
+  const anomalies = rows.filter((r) => r.kind === "anomaly");
+  const out = [
+    el("h1", {}, "Events"),
+    el("p", { class: "muted" }, "The counter's events log, newest first: thresholds, hard stops, spend anomalies and overdue workflow reviews, with the state of each webhook delivery."),
+    form,
+    el("div", { class: "cards" },
+      card("events-count", "Events shown", rows.length),
+      card("events-anomalies", "Anomalies", anomalies.length),
+      card("events-pending", "Deliveries pending", rows.reduce((s, r) => s + r.deliveries.length - delivered(r), 0))),
+    table("events", "Events", ["seq", "at", "key", "kind", "scope", "subject", "window", "title", "delivered", "pending"],
+      rows.map((r) => [r.seq, isoTime(r.at_ms), r.key, r.kind, r.scope, text(r.subject), r.window, r.title, delivered(r), r.deliveries.length - delivered(r)]),
+      ["delivered", "pending"], { path: "/admin/events", query }),
+    table("anomalies", "Anomalies: today against the trailing 7-day average", ["seq", "scope", "day", "today_usd", "average_usd", "trailing_7d_usd", "factor_pct", "min_spend_usd"],
+      anomalies.map((r) => [r.seq, r.scope, r.details.day, usd(r.details.today_micros), usd(r.details.average_micros), usd(r.details.trailing_7d_micros),
+        r.details.factor_pct, usd(r.details.min_spend_micros)]),
+      ["today_usd", "average_usd", "trailing_7d_usd", "factor_pct", "min_spend_usd"]),
+  ];
+  for (const r of anomalies) {
+    out.push(table(`anomaly-${r.seq}`, `Breakdown of anomaly ${r.seq} (${r.scope}, ${r.details.day}): that day's spend by model and use case`,
+      ["model", "use_case", "requests", "cost_usd"], (r.details.breakdown || []).map((b) => [b.model, b.use_case, b.requests, usd(b.cost_micros)]), ["requests", "cost_usd"]));
+  }
+  out.push(table("deliveries", "Webhook deliveries", ["seq", "key", "target", "state", "attempts", "delivered_at", "next_at", "last_error"],
+    rows.flatMap((r) => r.deliveries.map((d) => [r.seq, r.key, d.target, d.delivered_at_ms !== null && d.delivered_at_ms !== undefined ? "delivered" : "pending",
+      d.attempts, isoTime(d.delivered_at_ms), d.delivered_at_ms !== null && d.delivered_at_ms !== undefined ? "" : isoTime(d.next_at_ms), text(d.last_error)])),
+    ["attempts"]));
+  return out;
+}
+
+const OUTCOME_GROUPINGS = ["team", "use_case", "month", "team,use_case", "use_case,month", "team,month", "team,use_case,month"];
+
+async function outcomesPage(params) {
+  const groupBy = params.get("group_by") || "team,use_case";
+  const kind = params.get("kind") || "";
+  const period = params.get("period") || "month";
+  const { form, from, to } = periodForm("outcomes", params, [
+    el("label", {}, "group by", select("group_by", OUTCOME_GROUPINGS.map((g) => [g, g]), groupBy)),
+    el("label", {}, "outcome kind", el("input", { name: "kind", value: kind, placeholder: "all kinds", size: 14 })),
+    el("label", {}, "trend by", select("period", [["month", "month"], ["week", "week"]], period))]);
+  const withKind = (q) => (kind ? { ...q, kind } : q);
+  const cpoQuery = withKind({ group_by: groupBy, from, to });
+  const trendQuery = withKind({ period, from, to });
+  const mixQuery = { from, to };
+  const listQuery = withKind({ from, to });
+  const get = (path, q) => api(`${path}?${new URLSearchParams(q)}`);
+  const [cpo, trend, mix, list] = await Promise.all([
+    get("/admin/reports/outcomes", cpoQuery), get("/admin/reports/trend", trendQuery), get("/admin/reports/model-mix", mixQuery), get("/admin/outcomes", listQuery)]);
+  const dims = cpo.group_by;
+  const spend = cpo.rows.reduce((s, r) => s + r.spend_micros, 0);
+  const count = cpo.rows.reduce((s, r) => s + r.outcomes, 0);
+  return [
+    el("h1", {}, "Cost per outcome"),
+    el("p", { class: "muted" }, "Ledger spend (by each request's end) against recorded outcomes (merged PRs, resolved tickets, ...; by their time); cost per outcome is spend ÷ outcomes rounded down, empty without an outcome."),
+    form,
+    el("div", { class: "cards" },
+      card("outcomes-spend", "Spend", "$" + usd(spend)),
+      card("outcomes-count", kind ? `Outcomes (${kind})` : "Outcomes", count),
+      card("outcomes-cpo", "Cost per outcome", count ? "$" + usd(Math.floor(spend / count)) : "—")),
+    table("outcomes-cost", `Cost per outcome by ${dims.join(", ")}`, [...dims, "spend_usd", "outcomes", "cost_per_outcome_usd"],
+      cpo.rows.map((r) => [...dims.map((d) => r[d]), r.spend_usd, r.outcomes, usdOrEmpty(r.cost_per_outcome_micros)]),
+      ["spend_usd", "outcomes", "cost_per_outcome_usd"], { path: "/admin/reports/outcomes", query: cpoQuery }),
+    table("outcomes-trend", `Trend by ${trend.period}`, ["period", "spend_usd", "outcomes", "cost_per_outcome_usd", "spend_change_pct", "outcomes_change_pct"],
+      trend.rows.map((r) => [r.period, usd(r.spend_micros), r.outcomes, usdOrEmpty(r.cost_per_outcome_micros), pct1(r.spend_change_pct), pct1(r.outcomes_change_pct)]),
+      ["spend_usd", "outcomes", "cost_per_outcome_usd", "spend_change_pct", "outcomes_change_pct"], { path: "/admin/reports/trend", query: trendQuery }),
+    table("outcomes-mix", "Model mix by use case (share of spend)", ["use_case", "model", "spend_usd", "share_pct"],
+      mix.use_cases.flatMap((u) => u.models.map((m) => [u.use_case, m.model, usd(m.spend_micros), pct1(m.share_pct)])),
+      ["spend_usd", "share_pct"], { path: "/admin/reports/model-mix", query: mixQuery }),
+    table("outcomes-list", "Outcomes recorded", ["id", "kind", "team", "user", "use_case", "task_id", "at", "url", "source"],
+      list.outcomes.map((o) => [o.id, o.kind, text(o.team), text(o.user), text(o.use_case), text(o.task_id), isoTime(o.at_ms), text(o.url), o.source]),
+      [], { path: "/admin/outcomes", query: listQuery }),
+  ];
+}
+
+/** The month before the one holding `day` (YYYY-MM-DD): the month a review usually looks at. */
+function previousMonth(day) {
+  const d = new Date(dayStart(day));
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() - 1, 1)).toISOString().slice(0, 7);
+}
+
+const REVIEW_HEADER = ["workflow", "team", "owner", "class", "weekly_cap_usd", "monthly_cap_usd", "spend_usd", "previous_spend_usd", "weekly_spend",
+  "outcome_kind", "outcomes", "previous_outcomes", "cost_per_outcome_usd", "previous_cost_per_outcome_usd", "cost_per_outcome_change_pct", "top_models",
+  "exemptions", "exemption_usd", "anomalies", "review_date", "overdue", "action", "rule", "reason"];
+
+async function reviewPage(params) {
+  const month = params.get("month") || previousMonth(asOf(params));
+  const form = filterForm("review", "review-form", [el("label", {}, "month", el("input", { name: "month", value: month, placeholder: "YYYY-MM", size: 8 }))]);
+  const v = await api(`/admin/reports/review?${new URLSearchParams({ month })}`);
+  const rows = v.workflows.map((r) => [r.workflow, r.team, r.owner, r.class, usdOrEmpty(r.weekly_cap_micros), usdOrEmpty(r.monthly_cap_micros),
+    usd(r.spend_micros), usd(r.previous_spend_micros), r.weekly.map((w) => `${w.week}:${usd(w.spend_micros)}`).join(";"),
+    text(r.outcome_kind), r.outcomes, r.previous_outcomes, usdOrEmpty(r.cost_per_outcome_micros), usdOrEmpty(r.previous_cost_per_outcome_micros),
+    pct1(r.cost_per_outcome_change_pct), r.top_models.map((m) => `${m.model}:${pct1(m.share_pct)}%`).join(";"),
+    r.exemptions.length, usd(r.exemptions.reduce((s, e) => s + e.amount_micros, 0)), r.anomalies.length, text(r.review_date), String(r.overdue), r.action, r.rule, r.reason]);
+  const actions = ["keep", "cap", "reroute", "retire"];
+  return [
+    el("h1", {}, `Monthly review — ${v.month}`),
+    el("p", { class: "muted" }, "One row per workflow: spend against the month before, outcomes of its success metric, cost per outcome, top models, exemptions and anomalies in the month, ",
+      "and the suggested action with the rule that produced it (retire, cap, reroute or keep; docs/counter.md lists the rules)."),
+    form,
+    el("div", { class: "cards" }, actions.map((a) => card(`review-${a}`, a, v.workflows.filter((r) => r.action === a).length))),
+    table("review-actions", "Suggested action per workflow", ["workflow", "team", "owner", "action", "rule", "reason"],
+      v.workflows.map((r) => [r.workflow, r.team, r.owner, r.action, r.rule, r.reason])),
+    table("review", `Review of ${v.month}: every figure`, REVIEW_HEADER, rows,
+      ["weekly_cap_usd", "monthly_cap_usd", "spend_usd", "previous_spend_usd", "outcomes", "previous_outcomes", "cost_per_outcome_usd", "previous_cost_per_outcome_usd",
+        "cost_per_outcome_change_pct", "exemptions", "exemption_usd", "anomalies"],
+      { path: "/admin/reports/review", query: { month } }),
+  ];
 }
 
 let simulatorModule = null;
@@ -423,7 +697,10 @@ async function mePage(params) {
 
 // ---- shell ---------------------------------------------------------------------------------
 
-const PAGES = { overview, budgets: budgetsPage, spend: spendPage, mix: mixPage, exemptions: exemptionsPage, simulator: simulatorPage, me: mePage };
+const PAGES = {
+  overview, budgets: budgetsPage, spend: spendPage, mix: mixPage, exemptions: exemptionsPage, simulator: simulatorPage, me: mePage,
+  workflows: workflowsPage, requests: requestsPage, events: eventsPage, outcomes: outcomesPage, review: reviewPage,
+};
 
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
