@@ -1,6 +1,6 @@
-//! The response-id memory: the context size the provider billed for a stored response, so a request
-//! that continues it reserves that known prefix plus its own body instead of the whole context
-//! window.
+//! The response-id memory: the context size the provider billed for a stored response (or holds
+//! in a Gemini context cache), so a request that continues it reserves that known prefix plus its
+//! own body instead of the whole context window.
 //!
 //! # Why
 //! A request with `previous_response_id` is billed for the stored conversation it continues, which
@@ -25,6 +25,20 @@
 //!   only for the same routed model (another model's tokenizer may count the same text as more
 //!   tokens). The bound is [`prompt_bound`]: the prefix plus the body's own bound, never more than
 //!   the window when the window is known.
+//!
+//! # Gemini context caches
+//! A Gemini generation with `cachedContent` is billed the whole cache as prompt. A cache's
+//! contents are immutable once created, so its size is as good a prefix as a stored response's:
+//! - **Key**: [`Reference::CachedContent`], the cache's `name` (`cachedContents/…`) read from the
+//!   response to `POST /v1beta/cachedContents` (`dialect::Endpoint::CreateCachedContent`) by the
+//!   usage scan, which reads its `usageMetadata.totalTokenCount` as the billed prompt.
+//! - **Value**: that count, and the model, keyed without its `models/` prefix ([`model_key`]) so
+//!   it matches the bare path model a generation is routed to.
+//! - **Expiry**: the earlier of `ttl_s` and the cache's own `expireTime` ([`timestamp_ms`],
+//!   [`ContextMemory::entry_until`]): past it the cache is gone at Google, and so is any use of
+//!   the entry. A cache whose TTL is extended later is forgotten early: a window bound again,
+//!   never a wrong one.
+//! - **Use**: the same rule as a response id: the sole provider-held shape, the same model.
 //!
 //! # Not remembered: conversations
 //! A `conversation` is not immutable: every turn appends its items, concurrent turns append to
@@ -134,20 +148,44 @@ pub struct ContextMemory {
 pub enum Reference {
     /// OpenAI Responses `previous_response_id`: the stored response `resp_…`.
     Response(String),
+    /// Gemini `cachedContent`: the context cache `cachedContents/…`, whose creation passed
+    /// through the gateway.
+    CachedContent(String),
 }
 
 impl Reference {
     fn kind(&self) -> u8 {
         match self {
             Reference::Response(_) => b'r',
+            Reference::CachedContent(_) => b'c',
         }
     }
 
     fn id(&self) -> &str {
         match self {
-            Reference::Response(id) => id,
+            Reference::Response(id) | Reference::CachedContent(id) => id,
         }
     }
+}
+
+impl Reference {
+    /// What a successful response on `endpoint` created that later requests may refer to: the
+    /// stored response of a Responses call, the cache of a Gemini `cachedContents` create, named
+    /// by the `id` the usage scan read from it (`core::usage`). `None` on other endpoints.
+    pub fn created_by(endpoint: crate::dialect::Endpoint, id: &str) -> Option<Reference> {
+        use crate::dialect::Endpoint;
+        match endpoint {
+            Endpoint::Responses => Some(Reference::Response(id.to_owned())),
+            Endpoint::CreateCachedContent => Some(Reference::CachedContent(id.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// A Gemini model name as the memory keys it: without the `models/` resource prefix, so a cache
+/// created for `models/gemini-2.5-flash` matches a request routed to `gemini-2.5-flash`.
+pub fn model_key(model: &str) -> &str {
+    model.strip_prefix("models/").unwrap_or(model)
 }
 
 impl ContextMemory {
@@ -167,18 +205,32 @@ impl ContextMemory {
     /// The entry to store for a response billed `tokens` on `model`, written at `now_ms`; `None`
     /// when it cannot be stored (an id or model too long to keep, or nothing billed).
     pub fn entry(&self, reference: &Reference, model: &str, tokens: &Tokens, now_ms: i64) -> Option<Entry> {
+        self.entry_until(reference, model, tokens, now_ms, None)
+    }
+
+    /// [`ContextMemory::entry`] for a reference the provider itself expires at `provider_expiry_ms`
+    /// (a Gemini cache's `expireTime`): kept until the earlier of that and the memory's TTL, and
+    /// not stored at all when already expired.
+    pub fn entry_until(
+        &self,
+        reference: &Reference,
+        model: &str,
+        tokens: &Tokens,
+        now_ms: i64,
+        provider_expiry_ms: Option<i64>,
+    ) -> Option<Entry> {
         let context = remembered_context(tokens);
         let id = reference.id();
-        if context == 0 || id.is_empty() || id.len() > MAX_ID_BYTES || model.len() > MAX_ID_BYTES {
+        let model = model_key(model);
+        if context == 0 || id.is_empty() || id.len() > MAX_ID_BYTES || model.is_empty() || model.len() > MAX_ID_BYTES {
             return None;
         }
-        Some(Entry {
-            kind: reference.kind(),
-            id: id.to_owned(),
-            model: model.to_owned(),
-            context_tokens: context,
-            expires_at_ms: now_ms.saturating_add(self.ttl_ms),
-        })
+        let ttl_end = now_ms.saturating_add(self.ttl_ms);
+        let expires_at_ms = provider_expiry_ms.map_or(ttl_end, |at| at.min(ttl_end));
+        if expires_at_ms <= now_ms {
+            return None;
+        }
+        Some(Entry { kind: reference.kind(), id: id.to_owned(), model: model.to_owned(), context_tokens: context, expires_at_ms })
     }
 }
 
@@ -194,6 +246,59 @@ pub fn remembered_context(tokens: &Tokens) -> u64 {
 pub fn prompt_bound(prefix_tokens: u64, body_tokens: u64, window: Option<u64>) -> u64 {
     let bound = prefix_tokens.saturating_add(body_tokens);
     window.map_or(bound, |w| bound.min(w))
+}
+
+/// An RFC 3339 timestamp (`2025-01-02T03:04:05.678901Z`, or with a `±hh:mm` offset), as Google
+/// writes a `google.protobuf.Timestamp` in JSON, in ms since the Unix epoch; `None` for anything
+/// else (the memory then keeps its own TTL).
+pub fn timestamp_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        part.iter().try_fold(0i64, |n, d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
+    };
+    let sep = |at: usize, want: &[u8]| b.get(at).is_some_and(|c| want.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if sep(at, b".") {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        let ms_digits = digits(start..start.saturating_add(3).min(at))?;
+        millis = ms_digits * [100, 10, 1].get(at.saturating_sub(start).min(3).saturating_sub(1)).copied().unwrap_or(1);
+    }
+    let offset_s = match b.get(at..) {
+        Some(b"Z" | b"z") => 0,
+        Some([sign @ (b'+' | b'-'), _, _, b':', _, _]) => {
+            let (h, m) = (digits(at + 1..at + 3)?, digits(at + 4..at + 6)?);
+            let s = h * 3600 + m * 60;
+            if *sign == b'+' { s } else { -s }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm, proleptic Gregorian).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(seconds * 1000 + millis)
 }
 
 /// One remembered context.
@@ -224,6 +329,7 @@ pub struct Bucket {
 impl Bucket {
     /// The remembered context of `reference` billed on `model`, if live at `now_ms`.
     pub fn lookup(&self, reference: &Reference, model: &str, now_ms: i64) -> Option<u64> {
+        let model = model_key(model);
         self.entries
             .iter()
             .find(|e| e.kind == reference.kind() && e.id == reference.id())
@@ -420,6 +526,83 @@ mod tests {
         ];
         for (r, model, now, want) in cases {
             assert_eq!(bucket.lookup(&r, model, now), want, "{r:?} {model} at {now}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_timestamps_read_as_epoch_milliseconds() {
+        // (text, ms); the reference values are `date -u -d … +%s%3N`.
+        let cases = [
+            ("1970-01-01T00:00:00Z", Some(0)),
+            ("2024-06-24T12:34:56Z", Some(1_719_232_496_000)),
+            ("2024-06-24T12:34:56.789012345Z", Some(1_719_232_496_789)),
+            ("2024-06-24T12:34:56.7Z", Some(1_719_232_496_700)),
+            ("2024-06-24T12:34:56.05Z", Some(1_719_232_496_050)),
+            ("2024-02-29T00:00:00Z", Some(1_709_164_800_000)),
+            ("2000-03-01T00:00:00Z", Some(951_868_800_000)),
+            ("2024-06-24T14:34:56+02:00", Some(1_719_232_496_000)),
+            ("2024-06-24T10:34:56.5-02:00", Some(1_719_232_496_500)),
+            ("1969-12-31T23:59:59Z", Some(-1000)),
+            ("2024-06-24 12:34:56Z", None),
+            ("2024-06-24T12:34:56", None),
+            ("2024-06-24T12:34:56.Z", None),
+            ("2024-13-24T12:34:56Z", None),
+            ("2024-06-24T24:00:00Z", None),
+            ("2024-06-24T12:34:56Zx", None),
+            ("300s", None),
+            ("", None),
+            ("２024-06-24T12:34:56Z", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(timestamp_ms(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_cache_is_kept_until_the_provider_expires_it_and_matched_by_its_bare_model() {
+        let m = memory(100); // TTL one hour
+        let cache = Reference::CachedContent("cachedContents/abc".to_owned());
+        let size = Tokens { input: 40_000, ..Tokens::default() };
+        // (provider expiry, kept until)
+        let cases = [
+            (None, Some(1_000 + 3_600_000)),
+            (Some(1_000 + 300_000), Some(1_000 + 300_000)),
+            (Some(1_000 + 7_200_000), Some(1_000 + 3_600_000)),
+            (Some(1_000), None),
+            (Some(-5), None),
+        ];
+        for (expiry, want) in cases {
+            let entry = m.entry_until(&cache, "models/gemini-2.5-flash", &size, 1_000, expiry);
+            assert_eq!(entry.as_ref().map(|e| e.expires_at_ms), want, "{expiry:?}");
+        }
+        let mut bucket = Bucket::default();
+        bucket.remember(m.entry_until(&cache, "models/gemini-2.5-flash", &size, 1_000, Some(301_000)).unwrap(), 1_000);
+        // (reference, model, now, expected)
+        let cases = [
+            (cache.clone(), "gemini-2.5-flash", 300_999, Some(40_000)),
+            (cache.clone(), "models/gemini-2.5-flash", 2_000, Some(40_000)),
+            (cache.clone(), "gemini-2.5-flash", 301_000, None),
+            (cache.clone(), "gemini-2.5-pro", 2_000, None),
+            (Reference::CachedContent("cachedContents/other".to_owned()), "gemini-2.5-flash", 2_000, None),
+            // A response id spelled like the cache's name is another reference.
+            (Reference::Response("cachedContents/abc".to_owned()), "gemini-2.5-flash", 2_000, None),
+        ];
+        for (r, model, now, want) in cases {
+            assert_eq!(bucket.lookup(&r, model, now), want, "{r:?} {model} at {now}");
+        }
+        assert_eq!(m.bucket_key(&cache), format!("tollgate.ctx1.{}", fnv(b"ccachedContents/abc") % 13), "the kind byte is hashed with the name");
+        assert_eq!(m.entry_until(&cache, "models/", &size, 0, None), None, "no model");
+        let round = { let mut b = bucket.clone(); b.remember(m.entry(&resp("resp_1"), "gpt-4o", &tokens(1, 0, 1), 5).unwrap(), 5); b };
+        assert_eq!(Bucket::decode(&round.encode()), round, "both kinds round-trip");
+    }
+
+    #[test]
+    fn what_each_endpoint_creates() {
+        use crate::dialect::Endpoint::*;
+        assert_eq!(Reference::created_by(Responses, "resp_1"), Some(resp("resp_1")));
+        assert_eq!(Reference::created_by(CreateCachedContent, "cachedContents/a"), Some(Reference::CachedContent("cachedContents/a".into())));
+        for endpoint in [Chat, Completions, Embeddings, Messages, GenerateContent, StreamGenerateContent] {
+            assert_eq!(Reference::created_by(endpoint, "x"), None, "{endpoint:?}");
         }
     }
 

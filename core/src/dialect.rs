@@ -11,7 +11,11 @@
 //! | `openai`       | `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses` |
 //! | `azure_openai` | `/openai/deployments/{deployment}/chat/completions` \| `completions` \| `embeddings` |
 //! | `anthropic`    | `/v1/messages`                                                           |
-//! | `gemini`       | `/v1beta/models/{model}:generateContent` \| `:streamGenerateContent` (also `/v1/models/…`) |
+//! | `gemini`       | `/v1beta/models/{model}:generateContent` \| `:streamGenerateContent` (also `/v1/models/…`); `/v1beta/cachedContents` (context-cache creation) |
+//!
+//! Gemini documents `cachedContents` under `v1beta` only (the `v1` reference has no cache
+//! resource), so `/v1/cachedContents` is not recognised. Only the collection itself (`create`, a
+//! POST with a body) is: `GET` / `PATCH` / `DELETE` of `cachedContents/{id}` pass through.
 //!
 //! For Azure and Gemini the model lives in the path; [`Recognised::path_model`] carries it with its
 //! byte range in `:path`, so routing can replace exactly that segment.
@@ -69,6 +73,9 @@ pub enum Endpoint {
     GenerateContent,
     /// Gemini `:streamGenerateContent`.
     StreamGenerateContent,
+    /// Gemini `cachedContents` (create a context cache): the model is in the body
+    /// (`models/{model}`), the response is the cache resource, not a generation.
+    CreateCachedContent,
 }
 
 impl Endpoint {
@@ -81,6 +88,7 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::GenerateContent => "generate_content",
             Endpoint::StreamGenerateContent => "stream_generate_content",
+            Endpoint::CreateCachedContent => "create_cached_content",
         }
     }
 }
@@ -166,6 +174,9 @@ fn recognise_canonical(dialect: Dialect, rest: &str, offset: usize) -> Option<Re
             with_path_model(dialect, endpoint, segment, start)
         }
         Dialect::Gemini => {
+            if rest == "/v1beta/cachedContents" {
+                return plain(Endpoint::CreateCachedContent);
+            }
             let after = rest.strip_prefix("/v1beta/models/").or_else(|| rest.strip_prefix("/v1/models/"))?;
             let head_len = rest.len() - after.len();
             let colon = after.rfind(':')?;
@@ -257,6 +268,8 @@ mod tests {
             Some((Gemini, StreamGenerateContent, Some("gemini-2.0-flash"))),
         );
         check(&m, "/v1/models/gemini-1.5-pro:generateContent", Some((Gemini, GenerateContent, Some("gemini-1.5-pro"))));
+        check(&m, "/v1beta/cachedContents", Some((Gemini, CreateCachedContent, None)));
+        check(&m, "/v1beta/cachedContents?key=k", Some((Gemini, CreateCachedContent, None)));
     }
 
     #[test]
@@ -278,6 +291,11 @@ mod tests {
             "/v1beta/models/gemini%2Fx:generateContent",
             "/v1beta/models/bad%zz:generateContent",
             "/x/v1/messages",
+            // Only cache creation: reading, updating or deleting a cache passes through.
+            "/v1beta/cachedContents/abc",
+            "/v1beta/cachedContents/",
+            "/v1/cachedContents",
+            "/v1beta/models/cachedContents",
         ] {
             check(&m, path, None);
         }
@@ -296,6 +314,8 @@ mod tests {
         check(&m, "/v1/messages", Some((Dialect::Anthropic, Endpoint::Messages, None)));
         check(&m, "/v1beta/models/g:generateContent", None);
         let g = Mounts::new(vec![(Dialect::Gemini, "/gemini".into())]);
+        check(&g, "/gemini/v1beta/cachedContents", Some((Dialect::Gemini, Endpoint::CreateCachedContent, None)));
+        check(&g, "/v1beta/cachedContents", None);
         let path = "/gemini/v1beta/models/gemini-2.0-flash:generateContent";
         let r = g.recognise(path).unwrap();
         let (_, range) = r.path_model.unwrap();

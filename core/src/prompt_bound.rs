@@ -167,7 +167,7 @@ pub fn watch_list(endpoint: Endpoint) -> &'static Watch<'static> {
         Endpoint::Chat => &CHAT_WATCH,
         Endpoint::Responses => &RESPONSES_WATCH,
         Endpoint::Messages => &ANTHROPIC_WATCH,
-        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => &GEMINI_WATCH,
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent | Endpoint::CreateCachedContent => &GEMINI_WATCH,
         Endpoint::Completions | Endpoint::Embeddings => &Watch::NONE,
     }
 }
@@ -179,19 +179,29 @@ pub fn detect(endpoint: Endpoint, body: &[u8], top: &TopLevel) -> Result<Option<
     detect_skipping(endpoint, body, top, None)
 }
 
-/// The stored response a request continues, when that is its only provider-held shape (`shape`,
-/// from [`detect`]): the response-id memory (`core::context_memory`) may know its size. Any other
-/// shape beside it (a file by id, a hosted tool, …) still needs the window, so then `None`.
+/// What a request continues, when that is its only provider-held shape (`shape`, from
+/// [`detect`]): the stored response of an OpenAI Responses `previous_response_id`, or the Gemini
+/// context cache of a `cachedContent` / `cached_content`. The memory (`core::context_memory`) may
+/// know its size. Any other shape beside it (a file by id, a hosted tool, …) still needs the
+/// window, so then `None`; so does a Gemini body naming a cache under both spellings.
 pub fn detect_reference(endpoint: Endpoint, body: &[u8], top: &TopLevel, shape: Option<Shape>) -> Option<Reference> {
-    const KEY: &str = "previous_response_id";
-    if endpoint != Endpoint::Responses || shape != Some(Shape::PreviousResponse) {
+    let (key, wrap): (&str, fn(String) -> Reference) = match (endpoint, shape) {
+        (Endpoint::Responses, Some(Shape::PreviousResponse)) => ("previous_response_id", Reference::Response),
+        (Endpoint::GenerateContent | Endpoint::StreamGenerateContent, Some(Shape::CachedContent)) => {
+            let present = |key: &str| top.get(key).is_some_and(|m| m.kind != Kind::Null);
+            match (present("cachedContent"), present("cached_content")) {
+                (true, false) => ("cachedContent", Reference::CachedContent),
+                (false, true) => ("cached_content", Reference::CachedContent),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    if !matches!(detect_skipping(endpoint, body, top, Some(key)), Ok(None)) {
         return None;
     }
-    if !matches!(detect_skipping(endpoint, body, top, Some(KEY)), Ok(None)) {
-        return None;
-    }
-    let id = json::decode_string(body, top.get(KEY)?.value.clone()).ok()?;
-    Some(Reference::Response(id.into_owned()))
+    let id = json::decode_string(body, top.get(key)?.value.clone()).ok()?;
+    Some(wrap(id.into_owned()))
 }
 
 /// [`detect`], as if the top-level member `skip` were absent.
@@ -264,7 +274,7 @@ fn detect_skipping(endpoint: Endpoint, body: &[u8], top: &TopLevel, skip: Option
             }
             Ok(None)
         }
-        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent | Endpoint::CreateCachedContent => {
             for key in ["cachedContent", "cached_content"] {
                 if let Some(m) = present(key) {
                     reference_id(body, m, key, "a cache name (cachedContents/…)")?;
@@ -441,6 +451,11 @@ mod tests {
         (Gemini, GenerateContent, r#"{"contents":[],"tools":[{"url_context":{}}]}"#, Some(HostedTool)),
         (Gemini, GenerateContent, r#"{"contents":[],"tools":[{"codeExecution":{}}]}"#, Some(HostedTool)),
         (Gemini, GenerateContent, r#"{"contents":[],"tools":[{"functionDeclarations":[{"name":"f","parameters":{"properties":{"googleSearch":{}}}}]}]}"#, None),
+        // Gemini cache creation: what the cache holds is its prompt; a file by URI or inline
+        // media in it is no more bounded by the body than in a generation.
+        (Gemini, CreateCachedContent, r#"{"model":"models/g","contents":[{"role":"user","parts":[{"text":"a long document"}]}],"ttl":"300s"}"#, None),
+        (Gemini, CreateCachedContent, r#"{"model":"models/g","contents":[{"role":"user","parts":[{"fileData":{"mimeType":"application/pdf","fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f"}}]}]}"#, Some(File)),
+        (Gemini, CreateCachedContent, r#"{"model":"models/g","systemInstruction":{"parts":[{"inlineData":{"mimeType":"image/png","data":"iVBO"}}]},"contents":[]}"#, Some(InlineMedia)),
     ];
 
     #[test]
@@ -483,8 +498,9 @@ mod tests {
     }
 
     #[test]
-    fn a_previous_response_is_a_remembered_reference_only_when_it_is_the_only_shape() {
+    fn a_previous_response_or_a_cache_is_a_remembered_reference_only_when_it_is_the_only_shape() {
         let resp = |id: &str| Some(Reference::Response(id.to_owned()));
+        let cache = |name: &str| Some(Reference::CachedContent(name.to_owned()));
         // (endpoint, body, reference)
         let cases: &[(Endpoint, &str, Option<Reference>)] = &[
             (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"go on"}"#, resp("resp_1")),
@@ -495,7 +511,20 @@ mod tests {
             (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"q","tools":[{"type":"function","name":"web_search","parameters":{}}]}"#, resp("resp_1")),
             (Responses, r#"{"model":"m","conversation":"conv_1","input":"go on"}"#, None),
             (Responses, r#"{"model":"m","input":"hi"}"#, None),
-            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[]}"#, None),
+            // Gemini: a context cache, under either spelling, when it is the only shape.
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[]}"#, cache("cachedContents/abc")),
+            (StreamGenerateContent, r#"{"cached_content":"cachedContents/abc","contents":[{"parts":[{"text":"q"}]}]}"#, cache("cachedContents/abc")),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/\u0061bc","contents":[]}"#, cache("cachedContents/abc")),
+            (GenerateContent, r#"{"cachedContent":null,"contents":[]}"#, None),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","cached_content":"cachedContents/def","contents":[]}"#, None),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[{"parts":[{"fileData":{"fileUri":"gs://b/v.mp4"}}]}]}"#, None),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"iVBO"}}]}]}"#, None),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[],"tools":[{"googleSearch":{}}]}"#, None),
+            (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[],"tools":[{"functionDeclarations":[{"name":"googleSearch"}]}]}"#, cache("cachedContents/abc")),
+            // Not where a request reads a cache: creating one, or another API.
+            (CreateCachedContent, r#"{"model":"models/g","cachedContent":"cachedContents/abc","contents":[]}"#, None),
+            (Responses, r#"{"model":"m","cachedContent":"cachedContents/abc","input":"hi"}"#, None),
+            (GenerateContent, r#"{"previous_response_id":"resp_1","contents":[]}"#, None),
         ];
         for (endpoint, body, want) in cases {
             let top = json::scan_object_watching(body.as_bytes(), watch_list(*endpoint)).expect("valid JSON");

@@ -116,8 +116,12 @@ pub struct ScanOutcome {
     /// How the response ended, if the upstream said so (the last such signal).
     pub terminal: Option<TerminalEvent>,
     /// OpenAI Responses: the response's id (`resp_…`: `id` of a JSON body, `response.id` of a
-    /// stream event), which a later request may continue (`core::context_memory`).
+    /// stream event), which a later request may continue (`core::context_memory`). Gemini cache
+    /// creation: the cache's `name` (`cachedContents/…`), which later requests may read.
     pub response_id: Option<String>,
+    /// Gemini cache creation: when the provider expires the cache (its `expireTime`, in ms since
+    /// the epoch), which bounds how long the memory keeps its size.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// Deepest JSON nesting followed; deeper input is treated as malformed.
@@ -242,6 +246,7 @@ impl UsageScanner {
             streamed_content_bytes: self.found.content_bytes,
             terminal: self.found.terminal,
             response_id: self.found.response_id.clone(),
+            expires_at_ms: self.found.expires_at_ms,
         };
         self.finished = Some(outcome.clone());
         outcome
@@ -279,6 +284,9 @@ impl UsageScanner {
         }
         if let Some(id) = message.response_id.take() {
             self.found.response_id = Some(unescape_lossy(&id));
+        }
+        if message.expires_at_ms.is_some() {
+            self.found.expires_at_ms = message.expires_at_ms;
         }
         // The same model again (every chunk repeats it) is not decoded again.
         if message.model_seen && (self.found.model.is_none() || self.found.model_raw != message.model) {
@@ -362,8 +370,10 @@ struct Message {
     error: bool,
     /// OpenAI's `choices` is an empty array (the usage-only chunk of a stream).
     empty_choices: bool,
-    /// The Responses API response id, as written.
+    /// The Responses API response id (a created Gemini cache's name), as written.
     response_id: Option<Vec<u8>>,
+    /// A created Gemini cache's `expireTime`.
+    expires_at_ms: Option<i64>,
 }
 
 impl Message {
@@ -388,6 +398,7 @@ struct Found {
     content_bytes: u64,
     terminal: Option<TerminalEvent>,
     response_id: Option<String>,
+    expires_at_ms: Option<i64>,
 }
 
 mod json;

@@ -1,5 +1,6 @@
 //! The response-id memory in Envoy shared data: `core::context_memory`'s policy, read when a
-//! request continues a stored response and written when a response is settled.
+//! request continues a stored response (or reads a Gemini cache) and written when a response (or
+//! a cache's creation) is settled.
 //!
 //! Shared data is process-wide, so every worker of one Envoy sees what any of them remembered. A
 //! bucket is read and written whole with a CAS version (bounded retries, like the lease book): two
@@ -18,9 +19,9 @@ use tollgate_core::protocol::Tokens;
 
 /// Every counter the memory defines, with its meaning: (name, help). docs/enforcement.md lists them.
 pub const COUNTERS: &[(&str, &str)] = &[
-    ("tollgate_context_memory_hits_total", "continuations whose reservation used a remembered context"),
-    ("tollgate_context_memory_misses_total", "continuations not remembered here: they reserved the context window"),
-    ("tollgate_context_memory_remembered_total", "responses whose billed context was remembered"),
+    ("tollgate_context_memory_hits_total", "continuations (and cache reads) whose reservation used a remembered context"),
+    ("tollgate_context_memory_misses_total", "continuations (and cache reads) not remembered here: they reserved the context window"),
+    ("tollgate_context_memory_remembered_total", "responses (and created caches) whose billed context was remembered"),
     ("tollgate_context_memory_evictions_total", "live entries pushed out by context_memory.max_entries"),
 ];
 
@@ -49,10 +50,12 @@ impl SharedContextMemory {
         found
     }
 
-    /// Remembers the context a response was billed (a read and a CAS write, retried a bounded
-    /// number of times if another worker wrote the bucket in between).
-    pub fn remember(&self, reference: &Reference, model: &str, tokens: &Tokens, now_ms: i64) {
-        let Some(entry) = self.policy.entry(reference, model, tokens, now_ms) else { return };
+    /// Remembers the context a response was billed, or a created cache's size (a read and a CAS
+    /// write, retried a bounded number of times if another worker wrote the bucket in between).
+    /// `provider_expiry_ms`: when the provider drops it (a cache's `expireTime`), if earlier than
+    /// the memory's TTL.
+    pub fn remember(&self, reference: &Reference, model: &str, tokens: &Tokens, now_ms: i64, provider_expiry_ms: Option<i64>) {
+        let Some(entry) = self.policy.entry_until(reference, model, tokens, now_ms, provider_expiry_ms) else { return };
         let key = self.policy.bucket_key(reference);
         for _ in 0..tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS {
             let (mut bucket, cas) = match host::get_shared(&key) {

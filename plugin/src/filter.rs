@@ -567,10 +567,10 @@ impl Stream {
         // Only enforcement's ledger needs the end time; metering alone saves the host call.
         let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
         let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
-        // A response a later request may continue: remember what it was billed.
+        // A response (or a Gemini cache) a later request may continue: remember what it was billed.
         if let (Some(memory), Some(id), Some(tokens)) = (&self.context_memory, scan.response_id.as_deref(), scan.tokens.as_ref()) {
-            if (200..300).contains(&status) {
-                memory.remember(&Reference::Response(id.to_owned()), &plan.routed_model, tokens, finished_at_ms);
+            if let Some(reference) = Reference::created_by(req.recognised.endpoint, id).filter(|_| (200..300).contains(&status)) {
+                memory.remember(&reference, &plan.routed_model, tokens, finished_at_ms, scan.expires_at_ms);
             }
         }
         let t = &s.record.tokens;

@@ -209,6 +209,12 @@ mod tests {
         check(Case { name: "prefix beyond the window", known_prefix: Some(199_500), ..continuation() }, Ok((200_000, 500, 757_500)));
         // Without the memory the same request reserves the whole window.
         check(Case { name: "not remembered", known_prefix: None, ..continuation() }, Ok((200_000, 500, 757_500)));
+        // A Gemini generation reading a cache created through the gateway: the same rule.
+        let cached = || Case { name: "remembered cache", remote: Some(Shape::CachedContent), ..continuation() };
+        check(cached(), Ok((21_000, 500, 86_250)));
+        check(Case { name: "cache not seen here", known_prefix: None, ..cached() }, Ok((200_000, 500, 757_500)));
+        // Creating a cache: its body is its prompt and it generates nothing (the plan's cap of 0).
+        check(Case { name: "cache creation", max_output_tokens: Some(0), ..TEXT }, Ok((1_000, 0, 3_750)));
     }
 
     #[test]

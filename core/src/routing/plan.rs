@@ -92,9 +92,18 @@ pub fn parse_request<'b>(
             None => return Err(invalid("\"model\" is required; name the model to call", "model")),
         },
     };
+    // A Gemini cache names its model as a resource (`models/gemini-…`); routing and pricing know
+    // the bare name the generation paths carry.
+    let requested_model = match recognised.endpoint {
+        Endpoint::CreateCachedContent => match crate::context_memory::model_key(&requested_model) {
+            "" => return Err(invalid("\"model\" must name the model the cache is for (models/…)", "model")),
+            bare => bare.to_owned(),
+        },
+        _ => requested_model,
+    };
     let stream = match recognised.endpoint {
         Endpoint::StreamGenerateContent => true,
-        Endpoint::GenerateContent | Endpoint::Embeddings => false,
+        Endpoint::GenerateContent | Endpoint::Embeddings | Endpoint::CreateCachedContent => false,
         _ => match top.get("stream") {
             None => false,
             Some(m) if m.kind == Kind::Null => false,
@@ -139,7 +148,21 @@ impl ParsedRequest<'_> {
         })?;
         let mut edits: Vec<Edit> = Vec::new();
         let mut new_path = None;
-        if self.downgraded || routed.model != self.requested_model {
+        let rerouted = self.downgraded || routed.model != self.requested_model;
+        if rerouted && self.endpoint == Endpoint::CreateCachedContent {
+            // A cache serves only the model it was created for, and the generations that read it
+            // are routed by their own path model: the gateway never creates it for another model
+            // than the one named, and says which one the rules would serve instead.
+            let rule = routed.rule.map_or_else(|| "a guard's fallback".to_owned(), |r| format!("routing rule \"{r}\""));
+            return Err(invalid(
+                format!(
+                    "a context cache is tied to its model, and {rule} serves \"{}\" as \"{}\" for this caller; create the cache for \"{}\"",
+                    self.requested_model, routed.model, routed.model
+                ),
+                "model",
+            ));
+        }
+        if rerouted {
             match &recognised.path_model {
                 Some((_, range)) => {
                     let (Some(head), Some(tail)) = (path.get(..range.start), path.get(range.end..)) else {
@@ -228,6 +251,8 @@ fn max_output_tokens(body: &[u8], top: &TopLevel, endpoint: Endpoint) -> Result<
         Endpoint::Completions | Endpoint::Messages => &["max_tokens"],
         Endpoint::Responses => &["max_output_tokens"],
         Endpoint::Embeddings => &[],
+        // Creating a cache generates nothing: no output to reserve.
+        Endpoint::CreateCachedContent => return Ok(Some(0)),
         Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
             let mut best = None;
             for (outer, inner) in [("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens")] {
@@ -344,6 +369,37 @@ mod tests {
         check(r#"{"model":"tier:premium"}"#, "no routing rule resolves it");
         let invalid_utf8 = plan(&cfg, "/v1/chat/completions", &[], "{\"model\":\"\u{0}\"}");
         assert!(invalid_utf8.is_err());
+    }
+
+    #[test]
+    fn a_cache_is_created_for_the_model_named_or_refused_never_rerouted() {
+        let cfg = config(RULES);
+        let body = r#"{"model":"models/gemini-2.0-flash","contents":[{"role":"user","parts":[{"text":"a long document"}]}],"ttl":"300s"}"#;
+        let p = plan(&cfg, "/v1beta/cachedContents", &[], body).unwrap();
+        assert_eq!((p.requested_model.as_str(), p.routed_model.as_str()), ("gemini-2.0-flash", "gemini-2.0-flash"), "routing sees the bare name");
+        assert_eq!((p.body.as_ref(), p.path.as_ref(), p.stream), (None, None, false), "nothing is rewritten");
+        assert_eq!(p.max_output_tokens, Some(0), "a cache generates nothing");
+        assert_eq!(p.context_reference, None);
+        // The bare name works too (what the SDKs send varies).
+        let p = plan(&cfg, "/v1beta/cachedContents", &[], r#"{"model":"gemini-2.0-flash","contents":[]}"#).unwrap();
+        assert_eq!(p.routed_model, "gemini-2.0-flash");
+        // "gemini-down" serves every Gemini model as gemini-2.0-flash: a cache for another model
+        // would be useless behind it, so it is refused, naming the model to use.
+        let f = plan(&cfg, "/v1beta/cachedContents", &[], r#"{"model":"models/gemini-1.5-pro","contents":[]}"#).unwrap_err();
+        assert_eq!((f.status(), f.param.as_deref()), (400, Some("model")));
+        assert!(f.message.contains(r#"routing rule "gemini-down" serves "gemini-1.5-pro" as "gemini-2.0-flash""#), "{}", f.message);
+        // Deny rules and the usual body errors still apply.
+        let deny = plan(&cfg, "/v1beta/cachedContents", &[("x-tollgate-team", "interns")], body).unwrap_err();
+        assert_eq!(deny.status(), 403);
+        for (body, needle) in [
+            (r#"{"contents":[]}"#, "\"model\" is required"),
+            (r#"{"model":"models/","contents":[]}"#, "must name the model the cache is for"),
+            (r#"{"model":7,"contents":[]}"#, "must be a string"),
+        ] {
+            let f = plan(&cfg, "/v1beta/cachedContents", &[], body).unwrap_err();
+            assert_eq!(f.status(), 400, "{body}");
+            assert!(f.message.contains(needle), "{body}: {}", f.message);
+        }
     }
 
     #[test]

@@ -149,9 +149,14 @@ impl UsageScanner {
             },
         };
         let target = match node {
-            // A response id only in the Responses API; the root `id` only of a whole JSON body.
-            Node::Leaf(Target::ResponseId | Target::RootId) if self.endpoint != Endpoint::Responses => Target::None,
+            // A response id only in the Responses API (and a cache's name when one is created);
+            // the root `id` only of a whole JSON body.
+            Node::Leaf(Target::ResponseId) if self.endpoint != Endpoint::Responses => Target::None,
+            Node::Leaf(Target::RootId) if !matches!(self.endpoint, Endpoint::Responses | Endpoint::CreateCachedContent) => Target::None,
             Node::Leaf(Target::RootId) if self.format != ResponseFormat::Json => Target::None,
+            // A cache's size is its billed prompt; a generation's total is not read.
+            Node::Leaf(Target::CacheTokens | Target::ExpireTime) if self.endpoint != Endpoint::CreateCachedContent => Target::None,
+            Node::Leaf(Target::CacheTokens) => Target::Usage(Field::Prompt),
             Node::Leaf(target) => target,
             _ => Target::None,
         };
@@ -242,6 +247,9 @@ impl UsageScanner {
             (Target::Finish, Scalar::Str, _) => self.message.finished = true,
             (Target::ResponseId | Target::RootId, Scalar::Str, Some(text)) if !text.is_empty() => {
                 self.message.response_id = Some(text.to_vec());
+            }
+            (Target::ExpireTime, Scalar::Str, Some(text)) => {
+                self.message.expires_at_ms = std::str::from_utf8(text).ok().and_then(crate::context_memory::timestamp_ms);
             }
             (Target::OutputType, Scalar::Str, Some(b"web_search_call")) => {
                 if let Some(slot) = self.message.usage.get_mut(Field::WebSearches as usize) {

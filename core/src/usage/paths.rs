@@ -101,8 +101,12 @@ pub(super) enum Target {
     OutputType,
     /// `response.id` of a Responses stream event.
     ResponseId,
-    /// The `id` at a message's root: a Responses JSON body's own id.
+    /// The `id` at a message's root: a Responses JSON body's own id (a Gemini cache's `name`).
     RootId,
+    /// A Gemini cache's `usageMetadata.totalTokenCount`: the tokens it holds.
+    CacheTokens,
+    /// A Gemini cache's `expireTime` (RFC 3339).
+    ExpireTime,
 }
 
 /// Where a container sits on the paths we read: a node of a small trie per dialect, kept in each
@@ -175,6 +179,9 @@ pub(super) fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
             (Dialect::Gemini, b"modelVersion") => leaf(Target::Model),
             (Dialect::Gemini, b"usageMetadata") => GUsage,
             (Dialect::Gemini, b"candidates") => GCandidates,
+            // A cache resource (`cachedContents` create): read only on that endpoint.
+            (Dialect::Gemini, b"name") => leaf(Target::RootId),
+            (Dialect::Gemini, b"expireTime") => leaf(Target::ExpireTime),
             (Dialect::Gemini, _) if key == b"error" => leaf(Target::Error),
             (Dialect::Gemini, _) => Dead,
             (_, b"model") => leaf(Target::Model),
@@ -246,6 +253,7 @@ pub(super) fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
         (GUsage, K(b"cachedContentTokenCount")) => usage(Field::CacheRead),
         (GUsage, K(b"thoughtsTokenCount")) => usage(Field::Thoughts),
         (GUsage, K(b"toolUsePromptTokenCount")) => usage(Field::ToolPrompt),
+        (GUsage, K(b"totalTokenCount")) => leaf(Target::CacheTokens),
         (GCandidates, I) => GCandidate,
         (GCandidate, K(b"finishReason")) => leaf(Target::Finish),
         (GCandidate, K(b"content")) => GContent,

@@ -374,6 +374,7 @@ fn every_dialect_reports_its_usage() {
             streamed_content_bytes: case.content_bytes,
             terminal: case.terminal,
             response_id: None,
+            expires_at_ms: None,
         };
         // Response ids have their own test (`responses_ids_are_read_from_the_body_or_the_stream`).
         assert_eq!(ScanOutcome { response_id: None, ..got }, want, "{}", case.name);
@@ -991,4 +992,45 @@ fn responses_ids_are_read_from_the_body_or_the_stream_and_nowhere_else() {
             assert_eq!(scan_chunks(*dialect, *endpoint, *format, &[a, b]).response_id.as_deref(), *want, "{name} split at {at}");
         }
     }
+}
+
+/// A `cachedContents` create response, as the Gemini API documents it.
+const GEMINI_CACHE: &str = r#"{
+  "name": "cachedContents/4d2kd477o3pg",
+  "model": "models/gemini-2.5-flash",
+  "createTime": "2025-06-24T12:29:56.123456Z",
+  "updateTime": "2025-06-24T12:29:56.123456Z",
+  "expireTime": "2025-06-24T12:34:56.123456Z",
+  "displayName": "contract",
+  "usageMetadata": {"totalTokenCount": 40321}
+}"#;
+
+#[test]
+fn a_created_gemini_cache_reports_its_name_size_and_expiry_only_on_that_endpoint() {
+    let want_expiry = crate::context_memory::timestamp_ms("2025-06-24T12:34:56.123Z");
+    assert!(want_expiry.is_some());
+    let body = GEMINI_CACHE.as_bytes();
+    for at in 0..=body.len() {
+        let (a, b) = body.split_at(at);
+        let got = scan_chunks(Gemini, CreateCachedContent, Json, &[a, b]);
+        assert_eq!(got.tokens, tokens(40321, 0, 0, 0, 0), "the cache's tokens are its billed prompt (split at {at})");
+        assert_eq!(got.response_id.as_deref(), Some("cachedContents/4d2kd477o3pg"), "split at {at}");
+        assert_eq!(got.expires_at_ms, want_expiry, "split at {at}");
+        assert_eq!(got.model, None, "the resource name models/… is not a priced model: the routed model prices it");
+        assert_eq!(got.terminal, Some(TerminalEvent::Completed));
+    }
+    // The same fields in a generation's response mean nothing: `totalTokenCount` is not the
+    // prompt there, and a generation has no name or expiry.
+    let generation = r#"{"name":"cachedContents/x","expireTime":"2025-06-24T12:34:56Z","candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":2,"totalTokenCount":12}}"#;
+    for endpoint in [GenerateContent, StreamGenerateContent] {
+        let got = scan(Gemini, endpoint, Json, generation.as_bytes());
+        assert_eq!((got.tokens, got.response_id, got.expires_at_ms), (tokens(10, 2, 0, 0, 0), None, None), "{endpoint:?}");
+    }
+    // An error body creates nothing.
+    let error = r#"{"error":{"code":400,"message":"Cached content is too small","status":"INVALID_ARGUMENT"}}"#;
+    let got = scan(Gemini, CreateCachedContent, Json, error.as_bytes());
+    assert_eq!((got.tokens, got.response_id.as_deref(), got.terminal), (None, None, Some(TerminalEvent::Failed)));
+    // A cache whose expiry is not a timestamp keeps only the memory's TTL.
+    let odd = GEMINI_CACHE.replace("2025-06-24T12:34:56.123456Z", "soon");
+    assert_eq!(scan(Gemini, CreateCachedContent, Json, odd.as_bytes()).expires_at_ms, None);
 }

@@ -218,3 +218,174 @@ fn nothing_is_remembered_without_enforcement_when_disabled_or_from_a_failed_resp
     s.respond(&[(":status", "500"), ("content-type", "application/json")], &responses_json("resp_500"));
     assert_eq!(ctx_keys(&gw), 0);
 }
+
+// ---- Gemini context caches created through the gateway ----------------------------------------
+
+/// What the created cache holds: far below the 100,000 window.
+const CACHE_TOKENS: u64 = 10_000;
+
+/// `ms` since the epoch as RFC 3339 (what Google writes in `expireTime`), for the host's clock.
+fn rfc3339(ms: u64) -> String {
+    let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (rest / 3_600_000, rest / 60_000 % 60, rest / 1000 % 60, rest % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}456Z")
+}
+
+fn cache_json(gw: &Gateway, name: &str, model: &str, expires_in_s: u64) -> Vec<u8> {
+    let now = gw.now_ms();
+    json!({"name": name, "model": model, "displayName": "contract",
+           "createTime": rfc3339(now), "updateTime": rfc3339(now), "expireTime": rfc3339(now + expires_in_s * 1000),
+           "usageMetadata": {"totalTokenCount": CACHE_TOKENS}})
+    .to_string()
+    .into_bytes()
+}
+
+fn cache_request(model: &str) -> Vec<u8> {
+    json!({"model": model, "displayName": "contract", "ttl": "600s",
+           "systemInstruction": {"parts": [{"text": "You answer questions about the contract."}]},
+           "contents": [{"role": "user", "parts": [{"text": "THE CONTRACT. Section 1. ... Section 4. ..."}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// Creates a cache through the gateway as `team` on `worker`, answered with `response` (status
+/// `status`) in `chunk`-byte pieces; returns the stream.
+fn create_cache(gw: &Gateway, worker: usize, team: &str, request: &[u8], status: &str, response: &[u8], chunk: usize) -> Stream {
+    let mut s = gw.stream_on(worker);
+    s.send_request(&refs(&with(post("/v1beta/cachedContents", request), "x-auth-team", team)), request);
+    gw.advance(std::time::Duration::from_millis(1));
+    assert!(s.upstream().complete, "the creation is admitted: {:?}", s.client().local_reply);
+    s.respond_chunked(&[(":status", status), ("content-type", "application/json")], response, &[chunk]);
+    s
+}
+
+/// A generation on `model` (a Gemini path model) reading `cache`, capped at 100 output tokens.
+fn cached_generation(cache: &str) -> Vec<u8> {
+    json!({"cachedContent": cache, "contents": [{"role": "user", "parts": [{"text": "What does section 4 say?"}]}],
+           "generationConfig": {"maxOutputTokens": 100}})
+    .to_string()
+    .into_bytes()
+}
+
+/// Sends a generation as `team` on `worker`: admitted (true) or refused with 429 (the refusal's text).
+fn generate_as(gw: &Gateway, worker: usize, team: &str, model: &str, body: &[u8]) -> Result<(), String> {
+    let path = format!("/v1beta/models/{model}:generateContent");
+    let mut s = gw.stream_on(worker);
+    s.send_request(&refs(&with(post(&path, body), "x-auth-team", team)), body);
+    gw.advance(std::time::Duration::from_millis(1));
+    match s.client().local_reply {
+        None if s.upstream().complete => Ok(()),
+        _ => Err(s.expect_local_response(429).body_text()),
+    }
+}
+
+/// A cached generation's worst case on tg-gemini with the cache remembered: (cache + body bytes,
+/// the body forwarded as sent) at the dearest prompt price (3 µ$) and 100 output tokens at 10 µ$.
+fn cached_worst_case(body: &[u8]) -> u64 {
+    (CACHE_TOKENS + body.len() as u64) * 3 + 100 * 10
+}
+
+#[test]
+fn a_generation_reading_a_cache_created_here_reserves_the_cache_plus_its_body() {
+    let window_worst = WINDOW * 3 + 100 * 10;
+    for chunk in [1, 7, usize::MAX] {
+        let label = format!("chunk={chunk}");
+        let gw = gateway(&config(None), 1);
+        let name = "cachedContents/4d2kd477o3pg";
+        let s = create_cache(&gw, 0, "rich", &cache_request("models/tg-gemini"), "200", &cache_json(&gw, name, "models/tg-gemini", 600), chunk);
+        // The creation itself: the request forwarded untouched, its tokens billed at the input
+        // price (2 µ$ each on tg-gemini), no output.
+        assert_eq!(s.upstream().body, cache_request("models/tg-gemini"), "{label}: the cache's model is never rewritten");
+        let st = |k: &str| s.filter_state(&format!("wasm.tollgate.{k}")).unwrap_or_default();
+        assert_eq!([st("tokens_input"), st("tokens_output"), st("cost_micros"), st("outcome")], [CACHE_TOKENS.to_string(), "0".into(), (CACHE_TOKENS * 2).to_string(), "metered".into()], "{label}");
+        assert_eq!((st("requested_model"), st("routed_model")), ("tg-gemini".into(), "tg-gemini".into()), "{label}");
+
+        // test-gemini is routed to tg-gemini: the generation runs on the cache's model.
+        let body = cached_generation(name);
+        let worst = cached_worst_case(&body);
+        assert!(worst < 50_000 && window_worst > 50_000, "the scenario tells the two bounds apart");
+        let refused = generate_as(&gw, 0, "h1-a", "test-gemini", &body).expect_err(&label);
+        assert!(refused.contains(&usd(worst)), "{label}: the reservation is the cache plus the body, ${}: {refused}", usd(worst));
+        assert_eq!(generate_as(&gw, 0, "h50000-b", "test-gemini", &body), Ok(()), "{label}: fits where the window would not");
+        assert_eq!((counter(&gw, "hits"), counter(&gw, "misses"), counter(&gw, "remembered")), (2, 0, 1), "{label}");
+    }
+}
+
+#[test]
+fn an_unknown_cache_another_model_or_another_shape_reserves_the_window() {
+    let gw = gateway(&config(None), 2);
+    let name = "cachedContents/known";
+    create_cache(&gw, 0, "rich", &cache_request("models/tg-gemini"), "200", &cache_json(&gw, name, "models/tg-gemini", 600), usize::MAX);
+    let gemini_window = usd(WINDOW * 3 + 100 * 10);
+    // Another worker sees it.
+    assert_eq!(generate_as(&gw, 1, "h50000-a", "test-gemini", &cached_generation(name)), Ok(()));
+    // A cache this gateway never saw created.
+    let refused = generate_as(&gw, 1, "h50000-b", "test-gemini", &cached_generation("cachedContents/elsewhere")).expect_err("a miss");
+    assert!(refused.contains(&gemini_window), "a miss reserves the window (${gemini_window}): {refused}");
+    // The cache's name on another model (tg-chat, 4 µ$ a prompt token, 15 an output token).
+    let chat_window = usd(WINDOW * 4 + 100 * 15);
+    let refused = generate_as(&gw, 0, "h50000-c", "tg-chat", &cached_generation(name)).expect_err("another model");
+    assert!(refused.contains(&chat_window), "another model's tokenizer: the window (${chat_window}): {refused}");
+    assert_eq!((counter(&gw, "hits"), counter(&gw, "misses")), (1, 2));
+    // Known, but the request also searches the web: the window, and no lookup at all.
+    let with_tool = json!({"cachedContent": name, "contents": [{"role": "user", "parts": [{"text": "q"}]}],
+                           "tools": [{"googleSearch": {}}], "generationConfig": {"maxOutputTokens": 100}})
+    .to_string()
+    .into_bytes();
+    let refused = generate_as(&gw, 0, "h50000-d", "test-gemini", &with_tool).expect_err("a hosted tool needs the window");
+    assert!(refused.contains(&gemini_window), "{refused}");
+    assert_eq!((counter(&gw, "hits"), counter(&gw, "misses")), (1, 2));
+}
+
+#[test]
+fn a_cache_is_forgotten_when_the_provider_expires_it() {
+    // The memory would keep it an hour; the cache itself expires in 30 s.
+    let gw = gateway(&config(None), 1);
+    let name = "cachedContents/short";
+    create_cache(&gw, 0, "rich", &cache_request("models/tg-gemini"), "200", &cache_json(&gw, name, "models/tg-gemini", 30), 5);
+    gw.advance(std::time::Duration::from_secs(28));
+    assert_eq!(generate_as(&gw, 0, "h50000-a", "test-gemini", &cached_generation(name)), Ok(()), "live at 28 s");
+    gw.advance(std::time::Duration::from_secs(3));
+    assert!(generate_as(&gw, 0, "h50000-b", "test-gemini", &cached_generation(name)).is_err(), "past its expireTime: the window again");
+    assert_eq!((counter(&gw, "hits"), counter(&gw, "misses")), (1, 1));
+}
+
+#[test]
+fn a_failed_or_rerouted_creation_remembers_nothing() {
+    let ctx_keys = |gw: &Gateway| gw.shared_data_keys().into_iter().filter(|k| k.starts_with("tollgate.ctx")).count();
+    let gw = gateway(&config(None), 1);
+    // The upstream refused it (an error body, and a 500 with a cache-looking body).
+    let error = json!({"error": {"code": 400, "message": "Cached content is too small", "status": "INVALID_ARGUMENT"}}).to_string().into_bytes();
+    create_cache(&gw, 0, "rich", &cache_request("models/tg-gemini"), "400", &error, usize::MAX);
+    create_cache(&gw, 0, "rich", &cache_request("models/tg-gemini"), "500", &cache_json(&gw, "cachedContents/x", "models/tg-gemini", 600), usize::MAX);
+    assert_eq!(ctx_keys(&gw), 0);
+    // test-gemini is served as tg-gemini here: a cache for test-gemini would never be read by
+    // the generations it is meant for, so it is refused in Gemini's error shape, naming the model.
+    let body = cache_request("models/test-gemini");
+    let mut s = gw.stream();
+    s.send_request(&refs(&with(post("/v1beta/cachedContents", &body), "x-auth-team", "rich")), &body);
+    let client = s.expect_local_response(400);
+    let v = client.json();
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(r#"serves "test-gemini" as "tg-gemini""#) && message.contains(r#"create the cache for "tg-gemini""#), "{message}");
+    assert!(s.upstream().headers.is_none(), "nothing reached the provider");
+    // Metering only: the creation is metered, nothing is remembered.
+    let gw = Gateway::new(TEST_CONFIG);
+    let request = cache_request("models/tg-gemini");
+    let mut s = gw.stream();
+    s.send_request(&refs(&post("/v1beta/cachedContents", &request)), &request);
+    s.respond(&[(":status", "200"), ("content-type", "application/json")], &cache_json(&gw, "cachedContents/m", "models/tg-gemini", 600));
+    assert_eq!(s.filter_state("wasm.tollgate.tokens_input"), Some(CACHE_TOKENS.to_string()));
+    assert_eq!(ctx_keys(&gw), 0, "metering only keeps no memory");
+}
