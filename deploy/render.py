@@ -39,11 +39,11 @@ COUNTER_PORT = 8787
 PLATFORMS = {
     # Istio names the cluster of a Kubernetes Service `outbound|<port>||<fqdn>`; the proxy must see
     # the Service (default Sidecar scope does; a restricted Sidecar must list it in egress hosts).
-    "istio": {"gateway_id": "istio", "counter_cluster": f"outbound|{COUNTER_PORT}||{COUNTER_HOST}"},
+    "istio": {"gateway_id": "istio", "gateway_id_suffix": "node_id", "counter_cluster": f"outbound|{COUNTER_PORT}||{COUNTER_HOST}"},
     # Envoy Gateway names the cluster of an HTTPRoute rule `httproute/<ns>/<route>/rule/<index>`
     # (internal/gatewayapi/helpers.go irRouteDestinationName); deploy/envoy-gateway/counter-route.yaml
     # creates it from a Backend and keeps clients out of it.
-    "envoy-gateway": {"gateway_id": "envoy-gateway", "counter_cluster": "httproute/llm/tollgate-counter/rule/0"},
+    "envoy-gateway": {"gateway_id": "envoy-gateway", "gateway_id_suffix": "node_id", "counter_cluster": "httproute/llm/tollgate-counter/rule/0"},
     # Kong's ngx_wasm_module takes a host[:port] where Envoy takes a cluster name.
     "kong": {"gateway_id": "kong", "counter_cluster": f"{COUNTER_HOST}:{COUNTER_PORT}"},
 }
@@ -61,6 +61,10 @@ def plugin_config(platform: str) -> dict:
     p = PLATFORMS[platform]
     cfg = copy.deepcopy(base)
     cfg["gateway_id"] = p["gateway_id"]
+    # Every replica gets this one config: the node id (unique per pod on Istio and Envoy Gateway)
+    # gives each its own gateway id, so each keeps its own leases (docs/enforcement.md).
+    if "gateway_id_suffix" in p:
+        cfg["gateway_id_suffix"] = p["gateway_id_suffix"]
     cfg["enforcement"] = {
         "counter_cluster": p["counter_cluster"],
         "counter_authority": COUNTER_HOST,

@@ -15,6 +15,7 @@ LLM request:
   what makes the rendered config work.
 """
 import copy
+import hashlib
 import json
 import re
 import socket
@@ -90,7 +91,10 @@ class RenderedEnvoy:
         self.log_path = tmp_path / "envoy.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(harness.ENVOY_BIN), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warning"],
+            # A mesh proxy always has a node id (Istio: sidecar~<ip>~<pod>.<ns>~…); the rendered
+            # config derives its gateway id from it (gateway_id_suffix).
+            [str(harness.ENVOY_BIN), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warning",
+             "--component-log-level", "wasm:info", "--service-node", "sidecar~10.0.0.7~llm-7d9f-x.apps~apps.svc.cluster.local"],
             stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=harness._die_with_parent,
         )
         deadline = time.monotonic() + 30
@@ -140,6 +144,9 @@ def test_envoy_runs_the_rendered_istio_config_and_tollgate_reaches_the_named_cou
     # The lease call went to the cluster the rendered config names, and found nobody there.
     assert envoy.counter_cluster.startswith("outbound|8787||")
     assert envoy.counter_cluster_stat("upstream_cx_connect_fail") >= 1
+    # Every replica gets this same config; each names itself by its node id.
+    node_hash = hashlib.sha256(b"sidecar~10.0.0.7~llm-7d9f-x.apps~apps.svc.cluster.local").hexdigest()[:8]
+    assert f"configured gateway_id=istio.{node_hash} " in envoy.log_path.read_text(), envoy.log_path.read_text()[-3000:]
 
 
 def test_without_allow_on_headers_stop_iteration_the_same_request_gets_no_answer(envoy_with):

@@ -143,8 +143,11 @@ def test_every_plugin_config_is_the_e2e_config_plus_the_platform_wiring(docs):
     configs = plugin_configs(docs)
     assert len(configs) == 7, sorted(configs)  # 2 WasmPlugins, 2 EnvoyFilters, 2 policies, Kong
     for where, cfg in configs.items():
-        rest = {k: v for k, v in cfg.items() if k not in ("gateway_id", "enforcement")}
+        rest = {k: v for k, v in cfg.items() if k not in ("gateway_id", "gateway_id_suffix", "enforcement")}
         assert rest == {k: v for k, v in e2e.items() if k != "gateway_id"}, where
+        # Mesh platforms hand every replica this config: each must derive its own gateway id.
+        if not where.startswith("kong"):
+            assert cfg.get("gateway_id_suffix") == "node_id", where
         assert cfg["enforcement"]["gateway_token"] == SAMPLE_ENV["TOLLGATE_GATEWAY_TOKEN"], where
         assert cfg["enforcement"]["failure_mode"] == "fail_closed", where
 
