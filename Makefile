@@ -49,11 +49,12 @@ test-clock:
 test-shifted: setup
 	$(NATIVE) bash scripts/test-time-shifted.sh
 
-# The real tollgate.wasm under a wasmtime proxy-wasm host.
-test-host: wasm
+# The real tollgate.wasm under a wasmtime proxy-wasm host (tests/scenarios); the policy component
+# under wasmtime's component model, on the case table core and Node also run (tests/component.rs).
+test-host: wasm component
 	$(NATIVE) cargo test --release -p tollgate-host-tests
 
-# The policy component from Node through jco, on the case table core also runs.
+# The policy component from Node through jco, on the case table core and wasmtime also run.
 test-component: setup component
 	bash component/node/run.sh
 

@@ -1,5 +1,5 @@
 //! The case table every host of the component runs (`component/cases.json`): the native policy
-//! (`tests/cases.rs`) and Node through jco
+//! (`tests/cases.rs`), wasmtime (`host-tests/tests/component.rs`) and Node through jco
 //! (`component/node/cases.mjs`). Each host turns its result into an *answer* (plain JSON, the
 //! shape below) and checks it against the case's `expect` with the same rule:
 //! every key of `expect` must be in the answer with an equal value, except `<key>_contains`,

@@ -14,8 +14,9 @@
 //! - `bindings` (wasm32 only): the wit-bindgen exports, converting types and nothing else.
 //!
 //! Build: `make component` (`cargo build --release --target wasm32-wasip2 -p tollgate-component`),
-//! giving `tollgate_component.wasm`. Proven on the same case table natively and from Node through
-//! jco (`component/node/`); a wasmtime host is pending (docs/component.md).
+//! giving `tollgate_component.wasm`. Proven on the same case table natively, under wasmtime's
+//! component model (`host-tests/tests/component.rs`, `make test-host`) and from Node through jco
+//! (`component/node/`, `make test-component`); docs/component.md.
 
 pub mod cases;
 pub mod policy;
