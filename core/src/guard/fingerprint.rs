@@ -120,6 +120,23 @@ mod tests {
     }
 
     #[test]
+    fn every_byte_counts_in_every_lane_the_rest_and_the_tail() {
+        // 109 bytes: thirteen words and five tail bytes.
+        let base: Vec<u8> = (0..109u8).map(|i| i.wrapping_mul(37)).collect();
+        let h = hash_bytes(7, &base);
+        for at in 0..base.len() {
+            let mut changed = base.clone();
+            if let Some(b) = changed.get_mut(at) {
+                *b ^= 1;
+            }
+            assert_ne!(hash_bytes(7, &changed), h, "a flipped bit at byte {at}");
+        }
+        let prefixes: std::collections::BTreeSet<u64> = (0..=base.len()).map(|n| hash_bytes(7, base.get(..n).unwrap_or_default())).collect();
+        assert_eq!(prefixes.len(), base.len() + 1, "every length hashes apart");
+        assert_ne!(hash_bytes(7, &base), hash_bytes(8, &base), "the seed counts");
+    }
+
+    #[test]
     fn a_member_moved_between_key_and_value_is_not_the_same() {
         assert_ne!(fp(r#"{"a":"b","c":"d"}"#), fp(r#"{"a":"d","c":"b"}"#));
         assert_ne!(fp(r#"{"ab":"c"}"#), fp(r#"{"a":"bc"}"#));
