@@ -62,6 +62,9 @@ pub struct FilterConfig {
     /// Agent guards (issue 12, `core::guard`). Absent = none (no fingerprint is computed).
     #[serde(default)]
     pub guards: Option<serde_json::Value>,
+    /// The budget banner on a chat UI's pages (issue 13, `core::banner`). Absent = none.
+    #[serde(default)]
+    pub banner: Option<serde_json::Value>,
 }
 
 /// What the filter publishes as filter state for the access log (README.md, "Access log").
@@ -131,6 +134,8 @@ pub struct CompiledConfig {
     pub context_memory: Option<crate::context_memory::ContextMemory>,
     /// Agent guards (`core::guard`); `None` = none.
     pub guards: Option<crate::guard::Guards>,
+    /// The budget banner (`core::banner`); `None` = none.
+    pub banner: Option<crate::banner::Banner>,
 }
 
 impl FilterConfig {
@@ -203,6 +208,11 @@ impl FilterConfig {
             Some(v) if !v.is_object() => return Err(ConfigError::new("guards", "must be an object")),
             Some(v) => Some(crate::guard::Guards::compile(parse_at(v, "guards")?)?),
         };
+        let banner = match self.banner {
+            None => None,
+            Some(v) if !v.is_object() => return Err(ConfigError::new("banner", "must be an object")),
+            Some(v) => Some(crate::banner::Banner::compile(parse_at(v, "banner")?, "banner")?),
+        };
         Ok(CompiledConfig {
             gateway_id,
             gateway_id_suffix: self.gateway_id_suffix,
@@ -215,6 +225,7 @@ impl FilterConfig {
             access_log: self.access_log.unwrap_or_default(),
             context_memory,
             guards,
+            banner,
         })
     }
 }

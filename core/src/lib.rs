@@ -29,8 +29,11 @@
 //!   caches, files, media, hosted tools), recognised per dialect so the reservation stays a bound.
 //! - [`context_memory`]: the response-id memory: the context a stored response was billed, so a
 //!   request continuing it reserves that prefix plus its body instead of the context window.
+//! - [`banner`]: the budget banner on a chat UI's HTML pages: its routes, which responses are
+//!   rewritten, which budget it names and its text (the plugin streams the page through lol_html).
 
 pub mod attribution;
+pub mod banner;
 pub mod bytes;
 pub mod config;
 pub mod context_memory;

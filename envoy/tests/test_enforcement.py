@@ -80,18 +80,19 @@ def filter_config(gateway_id, **enforcement):
 class Counter:
     """tollgate-counter on a free port with the budgets above, SQLite ledger in `data`."""
 
-    def __init__(self, workdir, port=None, name="counter"):
+    def __init__(self, workdir, port=None, name="counter", budgets=None):
         self.data = Path(workdir) / f"{name}-data"
         self.data.mkdir()
-        self._serve(workdir, name, ["--data", str(self.data), "--sync", "normal"], port)
+        self._serve(workdir, name, ["--data", str(self.data), "--sync", "normal"], port, budgets)
 
-    def _serve(self, workdir, name, store_args, port=None):
+    def _serve(self, workdir, name, store_args, port=None, budgets=None):
         """Starts `tollgate-counter serve` with the budgets above and `store_args`; waits for /healthz."""
         if not COUNTER_BIN.exists():
             raise RuntimeError(f"{COUNTER_BIN} is missing: cargo build --release -p tollgate-counter")
         self.workdir = workdir
+        budgets_list = budgets
         budgets = Path(workdir) / "budgets.json"
-        budgets.write_text(json.dumps({"budgets": BUDGETS}))
+        budgets.write_text(json.dumps({"budgets": budgets_list or BUDGETS}))
         tokens = Path(workdir) / "tokens.json"
         tokens.write_text(json.dumps({"gateway": {"e2e": GATEWAY_TOKEN}, "admin": {"e2e": ADMIN_TOKEN}}))
         self.port = port or free_port()

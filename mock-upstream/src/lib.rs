@@ -18,6 +18,7 @@
 //! - `GET /__mock/requests` → `{"requests":[{seq, method, target, path, headers, body, body_base64, body_len}]}`.
 //! - `DELETE /__mock/requests` → clears the log.
 //!
+//! `GET /ui/...` answers a small chat UI page ([`UI_PAGE`], `text/html`), for the budget banner.
 //! Any other path (or a non-POST to an LLM path) gets a JSON echo: `{"mock":"echo",...}`.
 
 pub mod controls;
@@ -96,6 +97,9 @@ impl Mock {
     fn respond(&self, req: &Request, c: &Controls, seq: u64) -> Response {
         let route = match llm::recognise(req.path()) {
             Some(r) if req.method == "POST" => r,
+            _ if req.method == "GET" && req.path().starts_with("/ui/") => {
+                return plain(200, "text/html; charset=utf-8", UI_PAGE.to_owned());
+            }
             _ => return echo(req),
         };
         let family = route.api.family();
@@ -173,6 +177,9 @@ fn shape(resp: &mut Response, c: &Controls, gzip: bool) {
         resp.piece_delay = c.chunk_delay;
     }
 }
+
+/// The chat UI page behind `GET /ui/...` (the budget banner goes after its `<body>`).
+pub const UI_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Chat</title></head><body class=\"app\"><div id=\"root\">Loading&hellip;</div></body></html>\n";
 
 fn echo(req: &Request) -> Response {
     let body = serde_json::json!({

@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`Enforcer::utilization_pct`] feeds routing's `budget_utilization_at_least_pct` condition.
+//! - [`Enforcer::budget_statuses`] feeds the budget banner on a chat UI's pages (`core::banner`).
 //! - [`Enforcer::admit`] sees the routed request with its worst-case cost and decides. `Wait`
 //!   makes the filter pause the request (e.g. while a lease top-up is in flight); the answer to an
 //!   outbound call made from this HTTP context arrives in [`Enforcer::on_http_call_response`],
@@ -23,6 +24,7 @@
 //! renewal). This module imports nothing of the crate: the filter and `enforce` both depend on it,
 //! never on each other through it.
 
+use tollgate_core::banner::BudgetStatus;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::errors::Failure;
 use tollgate_core::money::Micros;
@@ -63,6 +65,12 @@ pub trait Enforcer {
     /// The highest budget utilization (percent) on the principal's chain, for routing.
     fn utilization_pct(&mut self, _principal: &Principal, _now_ms: i64) -> Option<u32> {
         None
+    }
+
+    /// Every budget the gateway knows on the principal's chain, with its utilization, for the
+    /// budget banner (`core::banner`). Empty when it knows none.
+    fn budget_statuses(&mut self, _principal: &Principal) -> Vec<BudgetStatus> {
+        Vec::new()
     }
 
     fn admit(&mut self, admission: &Admission<'_>) -> Verdict;

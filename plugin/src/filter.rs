@@ -17,11 +17,16 @@
 //!    stream. The one exception: an OpenAI stream whose usage the filter asked for loses its
 //!    usage-only chunk (`core::usage` strip), and a chunk that ends inside an event is held
 //!    (Pause: Envoy buffers it) until the event ends.
+//! - A page on a `banner` route (not an LLM call; with enforcement): the principal from the
+//!   request headers; at the response headers, a 200 HTML page whose principal has a known budget
+//!   loses its `content-length` and streams through lol_html, the budget banner put after
+//!   `<body>` (`crate::banner`, decided by `core::banner`).
 //! 4. `on_log`: a request that never reached end of stream (client or upstream cut) is settled
 //!    here from an estimate.
 
 use crate::access_log::AccessLog;
 use crate::admission::{Admission, Enforcer, Verdict};
+use crate::banner::{BannerMetrics, Fed, Page, PageRewriter};
 use crate::context_memory::SharedContextMemory;
 use crate::enforce::EnforcementRoot;
 use crate::host::{self, Buffer, LogLevel, Map};
@@ -33,6 +38,7 @@ use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use std::cell::RefCell;
 use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
+use tollgate_core::banner;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
 use tollgate_core::context_memory::Reference;
@@ -60,6 +66,8 @@ pub struct Root {
     context_memory: Option<Rc<SharedContextMemory>>,
     /// The guards' counters; `None` without a `guards` section.
     guard_metrics: Option<Rc<GuardMetrics>>,
+    /// The banner's counters; `None` without a `banner` section.
+    banner_metrics: Option<Rc<BannerMetrics>>,
 }
 
 impl Default for Root {
@@ -73,6 +81,7 @@ impl Default for Root {
             key_digests: Rc::default(),
             context_memory: None,
             guard_metrics: None,
+            banner_metrics: None,
         }
     }
 }
@@ -117,6 +126,9 @@ impl Context for Root {
         }
         if let Some(g) = &self.guard_metrics {
             g.flush();
+        }
+        if let Some(b) = &self.banner_metrics {
+            b.flush();
         }
         if let Some(e) = &self.enforcement {
             e.on_done(host::now_ms());
@@ -170,6 +182,13 @@ impl RootContext for Root {
                     g.flush();
                 }
                 self.guard_metrics = config.guards.as_ref().map(|_| Rc::new(GuardMetrics::define()));
+                if let Some(b) = &self.banner_metrics {
+                    b.flush();
+                }
+                self.banner_metrics = config.banner.as_ref().map(|_| Rc::new(BannerMetrics::define()));
+                if config.banner.is_some() && self.enforcement.is_none() {
+                    host::log(LogLevel::Warn, "tollgate: banner is configured but enforcement is not: without budgets there is no status to show, so no page gets a banner");
+                }
                 self.config = Some(config);
                 self.vm_tag = Rc::from(new_vm_tag().as_str());
                 true
@@ -189,6 +208,9 @@ impl RootContext for Root {
         if let Some(g) = &self.guard_metrics {
             g.flush();
         }
+        if let Some(b) = &self.banner_metrics {
+            b.flush();
+        }
         if let Some(enforcement) = &self.enforcement {
             enforcement.on_tick(host::now_ms());
         }
@@ -206,6 +228,8 @@ impl RootContext for Root {
             config: self.config.clone(),
             metrics: Rc::clone(&self.metrics),
             guard_metrics: self.guard_metrics.clone(),
+            banner_metrics: self.banner_metrics.clone(),
+            page: None,
             enforcer,
             context_memory: self.context_memory.clone(),
             phase: Phase::Start,
@@ -267,6 +291,9 @@ pub struct Stream {
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     guard_metrics: Option<Rc<GuardMetrics>>,
+    banner_metrics: Option<Rc<BannerMetrics>>,
+    /// A page on a banner route (`crate::banner`); `None` for everything else.
+    page: Option<Page>,
     enforcer: Option<Box<dyn Enforcer>>,
     context_memory: Option<Rc<SharedContextMemory>>,
     phase: Phase,
@@ -615,6 +642,73 @@ impl Stream {
         }
     }
 
+    /// A page on a banner route, at its response headers: rewrite it (`core::banner::classify`),
+    /// when its principal has a budget the gateway knows, or leave it alone.
+    fn page_headers(&mut self, end_of_stream: bool) {
+        let Some(Page::Awaiting(principal)) = self.page.take() else { return };
+        let (Some(banner), Some(metrics)) = (self.config.as_ref().and_then(|c| c.banner.as_ref()), self.banner_metrics.as_ref()) else { return };
+        if end_of_stream {
+            return;
+        }
+        let Ok(headers) = host::headers(Map::ResponseHeaders) else {
+            self.metrics.host_error();
+            return;
+        };
+        let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        match banner::classify(status, header(&headers, "content-type"), header(&headers, "content-encoding")) {
+            banner::Response::Untouched => return,
+            banner::Response::Encoded => return metrics.skipped_encoded(),
+            banner::Response::Rewrite => {}
+        }
+        let statuses = self.enforcer.as_mut().map(|e| e.budget_statuses(&principal)).unwrap_or_default();
+        let Some(status) = banner::fullest(statuses) else { return metrics.no_status() };
+        let Some(rewriter) = PageRewriter::new(&banner.text(&status)) else { return metrics.failed() };
+        // The page grows, so its length goes (Envoy then chunks it); its validator names the
+        // page without the banner.
+        if host::remove_header(Map::ResponseHeaders, "content-length").is_err() {
+            self.metrics.host_error();
+            return;
+        }
+        if header(&headers, "etag").is_some() && host::remove_header(Map::ResponseHeaders, "etag").is_err() {
+            self.metrics.host_error();
+        }
+        self.page = Some(Page::Rewriting(Box::new(rewriter)));
+    }
+
+    /// A chunk of a page being rewritten: fed to lol_html and replaced by what it emitted.
+    fn page_body(&mut self, body_size: usize, end_of_stream: bool) {
+        let Some(Page::Rewriting(rewriter)) = self.page.as_mut() else { return };
+        let chunk = match host::get_buffer(Buffer::ResponseBody, 0, body_size) {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                self.metrics.host_error();
+                self.page = None;
+                return;
+            }
+        };
+        let (bytes, failed) = match rewriter.feed(&chunk, end_of_stream) {
+            Fed::Rewritten(bytes) => (bytes, false),
+            Fed::Failed(bytes) => (bytes, true),
+            Fed::Untouched => return,
+        };
+        let injected = rewriter.injected();
+        if bytes != chunk && host::set_buffer(Buffer::ResponseBody, 0, body_size, &bytes).is_err() {
+            self.metrics.host_error();
+            self.page = None;
+            return;
+        }
+        if failed || end_of_stream {
+            self.page = None;
+            if let Some(m) = &self.banner_metrics {
+                if failed {
+                    m.failed();
+                } else if injected {
+                    m.injected();
+                }
+            }
+        }
+    }
+
     /// `x-tollgate-task-cost` on the response of a request that carries a task id, when configured.
     fn add_task_cost_header(&self) {
         let wanted = self.config.as_ref().and_then(|c| c.guards.as_ref()).is_some_and(|g| g.task_cost_header);
@@ -679,6 +773,16 @@ impl HttpContext for Stream {
         let Some(recognised) = config.mounts.recognise(path) else {
             self.metrics.passthrough();
             self.phase = Phase::Passthrough;
+            // The budget banner needs a status, which only enforcement has.
+            if let Some(banner) = config.banner.as_ref().filter(|_| self.enforcer.is_some()) {
+                if banner.covers(header(&headers, ":authority").unwrap_or_default(), path) {
+                    let facts = match self.key_digests.try_borrow_mut() {
+                        Ok(mut digests) => config.attribution.from_headers(|name| header(&headers, name), &mut digests),
+                        Err(_) => config.attribution.from_headers(|name| header(&headers, name), &mut KeyDigests::default()),
+                    };
+                    self.page = Some(Page::Awaiting(config.attribution.principal(&facts, None)));
+                }
+            }
             return Action::Continue;
         };
         // Gemini clients may send their key as `?key=`: read like `x-goog-api-key`.
@@ -779,6 +883,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.page.is_some() {
+            self.page_headers(end_of_stream);
+            return Action::Continue;
+        }
         if self.phase != Phase::Forwarded {
             return Action::Continue;
         }
@@ -810,6 +918,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.page.is_some() {
+            self.page_body(body_size, end_of_stream);
+            return Action::Continue;
+        }
         if self.phase != Phase::Forwarded {
             return Action::Continue;
         }
@@ -840,6 +952,13 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A page that ends with trailers ends without a last body chunk: whatever the rewriter
+        // still held cannot be sent any more.
+        if let Some(Page::Rewriting(_)) = self.page.take() {
+            if let Some(b) = &self.banner_metrics {
+                b.failed();
+            }
+        }
         self.settle();
         Action::Continue
     }

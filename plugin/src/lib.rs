@@ -14,6 +14,8 @@
 //!   was billed, so its continuation reserves that instead of the window); with enforcement only.
 //! - [`guard`]: agent guards' Envoy side: retry counts in shared data, the checkpoint header,
 //!   the `tollgate_guard_*` counters.
+//! - [`banner`]: the budget banner's Envoy side: a chat UI's HTML page streamed through lol_html,
+//!   the banner put after `<body>`, its counters (`core::banner` decides).
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
@@ -24,6 +26,7 @@
 
 pub mod access_log;
 pub mod admission;
+pub mod banner;
 pub mod context_memory;
 pub mod enforce;
 pub mod filter;

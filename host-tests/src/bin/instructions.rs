@@ -86,7 +86,15 @@ fn measure(gw: &Gateway, w: &Workload) -> (u64, u64) {
 /// budget on `org:acme` only (as in the Envoy bench): the chain's other scope (`team:platform`)
 /// has none. Steady state: the slice is in hand, no request waits.
 fn enforcing_gateway() -> Gateway {
+    enforcing_gateway_with(serde_json::Value::Null)
+}
+
+/// [`enforcing_gateway`] with `banner` as its `banner` section (`null`: none).
+fn enforcing_gateway_with(banner: serde_json::Value) -> Gateway {
     let mut v: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
+    if !banner.is_null() {
+        v["banner"] = banner;
+    }
     v["enforcement"] = serde_json::json!({
         "counter_cluster": "tollgate_counter",
         "gateway_token": "t",
@@ -158,6 +166,50 @@ fn guarded_gateway() -> Gateway {
     gw
 }
 
+/// A chat UI page of about 50 KiB: a head with an inline script, then the body's markup.
+fn chat_page() -> String {
+    let mut p = String::from("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Open WebUI</title>");
+    p.push_str("<script>window.__cfg = {\"items\": [");
+    while p.len() < 16 * 1024 {
+        p.push_str("{\"id\": 12345, \"name\": \"model <b>&amp; co\"}, ");
+    }
+    p.push_str("{}]};</script></head><body class=\"app\">");
+    while p.len() < 50 * 1024 {
+        p.push_str("<div class=\"msg\"><span data-role=\"user\">Hello &amp; welcome</span><img src=\"/a.png\" alt=\"x\"></div>\n");
+    }
+    p.push_str("</body></html>");
+    p
+}
+
+/// The budget banner (issue 13): one 50 KiB page in 16 KiB chunks, the whole stream's
+/// instructions, with the banner configured and without (the page then only passes through).
+fn measure_banner() -> (u64, u64) {
+    let page = chat_page();
+    let load = |gw: &Gateway| {
+        let headers = [(":method", "GET"), (":path", "/"), (":authority", "chat.internal"), (":scheme", "http"), ("x-auth-team", "platform")];
+        let len = page.len().to_string();
+        let mut s = gw.stream();
+        s.send_request(&headers, b"");
+        s.respond_chunked(&[(":status", "200"), ("content-type", "text/html; charset=utf-8"), ("content-length", &len)], page.as_bytes(), &[16 * 1024]);
+        assert!(s.finished(), "the page stream finished");
+        (s.instructions(), s.client().body_text().contains("tollgate-banner"))
+    };
+    let banner = enforcing_gateway_with(serde_json::json!({"routes": [{"host": "chat.internal", "path_prefix": "/"}]}));
+    // One LLM call gives the gateway its lease, hence the status on org:acme.
+    let w = workloads().remove(1);
+    measure(&banner, &w);
+    banner.advance(std::time::Duration::from_millis(1000));
+    load(&banner);
+    let (with, injected) = load(&banner);
+    assert!(injected, "the banner went in");
+    let plain = enforcing_gateway();
+    measure(&plain, &w);
+    load(&plain);
+    let (without, injected) = load(&plain);
+    assert!(!injected);
+    (with, without)
+}
+
 fn main() {
     let wasm = module::tollgate_wasm_path();
     println!("# wasm instructions per request (wasmtime fuel), deterministic");
@@ -197,4 +249,6 @@ fn main() {
         println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
         println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");
     }
+    let (with, without) = measure_banner();
+    println!("| budget banner: 50 KiB HTML page in 16 KiB chunks, with enforcement (page passed through without a banner section: {without}) | | | {with} | |");
 }

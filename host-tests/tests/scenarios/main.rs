@@ -12,7 +12,9 @@
 //! - `guards`: agent guards: the retry-loop guard and premium runs that need a task.
 //! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
 //! - `context_memory`: a continued response reserves its remembered context, not the window.
+//! - `banner`: the budget banner on a chat UI's HTML pages, at any chunking; everything else untouched.
 
+mod banner;
 mod client_stream;
 mod common;
 mod context_memory;

@@ -8,6 +8,7 @@ use super::store;
 use super::worker::{read_lease, SharedWorker, Worker};
 use crate::admission::{Admission, Enforcer, Verdict};
 use crate::host::{self, LogLevel};
+use tollgate_core::banner::BudgetStatus;
 use tollgate_core::enforce::chain::{self, RefillTicket};
 use tollgate_core::enforce::rounds::{self, AfterRounds, NextRound};
 use tollgate_core::enforce::{Decision, FailureMode, Reservation};
@@ -153,6 +154,16 @@ impl Enforcer for LeaseEnforcer {
         let worker = self.worker.clone();
         let mut w = worker.try_borrow_mut().ok()?;
         Some(w.utilization_pct(&principal.scope_keys(), now_ms))
+    }
+
+    fn budget_statuses(&mut self, principal: &Principal) -> Vec<BudgetStatus> {
+        let mut statuses = Vec::new();
+        for scope in principal.scope_keys() {
+            for slot in store::load(&scope).budgets {
+                statuses.push(BudgetStatus { scope: scope.clone(), pct: slot.utilization_pct(), budget_id: slot.budget_id });
+            }
+        }
+        statuses
     }
 
     fn admit(&mut self, admission: &Admission<'_>) -> Verdict {
