@@ -20,12 +20,14 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import ADMIN_TOKEN, DAY_MS, Counter, cost_micros, free_port, records
+from conftest import ADMIN_TOKEN, DAY_MS, Counter, cost_micros, free_port, http, records
 from test_console import WAIT_S, cells, header, open_page, shot, usd
 
 VIEWER = ("vera", "console-viewer-secret")
 REQUESTER = ("rita", "console-requester-secret")
 APPROVER = ("alex", "console-approver-secret")
+# bob's personal token: his own spend and nothing else.
+BOB_OWN = ("user:bob", "console-bob-personal-secret")
 
 WORKFLOWS = [
     {"id": "ci-agent", "team": "platform", "owner": "alice", "class": "team_tool", "default_tier": "standard", "escalation_tier": "premium",
@@ -135,7 +137,7 @@ def gov(workdir, receiver):
     with open(path, "w") as f:
         json.dump(notify, f)
     env = {"TOLLGATE_VIEWER_TOKENS": "=".join(VIEWER), "TOLLGATE_REQUESTER_TOKENS": "=".join(REQUESTER),
-           "TOLLGATE_APPROVER_TOKENS": "=".join(APPROVER)}
+           "TOLLGATE_APPROVER_TOKENS": "=".join(APPROVER), "TOLLGATE_PERSONAL_TOKENS": "=".join(BOB_OWN)}
     c = Counter(workdir, name="gov-counter", env=env, args=["--notify", path])
     try:
         c.seed(records(3000, seed=29, prefix="gov-nov"))
@@ -160,14 +162,14 @@ def gov(workdir, receiver):
         c.close()
 
 
-def sign_in(browser, counter, token):
+def sign_in(browser, counter, token, lands_on="overview"):
     browser.get(counter.url + "/console/")
     browser.execute_script("sessionStorage.clear()")
     browser.get(counter.url + "/console/#overview")
     WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "signin").is_displayed())
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "#signin button").click()
-    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-ready") == "overview")
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-ready") == lands_on)
     errors = browser.find_elements(By.ID, "page-error")
     assert not errors, errors[0].text
 
@@ -496,3 +498,29 @@ def test_every_governance_table_has_a_csv_link(browser, gov):
         tables = browser.find_elements(By.CSS_SELECTOR, "#page table")
         with_csv = {l.get_attribute("data-csv") for l in browser.find_elements(By.CSS_SELECTOR, "a.csv")}
         assert tables and {t.get_attribute("id") for t in tables} == with_csv, page
+
+
+def test_a_personal_token_sees_its_own_spend_and_nobody_elses(browser, gov, shots):
+    period = "from=2026-11-01&to=2026-12-01"
+    sign_in(browser, gov, BOB_OWN[1], lands_on="me")
+    visible = [a.get_attribute("href").split("#")[1] for a in browser.find_elements(By.CSS_SELECTOR, "#nav a") if a.is_displayed()]
+    assert visible == ["me"], visible
+    assert "personal token of user bob" in browser.find_element(By.ID, "me-who").text
+    open_page(browser, gov, "me", period)
+    # Exactly bob's rows of the spend report an admin reads, nobody else's.
+    days = [r for r in gov.get(f"/admin/reports/spend?group_by=user,day&{period}")["rows"] if r["user"] == "bob"]
+    assert days and cells(browser, "me-days") == [[r["day"], str(r["requests"]), r["cost_usd"]] for r in days]
+    models = [r for r in gov.get(f"/admin/reports/spend?group_by=user,model&{period}")["rows"] if r["user"] == "bob"]
+    assert cells(browser, "me-models") == [[r["model"], str(r["requests"]), r["cost_usd"]] for r in models]
+    assert browser.find_element(By.ID, "me-total").text.endswith("$" + usd(sum(r["cost_micros"] for r in days)))
+    # The page asks for no one: the address cannot name another user, and any other page is "My spend".
+    open_page(browser, gov, "me", f"kind=user&who=alice&{period}")
+    assert cells(browser, "me-days") == [[r["day"], str(r["requests"]), r["cost_usd"]] for r in days]
+    browser.execute_script("document.getElementById('page').removeAttribute('data-ready'); location.hash = 'budgets'")
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-ready") == "me")
+    assert not browser.find_elements(By.ID, "budgets")
+    # The counter refuses the token everywhere else; the page did not decide that.
+    assert http(gov.port, "GET", "/admin/reports/spend", token=BOB_OWN[1])[0] == 401
+    status, body = http(gov.port, "GET", "/reports/principal?scope=user:alice", token=BOB_OWN[1])
+    assert status == 403 and b"`user:bob` only" in body, body
+    shot(browser, shots, "me-personal")

@@ -1,7 +1,10 @@
 //! Who may call what: named bearer tokens, and the role each admin-side token holds.
 //!
-//! Two families of tokens: **gateway** tokens open `/v1/*` only; **admin-side** tokens open the
-//! admin API, each with one [`Role`]. Roles are ordered, each including the ones below it:
+//! Three families of tokens: **gateway** tokens open `/v1/*` only; **admin-side** tokens open the
+//! admin API, each with one [`Role`]; **personal** tokens are scoped to one principal (`user:<id>` or
+//! `key:<id>`, the token's name) and open only that principal's own page,
+//! `GET /reports/principal` (its budgets and spend): the "my spend" an engineer may see of
+//! themselves and of nobody else. Roles are ordered, each including the ones below it:
 //!
 //! ```text
 //! viewer    < requester                 < approver                           < admin
@@ -86,6 +89,8 @@ pub struct Auth {
     gateways: Vec<(String, String)>,
     /// (name, secret, role).
     admins: Vec<(String, String, Role)>,
+    /// (scope, secret): the scope (`user:<id>` or `key:<id>`) is the token's name.
+    personal: Vec<(String, String)>,
     metrics_token: bool,
 }
 
@@ -93,7 +98,13 @@ impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gateways: Vec<&str> = self.gateways.iter().map(|(n, _)| n.as_str()).collect();
         let admins: Vec<String> = self.admins.iter().map(|(n, _, r)| format!("{n}:{}", r.as_str())).collect();
-        f.debug_struct("Auth").field("gateways", &gateways).field("admins", &admins).field("metrics_token", &self.metrics_token).finish()
+        let personal: Vec<&str> = self.personal.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Auth")
+            .field("gateways", &gateways)
+            .field("admins", &admins)
+            .field("personal", &personal)
+            .field("metrics_token", &self.metrics_token)
+            .finish()
     }
 }
 
@@ -124,7 +135,34 @@ impl Auth {
                 ));
             }
         }
-        Ok(Auth { gateways, admins, metrics_token: false })
+        Ok(Auth { gateways, admins, personal: Vec::new(), metrics_token: false })
+    }
+
+    /// Adds personal tokens, each `(scope, secret)` with the scope `user:<id>` or `key:<id>` as its
+    /// name. A scope has at most one token; no secret may open two families (a personal secret that
+    /// is also an admin-side one would read as the admin).
+    pub fn with_personal(mut self, personal: Vec<(String, String)>) -> Result<Auth, String> {
+        let mut scopes = std::collections::HashSet::new();
+        for (scope, secret) in &personal {
+            let id = scope.strip_prefix("user:").or_else(|| scope.strip_prefix("key:"));
+            if id.is_none_or(str::is_empty) {
+                return Err(format!(
+                    "personal token `{scope}`: its name is the principal it may see, `user:<id>` or `key:<id>` (TOLLGATE_PERSONAL_TOKENS=user:alice=<secret>)"
+                ));
+            }
+            if secret.is_empty() {
+                return Err(format!("personal token `{scope}`: the secret is empty"));
+            }
+            if !scopes.insert(scope.as_str()) {
+                return Err(format!("personal token `{scope}` is listed twice; give each principal one token"));
+            }
+            let taken = self.gateways.iter().map(|(_, s)| s).chain(self.admins.iter().map(|(_, s, _)| s));
+            if taken.into_iter().any(|s| constant_time_eq(s.as_bytes(), secret.as_bytes())) {
+                return Err(format!("personal token `{scope}`: its secret is also a gateway or admin-side token's; give it its own"));
+            }
+        }
+        self.personal = personal;
+        Ok(self)
     }
 
     /// Makes `/metrics` require an admin-side token (any role).
@@ -166,6 +204,12 @@ impl Auth {
             .iter()
             .find(|(_, secret, _)| constant_time_eq(secret.as_bytes(), presented.as_bytes()))
             .map(|(n, _, r)| Caller { name: n.clone(), role: *r })
+    }
+
+    /// The principal scope (`user:<id>` or `key:<id>`) of the personal token the request carries.
+    pub fn personal(&self, headers: &HeaderMap) -> Option<&str> {
+        let presented = Auth::presented(headers)?;
+        self.personal.iter().find(|(_, secret)| constant_time_eq(secret.as_bytes(), presented.as_bytes())).map(|(n, _)| n.as_str())
     }
 
     /// The one role check: the caller if its role is at least `needed`.
@@ -242,5 +286,28 @@ mod tests {
         assert!(Auth::new(gw(), vec![("a".into(), String::new())]).is_err());
         let debug = format!("{:?}", auth());
         assert!(debug.contains("avery:approver") && !debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
+    fn a_personal_token_names_its_principal_and_opens_nothing_else() {
+        let a = auth().with_personal(vec![("user:alice".into(), "alice-own".into()), ("key:k-42".into(), "k42-own".into())]).unwrap();
+        assert_eq!(a.personal(&headers("alice-own")), Some("user:alice"));
+        assert_eq!(a.personal(&headers("k42-own")), Some("key:k-42"));
+        assert_eq!(a.personal(&headers("vic-secret")), None, "admin-side tokens are not personal ones");
+        assert_eq!(a.check(&headers("alice-own"), Role::Viewer), Err(Denied::Unauthenticated), "a personal token opens no admin endpoint");
+        assert_eq!(a.gateway(&headers("alice-own")), None, "nor a gateway endpoint");
+        let debug = format!("{a:?}");
+        assert!(debug.contains("user:alice") && !debug.contains("alice-own"), "{debug}");
+    }
+
+    #[test]
+    fn personal_token_mistakes_are_refused_naming_the_token() {
+        let refused = |tokens: Vec<(&str, &str)>| auth().with_personal(tokens.into_iter().map(|(n, s)| (n.into(), s.into())).collect()).unwrap_err();
+        assert!(refused(vec![("team:platform", "x")]).contains("`team:platform`: its name is the principal"));
+        assert!(refused(vec![("user:", "x")]).contains("`user:`"));
+        assert!(refused(vec![("user:alice", "")]).contains("secret is empty"));
+        assert!(refused(vec![("user:alice", "x"), ("user:alice", "y")]).contains("listed twice"));
+        assert!(refused(vec![("user:alice", "ada-secret")]).contains("also a gateway or admin-side token's"));
+        assert!(refused(vec![("key:k", "gw-secret")]).contains("also a gateway or admin-side token's"));
     }
 }

@@ -368,11 +368,13 @@ async fn dispatch(command: Command) -> Result<(), String> {
 
 /// Reads gateway and admin-side tokens (with their roles) from the environment and the optional
 /// tokens file: `TOLLGATE_{GATEWAY,ADMIN,VIEWER,REQUESTER,APPROVER}_TOKENS` (`name=secret,...`) and
-/// the file's `gateway`, `admin`, `viewer`, `requester`, `approver` sections.
+/// the file's `gateway`, `admin`, `viewer`, `requester`, `approver` sections; personal tokens from
+/// `TOLLGATE_PERSONAL_TOKENS` (`user:alice=secret,key:k-42=secret`) and the file's `personal` section.
 fn load_auth(file: Option<&PathBuf>) -> Result<Auth, String> {
     use crate::auth::Role;
     let mut gateways = Auth::parse_list(&std::env::var("TOLLGATE_GATEWAY_TOKENS").unwrap_or_default());
     let mut admins: Vec<(String, String, Role)> = Vec::new();
+    let mut personal = Auth::parse_list(&std::env::var("TOLLGATE_PERSONAL_TOKENS").unwrap_or_default());
     for role in Role::ALL {
         admins.extend(Auth::parse_list(&std::env::var(role.env_var()).unwrap_or_default()).into_iter().map(|(n, s)| (n, s, role)));
     }
@@ -390,15 +392,18 @@ fn load_auth(file: Option<&PathBuf>) -> Result<Auth, String> {
             requester: std::collections::BTreeMap<String, String>,
             #[serde(default)]
             approver: std::collections::BTreeMap<String, String>,
+            #[serde(default)]
+            personal: std::collections::BTreeMap<String, String>,
         }
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read tokens file {}: {e}", path.display()))?;
         let t: TokensFile = serde_json::from_str(&text).map_err(|e| format!("tokens file {}: {e}", path.display()))?;
         gateways.extend(t.gateway);
+        personal.extend(t.personal);
         for (role, tokens) in [(Role::Admin, t.admin), (Role::Viewer, t.viewer), (Role::Requester, t.requester), (Role::Approver, t.approver)] {
             admins.extend(tokens.into_iter().map(|(n, s)| (n, s, role)));
         }
     }
-    Auth::with_roles(gateways, admins)
+    Auth::with_roles(gateways, admins)?.with_personal(personal)
 }
 
 async fn shutdown_signal() {

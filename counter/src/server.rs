@@ -17,6 +17,10 @@
 //! GET    /admin/reports/utilization      admin token     ?format=json|csv
 //! GET    /admin/audit                    admin token     ?subject=&since=&limit=
 //! GET    /admin/reports/requests         admin token     ?from=&to=&limit=&format=json|csv (simulate.rs)
+//! GET    /reports/principal              personal token  ?scope=&from=&to=&format=json|csv: one principal's
+//!                                        (or viewer)     budgets and spend by day and model (server/principal.rs)
+//! GET    /whoami                         any admin-side  {"kind","name","role"|"scope"}: what the token is
+//!                                        or personal
 //! GET    /console/...                    none (assets)   the web console; its pages call the admin API (console/)
 //! ...    workflows, exemption requests, outcomes, the GitHub webhook, outcome reports and the
 //!        monthly review: see `crate::gov_api`.
@@ -149,6 +153,8 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .merge(crate::gov_api::routes::<S>())
         .route("/admin/events", get(governance::events::<S>))
         .route("/admin/reports/baseline", get(governance::baseline::<S>))
+        .route("/reports/principal", get(principal::principal_report::<S>))
+        .route("/whoami", get(principal::whoami::<S>))
         .merge(crate::task::routes::<S>())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/counter.md for the API") })
         .method_not_allowed_fallback(|| async {
@@ -255,6 +261,7 @@ macro_rules! tri {
 }
 
 mod governance;
+mod principal;
 
 async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));

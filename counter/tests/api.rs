@@ -534,3 +534,97 @@ async fn a_task_summary_is_readable_by_the_tasks_own_key_through_a_gateway() {
     assert_eq!(own("agent-run", Some(ALICE_TOKEN), Some("key-agent")).await.0, 401, "the gateway vouches for the key, not an admin");
     assert_eq!(own("agent-run", None, Some("key-agent")).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_personal_token_reads_its_own_principals_page_and_nothing_else() {
+    let h = Harness::start().await;
+    let r = |id: &str, user: &str, key: Option<&str>, model: &str, cost: i64, finished: &str| {
+        let mut v = record(id, "platform", cost);
+        v["principal"]["user"] = json!(user);
+        if let Some(key) = key {
+            v["principal"]["key_id"] = json!(key);
+        }
+        v["routed_model"] = json!(model);
+        v["started_at_ms"] = json!(at(finished) - 1000);
+        v["finished_at_ms"] = json!(at(finished));
+        v
+    };
+    h.usage(
+        "gw1",
+        vec![
+            r("1", "carol", None, "gpt-4o", 100, "2026-11-24T10:00:00Z"),
+            r("2", "carol", Some("k-7"), "claude", 200, "2026-11-25T09:00:00Z"),
+            r("3", "carol", None, "gpt-4o", 400, "2026-11-25T09:30:00Z"),
+            r("4", "dave", Some("k-8"), "gpt-4o", 800, "2026-11-25T09:45:00Z"),
+        ],
+    )
+    .await;
+    h.budget(json!({"id": "carol-day", "scope": "user:carol", "limit": "1.00", "window": "day"})).await;
+    h.budget(json!({"id": "dave-day", "scope": "user:dave", "limit": "1.00", "window": "day"})).await;
+
+    let (s, page) = h.call("GET", "/reports/principal?from=2026-11-24&to=2026-11-26", Some(CAROL_OWN_TOKEN), None).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["scope"], "user:carol");
+    let days: Vec<(&str, u64, i64)> = page["by_day"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["day"].as_str().unwrap(), r["requests"].as_u64().unwrap(), r["cost_micros"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(days, [("2026-11-24", 1, 100), ("2026-11-25", 2, 600)]);
+    let models: Vec<(&str, i64)> =
+        page["by_model"].as_array().unwrap().iter().map(|r| (r["model"].as_str().unwrap(), r["cost_micros"].as_i64().unwrap())).collect();
+    assert_eq!(models, [("claude", 200), ("gpt-4o", 500)]);
+    assert_eq!(page["total"], json!({"requests": 3, "cost_micros": 700, "cost_usd": "0.000700"}));
+    let budgets: Vec<&str> = page["budgets"].as_array().unwrap().iter().map(|b| b["budget"]["id"].as_str().unwrap()).collect();
+    assert_eq!(budgets, ["carol-day"], "only the budgets on the principal's own scope");
+
+    // The same figures as the spend report a viewer reads.
+    let (_, spend) = h.call("GET", "/admin/reports/spend?group_by=user,day&from=2026-11-24&to=2026-11-26", Some(VIC_TOKEN), None).await;
+    let carol: i64 = spend["rows"].as_array().unwrap().iter().filter(|r| r["user"] == "carol").map(|r| r["cost_micros"].as_i64().unwrap()).sum();
+    assert_eq!(carol, 700);
+
+    // A key's own token sees the key's rows only.
+    let (s, page) = h.call("GET", "/reports/principal", Some(K7_OWN_TOKEN), None).await;
+    assert_eq!((s, &page["total"]["cost_micros"]), (200, &json!(200)), "{page}");
+
+    // Nobody else's page, no admin endpoint, no gateway endpoint.
+    let (s, b) = h.call("GET", "/reports/principal?scope=user:dave", Some(CAROL_OWN_TOKEN), None).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("`user:carol` only, not `user:dave`"), "{b}");
+    for path in ["/admin/budgets", "/admin/reports/spend", "/admin/reports/requests", "/admin/audit"] {
+        assert_eq!(h.call("GET", path, Some(CAROL_OWN_TOKEN), None).await.0, 401, "{path}");
+    }
+    let lease = json!({"gateway_id": "gw1", "scopes": [], "want_micros": 1});
+    assert_eq!(h.call("POST", "/v1/leases", Some(CAROL_OWN_TOKEN), Some(lease)).await.0, 401);
+    assert_eq!(h.call("GET", "/reports/principal", Some(GATEWAY_TOKEN), None).await.0, 401);
+    assert_eq!(h.call("GET", "/reports/principal", None, None).await.0, 401);
+
+    // A viewer reads any principal's page by naming it; the scope must be a principal.
+    let (s, page) = h.call("GET", "/reports/principal?scope=user:dave", Some(VIC_TOKEN), None).await;
+    assert_eq!((s, &page["total"]["cost_micros"]), (200, &json!(800)), "{page}");
+    for (query, field) in
+        [("", "scope"), ("?scope=team:platform", "scope"), ("?scope=user:dave&form=csv", "form"), ("?scope=user:dave&to=2026-11-01&from=2026-11-02", "to")]
+    {
+        let (s, b) = h.call("GET", &format!("/reports/principal{query}"), Some(VIC_TOKEN), None).await;
+        assert_eq!(s, 400, "{query}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(field), "{query}: {b}");
+    }
+
+    // CSV: by day and model, the principal's rows only.
+    let mut c = h.client().await;
+    let a = c.get("/reports/principal?format=csv", Some(CAROL_OWN_TOKEN)).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.text(),
+        "day,model,requests,cost_usd,cost_micros,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,estimated_requests\r\n\
+         2026-11-24,gpt-4o,1,0.000100,100,100,20,0,0,0\r\n\
+         2026-11-25,claude,1,0.000200,200,100,20,0,0,0\r\n\
+         2026-11-25,gpt-4o,1,0.000400,400,100,20,0,0,0\r\n"
+    );
+
+    // What each token is.
+    assert_eq!(h.call("GET", "/whoami", Some(CAROL_OWN_TOKEN), None).await, (200, json!({"kind": "personal", "name": "user:carol", "scope": "user:carol"})));
+    assert_eq!(h.call("GET", "/whoami", Some(VIC_TOKEN), None).await, (200, json!({"kind": "admin_side", "name": "vic", "role": "viewer"})));
+    assert_eq!(h.call("GET", "/whoami", Some(GATEWAY_TOKEN), None).await.0, 401);
+}

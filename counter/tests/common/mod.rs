@@ -30,6 +30,9 @@ pub const LEASE_TTL_MS: i64 = 30_000;
 pub const VIC_TOKEN: &str = "vic-viewer-token";
 pub const RITA_TOKEN: &str = "rita-requester-token";
 pub const AVERY_TOKEN: &str = "avery-approver-token";
+/// Personal tokens: carol's own (`user:carol`) and key k-7's own (`key:k-7`).
+pub const CAROL_OWN_TOKEN: &str = "carol-personal-token";
+pub const K7_OWN_TOKEN: &str = "k7-personal-token";
 /// The GitHub webhook secret of the harness's governance settings ([`gov_config`]).
 pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 
@@ -116,6 +119,8 @@ impl Harness {
                 role("avery", AVERY_TOKEN, Role::Approver),
             ],
         )
+        .unwrap()
+        .with_personal(vec![("user:carol".into(), CAROL_OWN_TOKEN.into()), ("key:k-7".into(), K7_OWN_TOKEN.into())])
         .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(run_with(listener, store, clock.clone(), auth, gov_config(), notify, async {

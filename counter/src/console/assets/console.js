@@ -120,7 +120,7 @@ async function api(path, options = {}) {
   const headers = { Authorization: "Bearer " + token(), ...(options.headers || {}) };
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401) {
-    signOut("That token was refused (401). Sign in with a token of this counter (viewer, requester, approver or admin).");
+    signOut("That token was refused (401). Sign in with a token of this counter (viewer, requester, approver, admin, or your personal token).");
     throw new Error("unauthorized");
   }
   const text = await response.text();
@@ -674,24 +674,30 @@ async function simulatorPage(params) {
 }
 
 async function mePage(params) {
-  const who = params.get("who") || "";
-  const kind = params.get("kind") || "user";
-  const select = el("select", { name: "kind" }, ["user", "key"].map((k) => el("option", k === kind ? { selected: "" } : {}, k)));
-  const { form, from, to } = periodForm("me", params, [el("label", {}, "kind", select), el("label", {}, "user or key id", el("input", { name: "who", value: who }))]);
-  const out = [el("h1", {}, "My spend"), el("p", { class: "muted" },
-    "What one engineer may see of themselves: their own budgets and spend. Today this view needs an admin token (see docs/console.md: a self-scoped token arrives with the roles of issue 11)."), form];
+  // A personal token (scoped to one user or key) sees its own principal only: the counter decides
+  // whose rows these are (GET /reports/principal), not this page.
+  const personal = whoami && whoami.kind === "personal";
+  const own = personal ? whoami.scope.split(":") : null;
+  const kind = personal ? own[0] : params.get("kind") || "user";
+  const who = personal ? own.slice(1).join(":") : params.get("who") || "";
+  const extra = personal ? [] : [
+    el("label", {}, "kind", el("select", { name: "kind" }, ["user", "key"].map((k) => el("option", k === kind ? { selected: "" } : {}, k)))),
+    el("label", {}, "user or key id", el("input", { name: "who", value: who })),
+  ];
+  const { form, from, to } = periodForm("me", params, extra);
+  const out = [el("h1", {}, "My spend"), el("p", { class: "muted", id: "me-who" }, personal
+    ? `Signed in with the personal token of ${kind} ${who}: your own budgets and spend, nobody else's.`
+    : "One engineer's own budgets and spend, as their personal token shows it to them (docs/console.md)."), form];
   if (!who) return out;
-  const dim = kind === "key" ? "key" : "user";
-  const budgets = (await api("/admin/budgets")).budgets.filter((b) => b.budget.scope === `${kind}:${who}`);
-  const byDay = (await spend([dim, "day"], from, to)).rows.filter((r) => r[dim] === who);
-  const byModel = (await spend([dim, "model"], from, to)).rows.filter((r) => r[dim] === who);
-  const total = byDay.reduce((s, r) => s + r.cost_micros, 0);
+  const query = { from, to };
+  if (!personal) query.scope = `${kind}:${who}`;
+  const page = await api(`/reports/principal?${new URLSearchParams(query)}`);
   out.push(
-    el("div", { class: "cards" }, card("me-total", `Spend of ${kind} ${who}`, "$" + usd(total)),
-      ...budgets.map((b) => card(`me-budget-${b.budget.id}`, `${b.budget.id} (${b.budget.window})`, `$${usd(b.spent_micros)} of $${usd(b.effective_limit_micros)} — ${b.status}`))),
-    budgetBars(budgets),
-    table("me-days", "By day", ["day", "requests", "cost_usd"], byDay.map((r) => [r.day, r.requests, r.cost_usd]), ["requests", "cost_usd"]),
-    table("me-models", "By model", ["model", "requests", "cost_usd"], byModel.map((r) => [r.model, r.requests, r.cost_usd]), ["requests", "cost_usd"]));
+    el("div", { class: "cards" }, card("me-total", `Spend of ${kind} ${who}`, "$" + page.total.cost_usd),
+      ...page.budgets.map((b) => card(`me-budget-${b.budget.id}`, `${b.budget.id} (${b.budget.window})`, `$${usd(b.spent_micros)} of $${usd(b.effective_limit_micros)} — ${b.status}`))),
+    budgetBars(page.budgets),
+    table("me-days", "By day", ["day", "requests", "cost_usd"], page.by_day.map((r) => [r.day, r.requests, r.cost_usd]), ["requests", "cost_usd"]),
+    table("me-models", "By model", ["model", "requests", "cost_usd"], page.by_model.map((r) => [r.model, r.requests, r.cost_usd]), ["requests", "cost_usd"]));
   return out;
 }
 
@@ -702,8 +708,12 @@ const PAGES = {
   workflows: workflowsPage, requests: requestsPage, events: eventsPage, outcomes: outcomesPage, review: reviewPage,
 };
 
+/** What the signed-in token is (GET /whoami): admin-side with a role, or personal to one principal. */
+let whoami = null;
+
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
+  whoami = null;
   document.getElementById("signin-error").textContent = message;
   render();
 }
@@ -717,10 +727,17 @@ async function render() {
   page.replaceChildren();
   page.removeAttribute("data-ready");
   if (!signedIn) return;
-  const { page: name, params } = hashParams();
-  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === "#" + name);
-  const build = PAGES[name] || overview;
+  const hash = hashParams();
+  const { params } = hash;
+  let { page: name } = hash;
   try {
+    if (!whoami) whoami = await api("/whoami");
+    // A personal token opens its own "My spend" and nothing else (the counter refuses the rest).
+    const personal = whoami.kind === "personal";
+    for (const a of document.querySelectorAll("#nav a")) a.hidden = personal && a.getAttribute("href") !== "#me";
+    if (personal) name = "me";
+    for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === "#" + name);
+    const build = PAGES[name] || overview;
     page.replaceChildren(...(await build(params)));
   } catch (err) {
     if (err.message !== "unauthorized") page.replaceChildren(el("p", { class: "error", id: "page-error" }, String(err.message || err)));
