@@ -516,6 +516,7 @@ def test_a_personal_token_sees_its_own_spend_and_nobody_elses(browser, gov, shot
     # The page asks for no one: the address cannot name another user, and any other page is "My spend".
     open_page(browser, gov, "me", f"kind=user&who=alice&{period}")
     assert cells(browser, "me-days") == [[r["day"], str(r["requests"]), r["cost_usd"]] for r in days]
+    shot(browser, shots, "me-personal")
     browser.execute_script("document.getElementById('page').removeAttribute('data-ready'); location.hash = 'budgets'")
     WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-ready") == "me")
     assert not browser.find_elements(By.ID, "budgets")
@@ -523,4 +524,3 @@ def test_a_personal_token_sees_its_own_spend_and_nobody_elses(browser, gov, shot
     assert http(gov.port, "GET", "/admin/reports/spend", token=BOB_OWN[1])[0] == 401
     status, body = http(gov.port, "GET", "/reports/principal?scope=user:alice", token=BOB_OWN[1])
     assert status == 403 and b"`user:bob` only" in body, body
-    shot(browser, shots, "me-personal")
