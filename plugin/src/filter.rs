@@ -148,9 +148,12 @@ impl RootContext for Root {
         };
         let configured = FilterConfig::from_json(&bytes).and_then(|mut config| {
             if config.gateway_id_suffix.is_some() {
-                // A host without the property (or failing to read it) leaves the id unidentified:
+                // Envoy 1.40 answers the node only as the `xds.node` attribute while configuring
+                // (its `node` attribute is not found there); other hosts may offer `node.id` only.
+                // A host with neither (or failing to read them) leaves the id unidentified:
                 // `identify_proxy` then refuses the configuration, naming the field.
-                let node_id = host::get_property(&["node", "id"]).ok().flatten();
+                let read = |path: &[&str]| host::get_property(path).ok().flatten().filter(|id| !id.is_empty());
+                let node_id = read(&["xds", "node", "id"]).or_else(|| read(&["node", "id"]));
                 config.identify_proxy(node_id.as_deref())?;
             }
             Ok(config)

@@ -316,18 +316,20 @@ fn an_unreadable_body_is_refused_503_whether_it_ends_with_data_or_trailers() {
 
 /// `gateway_id_suffix: node_id` (docs/enforcement.md, "One gateway id per proxy"): replicas a mesh
 /// hands the same configuration ask for leases and write record ids under their own gateway ids,
-/// from the host's `node.id`; a host without a node id refuses the configuration, naming the field.
+/// from the host's `xds.node.id` (what Envoy 1.40 answers while configuring) or, on a host that
+/// only has it, `node.id`; a host without a node id refuses the configuration, naming the field.
 #[test]
 fn replicas_with_one_configuration_lease_under_their_own_node_derived_gateway_ids() {
-    let replica = |node_id: Option<&str>| {
+    let with_property = |property: &str, node_id: Option<&str>| {
         let mut v = enforcing_config("fail_closed");
         v["gateway_id_suffix"] = json!("node_id");
         let gw = Gateway::new(v.to_string());
         match node_id {
-            Some(id) => gw.property("node.id", id),
+            Some(id) => gw.property(property, id),
             None => gw,
         }
     };
+    let replica = |node_id: Option<&str>| with_property("xds.node.id", node_id);
     let lease_gateway = |gw: &Gateway| {
         let c = chat();
         let mut s = gw.stream();
@@ -346,6 +348,8 @@ fn replicas_with_one_configuration_lease_under_their_own_node_derived_gateway_id
     assert_ne!(a, b, "two replicas, two gateway ids");
     assert_eq!(a, a_again, "the same proxy keeps its id across restarts");
     assert!(a_record.starts_with(&format!("{a}:req-1")), "record ids carry it too: {a_record}");
+    let (older_host, _) = lease_gateway(&with_property("node.id", Some("sidecar~10.0.0.1~llm-a.apps~apps.svc.cluster.local")));
+    assert_eq!(older_host, a, "a host with only `node.id` names the proxy the same way");
 
     let refusal = replica(None).try_start().expect_err("no node id: refused");
     assert!(refusal.trap.is_none(), "refused, not trapped");
