@@ -64,7 +64,8 @@ NOTIFY
 # 2. tollgate-counter: budgets (envoy/demo-budgets.json), leases and the ledger, in $RUN/counter-data.
 #    The tokens are demo values; a real deployment keeps them in secrets (docs/counter.md).
 cat >"$RUN/tokens.json" <<'TOKENS'
-{"gateway": {"demo": "demo-gateway-token"}, "admin": {"demo-admin": "demo-admin-token"}}
+{"gateway": {"demo": "demo-gateway-token"}, "admin": {"demo-admin": "demo-admin-token"},
+ "personal": {"user:alice": "demo-alice-personal-token"}}
 TOKENS
 rm -rf "$RUN/counter-data"
 mkdir -p "$RUN/counter-data"
@@ -123,6 +124,9 @@ Try, in this order:
   $COUNTER report --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token --group-by team,model
   # 7. the events log: alice's soft alert (50 %) and hard stop, each delivered to the local receiver
   $COUNTER events --url http://127.0.0.1:$COUNTER_PORT --token demo-admin-token --scope user:alice
+  # 8. what alice herself may see, with her personal token: her budget and spend, nobody else's
+  #    (the console at http://127.0.0.1:$COUNTER_PORT/console/ shows the same as "My spend")
+  curl -s -H 'authorization: Bearer demo-alice-personal-token' localhost:$COUNTER_PORT/reports/principal
 
 MSG
 wait -n "${pids[@]}"

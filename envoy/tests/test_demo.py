@@ -74,7 +74,7 @@ def demo():
 
 def test_the_printed_walkthrough_does_what_it_says(demo):
     steps, out, text = demo
-    assert sorted(steps) == [1, 2, 3, 4, 5, 6, 7], f"the walkthrough's steps changed: {steps}"
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6, 7, 8], f"the walkthrough's steps changed: {steps}"
 
     # 1. alice's first request is routed to gpt-4o and answered.
     first = json.loads(run(steps[1][0]))
@@ -117,6 +117,11 @@ def test_the_printed_walkthrough_does_what_it_says(demo):
     assert soft and "passed 50 %" in soft[0] and "demo-slack:delivered" in soft[0], events
     printed = out.read_text(errors="replace")
     assert "webhook receiver: threshold:alice-daily:50:" in printed and "(signature ok)" in printed, printed[-2000:]
+
+    # 8. alice's personal token shows her own budget and spend: the requests above, nobody else's.
+    own = json.loads(run(steps[8][0]))
+    assert own["scope"] == "user:alice" and [b["budget"]["id"] for b in own["budgets"]] == ["alice-daily"], own
+    assert own["total"]["requests"] >= 2 and own["total"]["cost_micros"] >= own["budgets"][0]["spent_micros"] > 0, own
 
     # The access log prints the filter's summary and no column that is always null.
     log = [json.loads(line) for line in out.read_text(errors="replace").splitlines() if line.startswith("{")]
