@@ -34,6 +34,13 @@ pub fn spend_row_json(group_by: &[GroupBy], row: &ReportRow) -> Value {
     Value::Object(obj)
 }
 
+/// The `total` object of a spend answer: requests and cost summed over `rows` (saturating).
+pub fn total_json(rows: &[ReportRow]) -> Value {
+    let cost_micros = rows.iter().fold(0 as tollgate_core::money::Micros, |s, r| s.saturating_add(r.cost_micros));
+    let requests: u64 = rows.iter().map(|r| r.requests).sum();
+    json!({"requests": requests, "cost_micros": cost_micros, "cost_usd": format_micros(cost_micros)})
+}
+
 /// Quotes a CSV field when it needs it (RFC 4180).
 pub fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {

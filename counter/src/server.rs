@@ -496,8 +496,6 @@ async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Q
         let (header, cells) = report::spend_cells(&group_by, &rows);
         return csv_response("tollgate-spend.csv", report::to_csv(&header, &cells));
     }
-    let total_micros = rows.iter().fold(0 as Micros, |s, r| s.saturating_add(r.cost_micros));
-    let total_requests: u64 = rows.iter().map(|r| r.requests).sum();
     ok_json(
         StatusCode::OK,
         &json!({
@@ -505,7 +503,7 @@ async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Q
             "from_ms": from_ms,
             "to_ms": if to_ms == i64::MAX { None } else { Some(to_ms) },
             "rows": rows.iter().map(|r| report::spend_row_json(&group_by, r)).collect::<Vec<_>>(),
-            "total": {"requests": total_requests, "cost_micros": total_micros, "cost_usd": tollgate_core::money::format_micros(total_micros)},
+            "total": report::total_json(&rows),
         }),
     )
 }

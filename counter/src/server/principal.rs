@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 use std::collections::HashMap;
-use tollgate_core::money::{format_micros, Micros};
 
 /// Whose page the caller may read: the personal token's own scope, or (viewer and above) the one
 /// named by `scope`.
@@ -79,8 +78,6 @@ pub(super) async fn principal_report<S: Store>(State(app): State<App<S>>, header
         Ok(all) => all.into_iter().filter(|b| b.budget.scope == scope).collect::<Vec<_>>(),
         Err(e) => return store_error(&app.metrics, e),
     };
-    let total_micros = by_day.iter().fold(0 as Micros, |s, r| s.saturating_add(r.cost_micros));
-    let total_requests: u64 = by_day.iter().map(|r| r.requests).sum();
     ok_json(
         StatusCode::OK,
         &json!({
@@ -90,7 +87,7 @@ pub(super) async fn principal_report<S: Store>(State(app): State<App<S>>, header
             "budgets": budgets,
             "by_day": by_day.iter().map(|r| report::spend_row_json(&[GroupBy::Day], r)).collect::<Vec<_>>(),
             "by_model": by_model.iter().map(|r| report::spend_row_json(&[GroupBy::Model], r)).collect::<Vec<_>>(),
-            "total": {"requests": total_requests, "cost_micros": total_micros, "cost_usd": format_micros(total_micros)},
+            "total": report::total_json(&by_day),
         }),
     )
 }
