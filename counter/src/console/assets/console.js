@@ -726,7 +726,11 @@ async function render() {
   const page = document.getElementById("page");
   page.replaceChildren();
   page.removeAttribute("data-ready");
-  if (!signedIn) return;
+  if (!signedIn) {
+    // Whatever the last token was, the next one is asked about afresh.
+    whoami = null;
+    return;
+  }
   const hash = hashParams();
   const { params } = hash;
   let { page: name } = hash;
@@ -749,6 +753,7 @@ async function render() {
 document.getElementById("signin").addEventListener("submit", (e) => {
   e.preventDefault();
   sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+  whoami = null;
   document.getElementById("token").value = "";
   document.getElementById("signin-error").textContent = "";
   render();
