@@ -102,7 +102,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_task ON checkpoints (task, seq);
-CREATE INDEX IF NOT EXISTS ledger_task ON ledger (task);
+-- Task summaries read the ledger by task; most records have none, so only those with one are
+-- indexed (a full index made every ingested record update one more b-tree: -19 % records/s).
+-- `task = ?` implies `task IS NOT NULL`, so the summary query uses it. Older databases had the full
+-- index under the old name: it goes.
+DROP INDEX IF EXISTS ledger_task;
+CREATE INDEX IF NOT EXISTS ledger_task_set ON ledger (task) WHERE task IS NOT NULL;
 CREATE TABLE IF NOT EXISTS leases (
   budget_id TEXT NOT NULL, gateway_id TEXT NOT NULL, micros INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,
   PRIMARY KEY (budget_id, gateway_id)
