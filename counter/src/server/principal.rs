@@ -19,6 +19,15 @@ use axum::response::Response;
 use serde_json::json;
 use std::collections::HashMap;
 
+/// A principal scope: `user:<id>` or `key:<id>`, with the spend report's dimension for it.
+fn principal(scope: &str) -> Option<(GroupBy, &str)> {
+    match scope.split_once(':') {
+        Some(("user", id)) if !id.is_empty() => Some((GroupBy::User, id)),
+        Some(("key", id)) if !id.is_empty() => Some((GroupBy::Key, id)),
+        _ => None,
+    }
+}
+
 /// Whose page the caller may read: the personal token's own scope, or (viewer and above) the one
 /// named by `scope`.
 fn readable_scope<S: Store>(app: &App<S>, headers: &HeaderMap, asked: Option<&String>) -> Result<String, Response> {
@@ -32,9 +41,9 @@ fn readable_scope<S: Store>(app: &App<S>, headers: &HeaderMap, asked: Option<&St
     }
     app.role(headers, Role::Viewer)?;
     let scope = asked.ok_or_else(|| invalid("scope: name the principal, `user:<id>` or `key:<id>` (e.g. scope=user:alice)"))?;
-    match scope.split_once(':') {
-        Some(("user" | "key", id)) if !id.is_empty() => Ok(scope.clone()),
-        _ => Err(invalid(format!("scope: `{scope}` is not a principal; write `user:<id>` or `key:<id>`"))),
+    match principal(scope) {
+        Some(_) => Ok(scope.clone()),
+        None => Err(invalid(format!("scope: `{scope}` is not a principal; write `user:<id>` or `key:<id>`"))),
     }
 }
 
@@ -61,11 +70,8 @@ pub(super) async fn principal_report<S: Store>(State(app): State<App<S>>, header
     if to_ms <= from_ms {
         return invalid("to: must be after from");
     }
-    let (dimension, id) = match scope.split_once(':') {
-        Some(("key", id)) => (GroupBy::Key, id),
-        Some((_, id)) => (GroupBy::User, id),
-        None => return invalid("scope: write `user:<id>` or `key:<id>`"),
-    };
+    // Personal tokens are checked to be principals at start-up (`Auth::with_personal`).
+    let Some((dimension, id)) = principal(&scope) else { return invalid("scope: write `user:<id>` or `key:<id>`") };
     if csv {
         let then = [GroupBy::Day, GroupBy::Model];
         let rows = tri!(rows_of(&app, dimension, id, &then, from_ms, to_ms).await);
