@@ -483,7 +483,7 @@ mod tests {
         assert!(err(r#"{"context_memory": {"max_entries": 0}}"#).starts_with("tollgate config: context_memory.max_entries: must be between"));
         assert!(err(r#"{"context_memory": {"ttl": 60}}"#).starts_with("tollgate config: context_memory: unknown field `ttl`"));
         let on = FilterConfig::from_json(b"{}").unwrap();
-        assert_eq!(on.context_memory, Some(crate::context_memory::ContextMemory { ttl_ms: 3_600_000, buckets: 1250 }), "on by default");
+        assert_eq!(on.context_memory, Some(crate::context_memory::ContextMemory { ttl_ms: 3_600_000, buckets: 1250, conversations: false }), "on by default");
         let off = FilterConfig::from_json(br#"{"context_memory": {"enabled": false}}"#).unwrap();
         assert_eq!(off.context_memory, None);
     }

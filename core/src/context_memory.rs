@@ -40,13 +40,36 @@
 //!   never a wrong one.
 //! - **Use**: the same rule as a response id: the sole provider-held shape, the same model.
 //!
-//! # Not remembered: conversations
-//! A `conversation` is not immutable: every turn appends its items, concurrent turns append to
-//! the same conversation, and items can be added through the Conversations API without a model
-//! call (so without the gateway seeing a bill). A size remembered for it can be lower than what
-//! the next turn is billed, so it is no bound; conversations keep the window bound. A response id
-//! names a fixed context, so its size never goes stale: across gateways the memory is only an
-//! optimisation (a miss falls back to the window), never needed for correctness.
+//! # Conversations (opt-in: `context_memory.conversations`)
+//! A `conversation` is not immutable: every turn appends its input and output, and items can be
+//! added through the Conversations API without a model call. A size remembered for it is a bound
+//! only while the gateway sees every write, in the order the provider applies them. So the memory
+//! keeps, per conversation id (kind `v`), a size that is one **under these conditions**: every
+//! write to the conversation (turns, `POST /v1/conversations/{id}/items`) passes through this one
+//! Envoy (shared data is per Envoy process), and a `background` turn finishes within `ttl_s`.
+//! They cannot be checked from here, hence off by default (conversations then reserve the window).
+//! - **One write at a time**: a turn takes the conversation's lock ([`Bucket::acquire`]) before
+//!   its reservation and gives it back when it ends ([`Bucket::release`]); a second turn on the
+//!   same conversation meanwhile is refused with the dialect's 400, `param: conversation`, which
+//!   is what OpenAI itself answers (`conversation_locked`, "Another process is currently
+//!   operating on this conversation"). So no turn reads a conversation another write through
+//!   the gateway is changing, and the size the lock holder reads is the whole conversation.
+//! - **Value**: after a turn billed `input + output` (its own input and output are what it
+//!   appended, everything before it was read as input), that sum ([`remembered_context`]). A turn
+//!   the upstream failed leaves the size unknown; a 2xx turn without final usage (a `background`
+//!   turn, a cut stream: the provider may still append) marks the entry *tainted*: unknown until it
+//!   expires. A turn refused before it left the gateway changes nothing.
+//! - **Items**: a `POST …/items` through the gateway makes the size unknown (items can hold files
+//!   and images by id, whose tokens the bytes do not bound); during a turn it also marks the entry
+//!   so the turn's own `input + output` is not trusted ([`Bucket::note_items_write`]).
+//! - **Use**: the holder of the lock reserves the size plus its body's bound (same model only);
+//!   an unknown size, no entry (first turn, evicted, expired) or another model: the window.
+//! - A lock lasts until the turn ends or the entry's `ttl_s` passes (a stream whose end Envoy
+//!   never reports), and a full bucket never evicts a locked entry (it refuses the turn with a 503
+//!   instead), so a lock is never lost while its turn runs.
+//!
+//! A response id names a fixed context, so its size never goes stale: across gateways the memory
+//! is only an optimisation (a miss falls back to the window), never needed for correctness.
 //!
 //! # Bounded memory
 //! Envoy's shared data has no delete, so each key ever written stays. The memory therefore lives
@@ -76,8 +99,9 @@ pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
 pub const MAX_MAX_ENTRIES: u32 = 1_000_000;
 /// Prefix of the memory's shared-data keys; the digit is the encoding's version.
 const KEY_PREFIX: &str = "tollgate.ctx1.";
-/// First byte of an encoded bucket.
-const ENCODING_VERSION: u8 = 1;
+/// First byte of an encoded bucket (2: entries carry a conversation's lock and flags; a
+/// version-1 bucket reads as empty, a miss).
+const ENCODING_VERSION: u8 = 2;
 
 /// `context_memory` in the filter config, as written. Every field is optional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -92,6 +116,10 @@ pub struct ContextMemoryConfig {
     /// Most entries kept (shared by every worker of one Envoy).
     #[serde(default = "default_max_entries")]
     pub max_entries: u32,
+    /// Remember OpenAI `conversation` sizes too (module docs: a bound only if every write to a
+    /// conversation passes through this Envoy, so off unless the operator says so).
+    #[serde(default)]
+    pub conversations: bool,
 }
 
 fn on() -> bool {
@@ -106,7 +134,7 @@ fn default_max_entries() -> u32 {
 
 impl Default for ContextMemoryConfig {
     fn default() -> Self {
-        ContextMemoryConfig { enabled: true, ttl_s: DEFAULT_TTL_S, max_entries: DEFAULT_MAX_ENTRIES }
+        ContextMemoryConfig { enabled: true, ttl_s: DEFAULT_TTL_S, max_entries: DEFAULT_MAX_ENTRIES, conversations: false }
     }
 }
 
@@ -132,6 +160,7 @@ impl ContextMemoryConfig {
         Ok(Some(ContextMemory {
             ttl_ms: i64::try_from(self.ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX),
             buckets: u32::try_from(buckets).unwrap_or(u32::MAX).max(1),
+            conversations: self.conversations,
         }))
     }
 }
@@ -141,6 +170,8 @@ impl ContextMemoryConfig {
 pub struct ContextMemory {
     pub ttl_ms: i64,
     pub buckets: u32,
+    /// `context_memory.conversations`: conversation sizes are remembered and turns locked.
+    pub conversations: bool,
 }
 
 /// What a request refers to that the memory can know the size of.
@@ -151,6 +182,9 @@ pub enum Reference {
     /// Gemini `cachedContent`: the context cache `cachedContents/…`, whose creation passed
     /// through the gateway.
     CachedContent(String),
+    /// OpenAI Responses `conversation`: the conversation `conv_…` (only with
+    /// `context_memory.conversations`; locked while a turn runs).
+    Conversation(String),
 }
 
 impl Reference {
@@ -158,12 +192,13 @@ impl Reference {
         match self {
             Reference::Response(_) => b'r',
             Reference::CachedContent(_) => b'c',
+            Reference::Conversation(_) => b'v',
         }
     }
 
     fn id(&self) -> &str {
         match self {
-            Reference::Response(id) | Reference::CachedContent(id) => id,
+            Reference::Response(id) | Reference::CachedContent(id) | Reference::Conversation(id) => id,
         }
     }
 }
@@ -230,7 +265,7 @@ impl ContextMemory {
         if expires_at_ms <= now_ms {
             return None;
         }
-        Some(Entry { kind: reference.kind(), id: id.to_owned(), model: model.to_owned(), context_tokens: context, expires_at_ms })
+        Some(Entry { kind: reference.kind(), id: id.to_owned(), model: model.to_owned(), context_tokens: context, expires_at_ms, holder: 0, flags: 0 })
     }
 }
 
@@ -309,6 +344,52 @@ pub struct Entry {
     model: String,
     pub context_tokens: u64,
     pub expires_at_ms: i64,
+    /// A conversation's lock: the [`holder`] token of the turn that holds it, 0 when free.
+    holder: u64,
+    /// A conversation's [`DIRTY`] and [`TAINTED`] bits.
+    flags: u8,
+}
+
+/// A conversation's size the memory does not know (the next turn reserves the window).
+pub const UNKNOWN: u64 = u64::MAX;
+/// Items were added through the gateway while a turn held the lock: its `input + output` may
+/// miss them, so its release leaves the size unknown.
+const DIRTY: u8 = 1;
+/// A turn may still be appending after it ended here (2xx without final usage: `background`, a
+/// cut stream): the size stays unknown until the entry expires.
+const TAINTED: u8 = 2;
+
+/// The lock token of the request `request_id` (FNV-1a; never 0, which means free).
+pub fn holder(request_id: &str) -> u64 {
+    let hash = request_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    hash.max(1)
+}
+
+/// What [`Bucket::acquire`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lock is this turn's, and the conversation holds at most this many tokens (on this model).
+    Known(u64),
+    /// The lock is this turn's; the size is not known here (reserve the window).
+    Unknown,
+    /// Another turn through this gateway holds the lock: refuse this one (OpenAI's
+    /// `conversation_locked`).
+    Locked,
+    /// Every entry of the bucket is a locked conversation: nothing can be evicted to make room.
+    Full,
+}
+
+/// How a turn that held a conversation's lock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// Refused or answered by the gateway: nothing reached the provider.
+    NotSent,
+    /// A 2xx with final usage: the conversation now holds at most this context.
+    Billed(u64),
+    /// A 2xx without final usage: the provider may still append (taints the entry).
+    Unbilled,
+    /// The upstream failed: what it appended is unknown.
+    Failed,
 }
 
 /// What [`Bucket::remember`] did.
@@ -318,6 +399,8 @@ pub struct Remembered {
     pub evicted: u32,
     /// Expired entries dropped on the way.
     pub expired: u32,
+    /// Not stored: every entry left is a locked conversation.
+    pub full: bool,
 }
 
 /// The entries of one shared-data key.
@@ -333,7 +416,7 @@ impl Bucket {
         self.entries
             .iter()
             .find(|e| e.kind == reference.kind() && e.id == reference.id())
-            .filter(|e| now_ms < e.expires_at_ms && e.model == model)
+            .filter(|e| now_ms < e.expires_at_ms && e.model == model && e.context_tokens != UNKNOWN)
             .map(|e| e.context_tokens)
     }
 
@@ -341,18 +424,88 @@ impl Bucket {
     /// bucket is full, evicting the one that expires first.
     pub fn remember(&mut self, entry: Entry, now_ms: i64) -> Remembered {
         let before = self.entries.len();
+        if self.entries.iter().any(|e| e.kind == entry.kind && e.id == entry.id && e.holder != 0 && now_ms < e.expires_at_ms) {
+            return Remembered { full: true, ..Remembered::default() };
+        }
         self.entries.retain(|e| !(e.kind == entry.kind && e.id == entry.id));
         let replaced = before.saturating_sub(self.entries.len());
         self.entries.retain(|e| now_ms < e.expires_at_ms);
         let expired = before.saturating_sub(replaced).saturating_sub(self.entries.len());
-        let mut done = Remembered { evicted: 0, expired: u32::try_from(expired).unwrap_or(u32::MAX) };
+        let mut done = Remembered { evicted: 0, expired: u32::try_from(expired).unwrap_or(u32::MAX), full: false };
         while self.entries.len() >= BUCKET_ENTRIES {
-            let Some(first) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.expires_at_ms).map(|(i, _)| i) else { break };
+            // A locked conversation is never evicted: its turn is still running.
+            let Some(first) =
+                self.entries.iter().enumerate().filter(|(_, e)| e.holder == 0).min_by_key(|(_, e)| e.expires_at_ms).map(|(i, _)| i)
+            else {
+                done.full = true;
+                return done;
+            };
             self.entries.remove(first);
             done.evicted = done.evicted.saturating_add(1);
         }
         self.entries.push(entry);
         done
+    }
+
+    /// Takes the lock of conversation `id` for the turn `holder` on `model` at `now_ms` (see the
+    /// module docs). A new entry starts with an unknown size.
+    pub fn acquire(&mut self, policy: &ContextMemory, id: &str, model: &str, holder: u64, now_ms: i64) -> (Acquired, Remembered) {
+        let model = model_key(model);
+        let expires_at_ms = now_ms.saturating_add(policy.ttl_ms);
+        if let Some(e) = self.entries.iter_mut().find(|e| e.kind == b'v' && e.id == id && now_ms < e.expires_at_ms) {
+            if e.holder != 0 && e.holder != holder {
+                return (Acquired::Locked, Remembered::default());
+            }
+            e.holder = holder;
+            e.expires_at_ms = expires_at_ms;
+            let known = e.context_tokens != UNKNOWN && e.flags & TAINTED == 0 && e.model == model;
+            return (if known { Acquired::Known(e.context_tokens) } else { Acquired::Unknown }, Remembered::default());
+        }
+        if id.is_empty() || id.len() > MAX_ID_BYTES || model.len() > MAX_ID_BYTES {
+            return (Acquired::Full, Remembered::default());
+        }
+        let entry = Entry { kind: b'v', id: id.to_owned(), model: model.to_owned(), context_tokens: UNKNOWN, expires_at_ms, holder, flags: 0 };
+        let done = self.remember(entry, now_ms);
+        (if done.full { Acquired::Full } else { Acquired::Unknown }, done)
+    }
+
+    /// Gives back the lock `holder` took on conversation `id`, recording what its turn left
+    /// (`model`: the routed model of a billed turn). A lock no longer held by `holder` (the entry
+    /// expired) is left alone.
+    pub fn release(&mut self, policy: &ContextMemory, id: &str, model: &str, holder: u64, end: TurnEnd, now_ms: i64) {
+        let Some(e) = self.entries.iter_mut().find(|e| e.kind == b'v' && e.id == id && e.holder == holder && holder != 0) else { return };
+        e.holder = 0;
+        e.expires_at_ms = now_ms.saturating_add(policy.ttl_ms).max(e.expires_at_ms);
+        let dirty = e.flags & DIRTY != 0;
+        e.flags &= !DIRTY;
+        match end {
+            TurnEnd::NotSent if !dirty => {}
+            TurnEnd::Billed(context) if !dirty && model_key(model).len() <= MAX_ID_BYTES => {
+                e.context_tokens = context;
+                e.model = model_key(model).to_owned();
+            }
+            TurnEnd::Unbilled => {
+                e.context_tokens = UNKNOWN;
+                e.flags |= TAINTED;
+            }
+            _ => e.context_tokens = UNKNOWN,
+        }
+    }
+
+    /// Items were posted to conversation `id` through the gateway: its size is unknown from now
+    /// on, and a turn holding its lock may not trust its own bill either.
+    pub fn note_items_write(&mut self, id: &str, now_ms: i64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.kind == b'v' && e.id == id && now_ms < e.expires_at_ms) {
+            e.context_tokens = UNKNOWN;
+            if e.holder != 0 {
+                e.flags |= DIRTY;
+            }
+        }
+    }
+
+    /// Whether the bucket holds conversation `id` (live at `now_ms`).
+    pub fn has_conversation(&self, id: &str, now_ms: i64) -> bool {
+        self.entries.iter().any(|e| e.kind == b'v' && e.id == id && now_ms < e.expires_at_ms)
     }
 
     pub fn len(&self) -> usize {
@@ -363,7 +516,7 @@ impl Bucket {
         self.entries.is_empty()
     }
 
-    /// `[version][count]` then per entry `[kind][id len][id][model len][model][tokens u64 LE][expires i64 LE]`.
+    /// `[version][count]` then per entry `[kind][id len][id][model len][model][tokens u64 LE][expires i64 LE][holder u64 LE][flags]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(2 + self.entries.len() * 80);
         out.push(ENCODING_VERSION);
@@ -377,6 +530,8 @@ impl Bucket {
             }
             out.extend_from_slice(&e.context_tokens.to_le_bytes());
             out.extend_from_slice(&e.expires_at_ms.to_le_bytes());
+            out.extend_from_slice(&e.holder.to_le_bytes());
+            out.push(e.flags);
         }
         out
     }
@@ -400,6 +555,8 @@ impl Bucket {
             let (model, tail) = take_text(tail)?;
             let (tokens, tail) = take_8(tail)?;
             let (expires, tail) = take_8(tail)?;
+            let (holder, tail) = take_8(tail)?;
+            let (&flags, tail) = tail.split_first()?;
             rest = tail;
             entries.push(Entry {
                 kind,
@@ -407,6 +564,8 @@ impl Bucket {
                 model,
                 context_tokens: u64::from_le_bytes(tokens),
                 expires_at_ms: i64::from_le_bytes(expires),
+                holder: u64::from_le_bytes(holder),
+                flags,
             });
         }
         rest.is_empty().then_some(Bucket { entries })
@@ -473,7 +632,7 @@ mod tests {
     #[test]
     fn config_defaults_on_and_errors_name_the_field() {
         let m = ContextMemoryConfig::default().compile().unwrap().unwrap();
-        assert_eq!(m, ContextMemory { ttl_ms: 3_600_000, buckets: 1250 });
+        assert_eq!(m, ContextMemory { ttl_ms: 3_600_000, buckets: 1250, conversations: false });
         assert_eq!(ContextMemoryConfig { enabled: false, ..Default::default() }.compile().unwrap(), None);
         assert_eq!(memory(1).buckets, 1);
         assert_eq!(memory(9).buckets, 2);
@@ -627,7 +786,7 @@ mod tests {
         }
         // Full: the next one evicts resp_0 (written first, expires first).
         let done = bucket.remember(m.entry(&resp("resp_new"), "m", &tokens(7, 0, 0), 100).unwrap(), 100);
-        assert_eq!(done, Remembered { evicted: 1, expired: 0 });
+        assert_eq!(done, Remembered { evicted: 1, expired: 0, full: false });
         assert_eq!(bucket.len(), BUCKET_ENTRIES);
         assert_eq!(bucket.lookup(&resp("resp_0"), "m", 100), None);
         assert_eq!(bucket.lookup(&resp("resp_1"), "m", 100), Some(101));
@@ -639,7 +798,7 @@ mod tests {
         // Past every TTL: all expire, none is evicted.
         let late = 100 + 3_600_000 + 1;
         let done = bucket.remember(m.entry(&resp("resp_late"), "m", &tokens(1, 0, 0), late).unwrap(), late);
-        assert_eq!(done, Remembered { evicted: 0, expired: 7 });
+        assert_eq!(done, Remembered { evicted: 0, expired: 7, full: false });
         assert_eq!(bucket.len(), 2, "only resp_new (rewritten at 200) and resp_late are live");
     }
 
@@ -658,5 +817,101 @@ mod tests {
         for garbage in garbage {
             assert!(Bucket::decode(garbage).is_empty(), "{garbage:?}");
         }
+    }
+
+    fn conversations() -> ContextMemory {
+        ContextMemoryConfig { max_entries: 100, conversations: true, ..ContextMemoryConfig::default() }.compile().unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_conversation_is_unknown_until_a_turn_that_held_its_lock_is_billed_then_that_bill_is_the_prefix() {
+        let m = conversations();
+        let mut b = Bucket::default();
+        let (t1, t2) = (holder("req-1"), holder("req-2"));
+        assert_eq!(b.acquire(&m, "conv_1", "gpt-4o", t1, 0).0, Acquired::Unknown, "first turn seen here: the window");
+        assert_eq!(b.acquire(&m, "conv_1", "gpt-4o", t2, 10).0, Acquired::Locked, "a second turn while the first runs");
+        b.release(&m, "conv_1", "gpt-4o", t1, TurnEnd::Billed(20_050), 100);
+        assert_eq!(b.acquire(&m, "conv_1", "gpt-4o", t2, 200).0, Acquired::Known(20_050));
+        b.release(&m, "conv_1", "gpt-4o", t2, TurnEnd::Billed(21_000), 300);
+        assert_eq!(b.acquire(&m, "conv_1", "gpt-4o-mini", t1, 400).0, Acquired::Unknown, "another model's tokenizer: the window");
+        b.release(&m, "conv_1", "gpt-4o-mini", t1, TurnEnd::NotSent, 500);
+        assert_eq!(b.acquire(&m, "conv_1", "gpt-4o", t2, 600).0, Acquired::Known(21_000), "a turn refused here changed nothing");
+        b.release(&m, "conv_1", "gpt-4o", t2, TurnEnd::NotSent, 700);
+        assert_eq!(b.acquire(&m, "conv_2", "gpt-4o", t2, 700).0, Acquired::Unknown, "another conversation is not locked by it");
+        assert_eq!(Bucket::decode(&b.encode()), b, "locks and sizes round-trip");
+    }
+
+    #[test]
+    fn how_a_turn_ends_decides_what_the_next_turn_may_trust() {
+        let m = conversations();
+        let (t1, t2) = (holder("req-1"), holder("req-2"));
+        // (end of the turn after a billed one, what the next turn then reads)
+        let cases = [
+            (TurnEnd::Billed(5_000), Acquired::Known(5_000)),
+            (TurnEnd::NotSent, Acquired::Known(1_000)),
+            (TurnEnd::Failed, Acquired::Unknown),
+            (TurnEnd::Unbilled, Acquired::Unknown),
+        ];
+        for (end, want) in cases {
+            let mut b = Bucket::default();
+            b.acquire(&m, "conv_1", "m", t1, 0);
+            b.release(&m, "conv_1", "m", t1, TurnEnd::Billed(1_000), 1);
+            b.acquire(&m, "conv_1", "m", t2, 2);
+            b.release(&m, "conv_1", "m", t2, end, 3);
+            assert_eq!(b.acquire(&m, "conv_1", "m", t1, 4).0, want, "{end:?}");
+            // A 2xx without usage (background, cut stream) taints: even a later billed turn is not trusted.
+            b.release(&m, "conv_1", "m", t1, TurnEnd::Billed(7_000), 5);
+            let later = b.acquire(&m, "conv_1", "m", t2, 6).0;
+            assert_eq!(later == Acquired::Unknown, end == TurnEnd::Unbilled, "{end:?} then a billed turn: {later:?}");
+        }
+    }
+
+    #[test]
+    fn items_posted_through_the_gateway_make_the_size_unknown_even_for_the_turn_holding_the_lock() {
+        let m = conversations();
+        let (t1, t2) = (holder("req-1"), holder("req-2"));
+        let mut b = Bucket::default();
+        b.acquire(&m, "conv_1", "m", t1, 0);
+        b.release(&m, "conv_1", "m", t1, TurnEnd::Billed(1_000), 1);
+        b.note_items_write("conv_1", 2);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t2, 3).0, Acquired::Unknown, "items added between turns");
+        b.release(&m, "conv_1", "m", t2, TurnEnd::Billed(2_000), 4);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t1, 5).0, Acquired::Known(2_000), "a billed turn re-learns the size");
+        b.note_items_write("conv_1", 6);
+        b.release(&m, "conv_1", "m", t1, TurnEnd::Billed(3_000), 7);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t2, 8).0, Acquired::Unknown, "items added during the turn: its bill may miss them");
+        b.release(&m, "conv_1", "m", t2, TurnEnd::Billed(4_000), 9);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t1, 10).0, Acquired::Known(4_000), "the mark lasts one turn");
+    }
+
+    #[test]
+    fn a_lock_lasts_until_its_turn_ends_or_the_entry_expires_and_is_never_evicted() {
+        let m = conversations(); // TTL one hour
+        let (t1, t2) = (holder("req-1"), holder("req-2"));
+        let mut b = Bucket::default();
+        b.acquire(&m, "conv_1", "m", t1, 0);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t2, 3_599_999).0, Acquired::Locked);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t2, 3_600_000).0, Acquired::Unknown, "a lock whose end Envoy never reported expires with its entry");
+        b.release(&m, "conv_1", "m", t1, TurnEnd::Billed(10), 3_600_001);
+        assert_eq!(b.acquire(&m, "conv_1", "m", t1, 3_600_002).0, Acquired::Locked, "the old holder's late release does not free the new lock");
+        // A bucket full of locked conversations evicts none of them.
+        let mut full = Bucket::default();
+        for i in 0..BUCKET_ENTRIES {
+            assert_eq!(full.acquire(&m, &format!("conv_{i}"), "m", holder(&format!("req-{i}")), 0).0, Acquired::Unknown);
+        }
+        assert_eq!(full.acquire(&m, "conv_new", "m", t1, 1).0, Acquired::Full);
+        let stored = full.remember(m.entry(&resp("resp_1"), "m", &tokens(1, 0, 1), 1).unwrap(), 1);
+        assert!(stored.full && stored.evicted == 0, "{stored:?}");
+        assert_eq!(full.len(), BUCKET_ENTRIES);
+        full.release(&m, "conv_3", "m", holder("req-3"), TurnEnd::Billed(10), 2);
+        assert_eq!(full.acquire(&m, "conv_new", "m", t1, 3), (Acquired::Unknown, Remembered { evicted: 1, expired: 0, full: false }), "an unlocked entry can go");
+        assert!(!full.has_conversation("conv_3", 3));
+    }
+
+    #[test]
+    fn lock_tokens_differ_per_request_and_are_never_free() {
+        assert_ne!(holder("gw.a.1"), holder("gw.a.2"));
+        assert_eq!(holder("gw.a.1"), holder("gw.a.1"));
+        assert_ne!(holder(""), 0);
     }
 }
