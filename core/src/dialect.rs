@@ -128,6 +128,18 @@ impl Mounts {
         Mounts { entries }
     }
 
+    /// The conversation id of an OpenAI `POST /v1/conversations/{id}/items` (adds items to a
+    /// conversation without a model call) under the `openai` mount, if `path` is one. Not an LLM
+    /// call: it passes through unmetered, but the conversation memory must know the conversation
+    /// changed (`core::context_memory`, conversations). The query string is ignored.
+    pub fn conversation_items<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let path_only = path.split('?').next().unwrap_or(path);
+        self.entries.iter().filter(|(dialect, _)| *dialect == Dialect::OpenAi).find_map(|(_, prefix)| {
+            let id = path_only.strip_prefix(prefix.as_str())?.strip_prefix("/v1/conversations/")?.strip_suffix("/items")?;
+            (!id.is_empty() && !id.contains('/')).then_some(id)
+        })
+    }
+
     /// Recognises an LLM call from `:path`. The query string is ignored.
     pub fn recognise(&self, path: &str) -> Option<Recognised> {
         let path_only = match path.find('?') {
@@ -320,6 +332,26 @@ mod tests {
         let r = g.recognise(path).unwrap();
         let (_, range) = r.path_model.unwrap();
         assert_eq!(&path[range], "gemini-2.0-flash");
+    }
+
+    #[test]
+    fn conversation_item_posts_are_found_under_the_openai_mount_only() {
+        let m = Mounts::new(vec![(Dialect::OpenAi, "/llm/openai".into()), (Dialect::Anthropic, String::new())]);
+        // (path, conversation id)
+        let cases = [
+            ("/llm/openai/v1/conversations/conv_1/items", Some("conv_1")),
+            ("/llm/openai/v1/conversations/conv_1/items?include=x", Some("conv_1")),
+            ("/v1/conversations/conv_1/items", None),
+            ("/llm/openai/v1/conversations/conv_1", None),
+            ("/llm/openai/v1/conversations//items", None),
+            ("/llm/openai/v1/conversations/conv_1/items/msg_1", None),
+            ("/llm/openai/v1/conversations/a/b/items", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(m.conversation_items(path), want, "{path}");
+        }
+        assert_eq!(Mounts::default().conversation_items("/v1/conversations/conv_9/items"), Some("conv_9"));
+        assert_eq!(m.recognise("/llm/openai/v1/conversations/conv_1/items"), None, "not an LLM call");
     }
 
     #[test]

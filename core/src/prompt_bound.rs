@@ -180,13 +180,26 @@ pub fn detect(endpoint: Endpoint, body: &[u8], top: &TopLevel) -> Result<Option<
 }
 
 /// What a request continues, when that is its only provider-held shape (`shape`, from
-/// [`detect`]): the stored response of an OpenAI Responses `previous_response_id`, or the Gemini
+/// [`detect`]): the stored response of an OpenAI Responses `previous_response_id`, the
+/// conversation of its `conversation` (a string or `{"id": …}`), or the Gemini
 /// context cache of a `cachedContent` / `cached_content`. The memory (`core::context_memory`) may
 /// know its size. Any other shape beside it (a file by id, a hosted tool, …) still needs the
 /// window, so then `None`; so does a Gemini body naming a cache under both spellings.
 pub fn detect_reference(endpoint: Endpoint, body: &[u8], top: &TopLevel, shape: Option<Shape>) -> Option<Reference> {
     let (key, wrap): (&str, fn(String) -> Reference) = match (endpoint, shape) {
         (Endpoint::Responses, Some(Shape::PreviousResponse)) => ("previous_response_id", Reference::Response),
+        (Endpoint::Responses, Some(Shape::Conversation)) => {
+            if !matches!(detect_skipping(endpoint, body, top, Some("conversation")), Ok(None)) {
+                return None;
+            }
+            let m = top.get("conversation")?;
+            let id = match m.kind {
+                Kind::String => json::decode_string(body, m.value.clone()).ok()?.into_owned(),
+                // `{"id": "conv_…"}`: its id, held to the same limits as the string form.
+                _ => member_value(body, m)?.get("id")?.as_str().filter(|id| !id.trim().is_empty() && id.len() <= MAX_REFERENCE_BYTES)?.to_owned(),
+            };
+            return Some(Reference::Conversation(id));
+        }
         (Endpoint::GenerateContent | Endpoint::StreamGenerateContent, Some(Shape::CachedContent)) => {
             let present = |key: &str| top.get(key).is_some_and(|m| m.kind != Kind::Null);
             match (present("cachedContent"), present("cached_content")) {
@@ -224,6 +237,17 @@ fn detect_skipping(endpoint: Endpoint, body: &[u8], top: &TopLevel, skip: Option
             if let Some(m) = present("conversation") {
                 if m.kind != Kind::Object {
                     reference_id(body, m, "conversation", "a conversation id (conv_…) or an object with its id")?;
+                } else {
+                    let id = member_value(body, m).and_then(|v| v.get("id").cloned());
+                    match id.as_ref().and_then(Value::as_str) {
+                        Some(id) if !id.trim().is_empty() && id.len() <= MAX_REFERENCE_BYTES => {}
+                        _ => {
+                            return Err(invalid(
+                                format!("\"conversation\" as an object must have an \"id\": a conversation id (conv_…) of 1 to {MAX_REFERENCE_BYTES} bytes"),
+                                "conversation",
+                            ))
+                        }
+                    }
                 }
                 return Ok(Some(Shape::Conversation));
             }
@@ -483,6 +507,10 @@ mod tests {
             (OpenAi, Responses, r#"{"previous_response_id":" "}"#.into(), "previous_response_id", "must not be empty"),
             (OpenAi, Responses, format!(r#"{{"previous_response_id":"{long}"}}"#), "previous_response_id", "257 bytes long"),
             (OpenAi, Responses, r#"{"conversation":true}"#.into(), "conversation", "got a boolean"),
+            (OpenAi, Responses, r#"{"conversation":{"id":7}}"#.into(), "conversation", "must have an \"id\""),
+            (OpenAi, Responses, r#"{"conversation":{"id":""}}"#.into(), "conversation", "must have an \"id\""),
+            (OpenAi, Responses, format!(r#"{{"conversation":{{"id":"{long}"}}}}"#), "conversation", "1 to 256 bytes"),
+            (OpenAi, Responses, format!(r#"{{"conversation":"{long}"}}"#), "conversation", "257 bytes long"),
             (OpenAi, Responses, r#"{"prompt":"pmpt_1"}"#.into(), "prompt", "must be an object"),
             (Gemini, GenerateContent, r#"{"cachedContent":{"name":"x"}}"#.into(), "cachedContent", "got an object"),
             (Gemini, StreamGenerateContent, format!(r#"{{"cached_content":"{long}"}}"#), "cached_content", "at most 256 bytes"),
@@ -501,6 +529,7 @@ mod tests {
     fn a_previous_response_or_a_cache_is_a_remembered_reference_only_when_it_is_the_only_shape() {
         let resp = |id: &str| Some(Reference::Response(id.to_owned()));
         let cache = |name: &str| Some(Reference::CachedContent(name.to_owned()));
+        let conv = |id: &str| Some(Reference::Conversation(id.to_owned()));
         // (endpoint, body, reference)
         let cases: &[(Endpoint, &str, Option<Reference>)] = &[
             (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"go on"}"#, resp("resp_1")),
@@ -509,7 +538,11 @@ mod tests {
             (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"q","tools":[{"type":"web_search_preview"}]}"#, None),
             (Responses, r#"{"model":"m","previous_response_id":"resp_1","conversation":"conv_1"}"#, None),
             (Responses, r#"{"model":"m","previous_response_id":"resp_1","input":"q","tools":[{"type":"function","name":"web_search","parameters":{}}]}"#, resp("resp_1")),
-            (Responses, r#"{"model":"m","conversation":"conv_1","input":"go on"}"#, None),
+            // A conversation (the memory uses it only with context_memory.conversations).
+            (Responses, r#"{"model":"m","conversation":"conv_1","input":"go on"}"#, conv("conv_1")),
+            (Responses, r#"{"model":"m","conversation":{"id":"conv_\u0031"},"input":"go on"}"#, conv("conv_1")),
+            (Responses, r#"{"model":"m","conversation":"conv_1","input":[{"role":"user","content":[{"type":"input_image","image_url":"https://x/y.png"}]}]}"#, None),
+            (Responses, r#"{"model":"m","conversation":"conv_1","input":"q","tools":[{"type":"file_search"}]}"#, None),
             (Responses, r#"{"model":"m","input":"hi"}"#, None),
             // Gemini: a context cache, under either spelling, when it is the only shape.
             (GenerateContent, r#"{"cachedContent":"cachedContents/abc","contents":[]}"#, cache("cachedContents/abc")),
