@@ -41,7 +41,7 @@ use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
 use tollgate_core::banner;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::config::{CompiledConfig, FilterConfig};
-use tollgate_core::context_memory::Reference;
+use tollgate_core::context_memory::{Acquired, Reference, TurnEnd};
 use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::enforce::reservation;
@@ -235,6 +235,7 @@ impl RootContext for Root {
             page: None,
             enforcer,
             context_memory: self.context_memory.clone(),
+            conversation: None,
             phase: Phase::Start,
             request: None,
             response: None,
@@ -299,6 +300,9 @@ pub struct Stream {
     page: Option<Page>,
     enforcer: Option<Box<dyn Enforcer>>,
     context_memory: Option<Rc<SharedContextMemory>>,
+    /// The conversation whose lock this turn holds (`context_memory.conversations`): its id and
+    /// the lock token, given back when the turn ends.
+    conversation: Option<(String, u64)>,
     phase: Phase,
     request: Option<RequestState>,
     response: Option<ResponseState>,
@@ -313,6 +317,16 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 impl Stream {
     fn dialect(&self) -> Option<tollgate_core::dialect::Dialect> {
         self.request.as_ref().map(|r| r.recognised.dialect)
+    }
+
+    /// Gives back a conversation lock still held when the stream ends without settling: a turn
+    /// the gateway answered (`not_sent`) left the conversation as it was; otherwise its size is
+    /// unknown.
+    fn release_conversation(&mut self, not_sent: bool) {
+        if let (Some(memory), Some((id, holder))) = (&self.context_memory, self.conversation.take()) {
+            let model = self.request.as_ref().and_then(|r| r.plan.as_ref()).map(|p| p.routed_model.as_str()).unwrap_or_default();
+            memory.release(&id, model, holder, if not_sent { TurnEnd::NotSent } else { TurnEnd::Failed }, host::now_ms());
+        }
     }
 
     /// Answers locally in the dialect's error shape and records the outcome.
@@ -421,6 +435,33 @@ impl Stream {
                 // A continuation of a response this gateway metered: its billed context is known,
                 // and that plus the body is a true bound tighter than the window (core::context_memory).
                 let known_prefix = match (&self.context_memory, &plan.context_reference) {
+                    // A conversation turn takes the conversation's lock first (core::context_memory).
+                    (Some(memory), Some(Reference::Conversation(id))) if memory.conversations() => {
+                        let holder = tollgate_core::context_memory::holder(&req.request_id);
+                        match memory.acquire(id, &plan.routed_model, holder, now) {
+                            Some(acquired @ (Acquired::Known(_) | Acquired::Unknown)) => {
+                                self.conversation = Some((id.clone(), holder));
+                                match acquired {
+                                    Acquired::Known(tokens) => Some(tokens),
+                                    _ => None,
+                                }
+                            }
+                            Some(Acquired::Locked) => {
+                                let failure = Failure::new(
+                                    ErrorKind::InvalidRequest,
+                                    "another request on this conversation is in progress through this gateway; retry when it has completed",
+                                )
+                                .with_param("conversation");
+                                return self.reply(&failure, &[]);
+                            }
+                            Some(Acquired::Full) | None => {
+                                self.metrics.host_error();
+                                let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not record this conversation turn; retry");
+                                return self.reply(&failure, &[]);
+                            }
+                        }
+                    }
+                    (Some(_), Some(Reference::Conversation(_))) => None,
                     (Some(memory), Some(reference)) => memory.lookup(reference, &plan.routed_model, now),
                     _ => None,
                 };
@@ -597,6 +638,15 @@ impl Stream {
         // Only enforcement's ledger needs the end time; metering alone saves the host call.
         let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
         let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
+        // A conversation turn gives its lock back with what it left in the conversation.
+        if let (Some(memory), Some((id, holder))) = (&self.context_memory, self.conversation.take()) {
+            let end = match (scan.tokens.as_ref(), (200..300).contains(&status)) {
+                (Some(tokens), true) => TurnEnd::Billed(tollgate_core::context_memory::remembered_context(tokens)),
+                (None, true) => TurnEnd::Unbilled,
+                (_, false) => TurnEnd::Failed,
+            };
+            memory.release(&id, &plan.routed_model, holder, end, finished_at_ms);
+        }
         // A response (or a Gemini cache) a later request may continue: remember what it was billed.
         if let (Some(memory), Some(id), Some(tokens)) = (&self.context_memory, scan.response_id.as_deref(), scan.tokens.as_ref()) {
             if let Some(reference) = Reference::created_by(req.recognised.endpoint, id).filter(|_| (200..300).contains(&status)) {
@@ -776,6 +826,16 @@ impl HttpContext for Stream {
         let Some(recognised) = config.mounts.recognise(path) else {
             self.metrics.passthrough();
             self.phase = Phase::Passthrough;
+            // Items added to a remembered conversation: it is registered before they go upstream.
+            if let (Some(memory), Some(id)) = (self.context_memory.as_ref().filter(|m| m.conversations()), config.mounts.conversation_items(path)) {
+                if header(&headers, ":method") == Some("POST") && !memory.note_items_write(id, host::now_ms()) {
+                    self.metrics.host_error();
+                    let failure = Failure::new(ErrorKind::Unavailable, "the gateway could not record this change to the conversation; retry");
+                    self.phase = Phase::Replied;
+                    let _ = host::send_response(failure.status(), &[("content-type", "application/json")], &failure.body(Dialect::OpenAi));
+                    return Action::Pause;
+                }
+            }
             // The budget banner needs a status, which only enforcement has.
             if let Some(banner) = config.banner.as_ref().filter(|_| self.enforcer.is_some()) {
                 if banner.covers(header(&headers, ":authority").unwrap_or_default(), path) {
@@ -973,11 +1033,13 @@ impl HttpContext for Stream {
             if let Some(enforcer) = self.enforcer.as_mut() {
                 enforcer.abandon();
             }
+            self.release_conversation(true);
             self.access_log.flush();
             return;
         }
         // Cut streams (client gone, upstream reset) never saw end of stream: charge them now.
         self.settle();
+        self.release_conversation(self.phase == Phase::Replied);
         // Envoy writes the access-log line after on_log.
         self.access_log.flush();
     }

@@ -389,3 +389,103 @@ fn a_failed_or_rerouted_creation_remembers_nothing() {
     assert_eq!(s.filter_state("wasm.tollgate.tokens_input"), Some(CACHE_TOKENS.to_string()));
     assert_eq!(ctx_keys(&gw), 0, "metering only keeps no memory");
 }
+
+// Conversations (`context_memory.conversations`): a turn holds the conversation's lock, and the
+// next turn reserves what the last one was billed (input + output) plus its own body.
+
+fn conversations_config() -> String {
+    config(Some(json!({"conversations": true})))
+}
+
+fn conversation_turn(conversation: &str) -> Vec<u8> {
+    json!({"model": "test-chat", "max_output_tokens": 100, "conversation": conversation, "input": "And then?"}).to_string().into_bytes()
+}
+
+/// Sends `body` to `/v1/responses` as `team` on `worker`; the stream, paused at the upstream or answered locally.
+fn send_turn(gw: &Gateway, worker: usize, team: &str, body: &[u8]) -> Stream {
+    let mut s = gw.stream_on(worker);
+    s.send_request(&refs(&with(post("/v1/responses", body), "x-auth-team", team)), body);
+    gw.advance(std::time::Duration::from_millis(1));
+    s
+}
+
+/// A turn on `conversation` as a team with ample budget, answered with a billed response in `chunk`-byte pieces.
+fn billed_turn(gw: &Gateway, worker: usize, conversation: &str, sse: bool, chunk: usize) {
+    let mut s = send_turn(gw, worker, "rich", &conversation_turn(conversation));
+    assert!(s.upstream().complete, "the turn is admitted: {:?}", s.client().local_reply);
+    let (content_type, response) = if sse { ("text/event-stream", responses_sse("resp_c")) } else { ("application/json", responses_json("resp_c")) };
+    s.respond_chunked(&[(":status", "200"), ("content-type", content_type)], &response, &[chunk]);
+    assert!(s.finished(), "the turn ends");
+}
+
+#[test]
+fn a_conversation_turn_reserves_the_last_billed_turn_plus_its_body_whatever_the_chunking() {
+    let window_worst = WINDOW * 4 + 100 * 15;
+    for sse in [false, true] {
+        for chunk in [1, 7, 64, usize::MAX] {
+            let label = format!("sse={sse} chunk={chunk}");
+            let gw = gateway(&conversations_config(), 2);
+            billed_turn(&gw, 0, "conv_0123456789abcdef", sse, chunk);
+            let body = conversation_turn("conv_0123456789abcdef");
+            let worst = remembered_worst_case(&body);
+            assert!(worst < 50_000 && window_worst > 50_000, "the scenario tells the two bounds apart");
+            // Refused on 1 µ$ of headroom (on the other worker), naming exactly the remembered worst case.
+            let refused = continue_as(&gw, 1, "h1-a", &body).expect_err(&label);
+            assert!(refused.contains(&usd(worst)), "{label}: the reservation is the last turn's bill plus the body, ${}: {refused}", usd(worst));
+            // The refused turn gave the lock back; admitted on 50,000 µ$, which the window would not fit in.
+            assert_eq!(continue_as(&gw, 0, "h50000-b", &body), Ok(()), "{label}");
+            assert_eq!((counter(&gw, "hits"), counter(&gw, "misses"), counter(&gw, "remembered")), (2, 1, 1), "{label}");
+        }
+    }
+}
+
+#[test]
+fn without_the_option_a_conversation_reserves_the_window() {
+    let gw = gateway(&config(None), 1);
+    billed_turn(&gw, 0, "conv_1", false, usize::MAX);
+    let refused = continue_as(&gw, 0, "h50000-a", &conversation_turn("conv_1")).expect_err("the window");
+    assert!(refused.contains(&usd(WINDOW * 4 + 100 * 15)), "{refused}");
+    assert_eq!(gw.shared_data_keys().into_iter().filter(|k| k.starts_with("tollgate.ctx")).count(), 0, "nothing remembered");
+}
+
+#[test]
+fn a_second_turn_while_one_is_in_flight_is_the_dialects_400_and_the_lock_comes_back_when_it_ends() {
+    let gw = gateway(&conversations_config(), 2);
+    billed_turn(&gw, 0, "conv_1", true, 9);
+    let mut first = send_turn(&gw, 0, "rich", &conversation_turn("conv_1"));
+    assert!(first.upstream().complete, "the first turn is in flight");
+    let mut second = send_turn(&gw, 1, "rich", &conversation_turn("conv_1"));
+    let refused: Value = serde_json::from_str(&second.expect_local_response(400).body_text()).expect("JSON");
+    assert_eq!(refused["error"]["param"], "conversation", "{refused}");
+    assert_eq!(refused["error"]["type"], "invalid_request_error", "{refused}");
+    assert_eq!(counter(&gw, "conversation_locked"), 1);
+    // Another conversation is not locked by it.
+    assert!(send_turn(&gw, 1, "rich", &conversation_turn("conv_2")).upstream().complete);
+    first.respond_chunked(&[(":status", "200"), ("content-type", "application/json")], &responses_json("resp_2"), &[usize::MAX]);
+    assert_eq!(continue_as(&gw, 1, "h50000-a", &conversation_turn("conv_1")), Ok(()), "free again, and the size known");
+}
+
+#[test]
+fn a_failed_turn_or_items_posted_through_the_gateway_make_the_next_turn_reserve_the_window() {
+    let gw = gateway(&conversations_config(), 1);
+    let window = usd(WINDOW * 4 + 100 * 15);
+    // Items added through the Conversations API: what they hold is not known here.
+    billed_turn(&gw, 0, "conv_1", false, usize::MAX);
+    let items = json!({"items": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "More."}]}]}).to_string().into_bytes();
+    let mut post_items = gw.stream_on(0);
+    post_items.send_request(&refs(&post("/v1/conversations/conv_1/items", &items)), &items);
+    assert!(post_items.upstream().complete, "the items pass through");
+    post_items.respond_chunked(&[(":status", "200"), ("content-type", "application/json")], br#"{"object":"list","data":[]}"#, &[usize::MAX]);
+    let refused = continue_as(&gw, 0, "h50000-a", &conversation_turn("conv_1")).expect_err("unknown after items");
+    assert!(refused.contains(&window), "{refused}");
+    // A billed turn learns the size again.
+    billed_turn(&gw, 0, "conv_1", false, usize::MAX);
+    assert_eq!(continue_as(&gw, 0, "h50000-b", &conversation_turn("conv_1")), Ok(()));
+    // An upstream failure: what it appended is unknown.
+    let gw = gateway(&conversations_config(), 1);
+    billed_turn(&gw, 0, "conv_1", false, usize::MAX);
+    let mut failed = send_turn(&gw, 0, "rich", &conversation_turn("conv_1"));
+    failed.respond_chunked(&[(":status", "500"), ("content-type", "application/json")], br#"{"error":{"message":"boom"}}"#, &[usize::MAX]);
+    let refused = continue_as(&gw, 0, "h50000-c", &conversation_turn("conv_1")).expect_err("unknown after a failure");
+    assert!(refused.contains(&window), "{refused}");
+}
