@@ -185,3 +185,96 @@ def test_prompt_bound_with_the_response_id_memory_admits_more_and_still_stops_at
     assert hit_ok >= 3 * miss_ok, f"the memory admits {hit_ok}, the window bound {miss_ok}"
     print(f"\nresponse-id memory: {hit_ok} of {BURST} admitted (spent {hit_spent}/{limit} µ$) "
           f"against {miss_ok} of {BURST} with the context-window bound (spent {miss_spent}/{limit} µ$)")
+
+
+# Conversations with `context_memory.conversations` (docs/enforcement.md, "The response-id
+# memory"): BURST conversations each get a first turn through the gateway, billed a 20,000-token
+# context; then BURST concurrent turns, one on each of them, each billed that context plus its own
+# input (as OpenAI bills a turn), then BURST turns on conversations the gateway never saw, billed
+# the same, each burst on its own $1.00 budget. Another Envoy (its own shared data), the same
+# counter.
+BUDGETS += [{"id": f"pb-conv-{case}", "scope": f"team:pb-conv-{case}", "limit": MEMORY_LIMIT_USD, "window": "none"}
+            for case in ("remembered", "unknown")]
+
+
+@pytest.fixture(scope="module")
+def conversation_envoy(counter, mock):
+    saved = te.filter_config
+    te.filter_config = lambda name, **kw: {**saved(name, **kw), "context_memory": {"conversations": True}}
+    try:
+        e = te.EnforcingEnvoy(counter.workdir, mock.port, counter.port, "gw-conversations", concurrency=2)
+    finally:
+        te.filter_config = saved
+    yield e
+    e.close()
+
+
+def burst_each(envoy, path, payloads, headers):
+    """One request per payload, released at once; returns (200s' request ids, 429 count). Any
+    other status (a 400 for a locked conversation too) or a connection error fails the test."""
+    start = threading.Barrier(len(payloads))
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client(payload):
+        start.wait(timeout=30)
+        try:
+            r = request(envoy.listen_port, "POST", path, payload, headers, timeout=60)
+        except OSError as e:
+            with lock:
+                errors.append(repr(e))
+            return
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "clients did not finish in time"
+    assert not errors, f"{len(errors)} connection errors, first: {errors[:3]}"
+    statuses = sorted({r.status for r in results})
+    assert set(statuses) <= {200, 429}, f"only 200 or 429 expected, got {statuses}: {[r for r in results if r.status not in (200, 429)][:3]}"
+    return [r.header("x-tollgate-request-id") for r in results if r.status == 200], sum(r.status == 429 for r in results)
+
+
+def test_conversation_memory_admits_more_than_the_window_bound_and_still_stops_at_the_hard_limit(counter, conversation_envoy):
+    envoy = conversation_envoy
+    limit = to_micros(MEMORY_LIMIT_USD)
+    common = {"x-e2e-user": "agent", "x-mock-gzip": "never", "x-mock-events": "4"}
+    stat = lambda name: envoy.stats().get(f"wasmcustom.tollgate_context_memory_{name}_total", 0)
+    turn = lambda conversation: json.dumps({"model": "gpt-4o", "max_output_tokens": 100, "conversation": conversation, "input": "Next step?"})
+    known = [f"conv_e2e{i:04d}0123456789abcdef" for i in range(BURST)]
+    # First turns, ten at a time on distinct conversations, as a team without a budget.
+    ok_ids, refused = [], 0
+    for start in range(0, BURST, 10):
+        ids, no = burst_each(envoy, "/v1/responses", [turn(c) for c in known[start:start + 10]],
+                             {"x-e2e-team": "pb-conv-first", **common, **MEMORY_FIRST_TURN})
+        ok_ids += ids
+        refused += no
+    assert (len(ok_ids), refused) == (BURST, 0), "every first turn is served"
+    te.wait_for(lambda: stat("remembered") >= BURST, 10, "every first turn's context to be remembered", envoy.stats)
+    excess_before = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0)
+    hits_before, misses_before = stat("hits"), stat("misses")
+    admitted = {}
+    for case, conversations in (("remembered", known), ("unknown", [f"conv_never{i:04d}0through0this0gateway" for i in range(BURST)])):
+        team = f"pb-conv-{case}"
+        # The upstream holds each answer 1.5 s: the whole burst is admitted against reservations
+        # still outstanding, so how many fit is the bound's doing.
+        ok_ids, refused = burst_each(envoy, "/v1/responses", [turn(c) for c in conversations],
+                                     {"x-e2e-team": team, **common, **MEMORY_CONTINUATION, "x-mock-delay-ms": "1500"})
+        assert ok_ids and refused, f"{case}: {len(ok_ids)} admitted, {refused} refused; the burst must overrun the budget"
+        costs = settled_ledger(counter, envoy, team, ok_ids)
+        assert min(costs) * BURST > 2 * limit, f"{case}: a request costs {min(costs)} µ$"
+        assert sum(costs) <= limit, f"{case}: ledger {sum(costs)} µ$ over the hard limit {limit} µ$"
+        admitted[case] = (len(ok_ids), sum(costs))
+    excess = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0) - excess_before
+    assert excess == 0, f"a reservation was overrun by {excess} µ$: the last turn's bill + the body is a true bound"
+    te.wait_for(lambda: stat("hits") - hits_before >= BURST, 10, "every turn on a known conversation to count as a hit", envoy.stats)
+    assert stat("misses") - misses_before >= BURST, "every turn on an unknown conversation reserved the window"
+    assert stat("conversation_locked") == 0, "distinct conversations never wait on each other's lock"
+    (hit_ok, hit_spent), (miss_ok, miss_spent) = admitted["remembered"], admitted["unknown"]
+    assert hit_ok >= 3 * miss_ok, f"the memory admits {hit_ok}, the window bound {miss_ok}"
+    print(f"\nconversation memory: {hit_ok} of {BURST} admitted (spent {hit_spent}/{limit} µ$) "
+          f"against {miss_ok} of {BURST} with the context-window bound (spent {miss_spent}/{limit} µ$)")

@@ -1,7 +1,7 @@
 //! mock-llm: a fast mock LLM upstream for Tollgate's end-to-end tests, the demo and `make bench`.
 //!
 //! It answers OpenAI (chat/completions, completions, embeddings, responses), Azure OpenAI
-//! (deployments), Anthropic (messages) and Gemini (generateContent, streamGenerateContent) requests,
+//! (deployments), Anthropic (messages) and Gemini (generateContent, streamGenerateContent, cachedContents creation) requests,
 //! JSON and SSE, with usage objects shaped like the real APIs and token counts derived
 //! deterministically from the request (see [`llm`]). Tests steer it with `x-mock-*` request headers
 //! (see [`controls`]) and read back what it received at `GET /__mock/requests`, so an e2e test can
@@ -21,6 +21,7 @@
 //! `GET /ui/...` answers a small chat UI page ([`UI_PAGE`], `text/html`), for the budget banner.
 //! Any other path (or a non-POST to an LLM path) gets a JSON echo: `{"mock":"echo",...}`.
 
+pub mod clock;
 pub mod controls;
 pub mod http;
 pub mod llm;
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use controls::{accepts_gzip, Controls};
 use http::{Handler, Request, Response};
-use llm::{Family, Usage};
+use llm::{Api, Family, Usage};
 use record::Recorder;
 
 /// The mock's request handler.
@@ -118,7 +119,10 @@ impl Mock {
             Err(msg) => return error(400, &msg),
         };
         let usage = Usage::compute(route.api, req.body.len(), &ask, c);
-        let body = llm::answer(&route, &ask, &usage, c.events, seq);
+        let body = match route.api {
+            Api::GeminiCreateCache => llm::cached_content(&ask, &usage, seq, clock::now_ms()),
+            _ => llm::answer(&route, &ask, &usage, c.events, seq),
+        };
         let mut resp = plain(200, body.content_type, String::new());
         resp.headers.push(("x-request-id", format!("mock-{seq}")));
         if family == Family::Anthropic {

@@ -28,6 +28,8 @@ pub enum Api {
     AnthropicMessages,
     GeminiGenerate,
     GeminiStream,
+    /// `POST /v1beta/cachedContents`: creates a context cache ([`cached_content`]).
+    GeminiCreateCache,
 }
 
 /// The error JSON family an API answers in.
@@ -42,7 +44,7 @@ impl Api {
     pub fn family(self) -> Family {
         match self {
             Api::AnthropicMessages => Family::Anthropic,
-            Api::GeminiGenerate | Api::GeminiStream => Family::Gemini,
+            Api::GeminiGenerate | Api::GeminiStream | Api::GeminiCreateCache => Family::Gemini,
             _ => Family::OpenAi,
         }
     }
@@ -69,7 +71,9 @@ pub fn recognise(path: &str) -> Option<Route> {
         let model = before.rsplit_once("/models/").map(|(_, m)| m.to_string());
         return Some(Route { api, azure: false, path_model: model });
     }
-    let api = if path.ends_with("/chat/completions") {
+    let api = if path.ends_with("/cachedContents") {
+        Api::GeminiCreateCache
+    } else if path.ends_with("/chat/completions") {
         Api::OpenAiChat
     } else if path.ends_with("/embeddings") {
         Api::OpenAiEmbeddings
@@ -119,6 +123,9 @@ struct RequestFields<'a> {
     max_output_tokens: Option<u64>,
     #[serde(default, rename = "generationConfig")]
     generation_config: Option<GenerationConfig>,
+    /// A cache's `ttl` (`"300s"`).
+    #[serde(borrow, default)]
+    ttl: Option<Cow<'a, str>>,
 }
 
 /// What one request asks for, after reading its body.
@@ -132,6 +139,8 @@ pub struct Ask {
     pub inputs: usize,
     /// Gemini streams as SSE only with `?alt=sse`; otherwise as a JSON array sent piece by piece.
     pub gemini_sse: bool,
+    /// A cache creation's `ttl` in seconds (Google's default: one hour).
+    pub ttl_s: u64,
 }
 
 /// Reads the request body. `Err` carries a message for a 400 in the dialect's shape.
@@ -144,7 +153,7 @@ pub fn read_ask(route: &Route, body: &[u8], query: &str) -> Result<Ask, String> 
     };
     let stream = match route.api {
         Api::GeminiStream => true,
-        Api::GeminiGenerate | Api::OpenAiEmbeddings => false,
+        Api::GeminiGenerate | Api::OpenAiEmbeddings | Api::GeminiCreateCache => false,
         _ => f.stream.unwrap_or(false),
     };
     let gemini_sse = query.split('&').any(|kv| kv == "alt=sse");
@@ -162,7 +171,14 @@ pub fn read_ask(route: &Route, body: &[u8], query: &str) -> Result<Ask, String> 
     } else {
         0
     };
-    Ok(Ask { model, stream, include_usage, max_output, inputs, gemini_sse })
+    let ttl_s = match f.ttl.as_deref() {
+        None => 3600,
+        Some(t) => t
+            .strip_suffix('s')
+            .and_then(|n| n.split('.').next()?.parse().ok())
+            .ok_or_else(|| format!("mock-llm: \"ttl\" must be a duration like \"300s\", got {t:?}"))?,
+    };
+    Ok(Ask { model, stream, include_usage, max_output, inputs, gemini_sse, ttl_s })
 }
 
 /// Token counts of one answer.
@@ -192,7 +208,7 @@ impl Usage {
                 truncated = true;
             }
         }
-        if api == Api::OpenAiEmbeddings {
+        if matches!(api, Api::OpenAiEmbeddings | Api::GeminiCreateCache) {
             output = 0;
         }
         let reasoning = c.reasoning_tokens.min(output);
@@ -247,7 +263,39 @@ pub fn answer(route: &Route, ask: &Ask, u: &Usage, events: u32, seq: u64) -> Bod
             let stream = (route.api == Api::GeminiStream).then_some(ask.gemini_sse);
             gemini(stream, u, events, seq, &model, &text)
         }
+        // Its times need the clock: the server answers with `cached_content` instead.
+        Api::GeminiCreateCache => cached_content(ask, u, seq, 0),
     }
+}
+
+/// The `CachedContent` Google answers a creation with: its `name` (`cachedContents/mock-{seq}`),
+/// the model, `usageMetadata.totalTokenCount` (the cache's size: the prompt tokens) and
+/// `createTime` / `updateTime` / `expireTime` (`now_ms` + the request's `ttl`) as RFC 3339.
+pub fn cached_content(ask: &Ask, u: &Usage, seq: u64, now_ms: i64) -> Body {
+    let created = rfc3339(now_ms);
+    let expires = rfc3339(now_ms.saturating_add(i64::try_from(ask.ttl_s).unwrap_or(i64::MAX / 2000).saturating_mul(1000)));
+    json_body(format!(
+        r#"{{"name":"cachedContents/mock-{seq}","model":{model},"createTime":"{created}","updateTime":"{created}","expireTime":"{expires}","displayName":"","usageMetadata":{{"totalTokenCount":{t}}}}}"#,
+        model = q(&ask.model),
+        t = u.prompt
+    ))
+}
+
+/// Milliseconds since the Unix epoch as `2025-01-02T03:04:05.678Z` (Howard Hinnant's
+/// civil-from-days, proleptic Gregorian).
+fn rfc3339(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{milli:03}Z")
 }
 
 fn json_body(doc: String) -> Body {
@@ -586,7 +634,7 @@ mod tests {
     #[test]
     fn the_request_says_model_stream_usage_and_cap() {
         let a = ask("/v1/chat/completions", r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
-        assert_eq!(a, Ask { model: "gpt-4o".into(), stream: true, include_usage: true, max_output: Some(5), inputs: 0, gemini_sse: false });
+        assert_eq!(a, Ask { model: "gpt-4o".into(), stream: true, include_usage: true, max_output: Some(5), inputs: 0, gemini_sse: false, ttl_s: 3600 });
         let g = ask("/v1beta/models/gemini-2.5-flash:streamGenerateContent", r#"{"contents":[],"generationConfig":{"maxOutputTokens":9}}"#).unwrap();
         assert_eq!((g.model.as_str(), g.stream, g.max_output), ("gemini-2.5-flash", true, Some(9)));
         let e = ask("/v1/embeddings", r#"{"model":"text-embedding-3-small","input":["a","b","c"]}"#).unwrap();
@@ -600,6 +648,26 @@ mod tests {
         assert!(ask("/v1/chat/completions", r#"{"model":123}"#).unwrap_err().contains("invalid type"));
         assert!(ask("/v1/chat/completions", r#"{"model":"a""#).is_err());
         assert!(ask("/v1/messages", r#"{"messages":[]}"#).unwrap_err().contains("no model"));
+    }
+
+    #[test]
+    fn a_cache_creation_is_answered_like_google_with_its_size_and_expiry() {
+        let route = recognise("/v1beta/cachedContents").unwrap();
+        assert_eq!(route.api, Api::GeminiCreateCache);
+        let a = read_ask(&route, br#"{"model":"models/gemini-2.5-flash","contents":[],"ttl":"300s"}"#, "").unwrap();
+        assert_eq!((a.model.as_str(), a.ttl_s, a.stream), ("models/gemini-2.5-flash", 300, false));
+        let u = Usage::compute(route.api, 100, &a, &Controls { input_tokens: Some(400_000), ..Controls::default() });
+        assert_eq!((u.prompt, u.output), (400_000, 0));
+        // 2024-06-24T12:34:56.789Z, as `date -u -d @1719232496.789` reads it.
+        let doc: serde_json::Value = serde_json::from_str(&cached_content(&a, &u, 7, 1_719_232_496_789).content.concat()).unwrap();
+        assert_eq!(doc["name"], "cachedContents/mock-7");
+        assert_eq!(doc["model"], "models/gemini-2.5-flash");
+        assert_eq!(doc["usageMetadata"]["totalTokenCount"], 400_000);
+        assert_eq!(doc["createTime"], "2024-06-24T12:34:56.789Z");
+        assert_eq!(doc["expireTime"], "2024-06-24T12:39:56.789Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_868_800_000), "2000-03-01T00:00:00.000Z");
+        assert!(read_ask(&route, br#"{"model":"models/g","ttl":"5m"}"#, "").unwrap_err().contains("ttl"));
     }
 
     #[test]
@@ -618,7 +686,7 @@ mod tests {
 
     #[test]
     fn usage_is_derived_from_the_request() {
-        let a = Ask { model: "m".into(), stream: false, include_usage: false, max_output: Some(10), inputs: 0, gemini_sse: false };
+        let a = Ask { model: "m".into(), stream: false, include_usage: false, max_output: Some(10), inputs: 0, gemini_sse: false, ttl_s: 3600 };
         let c = Controls { cached_tokens: 5000, reasoning_tokens: 3, ..Controls::default() };
         let u = Usage::compute(Api::OpenAiChat, 401, &a, &c);
         assert_eq!(u, Usage { prompt: 101, cached: 101, cache_write: 0, output: 10, reasoning: 3, truncated: true });
