@@ -278,3 +278,52 @@ def test_conversation_memory_admits_more_than_the_window_bound_and_still_stops_a
     assert hit_ok >= 3 * miss_ok, f"the memory admits {hit_ok}, the window bound {miss_ok}"
     print(f"\nconversation memory: {hit_ok} of {BURST} admitted (spent {hit_spent}/{limit} µ$) "
           f"against {miss_ok} of {BURST} with the context-window bound (spent {miss_spent}/{limit} µ$)")
+
+
+# Gemini context caches (docs/enforcement.md, "Gemini context caches"): a cache of 400,000 tokens
+# is created through the gateway (the mock answers as Google does, with usageMetadata.totalTokenCount
+# and expireTime); then BURST concurrent streamGenerateContent reading it, each billed the cache
+# (at the cache-read price) plus its own contents, then BURST reading a cache the gateway never
+# saw created, billed the same, each burst on its own $0.50 budget.
+GCACHE_LIMIT_USD = "0.50"
+GCACHE_TOKENS = 400_000
+GCACHE_READ = {"x-mock-input-tokens": str(GCACHE_TOKENS + 40), "x-mock-cached-tokens": str(GCACHE_TOKENS), "x-mock-output-tokens": "50"}
+BUDGETS += [{"id": f"pb-gcache-{case}", "scope": f"team:pb-gcache-{case}", "limit": GCACHE_LIMIT_USD, "window": "none"}
+            for case in ("remembered", "unknown")]
+
+
+def test_gemini_cache_created_through_the_gateway_admits_more_than_the_window_bound_and_stops_at_the_hard_limit(counter, envoy):
+    limit = to_micros(GCACHE_LIMIT_USD)
+    common = {"x-e2e-user": "agent", "x-mock-gzip": "never", "x-mock-events": "4"}
+    stat = lambda name: envoy.stats().get(f"wasmcustom.tollgate_context_memory_{name}_total", 0)
+    remembered_before = stat("remembered")
+    created = request(envoy.listen_port, "POST", "/v1beta/cachedContents",
+                      json.dumps({"model": "models/gemini-2.5-flash", "ttl": "3600s",
+                                  "contents": [{"role": "user", "parts": [{"text": "The whole contract, 400k tokens of it."}]}]}),
+                      {"x-e2e-team": "pb-gcache-first", **common, "x-mock-input-tokens": str(GCACHE_TOKENS)}, timeout=30)
+    assert created.status == 200, created
+    cache = created.json()
+    assert cache["name"].startswith("cachedContents/") and cache["usageMetadata"]["totalTokenCount"] == GCACHE_TOKENS, cache
+    te.wait_for(lambda: stat("remembered") > remembered_before, 10, "the cache's size to be remembered", envoy.stats)
+    excess_before = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0)
+    hits_before, misses_before = stat("hits"), stat("misses")
+    admitted = {}
+    for case, name in (("remembered", cache["name"]), ("unknown", "cachedContents/never-created-through-this-gateway")):
+        team = f"pb-gcache-{case}"
+        body = {"cachedContent": name, "contents": [{"role": "user", "parts": [{"text": "What does section 4 say?"}]}],
+                "generationConfig": {"maxOutputTokens": 100}}
+        ok_ids, refused = burst(envoy, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", json.dumps(body),
+                                {"x-e2e-team": team, **common, **GCACHE_READ, "x-mock-delay-ms": "1500"})
+        assert ok_ids and refused, f"{case}: {len(ok_ids)} admitted, {refused} refused; the burst must overrun the budget"
+        costs = settled_ledger(counter, envoy, team, ok_ids)
+        assert min(costs) * BURST > 2 * limit, f"{case}: a request costs {min(costs)} µ$"
+        assert sum(costs) <= limit, f"{case}: ledger {sum(costs)} µ$ over the hard limit {limit} µ$"
+        admitted[case] = (len(ok_ids), sum(costs))
+    excess = envoy.enforcement_stats().get("tollgate_enforce_excess_micros_total", 0) - excess_before
+    assert excess == 0, f"a reservation was overrun by {excess} µ$: the cache's size + the body is a true bound"
+    te.wait_for(lambda: stat("hits") - hits_before >= BURST, 10, "every read of the created cache to count as a hit", envoy.stats)
+    assert stat("misses") - misses_before >= BURST, "every read of an unknown cache is a miss"
+    (hit_ok, hit_spent), (miss_ok, miss_spent) = admitted["remembered"], admitted["unknown"]
+    assert hit_ok > miss_ok, f"the memory admits {hit_ok}, the window bound {miss_ok}"
+    print(f"\ngemini cache memory: {hit_ok} of {BURST} admitted (spent {hit_spent}/{limit} µ$) "
+          f"against {miss_ok} of {BURST} with the context-window bound (spent {miss_spent}/{limit} µ$)")
