@@ -56,7 +56,8 @@
 //!   the gateway is changing, and the size the lock holder reads is the whole conversation.
 //! - **Value**: after a turn billed `input + output` (its own input and output are what it
 //!   appended, everything before it was read as input), that sum ([`remembered_context`]). A turn
-//!   the upstream failed leaves the size unknown; a 2xx turn without final usage (a `background`
+//!   the upstream failed, or one that let the provider truncate its input (`truncation` other
+//!   than `"disabled"`: it was billed less than the conversation holds), leaves the size unknown; a 2xx turn without final usage (a `background`
 //!   turn, a cut stream: the provider may still append) marks the entry *tainted*: unknown until it
 //!   expires. A turn refused before it left the gateway changes nothing.
 //! - **Items**: a `POST …/items` through the gateway makes the size unknown (items can hold files

@@ -217,6 +217,18 @@ pub fn detect_reference(endpoint: Endpoint, body: &[u8], top: &TopLevel, shape: 
     Some(wrap(id.into_owned()))
 }
 
+/// Whether an OpenAI Responses request lets the provider drop input items to fit the window
+/// (`truncation` other than `"disabled"` or null): its bill is then less than what a
+/// conversation it continues holds, so that bill is no size of the conversation
+/// (`core::context_memory`, conversations). Any other value counts as truncating.
+pub fn truncates(body: &[u8], top: &TopLevel) -> bool {
+    match top.get("truncation") {
+        None => false,
+        Some(m) if m.kind == Kind::Null => false,
+        Some(m) => json::decode_string(body, m.value.clone()).map_or(true, |v| m.kind != Kind::String || v != "disabled"),
+    }
+}
+
 /// [`detect`], as if the top-level member `skip` were absent.
 fn detect_skipping(endpoint: Endpoint, body: &[u8], top: &TopLevel, skip: Option<&str>) -> Result<Option<Shape>, Failure> {
     let get = |key: &str| top.get(key).filter(|_| skip != Some(key));
@@ -563,6 +575,25 @@ mod tests {
             let top = json::scan_object_watching(body.as_bytes(), watch_list(*endpoint)).expect("valid JSON");
             let shape = detect(*endpoint, body.as_bytes(), &top).expect("valid");
             assert_eq!(&detect_reference(*endpoint, body.as_bytes(), &top, shape), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_request_truncates_unless_truncation_is_absent_null_or_disabled() {
+        // (body, truncates)
+        let cases = [
+            (r#"{"conversation":"c","input":"x"}"#, false),
+            (r#"{"conversation":"c","truncation":null}"#, false),
+            (r#"{"conversation":"c","truncation":"disabled"}"#, false),
+            (r#"{"conversation":"c","truncation":"auto"}"#, true),
+            (r#"{"conversation":"c","truncation":"auto"}"#, true),
+            (r#"{"conversation":"c","truncation":"disabled"}"#, false),
+            (r#"{"conversation":"c","truncation":{"type":"auto"}}"#, true),
+            (r#"{"conversation":"c","truncation":"something-new"}"#, true),
+        ];
+        for (body, want) in cases {
+            let top = json::scan_object_watching(body.as_bytes(), watch_list(Responses)).expect("valid JSON");
+            assert_eq!(truncates(body.as_bytes(), &top), want, "{body}");
         }
     }
 

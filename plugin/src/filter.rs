@@ -300,9 +300,10 @@ pub struct Stream {
     page: Option<Page>,
     enforcer: Option<Box<dyn Enforcer>>,
     context_memory: Option<Rc<SharedContextMemory>>,
-    /// The conversation whose lock this turn holds (`context_memory.conversations`): its id and
-    /// the lock token, given back when the turn ends.
-    conversation: Option<(String, u64)>,
+    /// The conversation whose lock this turn holds (`context_memory.conversations`): its id, the
+    /// lock token (given back when the turn ends), and whether its bill may be the
+    /// conversation's size (not when the provider may truncate its input).
+    conversation: Option<(String, u64, bool)>,
     phase: Phase,
     request: Option<RequestState>,
     response: Option<ResponseState>,
@@ -323,7 +324,7 @@ impl Stream {
     /// the gateway answered (`not_sent`) left the conversation as it was; otherwise its size is
     /// unknown.
     fn release_conversation(&mut self, not_sent: bool) {
-        if let (Some(memory), Some((id, holder))) = (&self.context_memory, self.conversation.take()) {
+        if let (Some(memory), Some((id, holder, _))) = (&self.context_memory, self.conversation.take()) {
             let model = self.request.as_ref().and_then(|r| r.plan.as_ref()).map(|p| p.routed_model.as_str()).unwrap_or_default();
             memory.release(&id, model, holder, if not_sent { TurnEnd::NotSent } else { TurnEnd::Failed }, host::now_ms());
         }
@@ -440,7 +441,7 @@ impl Stream {
                         let holder = tollgate_core::context_memory::holder(&req.request_id);
                         match memory.acquire(id, &plan.routed_model, holder, now) {
                             Some(acquired @ (Acquired::Known(_) | Acquired::Unknown)) => {
-                                self.conversation = Some((id.clone(), holder));
+                                self.conversation = Some((id.clone(), holder, !plan.truncates));
                                 match acquired {
                                     Acquired::Known(tokens) => Some(tokens),
                                     _ => None,
@@ -639,8 +640,10 @@ impl Stream {
         let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
         let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
         // A conversation turn gives its lock back with what it left in the conversation.
-        if let (Some(memory), Some((id, holder))) = (&self.context_memory, self.conversation.take()) {
+        if let (Some(memory), Some((id, holder, trusted))) = (&self.context_memory, self.conversation.take()) {
             let end = match (scan.tokens.as_ref(), (200..300).contains(&status)) {
+                // A truncated turn was billed less than the conversation holds: a size unknown.
+                (Some(_), true) if !trusted => TurnEnd::Failed,
                 (Some(tokens), true) => TurnEnd::Billed(tollgate_core::context_memory::remembered_context(tokens)),
                 (None, true) => TurnEnd::Unbilled,
                 (_, false) => TurnEnd::Failed,

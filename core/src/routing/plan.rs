@@ -37,6 +37,8 @@ pub struct ParsedRequest<'b> {
     /// The stored response the request continues, when that is its only provider-held shape:
     /// the response-id memory may bound its prompt tighter than the window (`core::context_memory`).
     pub context_reference: Option<Reference>,
+    /// The provider may drop input items to fit the window (`prompt_bound::truncates`).
+    pub truncates: bool,
     /// Set by [`ParsedRequest::downgrade`]: the model to send is not the body's any more.
     downgraded: bool,
 }
@@ -65,6 +67,8 @@ pub struct RequestPlan {
     pub remote_prompt: Option<Shape>,
     /// See [`ParsedRequest::context_reference`].
     pub context_reference: Option<Reference>,
+    /// See [`ParsedRequest::truncates`].
+    pub truncates: bool,
     /// Bytes of the body forwarded upstream (the prompt size estimates start from).
     pub body_len: usize,
 }
@@ -114,6 +118,7 @@ pub fn parse_request<'b>(
     let max_output_tokens = max_output_tokens(body, &top, recognised.endpoint)?;
     let remote_prompt = prompt_bound::detect(recognised.endpoint, body, &top)?;
     let context_reference = prompt_bound::detect_reference(recognised.endpoint, body, &top, remote_prompt);
+    let truncates = matches!(context_reference, Some(Reference::Conversation(_))) && prompt_bound::truncates(body, &top);
     let principal = attribution.principal(headers, Some((body, &top)));
     Ok(ParsedRequest {
         body,
@@ -126,6 +131,7 @@ pub fn parse_request<'b>(
         max_output_tokens,
         remote_prompt,
         context_reference,
+        truncates,
         downgraded: false,
     })
 }
@@ -202,6 +208,7 @@ impl ParsedRequest<'_> {
             max_output_tokens: self.max_output_tokens,
             remote_prompt: self.remote_prompt,
             context_reference: self.context_reference.clone(),
+            truncates: self.truncates,
             body_len,
         })
     }

@@ -482,6 +482,15 @@ fn a_failed_turn_or_items_posted_through_the_gateway_make_the_next_turn_reserve_
     // A billed turn learns the size again.
     billed_turn(&gw, 0, "conv_1", false, usize::MAX);
     assert_eq!(continue_as(&gw, 0, "h50000-b", &conversation_turn("conv_1")), Ok(()));
+    // A turn that let the provider truncate its input was billed less than the conversation holds.
+    let gw = gateway(&conversations_config(), 1);
+    let truncating = json!({"model": "test-chat", "max_output_tokens": 100, "conversation": "conv_1", "input": "Go.", "truncation": "auto"})
+        .to_string()
+        .into_bytes();
+    let mut s = send_turn(&gw, 0, "rich", &truncating);
+    s.respond_chunked(&[(":status", "200"), ("content-type", "application/json")], &responses_json("resp_t"), &[usize::MAX]);
+    let refused = continue_as(&gw, 0, "h50000-t", &conversation_turn("conv_1")).expect_err("unknown after a truncating turn");
+    assert!(refused.contains(&window), "{refused}");
     // An upstream failure: what it appended is unknown.
     let gw = gateway(&conversations_config(), 1);
     billed_turn(&gw, 0, "conv_1", false, usize::MAX);
