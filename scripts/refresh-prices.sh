@@ -10,8 +10,9 @@
 # prices and their long-context tiers, the 1-hour cache-write price, the web-search price per query,
 # the token limits). The
 # format stays LiteLLM's; number text is copied byte for byte (never through a float).
-# core/prices/SOURCE records the version and the source file's SHA-256. Rebuild the filter afterwards:
-# the table is compiled in (include_str!).
+# core/prices/SOURCE records the version and the source file's SHA-256. Then core/src/pricing/bundled.rs,
+# the compiled form the filter uses (a Rust table and its hash index: a VM start parses no JSON), is written from the
+# new file by core's own reader, and the unit test that keeps the two equal runs. Rebuild the filter afterwards.
 set -euo pipefail
 
 version="${1:-1.109.1}"
@@ -74,3 +75,8 @@ with open(out.rsplit("/", 1)[0] + "/SOURCE", "w") as f:
             f"sha256={hashlib.sha256(raw).hexdigest()} models_kept={len(lines)}\n")
 print(f"wrote {out}: {len(lines)} models from litellm {version}", file=sys.stderr)
 PY
+
+# The compiled table, from the file just written, by the same reader the tests check it with.
+cd "$repo"
+TOLLGATE_WRITE_PRICES=1 cargo test --release -p tollgate-core --lib pricing::tests::the_compiled_table_is_exactly_the_bundled_file >/dev/null 2>&1 || true
+cargo test --release -p tollgate-core --lib pricing::

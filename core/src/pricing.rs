@@ -37,7 +37,8 @@ use std::fmt;
 /// The long-context threshold of a configured price that does not name one (`above_tokens`).
 pub const DEFAULT_LONG_CONTEXT_THRESHOLD: u64 = 200_000;
 
-/// The bundled LiteLLM-format price file (filtered to the dialects Tollgate speaks).
+/// The bundled LiteLLM-format price file (filtered to the dialects Tollgate speaks): the source of
+/// the compiled table [`bundled`](mod@bundled), which the filter uses instead of parsing this text.
 pub const BUNDLED_PRICES_JSON: &str = include_str!("../prices/model_prices.json");
 
 /// Per-token prices for one tier, in pico-dollars.
@@ -360,9 +361,15 @@ impl fmt::Display for PriceFileError {
 impl std::error::Error for PriceFileError {}
 
 /// Model prices, the unknown-model policy and estimate settings, built once per VM.
+///
+/// The bundled prices are not parsed at start: they are the compiled table [`bundled::MODELS`],
+/// found by name through its generated hash index ([`bundled_entry`]). `entries` holds what a price file or the config adds,
+/// and is consulted first, so a configured model replaces the bundled one of the same name.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     entries: HashMap<String, ModelPrice>,
+    /// Whether [`bundled::MODELS`] is part of the table.
+    with_bundled: bool,
     aliases: HashMap<String, String>,
     unknown_model: UnknownModelPolicy,
     default_price: Option<ModelPrice>,
@@ -376,9 +383,11 @@ impl PriceTable {
         PriceTable::default()
     }
 
-    /// The bundled table (`core/prices/model_prices.json`). A unit test keeps it loadable.
+    /// The bundled table (`core/prices/model_prices.json`), as compiled into [`bundled::MODELS`]:
+    /// nothing is parsed, so a VM start costs no JSON. A unit test checks the compiled table is
+    /// exactly what [`PriceTable::from_litellm_json`] reads from the file.
     pub fn bundled() -> Result<PriceTable, PriceFileError> {
-        PriceTable::from_litellm_json(BUNDLED_PRICES_JSON)
+        Ok(PriceTable { with_bundled: true, skipped: bundled::SKIPPED, ..PriceTable::default() })
     }
 
     /// Loads LiteLLM's `model_prices_and_context_window.json` format. Entries without
@@ -475,11 +484,21 @@ impl PriceTable {
 
     /// Number of priced entries (including bare names reachable through prefixed keys).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let bundled_only = |models: &[(&str, ModelPrice)]| models.iter().filter(|(name, _)| !self.entries.contains_key(*name)).count();
+        self.entries.len() + if self.with_bundled { bundled_only(&bundled::MODELS) } else { 0 }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// A name as it stands in the table: the configured entries first, then the bundled ones.
+    fn entry(&self, name: &str) -> Option<&ModelPrice> {
+        match self.entries.get(name) {
+            Some(price) => Some(price),
+            None if self.with_bundled => bundled_entry(name),
+            None => None,
+        }
     }
 
     /// Entries of the source file that were skipped (no per-token input price, or unreadable).
@@ -504,8 +523,8 @@ impl PriceTable {
         let names = [Some(model), lower].into_iter().flatten();
         let candidates = || names.clone().flat_map(|name| [name, strip_prefix(name)]);
         let found = candidates()
-            .find_map(|name| self.entries.get(name))
-            .or_else(|| candidates().filter_map(strip_date_suffix).find_map(|name| self.entries.get(name)));
+            .find_map(|name| self.entry(name))
+            .or_else(|| candidates().filter_map(strip_date_suffix).find_map(|name| self.entry(name)));
         found
     }
 
@@ -527,6 +546,52 @@ impl PriceTable {
         let (picos, long_context) = lookup.price.cost_picos(tokens);
         Ok(Cost { micros: money::picos_to_micros_ceil(picos), known: lookup.known, long_context })
     }
+}
+
+/// Slots of the compiled table's hash index ([`bundled::SLOTS`]): a power of two, at most half full.
+const BUNDLED_SLOTS: usize = 2048;
+/// An empty slot of [`bundled::SLOTS`].
+const NO_MODEL: u16 = u16::MAX;
+
+/// FNV-1a over the name's bytes: the compiled table's hash. Cheaper in wasm than the `HashMap`'s
+/// SipHash for the short names looked up on every request, and fixed, so the index can be
+/// generated once with the table.
+fn name_hash(name: &str) -> usize {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (hash ^ (hash >> 32)) as usize
+}
+
+/// The compiled table's entry for exactly `name`: open addressing with linear probing over
+/// [`bundled::SLOTS`], which the generator filled in table order (so probing is bounded by the
+/// table's size, and an empty slot ends it).
+fn bundled_entry(name: &str) -> Option<&'static ModelPrice> {
+    let mut slot = name_hash(name) % BUNDLED_SLOTS;
+    for _ in 0..BUNDLED_SLOTS {
+        let index = *bundled::SLOTS.get(slot)?;
+        if index == NO_MODEL {
+            return None;
+        }
+        match bundled::MODELS.get(usize::from(index)) {
+            Some((key, price)) if *key == name => return Some(price),
+            _ => slot = (slot + 1) % BUNDLED_SLOTS,
+        }
+    }
+    None
+}
+
+/// The hash index of a table whose names are `names` (in table order): what [`bundled_entry`]
+/// probes. Written into `pricing/bundled.rs` by its generator.
+#[cfg(test)]
+fn bundled_slots(names: &[&str]) -> Vec<u16> {
+    let mut slots = vec![NO_MODEL; BUNDLED_SLOTS];
+    for (index, name) in names.iter().enumerate() {
+        let mut slot = name_hash(name) % BUNDLED_SLOTS;
+        while slots[slot] != NO_MODEL {
+            slot = (slot + 1) % BUNDLED_SLOTS;
+        }
+        slots[slot] = u16::try_from(index).unwrap_or(NO_MODEL);
+    }
+    slots
 }
 
 /// Preference among provider prefixes when several keys share a bare name (lower wins).
@@ -650,6 +715,7 @@ fn long_tier(
     Some(LongContext { above_tokens, price })
 }
 
+mod bundled;
 mod litellm;
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! LiteLLM's price file (`model_prices_and_context_window.json`), read with `serde_json`: a JSON
 //! object of model → object of fields.
 //!
-//! It is read once per VM at configure time, never on the request path. What it costs there still
-//! matters (every Envoy worker pays it at start), so nothing is built that pricing does not use:
+//! The filter does not run it: the bundled file is compiled into a sorted table
+//! (`pricing/bundled.rs`, written from this reader's output and checked against it by a unit test),
+//! so a VM start parses no JSON. It reads the file for that check and for tables given as text.
+//! It stays lean all the same, so nothing is built that pricing does not use:
 //! keys are borrowed from the file, every field we do not price with is skipped
 //! ([`IgnoredAny`]), and the fields we do price with are kept as their *number text*
 //! ([`RawValue`]), never as `f64`: `money::parse_decimal_scaled` turns the text into exact

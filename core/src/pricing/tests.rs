@@ -534,3 +534,61 @@ proptest! {
         prop_assert!(price.cost_micros(&actual) <= price.worst_case_cost(bound, max_out));
     }
 }
+
+/// The source of `pricing/bundled.rs`: the table [`PriceTable::from_litellm_json`] reads from the
+/// bundled file, sorted by name, each price as its `Debug` form (which is a Rust struct literal).
+fn render_compiled_table(table: &PriceTable) -> String {
+    let mut models: Vec<(&String, &ModelPrice)> = table.entries.iter().collect();
+    models.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::from(
+        "//! The bundled price table, compiled: `core/prices/model_prices.json` exactly as\n\
+         //! `PriceTable::from_litellm_json` reads it (bare names reachable through provider-prefixed keys\n\
+         //! included), sorted by name, and its hash index. A VM start then parses no JSON.\n\
+         //!\n\
+         //! GENERATED: do not edit. `scripts/refresh-prices.sh` writes it (through the unit test\n\
+         //! `pricing::tests::the_compiled_table_is_exactly_the_bundled_file` with `TOLLGATE_WRITE_PRICES=1`),\n\
+         //! and that test fails whenever it differs from what the file says.\n\n\
+         use super::{LongContext, ModelPrice, TierPrice};\n\n\
+         /// Entries of the file that were skipped (no per-token input price, or unreadable).\n",
+    );
+    out.push_str(&format!("pub(super) const SKIPPED: usize = {};\n\n", table.skipped));
+    out.push_str(&format!("pub(super) static MODELS: [(&str, ModelPrice); {}] = [\n", models.len()));
+    for (name, price) in &models {
+        out.push_str(&format!("    ({name:?}, {price:?}),\n"));
+    }
+    out.push_str("];\n\n");
+    let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(names.len() * 2 <= BUNDLED_SLOTS, "{} names: raise BUNDLED_SLOTS (keep the index at most half full)", names.len());
+    let slots: Vec<String> = bundled_slots(&names).iter().map(u16::to_string).collect();
+    out.push_str("/// Hash index: slot `name_hash(name) % BUNDLED_SLOTS`, probed linearly, holds the name's index in\n");
+    out.push_str("/// `MODELS` (`u16::MAX`: empty).\n");
+    out.push_str(&format!("pub(super) static SLOTS: [u16; {}] = [\n", slots.len()));
+    for row in slots.chunks(24) {
+        out.push_str(&format!("    {},\n", row.join(", ")));
+    }
+    out.push_str("];\n");
+    out
+}
+
+#[test]
+fn the_compiled_table_is_exactly_the_bundled_file() {
+    let parsed = PriceTable::from_litellm_json(BUNDLED_PRICES_JSON).unwrap_or_default();
+    assert!(parsed.len() > 500, "the bundled file parses: {}", parsed.len());
+    let source = render_compiled_table(&parsed);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/pricing/bundled.rs");
+    if std::env::var_os("TOLLGATE_WRITE_PRICES").is_some() {
+        std::fs::write(path, &source).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+    let compiled = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        compiled == source,
+        "{path} is not what core/prices/model_prices.json says; regenerate it: \
+         TOLLGATE_WRITE_PRICES=1 cargo test -p tollgate-core --lib pricing::tests::the_compiled_table_is_exactly_the_bundled_file"
+    );
+    // And the table the filter uses answers every name exactly as the parsed file does.
+    let compiled = PriceTable::bundled().unwrap_or_default();
+    assert_eq!((compiled.len(), compiled.skipped()), (parsed.len(), parsed.skipped()));
+    for (name, price) in &parsed.entries {
+        assert_eq!(compiled.lookup(name), Some(price), "{name}");
+    }
+}

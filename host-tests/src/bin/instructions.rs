@@ -7,6 +7,7 @@
 
 use tollgate_host_tests::fixtures::{openai_chat_request, openai_chat_sse, refs};
 use tollgate_host_tests::module;
+use std::collections::{BTreeMap, BTreeSet};
 use tollgate_host_tests::{Answer, Gateway};
 
 /// A production-like configuration: the bundled price table, attribution, a few routing rules.
@@ -251,4 +252,63 @@ fn main() {
     }
     let (with, without) = measure_banner();
     println!("| budget banner: 50 KiB HTML page in 16 KiB chunks, with enforcement (page passed through without a banner section: {without}) | | | {with} | |");
+    print_host_calls();
+}
+
+/// The host calls one request makes, by kind (issue 15 §3: in V8 each crossing costs as much as
+/// scanning hundreds of bytes). Steady state; enforcement's root ticks are not per request.
+fn print_host_calls() {
+    let chat = workloads().into_iter().next().expect("the chat workload");
+    let response_bytes: usize = chat.response.iter().map(Vec::len).sum();
+    let metering = started(CONFIG);
+    measure(&metering, &chat);
+    let (_, resp) = measure(&metering, &chat);
+    println!();
+    println!("response phase per SSE byte ({}: {response_bytes} bytes): {:.1} instructions", chat.name, resp as f64 / response_bytes as f64);
+    let calls = |gw: &Gateway| {
+        for _ in 0..3 {
+            measure(gw, &chat);
+            gw.advance(std::time::Duration::from_millis(1000));
+        }
+        let before = gw.host_calls();
+        measure(gw, &chat);
+        let after = gw.host_calls();
+        after.into_iter().map(|(name, n)| (name, n - before.get(name).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>()
+    };
+    let metering = calls(&metering);
+    let enforcing = calls(&enforcing_gateway());
+    let names: BTreeSet<&str> = metering.keys().chain(enforcing.keys()).copied().collect();
+    let mut rows: Vec<(&str, &str)> = names.into_iter().map(|name| (call_kind(name), name)).collect();
+    rows.sort();
+    println!();
+    println!("| host calls per request ({}), by kind | metering | with enforcement |", chat.name);
+    println!("|---|---:|---:|");
+    for (kind, name) in rows {
+        let n = |m: &BTreeMap<&str, u64>| m.get(name).copied().unwrap_or(0);
+        println!("| {kind}: `{name}` | {} | {} |", n(&metering), n(&enforcing));
+    }
+    let total = |m: &BTreeMap<&str, u64>| m.values().sum::<u64>();
+    println!("| **total** | {} | {} |", total(&metering), total(&enforcing));
+}
+
+fn started(config: &str) -> Gateway {
+    let gw = Gateway::new(config);
+    gw.start();
+    gw
+}
+
+/// The issue's kinds of host call, by proxy-wasm import name.
+fn call_kind(name: &str) -> &'static str {
+    match name {
+        n if n.contains("header_map") => "headers",
+        n if n.contains("buffer") => "body",
+        n if n.contains("shared_data") => "shared data",
+        n if n.contains("queue") => "queue",
+        n if n.contains("time") => "clock",
+        n if n.contains("metric") => "metrics",
+        n if n.contains("property") => "properties",
+        n if n.contains("log") => "log",
+        n if n.contains("http_call") || n.contains("dispatch") => "calls",
+        _ => "other",
+    }
 }
