@@ -341,9 +341,10 @@ pub struct GuardEvent {
     pub retry: u32,
     /// When the attempt was decided, unix milliseconds.
     pub at_ms: i64,
-    /// When the gateway's count of this key began its current window (the counter counts other
-    /// gateways' attempts from then on).
-    pub window_start_ms: i64,
+    /// From when the gateway wants the other gateways' attempts counted: a window before its
+    /// count's window start (so attempts made elsewhere before its first one count too), or the
+    /// window start itself once a checkpoint reset the count (`RetryEntry::others_since`).
+    pub since_ms: i64,
 }
 
 /// The other gateways' attempts of one key since `since_ms` (a gateway's window start).

@@ -102,13 +102,13 @@ pub struct StoredGuardEvent {
     pub at_ms: i64,
 }
 
-/// The keys of a batch's guard events: per key its task and the newest window start its events
-/// carry (the gateway's current window).
+/// The keys of a batch's guard events: per key its task and the newest `since_ms` its events
+/// carry (the gateway's current count).
 pub fn batch_keys(events: &[GuardEvent]) -> BTreeMap<&str, (Option<&str>, i64)> {
     let mut keys: BTreeMap<&str, (Option<&str>, i64)> = BTreeMap::new();
     for e in events {
-        let slot = keys.entry(e.key.as_str()).or_insert((e.task.as_deref(), e.window_start_ms));
-        slot.1 = slot.1.max(e.window_start_ms);
+        let slot = keys.entry(e.key.as_str()).or_insert((e.task.as_deref(), e.since_ms));
+        slot.1 = slot.1.max(e.since_ms);
     }
     keys
 }
@@ -136,8 +136,8 @@ pub fn validate_guard_events(events: &[GuardEvent]) -> Result<(), String> {
         if e.task.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_TASK_LEN) {
             return Err(format!("guard_events[{i}].task: must be 1 to {MAX_TASK_LEN} bytes, or left out"));
         }
-        if e.window_start_ms > e.at_ms {
-            return Err(format!("guard_events[{i}].window_start_ms: must not be after at_ms"));
+        if e.since_ms > e.at_ms {
+            return Err(format!("guard_events[{i}].since_ms: must not be after at_ms"));
         }
     }
     Ok(())

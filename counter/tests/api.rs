@@ -633,8 +633,8 @@ async fn a_personal_token_reads_its_own_principals_page_and_nothing_else() {
 // carries the other gateways' counts and recent checkpoints; the task summary shows them.
 
 /// A retry-guard event of request `id` on key `key` (task `fix-ci-42`).
-fn guard_event(id: &str, key: &str, kind: &str, retry: u32, at_ms: i64, window_start_ms: i64) -> Value {
-    json!({"id": id, "key": key, "task": "fix-ci-42", "kind": kind, "retry": retry, "at_ms": at_ms, "window_start_ms": window_start_ms})
+fn guard_event(id: &str, key: &str, kind: &str, retry: u32, at_ms: i64, since_ms: i64) -> Value {
+    json!({"id": id, "key": key, "task": "fix-ci-42", "kind": kind, "retry": retry, "at_ms": at_ms, "since_ms": since_ms})
 }
 
 async fn guard_post(h: &Harness, gateway: &str, records: Vec<Value>, events: Vec<Value>) -> Value {

@@ -116,16 +116,16 @@ fn count(decision: Decision, checkpointed: bool, metrics: &GuardMetrics) {
 }
 
 /// One attempt of the work `key` names at `now_ms`: updates the shared count and returns the
-/// decision and the count's window start (`None` when shared data failed: the request goes
-/// through).
+/// decision and from when the other gateways' attempts count against it (`None` when shared data
+/// failed: the request goes through).
 pub fn attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u64>, metrics: &GuardMetrics) -> Option<(Decision, i64)> {
     let (current, next, decision) = update(key, |current| retry::attempt(current, now_ms, guard.limits, checkpoint))?;
     count(decision, current.is_some_and(|c| c.checkpoint != next.checkpoint), metrics);
-    Some((decision, next.window_start_ms))
+    Some((decision, next.others_since(guard.limits.window_ms)))
 }
 
 /// The guard event of one counted attempt, for the counter.
-pub fn event(gateway_id: &str, request_id: &str, key: &str, principal: &Principal, decision: Decision, at_ms: i64, window_start_ms: i64) -> GuardEvent {
+pub fn event(gateway_id: &str, request_id: &str, key: &str, principal: &Principal, decision: Decision, at_ms: i64, since_ms: i64) -> GuardEvent {
     let (kind, retry) = match decision {
         Decision::Pass { retry } => (GuardEventKind::Passed, retry),
         Decision::Observe { retry } => (GuardEventKind::Observed, retry),
@@ -138,7 +138,7 @@ pub fn event(gateway_id: &str, request_id: &str, key: &str, principal: &Principa
         kind,
         retry,
         at_ms,
-        window_start_ms,
+        since_ms,
     }
 }
 
@@ -159,11 +159,11 @@ pub fn key_hex(key: &str) -> &str {
 /// the counts of their tasks' work begun before them (`retry::apply_checkpoint`). Only entries
 /// this gateway holds are touched; a shared-data failure leaves a count as it was (it is only
 /// less shared). Returns how many counts a checkpoint reset.
-pub fn apply_answer(answer: &GuardAnswer, now_ms: i64) -> u64 {
+pub fn apply_answer(answer: &GuardAnswer, window_ms: i64, now_ms: i64) -> u64 {
     let mut reset = 0;
     for c in &answer.counts {
         let Some(key) = count_key(&c.key) else { continue };
-        let _ = update_existing(&key, |e| Some(retry::merge_others(e, c.since_ms, c.others)).filter(|n| *n != e));
+        let _ = update_existing(&key, |e| Some(retry::merge_others(e, c.since_ms, c.others, window_ms)).filter(|n| *n != e));
     }
     for c in &answer.checkpoints {
         let Some(key) = count_key(&c.key) else { continue };

@@ -31,6 +31,18 @@ impl RetryEntry {
     /// An entry written before `others` existed (read as `others: 0`).
     const OLD_LEN: usize = 24;
 
+    /// From when the other gateways' attempts count against this entry (`GuardEvent::since_ms`):
+    /// a window before its window start, so attempts made elsewhere before this gateway's first
+    /// one count too; once a checkpoint was applied, the window start (what came before the
+    /// reset must not come back through the counter).
+    pub fn others_since(&self, window_ms: i64) -> i64 {
+        if self.checkpoint != 0 {
+            self.window_start_ms
+        } else {
+            self.window_start_ms.saturating_sub(window_ms).saturating_add(1)
+        }
+    }
+
     /// Attempts of this work let through in this window, on every gateway the counter has heard of.
     pub fn total(&self) -> u32 {
         self.attempts.saturating_add(self.others)
@@ -116,10 +128,10 @@ pub fn attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, chec
 }
 
 /// The counter's answer for this entry (`GuardCount`): other gateways let `others` attempts
-/// through since `since_ms`. Taken only for the window it was asked about (a window that ended or
+/// through since `since_ms`. Taken only for the count it was asked about (a window that ended or
 /// was reset since is a new count), and never lowered (answers may arrive out of order).
-pub fn merge_others(entry: RetryEntry, since_ms: i64, others: u32) -> RetryEntry {
-    if entry.window_start_ms != since_ms {
+pub fn merge_others(entry: RetryEntry, since_ms: i64, others: u32, window_ms: i64) -> RetryEntry {
+    if entry.others_since(window_ms) != since_ms {
         return entry;
     }
     RetryEntry { others: entry.others.max(others), ..entry }
@@ -265,10 +277,12 @@ mod tests {
     fn other_gateways_attempts_count_against_the_allowance_once_merged() {
         let (e, d) = attempt(None, 0, LIMITS, None);
         assert_eq!(d, Decision::Pass { retry: 0 });
-        let e = merge_others(e, 0, 2);
+        let since = e.others_since(LIMITS.window_ms);
+        assert_eq!(since, 1 - LIMITS.window_ms, "attempts elsewhere up to a window before this one's first count");
+        let e = merge_others(e, since, 2, LIMITS.window_ms);
         assert_eq!(attempt(Some(e), 10, LIMITS, None).1, Decision::Refuse { attempts: 3 }, "one here and two elsewhere: the allowance is spent");
-        assert_eq!(merge_others(merge_others(e, 0, 1), 0, 0).others, 2, "an older, smaller answer never lowers the count");
-        assert_eq!(merge_others(e, 5, 7), e, "an answer about another window is ignored");
+        assert_eq!(merge_others(merge_others(e, since, 1, LIMITS.window_ms), since, 0, LIMITS.window_ms).others, 2, "an older, smaller answer never lowers the count");
+        assert_eq!(merge_others(e, 5, 7, LIMITS.window_ms), e, "an answer about another count is ignored");
         let (fresh, _) = attempt(Some(e), 60_000, LIMITS, None);
         assert_eq!(fresh.others, 0, "a new window starts without the others' old attempts");
     }
@@ -282,6 +296,7 @@ mod tests {
         let e = e.unwrap();
         assert_eq!(attempt(Some(e), 5, LIMITS, None).1, Decision::Refuse { attempts: 3 });
         let reset = apply_checkpoint(e, 77, 6, 8).expect("a count begun before the checkpoint starts again");
+        assert_eq!(reset.others_since(LIMITS.window_ms), 8, "after a checkpoint only the others' later attempts count");
         assert_eq!(attempt(Some(reset), 9, LIMITS, None).1, Decision::Pass { retry: 0 });
         assert_eq!(apply_checkpoint(reset, 77, 6, 20), None, "the same checkpoint again does nothing");
         assert_eq!(attempt(Some(reset), 9, LIMITS, Some(77)).1, Decision::Pass { retry: 0 }, "nor the same value in the header");

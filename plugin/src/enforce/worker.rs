@@ -78,6 +78,8 @@ pub struct Worker {
     /// back if the post fails (the counter stores each id once).
     pub(super) guard_events: Vec<GuardEvent>,
     guard_in_flight: Vec<GuardEvent>,
+    /// `guards.retry.window_seconds` in ms (0: no retry guard).
+    pub(super) guard_window_ms: i64,
 }
 
 /// A request's settlement that found the worker busy: kept for the worker's next use.
@@ -156,6 +158,7 @@ impl Worker {
             draining: false,
             guard_events: Vec::new(),
             guard_in_flight: Vec::new(),
+            guard_window_ms: 0,
         }));
         SharedWorker { worker, late: Rc::default() }
     }
@@ -270,7 +273,9 @@ impl Worker {
                 let guard_events = std::mem::take(&mut self.guard_in_flight);
                 match queue::read_ack(status, body, batch.records.len()) {
                     Ok(ack) => {
-                        crate::guard::apply_answer(&ack.guard, now);
+                        if self.guard_window_ms > 0 {
+                            crate::guard::apply_answer(&ack.guard, self.guard_window_ms, now);
+                        }
                         counters::inc(&self.metrics.usage_acked, batch.records.len() as u64);
                         self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);

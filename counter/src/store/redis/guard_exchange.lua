@@ -5,7 +5,7 @@
 --   guard:keys:<task>   set   the keys seen with the task             (where checkpoints go)
 --   checkpoints:recent  zset  n \t task, scored by at_ms              (written by add_checkpoint)
 -- ARGV: prefix, gateway, now_ms, retain_ms, recent_ms, max checkpoints, max keys per task,
--- then per event 7 values: id, key, task ('' for none), kind, retry, at_ms, window_start_ms.
+-- then per event 7 values: id, key, task ('' for none), kind, retry, at_ms, since_ms.
 -- Returns {counts, checkpoints}: flat {key, since_ms, others, ...} and {key, checkpoint id, at_ms, ...}.
 local gateway, now, retain, recent = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_cps, max_keys = tonumber(ARGV[6]), tonumber(ARGV[7])

@@ -101,7 +101,7 @@ impl RedisStore {
                 kind_str(e.kind).to_owned(),
                 e.retry.to_string(),
                 e.at_ms.to_string(),
-                e.window_start_ms.to_string(),
+                e.since_ms.to_string(),
             ]);
         }
         let v = self.eval("guard exchange", guard_exchange_script(), &args).await?;
