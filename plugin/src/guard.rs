@@ -91,6 +91,11 @@ fn update<T>(key: &str, mut change: impl FnMut(Option<RetryEntry>) -> (RetryEntr
             Err(_) => return None,
         };
         let (next, out) = change(current);
+        // Nothing to write: the entry is unchanged, or an absent one would only be written as a
+        // blank (a task whose attempts all succeed never writes its failure streak).
+        if current == Some(next) || (current.is_none() && next.attempts == 0 && next.refusals == 0 && next.checkpoint == 0) {
+            return Some((current, next, out));
+        }
         match host::set_shared(key, &next.encode(), cas) {
             SetShared::Written => return Some((current, next, out)),
             SetShared::Conflict => continue,
