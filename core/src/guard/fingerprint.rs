@@ -3,7 +3,7 @@
 //! # Why from the members the scan already found
 //! The body is validated once by `core::json`, which records each top-level member's key and the
 //! byte range of its value. The fingerprint hashes exactly those bytes (key, then raw value) for
-//! every member not in the ignore list: no second parse, no allocation, 32 bytes per loop step.
+//! every member not in the ignore list: no second parse, no allocation, sixteen bytes per loop step.
 //! Members are combined by a wrapping sum of their hashes, so member order does not matter (the
 //! scan refuses duplicate keys, so no member can cancel another by repetition).
 //!
@@ -34,23 +34,20 @@ pub const DEFAULT_IGNORED: &[&str] = &[
 
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// Hashes `bytes` with `seed`, 32 bytes per loop step: words folded into one chain in pairs
-/// with one rotation per pair (a quarter of the loop bookkeeping and half the rotations of a
-/// word per step: the guard's wasm fuel, issue 12), then the last words and the tail. Each fold is a bijection of the
+/// Hashes `bytes` with `seed`, sixteen bytes per loop step: two words folded into one chain
+/// with one rotation per pair (half the loop bookkeeping and rotations of a word per step: the
+/// guard's wasm fuel, issue 12), then a last word and the tail. Each fold is a bijection of the
 /// state for fixed words and of each word for a fixed state, so a changed byte always changes
 /// the result before the final avalanche.
 pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
     let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
     let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
-    let mut quads = bytes.chunks_exact(32);
-    for quad in &mut quads {
-        let (x, rest) = quad.split_at(8);
-        let (y, rest) = rest.split_at(8);
-        let (z, w) = rest.split_at(8);
+    let mut pairs = bytes.chunks_exact(16);
+    for pair in &mut pairs {
+        let (x, y) = pair.split_at(8);
         h = (((h ^ word(x)).wrapping_mul(K)) ^ word(y)).wrapping_mul(K).rotate_left(29);
-        h = (((h ^ word(z)).wrapping_mul(K)) ^ word(w)).wrapping_mul(K).rotate_left(29);
     }
-    let mut words = quads.remainder().chunks_exact(8);
+    let mut words = pairs.remainder().chunks_exact(8);
     for w in &mut words {
         h = (h ^ word(w)).wrapping_mul(K).rotate_left(29);
     }
