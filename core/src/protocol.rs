@@ -305,6 +305,85 @@ pub fn record_id(gateway_id: &str, request_id: &str) -> String {
 pub struct UsageBatch {
     pub gateway_id: String,
     pub records: Vec<UsageRecord>,
+    /// What the retry guard did since the last batch (docs/guards.md): attempts it counted, let
+    /// through or refused. Not charges: the ledger never sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guard_events: Vec<GuardEvent>,
+}
+
+/// What the retry guard did with one request of expensive work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardEventKind {
+    /// Let through: the first attempt (`retry` 0) or a retry within the allowance.
+    Passed,
+    /// Over the allowance in observe mode: let through and reported.
+    Observed,
+    /// Over the allowance: refused with 429 (never reached an upstream).
+    Refused,
+}
+
+/// One counted attempt, delivered with the usage batches (`UsageBatch::guard_events`). The
+/// counter keeps them per `key` (to answer every gateway with the others' counts) and per task
+/// (retries and refusals in the task's summary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardEvent {
+    /// The request's record id (`record_id`): an event delivered twice counts once.
+    pub id: String,
+    /// The count's key: 16 hex digits of the hash of principal, task and fingerprint (the
+    /// shared-data entry `tollgate.guard.retry.<key>` on the gateway).
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    pub kind: GuardEventKind,
+    /// 0 for the first attempt, 1 for the first retry, …
+    pub retry: u32,
+    /// When the attempt was decided, unix milliseconds.
+    pub at_ms: i64,
+    /// From when the gateway wants the other gateways' attempts counted: a window before its
+    /// count's window start (so attempts made elsewhere before its first one count too), or the
+    /// window start itself once a checkpoint reset the count (`RetryEntry::others_since`).
+    pub since_ms: i64,
+}
+
+/// The other gateways' attempts of one key since `since_ms` (a gateway's window start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardCount {
+    pub key: String,
+    pub since_ms: i64,
+    /// Attempts let through (passed or observed) by other gateways since `since_ms`, and after
+    /// the task's newest checkpoint.
+    pub others: u32,
+}
+
+/// A checkpoint made at the counter (`POST /admin/checkpoints`), for one key of its task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardCheckpoint {
+    pub key: String,
+    /// The checkpoint's id (`cp-7`): the same value a checkpoint header would carry.
+    pub checkpoint: String,
+    /// When it was made, unix milliseconds: a count whose window began before it starts again.
+    pub at_ms: i64,
+}
+
+/// The counter's answer to a batch's guard events: the shared counts of the keys in the batch,
+/// and the recent checkpoints of every key their tasks have.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardAnswer {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counts: Vec<GuardCount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<GuardCheckpoint>,
+}
+
+impl GuardAnswer {
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.checkpoints.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +393,10 @@ pub struct UsageAck {
     pub accepted: u64,
     /// Records already seen (by id) and not counted again.
     pub duplicates: u64,
+    /// The shared retry counts and checkpoints (absent when the batch carried no guard events and
+    /// no checkpoint is recent).
+    #[serde(default, skip_serializing_if = "GuardAnswer::is_empty")]
+    pub guard: GuardAnswer,
 }
 
 /// The JSON error body the counter answers any 4xx/5xx with.

@@ -286,15 +286,24 @@ async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: B
 
 async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));
-    let batch: UsageBatch = match parse_body(&body).and_then(|b| validate_batch(&b).map(|_| b).map_err(invalid)) {
+    let mut batch: UsageBatch = match parse_body(&body).and_then(|b| validate_batch(&b).map(|_| b).map_err(invalid)) {
         Ok(b) => b,
         Err(response) => {
             inc(&app.metrics.usage_batches_rejected, 1);
             return response;
         }
     };
-    match app.store.ingest(batch, app.clock.now_ms()).await {
-        Ok(ack) => {
+    let now_ms = app.clock.now_ms();
+    let (gateway_id, events) = (batch.gateway_id.clone(), std::mem::take(&mut batch.guard_events));
+    match app.store.ingest(batch, now_ms).await {
+        Ok(mut ack) => {
+            // The retry guard's events ride the same post (docs/guards.md); their answer is the
+            // shared counts and recent checkpoints. Records are already durable: a failure here
+            // is logged and answered without counts, never a reason to send the records again.
+            match app.store.guard_exchange(&gateway_id, events, now_ms).await {
+                Ok(guard) => ack.guard = guard,
+                Err(e) => crate::log::warn("retry-guard events not stored; the gateways keep their own counts", serde_json::json!({"gateway_id": gateway_id, "error": e.to_string()})),
+            }
             inc(&app.metrics.usage_batches, 1);
             inc(&app.metrics.usage_records_accepted, ack.accepted);
             inc(&app.metrics.usage_records_duplicate, ack.duplicates);

@@ -28,7 +28,7 @@ use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::Tokens;
+use tollgate_core::protocol::{GuardEvent, GuardEventKind, Tokens};
 
 /// Longest task id accepted (the filter's attribution keeps values up to this).
 pub const MAX_TASK_LEN: usize = 256;
@@ -56,6 +56,91 @@ pub struct TaskSummary {
     pub checkpoints: Vec<Checkpoint>,
     /// The key ids the task's requests were made with, sorted (who may read `/tasks/{id}/summary`).
     pub key_ids: Vec<String>,
+    /// What the gateways' retry guards did with the task's requests (delivered with the usage
+    /// batches as guard events, never as charges: refused requests are not in the ledger).
+    #[serde(default)]
+    pub guard: GuardTally,
+}
+
+/// A task's retry-guard events, counted once per request (by record id) whatever the retries of
+/// the delivery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardTally {
+    /// Retries let through (the second attempt of the same work onwards).
+    pub retries: u64,
+    /// Attempts refused with 429 (they never reached an upstream and cost nothing).
+    pub refused: u64,
+    /// Over the allowance in observe mode (let through and reported).
+    pub observed: u64,
+}
+
+impl GuardTally {
+    pub fn add(&mut self, kind: GuardEventKind, retry: u32) {
+        match kind {
+            GuardEventKind::Passed if retry > 0 => self.retries += 1,
+            GuardEventKind::Passed => {}
+            GuardEventKind::Refused => self.refused += 1,
+            GuardEventKind::Observed => self.observed += 1,
+        }
+    }
+}
+
+/// How long the counter keeps guard events: the longest retry window (a week) and an hour.
+pub const GUARD_RETAIN_MS: i64 = 7 * 24 * 3_600_000 + 3_600_000;
+/// Checkpoints made this recently are delivered with every usage acknowledgement (a gateway
+/// that posts at least once in this time sees each one).
+pub const RECENT_CHECKPOINT_MS: i64 = 3_600_000;
+/// Most recent checkpoints delivered in one acknowledgement, and most keys per task.
+pub const MAX_DELIVERED_CHECKPOINTS: usize = 100;
+pub const MAX_KEYS_PER_TASK: usize = 256;
+
+/// One stored guard event, as an answer reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGuardEvent {
+    pub gateway: String,
+    pub kind: GuardEventKind,
+    pub at_ms: i64,
+}
+
+/// The keys of a batch's guard events: per key its task and the newest `since_ms` its events
+/// carry (the gateway's current count).
+pub fn batch_keys(events: &[GuardEvent]) -> BTreeMap<&str, (Option<&str>, i64)> {
+    let mut keys: BTreeMap<&str, (Option<&str>, i64)> = BTreeMap::new();
+    for e in events {
+        let slot = keys.entry(e.key.as_str()).or_insert((e.task.as_deref(), e.since_ms));
+        slot.1 = slot.1.max(e.since_ms);
+    }
+    keys
+}
+
+/// Attempts other gateways let through (passed or observed) since `since_ms` and after the
+/// task's newest checkpoint (`checkpoint_at_ms`; `i64::MIN` without one): what `gateway` adds to
+/// its own count. Its own events are left out, so nothing it counted itself is counted twice.
+pub fn others(events: &[StoredGuardEvent], gateway: &str, since_ms: i64, checkpoint_at_ms: i64) -> u32 {
+    let n = events
+        .iter()
+        .filter(|e| e.gateway != gateway && e.kind != GuardEventKind::Refused && e.at_ms >= since_ms && e.at_ms > checkpoint_at_ms)
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `guard_events` of a usage batch: every event names its request, key and times.
+pub fn validate_guard_events(events: &[GuardEvent]) -> Result<(), String> {
+    for (i, e) in events.iter().enumerate() {
+        if e.id.is_empty() || e.id.len() > 512 {
+            return Err(format!("guard_events[{i}].id: must be the request's record id (1 to 512 bytes)"));
+        }
+        if e.key.len() != 16 || !e.key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("guard_events[{i}].key: must be 16 hex digits (the gateway's guard key)"));
+        }
+        if e.task.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_TASK_LEN) {
+            return Err(format!("guard_events[{i}].task: must be 1 to {MAX_TASK_LEN} bytes, or left out"));
+        }
+        if e.since_ms > e.at_ms {
+            return Err(format!("guard_events[{i}].since_ms: must not be after at_ms"));
+        }
+    }
+    Ok(())
 }
 
 /// Tokens by kind (`input` excludes cache reads and writes; `reasoning` is part of `output`).
@@ -134,7 +219,7 @@ impl TaskSummary {
         let time = |ms: Option<i64>| ms.map_or_else(|| "-".to_owned(), crate::window::format_time_ms);
         let t = &self.tokens;
         let mut out = format!(
-            "## Task `{}`\n\n| | |\n|---|---|\n| cost | ${} |\n| requests | {} |\n| tokens | input {}, output {} (reasoning {}), cache read {}, cache write {} |\n| first seen | {} |\n| last seen | {} |\n| estimated requests | {} |\n| failed requests | {} |\n| checkpoints | {} |\n",
+            "## Task `{}`\n\n| | |\n|---|---|\n| cost | ${} |\n| requests | {} |\n| tokens | input {}, output {} (reasoning {}), cache read {}, cache write {} |\n| first seen | {} |\n| last seen | {} |\n| estimated requests | {} |\n| failed requests | {} |\n| retries let through | {} |\n| guard refusals | {} |\n| observed over the allowance | {} |\n| checkpoints | {} |\n",
             self.task,
             usd(self.cost_micros),
             self.requests,
@@ -147,6 +232,9 @@ impl TaskSummary {
             time(self.last_seen_ms),
             self.estimated_requests,
             self.failed_requests,
+            self.guard.retries,
+            self.guard.refused,
+            self.guard.observed,
             self.checkpoints.len(),
         );
         if !self.models.is_empty() {
@@ -317,6 +405,15 @@ pub fn summarise<'a>(task: &str, rows: impl IntoIterator<Item = Row<'a>>, checkp
         s.add(row);
     }
     s.checkpoints = checkpoints;
+    s
+}
+
+/// The same, with the task's guard events (kind, retry), each request's once.
+pub fn summarise_with_guard<'a>(task: &str, rows: impl IntoIterator<Item = Row<'a>>, checkpoints: Vec<Checkpoint>, guard: impl IntoIterator<Item = (GuardEventKind, u32)>) -> TaskSummary {
+    let mut s = summarise(task, rows, checkpoints);
+    for (kind, retry) in guard {
+        s.guard.add(kind, retry);
+    }
     s
 }
 

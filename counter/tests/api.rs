@@ -628,3 +628,93 @@ async fn a_personal_token_reads_its_own_principals_page_and_nothing_else() {
     assert_eq!(h.call("GET", "/whoami", Some(VIC_TOKEN), None).await, (200, json!({"kind": "admin_side", "name": "vic", "role": "viewer"})));
     assert_eq!(h.call("GET", "/whoami", Some(GATEWAY_TOKEN), None).await.0, 401);
 }
+
+// The retry guard's shared count (docs/guards.md): guard events ride the usage posts, the answer
+// carries the other gateways' counts and recent checkpoints; the task summary shows them.
+
+/// A retry-guard event of request `id` on key `key` (task `fix-ci-42`).
+fn guard_event(id: &str, key: &str, kind: &str, retry: u32, at_ms: i64, since_ms: i64) -> Value {
+    json!({"id": id, "key": key, "task": "fix-ci-42", "kind": kind, "retry": retry, "at_ms": at_ms, "since_ms": since_ms})
+}
+
+async fn guard_post(h: &Harness, gateway: &str, records: Vec<Value>, events: Vec<Value>) -> Value {
+    let (status, body) = h.gateway("/v1/usage", json!({"gateway_id": gateway, "records": records, "guard_events": events})).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn others_of(ack: &Value, key: &str) -> Option<(i64, u64)> {
+    ack["guard"]["counts"].as_array()?.iter().find(|c| c["key"] == key).map(|c| (c["since_ms"].as_i64().unwrap(), c["others"].as_u64().unwrap()))
+}
+
+const KEY_A: &str = "00000000000000aa";
+const KEY_B: &str = "00000000000000bb";
+
+#[tokio::test]
+async fn each_gateway_hears_the_attempts_the_other_gateways_let_through_never_its_own() {
+    let h = Harness::start().await;
+    let t0 = at("2026-11-25T09:00:00Z");
+    // gw1: first attempt and a retry; gw2: one attempt, then one refused (not counted as let through).
+    let ack = guard_post(&h, "gw1", vec![], vec![guard_event("gw1:1", KEY_A, "passed", 0, t0, t0), guard_event("gw1:2", KEY_A, "passed", 1, t0 + 10, t0)]).await;
+    assert_eq!(others_of(&ack, KEY_A), Some((t0, 0)), "nobody else has tried yet: {ack}");
+    let ack = guard_post(&h, "gw2", vec![], vec![guard_event("gw2:1", KEY_A, "passed", 0, t0 + 20, t0 + 20)]).await;
+    assert_eq!(others_of(&ack, KEY_A), Some((t0 + 20, 0)), "gw1's attempts began before gw2's window: {ack}");
+    let ack = guard_post(&h, "gw2", vec![], vec![guard_event("gw2:2", KEY_A, "refused", 1, t0 + 30, t0)]).await;
+    assert_eq!(others_of(&ack, KEY_A), Some((t0, 2)), "from gw2's window start on, gw1 let two through: {ack}");
+    let ack = guard_post(&h, "gw1", vec![], vec![guard_event("gw1:3", KEY_A, "observed", 2, t0 + 40, t0)]).await;
+    assert_eq!(others_of(&ack, KEY_A), Some((t0, 1)), "gw2's refusal is not an attempt let through; its pass is: {ack}");
+    // Redelivered events count once; another key is another count.
+    let ack = guard_post(&h, "gw2", vec![], vec![guard_event("gw1:1", KEY_A, "passed", 0, t0, t0), guard_event("gw2:3", KEY_B, "passed", 0, t0 + 50, t0 + 50)]).await;
+    assert_eq!(others_of(&ack, KEY_A), Some((t0, 3)), "gw1:1 was stored once, as gw1's: {ack}");
+    assert_eq!(others_of(&ack, KEY_B), Some((t0 + 50, 0)), "{ack}");
+    let (status, body) = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": [], "guard_events": [guard_event("x", "not-hex", "passed", 0, t0, t0)]})).await;
+    assert!(status == 400 && body["error"]["message"].as_str().unwrap().starts_with("guard_events[0].key:"), "{body}");
+}
+
+#[tokio::test]
+async fn a_checkpoint_made_at_the_counter_reaches_every_key_of_its_task_and_clears_the_others_count() {
+    let h = Harness::start().await;
+    let t0 = at("2026-11-25T09:59:00Z");
+    guard_post(&h, "gw1", vec![], vec![guard_event("gw1:1", KEY_A, "passed", 0, t0, t0), guard_event("gw1:2", KEY_B, "refused", 3, t0 + 1, t0)]).await;
+    let ack = guard_post(&h, "gw2", vec![], vec![]).await;
+    assert!(ack.get("guard").is_none(), "no checkpoint yet, no events: no guard answer: {ack}");
+    let (status, cp) = h.admin("POST", "/admin/checkpoints", Some(json!({"task": "fix-ci-42", "note": "go on"}))).await;
+    assert_eq!(status, 201, "{cp}");
+    let now = at("2026-11-25T10:00:00Z");
+    let ack = guard_post(&h, "gw2", vec![], vec![]).await;
+    let mut delivered: Vec<(String, String, i64)> = ack["guard"]["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["key"].as_str().unwrap().to_owned(), c["checkpoint"].as_str().unwrap().to_owned(), c["at_ms"].as_i64().unwrap()))
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, [(KEY_A.to_owned(), "cp-1".to_owned(), now), (KEY_B.to_owned(), "cp-1".to_owned(), now)], "any delivery carries it: {ack}");
+    let ack = guard_post(&h, "gw2", vec![], vec![guard_event("gw2:1", KEY_A, "passed", 0, now + 5, t0)]).await;
+    assert_eq!(others_of(&ack, KEY_A), Some((t0, 0)), "gw1's attempt came before the checkpoint: {ack}");
+}
+
+#[tokio::test]
+async fn the_task_summary_counts_retries_and_guard_refusals_once_and_keeps_the_books_exact() {
+    let h = Harness::start().await;
+    let t0 = at("2026-11-25T09:00:00Z");
+    let records = vec![task_record("gw1:1", "fix-ci-42", "gpt-4o", 1_000, 200, false, t0), task_record("gw1:2", "fix-ci-42", "gpt-4o", 1_000, 500, false, t0 + 10)];
+    let events = vec![
+        guard_event("gw1:1", KEY_A, "passed", 0, t0, t0),
+        guard_event("gw1:2", KEY_A, "passed", 1, t0 + 10, t0),
+        guard_event("gw1:3", KEY_A, "refused", 2, t0 + 20, t0),
+        guard_event("gw1:4", KEY_A, "refused", 2, t0 + 30, t0),
+    ];
+    guard_post(&h, "gw1", records.clone(), events.clone()).await;
+    let ack = guard_post(&h, "gw1", records, events).await;
+    assert_eq!((ack["accepted"].as_u64(), ack["duplicates"].as_u64()), (Some(0), Some(2)), "{ack}");
+    let (status, s) = h.admin("GET", "/admin/tasks/fix-ci-42", None).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["guard"], json!({"retries": 1, "refused": 2, "observed": 0}), "a redelivered batch counts once: {s}");
+    assert_eq!((s["requests"].as_u64(), s["cost_micros"].as_i64()), (Some(2), Some(2_000)), "refusals are not charges: {s}");
+    let (status, md) = h.raw("GET", "/admin/tasks/fix-ci-42?format=markdown", Some(ALICE_TOKEN), b"").await;
+    assert_eq!(status, 200);
+    for needle in ["| retries let through | 1 |", "| guard refusals | 2 |"] {
+        assert!(md.contains(needle), "{needle} in\n{md}");
+    }
+}

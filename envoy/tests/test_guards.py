@@ -194,3 +194,32 @@ def test_the_task_summary_matches_the_ledger_exactly(counter, gateways):
 
     md = request(counter.port, "GET", f"/admin/tasks/{task}?format=markdown", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert md.status == 200 and f"## Task `{task}`" in md.body.decode(), md
+
+
+def test_spaced_attempts_over_two_gateways_share_the_count_through_the_counter(counter, gateways):
+    """Attempts spaced beyond the delivery interval (flush_interval_ms 200): each gateway hears the
+    other's attempts through the counter (docs/guards.md), so fewer get through than the 6 two
+    gateways apart allow: 1 + allowed_retries, plus at most the second gateway's first attempt."""
+    task = "spaced-" + str(time.monotonic_ns())
+    results = []
+    for i in range(10):
+        envoy = gateways[i % 2]
+        results.append((envoy.name, premium(envoy, task)))
+        time.sleep(0.7)
+    statuses = [r.status for _, r in results]
+    ok = statuses.count(200)
+    assert ok + statuses.count(429) == 10, statuses
+    assert 1 + ALLOWED_RETRIES <= ok <= 1 + ALLOWED_RETRIES + len(GATEWAYS) - 1, f"{ok} went through: {statuses}"
+
+    # The task summary counts the refusals (delivered as guard events, not charges) and the ledger
+    # holds exactly the requests that went through.
+    for e in gateways:
+        wait_for(lambda: idle(e), 30, f"{e.name} to flush", e.enforcement_stats)
+
+    def summary():
+        r = admin_get(counter, f"/admin/tasks/{task}")
+        return r.json() if r.status == 200 else None
+    wait_for(lambda: (summary() or {}).get("guard", {}).get("refused") == 10 - ok, 15, "the refusals in the task summary", summary)
+    s = summary()
+    assert s["requests"] == ok == len(ledger_for_task(counter, task)), s
+    assert s["guard"]["retries"] >= ALLOWED_RETRIES - 1, s

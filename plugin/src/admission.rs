@@ -83,6 +83,9 @@ pub trait Enforcer {
     /// The settled request. Called exactly once per admitted request.
     fn settle(&mut self, record: &UsageRecord);
 
+    /// A retry-guard event of this request, delivered to the counter with the usage posts.
+    fn guard_event(&mut self, _event: tollgate_core::protocol::GuardEvent) {}
+
     /// The request ended while still waiting for admission (the client went away during `Wait`);
     /// it was never admitted or forwarded. Release whatever the wait was holding.
     fn abandon(&mut self) {}

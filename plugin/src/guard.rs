@@ -14,6 +14,12 @@
 //! A shared-data failure lets the request through (and counts a host error): the guard is a
 //! brake on loops, never a reason to stop serving.
 //!
+//! Across gateways the count is shared through the counter, on the usage posts that already go
+//! there: each counted attempt is delivered as a guard event, and the counter's answer carries,
+//! per key, the attempts the *other* gateways let through in this window, kept apart in the
+//! entry (`RetryEntry::others`, so nothing is counted twice), and the checkpoints made at the
+//! counter ([`apply_answer`]). The bound this gives is in docs/guards.md.
+//!
 //! With `guards.task_cost_header`, each settled request with a task id adds its cost to
 //! `tollgate.guard.task.<hash>` (this gateway's running total), and the response of the next
 //! request of that task carries it as `x-tollgate-task-cost: cost_micros=<n>; requests=<m>`. The
@@ -24,6 +30,7 @@ use crate::metrics::Counter;
 use tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS;
 use tollgate_core::guard::retry::{self, Decision, RetryEntry};
 use tollgate_core::guard::{checkpoint_hash, task_cost_key, Guards, RetryGuard, TaskCost};
+use tollgate_core::protocol::{GuardAnswer, GuardEvent, GuardEventKind, Principal};
 
 /// The guards' counters (`wasmcustom.tollgate_guard_*`), defined only when `guards` is configured.
 #[derive(Debug, Default)]
@@ -84,6 +91,11 @@ fn update<T>(key: &str, mut change: impl FnMut(Option<RetryEntry>) -> (RetryEntr
             Err(_) => return None,
         };
         let (next, out) = change(current);
+        // Nothing to write: the entry is unchanged, or an absent one would only be written as a
+        // blank (a task whose attempts all succeed never writes its failure streak).
+        if current == Some(next) || (current.is_none() && next.attempts == 0 && next.refusals == 0 && next.checkpoint == 0) {
+            return Some((current, next, out));
+        }
         match host::set_shared(key, &next.encode(), cas) {
             SetShared::Written => return Some((current, next, out)),
             SetShared::Conflict => continue,
@@ -109,11 +121,83 @@ fn count(decision: Decision, checkpointed: bool, metrics: &GuardMetrics) {
 }
 
 /// One attempt of the work `key` names at `now_ms`: updates the shared count and returns the
-/// decision (`None` when shared data failed: the request goes through).
-pub fn attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u64>, metrics: &GuardMetrics) -> Option<Decision> {
+/// decision and from when the other gateways' attempts count against it (`None` when shared data
+/// failed: the request goes through).
+pub fn attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Option<u64>, metrics: &GuardMetrics) -> Option<(Decision, i64)> {
     let (current, next, decision) = update(key, |current| retry::attempt(current, now_ms, guard.limits, checkpoint))?;
     count(decision, current.is_some_and(|c| c.checkpoint != next.checkpoint), metrics);
-    Some(decision)
+    Some((decision, next.others_since(guard.limits.window_ms)))
+}
+
+/// The guard event of one counted attempt, for the counter.
+pub fn event(gateway_id: &str, request_id: &str, key: &str, principal: &Principal, decision: Decision, at_ms: i64, since_ms: i64) -> GuardEvent {
+    let (kind, retry) = match decision {
+        Decision::Pass { retry } => (GuardEventKind::Passed, retry),
+        Decision::Observe { retry } => (GuardEventKind::Observed, retry),
+        Decision::Refuse { attempts } => (GuardEventKind::Refused, attempts),
+    };
+    GuardEvent {
+        id: tollgate_core::protocol::record_id(gateway_id, request_id),
+        key: key_hex(key).to_owned(),
+        task: principal.task.clone(),
+        kind,
+        retry,
+        at_ms,
+        since_ms,
+    }
+}
+
+/// The shared-data key of the count a counter answer names (`GuardCount::key`, 16 hex digits).
+fn count_key(hex: &str) -> Option<String> {
+    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| [RETRY_PREFIX, hex].concat())
+}
+
+const RETRY_PREFIX: &str = "tollgate.guard.retry.";
+
+/// The 16 hex digits of a count's shared-data key (what guard events name).
+pub fn key_hex(key: &str) -> &str {
+    key.strip_prefix(RETRY_PREFIX).unwrap_or(key)
+}
+
+/// Applies the counter's answer to a usage post (`UsageAck::guard`): the other gateways' attempts
+/// join each count they name (`retry::merge_others`), and checkpoints made at the counter reset
+/// the counts of their tasks' work begun before them (`retry::apply_checkpoint`). Only entries
+/// this gateway holds are touched; a shared-data failure leaves a count as it was (it is only
+/// less shared). Returns how many counts a checkpoint reset.
+pub fn apply_answer(answer: &GuardAnswer, window_ms: i64, now_ms: i64) -> u64 {
+    let mut reset = 0;
+    for c in &answer.counts {
+        let Some(key) = count_key(&c.key) else { continue };
+        let _ = update_existing(&key, |e| Some(retry::merge_others(e, c.since_ms, c.others, window_ms)).filter(|n| *n != e));
+    }
+    for c in &answer.checkpoints {
+        let Some(key) = count_key(&c.key) else { continue };
+        let hash = checkpoint_hash(&c.checkpoint);
+        if update_existing(&key, |e| retry::apply_checkpoint(e, hash, c.at_ms, now_ms)) {
+            reset += 1;
+        }
+    }
+    reset
+}
+
+/// Changes an existing entry by CAS (bounded); `change` returning `None` leaves it. True when written.
+fn update_existing(key: &str, change: impl Fn(RetryEntry) -> Option<RetryEntry>) -> bool {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (current, cas) = match host::get_shared(key) {
+            Ok((Some(bytes), cas)) => match RetryEntry::decode(&bytes) {
+                Some(e) => (e, cas),
+                None => return false,
+            },
+            _ => return false,
+        };
+        let Some(next) = change(current) else { return false };
+        match host::set_shared(key, &next.encode(), cas) {
+            SetShared::Written => return true,
+            SetShared::Conflict => continue,
+            SetShared::Failed(_) => return false,
+        }
+    }
+    false
 }
 
 /// One attempt of a task whose earlier attempts may have failed (`key`: its failure streak).

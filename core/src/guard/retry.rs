@@ -9,7 +9,7 @@
 //! counter hands back): a new value resets the count once; the same value again does nothing, so
 //! a header left on every request cannot disable the guard.
 
-/// One (principal, task, fingerprint)'s count, as stored in shared data (24 bytes).
+/// One (principal, task, fingerprint)'s count, as stored in shared data (28 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetryEntry {
     /// When the current window began (first attempt after a reset), ms since the epoch.
@@ -20,10 +20,33 @@ pub struct RetryEntry {
     pub refusals: u32,
     /// The hash of the last checkpoint applied; 0 = none.
     pub checkpoint: u64,
+    /// Attempts other gateways let through in this window, as the counter last answered
+    /// ([`merge_others`]): this gateway's own attempts are never in it, so the sum
+    /// `attempts + others` counts each attempt once.
+    pub others: u32,
 }
 
 impl RetryEntry {
-    pub const ENCODED_LEN: usize = 24;
+    pub const ENCODED_LEN: usize = 28;
+    /// An entry written before `others` existed (read as `others: 0`).
+    const OLD_LEN: usize = 24;
+
+    /// From when the other gateways' attempts count against this entry (`GuardEvent::since_ms`):
+    /// a window before its window start, so attempts made elsewhere before this gateway's first
+    /// one count too; once a checkpoint was applied, the window start (what came before the
+    /// reset must not come back through the counter).
+    pub fn others_since(&self, window_ms: i64) -> i64 {
+        if self.checkpoint != 0 {
+            self.window_start_ms
+        } else {
+            self.window_start_ms.saturating_sub(window_ms).saturating_add(1)
+        }
+    }
+
+    /// Attempts of this work let through in this window, on every gateway the counter has heard of.
+    pub fn total(&self) -> u32 {
+        self.attempts.saturating_add(self.others)
+    }
 
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut out = [0u8; Self::ENCODED_LEN];
@@ -33,7 +56,8 @@ impl RetryEntry {
                 .into_iter()
                 .chain(self.attempts.to_le_bytes())
                 .chain(self.refusals.to_le_bytes())
-                .chain(self.checkpoint.to_le_bytes()),
+                .chain(self.checkpoint.to_le_bytes())
+                .chain(self.others.to_le_bytes()),
         ) {
             *slot = b;
         }
@@ -42,17 +66,19 @@ impl RetryEntry {
 
     /// `None` for anything that is not an encoded entry.
     pub fn decode(bytes: &[u8]) -> Option<RetryEntry> {
-        if bytes.len() != Self::ENCODED_LEN {
+        if bytes.len() != Self::ENCODED_LEN && bytes.len() != Self::OLD_LEN {
             return None;
         }
         let (start, rest) = bytes.split_at(8);
         let (attempts, rest) = rest.split_at(4);
-        let (refusals, checkpoint) = rest.split_at(4);
+        let (refusals, rest) = rest.split_at(4);
+        let (checkpoint, others) = rest.split_at(8);
         Some(RetryEntry {
             window_start_ms: i64::from_le_bytes(start.try_into().ok()?),
             attempts: u32::from_le_bytes(attempts.try_into().ok()?),
             refusals: u32::from_le_bytes(refusals.try_into().ok()?),
             checkpoint: u64::from_le_bytes(checkpoint.try_into().ok()?),
+            others: if others.is_empty() { 0 } else { u32::from_le_bytes(others.try_into().ok()?) },
         })
     }
 }
@@ -84,21 +110,42 @@ pub fn attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, chec
     let expired = entry.is_none() || now_ms.saturating_sub(e.window_start_ms) >= limits.window_ms || now_ms < e.window_start_ms;
     let new_checkpoint = checkpoint.filter(|c| *c != 0 && *c != e.checkpoint);
     if expired || new_checkpoint.is_some() {
-        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint) };
+        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint), others: 0 };
     }
     let allowed = limits.allowed_retries.saturating_add(1);
-    if e.attempts >= allowed {
+    if e.total() >= allowed {
         e.refusals = e.refusals.saturating_add(1);
         if limits.observe {
-            let retry = e.attempts;
+            let retry = e.total();
             e.attempts = e.attempts.saturating_add(1);
             return (e, Decision::Observe { retry });
         }
-        return (e, Decision::Refuse { attempts: e.attempts });
+        return (e, Decision::Refuse { attempts: e.total() });
     }
-    let retry = e.attempts;
+    let retry = e.total();
     e.attempts = e.attempts.saturating_add(1);
     (e, Decision::Pass { retry })
+}
+
+/// The counter's answer for this entry (`GuardCount`): other gateways let `others` attempts
+/// through since `since_ms`. Taken only for the count it was asked about (a window that ended or
+/// was reset since is a new count), and never lowered (answers may arrive out of order).
+pub fn merge_others(entry: RetryEntry, since_ms: i64, others: u32, window_ms: i64) -> RetryEntry {
+    if entry.others_since(window_ms) != since_ms {
+        return entry;
+    }
+    RetryEntry { others: entry.others.max(others), ..entry }
+}
+
+/// A checkpoint made at the counter at `at_ms` (`GuardCheckpoint`, hashed with
+/// [`crate::guard::checkpoint_hash`]): a count whose window began before it starts again now,
+/// once (the same checkpoint, from the counter again or in the header, does nothing more).
+/// `None` when nothing changes.
+pub fn apply_checkpoint(entry: RetryEntry, checkpoint: u64, at_ms: i64, now_ms: i64) -> Option<RetryEntry> {
+    if checkpoint == 0 || entry.checkpoint == checkpoint || entry.window_start_ms >= at_ms {
+        return None;
+    }
+    Some(RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint, others: 0 })
 }
 
 /// A task's failed attempts in a row ("the same task id after a failed or refused attempt"),
@@ -110,7 +157,7 @@ pub fn task_attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits,
     let expired = entry.is_none() || now_ms.saturating_sub(e.window_start_ms) >= limits.window_ms || now_ms < e.window_start_ms;
     let new_checkpoint = checkpoint.filter(|c| *c != 0 && *c != e.checkpoint);
     if expired || new_checkpoint.is_some() {
-        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint) };
+        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint), others: 0 };
     }
     if e.attempts > limits.allowed_retries {
         e.refusals = e.refusals.saturating_add(1);
@@ -227,9 +274,42 @@ mod tests {
     }
 
     #[test]
+    fn other_gateways_attempts_count_against_the_allowance_once_merged() {
+        let (e, d) = attempt(None, 0, LIMITS, None);
+        assert_eq!(d, Decision::Pass { retry: 0 });
+        let since = e.others_since(LIMITS.window_ms);
+        assert_eq!(since, 1 - LIMITS.window_ms, "attempts elsewhere up to a window before this one's first count");
+        let e = merge_others(e, since, 2, LIMITS.window_ms);
+        assert_eq!(attempt(Some(e), 10, LIMITS, None).1, Decision::Refuse { attempts: 3 }, "one here and two elsewhere: the allowance is spent");
+        assert_eq!(merge_others(merge_others(e, since, 1, LIMITS.window_ms), since, 0, LIMITS.window_ms).others, 2, "an older, smaller answer never lowers the count");
+        assert_eq!(merge_others(e, 5, 7, LIMITS.window_ms), e, "an answer about another count is ignored");
+        let (fresh, _) = attempt(Some(e), 60_000, LIMITS, None);
+        assert_eq!(fresh.others, 0, "a new window starts without the others' old attempts");
+    }
+
+    #[test]
+    fn a_counter_checkpoint_resets_a_count_begun_before_it_once() {
+        let mut e = None;
+        for now in 0..4 {
+            e = Some(attempt(e, now, LIMITS, None).0);
+        }
+        let e = e.unwrap();
+        assert_eq!(attempt(Some(e), 5, LIMITS, None).1, Decision::Refuse { attempts: 3 });
+        let reset = apply_checkpoint(e, 77, 6, 8).expect("a count begun before the checkpoint starts again");
+        assert_eq!(reset.others_since(LIMITS.window_ms), 8, "after a checkpoint only the others' later attempts count");
+        assert_eq!(attempt(Some(reset), 9, LIMITS, None).1, Decision::Pass { retry: 0 });
+        assert_eq!(apply_checkpoint(reset, 77, 6, 20), None, "the same checkpoint again does nothing");
+        assert_eq!(attempt(Some(reset), 9, LIMITS, Some(77)).1, Decision::Pass { retry: 0 }, "nor the same value in the header");
+        let later = RetryEntry { window_start_ms: 10, ..e };
+        assert_eq!(apply_checkpoint(later, 78, 6, 20), None, "a count begun after the checkpoint is left alone");
+    }
+
+    #[test]
     fn entries_round_trip_and_garbage_is_none() {
-        let e = RetryEntry { window_start_ms: 1_767_225_600_000, attempts: 3, refusals: 2, checkpoint: u64::MAX - 1 };
+        let e = RetryEntry { window_start_ms: 1_767_225_600_000, attempts: 3, refusals: 2, checkpoint: u64::MAX - 1, others: 4 };
         assert_eq!(RetryEntry::decode(&e.encode()), Some(e));
+        let old = e.encode();
+        assert_eq!(RetryEntry::decode(old.get(..24).unwrap()), Some(RetryEntry { others: 0, ..e }), "an entry written before `others` reads as 0 others");
         assert_eq!(RetryEntry::decode(b"short"), None);
         assert_eq!(RetryEntry::decode(&[0; 25]), None);
     }

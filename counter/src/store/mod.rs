@@ -265,6 +265,19 @@ pub trait Store: gov::GovStore + crate::notify::EventLog + Send + Sync + 'static
     /// returned), audited as `checkpoint.add` on subject `task:<task id>`.
     fn add_checkpoint(&self, checkpoint: crate::task::Checkpoint, actor: &str) -> impl Future<Output = StoreResult<crate::task::Checkpoint>> + Send;
 
+    /// A usage batch's retry-guard events (docs/guards.md): stores each once (by id) under its key
+    /// and task, then answers the gateway with, per key of the batch, the attempts the other
+    /// gateways let through since its window start and the task's newest checkpoint
+    /// ([`crate::task::others`]), and the checkpoints made in the last
+    /// [`crate::task::RECENT_CHECKPOINT_MS`] for every key their tasks have. Events older than
+    /// [`crate::task::GUARD_RETAIN_MS`] are forgotten.
+    fn guard_exchange(
+        &self,
+        gateway_id: &str,
+        events: Vec<tollgate_core::protocol::GuardEvent>,
+        now_ms: i64,
+    ) -> impl Future<Output = StoreResult<tollgate_core::protocol::GuardAnswer>> + Send;
+
     /// `Ok` when the store can take writes (`/healthz`).
     fn health(&self) -> impl Future<Output = StoreResult<()>> + Send;
 
@@ -288,7 +301,7 @@ pub fn validate_batch(batch: &UsageBatch) -> Result<(), String> {
             return Err(format!("records[{i}].finished_at_ms: before started_at_ms"));
         }
     }
-    Ok(())
+    crate::task::validate_guard_events(&batch.guard_events)
 }
 
 /// Validates a lease request.

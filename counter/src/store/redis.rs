@@ -72,7 +72,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::{BudgetLease, BudgetMode, LeaseRequest, LeaseResponse, UsageAck, UsageBatch, UsageRecord};
+use tollgate_core::protocol::{BudgetLease, BudgetMode, GuardAnswer, GuardEvent, LeaseRequest, LeaseResponse, UsageAck, UsageBatch, UsageRecord};
 
 /// Largest amount that crosses into Lua exactly (2^53 - 1).
 const MAX_LUA_INT: i64 = (1 << 53) - 1;
@@ -757,7 +757,7 @@ impl Store for RedisStore {
 
     async fn ingest(&self, batch: UsageBatch, now_ms: i64) -> StoreResult<UsageAck> {
         if batch.records.is_empty() {
-            return Ok(UsageAck { accepted: 0, duplicates: 0 });
+            return Ok(UsageAck { accepted: 0, duplicates: 0, guard: Default::default() });
         }
         // The ledger entries do not depend on the configuration: encode them once.
         let mut entries = Vec::with_capacity(batch.records.len());
@@ -810,7 +810,7 @@ impl Store for RedisStore {
             .await?;
         let accepted = number(values.first())?.max(0) as u64;
         let duplicates = number(values.get(1))?.max(0) as u64;
-        Ok(UsageAck { accepted, duplicates })
+        Ok(UsageAck { accepted, duplicates, guard: Default::default() })
     }
 
     async fn report(&self, query: ReportQuery) -> StoreResult<Vec<ReportRow>> {
@@ -884,6 +884,10 @@ impl Store for RedisStore {
 
     async fn add_checkpoint(&self, checkpoint: crate::task::Checkpoint, actor: &str) -> StoreResult<crate::task::Checkpoint> {
         self.write_checkpoint(checkpoint, actor).await
+    }
+
+    async fn guard_exchange(&self, gateway_id: &str, events: Vec<GuardEvent>, now_ms: i64) -> StoreResult<GuardAnswer> {
+        self.exchange_guard_events(gateway_id, events, now_ms).await
     }
 
     async fn health(&self) -> StoreResult<()> {

@@ -49,7 +49,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
-use tollgate_core::protocol::{LeaseRequest, LeaseResponse, UsageAck, UsageBatch};
+use tollgate_core::protocol::{GuardAnswer, GuardEvent, LeaseRequest, LeaseResponse, UsageAck, UsageBatch};
 
 /// How SQLite syncs commits to disk. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_task ON checkpoints (task, seq);
+CREATE INDEX IF NOT EXISTS checkpoints_at ON checkpoints (at_ms);
+-- The retry guard's events (docs/guards.md): one row per counted request, kept a week and an hour.
+CREATE TABLE IF NOT EXISTS guard_events (
+  id TEXT PRIMARY KEY, key TEXT NOT NULL, task TEXT, gateway TEXT NOT NULL, kind TEXT NOT NULL,
+  retry INTEGER NOT NULL, at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS guard_events_key ON guard_events (key, at_ms);
+CREATE INDEX IF NOT EXISTS guard_events_task ON guard_events (task) WHERE task IS NOT NULL;
+CREATE INDEX IF NOT EXISTS guard_events_at ON guard_events (at_ms);
 -- Task summaries read the ledger by task; most records have none, so only those with one are
 -- indexed (a full index made every ingested record update one more b-tree: -19 % records/s).
 -- `task = ?` implies `task IS NOT NULL`, so the summary query uses it. Older databases had the full
@@ -372,7 +381,7 @@ impl Store for SqliteStore {
 
     async fn ingest(&self, batch: UsageBatch, now_ms: i64) -> StoreResult<UsageAck> {
         if batch.records.is_empty() {
-            return Ok(UsageAck { accepted: 0, duplicates: 0 });
+            return Ok(UsageAck { accepted: 0, duplicates: 0, guard: Default::default() });
         }
         self.submit(|reply| Job::Ingest { batch, now_ms, reply }).await
     }
@@ -395,6 +404,10 @@ impl Store for SqliteStore {
 
     async fn add_checkpoint(&self, checkpoint: crate::task::Checkpoint, actor: &str) -> StoreResult<crate::task::Checkpoint> {
         self.write_checkpoint(checkpoint, actor).await
+    }
+
+    async fn guard_exchange(&self, gateway_id: &str, events: Vec<GuardEvent>, now_ms: i64) -> StoreResult<GuardAnswer> {
+        self.exchange_guard_events(gateway_id, events, now_ms).await
     }
 
     async fn health(&self) -> StoreResult<()> {
@@ -589,7 +602,7 @@ impl Writer {
                 }
                 let mut insert = tx.prepare_cached(INSERT_LEDGER)?;
                 for p in &batches {
-                    let mut ack = UsageAck { accepted: 0, duplicates: 0 };
+                    let mut ack = UsageAck { accepted: 0, duplicates: 0, guard: Default::default() };
                     for r in &p.batch.records {
                         let t = &r.tokens;
                         let pr = &r.principal;

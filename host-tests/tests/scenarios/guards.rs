@@ -308,3 +308,116 @@ fn a_task_that_keeps_failing_is_stopped_even_when_each_attempt_differs() {
     assert_eq!(attempt(20, &failing), Some(429));
     assert_eq!(attempt(21, &ok), Some(429));
 }
+
+// The count shared through the counter (docs/guards.md, "Where the count lives, and the bound"):
+// two gateways (two hosts, each with its own shared data) deliver their guard events with their
+// usage posts to one counter and merge its answers.
+
+/// The counter's half of the exchange as `counter/tests/api.rs` specifies it for both stores:
+/// each event stored once by id; per key of a batch, the passed or observed attempts of *other*
+/// gateways since the event's `since_ms` and after the task's newest checkpoint; the newest
+/// checkpoint of every checkpointed task for every key seen with that task.
+#[derive(Default)]
+struct Counter {
+    /// id -> (gateway, key, task, kind, at_ms)
+    events: std::collections::BTreeMap<String, (String, String, String, String, i64)>,
+    /// (task, id, at_ms), oldest first.
+    checkpoints: Vec<(String, String, i64)>,
+    batches: Vec<Value>,
+}
+
+impl Counter {
+    fn usage(&mut self, batch: &Value) -> Value {
+        self.batches.push(batch.clone());
+        let gateway = batch["gateway_id"].as_str().unwrap().to_owned();
+        let empty = Vec::new();
+        let events = batch["guard_events"].as_array().unwrap_or(&empty);
+        for e in events {
+            let s = |f: &str| e[f].as_str().unwrap_or_default().to_owned();
+            self.events.entry(s("id")).or_insert((gateway.clone(), s("key"), s("task"), s("kind"), e["at_ms"].as_i64().unwrap()));
+        }
+        let mut counts = Vec::new();
+        for e in events {
+            let (key, task, since) = (e["key"].as_str().unwrap(), e["task"].as_str().unwrap_or_default(), e["since_ms"].as_i64().unwrap());
+            let cp_at = self.checkpoints.iter().filter(|c| c.0 == task).map(|c| c.2).max().unwrap_or(i64::MIN);
+            let others = self.events.values().filter(|(g, k, _, kind, at)| *g != gateway && k == key && kind != "refused" && *at >= since && *at > cp_at).count();
+            counts.push(json!({"key": key, "since_ms": since, "others": others}));
+        }
+        let mut checkpoints = Vec::new();
+        for (task, id, at) in self.checkpoints.iter().rev() {
+            let keys: std::collections::BTreeSet<&String> = self.events.values().filter(|e| &e.2 == task).map(|e| &e.1).collect();
+            checkpoints.extend(keys.into_iter().map(|k| json!({"key": k, "checkpoint": id, "at_ms": at})));
+        }
+        let n = batch["records"].as_array().map_or(0, |r| r.len());
+        json!({"accepted": n, "duplicates": 0, "guard": {"counts": counts, "checkpoints": checkpoints}})
+    }
+}
+
+const START_MS: u64 = 1_767_225_600_000;
+
+/// A gateway with the retry guard and enforcement, its calls answered by `counter` (no budgets).
+fn shared_gateway(name: &str, counter: &std::rc::Rc<std::cell::RefCell<Counter>>) -> Gateway {
+    let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
+    v["gateway_id"] = json!(name);
+    v["attribution"]["trusted_headers"]["task"] = json!("x-auth-task");
+    v["guards"] = json!({"retry": {"expensive": {"model": "tg-*"}}});
+    v["enforcement"] = json!({
+        "counter_cluster": "tollgate_counter", "gateway_token": "gt", "lease_slice_usd": "1",
+        "flush_interval_ms": 1000, "call_timeout_ms": 500, "default_max_output_tokens": 1000
+    });
+    let gw = Gateway::new(v.to_string()).clock_at(START_MS);
+    let counter = counter.clone();
+    gw.auto_answer(move |call| match call.path() {
+        "/v1/usage" => Answer::json(200, &counter.borrow_mut().usage(&call.json())),
+        _ => Answer::json(200, &json!({"budgets": []})),
+    });
+    gw
+}
+
+/// Both gateways' clocks move on past a delivery interval: each posts what it has.
+fn deliver(gws: &[&Gateway]) {
+    for gw in gws {
+        gw.advance(Duration::from_millis(2_000));
+    }
+}
+
+#[test]
+fn two_gateways_sharing_the_count_through_the_counter_let_fewer_through_than_two_apart() {
+    let counter = std::rc::Rc::new(std::cell::RefCell::new(Counter::default()));
+    let (a, b) = (shared_gateway("gw-a", &counter), shared_gateway("gw-b", &counter));
+    let mut got = Vec::new();
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        got.push(send(gw, FIX, Some("fix-ci-42")));
+        deliver(&[&a, &b]);
+    }
+    assert_eq!(
+        got,
+        [None, None, None, None, Some(429), Some(429), Some(429), Some(429), Some(429), Some(429)],
+        "spaced beyond the delivery interval: 1 + 2 retries, plus the second gateway's first attempt (made before it had heard of the others); apart, each gateway would let 3 through (6)"
+    );
+    let c = counter.borrow();
+    assert_eq!(c.events.len(), 10, "every counted attempt was delivered once: {:?}", c.events.keys().collect::<Vec<_>>());
+    assert_eq!(c.events.values().filter(|e| e.3 == "refused").count(), 6);
+    assert!(c.batches.iter().all(|b| b["records"].is_array()), "guard events ride the usage posts");
+}
+
+#[test]
+fn a_checkpoint_made_at_the_counter_lets_the_next_attempt_through_after_the_next_delivery() {
+    let counter = std::rc::Rc::new(std::cell::RefCell::new(Counter::default()));
+    let gw = shared_gateway("gw-a", &counter);
+    for _ in 0..3 {
+        assert_eq!(send(&gw, FIX, Some("fix-ci-42")), None);
+    }
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), Some(429));
+    deliver(&[&gw]);
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), Some(429), "no checkpoint yet");
+    counter.borrow_mut().checkpoints.push(("fix-ci-42".into(), "cp-1".into(), START_MS as i64 + 2_500));
+    deliver(&[&gw]);
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), None, "the checkpoint arrived with the delivery: no header needed");
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), None);
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), None);
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), Some(429), "a new count: 1 + 2 retries again");
+    deliver(&[&gw]);
+    assert_eq!(send(&gw, FIX, Some("fix-ci-42")), Some(429), "the same checkpoint delivered again resets nothing");
+}

@@ -150,6 +150,12 @@ fn busy_verdict() -> Verdict {
 }
 
 impl Enforcer for LeaseEnforcer {
+    fn guard_event(&mut self, event: tollgate_core::protocol::GuardEvent) {
+        if let Ok(mut w) = self.worker.try_borrow_mut() {
+            w.guard_event(event);
+        };
+    }
+
     fn utilization_pct(&mut self, principal: &Principal, now_ms: i64) -> Option<u32> {
         let worker = self.worker.clone();
         let mut w = worker.try_borrow_mut().ok()?;

@@ -56,7 +56,12 @@ impl EnforcementRoot {
     /// `None` when the configuration has no `enforcement` section.
     pub fn new(config: &CompiledConfig) -> Option<EnforcementRoot> {
         let settings = config.enforcement.clone()?;
-        Some(EnforcementRoot { worker: Worker::start(settings, &config.gateway_id) })
+        let worker = Worker::start(settings, &config.gateway_id);
+        // The retry guard's window, for the counter's shared counts (`crate::guard::apply_answer`).
+        if let (Some(retry), Ok(mut w)) = (config.guards.as_ref().and_then(|g| g.retry.as_ref()), worker.try_borrow_mut()) {
+            w.guard_window_ms = retry.limits.window_ms;
+        }
+        Some(EnforcementRoot { worker })
     }
 
     /// How often the root context should tick.

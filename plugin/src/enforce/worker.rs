@@ -13,7 +13,7 @@ use tollgate_core::enforce::chain::{self, RefillTicket};
 use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
 use tollgate_core::enforce::{EnforcementSettings, Reservation};
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::{LeaseResponse, UsageRecord};
+use tollgate_core::protocol::{GuardEvent, LeaseResponse, UsageRecord};
 
 /// Name of the process-wide usage queue.
 const QUEUE_NAME: &str = "tollgate.usage";
@@ -21,6 +21,9 @@ const QUEUE_NAME: &str = "tollgate.usage";
 const UTILIZATION_FRESH_MS: i64 = 1_000;
 /// Most scopes whose utilization a worker remembers (beyond, it starts afresh).
 const UTILIZATION_CACHE_SCOPES: usize = 10_000;
+/// Most retry-guard events a worker keeps for delivery (beyond, the newest are dropped: the
+/// shared count is then only less shared, never wrong on this gateway).
+const GUARD_EVENTS_BOUND: usize = 1_024;
 /// How often the leases of scopes with requests in flight are checked for renewal.
 const RENEW_CHECK_MS: i64 = 1_000;
 
@@ -70,6 +73,13 @@ pub struct Worker {
     /// The root context is being torn down (`on_drain`): no more ticks may come, so records
     /// settled from now on are queued at once.
     pub(super) draining: bool,
+    /// Retry-guard events of this worker's requests (docs/guards.md), posted with the next usage
+    /// batch (a post goes out for them alone when no record waits), and the ones in flight: put
+    /// back if the post fails (the counter stores each id once).
+    pub(super) guard_events: Vec<GuardEvent>,
+    guard_in_flight: Vec<GuardEvent>,
+    /// `guards.retry.window_seconds` in ms (0: no retry guard).
+    pub(super) guard_window_ms: i64,
 }
 
 /// A request's settlement that found the worker busy: kept for the worker's next use.
@@ -146,6 +156,9 @@ impl Worker {
             outbox: Vec::new(),
             settlements: Vec::new(),
             draining: false,
+            guard_events: Vec::new(),
+            guard_in_flight: Vec::new(),
+            guard_window_ms: 0,
         }));
         SharedWorker { worker, late: Rc::default() }
     }
@@ -257,8 +270,12 @@ impl Worker {
             },
             RootCall::Usage(batch) => {
                 self.usage_in_flight = false;
+                let guard_events = std::mem::take(&mut self.guard_in_flight);
                 match queue::read_ack(status, body, batch.records.len()) {
-                    Ok(_) => {
+                    Ok(ack) => {
+                        if self.guard_window_ms > 0 {
+                            crate::guard::apply_answer(&ack.guard, self.guard_window_ms, now);
+                        }
                         counters::inc(&self.metrics.usage_acked, batch.records.len() as u64);
                         self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
@@ -272,11 +289,25 @@ impl Worker {
                             &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
                         );
                         self.requeue(batch.records);
+                        self.keep_guard_events(guard_events);
                     }
                 }
             }
         }
         true
+    }
+
+    /// A retry-guard event to deliver (bounded).
+    pub(super) fn guard_event(&mut self, event: GuardEvent) {
+        if self.guard_events.len() < GUARD_EVENTS_BOUND {
+            self.guard_events.push(event);
+        }
+    }
+
+    fn keep_guard_events(&mut self, mut events: Vec<GuardEvent>) {
+        events.truncate(GUARD_EVENTS_BOUND.saturating_sub(self.guard_events.len()));
+        events.append(&mut self.guard_events);
+        self.guard_events = events;
     }
 
     /// A request ended: its real cost replaces its reservation (`None`: it had none) in the book on
@@ -391,7 +422,9 @@ impl Worker {
     /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued).
     pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
         let Some(queue_id) = self.queue_id else { return };
-        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX);
+        // Guard events alone are worth a post too (their answer carries the shared counts and
+        // checkpoints), on the same interval.
+        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX).max(usize::from(!self.guard_events.is_empty()));
         let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
         if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
             return;
@@ -418,19 +451,31 @@ impl Worker {
             counters::inc(&self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
         }
-        if records.is_empty() {
+        if records.is_empty() && self.guard_events.is_empty() {
             return;
         }
         self.last_post_ms = now;
-        let body = queue::batch_body(&self.gateway_id, &records);
+        let mut body = queue::batch_body(&self.gateway_id, &records);
+        let guard_events = std::mem::take(&mut self.guard_events);
+        if !guard_events.is_empty() {
+            if let Ok(events) = serde_json::to_vec(&guard_events) {
+                // `{"gateway_id":…,"records":[…]}` → `…,"guard_events":[…]}`
+                body.pop();
+                body.extend_from_slice(b",\"guard_events\":");
+                body.extend_from_slice(&events);
+                body.push(b'}');
+            }
+        }
         match self.dispatch("/v1/usage", &body) {
             Some(token) => {
                 counters::inc(&self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
+                self.guard_in_flight = guard_events;
                 self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
             }
             None => {
                 counters::inc(&self.metrics.usage_post_failures, 1);
+                self.keep_guard_events(guard_events);
                 self.requeue(records);
             }
         }

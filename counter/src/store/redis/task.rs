@@ -3,16 +3,36 @@
 //! ```text
 //! {ns}:checkpoints:<task>  hash    checkpoint number -> checkpoint json
 //! {ns}:checkpoints:seq     string  the checkpoint numbers
+//! {ns}:checkpoints:recent  zset    checkpoint number \t task, by time (delivered to gateways)
+//! {ns}:guard:ev:<key>      hash    record id -> gateway, kind, time: one retry count's attempts
+//! {ns}:guard:task:<task>   hash    record id -> kind, retry: the task's guard events
+//! {ns}:guard:keys:<task>   set     the retry counts' keys seen with the task
 //! ```
+//! Guard events are stored and answered by one script (`guard_exchange.lua`), HSETNX by record
+//! id (a redelivered batch counts once); their keys expire after `task::GUARD_RETAIN_MS`.
 //! A summary scans the retained ledger stream (as the spend report does) and folds the task's
 //! records with the same [`crate::task::summarise`] as the embedded store.
 
 use super::{json, LedgerEntry, RedisStore};
 use crate::store::{StoreError, StoreResult};
-use crate::task::{summarise, Checkpoint, Row, TaskSummary};
+use crate::task::{self, summarise_with_guard, Checkpoint, Row, TaskSummary};
 use redis::Script;
 use std::sync::OnceLock;
-use tollgate_core::protocol::UsageRecord;
+use redis::FromRedisValue;
+use tollgate_core::protocol::{GuardAnswer, GuardCheckpoint, GuardCount, GuardEvent, GuardEventKind, UsageRecord};
+
+fn guard_exchange_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(&format!("{}\n{}", include_str!("common.lua"), include_str!("guard_exchange.lua"))))
+}
+
+fn kind_str(kind: GuardEventKind) -> &'static str {
+    match kind {
+        GuardEventKind::Passed => "passed",
+        GuardEventKind::Observed => "observed",
+        GuardEventKind::Refused => "refused",
+    }
+}
 
 fn add_checkpoint_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
@@ -37,7 +57,17 @@ impl RedisStore {
             checkpoints.push((n.parse().unwrap_or(u64::MAX), c));
         }
         checkpoints.sort_by_key(|(n, _)| *n);
-        Ok(summarise(
+        let mut guard: Vec<(GuardEventKind, u32)> = Vec::new();
+        for (_, value) in self.hgetall("task guard events", format!("{}guard:task:{task}", self.prefix)).await? {
+            let (kind, retry) = value.split_once('\t').unwrap_or((value.as_str(), "0"));
+            let kind = match kind {
+                "observed" => GuardEventKind::Observed,
+                "refused" => GuardEventKind::Refused,
+                _ => GuardEventKind::Passed,
+            };
+            guard.push((kind, retry.parse().unwrap_or(0)));
+        }
+        Ok(summarise_with_guard(
             task,
             records.iter().map(|r| Row {
                 key_id: r.principal.key_id.as_deref(),
@@ -50,7 +80,41 @@ impl RedisStore {
                 finished_at_ms: r.finished_at_ms,
             }),
             checkpoints.into_iter().map(|(_, c)| c).collect(),
+            guard,
         ))
+    }
+
+    pub(super) async fn exchange_guard_events(&self, gateway_id: &str, events: Vec<GuardEvent>, now_ms: i64) -> StoreResult<GuardAnswer> {
+        let mut args = vec![
+            gateway_id.to_owned(),
+            now_ms.to_string(),
+            task::GUARD_RETAIN_MS.to_string(),
+            task::RECENT_CHECKPOINT_MS.to_string(),
+            task::MAX_DELIVERED_CHECKPOINTS.to_string(),
+            task::MAX_KEYS_PER_TASK.to_string(),
+        ];
+        for e in &events {
+            args.extend([
+                e.id.clone(),
+                e.key.clone(),
+                e.task.clone().unwrap_or_default(),
+                kind_str(e.kind).to_owned(),
+                e.retry.to_string(),
+                e.at_ms.to_string(),
+                e.since_ms.to_string(),
+            ]);
+        }
+        let v = self.eval("guard exchange", guard_exchange_script(), &args).await?;
+        let bad = |e: redis::RedisError| StoreError::Internal(format!("redis: unexpected guard exchange answer: {e}"));
+        let (counts, checkpoints) = <(Vec<String>, Vec<String>)>::from_redis_value(&v).map_err(bad)?;
+        let number = |s: &str| s.parse::<f64>().map(|f| f as i64).unwrap_or(0);
+        Ok(GuardAnswer {
+            counts: counts
+                .chunks_exact(3)
+                .map(|c| GuardCount { key: c[0].clone(), since_ms: number(&c[1]), others: u32::try_from(number(&c[2])).unwrap_or(0) })
+                .collect(),
+            checkpoints: checkpoints.chunks_exact(3).map(|c| GuardCheckpoint { key: c[0].clone(), checkpoint: c[1].clone(), at_ms: number(&c[2]) }).collect(),
+        })
     }
 
     pub(super) async fn write_checkpoint(&self, mut checkpoint: Checkpoint, actor: &str) -> StoreResult<Checkpoint> {

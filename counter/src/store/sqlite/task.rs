@@ -1,13 +1,32 @@
 //! The embedded store's side of the cost handoff (`crate::task`): a task's ledger rows (indexed by
 //! `ledger_task`) folded into a summary, and checkpoints in their own table, written on the
-//! writer thread with their audit row in one transaction.
+//! writer thread with their audit row in one transaction. The retry guard's events
+//! (`guard_events`, one row per counted request, `INSERT OR IGNORE` by record id) are stored and
+//! answered on the writer thread too, so an answer always sees the events it was sent.
 
 use super::{internal, Job, SqliteStore, Writer};
 use crate::store::StoreResult;
-use crate::task::{summarise, Checkpoint, Row, TaskSummary};
+use crate::task::{self, summarise_with_guard, Checkpoint, Row, StoredGuardEvent, TaskSummary};
 use rusqlite::{params, TransactionBehavior};
 use tokio::sync::oneshot;
-use tollgate_core::protocol::Tokens;
+use std::collections::BTreeMap;
+use tollgate_core::protocol::{GuardAnswer, GuardCheckpoint, GuardCount, GuardEvent, GuardEventKind, Tokens};
+
+fn kind_str(kind: GuardEventKind) -> &'static str {
+    match kind {
+        GuardEventKind::Passed => "passed",
+        GuardEventKind::Observed => "observed",
+        GuardEventKind::Refused => "refused",
+    }
+}
+
+fn kind_of(text: &str) -> GuardEventKind {
+    match text {
+        "observed" => GuardEventKind::Observed,
+        "refused" => GuardEventKind::Refused,
+        _ => GuardEventKind::Passed,
+    }
+}
 
 /// One ledger row as read (owned, so the rows outlive the statement).
 struct Owned {
@@ -58,7 +77,11 @@ impl SqliteStore {
                     Ok(Checkpoint { id: format!("cp-{}", r.get::<_, i64>(0)?), task: task.clone(), at_ms: r.get(1)?, actor: r.get(2)?, note: r.get(3)? })
                 })?
                 .collect::<rusqlite::Result<Vec<Checkpoint>>>()?;
-            Ok(summarise(
+            let mut stmt = conn.prepare_cached("SELECT kind, retry FROM guard_events WHERE task = ?1")?;
+            let guard = stmt
+                .query_map(params![task], |r| Ok((kind_of(&r.get::<_, String>(0)?), u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0))))?
+                .collect::<rusqlite::Result<Vec<(GuardEventKind, u32)>>>()?;
+            Ok(summarise_with_guard(
                 &task,
                 rows.iter().map(|o| Row {
                     key_id: o.key_id.as_deref(),
@@ -71,7 +94,18 @@ impl SqliteStore {
                     finished_at_ms: o.finished_at_ms,
                 }),
                 checkpoints,
+                guard,
             ))
+        })
+        .await
+    }
+
+    pub(super) async fn exchange_guard_events(&self, gateway_id: &str, events: Vec<GuardEvent>, now_ms: i64) -> StoreResult<GuardAnswer> {
+        let gateway = gateway_id.to_owned();
+        self.submit(move |reply: oneshot::Sender<StoreResult<GuardAnswer>>| {
+            Job::Run(Box::new(move |writer: &mut Writer| {
+                let _ = reply.send(writer.guard_exchange(&gateway, &events, now_ms).map_err(super::internal));
+            }))
         })
         .await
     }
@@ -101,5 +135,54 @@ impl Writer {
         Self::audit_row(&tx, checkpoint.at_ms, actor, "checkpoint.add", &format!("task:{}", checkpoint.task), None, Some(body)).map_err(internal)?;
         tx.commit().map_err(internal)?;
         Ok(checkpoint)
+    }
+}
+
+impl Writer {
+    fn guard_exchange(&mut self, gateway: &str, events: &[GuardEvent], now_ms: i64) -> rusqlite::Result<GuardAnswer> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO guard_events (id, key, task, gateway, kind, retry, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+            for e in events {
+                insert.execute(params![e.id, e.key, e.task, gateway, kind_str(e.kind), i64::from(e.retry), e.at_ms])?;
+            }
+            if !events.is_empty() {
+                tx.execute("DELETE FROM guard_events WHERE at_ms < ?1", params![now_ms.saturating_sub(task::GUARD_RETAIN_MS)])?;
+            }
+        }
+        let mut answer = GuardAnswer::default();
+        {
+            let mut newest_checkpoint = tx.prepare_cached("SELECT MAX(at_ms) FROM checkpoints WHERE task = ?1")?;
+            let mut by_key = tx.prepare_cached("SELECT gateway, kind, at_ms FROM guard_events WHERE key = ?1 AND at_ms >= ?2")?;
+            for (key, (task_id, since_ms)) in task::batch_keys(events) {
+                let checkpoint_at = match task_id {
+                    Some(t) => newest_checkpoint.query_row(params![t], |r| r.get::<_, Option<i64>>(0))?.unwrap_or(i64::MIN),
+                    None => i64::MIN,
+                };
+                let stored = by_key
+                    .query_map(params![key, since_ms], |r| Ok(StoredGuardEvent { gateway: r.get(0)?, kind: kind_of(&r.get::<_, String>(1)?), at_ms: r.get(2)? }))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                answer.counts.push(GuardCount { key: key.to_owned(), since_ms, others: task::others(&stored, gateway, since_ms, checkpoint_at) });
+            }
+            // The newest checkpoint of each task checkpointed recently, for every key of that task.
+            let mut recent = tx.prepare_cached("SELECT task, MAX(seq), MAX(at_ms) FROM checkpoints WHERE at_ms >= ?1 GROUP BY task ORDER BY MAX(seq) DESC LIMIT ?2")?;
+            let recent = recent
+                .query_map(params![now_ms.saturating_sub(task::RECENT_CHECKPOINT_MS), task::MAX_DELIVERED_CHECKPOINTS as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut keys_of = tx.prepare_cached("SELECT DISTINCT key FROM guard_events WHERE task = ?1 LIMIT ?2")?;
+            let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+            for (task_id, seq, at_ms) in recent {
+                for key in keys_of.query_map(params![task_id, task::MAX_KEYS_PER_TASK as i64], |r| r.get::<_, String>(0))? {
+                    let key = key?;
+                    if seen.insert(key.clone(), ()).is_none() {
+                        answer.checkpoints.push(GuardCheckpoint { key, checkpoint: format!("cp-{seq}"), at_ms });
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(answer)
     }
 }
