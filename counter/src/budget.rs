@@ -34,6 +34,10 @@ pub struct BudgetSpec {
     /// `UTC` or a fixed offset `+HH:MM`; calendar windows turn over at local midnight.
     #[serde(default = "default_offset")]
     pub utc_offset: String,
+    /// An IANA time zone (`America/Los_Angeles`): windows turn over at local midnight with daylight
+    /// saving time. Instead of `utc_offset` (which must then stay `UTC`, its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     #[serde(default = "default_soft")]
     pub soft_thresholds_pct: Vec<u32>,
     /// Percent of `limit` at which requests are refused; may exceed 100 (a circuit breaker).
@@ -90,7 +94,8 @@ pub struct Budget {
     pub limit_micros: Micros,
     pub token_limit: Option<u64>,
     pub window: Window,
-    pub utc_offset_minutes: i32,
+    /// Where local days turn over: `utc_offset` or `time_zone`.
+    pub zone: window::Zone,
     /// Sorted ascending, at least one.
     pub soft_thresholds_pct: Vec<u32>,
     pub hard_limit_pct: u32,
@@ -119,6 +124,16 @@ impl Budget {
             .ok_or_else(|| format!("limit: `{}` is not an amount of dollars; write a non-negative decimal such as \"800.00\"", spec.limit))?;
         let window = Window::parse(&spec.window).map_err(|e| format!("window: {e}"))?;
         let utc_offset_minutes = window::parse_utc_offset(&spec.utc_offset).map_err(|e| format!("utc_offset: {e}"))?;
+        let zone = match &spec.time_zone {
+            None => window::Zone::Fixed(utc_offset_minutes),
+            Some(_) if utc_offset_minutes != 0 => {
+                return Err(format!(
+                    "time_zone: cannot be combined with utc_offset `{}`; a budget's days turn over in one zone: keep time_zone and drop utc_offset",
+                    spec.utc_offset
+                ))
+            }
+            Some(name) => window::Zone::iana(name).map_err(|e| format!("time_zone: {e}"))?,
+        };
         let mut soft = spec.soft_thresholds_pct;
         soft.sort_unstable();
         soft.dedup();
@@ -134,7 +149,7 @@ impl Budget {
             limit_micros,
             token_limit: spec.token_limit,
             window,
-            utc_offset_minutes,
+            zone,
             soft_thresholds_pct: soft,
             hard_limit_pct: spec.hard_limit_pct,
             mode: spec.mode,
@@ -149,7 +164,11 @@ impl Budget {
             limit: format_micros(self.limit_micros),
             token_limit: self.token_limit,
             window: self.window.to_string(),
-            utc_offset: window::format_utc_offset(self.utc_offset_minutes),
+            utc_offset: match self.zone {
+                window::Zone::Fixed(minutes) => window::format_utc_offset(minutes),
+                window::Zone::Iana(_) => default_offset(),
+            },
+            time_zone: self.zone.iana_name().map(str::to_owned),
             soft_thresholds_pct: self.soft_thresholds_pct.clone(),
             hard_limit_pct: self.hard_limit_pct,
             mode: self.mode,
@@ -157,7 +176,7 @@ impl Budget {
     }
 
     pub fn span(&self, now_ms: i64) -> window::WindowSpan {
-        window::span(self.window, self.utc_offset_minutes, now_ms)
+        window::span_in(self.window, &self.zone, now_ms)
     }
 }
 
@@ -283,6 +302,18 @@ mod tests {
         assert_eq!(b.hard_limit_pct, 100);
         assert_eq!(b.mode, BudgetMode::Enforce);
         assert_eq!(Budget::from_spec(b.to_spec()).unwrap(), b, "spec round-trips");
+        assert_eq!(serde_json::to_value(b.to_spec()).unwrap().get("time_zone"), None, "no time_zone key unless one is set");
+    }
+
+    #[test]
+    fn an_iana_time_zone_round_trips_under_its_canonical_name() {
+        let b = Budget::from_spec(spec(r#"{"id":"p","scope":"team:p","limit":"1","window":"day","time_zone":"America/Los_Angeles"}"#)).unwrap();
+        assert_eq!(b.zone.iana_name(), Some("America/Los_Angeles"));
+        let s = b.to_spec();
+        assert_eq!((s.utc_offset.as_str(), s.time_zone.as_deref()), ("UTC", Some("America/Los_Angeles")));
+        assert_eq!(Budget::from_spec(s).unwrap(), b, "spec round-trips");
+        let explicit_utc = spec(r#"{"id":"p","scope":"team:p","limit":"1","window":"day","utc_offset":"UTC","time_zone":"America/Los_Angeles"}"#);
+        assert_eq!(Budget::from_spec(explicit_utc).unwrap(), b, "utc_offset at its default does not conflict");
     }
 
     #[test]
@@ -297,6 +328,9 @@ mod tests {
         check(r#"{"id":"a","scope":"team:x","limit":"1","window":"hourly"}"#, "window:");
         check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","utc_offset":"CET"}"#, "utc_offset:");
         check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","hard_limit_pct":0}"#, "hard_limit_pct:");
+        check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","time_zone":"Europe/Atlantis"}"#, "time_zone:");
+        check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","time_zone":"+02:00"}"#, "time_zone:");
+        check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","time_zone":"Europe/Paris","utc_offset":"+01:00"}"#, "time_zone:");
         assert!(serde_json::from_str::<BudgetSpec>(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","limt":"2"}"#).is_err());
     }
 
