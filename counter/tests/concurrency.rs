@@ -87,3 +87,38 @@ async fn the_same_batch_posted_concurrently_is_counted_once() {
     assert_eq!((accepted, duplicates), (200, 1400));
     assert_eq!(h.spent("t").await, 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_created_while_usage_streams_in_counts_every_record_exactly_once() {
+    let h = Arc::new(Harness::start().await);
+    let mut tasks = Vec::new();
+    for g in 0..8 {
+        let h = Arc::clone(&h);
+        tasks.push(tokio::spawn(async move {
+            let mut client = h.client().await;
+            let mut charged = 0i64;
+            for i in 0..40 {
+                let cost = 1_000 + g * 10 + i;
+                let batch = json!({"gateway_id": format!("gw{g}"), "records": [record(&format!("gw{g}-{i}"), "platform", cost)]});
+                let a = client.post_json("/v1/usage", Some(GATEWAY_TOKEN), &batch).await.unwrap();
+                assert_eq!(a.status, 200, "{}", a.text());
+                charged += cost;
+            }
+            charged
+        }));
+    }
+    // Created while the gateways report: a record is either in the ledger it starts from, or
+    // charged to it after, never both and never neither.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    h.budget(json!({"id": "late", "scope": "team:platform", "limit": "100", "window": "day"})).await;
+    let mut charged = 0;
+    for t in tasks {
+        charged += t.await.unwrap();
+    }
+    assert_eq!(h.spent("late").await, charged);
+    // The race was real: some records were already in the ledger when it was created, some not.
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=late", None).await;
+    let note = audit["entries"][0]["note"].as_str().unwrap().to_owned();
+    let from_ledger: u64 = note.split(" ledger records").next().and_then(|s| s.rsplit('(').next()).unwrap().parse().unwrap();
+    assert!(from_ledger > 0 && from_ledger < 320, "{from_ledger} of 320 records came from the ledger: {note}");
+}
