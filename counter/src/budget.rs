@@ -45,6 +45,10 @@ pub struct BudgetSpec {
     pub hard_limit_pct: u32,
     #[serde(default)]
     pub mode: BudgetMode,
+    /// Set by the counter on a budget it made from a template (a budget on `<kind>:*`): the
+    /// template's id. Such a budget gives way to an explicit one on its scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn default_offset() -> String {
@@ -100,6 +104,14 @@ pub struct Budget {
     pub soft_thresholds_pct: Vec<u32>,
     pub hard_limit_pct: u32,
     pub mode: BudgetMode,
+    /// The template this budget was made from, if any.
+    pub template: Option<String>,
+}
+
+/// The template scope a principal's scope falls under: `user:bob` → `user:*`.
+pub fn template_scope(scope: &str) -> Option<String> {
+    let (kind, id) = parse_scope_key(scope)?;
+    (id != "*").then(|| format!("{}:*", kind.as_str()))
 }
 
 /// Checks a budget id: what the admin URL path and the metrics label can carry unescaped.
@@ -122,6 +134,14 @@ impl Budget {
         let limit_micros = parse_decimal_scaled(&spec.limit, 6)
             .and_then(|m| Micros::try_from(m).ok())
             .ok_or_else(|| format!("limit: `{}` is not an amount of dollars; write a non-negative decimal such as \"800.00\"", spec.limit))?;
+        if let Some(t) = &spec.template {
+            if !valid_id(t) {
+                return Err(format!("template: `{t}` is not a budget id; it names the template a budget was made from"));
+            }
+            if spec.scope.ends_with(":*") {
+                return Err(format!("template: `{}` is itself a template; a budget made from one covers one scope", spec.scope));
+            }
+        }
         let window = Window::parse(&spec.window).map_err(|e| format!("window: {e}"))?;
         let utc_offset_minutes = window::parse_utc_offset(&spec.utc_offset).map_err(|e| format!("utc_offset: {e}"))?;
         let zone = match &spec.time_zone {
@@ -153,6 +173,7 @@ impl Budget {
             soft_thresholds_pct: soft,
             hard_limit_pct: spec.hard_limit_pct,
             mode: spec.mode,
+            template: spec.template,
         })
     }
 
@@ -172,7 +193,34 @@ impl Budget {
             soft_thresholds_pct: self.soft_thresholds_pct.clone(),
             hard_limit_pct: self.hard_limit_pct,
             mode: self.mode,
+            template: self.template.clone(),
         }
+    }
+
+    /// A template is a budget on `<kind>:*`: it charges nobody itself, and every principal scope of
+    /// that kind without a budget of its own gets a copy the first time it spends or asks for a lease.
+    pub fn is_template(&self) -> bool {
+        self.scope.ends_with(":*")
+    }
+
+    /// The budget this template makes for `scope` (e.g. `user:bob`): the same limits, window and
+    /// mode, id `<template id>.<scope id>` (characters an id cannot carry become `_`, and then, or
+    /// when too long, a hash of the scope id keeps ids of different scopes apart).
+    pub fn instance_for(&self, scope: &str) -> Option<Budget> {
+        let (_, id) = parse_scope_key(scope)?;
+        if !self.is_template() || id == "*" {
+            return None;
+        }
+        let clean: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        let mut instance_id = format!("{}.{clean}", self.id);
+        if clean != id || instance_id.len() > 128 {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(id.as_bytes());
+            let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            instance_id.truncate(128 - 9);
+            instance_id = format!("{instance_id}.{hex}");
+        }
+        Some(Budget { id: instance_id, scope: scope.to_owned(), template: Some(self.id.clone()), ..self.clone() })
     }
 
     pub fn span(&self, now_ms: i64) -> window::WindowSpan {
@@ -303,6 +351,27 @@ mod tests {
         assert_eq!(b.mode, BudgetMode::Enforce);
         assert_eq!(Budget::from_spec(b.to_spec()).unwrap(), b, "spec round-trips");
         assert_eq!(serde_json::to_value(b.to_spec()).unwrap().get("time_zone"), None, "no time_zone key unless one is set");
+    }
+
+    #[test]
+    fn a_template_makes_one_budget_per_scope_with_its_limits() {
+        let t = Budget::from_spec(spec(r#"{"id":"user-default","scope":"user:*","limit":"20","window":"day"}"#)).unwrap();
+        assert!(t.is_template());
+        let bob = t.instance_for("user:bob").unwrap();
+        assert_eq!((bob.id.as_str(), bob.scope.as_str(), bob.template.as_deref()), ("user-default.bob", "user:bob", Some("user-default")));
+        assert_eq!((bob.limit_micros, bob.window), (t.limit_micros, t.window));
+        assert!(!bob.is_template());
+        assert_eq!(Budget::from_spec(bob.to_spec()).unwrap(), bob, "an instance round-trips");
+        let a = t.instance_for("user:a@b.com").unwrap();
+        let b = t.instance_for("user:a_b.com").unwrap();
+        assert!(valid_id(&a.id) && a.id.starts_with("user-default.a_b.com."), "{}", a.id);
+        assert_ne!(a.id, b.id, "scopes that clean up alike keep apart");
+        assert!(valid_id(&t.instance_for(&format!("user:{}", "x".repeat(300))).unwrap().id));
+        assert_eq!(bob.instance_for("user:carol"), None, "only a template makes budgets");
+        assert_eq!(template_scope("user:bob").as_deref(), Some("user:*"));
+        assert_eq!(template_scope("user:*"), None);
+        let err = Budget::from_spec(spec(r#"{"id":"x","scope":"user:*","limit":"1","window":"day","template":"t"}"#)).unwrap_err();
+        assert!(err.starts_with("template:"), "{err}");
     }
 
     #[test]

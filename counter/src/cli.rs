@@ -560,6 +560,7 @@ async fn budgets(conn: Conn, command: BudgetsCommand) -> Result<(), String> {
                         window: need(&args.window, "window")?,
                         utc_offset: args.utc_offset.clone(),
                         time_zone: args.time_zone.clone(),
+                        template: None,
                         soft_thresholds_pct: args.soft.clone(),
                         hard_limit_pct: args.hard_pct,
                         mode,

@@ -236,6 +236,7 @@ impl Workflow {
                     window: window.into(),
                     utc_offset: "UTC".into(),
                     time_zone: None,
+                    template: None,
                     soft_thresholds_pct: vec![80],
                     hard_limit_pct: 100,
                     mode: self.spec.cap_mode,

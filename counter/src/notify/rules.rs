@@ -641,6 +641,7 @@ mod tests {
                 window: "day".into(),
                 utc_offset: "UTC".into(),
                 time_zone: None,
+                template: None,
                 soft_thresholds_pct: vec![80],
                 hard_limit_pct: 100,
                 mode: BudgetMode::Enforce,

@@ -283,6 +283,11 @@ pub struct AuditQuery {
 /// Methods return `impl Future + Send` so backends can be async (network) or hand work to a thread
 /// (SQLite); the server is generic over `S: Store`.
 pub trait Store: gov::GovStore + crate::notify::EventLog + Send + Sync + 'static {
+    /// Scope key → the budgets on it, as this instance last saw them (cheap: no I/O). Used to
+    /// decide whether a principal scope needs a budget made from a template; may lag another
+    /// counter instance's changes by one call, which only makes an identical put (`Unchanged`).
+    fn scope_index(&self) -> std::sync::Arc<book::ScopeIndex>;
+
     /// Every budget with its current state, sorted by id.
     fn list_budgets(&self, now_ms: i64) -> impl Future<Output = StoreResult<Vec<BudgetState>>> + Send;
 

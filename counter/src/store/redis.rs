@@ -156,7 +156,7 @@ impl Scripts {
 struct Config {
     version: String,
     budgets: BTreeMap<String, Arc<Budget>>,
-    index: ScopeIndex,
+    index: Arc<ScopeIndex>,
     exemptions: Vec<Exemption>,
 }
 
@@ -459,9 +459,11 @@ impl RedisStore {
             let budget = Budget::from_spec(spec).map_err(|e| StoreError::Internal(format!("redis: budget {id}: {e}")))?;
             config.budgets.insert(id, Arc::new(budget));
         }
+        let mut index = ScopeIndex::new();
         for budget in config.budgets.values() {
-            config.index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
+            index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
         }
+        config.index = Arc::new(index);
         for (id, body) in pairs(values.get(1)) {
             let e: Exemption = serde_json::from_str(&body).map_err(|e| StoreError::Internal(format!("redis: exemption {id}: {e}")))?;
             config.exemptions.push(e);
@@ -633,6 +635,10 @@ fn group_key(g: GroupBy, r: &UsageRecord) -> String {
 }
 
 impl Store for RedisStore {
+    fn scope_index(&self) -> Arc<ScopeIndex> {
+        Arc::clone(&self.cached().index)
+    }
+
     async fn list_budgets(&self, now_ms: i64) -> StoreResult<Vec<BudgetState>> {
         let (config, (), values) = self
             .with_config("list budgets", &self.scripts.states, |config| {

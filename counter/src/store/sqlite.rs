@@ -322,6 +322,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn scope_index(&self) -> Arc<super::book::ScopeIndex> {
+        lock(&self.book).index()
+    }
+
     async fn list_budgets(&self, now_ms: i64) -> StoreResult<Vec<BudgetState>> {
         Ok(lock(&self.book).states(now_ms))
     }
