@@ -34,6 +34,10 @@ pub struct BudgetSpec {
     /// `UTC` or a fixed offset `+HH:MM`; calendar windows turn over at local midnight.
     #[serde(default = "default_offset")]
     pub utc_offset: String,
+    /// An IANA time zone (`America/Los_Angeles`): windows turn over at local midnight with daylight
+    /// saving time. Instead of `utc_offset` (which must then stay `UTC`, its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     #[serde(default = "default_soft")]
     pub soft_thresholds_pct: Vec<u32>,
     /// Percent of `limit` at which requests are refused; may exceed 100 (a circuit breaker).
@@ -41,6 +45,10 @@ pub struct BudgetSpec {
     pub hard_limit_pct: u32,
     #[serde(default)]
     pub mode: BudgetMode,
+    /// Set by the counter on a budget it made from a template (a budget on `<kind>:*`): the
+    /// template's id. Such a budget gives way to an explicit one on its scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn default_offset() -> String {
@@ -90,11 +98,20 @@ pub struct Budget {
     pub limit_micros: Micros,
     pub token_limit: Option<u64>,
     pub window: Window,
-    pub utc_offset_minutes: i32,
+    /// Where local days turn over: `utc_offset` or `time_zone`.
+    pub zone: window::Zone,
     /// Sorted ascending, at least one.
     pub soft_thresholds_pct: Vec<u32>,
     pub hard_limit_pct: u32,
     pub mode: BudgetMode,
+    /// The template this budget was made from, if any.
+    pub template: Option<String>,
+}
+
+/// The template scope a principal's scope falls under: `user:bob` → `user:*`.
+pub fn template_scope(scope: &str) -> Option<String> {
+    let (kind, id) = parse_scope_key(scope)?;
+    (id != "*").then(|| format!("{}:*", kind.as_str()))
 }
 
 /// Checks a budget id: what the admin URL path and the metrics label can carry unescaped.
@@ -117,8 +134,26 @@ impl Budget {
         let limit_micros = parse_decimal_scaled(&spec.limit, 6)
             .and_then(|m| Micros::try_from(m).ok())
             .ok_or_else(|| format!("limit: `{}` is not an amount of dollars; write a non-negative decimal such as \"800.00\"", spec.limit))?;
+        if let Some(t) = &spec.template {
+            if !valid_id(t) {
+                return Err(format!("template: `{t}` is not a budget id; it names the template a budget was made from"));
+            }
+            if spec.scope.ends_with(":*") {
+                return Err(format!("template: `{}` is itself a template; a budget made from one covers one scope", spec.scope));
+            }
+        }
         let window = Window::parse(&spec.window).map_err(|e| format!("window: {e}"))?;
         let utc_offset_minutes = window::parse_utc_offset(&spec.utc_offset).map_err(|e| format!("utc_offset: {e}"))?;
+        let zone = match &spec.time_zone {
+            None => window::Zone::Fixed(utc_offset_minutes),
+            Some(_) if utc_offset_minutes != 0 => {
+                return Err(format!(
+                    "time_zone: cannot be combined with utc_offset `{}`; a budget's days turn over in one zone: keep time_zone and drop utc_offset",
+                    spec.utc_offset
+                ))
+            }
+            Some(name) => window::Zone::iana(name).map_err(|e| format!("time_zone: {e}"))?,
+        };
         let mut soft = spec.soft_thresholds_pct;
         soft.sort_unstable();
         soft.dedup();
@@ -134,10 +169,11 @@ impl Budget {
             limit_micros,
             token_limit: spec.token_limit,
             window,
-            utc_offset_minutes,
+            zone,
             soft_thresholds_pct: soft,
             hard_limit_pct: spec.hard_limit_pct,
             mode: spec.mode,
+            template: spec.template,
         })
     }
 
@@ -149,15 +185,46 @@ impl Budget {
             limit: format_micros(self.limit_micros),
             token_limit: self.token_limit,
             window: self.window.to_string(),
-            utc_offset: window::format_utc_offset(self.utc_offset_minutes),
+            utc_offset: match self.zone {
+                window::Zone::Fixed(minutes) => window::format_utc_offset(minutes),
+                window::Zone::Iana(_) => default_offset(),
+            },
+            time_zone: self.zone.iana_name().map(str::to_owned),
             soft_thresholds_pct: self.soft_thresholds_pct.clone(),
             hard_limit_pct: self.hard_limit_pct,
             mode: self.mode,
+            template: self.template.clone(),
         }
     }
 
+    /// A template is a budget on `<kind>:*`: it charges nobody itself, and every principal scope of
+    /// that kind without a budget of its own gets a copy the first time it spends or asks for a lease.
+    pub fn is_template(&self) -> bool {
+        self.scope.ends_with(":*")
+    }
+
+    /// The budget this template makes for `scope` (e.g. `user:bob`): the same limits, window and
+    /// mode, id `<template id>.<scope id>` (characters an id cannot carry become `_`, and then, or
+    /// when too long, a hash of the scope id keeps ids of different scopes apart).
+    pub fn instance_for(&self, scope: &str) -> Option<Budget> {
+        let (_, id) = parse_scope_key(scope)?;
+        if !self.is_template() || id == "*" {
+            return None;
+        }
+        let clean: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        let mut instance_id = format!("{}.{clean}", self.id);
+        if clean != id || instance_id.len() > 128 {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(id.as_bytes());
+            let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            instance_id.truncate(128 - 9);
+            instance_id = format!("{instance_id}.{hex}");
+        }
+        Some(Budget { id: instance_id, scope: scope.to_owned(), template: Some(self.id.clone()), ..self.clone() })
+    }
+
     pub fn span(&self, now_ms: i64) -> window::WindowSpan {
-        window::span(self.window, self.utc_offset_minutes, now_ms)
+        window::span_in(self.window, &self.zone, now_ms)
     }
 }
 
@@ -283,6 +350,39 @@ mod tests {
         assert_eq!(b.hard_limit_pct, 100);
         assert_eq!(b.mode, BudgetMode::Enforce);
         assert_eq!(Budget::from_spec(b.to_spec()).unwrap(), b, "spec round-trips");
+        assert_eq!(serde_json::to_value(b.to_spec()).unwrap().get("time_zone"), None, "no time_zone key unless one is set");
+    }
+
+    #[test]
+    fn a_template_makes_one_budget_per_scope_with_its_limits() {
+        let t = Budget::from_spec(spec(r#"{"id":"user-default","scope":"user:*","limit":"20","window":"day"}"#)).unwrap();
+        assert!(t.is_template());
+        let bob = t.instance_for("user:bob").unwrap();
+        assert_eq!((bob.id.as_str(), bob.scope.as_str(), bob.template.as_deref()), ("user-default.bob", "user:bob", Some("user-default")));
+        assert_eq!((bob.limit_micros, bob.window), (t.limit_micros, t.window));
+        assert!(!bob.is_template());
+        assert_eq!(Budget::from_spec(bob.to_spec()).unwrap(), bob, "an instance round-trips");
+        let a = t.instance_for("user:a@b.com").unwrap();
+        let b = t.instance_for("user:a_b.com").unwrap();
+        assert!(valid_id(&a.id) && a.id.starts_with("user-default.a_b.com."), "{}", a.id);
+        assert_ne!(a.id, b.id, "scopes that clean up alike keep apart");
+        assert!(valid_id(&t.instance_for(&format!("user:{}", "x".repeat(300))).unwrap().id));
+        assert_eq!(bob.instance_for("user:carol"), None, "only a template makes budgets");
+        assert_eq!(template_scope("user:bob").as_deref(), Some("user:*"));
+        assert_eq!(template_scope("user:*"), None);
+        let err = Budget::from_spec(spec(r#"{"id":"x","scope":"user:*","limit":"1","window":"day","template":"t"}"#)).unwrap_err();
+        assert!(err.starts_with("template:"), "{err}");
+    }
+
+    #[test]
+    fn an_iana_time_zone_round_trips_under_its_canonical_name() {
+        let b = Budget::from_spec(spec(r#"{"id":"p","scope":"team:p","limit":"1","window":"day","time_zone":"America/Los_Angeles"}"#)).unwrap();
+        assert_eq!(b.zone.iana_name(), Some("America/Los_Angeles"));
+        let s = b.to_spec();
+        assert_eq!((s.utc_offset.as_str(), s.time_zone.as_deref()), ("UTC", Some("America/Los_Angeles")));
+        assert_eq!(Budget::from_spec(s).unwrap(), b, "spec round-trips");
+        let explicit_utc = spec(r#"{"id":"p","scope":"team:p","limit":"1","window":"day","utc_offset":"UTC","time_zone":"America/Los_Angeles"}"#);
+        assert_eq!(Budget::from_spec(explicit_utc).unwrap(), b, "utc_offset at its default does not conflict");
     }
 
     #[test]
@@ -297,6 +397,9 @@ mod tests {
         check(r#"{"id":"a","scope":"team:x","limit":"1","window":"hourly"}"#, "window:");
         check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","utc_offset":"CET"}"#, "utc_offset:");
         check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","hard_limit_pct":0}"#, "hard_limit_pct:");
+        check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","time_zone":"Europe/Atlantis"}"#, "time_zone:");
+        check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","time_zone":"+02:00"}"#, "time_zone:");
+        check(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","time_zone":"Europe/Paris","utc_offset":"+01:00"}"#, "time_zone:");
         assert!(serde_json::from_str::<BudgetSpec>(r#"{"id":"a","scope":"team:x","limit":"1","window":"day","limt":"2"}"#).is_err());
     }
 

@@ -250,6 +250,9 @@ pub struct SetArgs {
     pub window: Option<String>,
     #[arg(long, default_value = "UTC")]
     pub utc_offset: String,
+    /// An IANA time zone (America/Los_Angeles), with daylight saving time; instead of --utc-offset.
+    #[arg(long)]
+    pub time_zone: Option<String>,
     /// Comma-separated percentages.
     #[arg(long, default_value = "80", value_delimiter = ',')]
     pub soft: Vec<u32>,
@@ -556,6 +559,8 @@ async fn budgets(conn: Conn, command: BudgetsCommand) -> Result<(), String> {
                         token_limit: args.token_limit,
                         window: need(&args.window, "window")?,
                         utc_offset: args.utc_offset.clone(),
+                        time_zone: args.time_zone.clone(),
+                        template: None,
                         soft_thresholds_pct: args.soft.clone(),
                         hard_limit_pct: args.hard_pct,
                         mode,

@@ -263,6 +263,36 @@ macro_rules! tri {
 mod governance;
 mod principal;
 
+/// Makes, from the templates (budgets on `<kind>:*`), the budget of every scope in `scopes` that has
+/// none of its own, before the lease or the charge that needs it: each is an ordinary budget from
+/// then on (leases, the overspend bound, both stores), audited as created by `template:<id>`, and it
+/// starts from what the ledger holds for its scope this window like any new budget. Concurrent calls
+/// for the same new scope put identical specs: one creates, the others are `Unchanged`.
+async fn apply_templates<S: Store>(app: &App<S>, scopes: impl Iterator<Item = String>) -> Result<(), Response> {
+    // Per scope: one lookup when it has a budget (the usual case), two when it has none.
+    let index = app.store.scope_index();
+    let mut seen = std::collections::HashSet::new();
+    for scope in scopes {
+        if index.contains_key(&scope) {
+            continue;
+        }
+        let Some(templates) = crate::budget::template_scope(&scope).and_then(|t| index.get(&t)) else { continue };
+        if !seen.insert(scope.clone()) {
+            continue;
+        }
+        for template in templates {
+            let Some(instance) = template.instance_for(&scope) else { continue };
+            let (id, actor) = (instance.id.clone(), format!("template:{}", template.id));
+            match app.store.put_budget(instance, &actor, app.clock.now_ms()).await {
+                Ok(PutOutcome::Created) => crate::log::info("budget made from a template", json!({"budget": id, "scope": scope, "template": template.id})),
+                Ok(_) => {}
+                Err(e) => return Err(store_error(&app.metrics, e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));
     let request: LeaseRequest = match parse_body(&body).and_then(|r| validate_lease_request(&r).map(|_| r).map_err(invalid)) {
@@ -272,6 +302,7 @@ async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: B
             return response;
         }
     };
+    tri!(apply_templates(&app, request.scopes.iter().cloned()).await);
     match app.store.grant_leases(&request, app.clock.now_ms()).await {
         Ok(answer) => {
             inc(&app.metrics.lease_requests, 1);
@@ -293,6 +324,7 @@ async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bo
             return response;
         }
     };
+    tri!(apply_templates(&app, batch.records.iter().flat_map(|r| r.principal.scope_keys())).await);
     let now_ms = app.clock.now_ms();
     let (gateway_id, events) = (batch.gateway_id.clone(), std::mem::take(&mut batch.guard_events));
     match app.store.ingest(batch, now_ms).await {
@@ -366,6 +398,13 @@ async fn save_budget<S: Store>(app: &App<S>, actor: &str, budget: Budget) -> Res
         Err(e) => return store_error(&app.metrics, e),
     };
     crate::log::info("budget saved", json!({"budget": id, "outcome": outcome, "actor": actor}));
+    // An explicit budget overrides what a template made for its scope: those budgets go (audited).
+    let budgets = tri!(app.store.list_budgets(app.clock.now_ms()).await.map_err(|e| store_error(&app.metrics, e)));
+    if let Some(saved) = budgets.iter().find(|b| b.budget.id == id).filter(|b| b.budget.template.is_none()) {
+        for made in budgets.iter().filter(|b| b.budget.scope == saved.budget.scope && b.budget.template.is_some()) {
+            tri!(app.store.delete_budget(&made.budget.id, actor, app.clock.now_ms()).await.map_err(|e| store_error(&app.metrics, e)));
+        }
+    }
     let state = tri!(budget_state(app, &id).await);
     ok_json(StatusCode::OK, &json!({ "outcome": outcome, "budget": state }))
 }

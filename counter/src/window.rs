@@ -1,15 +1,21 @@
 //! Budget windows and the calendar arithmetic behind them.
 //!
-//! Supported windows: calendar `day`, `week` (ISO, Monday first) and `month`, in UTC or a fixed UTC
-//! offset such as `+02:00`; `rolling:N` (the last N local days, today included); and `none` (spend
-//! accumulates until an admin raises the limit). There is no IANA time-zone table: a zone with
-//! daylight saving time is configured as its standard offset and its windows turn over an hour off
-//! in summer. That is stated in docs/counter.md rather than hidden.
+//! Supported windows: calendar `day`, `week` (ISO, Monday first) and `month`, in UTC, a fixed UTC
+//! offset such as `+02:00`, or an IANA time zone such as `America/Los_Angeles` ([`Zone`]);
+//! `rolling:N` (the last N local days, today included); and `none` (spend accumulates until an
+//! admin raises the limit). Companies count their days in their own zone, with its daylight saving
+//! time: a budget in `Europe/Paris` turns over at midnight in Paris in winter and in summer. The
+//! IANA table is jiff's bundled copy of the tz database, compiled into the binary, so a window never
+//! depends on the host's `/usr/share/zoneinfo` (a container without one, or an older one, would
+//! otherwise move a company's midnight).
 //!
 //! Spend is kept in **day buckets** (the unix second at which the budget's local day starts), or a
 //! single bucket `0` for `none`. A window is then "the buckets at or after its start", so switching
-//! a budget from `day` to `month` keeps the days already counted this month.
+//! a budget from `day` to `month` keeps the days already counted this month. In a zone with DST a
+//! local day is 23 or 25 hours long on the change days; its bucket is still the unix second of its
+//! first instant (local midnight, or the first instant after it if midnight is skipped).
 
+use jiff::tz::TimeZone;
 use std::fmt;
 
 pub const DAY_SECS: i64 = 86_400;
@@ -196,15 +202,98 @@ pub struct WindowSpan {
     pub resets_at: Option<i64>,
 }
 
+/// Where a budget's local days turn over: a fixed offset from UTC, or an IANA zone (with its
+/// daylight saving time and historical changes).
+#[derive(Debug, Clone)]
+pub enum Zone {
+    /// Minutes east of UTC.
+    Fixed(i32),
+    /// An IANA zone from the bundled tz database; its [`TimeZone::iana_name`] is its identity.
+    Iana(TimeZone),
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        match (self, other) {
+            (Zone::Fixed(a), Zone::Fixed(b)) => a == b,
+            (Zone::Iana(a), Zone::Iana(b)) => a.iana_name() == b.iana_name(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Zone {}
+
+impl Zone {
+    pub const UTC: Zone = Zone::Fixed(0);
+
+    /// Looks up an IANA zone name (`America/Los_Angeles`) in the bundled tz database.
+    pub fn iana(name: &str) -> Result<Zone, String> {
+        let bad = || format!("`{name}` is not an IANA time zone; use a name such as America/Los_Angeles or Europe/Paris (or utc_offset for a fixed offset)");
+        if name.trim().is_empty() || name.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let tz = TimeZone::get(name).map_err(|_| bad())?;
+        // A zone the database names is what we store and show (e.g. `america/new_york` reads back
+        // as `America/New_York`).
+        if tz.iana_name().is_none() {
+            return Err(bad());
+        }
+        Ok(Zone::Iana(tz))
+    }
+
+    /// The IANA name, or `None` for a fixed offset.
+    pub fn iana_name(&self) -> Option<&str> {
+        match self {
+            Zone::Fixed(_) => None,
+            Zone::Iana(tz) => tz.iana_name(),
+        }
+    }
+
+    /// Seconds east of UTC in force at `unix_secs`.
+    pub fn offset_secs_at(&self, unix_secs: i64) -> i64 {
+        match self {
+            Zone::Fixed(minutes) => i64::from(*minutes) * 60,
+            Zone::Iana(tz) => jiff::Timestamp::from_second(unix_secs).map_or(0, |ts| i64::from(tz.to_offset(ts).seconds())),
+        }
+    }
+
+    /// The local day (days since 1970-01-01 on the local calendar) that contains `unix_secs`.
+    pub fn local_day(&self, unix_secs: i64) -> i64 {
+        (unix_secs + self.offset_secs_at(unix_secs)).div_euclid(DAY_SECS)
+    }
+
+    /// The unix second at which local day `day` starts: local midnight, or the first instant after
+    /// it when a DST change skips midnight.
+    pub fn day_start(&self, day: i64) -> i64 {
+        match self {
+            Zone::Fixed(minutes) => day * DAY_SECS - i64::from(*minutes) * 60,
+            Zone::Iana(tz) => {
+                let (y, m, d) = civil_from_days(day);
+                let start = i16::try_from(y)
+                    .ok()
+                    .and_then(|y| jiff::civil::Date::new(y, m as i8, d as i8).ok())
+                    .and_then(|date| date.to_zoned_datetime(tz.clone()).ok())
+                    .map(|z| z.timestamp().as_second());
+                // Only out of jiff's range (years beyond ±9999): fall back to UTC days, never panic.
+                start.unwrap_or(day * DAY_SECS)
+            }
+        }
+    }
+}
+
 /// Computes the [`WindowSpan`] of `window` at `now_ms`, with local days starting at midnight in the
 /// fixed offset `offset_minutes`.
 pub fn span(window: Window, offset_minutes: i32, now_ms: i64) -> WindowSpan {
+    span_in(window, &Zone::Fixed(offset_minutes), now_ms)
+}
+
+/// Computes the [`WindowSpan`] of `window` at `now_ms`, with local days of `zone`.
+pub fn span_in(window: Window, zone: &Zone, now_ms: i64) -> WindowSpan {
     if window == Window::None {
         return WindowSpan { bucket: 0, from: 0, resets_at: None };
     }
-    let offset = i64::from(offset_minutes) * 60;
-    let local_day = (now_ms.div_euclid(1000) + offset).div_euclid(DAY_SECS);
-    let day_start = |day: i64| day * DAY_SECS - offset;
+    let local_day = zone.local_day(now_ms.div_euclid(1000));
     let (first_day, next_day) = match window {
         Window::Day => (local_day, local_day + 1),
         Window::Week => {
@@ -218,9 +307,9 @@ pub fn span(window: Window, offset_minutes: i32, now_ms: i64) -> WindowSpan {
             (days_from_civil(y, m, 1), next)
         }
         Window::Rolling { days } => (local_day - i64::from(days) + 1, local_day + 1),
-        Window::None => unreachable!("handled above"),
+        Window::None => (0, 0),
     };
-    WindowSpan { bucket: day_start(local_day), from: day_start(first_day), resets_at: Some(day_start(next_day)) }
+    WindowSpan { bucket: zone.day_start(local_day), from: zone.day_start(first_day), resets_at: Some(zone.day_start(next_day)) }
 }
 
 #[cfg(test)]
@@ -327,5 +416,63 @@ mod tests {
         assert!(parse_time_ms("2027-02-29").is_err(), "2027 is not a leap year");
         assert!(parse_time_ms("2100-02-29").is_err(), "2100 is not a leap year");
         assert_eq!(format_time_ms(at("2028-02-29T23:59:59Z") + 1000), "2028-03-01T00:00:00Z");
+    }
+
+    /// `(zone, now, window, window start, next reset)`, the expected instants written with the
+    /// offset in force at each of them.
+    fn check_zone(cases: &[(&str, &str, Window, &str, &str)]) {
+        for &(zone, now, window, from, resets) in cases {
+            let z = Zone::iana(zone).unwrap();
+            let s = span_in(window, &z, at(now));
+            assert_eq!(s.from, at(from) / 1000, "{zone} {window} at {now}: window start");
+            assert_eq!(s.resets_at, Some(at(resets) / 1000), "{zone} {window} at {now}: next reset");
+            assert_eq!(s.bucket, span_in(Window::Day, &z, at(now)).from, "{zone} {window} at {now}: today's bucket");
+        }
+    }
+
+    #[test]
+    fn days_in_an_iana_zone_are_23_and_25_hours_long_on_dst_changes() {
+        check_zone(&[
+            // Los Angeles springs forward on 2026-03-08 at 02:00 PST: a 23-hour day.
+            ("America/Los_Angeles", "2026-03-08T01:59:59-08:00", Window::Day, "2026-03-08T00:00:00-08:00", "2026-03-09T00:00:00-07:00"),
+            ("America/Los_Angeles", "2026-03-08T03:00:00-07:00", Window::Day, "2026-03-08T00:00:00-08:00", "2026-03-09T00:00:00-07:00"),
+            ("America/Los_Angeles", "2026-03-08T23:59:59-07:00", Window::Day, "2026-03-08T00:00:00-08:00", "2026-03-09T00:00:00-07:00"),
+            ("America/Los_Angeles", "2026-03-09T00:00:00-07:00", Window::Day, "2026-03-09T00:00:00-07:00", "2026-03-10T00:00:00-07:00"),
+            // ... and falls back on 2026-11-01 at 02:00 PDT: a 25-hour day (01:30 happens twice).
+            ("America/Los_Angeles", "2026-11-01T01:30:00-07:00", Window::Day, "2026-11-01T00:00:00-07:00", "2026-11-02T00:00:00-08:00"),
+            ("America/Los_Angeles", "2026-11-01T01:30:00-08:00", Window::Day, "2026-11-01T00:00:00-07:00", "2026-11-02T00:00:00-08:00"),
+            ("America/Los_Angeles", "2026-11-01T23:59:59-08:00", Window::Day, "2026-11-01T00:00:00-07:00", "2026-11-02T00:00:00-08:00"),
+            // A week and a rolling window across the change keep whole local days.
+            ("America/Los_Angeles", "2026-11-01T12:00:00-08:00", Window::Week, "2026-10-26T00:00:00-07:00", "2026-11-02T00:00:00-08:00"),
+            ("America/Los_Angeles", "2026-03-09T10:00:00-07:00", Window::Rolling { days: 2 }, "2026-03-08T00:00:00-08:00", "2026-03-10T00:00:00-07:00"),
+            // Month ends in local time, across a change and not.
+            ("America/Los_Angeles", "2026-03-31T23:59:59-07:00", Window::Month, "2026-03-01T00:00:00-08:00", "2026-04-01T00:00:00-07:00"),
+            ("America/Los_Angeles", "2026-04-01T00:00:00-07:00", Window::Month, "2026-04-01T00:00:00-07:00", "2026-05-01T00:00:00-07:00"),
+            ("America/Los_Angeles", "2026-12-31T23:59:59-08:00", Window::Month, "2026-12-01T00:00:00-08:00", "2027-01-01T00:00:00-08:00"),
+            ("America/Los_Angeles", "2028-02-29T20:00:00-08:00", Window::Month, "2028-02-01T00:00:00-08:00", "2028-03-01T00:00:00-08:00"),
+            // Paris changes on other dates (last Sundays of March and October), at 02:00 / 03:00 local.
+            ("Europe/Paris", "2026-03-29T12:00:00+02:00", Window::Day, "2026-03-29T00:00:00+01:00", "2026-03-30T00:00:00+02:00"),
+            ("Europe/Paris", "2026-10-25T12:00:00+01:00", Window::Day, "2026-10-25T00:00:00+02:00", "2026-10-26T00:00:00+01:00"),
+            ("Europe/Paris", "2026-10-31T23:30:00+01:00", Window::Month, "2026-10-01T00:00:00+02:00", "2026-11-01T00:00:00+01:00"),
+            // The southern hemisphere: Sydney leaves DST on 2026-04-05 and enters it on 2026-10-04.
+            ("Australia/Sydney", "2026-04-05T12:00:00+10:00", Window::Day, "2026-04-05T00:00:00+11:00", "2026-04-06T00:00:00+10:00"),
+            ("Australia/Sydney", "2026-10-04T12:00:00+11:00", Window::Day, "2026-10-04T00:00:00+10:00", "2026-10-05T00:00:00+11:00"),
+        ]);
+    }
+
+    #[test]
+    fn iana_zones_are_looked_up_in_the_bundled_database() {
+        assert_eq!(Zone::iana("America/Los_Angeles").unwrap().iana_name(), Some("America/Los_Angeles"));
+        for bad in ["Mars/Olympus_Mons", "", "+02:00", "America/ Los_Angeles"] {
+            let err = Zone::iana(bad).unwrap_err();
+            assert!(err.contains("IANA time zone"), "{bad}: {err}");
+        }
+        assert_ne!(Zone::iana("Europe/Paris").unwrap(), Zone::Fixed(60), "a zone is not its standard offset");
+        assert_eq!(Zone::iana("Europe/Paris").unwrap(), Zone::iana("Europe/Paris").unwrap());
+        // A fixed-offset zone and the old fixed-offset span agree everywhere.
+        let now = at("2026-11-25T10:00:00Z");
+        for w in [Window::Day, Window::Week, Window::Month, Window::Rolling { days: 3 }] {
+            assert_eq!(span_in(w, &Zone::Fixed(-330), now), span(w, -330, now));
+        }
     }
 }

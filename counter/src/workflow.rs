@@ -235,6 +235,8 @@ impl Workflow {
                     token_limit: None,
                     window: window.into(),
                     utc_offset: "UTC".into(),
+                    time_zone: None,
+                    template: None,
                     soft_thresholds_pct: vec![80],
                     hard_limit_pct: 100,
                     mode: self.spec.cap_mode,

@@ -718,3 +718,101 @@ async fn the_task_summary_counts_retries_and_guard_refusals_once_and_keeps_the_b
         assert!(md.contains(needle), "{needle} in\n{md}");
     }
 }
+
+// Windows as companies count them (issue 18 §6).
+
+#[tokio::test]
+async fn a_budget_in_an_iana_zone_turns_over_at_local_midnight_through_dst_changes() {
+    let h = Harness::start().await;
+    h.clock.set_ms(at("2026-03-08T08:00:00Z")); // 00:00 PST, the day Los Angeles springs forward
+    h.budget(json!({"id": "la-day", "scope": "team:platform", "limit": "1", "window": "day", "time_zone": "America/Los_Angeles"})).await;
+    h.budget(json!({"id": "la-month", "scope": "team:platform", "limit": "10", "window": "month", "time_zone": "America/Los_Angeles"})).await;
+    let (_, state) = h.admin("GET", "/admin/budgets/la-day", None).await;
+    assert_eq!((state["budget"]["time_zone"].as_str(), state["budget"]["utc_offset"].as_str()), (Some("America/Los_Angeles"), Some("UTC")), "{state}");
+    assert_eq!(state["resets_at"], at("2026-03-09T00:00:00-07:00") / 1000, "a 23-hour day: {state}");
+    h.usage("gw1", vec![record("spring", "platform", 1_000)]).await;
+    h.clock.set_ms(at("2026-03-09T06:59:59Z")); // 23:59:59 PDT, still the 8th
+    assert_eq!(h.spent("la-day").await, 1_000);
+    h.clock.set_ms(at("2026-03-09T07:00:00Z"));
+    assert_eq!(h.spent("la-day").await, 0, "the 9th started at midnight PDT");
+    assert_eq!(h.spent("la-month").await, 1_000);
+
+    h.clock.set_ms(at("2026-11-01T07:30:00Z")); // 00:30 PDT, the day it falls back
+    h.usage("gw1", vec![record("fall", "platform", 2_000)]).await;
+    h.clock.set_ms(at("2026-11-02T07:30:00Z")); // 23:30 PST: 25 hours later, the same local day
+    assert_eq!(h.spent("la-day").await, 2_000);
+    let l = h.lease("gw1", &["team:platform"], 10).await;
+    let day = l["budgets"].as_array().unwrap().iter().find(|b| b["budget_id"] == "la-day").unwrap().clone();
+    assert_eq!(day["resets_at"], at("2026-11-02T08:00:00Z") / 1000);
+    h.clock.set_ms(at("2026-11-02T08:00:00Z"));
+    assert_eq!(h.spent("la-day").await, 0);
+
+    // The month ends at local midnight: eight hours after UTC's.
+    h.clock.set_ms(at("2026-11-30T23:59:59-08:00"));
+    h.usage("gw1", vec![record("november", "platform", 4_000)]).await;
+    assert_eq!(h.spent("la-month").await, 2_000 + 4_000);
+    h.clock.set_ms(at("2026-12-01T00:00:00-08:00"));
+    assert_eq!(h.spent("la-month").await, 0);
+
+    for (body, field) in [
+        (json!({"scope": "team:x", "limit": "1", "window": "day", "time_zone": "America/Springfield"}), "time_zone:"),
+        (json!({"scope": "team:x", "limit": "1", "window": "day", "time_zone": "Europe/Paris", "utc_offset": "+01:00"}), "time_zone:"),
+    ] {
+        let (s, b) = h.admin("PUT", "/admin/budgets/bad-zone", Some(body)).await;
+        assert_eq!(s, 400, "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().starts_with(field), "{b}");
+    }
+}
+
+#[tokio::test]
+async fn a_budget_created_mid_window_starts_from_what_the_ledger_holds_for_its_scope() {
+    let h = Harness::start().await;
+    h.clock.set_ms(at("2026-11-24T10:00:00Z"));
+    h.usage("gw1", vec![record("yesterday", "platform", 100_000)]).await;
+    h.clock.set_ms(at("2026-11-25T10:00:00Z"));
+    h.usage("gw1", vec![record("today-1", "platform", 300_000), record("today-2", "platform", 50_000), record("other-team", "data", 999_000)]).await;
+
+    h.budget(team_budget("platform-day", "platform", "1.00")).await;
+    h.budget(json!({"id": "platform-month", "scope": "team:platform", "limit": "1.00", "window": "month"})).await;
+    assert_eq!(h.spent("platform-day").await, 350_000, "today's records of team:platform, not yesterday's, not data's");
+    assert_eq!(h.spent("platform-month").await, 450_000, "the month holds yesterday too");
+    let l = h.lease("gw1", &["team:platform"], 1_000_000).await;
+    let day = l["budgets"].as_array().unwrap().iter().find(|b| b["budget_id"] == "platform-day").unwrap().clone();
+    assert_eq!(day["granted_micros"], 650_000, "the headroom is what the ledger left: {day}");
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=platform-day", None).await;
+    assert_eq!(audit["entries"][0]["action"], "budget.create");
+    let note = audit["entries"][0]["note"].as_str().unwrap();
+    assert!(note.starts_with("started from $0.350000 already spent this window (2 ledger records"), "{note}");
+
+    // New usage is charged on top, once.
+    h.usage("gw1", vec![record("today-3", "platform", 1_000), record("today-1", "platform", 300_000)]).await;
+    assert_eq!(h.spent("platform-day").await, 351_000);
+    // The next window starts at zero; yesterday's bucket of the month stays.
+    h.clock.set_ms(at("2026-11-26T00:00:00Z"));
+    assert_eq!((h.spent("platform-day").await, h.spent("platform-month").await), (0, 451_000));
+    h.clock.set_ms(at("2026-12-01T00:00:00Z"));
+    assert_eq!(h.spent("platform-month").await, 0);
+}
+
+#[tokio::test]
+async fn switching_from_observe_to_enforce_starts_from_the_ledger_without_counting_twice() {
+    let h = Harness::start().await;
+    h.usage("gw1", vec![record("before", "platform", 200_000)]).await;
+    h.budget(json!({"id": "watch", "scope": "team:platform", "limit": "1", "window": "day", "mode": "observe"})).await;
+    assert_eq!(h.spent("watch").await, 200_000, "an observe budget starts from the ledger too");
+    h.usage("gw1", vec![record("during", "platform", 300_000)]).await;
+    h.budget(json!({"id": "watch", "scope": "team:platform", "limit": "1", "window": "day", "mode": "enforce"})).await;
+    assert_eq!(h.spent("watch").await, 500_000, "the counters already held it: the ledger raises, never adds");
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=watch", None).await;
+    let update = &audit["entries"][0];
+    assert_eq!((update["action"].as_str(), update["before"]["mode"].as_str()), (Some("budget.update"), Some("observe")));
+    assert!(update["note"].as_str().unwrap().starts_with("started from $0.500000 already spent this window"), "{update}");
+    // A change that is neither a creation nor a switch to enforce carries no note.
+    h.budget(json!({"id": "watch", "scope": "team:platform", "limit": "2", "window": "day", "mode": "enforce"})).await;
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=watch&limit=1", None).await;
+    assert_eq!(audit["entries"][0]["note"], Value::Null, "{audit}");
+    // Deleted and created again: its counters went with it, the ledger did not.
+    assert_eq!(h.admin("DELETE", "/admin/budgets/watch", None).await.0, 200);
+    h.budget(json!({"id": "watch", "scope": "team:platform", "limit": "2", "window": "day"})).await;
+    assert_eq!(h.spent("watch").await, 500_000);
+}

@@ -87,3 +87,44 @@ async fn the_same_batch_posted_concurrently_is_counted_once() {
     assert_eq!((accepted, duplicates), (200, 1400));
     assert_eq!(h.spent("t").await, 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_created_while_usage_streams_in_counts_every_record_exactly_once() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const PER_GATEWAY: i64 = 100;
+    let h = Arc::new(Harness::start().await);
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for g in 0..8 {
+        let (h, acked) = (Arc::clone(&h), Arc::clone(&acked));
+        tasks.push(tokio::spawn(async move {
+            let mut client = h.client().await;
+            let mut charged = 0i64;
+            for i in 0..PER_GATEWAY {
+                let cost = 1_000 + g * 10 + i;
+                let batch = json!({"gateway_id": format!("gw{g}"), "records": [record(&format!("gw{g}-{i}"), "platform", cost)]});
+                let a = client.post_json("/v1/usage", Some(GATEWAY_TOKEN), &batch).await.unwrap();
+                assert_eq!(a.status, 200, "{}", a.text());
+                acked.fetch_add(1, Ordering::SeqCst);
+                charged += cost;
+            }
+            charged
+        }));
+    }
+    // Created while the gateways report (once a few records are in): a record is either in the
+    // ledger it starts from, or charged to it after, never both and never neither.
+    while acked.load(Ordering::SeqCst) < 8 {
+        tokio::task::yield_now().await;
+    }
+    h.budget(json!({"id": "late", "scope": "team:platform", "limit": "100", "window": "day"})).await;
+    let mut charged = 0;
+    for t in tasks {
+        charged += t.await.unwrap();
+    }
+    assert_eq!(h.spent("late").await, charged);
+    // The race was real: some records were already in the ledger when it was created, some not.
+    let (_, audit) = h.admin("GET", "/admin/audit?subject=late", None).await;
+    let note = audit["entries"][0]["note"].as_str().unwrap().to_owned();
+    let from_ledger: u64 = note.split(" ledger records").next().and_then(|s| s.rsplit('(').next()).unwrap().parse().unwrap();
+    assert!(from_ledger >= 8 && from_ledger < 8 * PER_GATEWAY as u64, "{from_ledger} of {} records came from the ledger: {note}", 8 * PER_GATEWAY);
+}

@@ -640,6 +640,8 @@ mod tests {
                 token_limit: None,
                 window: "day".into(),
                 utc_offset: "UTC".into(),
+                time_zone: None,
+                template: None,
                 soft_thresholds_pct: vec![80],
                 hard_limit_pct: 100,
                 mode: BudgetMode::Enforce,

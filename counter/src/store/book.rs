@@ -115,6 +115,13 @@ impl Book {
         self.index = Arc::new(index);
     }
 
+    /// Raises a spend bucket to at least `spend` (a budget starting from the ledger).
+    pub fn raise_spend(&mut self, budget_id: &str, bucket: i64, spend: Spend) {
+        let s = self.spend.entry(budget_id.to_owned()).or_default().entry(bucket).or_default();
+        s.micros = s.micros.max(spend.micros);
+        s.tokens = s.tokens.max(spend.tokens);
+    }
+
     /// Restores a spend bucket at start-up.
     pub fn load_spend(&mut self, budget_id: &str, bucket: i64, spend: Spend) {
         self.spend.entry(budget_id.to_owned()).or_default().insert(bucket, spend);

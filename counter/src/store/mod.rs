@@ -28,7 +28,12 @@
 //! - **Budgets and exemptions**: every change is written to the audit log, in the same atomic step,
 //!   with the actor (the admin token's name), `now_ms`, and the canonical spec before and after.
 //!   Putting a budget identical to the stored one changes nothing and is not audited. Deleting a
-//!   budget drops its spend counters and leases. Exemptions add their amount to the limit and hard
+//!   budget drops its spend counters and leases.
+//! - **A budget starts from the ledger** ([`LedgerStart`]): when a budget is created, or updated
+//!   from `observe` to `enforce`, each day bucket of its current window becomes at least what the
+//!   ledger holds for its scope there (records ingested in the window, bucketed by ingestion time
+//!   exactly like a charge), in the same atomic step as the put, with no record counted twice or
+//!   missed by a concurrent ingestion. The audit entry's `note` says how much it started from. Exemptions add their amount to the limit and hard
 //!   limit of every budget on their scope while active; they expire by time alone.
 //! - Validation of shapes (ids, amounts, scopes) happens before the store is called
 //!   ([`crate::budget`], [`validate_batch`]); a store returns [`StoreError::Invalid`] only for
@@ -41,10 +46,11 @@ pub mod sqlite;
 
 use crate::budget::{Budget, BudgetSpec, Exemption};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use tollgate_core::money::Micros;
-use tollgate_core::protocol::{BudgetStatus, LeaseRequest, LeaseResponse, UsageAck, UsageBatch, UsageRecord};
+use tollgate_core::money::{format_micros, Micros};
+use tollgate_core::protocol::{BudgetMode, Principal, BudgetStatus, LeaseRequest, LeaseResponse, UsageAck, UsageBatch, UsageRecord};
 
 /// Why a store operation failed. The server maps each to an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +211,62 @@ pub struct AuditEntry {
     pub subject: String,
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
+    /// What the change did beyond the spec, e.g. "started from $0.420000 already spent this window".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Whether a put starts the budget from the ledger: a new budget, or one switched from observe to
+/// enforce. Why: "set the limit at 130 % of the baseline" on the 20th of the month must mean 130 %
+/// of the month, not of the days left. (An observe budget was charged all along, so its counters
+/// already hold its spend; the ledger fills what they miss when it was itself created mid-window
+/// before this rule.)
+pub fn starts_from_ledger(before: Option<&Budget>, after: &Budget) -> bool {
+    match before {
+        None => true,
+        Some(b) => b.mode == BudgetMode::Observe && after.mode == BudgetMode::Enforce,
+    }
+}
+
+/// What the ledger already holds for a budget's scope in its current window, per day bucket.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LedgerStart {
+    /// Day bucket → cost and billed tokens of the matching records ingested in it.
+    pub buckets: BTreeMap<i64, book::Spend>,
+    pub micros: Micros,
+    pub tokens: u64,
+    pub records: u64,
+}
+
+impl LedgerStart {
+    /// Counts one ledger record if it was ingested in `budget`'s current window (at `now_ms`), no
+    /// later than now, and its principal is in the budget's scope; it lands in the bucket a charge
+    /// made at its ingestion would have used. The record's own times play no part, as in a charge.
+    pub fn add(&mut self, budget: &Budget, now_ms: i64, ingested_at_ms: i64, principal: &Principal, cost: Micros, tokens: u64) {
+        let from_ms = budget.span(now_ms).from.saturating_mul(1000);
+        if ingested_at_ms < from_ms || ingested_at_ms > now_ms {
+            return;
+        }
+        if !principal.scope_keys().iter().any(|k| *k == budget.scope) {
+            return;
+        }
+        let s = self.buckets.entry(budget.span(ingested_at_ms).bucket).or_default();
+        s.micros = s.micros.saturating_add(cost);
+        s.tokens = s.tokens.saturating_add(tokens);
+        self.micros = self.micros.saturating_add(cost);
+        self.tokens = self.tokens.saturating_add(tokens);
+        self.records += 1;
+    }
+
+    /// The audit note.
+    pub fn note(&self) -> String {
+        format!(
+            "started from ${} already spent this window ({} ledger records, {} billed tokens)",
+            format_micros(self.micros),
+            self.records,
+            self.tokens
+        )
+    }
 }
 
 /// `GET /admin/audit`: newest first.
@@ -221,6 +283,11 @@ pub struct AuditQuery {
 /// Methods return `impl Future + Send` so backends can be async (network) or hand work to a thread
 /// (SQLite); the server is generic over `S: Store`.
 pub trait Store: gov::GovStore + crate::notify::EventLog + Send + Sync + 'static {
+    /// Scope key → the budgets on it, as this instance last saw them (cheap: no I/O). Used to
+    /// decide whether a principal scope needs a budget made from a template; may lag another
+    /// counter instance's changes by one call, which only makes an identical put (`Unchanged`).
+    fn scope_index(&self) -> std::sync::Arc<book::ScopeIndex>;
+
     /// Every budget with its current state, sorted by id.
     fn list_budgets(&self, now_ms: i64) -> impl Future<Output = StoreResult<Vec<BudgetState>>> + Send;
 

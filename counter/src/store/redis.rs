@@ -62,7 +62,7 @@ mod task;
 
 use super::book::ScopeIndex;
 use super::RequestsQuery;
-use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
+use super::{starts_from_ledger, AuditEntry, AuditQuery, BudgetState, GroupBy, LedgerStart, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{assess, Budget, BudgetSpec, Exemption};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, Value};
@@ -156,7 +156,7 @@ impl Scripts {
 struct Config {
     version: String,
     budgets: BTreeMap<String, Arc<Budget>>,
-    index: ScopeIndex,
+    index: Arc<ScopeIndex>,
     exemptions: Vec<Exemption>,
 }
 
@@ -195,7 +195,6 @@ struct LedgerEntryRef<'a> {
 struct LedgerEntry {
     #[allow(dead_code)]
     gateway_id: String,
-    #[allow(dead_code)]
     ingested_at_ms: i64,
     record: UsageRecord,
 }
@@ -460,9 +459,11 @@ impl RedisStore {
             let budget = Budget::from_spec(spec).map_err(|e| StoreError::Internal(format!("redis: budget {id}: {e}")))?;
             config.budgets.insert(id, Arc::new(budget));
         }
+        let mut index = ScopeIndex::new();
         for budget in config.budgets.values() {
-            config.index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
+            index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
         }
+        config.index = Arc::new(index);
         for (id, body) in pairs(values.get(1)) {
             let e: Exemption = serde_json::from_str(&body).map_err(|e| StoreError::Internal(format!("redis: exemption {id}: {e}")))?;
             config.exemptions.push(e);
@@ -567,6 +568,33 @@ impl RedisStore {
         }
     }
 
+    /// Adds the ledger entries after `after` (an entry id, `""` for the start) to `start` (see
+    /// [`LedgerStart`]) and returns the id of the last entry read (`after` if there was none).
+    async fn read_ledger_start(&self, budget: &Budget, now_ms: i64, after: &str, start: &mut LedgerStart) -> StoreResult<String> {
+        const PAGE: usize = 2000;
+        let key = format!("{}ledger", self.prefix);
+        let mut cursor = after.to_owned();
+        loop {
+            let from = if cursor.is_empty() { "-".to_owned() } else { format!("({cursor}") };
+            let page: Vec<(String, Vec<Vec<u8>>)> = self
+                .retry("put budget: read the ledger", |mut conn| {
+                    let (key, from) = (key.clone(), from.clone());
+                    async move { redis::cmd("XRANGE").arg(key).arg(from).arg("+").arg("COUNT").arg(PAGE).query_async(&mut conn).await }
+                })
+                .await?;
+            for (id, fields) in &page {
+                if let Some(e) = field(fields, "r").and_then(|r| serde_json::from_slice::<LedgerEntry>(r).ok()) {
+                    let r = &e.record;
+                    start.add(budget, now_ms, e.ingested_at_ms, &r.principal, r.cost_micros, r.tokens.total());
+                }
+                cursor = id.clone();
+            }
+            if page.len() < PAGE {
+                return Ok(cursor);
+            }
+        }
+    }
+
     fn state(config: &Config, budget: &Budget, now_ms: i64, spent: Micros, tokens: u64, leased: Micros) -> BudgetState {
         let span = budget.span(now_ms);
         let exempt = config.exempt_micros(&budget.scope, now_ms);
@@ -607,6 +635,10 @@ fn group_key(g: GroupBy, r: &UsageRecord) -> String {
 }
 
 impl Store for RedisStore {
+    fn scope_index(&self) -> Arc<ScopeIndex> {
+        Arc::clone(&self.cached().index)
+    }
+
     async fn list_budgets(&self, now_ms: i64) -> StoreResult<Vec<BudgetState>> {
         let (config, (), values) = self
             .with_config("list budgets", &self.scripts.states, |config| {
@@ -631,18 +663,56 @@ impl Store for RedisStore {
 
     async fn put_budget(&self, budget: Budget, actor: &str, now_ms: i64) -> StoreResult<PutOutcome> {
         let spec = json(&budget.to_spec())?;
-        let args = [budget.id.clone(), spec, actor.to_owned(), now_ms.to_string()];
-        let (status, values) = answer(self.eval("put budget", &self.scripts.put_budget, &args).await?)?;
-        match status.as_str() {
-            "unchanged" => Ok(PutOutcome::Unchanged),
-            "created" => Ok(PutOutcome::Created),
-            "updated" => {
-                let before: BudgetSpec = serde_json::from_str(&values.first().map(text).unwrap_or_default())
-                    .map_err(|e| StoreError::Internal(format!("redis: stored budget {}: {e}", budget.id)))?;
-                Ok(PutOutcome::Updated { before })
+        let budgets_key = format!("{}budgets", self.prefix);
+        let mut stored: String = self
+            .retry("put budget", |mut conn| {
+                let (key, id) = (budgets_key.clone(), budget.id.clone());
+                async move { redis::cmd("HGET").arg(key).arg(id).query_async::<Option<String>>(&mut conn).await }
+            })
+            .await?
+            .unwrap_or_default();
+        // The ledger summed so far for a start from the ledger, and the last entry id it covers:
+        // when the script answers `moved`, only what was added since is read.
+        let mut start = LedgerStart::default();
+        let mut read_to = String::new();
+        for _ in 0..STALE_RETRIES * 4 {
+            let before = if stored.is_empty() { None } else { serde_json::from_str::<BudgetSpec>(&stored).ok().and_then(|s| Budget::from_spec(s).ok()) };
+            let seed = starts_from_ledger(before.as_ref(), &budget);
+            if seed {
+                read_to = self.read_ledger_start(&budget, now_ms, &read_to, &mut start).await?;
             }
-            other => Err(StoreError::Internal(format!("redis: put budget answered `{other}`"))),
+            let mut args = vec![
+                budget.id.clone(),
+                spec.clone(),
+                actor.to_owned(),
+                now_ms.to_string(),
+                stored.clone(),
+                if seed { "1" } else { "0" }.to_owned(),
+                read_to.clone(),
+                if seed { start.note() } else { String::new() },
+                if seed { start.buckets.len() } else { 0 }.to_string(),
+            ];
+            if seed {
+                for (bucket, s) in &start.buckets {
+                    args.push(bucket.to_string());
+                    args.push(lua_int(s.micros));
+                    args.push(lua_int(i64::try_from(s.tokens).unwrap_or(i64::MAX)));
+                }
+            }
+            let (status, values) = answer(self.eval("put budget", &self.scripts.put_budget, &args).await?)?;
+            match status.as_str() {
+                "unchanged" => return Ok(PutOutcome::Unchanged),
+                "created" => return Ok(PutOutcome::Created),
+                "updated" => {
+                    let before: BudgetSpec = serde_json::from_str(&values.first().map(text).unwrap_or_default())
+                        .map_err(|e| StoreError::Internal(format!("redis: stored budget {}: {e}", budget.id)))?;
+                    return Ok(PutOutcome::Updated { before });
+                }
+                "moved" => stored = values.first().map(text).unwrap_or_default(),
+                other => return Err(StoreError::Internal(format!("redis: put budget answered `{other}`"))),
+            }
         }
+        Err(StoreError::Unavailable(format!("put budget {}: the budget or the ledger kept changing while this ran; retry", budget.id)))
     }
 
     async fn delete_budget(&self, id: &str, actor: &str, now_ms: i64) -> StoreResult<Option<BudgetSpec>> {
@@ -867,6 +937,7 @@ impl Store for RedisStore {
                 subject: s("subject"),
                 before: value("before"),
                 after: value("after"),
+                note: field(fields, "note").map(|v| String::from_utf8_lossy(v).into_owned()),
             };
             let wanted = query.subject.as_ref().is_none_or(|want| *want == entry.subject) && query.since_ms.is_none_or(|since| entry.at_ms >= since);
             if wanted {

@@ -41,7 +41,8 @@ mod task;
 use super::book::{Book, Charges, Spend};
 use super::RequestsQuery;
 use tollgate_core::protocol::UsageRecord;
-use super::{AuditEntry, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
+use super::{starts_from_ledger, AuditEntry, AuditQuery, BudgetState, GroupBy, LedgerStart, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
+use tollgate_core::protocol::Principal;
 use crate::budget::{Budget, BudgetSpec, Exemption};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -222,6 +223,14 @@ impl SqliteStore {
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         conn.execute_batch(gov::SCHEMA).map_err(internal)?;
+        // Audit notes ("started from $X already spent this window") came later: older databases gain the column.
+        let has_note: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = 'note'", [], |r| r.get::<_, i64>(0))
+            .map_err(internal)?
+            > 0;
+        if !has_note {
+            conn.execute_batch("ALTER TABLE audit ADD COLUMN note TEXT").map_err(internal)?;
+        }
         // Slices that expired a day before this start can never matter again.
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
@@ -322,6 +331,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn scope_index(&self) -> Arc<super::book::ScopeIndex> {
+        lock(&self.book).index()
+    }
+
     async fn list_budgets(&self, now_ms: i64) -> StoreResult<Vec<BudgetState>> {
         Ok(lock(&self.book).states(now_ms))
     }
@@ -478,7 +491,7 @@ fn report(conn: &Connection, q: &ReportQuery) -> rusqlite::Result<Vec<ReportRow>
 
 fn audit(conn: &Connection, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at_ms, actor, action, subject, before, after FROM audit
+        "SELECT seq, at_ms, actor, action, subject, before, after, note FROM audit
          WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR at_ms >= ?2) ORDER BY seq DESC LIMIT ?3",
     )?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
@@ -494,9 +507,38 @@ fn audit(conn: &Connection, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEntry>>
             subject: r.get(4)?,
             before: json(5)?,
             after: json(6)?,
+            note: r.get(7)?,
         })
     })?;
     rows.collect()
+}
+
+/// What the ledger holds for `budget`'s scope in its current window (see [`LedgerStart`]).
+fn ledger_start(conn: &Connection, budget: &Budget, now_ms: i64) -> rusqlite::Result<LedgerStart> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ingested_at_ms, org, cost_center, team, user, key_id, use_case, tier, task, cost_micros,
+           input_tokens + output_tokens + cache_read_tokens + cache_write_tokens
+         FROM ledger WHERE ingested_at_ms >= ?1 AND ingested_at_ms <= ?2",
+    )?;
+    let from_ms = budget.span(now_ms).from.saturating_mul(1000);
+    let mut start = LedgerStart::default();
+    // No index on ingested_at_ms (it would cost every ingested record a b-tree update): a scan,
+    // paid once per budget creation, on the writer thread.
+    let mut rows = stmt.query(params![from_ms, now_ms])?;
+    while let Some(r) = rows.next()? {
+        let principal = Principal {
+            org: r.get(1)?,
+            cost_center: r.get(2)?,
+            team: r.get(3)?,
+            user: r.get(4)?,
+            key_id: r.get(5)?,
+            use_case: r.get(6)?,
+            tier: r.get(7)?,
+            task: r.get(8)?,
+        };
+        start.add(budget, now_ms, r.get(0)?, &principal, r.get(9)?, r.get::<_, i64>(10)?.max(0) as u64);
+    }
+    Ok(start)
 }
 
 /// The writer thread's state.
@@ -701,9 +743,32 @@ impl Writer {
         let action = if before.is_some() { "budget.update" } else { "budget.create" };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
         tx.execute("INSERT OR REPLACE INTO budgets (id, spec) VALUES (?1, ?2)", params![budget.id, after_json]).map_err(internal)?;
-        Self::audit_row(&tx, now_ms, actor, action, &budget.id, before_json, Some(after_json.clone())).map_err(internal)?;
+        // Ingestion runs on this same thread, so the ledger read here is exactly what no charge of
+        // this budget covered: everything after it is charged once the book has the budget.
+        let start = if starts_from_ledger(before.as_ref(), &budget) { Some(ledger_start(&tx, &budget, now_ms).map_err(internal)?) } else { None };
+        if let Some(start) = &start {
+            let mut raise = tx
+                .prepare_cached(
+                    "INSERT INTO spend (budget_id, bucket, micros, tokens) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (budget_id, bucket) DO UPDATE SET micros = MAX(micros, excluded.micros), tokens = MAX(tokens, excluded.tokens)",
+                )
+                .map_err(internal)?;
+            for (bucket, s) in &start.buckets {
+                raise.execute(params![budget.id, bucket, s.micros, sat(s.tokens)]).map_err(internal)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO audit (at_ms, actor, action, subject, before, after, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![now_ms, actor, action, budget.id, before_json, after_json, start.as_ref().map(LedgerStart::note)],
+        )
+        .map_err(internal)?;
         tx.commit().map_err(internal)?;
-        lock(&self.book).put_budget(budget);
+        let mut book = lock(&self.book);
+        let id = budget.id.clone();
+        book.put_budget(budget);
+        for (bucket, s) in start.iter().flat_map(|s| &s.buckets) {
+            book.raise_spend(&id, *bucket, *s);
+        }
         Ok(match before {
             Some(b) => PutOutcome::Updated { before: b.to_spec() },
             None => PutOutcome::Created,

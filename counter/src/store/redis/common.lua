@@ -14,10 +14,15 @@ local function config_is(version)
   return (redis.call('GET', KEYS[1]) or '0') == version
 end
 
-local function audit(now, actor, action, subject, before, after)
+local function audit(now, actor, action, subject, before, after, note)
   local seq = redis.call('INCR', P .. 'audit:seq')
-  redis.call('XADD', P .. 'audit', '*', 'seq', int(seq), 'at', now, 'actor', actor, 'action', action,
-    'subject', subject, 'before', before, 'after', after)
+  if note and note ~= '' then
+    redis.call('XADD', P .. 'audit', '*', 'seq', int(seq), 'at', now, 'actor', actor, 'action', action,
+      'subject', subject, 'before', before, 'after', after, 'note', note)
+  else
+    redis.call('XADD', P .. 'audit', '*', 'seq', int(seq), 'at', now, 'actor', actor, 'action', action,
+      'subject', subject, 'before', before, 'after', after)
+  end
 end
 
 -- Spend of one budget in buckets >= from. Fields are `m:<bucket>` (micros) and `t:<bucket>` (tokens).
