@@ -32,8 +32,9 @@
 //! - **A budget starts from the ledger** ([`LedgerStart`]): when a budget is created, or updated
 //!   from `observe` to `enforce`, each day bucket of its current window becomes at least what the
 //!   ledger holds for its scope there (records ingested in the window, bucketed by ingestion time
-//!   exactly like a charge), in the same atomic step as the put, with no record counted twice or
-//!   missed by a concurrent ingestion. The audit entry's `note` says how much it started from. Exemptions add their amount to the limit and hard
+//!   exactly like a charge), with no record counted twice or missed by a concurrent ingestion
+//!   (SQLite: one atomic step; Redis: the put, then once the records ingested while it ran), and
+//!   never refused because usage keeps arriving. The audit entry's `note` says how much it started from. Exemptions add their amount to the limit and hard
 //!   limit of every budget on their scope while active; they expire by time alone.
 //! - Validation of shapes (ids, amounts, scopes) happens before the store is called
 //!   ([`crate::budget`], [`validate_batch`]); a store returns [`StoreError::Invalid`] only for

@@ -130,6 +130,7 @@ struct Scripts {
     states: Script,
     ingest: Script,
     put_budget: Script,
+    add_late_spend: Script,
     delete_budget: Script,
     add_exemption: Script,
     revoke_exemption: Script,
@@ -144,6 +145,7 @@ impl Scripts {
             states: s(include_str!("redis/states.lua")),
             ingest: s(include_str!("redis/ingest.lua")),
             put_budget: s(include_str!("redis/put_budget.lua")),
+            add_late_spend: s(include_str!("redis/add_late_spend.lua")),
             delete_budget: s(include_str!("redis/delete_budget.lua")),
             add_exemption: s(include_str!("redis/add_exemption.lua")),
             revoke_exemption: s(include_str!("redis/revoke_exemption.lua")),
@@ -570,22 +572,28 @@ impl RedisStore {
 
     /// Adds the ledger entries after `after` (an entry id, `""` for the start) to `start` (see
     /// [`LedgerStart`]) and returns the id of the last entry read (`after` if there was none).
-    async fn read_ledger_start(&self, budget: &Budget, now_ms: i64, after: &str, start: &mut LedgerStart) -> StoreResult<String> {
+    /// Adds the ledger entries after `after` ('' = from the start) up to `until` (inclusive; '' =
+    /// the end) to `start`; returns the last entry id read (`after` when there was none).
+    async fn read_ledger_start(&self, budget: &Budget, now_ms: i64, after: &str, until: &str, start: &mut LedgerStart) -> StoreResult<String> {
         const PAGE: usize = 2000;
         let key = format!("{}ledger", self.prefix);
+        let to = if until.is_empty() { "+".to_owned() } else { until.to_owned() };
         let mut cursor = after.to_owned();
         loop {
             let from = if cursor.is_empty() { "-".to_owned() } else { format!("({cursor}") };
             let page: Vec<(String, Vec<Vec<u8>>)> = self
                 .retry("put budget: read the ledger", |mut conn| {
-                    let (key, from) = (key.clone(), from.clone());
-                    async move { redis::cmd("XRANGE").arg(key).arg(from).arg("+").arg("COUNT").arg(PAGE).query_async(&mut conn).await }
+                    let (key, from, to) = (key.clone(), from.clone(), to.clone());
+                    async move { redis::cmd("XRANGE").arg(key).arg(from).arg(to).arg("COUNT").arg(PAGE).query_async(&mut conn).await }
                 })
                 .await?;
             for (id, fields) in &page {
                 if let Some(e) = field(fields, "r").and_then(|r| serde_json::from_slice::<LedgerEntry>(r).ok()) {
                     let r = &e.record;
-                    start.add(budget, now_ms, e.ingested_at_ms, &r.principal, r.cost_micros, r.tokens.total());
+                    // Up to a given entry: records ingested while a put ran, maybe after `now_ms`
+                    // (the put's clock reading); each counts as its own ingestion charged it.
+                    let at = if until.is_empty() { now_ms } else { now_ms.max(e.ingested_at_ms) };
+                    start.add(budget, at, e.ingested_at_ms, &r.principal, r.cost_micros, r.tokens.total());
                 }
                 cursor = id.clone();
             }
@@ -593,6 +601,24 @@ impl RedisStore {
                 return Ok(cursor);
             }
         }
+    }
+
+    /// Charges a budget just created with the ledger entries in `(after, until]` of its scope and
+    /// window: the records ingested while the put ran, which no ingestion charged (the budget did
+    /// not exist yet) and the put's own sums did not hold. Once (add_late_spend.lua keeps a marker,
+    /// so a retried call adds nothing twice); a counter that stops between the put and this
+    /// undercounts those few records.
+    async fn add_ledger_between(&self, budget: &Budget, now_ms: i64, after: &str, until: &str) -> StoreResult<()> {
+        let mut late = LedgerStart::default();
+        self.read_ledger_start(budget, now_ms, after, until, &mut late).await?;
+        let mut args = vec![budget.id.clone(), until.to_owned(), late.buckets.len().to_string()];
+        for (bucket, spend) in &late.buckets {
+            args.push(bucket.to_string());
+            args.push(lua_int(spend.micros));
+            args.push(lua_int(i64::try_from(spend.tokens).unwrap_or(i64::MAX)));
+        }
+        self.eval("put budget: charge the records ingested meanwhile", &self.scripts.add_late_spend, &args).await?;
+        Ok(())
     }
 
     fn state(config: &Config, budget: &Budget, now_ms: i64, spent: Micros, tokens: u64, leased: Micros) -> BudgetState {
@@ -675,11 +701,11 @@ impl Store for RedisStore {
         // when the script answers `moved`, only what was added since is read.
         let mut start = LedgerStart::default();
         let mut read_to = String::new();
-        for _ in 0..STALE_RETRIES * 4 {
+        for _ in 0..STALE_RETRIES {
             let before = if stored.is_empty() { None } else { serde_json::from_str::<BudgetSpec>(&stored).ok().and_then(|s| Budget::from_spec(s).ok()) };
             let seed = starts_from_ledger(before.as_ref(), &budget);
             if seed {
-                read_to = self.read_ledger_start(&budget, now_ms, &read_to, &mut start).await?;
+                read_to = self.read_ledger_start(&budget, now_ms, &read_to, "", &mut start).await?;
             }
             let mut args = vec![
                 budget.id.clone(),
@@ -702,7 +728,15 @@ impl Store for RedisStore {
             let (status, values) = answer(self.eval("put budget", &self.scripts.put_budget, &args).await?)?;
             match status.as_str() {
                 "unchanged" => return Ok(PutOutcome::Unchanged),
-                "created" => return Ok(PutOutcome::Created),
+                "created" => {
+                    // Records ingested after the ledger read and before the budget existed: no
+                    // ingestion charged them, so they are added now (later ones were charged).
+                    let last_id = values.first().map(text).unwrap_or_default();
+                    if seed && last_id != read_to {
+                        self.add_ledger_between(&budget, now_ms, &read_to, &last_id).await?;
+                    }
+                    return Ok(PutOutcome::Created);
+                }
                 "updated" => {
                     let before: BudgetSpec = serde_json::from_str(&values.first().map(text).unwrap_or_default())
                         .map_err(|e| StoreError::Internal(format!("redis: stored budget {}: {e}", budget.id)))?;
@@ -712,7 +746,7 @@ impl Store for RedisStore {
                 other => return Err(StoreError::Internal(format!("redis: put budget answered `{other}`"))),
             }
         }
-        Err(StoreError::Unavailable(format!("put budget {}: the budget or the ledger kept changing while this ran; retry", budget.id)))
+        Err(StoreError::Unavailable(format!("put budget {}: the budget kept changing while this ran; retry", budget.id)))
     }
 
     async fn delete_budget(&self, id: &str, actor: &str, now_ms: i64) -> StoreResult<Option<BudgetSpec>> {

@@ -4,18 +4,22 @@
 --       whether the budget starts from the ledger ('1'/'0'), the ledger's last entry id the caller
 --       read up to ('' for an empty ledger), the audit note, n, then n x (bucket, micros, tokens).
 -- Starting from the ledger: each bucket becomes at least what the caller summed from the ledger.
--- The caller's sums are exact only if nothing was stored or ingested since it read: otherwise the
--- answer is {'moved', stored spec or '', last ledger id or ''} and the caller reads on and retries.
--- Returns {'unchanged'}, {'created'}, {'updated', before json} or {'moved', ...}.
+-- If the stored budget changed since the caller read it, the answer is {'moved', stored spec or ''}
+-- and the caller decides again. The ledger may have grown since the caller read it: records
+-- ingested from now on are charged to this budget (the config version moves, so every ingestion
+-- after this script sees it), and the records between what the caller read and the ledger's last
+-- entry now are the caller's to add ({'created', last id}: see RedisStore::put_budget). An
+-- existing budget (observe switched to enforce) was charged for them already.
+-- Returns {'unchanged'}, {'created', last ledger id or ''}, {'updated', before json} or {'moved', ...}.
 local id, spec, actor, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local expected, seed, ledger_last, note = ARGV[6], ARGV[7] == '1', ARGV[8], ARGV[9]
+local expected, seed, note = ARGV[6], ARGV[7] == '1', ARGV[9]
 local before = redis.call('HGET', P .. 'budgets', id)
 if before == spec then return {'unchanged'} end
 local last = redis.call('XREVRANGE', P .. 'ledger', '+', '-', 'COUNT', 1)
 local last_id = ''
 if last[1] then last_id = last[1][1] end
-if (before or '') ~= expected or (seed and last_id ~= ledger_last) then
-  return {'moved', before or '', last_id}
+if (before or '') ~= expected then
+  return {'moved', before or ''}
 end
 redis.call('HSET', P .. 'budgets', id, spec)
 redis.call('INCR', KEYS[1])
@@ -38,4 +42,4 @@ if before then
   return {'updated', before}
 end
 audit(now, actor, 'budget.create', id, '', spec, note)
-return {'created'}
+return {'created', last_id}
