@@ -113,6 +113,14 @@ pub enum Command {
     Events(governance::EventsArgs),
     /// Print daily spend baselines and suggested monthly limits per team, user, use case or model.
     Baseline(governance::BaselineArgs),
+    /// Print per budget and workflow the projected spend at the window's end and the day the hard
+    /// limit is reached at the current pace (weekday-aware; docs/counter.md "Forecasts").
+    Forecast {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Print one task's (or agent session's) cost handoff: requests, models, tokens, cost,
     /// checkpoints (Markdown; --json for JSON).
     Task {
@@ -357,6 +365,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Review { conn, month, format } => gov::review(conn, month, format).await,
         Command::Events(a) => governance::events(a).await,
         Command::Baseline(a) => governance::baseline(a).await,
+        Command::Forecast { conn, format } => gov::show(&conn, "/admin/reports/forecast", &[], format).await,
         Command::Task { conn, id, json } => task(conn, id, json).await,
         Command::Checkpoint { conn, task, note } => checkpoint(conn, task, note).await,
         Command::Bench(a) => {
@@ -645,16 +654,9 @@ async fn spend_report(args: ReportArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The utilization report as the server shapes it (with the forecast columns).
 async fn utilization(conn: Conn, format: Format) -> Result<(), String> {
-    let v = admin_call(&conn, hyper::Method::GET, "/admin/budgets", None).await?.json()?;
-    if format == Format::Json {
-        print_json(&v);
-        return Ok(());
-    }
-    let states: Vec<BudgetState> = serde_json::from_value(v["budgets"].clone()).map_err(|e| e.to_string())?;
-    let (header, cells) = report::utilization_cells(&states);
-    print_cells(format, &header, &cells);
-    Ok(())
+    gov::show(&conn, "/admin/reports/utilization", &[], format).await
 }
 
 async fn audit(conn: Conn, subject: Option<String>, since: Option<String>, limit: usize, format: Format) -> Result<(), String> {
