@@ -121,6 +121,33 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Print the runs (task ids), workflow days and days whose cost is far above their own
+    /// baseline (median + k x MAD), with what explains each; never a ranking of people.
+    Outliers {
+        #[command(flatten)]
+        conn: Conn,
+        /// Start of the period (YYYY-MM-DD, RFC 3339 or unix ms); default: 30 days before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (exclusive); default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// The factor of the MAD (e.g. 3 or 2.5); default: the governance file's, else 3.
+        #[arg(long)]
+        k: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Print seats beside usage per team and role for a month, with who is outside their role's band.
+    Seats {
+        #[command(flatten)]
+        conn: Conn,
+        /// YYYY-MM.
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Print one task's (or agent session's) cost handoff: requests, models, tokens, cost,
     /// checkpoints (Markdown; --json for JSON).
     Task {
@@ -366,6 +393,10 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Events(a) => governance::events(a).await,
         Command::Baseline(a) => governance::baseline(a).await,
         Command::Forecast { conn, format } => gov::show(&conn, "/admin/reports/forecast", &[], format).await,
+        Command::Outliers { conn, from, to, k, format } => {
+            gov::show(&conn, "/admin/reports/outliers", &[("from", from.as_deref()), ("to", to.as_deref()), ("k", k.as_deref())], format).await
+        }
+        Command::Seats { conn, month, format } => gov::show(&conn, "/admin/reports/seats", &[("month", Some(month.as_str()))], format).await,
         Command::Task { conn, id, json } => task(conn, id, json).await,
         Command::Checkpoint { conn, task, note } => checkpoint(conn, task, note).await,
         Command::Bench(a) => {
@@ -475,6 +506,9 @@ async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: Serve
     if let Some(path) = &args.budgets {
         let (changed, total) = crate::gov_api::apply_workflow_file(store.as_ref(), path, &gov.kinds, clock.now_ms()).await?;
         crate::log::info("workflows of the budgets file applied", json!({"file": path.display().to_string(), "workflows": total, "changed": changed}));
+        if let Some(outcome) = crate::server::planning::apply_seats_file(store.as_ref(), path, clock.now_ms()).await? {
+            crate::log::info("seats of the budgets file applied", json!({"file": path.display().to_string(), "outcome": outcome}));
+        }
     }
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     crate::log::info(

@@ -30,6 +30,8 @@
 //!                                                        per budget and workflow (server/planning.rs, crate::forecast)
 //! GET    /admin/reports/outliers         admin token     ?from=&to=&k=3&min_samples=5&format=json|csv: runs, workflow days
 //!                                                        and days far above their own baseline (crate::outliers)
+//! GET|PUT /admin/seats                   admin token     SeatsSpec (crate::seats): seat costs, users' roles, bands
+//! GET    /admin/reports/seats            admin token     ?month=YYYY-MM&format=json|csv: seats beside usage per team and role
 //! GET    /admin/tasks/{id}               admin token     ?format=json|markdown -> TaskSummary (crate::task)
 //! POST   /admin/checkpoints              admin token     {"task","note"?} -> Checkpoint (201)
 //! GET    /tasks/{id}/summary             gateway token   + x-tollgate-key-id: the task's own key (crate::task)
@@ -159,6 +161,8 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .route("/admin/reports/baseline", get(governance::baseline::<S>))
         .route("/admin/reports/forecast", get(planning::forecast_report::<S>))
         .route("/admin/reports/outliers", get(planning::outliers_report::<S>))
+        .route("/admin/seats", get(planning::get_seats::<S>).put(planning::put_seats::<S>))
+        .route("/admin/reports/seats", get(planning::seats_report::<S>))
         .route("/reports/principal", get(principal::principal_report::<S>))
         .route("/whoami", get(principal::whoami::<S>))
         .merge(crate::task::routes::<S>())
@@ -267,7 +271,7 @@ macro_rules! tri {
 }
 
 mod governance;
-mod planning;
+pub mod planning;
 mod principal;
 
 async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
