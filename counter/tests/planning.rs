@@ -206,8 +206,12 @@ async fn outliers_are_runs_and_days_far_above_their_own_baseline_with_what_expla
     assert_eq!(days, ["platform/ci-agent@2026-11-15", "2026-11-15"], "its workflow's day and the day itself");
     assert!(!b.to_string().contains("bob"), "no answer names a user: outliers, not people");
 
+    let (_, b) = h.admin("GET", "/admin/reports/outliers?from=2026-11-01&to=2026-11-25&min_samples=8", None).await;
+    assert_eq!(b["outliers"].as_array().unwrap().len(), 0, "no group has 8 members: no baseline, no outlier: {b}");
     let (_, b) = h.admin("GET", "/admin/reports/outliers?from=2026-11-01&to=2026-11-25&k=100", None).await;
-    assert_eq!(b["outliers"].as_array().unwrap().len(), 0, "k = 100 MADs: nothing is that far out");
+    let ids: Vec<&str> = b["outliers"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["fix-ci-42", "platform/ci-agent@2026-11-15", "2026-11-15"], "38x the median is still 100 MADs out (the MAD floor is 5 % of it)");
+    assert_eq!(b["k"], "100.0");
     let mut c = h.client().await;
     let csv = c.get("/admin/reports/outliers?from=2026-11-01&to=2026-11-25&format=csv", Some(VIC_TOKEN)).await.unwrap().text();
     assert!(csv.starts_with("kind,id,workflow,day,cost_micros,median_micros,threshold_micros,pct_of_median,requests,failed_requests"), "{csv}");
