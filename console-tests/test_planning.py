@@ -36,7 +36,7 @@ def test_the_outliers_page_shows_what_the_api_flags_and_ranks_nobody(signed_in, 
     assert "user" not in header(signed_in, "outliers-rows"), "outliers, not people"
     assert len(shown) == len(api["outliers"]) > 0
     for row, o in zip(shown, api["outliers"]):
-        assert row[:8] == [o["kind"], o["id"], o["workflow"] or "", o["day"], usd(o["cost_micros"]), usd(o["baseline"]["median_micros"]),
+        assert row[:8] == [o["kind"], o["id"], o.get("workflow") or "", o["day"], usd(o["cost_micros"]), usd(o["baseline"]["median_micros"]),
                            usd(o["baseline"]["threshold_micros"]), "" if o["pct_of_median"] is None else str(o["pct_of_median"])], row
     bad = [r for r in shown if r[0] == "run" and r[1] == "nightly-bad"]
     assert len(bad) == 1, shown
