@@ -4,10 +4,25 @@ and the outliers page. Every figure shown equals what the API answers at the sam
 Runs on the session counter of conftest.py (a month of November 2026 ledger rows) plus a handful
 of task runs added here: six ordinary CI runs and one far above them.
 """
+import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import GATEWAY_TOKEN, NOV_1_MS, DAY_MS, http
-from test_console import cells, header, open_page, shot, signed_in, usd  # noqa: F401  (signed_in is a fixture)
+from conftest import ADMIN_TOKEN, GATEWAY_TOKEN, NOV_1_MS, DAY_MS, http
+from test_console import WAIT_S, cells, header, open_page, shot, usd
+
+
+@pytest.fixture(scope="module")
+def signed_in(browser, counter):
+    # The session's browser may be signed in already (other modules ran first): start afresh.
+    browser.get(counter.url + "/console/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(counter.url + "/console/")
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "signin").is_displayed())
+    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#signin button").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-ready") == "overview")
+    return browser
 
 
 def run_records():
