@@ -70,8 +70,8 @@ impl Pace {
         let total: i128 = w.iter().sum();
         let mut per_weekday = [0; 7];
         if total > 0 {
-            for d in 0..7 {
-                per_weekday[d] = clamp(level * w[d] / total);
+            for (p, wd) in per_weekday.iter_mut().zip(w) {
+                *p = clamp(level * wd / total);
             }
         }
         Pace { per_weekday, trailing_7d_micros: clamp(level) }
