@@ -70,6 +70,9 @@ pub struct BudgetFile {
     /// Workflows (`crate::workflow`), applied after the budgets (`gov_api::apply_workflow_file`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workflows: Vec<crate::workflow::WorkflowSpec>,
+    /// Seats beside tokens (`crate::seats`), applied at start-up (`server::planning::apply_seats_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seats: Option<crate::seats::SeatsSpec>,
 }
 
 impl BudgetFile {

@@ -113,6 +113,41 @@ pub enum Command {
     Events(governance::EventsArgs),
     /// Print daily spend baselines and suggested monthly limits per team, user, use case or model.
     Baseline(governance::BaselineArgs),
+    /// Print per budget and workflow the projected spend at the window's end and the day the hard
+    /// limit is reached at the current pace (weekday-aware; docs/counter.md "Forecasts").
+    Forecast {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Print the runs (task ids), workflow days and days whose cost is far above their own
+    /// baseline (median + k x MAD), with what explains each; never a ranking of people.
+    Outliers {
+        #[command(flatten)]
+        conn: Conn,
+        /// Start of the period (YYYY-MM-DD, RFC 3339 or unix ms); default: 30 days before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (exclusive); default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// The factor of the MAD (e.g. 3 or 2.5); default: the governance file's, else 3.
+        #[arg(long)]
+        k: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Print seats beside usage per team and role for a month, with who is outside their role's band.
+    Seats {
+        #[command(flatten)]
+        conn: Conn,
+        /// YYYY-MM.
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Print one task's (or agent session's) cost handoff: requests, models, tokens, cost,
     /// checkpoints (Markdown; --json for JSON).
     Task {
@@ -360,6 +395,11 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Review { conn, month, format } => gov::review(conn, month, format).await,
         Command::Events(a) => governance::events(a).await,
         Command::Baseline(a) => governance::baseline(a).await,
+        Command::Forecast { conn, format } => gov::show(&conn, "/admin/reports/forecast", &[], format).await,
+        Command::Outliers { conn, from, to, k, format } => {
+            gov::show(&conn, "/admin/reports/outliers", &[("from", from.as_deref()), ("to", to.as_deref()), ("k", k.as_deref())], format).await
+        }
+        Command::Seats { conn, month, format } => gov::show(&conn, "/admin/reports/seats", &[("month", Some(month.as_str()))], format).await,
         Command::Task { conn, id, json } => task(conn, id, json).await,
         Command::Checkpoint { conn, task, note } => checkpoint(conn, task, note).await,
         Command::Bench(a) => {
@@ -469,6 +509,9 @@ async fn serve_store<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, args: Serve
     if let Some(path) = &args.budgets {
         let (changed, total) = crate::gov_api::apply_workflow_file(store.as_ref(), path, &gov.kinds, clock.now_ms()).await?;
         crate::log::info("workflows of the budgets file applied", json!({"file": path.display().to_string(), "workflows": total, "changed": changed}));
+        if let Some(outcome) = crate::server::planning::apply_seats_file(store.as_ref(), path, clock.now_ms()).await? {
+            crate::log::info("seats of the budgets file applied", json!({"file": path.display().to_string(), "outcome": outcome}));
+        }
     }
     let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     crate::log::info(
@@ -650,16 +693,9 @@ async fn spend_report(args: ReportArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The utilization report as the server shapes it (with the forecast columns).
 async fn utilization(conn: Conn, format: Format) -> Result<(), String> {
-    let v = admin_call(&conn, hyper::Method::GET, "/admin/budgets", None).await?.json()?;
-    if format == Format::Json {
-        print_json(&v);
-        return Ok(());
-    }
-    let states: Vec<BudgetState> = serde_json::from_value(v["budgets"].clone()).map_err(|e| e.to_string())?;
-    let (header, cells) = report::utilization_cells(&states);
-    print_cells(format, &header, &cells);
-    Ok(())
+    gov::show(&conn, "/admin/reports/utilization", &[], format).await
 }
 
 async fn audit(conn: Conn, subject: Option<String>, since: Option<String>, limit: usize, format: Format) -> Result<(), String> {

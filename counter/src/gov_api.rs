@@ -589,7 +589,12 @@ async fn review_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, 
         let (h, c) = review::review_cells(&rows);
         return csv_response(&format!("tollgate-review-{month}.csv"), to_csv(&h, &c));
     }
-    ok_json(StatusCode::OK, &json!({"month": month.label(), "workflows": rows}))
+    // Seats beside tokens (crate::seats): per team and role, when a seats config is stored.
+    let seats = match crate::server::planning::seats_rows(app.store.as_ref(), month).await {
+        Ok(rows) => rows,
+        Err(e) => return store_error(&app.metrics, e),
+    };
+    ok_json(StatusCode::OK, &json!({"month": month.label(), "workflows": rows, "seats": seats}))
 }
 
 /// The anomaly events recorded in `[from_ms, to_ms)` plus a day either side (an anomaly is

@@ -20,6 +20,11 @@
 //! - [`notify`]: threshold / hard-stop / anomaly / overdue-review events, the events log, signed
 //!   webhooks through a durable outbox.
 //! - [`baseline`]: daily spend baselines and suggested monthly limits (observe first).
+//! - [`forecast`]: projected spend at a window's end and the day the hard limit is reached
+//!   (weekday-aware pace from the ledger).
+//! - [`outliers`]: runs, workflow days and days far above their own baseline (median + k·MAD),
+//!   with what explains them; never a ranking of people.
+//! - [`seats`]: seat costs per role and product, users' roles, spend bands; seats beside usage.
 //! - [`log`]: structured JSON-line logs to stderr.
 //! - [`client`]: a small HTTP/1.1 client used by the CLI, the bench and the tests.
 //! - [`cli`]: the `tollgate-counter` command line (`serve`, admin subcommands).
@@ -51,6 +56,9 @@ pub mod outcome;
 pub mod review;
 pub mod notify;
 pub mod baseline;
+pub mod forecast;
+pub mod outliers;
+pub mod seats;
 pub mod report;
 pub mod server;
 pub mod simulate;

@@ -121,3 +121,32 @@ impl Metrics {
         out
     }
 }
+
+/// Forecast gauges (crate::forecast): per budget the projected spend at the window's end and the
+/// time the hard limit is reached at the current pace (only for budgets projected to reach it),
+/// per workflow the projected spend at the end of the UTC month.
+pub fn render_forecasts(f: &crate::forecast::Forecasts) -> String {
+    let mut out = String::new();
+    let name = "tollgate_counter_budget_projected_spend_micros";
+    let _ = writeln!(out, "# HELP {name} Projected spend at the end of the current window at the current pace (weekday-aware), micro-dollars.\n# TYPE {name} gauge");
+    for b in &f.budgets {
+        if let Some(p) = b.projection.projected_end_micros {
+            let _ = writeln!(out, "{name}{{budget=\"{}\",scope=\"{}\"}} {p}", label(&b.budget), label(&b.scope));
+        }
+    }
+    let name = "tollgate_counter_budget_projected_hard_limit_timestamp_seconds";
+    let _ = writeln!(out, "# HELP {name} When the hard limit is reached at the current pace (only budgets projected to reach it in this window), unix seconds.\n# TYPE {name} gauge");
+    for b in &f.budgets {
+        if let (true, Some(at)) = (b.projection.projected_to_exceed, b.projection.hard_limit_at) {
+            let _ = writeln!(out, "{name}{{budget=\"{}\",scope=\"{}\"}} {at}", label(&b.budget), label(&b.scope));
+        }
+    }
+    let name = "tollgate_counter_workflow_projected_month_spend_micros";
+    let _ = writeln!(out, "# HELP {name} A workflow's projected spend at the end of the UTC month, micro-dollars.\n# TYPE {name} gauge");
+    for w in &f.workflows {
+        if let Some(p) = w.projection.projected_end_micros {
+            let _ = writeln!(out, "{name}{{workflow=\"{}\",scope=\"{}\"}} {p}", label(&w.workflow), label(&w.scope));
+        }
+    }
+    out
+}

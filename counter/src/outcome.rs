@@ -130,6 +130,15 @@ pub struct GovFile {
     pub outcome_kinds: Vec<String>,
     #[serde(default)]
     pub github: Option<GithubFile>,
+    /// `{"k": "3"}`: the default `k` of `GET /admin/reports/outliers` (median + k x MAD).
+    #[serde(default)]
+    pub outliers: Option<OutliersFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutliersFile {
+    pub k: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -160,6 +169,8 @@ pub struct RepoMapping {
 pub struct GovConfig {
     pub kinds: OutcomeKinds,
     pub github: Option<GithubConfig>,
+    /// The outliers report's default `k`, in tenths (`None`: 3.0).
+    pub outlier_k_tenths: Option<u32>,
 }
 
 impl std::fmt::Debug for GovConfig {
@@ -210,7 +221,11 @@ impl GovConfig {
                 Some(GithubConfig { secret: secret.into_bytes(), repos: g.repos, users: g.users, task_pattern })
             }
         };
-        Ok(GovConfig { kinds: OutcomeKinds(file.outcome_kinds), github })
+        let outlier_k_tenths = match file.outliers {
+            None => None,
+            Some(o) => Some(crate::outliers::parse_k(&o.k).map_err(|e| format!("governance file: outliers.{e}"))?),
+        };
+        Ok(GovConfig { kinds: OutcomeKinds(file.outcome_kinds), github, outlier_k_tenths })
     }
 }
 

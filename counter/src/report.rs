@@ -112,6 +112,26 @@ pub fn spend_cells(group_by: &[GroupBy], rows: &[ReportRow]) -> (Vec<String>, Ve
 
 /// The utilization report as header + cells.
 pub fn utilization_cells(budgets: &[BudgetState]) -> (Vec<String>, Vec<Vec<String>>) {
+    utilization_cells_with(budgets, None)
+}
+
+/// The utilization report with the forecast columns (`projected_end_usd`, `hard_limit_day`,
+/// `projected_to_exceed`; empty when a budget has no forecast or it does not apply).
+pub fn utilization_cells_with(budgets: &[BudgetState], forecasts: Option<&crate::forecast::Forecasts>) -> (Vec<String>, Vec<Vec<String>>) {
+    let (mut header, mut cells) = utilization_base(budgets);
+    if let Some(f) = forecasts {
+        header.extend(["projected_end_usd", "hard_limit_day", "projected_to_exceed"].map(String::from));
+        for (row, b) in cells.iter_mut().zip(budgets) {
+            let fc = f.budget(&b.budget.id);
+            row.push(fc.and_then(|x| x.projection.projected_end_micros).map(format_micros).unwrap_or_default());
+            row.push(fc.and_then(|x| x.projection.hard_limit_day.clone()).unwrap_or_default());
+            row.push(fc.map(|x| x.projection.projected_to_exceed.to_string()).unwrap_or_default());
+        }
+    }
+    (header, cells)
+}
+
+fn utilization_base(budgets: &[BudgetState]) -> (Vec<String>, Vec<Vec<String>>) {
     let header = [
         "budget", "scope", "window", "mode", "spent_usd", "limit_usd", "hard_limit_usd", "utilization_pct", "status",
         "leased_usd", "exemption_usd", "window_start", "resets_at",

@@ -26,6 +26,12 @@
 //!        monthly review: see `crate::gov_api`.
 //! GET    /admin/events                   admin token     ?kind=&scope=&subject=&since=&until=&limit=&format=
 //! GET    /admin/reports/baseline         admin token     ?scope=team|team:platform&days=60&to=&format=json|csv
+//! GET    /admin/reports/forecast         admin token     ?format=json|csv: projected window-end spend and hard-limit day
+//!                                                        per budget and workflow (server/planning.rs, crate::forecast)
+//! GET    /admin/reports/outliers         admin token     ?from=&to=&k=3&min_samples=5&format=json|csv: runs, workflow days
+//!                                                        and days far above their own baseline (crate::outliers)
+//! GET|PUT /admin/seats                   admin token     SeatsSpec (crate::seats): seat costs, users' roles, bands
+//! GET    /admin/reports/seats            admin token     ?month=YYYY-MM&format=json|csv: seats beside usage per team and role
 //! GET    /admin/tasks/{id}               admin token     ?format=json|markdown -> TaskSummary (crate::task)
 //! POST   /admin/checkpoints              admin token     {"task","note"?} -> Checkpoint (201)
 //! GET    /tasks/{id}/summary             gateway token   + x-tollgate-key-id: the task's own key (crate::task)
@@ -153,6 +159,10 @@ pub fn router<S: Store>(app: App<S>) -> Router {
         .merge(crate::gov_api::routes::<S>())
         .route("/admin/events", get(governance::events::<S>))
         .route("/admin/reports/baseline", get(governance::baseline::<S>))
+        .route("/admin/reports/forecast", get(planning::forecast_report::<S>))
+        .route("/admin/reports/outliers", get(planning::outliers_report::<S>))
+        .route("/admin/seats", get(planning::get_seats::<S>).put(planning::put_seats::<S>))
+        .route("/admin/reports/seats", get(planning::seats_report::<S>))
         .route("/reports/principal", get(principal::principal_report::<S>))
         .route("/whoami", get(principal::whoami::<S>))
         .merge(crate::task::routes::<S>())
@@ -261,6 +271,7 @@ macro_rules! tri {
 }
 
 mod governance;
+pub mod planning;
 mod principal;
 
 /// Makes, from the templates (budgets on `<kind>:*`), the budget of every scope in `scopes` that has
@@ -361,6 +372,9 @@ async fn metrics<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Res
     }
     let budgets = app.store.list_budgets(app.clock.now_ms()).await.unwrap_or_default();
     let mut text = app.metrics.render(&budgets);
+    if let Ok(f) = crate::forecast::load(app.store.as_ref(), app.clock.now_ms()).await {
+        text.push_str(&crate::metrics::render_forecasts(&f));
+    }
     text.push_str(&crate::gov_api::workflow_metrics(app.store.as_ref(), app.clock.now_ms()).await);
     text.push_str(&app.notifier.render_metrics(crate::notify::EventLog::pending_deliveries(app.store.as_ref()).await.ok()));
     let mut r = text.into_response();
@@ -560,22 +574,33 @@ async fn utilization_report<S: Store>(State(app): State<App<S>>, headers: Header
     tri!(app.role(&headers, Role::Viewer));
     tri!(check_params(&params, &["format"]));
     let csv = tri!(format_param(&params));
+    // The forecasts read the budget states themselves; one read serves both.
+    let forecasts = match crate::forecast::load(app.store.as_ref(), app.clock.now_ms()).await {
+        Ok(f) => f,
+        Err(e) => return store_error(&app.metrics, e),
+    };
     let budgets = match app.store.list_budgets(app.clock.now_ms()).await {
         Ok(b) => b,
         Err(e) => return store_error(&app.metrics, e),
     };
     if csv {
-        let (header, cells) = report::utilization_cells(&budgets);
+        let (header, cells) = report::utilization_cells_with(&budgets, Some(&forecasts));
         return csv_response("tollgate-utilization.csv", report::to_csv(&header, &cells));
     }
     let rows: Vec<_> = budgets
         .iter()
         .map(|b| {
+            let forecast = forecasts.budget(&b.budget.id).map(|f| {
+                json!({"trailing_7d_micros": f.trailing_7d_micros, "pace_today_micros": f.pace_today_micros,
+                    "projected_end_micros": f.projection.projected_end_micros, "hard_limit_at": f.projection.hard_limit_at,
+                    "hard_limit_day": f.projection.hard_limit_day, "projected_to_exceed": f.projection.projected_to_exceed})
+            });
             json!({
                 "budget": b.budget.id, "scope": b.budget.scope, "window": b.budget.window, "mode": b.budget.mode,
                 "spent_micros": b.spent_micros, "limit_micros": b.effective_limit_micros, "hard_limit_micros": b.hard_limit_micros,
                 "utilization": b.utilization(), "status": b.status, "leased_micros": b.leased_micros,
                 "exemption_micros": b.exemption_micros, "window_start": b.window_start, "resets_at": b.resets_at,
+                "forecast": forecast,
             })
         })
         .collect();

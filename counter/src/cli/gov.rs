@@ -173,7 +173,7 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 }
 
 /// Prints a CSV endpoint's answer as CSV, JSON (from the JSON endpoint) or an aligned table.
-async fn show(conn: &Conn, path: &str, pairs: &[(&str, Option<&str>)], format: Format) -> Result<(), String> {
+pub(super) async fn show(conn: &Conn, path: &str, pairs: &[(&str, Option<&str>)], format: Format) -> Result<(), String> {
     let mut pairs = pairs.to_vec();
     pairs.push(("format", Some(if format == Format::Json { "json" } else { "csv" })));
     let answer = admin_call(conn, Method::GET, &format!("{path}{}", encode_query(&pairs)), None).await?;

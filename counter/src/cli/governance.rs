@@ -11,7 +11,7 @@ use tollgate_core::money::format_micros;
 pub struct EventsArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// threshold, hard_stop, anomaly or review_overdue.
+    /// threshold, hard_stop, anomaly, review_overdue or projected_overrun.
     #[arg(long)]
     pub kind: Option<String>,
     /// Exact scope key, e.g. team:platform.

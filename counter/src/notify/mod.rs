@@ -59,10 +59,12 @@ pub enum EventKind {
     Anomaly,
     /// A workflow's review date has passed.
     ReviewOverdue,
+    /// At the current pace (crate::forecast) a budget reaches its hard limit before its window ends.
+    ProjectedOverrun,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [EventKind::Threshold, EventKind::HardStop, EventKind::Anomaly, EventKind::ReviewOverdue];
+    pub const ALL: [EventKind; 5] = [EventKind::Threshold, EventKind::HardStop, EventKind::Anomaly, EventKind::ReviewOverdue, EventKind::ProjectedOverrun];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +72,7 @@ impl EventKind {
             EventKind::HardStop => "hard_stop",
             EventKind::Anomaly => "anomaly",
             EventKind::ReviewOverdue => "review_overdue",
+            EventKind::ProjectedOverrun => "projected_overrun",
         }
     }
 
@@ -77,7 +80,7 @@ impl EventKind {
         EventKind::ALL
             .into_iter()
             .find(|k| k.as_str() == text)
-            .ok_or_else(|| format!("`{text}` is not an event kind; use threshold, hard_stop, anomaly or review_overdue"))
+            .ok_or_else(|| format!("`{text}` is not an event kind; use threshold, hard_stop, anomaly, review_overdue or projected_overrun"))
     }
 }
 

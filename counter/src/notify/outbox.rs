@@ -12,7 +12,7 @@
 //!   recorded event and every `tick_ms`, so deliveries that failed while a receiver was down go
 //!   out once it is back, after a restart too.
 
-use super::rules::{anomaly_draft, anomaly_hits, local_day, review_overdue_events, threshold_events, BreakdownRow, NotifyConfig, ReviewDue};
+use super::rules::{anomaly_draft, anomaly_hits, forecast_events, local_day, review_overdue_events, threshold_events, BreakdownRow, NotifyConfig, ReviewDue};
 use super::{webhook, Claimed, EventDraft, EventKind, EventLog};
 use crate::clock::Clock;
 use crate::store::{GroupBy, ReportQuery, Store, StoreResult};
@@ -55,6 +55,7 @@ pub struct Notifier {
     known: Mutex<HashSet<String>>,
     last_anomaly_ms: AtomicI64,
     last_review_ms: AtomicI64,
+    last_forecast_ms: AtomicI64,
     /// (rule index, local day start) -> (read at, trailing 7-day sums by dimension value). Reused
     /// for `10 × anomaly_every_ms`: late records (a gateway's backlog) still reach the baseline.
     trailing: Mutex<HashMap<(usize, i64), (i64, BTreeMap<String, Micros>)>>,
@@ -71,6 +72,7 @@ impl Notifier {
             known: Mutex::default(),
             last_anomaly_ms: AtomicI64::new(i64::MIN),
             last_review_ms: AtomicI64::new(i64::MIN),
+            last_forecast_ms: AtomicI64::new(i64::MIN),
             trailing: Mutex::default(),
         })
     }
@@ -176,6 +178,14 @@ impl Notifier {
         if !self.config.anomalies.is_empty() && (last == i64::MIN || now >= last.saturating_add(self.config.evaluation.anomaly_every_ms)) {
             self.last_anomaly_ms.store(now, Ordering::Relaxed);
             new += self.evaluate_anomalies(store, now).await?;
+        }
+        let last = self.last_forecast_ms.load(Ordering::Relaxed);
+        if !self.config.forecasts.is_empty() && (last == i64::MIN || now >= last.saturating_add(self.config.evaluation.anomaly_every_ms)) {
+            // Forecasts read the ledger (28 days, grouped): at the anomaly rules' pace.
+            self.last_forecast_ms.store(now, Ordering::Relaxed);
+            let forecasts = crate::forecast::load(store, now).await?;
+            let states = store.list_budgets(now).await?;
+            new += self.record(store, forecast_events(&self.config.forecasts, &states, &forecasts)).await?;
         }
         let last = self.last_review_ms.load(Ordering::Relaxed);
         if self.config.evaluation.review_overdue && (last == i64::MIN || now >= last.saturating_add(self.config.evaluation.anomaly_every_ms)) {

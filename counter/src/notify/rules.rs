@@ -29,6 +29,9 @@ pub struct NotifySpec {
     pub thresholds: Option<Vec<ThresholdSpec>>,
     #[serde(default)]
     pub anomalies: Vec<AnomalySpec>,
+    /// "Projected to exceed the hard limit before the window ends" rules; absent or `[]`: none.
+    #[serde(default)]
+    pub forecasts: Vec<ForecastSpec>,
     #[serde(default)]
     pub delivery: DeliverySpec,
     #[serde(default)]
@@ -101,6 +104,29 @@ pub struct AnomalySpec {
     /// `UTC` or `+HH:MM`: where days start.
     #[serde(default = "default_offset")]
     pub utc_offset: String,
+}
+
+/// A forecast rule: the budgets it covers (first match per budget wins, like thresholds).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastSpec {
+    /// `*`, `budget:<id>`, a scope key or `<kind>:*`.
+    #[serde(default = "star")]
+    pub scope: String,
+    /// Dollars; the trailing week's spend must reach this before a projection pages anyone.
+    #[serde(default = "default_forecast_min")]
+    pub min_trailing_7d: String,
+}
+
+fn default_forecast_min() -> String {
+    "0".into()
+}
+
+/// A validated forecast rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForecastRule {
+    pub scope: String,
+    pub min_trailing_7d_micros: Micros,
 }
 
 fn default_factor() -> u32 {
@@ -285,6 +311,7 @@ pub struct NotifyConfig {
     pub webhooks: Vec<Webhook>,
     pub thresholds: Vec<ThresholdRule>,
     pub anomalies: Vec<AnomalyRule>,
+    pub forecasts: Vec<ForecastRule>,
     pub delivery: DeliverySpec,
     pub evaluation: EvaluationSpec,
 }
@@ -296,6 +323,7 @@ impl Default for NotifyConfig {
             webhooks: vec![],
             thresholds: vec![],
             anomalies: vec![],
+            forecasts: vec![],
             delivery: DeliverySpec::default(),
             evaluation: EvaluationSpec::default(),
         })
@@ -390,6 +418,17 @@ impl NotifyConfig {
                 offset_minutes,
             });
         }
+        let mut forecasts = Vec::new();
+        for (i, r) in spec.forecasts.into_iter().enumerate() {
+            if r.scope != "*" && !r.scope.contains(':') {
+                return Err(format!("forecasts[{i}].scope: `{}` is not *, budget:<id>, <kind>:<id> or <kind>:*", r.scope));
+            }
+            let min_trailing_7d_micros = parse_decimal_scaled(&r.min_trailing_7d, 6)
+                .and_then(|m| Micros::try_from(m).ok())
+                .filter(|m| *m >= 0)
+                .ok_or_else(|| format!("forecasts[{i}].min_trailing_7d: `{}` is not an amount of dollars such as \"5.00\"", r.min_trailing_7d))?;
+            forecasts.push(ForecastRule { scope: r.scope, min_trailing_7d_micros });
+        }
         let d = &spec.delivery;
         if d.retry_base_ms < 1 || d.retry_max_ms < d.retry_base_ms {
             return Err("delivery.retry_max_ms: must be at least retry_base_ms, which must be at least 1".into());
@@ -400,7 +439,7 @@ impl NotifyConfig {
         if spec.evaluation.tick_ms == 0 || spec.evaluation.anomaly_every_ms < 0 {
             return Err("evaluation.tick_ms: must be at least 1 (and anomaly_every_ms at least 0)".into());
         }
-        Ok(NotifyConfig { webhooks, thresholds, anomalies, delivery: spec.delivery, evaluation: spec.evaluation })
+        Ok(NotifyConfig { webhooks, thresholds, anomalies, forecasts, delivery: spec.delivery, evaluation: spec.evaluation })
     }
 
     /// The webhooks that take `kind`, by name.
@@ -498,6 +537,47 @@ pub fn threshold_events(rules: &[ThresholdRule], states: &[BudgetState]) -> Vec<
                 details: details(Some(pct)),
             });
         }
+    }
+    out
+}
+
+/// "Projected to exceed the hard limit before the window ends" drafts: for each budget the first
+/// matching rule applies; a budget already at its hard limit (the `hard_stop` event covers it), a
+/// `none` window (no end) or a trailing week below the rule's minimum proposes nothing. The key
+/// holds the window start: once per window and budget.
+pub fn forecast_events(rules: &[ForecastRule], states: &[BudgetState], forecasts: &crate::forecast::Forecasts) -> Vec<EventDraft> {
+    let mut out = Vec::new();
+    for s in states {
+        let b = &s.budget;
+        let Some(rule) = rules.iter().find(|r| rule_matches(&r.scope, &b.id, &b.scope)) else { continue };
+        let Some(f) = forecasts.budget(&b.id) else { continue };
+        let (Some(resets_at), Some(at), Some(day)) = (s.resets_at, f.projection.hard_limit_at, f.projection.hard_limit_day.as_ref()) else { continue };
+        if s.status == BudgetStatus::Hard || !f.projection.projected_to_exceed || f.trailing_7d_micros < rule.min_trailing_7d_micros {
+            continue;
+        }
+        let money = |m: Micros| format!("${}", super::usd(m));
+        out.push(EventDraft {
+            key: format!("projected_overrun:{}:{}", b.id, s.window_start),
+            kind: EventKind::ProjectedOverrun,
+            scope: b.scope.clone(),
+            subject: Some(b.id.clone()),
+            window: s.window_start.to_string(),
+            title: format!(
+                "Budget `{}` ({}) is projected to reach its hard limit of {} on {day}, before its {} window ends: {} spent, {} in the last 7 days",
+                b.id,
+                b.scope,
+                money(s.hard_limit_micros),
+                b.window,
+                money(s.spent_micros),
+                money(f.trailing_7d_micros)
+            ),
+            details: json!({
+                "budget": b.id, "mode": mode_word(b.mode), "window": b.window, "spent_micros": s.spent_micros,
+                "hard_limit_micros": s.hard_limit_micros, "projected_end_micros": f.projection.projected_end_micros,
+                "hard_limit_at": at, "hard_limit_day": day, "trailing_7d_micros": f.trailing_7d_micros,
+                "pace_today_micros": f.pace_today_micros, "method": forecasts.method, "window_start": s.window_start, "resets_at": resets_at,
+            }),
+        });
     }
     out
 }

@@ -119,6 +119,7 @@ fn header(event: &Event) -> String {
         super::EventKind::HardStop => "Budget hard stop".into(),
         super::EventKind::Anomaly => "Spend anomaly".into(),
         super::EventKind::ReviewOverdue => "Workflow review overdue".into(),
+        super::EventKind::ProjectedOverrun => "Projected to exceed the hard limit".into(),
     };
     format!("Tollgate: {what}")
 }

@@ -20,6 +20,9 @@
 //!   stored outcome and `false`, changes nothing. `Ok` means durable (SQLite: committed with the
 //!   configured `synchronous`; Redis: answered by Redis). Not audited (they are data, like usage).
 //!   `list_outcomes` returns those with `from_ms <= at_ms < to_ms`, sorted by (at_ms, id).
+//! - **Seats** ([`crate::seats`]): one document. `put_seats` stores the canonical spec; identical →
+//!   `Unchanged`, not audited; otherwise `seats.create` / `seats.update` (subject `seats`) in the
+//!   same atomic step, with actor, `now_ms`, before and after.
 
 use super::StoreResult;
 use crate::approval::{DecideOutcome, Decision, ExemptionRequest};
@@ -62,6 +65,11 @@ pub trait GovStore: Send + Sync + 'static {
     /// Stores an outcome unless its id is known; returns the stored one and whether it is new.
     fn record_outcome(&self, outcome: Outcome) -> impl Future<Output = StoreResult<(Outcome, bool)>> + Send;
     fn list_outcomes(&self, from_ms: i64, to_ms: i64) -> impl Future<Output = StoreResult<Vec<Outcome>>> + Send;
+
+    /// Stores the seats config (roles, seat costs, users' roles, bands), audited unless unchanged.
+    fn put_seats(&self, seats: crate::seats::Seats, actor: &str, now_ms: i64) -> impl Future<Output = StoreResult<crate::seats::PutSeats>> + Send;
+    /// The stored seats config, if any.
+    fn get_seats(&self) -> impl Future<Output = StoreResult<Option<crate::seats::SeatsSpec>>> + Send;
 }
 
 /// Loads a stored workflow spec (validated again: the policy may have been stored by an older

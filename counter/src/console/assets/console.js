@@ -194,22 +194,28 @@ const KINDS = [["team", "Teams"], ["cost_center", "Cost centers"], ["user", "Use
 
 async function budgetsPage() {
   const rows = (await api("/admin/reports/utilization")).budgets;
-  const header = ["budget", "scope", "window", "mode", "spent_usd", "limit_usd", "hard_limit_usd", "utilization_pct", "status", "leased_usd", "resets_at"];
+  const header = ["budget", "scope", "window", "mode", "spent_usd", "limit_usd", "hard_limit_usd", "utilization_pct", "status", "leased_usd", "resets_at",
+    "projected_end_usd", "hard_limit_day"];
   const out = [el("h1", {}, "Budgets")];
   const leased = rows.reduce((s, b) => s + b.leased_micros, 0);
   out.push(el("div", { class: "cards" },
     card("budgets-count", "Budgets", rows.length),
     card("budgets-hard", "At the hard limit", rows.filter((b) => b.status === "hard").length),
     card("budgets-soft", "Past a soft threshold", rows.filter((b) => b.status === "soft").length),
-    card("budgets-leased", "Leases outstanding", "$" + usd(leased))));
+    card("budgets-leased", "Leases outstanding", "$" + usd(leased)),
+    card("budgets-projected-over", "Projected over the hard limit", rows.filter((b) => b.forecast && b.forecast.projected_to_exceed).length)));
   for (const [kind, title] of KINDS) {
     const of = rows.filter((b) => b.scope.split(":")[0] === kind);
     if (!of.length) continue;
     out.push(table(`budgets-${kind}`, title, header, of.map((b) => [
       b.budget, b.scope, b.window, b.mode, usd(b.spent_micros), usd(b.limit_micros), usd(b.hard_limit_micros),
       (b.utilization * 100).toFixed(1), b.status, usd(b.leased_micros), b.resets_at ? new Date(b.resets_at * 1000).toISOString().replace(".000", "") : "",
-    ]), ["spent_usd", "limit_usd", "hard_limit_usd", "utilization_pct", "leased_usd"]));
+      b.forecast && b.forecast.projected_end_micros !== null ? usd(b.forecast.projected_end_micros) : "",
+      b.forecast && b.forecast.projected_to_exceed ? b.forecast.hard_limit_day : "",
+    ]), ["spent_usd", "limit_usd", "hard_limit_usd", "utilization_pct", "leased_usd", "projected_end_usd"]));
   }
+  out.push(el("p", { class: "muted" }, "projected_end_usd: spend at the window's end at the current pace (the trailing week, shaped by the weekday profile of the last 4 weeks); ",
+    "hard_limit_day: the day the hard limit is reached at that pace, when it is before the window ends (docs/counter.md, Forecasts)."));
   return out;
 }
 
@@ -478,7 +484,7 @@ async function requestsPage(params) {
   ];
 }
 
-const EVENT_KINDS = ["threshold", "hard_stop", "anomaly", "review_overdue"];
+const EVENT_KINDS = ["threshold", "hard_stop", "anomaly", "review_overdue", "projected_overrun"];
 
 async function eventsPage(params) {
   const query = {};
@@ -701,11 +707,35 @@ async function mePage(params) {
   return out;
 }
 
+/** Outliers, not rankings: runs, workflow days and days far above their own baseline. */
+async function outliersPage(params) {
+  const k = params.get("k") || "";
+  const { form, from, to } = periodForm("outliers", params, [el("label", {}, "k", el("input", { name: "k", value: k, placeholder: "3" }))]);
+  const q = { from, to };
+  if (k) q.k = k;
+  const answer = await api(`/admin/reports/outliers?${new URLSearchParams(q)}`);
+  const models = (o) => o.explanation.models.map((m) => `${m.model} ${m.requests}x $${usd(m.cost_micros)}`).join("; ");
+  return [
+    el("h1", {}, "Outliers"), form,
+    el("p", { class: "muted" }, `Runs (task ids), workflow days and days whose cost is above median + ${answer.k} x MAD of their own group: `,
+      "a run against the other runs of its workflow, a workflow's day against its other days, a day against the other days. ",
+      "Nothing here ranks people by spend (docs/counter.md, Outliers)."),
+    el("div", { class: "cards" }, card("outliers-count", "Outliers", answer.outliers.length), card("outliers-records", "Records read", answer.records)),
+    table("outliers-rows", "Far above their own baseline",
+      ["kind", "id", "workflow", "day", "cost_usd", "median_usd", "threshold_usd", "pct_of_median", "requests", "failed_requests", "input_tokens", "output_tokens", "models"],
+      answer.outliers.map((o) => [o.kind, o.id, o.workflow || "", o.day, usd(o.cost_micros), usd(o.baseline.median_micros), usd(o.baseline.threshold_micros),
+        o.pct_of_median === null ? "" : String(o.pct_of_median), o.explanation.requests, o.explanation.failed_requests, o.explanation.input_tokens,
+        o.explanation.output_tokens, models(o)]),
+      ["cost_usd", "median_usd", "threshold_usd", "pct_of_median", "requests", "failed_requests", "input_tokens", "output_tokens"],
+      { path: "/admin/reports/outliers", query: q }),
+  ];
+}
+
 // ---- shell ---------------------------------------------------------------------------------
 
 const PAGES = {
   overview, budgets: budgetsPage, spend: spendPage, mix: mixPage, exemptions: exemptionsPage, simulator: simulatorPage, me: mePage,
-  workflows: workflowsPage, requests: requestsPage, events: eventsPage, outcomes: outcomesPage, review: reviewPage,
+  workflows: workflowsPage, requests: requestsPage, events: eventsPage, outcomes: outcomesPage, review: reviewPage, outliers: outliersPage,
 };
 
 /** What the signed-in token is (GET /whoami): admin-side with a role, or personal to one principal. */

@@ -98,6 +98,23 @@ impl GovStore for RedisStore {
         }
     }
 
+    async fn put_seats(&self, seats: crate::seats::Seats, actor: &str, now_ms: i64) -> StoreResult<crate::seats::PutSeats> {
+        use crate::seats::PutSeats;
+        let args = ["documents".to_owned(), "seats".to_owned(), json(&seats.spec)?, actor.to_owned(), now_ms.to_string(), "seats".into(), "seats".into()];
+        let (status, _) = answer(self.eval("put seats", &scripts().put, &args).await?)?;
+        match status.as_str() {
+            "unchanged" => Ok(PutSeats::Unchanged),
+            "created" => Ok(PutSeats::Created),
+            "updated" => Ok(PutSeats::Updated),
+            other => Err(StoreError::Internal(format!("redis: put seats answered `{other}`"))),
+        }
+    }
+
+    async fn get_seats(&self) -> StoreResult<Option<crate::seats::SeatsSpec>> {
+        let all = self.hgetall("get seats", format!("{}documents", self.prefix)).await?;
+        all.into_iter().find(|(k, _)| k == "seats").map(|(_, v)| serde_json::from_str(&v).map_err(|e| bad("seats", e))).transpose()
+    }
+
     async fn list_workflows(&self) -> StoreResult<Vec<Workflow>> {
         let mut out = Vec::new();
         for (id, spec) in self.hgetall("list workflows", format!("{}workflows", self.prefix)).await? {

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS workflows (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS exemption_requests (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outcomes (id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at_ms);
+CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 /// Governance work for the writer thread.
@@ -27,6 +28,7 @@ pub(crate) enum GovJob {
     AddRequest { request: ExemptionRequest, actor: String, now_ms: i64, reply: Reply<ExemptionRequest> },
     Decide { id: u64, decision: Decision, actor: String, now_ms: i64, reply: Reply<DecideOutcome> },
     Outcome { outcome: Outcome, reply: Reply<(Outcome, bool)> },
+    PutSeats { seats: crate::seats::Seats, actor: String, now_ms: i64, reply: Reply<crate::seats::PutSeats> },
 }
 
 fn json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
@@ -51,6 +53,9 @@ impl Writer {
             GovJob::Outcome { outcome, reply } => {
                 let _ = reply.send(self.record_outcome(outcome));
             }
+            GovJob::PutSeats { seats, actor, now_ms, reply } => {
+                let _ = reply.send(self.put_seats(seats, &actor, now_ms));
+            }
         }
     }
 
@@ -71,6 +76,22 @@ impl Writer {
             Some(b) => PutWorkflow::Updated { before: serde_json::from_str(&b).map_err(internal)? },
             None => PutWorkflow::Created,
         })
+    }
+
+    fn put_seats(&mut self, seats: crate::seats::Seats, actor: &str, now_ms: i64) -> StoreResult<crate::seats::PutSeats> {
+        use crate::seats::PutSeats;
+        let after = json(&seats.spec)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+        let before: Option<String> =
+            tx.query_row("SELECT body FROM documents WHERE name = 'seats'", [], |r| r.get(0)).optional().map_err(internal)?;
+        if before.as_deref() == Some(after.as_str()) {
+            return Ok(PutSeats::Unchanged);
+        }
+        tx.execute("INSERT OR REPLACE INTO documents (name, body) VALUES ('seats', ?1)", params![after]).map_err(internal)?;
+        let action = if before.is_some() { "seats.update" } else { "seats.create" };
+        Self::audit_row(&tx, now_ms, actor, action, "seats", before.clone(), Some(after)).map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        Ok(if before.is_some() { PutSeats::Updated } else { PutSeats::Created })
     }
 
     fn delete_workflow(&mut self, id: &str, actor: &str, now_ms: i64) -> StoreResult<Option<WorkflowSpec>> {
@@ -201,5 +222,17 @@ impl GovStore for SqliteStore {
             })
             .await?;
         rows.iter().map(|b| serde_json::from_str(b).map_err(internal)).collect()
+    }
+
+    async fn put_seats(&self, seats: crate::seats::Seats, actor: &str, now_ms: i64) -> StoreResult<crate::seats::PutSeats> {
+        let actor = actor.to_owned();
+        self.submit(|reply| Job::Gov(GovJob::PutSeats { seats, actor, now_ms, reply })).await
+    }
+
+    async fn get_seats(&self) -> StoreResult<Option<crate::seats::SeatsSpec>> {
+        let body = self
+            .read(|conn| conn.query_row("SELECT body FROM documents WHERE name = 'seats'", [], |r| r.get::<_, String>(0)).optional())
+            .await?;
+        body.map(|b| serde_json::from_str(&b).map_err(internal)).transpose()
     }
 }
