@@ -147,11 +147,15 @@ def test_crossing_80_percent_then_3x_baseline_sends_one_signed_slack_message_eac
     # History: 7 days at 3.5c a day, so 3x the daily average is 10.5 requests' worth today.
     per_day = 7 * c // 2
     counter.seed([seed_record(d, per_day, day_start - d * DAY_MS + 3_600_000) for d in range(1, 8)])
-    # The budget (observe mode: the filter's worst-case reservation never refuses a request): 80 % of
-    # 11c is 8.8c, reached at its 9th request; 100 % is never reached here.
+    # The budget (observe mode: the filter's worst-case reservation never refuses a request) starts
+    # from what the ledger holds for its scope in its window (all time, for `none`): the first request
+    # and the seeded history, S. Its limit puts 80 % at S + 8.8c, reached at its 9th request; 100 % is
+    # never reached here.
+    start = c + 7 * per_day
+    limit = 5 * start // 4 + 11 * c
     counter.admin("PUT", "/admin/budgets/notify-e2e",
-                  {"scope": f"team:{TEAM}", "limit": f"{11 * c / 1e6:.6f}", "window": "none", "mode": "observe"})
-    assert counter.budget("notify-e2e")["spent_micros"] == 0, "the seeded history charged no budget"
+                  {"scope": f"team:{TEAM}", "limit": f"{limit / 1e6:.6f}", "window": "none", "mode": "observe"})
+    assert counter.budget("notify-e2e")["spent_micros"] == start, "the budget starts from the ledger"
 
     def send(n, today_total):
         for _ in range(n):
@@ -163,13 +167,13 @@ def test_crossing_80_percent_then_3x_baseline_sends_one_signed_slack_message_eac
     def keys():
         return [m["headers"].get("x-tollgate-event") for m in receiver.messages()]
 
-    send(8, 9)  # the budget saw 8c (73 %), the team's day is 9c (< 10.5c): nothing
+    send(8, 9)  # the budget saw S + 8c (< 80 %), the team's day is 9c (< 10.5c): nothing
     assert keys() == []
 
-    send(1, 10)  # the budget saw 9c: past 80 %; the team's day is 10c: still below 3x
+    send(1, 10)  # the budget saw S + 9c: past 80 %; the team's day is 10c: still below 3x
     assert keys() == ["threshold:notify-e2e:80:0"]
 
-    send(1, 11)  # the team's day is 11c >= 10.5c: an anomaly; the budget saw 10c (91 %): nothing new
+    send(1, 11)  # the team's day is 11c >= 10.5c: an anomaly; the budget saw S + 10c (< 95 %): nothing new
     today = time.strftime("%Y-%m-%d", time.gmtime(day_start / 1000))
     assert keys() == ["threshold:notify-e2e:80:0", f"anomaly:team:{TEAM}:{today}"]
     messages = receiver.messages()
