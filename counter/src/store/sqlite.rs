@@ -526,19 +526,25 @@ fn ledger_start(conn: &Connection, budget: &Budget, now_ms: i64) -> rusqlite::Re
     // paid once per budget creation, on the writer thread.
     let mut rows = stmt.query(params![from_ms, now_ms])?;
     while let Some(r) = rows.next()? {
-        let principal = Principal {
-            org: r.get(1)?,
-            cost_center: r.get(2)?,
-            team: r.get(3)?,
-            user: r.get(4)?,
-            key_id: r.get(5)?,
-            use_case: r.get(6)?,
-            tier: r.get(7)?,
-            task: r.get(8)?,
-        };
+        let principal = principal_at(r, 1)?;
         start.add(budget, now_ms, r.get(0)?, &principal, r.get(9)?, r.get::<_, i64>(10)?.max(0) as u64);
     }
     Ok(start)
+}
+
+/// A ledger row's principal, from the eight columns `org, cost_center, team, user, key_id,
+/// use_case, tier, task` selected in that order from column `first` on.
+fn principal_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Principal> {
+    Ok(Principal {
+        org: r.get(first)?,
+        cost_center: r.get(first + 1)?,
+        team: r.get(first + 2)?,
+        user: r.get(first + 3)?,
+        key_id: r.get(first + 4)?,
+        use_case: r.get(first + 5)?,
+        tier: r.get(first + 6)?,
+        task: r.get(first + 7)?,
+    })
 }
 
 /// The writer thread's state.

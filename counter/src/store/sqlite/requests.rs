@@ -3,7 +3,7 @@
 
 use super::super::RequestsQuery;
 use rusqlite::{params, Connection};
-use tollgate_core::protocol::{Principal, Tokens, UsageRecord};
+use tollgate_core::protocol::{Tokens, UsageRecord};
 
 pub(super) fn list(conn: &Connection, q: &RequestsQuery) -> rusqlite::Result<Vec<UsageRecord>> {
     let mut stmt = conn.prepare_cached(
@@ -17,16 +17,7 @@ pub(super) fn list(conn: &Connection, q: &RequestsQuery) -> rusqlite::Result<Vec
         let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
         Ok(UsageRecord {
             id: r.get(0)?,
-            principal: Principal {
-                org: r.get(1)?,
-                cost_center: r.get(2)?,
-                team: r.get(3)?,
-                user: r.get(4)?,
-                key_id: r.get(5)?,
-                use_case: r.get(6)?,
-                tier: r.get(7)?,
-                task: r.get(8)?,
-            },
+            principal: super::principal_at(r, 1)?,
             dialect: r.get(9)?,
             requested_model: r.get(10)?,
             routed_model: r.get(11)?,
