@@ -290,9 +290,7 @@ impl UsageScanner {
         }
         // The same model again (every chunk repeats it) is not decoded again.
         if message.model_seen && (self.found.model.is_none() || self.found.model_raw != message.model) {
-            self.found.model = Some(unescape_lossy(&message.model));
-            self.found.model_raw.clear();
-            self.found.model_raw.extend_from_slice(&message.model);
+            self.found.note_model(&message.model);
         }
         let terminal = if message.error {
             Some(TerminalEvent::Failed)
@@ -399,6 +397,15 @@ struct Found {
     terminal: Option<TerminalEvent>,
     response_id: Option<String>,
     expires_at_ms: Option<i64>,
+}
+
+impl Found {
+    /// The upstream reported `raw` (as written in the JSON) as its model.
+    fn note_model(&mut self, raw: &[u8]) {
+        self.model = Some(unescape_lossy(raw));
+        self.model_raw.clear();
+        self.model_raw.extend_from_slice(raw);
+    }
 }
 
 mod json;

@@ -151,9 +151,12 @@ impl UsageScanner {
             let event_name = self.sse.event_name.as_slice();
             let content = match self.sse.template.content_of(&held, event_name) {
                 Some(bytes) => Some(bytes),
-                None => self.skim_plain_event(&held).map(|(bytes, slot)| {
-                    self.sse.template.learn(&held, slot, bytes, event_name);
-                    bytes
+                None => self.skim_plain_event(&held).map(|skimmed| {
+                    self.sse.template.learn(&held, skimmed.slot, skimmed.content, event_name);
+                    if let Some(model) = skimmed.first_model.and_then(|range| held.get(range)) {
+                        self.found.note_model(model);
+                    }
+                    skimmed.content
                 }),
             };
             match content {

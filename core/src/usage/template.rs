@@ -19,10 +19,12 @@ pub(super) struct EventTemplate {
     /// Off only in tests, to compare with plain skimming.
     pub(super) disabled: bool,
     pub(super) valid: bool,
-    /// The data up to and including the content string's opening quote.
-    pub(super) head: Vec<u8>,
-    /// From the content string's closing quote to the end of the data.
-    pub(super) tail: Vec<u8>,
+    /// `data: ` and then the data up to and including the content string's opening quote: the
+    /// framing and the head are one comparison.
+    line_head: Vec<u8>,
+    /// From the content string's closing quote to the end of the data, and then the blank line
+    /// (`\n\n`) that ends the event.
+    line_tail: Vec<u8>,
     /// Content bytes of the event outside that string.
     pub(super) other_content: u64,
     /// Neither head nor tail holds a line break (the event was one `data` line).
@@ -30,17 +32,31 @@ pub(super) struct EventTemplate {
     pub(super) event_name: Vec<u8>,
 }
 
+const DATA_FIELD: &[u8] = b"data: ";
+const BLANK_LINE: &[u8] = b"\n\n";
+
 impl EventTemplate {
+    /// The data up to and including the content string's opening quote.
+    fn head(&self) -> &[u8] {
+        self.line_head.get(DATA_FIELD.len()..).unwrap_or_default()
+    }
+
+    /// From the content string's closing quote to the end of the data.
+    fn tail(&self) -> &[u8] {
+        self.line_tail.get(..self.line_tail.len().saturating_sub(BLANK_LINE.len())).unwrap_or_default()
+    }
+
     /// The content bytes of `data` if it has the template's shape; `None` if it must be skimmed.
     pub(super) fn content_of(&self, data: &[u8], event_name: Option<&[u8]>) -> Option<u64> {
         if !self.valid || event_name != Some(self.event_name.as_slice()) {
             return None;
         }
-        let middle_end = data.len().checked_sub(self.tail.len())?;
-        let head = data.get(..self.head.len())?;
-        let middle = data.get(self.head.len()..middle_end)?;
+        let (want_head, want_tail) = (self.head(), self.tail());
+        let middle_end = data.len().checked_sub(want_tail.len())?;
+        let head = data.get(..want_head.len())?;
+        let middle = data.get(want_head.len()..middle_end)?;
         let tail = data.get(middle_end..)?;
-        let same = bytes::same_bytes(head, &self.head) && bytes::same_bytes(tail, &self.tail);
+        let same = bytes::same_bytes(head, want_head) && bytes::same_bytes(tail, want_tail);
         (same && bytes::is_unterminated_string_body(middle)).then(|| self.other_content.saturating_add(middle.len() as u64))
     }
 
@@ -53,19 +69,16 @@ impl EventTemplate {
         if !self.valid || !self.single_line || event_name != Some(self.event_name.as_slice()) {
             return None;
         }
-        let data = bytes.strip_prefix(b"data: ")?;
-        if !bytes::same_bytes(data.get(..self.head.len())?, &self.head) {
+        let (line_head, line_tail) = (self.line_head.as_slice(), self.line_tail.as_slice());
+        if !bytes::same_bytes(bytes.get(..line_head.len())?, line_head) {
             return None;
         }
-        let body = data.get(self.head.len()..)?;
+        let body = bytes.get(line_head.len()..)?;
         let middle = bytes::string_body_on_one_line(body)?;
-        let after = body.get(middle..)?;
-        let end = self.tail.len();
-        if !bytes::same_bytes(after.get(..end)?, &self.tail) || after.get(end..end + 2) != Some(b"\n\n".as_slice()) {
+        if !bytes::same_bytes(body.get(middle..middle + line_tail.len())?, line_tail) {
             return None;
         }
-        let len = b"data: ".len() + self.head.len() + middle + end + 2;
-        Some((len, self.other_content.saturating_add(middle as u64)))
+        Some((line_head.len() + middle + line_tail.len(), self.other_content.saturating_add(middle as u64)))
     }
 
     /// Remembers a skimmed event's shape: `slot` is its last content string (inside the quotes),
@@ -74,10 +87,12 @@ impl EventTemplate {
         self.valid = false;
         let (Some(slot), Some(event_name), false) = (slot, event_name, self.disabled) else { return };
         let (Some(head), Some(tail)) = (data.get(..slot.start), data.get(slot.end..)) else { return };
-        self.head.clear();
-        self.head.extend_from_slice(head);
-        self.tail.clear();
-        self.tail.extend_from_slice(tail);
+        self.line_head.clear();
+        self.line_head.extend_from_slice(DATA_FIELD);
+        self.line_head.extend_from_slice(head);
+        self.line_tail.clear();
+        self.line_tail.extend_from_slice(tail);
+        self.line_tail.extend_from_slice(BLANK_LINE);
         self.event_name.clear();
         self.event_name.extend_from_slice(event_name);
         self.other_content = content.saturating_sub(slot.len() as u64);
@@ -92,9 +107,14 @@ impl EventTemplate {
 }
 
 impl UsageScanner {
-    /// The content bytes of an event that can change nothing else, or `None` if the event may
-    /// carry usage, a new model, an end or an error (it is then parsed in full). With them, the
-    /// range of the event's last content string (inside its quotes), for [`EventTemplate`].
+    /// What skimming an event found ([`Skimmed`]), or `None` if the event may carry usage, a
+    /// new model, an end or an error (it is then parsed in full).
+    ///
+    /// The stream's first model is taken from a skimmed event too (then every later event that
+    /// names it is skimmed or matched by shape): only when no model is known yet, the event's
+    /// data is one object (`{…}`), and every `model` in it is the same plain string (an escaped
+    /// one is left to the parser, which decodes it). Otherwise the first content event of every
+    /// stream would be parsed in full, and the second skimmed to learn the shape.
     ///
     /// Most events of a stream are content deltas. Parsing each one costs tens of instructions
     /// per byte; this hops from string to string (eight bytes at a time) and looks only at keys.
@@ -102,7 +122,7 @@ impl UsageScanner {
     /// `response`, `message`, Gemini's keys, a `model` other than the one already reported, a
     /// terminal `type` (or event name), or a Responses `*.done` event (which repeats its text).
     /// What is left can only add content: the strings under the dialect's content keys.
-    pub(super) fn skim_plain_event(&self, data: &[u8]) -> Option<(u64, Option<Range<usize>>)> {
+    pub(super) fn skim_plain_event(&self, data: &[u8]) -> Option<Skimmed> {
         if self.dialect == Dialect::Gemini || self.sse.event_name.as_slice().is_some_and(|n| terminal_for_type(n).is_some())
         {
             return None;
@@ -120,6 +140,10 @@ impl UsageScanner {
         let mut value_quote = usize::MAX;
         // The last content string value (inside its quotes): the template's variable slot.
         let mut last_content: Option<Range<usize>> = None;
+        // The model this event names, when none was known before it.
+        let mut first_model: Option<Range<usize>> = None;
+        let known_model = self.found.model.is_some().then_some(self.found.model_raw.as_slice());
+        let one_object = data.trim_ascii().first() == Some(&b'{') && data.trim_ascii().last() == Some(&b'}');
         // One `"` or `\\` at `at`; `false` when the event must be parsed instead.
         let mut special = |at: usize, byte: u8| -> bool {
             if at == escaped_at {
@@ -144,7 +168,13 @@ impl UsageScanner {
                     return false;
                 }
                 match pending {
-                    Pending::Model if self.found.model.is_none() || self.found.model_raw.as_slice() != text => return false,
+                    Pending::Model => match (known_model, first_model.clone()) {
+                        (Some(known), _) if known != text => return false,
+                        (None, Some(first)) if data.get(first.clone()) != Some(text) => return false,
+                        (None, None) if !one_object => return false,
+                        (None, None) => first_model = Some(start..at),
+                        _ => {}
+                    },
                     Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
                     Pending::Content => {
                         content = content.saturating_add(text.len() as u64);
@@ -183,11 +213,22 @@ impl UsageScanner {
             // Data cut inside a string: a model or type cut short is left to the parser.
             (Some(start), Pending::Model | Pending::Type) if start == value_quote.wrapping_add(1) => None,
             (Some(start), Pending::Content) if start == value_quote.wrapping_add(1) => {
-                Some((content.saturating_add(data.len().saturating_sub(start) as u64), None))
+                Some(Skimmed { content: content.saturating_add(data.len().saturating_sub(start) as u64), slot: None, first_model })
             }
-            _ => Some((content, last_content)),
+            _ => Some(Skimmed { content, slot: last_content, first_model }),
         }
     }
+}
+
+/// What [`UsageScanner::skim_plain_event`] found in an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Skimmed {
+    /// Its content bytes.
+    pub(super) content: u64,
+    /// The range of its last content string (inside the quotes), for [`EventTemplate`].
+    pub(super) slot: Option<Range<usize>>,
+    /// The model it names (as written, inside the quotes), when no model was known before it.
+    pub(super) first_model: Option<Range<usize>>,
 }
 
 /// What the string value after a key means to [`UsageScanner::skim_plain_event`].

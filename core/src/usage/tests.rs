@@ -527,6 +527,26 @@ fn skimmed_content_events_count_their_content_and_a_changed_model_is_still_read(
     assert_eq!(got.streamed_content_bytes, 2 + 3 + 9, "escapes count as written, as the parser counts them");
 }
 
+/// The stream's first model is read from a skimmed event, so the first content event already
+/// teaches the shape the next ones are matched by; what skimming cannot read exactly is still
+/// left to the parser: an escaped model, two different models in one event, data that is not
+/// one object.
+#[test]
+fn the_first_content_event_gives_the_model_and_the_shape() {
+    let first = "data: {\"model\":\"m-1\",\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}\n\n";
+    let mut s = UsageScanner::new(OpenAi, Chat, Sse);
+    s.feed(first.as_bytes());
+    assert!(s.sse.template.valid, "the first event taught the shape");
+    let got = s.finish();
+    assert_eq!((got.model.as_deref(), got.streamed_content_bytes), (Some("m-1"), 2));
+    let escaped = "data: {\"model\":\"m\\u002d1\",\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}\n\n";
+    assert_eq!(scan(OpenAi, Chat, Sse, escaped.as_bytes()).model.as_deref(), Some("m-1"), "decoded by the parser");
+    let two = "data: {\"model\":\"a\",\"x\":{\"model\":\"b\"},\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}\n\n";
+    assert_eq!(scan(OpenAi, Chat, Sse, two.as_bytes()).model.as_deref(), Some("a"), "the parser reads the top-level one");
+    let not_object = "data: \"model\":\"m\"\n\n";
+    assert_eq!(scan(OpenAi, Chat, Sse, not_object.as_bytes()).model, None);
+}
+
 /// An event whose data spans two `data` lines teaches a shape with a line break in it; raw bytes
 /// that look the same but whose second line is not `data` are a different event, and count so.
 #[test]
