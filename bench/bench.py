@@ -16,6 +16,8 @@ worker (--concurrency 1). The cases:
             chunk; shown beside `calls` so one run tells the reference's change from Tollgate's
   tollgate  Envoy + Tollgate: attribute (virtual key), route (rewrite the model, set the provider
             header), meter the SSE response (tokens and cost)
+  litellm   LiteLLM's proxy (pinned below 1.107.0, one worker, no database) in front of the same mock,
+            on the same request: the gateway most teams use for budgets today, for comparison
   enforce   the same plus full budget enforcement (docs/enforcement.md): leases from a real
             `tollgate-counter serve` on loopback (SQLite store in a temp dir, budget on org:acme so
             large it never refuses, lease slice big enough that steady state never waits), usage
@@ -45,7 +47,8 @@ the sections go to BENCH_OUT (default: a temp file), not BENCHMARKS.md. The figu
 it checks that every part works.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_LATENCY_SECONDS (5),
-BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,calls-v1,calls,tollgate,enforce), BENCH_OUT (BENCHMARKS.md),
+BENCH_CONNECTIONS (16), BENCH_CASES (plain,noop,naive,calls-v1,calls,tollgate,enforce, and litellm when
+.venv-litellm is installed), BENCH_OUT (BENCHMARKS.md), LITELLM_BIN,
 BENCH_PARTS (instructions,envoy,counter,redis), BENCH_COUNTER_SECONDS (5, per phase),
 BENCH_INSTRUCTIONS_BIN (run this prebuilt `instructions` binary instead of `cargo run`),
 TOLLGATE_COUNTER_BIN, REDIS_SERVER (redis-server),
@@ -82,7 +85,13 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "10"))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "2" if QUICK else "5"))
 WARMUP_SECONDS = 1 if QUICK else 2
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,calls-v1,calls,tollgate,enforce").split(",")
+# LiteLLM's proxy, the gateway most teams put in the path for budgets today (issue 15 §6): a pinned
+# version below 1.107.0 (1.107.0 was a compromised release), installed by scripts/bench.sh into
+# .venv-litellm; measured when that install exists.
+LITELLM_VERSION = "1.106.12"
+LITELLM_BIN = Path(os.environ.get("LITELLM_BIN", Path(__file__).resolve().parent.parent / ".venv-litellm" / "bin" / "litellm"))
+CASES = os.environ.get("BENCH_CASES", "plain,noop,naive,calls-v1,calls,tollgate,enforce"
+                       + (",litellm" if LITELLM_BIN.exists() else "")).split(",")
 PARTS = os.environ.get("BENCH_PARTS", "instructions,envoy,counter,redis").split(",")
 COUNTER_SECONDS = int(os.environ.get("BENCH_COUNTER_SECONDS", "1" if QUICK else "5"))
 OUT = Path(os.environ.get("BENCH_OUT", Path(tempfile.gettempdir()) / "tollgate-bench-quick.md" if QUICK else REPO / "BENCHMARKS.md"))
@@ -223,6 +232,55 @@ class EnforcingEnvoy(harness.Envoy):
         self._wait_ready(30)
 
 
+class LiteLLM:
+    """LiteLLM's proxy (`litellm --config`, one worker, no database) in front of the same mock-llm,
+    answering the same request: the model name maps to the mock's OpenAI-compatible API, the
+    bench key is its master key, and the mock is asked for the same number of events."""
+
+    def __init__(self, workdir, upstream_port, cmd_prefix=()):
+        if not LITELLM_BIN.exists():
+            raise RuntimeError(f"{LITELLM_BIN} is missing: scripts/bench.sh installs litellm[proxy]=={LITELLM_VERSION} into .venv-litellm")
+        workdir = Path(workdir)
+        config = workdir / "litellm.yaml"
+        config.write_text(f"""model_list:
+  - model_name: bench-chat
+    litellm_params:
+      model: openai/bench-chat
+      api_base: http://127.0.0.1:{upstream_port}/v1
+      api_key: sk-upstream
+      extra_headers: {{"x-mock-events": "{EVENTS}"}}
+general_settings:
+  master_key: {KEY}
+""")
+        self.listen_port = harness.free_port()
+        self.log = open(workdir / "litellm.log", "wb")
+        # No network: the bundled price map, no telemetry.
+        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False", LITELLM_LOG="ERROR")
+        self.proc = subprocess.Popen(
+            [*cmd_prefix, str(LITELLM_BIN), "--config", str(config), "--host", "127.0.0.1", "--port", str(self.listen_port),
+             "--num_workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=harness._die_with_parent)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"litellm exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                return harness.request(self.listen_port, "GET", "/health/liveliness", timeout=1).status == 200
+            except OSError:
+                return False
+        wait_until(ready, 180, "the LiteLLM proxy to answer")
+
+    def post(self, path, body, headers=None, **kw):
+        return harness.request(self.listen_port, "POST", path, body, headers, **kw)
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        harness.stop(self.proc)
+        self.log.close()
+
+
 def chat_body(size=2048):
     """A streaming chat request of exactly `size` bytes that already asks for usage (so every case
     gets the same upstream answer, with or without Tollgate's include_usage injection)."""
@@ -326,7 +384,10 @@ def envoy_part():
         envoys = {}
         try:
             for name in CASES:
-                if name == "enforce":
+                if name == "litellm":
+                    # The measured gateway, on the measured CPU like each Envoy.
+                    envoys[name] = LiteLLM(work, mock.port, cmd_prefix=ENVOY_PIN)
+                elif name == "enforce":
                     # The counter is load-side work (like the mock): off the measured worker's CPU.
                     counter = Counter(work, cmd_prefix=LOAD_PIN)
                     envoys[name] = EnforcingEnvoy(work, mock.port, counter.port, name, ENFORCE_CONFIG, cmd_prefix=ENVOY_PIN)
@@ -440,6 +501,13 @@ def envoy_report(med, enforce, conditions):
                      f"(~{per_batch} records a batch; {c.get('duplicates', 0)} duplicates) for the {enforce.get('settled_total', 0):.0f} "
                      f"requests the filter settled over its whole life (sanity check and warm-up included); "
                      f"{enforce.get('dropped_total', 0):.0f} dropped, usage queue drained to 0 after the run.")
+    if "litellm" in med and "tollgate" in med:
+        l, t = med["litellm"], med["tollgate"]
+        lines.append(f"- LiteLLM proxy {LITELLM_VERSION} (one worker, no database, its own spend tracking; on the measured CPU like Envoy) "
+                     f"answers **{l['rps']:.0f} req/s** with p50 {fmt_us(l['p50_1'])} on one connection; Envoy with Tollgate "
+                     f"serves **{t['rps'] / l['rps']:.1f}×** its throughput at p50 {fmt_us(t['p50_1'])}. LiteLLM is a Python "
+                     "service in the path, Tollgate a filter inside the proxy already there; the comparison is the cost of "
+                     "putting each in front of the same upstream.")
     lines += ["", f"Reproduce: `{COMMAND}` (knobs: BENCH_ROUNDS, BENCH_SECONDS, BENCH_LATENCY_SECONDS, BENCH_CONNECTIONS, BENCH_CASES; "
               "`BENCH_PARTS=envoy` for this section alone)."]
     return "\n".join(lines)

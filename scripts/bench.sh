@@ -24,4 +24,14 @@ for f in "${need[@]}"; do
 done
 case ",$parts," in *,envoy,*) command -v wrk >/dev/null || { echo "bench: wrk is missing: run scripts/setup.sh" >&2; exit 2; } ;; esac
 case ",$parts," in *,redis,*) command -v "${REDIS_SERVER:-redis-server}" >/dev/null || { echo "bench: redis-server is missing: run scripts/setup.sh" >&2; exit 2; } ;; esac
+# LiteLLM's proxy for the comparison row (issue 15 §6): installed once into .venv-litellm, a
+# pinned version below 1.107.0 (a compromised release). A failed install leaves the row out.
+case ",$parts,${BENCH_CASES:-litellm}," in
+  *,envoy,*litellm*)
+    if [ ! -x .venv-litellm/bin/litellm ]; then
+      echo "bench: installing litellm[proxy]==1.106.12 into .venv-litellm (once)" >&2
+      (python3 -m venv .venv-litellm && .venv-litellm/bin/pip install -q 'litellm[proxy]==1.106.12') \
+        || { echo "bench: litellm did not install; its row is left out" >&2; rm -rf .venv-litellm; }
+    fi ;;
+esac
 exec timeout --kill-after=10 1200 python3 bench/bench.py "$@"

@@ -548,6 +548,20 @@ impl Gateway {
         self.inner.borrow().workers.iter().map(|w| w.fuel).sum()
     }
 
+    /// The linear memory of each worker's VM, in bytes (what Envoy's wasm memory stats report:
+    /// a wasm memory only grows, so this is the high-water mark of the VM's heap).
+    pub fn memory_bytes(&self) -> Vec<usize> {
+        let mut inner = self.inner.borrow_mut();
+        inner
+            .workers
+            .iter_mut()
+            .map(|w| match w.vm.instance.get_memory(&mut w.vm.store, "memory") {
+                Some(memory) => memory.data_size(&w.vm.store),
+                None => 0,
+            })
+            .collect()
+    }
+
     /// Envoy's plugin shutdown: `proxy_on_done` on every root context; `true` if all are done
     /// (a root that answers false is done once it calls `proxy_done`).
     pub fn shutdown(&self) -> bool {

@@ -250,6 +250,7 @@ fn main() {
         println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
         println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");
     }
+    memory_after_many_requests();
     let (with, without) = measure_banner();
     println!("| budget banner: 50 KiB HTML page in 16 KiB chunks, with enforcement (page passed through without a banner section: {without}) | | | {with} | |");
     print_host_calls();
@@ -311,4 +312,28 @@ fn call_kind(name: &str) -> &'static str {
         n if n.contains("http_call") || n.contains("dispatch") => "calls",
         _ => "other",
     }
+}
+
+/// Per-VM memory under a long run (issue 15 §5): the chat workload with enforcement, its usage
+/// delivered on the tick every 1,000 requests, the VM's linear memory read at checkpoints. A wasm
+/// memory never shrinks, so a flat line means the heap found its steady size; growth would be a
+/// leak. `BENCH_MEMORY_REQUESTS` (default 1,000,000) bounds the run.
+fn memory_after_many_requests() {
+    let total: u64 = std::env::var("BENCH_MEMORY_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let w = workloads().into_iter().next().expect("the chat workload");
+    let gw = enforcing_gateway();
+    let mut marks = Vec::new();
+    let mut next_mark = 1_000u64;
+    for n in 1..=total {
+        measure(&gw, &w);
+        if n % 1_000 == 0 {
+            gw.advance(std::time::Duration::from_millis(1000));
+        }
+        if n == next_mark || n == total {
+            marks.push((n, gw.memory_bytes().iter().sum::<usize>()));
+            next_mark *= 10;
+        }
+    }
+    let row: Vec<String> = marks.iter().map(|(n, bytes)| format!("{n}: {} KiB", bytes / 1024)).collect();
+    println!("| per-VM linear memory, chat workload with enforcement, after N requests | {} | | | |", row.join(", "));
 }
