@@ -483,8 +483,11 @@ impl Stream {
         };
         // Agent guards (core::guard): a retry of expensive work past its allowance is refused.
         if config.guards.is_some() {
+            let needs_cost = config.guards.as_ref().and_then(|g| g.retry.as_ref()).is_some_and(|r| r.needs_cost());
             let worst_micros = match &worst_case {
                 Some(worst) => worst.micros,
+                // Only `expensive.min_estimated_cost_usd` reads it: not estimated otherwise.
+                None if !needs_cost => 0,
                 None => {
                     let est = config.prices.estimate_config();
                     let model_max = price.known.then_some(&price.price).and_then(|p| p.max_output_tokens);
