@@ -695,7 +695,13 @@ impl Stream {
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
         }
         if let Some(key) = req.guard_task.as_deref() {
-            crate::guard::task_outcome(key, finished_at_ms, s.record.status == 0 || s.record.status >= 400);
+            let failed = s.record.status == 0 || s.record.status >= 400;
+            let streak = crate::guard::task_outcome(key, finished_at_ms, failed);
+            // Shared through the counter like the retry count (docs/guards.md).
+            if let (Some(enforcer), Some(streak), Some(task)) = (self.enforcer.as_mut(), streak, s.record.principal.task.as_deref()) {
+                let window_ms = config.guards.as_ref().and_then(|g| g.retry.as_ref()).map_or(0, |r| r.limits.window_ms);
+                enforcer.guard_event(crate::guard::outcome_event(&exchange.record_id, key, task, streak, failed, finished_at_ms, window_ms));
+            }
         }
         if let Some(task) = s.record.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
             crate::guard::add_task_cost(task, s.record.cost_micros);
