@@ -414,11 +414,11 @@ pub struct GuardStreak {
     pub ended_ms: Option<i64>,
     /// With `ended_ms`: the gateway's own failures the counter holds after that success (its
     /// streak starts again from these).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub own_since_end: u32,
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
