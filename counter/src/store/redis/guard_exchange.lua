@@ -81,7 +81,7 @@ for _, key in ipairs(order) do
     streaks[#streaks + 1] = int(b.since)
     streaks[#streaks + 1] = int(others)
     streaks[#streaks + 1] = ended and int(ended) or ''
-    streaks[#streaks + 1] = ended and int(own) or '0'''
+    streaks[#streaks + 1] = ended and int(own) or '0'
   else
     local others = 0
     for _, e in ipairs(events) do
