@@ -321,6 +321,35 @@ pub enum GuardEventKind {
     Observed,
     /// Over the allowance: refused with 429 (never reached an upstream).
     Refused,
+    /// A task's attempt settled with an upstream error status or cut before one: its failure
+    /// streak (the key is the streak's, `tollgate.guard.tfail.<key>`) grows on every gateway.
+    Failed,
+    /// A task's attempt settled with success: its failure streak ends on every gateway.
+    Succeeded,
+}
+
+impl GuardEventKind {
+    /// Whether the event is a task attempt's outcome (its failure streak), not a counted attempt.
+    pub fn is_outcome(self) -> bool {
+        matches!(self, GuardEventKind::Failed | GuardEventKind::Succeeded)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardEventKind::Passed => "passed",
+            GuardEventKind::Observed => "observed",
+            GuardEventKind::Refused => "refused",
+            GuardEventKind::Failed => "failed",
+            GuardEventKind::Succeeded => "succeeded",
+        }
+    }
+
+    /// The kind a store wrote with [`Self::as_str`] (`None`: not a kind).
+    pub fn parse(text: &str) -> Option<GuardEventKind> {
+        [GuardEventKind::Passed, GuardEventKind::Observed, GuardEventKind::Refused, GuardEventKind::Failed, GuardEventKind::Succeeded]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
 }
 
 /// One counted attempt, delivered with the usage batches (`UsageBatch::guard_events`). The
@@ -369,20 +398,47 @@ pub struct GuardCheckpoint {
     pub at_ms: i64,
 }
 
+/// A task's failure streak on the other gateways (for an outcome event's key): what a gateway
+/// adds to its own streak, and whether a success elsewhere ended its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardStreak {
+    pub key: String,
+    pub since_ms: i64,
+    /// Failed attempts of the task on other gateways since `since_ms`, after the task's newest
+    /// checkpoint and after its newest success on any gateway.
+    pub others: u32,
+    /// The newest success of the task on another gateway since `since_ms`: the gateway's own
+    /// failures before it no longer count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
+    /// With `ended_ms`: the gateway's own failures the counter holds after that success (its
+    /// streak starts again from these).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub own_since_end: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The counter's answer to a batch's guard events: the shared counts of the keys in the batch,
-/// and the recent checkpoints of every key their tasks have.
+/// the shared failure streaks of the tasks whose outcomes it carried, and the recent checkpoints
+/// of every key their tasks have.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardAnswer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counts: Vec<GuardCount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streaks: Vec<GuardStreak>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<GuardCheckpoint>,
 }
 
 impl GuardAnswer {
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty() && self.checkpoints.is_empty()
+        self.counts.is_empty() && self.streaks.is_empty() && self.checkpoints.is_empty()
     }
 }
 

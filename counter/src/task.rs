@@ -28,7 +28,7 @@ use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::{GuardEvent, GuardEventKind, Tokens};
+use tollgate_core::protocol::{GuardEvent, GuardEventKind, GuardStreak, Tokens};
 
 /// Longest task id accepted (the filter's attribution keeps values up to this).
 pub const MAX_TASK_LEN: usize = 256;
@@ -81,6 +81,8 @@ impl GuardTally {
             GuardEventKind::Passed => {}
             GuardEventKind::Refused => self.refused += 1,
             GuardEventKind::Observed => self.observed += 1,
+            // Outcomes (the failure streak) are not attempts: the ledger has the requests.
+            GuardEventKind::Failed | GuardEventKind::Succeeded => {}
         }
     }
 }
@@ -104,13 +106,24 @@ pub struct StoredGuardEvent {
 
 /// The keys of a batch's guard events: per key its task and the newest `since_ms` its events
 /// carry (the gateway's current count).
-pub fn batch_keys(events: &[GuardEvent]) -> BTreeMap<&str, (Option<&str>, i64)> {
-    let mut keys: BTreeMap<&str, (Option<&str>, i64)> = BTreeMap::new();
+/// A key whose events are outcomes is a task's failure streak (`GuardAnswer::streaks`), any other
+/// a retry count (`GuardAnswer::counts`).
+pub fn batch_keys(events: &[GuardEvent]) -> BTreeMap<&str, BatchKey<'_>> {
+    let mut keys: BTreeMap<&str, BatchKey<'_>> = BTreeMap::new();
     for e in events {
-        let slot = keys.entry(e.key.as_str()).or_insert((e.task.as_deref(), e.since_ms));
-        slot.1 = slot.1.max(e.since_ms);
+        let slot = keys.entry(e.key.as_str()).or_insert(BatchKey { task: e.task.as_deref(), since_ms: e.since_ms, streak: e.kind.is_outcome() });
+        slot.since_ms = slot.since_ms.max(e.since_ms);
     }
     keys
+}
+
+/// One key of a batch ([`batch_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchKey<'a> {
+    pub task: Option<&'a str>,
+    pub since_ms: i64,
+    /// The key of a task's failure streak (its events are outcomes).
+    pub streak: bool,
 }
 
 /// Attempts other gateways let through (passed or observed) since `since_ms` and after the
@@ -119,9 +132,28 @@ pub fn batch_keys(events: &[GuardEvent]) -> BTreeMap<&str, (Option<&str>, i64)> 
 pub fn others(events: &[StoredGuardEvent], gateway: &str, since_ms: i64, checkpoint_at_ms: i64) -> u32 {
     let n = events
         .iter()
-        .filter(|e| e.gateway != gateway && e.kind != GuardEventKind::Refused && e.at_ms >= since_ms && e.at_ms > checkpoint_at_ms)
+        .filter(|e| e.gateway != gateway && matches!(e.kind, GuardEventKind::Passed | GuardEventKind::Observed) && e.at_ms >= since_ms && e.at_ms > checkpoint_at_ms)
         .count();
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A task's failure streak on the gateways other than `gateway` (`GuardStreak`): its failures
+/// since `since_ms`, after the task's newest checkpoint and after the task's newest success on
+/// any gateway (a success anywhere ends the streak everywhere). Its own failures are left out, so
+/// nothing it counted itself is counted twice. When another gateway's success since `since_ms`
+/// ended the asking gateway's streak: when (`ended_ms`), and how many of the asking gateway's own
+/// failures came after it (`own_since_end`, its new streak).
+pub fn streak(events: &[StoredGuardEvent], gateway: &str, since_ms: i64, checkpoint_at_ms: i64) -> GuardStreak {
+    let newest_success = events.iter().filter(|e| e.kind == GuardEventKind::Succeeded).map(|e| e.at_ms).max().unwrap_or(i64::MIN);
+    let failures_after = |mine: bool| {
+        let n = events
+            .iter()
+            .filter(|e| (e.gateway == gateway) == mine && e.kind == GuardEventKind::Failed && e.at_ms >= since_ms && e.at_ms > checkpoint_at_ms && e.at_ms > newest_success)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    };
+    let ended_ms = events.iter().filter(|e| e.gateway != gateway && e.kind == GuardEventKind::Succeeded && e.at_ms >= since_ms).map(|e| e.at_ms).max();
+    GuardStreak { key: String::new(), since_ms, others: failures_after(false), ended_ms, own_since_end: if ended_ms.is_some() { failures_after(true) } else { 0 } }
 }
 
 /// `guard_events` of a usage batch: every event names its request, key and times.

@@ -694,6 +694,52 @@ async fn a_checkpoint_made_at_the_counter_reaches_every_key_of_its_task_and_clea
     assert_eq!(others_of(&ack, KEY_A), Some((t0, 0)), "gw1's attempt came before the checkpoint: {ack}");
 }
 
+/// (since_ms, others, (ended_ms, own_since_end)) of the streak answered for `key`.
+fn streak_of(ack: &Value, key: &str) -> Option<(i64, u64, Option<(i64, u64)>)> {
+    ack["guard"]["streaks"].as_array()?.iter().find(|c| c["key"] == key).map(|c| {
+        (c["since_ms"].as_i64().unwrap(), c["others"].as_u64().unwrap(), c["ended_ms"].as_i64().map(|at| (at, c["own_since_end"].as_u64().unwrap_or(0))))
+    })
+}
+
+const STREAK: &str = "00000000000000ff";
+
+#[tokio::test]
+async fn a_tasks_failures_on_other_gateways_count_toward_its_streak_until_a_success_anywhere_or_a_checkpoint() {
+    let h = Harness::start().await;
+    let t0 = at("2026-11-25T09:59:00Z");
+    let since = t0 - 1_000;
+    let outcome = |id: &str, kind: &str, at_ms: i64| guard_event(id, STREAK, kind, 0, at_ms, since);
+    let ack = guard_post(&h, "gw1", vec![], vec![outcome("gw1:1", "failed", t0)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 0, None)), "nobody else has failed yet: {ack}");
+    assert_eq!(others_of(&ack, STREAK), None, "an outcome's key is a streak, not a retry count: {ack}");
+    let ack = guard_post(&h, "gw2", vec![], vec![outcome("gw2:1", "failed", t0 + 10)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 1, None)), "gw1's failure counts toward gw2's streak: {ack}");
+    let ack = guard_post(&h, "gw1", vec![], vec![outcome("gw1:2", "failed", t0 + 20)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 1, None)), "gw1 hears gw2's failure, never its own: {ack}");
+    // A redelivered outcome counts once.
+    let ack = guard_post(&h, "gw2", vec![], vec![outcome("gw2:1", "failed", t0 + 10), outcome("gw2:2", "failed", t0 + 30)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 2, None)), "{ack}");
+    // A success on gw1 ends the streak everywhere: the failures before it no longer count.
+    let ack = guard_post(&h, "gw1", vec![], vec![outcome("gw1:3", "succeeded", t0 + 40)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 0, None)), "{ack}");
+    let ack = guard_post(&h, "gw2", vec![], vec![outcome("gw2:4", "failed", t0 + 50)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 0, Some((t0 + 40, 1)))), "gw2 learns its earlier failures ended at gw1's success, and its one since starts the new streak: {ack}");
+    let ack = guard_post(&h, "gw1", vec![], vec![outcome("gw1:5", "failed", t0 + 60)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 1, None)), "a failure after the success starts a new streak: {ack}");
+    // A checkpoint clears it, and reaches the streak's key like every key of the task.
+    let (status, cp) = h.admin("POST", "/admin/checkpoints", Some(json!({"task": "fix-ci-42", "note": "go on"}))).await;
+    assert_eq!(status, 201, "{cp}");
+    let now = at("2026-11-25T10:00:00Z");
+    let ack = guard_post(&h, "gw1", vec![], vec![outcome("gw1:6", "failed", now + 5)]).await;
+    assert_eq!(streak_of(&ack, STREAK), Some((since, 0, None)), "gw2's failure came before the checkpoint: {ack}");
+    let keys: Vec<&str> = ack["guard"]["checkpoints"].as_array().unwrap().iter().map(|c| c["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, [STREAK], "{ack}");
+    // Outcomes are not attempts: the task's summary counts no retry, refusal or observation.
+    let (status, s) = h.admin("GET", "/admin/tasks/fix-ci-42", None).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["guard"], json!({"retries": 0, "refused": 0, "observed": 0}), "{s}");
+}
+
 #[tokio::test]
 async fn the_task_summary_counts_retries_and_guard_refusals_once_and_keeps_the_books_exact() {
     let h = Harness::start().await;

@@ -483,8 +483,11 @@ impl Stream {
         };
         // Agent guards (core::guard): a retry of expensive work past its allowance is refused.
         if config.guards.is_some() {
+            let needs_cost = config.guards.as_ref().and_then(|g| g.retry.as_ref()).is_some_and(|r| r.needs_cost());
             let worst_micros = match &worst_case {
                 Some(worst) => worst.micros,
+                // Only `expensive.min_estimated_cost_usd` reads it: not estimated otherwise.
+                None if !needs_cost => 0,
                 None => {
                     let est = config.prices.estimate_config();
                     let model_max = price.known.then_some(&price.price).and_then(|p| p.max_output_tokens);
@@ -692,7 +695,13 @@ impl Stream {
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
         }
         if let Some(key) = req.guard_task.as_deref() {
-            crate::guard::task_outcome(key, finished_at_ms, s.record.status == 0 || s.record.status >= 400);
+            let failed = s.record.status == 0 || s.record.status >= 400;
+            let streak = crate::guard::task_outcome(key, finished_at_ms, failed);
+            // Shared through the counter like the retry count (docs/guards.md).
+            if let (Some(enforcer), Some(streak), Some(task)) = (self.enforcer.as_mut(), streak, s.record.principal.task.as_deref()) {
+                let window_ms = config.guards.as_ref().and_then(|g| g.retry.as_ref()).map_or(0, |r| r.limits.window_ms);
+                enforcer.guard_event(crate::guard::outcome_event(&exchange.record_id, key, task, streak, failed, finished_at_ms, window_ms));
+            }
         }
         if let Some(task) = s.record.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
             crate::guard::add_task_cost(task, s.record.cost_micros);

@@ -18,7 +18,10 @@
 //! there: each counted attempt is delivered as a guard event, and the counter's answer carries,
 //! per key, the attempts the *other* gateways let through in this window, kept apart in the
 //! entry (`RetryEntry::others`, so nothing is counted twice), and the checkpoints made at the
-//! counter ([`apply_answer`]). The bound this gives is in docs/guards.md.
+//! counter ([`apply_answer`]). A task's failure streak (`tollgate.guard.tfail.<hash>`) is shared
+//! the same way: each settled attempt of a task is delivered as an outcome event, and the answer
+//! carries the task's failures in a row on the other gateways (`RetryEntry::others` of the streak,
+//! replaced by each answer: a success anywhere ends it). The bound this gives is in docs/guards.md.
 //!
 //! With `guards.task_cost_header`, each settled request with a task id adds its cost to
 //! `tollgate.guard.task.<hash>` (this gateway's running total), and the response of the next
@@ -29,7 +32,7 @@ use crate::host::{self, LogLevel, SetShared};
 use crate::metrics::Counter;
 use tollgate_core::enforce::chain::MAX_CAS_ATTEMPTS;
 use tollgate_core::guard::retry::{self, Decision, RetryEntry};
-use tollgate_core::guard::{checkpoint_hash, task_cost_key, Guards, RetryGuard, TaskCost};
+use tollgate_core::guard::{checkpoint_hash, task_cost_key, Guards, RetryGuard, TaskCost, FAILURE_PREFIX, RETRY_PREFIX};
 use tollgate_core::protocol::{GuardAnswer, GuardEvent, GuardEventKind, Principal};
 
 /// The guards' counters (`wasmcustom.tollgate_guard_*`), defined only when `guards` is configured.
@@ -147,16 +150,15 @@ pub fn event(gateway_id: &str, request_id: &str, key: &str, principal: &Principa
     }
 }
 
-/// The shared-data key of the count a counter answer names (`GuardCount::key`, 16 hex digits).
-fn count_key(hex: &str) -> Option<String> {
-    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| [RETRY_PREFIX, hex].concat())
+/// The shared-data key a counter answer names (16 hex digits) under `prefix` (a retry count's or
+/// a task's failure streak's).
+fn entry_key(prefix: &str, hex: &str) -> Option<String> {
+    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| [prefix, hex].concat())
 }
 
-const RETRY_PREFIX: &str = "tollgate.guard.retry.";
-
-/// The 16 hex digits of a count's shared-data key (what guard events name).
+/// The 16 hex digits of a count's or a streak's shared-data key (what guard events name).
 pub fn key_hex(key: &str) -> &str {
-    key.strip_prefix(RETRY_PREFIX).unwrap_or(key)
+    key.strip_prefix(RETRY_PREFIX).or_else(|| key.strip_prefix(FAILURE_PREFIX)).unwrap_or(key)
 }
 
 /// Applies the counter's answer to a usage post (`UsageAck::guard`): the other gateways' attempts
@@ -167,14 +169,21 @@ pub fn key_hex(key: &str) -> &str {
 pub fn apply_answer(answer: &GuardAnswer, window_ms: i64, now_ms: i64) -> u64 {
     let mut reset = 0;
     for c in &answer.counts {
-        let Some(key) = count_key(&c.key) else { continue };
+        let Some(key) = entry_key(RETRY_PREFIX, &c.key) else { continue };
         let _ = update_existing(&key, |e| Some(retry::merge_others(e, c.since_ms, c.others, window_ms)).filter(|n| *n != e));
     }
+    for s in &answer.streaks {
+        let Some(key) = entry_key(FAILURE_PREFIX, &s.key) else { continue };
+        let _ = update_existing(&key, |e| Some(retry::merge_streak(e, s.since_ms, s.others, s.ended_ms.map(|at| (at, s.own_since_end)), window_ms)).filter(|n| *n != e));
+    }
+    // A checkpoint names every key of its task: retry counts and the failure streak alike.
     for c in &answer.checkpoints {
-        let Some(key) = count_key(&c.key) else { continue };
         let hash = checkpoint_hash(&c.checkpoint);
-        if update_existing(&key, |e| retry::apply_checkpoint(e, hash, c.at_ms, now_ms)) {
-            reset += 1;
+        for prefix in [RETRY_PREFIX, FAILURE_PREFIX] {
+            let Some(key) = entry_key(prefix, &c.key) else { continue };
+            if update_existing(&key, |e| retry::apply_checkpoint(e, hash, c.at_ms, now_ms)) {
+                reset += 1;
+            }
         }
     }
     reset
@@ -208,9 +217,24 @@ pub fn task_attempt(guard: &RetryGuard, key: &str, now_ms: i64, checkpoint: Opti
     Some(decision)
 }
 
-/// A task's attempt settled: a failure lengthens its streak, a success ends it.
-pub fn task_outcome(key: &str, now_ms: i64, failed: bool) {
-    let _ = update(key, |current| (retry::task_outcome(current, now_ms, failed), ()));
+/// A task's attempt settled: a failure lengthens its streak, a success ends it. Returns the
+/// streak as stored (`None`: shared data failed).
+pub fn task_outcome(key: &str, now_ms: i64, failed: bool) -> Option<RetryEntry> {
+    update(key, |current| (retry::task_outcome(current, now_ms, failed), ())).map(|(_, next, ())| next)
+}
+
+/// The guard event of a task attempt's outcome, for the counter: the streak is shared across
+/// gateways like the retry count (a failure elsewhere counts here, a success anywhere ends it).
+pub fn outcome_event(record_id: &str, key: &str, task: &str, streak: RetryEntry, failed: bool, at_ms: i64, window_ms: i64) -> GuardEvent {
+    GuardEvent {
+        id: record_id.to_owned(),
+        key: key_hex(key).to_owned(),
+        task: Some(task.to_owned()),
+        kind: if failed { GuardEventKind::Failed } else { GuardEventKind::Succeeded },
+        retry: streak.attempts,
+        at_ms,
+        since_ms: streak.others_since(window_ms).min(at_ms),
+    }
 }
 
 /// This gateway's settled cost and requests of `task` so far (`None`: none yet, or unreadable).

@@ -40,6 +40,13 @@ const K: u64 = 0x9E37_79B9_7F4A_7C15;
 /// state for fixed words and of each word for a fixed state, so a changed byte always changes
 /// the result before the final avalanche.
 pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
+    finish(absorb(seed, bytes))
+}
+
+/// [`hash_bytes`] without the final avalanche: chained over several fields (the length of each
+/// folded in first, so no two splits of the same bytes agree), the avalanche is paid once at the
+/// end ([`finish`]) instead of once per field.
+pub fn absorb(seed: u64, bytes: &[u8]) -> u64 {
     let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
     let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
     let mut pairs = bytes.chunks_exact(16);
@@ -55,12 +62,11 @@ pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
     for (slot, byte) in tail.iter_mut().zip(words.remainder()) {
         *slot = *byte;
     }
-    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
-    finish(h)
+    (h ^ u64::from_le_bytes(tail)).wrapping_mul(K)
 }
 
 /// A final avalanche, so nearby inputs give unrelated outputs.
-fn finish(mut h: u64) -> u64 {
+pub fn finish(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     h ^= h >> 33;
@@ -68,22 +74,63 @@ fn finish(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The fingerprint of a scanned body: every member but the `ignored` ones, key and raw value,
-/// plus `model` (the requested model, which for Azure and Gemini lives in the path, not the body).
+/// The top-level fields left out of the fingerprint, compiled once at config time: the names, and
+/// a 128-bit filter of their key hashes in front of them, so a member that is not ignored (most
+/// of them) costs one bit test instead of a string comparison with every name (the guard's wasm
+/// fuel, issue 12). The key hash is the one the fingerprint needs anyway; a hit in the filter is
+/// confirmed by comparing the names, so the filter never ignores a field by accident.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IgnoredFields {
+    names: Vec<String>,
+    filter: u128,
+}
+
+impl IgnoredFields {
+    pub fn new(names: Vec<String>) -> IgnoredFields {
+        let filter = names.iter().fold(0u128, |f, n| f | filter_bit(key_hash(n)));
+        IgnoredFields { names, filter }
+    }
+
+    /// The default list ([`DEFAULT_IGNORED`]).
+    pub fn default_list() -> IgnoredFields {
+        IgnoredFields::new(DEFAULT_IGNORED.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the member `key`, whose [`key_hash`] is `hash`, is ignored.
+    fn contains(&self, key: &str, hash: u64) -> bool {
+        self.filter & filter_bit(hash) != 0 && self.names.iter().any(|n| n == key)
+    }
+}
+
+/// A member key's hash: the seed of its value's hash, and its bit in [`IgnoredFields`]'s filter.
+fn key_hash(key: &str) -> u64 {
+    hash_bytes(2, key.as_bytes())
+}
+
+fn filter_bit(hash: u64) -> u128 {
+    1u128 << (hash & 127)
+}
+
 /// The fingerprint of a parsed request: its body's members as the scan found them, and the model it
 /// asks for (after a guard's downgrade).
-pub fn of_request(request: &crate::routing::plan::ParsedRequest<'_>, ignored: &[String]) -> u64 {
+pub fn of_request(request: &crate::routing::plan::ParsedRequest<'_>, ignored: &IgnoredFields) -> u64 {
     let (body, top) = request.scanned_body();
     fingerprint(body, top, ignored, &request.requested_model)
 }
 
-pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &[String], model: &str) -> u64 {
+/// The fingerprint of a scanned body: every member but the `ignored` ones, key and raw value,
+/// plus `model` (the requested model, which for Azure and Gemini lives in the path, not the body).
+pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &IgnoredFields, model: &str) -> u64 {
     let mut sum = hash_bytes(1, model.as_bytes());
     for member in &top.members {
-        if ignored.contains(&member.key) {
+        let key = key_hash(&member.key);
+        if ignored.contains(&member.key, key) {
             continue;
         }
-        let key = hash_bytes(2, member.key.as_bytes());
         let value = body.get(member.value.clone()).unwrap_or_default();
         sum = sum.wrapping_add(hash_bytes(key, value));
     }
@@ -97,8 +144,7 @@ mod tests {
 
     fn fp(body: &str) -> u64 {
         let top = scan_object(body.as_bytes()).unwrap();
-        let ignored: Vec<String> = DEFAULT_IGNORED.iter().map(|s| s.to_string()).collect();
-        fingerprint(body.as_bytes(), &top, &ignored, "m")
+        fingerprint(body.as_bytes(), &top, &IgnoredFields::default_list(), "m")
     }
 
     const BASE: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"fix the failing test"}]}"#;
@@ -146,6 +192,22 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_list_ignores_exactly_its_names() {
+        let ignored = IgnoredFields::new(vec!["trace".to_owned(), "attempt".to_owned()]);
+        let with = |body: &str| {
+            let top = scan_object(body.as_bytes()).unwrap();
+            fingerprint(body.as_bytes(), &top, &ignored, "m")
+        };
+        let base = with(r#"{"messages":[1]}"#);
+        assert_eq!(with(r#"{"messages":[1],"trace":"a","attempt":3}"#), base, "listed names are left out");
+        // Names that share a length, a first or a last byte with a listed one still count, and so
+        // does every default name once the list replaces the default.
+        for other in [r#""tracE":1"#, r#""trade":1"#, r#""attemps":1"#, r#""stream":true"#, r#""temperature":0.5"#, r#""t":1"#] {
+            assert_ne!(with(&format!(r#"{{"messages":[1],{other}}}"#)), base, "{other}");
+        }
+    }
+
+    #[test]
     fn a_member_moved_between_key_and_value_is_not_the_same() {
         assert_ne!(fp(r#"{"a":"b","c":"d"}"#), fp(r#"{"a":"d","c":"b"}"#));
         assert_ne!(fp(r#"{"ab":"c"}"#), fp(r#"{"a":"bc"}"#));
@@ -155,7 +217,7 @@ mod tests {
     fn the_model_outside_the_body_counts() {
         let top = scan_object(br#"{"contents":[]}"#).unwrap();
         let body = br#"{"contents":[]}"#;
-        assert_ne!(fingerprint(body, &top, &[], "gemini-2.5-pro"), fingerprint(body, &top, &[], "gemini-2.5-flash"));
+        assert_ne!(fingerprint(body, &top, &IgnoredFields::default(), "gemini-2.5-pro"), fingerprint(body, &top, &IgnoredFields::default(), "gemini-2.5-flash"));
     }
 
     #[test]

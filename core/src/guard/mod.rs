@@ -118,7 +118,7 @@ pub struct Guards {
 pub struct RetryGuard {
     pub limits: RetryLimits,
     /// Top-level body members left out of the fingerprint.
-    pub ignored: Vec<String>,
+    pub ignored: fingerprint::IgnoredFields,
     /// A request header a trusted upstream filter writes with a checkpoint id (lower case).
     pub checkpoint_header: Option<String>,
     tiers: Option<Vec<Glob>>,
@@ -137,6 +137,12 @@ pub struct Work<'a> {
 }
 
 impl RetryGuard {
+    /// Whether [`Self::is_expensive`] looks at the request's worst-case cost (`min_estimated_cost_usd`):
+    /// without it the filter does not compute one for the guard.
+    pub fn needs_cost(&self) -> bool {
+        self.min_cost.is_some()
+    }
+
     /// Whether the guard counts this request. No `expensive` section: every request.
     pub fn is_expensive(&self, work: &Work<'_>) -> bool {
         if self.tiers.is_none() && self.models.is_none() && self.min_cost.is_none() {
@@ -153,22 +159,12 @@ impl RetryGuard {
 
     /// The shared-data key of this (principal, task, fingerprint)'s count.
     pub fn key(principal: &Principal, fingerprint: u64) -> String {
-        let mut h = fingerprint;
-        for field in Field::ALL {
-            let value = field.get(principal).unwrap_or_default();
-            h = fingerprint::hash_bytes(h ^ (field as u64).wrapping_add(1), value.as_bytes());
-        }
-        let mut key = String::with_capacity(32);
-        key.push_str("tollgate.guard.retry.");
-        push_hex(&mut key, h);
-        key
+        hex_key(RETRY_PREFIX, principal_hash(principal, fingerprint))
     }
 
     /// The shared-data key of a task's failure streak (per principal and task).
     pub fn task_key(principal: &Principal) -> String {
-        let mut key = Self::key(principal, 0x7461_736b);
-        key.replace_range(..FAILURE_PREFIX_AT, "tollgate.guard.tfail.");
-        key
+        hex_key(FAILURE_PREFIX, principal_hash(principal, 0x7461_736b))
     }
 
     /// The 429 for an attempt of a task that failed too often in a row.
@@ -206,14 +202,34 @@ impl RetryGuard {
     }
 }
 
-/// Length of `tollgate.guard.retry.`, replaced to name a task's failure streak.
-const FAILURE_PREFIX_AT: usize = "tollgate.guard.retry.".len();
+/// The shared-data key prefix of a retry count (`tollgate.guard.retry.<16 hex digits>`).
+pub const RETRY_PREFIX: &str = "tollgate.guard.retry.";
+/// The shared-data key prefix of a task's failure streak (`tollgate.guard.tfail.<16 hex digits>`).
+pub const FAILURE_PREFIX: &str = "tollgate.guard.tfail.";
 
-fn push_hex(out: &mut String, value: u64) {
-    for shift in (0..16).rev() {
-        let nibble = (value >> (shift * 4)) & 0xF;
-        out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
+/// `seed` and every principal field, chained through one hash with one final avalanche (a field's
+/// length is folded in before its bytes, so no two principals hash alike by moving bytes between
+/// fields).
+fn principal_hash(principal: &Principal, seed: u64) -> u64 {
+    let mut h = seed;
+    for field in Field::ALL {
+        let value = field.get(principal).unwrap_or_default();
+        h = fingerprint::absorb(h ^ (field as u64).wrapping_add(1), value.as_bytes());
     }
+    fingerprint::finish(h)
+}
+
+/// `prefix` and 16 lower-case hex digits of `value`, in one allocation.
+fn hex_key(prefix: &str, value: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 16];
+    for (i, slot) in hex.iter_mut().enumerate() {
+        *slot = DIGITS.get(((value >> (60 - 4 * i)) & 0xF) as usize).copied().unwrap_or(b'0');
+    }
+    let mut key = String::with_capacity(prefix.len() + hex.len());
+    key.push_str(prefix);
+    key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    key
 }
 
 /// The hash a checkpoint value is stored as (never 0: 0 means none).
@@ -226,10 +242,7 @@ pub const TASK_COST_HEADER: &str = "x-tollgate-task-cost";
 
 /// The shared-data key of a task's running cost on this gateway.
 pub fn task_cost_key(task: &str) -> String {
-    let mut key = String::with_capacity(40);
-    key.push_str("tollgate.guard.task.");
-    push_hex(&mut key, fingerprint::hash_bytes(4, task.as_bytes()));
-    key
+    hex_key("tollgate.guard.task.", fingerprint::hash_bytes(4, task.as_bytes()))
 }
 
 /// A task's settled cost and requests on one gateway (16 bytes in shared data).
@@ -378,7 +391,7 @@ fn compile_retry(raw: RetryConfig) -> Result<RetryGuard, ConfigError> {
         return Err(ConfigError::new("guards.retry.window_seconds", format!("must be between 1 and {MAX_WINDOW_SECONDS} (a week)")));
     }
     let ignored = match raw.ignore_fields {
-        None => fingerprint::DEFAULT_IGNORED.iter().map(|s| (*s).to_owned()).collect(),
+        None => fingerprint::IgnoredFields::default_list(),
         Some(fields) => {
             if let Some(i) = fields.iter().position(|f| f.is_empty()) {
                 return Err(ConfigError::new(format!("guards.retry.ignore_fields[{i}]"), "must name a top-level body field"));
@@ -386,7 +399,7 @@ fn compile_retry(raw: RetryConfig) -> Result<RetryGuard, ConfigError> {
             if fields.iter().any(|f| f == "model") {
                 return Err(ConfigError::new("guards.retry.ignore_fields", "\"model\" always counts: another model is other work"));
             }
-            fields
+            fingerprint::IgnoredFields::new(fields)
         }
     };
     let checkpoint_header = match raw.checkpoint_header {

@@ -149,9 +149,11 @@ pub fn apply_checkpoint(entry: RetryEntry, checkpoint: u64, at_ms: i64, now_ms: 
 }
 
 /// A task's failed attempts in a row ("the same task id after a failed or refused attempt"),
-/// kept in a [`RetryEntry`] of its own: `attempts` is the streak of failures. Before an attempt:
-/// a new checkpoint or an ended window clears the streak; past `allowed_retries` failures in a
-/// row the attempt is refused (observe: reported). Returns the entry to store and the decision.
+/// kept in a [`RetryEntry`] of its own: `attempts` is the streak of failures on this gateway,
+/// `others` the failures in a row on the other gateways as the counter last answered
+/// ([`merge_streak`]). Before an attempt: a new checkpoint or an ended window clears the streak;
+/// past `allowed_retries` failures in a row (everywhere the gateway has heard of) the attempt is
+/// refused (observe: reported). Returns the entry to store and the decision.
 pub fn task_attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits, checkpoint: Option<u64>) -> (RetryEntry, Decision) {
     let mut e = entry.unwrap_or_default();
     let expired = entry.is_none() || now_ms.saturating_sub(e.window_start_ms) >= limits.window_ms || now_ms < e.window_start_ms;
@@ -159,20 +161,43 @@ pub fn task_attempt(entry: Option<RetryEntry>, now_ms: i64, limits: RetryLimits,
     if expired || new_checkpoint.is_some() {
         e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: new_checkpoint.unwrap_or(e.checkpoint), others: 0 };
     }
-    if e.attempts > limits.allowed_retries {
+    let failures = e.total();
+    if failures > limits.allowed_retries {
         e.refusals = e.refusals.saturating_add(1);
-        let decision = if limits.observe { Decision::Observe { retry: e.attempts } } else { Decision::Refuse { attempts: e.attempts } };
+        let decision = if limits.observe { Decision::Observe { retry: failures } } else { Decision::Refuse { attempts: failures } };
         return (e, decision);
     }
-    (e, Decision::Pass { retry: e.attempts })
+    (e, Decision::Pass { retry: failures })
 }
 
 /// After an attempt of a task settled: a failure (an error status, or cut before one) lengthens
-/// the streak, a success ends it.
+/// the streak; a success ends it, the other gateways' failures included, and the next streak is
+/// counted from now (so an answer about the old one no longer applies: [`merge_streak`]).
 pub fn task_outcome(entry: Option<RetryEntry>, now_ms: i64, failed: bool) -> RetryEntry {
     let mut e = entry.unwrap_or(RetryEntry { window_start_ms: now_ms, ..RetryEntry::default() });
-    e.attempts = if failed { e.attempts.saturating_add(1) } else { 0 };
+    if failed {
+        e.attempts = e.attempts.saturating_add(1);
+    } else if e.attempts != 0 || e.others != 0 {
+        e = RetryEntry { window_start_ms: now_ms, attempts: 0, refusals: 0, checkpoint: e.checkpoint, others: 0 };
+    }
     e
+}
+
+/// The counter's answer about a task's failure streak (`GuardStreak`): the other gateways failed
+/// `others` times in a row since `since_ms` (after the newest success anywhere); `ended` is their
+/// newest success and this gateway's own failures the counter holds after it. Taken only for the
+/// streak it was asked about. Unlike a retry count, `others` may go down (a success elsewhere
+/// ends the streak), so the answer replaces it; a success elsewhere after this streak began also
+/// ends this gateway's own failures before it, and the streak is counted from that success on
+/// (so the same answer does not end it twice).
+pub fn merge_streak(entry: RetryEntry, since_ms: i64, others: u32, ended: Option<(i64, u32)>, window_ms: i64) -> RetryEntry {
+    if entry.others_since(window_ms) != since_ms {
+        return entry;
+    }
+    match ended {
+        Some((at, own)) if at > entry.window_start_ms => RetryEntry { window_start_ms: at, attempts: own.min(entry.attempts), refusals: 0, checkpoint: entry.checkpoint, others },
+        _ => RetryEntry { others, ..entry },
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +296,33 @@ mod tests {
             ],
             "three failures in a row stop the task; a checkpoint clears it; a success ends the streak"
         );
+    }
+
+    #[test]
+    fn a_tasks_failures_on_other_gateways_join_its_streak_and_a_success_anywhere_ends_it() {
+        let w = LIMITS.window_ms;
+        // One failure here; the counter says two more happened elsewhere: the next is refused.
+        let (e, d) = task_attempt(None, 0, LIMITS, None);
+        assert_eq!(d, Decision::Pass { retry: 0 });
+        let e = task_outcome(Some(e), 1, true);
+        let since = e.others_since(w);
+        let heard = merge_streak(e, since, 2, None, w);
+        assert_eq!(task_attempt(Some(heard), 2, LIMITS, None).1, Decision::Refuse { attempts: 3 }, "one here and two elsewhere, in a row");
+        assert_eq!(merge_streak(heard, since + 1, 0, None, w), heard, "an answer about another streak is ignored");
+        assert_eq!(merge_streak(heard, since, 1, None, w).others, 1, "the streak elsewhere may shrink: the answer replaces it");
+        // A success elsewhere after this streak began ends this gateway's own failures too, once.
+        let ended = merge_streak(heard, since, 0, Some((1, 0)), w);
+        assert_eq!((ended.attempts, ended.others, ended.window_start_ms), (0, 0, 1));
+        let two_here = task_outcome(Some(e), 2, true);
+        assert_eq!(merge_streak(two_here, since, 0, Some((1, 1)), w).attempts, 1, "the own failure after the success elsewhere starts the new streak");
+        assert_eq!(task_attempt(Some(ended), 3, LIMITS, None).1, Decision::Pass { retry: 0 });
+        let failed_again = task_outcome(Some(ended), 4, true);
+        assert_eq!(merge_streak(failed_again, failed_again.others_since(w), 0, Some((1, 0)), w).attempts, 1, "the same success does not end a later streak");
+        // A success here ends the others' failures too, and answers about the old streak no longer apply.
+        let done = task_outcome(Some(heard), 5, false);
+        assert_eq!((done.attempts, done.others), (0, 0));
+        assert_eq!(merge_streak(done, since, 2, None, w), done, "an answer computed before the success is ignored");
+        assert_eq!(task_outcome(None, 6, false), RetryEntry { window_start_ms: 6, ..RetryEntry::default() }, "a success with no streak changes nothing");
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn retry_defaults_are_the_users_rule() {
     let g = compile(r#"{"retry": {}}"#).unwrap();
     let r = g.retry.unwrap();
     assert_eq!(r.limits, RetryLimits { allowed_retries: 2, window_ms: 3_600_000, observe: false });
-    assert!(r.ignored.iter().any(|f| f == "stream_options") && r.ignored.iter().any(|f| f == "temperature"));
+    assert!(r.ignored.names().iter().any(|f| f == "stream_options") && r.ignored.names().iter().any(|f| f == "temperature"));
     assert_eq!(r.checkpoint_header, None);
 }
 
@@ -143,4 +143,31 @@ fn a_tasks_failure_streak_has_its_own_key_and_refusal() {
     let f = r.task_refusal(&p, 3);
     assert_eq!(f.status(), 429);
     assert!(f.message.contains("task \"fix-ci-42\" failed 3 times in a row") && f.message.contains("POST /admin/checkpoints"), "{}", f.message);
+}
+
+#[test]
+fn every_principal_field_and_the_fingerprint_name_their_own_count() {
+    let base = Principal { org: Some("acme".into()), team: Some("platform".into()), task: Some("t-1".into()), ..Principal::default() };
+    let key = RetryGuard::key(&base, 42);
+    assert!(key.starts_with(RETRY_PREFIX) && key.len() == RETRY_PREFIX.len() + 16 && key[RETRY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{key}");
+    assert_ne!(RetryGuard::key(&base, 43), key, "another fingerprint");
+    for field in crate::attribution::Field::ALL {
+        let mut p = base.clone();
+        let slot = match field {
+            crate::attribution::Field::Org => &mut p.org,
+            crate::attribution::Field::CostCenter => &mut p.cost_center,
+            crate::attribution::Field::Team => &mut p.team,
+            crate::attribution::Field::User => &mut p.user,
+            crate::attribution::Field::KeyId => &mut p.key_id,
+            crate::attribution::Field::UseCase => &mut p.use_case,
+            crate::attribution::Field::Tier => &mut p.tier,
+            crate::attribution::Field::Task => &mut p.task,
+        };
+        *slot = Some(format!("{}x", slot.clone().unwrap_or_default()));
+        assert_ne!(RetryGuard::key(&p, 42), key, "{field:?} changed");
+    }
+    let moved = Principal { org: Some("acmep".into()), team: Some("latform".into()), ..base.clone() };
+    assert_ne!(RetryGuard::key(&moved, 42), key, "a byte moved from one field to the next");
+    let streak = RetryGuard::task_key(&base);
+    assert!(streak.starts_with(FAILURE_PREFIX) && streak.len() == FAILURE_PREFIX.len() + 16, "{streak}");
 }

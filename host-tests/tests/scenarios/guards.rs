@@ -315,12 +315,17 @@ fn a_task_that_keeps_failing_is_stopped_even_when_each_attempt_differs() {
 
 /// The counter's half of the exchange as `counter/tests/api.rs` specifies it for both stores:
 /// each event stored once by id; per key of a batch, the passed or observed attempts of *other*
-/// gateways since the event's `since_ms` and after the task's newest checkpoint; the newest
-/// checkpoint of every checkpointed task for every key seen with that task.
+/// gateways since the event's `since_ms` and after the task's newest checkpoint; per streak key
+/// (outcome events), the other gateways' failures since `since_ms` after the checkpoint and after
+/// the newest success anywhere, and the newest success elsewhere with the asking gateway's own
+/// failures after it (`counter::task::streak`); the newest checkpoint of every checkpointed task
+/// for every key seen with that task.
 #[derive(Default)]
 struct Counter {
-    /// id -> (gateway, key, task, kind, at_ms)
+    /// id -> (gateway, key, task, kind, at_ms): the counted attempts.
     events: std::collections::BTreeMap<String, (String, String, String, String, i64)>,
+    /// The same for the outcomes of task attempts (a request's outcome has its attempt's id).
+    outcomes: std::collections::BTreeMap<String, (String, String, String, String, i64)>,
     /// (task, id, at_ms), oldest first.
     checkpoints: Vec<(String, String, i64)>,
     batches: Vec<Value>,
@@ -332,24 +337,39 @@ impl Counter {
         let gateway = batch["gateway_id"].as_str().unwrap().to_owned();
         let empty = Vec::new();
         let events = batch["guard_events"].as_array().unwrap_or(&empty);
+        let is_outcome = |e: &Value| matches!(e["kind"].as_str(), Some("failed" | "succeeded"));
         for e in events {
             let s = |f: &str| e[f].as_str().unwrap_or_default().to_owned();
-            self.events.entry(s("id")).or_insert((gateway.clone(), s("key"), s("task"), s("kind"), e["at_ms"].as_i64().unwrap()));
+            let store = if is_outcome(e) { &mut self.outcomes } else { &mut self.events };
+            store.entry(s("id")).or_insert((gateway.clone(), s("key"), s("task"), s("kind"), e["at_ms"].as_i64().unwrap()));
         }
-        let mut counts = Vec::new();
+        let (mut counts, mut streaks) = (Vec::new(), Vec::new());
         for e in events {
             let (key, task, since) = (e["key"].as_str().unwrap(), e["task"].as_str().unwrap_or_default(), e["since_ms"].as_i64().unwrap());
             let cp_at = self.checkpoints.iter().filter(|c| c.0 == task).map(|c| c.2).max().unwrap_or(i64::MIN);
-            let others = self.events.values().filter(|(g, k, _, kind, at)| *g != gateway && k == key && kind != "refused" && *at >= since && *at > cp_at).count();
-            counts.push(json!({"key": key, "since_ms": since, "others": others}));
+            if is_outcome(e) {
+                let of_key = || self.outcomes.values().filter(|o| o.1 == key);
+                let success = of_key().filter(|o| o.3 == "succeeded").map(|o| o.4).max().unwrap_or(i64::MIN);
+                let failures = |mine: bool| of_key().filter(|o| (o.0 == gateway) == mine && o.3 == "failed" && o.4 >= since && o.4 > cp_at && o.4 > success).count();
+                let ended = of_key().filter(|o| o.0 != gateway && o.3 == "succeeded" && o.4 >= since).map(|o| o.4).max();
+                let mut answer = json!({"key": key, "since_ms": since, "others": failures(false)});
+                if let Some(at) = ended {
+                    answer["ended_ms"] = json!(at);
+                    answer["own_since_end"] = json!(failures(true));
+                }
+                streaks.push(answer);
+            } else {
+                let others = self.events.values().filter(|(g, k, _, kind, at)| *g != gateway && k == key && kind != "refused" && *at >= since && *at > cp_at).count();
+                counts.push(json!({"key": key, "since_ms": since, "others": others}));
+            }
         }
         let mut checkpoints = Vec::new();
         for (task, id, at) in self.checkpoints.iter().rev() {
-            let keys: std::collections::BTreeSet<&String> = self.events.values().filter(|e| &e.2 == task).map(|e| &e.1).collect();
+            let keys: std::collections::BTreeSet<&String> = self.events.values().chain(self.outcomes.values()).filter(|e| &e.2 == task).map(|e| &e.1).collect();
             checkpoints.extend(keys.into_iter().map(|k| json!({"key": k, "checkpoint": id, "at_ms": at})));
         }
         let n = batch["records"].as_array().map_or(0, |r| r.len());
-        json!({"accepted": n, "duplicates": 0, "guard": {"counts": counts, "checkpoints": checkpoints}})
+        json!({"accepted": n, "duplicates": 0, "guard": {"counts": counts, "streaks": streaks, "checkpoints": checkpoints}})
     }
 }
 
@@ -420,4 +440,56 @@ fn a_checkpoint_made_at_the_counter_lets_the_next_attempt_through_after_the_next
     assert_eq!(send(&gw, FIX, Some("fix-ci-42")), Some(429), "a new count: 1 + 2 retries again");
     deliver(&[&gw]);
     assert_eq!(send(&gw, FIX, Some("fix-ci-42")), Some(429), "the same checkpoint delivered again resets nothing");
+}
+
+/// One attempt of task `task` on `gw`, a request unlike any before it (`i`), answered `status`
+/// by the upstream when the filter lets it through; `Some(status)` when the filter refused it.
+fn task_attempt_on(gw: &Gateway, task: &str, i: usize, status: &str) -> Option<u16> {
+    let body = format!(r#"{{"model":"test-chat","messages":[{{"role":"user","content":"try fix number {i}"}}]}}"#);
+    let mut s = gw.stream();
+    s.send_request(&refs(&headers(body.as_bytes(), Some(task), &[])), body.as_bytes());
+    if let Some(reply) = s.client().local_reply {
+        return Some(reply.status as u16);
+    }
+    s.respond(&[(":status", status), ("content-type", "application/json")], br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
+    None
+}
+
+#[test]
+fn a_task_failing_on_one_gateway_then_another_is_stopped_past_its_allowed_retries() {
+    let counter = std::rc::Rc::new(std::cell::RefCell::new(Counter::default()));
+    let (a, b) = (shared_gateway("gw-a", &counter), shared_gateway("gw-b", &counter));
+    let mut got = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        got.push(task_attempt_on(gw, "flaky", i, "500"));
+        deliver(&[&a, &b]);
+    }
+    assert_eq!(
+        got,
+        [None, None, None, None, Some(429), Some(429)],
+        "every attempt a different request (the retry count never trips), each failing, alternating A, B, spaced beyond the delivery interval: \
+         three failures in a row (A, B, A) spend the allowance; B's second attempt passes (B had heard of one of A's two failures), then both refuse; \
+         apart, each gateway would let three failures through (six)"
+    );
+    let c = counter.borrow();
+    let failed = c.outcomes.values().filter(|o| o.3 == "failed").count();
+    assert_eq!(failed, 4, "every settled attempt's outcome was delivered once: {:?}", c.outcomes);
+}
+
+#[test]
+fn a_success_on_another_gateway_ends_the_streak() {
+    let counter = std::rc::Rc::new(std::cell::RefCell::new(Counter::default()));
+    let (a, b) = (shared_gateway("gw-a", &counter), shared_gateway("gw-b", &counter));
+    assert_eq!(task_attempt_on(&a, "flaky", 0, "500"), None);
+    assert_eq!(task_attempt_on(&a, "flaky", 1, "500"), None);
+    deliver(&[&a, &b]);
+    assert_eq!(task_attempt_on(&b, "flaky", 2, "200"), None, "the task succeeds on B");
+    deliver(&[&a, &b]);
+    // A hears of B's success with its next post: its two failures before it no longer count, the
+    // one after it does.
+    assert_eq!(task_attempt_on(&a, "flaky", 3, "500"), None);
+    deliver(&[&a, &b]);
+    let got: Vec<Option<u16>> = (4..7).map(|i| task_attempt_on(&a, "flaky", i, "500")).collect();
+    assert_eq!(got, [None, None, Some(429)], "the streak began again at B's success: three failures (one before A heard of it), then refused; without B's success A would refuse its fourth attempt");
 }

@@ -4,7 +4,8 @@
 //! {ns}:checkpoints:<task>  hash    checkpoint number -> checkpoint json
 //! {ns}:checkpoints:seq     string  the checkpoint numbers
 //! {ns}:checkpoints:recent  zset    checkpoint number \t task, by time (delivered to gateways)
-//! {ns}:guard:ev:<key>      hash    record id -> gateway, kind, time: one retry count's attempts
+//! {ns}:guard:ev:<key>      hash    record id -> gateway, kind, time: one retry count's attempts,
+//!                                  or one task's outcomes (its failure streak)
 //! {ns}:guard:task:<task>   hash    record id -> kind, retry: the task's guard events
 //! {ns}:guard:keys:<task>   set     the retry counts' keys seen with the task
 //! ```
@@ -19,19 +20,11 @@ use crate::task::{self, summarise_with_guard, Checkpoint, Row, TaskSummary};
 use redis::Script;
 use std::sync::OnceLock;
 use redis::FromRedisValue;
-use tollgate_core::protocol::{GuardAnswer, GuardCheckpoint, GuardCount, GuardEvent, GuardEventKind, UsageRecord};
+use tollgate_core::protocol::{GuardAnswer, GuardCheckpoint, GuardCount, GuardEvent, GuardEventKind, GuardStreak, UsageRecord};
 
 fn guard_exchange_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(&format!("{}\n{}", include_str!("common.lua"), include_str!("guard_exchange.lua"))))
-}
-
-fn kind_str(kind: GuardEventKind) -> &'static str {
-    match kind {
-        GuardEventKind::Passed => "passed",
-        GuardEventKind::Observed => "observed",
-        GuardEventKind::Refused => "refused",
-    }
 }
 
 fn add_checkpoint_script() -> &'static Script {
@@ -60,11 +53,7 @@ impl RedisStore {
         let mut guard: Vec<(GuardEventKind, u32)> = Vec::new();
         for (_, value) in self.hgetall("task guard events", format!("{}guard:task:{task}", self.prefix)).await? {
             let (kind, retry) = value.split_once('\t').unwrap_or((value.as_str(), "0"));
-            let kind = match kind {
-                "observed" => GuardEventKind::Observed,
-                "refused" => GuardEventKind::Refused,
-                _ => GuardEventKind::Passed,
-            };
+            let kind = GuardEventKind::parse(kind).unwrap_or(GuardEventKind::Passed);
             guard.push((kind, retry.parse().unwrap_or(0)));
         }
         Ok(summarise_with_guard(
@@ -98,7 +87,7 @@ impl RedisStore {
                 e.id.clone(),
                 e.key.clone(),
                 e.task.clone().unwrap_or_default(),
-                kind_str(e.kind).to_owned(),
+                e.kind.as_str().to_owned(),
                 e.retry.to_string(),
                 e.at_ms.to_string(),
                 e.since_ms.to_string(),
@@ -106,12 +95,22 @@ impl RedisStore {
         }
         let v = self.eval("guard exchange", guard_exchange_script(), &args).await?;
         let bad = |e: redis::RedisError| StoreError::Internal(format!("redis: unexpected guard exchange answer: {e}"));
-        let (counts, checkpoints) = <(Vec<String>, Vec<String>)>::from_redis_value(&v).map_err(bad)?;
+        let (counts, checkpoints, streaks) = <(Vec<String>, Vec<String>, Vec<String>)>::from_redis_value(&v).map_err(bad)?;
         let number = |s: &str| s.parse::<f64>().map(|f| f as i64).unwrap_or(0);
         Ok(GuardAnswer {
             counts: counts
                 .chunks_exact(3)
                 .map(|c| GuardCount { key: c[0].clone(), since_ms: number(&c[1]), others: u32::try_from(number(&c[2])).unwrap_or(0) })
+                .collect(),
+            streaks: streaks
+                .chunks_exact(5)
+                .map(|c| GuardStreak {
+                    key: c[0].clone(),
+                    since_ms: number(&c[1]),
+                    others: u32::try_from(number(&c[2])).unwrap_or(0),
+                    ended_ms: (!c[3].is_empty()).then(|| number(&c[3])),
+                    own_since_end: u32::try_from(number(&c[4])).unwrap_or(0),
+                })
                 .collect(),
             checkpoints: checkpoints.chunks_exact(3).map(|c| GuardCheckpoint { key: c[0].clone(), checkpoint: c[1].clone(), at_ms: number(&c[2]) }).collect(),
         })

@@ -1,8 +1,9 @@
 //! The embedded store's side of the cost handoff (`crate::task`): a task's ledger rows (indexed by
 //! `ledger_task`) folded into a summary, and checkpoints in their own table, written on the
 //! writer thread with their audit row in one transaction. The retry guard's events
-//! (`guard_events`, one row per counted request, `INSERT OR IGNORE` by record id) are stored and
-//! answered on the writer thread too, so an answer always sees the events it was sent.
+//! (`guard_events`, one row per counted request and one per settled attempt of a task, its
+//! outcome; `INSERT OR IGNORE` by record id) are stored and answered on the writer thread too, so
+//! an answer always sees the events it was sent.
 
 use super::{internal, Job, SqliteStore, Writer};
 use crate::store::StoreResult;
@@ -10,21 +11,19 @@ use crate::task::{self, summarise_with_guard, Checkpoint, Row, StoredGuardEvent,
 use rusqlite::{params, TransactionBehavior};
 use tokio::sync::oneshot;
 use std::collections::BTreeMap;
-use tollgate_core::protocol::{GuardAnswer, GuardCheckpoint, GuardCount, GuardEvent, GuardEventKind, Tokens};
-
-fn kind_str(kind: GuardEventKind) -> &'static str {
-    match kind {
-        GuardEventKind::Passed => "passed",
-        GuardEventKind::Observed => "observed",
-        GuardEventKind::Refused => "refused",
-    }
-}
+use tollgate_core::protocol::{GuardAnswer, GuardCheckpoint, GuardCount, GuardEvent, GuardEventKind, GuardStreak, Tokens};
 
 fn kind_of(text: &str) -> GuardEventKind {
-    match text {
-        "observed" => GuardEventKind::Observed,
-        "refused" => GuardEventKind::Refused,
-        _ => GuardEventKind::Passed,
+    GuardEventKind::parse(text).unwrap_or(GuardEventKind::Passed)
+}
+
+/// The row id of an event: the record id for a counted attempt, `<record id>#outcome` for the
+/// same request's outcome (its failure streak), so both are stored once each.
+fn row_id(e: &GuardEvent) -> String {
+    if e.kind.is_outcome() {
+        format!("{}#outcome", e.id)
+    } else {
+        e.id.clone()
     }
 }
 
@@ -77,7 +76,7 @@ impl SqliteStore {
                     Ok(Checkpoint { id: format!("cp-{}", r.get::<_, i64>(0)?), task: task.clone(), at_ms: r.get(1)?, actor: r.get(2)?, note: r.get(3)? })
                 })?
                 .collect::<rusqlite::Result<Vec<Checkpoint>>>()?;
-            let mut stmt = conn.prepare_cached("SELECT kind, retry FROM guard_events WHERE task = ?1")?;
+            let mut stmt = conn.prepare_cached("SELECT kind, retry FROM guard_events WHERE task = ?1 AND kind IN ('passed', 'observed', 'refused')")?;
             let guard = stmt
                 .query_map(params![task], |r| Ok((kind_of(&r.get::<_, String>(0)?), u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0))))?
                 .collect::<rusqlite::Result<Vec<(GuardEventKind, u32)>>>()?;
@@ -144,7 +143,7 @@ impl Writer {
         {
             let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO guard_events (id, key, task, gateway, kind, retry, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             for e in events {
-                insert.execute(params![e.id, e.key, e.task, gateway, kind_str(e.kind), i64::from(e.retry), e.at_ms])?;
+                insert.execute(params![row_id(e), e.key, e.task, gateway, e.kind.as_str(), i64::from(e.retry), e.at_ms])?;
             }
             if !events.is_empty() {
                 tx.execute("DELETE FROM guard_events WHERE at_ms < ?1", params![now_ms.saturating_sub(task::GUARD_RETAIN_MS)])?;
@@ -154,15 +153,21 @@ impl Writer {
         {
             let mut newest_checkpoint = tx.prepare_cached("SELECT MAX(at_ms) FROM checkpoints WHERE task = ?1")?;
             let mut by_key = tx.prepare_cached("SELECT gateway, kind, at_ms FROM guard_events WHERE key = ?1 AND at_ms >= ?2")?;
-            for (key, (task_id, since_ms)) in task::batch_keys(events) {
-                let checkpoint_at = match task_id {
+            let mut streak_of = tx.prepare_cached("SELECT gateway, kind, at_ms FROM guard_events WHERE key = ?1 AND (at_ms >= ?2 OR kind = 'succeeded')")?;
+            for (key, b) in task::batch_keys(events) {
+                let checkpoint_at = match b.task {
                     Some(t) => newest_checkpoint.query_row(params![t], |r| r.get::<_, Option<i64>>(0))?.unwrap_or(i64::MIN),
                     None => i64::MIN,
                 };
-                let stored = by_key
-                    .query_map(params![key, since_ms], |r| Ok(StoredGuardEvent { gateway: r.get(0)?, kind: kind_of(&r.get::<_, String>(1)?), at_ms: r.get(2)? }))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                answer.counts.push(GuardCount { key: key.to_owned(), since_ms, others: task::others(&stored, gateway, since_ms, checkpoint_at) });
+                let read = |r: &rusqlite::Row<'_>| Ok(StoredGuardEvent { gateway: r.get(0)?, kind: kind_of(&r.get::<_, String>(1)?), at_ms: r.get(2)? });
+                if b.streak {
+                    // Successes before `since_ms` too: the newest success anywhere ends the streak.
+                    let stored = streak_of.query_map(params![key, b.since_ms], read)?.collect::<rusqlite::Result<Vec<_>>>()?;
+                    answer.streaks.push(GuardStreak { key: key.to_owned(), ..task::streak(&stored, gateway, b.since_ms, checkpoint_at) });
+                } else {
+                    let stored = by_key.query_map(params![key, b.since_ms], read)?.collect::<rusqlite::Result<Vec<_>>>()?;
+                    answer.counts.push(GuardCount { key: key.to_owned(), since_ms: b.since_ms, others: task::others(&stored, gateway, b.since_ms, checkpoint_at) });
+                }
             }
             // The newest checkpoint of each task checkpointed recently, for every key of that task.
             let mut recent = tx.prepare_cached("SELECT task, MAX(seq), MAX(at_ms) FROM checkpoints WHERE at_ms >= ?1 GROUP BY task ORDER BY MAX(seq) DESC LIMIT ?2")?;
