@@ -8,7 +8,8 @@
 use crate::window::{self, Window};
 use serde::{Deserialize, Serialize};
 use tollgate_core::money::{format_micros, parse_decimal_scaled, Micros};
-use tollgate_core::protocol::{parse_scope_key, BudgetMode, BudgetStatus};
+use std::collections::{BTreeMap, BTreeSet};
+use tollgate_core::protocol::{parse_scope_key, BudgetMode, BudgetStatus, Principal, ScopeKind};
 
 /// A budget as written in the budgets file or sent to `PUT /admin/budgets/{id}`.
 ///
@@ -22,7 +23,11 @@ pub struct BudgetSpec {
     /// `[A-Za-z0-9._-]`, at most 128 characters. May be omitted in a PUT (the path names it).
     #[serde(default)]
     pub id: String,
-    /// A scope key, `<kind>:<id>` (`org:acme`, `team:platform`, `workflow:platform/code-review`).
+    /// A scope key, `<kind>:<id>` (`org:acme`, `team:platform`, `workflow:platform/code-review`),
+    /// or a selector: one allowance shared by several scopes of one kind. Written as an object
+    /// (`{"team": ["a", "b"]}`, `{"use_case": ["ci", "review"]}`) or as its canonical string
+    /// (`any:team=a,b`), which is how it is stored and shown ([`Selector`]).
+    #[serde(deserialize_with = "scope_or_selector")]
     pub scope: String,
     /// Dollars, as a decimal string (`"800.00"`); parsed exactly, never through a float.
     pub limit: String,
@@ -92,12 +97,140 @@ impl BudgetFile {
     }
 }
 
+/// Reads `scope` as a string, or as a selector object turned into its canonical string.
+fn scope_or_selector<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Key(String),
+        Selector(BTreeMap<String, Vec<String>>),
+    }
+    match Written::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("scope: write a scope key (\"team:platform\") or a selector object ({\"team\": [\"a\", \"b\"]})")
+    })? {
+        Written::Key(key) => Ok(key),
+        Written::Selector(map) => Selector::from_object(map).map(|s| s.to_string()).map_err(|e| serde::de::Error::custom(format!("scope: {e}"))),
+    }
+}
+
+/// The most scopes one selector may name (each is an index entry on every instance).
+pub const MAX_SELECTOR_IDS: usize = 1000;
+
+/// A selector: one budget shared by a set of scopes of one kind — the teams `a`, `b` and `c`
+/// (`any:team=a,b,c`), or every team's workflow of the use cases `ci` and `review`
+/// (`any:use_case=ci,review`, which covers `workflow:<any team>/ci` and `.../review`).
+///
+/// Why one kind, and why membership is decided from a scope key alone: the gateway keeps one
+/// entry per scope key of a principal's chain, shared by every principal with that key, and a
+/// lease names the key it is for. A key (`team:a`) either is in the selector or is not, whoever
+/// the principal is, so the slice held under it is valid for every request that reaches it. A
+/// condition over several attributes (cost center *and* team) could not be told from the key, and
+/// a principal's chain holds one key per kind, so a one-kind selector is matched through exactly
+/// one key of a chain and charged once. ("Every team of cost center `rd`" is the budget on
+/// `cost_center:rd`: a principal carries its cost center.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Selector {
+    /// A scope kind, or `use_case`.
+    pub kind: String,
+    /// Sorted, no duplicates, at least one.
+    pub ids: BTreeSet<String>,
+}
+
+/// The canonical string of a selector starts with this (no scope kind is named `any`).
+pub const SELECTOR_PREFIX: &str = "any:";
+
+impl Selector {
+    /// Validates a selector; errors say what to write instead (the caller prefixes the field).
+    pub fn new(kind: &str, ids: impl IntoIterator<Item = String>) -> Result<Selector, String> {
+        if kind != "use_case" && ScopeKind::parse(kind).is_none() {
+            return Err(format!(
+                "`{kind}` is not a kind a selector can name; use one of org, cost_center, team, user, key, workflow, use_case, task"
+            ));
+        }
+        let mut set = BTreeSet::new();
+        for id in ids {
+            if id.is_empty() || id == "*" || id.contains([',', '=', ';']) {
+                return Err(format!(
+                    "`{id}` cannot be selected: a selected id is not empty, not `*` (use a template `{kind}:*` or a budget on the org) and has no `,` `=` `;` (use a budget on that one scope)"
+                ));
+            }
+            set.insert(id);
+        }
+        if set.is_empty() {
+            return Err(format!("the selector names no {kind}; list at least one, e.g. {{\"{kind}\": [\"a\", \"b\"]}}"));
+        }
+        if set.len() > MAX_SELECTOR_IDS {
+            return Err(format!("the selector names {} scopes; at most {MAX_SELECTOR_IDS}: split it, or budget the org or cost center", set.len()));
+        }
+        Ok(Selector { kind: kind.to_owned(), ids: set })
+    }
+
+    fn from_object(map: BTreeMap<String, Vec<String>>) -> Result<Selector, String> {
+        let mut kinds = map.into_iter();
+        match (kinds.next(), kinds.next()) {
+            (Some((kind, ids)), None) => Selector::new(&kind, ids),
+            (None, _) => Err("the selector is empty; name one kind and its ids, e.g. {\"team\": [\"a\", \"b\"]}".into()),
+            (Some(_), Some(_)) => Err("a selector names one kind (e.g. only `team`); make one budget per kind".into()),
+        }
+    }
+
+    /// Parses the canonical string `any:<kind>=<id>,<id>...`; `None` if `text` is not one.
+    pub fn parse(text: &str) -> Option<Result<Selector, String>> {
+        let rest = text.strip_prefix(SELECTOR_PREFIX)?;
+        let Some((kind, ids)) = rest.split_once('=') else {
+            return Some(Err(format!("`{text}` is not a selector; write any:<kind>=<id>,<id> (e.g. any:team=a,b)")));
+        };
+        Some(Selector::new(kind, ids.split(',').map(str::to_owned)))
+    }
+
+    /// Does this selector take in the scope key `key` (`team:a`, `workflow:a/ci`)?
+    pub fn covers_key(&self, key: &str) -> bool {
+        let Some((kind, id)) = parse_scope_key(key) else { return false };
+        if self.kind == "use_case" {
+            // `workflow:<team>/<use case>`; a team id may hold `/`, so every split is a candidate.
+            return kind == ScopeKind::Workflow && id.match_indices('/').any(|(i, _)| self.ids.contains(&id[i + 1..]));
+        }
+        kind.as_str() == self.kind && self.ids.contains(id)
+    }
+
+    /// The keys this selector is indexed under ([`crate::store::book::ScopeIndex`]): its scope
+    /// keys, or `use_case:<id>` for a use case (looked up from every workflow key).
+    pub fn index_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.ids.iter().map(|id| format!("{}:{id}", self.kind))
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{SELECTOR_PREFIX}{}=", self.kind)?;
+        for (i, id) in self.ids.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Does the budget scope `scope` (a key or a selector's canonical string) cover `principal`?
+/// One rule for charges, a budget's start from the ledger, forecasts and reports.
+pub fn scope_covers(scope: &str, principal: &Principal) -> bool {
+    match Selector::parse(scope) {
+        Some(Ok(selector)) => principal.scope_keys().iter().any(|k| selector.covers_key(k)),
+        Some(Err(_)) => false,
+        None => principal.scope_keys().iter().any(|k| k == scope),
+    }
+}
+
 /// A validated budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     pub id: String,
-    /// The scope key it covers, e.g. `team:platform`.
+    /// The scope key it covers, e.g. `team:platform`, or its selector's canonical string.
     pub scope: String,
+    /// Set when `scope` is a selector: the budget is shared by every scope key it covers.
+    pub selector: Option<Selector>,
     pub limit_micros: Micros,
     pub token_limit: Option<u64>,
     pub window: Window,
@@ -128,9 +261,10 @@ impl Budget {
         if !valid_id(&spec.id) {
             return Err(format!("id: `{}` is not a budget id; use 1-128 of A-Z a-z 0-9 . _ -", spec.id));
         }
-        if parse_scope_key(&spec.scope).is_none() {
+        let selector = Selector::parse(&spec.scope).transpose().map_err(|e| format!("scope: {e}"))?;
+        if selector.is_none() && parse_scope_key(&spec.scope).is_none() {
             return Err(format!(
-                "scope: `{}` is not a scope; use <kind>:<id> with kind one of org, cost_center, team, user, key, workflow, task",
+                "scope: `{}` is not a scope; use <kind>:<id> with kind one of org, cost_center, team, user, key, workflow, task, or a selector {{\"team\": [\"a\", \"b\"]}}",
                 spec.scope
             ));
         }
@@ -141,8 +275,8 @@ impl Budget {
             if !valid_id(t) {
                 return Err(format!("template: `{t}` is not a budget id; it names the template a budget was made from"));
             }
-            if spec.scope.ends_with(":*") {
-                return Err(format!("template: `{}` is itself a template; a budget made from one covers one scope", spec.scope));
+            if spec.scope.ends_with(":*") || selector.is_some() {
+                return Err(format!("template: `{}` is a template or a selector; a budget made from a template covers one scope", spec.scope));
             }
         }
         let window = Window::parse(&spec.window).map_err(|e| format!("window: {e}"))?;
@@ -168,7 +302,9 @@ impl Budget {
         }
         Ok(Budget {
             id: spec.id,
-            scope: spec.scope,
+            // Canonical (sorted ids): the same selector written twice is the same budget.
+            scope: selector.as_ref().map_or(spec.scope, Selector::to_string),
+            selector,
             limit_micros,
             token_limit: spec.token_limit,
             window,
@@ -203,7 +339,15 @@ impl Budget {
     /// A template is a budget on `<kind>:*`: it charges nobody itself, and every principal scope of
     /// that kind without a budget of its own gets a copy the first time it spends or asks for a lease.
     pub fn is_template(&self) -> bool {
-        self.scope.ends_with(":*")
+        self.selector.is_none() && self.scope.ends_with(":*")
+    }
+
+    /// Does this budget cover the scope key `key` (its own key, or one its selector takes in)?
+    pub fn covers_key(&self, key: &str) -> bool {
+        match &self.selector {
+            Some(selector) => selector.covers_key(key),
+            None => self.scope == key,
+        }
     }
 
     /// The budget this template makes for `scope` (e.g. `user:bob`): the same limits, window and
@@ -298,9 +442,12 @@ pub struct Exemption {
 impl Exemption {
     /// Validates a spec; `id` is assigned by the store.
     pub fn from_spec(spec: ExemptionSpec, created_by: &str, now_ms: i64) -> Result<Exemption, String> {
-        if parse_scope_key(&spec.scope).is_none() {
-            return Err(format!("scope: `{}` is not a scope; use <kind>:<id>, e.g. team:platform", spec.scope));
-        }
+        // An exemption on a selector budget names the selector (its canonical string).
+        let scope = match Selector::parse(&spec.scope) {
+            Some(selector) => selector.map_err(|e| format!("scope: {e}"))?.to_string(),
+            None if parse_scope_key(&spec.scope).is_some() => spec.scope,
+            None => return Err(format!("scope: `{}` is not a scope; use <kind>:<id>, e.g. team:platform", spec.scope)),
+        };
         let amount_micros = parse_decimal_scaled(&spec.amount, 6)
             .and_then(|m| Micros::try_from(m).ok())
             .ok_or_else(|| format!("amount: `{}` is not an amount of dollars; write a decimal such as \"100.00\"", spec.amount))?;
@@ -320,7 +467,7 @@ impl Exemption {
         }
         Ok(Exemption {
             id: 0,
-            scope: spec.scope,
+            scope,
             amount_micros,
             starts_at_ms,
             ends_at_ms,
@@ -375,6 +522,25 @@ mod tests {
         assert_eq!(template_scope("user:*"), None);
         let err = Budget::from_spec(spec(r#"{"id":"x","scope":"user:*","limit":"1","window":"day","template":"t"}"#)).unwrap_err();
         assert!(err.starts_with("template:"), "{err}");
+    }
+
+    #[test]
+    fn a_selector_is_written_as_an_object_or_its_canonical_string_and_covers_keys_of_its_kind() {
+        let b = Budget::from_spec(spec(r#"{"id":"ab","scope":{"team":["b","a"]},"limit":"1","window":"day"}"#)).unwrap();
+        assert_eq!(b.scope, "any:team=a,b");
+        assert_eq!(Budget::from_spec(b.to_spec()).unwrap(), b, "spec round-trips");
+        assert!(b.covers_key("team:a") && b.covers_key("team:b") && !b.covers_key("team:c") && !b.covers_key("user:a"));
+        assert!(!b.is_template());
+        let uc = Selector::parse("any:use_case=ci").unwrap().unwrap();
+        assert!(uc.covers_key("workflow:platform/ci") && !uc.covers_key("workflow:platform/chat") && !uc.covers_key("team:ci"));
+        let p = Principal { team: Some("b".into()), ..Default::default() };
+        assert!(scope_covers("any:team=a,b", &p) && scope_covers("team:b", &p) && !scope_covers("any:team=a", &p));
+        let err = Budget::from_spec(spec(r#"{"id":"x","scope":"any:galaxy=a","limit":"1","window":"day"}"#)).unwrap_err();
+        assert!(err.starts_with("scope:"), "{err}");
+        let err = serde_json::from_str::<BudgetSpec>(r#"{"id":"x","scope":{"team":["a"],"user":["b"]},"limit":"1","window":"day"}"#).unwrap_err();
+        assert!(err.to_string().starts_with("scope: a selector names one kind"), "{err}");
+        let e = Exemption::from_spec(serde_json::from_str(r#"{"scope":"any:team=b,a","amount":"5","ends_at":"5000","reason":"x","approver":"y"}"#).unwrap(), "a", 0);
+        assert_eq!(e.unwrap().scope, "any:team=a,b", "an exemption on a selector budget names its canonical string");
     }
 
     #[test]

@@ -338,6 +338,9 @@ pub struct ReportArgs {
     /// End (exclusive).
     #[arg(long)]
     pub to: Option<String>,
+    /// `seats`: each team's seats beside its usage (with --group-by team, over one UTC month).
+    #[arg(long)]
+    pub with: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -660,6 +663,7 @@ async fn spend_report(args: ReportArgs) -> Result<(), String> {
         ("group_by", Some(args.group_by.as_str()).filter(|g| !g.is_empty())),
         ("from", args.from.as_deref()),
         ("to", args.to.as_deref()),
+        ("with", args.with.as_deref()),
         ("format", Some(format)),
     ]);
     let answer = admin_call(&args.conn, hyper::Method::GET, &format!("/admin/reports/spend{query}"), None).await?;
@@ -685,7 +689,17 @@ async fn spend_report(args: ReportArgs) -> Result<(), String> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let (header, cells) = report::spend_cells(&group_by, &rows);
+            let (header, cells) = if args.with.as_deref() == Some("seats") {
+                let seats: Vec<report::TeamSeats> = v["rows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| report::TeamSeats { users: r["seats"]["users"].as_u64().unwrap_or(0), seats_micros: r["seats"]["seats_micros"].as_i64().unwrap_or(0) })
+                    .collect();
+                report::spend_cells_with_seats(&group_by, &rows, &seats)
+            } else {
+                report::spend_cells(&group_by, &rows)
+            };
             print!("{}", report::to_table(&header, &cells));
             println!("total: {} requests, ${}", v["total"]["requests"], v["total"]["cost_usd"].as_str().unwrap_or("?"));
         }

@@ -31,6 +31,7 @@ use crate::window::{civil_from_days, days_from_civil, parse_time_ms};
 use crate::workflow::Workflow;
 use serde::Serialize;
 use tollgate_core::money::Micros;
+use tollgate_core::protocol::Principal;
 
 pub const DAY_MS: i64 = 86_400_000;
 /// Days of history read for the weekday profile.
@@ -180,19 +181,12 @@ pub struct Forecasts {
     pub workflows: Vec<WorkflowForecast>,
 }
 
-/// Does a row grouped by [`GROUPING`] belong to `scope`?
+/// Does a row grouped by [`GROUPING`] belong to `scope` (a scope key or a selector)? The row's
+/// principal is rebuilt from its keys and matched like a charge ([`crate::budget::scope_covers`]).
 fn row_in_scope(keys: &[String], scope: &str) -> bool {
-    let Some((kind, id)) = scope.split_once(':') else { return false };
-    let k = |i: usize| keys.get(i).map(String::as_str) == Some(id);
-    match kind {
-        "org" => k(0),
-        "cost_center" => k(1),
-        "team" => k(2),
-        "user" => k(3),
-        "key" => k(4),
-        "workflow" => id.split_once('/').is_some_and(|(t, u)| keys.get(2).map(String::as_str) == Some(t) && keys.get(5).map(String::as_str) == Some(u)),
-        _ => false,
-    }
+    let at = |i: usize| keys.get(i).filter(|v| !v.is_empty()).cloned();
+    let principal = Principal { org: at(0), cost_center: at(1), team: at(2), user: at(3), key_id: at(4), use_case: at(5), ..Principal::default() };
+    crate::budget::scope_covers(scope, &principal)
 }
 
 /// Daily spend of `scope` for days `[first_day, first_day + n)`, from rows grouped by [`GROUPING`].
@@ -449,5 +443,8 @@ mod tests {
         assert_eq!(daily_series(&rows, "user:ann", first, 3), vec![0, 0, 7]);
         assert_eq!(daily_series(&rows, "cost_center:rd", first, 3), vec![0, 5, 0]);
         assert_eq!(daily_series(&rows, "task:x", first, 3), vec![0, 0, 0]);
+        assert_eq!(daily_series(&rows, "any:team=platform,web", first, 3), vec![0, 5, 7], "a selector sums every scope it takes in");
+        assert_eq!(daily_series(&rows, "any:use_case=chat", first, 3), vec![0, 5, 7]);
+        assert_eq!(daily_series(&rows, "any:user=bob,zed", first, 3), vec![0, 5, 0]);
     }
 }

@@ -110,6 +110,28 @@ pub fn spend_cells(group_by: &[GroupBy], rows: &[ReportRow]) -> (Vec<String>, Ve
     (header, cells)
 }
 
+/// Seats beside one team's usage in the spend report (`with=seats`, issue 18 §4): the users the
+/// seats config puts in the team and what their seats cost in the month.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TeamSeats {
+    pub users: u64,
+    pub seats_micros: tollgate_core::money::Micros,
+}
+
+/// The columns `with=seats` adds; `total` is the row's usage plus its seats.
+pub const SEAT_COLUMNS: [&str; 5] = ["seat_users", "seats_usd", "seats_micros", "total_usd", "total_micros"];
+
+/// [`spend_cells`] with the seat columns after the figures (`seats[i]` beside `rows[i]`).
+pub fn spend_cells_with_seats(group_by: &[GroupBy], rows: &[ReportRow], seats: &[TeamSeats]) -> (Vec<String>, Vec<Vec<String>>) {
+    let (mut header, mut cells) = spend_cells(group_by, rows);
+    header.extend(SEAT_COLUMNS.iter().map(|c| c.to_string()));
+    for ((c, r), s) in cells.iter_mut().zip(rows).zip(seats) {
+        let total = r.cost_micros.saturating_add(s.seats_micros);
+        c.extend([s.users.to_string(), format_micros(s.seats_micros), s.seats_micros.to_string(), format_micros(total), total.to_string()]);
+    }
+    (header, cells)
+}
+
 /// The utilization report as header + cells.
 pub fn utilization_cells(budgets: &[BudgetState]) -> (Vec<String>, Vec<Vec<String>>) {
     utilization_cells_with(budgets, None)

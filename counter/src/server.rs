@@ -542,7 +542,7 @@ pub(crate) fn csv_response(filename: &str, text: String) -> Response {
 
 async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
     tri!(app.role(&headers, Role::Viewer));
-    tri!(check_params(&params, &["group_by", "from", "to", "format"]));
+    tri!(check_params(&params, &["group_by", "from", "to", "format", "with"]));
     let csv = tri!(format_param(&params));
     let group_by = tri!(GroupBy::parse_list(params.get("group_by").map(String::as_str).unwrap_or("")).map_err(invalid));
     let from_ms = tri!(time_param(&params, "from", 0));
@@ -554,6 +554,11 @@ async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Q
         Ok(rows) => rows,
         Err(e) => return store_error(&app.metrics, e),
     };
+    match params.get("with").map(String::as_str) {
+        None | Some("") => {}
+        Some("seats") => return planning::spend_with_seats(&app, &group_by, rows, from_ms, to_ms, csv).await,
+        Some(other) => return invalid(format!("with: `{other}` is not something the spend report can add; use with=seats")),
+    }
     if csv {
         let (header, cells) = report::spend_cells(&group_by, &rows);
         return csv_response("tollgate-spend.csv", report::to_csv(&header, &cells));

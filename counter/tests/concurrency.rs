@@ -128,3 +128,80 @@ async fn a_budget_created_while_usage_streams_in_counts_every_record_exactly_onc
     let from_ledger: u64 = note.split(" ledger records").next().and_then(|s| s.rsplit('(').next()).unwrap().parse().unwrap();
     assert!(from_ledger >= 8 && from_ledger < 8 * PER_GATEWAY as u64, "{from_ledger} of {} records came from the ledger: {note}", 8 * PER_GATEWAY);
 }
+
+/// A selector budget (issue 18 §2) under a burst: every gateway serves three teams, two of them
+/// selected, so each holds the budget under two scope keys at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_selector_budget_held_under_two_teams_by_every_gateway_never_over_grants_and_counts_each_record_once() {
+    let h = Arc::new(Harness::start().await);
+    const HARD: i64 = 1_000_000;
+    h.budget(json!({"id": "ab", "scope": {"team": ["a", "b"]}, "limit": "1.00", "window": "day"})).await;
+    let mut tasks = Vec::new();
+    for g in 0..16i64 {
+        let h = Arc::clone(&h);
+        tasks.push(tokio::spawn(async move {
+            let gateway = format!("gw{g}");
+            let mut client = h.client().await;
+            let mut charged = 0i64;
+            for i in 0..24 {
+                let team = ["a", "b", "c"][i % 3];
+                let body = json!({"gateway_id": gateway, "scopes": ["org:acme", format!("team:{team}")], "want_micros": 90_000});
+                let a = client.post_json("/v1/leases", Some(GATEWAY_TOKEN), &body).await.unwrap();
+                assert_eq!(a.status, 200);
+                let answer = a.json().unwrap();
+                let mine: Vec<&serde_json::Value> = answer["budgets"].as_array().unwrap().iter().filter(|b| b["budget_id"] == "ab").collect();
+                let granted = match team {
+                    "c" => {
+                        assert!(mine.is_empty(), "team c is not selected: {answer}");
+                        500 // spends outside the budget, which must not count
+                    }
+                    _ => {
+                        assert_eq!((mine.len(), mine[0]["scope"].as_str()), (1, Some(format!("team:{team}").as_str())), "{answer}");
+                        mine[0]["granted_micros"].as_i64().unwrap()
+                    }
+                };
+                if granted > 0 {
+                    let cost = granted.min(7_000 + g);
+                    let batch = json!({"gateway_id": gateway, "records": [record(&format!("{gateway}-{i}"), team, cost)]});
+                    let a = client.post_json("/v1/usage", Some(GATEWAY_TOKEN), &batch).await.unwrap();
+                    assert_eq!(a.status, 200, "{}", a.text());
+                    if team != "c" {
+                        charged += cost;
+                    }
+                }
+            }
+            charged
+        }));
+    }
+    let mut charged = 0;
+    for t in tasks {
+        charged += t.await.unwrap();
+    }
+    let (_, state) = h.admin("GET", "/admin/budgets/ab", None).await;
+    let spent = state["spent_micros"].as_i64().unwrap();
+    let leased = state["leased_micros"].as_i64().unwrap();
+    assert_eq!(spent, charged, "every acknowledged record of team a or b is counted exactly once");
+    assert!(spent + leased <= HARD, "spent {spent} + live slices {leased} exceed the hard limit {HARD}");
+    assert!(spent > HARD / 2, "the budget was actually exercised (spent {spent})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn selector_slices_granted_at_once_under_two_keys_add_up_to_at_most_the_headroom() {
+    let h = Arc::new(Harness::start().await);
+    h.budget(json!({"id": "ab", "scope": {"team": ["a", "b"]}, "limit": "1", "window": "month"})).await;
+    let mut tasks = Vec::new();
+    for g in 0..16 {
+        let h = Arc::clone(&h);
+        tasks.push(tokio::spawn(async move {
+            let l = h.lease(&format!("gw{g}"), &["team:a", "team:b"], 100_000).await;
+            l["budgets"].as_array().unwrap().iter().map(|b| b["granted_micros"].as_i64().unwrap()).sum::<i64>()
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 1_000_000, "32 slices of 0.10 asked on a 1.00 budget: exactly the headroom, no more");
+    let (_, state) = h.admin("GET", "/admin/budgets/ab", None).await;
+    assert_eq!(state["leased_micros"], 1_000_000);
+}

@@ -295,3 +295,47 @@ async fn seats_beside_usage_per_team_and_role_flag_who_is_outside_the_band() {
     let (s, _) = h.call("PUT", "/admin/seats", Some(VIC_TOKEN), Some(seats_config())).await;
     assert_eq!(s, 403, "a viewer cannot change seats");
 }
+
+#[tokio::test]
+async fn the_spend_report_with_seats_shows_each_teams_seats_beside_its_usage_for_one_month() {
+    let h = Harness::start().await;
+    let mut config = seats_config();
+    config["users"]["erin"] = json!({"team": "infra", "role": "occasional"}); // a seat, no usage
+    let (s, b) = h.admin("PUT", "/admin/seats", Some(config)).await;
+    assert_eq!(s, 200, "{b}");
+    let nov = at("2026-11-10T12:00:00Z");
+    let mut web = rec_at("w1", "web", 5_000_000, nov);
+    web["principal"]["user"] = json!("zed");
+    let batch = vec![user_rec("a1", "alice", 200_000_000, nov), user_rec("b1", "bob", 10_000_000, nov), user_rec("c1", "carol", 30_000_000, nov), user_rec("d1", "dave", 7_000_000, nov), web];
+    assert_eq!(h.usage("gw1", batch).await, (5, 0));
+
+    let (s, r) = h.admin("GET", "/admin/reports/spend?group_by=team&from=2026-11-01&to=2026-12-01&with=seats", None).await;
+    assert_eq!(s, 200, "{r}");
+    let rows = r["rows"].as_array().unwrap();
+    let teams: Vec<&str> = rows.iter().map(|r| r["team"].as_str().unwrap()).collect();
+    assert_eq!(teams, ["infra", "platform", "web"], "a team with seats and no usage has a row too");
+    let figures = |row: &Value| (row["cost_micros"].as_i64(), row["seats"]["users"].as_u64(), row["seats"]["seats_micros"].as_i64(), row["seats"]["total_micros"].as_i64());
+    assert_eq!(figures(&rows[0]), (Some(0), Some(1), Some(39_000_000), Some(39_000_000)));
+    // alice and bob 2 x $58, carol $39; dave has no seat entry: his usage counts, no seat.
+    assert_eq!(figures(&rows[1]), (Some(247_000_000), Some(3), Some(155_000_000), Some(402_000_000)));
+    assert_eq!(figures(&rows[2]), (Some(5_000_000), Some(0), Some(0), Some(5_000_000)));
+    let roles: Vec<&str> = rows[1]["seats"]["roles"].as_array().unwrap().iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["", "deep-coding", "occasional"], "per role, as the seats report shows it");
+    assert_eq!(rows[1]["seats"]["roles"][1]["outside_band"][0]["user"], "bob");
+    assert_eq!((r["total"]["seats_micros"].as_i64(), r["total"]["total_with_seats_micros"].as_i64()), (Some(194_000_000), Some(446_000_000)));
+
+    let mut c = h.client().await;
+    let csv = c.get("/admin/reports/spend?group_by=team&from=2026-11-01&to=2026-12-01&with=seats&format=csv", Some(ALICE_TOKEN)).await.unwrap().text();
+    assert!(csv.lines().next().unwrap().ends_with(",seat_users,seats_usd,seats_micros,total_usd,total_micros"), "{csv}");
+    assert!(csv.contains(",3,155.000000,155000000,402.000000,402000000"), "{csv}");
+
+    for (query, field) in [
+        ("group_by=user&from=2026-11-01&to=2026-12-01&with=seats", "with:"),
+        ("group_by=team&from=2026-11-01&to=2026-11-15&with=seats", "from:"),
+        ("group_by=team&with=bands", "with:"),
+    ] {
+        let (s, b) = h.admin("GET", &format!("/admin/reports/spend?{query}"), None).await;
+        assert_eq!(s, 400, "{query}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().starts_with(field), "{query}: {b}");
+    }
+}

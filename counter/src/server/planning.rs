@@ -10,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
+use tollgate_core::money::format_micros;
 use std::collections::HashMap;
 
 pub(super) async fn forecast_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
@@ -83,6 +84,84 @@ pub(crate) async fn seats_rows<S: Store>(store: &S, month: crate::review::Month)
     let usage: Vec<(String, String, tollgate_core::money::Micros)> =
         rows.into_iter().map(|r| (r.keys.first().cloned().unwrap_or_default(), r.keys.get(1).cloned().unwrap_or_default(), r.cost_micros)).collect();
     Ok(Some(crate::seats::report(&seats, &usage)))
+}
+
+/// `GET /admin/reports/spend?group_by=team&with=seats` (issue 18 §4): each team's usage with its
+/// seats beside it — the users the seats config puts in the team, their seats' cost in the month,
+/// usage + seats as the total, and per role (`roles`) the seats report's row (usage by configured
+/// team, band and who is outside it). Seats are paid per month, so the period is one UTC month;
+/// teams with seats and no usage get a row of their own. Without a seats config the seat figures
+/// are 0.
+pub(super) async fn spend_with_seats<S: Store>(
+    app: &App<S>,
+    group_by: &[crate::store::GroupBy],
+    mut rows: Vec<crate::store::ReportRow>,
+    from_ms: i64,
+    to_ms: i64,
+    csv: bool,
+) -> Response {
+    if group_by != [crate::store::GroupBy::Team] {
+        return super::invalid("with: seats sit beside usage per team: use group_by=team with with=seats (per role: each row's `roles`, or GET /admin/reports/seats)");
+    }
+    let month = crate::review::Month::of_day(&crate::window::utc_date(from_ms.div_euclid(1000))).filter(|m| m.range_ms() == (from_ms, to_ms));
+    let Some(month) = month else {
+        return super::invalid("from: seats are paid per month: with=seats needs from and to to span one UTC month, e.g. from=2026-11-01&to=2026-12-01");
+    };
+    let seat_rows = match seats_rows(app.store.as_ref(), month).await {
+        Ok(rows) => rows.unwrap_or_default(),
+        Err(e) => return super::store_error(&app.metrics, e),
+    };
+    for team in seat_rows.iter().map(|r| &r.team) {
+        if !rows.iter().any(|r| r.keys.first() == Some(team)) {
+            rows.push(crate::store::ReportRow {
+                keys: vec![team.clone()],
+                requests: 0,
+                cost_micros: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cache_read_tokens: 0,
+                cache_write_tokens: 0,
+                estimated_requests: 0,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.keys.cmp(&b.keys));
+    let of_team = |team: &str| -> Vec<&crate::seats::TeamRoleRow> { seat_rows.iter().filter(|r| r.team == team).collect() };
+    let seats: Vec<report::TeamSeats> = rows
+        .iter()
+        .map(|r| {
+            let team = r.keys.first().map(String::as_str).unwrap_or_default();
+            // Users without a seats entry (role "") hold no seat.
+            of_team(team).into_iter().filter(|s| !s.role.is_empty()).fold(report::TeamSeats::default(), |t, s| report::TeamSeats {
+                users: t.users + s.users,
+                seats_micros: t.seats_micros.saturating_add(s.seats_micros),
+            })
+        })
+        .collect();
+    if csv {
+        let (header, cells) = report::spend_cells_with_seats(group_by, &rows, &seats);
+        return csv_response(&format!("tollgate-spend-seats-{month}.csv"), report::to_csv(&header, &cells));
+    }
+    let out: Vec<serde_json::Value> = rows
+        .iter()
+        .zip(&seats)
+        .map(|(r, s)| {
+            let mut row = report::spend_row_json(group_by, r);
+            let total = r.cost_micros.saturating_add(s.seats_micros);
+            let team = r.keys.first().map(String::as_str).unwrap_or_default();
+            row["seats"] = json!({
+                "users": s.users, "seats_micros": s.seats_micros, "seats_usd": format_micros(s.seats_micros),
+                "total_micros": total, "total_usd": format_micros(total),
+                "roles": of_team(team),
+            });
+            row
+        })
+        .collect();
+    let seats_total = seats.iter().fold(0 as tollgate_core::money::Micros, |a, s| a.saturating_add(s.seats_micros));
+    let mut total = report::total_json(&rows);
+    total["seats_micros"] = json!(seats_total);
+    total["total_with_seats_micros"] = json!(total["cost_micros"].as_i64().unwrap_or(0).saturating_add(seats_total));
+    ok_json(StatusCode::OK, &json!({"group_by": group_by, "month": month.to_string(), "from_ms": from_ms, "to_ms": to_ms, "rows": out, "total": total}))
 }
 
 pub(super) async fn get_seats<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {

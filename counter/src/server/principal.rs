@@ -81,7 +81,11 @@ pub(super) async fn principal_report<S: Store>(State(app): State<App<S>>, header
     let by_day = tri!(rows_of(&app, dimension, id, &[GroupBy::Day], from_ms, to_ms).await);
     let by_model = tri!(rows_of(&app, dimension, id, &[GroupBy::Model], from_ms, to_ms).await);
     let budgets = match app.store.list_budgets(app.clock.now_ms()).await {
-        Ok(all) => all.into_iter().filter(|b| b.budget.scope == scope).collect::<Vec<_>>(),
+        // Its own budgets, and the selector budgets it shares with other scopes.
+        Ok(all) => all
+            .into_iter()
+            .filter(|b| b.budget.scope == scope || crate::budget::Selector::parse(&b.budget.scope).and_then(Result::ok).is_some_and(|s| s.covers_key(&scope)))
+            .collect::<Vec<_>>(),
         Err(e) => return store_error(&app.metrics, e),
     };
     ok_json(

@@ -12,9 +12,68 @@ use std::sync::Arc;
 use tollgate_core::money::Micros;
 use tollgate_core::protocol::{BudgetLease, BudgetMode, LeaseRequest, LeaseResponse, Principal, Tokens};
 
-/// Scope key → the budgets on it. Rebuilt (rarely) when budgets change, shared by `Arc` so the
-/// ingest path can match records without holding the book's lock.
-pub type ScopeIndex = HashMap<String, Vec<Arc<Budget>>>;
+/// Scope key → the budgets covering it. Rebuilt (rarely) when budgets change, shared by `Arc` so
+/// the ingest path can match records without holding the book's lock.
+#[derive(Debug, Default)]
+pub struct ScopeIndex {
+    /// Scope key → the budgets on exactly that key (plain budgets and templates).
+    keyed: HashMap<String, Vec<Arc<Budget>>>,
+    /// Selected key (`team:a`, or `use_case:<id>`) → the selector budgets taking it in.
+    selected: HashMap<String, Vec<Arc<Budget>>>,
+}
+
+impl ScopeIndex {
+    pub fn build<'a>(budgets: impl IntoIterator<Item = &'a Arc<Budget>>) -> ScopeIndex {
+        let mut index = ScopeIndex::default();
+        for budget in budgets {
+            match &budget.selector {
+                None => index.keyed.entry(budget.scope.clone()).or_default().push(Arc::clone(budget)),
+                Some(selector) => {
+                    for key in selector.index_keys() {
+                        index.selected.entry(key).or_default().push(Arc::clone(budget));
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// The budgets on exactly `key` (no selector): what decides whether a template applies.
+    pub fn get(&self, key: &str) -> Option<&Vec<Arc<Budget>>> {
+        self.keyed.get(key)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.keyed.contains_key(key)
+    }
+
+    /// Every budget covering the scope key `key`, each once: those on it, then the selector
+    /// budgets taking it in (a workflow key is also looked up by each possible use case).
+    pub fn covering(&self, key: &str) -> Vec<&Arc<Budget>> {
+        let mut out: Vec<&Arc<Budget>> = self.keyed.get(key).into_iter().flatten().collect();
+        let mut selected: Vec<&Vec<Arc<Budget>>> = self.selected.get(key).into_iter().collect();
+        if let Some(id) = key.strip_prefix("workflow:") {
+            selected.extend(id.match_indices('/').filter_map(|(i, _)| self.selected.get(&format!("use_case:{}", &id[i + 1..]))));
+        }
+        for b in selected.into_iter().flatten() {
+            if !out.iter().any(|o| o.id == b.id) {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
+/// Who holds a lease slice: the gateway, or for a selector budget the gateway *under one scope
+/// key* (`edge-1@team:a`). The gateway keeps a slice per scope key of its principals' chains, so a
+/// selector budget matched through `team:a` and `team:b` is two slices there; counting them as two
+/// holders keeps `spent + every live slice ≤ hard limit` true. (Gateway ids never hold `@`.)
+pub fn lease_holder(gateway_id: &str, budget: &Budget, key: &str) -> String {
+    match budget.selector {
+        Some(_) => format!("{gateway_id}@{key}"),
+        None => gateway_id.to_owned(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spend {
@@ -33,22 +92,29 @@ struct Slice {
 pub struct Charges {
     /// (budget id, day bucket) → amount to add.
     pub spend: HashMap<(String, i64), Spend>,
-    /// (gateway id, budget id) → amount to take off that slice.
+    /// (lease holder ([`lease_holder`]), budget id) → amount to take off that slice.
     pub slices: HashMap<(String, String), Micros>,
 }
 
 impl Charges {
-    /// Adds one new record's cost to every budget on its principal's chain.
+    /// Adds one new record's cost to every budget covering its principal's chain, once per budget
+    /// (a selector budget is charged once whatever the keys it is matched through; the slice that
+    /// shrinks is the one held under the first of them).
     pub fn charge(&mut self, index: &ScopeIndex, gateway_id: &str, principal: &Principal, cost: Micros, tokens: &Tokens, now_ms: i64) {
-        for key in principal.scope_keys() {
-            let Some(budgets) = index.get(&key) else { continue };
-            for budget in budgets {
+        let mut charged: Vec<&str> = Vec::new();
+        let keys = principal.scope_keys();
+        for key in &keys {
+            for budget in index.covering(key) {
+                if charged.contains(&budget.id.as_str()) {
+                    continue;
+                }
+                charged.push(&budget.id);
                 let bucket = budget.span(now_ms).bucket;
                 let s = self.spend.entry((budget.id.clone(), bucket)).or_default();
                 s.micros = s.micros.saturating_add(cost);
                 s.tokens = s.tokens.saturating_add(tokens.total());
                 if cost > 0 {
-                    let slice = self.slices.entry((gateway_id.to_owned(), budget.id.clone())).or_default();
+                    let slice = self.slices.entry((lease_holder(gateway_id, budget, key), budget.id.clone())).or_default();
                     *slice = slice.saturating_add(cost);
                 }
             }
@@ -66,7 +132,7 @@ pub struct Book {
     budgets: BTreeMap<String, Arc<Budget>>,
     index: Arc<ScopeIndex>,
     spend: HashMap<String, BTreeMap<i64, Spend>>,
-    /// budget id → gateway id → slice.
+    /// budget id → lease holder ([`lease_holder`]) → slice.
     leases: HashMap<String, HashMap<String, Slice>>,
     exemptions: Vec<Exemption>,
     lease_ttl_ms: i64,
@@ -108,11 +174,7 @@ impl Book {
     }
 
     fn rebuild_index(&mut self) {
-        let mut index = ScopeIndex::new();
-        for budget in self.budgets.values() {
-            index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
-        }
-        self.index = Arc::new(index);
+        self.index = Arc::new(ScopeIndex::build(self.budgets.values()));
     }
 
     /// Raises a spend bucket to at least `spend` (a budget starting from the ledger).
@@ -224,9 +286,12 @@ impl Book {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for scope in &request.scopes {
-            let Some(budgets) = self.index.get(scope).cloned() else { continue };
+            let budgets: Vec<Arc<Budget>> = self.index.covering(scope).into_iter().cloned().collect();
             for budget in budgets {
-                if !seen.insert(budget.id.clone()) {
+                // A selector budget is answered once per key it is matched through, each a slice
+                // of its own ([`lease_holder`]); the gateway files each under that key.
+                let holder = lease_holder(&request.gateway_id, &budget, scope);
+                if !seen.insert((budget.id.clone(), holder.clone())) {
                     continue;
                 }
                 let (spent, span) = self.window_spend(&budget, now_ms);
@@ -234,12 +299,12 @@ impl Book {
                 let a = assess(&budget, spent.micros, spent.tokens, exempt);
                 let others = self
                     .live_slices(&budget.id, now_ms)
-                    .filter(|(g, _)| **g != request.gateway_id)
+                    .filter(|(g, _)| **g != holder)
                     .fold(0, |s: Micros, (_, m)| s.saturating_add(m));
                 let kept = self
                     .leases
                     .get(&budget.id)
-                    .and_then(|g| g.get(&request.gateway_id))
+                    .and_then(|g| g.get(&holder))
                     .filter(|s| s.expires_at_ms > now_ms && request.keeps_slice(&budget.id, s.expires_at_ms))
                     .map_or(0, |s| s.micros);
                 let tokens_exhausted = budget.token_limit.is_some_and(|t| spent.tokens >= t);
@@ -253,10 +318,10 @@ impl Book {
                 };
                 let gateways = self.leases.entry(budget.id.clone()).or_default();
                 gateways.retain(|_, s| s.expires_at_ms > now_ms);
-                gateways.insert(request.gateway_id.clone(), Slice { micros: granted, expires_at_ms });
+                gateways.insert(holder, Slice { micros: granted, expires_at_ms });
                 out.push(BudgetLease {
                     budget_id: budget.id.clone(),
-                    scope: budget.scope.clone(),
+                    scope: scope.clone(),
                     mode: budget.mode,
                     granted_micros: granted,
                     spent_micros: spent.micros,
@@ -438,5 +503,41 @@ mod tests {
         assert_eq!(spent, [("other".into(), 0), ("t".into(), 7), ("u".into(), 7), ("w".into(), 7)]);
         let l = book.grant(&lease("g1", &["team:a", "team:a", "user:bob", "org:none"], 1), 0);
         assert_eq!(l.budgets.iter().map(|b| b.budget_id.as_str()).collect::<Vec<_>>(), ["t", "u"]);
+    }
+    const AB: &str = r#"{"id":"ab","scope":{"team":["a","b"]},"limit":"0.000100","window":"day"}"#;
+
+    #[test]
+    fn a_selector_budget_is_one_allowance_and_each_key_holds_a_slice_of_its_own() {
+        let mut book = book_with(&[AB]);
+        let l = book.grant(&lease("g1", &["team:a"], 60), 0);
+        assert_eq!((l.budgets[0].scope.as_str(), l.budgets[0].granted_micros), ("team:a", 60));
+        assert_eq!(book.grant(&lease("g1", &["team:b"], 60), 0).budgets[0].granted_micros, 40, "g1's slice under team:a counts");
+        assert!(book.grant(&lease("g1", &["team:c"], 60), 0).budgets.is_empty(), "team c is not selected");
+        let both = book.grant(&lease("g1", &["team:a", "team:b"], 60), 0);
+        let got: Vec<(&str, Micros)> = both.budgets.iter().map(|b| (b.scope.as_str(), b.granted_micros)).collect();
+        assert_eq!(got, [("team:a", 60), ("team:b", 40)], "answered once per key");
+        assert_eq!(book.state(book.budget("ab").unwrap(), 0).leased_micros, 100);
+        // A record is charged once and shrinks the slice held under the key it matched.
+        charge(&mut book, "g1", "a", 30, 0);
+        charge(&mut book, "g1", "c", 1_000, 0);
+        let state = book.state(book.budget("ab").unwrap(), 0);
+        assert_eq!((state.spent_micros, state.leased_micros), (30, 70));
+        assert_eq!(book.grant(&lease("g1", &["team:b"], 100), 0).budgets[0].granted_micros, 40, "100 - 30 spent - 30 left under team:a");
+    }
+
+    #[test]
+    fn a_use_case_selector_is_found_from_every_workflow_key_and_templates_still_see_no_budget() {
+        let mut book = book_with(&[r#"{"id":"bots","scope":{"use_case":["ci"]},"limit":"1","window":"day"}"#]);
+        let index = book.index();
+        let ids = |key: &str| index.covering(key).iter().map(|b| b.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids("workflow:a/ci"), ["bots"]);
+        assert_eq!(ids("workflow:x/y/ci"), ["bots"], "a team id may hold `/`");
+        assert!(ids("workflow:a/chat").is_empty() && ids("team:ci").is_empty());
+        assert!(!index.contains_key("workflow:a/ci"), "a selector is no budget of that scope's own");
+        let p = Principal { team: Some("a".into()), use_case: Some("ci".into()), ..Default::default() };
+        let mut c = Charges::default();
+        c.charge(&index, "g1", &p, 5, &Tokens::default(), 0);
+        book.apply(&c);
+        assert_eq!(book.state(book.budget("bots").unwrap(), 0).spent_micros, 5);
     }
 }

@@ -16,15 +16,19 @@
 //!   request says the gateway had seen (`known_leases`, [`LeaseRequest::keeps_slice`]) is not
 //!   lowered: `min(max(want, slice), hard - spent - other live slices)`. A request without
 //!   `known_leases` is answered by `want` alone.
+//!   A selector budget ([`crate::budget::Selector`]) is answered once per requested scope key it
+//!   covers, under that key, and each (gateway, key) holds a slice of its own
+//!   ([`book::lease_holder`]): the gateway files slices by scope key, so two keys are two slices.
 //!   Invariant at every grant, per enforce budget: `spent + sum(live slices) <= hard limit`, under
 //!   any concurrency. Expired slices count for nothing. A grant is durable before it is answered:
 //!   a restarted counter still counts the live slices it handed out before the restart.
 //! - **Usage** ([`Store::ingest`]): a batch is all or nothing. A record whose id was seen before
 //!   (in any earlier batch, across restarts, or earlier in the same batch) is a duplicate and
 //!   changes nothing. Each new record is added to the ledger and charged (cost and billed tokens) to
-//!   the current window — at `now_ms`, not the record's own time — of every budget whose scope key
-//!   is in `record.principal.scope_keys()`, and shrinks the reporting gateway's slice on that budget
-//!   by its cost, saturating at 0. `Ok` means durable: the ack is sent only after that.
+//!   the current window — at `now_ms`, not the record's own time — of every budget covering a key of
+//!   `record.principal.scope_keys()`, **once per budget**, and shrinks the reporting gateway's slice
+//!   on that budget (for a selector budget: the slice held under the key it matched) by its cost,
+//!   saturating at 0. `Ok` means durable: the ack is sent only after that.
 //! - **Budgets and exemptions**: every change is written to the audit log, in the same atomic step,
 //!   with the actor (the admin token's name), `now_ms`, and the canonical spec before and after.
 //!   Putting a budget identical to the stored one changes nothing and is not audited. Deleting a
@@ -248,7 +252,7 @@ impl LedgerStart {
         if ingested_at_ms < from_ms || ingested_at_ms > now_ms {
             return;
         }
-        if !principal.scope_keys().iter().any(|k| *k == budget.scope) {
+        if !principal.scope_keys().iter().any(|k| budget.covers_key(k)) {
             return;
         }
         let s = self.buckets.entry(budget.span(ingested_at_ms).bucket).or_default();
@@ -308,7 +312,8 @@ pub trait Store: gov::GovStore + crate::notify::EventLog + Send + Sync + 'static
     fn list_exemptions(&self) -> impl Future<Output = StoreResult<Vec<Exemption>>> + Send;
 
     /// Grants or tops up this gateway's slices (see the module docs for the rule and invariant).
-    /// Scopes with no budget are skipped; each budget appears once in the answer.
+    /// Scopes with no budget are skipped; each budget appears once in the answer, except a selector
+    /// budget: once per requested key it covers, each a slice of its own ([`book::lease_holder`]).
     fn grant_leases(&self, request: &LeaseRequest, now_ms: i64) -> impl Future<Output = StoreResult<LeaseResponse>> + Send;
 
     /// Idempotent, all-or-nothing, durable-before-`Ok` ingestion of a validated batch.

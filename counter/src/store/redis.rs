@@ -14,7 +14,8 @@
 //! {ns}:budgets          hash    budget id -> canonical spec JSON
 //! {ns}:exemptions       hash    exemption id -> exemption JSON;  {ns}:exemptions:seq  its ids
 //! {ns}:spend:<budget>   hash    m:<day bucket> -> micros, t:<day bucket> -> billed tokens
-//! {ns}:lease:<budget>   hash    gateway id -> "<slice micros>:<expires_at_ms>"
+//! {ns}:lease:<budget>   hash    lease holder (gateway id; `<gateway>@<key>` for a selector budget)
+//!                               -> "<slice micros>:<expires_at_ms>"
 //! {ns}:seen:<record id> string  idempotency key, PX idempotency_ttl
 //! {ns}:ledger           stream  one entry per accepted record: r = {"gateway_id","ingested_at_ms","record"}
 //! {ns}:audit            stream  one entry per change;  {ns}:audit:seq  its sequence numbers
@@ -60,7 +61,7 @@ mod gov;
 mod events;
 mod task;
 
-use super::book::ScopeIndex;
+use super::book::{lease_holder, ScopeIndex};
 use super::RequestsQuery;
 use super::{starts_from_ledger, AuditEntry, AuditQuery, BudgetState, GroupBy, LedgerStart, PutOutcome, ReportQuery, ReportRow, Store, StoreError, StoreResult};
 use crate::budget::{assess, Budget, BudgetSpec, Exemption};
@@ -170,14 +171,16 @@ impl Config {
             .fold(0, |sum: Micros, e| sum.saturating_add(e.amount_micros))
     }
 
-    /// The budgets covering `scopes`, each once, in request order.
-    fn chain(&self, scopes: &[String]) -> Vec<Arc<Budget>> {
+    /// The budgets covering `scopes` with the key each is answered under and its lease holder, in
+    /// request order: each budget once, a selector budget once per key ([`lease_holder`]).
+    fn chain(&self, gateway_id: &str, scopes: &[String]) -> Vec<(Arc<Budget>, String, String)> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for scope in scopes {
-            for budget in self.index.get(scope).into_iter().flatten() {
-                if seen.insert(budget.id.clone()) {
-                    out.push(Arc::clone(budget));
+            for budget in self.index.covering(scope) {
+                let holder = lease_holder(gateway_id, budget, scope);
+                if seen.insert((budget.id.clone(), holder.clone())) {
+                    out.push((Arc::clone(budget), scope.clone(), holder));
                 }
             }
         }
@@ -461,11 +464,7 @@ impl RedisStore {
             let budget = Budget::from_spec(spec).map_err(|e| StoreError::Internal(format!("redis: budget {id}: {e}")))?;
             config.budgets.insert(id, Arc::new(budget));
         }
-        let mut index = ScopeIndex::new();
-        for budget in config.budgets.values() {
-            index.entry(budget.scope.clone()).or_default().push(Arc::clone(budget));
-        }
-        config.index = Arc::new(index);
+        config.index = Arc::new(ScopeIndex::build(config.budgets.values()));
         for (id, body) in pairs(values.get(1)) {
             let e: Exemption = serde_json::from_str(&body).map_err(|e| StoreError::Internal(format!("redis: exemption {id}: {e}")))?;
             config.exemptions.push(e);
@@ -814,7 +813,7 @@ impl Store for RedisStore {
         let expires_at_ms = now_ms.saturating_add(self.options.lease_ttl_ms);
         let (config, chain, values) = self
             .with_config("grant leases", &self.scripts.lease, |config| {
-                let chain = config.chain(&request.scopes);
+                let chain = config.chain(&request.gateway_id, &request.scopes);
                 let mut a = vec![
                     now_ms.to_string(),
                     request.gateway_id.clone(),
@@ -822,7 +821,7 @@ impl Store for RedisStore {
                     lua_int(request.want_micros),
                     chain.len().to_string(),
                 ];
-                for b in &chain {
+                for (b, _, holder) in &chain {
                     let exempt = config.exempt_micros(&b.scope, now_ms);
                     a.push(b.id.clone());
                     a.push(b.span(now_ms).from.to_string());
@@ -830,13 +829,14 @@ impl Store for RedisStore {
                     a.push(b.token_limit.map_or_else(|| "-1".to_owned(), |t| lua_int(i64::try_from(t).unwrap_or(i64::MAX))));
                     a.push(if b.mode == BudgetMode::Observe { "1" } else { "0" }.to_owned());
                     a.push(request.known_lease(&b.id).map_or_else(String::new, |at| at.to_string()));
+                    a.push(holder.clone());
                 }
                 Ok((a, chain))
             })
             .await?;
         let mut values = values.iter();
         let mut out = Vec::with_capacity(chain.len());
-        for budget in &chain {
+        for (budget, key, _) in &chain {
             let granted = number(values.next())?;
             let spent = number(values.next())?;
             let tokens = number(values.next())?.max(0) as u64;
@@ -844,7 +844,7 @@ impl Store for RedisStore {
             let a = assess(budget, spent, tokens, config.exempt_micros(&budget.scope, now_ms));
             out.push(BudgetLease {
                 budget_id: budget.id.clone(),
-                scope: budget.scope.clone(),
+                scope: key.clone(),
                 mode: budget.mode,
                 granted_micros: granted,
                 spent_micros: spent,
@@ -871,24 +871,28 @@ impl Store for RedisStore {
         let horizon = now_ms / 1000 - 367 * crate::window::DAY_SECS;
         let (_, (), values) = self
             .with_config("store usage", &self.scripts.ingest, |config| {
-                // Records of one principal share a charge set: (budget, bucket) pairs, sent once.
-                let mut sets: HashMap<Vec<(String, i64)>, usize> = HashMap::new();
+                // Records of one principal share a charge set: (budget, bucket, lease holder)
+                // triples, sent once; each budget once per record (Charges::charge's rule).
+                let mut sets: HashMap<Vec<(String, i64, String)>, usize> = HashMap::new();
                 let mut set_args: Vec<String> = Vec::new();
                 let mut record_args: Vec<String> = Vec::with_capacity(batch.records.len() * 5 + 1);
                 record_args.push(batch.records.len().to_string());
                 for (r, entry) in batch.records.iter().zip(&entries) {
-                    let mut charges = Vec::new();
+                    let mut charges: Vec<(String, i64, String)> = Vec::new();
                     for key in r.principal.scope_keys() {
-                        for budget in config.index.get(&key).into_iter().flatten() {
-                            charges.push((budget.id.clone(), budget.span(now_ms).bucket));
+                        for budget in config.index.covering(&key) {
+                            if !charges.iter().any(|c| c.0 == budget.id) {
+                                charges.push((budget.id.clone(), budget.span(now_ms).bucket, lease_holder(&batch.gateway_id, budget, &key)));
+                            }
                         }
                     }
                     let next = sets.len() + 1;
                     let set = *sets.entry(charges).or_insert_with_key(|charges| {
                         set_args.push(charges.len().to_string());
-                        for (id, bucket) in charges {
+                        for (id, bucket, holder) in charges {
                             set_args.push(id.clone());
                             set_args.push(bucket.to_string());
+                            set_args.push(holder.clone());
                         }
                         next
                     });

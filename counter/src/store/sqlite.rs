@@ -136,7 +136,8 @@ const UPSERT_LEASE: &str = "INSERT INTO leases (budget_id, gateway_id, micros, e
   micros = CASE WHEN leases.expires_at_ms > ?5 THEN MAX(leases.micros, excluded.micros) ELSE excluded.micros END,
   expires_at_ms = CASE WHEN leases.expires_at_ms > ?5 THEN MAX(leases.expires_at_ms, excluded.expires_at_ms) ELSE excluded.expires_at_ms END";
 
-/// (budget id, gateway id) → durable upper bound (micros, expires_at_ms) of that slice.
+/// (budget id, lease holder: the gateway, or `gateway@key` for a selector budget) → durable upper
+/// bound (micros, expires_at_ms) of that slice.
 type Bounds = HashMap<(String, String), (i64, i64)>;
 
 /// The in-memory mirror of [`UPSERT_LEASE`].
@@ -371,13 +372,20 @@ impl Store for SqliteStore {
             let rows: Vec<LeaseRow> = answer
                 .budgets
                 .iter()
-                .filter(|b| {
-                    let key = (b.budget_id.clone(), request.gateway_id.clone());
+                .map(|b| {
+                    let holder = match book.budget(&b.budget_id) {
+                        Some(budget) => super::book::lease_holder(&request.gateway_id, budget, &b.scope),
+                        None => request.gateway_id.clone(),
+                    };
+                    (b, holder)
+                })
+                .filter(|(b, holder)| {
+                    let key = (b.budget_id.clone(), holder.clone());
                     !matches!(bounds.get(&key), Some(&(m, e)) if m >= b.granted_micros && e >= b.lease_expires_at_ms)
                 })
-                .map(|b| LeaseRow {
+                .map(|(b, holder)| LeaseRow {
                     budget_id: b.budget_id.clone(),
-                    gateway_id: request.gateway_id.clone(),
+                    gateway_id: holder,
                     micros: b.granted_micros,
                     expires_at_ms: now_ms.saturating_add(self.lease_ttl_ms.saturating_mul(2)),
                     now_ms,

@@ -1,11 +1,11 @@
 -- One usage batch, all or nothing (contract: store/mod.rs, Usage).
 -- ARGV: prefix, config version, now_ms, gateway, idempotency ttl ms, prune horizon bucket,
 --       ledger MAXLEN ('' = none), ledger retention ms (0 = none), number of charge sets,
---       then per set: n, n x (budget id, bucket);
+--       then per set: n, n x (budget id, bucket, lease holder: the gateway or `<gateway>@<key>`);
 --       then number of records, then per record: id, cost, billed tokens, ledger json, charge set.
 -- Each record's idempotency key is set (NX) first: only a record seen for the first time is
 -- appended to the ledger stream and charged. Charges are summed per (budget, bucket) and per
--- budget (the gateway's slice shrinks) and applied once at the end.
+-- (budget, holder) (that slice shrinks) and applied once at the end.
 -- Returns {'stale'} or {'ok', accepted, duplicates}.
 if not config_is(ARGV[2]) then return {'stale'} end
 local now, gateway, ttl, horizon = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -17,8 +17,8 @@ for s = 1, tonumber(ARGV[9]) do
   i = i + 1
   local set = {}
   for j = 1, n do
-    set[j] = {ARGV[i], ARGV[i + 1]}
-    i = i + 2
+    set[j] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
+    i = i + 3
   end
   sets[s] = set
 end
@@ -48,11 +48,12 @@ for _ = 1, nrec do
       s[3] = s[3] + cost
       s[4] = s[4] + tokens
       if cost > 0 then
-        if not used[c[1]] then
-          used[c[1]] = 0
-          used_order[#used_order + 1] = c[1]
+        local u = c[1] .. '\0' .. c[3]
+        if not used[u] then
+          used[u] = {c[1], c[3], 0}
+          used_order[#used_order + 1] = u
         end
-        used[c[1]] = used[c[1]] + cost
+        used[u][3] = used[u][3] + cost
       end
     end
   else
@@ -73,12 +74,13 @@ for _, k in ipairs(spend_order) do
   redis.call('HINCRBY', key, 'm:' .. s[2], int(s[3]))
   redis.call('HINCRBY', key, 't:' .. s[2], int(s[4]))
 end
-for _, b in ipairs(used_order) do
+for _, u in ipairs(used_order) do
+  local b, holder, cost = used[u][1], used[u][2], used[u][3]
   local key = P .. 'lease:' .. b
-  local current = redis.call('HGET', key, gateway)
+  local current = redis.call('HGET', key, holder)
   if current then
     local m, e = slice(current)
-    redis.call('HSET', key, gateway, int(math.max(m - used[b], 0)) .. ':' .. int(e))
+    redis.call('HSET', key, holder, int(math.max(m - cost, 0)) .. ':' .. int(e))
   end
 end
 if retention > 0 and accepted > 0 then

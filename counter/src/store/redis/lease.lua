@@ -1,7 +1,8 @@
 -- Grants or tops up one gateway's slice on each budget of a chain (contract: store/mod.rs, Leases).
 -- ARGV: prefix, config version, now_ms, gateway, expires_at_ms, want, n,
 --       then n x (budget id, window start bucket, hard limit, token limit or -1, observe 0/1,
---       known: lease_expires_at_ms of the grant the gateway had seen, or '' if it does not say).
+--       known: lease_expires_at_ms of the grant the gateway had seen, or '' if it does not say,
+--       holder: the slice's field, the gateway or `<gateway>@<key>` for a selector budget).
 -- A live slice granted after the one the gateway had seen is not lowered (it may be committed).
 -- Returns {'stale'} or {'ok', then per budget: granted, spent, tokens}.
 if not config_is(ARGV[2]) then return {'stale'} end
@@ -10,8 +11,8 @@ local out = {'ok'}
 local i = 8
 for _ = 1, tonumber(ARGV[7]) do
   local id, from, hard, token_limit, observe = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4] == '1'
-  local known = tonumber(ARGV[i + 5])
-  i = i + 6
+  local known, holder = tonumber(ARGV[i + 5]), ARGV[i + 6]
+  i = i + 7
   local spent, tokens = window_spend(id, from)
   local key = P .. 'lease:' .. id
   local slices = redis.call('HGETALL', key)
@@ -20,7 +21,7 @@ for _ = 1, tonumber(ARGV[7]) do
     local m, e = slice(slices[j + 1])
     if e <= now then
       redis.call('HDEL', key, slices[j])
-    elseif slices[j] ~= gateway then
+    elseif slices[j] ~= holder then
       others = others + m
     elseif known ~= nil and e > known then
       kept = m
@@ -34,7 +35,7 @@ for _ = 1, tonumber(ARGV[7]) do
   else
     granted = math.max(math.min(math.max(want, kept), hard - spent - others), 0)
   end
-  redis.call('HSET', key, gateway, int(granted) .. ':' .. expires)
+  redis.call('HSET', key, holder, int(granted) .. ':' .. expires)
   out[#out + 1] = int(granted)
   out[#out + 1] = int(spent)
   out[#out + 1] = int(tokens)
