@@ -493,3 +493,43 @@ fn a_success_on_another_gateway_ends_the_streak() {
     let got: Vec<Option<u16>> = (4..7).map(|i| task_attempt_on(&a, "flaky", i, "500")).collect();
     assert_eq!(got, [None, None, Some(429)], "the streak began again at B's success: three failures (one before A heard of it), then refused; without B's success A would refuse its fourth attempt");
 }
+
+/// A counter older than the guard events (it answers 400 to a batch carrying any) still gets
+/// every usage record: the gateway drops the events after the refusal and resends the records
+/// without them. The events only share counts; the records are the books.
+#[test]
+fn a_counter_that_refuses_guard_events_still_gets_every_record() {
+    let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
+    v["gateway_id"] = json!("gw-a");
+    v["guards"] = json!({"retry": {"expensive": {"model": "tg-*"}}});
+    v["enforcement"] = json!({
+        "counter_cluster": "tollgate_counter", "gateway_token": "gt", "lease_slice_usd": "1",
+        "flush_interval_ms": 1000, "call_timeout_ms": 500, "default_max_output_tokens": 1000
+    });
+    let gw = Gateway::new(v.to_string()).clock_at(START_MS);
+    let accepted = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let refused = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let (acc, refd) = (accepted.clone(), refused.clone());
+    gw.auto_answer(move |call| match call.path() {
+        "/v1/usage" => {
+            let batch = call.json();
+            if batch["guard_events"].as_array().is_some_and(|e| !e.is_empty()) {
+                refd.set(refd.get() + 1);
+                return Answer::json(400, &json!({"error": "guard_events[0].kind: unknown kind"}));
+            }
+            let records = batch["records"].as_array().cloned().unwrap_or_default();
+            acc.borrow_mut().extend(records.iter().map(|r| r["id"].as_str().unwrap_or_default().to_owned()));
+            Answer::json(200, &json!({"accepted": records.len(), "duplicates": 0}))
+        }
+        _ => Answer::json(200, &json!({"budgets": []})),
+    });
+    for i in 0..2 {
+        assert_eq!(task_attempt_on(&gw, "fix-ci-42", i, "200"), None);
+    }
+    deliver(&[&gw]);
+    deliver(&[&gw]);
+    assert!(refused.get() >= 1, "the first post carried guard events and was refused");
+    let ids = accepted.borrow();
+    assert_eq!(ids.len(), 2, "both records arrived once, on a post without events: {ids:?}");
+    assert_ne!(ids[0], ids[1]);
+}

@@ -289,7 +289,14 @@ impl Worker {
                             &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
                         );
                         self.requeue(batch.records);
-                        self.keep_guard_events(guard_events);
+                        if status == Some(400) && !guard_events.is_empty() {
+                            // A counter older than these guard events refuses the batch they ride
+                            // on (an unknown event kind). They only share counts; the records are
+                            // the books: resend the records without them, or none would arrive.
+                            host::log(LogLevel::Warn, "tollgate: the counter refused a usage batch with guard events; those events are dropped");
+                        } else {
+                            self.keep_guard_events(guard_events);
+                        }
                     }
                 }
             }
