@@ -113,16 +113,7 @@ pub(super) async fn spend_with_seats<S: Store>(
     };
     for team in seat_rows.iter().map(|r| &r.team) {
         if !rows.iter().any(|r| r.keys.first() == Some(team)) {
-            rows.push(crate::store::ReportRow {
-                keys: vec![team.clone()],
-                requests: 0,
-                cost_micros: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                cache_read_tokens: 0,
-                cache_write_tokens: 0,
-                estimated_requests: 0,
-            });
+            rows.push(crate::store::ReportRow { keys: vec![team.clone()], ..Default::default() });
         }
     }
     rows.sort_by(|a, b| a.keys.cmp(&b.keys));

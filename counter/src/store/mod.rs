@@ -189,8 +189,9 @@ pub struct RequestsQuery {
     pub limit: usize,
 }
 
-/// One group of the spend report. `keys` follows `group_by`; a missing attribute is `""`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One group of the spend report. `keys` follows `group_by`; a missing attribute is `""`. The
+/// default is a group with nothing spent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRow {
     pub keys: Vec<String>,
     pub requests: u64,

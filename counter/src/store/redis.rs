@@ -924,7 +924,7 @@ impl Store for RedisStore {
     async fn report(&self, query: ReportQuery) -> StoreResult<Vec<ReportRow>> {
         let mut rows: BTreeMap<Vec<String>, ReportRow> = BTreeMap::new();
         if query.group_by.is_empty() {
-            rows.insert(Vec::new(), ReportRow { keys: Vec::new(), ..empty_row() });
+            rows.insert(Vec::new(), ReportRow::default());
         }
         let mut bad = 0u64;
         self.scan_stream("spend report", &format!("{}ledger", self.prefix), false, |fields| {
@@ -937,7 +937,7 @@ impl Store for RedisStore {
                 return true;
             }
             let keys: Vec<String> = query.group_by.iter().map(|g| group_key(*g, &r)).collect();
-            let row = rows.entry(keys.clone()).or_insert_with(|| ReportRow { keys, ..empty_row() });
+            let row = rows.entry(keys.clone()).or_insert_with(|| ReportRow { keys, ..Default::default() });
             let t = &r.tokens;
             row.requests += 1;
             row.cost_micros = row.cost_micros.saturating_add(r.cost_micros);
@@ -1039,15 +1039,3 @@ impl Store for RedisStore {
     }
 }
 
-fn empty_row() -> ReportRow {
-    ReportRow {
-        keys: Vec::new(),
-        requests: 0,
-        cost_micros: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cache_read_tokens: 0,
-        cache_write_tokens: 0,
-        estimated_requests: 0,
-    }
-}

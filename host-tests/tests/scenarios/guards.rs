@@ -375,8 +375,9 @@ impl Counter {
 
 const START_MS: u64 = 1_767_225_600_000;
 
-/// A gateway with the retry guard and enforcement, its calls answered by `counter` (no budgets).
-fn shared_gateway(name: &str, counter: &std::rc::Rc<std::cell::RefCell<Counter>>) -> Gateway {
+/// A gateway named `name` with the retry guard and enforcement (usage posted every second), its
+/// calls not answered yet.
+fn guarded_enforcing_gateway(name: &str) -> Gateway {
     let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
     v["gateway_id"] = json!(name);
     v["attribution"]["trusted_headers"]["task"] = json!("x-auth-task");
@@ -385,7 +386,12 @@ fn shared_gateway(name: &str, counter: &std::rc::Rc<std::cell::RefCell<Counter>>
         "counter_cluster": "tollgate_counter", "gateway_token": "gt", "lease_slice_usd": "1",
         "flush_interval_ms": 1000, "call_timeout_ms": 500, "default_max_output_tokens": 1000
     });
-    let gw = Gateway::new(v.to_string()).clock_at(START_MS);
+    Gateway::new(v.to_string()).clock_at(START_MS)
+}
+
+/// A gateway with the retry guard and enforcement, its calls answered by `counter` (no budgets).
+fn shared_gateway(name: &str, counter: &std::rc::Rc<std::cell::RefCell<Counter>>) -> Gateway {
+    let gw = guarded_enforcing_gateway(name);
     let counter = counter.clone();
     gw.auto_answer(move |call| match call.path() {
         "/v1/usage" => Answer::json(200, &counter.borrow_mut().usage(&call.json())),
@@ -499,14 +505,7 @@ fn a_success_on_another_gateway_ends_the_streak() {
 /// without them. The events only share counts; the records are the books.
 #[test]
 fn a_counter_that_refuses_guard_events_still_gets_every_record() {
-    let mut v: Value = serde_json::from_str(TEST_CONFIG).expect("TEST_CONFIG is JSON");
-    v["gateway_id"] = json!("gw-a");
-    v["guards"] = json!({"retry": {"expensive": {"model": "tg-*"}}});
-    v["enforcement"] = json!({
-        "counter_cluster": "tollgate_counter", "gateway_token": "gt", "lease_slice_usd": "1",
-        "flush_interval_ms": 1000, "call_timeout_ms": 500, "default_max_output_tokens": 1000
-    });
-    let gw = Gateway::new(v.to_string()).clock_at(START_MS);
+    let gw = guarded_enforcing_gateway("gw-a");
     let accepted = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
     let refused = std::rc::Rc::new(std::cell::Cell::new(0u32));
     let (acc, refd) = (accepted.clone(), refused.clone());
