@@ -22,8 +22,9 @@
 //! page cache) but the last commits can be lost on power failure. Group commit is what keeps FULL
 //! fast: one fsync per group, not per batch.
 //!
-//! Lease grants are durable too. The `leases` table holds, per (budget, gateway), an **upper
-//! bound** on the slice the gateway may hold: `micros` and `expires_at_ms`. A grant is reserved in
+//! Lease grants are durable too. The `leases` table holds, per (budget, holder), an **upper
+//! bound** on the slice the holder may hold (the holder is the gateway, or `gateway@scope key` for
+//! a selector budget, whose slices are kept per matched key): `micros` and `expires_at_ms`. A grant is reserved in
 //! the book under its lock; if the durable bound already covers it (at least as many micros, an
 //! expiry at least as late) it is answered at once, otherwise a new bound — the granted micros and
 //! an expiry of `now + 2 × lease_ttl` — rides the same group commit as usage and the answer waits
