@@ -217,6 +217,22 @@ pub struct BudgetLease {
     pub resets_at: Option<i64>,
     /// When this lease lapses unless renewed, unix milliseconds.
     pub lease_expires_at_ms: i64,
+    /// A `reserve: p99` budget only: per model, the output tokens a request reserves instead of
+    /// the model's worst case (the scope's observed p99, from the ledger). A model not listed, or
+    /// an empty map, reserves the worst case. Sent only when non-empty, so gateways that predate
+    /// the field keep reading leases of every other budget.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reserve_output_tokens: BTreeMap<String, u64>,
+    /// A `reserve: p99` budget only: worst-case headroom beyond `granted_micros`, which bounds what
+    /// requests reserved at p99 may cost past their reservations: `granted × reserve_excess_limit /
+    /// hard_limit`, rounded down. A request is admitted only if its p99 cost fits in the slice and
+    /// its worst case fits in the slice plus this (docs/enforcement.md, "Reservation policies").
+    #[serde(default, skip_serializing_if = "is_zero_micros")]
+    pub reserve_excess_micros: Micros,
+}
+
+fn is_zero_micros(n: &Micros) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +307,25 @@ pub struct UsageRecord {
     /// Unix milliseconds.
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
+    /// Reservations made below the request's worst case on `reserve: p99` budgets. The counter
+    /// adds what the request cost beyond each to that budget's reservation excess for the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub p99_reservations: Vec<P99Reservation>,
+}
+
+/// What a request reserved on one `reserve: p99` budget (below its worst case).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P99Reservation {
+    pub budget_id: String,
+    pub reserved_micros: Micros,
+}
+
+impl P99Reservation {
+    /// What the request cost beyond this reservation: the excess the budget's policy counts.
+    pub fn excess(&self, cost_micros: Micros) -> Micros {
+        cost_micros.saturating_sub(self.reserved_micros).max(0)
+    }
 }
 
 /// A usage record's id: `<gateway_id>:<request id>` (unique per request on a gateway; the counter

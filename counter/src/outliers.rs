@@ -285,6 +285,7 @@ mod tests {
             estimated: false,
             started_at_ms: day * DAY_MS + 1000,
             finished_at_ms: day * DAY_MS + 2000,
+            p99_reservations: Vec::new(),
         }
     }
 

@@ -91,6 +91,7 @@ pub fn settle(prices: &PriceTable, exchange: &Exchange, scan: &ScanOutcome, stat
             estimated: ended == Ended::Estimated,
             started_at_ms: exchange.started_at_ms,
             finished_at_ms,
+            p99_reservations: Vec::new(),
         },
         ended,
         unknown_model,

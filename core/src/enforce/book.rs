@@ -472,6 +472,8 @@ pub(crate) mod tests {
             status: BudgetStatus::Ok,
             resets_at: Some(1_800_000_000),
             lease_expires_at_ms: expires_at_ms,
+            reserve_output_tokens: Default::default(),
+            reserve_excess_micros: 0,
         }
     }
 

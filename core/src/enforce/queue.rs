@@ -275,6 +275,7 @@ mod tests {
             estimated: false,
             started_at_ms: 1,
             finished_at_ms: 2,
+            p99_reservations: Vec::new(),
         }
     }
 

@@ -90,6 +90,8 @@ impl ModelCounter {
                 status: if *spent >= *hard { BudgetStatus::Hard } else { BudgetStatus::Ok },
                 resets_at: None,
                 lease_expires_at_ms: now + self.ttl_ms,
+                reserve_output_tokens: Default::default(),
+                reserve_excess_micros: 0,
             });
         }
         LeaseResponse { budgets: out }
@@ -228,6 +230,7 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                         estimated: false,
                         started_at_ms: *now,
                         finished_at_ms: *now,
+                        p99_reservations: Vec::new(),
                     };
                     g.queue.push(QueuedRecord::from_record(&record).unwrap_or_else(|| panic!("record")));
                 }

@@ -331,6 +331,8 @@ impl Book {
                     status: a.status,
                     resets_at: span.resets_at,
                     lease_expires_at_ms: expires_at_ms,
+                    reserve_output_tokens: Default::default(),
+                    reserve_excess_micros: 0,
                 });
             }
         }

@@ -34,6 +34,7 @@ pub(super) fn list(conn: &Connection, q: &RequestsQuery) -> rusqlite::Result<Vec
             estimated: r.get::<_, i64>(19)? != 0,
             started_at_ms: r.get(20)?,
             finished_at_ms: r.get(21)?,
+            p99_reservations: Vec::new(),
         })
     })?;
     rows.collect()
