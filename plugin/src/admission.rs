@@ -26,8 +26,8 @@
 
 use tollgate_core::banner::BudgetStatus;
 use tollgate_core::dialect::Dialect;
+use tollgate_core::enforce::reservation::WorstCase;
 use tollgate_core::errors::Failure;
-use tollgate_core::money::Micros;
 use tollgate_core::protocol::{Principal, UsageRecord};
 
 /// A routed request awaiting admission.
@@ -39,12 +39,10 @@ pub struct Admission<'a> {
     pub dialect: Dialect,
     pub routed_model: &'a str,
     pub stream: bool,
-    /// Upper bound of input tokens from the body size.
-    pub input_tokens_upper_bound: u64,
-    /// The output cap used for the worst case (client's, else the model's, else the default).
-    pub max_output_tokens: u64,
-    /// What the request can cost at most, priced with the routed model.
-    pub worst_case_micros: Micros,
+    /// What the request can cost at most (`micros`), and how that was priced: its prompt bound,
+    /// output tokens and the routed model's price (a `reserve: p99` budget reprices it with fewer
+    /// output tokens).
+    pub worst_case: WorstCase,
     pub now_ms: i64,
 }
 

@@ -31,8 +31,35 @@
 //! (docs/enforcement.md).
 
 use super::config::EnforcementSettings;
+use super::reservation::WorstCase;
 use crate::money::Micros;
-use crate::protocol::{BudgetLease, BudgetMode, BudgetStatus};
+use crate::protocol::{BudgetLease, BudgetMode, BudgetStatus, P99Reservation};
+
+/// What one request asks of the budgets on its chain: its worst case, and what it reserves instead
+/// on a budget whose policy is `reserve: p99` (the lease names the p99 output tokens per model).
+///
+/// Such a budget admits the request only if the cheaper amount fits in its slice **and** the
+/// worst case fits in the slice plus the lease's excess headroom; what requests reserved at p99
+/// may cost beyond their reservations is then bounded by that headroom (docs/enforcement.md,
+/// "Reservation policies").
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// What a `worst_case` budget reserves, and what every budget's slice plus its excess headroom
+    /// must hold.
+    pub worst: Micros,
+    /// The routed model: the key of a lease's p99 output tokens.
+    pub model: &'a str,
+    /// How the worst case was made (its prompt bound and price), to price the request at fewer
+    /// output tokens; `None` reserves the worst case on every budget.
+    pub basis: Option<&'a WorstCase>,
+}
+
+impl Ask<'static> {
+    /// A request that reserves `worst` on every budget, whatever its policy.
+    pub fn worst_case(worst: Micros) -> Ask<'static> {
+        Ask { worst: worst.max(0), model: "", basis: None }
+    }
+}
 
 /// This gateway's view of one budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +87,13 @@ pub struct BudgetSlot {
     pub soft_threshold_pct: u32,
     /// Window reset, unix seconds.
     pub resets_at: Option<i64>,
+    /// `reserve: p99` only (empty otherwise): per model, the output tokens a request reserves.
+    pub reserve_output_tokens: Vec<(String, u64)>,
+    /// `reserve: p99` only: worst-case headroom beyond the slice, as the last grant stated it.
+    pub excess_headroom: Micros,
+    /// Of the requests in flight that reserved below their worst case here, the sum of
+    /// `worst - reserved`: what the excess headroom is holding for them.
+    pub reserved_beyond: Micros,
 }
 
 impl BudgetSlot {
@@ -71,6 +105,30 @@ impl BudgetSlot {
         self.slice.saturating_sub(self.reserved)
     }
 
+    /// What `ask` reserves on this budget: its worst case, or for a model the lease gives p99
+    /// output tokens for, the request priced at those (never more than the worst case).
+    pub fn hold(&self, ask: &Ask<'_>) -> Micros {
+        if self.reserve_output_tokens.is_empty() {
+            return ask.worst;
+        }
+        let Some(basis) = ask.basis else { return ask.worst };
+        match self.reserve_output_tokens.iter().find(|(model, _)| model == ask.model) {
+            Some((_, tokens)) => basis.at_output(*tokens).clamp(0, ask.worst),
+            None => ask.worst,
+        }
+    }
+
+    /// Whether `ask` fits now: its hold in the free slice, and its worst case in the free slice
+    /// plus what the excess headroom still has (nothing once the lease has lapsed).
+    pub fn fits(&self, ask: &Ask<'_>, now_ms: i64) -> bool {
+        let available = self.available(now_ms);
+        if available < self.hold(ask) {
+            return false;
+        }
+        let headroom = if now_ms >= self.expires_at_ms { 0 } else { self.excess_headroom };
+        available.saturating_add(headroom).saturating_sub(self.reserved_beyond) >= ask.worst
+    }
+
     /// Utilization in whole percent of `limit` (rounded down), from what this gateway knows.
     pub fn utilization_pct(&self) -> u32 {
         let spent = i128::from(self.spent_at_grant) + i128::from(self.spent_since_grant);
@@ -79,6 +137,12 @@ impl BudgetSlot {
         }
         let pct = (spent.max(0) * 100) / i128::from(self.limit);
         u32::try_from(pct.min(10_000)).unwrap_or(10_000)
+    }
+
+    /// Whether the slot carries anything of a `reserve: p99` policy (then the entry is encoded as
+    /// version 2).
+    fn has_policy_state(&self) -> bool {
+        !self.reserve_output_tokens.is_empty() || self.excess_headroom != 0 || self.reserved_beyond != 0
     }
 
     /// Whether the counter said, recently, that it had nothing more to give.
@@ -146,12 +210,12 @@ impl ScopeEntry {
 
     /// Decides, without changing anything, whether `amount` fits every enforce-mode budget.
     /// Observe-mode budgets never block, except that an unknown scope must be asked about first.
-    pub fn check(&self, amount: Micros, now_ms: i64, settings: &EnforcementSettings) -> ScopeCheck {
+    pub fn check(&self, ask: &Ask<'_>, now_ms: i64, settings: &EnforcementSettings) -> ScopeCheck {
         if !self.known(now_ms, settings) {
             return self.ask_or_hold(now_ms, settings);
         }
         for (index, slot) in self.budgets.iter().enumerate() {
-            if slot.mode == BudgetMode::Observe || slot.available(now_ms) >= amount {
+            if slot.mode == BudgetMode::Observe || slot.fits(ask, now_ms) {
                 continue;
             }
             if slot.capped_recently(now_ms, settings) && now_ms < slot.expires_at_ms {
@@ -165,41 +229,56 @@ impl ScopeEntry {
     /// Budget ids of observe-mode budgets that would have refused `amount`: the counter says the
     /// budget is at its hard limit, or what is known spent plus this request passes it. (The
     /// counter grants observe budgets whatever is asked, so their slices say nothing.)
-    pub fn would_refuse(&self, amount: Micros) -> Vec<String> {
+    pub fn would_refuse(&self, ask: &Ask<'_>) -> Vec<String> {
         self.budgets
             .iter()
             .filter(|s| s.mode == BudgetMode::Observe)
             .filter(|s| {
                 let spent = s.spent_at_grant.saturating_add(s.spent_since_grant);
-                s.status == BudgetStatus::Hard || spent.saturating_add(amount) > s.hard_limit
+                s.status == BudgetStatus::Hard || spent.saturating_add(s.hold(ask)) > s.hard_limit
             })
             .map(|s| s.budget_id.clone())
             .collect()
     }
 
-    /// Reserves `amount` on every budget of the scope. Call only after [`Self::check`] said `Fits`
-    /// on this same version of the entry. Returns the budget ids reserved on.
-    pub fn reserve(&mut self, amount: Micros) -> Vec<String> {
+    /// Reserves `ask` on every budget of the scope (its [`BudgetSlot::hold`] on each). Call only
+    /// after [`Self::check`] said `Fits` on this same version of the entry. Returns the budget ids
+    /// reserved on, and the budgets where that was less than the worst case.
+    pub fn reserve(&mut self, ask: &Ask<'_>) -> (Vec<String>, Vec<P99Reservation>) {
+        let mut below_worst = Vec::new();
         for slot in &mut self.budgets {
-            slot.reserved = slot.reserved.saturating_add(amount);
+            let hold = slot.hold(ask);
+            slot.reserved = slot.reserved.saturating_add(hold);
+            if hold < ask.worst {
+                slot.reserved_beyond = slot.reserved_beyond.saturating_add(ask.worst - hold);
+                below_worst.push(P99Reservation { budget_id: slot.budget_id.clone(), reserved_micros: hold });
+            }
         }
-        self.budgets.iter().map(|s| s.budget_id.clone()).collect()
+        (self.budgets.iter().map(|s| s.budget_id.clone()).collect(), below_worst)
     }
 
     /// Gives back a reservation that was never used (the request was refused further down the
-    /// chain, or never reached the upstream).
-    pub fn release(&mut self, amount: Micros, budget_ids: &[String]) {
+    /// chain, or never reached the upstream): `worst` on the budgets in `budget_ids`, except
+    /// those in `below_worst`, which held less ([`Self::reserve`]).
+    pub fn release(&mut self, worst: Micros, budget_ids: &[String], below_worst: &[P99Reservation]) {
         for slot in self.budgets.iter_mut().filter(|s| budget_ids.contains(&s.budget_id)) {
-            slot.reserved = slot.reserved.saturating_sub(amount).max(0);
+            match below_worst.iter().find(|r| r.budget_id == slot.budget_id) {
+                Some(held) => {
+                    slot.reserved = slot.reserved.saturating_sub(held.reserved_micros).max(0);
+                    let beyond = worst.saturating_sub(held.reserved_micros).max(0);
+                    slot.reserved_beyond = slot.reserved_beyond.saturating_sub(beyond).max(0);
+                }
+                None => slot.reserved = slot.reserved.saturating_sub(worst).max(0),
+            }
         }
     }
 
     /// Replaces a reservation by the real cost: the reservation is released on the budgets it was
     /// made on, and `actual` is charged to every budget of the scope (the counter charges the
     /// record to all of them), even where it exceeds the reservation.
-    pub fn settle(&mut self, reserved: Micros, budget_ids: &[String], actual: Micros) {
+    pub fn settle(&mut self, worst: Micros, budget_ids: &[String], below_worst: &[P99Reservation], actual: Micros) {
         let actual = actual.max(0);
-        self.release(reserved, budget_ids);
+        self.release(worst, budget_ids, below_worst);
         for slot in &mut self.budgets {
             slot.slice = slot.slice.saturating_sub(actual);
             slot.spent_since_grant = slot.spent_since_grant.saturating_add(actual);
@@ -277,6 +356,7 @@ impl ScopeEntry {
                     return slot.clone();
                 }
                 let reserved = existing.map_or(0, |s| s.reserved);
+                let reserved_beyond = existing.map_or(0, |s| s.reserved_beyond);
                 let mut slice = lease.granted_micros.saturating_sub(pending);
                 if let Some(slot) = existing.filter(|s| s.expires_at_ms == lease.lease_expires_at_ms) {
                     // Same counter millisecond: which came last is unknown; keep the smaller.
@@ -298,6 +378,9 @@ impl ScopeEntry {
                     hard_limit: lease.hard_limit_micros,
                     soft_threshold_pct: lease.soft_threshold_pct,
                     resets_at: lease.resets_at,
+                    reserve_output_tokens: lease.reserve_output_tokens.iter().map(|(m, t)| (m.clone(), *t)).collect(),
+                    excess_headroom: lease.reserve_excess_micros.max(0),
+                    reserved_beyond,
                 }
             })
             .collect();
@@ -323,14 +406,20 @@ pub const REFILL_SLACK_MS: i64 = 500;
 
 // ---- compact encoding ------------------------------------------------------------------------
 
+/// Entries where no budget has a reservation policy other than the worst case.
 const FORMAT_VERSION: u8 = 1;
+/// Entries with a `reserve: p99` budget: each slot is followed by its excess headroom, what that
+/// holds, and the p99 output tokens per model. An entry without one is still written as version 1,
+/// so the common case neither grows nor stops being read by a filter that predates policies.
+const FORMAT_VERSION_POLICIES: u8 = 2;
 
 impl ScopeEntry {
     /// Compact binary form for Envoy shared data: a version byte, fixed-width little-endian
     /// integers, length-prefixed strings.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.budgets.len() * 128);
-        out.push(FORMAT_VERSION);
+        let policies = self.budgets.iter().any(BudgetSlot::has_policy_state);
+        out.push(if policies { FORMAT_VERSION_POLICIES } else { FORMAT_VERSION });
         for v in [self.fetched_at_ms, self.unacked, self.acked_total, self.refill_until_ms, self.failed_at_ms] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -365,6 +454,18 @@ impl ScopeEntry {
             ] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+            if policies {
+                out.extend_from_slice(&slot.excess_headroom.to_le_bytes());
+                out.extend_from_slice(&slot.reserved_beyond.to_le_bytes());
+                let models = slot.reserve_output_tokens.iter().filter(|(m, _)| m.len() <= usize::from(u16::MAX)).take(usize::from(u16::MAX));
+                let count = models.clone().count();
+                out.extend_from_slice(&(count as u16).to_le_bytes());
+                for (model, tokens) in models {
+                    out.extend_from_slice(&(model.len() as u16).to_le_bytes());
+                    out.extend_from_slice(model.as_bytes());
+                    out.extend_from_slice(&tokens.to_le_bytes());
+                }
+            }
         }
         out
     }
@@ -373,9 +474,11 @@ impl ScopeEntry {
     /// the caller treats the scope as unknown and asks the counter again.
     pub fn decode(bytes: &[u8]) -> Option<ScopeEntry> {
         let mut r = Reader { bytes, at: 0 };
-        if r.u8()? != FORMAT_VERSION {
-            return None;
-        }
+        let policies = match r.u8()? {
+            FORMAT_VERSION => false,
+            FORMAT_VERSION_POLICIES => true,
+            _ => return None,
+        };
         let mut entry = ScopeEntry {
             fetched_at_ms: r.i64()?,
             unacked: r.i64()?,
@@ -418,9 +521,21 @@ impl ScopeEntry {
                 limit: r.i64()?,
                 hard_limit: r.i64()?,
                 resets_at: None,
+                reserve_output_tokens: Vec::new(),
+                excess_headroom: 0,
+                reserved_beyond: 0,
             };
             let resets_at = r.i64()?;
             slot.resets_at = has_reset.then_some(resets_at);
+            if policies {
+                slot.excess_headroom = r.i64()?;
+                slot.reserved_beyond = r.i64()?;
+                for _ in 0..r.u16()? {
+                    let len = usize::from(r.u16()?);
+                    let model = String::from_utf8(r.take(len)?.to_vec()).ok()?;
+                    slot.reserve_output_tokens.push((model, r.u64()?));
+                }
+            }
             entry.budgets.push(slot);
         }
         (r.at == bytes.len()).then_some(entry)
@@ -450,6 +565,9 @@ impl<'a> Reader<'a> {
     }
     fn i64(&mut self) -> Option<i64> {
         Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 }
 
@@ -483,19 +601,92 @@ pub(crate) mod tests {
         e
     }
 
+    /// gpt-4o's rates ($2.50 / $10 per million tokens): a 1,000-token prompt with no output cap
+    /// can cost $0.16634, and $0.0045 at 200 output tokens.
+    fn gpt_4o_worst_case() -> WorstCase {
+        let price = crate::pricing::ModelPrice {
+            base: crate::pricing::TierPrice { input: 2_500_000, output: 10_000_000, ..Default::default() },
+            ..Default::default()
+        };
+        WorstCase { prompt_tokens: 1_000, output_tokens: 16_384, micros: price.worst_case_cost(1_000, 16_384), price }
+    }
+
+    /// A `reserve: p99` grant: `granted` in the slice, `headroom` beyond it, p99 200 output tokens
+    /// for gpt-4o.
+    fn p99_granted(granted: Micros, headroom: Micros) -> ScopeEntry {
+        let mut lease = lease("b1", "team:a", granted, 60_000);
+        lease.reserve_output_tokens.insert("gpt-4o".into(), 200);
+        lease.reserve_excess_micros = headroom;
+        let mut e = ScopeEntry::default();
+        e.apply_grant(&[&lease], granted, 0, false, 1_000);
+        e
+    }
+
+    #[test]
+    fn a_p99_budget_admits_what_its_p99_cost_fits_while_the_worst_case_fits_its_excess_headroom() {
+        let s = test_settings();
+        let worst = gpt_4o_worst_case();
+        assert_eq!((worst.micros, worst.at_output(200)), (166_340, 4_500));
+        let ask = Ask { worst: worst.micros, model: "gpt-4o", basis: Some(&worst) };
+
+        let mut plain = granted(100_000, 100_000);
+        assert_eq!(plain.check(&ask, 2_000, &s), ScopeCheck::NeedRefill, "a worst_case budget of $0.10 cannot hold $0.166");
+
+        let mut e = p99_granted(100_000, 200_000);
+        assert_eq!(e.check(&ask, 2_000, &s), ScopeCheck::Fits);
+        let (ids, below) = e.reserve(&ask);
+        assert_eq!(ids, ["b1"]);
+        assert_eq!(below, [P99Reservation { budget_id: "b1".into(), reserved_micros: 4_500 }]);
+        assert_eq!((e.budgets[0].reserved, e.budgets[0].reserved_beyond), (4_500, 161_840));
+        assert_eq!(
+            e.check(&ask, 2_000, &s),
+            ScopeCheck::NeedRefill,
+            "a second worst case would pass slice + headroom (95,500 + 200,000 - 161,840 < 166,340)"
+        );
+
+        e.settle(worst.micros, &ids, &below, 3_000);
+        assert_eq!((e.budgets[0].slice, e.budgets[0].reserved, e.budgets[0].reserved_beyond), (97_000, 0, 0));
+        assert_eq!(e.check(&ask, 2_000, &s), ScopeCheck::Fits, "settled: the headroom is free again");
+        assert_eq!(plain.reserve(&Ask::worst_case(100_000)).1, [], "a worst_case budget never holds less than the worst case");
+    }
+
+    #[test]
+    fn a_p99_budget_reserves_the_worst_case_for_a_model_it_has_no_p99_for_and_nothing_beyond_a_lapsed_lease() {
+        let worst = gpt_4o_worst_case();
+        let mut e = p99_granted(1_000_000, 200_000);
+        let other = Ask { worst: worst.micros, model: "gpt-4o-mini", basis: Some(&worst) };
+        let (_, below) = e.reserve(&other);
+        assert!(below.is_empty(), "no p99 for the model: the worst case, like any budget");
+        assert_eq!((e.budgets[0].reserved, e.budgets[0].reserved_beyond), (166_340, 0));
+
+        let e = p99_granted(100_000, 200_000);
+        let ask = Ask { worst: worst.micros, model: "gpt-4o", basis: Some(&worst) };
+        assert!(e.budgets[0].fits(&ask, 2_000));
+        assert!(!e.budgets[0].fits(&ask, 60_000), "past the lease's expiry neither the slice nor the headroom is there");
+        assert!(!e.budgets[0].fits(&Ask::worst_case(worst.micros), 2_000), "without a basis the worst case must fit the slice");
+    }
+
+    #[test]
+    fn an_entry_is_written_as_version_1_unless_a_budget_has_a_reservation_policy() {
+        assert_eq!(granted(100_000, 100_000).encode().first(), Some(&1));
+        let e = p99_granted(100_000, 200_000);
+        assert_eq!(e.encode().first(), Some(&2));
+        assert_eq!(ScopeEntry::decode(&e.encode()), Some(e));
+    }
+
     #[test]
     fn an_unknown_scope_must_be_asked_about_and_top_ups_go_one_at_a_time() {
         let s = test_settings();
         let mut e = ScopeEntry::default();
-        assert_eq!(e.check(1, 0, &s), ScopeCheck::NeedRefill);
+        assert_eq!(e.check(&Ask::worst_case(1), 0, &s), ScopeCheck::NeedRefill);
         assert!(e.wants_topup(0, &s));
         assert!(e.begin_topup(0, &s));
         assert!(!e.begin_topup(10, &s), "second caller does not own the top-up");
         assert!(!e.wants_topup(10, &s));
-        assert_eq!(e.check(1, 10, &s), ScopeCheck::NeedRefill, "a paused request still asks for itself");
+        assert_eq!(e.check(&Ask::worst_case(1), 10, &s), ScopeCheck::NeedRefill, "a paused request still asks for itself");
         e.fail_refill(true, 20);
-        assert_eq!(e.check(1, 30, &s), ScopeCheck::Unavailable, "recent failure: apply the failure mode");
-        assert_eq!(e.check(1, 20 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill, "then ask again");
+        assert_eq!(e.check(&Ask::worst_case(1), 30, &s), ScopeCheck::Unavailable, "recent failure: apply the failure mode");
+        assert_eq!(e.check(&Ask::worst_case(1), 20 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill, "then ask again");
     }
 
     #[test]
@@ -514,19 +705,19 @@ pub(crate) mod tests {
         let s = test_settings();
         let mut e = ScopeEntry::default();
         e.apply_grant(&[], 1_000_000, 0, false, 5);
-        assert_eq!(e.check(i64::MAX / 4, 6, &s), ScopeCheck::Fits);
-        assert_eq!(e.check(1, 5 + s.unbudgeted_scope_ttl_ms, &s), ScopeCheck::NeedRefill);
+        assert_eq!(e.check(&Ask::worst_case(i64::MAX / 4), 6, &s), ScopeCheck::Fits);
+        assert_eq!(e.check(&Ask::worst_case(1), 5 + s.unbudgeted_scope_ttl_ms, &s), ScopeCheck::NeedRefill);
     }
 
     #[test]
     fn reserve_and_settle_keep_the_arithmetic() {
         let s = test_settings();
         let mut e = granted(1_000_000, 1_000_000);
-        assert_eq!(e.check(600_000, 2_000, &s), ScopeCheck::Fits);
-        let ids = e.reserve(600_000);
+        assert_eq!(e.check(&Ask::worst_case(600_000), 2_000, &s), ScopeCheck::Fits);
+        let ids = e.reserve(&Ask::worst_case(600_000)).0;
         assert_eq!(e.budgets[0].available(2_000), 400_000);
-        assert_eq!(e.check(500_000, 2_000, &s), ScopeCheck::NeedRefill, "does not fit, counter not known to be dry");
-        e.settle(600_000, &ids, 250_000);
+        assert_eq!(e.check(&Ask::worst_case(500_000), 2_000, &s), ScopeCheck::NeedRefill, "does not fit, counter not known to be dry");
+        e.settle(600_000, &ids, &[], 250_000);
         assert_eq!(e.budgets[0].available(2_000), 750_000, "unused part returns");
         assert_eq!(e.unacked, 250_000);
         e.acknowledge(250_000);
@@ -537,8 +728,8 @@ pub(crate) mod tests {
     #[test]
     fn settle_charges_the_real_cost_even_above_the_reservation() {
         let mut e = granted(1_000_000, 1_000_000);
-        let ids = e.reserve(100_000);
-        e.settle(100_000, &ids, 1_300_000);
+        let ids = e.reserve(&Ask::worst_case(100_000)).0;
+        e.settle(100_000, &ids, &[], 1_300_000);
         assert_eq!(e.budgets[0].reserved, 0);
         assert_eq!(e.budgets[0].slice, -300_000);
     }
@@ -548,9 +739,9 @@ pub(crate) mod tests {
         let s = test_settings();
         let e = granted(200_000, 1_000_000);
         assert!(e.budgets[0].capped);
-        assert_eq!(e.check(100_000, 1_500, &s), ScopeCheck::Fits, "what is left can still be used");
-        assert_eq!(e.check(300_000, 1_500, &s), ScopeCheck::Refused { budget: 0 });
-        assert_eq!(e.check(300_000, 1_000 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill);
+        assert_eq!(e.check(&Ask::worst_case(100_000), 1_500, &s), ScopeCheck::Fits, "what is left can still be used");
+        assert_eq!(e.check(&Ask::worst_case(300_000), 1_500, &s), ScopeCheck::Refused { budget: 0 });
+        assert_eq!(e.check(&Ask::worst_case(300_000), 1_000 + s.recheck_after_ms, &s), ScopeCheck::NeedRefill);
         assert!(!e.wants_topup(1_500, &s), "no hammering a dry budget");
     }
 
@@ -558,7 +749,7 @@ pub(crate) mod tests {
     fn an_expired_lease_holds_nothing() {
         let s = test_settings();
         let e = granted(1_000_000, 1_000_000);
-        assert_eq!(e.check(1, 60_000, &s), ScopeCheck::NeedRefill);
+        assert_eq!(e.check(&Ask::worst_case(1), 60_000, &s), ScopeCheck::NeedRefill);
         assert!(e.wants_topup(60_000 - s.renew_before_expiry_ms + 1, &s), "renewed before it lapses");
         assert!(!e.wants_topup(2_000, &s), "a full fresh slice needs nothing");
     }
@@ -571,32 +762,32 @@ pub(crate) mod tests {
         l.status = BudgetStatus::Hard;
         let mut e = ScopeEntry::default();
         e.apply_grant(&[&l], 1_000_000, 0, false, 1_000);
-        assert_eq!(e.check(500, 1_100, &s), ScopeCheck::Fits);
-        assert_eq!(e.would_refuse(500), ["obs"], "the counter says it is over");
+        assert_eq!(e.check(&Ask::worst_case(500), 1_100, &s), ScopeCheck::Fits);
+        assert_eq!(e.would_refuse(&Ask::worst_case(500)), ["obs"], "the counter says it is over");
         // Observe slices are granted in full; what counts is spend against the hard limit.
         let mut l = lease("obs", "team:a", 5_000_000, 60_000);
         l.mode = BudgetMode::Observe;
         l.spent_micros = 9_999_000;
         e.apply_grant(&[&l], 1_000_000, 0, false, 1_200);
-        assert_eq!(e.check(5_000, 1_300, &s), ScopeCheck::Fits);
-        assert!(e.would_refuse(1_000).is_empty(), "still fits under the hard limit");
-        assert_eq!(e.would_refuse(1_001), ["obs"]);
+        assert_eq!(e.check(&Ask::worst_case(5_000), 1_300, &s), ScopeCheck::Fits);
+        assert!(e.would_refuse(&Ask::worst_case(1_000)).is_empty(), "still fits under the hard limit");
+        assert_eq!(e.would_refuse(&Ask::worst_case(1_001)), ["obs"]);
     }
 
     #[test]
     fn a_grant_is_net_of_costs_the_counter_may_not_have_seen() {
         let s = test_settings();
         let mut e = granted(1_000_000, 1_000_000);
-        let ids = e.reserve(400_000);
-        e.settle(400_000, &ids, 300_000); // unacked 300k
+        let ids = e.reserve(&Ask::worst_case(400_000)).0;
+        e.settle(400_000, &ids, &[], 300_000); // unacked 300k
         e.acknowledge(100_000); // unacked 200k, acked before the next send: counter has it
         let acked_at_send = e.acked_total;
         e.acknowledge(50_000); // acked after send: maybe in the grant, maybe not
-        let r2 = e.reserve(10_000);
+        let r2 = e.reserve(&Ask::worst_case(10_000)).0;
         e.apply_grant(&[&lease("b1", "team:a", 1_000_000, 90_000)], 1_000_000, acked_at_send, false, 2_100);
         assert_eq!(e.budgets[0].slice, 1_000_000 - 150_000 - 50_000);
         assert_eq!(e.budgets[0].reserved, 10_000, "reservations survive a grant");
-        e.settle(10_000, &r2, 0);
+        e.settle(10_000, &r2, &[], 0);
         assert_eq!(e.budgets[0].reserved, 0);
         assert_eq!(e.want(0, &s), 1_000_000 + 150_000);
     }
@@ -606,8 +797,8 @@ pub(crate) mod tests {
         let s = test_settings();
         let mut e = granted(3_000_000, 3_000_000);
         assert_eq!(e.want(0, &s), 3_000_000, "holding more than the configured slice: keep it");
-        let ids = e.reserve(2_900_000);
-        e.settle(2_900_000, &ids, 2_900_000);
+        let ids = e.reserve(&Ask::worst_case(2_900_000)).0;
+        e.settle(2_900_000, &ids, &[], 2_900_000);
         assert_eq!(e.want(0, &s), 1_000_000 + 2_900_000, "free slice plus what the counter has yet to deduct");
     }
 
@@ -619,8 +810,9 @@ pub(crate) mod tests {
             any::<(i64, i64, i64, i64, i64)>(),
             any::<(i64, i64, i64, i64)>(),
             any::<(u32, bool, Option<i64>)>(),
+            (any::<bool>(), any::<(i64, i64)>(), proptest::collection::vec(("[a-z0-9.-]{1,12}", any::<u64>()), 0..3)),
         )
-            .prop_map(|(id, observe, status, a, b, c)| BudgetSlot {
+            .prop_map(|(id, observe, status, a, b, c, (p99, d, models))| BudgetSlot {
                 budget_id: id,
                 mode: if observe { BudgetMode::Observe } else { BudgetMode::Enforce },
                 status: [BudgetStatus::Ok, BudgetStatus::Soft, BudgetStatus::Hard][usize::from(status)],
@@ -636,6 +828,9 @@ pub(crate) mod tests {
                 soft_threshold_pct: c.0,
                 capped: c.1,
                 resets_at: c.2,
+                reserve_output_tokens: if p99 { models } else { Vec::new() },
+                excess_headroom: if p99 { d.0 } else { 0 },
+                reserved_beyond: if p99 { d.1 } else { 0 },
             });
         (any::<(i64, i64, i64, i64, i64)>(), proptest::collection::vec(slot, 0..4)).prop_map(|(h, budgets)| ScopeEntry {
             fetched_at_ms: h.0,

@@ -10,10 +10,10 @@
 //! losing the race gives up (the request is then treated as if the counter were unreachable)
 //! rather than spin.
 
-use super::book::{ScopeCheck, ScopeEntry};
+use super::book::{Ask, ScopeCheck, ScopeEntry};
 use super::config::EnforcementSettings;
 use crate::money::{format_micros, Micros};
-use crate::protocol::{BudgetStatus, LeaseRequest, LeaseResponse};
+use crate::protocol::{BudgetStatus, LeaseRequest, LeaseResponse, P99Reservation};
 
 /// Attempts of one read-modify-write before giving up.
 pub const MAX_CAS_ATTEMPTS: usize = 16;
@@ -64,17 +64,20 @@ pub fn update<S: LeaseStore, R>(
 pub struct Reservation {
     /// The chain the request is charged to (settlement charges every scope on it).
     pub scopes: Vec<String>,
-    /// The worst-case amount reserved on each budget in `reserved_on`.
+    /// The worst case, reserved on each budget in `reserved_on` except those in `below_worst`.
     pub amount: Micros,
     /// `(scope, budget ids)` the amount was actually reserved on.
     pub reserved_on: Vec<(String, Vec<String>)>,
+    /// The `reserve: p99` budgets that held less than the worst case, and how much: the usage
+    /// record carries them, so the counter counts what the request cost beyond each.
+    pub below_worst: Vec<P99Reservation>,
 }
 
 impl Reservation {
     /// Admission without a reservation (fail-open while the counter is unreachable): settlement
     /// still charges the real cost to every scope.
     pub fn unreserved(scopes: Vec<String>) -> Reservation {
-        Reservation { scopes, amount: 0, reserved_on: Vec::new() }
+        Reservation { scopes, amount: 0, reserved_on: Vec::new(), below_worst: Vec::new() }
     }
 
     /// What settling at `actual` gives back to the slices: reserved but not used.
@@ -184,8 +187,9 @@ pub enum Decision {
     Refuse(Refusal),
 }
 
-/// Reserves `amount` on every budget of the chain if every enforce-mode budget has room for it.
-/// Nothing stays changed unless the request is admitted.
+/// Reserves `ask` on every budget of the chain (the worst case, or less on a `reserve: p99`
+/// budget: [`Ask`]) if every enforce-mode budget has room for it. Nothing stays changed unless
+/// the request is admitted.
 ///
 /// The common case costs one read-modify-write per scope: each scope is checked and reserved in
 /// the same update. At the first scope that does not fit, what was reserved is given back and the
@@ -193,23 +197,25 @@ pub enum Decision {
 pub fn reserve<S: LeaseStore>(
     store: &mut S,
     scopes: &[String],
-    amount: Micros,
+    ask: &Ask<'_>,
     now_ms: i64,
     settings: &EnforcementSettings,
 ) -> Decision {
-    let amount = amount.max(0);
+    let amount = ask.worst.max(0);
+    let ask = &Ask { worst: amount, ..*ask };
     let mut reserved_on: Vec<(String, Vec<String>)> = Vec::with_capacity(scopes.len());
+    let mut below_worst: Vec<P99Reservation> = Vec::new();
     let mut topup = Vec::new();
     let mut would_refuse = Vec::new();
     let mut warning: Option<BudgetWarning> = None;
     let mut utilization = Vec::with_capacity(scopes.len());
     for (index, scope) in scopes.iter().enumerate() {
-        let result = update(store, scope, |entry| match entry.check(amount, now_ms, settings) {
+        let result = update(store, scope, |entry| match entry.check(ask, now_ms, settings) {
             ScopeCheck::Fits => {
-                let ids = entry.reserve(amount);
+                let ids = entry.reserve(ask);
                 let extra = (
                     entry.wants_topup(now_ms, settings),
-                    entry.would_refuse(amount),
+                    entry.would_refuse(ask),
                     soft_warning(entry),
                     entry.budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0),
                 );
@@ -218,7 +224,8 @@ pub fn reserve<S: LeaseStore>(
             _ => (None, false),
         });
         match result {
-            Ok(Some((ids, (wants_topup, refusing, warn, pct)))) => {
+            Ok(Some(((ids, below), (wants_topup, refusing, warn, pct)))) => {
+                below_worst.extend(below);
                 if wants_topup {
                     topup.push(scope.clone());
                 }
@@ -234,17 +241,17 @@ pub fn reserve<S: LeaseStore>(
                 }
             }
             Ok(None) => {
-                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on });
-                return decide_short(store, scopes.get(index..).unwrap_or_default(), amount, now_ms, settings);
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst });
+                return decide_short(store, scopes.get(index..).unwrap_or_default(), ask, now_ms, settings);
             }
             Err(_) => {
-                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on });
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst });
                 return Decision::Unavailable;
             }
         }
     }
     Decision::Admit {
-        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on },
+        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst },
         topup,
         would_refuse,
         warning,
@@ -257,7 +264,7 @@ pub fn reserve<S: LeaseStore>(
 fn decide_short<S: LeaseStore>(
     store: &S,
     scopes: &[String],
-    amount: Micros,
+    ask: &Ask<'_>,
     now_ms: i64,
     settings: &EnforcementSettings,
 ) -> Decision {
@@ -265,9 +272,9 @@ fn decide_short<S: LeaseStore>(
     let mut unavailable = false;
     for scope in scopes {
         let entry = store.load(scope).0.unwrap_or_default();
-        match entry.check(amount, now_ms, settings) {
+        match entry.check(ask, now_ms, settings) {
             ScopeCheck::Fits => {}
-            ScopeCheck::Refused { budget } => return refusal(&entry, budget, scope, amount),
+            ScopeCheck::Refused { budget } => return refusal(&entry, budget, scope, ask.worst),
             ScopeCheck::NeedRefill => refill.push(scope.clone()),
             ScopeCheck::Unavailable => unavailable = true,
         }
@@ -299,14 +306,14 @@ fn refusal(entry: &ScopeEntry, budget: usize, scope: &str, amount: Micros) -> De
 /// The first enforce-mode budget on the chain that has no room for `amount` now, as a refusal:
 /// for a request that went back to the counter several times and still does not fit (other
 /// requests keep taking the headroom it was granted). `None` if everything fits.
-pub fn shortfall<S: LeaseStore>(store: &S, scopes: &[String], amount: Micros, now_ms: i64) -> Option<Refusal> {
+pub fn shortfall<S: LeaseStore>(store: &S, scopes: &[String], ask: &Ask<'_>, now_ms: i64) -> Option<Refusal> {
     scopes.iter().find_map(|scope| {
         let entry = store.load(scope).0?;
         let index = entry
             .budgets
             .iter()
-            .position(|s| s.mode == crate::protocol::BudgetMode::Enforce && s.available(now_ms) < amount)?;
-        match refusal(&entry, index, scope, amount) {
+            .position(|s| s.mode == crate::protocol::BudgetMode::Enforce && !s.fits(ask, now_ms))?;
+        match refusal(&entry, index, scope, ask.worst) {
             Decision::Refuse(r) => Some(r),
             _ => None,
         }
@@ -339,7 +346,7 @@ pub fn max_utilization_pct<S: LeaseStore>(store: &S, scopes: &[String]) -> u32 {
 pub fn release<S: LeaseStore>(store: &mut S, reservation: &Reservation) {
     for (scope, ids) in &reservation.reserved_on {
         let _ = update(store, scope, |entry| {
-            entry.release(reservation.amount, ids);
+            entry.release(reservation.amount, ids, &reservation.below_worst);
             ((), true)
         });
     }
@@ -369,7 +376,7 @@ pub fn settle<S: LeaseStore>(store: &mut S, reservation: Reservation, actual: Mi
             if entry.fetched_at_ms == 0 && entry.budgets.is_empty() && actual == 0 {
                 return (None, false);
             }
-            entry.settle(reserved, ids, actual);
+            entry.settle(reserved, ids, &reservation.below_worst, actual);
             (entry.budgets.iter().map(|s| s.utilization_pct()).max(), true)
         });
         if let Ok(Some(pct)) = pct {
@@ -406,7 +413,7 @@ pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Mic
                 let ids: &[String] =
                     reservation.reserved_on.iter().find(|(s, _)| s == scope).map(|(_, ids)| ids.as_slice()).unwrap_or(&[]);
                 let reserved = if ids.is_empty() { 0 } else { reservation.amount };
-                entry.settle(reserved, ids, actual);
+                entry.settle(reserved, ids, &reservation.below_worst, actual);
                 changed = true;
             }
             (changed.then(|| entry.budgets.iter().map(|s| s.utilization_pct()).max()).flatten(), changed)
@@ -572,7 +579,7 @@ mod tests {
     fn a_request_is_reserved_on_every_budget_of_its_chain() {
         let s = test_settings();
         let mut mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 1_000_000, 1_000_000)]);
-        let Decision::Admit { reservation, .. } = reserve(&mut mem, &scopes(&["team:a", "user:u"]), 300_000, 2_000, &s) else {
+        let Decision::Admit { reservation, .. } = reserve(&mut mem, &scopes(&["team:a", "user:u"]), &Ask::worst_case(300_000), 2_000, &s) else {
             panic!("admitted")
         };
         assert_eq!(reservation.reserved_on.len(), 2);
@@ -602,8 +609,8 @@ mod tests {
             let mut reserved = Vec::new();
             for (chain, amount, actual) in &requests {
                 let chain = &chains[*chain];
-                let a = reserve(&mut one_by_one, chain, *amount, 2_000, &s);
-                let b = reserve(&mut at_once, chain, *amount, 2_000, &s);
+                let a = reserve(&mut one_by_one, chain, &Ask::worst_case(*amount), 2_000, &s);
+                let b = reserve(&mut at_once, chain, &Ask::worst_case(*amount), 2_000, &s);
                 proptest::prop_assert_eq!(&a, &b);
                 let reservation = match a {
                     Decision::Admit { reservation, .. } => reservation,
@@ -629,7 +636,7 @@ mod tests {
         let s = test_settings();
         // user:u was granted less than asked: its budget is dry.
         let mut mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 100_000, 1_000_000)]);
-        match reserve(&mut mem, &scopes(&["team:a", "user:u"]), 300_000, 1_500, &s) {
+        match reserve(&mut mem, &scopes(&["team:a", "user:u"]), &Ask::worst_case(300_000), 1_500, &s) {
             Decision::Refuse(r) => {
                 assert_eq!((r.budget_id.as_str(), r.scope.as_str(), r.needed_micros), ("b-user:u", "user:u", 300_000));
                 assert!(r.message().contains("`b-user:u`") && r.message().contains("$0.300000"), "{}", r.message());
@@ -644,14 +651,14 @@ mod tests {
         let s = test_settings();
         let mut mem = book(&[("team:a", 1_000_000, 1_000_000)]);
         let chain = scopes(&["org:x", "team:a", "user:u"]);
-        assert_eq!(reserve(&mut mem, &chain, 10, 2_000, &s), Decision::Refill { scopes: scopes(&["org:x", "user:u"]) });
+        assert_eq!(reserve(&mut mem, &chain, &Ask::worst_case(10), 2_000, &s), Decision::Refill { scopes: scopes(&["org:x", "user:u"]) });
         let ticket = begin_refill(&mut mem, &scopes(&["org:x", "user:u"]), 10, &s);
         assert_eq!(ticket.request("gw").scopes, ["org:x", "user:u"]);
         assert_eq!(ticket.want_micros, s.lease_slice_micros);
         // The answer: user:u has a budget, org:x has none.
         let answer = LeaseResponse { budgets: vec![lease("b-user", "user:u", 1_000_000, 60_000)] };
         finish_refill(&mut mem, &ticket, &answer, 2_100);
-        assert!(matches!(reserve(&mut mem, &chain, 10, 2_200, &s), Decision::Admit { .. }));
+        assert!(matches!(reserve(&mut mem, &chain, &Ask::worst_case(10), 2_200, &s), Decision::Admit { .. }));
     }
 
     #[test]
@@ -661,8 +668,8 @@ mod tests {
         let chain = scopes(&["team:a"]);
         let ticket = begin_refill(&mut mem, &chain, 10, &s);
         fail_refill(&mut mem, &ticket, 5_000);
-        assert_eq!(reserve(&mut mem, &chain, 10, 5_100, &s), Decision::Unavailable);
-        assert!(matches!(reserve(&mut mem, &chain, 10, 5_000 + s.recheck_after_ms, &s), Decision::Refill { .. }));
+        assert_eq!(reserve(&mut mem, &chain, &Ask::worst_case(10), 5_100, &s), Decision::Unavailable);
+        assert!(matches!(reserve(&mut mem, &chain, &Ask::worst_case(10), 5_000 + s.recheck_after_ms, &s), Decision::Refill { .. }));
     }
 
     #[test]
@@ -699,7 +706,7 @@ mod tests {
         e.apply_grant(&[&l], 1_000_000, 0, false, 1_000);
         let mut mem = Mem::default();
         mem.0.insert("team:a".into(), (e, 1));
-        match reserve(&mut mem, &scopes(&["team:a"]), 50_000, 2_000, &s) {
+        match reserve(&mut mem, &scopes(&["team:a"]), &Ask::worst_case(50_000), 2_000, &s) {
             Decision::Admit { would_refuse, warning, .. } => {
                 assert_eq!(would_refuse, ["watch"]);
                 assert_eq!(warning.map(|w| w.utilization_pct), Some(100));
@@ -712,9 +719,9 @@ mod tests {
     fn a_request_that_keeps_missing_out_is_refused_by_the_budget_it_does_not_fit() {
         let mem = book(&[("team:a", 1_000_000, 1_000_000), ("user:u", 200_000, 200_000)]);
         let chain = scopes(&["team:a", "user:u"]);
-        let r = shortfall(&mem, &chain, 300_000, 2_000).unwrap_or_else(|| panic!("user:u is short"));
+        let r = shortfall(&mem, &chain, &Ask::worst_case(300_000), 2_000).unwrap_or_else(|| panic!("user:u is short"));
         assert_eq!((r.budget_id.as_str(), r.scope.as_str()), ("b-user:u", "user:u"));
-        assert_eq!(shortfall(&mem, &chain, 100_000, 2_000), None);
+        assert_eq!(shortfall(&mem, &chain, &Ask::worst_case(100_000), 2_000), None);
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub struct WorstCase {
     pub output_tokens: u64,
     /// What the request can cost at most: the amount reserved.
     pub micros: Micros,
+    /// The routed model's price (after the unknown-model policy) that made `micros`.
+    pub price: ModelPrice,
+}
+
+impl WorstCase {
+    /// The request priced as the worst case is, but with at most `output_tokens` output tokens
+    /// (never more than [`Self::output_tokens`]): what it reserves on a `reserve: p99` budget.
+    pub fn at_output(&self, output_tokens: u64) -> Micros {
+        self.price.worst_case_cost(self.prompt_tokens, output_tokens.min(self.output_tokens)).min(self.micros)
+    }
 }
 
 /// The worst case of `request` under the `pricing.estimate` and `enforcement` settings; `Err` is
@@ -67,7 +77,7 @@ pub fn worst_case(request: &Request<'_>, estimate: &EstimateConfig, settings: &E
     };
     let known = request.price.known.then_some(price);
     let (output_tokens, _) = reserved_output_tokens(request.max_output_tokens, request.model, known, estimate, settings);
-    Ok(WorstCase { prompt_tokens, output_tokens, micros: price.worst_case_cost(prompt_tokens, output_tokens) })
+    Ok(WorstCase { prompt_tokens, output_tokens, micros: price.worst_case_cost(prompt_tokens, output_tokens), price: *price })
 }
 
 /// The output tokens a reservation assumes, and whether that is a true bound.

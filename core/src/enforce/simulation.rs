@@ -6,7 +6,7 @@
 //!
 //! and that once everything has settled and been acknowledged, no reservation is left behind.
 
-use super::book::ScopeEntry;
+use super::book::{Ask, ScopeEntry};
 use super::chain::{self, Decision, LeaseStore, RefillTicket, Reservation, StoreError};
 use super::config::{EnforcementConfig, EnforcementSettings};
 use super::queue::{costs_by_scope, QueuedRecord};
@@ -191,7 +191,7 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                     let g = &mut gateways[gateway];
                     let principal = Principal { team: Some("a".into()), user: Some(format!("u{user}")), ..Default::default() };
                     let scopes = principal.scope_keys();
-                    match chain::reserve(&mut g.store, &scopes, worst, *now, &s) {
+                    match chain::reserve(&mut g.store, &scopes, &Ask::worst_case(worst), *now, &s) {
                         Decision::Admit { reservation, topup, .. } => {
                             let actual = if overrun { worst + worst / 2 } else { worst * i64::from(ratio_pct) / 100 };
                             g.in_flight.push((reservation, actual, scopes));
@@ -355,7 +355,7 @@ fn steady_load_without_overruns_spends_close_to_the_limit_and_never_over() {
     for round in 0..400 {
         let gw = round % 2;
         let now = 1_000 + round as i64;
-        match chain::reserve(&mut stores[gw], &scopes, 30_000, now, &s) {
+        match chain::reserve(&mut stores[gw], &scopes, &Ask::worst_case(30_000), now, &s) {
             Decision::Admit { reservation, .. } => {
                 admitted += 1;
                 chain::settle(&mut stores[gw], reservation, 20_000);
@@ -405,7 +405,7 @@ fn a_late_answer_to_an_earlier_call_cannot_resurrect_a_slice_the_counter_shrank(
     chain::finish_refill(&mut g1, &g1_ticket, &answer_g1, 1_004);
     let mut spent = 0;
     for (store, gw) in [(&mut g0, 0), (&mut g1, 1)] {
-        while let Decision::Admit { reservation, .. } = chain::reserve(store, &scopes, 100_000, 1_005, &s) {
+        while let Decision::Admit { reservation, .. } = chain::reserve(store, &scopes, &Ask::worst_case(100_000), 1_005, &s) {
             chain::settle(store, reservation, 100_000);
             spent += 100_000;
             let rec = QueuedRecord { json: vec![], id: format!("{gw}-{spent}"), cost_micros: 100_000, scopes: scopes.clone() };
@@ -434,7 +434,7 @@ fn a_call_sent_before_a_bigger_grant_landed_cannot_shrink_the_slice_under_a_rese
     let answer_a = counter.grant(0, &a.request("g"), 1_000);
     let answer_b = counter.grant(0, &b.request("g"), 1_001);
     chain::finish_refill(&mut g0, &a, &answer_a, 1_002);
-    let Decision::Admit { reservation, .. } = chain::reserve(&mut g0, &scopes, 800_000, 1_003, &s) else {
+    let Decision::Admit { reservation, .. } = chain::reserve(&mut g0, &scopes, &Ask::worst_case(800_000), 1_003, &s) else {
         panic!("800_000 fits A's slice")
     };
     chain::finish_refill(&mut g0, &b, &answer_b, 1_004);
@@ -445,7 +445,7 @@ fn a_call_sent_before_a_bigger_grant_landed_cannot_shrink_the_slice_under_a_rese
     chain::settle(&mut g0, reservation, 800_000);
     records.push((0, QueuedRecord { json: vec![], id: "g0".into(), cost_micros: 800_000, scopes: scopes.clone() }));
     let mut n = 0;
-    while let Decision::Admit { reservation, .. } = chain::reserve(&mut g1, &scopes, 10_000, 1_006, &s) {
+    while let Decision::Admit { reservation, .. } = chain::reserve(&mut g1, &scopes, &Ask::worst_case(10_000), 1_006, &s) {
         chain::settle(&mut g1, reservation, 10_000);
         n += 1;
         records.push((1, QueuedRecord { json: vec![], id: format!("g1-{n}"), cost_micros: 10_000, scopes: scopes.clone() }));

@@ -279,6 +279,75 @@ fn workers_share_one_lease_book_two_worst_cases_fit_the_third_is_refused() {
     assert_eq!(gw.counter("tollgate_enforce_refused_total"), 1);
 }
 
+/// `reserve: p99` (issue 18 §3): the same $0.012 of headroom as above, now with the lease's p99 of
+/// 16 output tokens for the routed model and $0.006 of excess headroom. A request reserves its
+/// p99 cost (1,720 µ$ of prompt + 16 × 15 µ$ = 1,960 µ$) and is admitted while its worst case
+/// (5,560 µ$) fits in the slice plus the headroom: three of a burst of eight go through instead of
+/// two, their worst cases (16,680 µ$) within 12,000 + 6,000, and each usage record names the
+/// reservations so the counter can count what was spent beyond them.
+#[test]
+fn a_p99_budget_admits_more_of_a_burst_while_the_worst_cases_stay_within_slice_and_excess_headroom() {
+    for (policy, admitted) in [("worst_case", 2), ("p99", 3)] {
+        let gw = enforcing("fail_closed").workers(3);
+        let c = chat();
+        let answer = |call: &HttpCall, now: u64| {
+            let Answer::Response { body, .. } = grant_all_there_is(call, 12_000, now) else { unreachable!() };
+            let mut v: Value = serde_json::from_slice(&body).expect("json");
+            if policy == "p99" {
+                for b in v["budgets"].as_array_mut().into_iter().flatten() {
+                    b["reserve_output_tokens"] = json!({ "tg-chat": 16, "another-model": 1 });
+                    b["reserve_excess_micros"] = json!(6_000);
+                }
+            }
+            Answer::json(200, &v)
+        };
+        let mut streams = Vec::new();
+        let mut refused = 0;
+        for i in 0..8 {
+            let mut s = gw.stream();
+            s.send_request(&refs(&request_headers(&c, &format!("burst-{i}"))), &c.request);
+            if i == 0 {
+                let now = gw.now_ms();
+                gw.answer_call_to("/v1/leases", |call| answer(call, now));
+            }
+            if s.upstream().headers.is_some() {
+                s.expect_upstream_body(&c.upstream_request);
+                streams.push(s);
+            } else {
+                s.expect_local_response(429);
+                refused += 1;
+            }
+        }
+        assert_eq!((streams.len(), refused), (admitted, 8 - admitted), "{policy}: admitted of a burst of 8");
+        for s in &mut streams {
+            s.respond(&refs(&c.response_headers()), &c.response);
+        }
+        gw.advance(Duration::from_millis(1000));
+        while gw.pending_calls().iter().any(|call| call.path() == "/v1/leases") {
+            let now = gw.now_ms();
+            gw.answer_call_to("/v1/leases", |call| answer(call, now));
+        }
+        let batch = gw.expect_usage_batch();
+        let records = batch["records"].as_array().cloned().unwrap_or_default();
+        assert_eq!(records.len(), admitted, "{policy}: every admitted request has its record");
+        for record in &records {
+            let held = record["p99_reservations"].as_array().cloned().unwrap_or_default();
+            if policy == "worst_case" {
+                assert!(held.is_empty(), "a worst_case budget's record names no reservation: {record}");
+                continue;
+            }
+            assert!(!held.is_empty(), "{record}");
+            for r in held {
+                assert_eq!(r["reserved_micros"], json!(1_960), "{record}");
+                assert!(r["budget_id"].as_str().is_some_and(|id| id.starts_with("b-")), "{record}");
+            }
+        }
+        flush_counters(&gw);
+        let expected_excess = if policy == "p99" { (c.cost_micros() - 1_960).max(0) as u64 * admitted as u64 } else { 0 };
+        assert_eq!(gw.counter("tollgate_enforce_p99_excess_micros_total"), expected_excess, "{policy}");
+    }
+}
+
 /// The host cannot hand over the request body (`proxy_get_buffer_bytes` fails). Without it nothing
 /// can be attributed, priced or reserved, so the request never goes upstream: one decision for a
 /// body that ends on a data frame and one that ends with trailers, with enforcement off, fail-closed

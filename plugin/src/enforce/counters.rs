@@ -43,6 +43,7 @@ counters! {
     would_refuse = "tollgate_enforce_observe_would_refuse_total", "requests an observe-mode budget would have refused";
     soft_warning = "tollgate_enforce_soft_warning_total", "responses with a soft-threshold warning";
     excess_micros = "tollgate_enforce_excess_micros_total", "term (1) of the bound: the sum of (actual - reserved)+";
+    p99_excess_micros = "tollgate_enforce_p99_excess_micros_total", "reserve: p99 budgets: cost beyond the p99 reservation, summed over requests (the largest per request)";
     unreserved_micros = "tollgate_enforce_unreserved_micros_total", "term (2): cost of requests settled without reservation";
     settled = "tollgate_enforce_settled_total", "requests settled (real cost charged, record queued)";
     released_unsettled = "tollgate_enforce_released_unsettled_total", "reservations given back without a charge";

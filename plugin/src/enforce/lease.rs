@@ -9,7 +9,9 @@ use super::worker::{read_lease, SharedWorker, Worker};
 use crate::admission::{Admission, Enforcer, Verdict};
 use crate::host::{self, LogLevel};
 use tollgate_core::banner::BudgetStatus;
+use tollgate_core::enforce::book::Ask;
 use tollgate_core::enforce::chain::{self, RefillTicket};
+use tollgate_core::enforce::reservation::WorstCase;
 use tollgate_core::enforce::rounds::{self, AfterRounds, NextRound};
 use tollgate_core::enforce::{Decision, FailureMode, Reservation};
 use tollgate_core::errors::{ErrorKind, Failure};
@@ -31,6 +33,9 @@ pub struct LeaseEnforcer {
     worker: SharedWorker,
     scopes: Vec<String>,
     amount: Micros,
+    /// How `amount` was priced, and the routed model: a `reserve: p99` budget reserves less.
+    worst_case: Option<WorstCase>,
+    routed_model: String,
     record_id: String,
     reservation: Option<Reservation>,
     pending: Option<Pending>,
@@ -43,6 +48,8 @@ impl LeaseEnforcer {
             worker,
             scopes: Vec::new(),
             amount: 0,
+            worst_case: None,
+            routed_model: String::new(),
             record_id: String::new(),
             reservation: None,
             pending: None,
@@ -54,7 +61,7 @@ impl LeaseEnforcer {
     fn decide(&mut self, w: &mut Worker, now: i64, round: u8) -> Option<Verdict> {
         let decision = {
             let mut book = store::CachedStore::new(&mut w.unbudgeted, now, w.settings.unbudgeted_scope_ttl_ms);
-            chain::reserve(&mut book, &self.scopes, self.amount, now, &w.settings)
+            chain::reserve(&mut book, &self.scopes, &self.ask(), now, &w.settings)
         };
         match decision {
             Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
@@ -79,7 +86,7 @@ impl LeaseEnforcer {
             }
             Decision::Refill { scopes } => {
                 let NextRound::Ask { need } = rounds::next_round(round, self.amount, w.settings.lease_slice_micros) else {
-                    return Some(match rounds::after_last_round(chain::shortfall(&store::SharedStore, &self.scopes, self.amount, now)) {
+                    return Some(match rounds::after_last_round(chain::shortfall(&store::SharedStore, &self.scopes, &self.ask(), now)) {
                         AfterRounds::Refuse(refusal) => self.refuse(w, &refusal, now),
                         AfterRounds::Unavailable => self.unavailable(w),
                     });
@@ -105,6 +112,11 @@ impl LeaseEnforcer {
             Decision::Unavailable => Some(self.unavailable(w)),
             Decision::Refuse(refusal) => Some(self.refuse(w, &refusal, now)),
         }
+    }
+
+    /// What this request asks of each budget: its worst case, or less on a `reserve: p99` budget.
+    fn ask(&self) -> Ask<'_> {
+        Ask { worst: self.amount, model: &self.routed_model, basis: self.worst_case.as_ref() }
     }
 
     /// A 429 naming the budget, with Retry-After at its window reset.
@@ -176,7 +188,9 @@ impl Enforcer for LeaseEnforcer {
         let worker = self.worker.clone();
         let Ok(mut w) = worker.try_borrow_mut() else { return busy_verdict() };
         self.scopes = admission.principal.scope_keys();
-        self.amount = admission.worst_case_micros.max(0);
+        self.amount = admission.worst_case.micros.max(0);
+        self.worst_case = Some(admission.worst_case);
+        admission.routed_model.clone_into(&mut self.routed_model);
         self.record_id = tollgate_core::protocol::record_id(&w.gateway_id, admission.request_id);
         self.decide(&mut w, admission.now_ms, 0).unwrap_or(Verdict::Wait)
     }

@@ -140,7 +140,7 @@ impl Unbudgeted {
     pub fn flush(&mut self) {
         for (scope, cost) in std::mem::take(&mut self.deferred) {
             let _ = tollgate_core::enforce::chain::update(&mut SharedStore, &scope, |entry| {
-                entry.settle(0, &[], cost);
+                entry.settle(0, &[], &[], cost);
                 ((), true)
             });
         }

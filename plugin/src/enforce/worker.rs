@@ -334,6 +334,7 @@ impl Worker {
         } else {
             counters::inc(&self.metrics.excess_micros, micros(reservation.excess(cost)));
         }
+        let below_worst = reservation.below_worst.clone();
         // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
         self.settlements.push((reservation, cost));
         if self.draining {
@@ -341,7 +342,15 @@ impl Worker {
         }
         // Queued (and counted unacknowledged) before it counts as settled, so an observer that
         // sees it settled also sees it waiting.
-        self.enqueue(record);
+        if below_worst.is_empty() {
+            self.enqueue(record);
+        } else {
+            let excess = below_worst.iter().map(|held| held.excess(cost)).max().unwrap_or(0);
+            counters::inc(&self.metrics.p99_excess_micros, micros(excess));
+            let mut record = record.clone();
+            record.p99_reservations = below_worst;
+            self.enqueue(&record);
+        }
         counters::inc(&self.metrics.settled, 1);
     }
 
