@@ -54,6 +54,22 @@ pub struct BudgetSpec {
     /// template's id. Such a budget gives way to an explicit one on its scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// What a request reserves against this budget at a gateway (crate::reserve): `worst_case`
+    /// (the default: the request's maximum cost, so the hard limit is exact) or `p99` (the output
+    /// tokens the scope's requests to that model stayed under 99 % of the time, from the ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<String>,
+    /// `reserve: p99` only, and then required: dollars (decimal string) by which the budget's spend
+    /// may pass its hard limit in one window because requests cost more than they reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_excess_limit: Option<String>,
+    /// `reserve: p99` only: days of ledger the p99 is taken over (default 7, 1-90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_lookback_days: Option<u32>,
+    /// `reserve: p99` only: requests to a model needed before its p99 is used (default 20,
+    /// 1-100000); a model with fewer is reserved at its worst case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_min_samples: Option<u32>,
 }
 
 fn default_offset() -> String {
@@ -242,6 +258,58 @@ pub struct Budget {
     pub mode: BudgetMode,
     /// The template this budget was made from, if any.
     pub template: Option<String>,
+    /// `Some` for `reserve: p99`; `None` reserves the worst case.
+    pub reserve: Option<ReservePolicy>,
+}
+
+/// `reserve: p99` (crate::reserve has the rule and the bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservePolicy {
+    /// How far past its hard limit spend may go in one window because requests cost more than
+    /// they reserved.
+    pub excess_limit_micros: Micros,
+    pub lookback_days: u32,
+    pub min_samples: u32,
+}
+
+pub const DEFAULT_RESERVE_LOOKBACK_DAYS: u32 = 7;
+pub const DEFAULT_RESERVE_MIN_SAMPLES: u32 = 20;
+
+impl ReservePolicy {
+    fn from_spec(spec: &BudgetSpec) -> Result<Option<ReservePolicy>, String> {
+        let p99 = match spec.reserve.as_deref() {
+            None | Some("worst_case") => false,
+            Some("p99") => true,
+            Some(other) => return Err(format!("reserve: `{other}` is not a reservation policy; use worst_case (the default) or p99")),
+        };
+        if !p99 {
+            let stray = [
+                ("reserve_excess_limit", spec.reserve_excess_limit.is_some()),
+                ("reserve_lookback_days", spec.reserve_lookback_days.is_some()),
+                ("reserve_min_samples", spec.reserve_min_samples.is_some()),
+            ];
+            if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(format!("{field}: applies to `reserve: p99` only; set reserve to p99 or drop {field}"));
+            }
+            return Ok(None);
+        }
+        let excess = spec
+            .reserve_excess_limit
+            .as_deref()
+            .ok_or_else(|| "reserve_excess_limit: required with `reserve: p99`: the dollars (e.g. \"5.00\") spend may pass the hard limit by in one window".to_owned())?;
+        let excess_limit_micros = parse_decimal_scaled(excess, 6)
+            .and_then(|m| Micros::try_from(m).ok())
+            .ok_or_else(|| format!("reserve_excess_limit: `{excess}` is not an amount of dollars; write a non-negative decimal such as \"5.00\""))?;
+        let lookback_days = spec.reserve_lookback_days.unwrap_or(DEFAULT_RESERVE_LOOKBACK_DAYS);
+        if !(1..=90).contains(&lookback_days) {
+            return Err(format!("reserve_lookback_days: {lookback_days} is out of range; use 1-90 (default {DEFAULT_RESERVE_LOOKBACK_DAYS})"));
+        }
+        let min_samples = spec.reserve_min_samples.unwrap_or(DEFAULT_RESERVE_MIN_SAMPLES);
+        if !(1..=100_000).contains(&min_samples) {
+            return Err(format!("reserve_min_samples: {min_samples} is out of range; use 1-100000 (default {DEFAULT_RESERVE_MIN_SAMPLES})"));
+        }
+        Ok(Some(ReservePolicy { excess_limit_micros, lookback_days, min_samples }))
+    }
 }
 
 /// The template scope a principal's scope falls under: `user:bob` → `user:*`.
@@ -291,6 +359,7 @@ impl Budget {
             }
             Some(name) => window::Zone::iana(name).map_err(|e| format!("time_zone: {e}"))?,
         };
+        let reserve = ReservePolicy::from_spec(&spec)?;
         let mut soft = spec.soft_thresholds_pct;
         soft.sort_unstable();
         soft.dedup();
@@ -313,6 +382,7 @@ impl Budget {
             hard_limit_pct: spec.hard_limit_pct,
             mode: spec.mode,
             template: spec.template,
+            reserve,
         })
     }
 
@@ -333,6 +403,10 @@ impl Budget {
             hard_limit_pct: self.hard_limit_pct,
             mode: self.mode,
             template: self.template.clone(),
+            reserve: self.reserve.map(|_| "p99".to_owned()),
+            reserve_excess_limit: self.reserve.map(|r| format_micros(r.excess_limit_micros)),
+            reserve_lookback_days: self.reserve.map(|r| r.lookback_days),
+            reserve_min_samples: self.reserve.map(|r| r.min_samples),
         }
     }
 

@@ -60,6 +60,7 @@ pub mod forecast;
 pub mod outliers;
 pub mod seats;
 pub mod report;
+pub mod reserve;
 pub mod server;
 pub mod simulate;
 pub mod clock;

@@ -88,7 +88,7 @@ impl Metrics {
         counter("tollgate_counter_unauthorized_total", "Requests refused for a missing or wrong token.", &[("", get(&self.unauthorized))]);
         counter("tollgate_counter_store_errors_total", "Store operations that failed.", &[("", get(&self.store_errors))]);
 
-        let gauges: [Gauge; 6] = [
+        let gauges: [Gauge; 7] = [
             ("tollgate_counter_budget_spent_micros", "Spend in the current window, micro-dollars.", |b| b.spent_micros.to_string()),
             ("tollgate_counter_budget_limit_micros", "Limit including active exemptions, micro-dollars.", |b| {
                 b.effective_limit_micros.to_string()
@@ -98,6 +98,11 @@ impl Metrics {
             }),
             ("tollgate_counter_budget_leased_micros", "Sum of live lease slices, micro-dollars.", |b| b.leased_micros.to_string()),
             ("tollgate_counter_budget_utilization_ratio", "Spend divided by the limit.", |b| format!("{:.6}", b.utilization())),
+            (
+                "tollgate_counter_budget_reserve_excess_micros",
+                "reserve: p99 budgets: cost beyond reservations this window, micro-dollars (0 for worst_case).",
+                |b| b.reserve_excess_micros.to_string(),
+            ),
             ("tollgate_counter_budget_status", "0 ok, 1 past a soft threshold, 2 at the hard limit.", |b| {
                 (b.status as u8).to_string()
             }),

@@ -84,6 +84,8 @@ pub struct App<S> {
     pub gov: Arc<crate::outcome::GovConfig>,
     /// Notifications: evaluated and delivered in the background; usage only pokes it.
     pub notifier: Arc<crate::notify::Notifier>,
+    /// The p99 tables of `reserve: p99` budgets, filled into leases (crate::reserve).
+    pub reservations: Arc<crate::reserve::Reservations>,
 }
 
 impl<S> Clone for App<S> {
@@ -95,6 +97,7 @@ impl<S> Clone for App<S> {
             metrics: Arc::clone(&self.metrics),
             gov: Arc::clone(&self.gov),
             notifier: Arc::clone(&self.notifier),
+            reservations: Arc::clone(&self.reservations),
         }
     }
 }
@@ -125,7 +128,7 @@ pub async fn run_with<S: Store>(
     let addr = listener.local_addr()?;
     let notifier = crate::notify::Notifier::new(notify, Arc::clone(&clock));
     let background = notifier.spawn(Arc::clone(&store));
-    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default(), gov: Arc::new(gov), notifier };
+    let app = App { store: Arc::clone(&store), clock, auth: Arc::new(auth), metrics: Arc::default(), gov: Arc::new(gov), notifier, reservations: Arc::default() };
     crate::log::info("listening", json!({"addr": addr.to_string()}));
     let served = axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await;
     for task in background {
@@ -314,7 +317,12 @@ async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: B
         }
     };
     tri!(apply_templates(&app, request.scopes.iter().cloned()).await);
-    match app.store.grant_leases(&request, app.clock.now_ms()).await {
+    let now_ms = app.clock.now_ms();
+    let granted = match app.store.grant_leases(&request, now_ms).await {
+        Ok(mut answer) => app.reservations.fill(&*app.store, &mut answer, now_ms).await.map(|()| answer),
+        Err(e) => Err(e),
+    };
+    match granted {
         Ok(answer) => {
             inc(&app.metrics.lease_requests, 1);
             for b in &answer.budgets {

@@ -722,6 +722,10 @@ mod tests {
                 utc_offset: "UTC".into(),
                 time_zone: None,
                 template: None,
+                reserve: None,
+                reserve_excess_limit: None,
+                reserve_lookback_days: None,
+                reserve_min_samples: None,
                 soft_thresholds_pct: vec![80],
                 hard_limit_pct: 100,
                 mode: BudgetMode::Enforce,
@@ -735,6 +739,7 @@ mod tests {
             status,
             window_start: 1_764_028_800,
             resets_at: Some(1_764_115_200),
+            reserve_excess_micros: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::store::BudgetState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tollgate_core::money::Micros;
-use tollgate_core::protocol::{BudgetLease, BudgetMode, LeaseRequest, LeaseResponse, Principal, Tokens};
+use tollgate_core::protocol::{BudgetLease, BudgetMode, LeaseRequest, LeaseResponse, P99Reservation, Principal, Tokens};
 
 /// Scope key → the budgets covering it. Rebuilt (rarely) when budgets change, shared by `Arc` so
 /// the ingest path can match records without holding the book's lock.
@@ -79,6 +79,9 @@ pub fn lease_holder(gateway_id: &str, budget: &Budget, key: &str) -> String {
 pub struct Spend {
     pub micros: Micros,
     pub tokens: u64,
+    /// `reserve: p99` budgets: what requests cost beyond what they reserved
+    /// ([`crate::reserve`]).
+    pub excess: Micros,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,8 +102,19 @@ pub struct Charges {
 impl Charges {
     /// Adds one new record's cost to every budget covering its principal's chain, once per budget
     /// (a selector budget is charged once whatever the keys it is matched through; the slice that
-    /// shrinks is the one held under the first of them).
-    pub fn charge(&mut self, index: &ScopeIndex, gateway_id: &str, principal: &Principal, cost: Micros, tokens: &Tokens, now_ms: i64) {
+    /// shrinks is the one held under the first of them). A budget the record reserved below its
+    /// worst case on (`reservations`) also counts what it cost beyond that reservation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn charge(
+        &mut self,
+        index: &ScopeIndex,
+        gateway_id: &str,
+        principal: &Principal,
+        cost: Micros,
+        tokens: &Tokens,
+        reservations: &[P99Reservation],
+        now_ms: i64,
+    ) {
         let mut charged: Vec<&str> = Vec::new();
         let keys = principal.scope_keys();
         for key in &keys {
@@ -113,6 +127,7 @@ impl Charges {
                 let s = self.spend.entry((budget.id.clone(), bucket)).or_default();
                 s.micros = s.micros.saturating_add(cost);
                 s.tokens = s.tokens.saturating_add(tokens.total());
+                s.excess = s.excess.saturating_add(crate::reserve::record_excess(reservations, &budget.id, cost));
                 if cost > 0 {
                     let slice = self.slices.entry((lease_holder(gateway_id, budget, key), budget.id.clone())).or_default();
                     *slice = slice.saturating_add(cost);
@@ -214,6 +229,7 @@ impl Book {
             let s = self.spend.entry(budget_id.clone()).or_default().entry(*bucket).or_default();
             s.micros = s.micros.saturating_add(add.micros);
             s.tokens = s.tokens.saturating_add(add.tokens);
+            s.excess = s.excess.saturating_add(add.excess);
         }
         for ((gateway_id, budget_id), used) in &charges.slices {
             if let Some(slice) = self.leases.get_mut(budget_id).and_then(|g| g.get_mut(gateway_id)) {
@@ -229,6 +245,7 @@ impl Book {
             for s in buckets.range(span.from..).map(|(_, s)| s) {
                 total.micros = total.micros.saturating_add(s.micros);
                 total.tokens = total.tokens.saturating_add(s.tokens);
+                total.excess = total.excess.saturating_add(s.excess);
             }
         }
         (total, span)
@@ -266,6 +283,7 @@ impl Book {
             status: a.status,
             window_start: span.from,
             resets_at: span.resets_at,
+            reserve_excess_micros: spent.excess,
         }
     }
 
@@ -332,7 +350,7 @@ impl Book {
                     resets_at: span.resets_at,
                     lease_expires_at_ms: expires_at_ms,
                     reserve_output_tokens: Default::default(),
-                    reserve_excess_micros: 0,
+                    reserve_excess_micros: crate::reserve::excess_headroom(&budget, granted, a.hard_limit_micros, spent.excess),
                 });
             }
         }
@@ -389,7 +407,7 @@ mod tests {
     fn charge(book: &mut Book, gateway: &str, team: &str, cost: Micros, now_ms: i64) {
         let mut c = Charges::default();
         let p = Principal { team: Some(team.into()), ..Default::default() };
-        c.charge(&book.index(), gateway, &p, cost, &Tokens { input: 10, ..Default::default() }, now_ms);
+        c.charge(&book.index(), gateway, &p, cost, &Tokens { input: 10, ..Default::default() }, &[], now_ms);
         book.apply(&c);
     }
 
@@ -499,7 +517,7 @@ mod tests {
         ]);
         let mut c = Charges::default();
         let p = Principal { team: Some("a".into()), user: Some("bob".into()), use_case: Some("ci".into()), ..Default::default() };
-        c.charge(&book.index(), "g1", &p, 7, &Tokens::default(), 0);
+        c.charge(&book.index(), "g1", &p, 7, &Tokens::default(), &[], 0);
         book.apply(&c);
         let spent: Vec<(String, Micros)> = book.states(0).into_iter().map(|s| (s.budget.id, s.spent_micros)).collect();
         assert_eq!(spent, [("other".into(), 0), ("t".into(), 7), ("u".into(), 7), ("w".into(), 7)]);
@@ -538,7 +556,7 @@ mod tests {
         assert!(!index.contains_key("workflow:a/ci"), "a selector is no budget of that scope's own");
         let p = Principal { team: Some("a".into()), use_case: Some("ci".into()), ..Default::default() };
         let mut c = Charges::default();
-        c.charge(&index, "g1", &p, 5, &Tokens::default(), 0);
+        c.charge(&index, "g1", &p, 5, &Tokens::default(), &[], 0);
         book.apply(&c);
         assert_eq!(book.state(book.budget("bots").unwrap(), 0).spent_micros, 5);
     }

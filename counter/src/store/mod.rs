@@ -103,6 +103,10 @@ pub struct BudgetState {
     pub window_start: i64,
     /// Next reset, unix seconds; `None` for `none`.
     pub resets_at: Option<i64>,
+    /// `reserve: p99`: what requests cost this window beyond what they reserved
+    /// ([`crate::reserve`]); at `reserve_excess_limit` the budget's gateways reserve worst cases.
+    #[serde(default)]
+    pub reserve_excess_micros: Micros,
 }
 
 impl BudgetState {

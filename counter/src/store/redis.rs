@@ -13,7 +13,8 @@
 //! {ns}:config:version   string  bumped by every budget/exemption change (see "Config cache")
 //! {ns}:budgets          hash    budget id -> canonical spec JSON
 //! {ns}:exemptions       hash    exemption id -> exemption JSON;  {ns}:exemptions:seq  its ids
-//! {ns}:spend:<budget>   hash    m:<day bucket> -> micros, t:<day bucket> -> billed tokens
+//! {ns}:spend:<budget>   hash    m:<day bucket> -> micros, t:<day bucket> -> billed tokens,
+//!                               x:<day bucket> -> reservation excess (`reserve: p99`, crate::reserve)
 //! {ns}:lease:<budget>   hash    lease holder (gateway id; `<gateway>@<key>` for a selector budget)
 //!                               -> "<slice micros>:<expires_at_ms>"
 //! {ns}:seen:<record id> string  idempotency key, PX idempotency_ttl
@@ -620,7 +621,7 @@ impl RedisStore {
         Ok(())
     }
 
-    fn state(config: &Config, budget: &Budget, now_ms: i64, spent: Micros, tokens: u64, leased: Micros) -> BudgetState {
+    fn state(config: &Config, budget: &Budget, now_ms: i64, spent: Micros, tokens: u64, leased: Micros, excess: Micros) -> BudgetState {
         let span = budget.span(now_ms);
         let exempt = config.exempt_micros(&budget.scope, now_ms);
         let a = assess(budget, spent, tokens, exempt);
@@ -635,6 +636,7 @@ impl RedisStore {
             status: a.status,
             window_start: span.from,
             resets_at: span.resets_at,
+            reserve_excess_micros: excess,
         }
     }
 }
@@ -681,7 +683,8 @@ impl Store for RedisStore {
             let spent = number(values.next())?;
             let tokens = number(values.next())?.max(0) as u64;
             let leased = number(values.next())?;
-            out.push(Self::state(&config, budget, now_ms, spent, tokens, leased));
+            let excess = number(values.next())?;
+            out.push(Self::state(&config, budget, now_ms, spent, tokens, leased, excess));
         }
         Ok(out)
     }
@@ -840,6 +843,7 @@ impl Store for RedisStore {
             let granted = number(values.next())?;
             let spent = number(values.next())?;
             let tokens = number(values.next())?.max(0) as u64;
+            let excess = number(values.next())?;
             let span = budget.span(now_ms);
             let a = assess(budget, spent, tokens, config.exempt_micros(&budget.scope, now_ms));
             out.push(BudgetLease {
@@ -855,7 +859,7 @@ impl Store for RedisStore {
                 resets_at: span.resets_at,
                 lease_expires_at_ms: expires_at_ms,
                 reserve_output_tokens: Default::default(),
-                reserve_excess_micros: 0,
+                reserve_excess_micros: crate::reserve::excess_headroom(budget, granted, a.hard_limit_micros, excess),
             });
         }
         Ok(LeaseResponse { budgets: out })
@@ -881,10 +885,15 @@ impl Store for RedisStore {
                 record_args.push(batch.records.len().to_string());
                 for (r, entry) in batch.records.iter().zip(&entries) {
                     let mut charges: Vec<(String, i64, String)> = Vec::new();
+                    let mut excess: Vec<(String, Micros)> = Vec::new();
                     for key in r.principal.scope_keys() {
                         for budget in config.index.covering(&key) {
                             if !charges.iter().any(|c| c.0 == budget.id) {
                                 charges.push((budget.id.clone(), budget.span(now_ms).bucket, lease_holder(&batch.gateway_id, budget, &key)));
+                                let x = crate::reserve::record_excess(&r.p99_reservations, &budget.id, r.cost_micros);
+                                if x > 0 {
+                                    excess.push((budget.id.clone(), x));
+                                }
                             }
                         }
                     }
@@ -903,6 +912,11 @@ impl Store for RedisStore {
                     record_args.push(lua_int(i64::try_from(r.tokens.total()).unwrap_or(i64::MAX)));
                     record_args.push(entry.clone());
                     record_args.push(set.to_string());
+                    record_args.push(excess.len().to_string());
+                    for (id, x) in excess {
+                        record_args.push(id);
+                        record_args.push(lua_int(x));
+                    }
                 }
                 let mut a = vec![
                     now_ms.to_string(),

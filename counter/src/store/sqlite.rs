@@ -92,6 +92,7 @@ CREATE INDEX IF NOT EXISTS ledger_finished ON ledger (finished_at_ms);
 CREATE TABLE IF NOT EXISTS budgets (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spend (
   budget_id TEXT NOT NULL, bucket INTEGER NOT NULL, micros INTEGER NOT NULL, tokens INTEGER NOT NULL,
+  excess INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (budget_id, bucket)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS exemptions (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
@@ -128,8 +129,9 @@ CREATE TABLE IF NOT EXISTS leases (
 const INSERT_LEDGER: &str = "INSERT OR IGNORE INTO ledger VALUES
   (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)";
 
-const UPSERT_SPEND: &str = "INSERT INTO spend (budget_id, bucket, micros, tokens) VALUES (?1, ?2, ?3, ?4)
-  ON CONFLICT (budget_id, bucket) DO UPDATE SET micros = micros + excluded.micros, tokens = tokens + excluded.tokens";
+const UPSERT_SPEND: &str = "INSERT INTO spend (budget_id, bucket, micros, tokens, excess) VALUES (?1, ?2, ?3, ?4, ?5)
+  ON CONFLICT (budget_id, bucket) DO UPDATE SET micros = micros + excluded.micros, tokens = tokens + excluded.tokens,
+  excess = excess + excluded.excess";
 
 /// Must agree with [`merge_bound`]: a live bound grows, an expired one is replaced.
 const UPSERT_LEASE: &str = "INSERT INTO leases (budget_id, gateway_id, micros, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -233,6 +235,14 @@ impl SqliteStore {
         if !has_note {
             conn.execute_batch("ALTER TABLE audit ADD COLUMN note TEXT").map_err(internal)?;
         }
+        // So did the reservation excess of `reserve: p99` budgets (crate::reserve).
+        let has_excess: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('spend') WHERE name = 'excess'", [], |r| r.get::<_, i64>(0))
+            .map_err(internal)?
+            > 0;
+        if !has_excess {
+            conn.execute_batch("ALTER TABLE spend ADD COLUMN excess INTEGER NOT NULL DEFAULT 0").map_err(internal)?;
+        }
         // Slices that expired a day before this start can never matter again.
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
@@ -246,13 +256,15 @@ impl SqliteStore {
                 let spec: BudgetSpec = serde_json::from_str(&spec).map_err(|e| internal(format!("budget {id}: {e}")))?;
                 book.put_budget(Budget::from_spec(spec).map_err(|e| internal(format!("budget {id}: {e}")))?);
             }
-            let mut stmt = conn.prepare("SELECT budget_id, bucket, micros, tokens FROM spend").map_err(internal)?;
+            let mut stmt = conn.prepare("SELECT budget_id, bucket, micros, tokens, excess FROM spend").map_err(internal)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+                })
                 .map_err(internal)?;
             for row in rows {
-                let (id, bucket, micros, tokens) = row.map_err(internal)?;
-                book.load_spend(&id, bucket, Spend { micros, tokens: tokens.max(0) as u64 });
+                let (id, bucket, micros, tokens, excess) = row.map_err(internal)?;
+                book.load_spend(&id, bucket, Spend { micros, tokens: tokens.max(0) as u64, excess });
             }
             let mut stmt = conn.prepare("SELECT budget_id, gateway_id, micros, expires_at_ms FROM leases").map_err(internal)?;
             let rows = stmt
@@ -691,7 +703,7 @@ impl Writer {
                         ])?;
                         if inserted == 1 {
                             ack.accepted += 1;
-                            charges.charge(&index, &p.batch.gateway_id, pr, r.cost_micros, t, p.now_ms);
+                            charges.charge(&index, &p.batch.gateway_id, pr, r.cost_micros, t, &r.p99_reservations, p.now_ms);
                         } else {
                             ack.duplicates += 1;
                         }
@@ -700,7 +712,7 @@ impl Writer {
                 }
                 let mut upsert = tx.prepare_cached(UPSERT_SPEND)?;
                 for ((budget_id, bucket), s) in &charges.spend {
-                    upsert.execute(params![budget_id, bucket, s.micros, sat(s.tokens)])?;
+                    upsert.execute(params![budget_id, bucket, s.micros, sat(s.tokens), s.excess])?;
                 }
             }
             tx.commit()?;

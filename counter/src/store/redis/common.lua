@@ -25,21 +25,25 @@ local function audit(now, actor, action, subject, before, after, note)
   end
 end
 
--- Spend of one budget in buckets >= from. Fields are `m:<bucket>` (micros) and `t:<bucket>` (tokens).
+-- Spend of one budget in buckets >= from. Fields are `m:<bucket>` (micros), `t:<bucket>` (tokens)
+-- and `x:<bucket>` (the reservation excess of a `reserve: p99` budget, counter/src/reserve.rs).
 local function window_spend(budget, from)
   local fields = redis.call('HGETALL', P .. 'spend:' .. budget)
-  local micros, tokens = 0, 0
+  local micros, tokens, excess = 0, 0, 0
   for i = 1, #fields, 2 do
     local f = fields[i]
     if tonumber(string.sub(f, 3)) >= from then
-      if string.sub(f, 1, 1) == 'm' then
+      local kind = string.sub(f, 1, 1)
+      if kind == 'm' then
         micros = micros + tonumber(fields[i + 1])
-      else
+      elseif kind == 't' then
         tokens = tokens + tonumber(fields[i + 1])
+      else
+        excess = excess + tonumber(fields[i + 1])
       end
     end
   end
-  return micros, tokens
+  return micros, tokens, excess
 end
 
 -- A lease slice is stored as `<micros>:<expires_at_ms>` under field <gateway> of `lease:<budget>`.

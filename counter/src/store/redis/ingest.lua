@@ -2,7 +2,8 @@
 -- ARGV: prefix, config version, now_ms, gateway, idempotency ttl ms, prune horizon bucket,
 --       ledger MAXLEN ('' = none), ledger retention ms (0 = none), number of charge sets,
 --       then per set: n, n x (budget id, bucket, lease holder: the gateway or `<gateway>@<key>`);
---       then number of records, then per record: id, cost, billed tokens, ledger json, charge set.
+--       then number of records, then per record: id, cost, billed tokens, ledger json, charge set,
+--       k, k x (budget id, reservation excess) (`reserve: p99` budgets it reserved below worst on).
 -- Each record's idempotency key is set (NX) first: only a record seen for the first time is
 -- appended to the ledger stream and charged. Charges are summed per (budget, bucket) and per
 -- (budget, holder) (that slice shrinks) and applied once at the end.
@@ -29,7 +30,11 @@ local accepted, duplicates = 0, 0
 local spend, spend_order, used, used_order = {}, {}, {}, {}
 for _ = 1, nrec do
   local id, cost, tokens, entry, set = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3], sets[tonumber(ARGV[i + 4])]
-  i = i + 5
+  local excess = {}
+  for j = 1, tonumber(ARGV[i + 5]) do
+    excess[ARGV[i + 4 + 2 * j]] = tonumber(ARGV[i + 5 + 2 * j])
+  end
+  i = i + 6 + 2 * tonumber(ARGV[i + 5])
   if redis.call('SET', P .. 'seen:' .. id, '1', 'NX', 'PX', ttl) then
     accepted = accepted + 1
     if maxlen == '' then
@@ -41,12 +46,13 @@ for _ = 1, nrec do
       local k = c[1] .. '\0' .. c[2]
       local s = spend[k]
       if not s then
-        s = {c[1], c[2], 0, 0}
+        s = {c[1], c[2], 0, 0, 0}
         spend[k] = s
         spend_order[#spend_order + 1] = k
       end
       s[3] = s[3] + cost
       s[4] = s[4] + tokens
+      s[5] = s[5] + (excess[c[1]] or 0)
       if cost > 0 then
         local u = c[1] .. '\0' .. c[3]
         if not used[u] then
@@ -73,6 +79,7 @@ for _, k in ipairs(spend_order) do
   end
   redis.call('HINCRBY', key, 'm:' .. s[2], int(s[3]))
   redis.call('HINCRBY', key, 't:' .. s[2], int(s[4]))
+  if s[5] > 0 then redis.call('HINCRBY', key, 'x:' .. s[2], int(s[5])) end
 end
 for _, u in ipairs(used_order) do
   local b, holder, cost = used[u][1], used[u][2], used[u][3]

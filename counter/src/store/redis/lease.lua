@@ -4,7 +4,7 @@
 --       known: lease_expires_at_ms of the grant the gateway had seen, or '' if it does not say,
 --       holder: the slice's field, the gateway or `<gateway>@<key>` for a selector budget).
 -- A live slice granted after the one the gateway had seen is not lowered (it may be committed).
--- Returns {'stale'} or {'ok', then per budget: granted, spent, tokens}.
+-- Returns {'stale'} or {'ok', then per budget: granted, spent, tokens, reservation excess}.
 if not config_is(ARGV[2]) then return {'stale'} end
 local now, gateway, expires, want = tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
 local out = {'ok'}
@@ -13,7 +13,7 @@ for _ = 1, tonumber(ARGV[7]) do
   local id, from, hard, token_limit, observe = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4] == '1'
   local known, holder = tonumber(ARGV[i + 5]), ARGV[i + 6]
   i = i + 7
-  local spent, tokens = window_spend(id, from)
+  local spent, tokens, excess = window_spend(id, from)
   local key = P .. 'lease:' .. id
   local slices = redis.call('HGETALL', key)
   local others, kept = 0, 0
@@ -39,5 +39,6 @@ for _ = 1, tonumber(ARGV[7]) do
   out[#out + 1] = int(granted)
   out[#out + 1] = int(spent)
   out[#out + 1] = int(tokens)
+  out[#out + 1] = int(excess)
 end
 return out
