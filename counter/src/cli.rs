@@ -288,6 +288,18 @@ pub struct SetArgs {
     /// An IANA time zone (America/Los_Angeles), with daylight saving time; instead of --utc-offset.
     #[arg(long)]
     pub time_zone: Option<String>,
+    /// What a request reserves: worst_case (default) or p99 (docs/counter.md, "Reservation policies").
+    #[arg(long)]
+    pub reserve: Option<String>,
+    /// With --reserve p99: dollars spend may pass the hard limit by in one window.
+    #[arg(long)]
+    pub reserve_excess_limit: Option<String>,
+    /// With --reserve p99: days of ledger the p99 is taken over (default 7).
+    #[arg(long)]
+    pub reserve_lookback_days: Option<u32>,
+    /// With --reserve p99: requests to a model needed before its p99 is used (default 20).
+    #[arg(long)]
+    pub reserve_min_samples: Option<u32>,
     /// Comma-separated percentages.
     #[arg(long, default_value = "80", value_delimiter = ',')]
     pub soft: Vec<u32>,
@@ -607,10 +619,10 @@ async fn budgets(conn: Conn, command: BudgetsCommand) -> Result<(), String> {
                         utc_offset: args.utc_offset.clone(),
                         time_zone: args.time_zone.clone(),
                         template: None,
-                        reserve: None,
-                        reserve_excess_limit: None,
-                        reserve_lookback_days: None,
-                        reserve_min_samples: None,
+                        reserve: args.reserve.clone(),
+                        reserve_excess_limit: args.reserve_excess_limit.clone(),
+                        reserve_lookback_days: args.reserve_lookback_days,
+                        reserve_min_samples: args.reserve_min_samples,
                         soft_thresholds_pct: args.soft.clone(),
                         hard_limit_pct: args.hard_pct,
                         mode,

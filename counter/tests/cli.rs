@@ -48,6 +48,14 @@ async fn an_operator_manages_budgets_and_reads_reports_without_curl() {
         assert_eq!(actions, ["exemption.add", "budget.create"]);
         assert!(out.contains(",bob,"), "the audit names the admin token: {out}");
 
+        let p99 = ["budgets", "set", "--id", "bots", "--scope", "team:bots", "--limit", "5", "--window", "day", "--reserve", "p99"];
+        let (ok, _, err) = cli(&h, &p99);
+        assert!(!ok && err.contains("reserve_excess_limit: required"), "the policy's missing field is named: {err}");
+        let (ok, _, err) = cli(&h, &[&p99[..], &["--reserve-excess-limit", "0.50", "--reserve-min-samples", "50"]].concat());
+        assert!(ok, "{err}");
+        let (ok, out, _) = cli(&h, &["budgets", "get", "bots"]);
+        assert!(ok && out.contains(r#""reserve": "p99""#) && out.contains(r#""reserve_min_samples": 50"#), "{out}");
+
         let (ok, _, err) = cli(&h, &["budgets", "delete", "nope"]);
         assert!(!ok);
         assert!(err.contains("404") && err.contains("no budget `nope`"), "{err}");
