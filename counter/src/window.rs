@@ -263,6 +263,33 @@ impl Zone {
         (unix_secs + self.offset_secs_at(unix_secs)).div_euclid(DAY_SECS)
     }
 
+    /// `YYYY-MM-DD` of the local day that contains `unix_secs`.
+    pub fn local_date(&self, unix_secs: i64) -> String {
+        utc_date(self.local_day(unix_secs) * DAY_SECS)
+    }
+
+    /// The offsets in force over `[from_secs, to_secs)`: `(since, seconds east of UTC)`, the first
+    /// since `from_secs`, then one per change (a DST start or end) before `to_secs`. `None` when
+    /// there are more than `max_changes` (a period of centuries in a zone with DST): a store that
+    /// turns this into SQL keeps its statement bounded.
+    pub fn offsets_between(&self, from_secs: i64, to_secs: i64, max_changes: usize) -> Option<Vec<(i64, i64)>> {
+        let mut out = vec![(from_secs, self.offset_secs_at(from_secs))];
+        if let Zone::Iana(tz) = self {
+            let start = jiff::Timestamp::from_second(from_secs).unwrap_or(if from_secs < 0 { jiff::Timestamp::MIN } else { jiff::Timestamp::MAX });
+            for t in tz.following(start) {
+                let at = t.timestamp().as_second();
+                if at >= to_secs {
+                    break;
+                }
+                if out.len() > max_changes {
+                    return None;
+                }
+                out.push((at, i64::from(t.offset().seconds())));
+            }
+        }
+        Some(out)
+    }
+
     /// The unix second at which local day `day` starts: local midnight, or the first instant after
     /// it when a DST change skips midnight.
     pub fn day_start(&self, day: i64) -> i64 {

@@ -100,6 +100,49 @@ async fn forecasts_project_window_end_and_the_hard_limit_day_from_the_weekday_pa
     assert!(b["error"]["message"].as_str().unwrap().contains("fromat"));
 }
 
+/// The value of the `/metrics` line that starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<i64> {
+    text.lines().find(|l| l.starts_with(series) && l.as_bytes().get(series.len()) == Some(&b' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_compute_the_forecasts_at_most_once_a_minute_of_the_counters_clock() {
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), at("2026-10-26")).await;
+    history(&h).await;
+    h.budget(json!({"id": "platform-week", "scope": "team:platform", "limit": "25", "window": "week"})).await;
+    let scrape = || async {
+        let (_, text) = h.call("GET", "/metrics", None, None).await;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        let get = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no `{series}` in:\n{text}"));
+        (
+            get("tollgate_counter_forecast_computations_total"),
+            get("tollgate_counter_forecast_computed_timestamp_seconds"),
+            get("tollgate_counter_budget_projected_spend_micros{budget=\"platform-week\",scope=\"team:platform\"}"),
+            get("tollgate_counter_budget_spent_micros{budget=\"platform-week\",scope=\"team:platform\",mode=\"enforce\"}"),
+        )
+    };
+    // Monday 06:00: nothing spent this week; 18 h of Monday ($7.50), Tuesday to Friday ($40), the weekend ($3).
+    let six = at("2026-11-23T06:00:00Z");
+    h.clock.set_ms(six);
+    assert_eq!(scrape().await, (1, six / 1000, 50_500_000, 0));
+    // $4 spent; 59 s later the forecast gauges are still the 06:00 ones (the budget gauges are live),
+    // while the forecast report computes afresh.
+    assert_eq!(h.usage("gw1", vec![rec_at("mon", "platform", 4_000_000, six - 3_600_000)]).await, (1, 0));
+    h.clock.set_ms(six + 59_999);
+    assert_eq!(scrape().await, (1, six / 1000, 50_500_000, 4_000_000));
+    assert_eq!(scrape().await, (1, six / 1000, 50_500_000, 4_000_000), "another scrape within the minute");
+    let monday_left = |now: i64| 10_000_000 * (at("2026-11-24") - now) / DAY_MS;
+    let (_, f) = h.admin("GET", "/admin/reports/forecast", None).await;
+    assert_eq!(f["budgets"][0]["projected_end_micros"], 4_000_000 + monday_left(six + 59_999) + 43_000_000, "{f}");
+    // A minute after the computation: computed again, with the $4 and 17 h 59 min of Monday left.
+    h.clock.set_ms(six + 60_000);
+    assert_eq!(scrape().await, (2, (six + 60_000) / 1000, 4_000_000 + monday_left(six + 60_000) + 43_000_000, 4_000_000));
+    assert_eq!(monday_left(six + 60_000), 7_493_055);
+    // A clock set back (an operator's fix) does not pin an answer from the future.
+    h.clock.set_ms(six + 30_000);
+    assert_eq!(scrape().await.0, 3);
+}
+
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
