@@ -438,6 +438,62 @@ mod tests {
     }
 
     #[test]
+    fn a_dst_day_spreads_its_pace_over_its_real_length() {
+        let la = Zone::iana("America/Los_Angeles").unwrap();
+        let at = |t: &str| parse_time_ms(t).unwrap();
+        // Sunday 2026-03-08 springs forward: 23 hours from 08:00Z to 07:00Z. Half its pace is spent
+        // 11 h 30 min in, at 12:30 PDT (a 24-hour day would say 12:00).
+        let pace = Pace { per_weekday: [23_000_000; 7], trailing_7d_micros: 161_000_000 };
+        let (midnight, next) = (at("2026-03-08T00:00:00-08:00"), at("2026-03-09T00:00:00-07:00"));
+        assert_eq!(next - midnight, 23 * 3_600_000);
+        let p = project(&pace, 0, Some(11_500_000), midnight, Some(next), &la);
+        assert_eq!(p.projected_end_micros, Some(23_000_000), "the whole day adds one day's pace");
+        assert_eq!(p.hard_limit_at, Some(at("2026-03-08T12:30:00-07:00") / 1000));
+        assert_eq!(p.hard_limit_day.as_deref(), Some("2026-03-08"));
+        // Sunday 2026-11-01 falls back: 25 hours. From local noon (PST) 12 of them are left: 12/25.
+        let pace = Pace { per_weekday: [5_000_000; 7], trailing_7d_micros: 35_000_000 };
+        let noon = at("2026-11-01T12:00:00-08:00");
+        let p = project(&pace, 0, Some(1_600_000), noon, Some(at("2026-11-02T00:00:00-08:00")), &la);
+        assert_eq!(p.projected_end_micros, Some(2_400_000));
+        // $1.60 of $5 over 25 h = 8 h: 20:00 PST on the 1st, already the 2nd in UTC.
+        assert_eq!(p.hard_limit_at, Some(at("2026-11-02T04:00:00Z") / 1000));
+        assert_eq!(p.hard_limit_day.as_deref(), Some("2026-11-01"), "the local date");
+        let utc = project(&pace, 0, Some(1_600_000), noon, Some(at("2026-11-02T00:00:00-08:00")), &Zone::UTC);
+        assert_eq!(utc.hard_limit_day.as_deref(), Some("2026-11-02"), "in UTC days it is the 2nd");
+    }
+
+    #[test]
+    fn the_pace_follows_local_weekdays() {
+        // A team in Los Angeles spends at 18:00 local: $10 Monday to Friday, $5 Sunday; in UTC
+        // that lands on Tuesday to Saturday (and Monday). 28 local days, Sunday 2026-10-04 to
+        // Saturday 10-31, read as the store answers a query in the zone (local dates).
+        let la = Zone::iana("America/Los_Angeles").unwrap();
+        let now = parse_time_ms("2026-11-01T12:00:00-08:00").unwrap();
+        let first = first_day(&la, now);
+        assert_eq!(first, day_of("2026-10-04"));
+        let row = |date: String, cost| ReportRow { keys: vec!["acme".into(), String::new(), "platform".into(), "bob".into(), String::new(), "chat".into(), date], cost_micros: cost, ..ReportRow::default() };
+        let local = |d: i64| match weekday(d) {
+            6 => 5_000_000,
+            5 => 0,
+            _ => 10_000_000,
+        };
+        let date = |d: i64| crate::window::utc_date(d * 86_400);
+        let local_rows: Vec<ReportRow> = (first..first + 28).map(|d| row(date(d), local(d))).collect();
+        let utc_rows: Vec<ReportRow> = (first..first + 28).map(|d| row(date(d + 1), local(d))).collect();
+        let series = |rows: &[ReportRow], zone: &Zone| {
+            let (today, first, s) = local_series(&[ZoneRows { zone: zone.clone(), rows: rows.to_vec() }], zone, "team:platform", now);
+            pace_of(today, first, &s)
+        };
+        let pace = series(&local_rows, &la);
+        assert_eq!(pace.per_weekday, [10_000_000, 10_000_000, 10_000_000, 10_000_000, 10_000_000, 0, 5_000_000]);
+        assert_eq!(pace.on_day(la.local_day(now / 1000)), 5_000_000, "today is Sunday in Los Angeles");
+        // The same spend in UTC days: Monday holds Sunday's $5, Saturday Friday's $10, Sunday nothing.
+        let pace = series(&utc_rows, &Zone::UTC);
+        assert_eq!(pace.per_weekday[0], 5_000_000);
+        assert_eq!((pace.per_weekday[5], pace.per_weekday[6]), (10_000_000, 0));
+    }
+
+    #[test]
     fn a_budget_already_at_its_hard_limit_is_not_projected_to_exceed_again() {
         let pace = Pace { per_weekday: [1; 7], trailing_7d_micros: 7 };
         let p = project(&pace, 100, Some(100), 0, Some(DAY_MS), &Zone::UTC);

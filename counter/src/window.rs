@@ -488,6 +488,19 @@ mod tests {
     }
 
     #[test]
+    fn the_offsets_over_a_period_list_each_dst_change() {
+        let la = Zone::iana("America/Los_Angeles").unwrap();
+        let (from, to) = (at("2026-01-01") / 1000, at("2027-01-01") / 1000);
+        assert_eq!(
+            la.offsets_between(from, to, 10),
+            Some(vec![(from, -8 * 3600), (at("2026-03-08T10:00:00Z") / 1000, -7 * 3600), (at("2026-11-01T09:00:00Z") / 1000, -8 * 3600)])
+        );
+        assert_eq!(la.offsets_between(from, to, 1), None, "two changes, one allowed");
+        assert_eq!(Zone::Fixed(-330).offsets_between(from, i64::MAX, 0), Some(vec![(from, -330 * 60)]));
+        assert_eq!(la.local_date(at("2026-11-02T04:00:00Z") / 1000), "2026-11-01");
+    }
+
+    #[test]
     fn iana_zones_are_looked_up_in_the_bundled_database() {
         assert_eq!(Zone::iana("America/Los_Angeles").unwrap().iana_name(), Some("America/Los_Angeles"));
         for bad in ["Mars/Olympus_Mons", "", "+02:00", "America/ Los_Angeles"] {
