@@ -127,6 +127,7 @@ async fn a_budget_in_an_iana_zone_is_forecast_in_its_local_days_across_a_dst_cha
     h.budget(la("la-week", "week", "51.60")).await;
     h.budget(la("la-month", "month", "1000")).await;
     h.budget(json!({"id": "utc-week", "scope": "team:platform", "limit": "1000", "window": "week"})).await;
+    h.budget(json!({"id": "fixed-week", "scope": "team:platform", "limit": "1000", "window": "week", "utc_offset": "-08:00"})).await;
     let (s, f) = h.admin("GET", "/admin/reports/forecast", None).await;
     assert_eq!(s, 200, "{f}");
     let row = |id: &str| f["budgets"].as_array().unwrap().iter().find(|b| b["budget"] == id).unwrap().clone();
@@ -145,6 +146,9 @@ async fn a_budget_in_an_iana_zone_is_forecast_in_its_local_days_across_a_dst_cha
     // Monday the 30th — $232.40. (UTC days would give Monday $5 and Saturday $10.)
     let b = row("la-month");
     assert_eq!((b["spent_micros"].as_i64(), b["projected_end_micros"].as_i64()), (Some(0), Some(232_400_000)), "{b}");
+    // A fixed -08:00 has the same dates here, but no DST: its Sunday is 24 hours, 12 of them left.
+    let b = row("fixed-week");
+    assert_eq!((b["spent_micros"].as_i64(), b["pace_today_micros"].as_i64(), b["projected_end_micros"].as_i64()), (Some(50_000_000), Some(5_000_000), Some(52_500_000)), "{b}");
     // The same spend counted in UTC days: a UTC Sunday holds a Los Angeles Saturday: no pace.
     let b = row("utc-week");
     assert_eq!((b["spent_micros"].as_i64(), b["pace_today_micros"].as_i64(), b["projected_end_micros"].as_i64()), (Some(55_000_000), Some(0), Some(55_000_000)), "{b}");
