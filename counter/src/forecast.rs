@@ -228,7 +228,7 @@ impl DayIndex {
     /// Daily spend of `scope` (a scope key or a selector) for days `[first_day, first_day + n)`.
     pub fn series(&self, scope: &str, first_day: i64, n: usize) -> Vec<Micros> {
         let mut out = vec![0 as Micros; n];
-        let mut add = |(day, _, cost): &(i64, Vec<String>, Micros)| {
+        let add = |(day, _, cost): &(i64, Vec<String>, Micros)| {
             if let Some(slot) = usize::try_from(day - first_day).ok().and_then(|i| out.get_mut(i)) {
                 *slot = slot.saturating_add(*cost);
             }
