@@ -82,6 +82,14 @@ fn default_hard() -> u32 {
     100
 }
 
+impl BudgetSpec {
+    /// Is this the spec of a template (a budget on `<kind>:*`, [`Budget::is_template`])? Listings
+    /// and reports show only the budgets a template made, and the template apart, if at all.
+    pub fn is_template(&self) -> bool {
+        !self.scope.starts_with(SELECTOR_PREFIX) && self.scope.ends_with(":*")
+    }
+}
+
 /// The budgets file: `{"budgets": [BudgetSpec, ...]}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -588,6 +588,16 @@ async fn budgets(conn: Conn, command: BudgetsCommand) -> Result<(), String> {
             let states: Vec<BudgetState> = serde_json::from_value(v["budgets"].clone()).map_err(|e| e.to_string())?;
             let (header, cells) = report::utilization_cells(&states);
             print_cells(format, &header, &cells);
+            // Templates apart (they charge nobody), in the table only: a CSV stays one table.
+            let templates = v["templates"].as_array().cloned().unwrap_or_default();
+            if format == Format::Table && !templates.is_empty() {
+                let header = ["template", "scope", "limit_usd", "window", "mode", "budgets_made"].map(String::from).to_vec();
+                let text = |t: &serde_json::Value, f: &str| t["template"][f].as_str().unwrap_or_default().to_owned();
+                let cells: Vec<Vec<String>> =
+                    templates.iter().map(|t| vec![text(t, "id"), text(t, "scope"), text(t, "limit"), text(t, "window"), text(t, "mode"), t["budgets_made"].to_string()]).collect();
+                println!("\nTemplates (each makes a budget for every new scope of its kind):");
+                print_cells(format, &header, &cells);
+            }
         }
         BudgetsCommand::Get { id } => print_json(&admin_call(&conn, Method::GET, &format!("/admin/budgets/{id}"), None).await?.json()?),
         BudgetsCommand::Delete { id } => {

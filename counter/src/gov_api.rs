@@ -407,7 +407,7 @@ async fn list_outcomes<S: Store>(State(app): State<App<S>>, headers: HeaderMap, 
 
 /// Ledger spend by team, use case, model and day over `[from, to)`.
 async fn spend_rows<S: Store>(app: &App<S>, from_ms: i64, to_ms: i64) -> Result<Vec<SpendRow>, Response> {
-    let query = ReportQuery { group_by: vec![GroupBy::Team, GroupBy::UseCase, GroupBy::Model, GroupBy::Day], from_ms, to_ms };
+    let query = ReportQuery::utc(vec![GroupBy::Team, GroupBy::UseCase, GroupBy::Model, GroupBy::Day], from_ms, to_ms);
     let rows = app.store.report(query).await.map_err(|e| store_error(&app.metrics, e))?;
     Ok(rows
         .into_iter()
@@ -529,7 +529,7 @@ async fn team_utilization_report<S: Store>(State(app): State<App<S>>, headers: H
     tri!(check_params(&params, &["format"]));
     let csv = tri!(format_param(&params));
     let budgets = match app.store.list_budgets(app.clock.now_ms()).await {
-        Ok(b) => b,
+        Ok(b) => crate::store::BudgetState::without_templates(b),
         Err(e) => return store_error(&app.metrics, e),
     };
     let teams = review::team_utilization(&budgets);

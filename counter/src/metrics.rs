@@ -2,10 +2,19 @@
 //!
 //! Counters are plain atomics bumped on the request path; budget gauges are computed from the store
 //! at scrape time, so they can never disagree with what the admin API shows.
+//!
+//! The forecast gauges are the exception: a forecast reads 28–31 days of the ledger grouped by
+//! every scope kind (on Redis a scan of the whole ledger stream), which is too much to redo on
+//! every scrape of every Prometheus replica. [`ForecastCache`] keeps the last computation and
+//! recomputes at most once per [`FORECAST_REFRESH_MS`] of the counter's clock (the injected one,
+//! so tests step it); the admin reports (`/admin/reports/forecast`, the utilization report) still
+//! compute fresh on every call.
 
-use crate::store::BudgetState;
+use crate::forecast::Forecasts;
+use crate::store::{BudgetState, Store, StoreResult};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tollgate_core::protocol::BudgetStatus;
 
 /// A per-budget gauge: name, help text, how to read its value.
@@ -24,6 +33,43 @@ pub struct Metrics {
     pub lease_grants_hard: AtomicU64,
     pub unauthorized: AtomicU64,
     pub store_errors: AtomicU64,
+    /// The forecasts `/metrics` shows.
+    pub forecasts: ForecastCache,
+}
+
+/// How long `/metrics` shows the forecasts it computed before computing them again: a minute of
+/// the counter's clock. A pace in dollars per day moves little in a minute; a scrape every 15 s
+/// from two Prometheus replicas would otherwise read the ledger eight times a minute.
+pub const FORECAST_REFRESH_MS: i64 = 60_000;
+
+/// The last forecasts computed for `/metrics` and when (per counter instance).
+#[derive(Debug, Default)]
+pub struct ForecastCache {
+    /// `(computed at, forecasts)`. An async mutex held across the computation: scrapes arriving
+    /// while one computes wait for its answer instead of computing their own.
+    latest: tokio::sync::Mutex<Option<(i64, Arc<Forecasts>)>>,
+    computations: AtomicU64,
+}
+
+impl ForecastCache {
+    /// The forecasts at `now_ms`: the cached ones while younger than [`FORECAST_REFRESH_MS`],
+    /// else computed now ([`crate::forecast::load`]). A failed computation is not cached (the next
+    /// scrape tries again). A clock that went back (`now_ms` before the computation) recomputes.
+    pub async fn get<S: Store>(&self, store: &S, now_ms: i64) -> StoreResult<(i64, Arc<Forecasts>)> {
+        let mut latest = self.latest.lock().await;
+        if let Some((at, f)) = latest.as_ref().filter(|(at, _)| (*at..at.saturating_add(FORECAST_REFRESH_MS)).contains(&now_ms)) {
+            return Ok((*at, Arc::clone(f)));
+        }
+        let f = Arc::new(crate::forecast::load(store, now_ms).await?);
+        inc(&self.computations, 1);
+        *latest = Some((now_ms, Arc::clone(&f)));
+        Ok((now_ms, f))
+    }
+
+    /// How many times this instance computed the forecasts for `/metrics`.
+    pub fn computations(&self) -> u64 {
+        self.computations.load(Ordering::Relaxed)
+    }
 }
 
 pub fn inc(counter: &AtomicU64, by: u64) {
@@ -87,6 +133,11 @@ impl Metrics {
         );
         counter("tollgate_counter_unauthorized_total", "Requests refused for a missing or wrong token.", &[("", get(&self.unauthorized))]);
         counter("tollgate_counter_store_errors_total", "Store operations that failed.", &[("", get(&self.store_errors))]);
+        counter(
+            "tollgate_counter_forecast_computations_total",
+            "Forecasts computed for /metrics (at most one per minute of the counter's clock).",
+            &[("", self.forecasts.computations())],
+        );
 
         let gauges: [Gauge; 7] = [
             ("tollgate_counter_budget_spent_micros", "Spend in the current window, micro-dollars.", |b| b.spent_micros.to_string()),
@@ -129,9 +180,11 @@ impl Metrics {
 
 /// Forecast gauges (crate::forecast): per budget the projected spend at the window's end and the
 /// time the hard limit is reached at the current pace (only for budgets projected to reach it),
-/// per workflow the projected spend at the end of the UTC month.
-pub fn render_forecasts(f: &crate::forecast::Forecasts) -> String {
+/// per workflow the projected spend at the end of the UTC month; and when they were computed.
+pub fn render_forecasts(f: &Forecasts, computed_at_ms: i64) -> String {
     let mut out = String::new();
+    let name = "tollgate_counter_forecast_computed_timestamp_seconds";
+    let _ = writeln!(out, "# HELP {name} When the forecasts below were computed (recomputed at most once a minute), unix seconds.\n# TYPE {name} gauge\n{name} {}", computed_at_ms.div_euclid(1000));
     let name = "tollgate_counter_budget_projected_spend_micros";
     let _ = writeln!(out, "# HELP {name} Projected spend at the end of the current window at the current pace (weekday-aware), micro-dollars.\n# TYPE {name} gauge");
     for b in &f.budgets {

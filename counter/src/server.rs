@@ -5,7 +5,7 @@
 //! POST   /v1/usage                       gateway token   UsageBatch   -> UsageAck
 //! GET    /healthz                        none            {"status":"ok"} or 503
 //! GET    /metrics                        none (or viewer) Prometheus text
-//! GET    /admin/budgets                  admin token     {"budgets":[BudgetState]}
+//! GET    /admin/budgets                  admin token     {"budgets":[BudgetState], "templates":[{"template", "budgets_made"}]}
 //! GET    /admin/budgets/{id}             admin token     BudgetState
 //! PUT    /admin/budgets/{id}             admin token     BudgetSpec -> {"outcome", "budget"}
 //! DELETE /admin/budgets/{id}             admin token     {"deleted": BudgetSpec}
@@ -52,7 +52,7 @@ use crate::budget::{valid_id, Budget, BudgetFile, BudgetSpec, Exemption, Exempti
 use crate::clock::Clock;
 use crate::metrics::{inc, Metrics};
 use crate::report;
-use crate::store::{validate_batch, validate_lease_request, AuditQuery, GroupBy, PutOutcome, ReportQuery, Store, StoreError};
+use crate::store::{validate_batch, validate_lease_request, AuditQuery, BudgetState, GroupBy, PutOutcome, ReportQuery, Store, StoreError};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -378,10 +378,13 @@ async fn metrics<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Res
     if app.auth.metrics_needs_token() {
         tri!(app.role(&headers, Role::Viewer));
     }
-    let budgets = app.store.list_budgets(app.clock.now_ms()).await.unwrap_or_default();
+    // The forecasts first: the computation counter rendered below then counts this scrape's.
+    let forecasts = app.metrics.forecasts.get(app.store.as_ref(), app.clock.now_ms()).await;
+    // Templates charge nobody: no gauges of theirs (the budgets they made have their own).
+    let budgets = BudgetState::without_templates(app.store.list_budgets(app.clock.now_ms()).await.unwrap_or_default());
     let mut text = app.metrics.render(&budgets);
-    if let Ok(f) = crate::forecast::load(app.store.as_ref(), app.clock.now_ms()).await {
-        text.push_str(&crate::metrics::render_forecasts(&f));
+    if let Ok((at, f)) = forecasts {
+        text.push_str(&crate::metrics::render_forecasts(&f, at));
     }
     text.push_str(&crate::gov_api::workflow_metrics(app.store.as_ref(), app.clock.now_ms()).await);
     text.push_str(&app.notifier.render_metrics(crate::notify::EventLog::pending_deliveries(app.store.as_ref()).await.ok()));
@@ -390,10 +393,24 @@ async fn metrics<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Res
     r
 }
 
+/// `{"budgets": [BudgetState], "templates": [{"template": BudgetSpec, "budgets_made": n}]}`: the
+/// budgets that charge someone (those written by hand and those made from templates), and the
+/// templates apart, with how many budgets each has made (a template's own spend is always zero:
+/// it is not a budget anyone is charged to).
 async fn list_budgets<S: Store>(State(app): State<App<S>>, headers: HeaderMap) -> Response {
     tri!(app.role(&headers, Role::Viewer));
     match app.store.list_budgets(app.clock.now_ms()).await {
-        Ok(budgets) => ok_json(StatusCode::OK, &json!({ "budgets": budgets })),
+        Ok(all) => {
+            let (templates, budgets): (Vec<BudgetState>, Vec<BudgetState>) = all.into_iter().partition(BudgetState::is_template);
+            let templates: Vec<_> = templates
+                .into_iter()
+                .map(|t| {
+                    let made = budgets.iter().filter(|b| b.budget.template.as_deref() == Some(t.budget.id.as_str())).count();
+                    json!({"template": t.budget, "budgets_made": made})
+                })
+                .collect();
+            ok_json(StatusCode::OK, &json!({ "budgets": budgets, "templates": templates }))
+        }
         Err(e) => store_error(&app.metrics, e),
     }
 }
@@ -558,7 +575,7 @@ async fn spend_report<S: Store>(State(app): State<App<S>>, headers: HeaderMap, Q
     if to_ms <= from_ms {
         return invalid("to: must be after from");
     }
-    let rows = match app.store.report(ReportQuery { group_by: group_by.clone(), from_ms, to_ms }).await {
+    let rows = match app.store.report(ReportQuery::utc(group_by.clone(), from_ms, to_ms)).await {
         Ok(rows) => rows,
         Err(e) => return store_error(&app.metrics, e),
     };
@@ -593,7 +610,7 @@ async fn utilization_report<S: Store>(State(app): State<App<S>>, headers: Header
         Err(e) => return store_error(&app.metrics, e),
     };
     let budgets = match app.store.list_budgets(app.clock.now_ms()).await {
-        Ok(b) => b,
+        Ok(b) => BudgetState::without_templates(b),
         Err(e) => return store_error(&app.metrics, e),
     };
     if csv {

@@ -263,6 +263,33 @@ impl Zone {
         (unix_secs + self.offset_secs_at(unix_secs)).div_euclid(DAY_SECS)
     }
 
+    /// `YYYY-MM-DD` of the local day that contains `unix_secs`.
+    pub fn local_date(&self, unix_secs: i64) -> String {
+        utc_date(self.local_day(unix_secs) * DAY_SECS)
+    }
+
+    /// The offsets in force over `[from_secs, to_secs)`: `(since, seconds east of UTC)`, the first
+    /// since `from_secs`, then one per change (a DST start or end) before `to_secs`. `None` when
+    /// there are more than `max_changes` (a period of centuries in a zone with DST): a store that
+    /// turns this into SQL keeps its statement bounded.
+    pub fn offsets_between(&self, from_secs: i64, to_secs: i64, max_changes: usize) -> Option<Vec<(i64, i64)>> {
+        let mut out = vec![(from_secs, self.offset_secs_at(from_secs))];
+        if let Zone::Iana(tz) = self {
+            let start = jiff::Timestamp::from_second(from_secs).unwrap_or(if from_secs < 0 { jiff::Timestamp::MIN } else { jiff::Timestamp::MAX });
+            for t in tz.following(start) {
+                let at = t.timestamp().as_second();
+                if at >= to_secs {
+                    break;
+                }
+                if out.len() > max_changes {
+                    return None;
+                }
+                out.push((at, i64::from(t.offset().seconds())));
+            }
+        }
+        Some(out)
+    }
+
     /// The unix second at which local day `day` starts: local midnight, or the first instant after
     /// it when a DST change skips midnight.
     pub fn day_start(&self, day: i64) -> i64 {
@@ -458,6 +485,19 @@ mod tests {
             ("Australia/Sydney", "2026-04-05T12:00:00+10:00", Window::Day, "2026-04-05T00:00:00+11:00", "2026-04-06T00:00:00+10:00"),
             ("Australia/Sydney", "2026-10-04T12:00:00+11:00", Window::Day, "2026-10-04T00:00:00+10:00", "2026-10-05T00:00:00+11:00"),
         ]);
+    }
+
+    #[test]
+    fn the_offsets_over_a_period_list_each_dst_change() {
+        let la = Zone::iana("America/Los_Angeles").unwrap();
+        let (from, to) = (at("2026-01-01") / 1000, at("2027-01-01") / 1000);
+        assert_eq!(
+            la.offsets_between(from, to, 10),
+            Some(vec![(from, -8 * 3600), (at("2026-03-08T10:00:00Z") / 1000, -7 * 3600), (at("2026-11-01T09:00:00Z") / 1000, -8 * 3600)])
+        );
+        assert_eq!(la.offsets_between(from, to, 1), None, "two changes, one allowed");
+        assert_eq!(Zone::Fixed(-330).offsets_between(from, i64::MAX, 0), Some(vec![(from, -330 * 60)]));
+        assert_eq!(la.local_date(at("2026-11-02T04:00:00Z") / 1000), "2026-11-01");
     }
 
     #[test]

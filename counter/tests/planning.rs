@@ -100,6 +100,107 @@ async fn forecasts_project_window_end_and_the_hard_limit_day_from_the_weekday_pa
     assert!(b["error"]["message"].as_str().unwrap().contains("fromat"));
 }
 
+/// A team in Los Angeles that spends at 18:00 local time: $10 Monday to Friday, nothing on
+/// Saturday, $5 on Sunday — in UTC days, Tuesday to Saturday and Monday. 28 local days, Sunday
+/// 2026-10-04 to Saturday 10-31 (all PDT), each posted at its own time.
+async fn evening_history(h: &Harness) {
+    for d in 0..28 {
+        let cost = match d % 7 {
+            0 => 5_000_000,
+            6 => continue,
+            _ => 10_000_000,
+        };
+        let t = at("2026-10-04T18:00:00-07:00") + d * DAY_MS;
+        h.clock.set_ms(t);
+        assert_eq!(h.usage("gw1", vec![rec_at(&format!("e{d}"), "platform", cost, t)]).await, (1, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_budget_in_an_iana_zone_is_forecast_in_its_local_days_across_a_dst_change() {
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), at("2026-10-04")).await;
+    evening_history(&h).await;
+    // Sunday 2026-11-01, noon in Los Angeles: the clocks went back at 02:00, a 25-hour day of
+    // which 12 hours are left.
+    h.clock.set_ms(at("2026-11-01T12:00:00-08:00"));
+    let la = |id: &str, window: &str, limit: &str| json!({"id": id, "scope": "team:platform", "limit": limit, "window": window, "time_zone": "America/Los_Angeles"});
+    h.budget(la("la-week", "week", "51.60")).await;
+    h.budget(la("la-month", "month", "1000")).await;
+    h.budget(json!({"id": "utc-week", "scope": "team:platform", "limit": "1000", "window": "week"})).await;
+    h.budget(json!({"id": "fixed-week", "scope": "team:platform", "limit": "1000", "window": "week", "utc_offset": "-08:00"})).await;
+    let (s, f) = h.admin("GET", "/admin/reports/forecast", None).await;
+    assert_eq!(s, 200, "{f}");
+    let row = |id: &str| f["budgets"].as_array().unwrap().iter().find(|b| b["budget"] == id).unwrap().clone();
+
+    // The local week (from Monday 10-26, PDT) holds Monday to Friday: $50. Today is a Sunday
+    // there: $5 a day, 12/25 of it left = $2.40.
+    let b = row("la-week");
+    assert_eq!((b["spent_micros"].as_i64(), b["trailing_7d_micros"].as_i64(), b["pace_today_micros"].as_i64()), (Some(50_000_000), Some(55_000_000), Some(5_000_000)), "{b}");
+    assert_eq!(b["resets_at"], at("2026-11-02T00:00:00-08:00") / 1000);
+    assert_eq!(b["projected_end_micros"], 52_400_000);
+    // $1.60 to the hard limit: 8 of the 25 hours, 20:00 PST — the 1st locally, the 2nd in UTC.
+    assert_eq!(b["hard_limit_at"], at("2026-11-02T04:00:00Z") / 1000);
+    assert_eq!(b["hard_limit_day"], "2026-11-01");
+    assert_eq!(b["projected_to_exceed"], true);
+    // The local month: the rest of Sunday, then November's local weekdays — four weeks of $55 and
+    // Monday the 30th — $232.40. (UTC days would give Monday $5 and Saturday $10.)
+    let b = row("la-month");
+    assert_eq!((b["spent_micros"].as_i64(), b["projected_end_micros"].as_i64()), (Some(0), Some(232_400_000)), "{b}");
+    // A fixed -08:00 has the same dates here, but no DST: its Sunday is 24 hours, 12 of them left.
+    let b = row("fixed-week");
+    assert_eq!((b["spent_micros"].as_i64(), b["pace_today_micros"].as_i64(), b["projected_end_micros"].as_i64()), (Some(50_000_000), Some(5_000_000), Some(52_500_000)), "{b}");
+    // The same spend counted in UTC days: a UTC Sunday holds a Los Angeles Saturday: no pace.
+    let b = row("utc-week");
+    assert_eq!((b["spent_micros"].as_i64(), b["pace_today_micros"].as_i64(), b["projected_end_micros"].as_i64()), (Some(55_000_000), Some(0), Some(55_000_000)), "{b}");
+
+    let (_, u) = h.admin("GET", "/admin/reports/utilization", None).await;
+    let w = u["budgets"].as_array().unwrap().iter().find(|b| b["budget"] == "la-week").unwrap().clone();
+    assert_eq!((w["forecast"]["hard_limit_day"].as_str(), w["forecast"]["projected_end_micros"].as_i64()), (Some("2026-11-01"), Some(52_400_000)));
+}
+
+/// The value of the `/metrics` line that starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<i64> {
+    text.lines().find(|l| l.starts_with(series) && l.as_bytes().get(series.len()) == Some(&b' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_compute_the_forecasts_at_most_once_a_minute_of_the_counters_clock() {
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), at("2026-10-26")).await;
+    history(&h).await;
+    h.budget(json!({"id": "platform-week", "scope": "team:platform", "limit": "25", "window": "week"})).await;
+    let scrape = || async {
+        let (_, text) = h.call("GET", "/metrics", None, None).await;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        let get = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no `{series}` in:\n{text}"));
+        (
+            get("tollgate_counter_forecast_computations_total"),
+            get("tollgate_counter_forecast_computed_timestamp_seconds"),
+            get("tollgate_counter_budget_projected_spend_micros{budget=\"platform-week\",scope=\"team:platform\"}"),
+            get("tollgate_counter_budget_spent_micros{budget=\"platform-week\",scope=\"team:platform\",mode=\"enforce\"}"),
+        )
+    };
+    // Monday 06:00: nothing spent this week; 18 h of Monday ($7.50), Tuesday to Friday ($40), the weekend ($3).
+    let six = at("2026-11-23T06:00:00Z");
+    h.clock.set_ms(six);
+    assert_eq!(scrape().await, (1, six / 1000, 50_500_000, 0));
+    // $4 spent; 59 s later the forecast gauges are still the 06:00 ones (the budget gauges are live),
+    // while the forecast report computes afresh.
+    assert_eq!(h.usage("gw1", vec![rec_at("mon", "platform", 4_000_000, six - 3_600_000)]).await, (1, 0));
+    h.clock.set_ms(six + 59_999);
+    assert_eq!(scrape().await, (1, six / 1000, 50_500_000, 4_000_000));
+    assert_eq!(scrape().await, (1, six / 1000, 50_500_000, 4_000_000), "another scrape within the minute");
+    let monday_left = |now: i64| 10_000_000 * (at("2026-11-24") - now) / DAY_MS;
+    let (_, f) = h.admin("GET", "/admin/reports/forecast", None).await;
+    assert_eq!(f["budgets"][0]["projected_end_micros"], 4_000_000 + monday_left(six + 59_999) + 43_000_000, "{f}");
+    // A minute after the computation: computed again, with the $4 and 17 h 59 min of Monday left.
+    h.clock.set_ms(six + 60_000);
+    assert_eq!(scrape().await, (2, (six + 60_000) / 1000, 4_000_000 + monday_left(six + 60_000) + 43_000_000, 4_000_000));
+    assert_eq!(monday_left(six + 60_000), 7_493_055);
+    // A clock set back (an operator's fix) does not pin an answer from the future.
+    h.clock.set_ms(six + 30_000);
+    assert_eq!(scrape().await.0, 3);
+}
+
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,

@@ -92,3 +92,51 @@ async fn new_users_leasing_at_once_each_get_one_budget_and_never_more_than_its_h
         assert_eq!(creates, 1, "user u{u}: made once, however many gateways raced for it");
     }
 }
+
+/// Ids of the budgets in a JSON list whose rows name their budget at `path` (`/budget/id`, `/budget`).
+fn ids(rows: &Value, path: &str) -> Vec<String> {
+    let mut out: Vec<String> = rows.as_array().unwrap().iter().map(|r| r.pointer(path).and_then(Value::as_str).unwrap().to_owned()).collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn templates_are_not_listed_as_budgets_only_the_budgets_they_made_are() {
+    let h = Harness::start().await;
+    h.budget(json!({"id": "user-default", "scope": "user:*", "limit": "20", "window": "day"})).await;
+    // A $0 template (no key spends without a budget of its own): as a budget it would read "hard".
+    h.budget(json!({"id": "key-default", "scope": "key:*", "limit": "0", "window": "day"})).await;
+    h.budget(json!({"id": "team-default", "scope": "team:*", "limit": "100", "window": "month"})).await;
+    h.budget(json!({"id": "platform", "scope": "team:platform", "limit": "500", "window": "month"})).await;
+    h.usage("gw1", vec![user_record("b1", "bob", 1_500_000)]).await;
+
+    // The listing: the budgets that charge someone, and the templates apart with what they made.
+    let (_, list) = h.admin("GET", "/admin/budgets", None).await;
+    assert_eq!(ids(&list["budgets"], "/budget/id"), ["platform", "user-default.bob"], "{list}");
+    assert_eq!(list["budgets"].as_array().unwrap().iter().find(|b| b["budget"]["id"] == "user-default.bob").unwrap()["spent_micros"], 1_500_000);
+    let templates: Vec<(String, i64)> =
+        list["templates"].as_array().unwrap().iter().map(|t| (t["template"]["id"].as_str().unwrap().to_owned(), t["budgets_made"].as_i64().unwrap())).collect();
+    assert_eq!(templates, [("key-default".to_owned(), 0), ("team-default".to_owned(), 0), ("user-default".to_owned(), 1)], "{list}");
+    assert_eq!(list["templates"][2]["template"]["scope"], "user:*");
+    // A template is still a budget id the API answers for (to read, change or delete it).
+    let (s, one) = h.admin("GET", "/admin/budgets/key-default", None).await;
+    assert_eq!((s, one["budget"]["scope"].as_str()), (200, Some("key:*")));
+
+    // The utilization report (JSON and CSV), forecasts, team utilization, /metrics: no template.
+    let (_, u) = h.admin("GET", "/admin/reports/utilization", None).await;
+    assert_eq!(ids(&u["budgets"], "/budget"), ["platform", "user-default.bob"], "{u}");
+    let csv = h.client().await.get("/admin/reports/utilization?format=csv", Some(ALICE_TOKEN)).await.unwrap().text();
+    assert_eq!(csv.lines().count(), 3, "header and two budgets:\n{csv}");
+    assert!(!csv.contains("default,"), "{csv}");
+    let (_, f) = h.admin("GET", "/admin/reports/forecast", None).await;
+    assert_eq!(ids(&f["budgets"], "/budget"), ["platform", "user-default.bob"], "{f}");
+    let (_, t) = h.admin("GET", "/admin/reports/team-utilization", None).await;
+    let teams: Vec<&str> = t["teams"].as_array().unwrap().iter().map(|t| t["team"].as_str().unwrap()).collect();
+    assert_eq!(teams, ["platform"], "no team `*`: {t}");
+    let (_, text) = h.call("GET", "/metrics", None, None).await;
+    let text = text.as_str().unwrap().to_owned();
+    assert!(text.contains("tollgate_counter_budget_spent_micros{budget=\"user-default.bob\",scope=\"user:bob\",mode=\"enforce\"} 1500000"), "{text}");
+    for template in ["user-default\"", "key-default\"", "team-default\"", ":*\""] {
+        assert!(!text.contains(template), "metrics name a template ({template}):\n{text}");
+    }
+}

@@ -45,6 +45,11 @@ BUDGETS = [
     {"id": "steady", "scope": "team:enforce-steady", "limit": "50.00", "window": "none"},
     {"id": "dry", "scope": "team:enforce-dry", "limit": "0.00", "window": "month"},
     {"id": "estimate", "scope": "team:enforce-estimate", "limit": "50.00", "window": "none"},
+    # Reservation policies (docs/counter.md): a worst case (gpt-4o without max_tokens: ~$0.164) is
+    # more than `worst`'s limit; `p99` may pass its limit by $0.50.
+    {"id": "p99", "scope": "team:enforce-p99", "limit": "1.00", "window": "none",
+     "reserve": "p99", "reserve_excess_limit": "0.50", "reserve_min_samples": 10},
+    {"id": "worst", "scope": "team:enforce-worst", "limit": "0.10", "window": "none"},
 ]
 
 SLICE_USD = "0.25"
@@ -546,3 +551,79 @@ def test_an_output_override_makes_reservations_estimates_and_their_overrun_is_re
         assert [cost for cost, _, _ in ledger.values()] == [counter.budget("estimate")["spent_micros"]]
     finally:
         envoy.close()
+
+
+def uncapped_chat(envoy, team, output_tokens):
+    """A chat request without max_tokens: its worst case is gpt-4o's whole output (~$0.164)."""
+    body = {"model": "e2e-chat", "messages": [{"role": "user", "content": "Summarise the thread."}]}
+    headers = {"x-e2e-team": team, "x-e2e-user": "agent", "x-mock-output-tokens": str(output_tokens),
+               "x-mock-gzip": "never", "x-mock-events": "4", "x-mock-event-delay-ms": "5"}
+    return request(envoy.listen_port, "POST", "/v1/chat/completions", json.dumps(body), headers, timeout=30)
+
+
+def test_a_p99_budget_serves_what_worst_case_refuses_and_a_burst_stays_within_the_limit_plus_the_excess(counter, gateways):
+    # The scope's history: 20 requests to gpt-4o of 100..480 output tokens (p99 = 480), cost 0.
+    now_ms = int(time.time() * 1000)
+    seed = [{"id": f"seed:{i}", "principal": {"team": "enforce-p99"}, "dialect": "openai",
+             "requested_model": "e2e-chat", "routed_model": "gpt-4o", "tokens": {"input": 20, "output": 100 + 20 * i},
+             "cost_micros": 0, "status": 200, "started_at_ms": now_ms - 1000, "finished_at_ms": now_ms} for i in range(20)]
+    r = request(counter.port, "POST", "/v1/usage", json.dumps({"gateway_id": "seed", "records": seed}),
+                {"authorization": f"Bearer {GATEWAY_TOKEN}"})
+    assert r.status == 200 and r.json()["accepted"] == 20, r
+
+    # One request that would cost ~$0.003: worst_case cannot hold its $0.164 worst case in $0.10,
+    # p99 holds what the scope's requests to gpt-4o usually produce.
+    refused = uncapped_chat(gateways[0], "enforce-worst", 300)
+    assert refused.status == 429 and "`worst`" in refused.json()["error"]["message"], refused
+    served = uncapped_chat(gateways[0], "enforce-p99", 300)  # the p99 budget holds ~$0.005 for it
+    assert served.status == 200, served
+
+    # A burst of 16 agents on both gateways, answers of 100..1600 tokens (most beyond the p99).
+    ok_ids, refusals, errors = [served.header("x-tollgate-request-id")], [], []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 45
+
+    def agent(n):
+        refused, i = 0, 0
+        while time.monotonic() < stop_at and refused < 2 and i < 40:
+            i += 1
+            try:
+                r = uncapped_chat(gateways[n % 2], "enforce-p99", 100 + (n * 97 + i * 211) % 1500)
+            except OSError as e:
+                with lock:
+                    errors.append(repr(e))
+                continue
+            with lock:
+                if r.status == 200:
+                    ok_ids.append(r.header("x-tollgate-request-id"))
+                elif r.status == 429:
+                    refusals.append(r)
+                    refused += 1
+                else:
+                    errors.append(f"{r.status} {r.body[:200]!r}")
+            if r.status == 429:
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "agents did not finish in time"
+    assert not errors, f"{len(errors)} unexpected answers, first: {errors[:5]}"
+    assert refusals, "the budget never refused"
+    for e in gateways:
+        wait_for(lambda: idle(e), 30, f"{e.name} to flush and balance", e.enforcement_stats)
+    wait_for(lambda: len(counter.ledger("enforce-p99")) >= len(ok_ids) + 20, 15, "the ledger to hold every served request")
+
+    ledger = {k: v for k, v in counter.ledger("enforce-p99").items() if not k.startswith("seed:")}
+    assert set(ledger) == set(ok_ids), "every 200 is in the ledger once, and nothing else"
+    total = sum(cost for cost, _, _ in ledger.values())
+    state = counter.budget("p99")
+    assert state["spent_micros"] == total
+    assert total <= 1_000_000 + 500_000, f"spend {total} past the limit plus the excess limit"
+    # The excess beyond p99 holds is counted the same at the gateways and at the counter.
+    at_gateways = sum(e.enforcement_stats().get("tollgate_enforce_p99_excess_micros_total", 0) for e in gateways)
+    assert state["reserve_excess_micros"] == at_gateways > 0, (state, at_gateways)
+    print(f"\np99: served {len(ok_ids)}, refused {len(refusals)}, spent {total}/1000000 micros, "
+          f"excess {at_gateways}/500000")

@@ -171,7 +171,8 @@ impl Notifier {
         let now = self.clock.now_ms();
         let mut new = 0;
         if !self.config.thresholds.is_empty() {
-            let states = store.list_budgets(now).await?;
+            // A template charges nobody (a `$0` one would otherwise read as at its hard limit).
+            let states = crate::store::BudgetState::without_templates(store.list_budgets(now).await?);
             new += self.record(store, threshold_events(&self.config.thresholds, &states)).await?;
         }
         let last = self.last_anomaly_ms.load(Ordering::Relaxed);
@@ -217,13 +218,13 @@ impl Notifier {
             let sums = |rows: Vec<crate::store::ReportRow>| -> BTreeMap<String, Micros> {
                 rows.into_iter().filter_map(|r| r.keys.into_iter().next().map(|k| (k, r.cost_micros))).collect()
             };
-            let today = sums(store.report(ReportQuery { group_by: vec![dim], from_ms: day_start, to_ms: day_start + DAY_MS }).await?);
+            let today = sums(store.report(ReportQuery::utc(vec![dim], day_start, day_start + DAY_MS)).await?);
             let reuse_ms = self.config.evaluation.anomaly_every_ms.saturating_mul(10);
             let cached = guard(&self.trailing).get(&(i, day_start)).filter(|(at, _)| now < at.saturating_add(reuse_ms)).map(|(_, t)| t.clone());
             let trailing = match cached {
                 Some(t) => t,
                 None => {
-                    let t = sums(store.report(ReportQuery { group_by: vec![dim], from_ms: day_start - 7 * DAY_MS, to_ms: day_start }).await?);
+                    let t = sums(store.report(ReportQuery::utc(vec![dim], day_start - 7 * DAY_MS, day_start)).await?);
                     let mut cache = guard(&self.trailing);
                     cache.retain(|(_, d), _| *d == day_start);
                     cache.insert((i, day_start), (now, t.clone()));
@@ -236,7 +237,7 @@ impl Notifier {
                     continue;
                 }
                 let rows = store
-                    .report(ReportQuery { group_by: vec![dim, GroupBy::Model, GroupBy::UseCase], from_ms: day_start, to_ms: day_start + DAY_MS })
+                    .report(ReportQuery::utc(vec![dim, GroupBy::Model, GroupBy::UseCase], day_start, day_start + DAY_MS))
                     .await?;
                 let breakdown = rows
                     .into_iter()

@@ -89,11 +89,11 @@ pub(super) async fn baseline<S: Store>(State(app): State<App<S>>, headers: Heade
     let now = app.clock.now_ms();
     let to_ms = tri!(time_param(&params, "to", now)).div_euclid(DAY_MS) * DAY_MS;
     let from_ms = to_ms - i64::from(days) * DAY_MS;
-    let rows = match app.store.report(ReportQuery { group_by: vec![dim, GroupBy::Day], from_ms, to_ms }).await {
+    let rows = match app.store.report(ReportQuery::utc(vec![dim, GroupBy::Day], from_ms, to_ms)).await {
         Ok(rows) => rows,
         Err(e) => return store_error(&app.metrics, e),
     };
-    let budgets = app.store.list_budgets(now).await.unwrap_or_default();
+    let budgets = crate::store::BudgetState::without_templates(app.store.list_budgets(now).await.unwrap_or_default());
     let result = baseline::compute(dim.as_str(), &rows, from_ms, days, only.as_deref(), &budgets);
     if csv {
         let (header, cells) = baseline::cells(&result);

@@ -80,7 +80,7 @@ pub(crate) async fn seats_rows<S: Store>(store: &S, month: crate::review::Month)
     // reported as far as it goes (roles it cannot price count 0).
     let seats = crate::seats::Seats::from_spec(spec.clone()).unwrap_or(crate::seats::Seats { spec, roles: Default::default() });
     let (from_ms, to_ms) = month.range_ms();
-    let rows = store.report(crate::store::ReportQuery { group_by: vec![crate::store::GroupBy::Team, crate::store::GroupBy::User], from_ms, to_ms }).await?;
+    let rows = store.report(crate::store::ReportQuery::utc(vec![crate::store::GroupBy::Team, crate::store::GroupBy::User], from_ms, to_ms)).await?;
     let usage: Vec<(String, String, tollgate_core::money::Micros)> =
         rows.into_iter().map(|r| (r.keys.first().cloned().unwrap_or_default(), r.keys.get(1).cloned().unwrap_or_default(), r.cost_micros)).collect();
     Ok(Some(crate::seats::report(&seats, &usage)))

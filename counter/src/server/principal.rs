@@ -50,7 +50,7 @@ fn readable_scope<S: Store>(app: &App<S>, headers: &HeaderMap, asked: Option<&St
 /// The ledger's rows of one principal, grouped by that principal's dimension and `then`.
 async fn rows_of<S: Store>(app: &App<S>, dimension: GroupBy, id: &str, then: &[GroupBy], from_ms: i64, to_ms: i64) -> Result<Vec<ReportRow>, Response> {
     let group_by = std::iter::once(dimension).chain(then.iter().copied()).collect();
-    let rows = app.store.report(ReportQuery { group_by, from_ms, to_ms }).await.map_err(|e| store_error(&app.metrics, e))?;
+    let rows = app.store.report(ReportQuery::utc(group_by, from_ms, to_ms)).await.map_err(|e| store_error(&app.metrics, e))?;
     Ok(rows
         .into_iter()
         .filter(|r| r.keys.first().is_some_and(|k| k == id))

@@ -50,6 +50,7 @@ pub mod redis;
 pub mod sqlite;
 
 use crate::budget::{Budget, BudgetSpec, Exemption};
+use crate::window::Zone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -110,6 +111,18 @@ pub struct BudgetState {
 }
 
 impl BudgetState {
+    /// A template's state (a budget on `<kind>:*`): it charges nobody, so its spend is always
+    /// zero; only the budgets it made belong in listings, reports, metrics and forecasts.
+    pub fn is_template(&self) -> bool {
+        self.budget.is_template()
+    }
+
+    /// The budgets that charge someone: `states` without the templates ([`Self::is_template`]).
+    pub fn without_templates(mut states: Vec<BudgetState>) -> Vec<BudgetState> {
+        states.retain(|s| !s.is_template());
+        states
+    }
+
     /// Spend as a fraction of the effective limit (display only; money stays integer).
     pub fn utilization(&self) -> f64 {
         if self.effective_limit_micros <= 0 {
@@ -141,7 +154,8 @@ pub enum GroupBy {
     UseCase,
     /// The routed model (what was billed).
     Model,
-    /// UTC date of the record's `finished_at_ms`, `YYYY-MM-DD`.
+    /// Date of the record's `finished_at_ms`, `YYYY-MM-DD`: in UTC, or in the query's
+    /// [`ReportQuery::day_zone`].
     Day,
 }
 
@@ -183,6 +197,21 @@ pub struct ReportQuery {
     pub group_by: Vec<GroupBy>,
     pub from_ms: i64,
     pub to_ms: i64,
+    /// Whose calendar [`GroupBy::Day`] follows: the date of `finished_at_ms` in this zone
+    /// ([`Zone::UTC`] for the spend report and everything an operator asks for by date; a budget's
+    /// own zone for its forecast, `crate::forecast`). With an IANA zone a store may refuse
+    /// ([`StoreError::Invalid`]) a period crossing more than [`MAX_OFFSET_CHANGES`] DST changes.
+    pub day_zone: Zone,
+}
+
+/// The DST changes a report grouped by local day may cross (about 250 years of them).
+pub const MAX_OFFSET_CHANGES: usize = 500;
+
+impl ReportQuery {
+    /// Records in `[from_ms, to_ms)` grouped by `group_by`, days in UTC.
+    pub fn utc(group_by: Vec<GroupBy>, from_ms: i64, to_ms: i64) -> ReportQuery {
+        ReportQuery { group_by, from_ms, to_ms, day_zone: Zone::UTC }
+    }
 }
 
 /// `GET /admin/reports/requests`: ledger records in a period, oldest first, at most `limit`.

@@ -646,7 +646,7 @@ fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
     fields.chunks_exact(2).find(|p| p[0] == name.as_bytes()).map(|p| p[1].as_slice())
 }
 
-fn group_key(g: GroupBy, r: &UsageRecord) -> String {
+fn group_key(g: GroupBy, r: &UsageRecord, day_zone: &crate::window::Zone) -> String {
     let p = &r.principal;
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     match g {
@@ -657,7 +657,7 @@ fn group_key(g: GroupBy, r: &UsageRecord) -> String {
         GroupBy::Key => opt(&p.key_id),
         GroupBy::UseCase => opt(&p.use_case),
         GroupBy::Model => r.routed_model.clone(),
-        GroupBy::Day => crate::window::utc_date(r.finished_at_ms / 1000),
+        GroupBy::Day => day_zone.local_date(r.finished_at_ms.div_euclid(1000)),
     }
 }
 
@@ -952,7 +952,7 @@ impl Store for RedisStore {
             if r.finished_at_ms < query.from_ms || r.finished_at_ms >= query.to_ms {
                 return true;
             }
-            let keys: Vec<String> = query.group_by.iter().map(|g| group_key(*g, &r)).collect();
+            let keys: Vec<String> = query.group_by.iter().map(|g| group_key(*g, &r, &query.day_zone)).collect();
             let row = rows.entry(keys.clone()).or_insert_with(|| ReportRow { keys, ..Default::default() });
             let t = &r.tokens;
             row.requests += 1;

@@ -421,7 +421,8 @@ impl Store for SqliteStore {
     }
 
     async fn report(&self, query: ReportQuery) -> StoreResult<Vec<ReportRow>> {
-        self.read(move |conn| report(conn, &query)).await
+        let day = day_column(&query)?;
+        self.read(move |conn| report(conn, &query, &day)).await
     }
 
     async fn requests(&self, query: RequestsQuery) -> StoreResult<Vec<UsageRecord>> {
@@ -459,7 +460,34 @@ impl Store for SqliteStore {
     }
 }
 
-fn group_column(g: GroupBy) -> &'static str {
+/// The SQL of [`GroupBy::Day`]: the date of `finished_at_ms` in the query's `day_zone`. SQLite
+/// knows no IANA zones, so the zone's offsets over the queried period (one, or one more per DST
+/// change in it: `Zone::offsets_between`) become a `CASE` on `finished_at_ms` added to the
+/// seconds before taking the date. Integers only, written by us: nothing of the request is spliced.
+fn day_column(q: &ReportQuery) -> StoreResult<String> {
+    if !q.group_by.contains(&GroupBy::Day) {
+        return Ok(String::new());
+    }
+    let offsets = q
+        .day_zone
+        .offsets_between(q.from_ms.div_euclid(1000), q.to_ms.div_euclid(1000).saturating_add(1), super::MAX_OFFSET_CHANGES)
+        .ok_or_else(|| StoreError::Invalid(format!("from, to: the period crosses more than {} DST changes of its zone; ask for a shorter one", super::MAX_OFFSET_CHANGES)))?;
+    let offset = match offsets.as_slice() {
+        [(_, 0)] => return Ok("strftime('%Y-%m-%d', finished_at_ms / 1000, 'unixepoch')".into()),
+        [(_, only)] => only.to_string(),
+        [.., (_, last)] => {
+            let mut case = String::from("CASE");
+            for pair in offsets.windows(2) {
+                case.push_str(&format!(" WHEN finished_at_ms < {} THEN {}", pair[1].0.saturating_mul(1000), pair[0].1));
+            }
+            format!("{case} ELSE {last} END")
+        }
+        [] => "0".into(),
+    };
+    Ok(format!("strftime('%Y-%m-%d', finished_at_ms / 1000 + {offset}, 'unixepoch')"))
+}
+
+fn group_column(g: GroupBy, day: &str) -> &str {
     match g {
         GroupBy::Org => "COALESCE(org, '')",
         GroupBy::CostCenter => "COALESCE(cost_center, '')",
@@ -468,12 +496,12 @@ fn group_column(g: GroupBy) -> &'static str {
         GroupBy::Key => "COALESCE(key_id, '')",
         GroupBy::UseCase => "COALESCE(use_case, '')",
         GroupBy::Model => "routed_model",
-        GroupBy::Day => "strftime('%Y-%m-%d', finished_at_ms / 1000, 'unixepoch')",
+        GroupBy::Day => day,
     }
 }
 
-fn report(conn: &Connection, q: &ReportQuery) -> rusqlite::Result<Vec<ReportRow>> {
-    let cols: Vec<&str> = q.group_by.iter().map(|g| group_column(*g)).collect();
+fn report(conn: &Connection, q: &ReportQuery, day: &str) -> rusqlite::Result<Vec<ReportRow>> {
+    let cols: Vec<&str> = q.group_by.iter().map(|g| group_column(*g, day)).collect();
     let mut sql = String::from("SELECT ");
     for c in &cols {
         sql.push_str(c);

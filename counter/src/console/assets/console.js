@@ -172,7 +172,8 @@ async function overview(params) {
     ["month", Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1)],
   ];
   const answers = await Promise.all(periods.map(([, from]) => spend([], from, end)));
-  const budgets = (await api("/admin/budgets")).budgets;
+  // Templates are listed apart: they charge nobody (the budgets they made are in `budgets`).
+  const { budgets, templates = [] } = await api("/admin/budgets");
   const rows = periods.map(([name, from], i) => [name, isoDate(from), isoDate(end), answers[i].total.requests, answers[i].total.cost_usd]);
   const budgetRows = budgets.map((b) => {
     const softPct = b.budget.soft_thresholds_pct.length ? Math.min(...b.budget.soft_thresholds_pct) : 100;
@@ -187,6 +188,8 @@ async function overview(params) {
     budgetBars(budgets),
     table("overview-budgets", "Budgets", ["budget", "scope", "window", "spent_usd", "soft_line_usd", "limit_usd", "hard_limit_usd", "status"], budgetRows,
       ["spent_usd", "soft_line_usd", "limit_usd", "hard_limit_usd"]),
+    ...(templates.length ? [table("overview-templates", "Templates (a budget for every new scope of their kind)", ["template", "scope", "window", "limit", "budgets_made"],
+      templates.map((t) => [t.template.id, t.template.scope, t.template.window, t.template.limit, t.budgets_made]), ["budgets_made"])] : []),
   ];
 }
 
