@@ -10,14 +10,28 @@
 # Takes about 5 minutes with the defaults (plus a one-time compile of the instruction counter) and
 # loads the machine: don't run it while something else is being measured.
 # `scripts/bench.sh --quick`: smoke run (~1 minute), output to a temp file, not BENCHMARKS.md.
+# `scripts/bench.sh --dynamic`: also the opt-in native floors (`dynamic-noop`, `dynamic`: Envoy
+# dynamic modules, bench/dynamic-calls, built here first); that run's table goes to its own section
+# of BENCHMARKS.md ("Dynamic modules (explored)"), never over the default one. With BENCH_PARTS=envoy
+# and a short BENCH_CASES it takes a few minutes, e.g.
+#   BENCH_PARTS=envoy BENCH_CASES=plain,noop,calls,tollgate scripts/bench.sh --dynamic
 # Knobs: see bench/bench.py (BENCH_PARTS, BENCH_CASES, BENCH_ROUNDS, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 parts="${BENCH_PARTS:-instructions,envoy,counter,redis}"
+cases=",${BENCH_CASES:-plain,noop,naive,calls-v1,calls,tollgate,enforce},"
+dynamic=0
+for arg in "$@"; do [ "$arg" = --dynamic ] && dynamic=1; done
+case "$cases" in *,dynamic,*|*,dynamic-noop,*) dynamic=1 ;; esac
 need=(.venv/bin/envoy)
-case ",$parts," in *,envoy,*) need+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm" \
-                                      "$CARGO_TARGET_DIR/release/mock-llm" "${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}") ;; esac
+# What the envoy part needs depends on its cases (the default set needs all of it).
+if [[ ",$parts," == *,envoy,* ]]; then
+  need+=("$CARGO_TARGET_DIR/release/mock-llm")
+  [[ "$cases" =~ ,(noop|naive|calls|calls-v1), ]] && need+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm")
+  [[ "$cases" =~ ,(tollgate|enforce), ]] && need+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm")
+  [[ "$cases" == *,enforce,* ]] && need+=("${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}")
+fi
 case ",$parts," in *,counter,*|*,redis,*) need+=("${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}") ;; esac
 for f in "${need[@]}"; do
   [ -e "$f" ] || { echo "bench: $f is missing: run 'make build'" >&2; exit 2; }
@@ -34,4 +48,9 @@ case ",$parts,${BENCH_CASES:-litellm}," in
         || { echo "bench: litellm did not install; its row is left out" >&2; rm -rf .venv-litellm; }
     fi ;;
 esac
+# The native module for the opt-in dynamic cases: outside the workspace (its own lock file), so it
+# is built only here, with the release profile in its Cargo.toml.
+if [ "$dynamic" = 1 ] && [[ ",$parts," == *,envoy,* ]] && [ -z "${BENCH_DYNAMIC_MODULE:-}" ]; then
+  cargo build --release -q --manifest-path bench/dynamic-calls/Cargo.toml --target-dir "$CARGO_TARGET_DIR/dynamic-calls"
+fi
 exec timeout --kill-after=10 1200 python3 bench/bench.py "$@"
