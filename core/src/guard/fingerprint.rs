@@ -34,6 +34,17 @@ pub const DEFAULT_IGNORED: &[&str] = &[
 
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// Where the hash of a member's value starts (`json::scan_object_fingerprinting`).
+pub const VALUE_SEED: u64 = 5;
+
+/// One step of the hash: two words folded into the chain with one rotation per pair. Each fold
+/// is a bijection of the state for fixed words and of each word for a fixed state, so a changed
+/// word always changes the result before the final avalanche.
+#[inline(always)]
+pub fn fold(h: u64, x: u64, y: u64) -> u64 {
+    (((h ^ x).wrapping_mul(K)) ^ y).wrapping_mul(K).rotate_left(29)
+}
+
 /// Hashes `bytes` with `seed`, sixteen bytes per loop step: two words folded into one chain
 /// with one rotation per pair (half the loop bookkeeping and rotations of a word per step: the
 /// guard's wasm fuel, issue 12), then a last word and the tail. Each fold is a bijection of the
@@ -52,7 +63,7 @@ pub fn absorb(seed: u64, bytes: &[u8]) -> u64 {
     let mut pairs = bytes.chunks_exact(16);
     for pair in &mut pairs {
         let (x, y) = pair.split_at(8);
-        h = (((h ^ word(x)).wrapping_mul(K)) ^ word(y)).wrapping_mul(K).rotate_left(29);
+        h = fold(h, word(x), word(y));
     }
     let mut words = pairs.remainder().chunks_exact(8);
     for w in &mut words {
@@ -124,15 +135,34 @@ pub fn of_request(request: &crate::routing::plan::ParsedRequest<'_>, ignored: &I
 
 /// The fingerprint of a scanned body: every member but the `ignored` ones, key and raw value,
 /// plus `model` (the requested model, which for Azure and Gemini lives in the path, not the body).
+///
+/// Each value's hash is the one `json::scan_object_fingerprinting` computed while it validated
+/// the body (a gateway with a retry guard scans that way); a `top` from another scan has none,
+/// so the body is scanned again here to get them (tests, and any caller that did not ask).
 pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &IgnoredFields, model: &str) -> u64 {
+    let rescanned;
+    let top = match top.hashed {
+        true => top,
+        false => match crate::json::scan_object_fingerprinting(body, &crate::json::Watch::NONE) {
+            Ok(t) => {
+                rescanned = t;
+                &rescanned
+            }
+            // Not the body `top` came from (no caller does that): each value's raw bytes.
+            Err(_) => top,
+        },
+    };
     let mut sum = hash_bytes(1, model.as_bytes());
     for member in &top.members {
         let key = key_hash(&member.key);
         if ignored.contains(&member.key, key) {
             continue;
         }
-        let value = body.get(member.value.clone()).unwrap_or_default();
-        sum = sum.wrapping_add(hash_bytes(key, value));
+        let value = match top.hashed {
+            true => member.value_hash,
+            false => absorb(VALUE_SEED, body.get(member.value.clone()).unwrap_or_default()),
+        };
+        sum = sum.wrapping_add(finish(key ^ value));
     }
     finish(sum)
 }
