@@ -2,10 +2,18 @@
 //!
 //! # Why from the members the scan already found
 //! The body is validated once by `core::json`, which records each top-level member's key and the
-//! byte range of its value. The fingerprint hashes exactly those bytes (key, then raw value) for
-//! every member not in the ignore list: no second parse, no allocation, sixteen bytes per loop step.
-//! Members are combined by a wrapping sum of their hashes, so member order does not matter (the
-//! scan refuses duplicate keys, so no member can cancel another by repetition).
+//! byte range of its value; with a retry guard it also hashes each value's bytes on the way
+//! (`json::scan_object_fingerprinting`: the long string runs are folded in with the words the
+//! scan loaded to find their end, so a 2 KB prompt is not read a second time). The fingerprint
+//! combines, for every member not in the ignore list, the key's hash with the value's: no second
+//! parse, no allocation. Members are combined by a wrapping sum of their hashes, so member order
+//! does not matter (the scan refuses duplicate keys, so no member can cancel another by
+//! repetition).
+//!
+//! The numbers are not stored anywhere that outlives a window: the retry counts in shared data
+//! and the counter's guard events (kept a week) are keyed by them, so a gateway whose hash
+//! changes (an upgrade) starts the counts of work already in flight afresh, once, and gateways
+//! of two versions do not share counts until all run the same one.
 //!
 //! The value bytes are the client's raw bytes: the same request with different whitespace inside
 //! a value is a different fingerprint. Agents in a loop resend identical bytes, so that is the
@@ -39,17 +47,19 @@ pub const VALUE_SEED: u64 = 5;
 
 /// One step of the hash: two words folded into the chain with one rotation per pair. Each fold
 /// is a bijection of the state for fixed words and of each word for a fixed state, so a changed
-/// word always changes the result before the final avalanche.
+/// word always changes the result before the final avalanche. The only differences that cancel
+/// for sure (a difference in a word's top bit alone passes a multiply unchanged) need the 0x80
+/// bit of one byte flipped with the bytes around it left as they are, which turns valid UTF-8
+/// into invalid: two bodies the scan accepts cannot differ that way, so they collide only by
+/// chance (one in 2^64 for two given requests).
 #[inline(always)]
 pub fn fold(h: u64, x: u64, y: u64) -> u64 {
     (((h ^ x).wrapping_mul(K)) ^ y).wrapping_mul(K).rotate_left(29)
 }
 
-/// Hashes `bytes` with `seed`, sixteen bytes per loop step: two words folded into one chain
-/// with one rotation per pair (half the loop bookkeeping and rotations of a word per step: the
-/// guard's wasm fuel, issue 12), then a last word and the tail. Each fold is a bijection of the
-/// state for fixed words and of each word for a fixed state, so a changed byte always changes
-/// the result before the final avalanche.
+/// Hashes `bytes` with `seed`, sixteen bytes per loop step ([`fold`]: half the loop bookkeeping
+/// and rotations of a word per step, the guard's wasm fuel, issue 12), then a last word and the
+/// tail, then the final avalanche.
 pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
     finish(absorb(seed, bytes))
 }
