@@ -192,7 +192,8 @@ pub fn scan_object_watching(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, J
 /// between them are absorbed with their length (the primitives are `guard::fingerprint`'s). It is a
 /// function of the value's bytes alone (runs are found from the value's own content, whatever
 /// precedes it in the body), so the same value hashes the same in any body, at any offset.
-/// Only gateways with a retry guard compile a call to this variant; the plain scan is unchanged.
+/// Only gateways with a retry guard run this variant; the plain scan does no hashing (its members
+/// carry a 0).
 pub fn scan_object_fingerprinting(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, JsonError> {
     scan::<true>(buf, watch)
 }
@@ -362,8 +363,8 @@ impl WatchFilter {
     }
 }
 
-/// `HASH`: the variant [`scan_object_fingerprinting`] compiles, which also hashes each top-level
-/// member's value ([`Member::value_hash`]); without it none of that code exists.
+/// `HASH`: the variant [`scan_object_fingerprinting`] runs, which also hashes each top-level
+/// member's value ([`Member::value_hash`]); the plain variant compiles none of that code.
 struct Parser<'a, const HASH: bool = false> {
     buf: &'a [u8],
     pos: usize,
