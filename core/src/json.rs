@@ -18,7 +18,7 @@
 //!   another.
 
 use crate::bytes;
-use crate::guard::fingerprint as value_hash;
+use crate::value_hash;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
