@@ -80,6 +80,44 @@ pub fn plain_string_run(bytes: &[u8]) -> (usize, bool) {
     (offset + len, non_ascii || high & HIGHS != 0)
 }
 
+/// [`plain_string_run`] that also hashes the run's whole sixteen-byte blocks with the words it
+/// has already loaded (the retry guard's fingerprint, issue 12: hashing a long prompt in a second
+/// pass cost more than the scan itself). If the run's first block is plain, `h` becomes
+/// `fold(start(h), a, b)` over the run's plain blocks `(a, b)` in order, where `start` absorbs
+/// what came before the run; otherwise `h` and `start` are left alone. Returns the run's length,
+/// whether it may hold non-ASCII, and how many of its bytes were hashed (a multiple of 16).
+#[inline(always)]
+pub fn plain_string_run_hashing(
+    bytes: &[u8],
+    h: &mut u64,
+    start: impl FnOnce(u64) -> u64,
+    fold: impl Fn(u64, u64, u64) -> u64,
+) -> (usize, bool, usize) {
+    let mut high = 0u64;
+    let mut offset = 0;
+    let mut blocks = bytes.as_chunks::<16>().0.iter();
+    let split = |pair: &[u8; 16]| {
+        let (a, b) = pair.split_at(8);
+        (u64::from_le_bytes(a.try_into().unwrap_or_default()), u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    if let Some((a, b)) = blocks.next().map(split).filter(|&(a, b)| run_stops(a) | run_stops(b) == 0) {
+        let mut s = fold(start(*h), a, b);
+        high = a | b;
+        offset = 16;
+        for (a, b) in blocks.map(split) {
+            if run_stops(a) | run_stops(b) != 0 {
+                break;
+            }
+            s = fold(s, a, b);
+            high |= a | b;
+            offset += 16;
+        }
+        *h = s;
+    }
+    let (len, non_ascii) = plain_words_run(bytes.get(offset..).unwrap_or_default());
+    (offset + len, non_ascii || high & HIGHS != 0, offset)
+}
+
 /// [`plain_string_run`] a word at a time.
 fn plain_words_run(bytes: &[u8]) -> (usize, bool) {
     let mut high = 0u64;
@@ -282,6 +320,23 @@ mod tests {
             let (len, non_ascii) = plain_string_run(&bytes);
             prop_assert_eq!(len, naive_run(&bytes));
             prop_assert_eq!(non_ascii, !bytes[..len].is_ascii(), "a run of ASCII is said to be ASCII, and one with a high byte not");
+        }
+
+        #[test]
+        fn the_hashing_run_stops_where_the_plain_one_does_and_hashes_its_whole_blocks(
+            run in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b' '), Just(0xC3_u8), Just(0xA9_u8)], 0..120),
+            after in tricky_bytes(),
+        ) {
+            let bytes = [run, after].concat();
+            let mut h: u64 = 7;
+            let (len, non_ascii, hashed) = plain_string_run_hashing(&bytes, &mut h, |h| h + 1, |h, a, b| h.rotate_left(5) ^ a ^ b.rotate_left(1));
+            prop_assert_eq!((len, non_ascii), plain_string_run(&bytes));
+            prop_assert_eq!(hashed, len / 16 * 16, "every whole block of the run, from its start");
+            let mut expected: u64 = if hashed > 0 { 8 } else { 7 };
+            for block in bytes[..hashed].chunks(16) {
+                expected = expected.rotate_left(5) ^ word(&block[..8]) ^ word(&block[8..]).rotate_left(1);
+            }
+            prop_assert_eq!(h, expected);
         }
 
         #[test]

@@ -18,6 +18,7 @@
 //!   another.
 
 use crate::bytes;
+use crate::value_hash;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
@@ -60,12 +61,16 @@ pub struct Member {
     /// Bit `i` is set when `watch[i]` of [`scan_object_watching`] occurs as a string (a key or
     /// a string value, escapes decoded) anywhere inside this member's value; 0 without a watch.
     pub watched: u64,
+    /// The hash of the value's bytes, from [`scan_object_fingerprinting`]; 0 from the other scans.
+    pub value_hash: u64,
 }
 
 /// The members of one JSON object, in document order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopLevel {
     pub members: Vec<Member>,
+    /// Whether the members carry their [`Member::value_hash`] ([`scan_object_fingerprinting`]).
+    pub hashed: bool,
     /// Offset of the object's `{`.
     pub open: usize,
     /// Offset of the object's closing `}`.
@@ -172,8 +177,30 @@ impl<'w> Watch<'w> {
 /// This is how the filter learns that a body holds, say, an image part without walking it a second
 /// time: the scanner already visits every string; for most of them the watch costs a table lookup.
 pub fn scan_object_watching(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, JsonError> {
+    scan::<false>(buf, watch)
+}
+
+/// [`scan_object_watching`] that also hashes each top-level member's value in the same pass
+/// ([`Member::value_hash`]), for the retry guard's fingerprint (`guard::fingerprint`).
+///
+/// # Why inside the scan
+/// The scan already loads every byte of a long string sixteen at a time to find where it ends;
+/// folding those same words into the hash costs a fraction of reading the value again (the
+/// guard's wasm fuel, issue 12: a 2 KB chat request is one long prompt string). So the hash of a
+/// value is defined by the scan: the whole sixteen-byte blocks at the start of each plain run
+/// of a string (up to a quote, backslash or control byte) are folded straight in, and the bytes
+/// between them are absorbed with their length (the primitives are `guard::fingerprint`'s). It is a
+/// function of the value's bytes alone (runs are found from the value's own content, whatever
+/// precedes it in the body), so the same value hashes the same in any body, at any offset.
+/// Only gateways with a retry guard run this variant; the plain scan does no hashing (its members
+/// carry a 0).
+pub fn scan_object_fingerprinting(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, JsonError> {
+    scan::<true>(buf, watch)
+}
+
+fn scan<const HASH: bool>(buf: &[u8], watch: &Watch<'_>) -> Result<TopLevel, JsonError> {
     let (watch, filter) = (watch.entries, watch.filter);
-    let mut p = Parser { buf, pos: 0, watch, filter, seen: 0, escaped: false };
+    let mut p = Parser::<HASH> { buf, pos: 0, watch, filter, seen: 0, escaped: false, hash: 0, mark: 0 };
     p.skip_ws();
     if p.peek() != Some(b'{') {
         return Err(if p.peek().is_none() { JsonError::Truncated } else { JsonError::NotAnObject });
@@ -336,7 +363,9 @@ impl WatchFilter {
     }
 }
 
-struct Parser<'a> {
+/// `HASH`: the variant [`scan_object_fingerprinting`] runs, which also hashes each top-level
+/// member's value ([`Member::value_hash`]); the plain variant compiles none of that code.
+struct Parser<'a, const HASH: bool = false> {
     buf: &'a [u8],
     pos: usize,
     /// Strings to note (see [`scan_object_watching`]) and the filter that skips most others.
@@ -346,13 +375,19 @@ struct Parser<'a> {
     seen: u64,
     /// Whether the last string scanned had an escape.
     escaped: bool,
+    /// `HASH` only: the current top-level member value's hash so far, and the offset up to
+    /// which its bytes are in it.
+    hash: u64,
+    mark: usize,
 }
 
 impl<'a> Parser<'a> {
     fn plain(buf: &'a [u8], pos: usize) -> Parser<'a> {
-        Parser { buf, pos, watch: &[], filter: WatchFilter::default(), seen: 0, escaped: false }
+        Parser { buf, pos, watch: &[], filter: WatchFilter::default(), seen: 0, escaped: false, hash: 0, mark: 0 }
     }
+}
 
+impl<'a, const HASH: bool> Parser<'a, HASH> {
     /// After a string that started at `start` (its opening quote): notes it if it is watched.
     #[inline]
     fn note(&mut self, start: usize) {
@@ -427,7 +462,7 @@ impl<'a> Parser<'a> {
         if self.peek() == Some(b'}') {
             let close = self.pos;
             self.pos += 1;
-            return Ok(TopLevel { members, open, close });
+            return Ok(TopLevel { members, hashed: HASH, open, close });
         }
         loop {
             self.skip_ws();
@@ -440,18 +475,23 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             let start = self.pos;
             self.seen = 0;
+            if HASH {
+                self.hash = value_hash::VALUE_SEED;
+                self.mark = start;
+            }
             let kind = self.value(depth)?;
             if members.iter().any(|m| m.key == key) {
                 return Err(JsonError::DuplicateKey(key));
             }
-            members.push(Member { key, value: start..self.pos, kind, watched: self.seen });
+            let value_hash = if HASH { value_hash::absorb(self.hash, self.buf.get(self.mark..self.pos).unwrap_or_default()) } else { 0 };
+            members.push(Member { key, value: start..self.pos, kind, watched: self.seen, value_hash });
             self.skip_ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
                     let close = self.pos;
                     self.pos += 1;
-                    return Ok(TopLevel { members, open, close });
+                    return Ok(TopLevel { members, hashed: HASH, open, close });
                 }
                 _ => return Err(self.err("expected ',' or '}' in an object")),
             }
@@ -488,7 +528,7 @@ impl<'a> Parser<'a> {
         let mut stack: u128 = 0;
         let mut depth: usize = 0;
         // Push the opening container.
-        let open = |p: &mut Parser, stack: &mut u128, depth: &mut usize| -> Result<(), JsonError> {
+        let open = |p: &mut Parser<'a, HASH>, stack: &mut u128, depth: &mut usize| -> Result<(), JsonError> {
             if base_depth + *depth + 1 > MAX_DEPTH || *depth >= 128 {
                 return Err(JsonError::TooDeep);
             }
@@ -625,7 +665,17 @@ impl<'a> Parser<'a> {
             // A run of plain bytes (eight at a time), validated as UTF-8 in one go if not ASCII.
             let run_start = self.pos;
             let rest = self.buf.get(run_start..).unwrap_or_default();
-            let (len, non_ascii) = bytes::plain_string_run(rest);
+            let (len, non_ascii) = if HASH {
+                let gap = self.buf.get(self.mark..run_start).unwrap_or_default();
+                let start = |h| value_hash::absorb(h, gap);
+                let (len, non_ascii, hashed) = bytes::plain_string_run_hashing(rest, &mut self.hash, start, value_hash::fold);
+                if hashed > 0 {
+                    self.mark = run_start + hashed;
+                }
+                (len, non_ascii)
+            } else {
+                bytes::plain_string_run(rest)
+            };
             self.pos = run_start + len;
             let run = rest.get(..len).unwrap_or_default();
             if non_ascii {
@@ -761,6 +811,40 @@ mod tests {
         assert_eq!(top.get("b").unwrap().watched, 1);
         assert_eq!(top.get("c").unwrap().watched, 0, "image + newline is another string");
         assert_eq!(top.get("d").unwrap().watched, 2);
+    }
+
+    #[test]
+    fn the_fingerprinting_scan_finds_the_same_members_and_hashes_each_value_by_its_bytes_alone() {
+        let prompt = "Summarise the incident report and list the follow-ups. ".repeat(6);
+        let messages = format!(r#"[{{"role":"system","content":"Be brief."}},{{"role":"user","content":"{prompt}\n\u00e9 {prompt}"}}]"#);
+        let body = format!(r#"{{"model":"m","messages":{messages},"n":1,"s":"{prompt}"}}"#);
+        let hashed = scan_object_fingerprinting(body.as_bytes(), &Watch::NONE).unwrap();
+        let plain = scan_object(body.as_bytes()).unwrap();
+        assert!(hashed.hashed && !plain.hashed);
+        let shape = |t: &TopLevel| t.members.iter().map(|m| (m.key.clone(), m.value.clone(), m.kind)).collect::<Vec<_>>();
+        assert_eq!(shape(&hashed), shape(&plain));
+        assert!(plain.members.iter().all(|m| m.value_hash == 0));
+        let hash_of = |body: &str, key: &str| scan_object_fingerprinting(body.as_bytes(), &Watch::NONE).unwrap().get(key).unwrap().value_hash;
+        let base = hash_of(&body, "messages");
+        // The same value elsewhere in another body: the same hash (blocks start where the value's runs do).
+        for other in [format!(r#"{{"messages":{messages}}}"#), format!(r#"{{ "x":"{prompt}!", "messages" : {messages} }}"#)] {
+            assert_eq!(hash_of(&other, "messages"), base, "{other}");
+        }
+        // Every byte of the value counts: each one changed in turn (where the JSON stays valid).
+        for at in 0..messages.len() {
+            let mut changed = messages.clone().into_bytes();
+            changed[at] = match changed[at] {
+                b'a'..=b'y' => changed[at] + 1,
+                b'z' => b'a',
+                b' ' => b'_',
+                b'.' => b'!',
+                _ => continue,
+            };
+            let changed = format!(r#"{{"messages":{}}}"#, String::from_utf8(changed).unwrap());
+            let Ok(top) = scan_object_fingerprinting(changed.as_bytes(), &Watch::NONE) else { continue };
+            assert_ne!(top.get("messages").unwrap().value_hash, base, "byte {at} of {changed}");
+        }
+        assert_ne!(hash_of(&body, "s"), hash_of(&body.replace(r#""s":""#, r#""s":"x"#), "s"), "a prefix shifts the blocks");
     }
 
     #[test]

@@ -50,3 +50,4 @@ pub mod protocol;
 pub mod routing;
 pub mod section;
 pub mod usage;
+pub mod value_hash;

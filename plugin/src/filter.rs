@@ -375,7 +375,12 @@ impl Stream {
     /// Step 2 at end of body. Returns the action for the body callback.
     fn on_full_body(&mut self, body: &[u8]) -> Action {
         let (Some(config), Some(req)) = (self.config.clone(), self.request.as_ref()) else { return Action::Continue };
-        let mut parsed = match plan::parse_request(&config.attribution, &req.recognised, &req.facts, body) {
+        // A retry guard fingerprints the body: hashed in the scan that validates it.
+        let scan = match config.guards.as_ref().is_some_and(|g| g.retry.is_some()) {
+            true => plan::Scan::Fingerprinting,
+            false => plan::Scan::Plain,
+        };
+        let mut parsed = match plan::parse_request_scanning(&config.attribution, &req.recognised, &req.facts, body, scan) {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };

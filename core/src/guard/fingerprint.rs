@@ -2,10 +2,18 @@
 //!
 //! # Why from the members the scan already found
 //! The body is validated once by `core::json`, which records each top-level member's key and the
-//! byte range of its value. The fingerprint hashes exactly those bytes (key, then raw value) for
-//! every member not in the ignore list: no second parse, no allocation, sixteen bytes per loop step.
-//! Members are combined by a wrapping sum of their hashes, so member order does not matter (the
-//! scan refuses duplicate keys, so no member can cancel another by repetition).
+//! byte range of its value; with a retry guard it also hashes each value's bytes on the way
+//! (`json::scan_object_fingerprinting`: the long string runs are folded in with the words the
+//! scan loaded to find their end, so a 2 KB prompt is not read a second time). The fingerprint
+//! combines, for every member not in the ignore list, the key's hash with the value's: no second
+//! parse, no allocation. Members are combined by a wrapping sum of their hashes, so member order
+//! does not matter (the scan refuses duplicate keys, so no member can cancel another by
+//! repetition).
+//!
+//! The numbers are not stored anywhere that outlives a window: the retry counts in shared data
+//! and the counter's guard events (kept a week) are keyed by them, so a gateway whose hash
+//! changes (an upgrade) starts the counts of work already in flight afresh, once, and gateways
+//! of two versions do not share counts until all run the same one.
 //!
 //! The value bytes are the client's raw bytes: the same request with different whitespace inside
 //! a value is a different fingerprint. Agents in a loop resend identical bytes, so that is the
@@ -32,47 +40,8 @@ pub const DEFAULT_IGNORED: &[&str] = &[
     "prompt_cache_key",
 ];
 
-const K: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Hashes `bytes` with `seed`, sixteen bytes per loop step: two words folded into one chain
-/// with one rotation per pair (half the loop bookkeeping and rotations of a word per step: the
-/// guard's wasm fuel, issue 12), then a last word and the tail. Each fold is a bijection of the
-/// state for fixed words and of each word for a fixed state, so a changed byte always changes
-/// the result before the final avalanche.
-pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
-    finish(absorb(seed, bytes))
-}
-
-/// [`hash_bytes`] without the final avalanche: chained over several fields (the length of each
-/// folded in first, so no two splits of the same bytes agree), the avalanche is paid once at the
-/// end ([`finish`]) instead of once per field.
-pub fn absorb(seed: u64, bytes: &[u8]) -> u64 {
-    let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
-    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
-    let mut pairs = bytes.chunks_exact(16);
-    for pair in &mut pairs {
-        let (x, y) = pair.split_at(8);
-        h = (((h ^ word(x)).wrapping_mul(K)) ^ word(y)).wrapping_mul(K).rotate_left(29);
-    }
-    let mut words = pairs.remainder().chunks_exact(8);
-    for w in &mut words {
-        h = (h ^ word(w)).wrapping_mul(K).rotate_left(29);
-    }
-    let mut tail = [0u8; 8];
-    for (slot, byte) in tail.iter_mut().zip(words.remainder()) {
-        *slot = *byte;
-    }
-    (h ^ u64::from_le_bytes(tail)).wrapping_mul(K)
-}
-
-/// A final avalanche, so nearby inputs give unrelated outputs.
-pub fn finish(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    h ^ (h >> 33)
-}
+/// The hash primitives live in a leaf module (`crate::value_hash`) the JSON scan also uses.
+pub use crate::value_hash::{absorb, finish, fold, hash_bytes, VALUE_SEED};
 
 /// The top-level fields left out of the fingerprint, compiled once at config time: the names, and
 /// a 128-bit filter of their key hashes in front of them, so a member that is not ignored (most
@@ -124,15 +93,34 @@ pub fn of_request(request: &crate::routing::plan::ParsedRequest<'_>, ignored: &I
 
 /// The fingerprint of a scanned body: every member but the `ignored` ones, key and raw value,
 /// plus `model` (the requested model, which for Azure and Gemini lives in the path, not the body).
+///
+/// Each value's hash is the one `json::scan_object_fingerprinting` computed while it validated
+/// the body (a gateway with a retry guard scans that way); a `top` from another scan has none,
+/// so the body is scanned again here to get them (tests, and any caller that did not ask).
 pub fn fingerprint(body: &[u8], top: &TopLevel, ignored: &IgnoredFields, model: &str) -> u64 {
+    let rescanned;
+    let top = match top.hashed {
+        true => top,
+        false => match crate::json::scan_object_fingerprinting(body, &crate::json::Watch::NONE) {
+            Ok(t) => {
+                rescanned = t;
+                &rescanned
+            }
+            // Not the body `top` came from (no caller does that): each value's raw bytes.
+            Err(_) => top,
+        },
+    };
     let mut sum = hash_bytes(1, model.as_bytes());
     for member in &top.members {
         let key = key_hash(&member.key);
         if ignored.contains(&member.key, key) {
             continue;
         }
-        let value = body.get(member.value.clone()).unwrap_or_default();
-        sum = sum.wrapping_add(hash_bytes(key, value));
+        let value = match top.hashed {
+            true => member.value_hash,
+            false => absorb(VALUE_SEED, body.get(member.value.clone()).unwrap_or_default()),
+        };
+        sum = sum.wrapping_add(finish(key ^ value));
     }
     finish(sum)
 }

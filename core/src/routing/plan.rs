@@ -80,8 +80,33 @@ pub fn parse_request<'b>(
     headers: &HeaderFacts,
     body: &'b [u8],
 ) -> Result<ParsedRequest<'b>, Failure> {
+    parse_request_scanning(attribution, recognised, headers, body, Scan::Plain)
+}
+
+/// How [`parse_request_scanning`] scans the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    Plain,
+    /// Also hashes each top-level value on the way ([`json::scan_object_fingerprinting`]): for a
+    /// gateway with a retry guard, which fingerprints every request it counts.
+    Fingerprinting,
+}
+
+/// [`parse_request`], scanning the body as `scan` says.
+pub fn parse_request_scanning<'b>(
+    attribution: &Attribution,
+    recognised: &Recognised,
+    headers: &HeaderFacts,
+    body: &'b [u8],
+    scan: Scan,
+) -> Result<ParsedRequest<'b>, Failure> {
     // One pass validates the body and notes the strings that mark a prompt living elsewhere.
-    let top = json::scan_object_watching(body, prompt_bound::watch_list(recognised.endpoint)).map_err(body_failure)?;
+    let watch = prompt_bound::watch_list(recognised.endpoint);
+    let top = match scan {
+        Scan::Plain => json::scan_object_watching(body, watch),
+        Scan::Fingerprinting => json::scan_object_fingerprinting(body, watch),
+    }
+    .map_err(body_failure)?;
     let requested_model = match &recognised.path_model {
         Some((model, _)) => model.clone(),
         None => match top.get("model") {
