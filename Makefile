@@ -39,10 +39,12 @@ test-native: setup
 	$(NATIVE) cargo test --release --workspace --exclude tollgate-host-tests
 
 # No clock reads outside the clock modules (file and line named otherwise): tests that read the
-# real date instead of the injected clock break on a later day.
+# real date instead of the injected clock break on a later day. And no import circles among the
+# modules of core and plugin (ARCHITECTURE.md's invariant; the circle is printed otherwise).
 test-clock:
 	bash scripts/check-clock-reads.sh --self-test
 	bash scripts/check-clock-reads.sh
+	python3 scripts/check-import-cycles.py
 
 # core's and the counter's native suites again with the clock shifted by faketime: ~400 days ahead,
 # and 2 s before midnight UTC at the end of a leap February.
