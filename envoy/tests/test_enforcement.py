@@ -229,21 +229,19 @@ def idle(envoy):
     return books_balance(envoy, s) and queue_empty(envoy, s)
 
 
-def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, gateways, mock):
-    team = "enforce-load"
-    limit = 2_000_000
+def burst(clients, seconds, per_client, send):
+    """`clients` threads, each calling `send(n, i)` until refused twice, `per_client` requests or
+    `seconds` have passed (a refusal waits 0.2 s); returns (ids of the 200s, the 429s, anything else)."""
     ok_ids, refusals, errors = [], [], []
     lock = threading.Lock()
-    stop_at = time.monotonic() + 60
+    stop_at = time.monotonic() + seconds
 
     def client(n):
-        envoy = gateways[n % 2]
-        refused = 0
-        i = 0
-        while time.monotonic() < stop_at and refused < 2 and i < 200:
+        refused, i = 0, 0
+        while time.monotonic() < stop_at and refused < 2 and i < per_client:
             i += 1
             try:
-                r = chat(envoy, team, stream=(n + i) % 2 == 0, output_tokens=500 + (n * 37 + i * 101) % 1500)
+                r = send(n, i)
             except OSError as e:
                 with lock:
                     errors.append(repr(e))
@@ -259,12 +257,21 @@ def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, g
             if r.status == 429:
                 time.sleep(0.2)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(64)]
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=90)
+        t.join(timeout=seconds + 30)
     assert not any(t.is_alive() for t in threads), "clients did not finish in time"
+    return ok_ids, refusals, errors
+
+
+def test_spend_stops_at_the_limit_and_every_200_is_in_the_ledger_once(counter, gateways, mock):
+    team = "enforce-load"
+    limit = 2_000_000
+    ok_ids, refusals, errors = burst(
+        64, 60, 200,
+        lambda n, i: chat(gateways[n % 2], team, stream=(n + i) % 2 == 0, output_tokens=500 + (n * 37 + i * 101) % 1500))
     assert not errors, f"{len(errors)} unexpected answers, first: {errors[:5]}; stats: {[e.enforcement_stats() for e in gateways]}"
     assert refusals, "the budget never refused"
     assert len(ok_ids) > 20, f"only {len(ok_ids)} requests served"
@@ -579,37 +586,9 @@ def test_a_p99_budget_serves_what_worst_case_refuses_and_a_burst_stays_within_th
     assert served.status == 200, served
 
     # A burst of 16 agents on both gateways, answers of 100..1600 tokens (most beyond the p99).
-    ok_ids, refusals, errors = [served.header("x-tollgate-request-id")], [], []
-    lock = threading.Lock()
-    stop_at = time.monotonic() + 45
-
-    def agent(n):
-        refused, i = 0, 0
-        while time.monotonic() < stop_at and refused < 2 and i < 40:
-            i += 1
-            try:
-                r = uncapped_chat(gateways[n % 2], "enforce-p99", 100 + (n * 97 + i * 211) % 1500)
-            except OSError as e:
-                with lock:
-                    errors.append(repr(e))
-                continue
-            with lock:
-                if r.status == 200:
-                    ok_ids.append(r.header("x-tollgate-request-id"))
-                elif r.status == 429:
-                    refusals.append(r)
-                    refused += 1
-                else:
-                    errors.append(f"{r.status} {r.body[:200]!r}")
-            if r.status == 429:
-                time.sleep(0.2)
-
-    threads = [threading.Thread(target=agent, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "agents did not finish in time"
+    ok_ids, refusals, errors = burst(
+        16, 45, 40, lambda n, i: uncapped_chat(gateways[n % 2], "enforce-p99", 100 + (n * 97 + i * 211) % 1500))
+    ok_ids.append(served.header("x-tollgate-request-id"))
     assert not errors, f"{len(errors)} unexpected answers, first: {errors[:5]}"
     assert refusals, "the budget never refused"
     for e in gateways:
