@@ -78,6 +78,19 @@ impl Default for SqliteOptions {
 /// The file inside the data directory.
 pub const DB_FILE: &str = "counter.sqlite3";
 
+/// `ALTER TABLE {table} ADD COLUMN {column} {definition}` unless the table has the column. The
+/// names are ours, never a request's.
+fn add_column_if_missing(conn: &Connection, table: &str, column: &str, definition: &str) -> StoreResult<()> {
+    let has: bool = conn
+        .query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"), [], |r| r.get::<_, i64>(0))
+        .map_err(internal)?
+        > 0;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}")).map_err(internal)?;
+    }
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
   id TEXT PRIMARY KEY, gateway_id TEXT NOT NULL, ingested_at_ms INTEGER NOT NULL,
@@ -227,22 +240,11 @@ impl SqliteStore {
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         conn.execute_batch(gov::SCHEMA).map_err(internal)?;
-        // Audit notes ("started from $X already spent this window") came later: older databases gain the column.
-        let has_note: bool = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = 'note'", [], |r| r.get::<_, i64>(0))
-            .map_err(internal)?
-            > 0;
-        if !has_note {
-            conn.execute_batch("ALTER TABLE audit ADD COLUMN note TEXT").map_err(internal)?;
-        }
-        // So did the reservation excess of `reserve: p99` budgets (crate::reserve).
-        let has_excess: bool = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('spend') WHERE name = 'excess'", [], |r| r.get::<_, i64>(0))
-            .map_err(internal)?
-            > 0;
-        if !has_excess {
-            conn.execute_batch("ALTER TABLE spend ADD COLUMN excess INTEGER NOT NULL DEFAULT 0").map_err(internal)?;
-        }
+        // Columns that came later; older databases gain them. Audit notes ("started from $X
+        // already spent this window"), and the reservation excess of `reserve: p99` budgets
+        // (crate::reserve).
+        add_column_if_missing(&conn, "audit", "note", "TEXT")?;
+        add_column_if_missing(&conn, "spend", "excess", "INTEGER NOT NULL DEFAULT 0")?;
         // Slices that expired a day before this start can never matter again.
         conn.execute("DELETE FROM leases WHERE expires_at_ms < ?1", params![now_ms - 86_400_000]).map_err(internal)?;
 
@@ -877,5 +879,39 @@ impl Writer {
         tx.commit().map_err(internal)?;
         lock(&self.book).put_exemption(exemption.clone());
         Ok(Some(exemption))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_from_before_the_later_columns_gains_them_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE spend (budget_id TEXT NOT NULL, bucket INTEGER NOT NULL, micros INTEGER NOT NULL,
+                   tokens INTEGER NOT NULL, PRIMARY KEY (budget_id, bucket)) WITHOUT ROWID;
+                 CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, actor TEXT NOT NULL,
+                   action TEXT NOT NULL, subject TEXT NOT NULL, before TEXT, after TEXT);
+                 CREATE TABLE budgets (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
+                 INSERT INTO budgets VALUES ('t', '{\"id\":\"t\",\"scope\":\"team:a\",\"limit\":\"1\",\"window\":\"none\"}');
+                 INSERT INTO spend VALUES ('t', 0, 420, 7);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default(), 1_000).unwrap();
+        let states = store.list_budgets(1_000).await.unwrap();
+        assert_eq!((states[0].spent_micros, states[0].tokens_used, states[0].reserve_excess_micros), (420, 7, 0));
+        store.shutdown().await.unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for (table, column) in [("audit", "note"), ("spend", "excess")] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 1, "{table}.{column}");
+        }
     }
 }
