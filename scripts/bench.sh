@@ -6,8 +6,9 @@
 #                 the floor before issue 17 corrected it, side by side) vs Tollgate (metering) vs
 #                 Tollgate with full enforcement against a real tollgate-counter; interleaved wrk
 #                 rounds on loopback
+#   envoy2        the same with Envoy --concurrency 2 (both CPUs to Envoy, load time-shared)
 #   counter/redis tollgate-counter bench on SQLite and on a real redis-server (loopback, temp dir)
-# Takes about 5 minutes with the defaults (plus a one-time compile of the instruction counter) and
+# Takes about 15 minutes with the defaults (plus a one-time compile of the instruction counter) and
 # loads the machine: don't run it while something else is being measured.
 # `scripts/bench.sh --quick`: smoke run (~1 minute), output to a temp file, not BENCHMARKS.md.
 # `scripts/bench.sh --dynamic`: also the opt-in native floors (`dynamic-noop`, `dynamic`: Envoy
@@ -19,8 +20,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-parts="${BENCH_PARTS:-instructions,envoy,counter,redis}"
+parts="${BENCH_PARTS:-instructions,envoy,envoy2,counter,redis}"
 cases=",${BENCH_CASES:-plain,noop,naive,calls-v1,calls,tollgate,enforce},"
+# The scale part (envoy2) runs its own cases; what it needs is checked with the envoy part's.
+case ",$parts," in *,envoy2,*) cases="$cases${BENCH_CASES2:-plain,noop,calls,tollgate,enforce}," ; parts="$parts,envoy" ;; esac
 dynamic=0
 for arg in "$@"; do [ "$arg" = --dynamic ] && dynamic=1; done
 case "$cases" in *,dynamic,*|*,dynamic-noop,*) dynamic=1 ;; esac
@@ -53,4 +56,4 @@ esac
 if [ "$dynamic" = 1 ] && [[ ",$parts," == *,envoy,* ]] && [ -z "${BENCH_DYNAMIC_MODULE:-}" ]; then
   cargo build --release -q --manifest-path bench/dynamic-calls/Cargo.toml --target-dir "$CARGO_TARGET_DIR/dynamic-calls"
 fi
-exec timeout --kill-after=10 1200 python3 bench/bench.py "$@"
+exec timeout --kill-after=10 2400 python3 bench/bench.py "$@"

@@ -217,7 +217,8 @@ class Envoy:
     """Envoy from the venv, rendered from envoy/envoy.yaml.tmpl, on free ports."""
 
     def __init__(self, workdir, upstream_port, wasm=TOLLGATE_WASM, plugin_config="{}", name="tollgate", ready_timeout=30,
-                 access_log=True, log_args=("--log-level", "info", "--component-log-level", "wasm:debug"), cmd_prefix=()):
+                 access_log=True, log_args=("--log-level", "info", "--component-log-level", "wasm:debug"), cmd_prefix=(),
+                 concurrency=1):
         self.workdir = Path(workdir)
         self.name = name
         self.listen_port = free_port()
@@ -248,7 +249,7 @@ class Envoy:
                 *cmd_prefix,
                 str(ENVOY_BIN),
                 "-c", str(self.config_path),
-                "--concurrency", "1",
+                "--concurrency", str(concurrency),
                 "--disable-hot-restart",
                 "--file-flush-interval-msec", "50",
                 *log_args,
