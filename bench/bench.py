@@ -67,6 +67,7 @@ BENCH_COUNTER_BASELINE_BIN (another build of tollgate-counter, e.g. an older com
 then measured for both binaries in BENCH_COUNTER_ROUNDS (3) interleaved rounds, medians side by side),
 BENCH_DYNAMIC_MODULE (the dynamic cases' shared object; default
 $CARGO_TARGET_DIR/dynamic-calls/release/libtollgate_dynamic_calls.so, where scripts/bench.sh builds it),
+BENCH_PERF (1: a `perf record` profile of each gateway by binary, see `Profile`),
 BENCH_PIN (1 with 2+ CPUs: Envoy on CPU 0, wrk and the mock on the others, so the load generator
 does not steal the measured worker's core; 0 to let the scheduler decide).
 """
@@ -445,6 +446,64 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Opt-in (BENCH_PERF=1): during each case's throughput run of the last round, `perf record` samples
+# the gateway process, and the section gets a table of where its CPU went by binary: Envoy's own
+# code (HTTP, V8's runtime and the host-call glue; the PyPI binary is stripped, so no finer), the
+# code V8 compiled from the wasm (anonymous executable memory, which perf cannot name), libc and
+# the kernel. The sampling itself perturbs that round a little: use a separate run for figures.
+PERF = os.environ.get("BENCH_PERF") == "1"
+
+
+class Profile:
+    """`perf record` on one process for one run; `shares()` reads the samples back by binary."""
+
+    def __init__(self, pid, path, seconds):
+        self.path = path
+        self.proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", str(path), "--", "sleep", str(seconds)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def shares(self):
+        """{category: % of samples}: envoy, wasm (JIT), libc, kernel, other."""
+        try:
+            self.proc.wait(timeout=60)
+            out = subprocess.run(["perf", "report", "-i", str(self.path), "--sort", "dso", "--stdio", "-q"],
+                                 capture_output=True, text=True, timeout=120).stdout
+        except (subprocess.TimeoutExpired, OSError):
+            return {}
+        shares = {}
+        for line in out.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.+?)\s*$", line)
+            if not m:
+                continue
+            dso = m.group(2)
+            if dso == "envoy":
+                cat = "envoy"
+            elif dso.startswith("[kernel") or dso == "[vdso]":
+                cat = "kernel"
+            elif dso.startswith("libc") or dso.startswith("libm") or dso.startswith("ld-linux"):
+                cat = "libc"
+            elif dso in ("[unknown]", "[anon]") or dso.startswith("//anon") or dso.startswith("[JIT]") or dso.startswith("memfd:"):
+                cat = "wasm (JIT)"
+            else:
+                cat = "other"
+            shares[cat] = shares.get(cat, 0.0) + float(m.group(1))
+        return shares
+
+
+def profile_lines(profiles):
+    """The opt-in profile table (BENCH_PERF=1)."""
+    if not profiles:
+        return []
+    cats = ("wasm (JIT)", "envoy", "libc", "kernel", "other")
+    lines = ["", f"Where each gateway's CPU went in its last throughput run (`BENCH_PERF=1`: `perf record -F 999` on the "
+             "process, `perf report --sort dso`; share of samples). `envoy` is Envoy's own binary: HTTP, V8's runtime and "
+             "the host-call glue (stripped, so not finer); `wasm (JIT)` is the code V8 compiled from the filter.", "",
+             "| case | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
+    for name, shares in profiles.items():
+        lines.append(f"| {name} | " + " | ".join(f"{shares.get(c, 0.0):.1f}%" for c in cats) + " |")
+    return lines
+
+
 def sanity_check(envoys, mock_port):
     """Every case answers 200 with a full stream; Tollgate really routes and meters."""
     body = chat_body()
@@ -513,6 +572,7 @@ def envoy_part(layout, cases):
                                                  concurrency=layout.concurrency, **specs[name])
             sanity_check(envoys, mock.port)
             results = {n: {"rps": [], "p50": [], "p99": [], "p50_1": [], "p99_1": [], "cpu_us": []} for n in cases}
+            profiles = {}
             for name, e in envoys.items():  # warm-up: V8 tiers up, pools fill, the first lease is taken
                 run_wrk(e.listen_port, script, CONNECTIONS, WARMUP_SECONDS, layout)
             for rnd in range(1, ROUNDS + 1):
@@ -524,8 +584,11 @@ def envoy_part(layout, cases):
                         run_wrk(e.listen_port, script, CONNECTIONS, 1, layout)
                     before = e.stats() if name == "enforce" else None
                     cpu_before = cpu_seconds(e.proc.pid)
+                    profile = Profile(e.proc.pid, work / f"{name}.perf", SECONDS) if PERF and rnd == ROUNDS else None
                     r = run_wrk(e.listen_port, script, CONNECTIONS, SECONDS, layout)
                     cpu_after = cpu_seconds(e.proc.pid)
+                    if profile:
+                        profiles[name] = profile.shares()
                     one = run_wrk(e.listen_port, script, 1, LATENCY_SECONDS, layout)
                     extra = ""
                     if before is not None:
@@ -559,7 +622,7 @@ def envoy_part(layout, cases):
                 counter.close()
             mock.close()
     med = {n: {k: statistics.median(v) for k, v in res.items() if v} for n, res in results.items()}
-    return med, envoy_report(med, enforce, conditions, layout)
+    return med, "\n".join([envoy_report(med, enforce, conditions, layout), *profile_lines(profiles)])
 
 
 def scale_lines(many, one, layout):
