@@ -2,8 +2,10 @@
 //!
 //! In wasm32 there is no `memchr`, and slice comparison is a byte loop in `memcmp`; looking at
 //! each byte of a 2 KB prompt or of every SSE event costs several instructions per byte, which
-//! at line rate is most of the filter's time. These helpers look at eight bytes per step with
-//! plain `u64` arithmetic (SWAR), so they run the same in every proxy-wasm host, no SIMD needed.
+//! at line rate is most of the filter's time. In the filter's wasm, built with `simd128`
+//! (`.cargo/config.toml`), the searches look at sixteen bytes per step ([`lanes`]). Every other
+//! build (native, the simulator, the component, `make wasm-baseline` for a host without SIMD)
+//! uses the word-at-a-time code below: eight bytes per step with plain `u64` arithmetic (SWAR).
 //! Searches for a first match use the cheap mask whose lowest set bit is exact; the walk over
 //! every quote and backslash uses the exact per-byte mask.
 
@@ -65,6 +67,7 @@ fn run_stops(v: u64) -> u64 {
 /// counts: sixteen bytes per step while nothing stops the run, one branch per step, then word
 /// by word ([`plain_words_run`]) to find where it stops. Measured in wasm fuel on that request,
 /// this form beat a word per step, a mask shared by the three tests, and 32 bytes per step.
+/// With SIMD ([`lanes::plain_string_run`]): 64 bytes per step, then block by block.
 pub fn plain_string_run(bytes: &[u8]) -> (usize, bool) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     return lanes::plain_string_run::<lanes::Simd128>(bytes);
