@@ -21,10 +21,11 @@ wasm:
 
 # The filter without SIMD, for a host that lacks simd128 (e.g. an interpreter built without it):
 # the same behaviour, the word-at-a-time searches; in its own target directory, so neither build
-# undoes the other. Prints where the module is.
+# undoes the other (the no-op filter beside it, as `make wasm` does, so host-tests run there too:
+# TOLLGATE_WASM=<the printed path>). Prints where the module is.
 BASELINE_DIR := $(CARGO_TARGET_DIR)/baseline
 wasm-baseline:
-	RUSTFLAGS="-C target-feature=-simd128" CARGO_TARGET_DIR=$(BASELINE_DIR) cargo build --release --target wasm32-wasip1 -p tollgate
+	RUSTFLAGS="-C target-feature=-simd128" CARGO_TARGET_DIR=$(BASELINE_DIR) cargo build --release --target wasm32-wasip1 -p tollgate -p noop-filter
 	@echo "$(BASELINE_DIR)/wasm32-wasip1/release/tollgate.wasm"
 
 # The policy simulator for the console (core's routing and pricing, wasm-bindgen for the browser);
