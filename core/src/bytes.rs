@@ -283,6 +283,14 @@ pub fn is_unterminated_string_body(text: &[u8]) -> bool {
 /// The length of the JSON string body at the start of `bytes` (up to its first unescaped `"`),
 /// or `None` if a line break (`\n` or `\r`, escaped or not) or the end of `bytes` comes first.
 pub fn string_body_on_one_line(bytes: &[u8]) -> Option<usize> {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return lanes::string_body_on_one_line::<lanes::Simd128>(bytes);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    string_body_on_one_line_words(bytes)
+}
+
+/// [`string_body_on_one_line`] a word at a time.
+fn string_body_on_one_line_words(bytes: &[u8]) -> Option<usize> {
     let (quote, backslash, lf, cr) = (splat(b'"'), splat(b'\\'), splat(b'\n'), splat(b'\r'));
     let mut at = 0;
     while let Some(rest) = bytes.get(at..) {

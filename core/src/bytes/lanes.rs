@@ -209,6 +209,32 @@ pub(super) fn each_quote_or_backslash<B: Block>(data: &[u8], mut f: impl FnMut(u
     super::each_quote_or_backslash_words(tail, |at, byte| f(base + at, byte))
 }
 
+/// [`super::string_body_on_one_line`], sixteen bytes per step; fewer than sixteen left, word by
+/// word (from a byte that is not escaped, as the word-at-a-time function starts).
+#[inline(always)]
+pub(super) fn string_body_on_one_line<B: Block>(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let rest = bytes.get(at..)?;
+        let Some(block) = rest.first_chunk::<16>() else {
+            return super::string_body_on_one_line_words(rest).map(|len| at + len);
+        };
+        let v = B::load(block);
+        let mask = v.eq(b'"').or(v.eq(b'\\')).or(v.eq(b'\n').or(v.eq(b'\r'))).high_bits();
+        if mask == 0 {
+            at += 16;
+            continue;
+        }
+        let stop = at + mask.trailing_zeros() as usize;
+        match bytes.get(stop)? {
+            b'"' => return Some(stop),
+            // Skip the escaped byte, unless it breaks the line.
+            b'\\' if !matches!(bytes.get(stop + 1)?, b'\n' | b'\r') => at = stop + 2,
+            _ => return None,
+        }
+    }
+}
+
 /// The block as a plain array: the algorithms above, runnable (and tested) where `v128` is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
@@ -385,6 +411,16 @@ mod tests {
         #[test]
         fn find_either_agrees_with_position(bytes in runs()) {
             prop_assert_eq!(find_either::<Portable>(&bytes, b'"', 0x1F), bytes.iter().position(|&c| c == b'"' || c == 0x1F));
+        }
+
+        #[test]
+        fn one_line_string_bodies_end_where_the_word_at_a_time_search_ends(
+            body in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'"'), Just(b'\\'), Just(b'\n'), Just(b'\r'), Just(0xC3_u8)], 0..60),
+            plain in 0usize..40,
+        ) {
+            // Mostly plain text first, so the stop falls in every lane of the first blocks.
+            let bytes = [vec![b'x'; plain], body].concat();
+            prop_assert_eq!(string_body_on_one_line::<Portable>(&bytes), super::super::string_body_on_one_line_words(&bytes));
         }
 
         #[test]
