@@ -425,14 +425,11 @@ mod tests {
 
         #[test]
         fn quote_and_backslash_positions_are_those_of_the_word_at_a_time_walk(bytes in runs(), stop_after in 0usize..6) {
-            let walk = |each: &dyn Fn(&mut dyn FnMut(usize, u8) -> bool) -> bool| {
-                let mut seen = Vec::new();
-                let done = each(&mut |at, b| { seen.push((at, b)); seen.len() <= stop_after });
-                (seen, done)
-            };
-            let got = walk(&|f| each_quote_or_backslash::<Portable>(&bytes, f));
-            let want = walk(&|f| super::super::each_quote_or_backslash_words(&bytes, f));
-            prop_assert_eq!(got, want);
+            // Each walk stops after `stop_after + 1` visits, as a caller that bails out does.
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            let got_done = each_quote_or_backslash::<Portable>(&bytes, |at, b| { got.push((at, b)); got.len() <= stop_after });
+            let want_done = super::super::each_quote_or_backslash_words(&bytes, |at, b| { want.push((at, b)); want.len() <= stop_after });
+            prop_assert_eq!((got, got_done), (want, want_done));
         }
     }
 }
