@@ -8,15 +8,25 @@ WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 # seconds instead of minutes. The wasm keeps the release profile's full LTO (Cargo.toml).
 NATIVE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
-.PHONY: all setup build wasm simulator native component test test-core test-native test-clock test-shifted test-host test-component test-e2e test-deploy test-console oci run bench prices clean
+.PHONY: all setup build wasm wasm-baseline simulator native component test test-core test-native test-clock test-shifted test-host test-component test-e2e test-deploy test-console oci run bench prices clean
 
 all: build
 
 setup:
 	bash scripts/setup.sh
 
+# Built with WebAssembly SIMD (simd128: .cargo/config.toml), which Envoy's V8 and wasmtime run.
 wasm:
 	cargo build --release --target wasm32-wasip1 -p tollgate -p noop-filter
+
+# The filter without SIMD, for a host that lacks simd128 (e.g. an interpreter built without it):
+# the same behaviour, the word-at-a-time searches; in its own target directory, so neither build
+# undoes the other (the no-op filter beside it, as `make wasm` does, so host-tests run there too:
+# TOLLGATE_WASM=<the printed path>). Prints where the module is.
+BASELINE_DIR := $(CARGO_TARGET_DIR)/baseline
+wasm-baseline:
+	RUSTFLAGS="-C target-feature=-simd128" CARGO_TARGET_DIR=$(BASELINE_DIR) cargo build --release --target wasm32-wasip1 -p tollgate -p noop-filter
+	@echo "$(BASELINE_DIR)/wasm32-wasip1/release/tollgate.wasm"
 
 # The policy simulator for the console (core's routing and pricing, wasm-bindgen for the browser);
 # the counter embeds it, so it is built first.
