@@ -12,6 +12,7 @@
 
 use super::book::{Ask, ScopeCheck, ScopeEntry};
 use super::config::EnforcementSettings;
+use super::pool::Pool;
 use crate::money::{format_micros, Micros};
 use crate::protocol::{BudgetStatus, LeaseRequest, LeaseResponse, P99Reservation};
 
@@ -322,7 +323,7 @@ pub fn shortfall<S: LeaseStore>(store: &S, scopes: &[String], ask: &Ask<'_>, now
 
 /// The most-utilized budget of an entry at or past its soft threshold (or flagged soft/hard by
 /// the counter).
-fn soft_warning(entry: &ScopeEntry) -> Option<BudgetWarning> {
+pub fn soft_warning(entry: &ScopeEntry) -> Option<BudgetWarning> {
     entry
         .budgets
         .iter()
@@ -423,6 +424,43 @@ pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Mic
         }
     }
     utilization
+}
+
+/// A worker's pool on one scope after [`write_pool`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolWritten {
+    /// The pool as it stands in the book now.
+    pub pool: Pool,
+    /// The scope's free headroom is under the watermark or its lease close to lapsing (pools count
+    /// as reserved): top it up in the background.
+    pub wants_topup: bool,
+    /// The scope's highest budget utilization (percent), as just read.
+    pub utilization_pct: u32,
+}
+
+/// Writes a worker's pool on `scope` back to the book and sets its free part to `target` in one
+/// read-modify-write ([`Pool::write_back`]); a pool with nothing to write costs one read, which
+/// refreshes what it knows of the scope. On a store failure the pool is unchanged: its costs
+/// stay held (as reservations) and are written by the next attempt.
+pub fn write_pool<S: LeaseStore>(
+    store: &mut S,
+    scope: &str,
+    pool: &Pool,
+    target: Micros,
+    now_ms: i64,
+    settings: &EnforcementSettings,
+) -> Result<PoolWritten, StoreError> {
+    update(store, scope, |entry| {
+        let before = entry.clone();
+        let written = pool.write_back(entry, target, now_ms, settings);
+        let result = PoolWritten {
+            wants_topup: entry.wants_topup(now_ms, settings) && !entry.budgets.is_empty(),
+            utilization_pct: entry.budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0),
+            pool: written,
+        };
+        let changed = before != *entry;
+        (result, changed)
+    })
 }
 
 /// A lease call in flight: which scopes, what it asked for, and what it must remember to apply

@@ -96,11 +96,6 @@ impl Pool {
         self.taken == 0 && self.reserved == 0 && self.consumed == 0
     }
 
-    /// Whether a write would change the shared entry: costs to charge, or a size to change.
-    pub fn needs_write(&self, target: Micros) -> bool {
-        self.consumed != 0 || self.free != target.max(0)
-    }
-
     /// Writes this pool into `entry` (the scope's shared entry, inside one read-modify-write) and
     /// returns the pool as it stands afterwards; `self` is untouched, so a write that loses the
     /// compare-and-swap can be redone on a fresh read.
