@@ -72,13 +72,16 @@ pub struct Reservation {
     /// The `reserve: p99` budgets that held less than the worst case, and how much: the usage
     /// record carries them, so the counter counts what the request cost beyond each.
     pub below_worst: Vec<P99Reservation>,
+    /// Reserved from a worker's pools (`reserved_on` names the pooled scopes and the budgets each
+    /// pool holds): settled and released in that worker's memory, never here (`super::pool`).
+    pub pooled: bool,
 }
 
 impl Reservation {
     /// Admission without a reservation (fail-open while the counter is unreachable): settlement
     /// still charges the real cost to every scope.
     pub fn unreserved(scopes: Vec<String>) -> Reservation {
-        Reservation { scopes, amount: 0, reserved_on: Vec::new(), below_worst: Vec::new() }
+        Reservation { scopes, amount: 0, reserved_on: Vec::new(), below_worst: Vec::new(), pooled: false }
     }
 
     /// What settling at `actual` gives back to the slices: reserved but not used.
@@ -242,17 +245,17 @@ pub fn reserve<S: LeaseStore>(
                 }
             }
             Ok(None) => {
-                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst });
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst, pooled: false });
                 return decide_short(store, scopes.get(index..).unwrap_or_default(), ask, now_ms, settings);
             }
             Err(_) => {
-                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst });
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst, pooled: false });
                 return Decision::Unavailable;
             }
         }
     }
     Decision::Admit {
-        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst },
+        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst, pooled: false },
         topup,
         would_refuse,
         warning,

@@ -257,7 +257,7 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                                 pooled.push(scope.clone());
                             }
                         }
-                        let reservation = Reservation { scopes: scopes.clone(), amount: worst, reserved_on: pooled.into_iter().map(|s| (s, vec![])).collect(), below_worst: vec![] };
+                        let reservation = Reservation { scopes: scopes.clone(), amount: worst, reserved_on: pooled.into_iter().map(|s| (s, vec![])).collect(), below_worst: vec![], pooled: true };
                         g.in_flight.push((reservation, actual, scopes, Some(wi)));
                         continue;
                     }
