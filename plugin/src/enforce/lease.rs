@@ -1,7 +1,7 @@
 //! One request's enforcement ([`LeaseEnforcer`], behind the filter's [`Enforcer`] hooks): reserve
-//! the worst case from its worker's lease pools (steady traffic: no host call) or the slices in hand, pause on its own lease call when short (rounds:
-//! `core::enforce::rounds`), answer 429/503, settle the real cost, give back what was never
-//! settled.
+//! the worst case from its worker's lease pools (steady traffic: no host call) or the slices in
+//! hand, pause on its own lease call when short (rounds: `core::enforce::rounds`), answer 429/503,
+//! settle the real cost, give back what was never settled.
 
 use super::counters;
 use super::store;
