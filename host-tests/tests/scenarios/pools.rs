@@ -138,13 +138,16 @@ fn in_steady_state_a_request_makes_no_shared_data_call_and_the_pools_go_back_whe
         assert!(held >= 2 * worst, "{scope}: both workers' pools are held in the shared entry as reservations ({held})");
     }
     for worker in [0, 1] {
+        // The first request after a tick counts the worker's outbox into the process-wide
+        // unacknowledged gauge (usage delivery's one read and write per tick, not the book's).
+        assert!(request(&gw, worker, &next()));
         let calls = shared_data_calls(&gw, || assert!(request(&gw, worker, &next())));
         assert!(calls.is_empty(), "worker {worker}: a request in steady state reads and writes no shared data: {calls:?}");
     }
     // Every record is delivered and charged once; the costs reached the book.
     gw.advance(TICK);
     gw.advance(Duration::from_millis(200));
-    let served = 5 * 6 + 2;
+    let served = 5 * 6 + 4;
     assert_eq!(counter.borrow().seen.len(), served, "every served request's record reached the counter once");
     assert_eq!(counter.borrow().spent, served as i64 * chat().cost_micros());
     // Traffic stops: the next tick gives the pools back; nothing is left held or unacknowledged.
