@@ -241,11 +241,14 @@ impl Worker {
     /// or given back (idle, draining, or the scope no longer poolable).
     fn tend_pools(&mut self, now: i64) {
         let demand = std::mem::take(&mut self.demand);
+        let busy = |(scope, (n, _)): (&String, &(u32, Micros))| *n >= POOL_MIN_REQUESTS && !self.unbudgeted.trusts(scope, now);
+        if self.pools.is_empty() && (self.draining || !demand.iter().any(busy)) {
+            self.demand = Self::idle_demand(demand);
+            return;
+        }
         let mut scopes: BTreeSet<String> = self.pools.keys().cloned().collect();
         if !self.draining {
-            scopes.extend(
-                demand.iter().filter(|(scope, (n, _))| *n >= POOL_MIN_REQUESTS && !self.unbudgeted.trusts(scope, now)).map(|(s, _)| s.clone()),
-            );
+            scopes.extend(demand.iter().filter(|d| busy(*d)).map(|(s, _)| s.clone()));
         }
         let mut utilization = Vec::new();
         for scope in scopes {
@@ -254,6 +257,16 @@ impl Worker {
             self.write_pool(&scope, target, now, &mut utilization);
         }
         self.remember_utilization(utilization, now);
+        self.demand = Self::idle_demand(demand);
+    }
+
+    /// The demand for the next tick: counts back to zero, scopes idle for a whole tick forgotten.
+    fn idle_demand(mut demand: BTreeMap<String, (u32, Micros)>) -> BTreeMap<String, (u32, Micros)> {
+        demand.retain(|_, (n, _)| *n > 0);
+        for d in demand.values_mut() {
+            *d = (0, 0);
+        }
+        demand
     }
 
     /// Writes this worker's pool on `scope` (none yet: takes one) with `target` free.
@@ -332,11 +345,19 @@ impl Worker {
     }
 
     /// An admitted request's worst case counts toward the next tick's pool sizes.
+    /// (A scope's entry outlives the tick that reads it by one idle tick, so steady traffic
+    /// allocates nothing here.)
     pub(super) fn note_demand(&mut self, scopes: &[String], worst: Micros) {
         for scope in scopes {
-            let (n, total) = self.demand.entry(scope.clone()).or_insert((0, 0));
-            *n = n.saturating_add(1);
-            *total = total.saturating_add(worst.max(0));
+            match self.demand.get_mut(scope.as_str()) {
+                Some((n, total)) => {
+                    *n = n.saturating_add(1);
+                    *total = total.saturating_add(worst.max(0));
+                }
+                None => {
+                    self.demand.insert(scope.clone(), (1, worst.max(0)));
+                }
+            }
         }
     }
 
