@@ -1,7 +1,8 @@
 //! Worker-local lease pools (issue 15 §3, `core::enforce::pool`): with steady traffic a worker
 //! holds its own share of a scope's slice, so a request reserves and settles in the worker's
 //! memory with no shared-data call; the pools are written back on the tick, given back when the
-//! traffic stops, and a budget is refused where it would be without them.
+//! traffic stops and when the plugin is torn down, and a budget is refused where it would be
+//! without them.
 
 use crate::common::*;
 use serde_json::{json, Value};
@@ -195,4 +196,38 @@ fn with_pools_across_workers_a_budget_is_refused_at_the_same_point() {
     assert!(dense_pooled > 10, "three requests per worker a tick: pools held ({dense_pooled} ticks)");
     assert!(dense_spent <= 400_000 && sparse_spent <= 400_000, "never over the limit: {dense_spent}, {sparse_spent}");
     assert_eq!((dense, dense_spent), (sparse, sparse_spent), "served and spent with pools (left) and without (right)");
+}
+
+/// The plugin torn down (a configuration push, Envoy stopping: `on_done`) with pools held and a
+/// request of one pool still in flight: every worker writes its pools back, so the book a successor
+/// finds holds only that request's worst case; its settlement, after the teardown, is written at
+/// once and leaves nothing held.
+#[test]
+fn a_teardown_gives_every_pool_back_to_the_shared_book() {
+    let gw = two_workers("1");
+    let _counter = with_counter(&gw, 1_000_000_000);
+    let mut n = 0;
+    for _ in 0..3 {
+        for worker in [0, 1, 0, 1, 0, 1] {
+            n += 1;
+            assert!(request(&gw, worker, &format!("t-{n}")));
+        }
+        gw.advance(TICK);
+    }
+    assert!(entry(&gw, "org:acme").budgets[0].reserved > 0, "pools held");
+    let c = chat();
+    let mut in_flight = gw.stream_on(0);
+    in_flight.send_request(&refs(&with(with(c.headers(), "x-auth-team", "platform"), "x-request-id", "last")), &c.request);
+    in_flight.expect_upstream_body(&c.upstream_request);
+    assert!(gw.shutdown(), "every root context is done");
+    let worst = 5_560;
+    for scope in ["org:acme", "team:platform"] {
+        assert_eq!(entry(&gw, scope).budgets[0].reserved, worst, "{scope}: only the request in flight is held");
+    }
+    in_flight.respond(&refs(&c.response_headers()), &c.response);
+    for scope in ["org:acme", "team:platform"] {
+        let e = entry(&gw, scope);
+        assert_eq!(e.budgets[0].reserved, 0, "{scope}: settled after the teardown, written at once");
+        assert_eq!(e.unacked + e.acked_total, (3 * 6 + 1) * c.cost_micros(), "{scope}: every cost is in the book");
+    }
 }
