@@ -12,6 +12,7 @@
 
 use super::book::{Ask, ScopeCheck, ScopeEntry};
 use super::config::EnforcementSettings;
+use super::pool::Pool;
 use crate::money::{format_micros, Micros};
 use crate::protocol::{BudgetStatus, LeaseRequest, LeaseResponse, P99Reservation};
 
@@ -71,13 +72,16 @@ pub struct Reservation {
     /// The `reserve: p99` budgets that held less than the worst case, and how much: the usage
     /// record carries them, so the counter counts what the request cost beyond each.
     pub below_worst: Vec<P99Reservation>,
+    /// Reserved from a worker's pools (`reserved_on` names the pooled scopes and the budgets each
+    /// pool holds): settled and released in that worker's memory, never here (`super::pool`).
+    pub pooled: bool,
 }
 
 impl Reservation {
     /// Admission without a reservation (fail-open while the counter is unreachable): settlement
     /// still charges the real cost to every scope.
     pub fn unreserved(scopes: Vec<String>) -> Reservation {
-        Reservation { scopes, amount: 0, reserved_on: Vec::new(), below_worst: Vec::new() }
+        Reservation { scopes, amount: 0, reserved_on: Vec::new(), below_worst: Vec::new(), pooled: false }
     }
 
     /// What settling at `actual` gives back to the slices: reserved but not used.
@@ -241,17 +245,17 @@ pub fn reserve<S: LeaseStore>(
                 }
             }
             Ok(None) => {
-                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst });
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst, pooled: false });
                 return decide_short(store, scopes.get(index..).unwrap_or_default(), ask, now_ms, settings);
             }
             Err(_) => {
-                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst });
+                release(store, &Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst, pooled: false });
                 return Decision::Unavailable;
             }
         }
     }
     Decision::Admit {
-        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst },
+        reservation: Reservation { scopes: scopes.to_vec(), amount, reserved_on, below_worst, pooled: false },
         topup,
         would_refuse,
         warning,
@@ -322,7 +326,7 @@ pub fn shortfall<S: LeaseStore>(store: &S, scopes: &[String], ask: &Ask<'_>, now
 
 /// The most-utilized budget of an entry at or past its soft threshold (or flagged soft/hard by
 /// the counter).
-fn soft_warning(entry: &ScopeEntry) -> Option<BudgetWarning> {
+pub fn soft_warning(entry: &ScopeEntry) -> Option<BudgetWarning> {
     entry
         .budgets
         .iter()
@@ -423,6 +427,43 @@ pub fn settle_all<S: LeaseStore>(store: &mut S, settlements: &[(Reservation, Mic
         }
     }
     utilization
+}
+
+/// A worker's pool on one scope after [`write_pool`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolWritten {
+    /// The pool as it stands in the book now.
+    pub pool: Pool,
+    /// The scope's free headroom is under the watermark or its lease close to lapsing (pools count
+    /// as reserved): top it up in the background.
+    pub wants_topup: bool,
+    /// The scope's highest budget utilization (percent), as just read.
+    pub utilization_pct: u32,
+}
+
+/// Writes a worker's pool on `scope` back to the book and sets its free part to `target` in one
+/// read-modify-write ([`Pool::write_back`]); a pool with nothing to write costs one read, which
+/// refreshes what it knows of the scope. On a store failure the pool is unchanged: its costs
+/// stay held (as reservations) and are written by the next attempt.
+pub fn write_pool<S: LeaseStore>(
+    store: &mut S,
+    scope: &str,
+    pool: &Pool,
+    target: Micros,
+    now_ms: i64,
+    settings: &EnforcementSettings,
+) -> Result<PoolWritten, StoreError> {
+    update(store, scope, |entry| {
+        let before = entry.clone();
+        let written = pool.write_back(entry, target, now_ms, settings);
+        let result = PoolWritten {
+            wants_topup: entry.wants_topup(now_ms, settings) && !entry.budgets.is_empty(),
+            utilization_pct: entry.budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0),
+            pool: written,
+        };
+        let changed = before != *entry;
+        (result, changed)
+    })
 }
 
 /// A lease call in flight: which scopes, what it asked for, and what it must remember to apply

@@ -17,6 +17,8 @@
 //!   slice, and its compact shared-data encoding.
 //! - [`chain`]: decisions across a principal's chain over a versioned store: reserve, release,
 //!   settle, lease calls, acknowledgements; refusals, warnings, Retry-After.
+//! - [`pool`]: worker-local lease pools: a worker's share of a scope's slice, so a request in
+//!   steady state reserves and settles in worker memory.
 //! - [`queue`]: the usage queue's policy: batching, the bound, batch bodies, acknowledgements.
 //! - [`rounds`]: a paused request's lease rounds: how many, how much each asks, how they end.
 //! - [`reservation`]: a request's worst case, what it reserves: the prompt bound (body or context
@@ -25,6 +27,7 @@
 pub mod book;
 pub mod chain;
 pub mod config;
+pub mod pool;
 pub mod queue;
 pub mod reservation;
 pub mod rounds;

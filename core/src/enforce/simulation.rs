@@ -1,6 +1,8 @@
 //! A randomized simulation of the whole lease protocol: a model counter, several gateways with
 //! their own books, and every message (lease calls, usage posts, acknowledgements) delivered late
-//! and interleaved at random. It checks the overspend bound of docs/enforcement.md:
+//! and interleaved at random; each gateway has two workers that take lease pools on their ticks and
+//! admit from them in memory (`super::pool`), records of pooled requests queued only on the tick
+//! that writes their costs. It checks the overspend bound of docs/enforcement.md:
 //!
 //! per enforce-mode budget, `spent <= hard_limit + Σ (actual - reserved)^+`
 //!
@@ -8,6 +10,7 @@
 
 use super::book::{Ask, ScopeEntry};
 use super::chain::{self, Decision, LeaseStore, RefillTicket, Reservation, StoreError};
+use super::pool::{self, Pool};
 use super::config::{EnforcementConfig, EnforcementSettings};
 use super::queue::{costs_by_scope, QueuedRecord};
 use crate::money::Micros;
@@ -116,8 +119,42 @@ impl ModelCounter {
 
 struct Gateway {
     store: MemStore,
-    in_flight: Vec<(Reservation, Micros, Vec<String>)>,
+    /// `(reservation, actual, scopes, admitted from the pools of this worker)`.
+    in_flight: Vec<(Reservation, Micros, Vec<String>, Option<usize>)>,
     queue: Vec<QueuedRecord>,
+    /// Two workers, each with its pools (by scope), the worst cases it admitted since its last
+    /// tick (by scope), and the records it settled from its pools, queued on its tick after the
+    /// pools are written back (as the plugin's tick does).
+    workers: [SimWorker; 2],
+}
+
+#[derive(Default)]
+struct SimWorker {
+    pools: BTreeMap<String, Pool>,
+    demand: BTreeMap<String, (u32, Micros)>,
+    outbox: Vec<QueuedRecord>,
+}
+
+/// The budgeted scopes of the model (the only ones a pool can be taken on).
+const POOLED_SCOPES: [&str; 2] = ["team:a", "user:u0"];
+
+/// A worker's tick: every pool (and every scope it saw traffic on) written back and resized to
+/// what its traffic asks (`drain`: nothing), then its outbox queued.
+fn pool_tick(g: &mut Gateway, worker: usize, drain: bool, now: i64, s: &EnforcementSettings) {
+    let w = &mut g.workers[worker];
+    let demand = std::mem::take(&mut w.demand);
+    for scope in POOLED_SCOPES {
+        let (admitted, worst) = demand.get(scope).copied().unwrap_or((0, 0));
+        let target = if drain { 0 } else { pool::target(admitted, worst, 1, s) };
+        let current = w.pools.get(scope).cloned().unwrap_or_default();
+        if current.is_empty() && target == 0 {
+            continue;
+        }
+        if let Ok(written) = chain::write_pool(&mut g.store, scope, &current, target, now, s) {
+            w.pools.insert(scope.to_owned(), written.pool);
+        }
+    }
+    g.queue.append(&mut w.outbox);
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +167,8 @@ enum Op {
     CounterUsage(usize),
     ApplyAck(usize),
     Tick(u16),
+    /// A worker's tick (gateway, worker).
+    PoolTick(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -143,6 +182,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::CounterUsage),
         1 => any::<usize>().prop_map(Op::ApplyAck),
         1 => (1u16..400).prop_map(Op::Tick),
+        2 => (0usize..3, 0usize..2).prop_map(|(g, w)| Op::PoolTick(g, w)),
     ]
 }
 
@@ -165,7 +205,12 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
         ttl_ms: 1_000_000_000,
     };
     let mut gateways: Vec<Gateway> = (0..3)
-        .map(|_| Gateway { store: MemStore { conflict_every, ..Default::default() }, in_flight: vec![], queue: vec![] })
+        .map(|_| Gateway {
+            store: MemStore { conflict_every, ..Default::default() },
+            in_flight: vec![],
+            queue: vec![],
+            workers: Default::default(),
+        })
         .collect();
     let mut lease_calls: Vec<(usize, RefillTicket)> = vec![];
     let mut lease_answers: Vec<(usize, RefillTicket, LeaseResponse)> = vec![];
@@ -191,10 +236,34 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                     let g = &mut gateways[gateway];
                     let principal = Principal { team: Some("a".into()), user: Some(format!("u{user}")), ..Default::default() };
                     let scopes = principal.scope_keys();
+                    let actual = if overrun { worst + worst / 2 } else { worst * i64::from(ratio_pct) / 100 };
+                    // The request lands on one of the gateway's two workers; from its pools if
+                    // every scope of the chain is pooled there with room (or has no budget).
+                    let wi = usize::from(user) % 2;
+                    let w = &mut g.workers[wi];
+                    for scope in &scopes {
+                        let d = w.demand.entry(scope.clone()).or_default();
+                        *d = (d.0 + 1, d.1 + worst);
+                    }
+                    let from_pools = scopes.iter().all(|scope| {
+                        w.pools.get(scope).is_some_and(|p| p.admits(worst, *now))
+                            || g.store.load(scope).0.is_some_and(|e| e.budgets.is_empty() && e.known(*now, &s))
+                    }) && scopes.iter().any(|scope| w.pools.contains_key(scope));
+                    if from_pools {
+                        let mut pooled = Vec::new();
+                        for scope in &scopes {
+                            if let Some(p) = w.pools.get_mut(scope).filter(|p| p.admits(worst, *now)) {
+                                p.reserve(worst);
+                                pooled.push(scope.clone());
+                            }
+                        }
+                        let reservation = Reservation { scopes: scopes.clone(), amount: worst, reserved_on: pooled.into_iter().map(|s| (s, vec![])).collect(), below_worst: vec![], pooled: true };
+                        g.in_flight.push((reservation, actual, scopes, Some(wi)));
+                        continue;
+                    }
                     match chain::reserve(&mut g.store, &scopes, &Ask::worst_case(worst), *now, &s) {
                         Decision::Admit { reservation, topup, .. } => {
-                            let actual = if overrun { worst + worst / 2 } else { worst * i64::from(ratio_pct) / 100 };
-                            g.in_flight.push((reservation, actual, scopes));
+                            g.in_flight.push((reservation, actual, scopes, None));
                             if let Some(ticket) = chain::begin_topup(&mut g.store, &topup, *now, &s) {
                                 lease_calls.push((gateway, ticket));
                             }
@@ -208,10 +277,25 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                 Op::Finish(i) => {
                     let Some(gi) = (0..3).map(|k| (i + k) % 3).find(|k| !gateways[*k].in_flight.is_empty()) else { continue };
                     let g = &mut gateways[gi];
-                    let (reservation, actual, scopes) = g.in_flight.remove(i % g.in_flight.len());
-                    let settled = chain::settle(&mut g.store, reservation, actual);
+                    let (reservation, actual, scopes, pooled_on) = g.in_flight.remove(i % g.in_flight.len());
+                    let excess_micros = match pooled_on {
+                        Some(wi) => {
+                            let w = &mut g.workers[wi];
+                            let pooled: Vec<String> = reservation.reserved_on.iter().map(|(s, _)| s.clone()).collect();
+                            for scope in &pooled {
+                                if let Some(p) = w.pools.get_mut(scope) {
+                                    p.settle(reservation.amount, actual);
+                                }
+                            }
+                            // The chain's scopes without a budget: the cost only feeds `unacked`.
+                            let rest = scopes.iter().filter(|s| !pooled.contains(s)).cloned().collect();
+                            chain::settle(&mut g.store, Reservation::unreserved(rest), actual);
+                            (actual - reservation.amount).max(0)
+                        }
+                        None => chain::settle(&mut g.store, reservation, actual).excess_micros,
+                    };
                     for scope in &scopes {
-                        *excess.entry(scope.clone()).or_default() += settled.excess_micros;
+                        *excess.entry(scope.clone()).or_default() += excess_micros;
                     }
                     *next_id += 1;
                     let record = UsageRecord {
@@ -232,7 +316,11 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                         finished_at_ms: *now,
                         p99_reservations: Vec::new(),
                     };
-                    g.queue.push(QueuedRecord::from_record(&record).unwrap_or_else(|| panic!("record")));
+                    let queued = QueuedRecord::from_record(&record).unwrap_or_else(|| panic!("record"));
+                    match pooled_on {
+                        Some(wi) => g.workers[wi].outbox.push(queued),
+                        None => g.queue.push(queued),
+                    }
                 }
                 Op::CounterLease(i) => {
                     if lease_calls.is_empty() {
@@ -271,6 +359,7 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
                     chain::acknowledge(&mut gateways[gw].store, &costs_by_scope(&batch), false);
                 }
                 Op::Tick(ms) => *now += i64::from(ms),
+                Op::PoolTick(gw, wi) => pool_tick(&mut gateways[gw], wi, false, *now, &s),
             }
         }
     };
@@ -292,6 +381,25 @@ fn run(ops: Vec<Op>, conflict_every: u32) -> Result<(), TestCaseError> {
     for _ in 0..200 {
         drain.extend([Op::Finish(0), Op::CounterLease(0), Op::ApplyLease(0)]);
     }
+    drive(
+        &mut drain.into_iter(),
+        &mut gateways,
+        &mut counter,
+        &mut lease_calls,
+        &mut lease_answers,
+        &mut posts,
+        &mut acks,
+        &mut excess,
+        &mut now,
+        &mut next_id,
+    );
+    // Every worker gives its pools back (as `on_drain` does) and queues its outbox.
+    for g in &mut gateways {
+        for wi in 0..2 {
+            pool_tick(g, wi, true, now, &s);
+        }
+    }
+    let mut drain = Vec::new();
     for gw in 0..3 {
         drain.push(Op::Flush(gw));
     }

@@ -13,6 +13,8 @@
 //! - `client_stream`: the injected usage chunk kept from the client; BOM, escaped keys, `?key=`.
 //! - `context_memory`: a continued response reserves its remembered context, not the window.
 //! - `banner`: the budget banner on a chat UI's HTML pages, at any chunking; everything else untouched.
+//! - `pools`: worker-local lease pools: no shared-data call per request in steady state, the same
+//!   refusal point.
 
 mod banner;
 mod client_stream;
@@ -24,6 +26,7 @@ mod guards;
 mod host;
 mod host_calls;
 mod lifecycle;
+mod pools;
 mod prompt_bound;
 mod randomized;
 mod requests;

@@ -1,7 +1,7 @@
 //! One request's enforcement ([`LeaseEnforcer`], behind the filter's [`Enforcer`] hooks): reserve
-//! the worst case from the slices in hand, pause on its own lease call when short (rounds:
-//! `core::enforce::rounds`), answer 429/503, settle the real cost, give back what was never
-//! settled.
+//! the worst case from its worker's lease pools (steady traffic: no host call) or the slices in
+//! hand, pause on its own lease call when short (rounds: `core::enforce::rounds`), answer 429/503,
+//! settle the real cost, give back what was never settled.
 
 use super::counters;
 use super::store;
@@ -59,13 +59,24 @@ impl LeaseEnforcer {
 
     /// Decides on the current book; `round` is the number of lease calls made so far.
     fn decide(&mut self, w: &mut Worker, now: i64, round: u8) -> Option<Verdict> {
-        let decision = {
+        let shared = |w: &mut Worker, ask: &Ask<'_>| {
             let mut book = store::CachedStore::new(&mut w.unbudgeted, now, w.settings.unbudgeted_scope_ttl_ms);
-            chain::reserve(&mut book, &self.scopes, &self.ask(), now, &w.settings)
+            chain::reserve(&mut book, &self.scopes, ask, now, &w.settings)
+        };
+        // In steady state from this worker's pools, with no host call; else the shared book,
+        // holding all of this worker's free headroom before it says no.
+        let decision = match w.admit_from_pools(&self.scopes, self.amount, now) {
+            Some(pooled) => pooled,
+            None => match shared(w, &self.ask()) {
+                admitted @ Decision::Admit { .. } => admitted,
+                _ if w.return_pools(&self.scopes, now) => shared(w, &self.ask()),
+                short => short,
+            },
         };
         match decision {
             Decision::Admit { reservation, topup, would_refuse, warning, utilization } => {
                 w.remember_utilization(utilization, now);
+                w.note_demand(&self.scopes, self.amount);
                 counters::inc(&w.metrics.admitted, 1);
                 if !would_refuse.is_empty() {
                     counters::inc(&w.metrics.would_refuse, 1);
@@ -233,10 +244,16 @@ impl Drop for LeaseEnforcer {
     /// the upstream): give it back.
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
-            chain::release(&mut store::SharedStore, &reservation);
-            if let Ok(mut w) = self.worker.try_borrow_mut() {
-                w.unhold(&reservation.scopes);
-                counters::inc(&w.metrics.released_unsettled, 1);
+            match self.worker.try_borrow_mut() {
+                Ok(mut w) => {
+                    w.release(&reservation);
+                    w.unhold(&reservation.scopes);
+                    counters::inc(&w.metrics.released_unsettled, 1);
+                }
+                // Never happens (proxy-wasm does not re-enter a VM); a pooled reservation then
+                // stays held in its pool, which only parks headroom until the pool is given back.
+                Err(_) if !reservation.pooled => chain::release(&mut store::SharedStore, &reservation),
+                Err(_) => {}
             }
         }
     }

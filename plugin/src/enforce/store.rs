@@ -136,6 +136,11 @@ impl Unbudgeted {
     /// Most scopes remembered (beyond, the memory starts afresh).
     const MAX_SCOPES: usize = 10_000;
 
+    /// Whether this worker knows, without reading shared data, that `scope` has no budget.
+    pub fn trusts(&self, scope: &str, now_ms: i64) -> bool {
+        self.known.get(scope).is_some_and(|(_, until)| now_ms < *until)
+    }
+
     /// Writes the deferred costs into shared data (one read-modify-write per scope).
     pub fn flush(&mut self) {
         for (scope, cost) in std::mem::take(&mut self.deferred) {

@@ -9,7 +9,8 @@ use crate::host::{self, LogLevel};
 use std::cell::{BorrowMutError, Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use tollgate_core::enforce::chain::{self, RefillTicket};
+use tollgate_core::enforce::chain::{self, Decision, RefillTicket};
+use tollgate_core::enforce::pool::{self, Pool};
 use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
 use tollgate_core::enforce::{EnforcementSettings, Reservation};
 use tollgate_core::money::Micros;
@@ -26,6 +27,10 @@ const UTILIZATION_CACHE_SCOPES: usize = 10_000;
 const GUARD_EVENTS_BOUND: usize = 1_024;
 /// How often the leases of scopes with requests in flight are checked for renewal.
 const RENEW_CHECK_MS: i64 = 1_000;
+/// Admissions a worker must see on a scope between two ticks before it keeps a pool there
+/// (`core::enforce::pool`): lighter traffic keeps the shared path, which holds nothing back from
+/// other workers. Two a tick is 100 requests a second on the 20 ms tick.
+const POOL_MIN_REQUESTS: u32 = 2;
 
 fn micros(m: Micros) -> u64 {
     u64::try_from(m).unwrap_or(0)
@@ -70,6 +75,12 @@ pub struct Worker {
     /// holds their worst case, so nothing is over-granted meanwhile; they are written before the
     /// outbox is queued, so no record is acknowledged before its cost is in the book.
     pub(super) settlements: Vec<(Reservation, Micros)>,
+    /// This worker's lease pools by scope (`core::enforce::pool`): its share of each busy scope's
+    /// slice, held in the shared entry as a reservation, from which requests reserve and settle
+    /// in memory; written back and resized on every tick, given back on `on_drain`.
+    pub(super) pools: BTreeMap<String, Pool>,
+    /// Per scope, the admissions since the last tick and their worst cases: the pools' sizes.
+    pub(super) demand: BTreeMap<String, (u32, Micros)>,
     /// The root context is being torn down (`on_drain`): no more ticks may come, so records
     /// settled from now on are queued at once.
     pub(super) draining: bool,
@@ -155,6 +166,8 @@ impl Worker {
             unbudgeted: store::Unbudgeted::default(),
             outbox: Vec::new(),
             settlements: Vec::new(),
+            pools: BTreeMap::new(),
+            demand: BTreeMap::new(),
             draining: false,
             guard_events: Vec::new(),
             guard_in_flight: Vec::new(),
@@ -209,15 +222,157 @@ impl Worker {
         self.metrics.flush();
     }
 
-    /// Writes the settlements deferred since the last tick to the lease book.
+    /// Writes the settlements deferred since the last tick to the lease book, then this worker's
+    /// pools (their costs charged, their sizes set by the traffic since the last tick; all given
+    /// back when draining). Both come before the tick queues the outbox, so no record is
+    /// acknowledged before its cost is in the book.
     pub(super) fn apply_settlements(&mut self, now: i64) {
-        if self.settlements.is_empty() {
+        if !self.settlements.is_empty() {
+            let settlements = std::mem::take(&mut self.settlements);
+            let ttl = self.settings.unbudgeted_scope_ttl_ms;
+            let utilization = chain::settle_all(&mut store::CachedStore::new(&mut self.unbudgeted, now, ttl), &settlements);
+            self.remember_utilization(utilization, now);
+        }
+        self.tend_pools(now);
+    }
+
+    /// One read-modify-write per pool (and per busy scope that could have one): the costs settled
+    /// from it charged, its free part set to twice the last tick's worst cases (`pool::target`),
+    /// or given back (idle, draining, or the scope no longer poolable).
+    fn tend_pools(&mut self, now: i64) {
+        let demand = std::mem::take(&mut self.demand);
+        let busy = |(scope, (n, _)): (&String, &(u32, Micros))| *n >= POOL_MIN_REQUESTS && !self.unbudgeted.trusts(scope, now);
+        if self.pools.is_empty() && (self.draining || !demand.iter().any(busy)) {
+            self.demand = Self::idle_demand(demand);
             return;
         }
-        let settlements = std::mem::take(&mut self.settlements);
-        let ttl = self.settings.unbudgeted_scope_ttl_ms;
-        let utilization = chain::settle_all(&mut store::CachedStore::new(&mut self.unbudgeted, now, ttl), &settlements);
+        let mut scopes: BTreeSet<String> = self.pools.keys().cloned().collect();
+        if !self.draining {
+            scopes.extend(demand.iter().filter(|d| busy(*d)).map(|(s, _)| s.clone()));
+        }
+        let mut utilization = Vec::new();
+        for scope in scopes {
+            let (admitted, worst_cases) = demand.get(&scope).copied().unwrap_or((0, 0));
+            let target = if self.draining { 0 } else { pool::target(admitted, worst_cases, POOL_MIN_REQUESTS, &self.settings) };
+            self.write_pool(&scope, target, now, &mut utilization);
+        }
         self.remember_utilization(utilization, now);
+        self.demand = Self::idle_demand(demand);
+    }
+
+    /// The demand for the next tick: counts back to zero, scopes idle for a whole tick forgotten.
+    fn idle_demand(mut demand: BTreeMap<String, (u32, Micros)>) -> BTreeMap<String, (u32, Micros)> {
+        demand.retain(|_, (n, _)| *n > 0);
+        for d in demand.values_mut() {
+            *d = (0, 0);
+        }
+        demand
+    }
+
+    /// Writes this worker's pool on `scope` (none yet: takes one) with `target` free.
+    fn write_pool(&mut self, scope: &str, target: Micros, now: i64, utilization: &mut Vec<(String, u32)>) {
+        let current = self.pools.remove(scope).unwrap_or_default();
+        if current.is_empty() && target == 0 {
+            return;
+        }
+        match chain::write_pool(&mut store::SharedStore, scope, &current, target, now, &self.settings) {
+            Ok(written) => {
+                if written.wants_topup {
+                    self.topups.insert(scope.to_owned());
+                }
+                utilization.push((scope.to_owned(), written.utilization_pct));
+                if !written.pool.is_empty() {
+                    self.pools.insert(scope.to_owned(), written.pool);
+                }
+            }
+            // Kept as it was: its costs stay held as a reservation and are written next time.
+            Err(_) => {
+                self.pools.insert(scope.to_owned(), current);
+            }
+        }
+    }
+
+    /// A request this worker's pools cannot take is about to be decided on the shared book (and
+    /// perhaps refused): first give back the free part of this worker's pools on its chain, so
+    /// the shared book holds all this worker has. Returns whether anything was given back.
+    pub(super) fn return_pools(&mut self, scopes: &[String], now: i64) -> bool {
+        let mut returned = false;
+        let mut utilization = Vec::new();
+        for scope in scopes {
+            if self.pools.get(scope).is_some_and(|p| p.free > 0) {
+                self.write_pool(scope, 0, now, &mut utilization);
+                returned = true;
+            }
+        }
+        self.remember_utilization(utilization, now);
+        returned
+    }
+
+    /// Admits a request of worst case `worst` from this worker's pools, with no host call, if
+    /// every scope of its chain has a pool with room for it or is known to have no budget (and
+    /// at least one is pooled). `None`: the shared path decides.
+    pub(super) fn admit_from_pools(&mut self, scopes: &[String], worst: Micros, now: i64) -> Option<Decision> {
+        if self.pools.is_empty() {
+            return None;
+        }
+        let mut any = false;
+        for scope in scopes {
+            if self.pools.get(scope).is_some_and(|p| p.admits(worst, now)) {
+                any = true;
+            } else if !self.unbudgeted.trusts(scope, now) {
+                return None;
+            }
+        }
+        if !any {
+            return None;
+        }
+        let mut reserved_on = Vec::new();
+        let mut utilization = Vec::new();
+        let mut warning: Option<chain::BudgetWarning> = None;
+        for scope in scopes {
+            let Some(p) = self.pools.get_mut(scope) else { continue };
+            p.reserve(worst);
+            reserved_on.push((scope.clone(), p.held_in.clone()));
+            utilization.push((scope.clone(), p.seen.budgets.iter().map(|s| s.utilization_pct()).max().unwrap_or(0)));
+            if let Some(w) = chain::soft_warning(&p.seen) {
+                if warning.as_ref().is_none_or(|cur| w.utilization_pct > cur.utilization_pct) {
+                    warning = Some(w);
+                }
+            }
+        }
+        let reservation = Reservation { scopes: scopes.to_vec(), amount: worst.max(0), reserved_on, below_worst: Vec::new(), pooled: true };
+        Some(Decision::Admit { reservation, topup: Vec::new(), would_refuse: Vec::new(), warning, utilization })
+    }
+
+    /// An admitted request's worst case counts toward the next tick's pool sizes.
+    /// (A scope's entry outlives the tick that reads it by one idle tick, so steady traffic
+    /// allocates nothing here.)
+    pub(super) fn note_demand(&mut self, scopes: &[String], worst: Micros) {
+        for scope in scopes {
+            match self.demand.get_mut(scope.as_str()) {
+                Some((n, total)) => {
+                    *n = n.saturating_add(1);
+                    *total = total.saturating_add(worst.max(0));
+                }
+                None => {
+                    self.demand.insert(scope.clone(), (1, worst.max(0)));
+                }
+            }
+        }
+    }
+
+    /// Gives back a reservation never settled (the request never reached the upstream): in this
+    /// worker's pools if it came from them, else in the shared book.
+    pub(super) fn release(&mut self, reservation: &Reservation) {
+        if reservation.pooled {
+            for (scope, _) in &reservation.reserved_on {
+                if let Some(p) = self.pools.get_mut(scope) {
+                    p.release(reservation.amount);
+                }
+            }
+        } else {
+            chain::release(&mut store::SharedStore, reservation);
+        }
     }
 
     /// Root `on_done`: the plugin is being torn down, because a new configuration or binary
@@ -336,7 +491,20 @@ impl Worker {
         }
         let below_worst = reservation.below_worst.clone();
         // The book is written on the tick (see `Worker::settlements`), or now if no tick will come.
-        self.settlements.push((reservation, cost));
+        // A request from the pools settles in them; its scopes without a budget like any other.
+        if reservation.pooled {
+            for (scope, _) in &reservation.reserved_on {
+                if let Some(p) = self.pools.get_mut(scope) {
+                    p.settle(reservation.amount, cost);
+                }
+            }
+            let rest: Vec<String> = reservation.scopes.iter().filter(|s| !reservation.reserved_on.iter().any(|(p, _)| p == *s)).cloned().collect();
+            if !rest.is_empty() {
+                self.settlements.push((Reservation::unreserved(rest), cost));
+            }
+        } else {
+            self.settlements.push((reservation, cost));
+        }
         if self.draining {
             self.apply_settlements(record.finished_at_ms);
         }
