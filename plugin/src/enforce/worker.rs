@@ -10,7 +10,7 @@ use std::cell::{BorrowMutError, Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use tollgate_core::enforce::chain::{self, RefillTicket};
-use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
+use tollgate_core::enforce::queue::{self, Batch, InFlightBatch, Item};
 use tollgate_core::enforce::{EnforcementSettings, Reservation};
 use tollgate_core::money::Micros;
 use tollgate_core::protocol::{GuardEvent, LeaseResponse, UsageRecord};
@@ -26,6 +26,11 @@ const UTILIZATION_CACHE_SCOPES: usize = 10_000;
 const GUARD_EVENTS_BOUND: usize = 1_024;
 /// How often the leases of scopes with requests in flight are checked for renewal.
 const RENEW_CHECK_MS: i64 = 1_000;
+/// Most records a root callback takes from the usage queue into the next batch beyond what this
+/// worker queued on the same tick: a backlog (the counter was away, a predecessor's records after
+/// a reload) drains at this many per tick and per acknowledgement on top of the worker's own
+/// traffic, never all in the one callback a request would wait behind.
+const DELIVERY_SLICE: usize = 100;
 
 fn micros(m: Micros) -> u64 {
     u64::try_from(m).unwrap_or(0)
@@ -60,10 +65,17 @@ pub struct Worker {
     pub(super) last_post_ms: i64,
     /// Scopes known to have no budget, and settlement costs on them not yet written to shared data.
     pub(super) unbudgeted: store::Unbudgeted,
-    /// Records settled on this worker since its last tick, queued as one item on the tick. The
-    /// first of them is counted in the process-wide unacknowledged count at once (so the gauge is
-    /// never 0 while a record waits here); the others when they are queued.
-    pub(super) outbox: Vec<QueuedRecord>,
+    /// Records settled on this worker since its last tick, framed as they settle and queued as one
+    /// item on the tick. The first of them is counted in the process-wide unacknowledged count at
+    /// once (so the gauge is never 0 while a record waits here); the others when they are queued.
+    pub(super) outbox: Item,
+    /// Full items of the outbox (`batch_size` records each) when more settle in one tick: queued
+    /// as they are, never cut apart.
+    outbox_full: Vec<Item>,
+    /// The next usage post, assembled from the queue a slice per tick (see `collect`), and the
+    /// records of an item that did not fit in it, taken first next time.
+    pending: Batch,
+    carry: Item,
     /// Reservations of requests that ended on this worker since its last tick, with their real
     /// cost, written to the lease book on the tick with one shared-data write per scope
     /// (`chain::settle_all`), not two host calls per scope per request. Until then the book still
@@ -140,6 +152,7 @@ impl Worker {
                 settings.lease_slice_micros
             ),
         );
+        let batch_size = settings.batch_size;
         let worker = Rc::new(RefCell::new(Worker {
             settings,
             gateway_id: gateway_id.to_owned(),
@@ -153,7 +166,10 @@ impl Worker {
             usage_in_flight: false,
             last_post_ms: host::now_ms(),
             unbudgeted: store::Unbudgeted::default(),
-            outbox: Vec::new(),
+            outbox: Item::new(),
+            outbox_full: Vec::new(),
+            pending: Batch::new(gateway_id, batch_size),
+            carry: Item::new(),
             settlements: Vec::new(),
             draining: false,
             guard_events: Vec::new(),
@@ -169,7 +185,8 @@ impl Worker {
     }
 
     /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
-    /// lapse), then a usage batch if one is due.
+    /// lapse), the outbox into the queue, a slice of the queue into the next batch, and that batch
+    /// posted if it is full or the flush interval has passed.
     pub fn on_tick(&mut self, now: i64) {
         if self.draining {
             // A torn-down root context posts nothing more; the live ones do (see `on_drain`).
@@ -204,7 +221,8 @@ impl Worker {
             }
         }
         self.apply_settlements(now);
-        self.ship_outbox();
+        let shipped = self.ship_outbox();
+        self.collect(shipped.saturating_add(DELIVERY_SLICE));
         self.flush(now, false);
         self.metrics.flush();
     }
@@ -228,7 +246,7 @@ impl Worker {
     /// binary's VM is destroyed), so their answers would never come back:
     /// - a usage batch in flight goes back into the queue, still counted unacknowledged; if the
     ///   counter did ingest it, the successor's redelivery is acknowledged as duplicates and
-    ///   charges nothing twice;
+    ///   charges nothing twice; so does the next batch being assembled, never posted;
     /// - a top-up in flight is forgotten; its mark on the scopes lapses by itself (the call's
     ///   timeout plus a slack), and a grant the counter made for it only parks headroom at this
     ///   gateway until the next grant replaces it or its lease lapses.
@@ -238,12 +256,16 @@ impl Worker {
         self.draining = true;
         self.apply_settlements(now);
         self.ship_outbox();
+        let pending = std::mem::replace(&mut self.pending, Batch::new(&self.gateway_id, self.settings.batch_size));
+        for item in pending.into_items().into_iter().chain([std::mem::take(&mut self.carry)]) {
+            self.enqueue_items(item, "the usage queue refused records put back");
+        }
         let calls = std::mem::take(&mut self.calls);
         let mut batches = 0usize;
         for call in calls.into_values() {
             if let RootCall::Usage(batch) = call {
                 batches += 1;
-                self.requeue(batch.records);
+                self.requeue(batch.items);
             }
         }
         self.usage_in_flight = false;
@@ -271,24 +293,26 @@ impl Worker {
             RootCall::Usage(batch) => {
                 self.usage_in_flight = false;
                 let guard_events = std::mem::take(&mut self.guard_in_flight);
-                match queue::read_ack(status, body, batch.records.len()) {
+                match queue::read_ack(status, body, batch.records) {
                     Ok(ack) => {
                         if self.guard_window_ms > 0 {
                             crate::guard::apply_answer(&ack.guard, self.guard_window_ms, now);
                         }
-                        counters::inc(&self.metrics.usage_acked, batch.records.len() as u64);
-                        self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
-                        chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
-                        // More may be waiting: do not sit on a full queue until the next interval.
+                        counters::inc(&self.metrics.usage_acked, batch.records as u64);
+                        self.adjust_unacked(-i64::try_from(batch.records).unwrap_or(i64::MAX), u64::MAX);
+                        chain::acknowledge(&mut store::SharedStore, &batch.costs, false);
+                        // More may be waiting: a slice more, and the next batch if it is full, so
+                        // a backlog does not wait for the ticks alone.
+                        self.collect(DELIVERY_SLICE);
                         self.flush(now, false);
                     }
                     Err(why) => {
                         counters::inc(&self.metrics.usage_post_failures, 1);
                         host::log(
                             LogLevel::Warn,
-                            &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
+                            &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records),
                         );
-                        self.requeue(batch.records);
+                        self.requeue(batch.items);
                         if status == Some(400) && !guard_events.is_empty() {
                             // A counter older than these guard events refuses the batch they ride
                             // on (an unknown event kind). They only share counts; the records are
@@ -435,64 +459,82 @@ impl Worker {
         }
     }
 
-    /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued).
-    pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
-        let Some(queue_id) = self.queue_id else { return };
-        // Guard events alone are worth a post too (their answer carries the shared counts and
-        // checkpoints), on the same interval.
-        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX).max(usize::from(!self.guard_events.is_empty()));
-        let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
-        if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
-            return;
-        }
-        let mut records = Vec::new();
+    /// Takes items from the usage queue into the next batch until it holds `batch_size` records
+    /// or `limit` were taken (an item is taken whole: it costs a few hundred instructions and one
+    /// copy of its JSON, whatever its size). An item that does not fit waits in `carry` and makes
+    /// the batch due; one bigger than a whole batch (a predecessor's, with a larger `batch_size`)
+    /// is split.
+    fn collect(&mut self, limit: usize) {
+        let batch_size = self.settings.batch_size.max(1);
+        let mut taken = 0usize;
         let mut garbage = 0u64;
-        while records.len() < self.settings.batch_size {
-            match host::dequeue(queue_id) {
+        while taken < limit && self.carry.is_empty() && self.pending.len() < batch_size {
+            let Some(queue_id) = self.queue_id else { break };
+            let mut item = match host::dequeue(queue_id) {
                 Ok(Some(bytes)) => {
-                    let (more, bad) = queue::from_item(&bytes);
-                    records.extend(more);
+                    let (item, bad) = Item::read(bytes);
                     garbage += bad;
+                    item
                 }
                 _ => break,
+            };
+            if item.len() > batch_size {
+                let mut chunks = item.into_chunks(batch_size).into_iter();
+                item = chunks.next().unwrap_or_default();
+                for rest in chunks {
+                    self.enqueue_items(rest, "the usage queue refused records put back");
+                }
             }
-        }
-        if records.len() > self.settings.batch_size {
-            // The last item overfilled the batch: its tail goes back for the next one.
-            let rest = records.split_off(self.settings.batch_size.max(1));
-            self.enqueue_items(rest, "the usage queue refused records put back");
+            taken += item.len();
+            if self.pending.len() + item.len() > batch_size {
+                self.carry = item;
+            } else {
+                self.pending.add(item);
+            }
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
             counters::inc(&self.metrics.usage_dropped, garbage);
-            host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
+            host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable record(s) from the usage queue"));
         }
-        if records.is_empty() && self.guard_events.is_empty() {
+    }
+
+    /// Posts the next batch if it is due: full, or the flush interval passed with anything in it
+    /// (or, with `now_or_never`, whatever it holds).
+    pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
+        if self.queue_id.is_none() {
+            return;
+        }
+        // Guard events alone are worth a post too (their answer carries the shared counts and
+        // checkpoints), on the same interval.
+        let mut queued = self.pending.len().max(usize::from(!self.guard_events.is_empty()));
+        if !self.carry.is_empty() {
+            // The next item does not fit: this batch is as full as it gets.
+            queued = self.settings.batch_size;
+        }
+        let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
+        if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
             return;
         }
         self.last_post_ms = now;
-        let mut body = queue::batch_body(&self.gateway_id, &records);
-        let guard_events = std::mem::take(&mut self.guard_events);
-        if !guard_events.is_empty() {
-            if let Ok(events) = serde_json::to_vec(&guard_events) {
-                // `{"gateway_id":…,"records":[…]}` → `…,"guard_events":[…]}`
-                body.pop();
-                body.extend_from_slice(b",\"guard_events\":");
-                body.extend_from_slice(&events);
-                body.push(b'}');
-            }
+        let mut batch = std::mem::replace(&mut self.pending, Batch::new(&self.gateway_id, self.settings.batch_size));
+        if batch.is_empty() && !self.carry.is_empty() {
+            batch.add(std::mem::take(&mut self.carry));
         }
+        let guard_events = std::mem::take(&mut self.guard_events);
+        let events = if guard_events.is_empty() { Vec::new() } else { serde_json::to_vec(&guard_events).unwrap_or_default() };
+        let (body, batch) = batch.finish(&events, now);
         match self.dispatch("/v1/usage", &body) {
             Some(token) => {
                 counters::inc(&self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
                 self.guard_in_flight = guard_events;
-                self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
+                self.calls.insert(token, RootCall::Usage(batch));
             }
             None => {
                 counters::inc(&self.metrics.usage_post_failures, 1);
                 self.keep_guard_events(guard_events);
-                self.requeue(records);
+                self.requeue(batch.items);
             }
         }
     }
@@ -501,12 +543,24 @@ impl Worker {
     /// first record of an empty outbox is counted unacknowledged at once (bounded: past
     /// `queue_bound` it is dropped and counted); the rest are counted when queued.
     pub(super) fn enqueue(&mut self, record: &UsageRecord) {
-        let Some(queued) = QueuedRecord::from_record(record) else { return };
-        if self.outbox.is_empty() && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
-            self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
+        let first = self.outbox.is_empty() && self.outbox_full.is_empty();
+        if first && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
+            let mut one = Item::new();
+            if one.push(record) {
+                self.dropped(&one, "the usage queue is full (enforcement.queue_bound)");
+            }
             return;
         }
-        self.outbox.push(queued);
+        if !self.outbox.push(record) {
+            if first {
+                self.adjust_unacked(-1, u64::MAX);
+            }
+            return;
+        }
+        if self.outbox.len() >= self.settings.batch_size {
+            let full = std::mem::take(&mut self.outbox);
+            self.outbox_full.push(full);
+        }
         if self.draining {
             self.ship_outbox();
         }
@@ -514,14 +568,14 @@ impl Worker {
 
     /// Moves the outbox into the shared queue as items of at most `batch_size` records: first the
     /// settlement costs deferred on unbudgeted scopes, then the count (records past `queue_bound`
-    /// are dropped and counted), then the items.
-    pub(super) fn ship_outbox(&mut self) {
+    /// are dropped and counted), then the items. Returns how many records it queued.
+    pub(super) fn ship_outbox(&mut self) -> usize {
         self.unbudgeted.flush();
-        if self.outbox.is_empty() {
-            return;
+        let total = self.outbox.len() + self.outbox_full.iter().map(Item::len).sum::<usize>();
+        if total == 0 {
+            return 0;
         }
-        let mut records = std::mem::take(&mut self.outbox);
-        let uncounted = records.len().saturating_sub(1) as u64;
+        let uncounted = total.saturating_sub(1) as u64;
         let added = match store::add_unacked_up_to(uncounted, self.settings.queue_bound as u64) {
             Some((now, added)) => {
                 host::set_gauge(self.metrics.usage_unacked, now);
@@ -530,48 +584,80 @@ impl Worker {
             None => 0,
         };
         let keep = 1 + usize::try_from(added).unwrap_or(usize::MAX);
-        if records.len() > keep {
-            let over = records.split_off(keep);
-            self.dropped(&over, "the usage queue is full (enforcement.queue_bound)");
+        if let (Some(queue_id), true, true) = (self.queue_id, self.outbox_full.is_empty(), total <= keep) {
+            // The usual case, one item under the bound: queued in place, so the outbox keeps its
+            // buffers for the next tick's records.
+            if host::enqueue(queue_id, self.outbox.bytes()).is_err() {
+                let records = std::mem::take(&mut self.outbox);
+                self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
+                self.dropped(&records, "the usage queue refused new records");
+            }
+            self.outbox.clear();
+            return total;
         }
-        self.enqueue_items(records, "the usage queue refused new records");
+        let mut items = std::mem::take(&mut self.outbox_full);
+        if !self.outbox.is_empty() {
+            items.push(std::mem::take(&mut self.outbox));
+        }
+        if total > keep {
+            // Past the bound: the newest records go, whole items first.
+            let mut over = total - keep;
+            while over > 0 {
+                let Some(mut last) = items.pop() else { break };
+                if last.len() > over {
+                    let cut = last.split_off(last.len() - over);
+                    self.dropped(&cut, "the usage queue is full (enforcement.queue_bound)");
+                    items.push(last);
+                    break;
+                }
+                over -= last.len();
+                self.dropped(&last, "the usage queue is full (enforcement.queue_bound)");
+            }
+        }
+        let shipped = items.iter().map(Item::len).sum();
+        for item in items {
+            self.enqueue_items(item, "the usage queue refused new records");
+        }
+        shipped
     }
 
     /// Enqueues counted records as items of at most `batch_size`; what the queue refuses is
     /// uncounted and dropped (logged).
-    pub(super) fn enqueue_items(&mut self, records: Vec<QueuedRecord>, why: &str) {
+    pub(super) fn enqueue_items(&mut self, records: Item, why: &str) {
+        if records.is_empty() {
+            return;
+        }
         let Some(queue_id) = self.queue_id else {
             self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&records, "no usage queue");
             return;
         };
-        let mut lost: Vec<QueuedRecord> = Vec::new();
-        for chunk in records.chunks(self.settings.batch_size.max(1)) {
-            if host::enqueue(queue_id, &queue::item(chunk)).is_err() {
-                lost.extend_from_slice(chunk);
+        // An outbox item is at most `batch_size` already: chunks only for a put-back item bigger.
+        for mut chunk in records.into_chunks(self.settings.batch_size) {
+            if host::enqueue(queue_id, chunk.bytes()).is_err() {
+                self.adjust_unacked(-i64::try_from(chunk.len()).unwrap_or(i64::MAX), u64::MAX);
+                self.dropped(&chunk, why);
             }
-        }
-        if !lost.is_empty() {
-            self.adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
-            self.dropped(&lost, why);
         }
     }
 
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
-    pub(super) fn requeue(&mut self, records: Vec<QueuedRecord>) {
-        if self.queue_id.is_some() {
-            counters::inc(&self.metrics.usage_requeued, records.len() as u64);
+    pub(super) fn requeue(&mut self, items: Vec<Item>) {
+        for records in items {
+            if self.queue_id.is_some() {
+                counters::inc(&self.metrics.usage_requeued, records.len() as u64);
+            }
+            // Still counted in `unacked` (and so under the bound): it only left to be posted.
+            self.enqueue_items(records, "the usage queue refused a redelivery");
         }
-        // Still counted in `unacked` (and so under the bound): it only left to be posted.
-        self.enqueue_items(records, "the usage queue refused a redelivery");
     }
 
-    pub(super) fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
+    pub(super) fn dropped(&mut self, records: &Item, why: &str) {
         // Their costs must be in shared data before they are forgotten there.
         self.unbudgeted.flush();
         counters::inc(&self.metrics.usage_dropped, records.len() as u64);
-        chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
-        let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
+        chain::acknowledge(&mut store::SharedStore, records.costs(), true);
+        let ids = records.first_ids(5);
         host::log(
             LogLevel::Error,
             &format!(
