@@ -1,12 +1,17 @@
 //! The usage queue's policy: when to post a batch, how big, what a bound means, how a batch body
 //! is built and an acknowledgement read.
 //!
-//! Records wait in an Envoy shared queue (process-wide), several per item ([`item`]: a worker
-//! queues what it settled since its last tick at once). A worker's tick takes up to
-//! `batch_size` of them into an [`InFlightBatch`] and posts it; they leave for good only when the
-//! counter acknowledges the batch. A failed or timed-out post puts every record back (the counter
-//! ignores ids it has already counted, so redelivery never double-charges). The queue is bounded:
-//! past `queue_bound` new records are dropped and counted, never silently.
+//! Records wait in an Envoy shared queue (process-wide), several per [`Item`]: a worker queues what
+//! it settled since its last tick at once. Each tick a worker takes a slice of the queue into the
+//! next [`Batch`] (the body grows as items join, so no single tick copies a whole batch) and posts
+//! it when it holds `batch_size` records or the flush interval has passed ([`should_flush`]); the
+//! records leave for good only when the counter acknowledges the batch. A failed or timed-out post
+//! puts every item back (the counter ignores ids it has already counted, so redelivery never
+//! double-charges). The queue is bounded: past `queue_bound` new records are dropped and counted,
+//! never silently.
+//!
+//! [`QueuedRecord`], [`item`] and [`from_item`] are the previous format (`/2`), still read so that
+//! records queued by an earlier version in the same Envoy are delivered, and the simulation's unit.
 
 use super::config::EnforcementSettings;
 use crate::money::Micros;
