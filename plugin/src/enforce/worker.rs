@@ -26,11 +26,6 @@ const UTILIZATION_CACHE_SCOPES: usize = 10_000;
 const GUARD_EVENTS_BOUND: usize = 1_024;
 /// How often the leases of scopes with requests in flight are checked for renewal.
 const RENEW_CHECK_MS: i64 = 1_000;
-/// Most records a root callback takes from the usage queue into the next batch beyond what this
-/// worker queued on the same tick: a backlog (the counter was away, a predecessor's records after
-/// a reload) drains at this many per tick and per acknowledgement on top of the worker's own
-/// traffic, never all in the one callback a request would wait behind.
-const DELIVERY_SLICE: usize = 100;
 
 fn micros(m: Micros) -> u64 {
     u64::try_from(m).unwrap_or(0)
@@ -72,10 +67,6 @@ pub struct Worker {
     /// Full items of the outbox (`batch_size` records each) when more settle in one tick: queued
     /// as they are, never cut apart.
     outbox_full: Vec<Item>,
-    /// The next usage post, assembled from the queue a slice per tick (see `collect`), and the
-    /// records of an item that did not fit in it, taken first next time.
-    pending: Batch,
-    carry: Item,
     /// Reservations of requests that ended on this worker since its last tick, with their real
     /// cost, written to the lease book on the tick with one shared-data write per scope
     /// (`chain::settle_all`), not two host calls per scope per request. Until then the book still
@@ -152,7 +143,6 @@ impl Worker {
                 settings.lease_slice_micros
             ),
         );
-        let batch_size = settings.batch_size;
         let worker = Rc::new(RefCell::new(Worker {
             settings,
             gateway_id: gateway_id.to_owned(),
@@ -168,8 +158,6 @@ impl Worker {
             unbudgeted: store::Unbudgeted::default(),
             outbox: Item::new(),
             outbox_full: Vec::new(),
-            pending: Batch::new(gateway_id, batch_size),
-            carry: Item::new(),
             settlements: Vec::new(),
             draining: false,
             guard_events: Vec::new(),
@@ -185,8 +173,7 @@ impl Worker {
     }
 
     /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
-    /// lapse), the outbox into the queue, a slice of the queue into the next batch, and that batch
-    /// posted if it is full or the flush interval has passed.
+    /// lapse), the outbox into the queue, then a usage batch if one is due.
     pub fn on_tick(&mut self, now: i64) {
         if self.draining {
             // A torn-down root context posts nothing more; the live ones do (see `on_drain`).
@@ -221,8 +208,7 @@ impl Worker {
             }
         }
         self.apply_settlements(now);
-        let shipped = self.ship_outbox();
-        self.collect(shipped.saturating_add(DELIVERY_SLICE));
+        self.ship_outbox();
         self.flush(now, false);
         self.metrics.flush();
     }
@@ -246,7 +232,7 @@ impl Worker {
     /// binary's VM is destroyed), so their answers would never come back:
     /// - a usage batch in flight goes back into the queue, still counted unacknowledged; if the
     ///   counter did ingest it, the successor's redelivery is acknowledged as duplicates and
-    ///   charges nothing twice; so does the next batch being assembled, never posted;
+    ///   charges nothing twice;
     /// - a top-up in flight is forgotten; its mark on the scopes lapses by itself (the call's
     ///   timeout plus a slack), and a grant the counter made for it only parks headroom at this
     ///   gateway until the next grant replaces it or its lease lapses.
@@ -256,10 +242,6 @@ impl Worker {
         self.draining = true;
         self.apply_settlements(now);
         self.ship_outbox();
-        let pending = std::mem::replace(&mut self.pending, Batch::new(&self.gateway_id, self.settings.batch_size));
-        for item in pending.into_items().into_iter().chain([std::mem::take(&mut self.carry)]) {
-            self.enqueue_items(item, "the usage queue refused records put back");
-        }
         let calls = std::mem::take(&mut self.calls);
         let mut batches = 0usize;
         for call in calls.into_values() {
@@ -301,9 +283,7 @@ impl Worker {
                         counters::inc(&self.metrics.usage_acked, batch.records as u64);
                         self.adjust_unacked(-i64::try_from(batch.records).unwrap_or(i64::MAX), u64::MAX);
                         chain::acknowledge(&mut store::SharedStore, &batch.costs, false);
-                        // More may be waiting: a slice more, and the next batch if it is full, so
-                        // a backlog does not wait for the ticks alone.
-                        self.collect(DELIVERY_SLICE);
+                        // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
                     }
                     Err(why) => {
@@ -459,17 +439,23 @@ impl Worker {
         }
     }
 
-    /// Takes items from the usage queue into the next batch until it holds `batch_size` records
-    /// or `limit` were taken (an item is taken whole: it costs a few hundred instructions and one
-    /// copy of its JSON, whatever its size). An item that does not fit waits in `carry` and makes
-    /// the batch due; one bigger than a whole batch (a predecessor's, with a larger `batch_size`)
-    /// is split.
-    fn collect(&mut self, limit: usize) {
+    /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued). Taking an item
+    /// costs a few hundred instructions and one copy of its records' JSON into the body, whatever
+    /// its size (`queue::Item`): a whole batch costs the tick about what settling a tick's
+    /// requests does, not thousands of instructions per record.
+    pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
+        let Some(queue_id) = self.queue_id else { return };
+        // Guard events alone are worth a post too (their answer carries the shared counts and
+        // checkpoints), on the same interval.
+        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX).max(usize::from(!self.guard_events.is_empty()));
+        let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
+        if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
+            return;
+        }
         let batch_size = self.settings.batch_size.max(1);
-        let mut taken = 0usize;
+        let mut batch = Batch::new(&self.gateway_id, batch_size);
         let mut garbage = 0u64;
-        while taken < limit && self.carry.is_empty() && self.pending.len() < batch_size {
-            let Some(queue_id) = self.queue_id else { break };
+        while batch.len() < batch_size {
             let mut item = match host::dequeue(queue_id) {
                 Ok(Some(bytes)) => {
                     let (item, bad) = Item::read(bytes);
@@ -478,49 +464,23 @@ impl Worker {
                 }
                 _ => break,
             };
-            if item.len() > batch_size {
-                let mut chunks = item.into_chunks(batch_size).into_iter();
-                item = chunks.next().unwrap_or_default();
-                for rest in chunks {
-                    self.enqueue_items(rest, "the usage queue refused records put back");
-                }
+            let room = batch_size - batch.len();
+            if item.len() > room {
+                // The item overfills the batch: its tail goes back for the next one.
+                let rest = item.split_off(room);
+                self.enqueue_items(rest, "the usage queue refused records put back");
             }
-            taken += item.len();
-            if self.pending.len() + item.len() > batch_size {
-                self.carry = item;
-            } else {
-                self.pending.add(item);
-            }
+            batch.add(item);
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
             counters::inc(&self.metrics.usage_dropped, garbage);
             host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable record(s) from the usage queue"));
         }
-    }
-
-    /// Posts the next batch if it is due: full, or the flush interval passed with anything in it
-    /// (or, with `now_or_never`, whatever it holds).
-    pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
-        if self.queue_id.is_none() {
-            return;
-        }
-        // Guard events alone are worth a post too (their answer carries the shared counts and
-        // checkpoints), on the same interval.
-        let mut queued = self.pending.len().max(usize::from(!self.guard_events.is_empty()));
-        if !self.carry.is_empty() {
-            // The next item does not fit: this batch is as full as it gets.
-            queued = self.settings.batch_size;
-        }
-        let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
-        if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
+        if batch.is_empty() && self.guard_events.is_empty() {
             return;
         }
         self.last_post_ms = now;
-        let mut batch = std::mem::replace(&mut self.pending, Batch::new(&self.gateway_id, self.settings.batch_size));
-        if batch.is_empty() && !self.carry.is_empty() {
-            batch.add(std::mem::take(&mut self.carry));
-        }
         let guard_events = std::mem::take(&mut self.guard_events);
         let events = if guard_events.is_empty() { Vec::new() } else { serde_json::to_vec(&guard_events).unwrap_or_default() };
         let (body, batch) = batch.finish(&events, now);
@@ -568,12 +528,12 @@ impl Worker {
 
     /// Moves the outbox into the shared queue as items of at most `batch_size` records: first the
     /// settlement costs deferred on unbudgeted scopes, then the count (records past `queue_bound`
-    /// are dropped and counted), then the items. Returns how many records it queued.
-    pub(super) fn ship_outbox(&mut self) -> usize {
+    /// are dropped and counted), then the items.
+    pub(super) fn ship_outbox(&mut self) {
         self.unbudgeted.flush();
         let total = self.outbox.len() + self.outbox_full.iter().map(Item::len).sum::<usize>();
         if total == 0 {
-            return 0;
+            return;
         }
         let uncounted = total.saturating_sub(1) as u64;
         let added = match store::add_unacked_up_to(uncounted, self.settings.queue_bound as u64) {
@@ -593,7 +553,7 @@ impl Worker {
                 self.dropped(&records, "the usage queue refused new records");
             }
             self.outbox.clear();
-            return total;
+            return;
         }
         let mut items = std::mem::take(&mut self.outbox_full);
         if !self.outbox.is_empty() {
@@ -614,11 +574,9 @@ impl Worker {
                 self.dropped(&last, "the usage queue is full (enforcement.queue_bound)");
             }
         }
-        let shipped = items.iter().map(Item::len).sum();
         for item in items {
             self.enqueue_items(item, "the usage queue refused new records");
         }
-        shipped
     }
 
     /// Enqueues counted records as items of at most `batch_size`; what the queue refuses is
