@@ -2,13 +2,12 @@
 //! is built and an acknowledgement read.
 //!
 //! Records wait in an Envoy shared queue (process-wide), several per [`Item`]: a worker queues what
-//! it settled since its last tick at once. Each tick a worker takes a slice of the queue into the
-//! next [`Batch`] (the body grows as items join, so no single tick copies a whole batch) and posts
-//! it when it holds `batch_size` records or the flush interval has passed ([`should_flush`]); the
-//! records leave for good only when the counter acknowledges the batch. A failed or timed-out post
-//! puts every item back (the counter ignores ids it has already counted, so redelivery never
-//! double-charges). The queue is bounded: past `queue_bound` new records are dropped and counted,
-//! never silently.
+//! it settled since its last tick at once. A worker's tick takes up to `batch_size` of them into a
+//! [`Batch`] when one is due ([`should_flush`]) and posts it; they leave for good only when the
+//! counter acknowledges the batch. A failed or timed-out post puts every item back (the counter
+//! ignores ids it has already counted, so redelivery never double-charges). The queue is bounded:
+//! past `queue_bound` new records are dropped and counted, never silently. An item is laid out so
+//! that none of this reads its records one by one (see [`Item`]).
 //!
 //! [`QueuedRecord`], [`item`] and [`from_item`] are the previous format (`/2`), still read so that
 //! records queued by an earlier version in the same Envoy are delivered, and the simulation's unit.
@@ -512,9 +511,9 @@ impl Item {
     }
 }
 
-/// The next `POST /v1/usage`, assembled a few records at a time as a worker dequeues them (each
-/// tick adds what it took, so no tick pays for a whole batch), with the records' items kept to be
-/// put back if the post fails, and their costs per scope summed for the acknowledgement.
+/// The next `POST /v1/usage`, assembled item by item as a worker dequeues them (each item's JSON
+/// copied into the body once), with the items kept to be put back if the post fails and their
+/// costs per scope summed for the acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     items: Vec<Item>,
@@ -567,11 +566,6 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.records == 0
-    }
-
-    /// The records' items (to put back in the queue, unposted).
-    pub fn into_items(self) -> Vec<Item> {
-        self.items
     }
 
     /// Closes the body, with `guard_events` (a JSON array; empty: none) after the records, and
