@@ -397,7 +397,9 @@ impl Item {
             .and_then(|at| bytes.get(at..))
             .filter(|d| d.iter().all(u8::is_ascii_digit))
             .map(|d| d.iter().fold(0usize, |n, d| n.saturating_mul(10).saturating_add(usize::from(d - b'0'))));
-        let Some(trailer) = trailer.filter(|t| *t >= INDEXED.len() && *t + 1 + FOOTER <= bytes.len()) else { return (Item::new(), 1) };
+        let Some(trailer) = trailer.filter(|t| *t >= INDEXED.len() && t.checked_add(1 + FOOTER).is_some_and(|end| end <= bytes.len())) else {
+            return (Item::new(), 1);
+        };
         let mut frames = Frames { rest: bytes.get(trailer + 1..bytes.len() - FOOTER).unwrap_or_default() };
         let Some(records) = frames.number(b' ').and_then(|n| usize::try_from(n).ok()) else { return (Item::new(), 1) };
         let mut header = || -> Option<(Vec<(String, Micros)>, usize)> {
@@ -451,8 +453,8 @@ impl Item {
                 out.push(Item::new());
             }
             let Some(part) = out.last_mut() else { break };
-            let record = json.get(offset..offset + entry.json_len).unwrap_or_default();
-            offset += entry.json_len + 1;
+            let record = json.get(offset..offset.saturating_add(entry.json_len)).unwrap_or_default();
+            offset = offset.saturating_add(entry.json_len).saturating_add(1);
             let scopes: Vec<&[u8]> = entry.scopes.iter().map(|&i| self.costs.get(i).map_or(&b""[..], |(s, _)| s.as_bytes())).collect();
             part.push_raw(entry.id, entry.cost_micros, record, scopes.into_iter());
         }
@@ -481,8 +483,8 @@ impl Item {
         let json = other.json();
         let mut offset = 0usize;
         for entry in &entries {
-            let record = json.get(offset..offset + entry.json_len).unwrap_or_default();
-            offset += entry.json_len + 1;
+            let record = json.get(offset..offset.saturating_add(entry.json_len)).unwrap_or_default();
+            offset = offset.saturating_add(entry.json_len).saturating_add(1);
             let scopes: Vec<&[u8]> = entry.scopes.iter().map(|&i| other.costs.get(i).map_or(&b""[..], |(s, _)| s.as_bytes())).collect();
             self.push_raw(entry.id, entry.cost_micros, record, scopes.into_iter());
         }
@@ -842,5 +844,21 @@ mod tests {
         let (read, garbage) = Item::read(wrong);
         assert!(read.is_empty());
         assert!(garbage >= 1);
+    }
+
+    /// Whatever a damaged item holds, reading it, splitting it and naming its records never panics.
+    #[test]
+    fn every_cut_or_altered_byte_of_an_item_is_read_or_counted_never_a_panic() {
+        let records: Vec<_> = (0..3).map(|i| record(&format!("r{i}"), "x", i)).collect();
+        let bytes = items_of(&records).bytes().to_vec();
+        for at in 0..bytes.len() {
+            for damaged in [bytes[..at].to_vec(), { let mut b = bytes.clone(); b[at] = b'9'; b }, { let mut b = bytes.clone(); b[at] = b':'; b }] {
+                let (item, garbage) = Item::read(damaged);
+                assert!(item.len() + garbage as usize >= 1 || at < INDEXED.len());
+                let _ = item.first_ids(5);
+                let _ = item.clone().into_chunks(1);
+                let _ = item.clone().split_off(1);
+            }
+        }
     }
 }
