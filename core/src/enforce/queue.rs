@@ -1,12 +1,16 @@
 //! The usage queue's policy: when to post a batch, how big, what a bound means, how a batch body
 //! is built and an acknowledgement read.
 //!
-//! Records wait in an Envoy shared queue (process-wide), several per item ([`item`]: a worker
-//! queues what it settled since its last tick at once). A worker's tick takes up to
-//! `batch_size` of them into an [`InFlightBatch`] and posts it; they leave for good only when the
-//! counter acknowledges the batch. A failed or timed-out post puts every record back (the counter
+//! Records wait in an Envoy shared queue (process-wide), several per [`Item`]: a worker queues what
+//! it settled since its last tick at once. A worker's tick takes up to `batch_size` of them into a
+//! [`Batch`] when one is due ([`should_flush`]) and posts it; they leave for good only when the
+//! counter acknowledges the batch. A failed or timed-out post puts every item back (the counter
 //! ignores ids it has already counted, so redelivery never double-charges). The queue is bounded:
-//! past `queue_bound` new records are dropped and counted, never silently.
+//! past `queue_bound` new records are dropped and counted, never silently. An item is laid out so
+//! that none of this reads its records one by one (see [`Item`]).
+//!
+//! [`QueuedRecord`], [`item`] and [`from_item`] are the previous format (`/2`), still read so that
+//! records queued by an earlier version in the same Envoy are delivered, and the simulation's unit.
 
 use super::config::EnforcementSettings;
 use crate::money::Micros;
@@ -191,18 +195,404 @@ pub fn from_item(bytes: &[u8]) -> (Vec<QueuedRecord>, u64) {
     (records, garbage)
 }
 
-/// A batch posted and not yet answered.
+/// The first bytes of an item in the current format ([`Item`]).
+const INDEXED: &[u8] = b"tollgate-usage/3\n";
+/// Digits of the number that ends an [`Item`]: where its trailer starts.
+const FOOTER: usize = 20;
+
+/// One queue item of several records, laid out so that a tick delivers it without reading its
+/// records one by one: the records' JSON comes first, already joined by `,` (a batch body takes
+/// it with one copy), then a trailer with their total cost per scope (what the acknowledgement
+/// moves in the book) and an index of the records (id, cost, JSON length, scopes), read only to
+/// split an item or to name what is dropped. Reading every record back (the `/2` format: [`item`],
+/// [`from_item`]) and copying its parts cost a tick thousands of instructions per record; this
+/// costs a few hundred per item, plus one copy of the JSON into the body. A worker's outbox is an
+/// `Item` too: a settled record is serialized into it once, and the tick queues it as it is.
+///
+/// Bytes: [`INDEXED`], the JSON, then the trailer: `\n<records> <scopes> <index length> `, per
+/// scope `<len>:<scope><total> `, the index (per record
+/// `<id len>:<id><cost> <json length> <scope count> (<scope number> )*`, scope numbers pointing
+/// into the scope list), and last the trailer's offset in [`FOOTER`] zero-padded digits. Numbers
+/// in decimal followed by a space, byte strings as `<length>:<bytes>`. Items of the older formats
+/// (`/2`, JSON lines) are still read ([`Item::read`]), so records queued by a previous version in
+/// the same Envoy are delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InFlightBatch {
-    pub records: Vec<QueuedRecord>,
-    pub sent_at_ms: i64,
+pub struct Item {
+    /// [`INDEXED`] and the JSON; in an item read from the queue, the trailer after it.
+    bytes: Vec<u8>,
+    json_end: usize,
+    records: usize,
+    /// Total cost (≥ 0) per scope, scopes in first-seen order.
+    costs: Vec<(String, Micros)>,
+    /// The index as it is built (an item read from the queue keeps it in `bytes`: `index_at`).
+    index: Vec<u8>,
+    index_at: (usize, usize),
 }
 
-impl InFlightBatch {
-    /// Total cost per scope, for [`super::chain::acknowledge`].
-    pub fn costs_by_scope(&self) -> Vec<(String, Micros)> {
-        costs_by_scope(&self.records)
+impl Default for Item {
+    fn default() -> Item {
+        Item::new()
     }
+}
+
+/// One record's entry in an [`Item`]'s index.
+struct Entry<'a> {
+    id: &'a [u8],
+    cost_micros: Micros,
+    json_len: usize,
+    scopes: Vec<usize>,
+}
+
+impl Item {
+    /// An item with no record.
+    pub fn new() -> Item {
+        Item { bytes: INDEXED.to_vec(), json_end: INDEXED.len(), records: 0, costs: Vec::new(), index: Vec::new(), index_at: (0, 0) }
+    }
+
+    /// Appends a record (its JSON serialized here, once); false if it cannot be serialized.
+    pub fn push(&mut self, record: &UsageRecord) -> bool {
+        self.reopen();
+        if self.records > 0 {
+            self.bytes.push(b',');
+        }
+        let body = self.bytes.len();
+        if serde_json::to_writer(&mut self.bytes, record).is_err() {
+            self.bytes.truncate(self.json_end);
+            return false;
+        }
+        let json_len = self.bytes.len() - body;
+        self.json_end = self.bytes.len();
+        let keys = record.principal.scope_keys();
+        self.index_record(record.id.as_bytes(), record.cost_micros, json_len, keys.iter().map(String::as_bytes));
+        true
+    }
+
+    /// Appends a record's JSON (joined by `,`) and its index entry.
+    fn push_raw<'s>(&mut self, id: &[u8], cost_micros: Micros, json: &[u8], scopes: impl ExactSizeIterator<Item = &'s [u8]>) {
+        self.reopen();
+        if self.records > 0 {
+            self.bytes.push(b',');
+        }
+        self.bytes.extend_from_slice(json);
+        self.json_end = self.bytes.len();
+        self.index_record(id, cost_micros, json.len(), scopes);
+    }
+
+    /// Takes the trailer off (the index back out of it) so that records can be appended.
+    fn reopen(&mut self) {
+        if self.index_at.1 > 0 {
+            self.index = self.bytes.get(self.index_at.0..self.index_at.1).unwrap_or_default().to_vec();
+            self.index_at = (0, 0);
+        }
+        self.bytes.truncate(self.json_end);
+    }
+
+    /// Writes a record's index entry and adds its cost to its scopes.
+    fn index_record<'s>(&mut self, id: &[u8], cost_micros: Micros, json_len: usize, scopes: impl ExactSizeIterator<Item = &'s [u8]>) {
+        push_bytes(&mut self.index, id);
+        push_number(&mut self.index, cost_micros);
+        push_number(&mut self.index, i64::try_from(json_len).unwrap_or(i64::MAX));
+        push_number(&mut self.index, i64::try_from(scopes.len()).unwrap_or(i64::MAX));
+        let cost = cost_micros.max(0);
+        for scope in scopes {
+            let n = match self.costs.iter().position(|(s, _)| s.as_bytes() == scope) {
+                Some(n) => {
+                    if let Some((_, total)) = self.costs.get_mut(n) {
+                        *total = total.saturating_add(cost);
+                    }
+                    n
+                }
+                None => {
+                    self.costs.push((String::from_utf8_lossy(scope).into_owned(), cost));
+                    self.costs.len() - 1
+                }
+            };
+            push_number(&mut self.index, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.records += 1;
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Total cost per scope, for [`super::chain::acknowledge`].
+    pub fn costs(&self) -> &[(String, Micros)] {
+        &self.costs
+    }
+
+    /// The records' JSON, joined by `,`.
+    fn json(&self) -> &[u8] {
+        self.bytes.get(INDEXED.len()..self.json_end).unwrap_or_default()
+    }
+
+    fn index_bytes(&self) -> &[u8] {
+        if self.index_at.1 > 0 {
+            self.bytes.get(self.index_at.0..self.index_at.1).unwrap_or_default()
+        } else {
+            &self.index
+        }
+    }
+
+    /// Empties it, keeping its buffers for the next records.
+    pub fn clear(&mut self) {
+        self.bytes.truncate(INDEXED.len());
+        self.json_end = INDEXED.len();
+        self.records = 0;
+        self.costs.clear();
+        self.index.clear();
+        self.index_at = (0, 0);
+    }
+
+    /// The item as the queue holds it (the trailer is written after the JSON in place: the JSON
+    /// is not copied).
+    pub fn bytes(&mut self) -> &[u8] {
+        if self.index_at.1 == 0 {
+            self.bytes.truncate(self.json_end);
+            let trailer = self.bytes.len();
+            self.bytes.push(b'\n');
+            for n in [self.records, self.costs.len(), self.index.len()] {
+                push_number(&mut self.bytes, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            for (scope, total) in &self.costs {
+                push_bytes(&mut self.bytes, scope.as_bytes());
+                push_number(&mut self.bytes, *total);
+            }
+            let index = self.bytes.len();
+            self.bytes.extend_from_slice(&self.index);
+            self.index_at = (index, self.bytes.len());
+            self.index.clear();
+            let mut footer = [b'0'; FOOTER];
+            let mut rest = trailer;
+            for d in footer.iter_mut().rev() {
+                *d = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            self.bytes.extend_from_slice(&footer);
+        }
+        &self.bytes
+    }
+
+    /// Reads a dequeued item: the item, and how many records were unreadable (dropped and
+    /// counted by the caller). A damaged item of this format is dropped whole (counted as the
+    /// records its trailer announces, or one); older formats are read as before ([`from_item`]: a
+    /// damaged record counts as one, the others are kept) and indexed afresh.
+    pub fn read(bytes: Vec<u8>) -> (Item, u64) {
+        if !bytes.starts_with(INDEXED) {
+            let (records, garbage) = from_item(&bytes);
+            let mut item = Item::new();
+            for r in &records {
+                item.push_raw(r.id.as_bytes(), r.cost_micros, &r.json, r.scopes.iter().map(String::as_bytes));
+            }
+            return (item, garbage);
+        }
+        let trailer = bytes
+            .len()
+            .checked_sub(FOOTER)
+            .and_then(|at| bytes.get(at..))
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .map(|d| d.iter().fold(0usize, |n, d| n.saturating_mul(10).saturating_add(usize::from(d - b'0'))));
+        let Some(trailer) = trailer.filter(|t| *t >= INDEXED.len() && t.checked_add(1 + FOOTER).is_some_and(|end| end <= bytes.len())) else {
+            return (Item::new(), 1);
+        };
+        let mut frames = Frames { rest: bytes.get(trailer + 1..bytes.len() - FOOTER).unwrap_or_default() };
+        let Some(records) = frames.number(b' ').and_then(|n| usize::try_from(n).ok()) else { return (Item::new(), 1) };
+        let mut header = || -> Option<(Vec<(String, Micros)>, usize)> {
+            let scopes = usize::try_from(frames.number(b' ')?).ok()?;
+            let index = usize::try_from(frames.number(b' ')?).ok()?;
+            let mut costs = Vec::with_capacity(scopes.min(64));
+            for _ in 0..scopes {
+                let scope = std::str::from_utf8(frames.bytes()?).ok()?.to_owned();
+                costs.push((scope, frames.number(b' ')?));
+            }
+            (frames.rest.len() == index).then_some((costs, index))
+        };
+        let Some((costs, index)) = header() else { return (Item::new(), u64::try_from(records.max(1)).unwrap_or(u64::MAX)) };
+        let index_end = bytes.len() - FOOTER;
+        let index_at = (index_end - index, index_end);
+        (Item { bytes, json_end: trailer, records, costs, index: Vec::new(), index_at }, 0)
+    }
+
+    /// The index's entries, in order (`None` if it is damaged).
+    fn entries(&self) -> Option<Vec<Entry<'_>>> {
+        let mut frames = Frames { rest: self.index_bytes() };
+        let mut out = Vec::with_capacity(self.records);
+        while !frames.rest.is_empty() {
+            let id = frames.bytes()?;
+            let cost_micros = frames.number(b' ')?;
+            let json_len = usize::try_from(frames.number(b' ')?).ok()?;
+            let count = usize::try_from(frames.number(b' ')?).ok()?;
+            let mut scopes = Vec::with_capacity(count.min(16));
+            for _ in 0..count {
+                scopes.push(usize::try_from(frames.number(b' ')?).ok()?);
+            }
+            out.push(Entry { id, cost_micros, json_len, scopes });
+        }
+        (out.len() == self.records).then_some(out)
+    }
+
+    /// Its records in items of at most `max` (reads the index, one pass: for an outbox bigger
+    /// than a batch, or a predecessor's item bigger than this configuration's batch). An item
+    /// whose index is damaged stays whole.
+    pub fn into_chunks(self, max: usize) -> Vec<Item> {
+        let max = max.max(1);
+        if self.records <= max {
+            return vec![self];
+        }
+        let Some(entries) = self.entries() else { return vec![self.clone()] };
+        let json = self.json();
+        let mut out: Vec<Item> = Vec::new();
+        let mut offset = 0usize;
+        for (n, entry) in entries.iter().enumerate() {
+            if n % max == 0 {
+                out.push(Item::new());
+            }
+            let Some(part) = out.last_mut() else { break };
+            let record = json.get(offset..offset.saturating_add(entry.json_len)).unwrap_or_default();
+            offset = offset.saturating_add(entry.json_len).saturating_add(1);
+            let scopes: Vec<&[u8]> = entry.scopes.iter().map(|&i| self.costs.get(i).map_or(&b""[..], |(s, _)| s.as_bytes())).collect();
+            part.push_raw(entry.id, entry.cost_micros, record, scopes.into_iter());
+        }
+        out
+    }
+
+    /// The records from `at` on, moved into an item of their own (see [`Item::into_chunks`]).
+    pub fn split_off(&mut self, at: usize) -> Item {
+        if at >= self.records {
+            return Item::new();
+        }
+        let whole = std::mem::take(self);
+        let mut head = Item::new();
+        let mut tail = Item::new();
+        for (n, chunk) in whole.into_chunks(1).into_iter().enumerate() {
+            let part = if n < at { &mut head } else { &mut tail };
+            part.append(&chunk);
+        }
+        *self = head;
+        tail
+    }
+
+    /// Appends another item's records (through its index).
+    fn append(&mut self, other: &Item) {
+        let Some(entries) = other.entries() else { return };
+        let json = other.json();
+        let mut offset = 0usize;
+        for entry in &entries {
+            let record = json.get(offset..offset.saturating_add(entry.json_len)).unwrap_or_default();
+            offset = offset.saturating_add(entry.json_len).saturating_add(1);
+            let scopes: Vec<&[u8]> = entry.scopes.iter().map(|&i| other.costs.get(i).map_or(&b""[..], |(s, _)| s.as_bytes())).collect();
+            self.push_raw(entry.id, entry.cost_micros, record, scopes.into_iter());
+        }
+    }
+
+    /// The first `n` records' ids (for a log line).
+    pub fn first_ids(&self, n: usize) -> Vec<String> {
+        let mut frames = Frames { rest: self.index_bytes() };
+        let mut out = Vec::new();
+        while out.len() < n && !frames.rest.is_empty() {
+            let Some(id) = frames.bytes() else { break };
+            out.push(String::from_utf8_lossy(id).into_owned());
+            let count = (|| {
+                frames.number(b' ')?;
+                frames.number(b' ')?;
+                usize::try_from(frames.number(b' ')?).ok()
+            })();
+            let Some(count) = count else { break };
+            for _ in 0..count {
+                if frames.number(b' ').is_none() {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The next `POST /v1/usage`, assembled item by item as a worker dequeues them (each item's JSON
+/// copied into the body once), with the items kept to be put back if the post fails and their
+/// costs per scope summed for the acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    items: Vec<Item>,
+    /// The most records it will hold (`batch_size`): sizes the body once.
+    batch_size: usize,
+    records: usize,
+    /// `{"gateway_id":…,"records":[` and the records' JSON so far.
+    body: Vec<u8>,
+    costs: Vec<(String, Micros)>,
+}
+
+impl Batch {
+    pub fn new(gateway_id: &str, batch_size: usize) -> Batch {
+        let id = serde_json::to_string(gateway_id).unwrap_or_else(|_| "\"\"".to_owned());
+        let mut body = Vec::with_capacity(id.len() + 32);
+        body.extend_from_slice(b"{\"gateway_id\":");
+        body.extend_from_slice(id.as_bytes());
+        body.extend_from_slice(b",\"records\":[");
+        Batch { items: Vec::new(), batch_size, records: 0, body, costs: Vec::new() }
+    }
+
+    /// Adds an item's records: its JSON copied into the body at once, its totals per scope added.
+    pub fn add(&mut self, item: Item) {
+        if item.is_empty() {
+            return;
+        }
+        let json = item.json();
+        if self.records == 0 {
+            // Room for a whole batch of records like these at once, not a doubling per item.
+            let per_record = json.len() / item.records.max(1) + 1;
+            self.body.reserve(per_record.saturating_mul(self.batch_size.max(item.records)));
+        } else {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(json);
+        for (scope, cost) in &item.costs {
+            match self.costs.iter_mut().find(|(s, _)| s == scope) {
+                Some((_, total)) => *total = total.saturating_add(*cost),
+                None => self.costs.push((scope.clone(), *cost)),
+            }
+        }
+        self.records += item.records;
+        self.items.push(item);
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Closes the body, with `guard_events` (a JSON array; empty: none) after the records, and
+    /// returns it with the batch that must wait for its acknowledgement.
+    pub fn finish(self, guard_events: &[u8], sent_at_ms: i64) -> (Vec<u8>, InFlightBatch) {
+        let Batch { items, records, mut body, costs, .. } = self;
+        body.push(b']');
+        if !guard_events.is_empty() {
+            body.extend_from_slice(b",\"guard_events\":");
+            body.extend_from_slice(guard_events);
+        }
+        body.push(b'}');
+        (body, InFlightBatch { items, records, costs, sent_at_ms })
+    }
+}
+
+/// A batch posted and not yet answered: its items (to put back if the post fails) and what its
+/// acknowledgement moves in the book.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightBatch {
+    pub items: Vec<Item>,
+    pub records: usize,
+    /// Total cost per scope, for [`super::chain::acknowledge`].
+    pub costs: Vec<(String, Micros)>,
+    pub sent_at_ms: i64,
 }
 
 /// Total cost per scope of some records, scopes in first-seen order.
@@ -359,5 +749,116 @@ mod tests {
         assert!(read_ack(Some(200), b"garbage", 1).is_err());
         assert!(read_ack(Some(503), b"{}", 1).unwrap_err().contains("503"));
         assert!(read_ack(None, b"", 1).is_err());
+    }
+
+    fn items_of(records: &[UsageRecord]) -> Item {
+        let mut item = Item::new();
+        for r in records {
+            assert!(item.push(r));
+        }
+        item
+    }
+
+    fn body_records(item: &Item) -> Vec<UsageRecord> {
+        let mut batch = Batch::new("g", 10);
+        batch.add(item.clone());
+        let (body, _) = batch.finish(b"", 0);
+        serde_json::from_slice::<UsageBatch>(&body).unwrap().records
+    }
+
+    #[test]
+    fn an_indexed_item_reads_back_with_its_totals_and_joins_a_batch_body() {
+        let records = [record("a", "x", 10), record("b\n", "y", 20), record("c", "x", -5)];
+        let mut item = items_of(&records);
+        assert_eq!(item.costs(), [("team:x".into(), 10), ("user:u".into(), 30), ("team:y".into(), 20)]);
+        let (back, garbage) = Item::read(item.bytes().to_vec());
+        assert_eq!(garbage, 0);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back.costs(), item.costs());
+        assert_eq!(back.first_ids(5), ["a", "b\n", "c"]);
+        assert_eq!(body_records(&back), records);
+        let (empty, garbage) = Item::read(Item::new().bytes().to_vec());
+        assert_eq!((empty.len(), garbage), (0, 0));
+    }
+
+    #[test]
+    fn a_batch_sums_its_items_and_closes_with_guard_events() {
+        let mut batch = Batch::new("gw \"1\"", 500);
+        batch.add(items_of(&[record("a", "x", 1)]));
+        batch.add(items_of(&[record("b", "y", 2), record("c", "x", 3)]));
+        assert_eq!(batch.len(), 3);
+        let (body, in_flight) = batch.finish(b"[]", 7);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["gateway_id"], "gw \"1\"");
+        assert_eq!(parsed["records"].as_array().map(Vec::len), Some(3));
+        assert_eq!(parsed["guard_events"], serde_json::json!([]));
+        assert_eq!((in_flight.records, in_flight.items.len(), in_flight.sent_at_ms), (3, 2, 7));
+        assert_eq!(in_flight.costs, [("team:x".into(), 4), ("user:u".into(), 6), ("team:y".into(), 2)]);
+    }
+
+    #[test]
+    fn an_item_splits_into_chunks_that_keep_every_record_and_cost() {
+        let records: Vec<_> = (0..7).map(|i| record(&format!("r{i}"), if i % 2 == 0 { "x" } else { "y" }, i)).collect();
+        let mut item = items_of(&records);
+        let (read, _) = Item::read(item.bytes().to_vec());
+        let chunks = read.into_chunks(3);
+        assert_eq!(chunks.iter().map(Item::len).collect::<Vec<_>>(), [3, 3, 1]);
+        let all: Vec<UsageRecord> = chunks.iter().flat_map(body_records).collect();
+        assert_eq!(all, records);
+        let mut head = items_of(&records);
+        let tail = head.split_off(5);
+        assert_eq!((head.len(), tail.len()), (5, 2));
+        assert_eq!(body_records(&tail), records[5..]);
+        assert_eq!(tail.costs(), [("team:y".into(), 5), ("user:u".into(), 11), ("team:x".into(), 6)]);
+        assert_eq!(head.costs(), costs_by_scope(&records[..5].iter().filter_map(QueuedRecord::from_record).collect::<Vec<_>>()));
+        // An item written to the queue and then appended to again keeps its earlier records.
+        let mut reopened = items_of(&records[..2]);
+        let _ = reopened.bytes();
+        assert!(reopened.push(&records[2]));
+        assert_eq!(Item::read(reopened.bytes().to_vec()).0.first_ids(5), ["r0", "r1", "r2"]);
+    }
+
+    /// Items queued by the previous version (framed `/2`) and the one before (JSON lines) are
+    /// still delivered, with their costs.
+    #[test]
+    fn items_of_older_formats_read_into_indexed_items() {
+        let records = [record("a", "x", 1), record("b", "y", 2)];
+        let queued: Vec<_> = records.iter().filter_map(QueuedRecord::from_record).collect();
+        let lines: Vec<u8> = queued.iter().map(|r| r.json.clone()).collect::<Vec<_>>().join(&b'\n');
+        for old in [item(&queued), lines] {
+            let (read, garbage) = Item::read(old);
+            assert_eq!((read.len(), garbage), (2, 0));
+            assert_eq!(body_records(&read), records);
+            assert_eq!(read.costs(), costs_by_scope(&queued));
+        }
+    }
+
+    #[test]
+    fn a_damaged_indexed_item_is_counted_not_delivered() {
+        let mut item = items_of(&[record("a", "x", 1), record("b", "y", 2)]);
+        let bytes = item.bytes().to_vec();
+        assert_eq!(Item::read(bytes[..bytes.len() - 1].to_vec()).1, 1, "a cut footer");
+        let mut wrong = bytes.clone();
+        let at = bytes.len() - FOOTER - 3;
+        wrong.remove(at);
+        let (read, garbage) = Item::read(wrong);
+        assert!(read.is_empty());
+        assert!(garbage >= 1);
+    }
+
+    /// Whatever a damaged item holds, reading it, splitting it and naming its records never panics.
+    #[test]
+    fn every_cut_or_altered_byte_of_an_item_is_read_or_counted_never_a_panic() {
+        let records: Vec<_> = (0..3).map(|i| record(&format!("r{i}"), "x", i)).collect();
+        let bytes = items_of(&records).bytes().to_vec();
+        for at in 0..bytes.len() {
+            for damaged in [bytes[..at].to_vec(), { let mut b = bytes.clone(); b[at] = b'9'; b }, { let mut b = bytes.clone(); b[at] = b':'; b }] {
+                let (item, garbage) = Item::read(damaged);
+                assert!(item.len() + garbage as usize >= 1 || at < INDEXED.len());
+                let _ = item.first_ids(5);
+                let _ = item.clone().into_chunks(1);
+                let _ = item.clone().split_off(1);
+            }
+        }
     }
 }

@@ -92,6 +92,12 @@ fn enforcing_gateway() -> Gateway {
 
 /// [`enforcing_gateway`] with `banner` as its `banner` section (`null`: none).
 fn enforcing_gateway_with(banner: serde_json::Value) -> Gateway {
+    enforcing_gateway_answering(banner, std::time::Duration::ZERO)
+}
+
+/// [`enforcing_gateway_with`], the counter answering usage posts `usage_delay` after they are
+/// made (so a post and its acknowledgement run in separate root callbacks, as on a real network).
+fn enforcing_gateway_answering(banner: serde_json::Value, usage_delay: std::time::Duration) -> Gateway {
     let mut v: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
     if !banner.is_null() {
         v["banner"] = banner;
@@ -104,11 +110,11 @@ fn enforcing_gateway_with(banner: serde_json::Value) -> Gateway {
     });
     let gw = Gateway::new(v.to_string());
     gw.start();
-    gw.auto_answer(|call| {
+    gw.auto_answer(move |call| {
         let req = call.json();
         if call.path() == "/v1/usage" {
             let n = req["records"].as_array().map_or(0, |r| r.len());
-            return Answer::json(200, &serde_json::json!({"accepted": n, "duplicates": 0}));
+            return Answer::json(200, &serde_json::json!({"accepted": n, "duplicates": 0})).after(usage_delay);
         }
         let budgets: Vec<serde_json::Value> = req["scopes"]
             .as_array()
@@ -250,6 +256,7 @@ fn main() {
         println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
         println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");
     }
+    print_delivery();
     memory_after_many_requests();
     let (with, without) = measure_banner();
     println!("| budget banner: 50 KiB HTML page in 16 KiB chunks, with enforcement (page passed through without a banner section: {without}) | | | {with} | |");
@@ -345,6 +352,60 @@ fn call_kind(name: &str) -> &'static str {
         n if n.contains("log") => "log",
         n if n.contains("http_call") || n.contains("dispatch") => "calls",
         _ => "other",
+    }
+}
+
+/// What delivering usage costs the root context (issue 15 §2): `n` chat requests with enforcement
+/// end between two ticks, then virtual time moves on in 1 ms steps (the counter answering each
+/// post 1 ms later) until every record is acknowledged and the flush interval has passed. Each
+/// step runs at most one root callback (a tick or an acknowledgement), so the largest step is the
+/// longest a request queued behind the root could wait. Returns, beyond what the same span costs
+/// with no record waiting: the largest callback, the largest after the first tick (that tick also
+/// writes the `n` settlements to the lease book), how many callbacks did more than 1,000
+/// instructions of work, and the root's instructions per record.
+fn measure_delivery(w: &Workload, n: usize) -> (u64, u64, usize, u64) {
+    let run = |n: usize| {
+        let gw = enforcing_gateway_answering(serde_json::Value::Null, std::time::Duration::from_millis(1));
+        for _ in 0..3 {
+            measure(&gw, w);
+            gw.advance(std::time::Duration::from_millis(1500));
+        }
+        // Start right after a tick, so every run sees the same tick phase.
+        gw.advance(std::time::Duration::from_millis(20 - gw.now_ms() % 20));
+        for _ in 0..n {
+            measure(&gw, w);
+        }
+        let mut steps = Vec::new();
+        for _ in 0..1_500 {
+            let before = gw.instructions();
+            gw.advance(std::time::Duration::from_millis(1));
+            steps.push(gw.instructions() - before);
+        }
+        assert!(gw.pending_calls().is_empty(), "the counter answered everything");
+        assert_eq!(gw.queue_len("tollgate.usage"), 0, "every record was delivered");
+        steps
+    };
+    let idle = run(0);
+    let busy = run(n);
+    let extra: Vec<u64> = busy.iter().zip(&idle).map(|(b, i)| b.saturating_sub(*i)).collect();
+    let first = extra.iter().position(|e| *e > 1_000).unwrap_or(0);
+    let largest = extra.iter().copied().max().unwrap_or(0);
+    let after_first = extra.iter().skip(first + 1).copied().max().unwrap_or(0);
+    let working = extra.iter().filter(|e| **e > 1_000).count();
+    let total: u64 = extra.iter().sum();
+    (largest, after_first, working, total / n.max(1) as u64)
+}
+
+/// Rows for [`measure_delivery`]: a tick's worth at 1,600 req/s (32 records), a full default
+/// batch, and backlogs of several batches.
+fn print_delivery() {
+    let chat = workloads().into_iter().next().expect("the chat workload");
+    println!();
+    println!("| enforcement: usage delivery on the root ({}), N records settled between two ticks | largest root callback | largest after the first tick (posts, acknowledgements) | root callbacks doing > 1 k instructions | root instructions per record (ticks + acks) |", chat.name);
+    println!("|---|---:|---:|---:|---:|");
+    for n in [32, 500, 1_600, 5_000] {
+        let (largest, after_first, callbacks, per_record) = measure_delivery(&chat, n);
+        println!("| N = {n} | {largest} | {after_first} | {callbacks} | {per_record} |");
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use tollgate_core::enforce::chain::{self, Decision, RefillTicket};
 use tollgate_core::enforce::pool::{self, Pool};
-use tollgate_core::enforce::queue::{self, InFlightBatch, QueuedRecord};
+use tollgate_core::enforce::queue::{self, Batch, InFlightBatch, Item};
 use tollgate_core::enforce::{EnforcementSettings, Reservation};
 use tollgate_core::money::Micros;
 use tollgate_core::protocol::{GuardEvent, LeaseResponse, UsageRecord};
@@ -65,10 +65,13 @@ pub struct Worker {
     pub(super) last_post_ms: i64,
     /// Scopes known to have no budget, and settlement costs on them not yet written to shared data.
     pub(super) unbudgeted: store::Unbudgeted,
-    /// Records settled on this worker since its last tick, queued as one item on the tick. The
-    /// first of them is counted in the process-wide unacknowledged count at once (so the gauge is
-    /// never 0 while a record waits here); the others when they are queued.
-    pub(super) outbox: Vec<QueuedRecord>,
+    /// Records settled on this worker since its last tick, framed as they settle and queued as one
+    /// item on the tick. The first of them is counted in the process-wide unacknowledged count at
+    /// once (so the gauge is never 0 while a record waits here); the others when they are queued.
+    pub(super) outbox: Item,
+    /// Full items of the outbox (`batch_size` records each) when more settle in one tick: queued
+    /// as they are, never cut apart.
+    outbox_full: Vec<Item>,
     /// Reservations of requests that ended on this worker since its last tick, with their real
     /// cost, written to the lease book on the tick with one shared-data write per scope
     /// (`chain::settle_all`), not two host calls per scope per request. Until then the book still
@@ -164,7 +167,8 @@ impl Worker {
             usage_in_flight: false,
             last_post_ms: host::now_ms(),
             unbudgeted: store::Unbudgeted::default(),
-            outbox: Vec::new(),
+            outbox: Item::new(),
+            outbox_full: Vec::new(),
             settlements: Vec::new(),
             pools: BTreeMap::new(),
             demand: BTreeMap::new(),
@@ -182,7 +186,7 @@ impl Worker {
     }
 
     /// Root tick: background top-ups (requested by requests, or leases of scopes in use about to
-    /// lapse), then a usage batch if one is due.
+    /// lapse), the outbox into the queue, then a usage batch if one is due.
     pub fn on_tick(&mut self, now: i64) {
         if self.draining {
             // A torn-down root context posts nothing more; the live ones do (see `on_drain`).
@@ -398,7 +402,7 @@ impl Worker {
         for call in calls.into_values() {
             if let RootCall::Usage(batch) = call {
                 batches += 1;
-                self.requeue(batch.records);
+                self.requeue(batch.items);
             }
         }
         self.usage_in_flight = false;
@@ -426,14 +430,14 @@ impl Worker {
             RootCall::Usage(batch) => {
                 self.usage_in_flight = false;
                 let guard_events = std::mem::take(&mut self.guard_in_flight);
-                match queue::read_ack(status, body, batch.records.len()) {
+                match queue::read_ack(status, body, batch.records) {
                     Ok(ack) => {
                         if self.guard_window_ms > 0 {
                             crate::guard::apply_answer(&ack.guard, self.guard_window_ms, now);
                         }
-                        counters::inc(&self.metrics.usage_acked, batch.records.len() as u64);
-                        self.adjust_unacked(-i64::try_from(batch.records.len()).unwrap_or(i64::MAX), u64::MAX);
-                        chain::acknowledge(&mut store::SharedStore, &batch.costs_by_scope(), false);
+                        counters::inc(&self.metrics.usage_acked, batch.records as u64);
+                        self.adjust_unacked(-i64::try_from(batch.records).unwrap_or(i64::MAX), u64::MAX);
+                        chain::acknowledge(&mut store::SharedStore, &batch.costs, false);
                         // More may be waiting: do not sit on a full queue until the next interval.
                         self.flush(now, false);
                     }
@@ -441,9 +445,9 @@ impl Worker {
                         counters::inc(&self.metrics.usage_post_failures, 1);
                         host::log(
                             LogLevel::Warn,
-                            &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records.len()),
+                            &format!("tollgate: usage post failed, {} record(s) will be sent again: {why}", batch.records),
                         );
-                        self.requeue(batch.records);
+                        self.requeue(batch.items);
                         if status == Some(400) && !guard_events.is_empty() {
                             // A counter older than these guard events refuses the batch they ride
                             // on (an unknown event kind). They only share counts; the records are
@@ -603,7 +607,10 @@ impl Worker {
         }
     }
 
-    /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued).
+    /// Posts a batch if one is due (or, with `now_or_never`, whatever is queued). Taking an item
+    /// costs a few hundred instructions and one copy of its records' JSON into the body, whatever
+    /// its size (`queue::Item`): a whole batch costs the tick about what settling a tick's
+    /// requests does, not thousands of instructions per record.
     pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
         let Some(queue_id) = self.queue_id else { return };
         // Guard events alone are worth a post too (their answer carries the shared counts and
@@ -613,54 +620,49 @@ impl Worker {
         if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
             return;
         }
-        let mut records = Vec::new();
+        let batch_size = self.settings.batch_size.max(1);
+        let mut batch = Batch::new(&self.gateway_id, batch_size);
         let mut garbage = 0u64;
-        while records.len() < self.settings.batch_size {
-            match host::dequeue(queue_id) {
+        while batch.len() < batch_size {
+            let mut item = match host::dequeue(queue_id) {
                 Ok(Some(bytes)) => {
-                    let (more, bad) = queue::from_item(&bytes);
-                    records.extend(more);
+                    let (item, bad) = Item::read(bytes);
                     garbage += bad;
+                    item
                 }
                 _ => break,
+            };
+            let room = batch_size - batch.len();
+            if item.len() > room {
+                // The item overfills the batch: its tail goes back for the next one.
+                let rest = item.split_off(room);
+                self.enqueue_items(rest, "the usage queue refused records put back");
             }
-        }
-        if records.len() > self.settings.batch_size {
-            // The last item overfilled the batch: its tail goes back for the next one.
-            let rest = records.split_off(self.settings.batch_size.max(1));
-            self.enqueue_items(rest, "the usage queue refused records put back");
+            batch.add(item);
         }
         if garbage > 0 {
             self.adjust_unacked(-i64::try_from(garbage).unwrap_or(i64::MAX), u64::MAX);
             counters::inc(&self.metrics.usage_dropped, garbage);
-            host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable item(s) from the usage queue"));
+            host::log(LogLevel::Error, &format!("tollgate: dropped {garbage} unreadable record(s) from the usage queue"));
         }
-        if records.is_empty() && self.guard_events.is_empty() {
+        if batch.is_empty() && self.guard_events.is_empty() {
             return;
         }
         self.last_post_ms = now;
-        let mut body = queue::batch_body(&self.gateway_id, &records);
         let guard_events = std::mem::take(&mut self.guard_events);
-        if !guard_events.is_empty() {
-            if let Ok(events) = serde_json::to_vec(&guard_events) {
-                // `{"gateway_id":…,"records":[…]}` → `…,"guard_events":[…]}`
-                body.pop();
-                body.extend_from_slice(b",\"guard_events\":");
-                body.extend_from_slice(&events);
-                body.push(b'}');
-            }
-        }
+        let events = if guard_events.is_empty() { Vec::new() } else { serde_json::to_vec(&guard_events).unwrap_or_default() };
+        let (body, batch) = batch.finish(&events, now);
         match self.dispatch("/v1/usage", &body) {
             Some(token) => {
                 counters::inc(&self.metrics.usage_posts, 1);
                 self.usage_in_flight = true;
                 self.guard_in_flight = guard_events;
-                self.calls.insert(token, RootCall::Usage(InFlightBatch { records, sent_at_ms: now }));
+                self.calls.insert(token, RootCall::Usage(batch));
             }
             None => {
                 counters::inc(&self.metrics.usage_post_failures, 1);
                 self.keep_guard_events(guard_events);
-                self.requeue(records);
+                self.requeue(batch.items);
             }
         }
     }
@@ -669,12 +671,24 @@ impl Worker {
     /// first record of an empty outbox is counted unacknowledged at once (bounded: past
     /// `queue_bound` it is dropped and counted); the rest are counted when queued.
     pub(super) fn enqueue(&mut self, record: &UsageRecord) {
-        let Some(queued) = QueuedRecord::from_record(record) else { return };
-        if self.outbox.is_empty() && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
-            self.dropped(std::slice::from_ref(&queued), "the usage queue is full (enforcement.queue_bound)");
+        let first = self.outbox.is_empty() && self.outbox_full.is_empty();
+        if first && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
+            let mut one = Item::new();
+            if one.push(record) {
+                self.dropped(&one, "the usage queue is full (enforcement.queue_bound)");
+            }
             return;
         }
-        self.outbox.push(queued);
+        if !self.outbox.push(record) {
+            if first {
+                self.adjust_unacked(-1, u64::MAX);
+            }
+            return;
+        }
+        if self.outbox.len() >= self.settings.batch_size {
+            let full = std::mem::take(&mut self.outbox);
+            self.outbox_full.push(full);
+        }
         if self.draining {
             self.ship_outbox();
         }
@@ -685,11 +699,11 @@ impl Worker {
     /// are dropped and counted), then the items.
     pub(super) fn ship_outbox(&mut self) {
         self.unbudgeted.flush();
-        if self.outbox.is_empty() {
+        let total = self.outbox.len() + self.outbox_full.iter().map(Item::len).sum::<usize>();
+        if total == 0 {
             return;
         }
-        let mut records = std::mem::take(&mut self.outbox);
-        let uncounted = records.len().saturating_sub(1) as u64;
+        let uncounted = total.saturating_sub(1) as u64;
         let added = match store::add_unacked_up_to(uncounted, self.settings.queue_bound as u64) {
             Some((now, added)) => {
                 host::set_gauge(self.metrics.usage_unacked, now);
@@ -698,48 +712,78 @@ impl Worker {
             None => 0,
         };
         let keep = 1 + usize::try_from(added).unwrap_or(usize::MAX);
-        if records.len() > keep {
-            let over = records.split_off(keep);
-            self.dropped(&over, "the usage queue is full (enforcement.queue_bound)");
+        if let (Some(queue_id), true, true) = (self.queue_id, self.outbox_full.is_empty(), total <= keep) {
+            // The usual case, one item under the bound: queued in place, so the outbox keeps its
+            // buffers for the next tick's records.
+            if host::enqueue(queue_id, self.outbox.bytes()).is_err() {
+                let records = std::mem::take(&mut self.outbox);
+                self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
+                self.dropped(&records, "the usage queue refused new records");
+            }
+            self.outbox.clear();
+            return;
         }
-        self.enqueue_items(records, "the usage queue refused new records");
+        let mut items = std::mem::take(&mut self.outbox_full);
+        if !self.outbox.is_empty() {
+            items.push(std::mem::take(&mut self.outbox));
+        }
+        if total > keep {
+            // Past the bound: the newest records go, whole items first.
+            let mut over = total - keep;
+            while over > 0 {
+                let Some(mut last) = items.pop() else { break };
+                if last.len() > over {
+                    let cut = last.split_off(last.len() - over);
+                    self.dropped(&cut, "the usage queue is full (enforcement.queue_bound)");
+                    items.push(last);
+                    break;
+                }
+                over -= last.len();
+                self.dropped(&last, "the usage queue is full (enforcement.queue_bound)");
+            }
+        }
+        for item in items {
+            self.enqueue_items(item, "the usage queue refused new records");
+        }
     }
 
     /// Enqueues counted records as items of at most `batch_size`; what the queue refuses is
     /// uncounted and dropped (logged).
-    pub(super) fn enqueue_items(&mut self, records: Vec<QueuedRecord>, why: &str) {
+    pub(super) fn enqueue_items(&mut self, records: Item, why: &str) {
+        if records.is_empty() {
+            return;
+        }
         let Some(queue_id) = self.queue_id else {
             self.adjust_unacked(-i64::try_from(records.len()).unwrap_or(i64::MAX), u64::MAX);
             self.dropped(&records, "no usage queue");
             return;
         };
-        let mut lost: Vec<QueuedRecord> = Vec::new();
-        for chunk in records.chunks(self.settings.batch_size.max(1)) {
-            if host::enqueue(queue_id, &queue::item(chunk)).is_err() {
-                lost.extend_from_slice(chunk);
+        // An outbox item is at most `batch_size` already: chunks only for a put-back item bigger.
+        for mut chunk in records.into_chunks(self.settings.batch_size) {
+            if host::enqueue(queue_id, chunk.bytes()).is_err() {
+                self.adjust_unacked(-i64::try_from(chunk.len()).unwrap_or(i64::MAX), u64::MAX);
+                self.dropped(&chunk, why);
             }
-        }
-        if !lost.is_empty() {
-            self.adjust_unacked(-i64::try_from(lost.len()).unwrap_or(i64::MAX), u64::MAX);
-            self.dropped(&lost, why);
         }
     }
 
     /// Puts records back for redelivery; the counter ignores ids it has already counted.
-    pub(super) fn requeue(&mut self, records: Vec<QueuedRecord>) {
-        if self.queue_id.is_some() {
-            counters::inc(&self.metrics.usage_requeued, records.len() as u64);
+    pub(super) fn requeue(&mut self, items: Vec<Item>) {
+        for records in items {
+            if self.queue_id.is_some() {
+                counters::inc(&self.metrics.usage_requeued, records.len() as u64);
+            }
+            // Still counted in `unacked` (and so under the bound): it only left to be posted.
+            self.enqueue_items(records, "the usage queue refused a redelivery");
         }
-        // Still counted in `unacked` (and so under the bound): it only left to be posted.
-        self.enqueue_items(records, "the usage queue refused a redelivery");
     }
 
-    pub(super) fn dropped(&mut self, records: &[QueuedRecord], why: &str) {
+    pub(super) fn dropped(&mut self, records: &Item, why: &str) {
         // Their costs must be in shared data before they are forgotten there.
         self.unbudgeted.flush();
         counters::inc(&self.metrics.usage_dropped, records.len() as u64);
-        chain::acknowledge(&mut store::SharedStore, &queue::costs_by_scope(records), true);
-        let ids: Vec<&str> = records.iter().take(5).map(|r| r.id.as_str()).collect();
+        chain::acknowledge(&mut store::SharedStore, records.costs(), true);
+        let ids = records.first_ids(5);
         host::log(
             LogLevel::Error,
             &format!(
