@@ -67,6 +67,7 @@ BENCH_COUNTER_BASELINE_BIN (another build of tollgate-counter, e.g. an older com
 then measured for both binaries in BENCH_COUNTER_ROUNDS (3) interleaved rounds, medians side by side),
 BENCH_DYNAMIC_MODULE (the dynamic cases' shared object; default
 $CARGO_TARGET_DIR/dynamic-calls/release/libtollgate_dynamic_calls.so, where scripts/bench.sh builds it),
+BENCH_BASELINE_WASM (another tollgate.wasm, measured beside the current one as case `tollgate-base`),
 BENCH_COUNTER_IDLE (1: the enforce case's counter at SCHED_IDLE, off the load generator's way; 0: normal priority),
 BENCH_PERF (1: a `perf record` profile of each gateway by binary, see `Profile`),
 BENCH_PIN (1 with 2+ CPUs: Envoy on CPU 0, wrk and the mock on the others, so the load generator
@@ -114,6 +115,11 @@ DYNAMIC_CASES = ("dynamic-noop", "dynamic")
 if ARGS.dynamic:
     CASES += [c for c in DYNAMIC_CASES if c not in CASES]
 DYNAMIC = any(c in DYNAMIC_CASES for c in CASES)
+# Another build of tollgate.wasm (e.g. from an earlier commit) measured beside the current one as
+# case `tollgate-base`, same config, same rounds: a change's effect on Envoy side by side.
+BASELINE_WASM = Path(os.environ["BENCH_BASELINE_WASM"]) if os.environ.get("BENCH_BASELINE_WASM") else None
+if BASELINE_WASM and "tollgate-base" not in CASES:
+    CASES.insert(CASES.index("tollgate") + 1 if "tollgate" in CASES else len(CASES), "tollgate-base")
 DYNAMIC_MODULE = Path(os.environ.get("BENCH_DYNAMIC_MODULE", harness.TARGET / "dynamic-calls" / "release" / "libtollgate_dynamic_calls.so"))
 # The ABI version Envoy 1.40 carries; the module exports the same (bench/dynamic-calls/src/abi.rs).
 DYNAMIC_ABI = "v0.2.0"
@@ -521,7 +527,7 @@ def sanity_check(envoys, mock_port):
         r = e.post("/v1/chat/completions", body, {"authorization": f"Bearer {KEY}", "x-mock-events": str(EVENTS)})
         if r.status != 200 or not r.body.rstrip().endswith(b"data: [DONE]"):
             raise RuntimeError(f"{name}: the benchmark request fails: {r}")
-        if name in ("tollgate", "enforce"):
+        if name in ("tollgate", "tollgate-base", "enforce"):
             delta = harness.stats_delta(before, e.stats())
             if not any("token" in k for k in delta):
                 raise RuntimeError(f"{name}: the request was not metered (stats delta {delta}); the figures would mean nothing")
@@ -561,6 +567,7 @@ def envoy_part(layout, cases):
             "calls": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"calls"}'),
             "calls-v1": dict(wasm=harness.NOOP_WASM, plugin_config='{"mode":"calls-v1"}'),
             "tollgate": dict(wasm=harness.TOLLGATE_WASM, plugin_config=TOLLGATE_CONFIG),
+            "tollgate-base": dict(wasm=BASELINE_WASM, plugin_config=TOLLGATE_CONFIG),
         }
         dynamic_filters = {"dynamic-noop": "noop", "dynamic": "calls"}
         envoys = {}
@@ -701,6 +708,10 @@ def envoy_report(med, enforce, conditions, layout):
                          f"**{t['rps'] / v1['rps'] * 100:.1f}%**; `calls-v1` keeps {v1['rps'] / noop['rps'] * 100:.1f}% of no-op "
                          + (f"and `calls` {med['calls']['rps'] / noop['rps'] * 100:.1f}%: the difference is the reference's, not Tollgate's."
                             if "calls" in med else "."))
+    if "tollgate-base" in med and "tollgate" in med:
+        t, b = med["tollgate"], med["tollgate-base"]
+        lines.append(f"- Against the baseline build (`tollgate-base`: {BASELINE_WASM}) this `tollgate.wasm` serves "
+                     f"**{t['rps'] / b['rps'] * 100:.1f}%** of its throughput, p50 on one connection {t['p50_1'] - b['p50_1']:+.0f} µs.")
     if "enforce" in med and noop:
         t = med["enforce"]
         c = enforce.get("counter", {})

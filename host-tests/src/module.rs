@@ -19,6 +19,10 @@ pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
         config.consume_fuel(true);
+        #[cfg(feature = "profile")]
+        if std::env::var_os("TOLLGATE_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).unwrap_or_else(|e| panic!("host-tests: cannot create the wasmtime engine: {e}"))
     })
 }

@@ -21,6 +21,7 @@
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
 //! - [`host`]: every raw host call, with every status handled (the SDK's hostcalls panic).
 //! - [`wire`]: the header-map wire format, decoded without panicking.
+//! - [`small_alloc`]: the VM's allocator (free lists per size class before wasi-libc's malloc).
 //!
 //! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
 
@@ -34,7 +35,12 @@ pub mod guard;
 pub mod host;
 pub mod metrics;
 pub mod settle;
+pub mod small_alloc;
 pub mod wire;
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: small_alloc::SmallAlloc = small_alloc::SmallAlloc::new();
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -218,6 +218,9 @@ fn measure_banner() -> (u64, u64) {
 }
 
 fn main() {
+    if cfg!(feature = "profile") && std::env::var_os("TOLLGATE_PERFMAP").is_some() {
+        return profile_loop();
+    }
     let wasm = module::tollgate_wasm_path();
     println!("# wasm instructions per request (wasmtime fuel), deterministic");
     println!("# command: cargo run --release -p tollgate-host-tests --features bench --bin instructions");
@@ -262,6 +265,29 @@ fn main() {
     println!("| budget banner: 50 KiB HTML page in 16 KiB chunks, with enforcement (page passed through without a banner section: {without}) | | | {with} | |");
     print_host_calls();
     print_pooled();
+}
+
+/// For `perf record` (feature `profile`, `TOLLGATE_PERFMAP=1`): only the chat workload, many times,
+/// so the samples are the filter's steady state. `BENCH_PROFILE_CASE` = `metering` (default) or
+/// `enforcement` (steady traffic: four requests per 20 ms tick), `BENCH_PROFILE_REQUESTS` (20,000).
+fn profile_loop() {
+    let chat = workloads().into_iter().next().expect("the chat workload");
+    let requests: u64 = std::env::var("BENCH_PROFILE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let enforcing = std::env::var("BENCH_PROFILE_CASE").is_ok_and(|case| case == "enforcement");
+    let gw = if enforcing {
+        enforcing_gateway()
+    } else {
+        let gw = Gateway::new(CONFIG);
+        gw.start();
+        gw
+    };
+    for n in 0..requests {
+        measure(&gw, &chat);
+        if enforcing && n % 4 == 3 {
+            gw.advance(std::time::Duration::from_millis(20));
+        }
+    }
+    println!("profiled {requests} chat requests ({}): {} instructions", if enforcing { "enforcement" } else { "metering" }, gw.instructions());
 }
 
 /// Enforcement under steady traffic (issue 15 §3): two requests or more a tick on the worker, so
