@@ -18,6 +18,7 @@
 //!   (the filter's build), word at a time elsewhere.
 //! - [`json`]: a validating scanner for top-level JSON object members and the byte-exact splice
 //!   used to rewrite the model without re-serializing the body.
+//! - [`json_writer`]: JSON written by hand on hot paths, byte for byte what serde_json writes.
 //! - [`attribution`]: who is calling: the principal from trusted headers, virtual keys, body metadata.
 //! - [`routing`]: the ordered routing table: match, then set model / set route header / deny.
 //! - [`errors`]: error bodies in each dialect's own JSON shape.
@@ -44,6 +45,7 @@ pub mod errors;
 pub mod estimate;
 pub mod guard;
 pub mod json;
+pub mod json_writer;
 pub mod money;
 pub mod pricing;
 pub mod prompt_bound;

@@ -321,6 +321,90 @@ pub struct P99Reservation {
     pub reserved_micros: Micros,
 }
 
+impl UsageRecord {
+    /// Appends the record's JSON: byte for byte what `serde_json::to_writer` writes for it (the
+    /// tests check that for any record), without serde's machinery. The usage queue's hot path
+    /// (`enforce::queue::Item::push`, once per request on an enforcing gateway); see
+    /// [`crate::json_writer`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use crate::json_writer::{push_i64, push_key, push_str, push_u64};
+        out.push(b'{');
+        push_key(out, "id");
+        push_str(out, &self.id);
+        out.extend_from_slice(b",\"principal\":{");
+        let p = &self.principal;
+        let mut first = true;
+        for (name, value) in [
+            ("org", &p.org),
+            ("cost_center", &p.cost_center),
+            ("team", &p.team),
+            ("user", &p.user),
+            ("key_id", &p.key_id),
+            ("use_case", &p.use_case),
+            ("tier", &p.tier),
+            ("task", &p.task),
+        ] {
+            if let Some(value) = value {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                push_key(out, name);
+                push_str(out, value);
+            }
+        }
+        out.extend_from_slice(b"},\"dialect\":");
+        push_str(out, &self.dialect);
+        out.extend_from_slice(b",\"requested_model\":");
+        push_str(out, &self.requested_model);
+        out.extend_from_slice(b",\"routed_model\":");
+        push_str(out, &self.routed_model);
+        let t = &self.tokens;
+        out.extend_from_slice(b",\"tokens\":{\"input\":");
+        push_u64(out, t.input);
+        out.extend_from_slice(b",\"output\":");
+        push_u64(out, t.output);
+        out.extend_from_slice(b",\"cache_read\":");
+        push_u64(out, t.cache_read);
+        out.extend_from_slice(b",\"cache_write\":");
+        push_u64(out, t.cache_write);
+        out.extend_from_slice(b",\"reasoning\":");
+        push_u64(out, t.reasoning);
+        if t.cache_write_1h != 0 {
+            out.extend_from_slice(b",\"cache_write_1h\":");
+            push_u64(out, t.cache_write_1h);
+        }
+        if t.web_searches != 0 {
+            out.extend_from_slice(b",\"web_searches\":");
+            push_u64(out, t.web_searches);
+        }
+        out.extend_from_slice(b"},\"cost_micros\":");
+        push_i64(out, self.cost_micros);
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(self.status));
+        out.extend_from_slice(if self.estimated { b",\"estimated\":true" } else { b",\"estimated\":false" });
+        out.extend_from_slice(b",\"started_at_ms\":");
+        push_i64(out, self.started_at_ms);
+        out.extend_from_slice(b",\"finished_at_ms\":");
+        push_i64(out, self.finished_at_ms);
+        if !self.p99_reservations.is_empty() {
+            out.extend_from_slice(b",\"p99_reservations\":[");
+            for (n, r) in self.p99_reservations.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"budget_id\":");
+                push_str(out, &r.budget_id);
+                out.extend_from_slice(b",\"reserved_micros\":");
+                push_i64(out, r.reserved_micros);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+    }
+}
+
 impl P99Reservation {
     /// What the request cost beyond this reservation: the excess the budget's policy counts.
     pub fn excess(&self, cost_micros: Micros) -> Micros {
@@ -507,6 +591,75 @@ pub struct ApiErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9:/._-]{0,24}",
+            any::<String>(),
+            proptest::collection::vec(prop_oneof![Just('"'), Just('\\'), Just('\n'), Just('\u{1}'), Just('\u{8}'), Just('\u{c}'), Just('é'), Just('💸'), Just('a')], 0..12)
+                .prop_map(|chars| chars.into_iter().collect()),
+        ]
+    }
+
+    fn any_record() -> impl Strategy<Value = UsageRecord> {
+        let principal = proptest::collection::vec(proptest::option::of(any_text()), 8).prop_map(|f| {
+            let mut f = f.into_iter();
+            let mut next = || f.next().flatten();
+            Principal { org: next(), cost_center: next(), team: next(), user: next(), key_id: next(), use_case: next(), tier: next(), task: next() }
+        });
+        let tokens = (any::<[u64; 5]>(), prop_oneof![Just(0u64), any::<u64>()], prop_oneof![Just(0u64), any::<u64>()]).prop_map(
+            |([input, output, cache_read, cache_write, reasoning], cache_write_1h, web_searches)| Tokens {
+                input, output, cache_read, cache_write, reasoning, cache_write_1h, web_searches,
+            },
+        );
+        let reservations = proptest::collection::vec((any_text(), any::<i64>()), 0..3)
+            .prop_map(|r| r.into_iter().map(|(budget_id, reserved_micros)| P99Reservation { budget_id, reserved_micros }).collect());
+        (
+            (any_text(), principal, any_text(), any_text(), any_text()),
+            (tokens, any::<i64>(), any::<u16>(), any::<bool>(), any::<i64>(), any::<i64>(), reservations),
+        )
+            .prop_map(|((id, principal, dialect, requested_model, routed_model), (tokens, cost_micros, status, estimated, started_at_ms, finished_at_ms, p99_reservations))| {
+                UsageRecord { id, principal, dialect, requested_model, routed_model, tokens, cost_micros, status, estimated, started_at_ms, finished_at_ms, p99_reservations }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_record_written_by_hand_is_byte_for_byte_what_serde_json_writes(record in any_record()) {
+            let mut out = Vec::new();
+            record.write_json(&mut out);
+            let serde = serde_json::to_vec(&record).unwrap_or_default();
+            prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&serde));
+            let back: UsageRecord = serde_json::from_slice(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back, record);
+        }
+    }
+
+    #[test]
+    fn a_typical_record_is_written_as_serde_json_writes_it() {
+        let record = UsageRecord {
+            id: "gw-1:req-7.tag.1".into(),
+            principal: Principal { org: Some("acme".into()), team: Some("platform".into()), use_case: Some("code-review".into()), ..Principal::default() },
+            dialect: "openai".into(),
+            requested_model: "tier:premium".into(),
+            routed_model: "gpt-4o".into(),
+            tokens: Tokens { input: 520, output: 160, cache_read: 0, cache_write: 0, reasoning: 0, cache_write_1h: 0, web_searches: 2 },
+            cost_micros: 2_900,
+            status: 200,
+            estimated: false,
+            started_at_ms: 1_767_225_600_000,
+            finished_at_ms: 1_767_225_600_412,
+            p99_reservations: vec![P99Reservation { budget_id: "acme-monthly".into(), reserved_micros: 1_500 }],
+        };
+        let mut out = Vec::new();
+        record.write_json(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"id":"gw-1:req-7.tag.1","principal":{"org":"acme","team":"platform","use_case":"code-review"},"dialect":"openai","requested_model":"tier:premium","routed_model":"gpt-4o","tokens":{"input":520,"output":160,"cache_read":0,"cache_write":0,"reasoning":0,"web_searches":2},"cost_micros":2900,"status":200,"estimated":false,"started_at_ms":1767225600000,"finished_at_ms":1767225600412,"p99_reservations":[{"budget_id":"acme-monthly","reserved_micros":1500}]}"#
+        );
+        assert_eq!(out, serde_json::to_vec(&record).unwrap_or_default());
+    }
 
     #[test]
     fn a_lease_call_keeps_only_slices_granted_after_what_it_knew() {

@@ -107,23 +107,7 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// `n` in decimal, with a `-` if negative.
 fn push_digits(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = b'0' + (rest % 10) as u8;
-        }
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+    crate::json_writer::push_i64(out, n);
 }
 
 /// Reads a framed item field by field.
@@ -249,22 +233,18 @@ impl Item {
         Item { bytes: INDEXED.to_vec(), json_end: INDEXED.len(), records: 0, costs: Vec::new(), index: Vec::new(), index_at: (0, 0) }
     }
 
-    /// Appends a record (its JSON serialized here, once); false if it cannot be serialized.
-    pub fn push(&mut self, record: &UsageRecord) -> bool {
+    /// Appends a record (its JSON written here, once: [`UsageRecord::write_json`]).
+    pub fn push(&mut self, record: &UsageRecord) {
         self.reopen();
         if self.records > 0 {
             self.bytes.push(b',');
         }
         let body = self.bytes.len();
-        if serde_json::to_writer(&mut self.bytes, record).is_err() {
-            self.bytes.truncate(self.json_end);
-            return false;
-        }
+        record.write_json(&mut self.bytes);
         let json_len = self.bytes.len() - body;
         self.json_end = self.bytes.len();
         let keys = record.principal.scope_keys();
         self.index_record(record.id.as_bytes(), record.cost_micros, json_len, keys.iter().map(String::as_bytes));
-        true
     }
 
     /// Appends a record's JSON (joined by `,`) and its index entry.
@@ -754,7 +734,7 @@ mod tests {
     fn items_of(records: &[UsageRecord]) -> Item {
         let mut item = Item::new();
         for r in records {
-            assert!(item.push(r));
+            item.push(r);
         }
         item
     }
@@ -814,7 +794,7 @@ mod tests {
         // An item written to the queue and then appended to again keeps its earlier records.
         let mut reopened = items_of(&records[..2]);
         let _ = reopened.bytes();
-        assert!(reopened.push(&records[2]));
+        reopened.push(&records[2]);
         assert_eq!(Item::read(reopened.bytes().to_vec()).0.first_ids(5), ["r0", "r1", "r2"]);
     }
 

@@ -674,17 +674,11 @@ impl Worker {
         let first = self.outbox.is_empty() && self.outbox_full.is_empty();
         if first && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
             let mut one = Item::new();
-            if one.push(record) {
-                self.dropped(&one, "the usage queue is full (enforcement.queue_bound)");
-            }
+            one.push(record);
+            self.dropped(&one, "the usage queue is full (enforcement.queue_bound)");
             return;
         }
-        if !self.outbox.push(record) {
-            if first {
-                self.adjust_unacked(-1, u64::MAX);
-            }
-            return;
-        }
+        self.outbox.push(record);
         if self.outbox.len() >= self.settings.batch_size {
             let full = std::mem::take(&mut self.outbox);
             self.outbox_full.push(full);
