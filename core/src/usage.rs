@@ -18,8 +18,9 @@
 //! most `EVENT_HOLD_CAP` bytes) until the event ends, then skimmed from quote to quote, eight
 //! bytes at a time, looking only at keys (`UsageScanner::skim_plain_event`). An event with any
 //! key that could matter (usage, an error, an end, a new model, or content the parser would not
-//! count) is parsed in full from the held bytes; a longer event is parsed as it streams. Either
-//! way the decision depends only on the event's bytes, never on how they were chunked.
+//! count) is parsed in full from the held bytes (in one pass over them, `held`, or by the lexer
+//! when that pass does not handle them); a longer event is parsed as it streams. Either way the
+//! decision depends only on the event's bytes, never on how they were chunked.
 //!
 //! A skimmed event also leaves its shape (`EventTemplate`): the next event that is the same bytes
 //! around a different content string is counted by comparing bytes, without holding or skimming
@@ -29,7 +30,10 @@
 //! - here: the public types, [`UsageScanner`]'s entry points (`feed`, `finish`), what a message
 //!   and the whole response said (`Message`, `Found`) and how a complete message is committed.
 //! - `sse`: SSE framing (lines, fields, events, `[DONE]`; where each event ended, for `strip`).
-//! - `json`: the JSON lexer (whole bodies, Gemini's array stream, SSE event data).
+//! - `json`: the JSON lexer (whole bodies, Gemini's array stream, SSE event data that outgrew
+//!   the hold) and what a value at a path says (`Message::take_scalar`).
+//! - `held`: a held event that must be parsed, read in one pass over its bytes; anything it does
+//!   not handle goes to the lexer.
 //! - `paths`: where usage lives per dialect (the path trie), the token fields and their
 //!   normalisation, the types and statuses that end a response.
 //! - `template`: skimming plain events and recognising their shape (event templates).
@@ -179,6 +183,13 @@ impl UsageScanner {
     #[cfg(test)]
     fn without_event_templates(mut self) -> UsageScanner {
         self.sse.template.disabled = true;
+        self
+    }
+
+    /// The same scanner reading every parsed event with the lexer (no `held` one-pass parse).
+    #[cfg(test)]
+    fn without_held_parse(mut self) -> UsageScanner {
+        self.sse.held_parse_disabled = true;
         self
     }
 
@@ -408,6 +419,7 @@ impl Found {
     }
 }
 
+mod held;
 mod json;
 mod paths;
 mod sse;
