@@ -79,9 +79,15 @@ pub fn parse_decimal_scaled(text: &str, scale: u32) -> Option<u128> {
 }
 
 /// Formats micro-dollars as a dollar string with six decimals (`1234567` → `"1.234567"`).
-/// Digit by digit, without `core::fmt` (whose machinery costs the filter thousands of wasm
-/// instructions per request for the access log's `cost_usd`).
 pub fn format_micros(micros: Micros) -> String {
+    let mut text = Vec::with_capacity(21);
+    push_micros(&mut text, micros);
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Appends [`format_micros`]'s text to `out`, digit by digit, without `core::fmt` (whose
+/// machinery costs the filter thousands of wasm instructions for the access log's `cost_usd`).
+pub fn push_micros(out: &mut Vec<u8>, micros: Micros) {
     // Sign, up to 13 whole dollars' digits, the point and six decimals, written from the end.
     let mut text = [0u8; 21];
     let mut at = text.len();
@@ -110,7 +116,7 @@ pub fn format_micros(micros: Micros) -> String {
     if micros < 0 {
         put(b'-');
     }
-    text.get(at..).map(|written| String::from_utf8_lossy(written).into_owned()).unwrap_or_default()
+    out.extend_from_slice(text.get(at..).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -680,9 +680,7 @@ impl Stream {
             log.set_int(name, value);
         }
         log.set_int("cost_micros", s.cost_micros);
-        if log.wants_text() {
-            log.set("cost_usd", &tollgate_core::money::format_micros(s.cost_micros));
-        }
+        log.set_usd("cost_usd", s.cost_micros);
         log.set("estimated", if s.estimated() { "true" } else { "false" });
         let outcome = match s.ended {
             Ended::Metered => Outcome::Metered,
