@@ -236,9 +236,20 @@ impl UsageScanner {
 
     /// Ends the body and returns what was found. Calling it again returns the same outcome.
     pub fn finish(&mut self) -> ScanOutcome {
-        if let Some(outcome) = &self.finished {
-            return outcome.clone();
+        self.outcome().clone()
+    }
+
+    /// [`UsageScanner::finish`], lent instead of copied (the filter reads it once, at settlement).
+    pub fn outcome(&mut self) -> &ScanOutcome {
+        if self.finished.is_none() {
+            let outcome = self.end();
+            self.finished = Some(outcome);
         }
+        self.finished.get_or_insert_with(ScanOutcome::default)
+    }
+
+    /// What the whole body said (once: the found model and id are moved into the outcome).
+    fn end(&mut self) -> ScanOutcome {
         if self.format == ResponseFormat::Sse {
             // A last line or event without its terminating blank line still counts if complete.
             if self.sse.line_started {
@@ -250,17 +261,15 @@ impl UsageScanner {
         let ended = matches!(self.found.terminal, Some(TerminalEvent::Completed | TerminalEvent::Incomplete));
         let usage = self.found.has_usage.then(|| normalise(self.dialect, &self.found.usage));
         let is_final = self.found.usage_final || ended;
-        let outcome = ScanOutcome {
+        ScanOutcome {
             tokens: usage.filter(|_| is_final),
             partial_tokens: usage.filter(|_| !is_final),
-            model: self.found.model.clone(),
+            model: self.found.model.take(),
             streamed_content_bytes: self.found.content_bytes,
             terminal: self.found.terminal,
-            response_id: self.found.response_id.clone(),
+            response_id: self.found.response_id.take(),
             expires_at_ms: self.found.expires_at_ms,
-        };
-        self.finished = Some(outcome.clone());
-        outcome
+        }
     }
 }
 

@@ -49,7 +49,7 @@ use tollgate_core::routing::plan::{self, ParsedRequest, RequestPlan};
 use crate::guard::GuardMetrics;
 use tollgate_core::guard::retry::Decision;
 use tollgate_core::guard::{Attributed, RetryGuard, Work};
-use tollgate_core::usage::{ResponseFormat, UsageScanner};
+use tollgate_core::usage::{ResponseFormat, ScanOutcome, UsageScanner};
 
 pub struct Root {
     /// Makes request ids unique to this VM: the host clock in nanoseconds when it was configured
@@ -633,9 +633,10 @@ impl Stream {
         self.phase = Phase::Settled;
         let (Some(config), Some(req)) = (self.config.as_ref(), self.request.as_ref()) else { return };
         let Some(plan) = req.plan.as_ref() else { return };
+        let unscanned = ScanOutcome::default();
         let (status, scan) = match self.response.as_mut() {
-            Some(r) => (r.status, r.scanner.as_mut().map(UsageScanner::finish).unwrap_or_default()),
-            None => (0, Default::default()),
+            Some(r) => (r.status, r.scanner.as_mut().map_or(&unscanned, UsageScanner::outcome)),
+            None => (0, &unscanned),
         };
         let exchange = Exchange {
             gateway_id: &config.gateway_id,
@@ -650,7 +651,7 @@ impl Stream {
         // Only enforcement's ledger needs the end time; metering alone saves the host call.
         let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
         // Priced without a usage record: only enforcement and the debug log read one.
-        let s = settle::price(&config.prices, &exchange, &scan, status);
+        let s = settle::price(&config.prices, &exchange, scan, status);
         // A conversation turn gives its lock back with what it left in the conversation.
         if let (Some(memory), Some((id, holder, trusted))) = (&self.context_memory, self.conversation.take()) {
             let end = match (scan.tokens.as_ref(), (200..300).contains(&status)) {
