@@ -226,7 +226,7 @@ impl UsageScanner {
 }
 
 /// What the held data's buffer starts with ([`UsageScanner::event_data`]).
-const HELD_START_CAPACITY: usize = 1024;
+const HELD_START_CAPACITY: usize = 512;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) enum FieldKind {
