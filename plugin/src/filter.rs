@@ -577,15 +577,16 @@ impl Stream {
             return None;
         }
         let (now_ms, checkpoint) = self.request.as_ref().map(|r| (r.started_at_ms, r.checkpoint))?;
-        let key = RetryGuard::key(&plan.principal, tollgate_core::guard::fingerprint::of_request(parsed, &guard.ignored));
+        let key = RetryGuard::entry_key(&plan.principal, tollgate_core::guard::fingerprint::of_request(parsed, &guard.ignored));
+        let key = key.as_str();
         let metrics = self.guard_metrics.clone().unwrap_or_default();
-        let Some((decision, since_ms)) = crate::guard::attempt(guard, &key, now_ms, checkpoint, &metrics) else {
+        let Some((decision, since_ms)) = crate::guard::attempt(guard, key, now_ms, checkpoint, &metrics) else {
             self.metrics.host_error();
             return None;
         };
         // Delivered to the counter with the usage posts: the count shared across gateways.
         if let (Some(enforcer), Some(req)) = (self.enforcer.as_mut(), self.request.as_ref()) {
-            enforcer.guard_event(crate::guard::event(&config.gateway_id, &req.request_id, &key, &plan.principal, decision, now_ms, since_ms));
+            enforcer.guard_event(crate::guard::event(&config.gateway_id, &req.request_id, key, &plan.principal, decision, now_ms, since_ms));
         }
         match decision {
             Decision::Pass { retry } => {
