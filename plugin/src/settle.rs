@@ -1,4 +1,7 @@
-//! Settlement: from what the response said (or did not say) to a priced [`UsageRecord`].
+//! Settlement: from what the response said (or did not say) to a price ([`price`]), and a
+//! [`UsageRecord`] for whoever needs one ([`Priced::record`]: enforcement posts it, the debug log
+//! prints it). Metering alone needs only the price: the record copies the request's principal,
+//! model names and ids, which at `[DONE]` cost more wasm instructions than the pricing itself.
 //!
 //! Pure, so the charging rules are tested natively:
 //! - usage reported by the upstream → those tokens, `estimated: false`;
