@@ -19,7 +19,12 @@ pub const PICOS_PER_MICRO: u128 = 1_000_000;
 
 /// Converts pico-dollars to micro-dollars, rounding up; saturates at `i64::MAX`.
 pub fn picos_to_micros_ceil(picos: u128) -> Micros {
-    let micros = picos.div_ceil(PICOS_PER_MICRO);
+    // Every realistic cost fits 64 bits ($18 million in picos); dividing those as `u64` spares
+    // the filter's wasm a 128-bit division routine.
+    let micros = match u64::try_from(picos) {
+        Ok(small) => u128::from(small.div_ceil(PICOS_PER_MICRO as u64)),
+        Err(_) => picos.div_ceil(PICOS_PER_MICRO),
+    };
     i64::try_from(micros).unwrap_or(i64::MAX)
 }
 
@@ -75,14 +80,68 @@ pub fn parse_decimal_scaled(text: &str, scale: u32) -> Option<u128> {
 
 /// Formats micro-dollars as a dollar string with six decimals (`1234567` → `"1.234567"`).
 pub fn format_micros(micros: Micros) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
+    let mut text = Vec::with_capacity(21);
+    push_micros(&mut text, micros);
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Appends [`format_micros`]'s text to `out`, digit by digit, without `core::fmt` (whose
+/// machinery costs the filter thousands of wasm instructions for the access log's `cost_usd`).
+pub fn push_micros(out: &mut Vec<u8>, micros: Micros) {
+    // Sign, up to 13 whole dollars' digits, the point and six decimals, written from the end.
+    let mut text = [0u8; 21];
+    let mut at = text.len();
+    let mut put = |byte: u8| {
+        at = at.saturating_sub(1);
+        if let Some(slot) = text.get_mut(at) {
+            *slot = byte;
+        }
+    };
+    let digit = |n: u64| b'0' + (n % 10) as u8;
     let abs = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+    let mut fraction = abs % 1_000_000;
+    for _ in 0..6 {
+        put(digit(fraction));
+        fraction /= 10;
+    }
+    put(b'.');
+    let mut whole = abs / 1_000_000;
+    loop {
+        put(digit(whole));
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    if micros < 0 {
+        put(b'-');
+    }
+    out.extend_from_slice(text.get(at..).unwrap_or_default());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micros_are_formatted_as_dollars_with_six_decimals() {
+        let edges = [0, 1, -1, 999_999, 1_000_000, -1_000_000, 1_234_567, -1_234_567, 120_000_000, i64::MAX, i64::MIN, i64::MIN + 1];
+        let spread = (0..2_000i64).map(|i| i.wrapping_mul(0x5851_F42D_4C95_7F2D) >> (i % 64));
+        for micros in edges.into_iter().chain(spread) {
+            let sign = if micros < 0 { "-" } else { "" };
+            let abs = micros.unsigned_abs();
+            assert_eq!(format_micros(micros), format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000), "{micros}");
+        }
+    }
+
+    #[test]
+    fn picos_round_up_to_micros_the_same_below_and_above_64_bits() {
+        let edges = [0u128, 1, 999_999, 1_000_000, 1_000_001, u128::from(u64::MAX) - 1, u128::from(u64::MAX), u128::from(u64::MAX) + 1, u128::MAX];
+        let spread = (0..2_000u128).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) >> (i % 128));
+        for picos in edges.into_iter().chain(spread) {
+            assert_eq!(picos_to_micros_ceil(picos), i64::try_from(picos.div_ceil(PICOS_PER_MICRO)).unwrap_or(i64::MAX), "{picos}");
+        }
+    }
 
     #[test]
     fn litellm_prices_become_exact_picos() {

@@ -18,8 +18,9 @@
 //! most `EVENT_HOLD_CAP` bytes) until the event ends, then skimmed from quote to quote, eight
 //! bytes at a time, looking only at keys (`UsageScanner::skim_plain_event`). An event with any
 //! key that could matter (usage, an error, an end, a new model, or content the parser would not
-//! count) is parsed in full from the held bytes; a longer event is parsed as it streams. Either
-//! way the decision depends only on the event's bytes, never on how they were chunked.
+//! count) is parsed in full from the held bytes (in one pass over them, `held`, or by the lexer
+//! when that pass does not handle them); a longer event is parsed as it streams. Either way the
+//! decision depends only on the event's bytes, never on how they were chunked.
 //!
 //! A skimmed event also leaves its shape (`EventTemplate`): the next event that is the same bytes
 //! around a different content string is counted by comparing bytes, without holding or skimming
@@ -29,7 +30,10 @@
 //! - here: the public types, [`UsageScanner`]'s entry points (`feed`, `finish`), what a message
 //!   and the whole response said (`Message`, `Found`) and how a complete message is committed.
 //! - `sse`: SSE framing (lines, fields, events, `[DONE]`; where each event ended, for `strip`).
-//! - `json`: the JSON lexer (whole bodies, Gemini's array stream, SSE event data).
+//! - `json`: the JSON lexer (whole bodies, Gemini's array stream, SSE event data that outgrew
+//!   the hold) and what a value at a path says (`Message::take_scalar`).
+//! - `held`: a held event that must be parsed, read in one pass over its bytes; anything it does
+//!   not handle goes to the lexer.
 //! - `paths`: where usage lives per dialect (the path trie), the token fields and their
 //!   normalisation, the types and statuses that end a response.
 //! - `template`: skimming plain events and recognising their shape (event templates).
@@ -182,6 +186,13 @@ impl UsageScanner {
         self
     }
 
+    /// The same scanner reading every parsed event with the lexer (no `held` one-pass parse).
+    #[cfg(test)]
+    fn without_held_parse(mut self) -> UsageScanner {
+        self.sse.held_parse_disabled = true;
+        self
+    }
+
     /// Feeds the next chunk of the response body. Chunks after [`UsageScanner::finish`] are ignored.
     pub fn feed(&mut self, mut chunk: &[u8]) {
         if self.finished.is_some() {
@@ -225,9 +236,20 @@ impl UsageScanner {
 
     /// Ends the body and returns what was found. Calling it again returns the same outcome.
     pub fn finish(&mut self) -> ScanOutcome {
-        if let Some(outcome) = &self.finished {
-            return outcome.clone();
+        self.outcome().clone()
+    }
+
+    /// [`UsageScanner::finish`], lent instead of copied (the filter reads it once, at settlement).
+    pub fn outcome(&mut self) -> &ScanOutcome {
+        if self.finished.is_none() {
+            let outcome = self.end();
+            self.finished = Some(outcome);
         }
+        self.finished.get_or_insert_with(ScanOutcome::default)
+    }
+
+    /// What the whole body said (once: the found model and id are moved into the outcome).
+    fn end(&mut self) -> ScanOutcome {
         if self.format == ResponseFormat::Sse {
             // A last line or event without its terminating blank line still counts if complete.
             if self.sse.line_started {
@@ -239,17 +261,15 @@ impl UsageScanner {
         let ended = matches!(self.found.terminal, Some(TerminalEvent::Completed | TerminalEvent::Incomplete));
         let usage = self.found.has_usage.then(|| normalise(self.dialect, &self.found.usage));
         let is_final = self.found.usage_final || ended;
-        let outcome = ScanOutcome {
+        ScanOutcome {
             tokens: usage.filter(|_| is_final),
             partial_tokens: usage.filter(|_| !is_final),
-            model: self.found.model.clone(),
+            model: self.found.model.take(),
             streamed_content_bytes: self.found.content_bytes,
             terminal: self.found.terminal,
-            response_id: self.found.response_id.clone(),
+            response_id: self.found.response_id.take(),
             expires_at_ms: self.found.expires_at_ms,
-        };
-        self.finished = Some(outcome.clone());
-        outcome
+        }
     }
 }
 
@@ -408,6 +428,7 @@ impl Found {
     }
 }
 
+mod held;
 mod json;
 mod paths;
 mod sse;

@@ -24,13 +24,14 @@ const SUMMARY_KEY: &str = "tollgate.summary";
 #[derive(Debug)]
 pub struct AccessLog {
     mode: AccessLogMode,
-    /// The summary so far (`summary` mode).
-    summary: String,
+    /// The summary so far (`summary` mode): printable ASCII only (values are escaped), kept as
+    /// bytes so numbers are appended whole, without a check per character.
+    summary: Vec<u8>,
 }
 
 impl AccessLog {
     pub fn new(mode: AccessLogMode) -> AccessLog {
-        AccessLog { mode, summary: String::new() }
+        AccessLog { mode, summary: Vec::new() }
     }
 
     /// Records `name=value`.
@@ -54,10 +55,23 @@ impl AccessLog {
                 value.push_to(&mut self.summary);
             }
             AccessLogMode::Fields => {
-                let mut text = String::new();
+                let mut text = Vec::new();
                 value.push_to(&mut text);
-                publish(name, &text);
+                publish(name, &String::from_utf8_lossy(&text));
             }
+        }
+    }
+
+    /// Records an amount of micro-dollars as dollars (`core::money::format_micros`).
+    pub fn set_usd(&mut self, name: &str, micros: tollgate_core::money::Micros) {
+        match self.mode {
+            AccessLogMode::Off => {}
+            // Digits, `-` and `.`: nothing to escape.
+            AccessLogMode::Summary => {
+                self.start_pair(name);
+                tollgate_core::money::push_micros(&mut self.summary, micros);
+            }
+            AccessLogMode::Fields => publish(name, &tollgate_core::money::format_micros(micros)),
         }
     }
 
@@ -70,28 +84,23 @@ impl AccessLog {
             // (wasm fuel, issue 12).
             self.summary.reserve(384);
         } else {
-            self.summary.push(' ');
+            self.summary.push(b' ');
         }
-        self.summary.push_str(name);
-        self.summary.push('=');
-    }
-
-    /// Whether values are recorded at all (skip formatting them when not).
-    pub fn wants_text(&self) -> bool {
-        self.mode != AccessLogMode::Off
+        self.summary.extend_from_slice(name.as_bytes());
+        self.summary.push(b'=');
     }
 
     /// Publishes the summary (once; a second call does nothing). `fields` mode published as it went.
     pub fn flush(&mut self) {
         if self.mode == AccessLogMode::Summary && !self.summary.is_empty() {
-            let _ = host::set_property(SUMMARY_KEY, self.summary.as_bytes());
+            let _ = host::set_property(SUMMARY_KEY, &self.summary);
             self.summary.clear();
         }
     }
 
     /// The summary collected so far (for tests).
     pub fn summary(&self) -> &str {
-        &self.summary
+        std::str::from_utf8(&self.summary).unwrap_or_default()
     }
 }
 
@@ -102,32 +111,32 @@ fn publish(name: &str, value: &str) {
     let _ = host::set_property(&key, value.as_bytes());
 }
 
-fn escape_into(out: &mut String, value: &str) {
+fn escape_into(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     if value.bytes().all(|b| b.is_ascii_graphic() && b != b'%' && b != b'=') {
-        out.push_str(value);
+        out.extend_from_slice(value.as_bytes());
         return;
     }
     for b in value.bytes() {
         if b.is_ascii_graphic() && b != b'%' && b != b'=' {
-            out.push(char::from(b));
+            out.push(b);
         } else {
-            out.push('%');
+            out.push(b'%');
             for nibble in [b >> 4, b & 0xf] {
-                out.push(char::from(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0')));
+                out.push(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'));
             }
         }
     }
 }
 
-/// Integers appended without `core::fmt` (smaller and faster in wasm).
+/// Integers appended without `core::fmt` (smaller and faster in wasm), their digits in one copy.
 pub mod itoa_like {
     pub trait Int {
-        fn push_to(self, out: &mut String);
+        fn push_to(self, out: &mut Vec<u8>);
     }
 
     impl Int for u64 {
-        fn push_to(self, out: &mut String) {
+        fn push_to(self, out: &mut Vec<u8>) {
             let mut digits = [0u8; 20];
             let mut n = self;
             let mut at = digits.len();
@@ -141,16 +150,14 @@ pub mod itoa_like {
                     break;
                 }
             }
-            for d in digits.iter().skip(at) {
-                out.push(char::from(*d));
-            }
+            out.extend_from_slice(digits.get(at..).unwrap_or_default());
         }
     }
 
     impl Int for i64 {
-        fn push_to(self, out: &mut String) {
+        fn push_to(self, out: &mut Vec<u8>) {
             if self < 0 {
-                out.push('-');
+                out.push(b'-');
             }
             self.unsigned_abs().push_to(out);
         }
@@ -186,11 +193,21 @@ mod tests {
     }
 
     #[test]
+    fn amounts_are_written_as_dollars() {
+        let mut log = AccessLog::new(AccessLogMode::Summary);
+        for micros in [0, 2_160, -1_234_567, 120_000_000, i64::MIN] {
+            log.set_usd("cost_usd", micros);
+        }
+        assert_eq!(log.summary(), "cost_usd=0.000000 cost_usd=0.002160 cost_usd=-1.234567 cost_usd=120.000000 cost_usd=-9223372036854.775808");
+    }
+
+    #[test]
     fn off_and_fields_modes_collect_nothing() {
         for mode in [AccessLogMode::Off, AccessLogMode::Fields] {
             let mut log = AccessLog::new(mode);
             log.set("dialect", "openai");
             log.set_int("cost_micros", 5i64);
+            log.set_usd("cost_usd", 5);
             assert_eq!(log.summary(), "", "{mode:?}");
         }
     }

@@ -49,7 +49,7 @@ use tollgate_core::routing::plan::{self, ParsedRequest, RequestPlan};
 use crate::guard::GuardMetrics;
 use tollgate_core::guard::retry::Decision;
 use tollgate_core::guard::{Attributed, RetryGuard, Work};
-use tollgate_core::usage::{ResponseFormat, UsageScanner};
+use tollgate_core::usage::{ResponseFormat, ScanOutcome, UsageScanner};
 
 pub struct Root {
     /// Makes request ids unique to this VM: the host clock in nanoseconds when it was configured
@@ -577,15 +577,16 @@ impl Stream {
             return None;
         }
         let (now_ms, checkpoint) = self.request.as_ref().map(|r| (r.started_at_ms, r.checkpoint))?;
-        let key = RetryGuard::key(&plan.principal, tollgate_core::guard::fingerprint::of_request(parsed, &guard.ignored));
+        let key = RetryGuard::entry_key(&plan.principal, tollgate_core::guard::fingerprint::of_request(parsed, &guard.ignored));
+        let key = key.as_str();
         let metrics = self.guard_metrics.clone().unwrap_or_default();
-        let Some((decision, since_ms)) = crate::guard::attempt(guard, &key, now_ms, checkpoint, &metrics) else {
+        let Some((decision, since_ms)) = crate::guard::attempt(guard, key, now_ms, checkpoint, &metrics) else {
             self.metrics.host_error();
             return None;
         };
         // Delivered to the counter with the usage posts: the count shared across gateways.
         if let (Some(enforcer), Some(req)) = (self.enforcer.as_mut(), self.request.as_ref()) {
-            enforcer.guard_event(crate::guard::event(&config.gateway_id, &req.request_id, &key, &plan.principal, decision, now_ms, since_ms));
+            enforcer.guard_event(crate::guard::event(&config.gateway_id, &req.request_id, key, &plan.principal, decision, now_ms, since_ms));
         }
         match decision {
             Decision::Pass { retry } => {
@@ -633,22 +634,25 @@ impl Stream {
         self.phase = Phase::Settled;
         let (Some(config), Some(req)) = (self.config.as_ref(), self.request.as_ref()) else { return };
         let Some(plan) = req.plan.as_ref() else { return };
+        let unscanned = ScanOutcome::default();
         let (status, scan) = match self.response.as_mut() {
-            Some(r) => (r.status, r.scanner.as_mut().map(UsageScanner::finish).unwrap_or_default()),
-            None => (0, Default::default()),
+            Some(r) => (r.status, r.scanner.as_mut().map_or(&unscanned, UsageScanner::outcome)),
+            None => (0, &unscanned),
         };
         let exchange = Exchange {
-            record_id: tollgate_core::protocol::record_id(&config.gateway_id, &req.request_id),
-            principal: plan.principal.clone(),
+            gateway_id: &config.gateway_id,
+            request_id: &req.request_id,
+            principal: &plan.principal,
             dialect: req.recognised.dialect,
-            requested_model: plan.requested_model.clone(),
-            routed_model: plan.routed_model.clone(),
+            requested_model: &plan.requested_model,
+            routed_model: &plan.routed_model,
             prompt_bytes: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
             started_at_ms: req.started_at_ms,
         };
         // Only enforcement's ledger needs the end time; metering alone saves the host call.
         let finished_at_ms = if self.enforcer.is_some() { host::now_ms() } else { req.started_at_ms };
-        let s = settle::settle(&config.prices, &exchange, &scan, status, finished_at_ms);
+        // Priced without a usage record: only enforcement and the debug log read one.
+        let s = settle::price(&config.prices, &exchange, scan, status);
         // A conversation turn gives its lock back with what it left in the conversation.
         if let (Some(memory), Some((id, holder, trusted))) = (&self.context_memory, self.conversation.take()) {
             let end = match (scan.tokens.as_ref(), (200..300).contains(&status)) {
@@ -666,7 +670,7 @@ impl Stream {
                 memory.remember(&reference, &plan.routed_model, tokens, finished_at_ms, scan.expires_at_ms);
             }
         }
-        let t = &s.record.tokens;
+        let t = &s.tokens;
         let log = &mut self.access_log;
         for (name, value) in [
             ("tokens_input", t.input),
@@ -677,11 +681,9 @@ impl Stream {
         ] {
             log.set_int(name, value);
         }
-        log.set_int("cost_micros", s.record.cost_micros);
-        if log.wants_text() {
-            log.set("cost_usd", &tollgate_core::money::format_micros(s.record.cost_micros));
-        }
-        log.set("estimated", if s.record.estimated { "true" } else { "false" });
+        log.set_int("cost_micros", s.cost_micros);
+        log.set_usd("cost_usd", s.cost_micros);
+        log.set("estimated", if s.estimated() { "true" } else { "false" });
         let outcome = match s.ended {
             Ended::Metered => Outcome::Metered,
             Ended::Estimated => Outcome::Estimated,
@@ -689,28 +691,28 @@ impl Stream {
         };
         log.set("outcome", outcome.as_str());
         self.metrics.outcome(req.recognised.dialect, outcome);
-        self.metrics.usage(t, s.record.cost_micros);
+        self.metrics.usage(t, s.cost_micros);
         if s.unknown_model {
             self.metrics.unknown_model();
         }
         if self.log_level.get(finished_at_ms) <= LogLevel::Debug {
-            let json = serde_json::to_string(&s.record).unwrap_or_default();
+            let json = serde_json::to_string(&s.record(&exchange, finished_at_ms)).unwrap_or_default();
             host::log(LogLevel::Debug, &format!("tollgate usage record: {json}"));
         }
         if let Some(key) = req.guard_task.as_deref() {
-            let failed = s.record.status == 0 || s.record.status >= 400;
+            let failed = s.status == 0 || s.status >= 400;
             let streak = crate::guard::task_outcome(key, finished_at_ms, failed);
             // Shared through the counter like the retry count (docs/guards.md).
-            if let (Some(enforcer), Some(streak), Some(task)) = (self.enforcer.as_mut(), streak, s.record.principal.task.as_deref()) {
+            if let (Some(enforcer), Some(streak), Some(task)) = (self.enforcer.as_mut(), streak, plan.principal.task.as_deref()) {
                 let window_ms = config.guards.as_ref().and_then(|g| g.retry.as_ref()).map_or(0, |r| r.limits.window_ms);
-                enforcer.guard_event(crate::guard::outcome_event(&exchange.record_id, key, task, streak, failed, finished_at_ms, window_ms));
+                enforcer.guard_event(crate::guard::outcome_event(&exchange.record_id(), key, task, streak, failed, finished_at_ms, window_ms));
             }
         }
-        if let Some(task) = s.record.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
-            crate::guard::add_task_cost(task, s.record.cost_micros);
+        if let Some(task) = plan.principal.task.as_deref().filter(|_| config.guards.as_ref().is_some_and(|g| g.task_cost_header)) {
+            crate::guard::add_task_cost(task, s.cost_micros);
         }
         if let Some(enforcer) = self.enforcer.as_mut() {
-            enforcer.settle(&s.record);
+            enforcer.settle(&s.record(&exchange, finished_at_ms));
         }
     }
 

@@ -16,7 +16,8 @@
 //!   the `tollgate_guard_*` counters.
 //! - [`banner`]: the budget banner's Envoy side: a chat UI's HTML page streamed through lol_html,
 //!   the banner put after `<body>`, its counters (`core::banner` decides).
-//! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → `UsageRecord`.
+//! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → a price, and the
+//!   `UsageRecord` when enforcement or the debug log reads one.
 //! - [`metrics`]: the `tollgate_*` counters.
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
 //! - [`host`]: every raw host call, with every status handled (the SDK's hostcalls panic).

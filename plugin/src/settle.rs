@@ -1,4 +1,7 @@
-//! Settlement: from what the response said (or did not say) to a priced [`UsageRecord`].
+//! Settlement: from what the response said (or did not say) to a price ([`price`]), and a
+//! [`UsageRecord`] for whoever needs one ([`Priced::record`]: enforcement posts it, the debug log
+//! prints it). Metering alone needs only the price: the record copies the request's principal,
+//! model names and ids, which at `[DONE]` cost more wasm instructions than the pricing itself.
 //!
 //! Pure, so the charging rules are tested natively:
 //! - usage reported by the upstream → those tokens, `estimated: false`;
@@ -38,17 +41,62 @@ impl Ended {
     }
 }
 
-/// What the filter knows about a forwarded request.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    pub record_id: String,
-    pub principal: Principal,
+/// What the filter knows about a forwarded request (borrowed from the request's state: settling
+/// copies nothing unless a [`UsageRecord`] is wanted).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub gateway_id: &'a str,
+    pub request_id: &'a str,
+    pub principal: &'a Principal,
     pub dialect: Dialect,
-    pub requested_model: String,
-    pub routed_model: String,
+    pub requested_model: &'a str,
+    pub routed_model: &'a str,
     /// Bytes of the body sent upstream.
     pub prompt_bytes: u64,
     pub started_at_ms: i64,
+}
+
+impl Exchange<'_> {
+    /// The usage record's id (`core::protocol::record_id`).
+    pub fn record_id(&self) -> String {
+        tollgate_core::protocol::record_id(self.gateway_id, self.request_id)
+    }
+}
+
+/// What a request is charged: [`price`]'s answer, before any record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priced {
+    pub tokens: Tokens,
+    pub cost_micros: Micros,
+    /// What the client saw (0 if no response started).
+    pub status: u16,
+    pub ended: Ended,
+    /// The model had no price and the unknown-model policy applied.
+    pub unknown_model: bool,
+}
+
+impl Priced {
+    pub fn estimated(&self) -> bool {
+        self.ended == Ended::Estimated
+    }
+
+    /// The usage record of this charge (what enforcement posts to the counter).
+    pub fn record(&self, exchange: &Exchange<'_>, finished_at_ms: i64) -> UsageRecord {
+        UsageRecord {
+            id: exchange.record_id(),
+            principal: exchange.principal.clone(),
+            dialect: exchange.dialect.as_str().to_owned(),
+            requested_model: exchange.requested_model.to_owned(),
+            routed_model: exchange.routed_model.to_owned(),
+            tokens: self.tokens,
+            cost_micros: self.cost_micros,
+            status: self.status,
+            estimated: self.estimated(),
+            started_at_ms: exchange.started_at_ms,
+            finished_at_ms,
+            p99_reservations: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +108,7 @@ pub struct Settlement {
 }
 
 /// Prices the exchange. `status` is what the client saw (0 if no response started).
-pub fn settle(prices: &PriceTable, exchange: &Exchange, scan: &ScanOutcome, status: u16, finished_at_ms: i64) -> Settlement {
+pub fn price(prices: &PriceTable, exchange: &Exchange<'_>, scan: &ScanOutcome, status: u16) -> Priced {
     let success_or_none = status == 0 || (200..300).contains(&status);
     let (tokens, ended) = match scan.tokens {
         Some(tokens) => (tokens, Ended::Metered),
@@ -70,32 +118,25 @@ pub fn settle(prices: &PriceTable, exchange: &Exchange, scan: &ScanOutcome, stat
         ),
         None => (Tokens::default(), Ended::UpstreamError),
     };
-    let priced_model = match &scan.model {
-        Some(reported) if prices.lookup(&exchange.routed_model).is_none() && prices.lookup(reported).is_some() => reported.as_str(),
-        _ => exchange.routed_model.as_str(),
-    };
-    let (cost_micros, unknown_model): (Micros, bool) = match prices.cost(priced_model, &tokens) {
-        Ok(cost) => (cost.micros.max(0), !cost.known),
-        Err(_) => (0, true),
-    };
-    Settlement {
-        record: UsageRecord {
-            id: exchange.record_id.clone(),
-            principal: exchange.principal.clone(),
-            dialect: exchange.dialect.as_str().to_owned(),
-            requested_model: exchange.requested_model.clone(),
-            routed_model: exchange.routed_model.clone(),
-            tokens,
-            cost_micros,
-            status,
-            estimated: ended == Ended::Estimated,
-            started_at_ms: exchange.started_at_ms,
-            finished_at_ms,
-            p99_reservations: Vec::new(),
+    // The routed model's price; else the reported model's, if the table knows it (each looked up
+    // once); else the unknown-model policy, for the routed model.
+    let known = prices
+        .lookup(exchange.routed_model)
+        .or_else(|| scan.model.as_deref().and_then(|reported| prices.lookup(reported)));
+    let (cost_micros, unknown_model): (Micros, bool) = match known {
+        Some(price) => (price.cost_micros(&tokens).max(0), false),
+        None => match prices.cost(exchange.routed_model, &tokens) {
+            Ok(cost) => (cost.micros.max(0), !cost.known),
+            Err(_) => (0, true),
         },
-        ended,
-        unknown_model,
-    }
+    };
+    Priced { tokens, cost_micros, status, ended, unknown_model }
+}
+
+/// [`price`], and the usage record.
+pub fn settle(prices: &PriceTable, exchange: &Exchange<'_>, scan: &ScanOutcome, status: u16, finished_at_ms: i64) -> Settlement {
+    let priced = price(prices, exchange, scan, status);
+    Settlement { record: priced.record(exchange, finished_at_ms), ended: priced.ended, unknown_model: priced.unknown_model }
 }
 
 #[cfg(test)]
@@ -113,13 +154,19 @@ mod tests {
         PriceTable::from_config(&config).unwrap()
     }
 
-    fn exchange(model: &str) -> Exchange {
+    fn principal() -> &'static Principal {
+        static PRINCIPAL: std::sync::OnceLock<Principal> = std::sync::OnceLock::new();
+        PRINCIPAL.get_or_init(|| Principal { team: Some("t".into()), ..Default::default() })
+    }
+
+    fn exchange(model: &str) -> Exchange<'_> {
         Exchange {
-            record_id: "gw:r1".into(),
-            principal: Principal { team: Some("t".into()), ..Default::default() },
+            gateway_id: "gw",
+            request_id: "r1",
+            principal: principal(),
             dialect: Dialect::OpenAi,
-            requested_model: "tier:x".into(),
-            routed_model: model.into(),
+            requested_model: "tier:x",
+            routed_model: model,
             prompt_bytes: 4000,
             started_at_ms: 10,
         }

@@ -159,7 +159,13 @@ impl RetryGuard {
 
     /// The shared-data key of this (principal, task, fingerprint)'s count.
     pub fn key(principal: &Principal, fingerprint: u64) -> String {
-        hex_key(RETRY_PREFIX, principal_hash(principal, fingerprint))
+        RetryGuard::entry_key(principal, fingerprint).as_str().to_owned()
+    }
+
+    /// [`RetryGuard::key`] without an allocation (the filter computes it on every counted request
+    /// and only reads it).
+    pub fn entry_key(principal: &Principal, fingerprint: u64) -> EntryKey {
+        EntryKey::new(RETRY_PREFIX, principal_hash(principal, fingerprint))
     }
 
     /// The shared-data key of a task's failure streak (per principal and task).
@@ -221,15 +227,37 @@ fn principal_hash(principal: &Principal, seed: u64) -> u64 {
 
 /// `prefix` and 16 lower-case hex digits of `value`, in one allocation.
 fn hex_key(prefix: &str, value: u64) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 16];
-    for (i, slot) in hex.iter_mut().enumerate() {
-        *slot = DIGITS.get(((value >> (60 - 4 * i)) & 0xF) as usize).copied().unwrap_or(b'0');
+    EntryKey::new(prefix, value).as_str().to_owned()
+}
+
+/// A shared-data key held on the stack: a prefix ([`RETRY_PREFIX`], [`FAILURE_PREFIX`]) and 16
+/// lower-case hex digits.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryKey {
+    bytes: [u8; EntryKey::CAP],
+    len: usize,
+}
+
+impl EntryKey {
+    /// Room for the longest prefix and the digits.
+    const CAP: usize = 48;
+
+    fn new(prefix: &str, value: u64) -> EntryKey {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0u8; EntryKey::CAP];
+        let prefix = prefix.as_bytes();
+        let prefix = prefix.get(..prefix.len().min(EntryKey::CAP - 16)).unwrap_or_default();
+        let (head, hex) = bytes.split_at_mut(prefix.len());
+        head.copy_from_slice(prefix);
+        for (i, slot) in hex.iter_mut().take(16).enumerate() {
+            *slot = DIGITS.get(((value >> (60 - 4 * i)) & 0xF) as usize).copied().unwrap_or(b'0');
+        }
+        EntryKey { bytes, len: prefix.len() + 16 }
     }
-    let mut key = String::with_capacity(prefix.len() + hex.len());
-    key.push_str(prefix);
-    key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
-    key
+
+    pub fn as_str(&self) -> &str {
+        self.bytes.get(..self.len).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+    }
 }
 
 /// The hash a checkpoint value is stored as (never 0: 0 means none).

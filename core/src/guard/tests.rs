@@ -171,3 +171,14 @@ fn every_principal_field_and_the_fingerprint_name_their_own_count() {
     let streak = RetryGuard::task_key(&base);
     assert!(streak.starts_with(FAILURE_PREFIX) && streak.len() == FAILURE_PREFIX.len() + 16, "{streak}");
 }
+
+#[test]
+fn the_stack_key_is_the_key() {
+    for fingerprint in [0, 7, u64::MAX, 0x0123_4567_89ab_cdef] {
+        let p = principal(Some("t-1"), Some("u"), None);
+        let key = RetryGuard::key(&p, fingerprint);
+        assert_eq!(RetryGuard::entry_key(&p, fingerprint).as_str(), key);
+        assert_eq!(key.len(), RETRY_PREFIX.len() + 16);
+        assert!(key.starts_with(RETRY_PREFIX) && key[RETRY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+}

@@ -148,19 +148,7 @@ impl UsageScanner {
                 None => Node::Dead,
             },
         };
-        let target = match node {
-            // A response id only in the Responses API (and a cache's name when one is created);
-            // the root `id` only of a whole JSON body.
-            Node::Leaf(Target::ResponseId) if self.endpoint != Endpoint::Responses => Target::None,
-            Node::Leaf(Target::RootId) if !matches!(self.endpoint, Endpoint::Responses | Endpoint::CreateCachedContent) => Target::None,
-            Node::Leaf(Target::RootId) if self.format != ResponseFormat::Json => Target::None,
-            // A cache's size is its billed prompt; a generation's total is not read.
-            Node::Leaf(Target::CacheTokens | Target::ExpireTime) if self.endpoint != Endpoint::CreateCachedContent => Target::None,
-            Node::Leaf(Target::CacheTokens) => Target::Usage(Field::Prompt),
-            Node::Leaf(target) => target,
-            _ => Target::None,
-        };
-        self.json.target = target;
+        self.json.target = self.target_of(node);
         self.json.scratch.clear();
         match b {
             b'{' | b'[' => self.open(b, node),
@@ -224,41 +212,65 @@ impl UsageScanner {
             self.json.fail();
             return;
         }
-        let value = self.json.scratch.as_slice();
-        match (self.json.target, kind, value) {
+        self.message.take_scalar(self.endpoint, self.json.target, kind, self.json.scratch.as_slice());
+        self.after_value();
+    }
+
+    /// What the value at `node` means in this response (some places are read only on one
+    /// endpoint, or only in a whole JSON body).
+    pub(super) fn target_of(&self, node: Node) -> Target {
+        match node {
+            // A response id only in the Responses API (and a cache's name when one is created);
+            // the root `id` only of a whole JSON body.
+            Node::Leaf(Target::ResponseId) if self.endpoint != Endpoint::Responses => Target::None,
+            Node::Leaf(Target::RootId) if !matches!(self.endpoint, Endpoint::Responses | Endpoint::CreateCachedContent) => Target::None,
+            Node::Leaf(Target::RootId) if self.format != ResponseFormat::Json => Target::None,
+            // A cache's size is its billed prompt; a generation's total is not read.
+            Node::Leaf(Target::CacheTokens | Target::ExpireTime) if self.endpoint != Endpoint::CreateCachedContent => Target::None,
+            Node::Leaf(Target::CacheTokens) => Target::Usage(Field::Prompt),
+            Node::Leaf(target) => target,
+            _ => Target::None,
+        }
+    }
+}
+
+impl Message {
+    /// A scalar value ended: what it says, if its `target` wants it. `value` is its text as
+    /// written (`None` when it outgrew [`CAPTURE_CAP`]).
+    pub(super) fn take_scalar(&mut self, endpoint: Endpoint, target: Target, kind: Scalar, value: Option<&[u8]>) {
+        match (target, kind, value) {
             (Target::Usage(field) | Target::EarlyUsage(field), Scalar::Number, Some(text)) => {
-                if let Some(slot) = self.message.usage.get_mut(field as usize) {
+                if let Some(slot) = self.usage.get_mut(field as usize) {
                     *slot = parse_count(text).or(*slot);
                 }
-                self.message.early_usage |= matches!(self.json.target, Target::EarlyUsage(_));
+                self.early_usage |= matches!(target, Target::EarlyUsage(_));
             }
             (Target::Model, Scalar::Str, Some(text)) if !text.is_empty() => {
-                self.message.model.clear();
-                self.message.model.extend_from_slice(text);
-                self.message.model_seen = true;
+                self.model.clear();
+                self.model.extend_from_slice(text);
+                self.model_seen = true;
             }
             (Target::Type, Scalar::Str, text) => {
-                self.message.type_seen = true;
-                self.message.type_terminal = text.and_then(|t| terminal_for_type(&unescape_if_needed(t)));
+                self.type_seen = true;
+                self.type_terminal = text.and_then(|t| terminal_for_type(&unescape_if_needed(t)));
             }
-            (Target::Status, Scalar::Str, Some(text)) if self.endpoint == Endpoint::Responses => {
-                self.message.status_terminal = terminal_for_status(&unescape_if_needed(text));
+            (Target::Status, Scalar::Str, Some(text)) if endpoint == Endpoint::Responses => {
+                self.status_terminal = terminal_for_status(&unescape_if_needed(text));
             }
-            (Target::Finish, Scalar::Str, _) => self.message.finished = true,
+            (Target::Finish, Scalar::Str, _) => self.finished = true,
             (Target::ResponseId | Target::RootId, Scalar::Str, Some(text)) if !text.is_empty() => {
-                self.message.response_id = Some(text.to_vec());
+                self.response_id = Some(text.to_vec());
             }
             (Target::ExpireTime, Scalar::Str, Some(text)) => {
-                self.message.expires_at_ms = std::str::from_utf8(text).ok().and_then(crate::context_memory::timestamp_ms);
+                self.expires_at_ms = std::str::from_utf8(text).ok().and_then(crate::context_memory::timestamp_ms);
             }
             (Target::OutputType, Scalar::Str, Some(b"web_search_call")) => {
-                if let Some(slot) = self.message.usage.get_mut(Field::WebSearches as usize) {
+                if let Some(slot) = self.usage.get_mut(Field::WebSearches as usize) {
                     *slot = Some(slot.unwrap_or(0).saturating_add(1));
                 }
             }
             _ => {}
         }
-        self.after_value();
     }
 }
 
@@ -442,9 +454,10 @@ pub(super) fn unescape_lossy(raw: &[u8]) -> String {
 }
 
 /// A token count: plain non-negative integer text (anything else is ignored).
+/// Digit by digit, as `str::parse::<u64>` reads such text (one that overflows is no count).
 pub(super) fn parse_count(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+    if text.is_empty() {
         return None;
     }
-    std::str::from_utf8(text).ok()?.parse().ok()
+    text.iter().try_fold(0u64, |n, &d| if d.is_ascii_digit() { n.checked_mul(10)?.checked_add(u64::from(d - b'0')) } else { None })
 }

@@ -131,6 +131,11 @@ impl UsageScanner {
             return;
         }
         if self.sse.held.len().saturating_add(data.len()) <= EVENT_HOLD_CAP {
+            if self.sse.held.capacity() == 0 {
+                // Once, room for the events a stream repeats and for its usage chunk (a few
+                // hundred bytes), instead of growing it again for the first larger one.
+                self.sse.held.reserve(HELD_START_CAPACITY);
+            }
             self.sse.held.extend_from_slice(data);
             return;
         }
@@ -164,7 +169,11 @@ impl UsageScanner {
                 None => {
                     // A parsed event may change what skimming compares against (the model).
                     self.sse.template.forget();
-                    self.feed_json(&held);
+                    // In one pass over the held bytes (`held`), or by the lexer from the start.
+                    if !self.parse_held(&held) {
+                        self.message.clear();
+                        self.feed_json(&held);
+                    }
                 }
             }
         }
@@ -216,6 +225,9 @@ impl UsageScanner {
     }
 }
 
+/// What the held data's buffer starts with ([`UsageScanner::event_data`]).
+const HELD_START_CAPACITY: usize = 512;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) enum FieldKind {
     Data,
@@ -255,6 +267,8 @@ pub(super) struct SseState {
     pub(super) ends: Vec<(usize, bool)>,
     /// Bytes of the current `feed` before the framed ones (a byte order mark skipped).
     pub(super) ends_base: usize,
+    /// Off only in tests: every parsed event goes to the lexer (`held`).
+    pub(super) held_parse_disabled: bool,
 }
 
 impl SseState {

@@ -741,10 +741,15 @@ proptest! {
 
 /// What the client receives, chunk by chunk, with the usage-only chunk dropped; and the outcome.
 fn forward_at(dialect: Dialect, endpoint: Endpoint, body: &[u8], cuts: &[usize]) -> (Vec<u8>, ScanOutcome) {
+    forward_through(UsageScanner::new(dialect, endpoint, Sse), body, cuts)
+}
+
+/// [`forward_at`] through `scanner`.
+fn forward_through(scanner: UsageScanner, body: &[u8], cuts: &[usize]) -> (Vec<u8>, ScanOutcome) {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
     cuts.sort_unstable();
     cuts.push(body.len());
-    let mut scanner = UsageScanner::new(dialect, endpoint, Sse).drop_usage_chunk();
+    let mut scanner = scanner.drop_usage_chunk();
     let mut client = Vec::new();
     // What the host holds: what the filter held back, then the new chunk (Envoy's buffering).
     let mut host = Vec::new();
@@ -1053,4 +1058,141 @@ fn a_created_gemini_cache_reports_its_name_size_and_expiry_only_on_that_endpoint
     // A cache whose expiry is not a timestamp keeps only the memory's TTL.
     let odd = GEMINI_CACHE.replace("2025-06-24T12:34:56.123456Z", "soon");
     assert_eq!(scan(Gemini, CreateCachedContent, Json, odd.as_bytes()).expires_at_ms, None);
+}
+
+// ---- Held events parsed in one pass (usage/held.rs) ----
+
+/// Scans `body` as an SSE stream of `dialect`, every parsed event read by the lexer alone.
+fn scan_with_lexer_only(dialect: Dialect, endpoint: Endpoint, body: &[u8]) -> ScanOutcome {
+    let mut s = UsageScanner::new(dialect, endpoint, Sse).without_held_parse();
+    s.feed(body);
+    s.finish()
+}
+
+/// Whether the one-pass parse reads `data` itself (`true`) or leaves it to the lexer.
+fn one_pass(dialect: Dialect, endpoint: Endpoint, data: &str) -> bool {
+    UsageScanner::new(dialect, endpoint, Sse).parse_held(data.as_bytes())
+}
+
+#[test]
+fn held_events_are_parsed_in_one_pass_or_left_to_the_lexer() {
+    let deep = |n: usize| format!("{{\"usage\":{{\"prompt_tokens\":3}},\"x\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+    let long_model = format!("{{\"model\":\"{}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":3}}}}", "m".repeat(300));
+    let rows: Vec<(Dialect, Endpoint, String, bool)> = vec![
+        // What providers send: read in one pass.
+        (OpenAi, Chat, r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","system_fingerprint":null,"service_tier":"default","choices":[],"usage":{"prompt_tokens":520,"completion_tokens":160,"total_tokens":680,"prompt_tokens_details":{"cached_tokens":128,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":64,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"obfuscation":"x1"}"#.into(), true),
+        (OpenAi, Chat, "{ \"choices\" : [ ] ,\n \"usage\" : { \"prompt_tokens\" : 5 } }  \n".into(), true),
+        (Anthropic, Messages, r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"usage":{"input_tokens":60,"output_tokens":1,"cache_creation":{"ephemeral_1h_input_tokens":4}}}}"#.into(), true),
+        (Anthropic, Messages, r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15,"server_tool_use":{"web_search_requests":2}}}"#.into(), true),
+        (Gemini, StreamGenerateContent, r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Nile."}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":9},"modelVersion":"tg-gemini"}"#.into(), true),
+        (OpenAi, Responses, r#"{"type":"response.completed","response":{"id":"resp_1","status":"completed","model":"gpt-5","output":[{"type":"web_search_call"},{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":40,"output_tokens":22}}}"#.into(), true),
+        (OpenAi, Chat, r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into(), true),
+        (OpenAi, Chat, r#"{"id":"x","meta":{"\u0075sage":1,"a\"b":[1,2]},"choices":[],"usage":{"prompt_tokens":2}}"#.into(), true),
+        (OpenAi, Chat, long_model, true),
+        (OpenAi, Chat, deep(20), true),
+        // Everything else goes to the lexer, from the event's start.
+        (OpenAi, Chat, r#"{"\u0075sage":{"prompt_tokens":7}}"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":{"prompt_tokens" 7}}"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":{"prompt_tokens":7},}"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":{"prompt_tokens":7}} x"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":{"prompt_tokens":7}"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":{"prompt_tokens":7"#.into(), false),
+        (OpenAi, Chat, r#"{"model":"gpt-4o"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":nul}"#.into(), false),
+        (OpenAi, Chat, r#"{"usage":[1,]}"#.into(), false),
+        (OpenAi, Chat, r#"[{"usage":{"prompt_tokens":7}}]"#.into(), false),
+        (OpenAi, Chat, "".into(), false),
+        (OpenAi, Chat, deep(40), false),
+    ];
+    for (dialect, endpoint, data, handled) in rows {
+        assert_eq!(one_pass(dialect, endpoint, &data), handled, "{data}");
+        let body = format!("data: {data}\n\n");
+        let want = scan_with_lexer_only(dialect, endpoint, body.as_bytes());
+        assert_eq!(scan(dialect, endpoint, Sse, body.as_bytes()), want, "{data}");
+        let lexer_only = UsageScanner::new(dialect, endpoint, Sse).without_held_parse();
+        assert_eq!(forward_at(dialect, endpoint, body.as_bytes(), &[]), forward_through(lexer_only, body.as_bytes(), &[]), "{data}");
+    }
+}
+
+#[test]
+fn token_counts_are_read_as_str_parse_reads_them() {
+    for text in ["", "0", "007", "18446744073709551615", "18446744073709551616", "1.0", "-1", "+1", "1e3", "12a"] {
+        assert_eq!(parse_count(text.as_bytes()), text.parse::<u64>().ok().filter(|_| text.bytes().all(|b| b.is_ascii_digit())), "{text}");
+    }
+}
+
+/// A JSON-ish value built from the keys and values the path tries read, escapes, odd
+/// whitespace and a few malformed pieces.
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        proptest::sample::select(vec![
+            "0", "12", "-1", "1.5", "1e3", "99999999999999999999999", "true", "false", "null", "nul", "\"gpt-4o\"",
+            "\"message_stop\"", "\"response.completed\"", "\"completed\"", "\"incomplete\"", "\"web_search_call\"",
+            "\"resp_1\"", "\"STOP\"", "\"2025-01-01T00:00:00Z\"", "\"\\u006d\"", "[]", "{}", "[ ]", "{ }",
+        ])
+        .prop_map(str::to_owned),
+        content_text().prop_map(|t| format!("\"{t}\"")),
+    ];
+    let key = proptest::sample::select(vec![
+        "usage", "model", "type", "status", "error", "id", "choices", "delta", "content", "text", "message", "response",
+        "output", "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "cached_tokens",
+        "prompt_tokens_details", "reasoning_tokens", "completion_tokens_details", "cache_read_input_tokens",
+        "cache_creation", "ephemeral_1h_input_tokens", "server_tool_use", "web_search_requests", "usageMetadata",
+        "promptTokenCount", "candidatesTokenCount", "candidates", "finishReason", "parts", "modelVersion",
+        "\\u0075sage", "x", "",
+    ]);
+    let ws = proptest::sample::select(vec!["", "", "", " ", "\n", "\t "]);
+    leaf.prop_recursive(5, 48, 6, move |inner| {
+        prop_oneof![
+            (proptest::collection::vec(inner.clone(), 0..5), ws.clone()).prop_map(|(v, w)| format!("[{w}{}]", v.join(","))),
+            proptest::collection::vec((key.clone(), inner, ws.clone()), 0..6).prop_map(|members| {
+                let members: Vec<String> = members.iter().map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}")).collect();
+                format!("{{{}}}", members.join(","))
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Whether the one-pass parse or the lexer reads a held event changes no outcome, for any
+    /// event (damaged or not) of any dialect, however the stream is cut.
+    #[test]
+    fn the_one_pass_parse_changes_no_outcome(
+        kind in any_scanner_kind(),
+        values in proptest::collection::vec(json_value(), 1..5),
+        edits in proptest::collection::vec((0usize..100_000, proptest::sample::select(b"{}[]\":,\\ \nx0".to_vec()), 0u8..3), 0..3),
+        cuts in proptest::collection::vec(0usize..3000, 0..6),
+    ) {
+        let mut body: Vec<u8> = values.iter().flat_map(|v| format!("data: {{\"model\":\"m\",\"choices\":[],\"usage\":{v}}}\n\ndata: {v}\n\n").into_bytes()).collect();
+        for (at, byte, op) in edits {
+            let at = at % (body.len() + 1);
+            match op {
+                0 => body.insert(at, byte),
+                1 if at < body.len() => { body.remove(at); }
+                _ => if let Some(b) = body.get_mut(at) { *b = byte },
+            }
+        }
+        let want = scan_with_lexer_only(kind.0, kind.1, &body);
+        prop_assert_eq!(scan_at((kind.0, kind.1, Sse), &body, &cuts), want);
+        // And the same usage-only events are left out of the client's stream.
+        let lexer_only = UsageScanner::new(kind.0, kind.1, Sse).without_held_parse();
+        prop_assert_eq!(forward_through(UsageScanner::new(kind.0, kind.1, Sse), &body, &cuts), forward_through(lexer_only, &body, &[]));
+    }
+
+    /// The same over the stream events of the other properties (content, usage, ends, escapes).
+    #[test]
+    fn the_one_pass_parse_changes_no_outcome_of_streams(
+        dialect in prop_oneof![Just(OpenAi), Just(Anthropic)],
+        events in proptest::collection::vec(stream_event(OpenAi), 1..12),
+        anthropic_events in proptest::collection::vec(stream_event(Anthropic), 1..12),
+        cuts in proptest::collection::vec(0usize..3000, 0..6),
+    ) {
+        let (endpoint, events) = if dialect == Anthropic { (Messages, anthropic_events) } else { (Chat, events) };
+        let body = events.concat();
+        prop_assert_eq!(scan_at((dialect, endpoint, Sse), body.as_bytes(), &cuts), scan_with_lexer_only(dialect, endpoint, body.as_bytes()));
+        let lexer_only = UsageScanner::new(dialect, endpoint, Sse).without_held_parse();
+        prop_assert_eq!(forward_at(dialect, endpoint, body.as_bytes(), &cuts), forward_through(lexer_only, body.as_bytes(), &[]));
+    }
 }

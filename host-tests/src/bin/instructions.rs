@@ -229,6 +229,10 @@ fn main() {
     gw.start();
     let startup = gw.instructions();
     println!("startup (instantiate + configure, bundled price table): {startup} instructions");
+    if std::env::var_os("BENCH_CALLBACKS").is_some() {
+        print_response_callbacks(&gw);
+        return;
+    }
     let noop = wasm.with_file_name("noop_filter.wasm");
     let floor = noop.exists().then(|| Gateway::new("").module(module::load_module(&noop)));
     println!();
@@ -288,6 +292,41 @@ fn profile_loop() {
         }
     }
     println!("profiled {requests} chat requests ({}): {} instructions", if enforcing { "enforcement" } else { "metering" }, gw.instructions());
+}
+
+/// `BENCH_CALLBACKS=1`: the chat workload's response phase per host callback in the steady
+/// state (the request as [`measure`] sends it), to see where it goes. The last body callback is
+/// followed by the stream's log, done and delete, counted apart.
+fn print_response_callbacks(gw: &Gateway) {
+    let chat = workloads().into_iter().next().expect("the chat workload");
+    measure(gw, &chat);
+    measure(gw, &chat);
+    let content_length = chat.request.len().to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":authority", "llm.internal"),
+        ("content-type", "application/json"),
+        ("content-length", content_length.as_str()),
+        ("x-auth-team", "platform"),
+    ];
+    let mut s = gw.stream();
+    s.send_request_chunked(&headers, &chat.request, &[16 * 1024]);
+    let mut at = s.instructions();
+    let mut step = |s: &tollgate_host_tests::Stream, what: String| {
+        println!("| {what} | {} |", s.instructions() - at);
+        at = s.instructions();
+    };
+    println!("| {}: response phase by host callback | instructions |", chat.name);
+    println!("|---|---:|");
+    s.response_headers(&chat.response_headers, false);
+    step(&s, "response headers".into());
+    let last = chat.response.len() - 1;
+    for (i, chunk) in chat.response.iter().enumerate() {
+        s.response_body(chunk, i == last);
+        let what = String::from_utf8_lossy(chunk.get(..chunk.len().min(40)).unwrap_or_default()).trim_end().replace('|', "\\|");
+        step(&s, format!("body chunk {i}, {} bytes (`{what}`…){}", chunk.len(), if i == last { ", then log, done, delete" } else { "" }));
+    }
 }
 
 /// Enforcement under steady traffic (issue 15 §3): two requests or more a tick on the worker, so
