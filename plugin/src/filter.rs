@@ -283,7 +283,16 @@ struct RequestState {
 /// What the response phase is reading.
 struct ResponseState {
     status: u16,
-    scanner: Option<UsageScanner>,
+    scanner: Option<Box<UsageScanner>>,
+}
+
+impl Drop for ResponseState {
+    /// The scanner is kept for the VM's next response (`crate::scanners`).
+    fn drop(&mut self) {
+        if let Some(scanner) = self.scanner.take() {
+            crate::scanners::give_back(scanner);
+        }
+    }
 }
 
 pub struct Stream {
@@ -636,7 +645,7 @@ impl Stream {
         let Some(plan) = req.plan.as_ref() else { return };
         let unscanned = ScanOutcome::default();
         let (status, scan) = match self.response.as_mut() {
-            Some(r) => (r.status, r.scanner.as_mut().map_or(&unscanned, UsageScanner::outcome)),
+            Some(r) => (r.status, r.scanner.as_deref_mut().map_or(&unscanned, UsageScanner::outcome)),
             None => (0, &unscanned),
         };
         let exchange = Exchange {
@@ -983,10 +992,12 @@ impl HttpContext for Stream {
             // A compressed body cannot be scanned; it is charged from an estimate.
             (_, true) => None,
             (Some(req), false) => {
-                let scanner = UsageScanner::new(req.recognised.dialect, req.recognised.endpoint, format);
+                let mut scanner = crate::scanners::take(req.recognised.dialect, req.recognised.endpoint, format);
                 // The usage chunk the filter asked for is not the client's (core::usage::strip).
-                let injected = req.plan.as_ref().is_some_and(|p| p.injected_include_usage);
-                Some(if injected { scanner.drop_usage_chunk() } else { scanner })
+                if req.plan.as_ref().is_some_and(|p| p.injected_include_usage) {
+                    scanner.start_dropping_usage_chunk();
+                }
+                Some(scanner)
             }
             (None, false) => None,
         };

@@ -19,6 +19,7 @@
 //! - [`settle`]: pure settlement rules (metered, estimated, upstream error) → a price, and the
 //!   `UsageRecord` when enforcement or the debug log reads one.
 //! - [`metrics`]: the `tollgate_*` counters.
+//! - [`scanners`]: usage scanners reused across a VM's responses (reset in place, not rebuilt).
 //! - [`access_log`]: the access-log filter state (one summary, single fields, or nothing).
 //! - [`host`]: every raw host call, with every status handled (the SDK's hostcalls panic).
 //! - [`wire`]: the header-map wire format, decoded without panicking.
@@ -35,6 +36,7 @@ pub mod filter;
 pub mod guard;
 pub mod host;
 pub mod metrics;
+pub mod scanners;
 pub mod settle;
 pub mod small_alloc;
 pub mod wire;

@@ -342,6 +342,14 @@ impl JsonState {
         }
     }
 
+    /// What [`JsonState::new`] returns, keeping the stack's allocation.
+    pub(super) fn reset_for(&mut self, array_stream: bool) {
+        self.reset();
+        self.key.clear();
+        self.key_escaped = false;
+        self.array_stream = array_stream;
+    }
+
     pub(super) fn reset(&mut self) {
         self.lex = Lex::Value;
         self.stack.clear();

@@ -272,6 +272,47 @@ pub(super) struct SseState {
 }
 
 impl SseState {
+    /// What `SseState::default()` is, keeping the held data's, the ends' and the template's
+    /// allocations.
+    pub(super) fn reset(&mut self) {
+        let SseState {
+            after_cr,
+            line_started,
+            in_value,
+            strip_space,
+            field,
+            value_kind,
+            has_data,
+            data_prefix,
+            held,
+            streaming,
+            event_name,
+            template,
+            dispatched,
+            record_ends,
+            ends,
+            ends_base,
+            held_parse_disabled,
+        } = self;
+        *after_cr = false;
+        *line_started = false;
+        *in_value = false;
+        *strip_space = false;
+        field.clear();
+        *value_kind = FieldKind::default();
+        *has_data = false;
+        data_prefix.clear();
+        held.clear();
+        *streaming = false;
+        event_name.clear();
+        template.reset();
+        *dispatched = false;
+        *record_ends = false;
+        ends.clear();
+        *ends_base = 0;
+        *held_parse_disabled = false;
+    }
+
     /// At the start of a line with no event data yet: where [`EventTemplate::match_event`] can
     /// take a whole event (the state after it is the state before it).
     pub(super) fn at_event_start(&self) -> bool {

@@ -63,11 +63,17 @@ impl UsageScanner {
     /// From now on [`UsageScanner::feed_forward`] leaves OpenAI's usage-only stream chunk out of
     /// what the client receives. Only for SSE; a JSON body is never changed.
     pub fn drop_usage_chunk(mut self) -> UsageScanner {
+        self.start_dropping_usage_chunk();
+        self
+    }
+
+    /// [`UsageScanner::drop_usage_chunk`] in place (a scanner that is [`UsageScanner::reset`]
+    /// for each response, not moved).
+    pub fn start_dropping_usage_chunk(&mut self) {
         if self.format == ResponseFormat::Sse {
             self.strip = Some(Box::default());
             self.sse.record_ends = true;
         }
-        self
     }
 
     /// How many usage-only events were left out of the client's stream.

@@ -104,6 +104,18 @@ impl EventTemplate {
     pub(super) fn forget(&mut self) {
         self.valid = false;
     }
+
+    /// What `EventTemplate::default()` is, keeping its buffers' allocations.
+    pub(super) fn reset(&mut self) {
+        let EventTemplate { disabled, valid, line_head, line_tail, other_content, single_line, event_name } = self;
+        *disabled = false;
+        *valid = false;
+        line_head.clear();
+        line_tail.clear();
+        *other_content = 0;
+        *single_line = false;
+        event_name.clear();
+    }
 }
 
 impl UsageScanner {

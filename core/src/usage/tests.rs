@@ -737,6 +737,57 @@ proptest! {
     }
 }
 
+// ---- A reset scanner is a new one (UsageScanner::reset) ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever a scanner read before (a fixture, damaged or cut anywhere, with or without the
+    /// usage chunk dropped, finished or not), reset it is in the state of a new one: its `Debug`
+    /// shows every field (`Capped` only what it holds; a `Vec`'s spare capacity is not state).
+    #[test]
+    fn a_reset_scanner_is_a_new_one(
+        before in any_scanner_kind(),
+        after in any_scanner_kind(),
+        index in 0usize..15,
+        cut in 0usize..100_000,
+        dropping in any::<bool>(),
+        finished in any::<bool>(),
+    ) {
+        let cases = cases();
+        let case = &cases[index % cases.len()];
+        let body = case.body.as_bytes();
+        let mut scanner = UsageScanner::new(before.0, before.1, before.2);
+        if dropping {
+            scanner.start_dropping_usage_chunk();
+        }
+        let _ = scanner.feed_forward(body.get(..cut % (body.len() + 1)).unwrap_or_default(), false);
+        if finished {
+            scanner.finish();
+        }
+        scanner.reset(after.0, after.1, after.2);
+        prop_assert_eq!(format!("{scanner:?}"), format!("{:?}", UsageScanner::new(after.0, after.1, after.2)));
+    }
+
+    /// And it reads the next response as a new one would: the same outcome, and the same bytes
+    /// forwarded to the client with the usage chunk dropped.
+    #[test]
+    fn a_reset_scanner_reads_the_next_response_as_a_new_one(
+        first in 0usize..15,
+        second in 0usize..15,
+        cuts in proptest::collection::vec(0usize..100_000, 0..10),
+    ) {
+        let cases = cases();
+        let (first, second) = (&cases[first % cases.len()], &cases[second % cases.len()]);
+        let mut scanner = UsageScanner::new(first.dialect, first.endpoint, first.format);
+        scanner.feed(first.body.as_bytes());
+        scanner.finish();
+        scanner.reset(second.dialect, second.endpoint, Sse);
+        let reused = forward_through(scanner, second.body.as_bytes(), &cuts);
+        prop_assert_eq!(reused, forward_at(second.dialect, second.endpoint, second.body.as_bytes(), &cuts));
+    }
+}
+
 // ---- The usage chunk Tollgate asked for stays out of the client's stream (usage/strip.rs) ----
 
 /// What the client receives, chunk by chunk, with the usage-only chunk dropped; and the outcome.

@@ -273,11 +273,16 @@ fn main() {
 
 /// For `perf record` (feature `profile`, `TOLLGATE_PERFMAP=1`): only the chat workload, many times,
 /// so the samples are the filter's steady state. `BENCH_PROFILE_CASE` = `metering` (default) or
-/// `enforcement` (steady traffic: four requests per 20 ms tick), `BENCH_PROFILE_REQUESTS` (20,000).
+/// `enforcement` (steady traffic: four requests per 20 ms tick) or `content` (one long stream of
+/// content events), `BENCH_PROFILE_REQUESTS` (20,000).
 fn profile_loop() {
     let chat = workloads().into_iter().next().expect("the chat workload");
     let requests: u64 = std::env::var("BENCH_PROFILE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let enforcing = std::env::var("BENCH_PROFILE_CASE").is_ok_and(|case| case == "enforcement");
+    let case = std::env::var("BENCH_PROFILE_CASE").unwrap_or_default();
+    if case == "content" {
+        return profile_content_events(&chat, requests);
+    }
+    let enforcing = case == "enforcement";
     let gw = if enforcing {
         enforcing_gateway()
     } else {
@@ -292,6 +297,36 @@ fn profile_loop() {
         }
     }
     println!("profiled {requests} chat requests ({}): {} instructions", if enforcing { "enforcement" } else { "metering" }, gw.instructions());
+}
+
+/// `BENCH_PROFILE_CASE=content`: one chat stream whose response is `requests` × 39 content
+/// events, each its own body chunk (the events a stream repeats, recognised by their template:
+/// the response phase's steady state, without the request and settlement around it).
+fn profile_content_events(chat: &Workload, requests: u64) {
+    let gw = Gateway::new(CONFIG);
+    gw.start();
+    measure(&gw, chat);
+    let content_length = chat.request.len().to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":authority", "llm.internal"),
+        ("content-type", "application/json"),
+        ("content-length", content_length.as_str()),
+        ("x-auth-team", "platform"),
+    ];
+    let mut s = gw.stream();
+    s.send_request_chunked(&headers, &chat.request, &[16 * 1024]);
+    s.response_headers(&chat.response_headers, false);
+    let content = chat.response.get(1..40).expect("the chat workload has 40 content events, the first learns the template");
+    let before = s.instructions();
+    for _ in 0..requests {
+        for chunk in content {
+            s.response_body(chunk, false);
+        }
+    }
+    let events = requests * content.len() as u64;
+    println!("profiled {events} content events: {} instructions each", (s.instructions() - before) / events);
 }
 
 /// `BENCH_CALLBACKS=1`: the chat workload's response phase per host callback in the steady
