@@ -94,9 +94,29 @@ impl UsageScanner {
             strip.held = 0;
             strip.event_start = 0;
         }
-        let forward = self.feed_events(&mut strip, body, end_of_stream);
+        let forward = if strip.held == 0 && strip.lf_ends_event.is_none() && !strip.passing {
+            self.feed_whole_events(&mut strip, body, end_of_stream)
+        } else {
+            self.feed_events(&mut strip, body, end_of_stream)
+        };
         self.strip = Some(strip);
         forward
+    }
+
+    /// [`UsageScanner::feed_events`] for what most chunks are: nothing held back before them,
+    /// whole events that are not the usage chunk, ending at the chunk's end (not on a `\r` whose
+    /// `\n` may come next). Then the body passes as it is, and nothing is copied or held; any
+    /// other chunk takes the general path, whose outcome for this one would be the same.
+    fn feed_whole_events(&mut self, strip: &mut Strip, body: &[u8], end_of_stream: bool) -> Forward {
+        self.sse.ends.clear();
+        self.feed(body);
+        let ends = self.sse.ends.as_slice();
+        let whole = ends.last().is_some_and(|&(end, _)| end == body.len()) && body.last() != Some(&b'\r');
+        if whole && !ends.iter().any(|&(_, usage_only)| usage_only) {
+            strip.event_start = 0;
+            return Forward::default();
+        }
+        self.forward_events(strip, body, end_of_stream, None, 0, 0)
     }
 
     fn feed_events(&mut self, strip: &mut Strip, body: &[u8], end_of_stream: bool) -> Forward {
@@ -119,6 +139,13 @@ impl UsageScanner {
         ends.clear();
         self.sse.ends = ends;
         self.feed(body.get(fed..).unwrap_or_default());
+        self.forward_events(strip, body, end_of_stream, out, event_start, fed)
+    }
+
+    /// What to do with `body` once its bytes from `fed` on were fed: the events that ended in
+    /// them (`sse.ends`) are passed or, the usage chunk, dropped; `out` is what the client gets
+    /// in place of `body[..event_start]` (`None`: unchanged).
+    fn forward_events(&mut self, strip: &mut Strip, body: &[u8], end_of_stream: bool, mut out: Option<Vec<u8>>, mut event_start: usize, fed: usize) -> Forward {
         let ends = std::mem::take(&mut self.sse.ends);
         for &(end, usage_only) in &ends {
             // One whole event: body[event_start..at].
