@@ -209,6 +209,39 @@ pub(super) fn each_quote_or_backslash<B: Block>(data: &[u8], mut f: impl FnMut(u
     super::each_quote_or_backslash_words(tail, |at, byte| f(base + at, byte))
 }
 
+/// [`super::before_a_brace`], sixteen bytes per step: each block's `{` lanes as a bitmask, the
+/// word before each compared; a tail shorter than a block as the last sixteen bytes of `data`,
+/// its lanes already seen masked off (data shorter than a block, byte by byte).
+#[inline(always)]
+pub(super) fn before_a_brace<B: Block>(data: &[u8], before: u64) -> bool {
+    let brace_before = |mut mask: u32, base: usize| {
+        while mask != 0 {
+            let at = base + mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if super::word_before(data, at) == Some(before) {
+                return true;
+            }
+        }
+        false
+    };
+    let (blocks, tail) = data.as_chunks::<16>();
+    let mut base = 0;
+    for block in blocks {
+        if brace_before(B::load(block).eq(b'{').high_bits(), base) {
+            return true;
+        }
+        base += 16;
+    }
+    match data.last_chunk::<16>() {
+        _ if tail.is_empty() => false,
+        Some(last) => {
+            let seen = 16 - tail.len();
+            brace_before(B::load(last).eq(b'{').high_bits() >> seen << seen, data.len() - 16)
+        }
+        None => super::before_a_brace_from(data, 0, before),
+    }
+}
+
 /// [`super::string_body_on_one_line`], sixteen bytes per step; fewer than sixteen left, word by
 /// word (from a byte that is not escaped, as the word-at-a-time function starts).
 #[inline(always)]

@@ -139,6 +139,13 @@ impl UsageScanner {
         {
             return None;
         }
+        // A usage object (OpenAI's usage chunk, Anthropic's `message_delta`) is found before the
+        // walk, which would bail on it only at its key, near the event's end. Bytes that only
+        // look like one (a key ending in `\"usage`) send the event to the parser too, which is
+        // always right, only slower; one written otherwise (`"usage": {`) the walk bails on.
+        if bytes::before_a_brace(data, b"\"usage\":") {
+            return None;
+        }
         let mut content = 0u64;
         // Inside a string: where it started (just past its quote).
         let mut string_start: Option<usize> = None;
