@@ -277,14 +277,17 @@ fn main() {
 
 /// For `perf record` (feature `profile`, `TOLLGATE_PERFMAP=1`): only the chat workload, many times,
 /// so the samples are the filter's steady state. `BENCH_PROFILE_CASE` = `metering` (default) or
-/// `enforcement` (steady traffic: four requests per 20 ms tick) or `content` (one long stream of
-/// content events), `BENCH_PROFILE_REQUESTS` (20,000).
+/// `enforcement` (steady traffic: four requests per 20 ms tick), `content` (one long stream of
+/// content events) or `first` (streams of one event), `BENCH_PROFILE_REQUESTS` (20,000).
 fn profile_loop() {
     let chat = workloads().into_iter().next().expect("the chat workload");
     let requests: u64 = std::env::var("BENCH_PROFILE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let case = std::env::var("BENCH_PROFILE_CASE").unwrap_or_default();
     if case == "content" {
         return profile_content_events(&chat, requests);
+    }
+    if case == "first" {
+        return profile_first_events(&chat, requests);
     }
     let enforcing = case == "enforcement";
     let gw = if enforcing {
@@ -331,6 +334,24 @@ fn profile_content_events(chat: &Workload, requests: u64) {
     }
     let events = requests * content.len() as u64;
     println!("profiled {events} content events: {} instructions each", (s.instructions() - before) / events);
+}
+
+/// `BENCH_PROFILE_CASE=first`: chat streams that end after their first event (`[DONE]` next):
+/// the first event of a stream is skimmed and teaches the template; this profiles that callback
+/// among the request and settlement around it.
+fn profile_first_events(chat: &Workload, requests: u64) {
+    let gw = Gateway::new(CONFIG);
+    gw.start();
+    let short = Workload {
+        name: chat.name,
+        request: chat.request.clone(),
+        response_headers: chat.response_headers.clone(),
+        response: vec![chat.response[0].clone(), chat.response[chat.response.len() - 1].clone()],
+    };
+    for _ in 0..requests {
+        measure(&gw, &short);
+    }
+    println!("profiled {requests} streams of one event: {} instructions", gw.instructions());
 }
 
 /// `BENCH_CALLBACKS=1`: the chat workload's response phase per host callback in the steady
