@@ -306,6 +306,18 @@ fn profile_loop() {
     println!("profiled {requests} chat requests ({}): {} instructions", if enforcing { "enforcement" } else { "metering" }, gw.instructions());
 }
 
+/// The request headers [`measure`] sends, for a body of `content_length` bytes.
+fn chat_request_headers(content_length: &str) -> [(&'static str, &str); 6] {
+    [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":authority", "llm.internal"),
+        ("content-type", "application/json"),
+        ("content-length", content_length),
+        ("x-auth-team", "platform"),
+    ]
+}
+
 /// `BENCH_PROFILE_CASE=content`: one chat stream whose response is `requests` × 39 content
 /// events, each its own body chunk (the events a stream repeats, recognised by their template:
 /// the response phase's steady state, without the request and settlement around it).
@@ -314,14 +326,7 @@ fn profile_content_events(chat: &Workload, requests: u64) {
     gw.start();
     measure(&gw, chat);
     let content_length = chat.request.len().to_string();
-    let headers = [
-        (":method", "POST"),
-        (":path", "/v1/chat/completions"),
-        (":authority", "llm.internal"),
-        ("content-type", "application/json"),
-        ("content-length", content_length.as_str()),
-        ("x-auth-team", "platform"),
-    ];
+    let headers = chat_request_headers(&content_length);
     let mut s = gw.stream();
     s.send_request_chunked(&headers, &chat.request, &[16 * 1024]);
     s.response_headers(&chat.response_headers, false);
@@ -362,14 +367,7 @@ fn print_response_callbacks(gw: &Gateway) {
     measure(gw, &chat);
     measure(gw, &chat);
     let content_length = chat.request.len().to_string();
-    let headers = [
-        (":method", "POST"),
-        (":path", "/v1/chat/completions"),
-        (":authority", "llm.internal"),
-        ("content-type", "application/json"),
-        ("content-length", content_length.as_str()),
-        ("x-auth-team", "platform"),
-    ];
+    let headers = chat_request_headers(&content_length);
     let mut s = gw.stream();
     s.send_request_chunked(&headers, &chat.request, &[16 * 1024]);
     let mut at = s.instructions();
