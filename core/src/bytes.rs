@@ -216,6 +216,24 @@ pub fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     find_either_words(hay, a, b)
 }
 
+/// Inside a JSON string, from `from` (just past its opening quote): where its closing quote is
+/// (the first `"` not escaped by a backslash) and whether the string holds an escape; `None` if
+/// `data` ends first. The bytes between are not checked (control bytes, UTF-8).
+#[inline]
+pub fn string_end(data: &[u8], from: usize) -> Option<(usize, bool)> {
+    let mut at = from;
+    let mut escaped = false;
+    loop {
+        let found = at + find_either(data.get(at..)?, b'"', b'\\')?;
+        if data.get(found) == Some(&b'"') {
+            return Some((found, escaped));
+        }
+        escaped = true;
+        // The escaped byte, whatever it is, is part of the string.
+        at = found + 2;
+    }
+}
+
 /// [`find_either`] without SIMD: the build without `simd128`, and natively.
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
 fn find_either_words(hay: &[u8], a: u8, b: u8) -> Option<usize> {
@@ -500,6 +518,25 @@ mod tests {
                 }
             };
             prop_assert_eq!(string_body_on_one_line(&bytes), expected);
+        }
+
+        #[test]
+        fn a_string_ends_at_its_first_unescaped_quote(bytes in tricky_bytes(), from in 0usize..4) {
+            let expected = {
+                let (mut i, mut escaped) = (from, false);
+                loop {
+                    match bytes.get(i) {
+                        None => break None,
+                        Some(b'"') => break Some((i, escaped)),
+                        Some(b'\\') => {
+                            escaped = true;
+                            i += 2;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            };
+            prop_assert_eq!(string_end(&bytes, from), expected);
         }
 
         #[test]

@@ -61,7 +61,7 @@ impl UsageScanner {
                     if first != b'"' {
                         return false;
                     }
-                    let Some((key_end, escaped)) = string_end(data, at + 1) else { return false };
+                    let Some((key_end, escaped)) = bytes::string_end(data, at + 1) else { return false };
                     let key = data.get(at + 1..key_end).unwrap_or_default();
                     at = skip_ws(data, key_end + 1);
                     if data.get(at) != Some(&b':') {
@@ -95,7 +95,7 @@ impl UsageScanner {
                         continue;
                     }
                     b'"' => {
-                        let Some((end, _)) = string_end(data, at + 1) else { return false };
+                        let Some((end, _)) = bytes::string_end(data, at + 1) else { return false };
                         let text = data.get(at + 1..end).unwrap_or_default();
                         match target {
                             Target::Content => content = content.saturating_add(text.len() as u64),
@@ -155,21 +155,6 @@ fn closing(bracket: u8) -> u8 {
         b'}'
     } else {
         b']'
-    }
-}
-
-/// Where the string whose body starts at `from` ends (its closing quote), as the lexer reads it
-/// (a backslash escapes the byte after it, whatever it is), and whether it holds an escape.
-/// `None` if it does not end in `data`.
-fn string_end(data: &[u8], mut from: usize) -> Option<(usize, bool)> {
-    let mut escaped = false;
-    loop {
-        let at = from + bytes::find_either(data.get(from..)?, b'"', b'\\')?;
-        if data.get(at) == Some(&b'"') {
-            return Some((at, escaped));
-        }
-        escaped = true;
-        from = at + 2;
     }
 }
 

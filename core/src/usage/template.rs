@@ -96,8 +96,8 @@ impl EventTemplate {
         self.event_name.clear();
         self.event_name.extend_from_slice(event_name);
         self.other_content = content.saturating_sub(slot.len() as u64);
-        let line_break = |b: &u8| *b == b'\n' || *b == b'\r';
-        self.single_line = !head.iter().any(line_break) && !tail.iter().any(line_break);
+        let line_break = |bytes: &[u8]| bytes::find_either(bytes, b'\n', b'\r').is_some();
+        self.single_line = !line_break(head) && !line_break(tail);
         self.valid = true;
     }
 
@@ -147,13 +147,9 @@ impl UsageScanner {
             return None;
         }
         let mut content = 0u64;
-        // Inside a string: where it started (just past its quote).
+        // Data cut inside a string: where that string started (just past its quote). A key or
+        // a model / type written with escapes is left to the parser, which decodes them.
         let mut string_start: Option<usize> = None;
-        // A byte escaped by a backslash (ignored whatever it is).
-        let mut escaped_at = usize::MAX;
-        // The current string holds an escape (a key or a model / type written with escapes is
-        // left to the parser, which decodes them).
-        let mut string_escaped = false;
         // The key just read wants its string value, expected to open at `value_quote`.
         let mut pending = Pending::Nothing;
         let mut value_quote = usize::MAX;
@@ -163,70 +159,58 @@ impl UsageScanner {
         let mut first_model: Option<Range<usize>> = None;
         let known_model = self.found.model.is_some().then_some(self.found.model_raw.as_slice());
         let one_object = data.trim_ascii().first() == Some(&b'{') && data.trim_ascii().last() == Some(&b'}');
-        // One `"` or `\\` at `at`; `false` when the event must be parsed instead.
-        let mut special = |at: usize, byte: u8| -> bool {
-            if at == escaped_at {
-                return true;
-            }
-            let Some(start) = string_start else {
-                if byte == b'"' {
-                    string_start = Some(at + 1);
-                    string_escaped = false;
-                }
-                return true;
+        // String to string: the next opening quote (outside strings only `"` matters), then the
+        // string's closing quote, both found sixteen bytes at a time.
+        let mut at = 0;
+        while let Some(open) = bytes::find_either(data.get(at..).unwrap_or_default(), b'"', b'"') {
+            let start = at + open + 1;
+            let Some((end, string_escaped)) = bytes::string_end(data, start) else {
+                string_start = Some(start);
+                break;
             };
-            if byte == b'\\' {
-                escaped_at = at + 1;
-                string_escaped = true;
-                return true;
-            }
-            string_start = None;
-            let text = data.get(start..at).unwrap_or(&[]);
+            at = end + 1;
+            let text = data.get(start..end).unwrap_or_default();
             if start == value_quote.wrapping_add(1) {
                 if string_escaped && matches!(pending, Pending::Model | Pending::Type) {
-                    return false;
+                    return None;
                 }
                 match pending {
                     Pending::Model => match (known_model, first_model.clone()) {
-                        (Some(known), _) if known != text => return false,
-                        (None, Some(first)) if data.get(first.clone()) != Some(text) => return false,
-                        (None, None) if !one_object => return false,
-                        (None, None) => first_model = Some(start..at),
+                        (Some(known), _) if known != text => return None,
+                        (None, Some(first)) if data.get(first.clone()) != Some(text) => return None,
+                        (None, None) if !one_object => return None,
+                        (None, None) => first_model = Some(start..end),
                         _ => {}
                     },
-                    Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return false,
+                    Pending::Type if terminal_for_type(text).is_some() || text.ends_with(b".done") => return None,
                     Pending::Content => {
                         content = content.saturating_add(text.len() as u64);
-                        last_content = Some(start..at);
+                        last_content = Some(start..end);
                     }
                     _ => {}
                 }
                 pending = Pending::Nothing;
-                return true;
+                continue;
             }
-            let colon = skip_ws(data, at + 1);
+            let colon = skip_ws(data, at);
             if data.get(colon) != Some(&b':') {
-                return true;
+                continue;
             }
             if string_escaped {
-                return false;
+                return None;
             }
             // A key: what does its value mean?
             value_quote = skip_ws(data, colon + 1);
             let value_is_string = data.get(value_quote) == Some(&b'"');
-            pending = match skim_key(self.dialect, text) {
+            pending = match skim_key(self.dialect, text, key_word_at(data, start, text.len())) {
                 SkimKey::Usage if data.get(value_quote..).is_some_and(|v| v.starts_with(b"null")) => Pending::Nothing,
-                SkimKey::Usage | SkimKey::Bail => return false,
+                SkimKey::Usage | SkimKey::Bail => return None,
                 SkimKey::Model if value_is_string => Pending::Model,
-                SkimKey::Model => return false,
+                SkimKey::Model => return None,
                 SkimKey::Type => Pending::Type,
                 SkimKey::Content => Pending::Content,
                 SkimKey::Other => Pending::Nothing,
             };
-            true
-        };
-        if !bytes::each_quote_or_backslash(data, &mut special) {
-            return None;
         }
         match (string_start, pending) {
             // Data cut inside a string: a model or type cut short is left to the parser.
@@ -299,7 +283,18 @@ pub(super) const fn key_word(key: &[u8]) -> u64 {
     word
 }
 
-pub(super) fn skim_key(dialect: Dialect, key: &[u8]) -> SkimKey {
+/// [`key_word`] of `data[start..start + len]`, read as one word where eight bytes follow `start`
+/// (a key is always followed by its closing quote and more), masked to the key's length.
+pub(super) fn key_word_at(data: &[u8], start: usize, len: usize) -> u64 {
+    match data.get(start..).and_then(|rest| rest.first_chunk::<8>()) {
+        Some(eight) if len >= 8 => u64::from_le_bytes(*eight),
+        Some(eight) => u64::from_le_bytes(*eight) & ((1u64 << (8 * len)) - 1),
+        None => key_word(data.get(start..start + len).unwrap_or_default()),
+    }
+}
+
+/// What `key` means; `word` is its [`key_word`].
+pub(super) fn skim_key(dialect: Dialect, key: &[u8], word: u64) -> SkimKey {
     pub(super) const fn k(key: &[u8]) -> (usize, u64) {
         (key.len(), key_word(key))
     }
@@ -328,7 +323,7 @@ pub(super) fn skim_key(dialect: Dialect, key: &[u8]) -> SkimKey {
     let anthropic = dialect == Dialect::Anthropic;
     // Keys longer than eight bytes are confirmed whole once their first eight match.
     let long = |name: &[u8]| key == name;
-    match (key.len(), key_word(key)) {
+    match (key.len(), word) {
         USAGE => SkimKey::Usage,
         ERROR | STATUS | RESPONSE | MESSAGE | ITEM | PART => SkimKey::Bail,
         USAGE_METADATA if long(b"usageMetadata") => SkimKey::Bail,
