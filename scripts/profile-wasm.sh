@@ -8,9 +8,10 @@
 # code (the host's own time, which Envoy does not share, is left out). Cranelift is not V8, so
 # read shares, not absolute times. Not part of `make test` or `make bench`.
 #
-# Usage: scripts/profile-wasm.sh [metering|enforcement|content|first] [rows]
+# Usage: scripts/profile-wasm.sh [metering|enforcement|content|first|ends] [rows]
 #   content: one long stream of content events matched by their template (the per-chunk steady state)
 #   first: streams of one event (its skim teaches the template) and [DONE], with their request
+#   ends: streams of the first, finish and usage events and [DONE] (the response's fixed costs)
 #   PROFILE_REQUESTS (20000), TOLLGATE_WASM (the built filter), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."

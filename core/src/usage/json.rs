@@ -387,8 +387,33 @@ pub(super) fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// A byte of a number or a literal (`true`, `false`, `null`) as the lexer takes them: ASCII
+/// letters and digits, `-`, `+` and `.`. By bitmask: a shift and a test per byte.
+#[inline(always)]
 pub(super) fn is_scalar_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
+    let mask = match b >> 6 {
+        0 => SCALAR_BYTES_0_63,
+        1 => SCALAR_BYTES_64_127,
+        _ => 0,
+    };
+    (mask >> (b & 63)) & 1 != 0
+}
+
+const SCALAR_BYTES_0_63: u64 = scalar_bytes_from(0);
+const SCALAR_BYTES_64_127: u64 = scalar_bytes_from(64);
+
+/// Bit `i` is set when byte `from + i` is a scalar byte.
+const fn scalar_bytes_from(from: u8) -> u64 {
+    let mut mask = 0u64;
+    let mut i = 0u8;
+    while i < 64 {
+        let byte = from + i;
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'+' | b'.') {
+            mask |= 1 << i;
+        }
+        i += 1;
+    }
+    mask
 }
 
 /// The text of a short JSON string value, decoded only when it holds an escape.
@@ -467,5 +492,14 @@ pub(super) fn parse_count(text: &[u8]) -> Option<u64> {
     if text.is_empty() {
         return None;
     }
-    text.iter().try_fold(0u64, |n, &d| if d.is_ascii_digit() { n.checked_mul(10)?.checked_add(u64::from(d - b'0')) } else { None })
+    // `n * 10 + digit` fits in a u64 unless `n` is past `u64::MAX / 10`, or at it with a digit
+    // past `u64::MAX % 10`. Compared, not `checked_mul`: in wasm32 a 64-bit multiply with an
+    // overflow check is a call to a 128-bit multiply (`__multi3`), once per digit.
+    const LAST_SAFE: u64 = u64::MAX / 10;
+    const LAST_DIGIT: u64 = u64::MAX % 10;
+    text.iter().try_fold(0u64, |n, &d| {
+        let digit = u64::from(d.wrapping_sub(b'0'));
+        let fits = n < LAST_SAFE || (n == LAST_SAFE && digit <= LAST_DIGIT);
+        (d.is_ascii_digit() && fits).then(|| n * 10 + digit)
+    })
 }

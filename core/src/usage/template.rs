@@ -243,8 +243,17 @@ pub(super) enum Pending {
     Content,
 }
 
-/// The first index at or after `at` that is not JSON whitespace.
+/// The first index at or after `at` that is not JSON whitespace. Inlined with its common case
+/// first: providers' JSON is compact, and a byte above space is never whitespace.
+#[inline(always)]
 pub(super) fn skip_ws(data: &[u8], at: usize) -> usize {
+    match data.get(at) {
+        Some(&b) if b > b' ' => at,
+        _ => skip_ws_run(data, at),
+    }
+}
+
+fn skip_ws_run(data: &[u8], at: usize) -> usize {
     let mut at = at;
     while data.get(at).is_some_and(|&b| is_ws(b)) {
         at += 1;

@@ -1166,8 +1166,15 @@ fn held_events_are_parsed_in_one_pass_or_left_to_the_lexer() {
 }
 
 #[test]
+fn scalar_bytes_are_ascii_letters_digits_and_sign_and_point() {
+    for b in 0..=255u8 {
+        assert_eq!(is_scalar_byte(b), b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'), "{b:#04x}");
+    }
+}
+
+#[test]
 fn token_counts_are_read_as_str_parse_reads_them() {
-    for text in ["", "0", "007", "18446744073709551615", "18446744073709551616", "1.0", "-1", "+1", "1e3", "12a"] {
+    for text in ["", "0", "007", "18446744073709551615", "18446744073709551616", "18446744073709551610", "18446744073709551619", "1844674407370955161", "184467440737095516150", "99999999999999999999", "1.0", "-1", "+1", "1e3", "12a"] {
         assert_eq!(parse_count(text.as_bytes()), text.parse::<u64>().ok().filter(|_| text.bytes().all(|b| b.is_ascii_digit())), "{text}");
     }
 }

@@ -278,7 +278,7 @@ fn main() {
 /// For `perf record` (feature `profile`, `TOLLGATE_PERFMAP=1`): only the chat workload, many times,
 /// so the samples are the filter's steady state. `BENCH_PROFILE_CASE` = `metering` (default) or
 /// `enforcement` (steady traffic: four requests per 20 ms tick), `content` (one long stream of
-/// content events) or `first` (streams of one event), `BENCH_PROFILE_REQUESTS` (20,000).
+/// content events), `first` (streams of one event) or `ends` (streams of the fixed-cost events), `BENCH_PROFILE_REQUESTS` (20,000).
 fn profile_loop() {
     let chat = workloads().into_iter().next().expect("the chat workload");
     let requests: u64 = std::env::var("BENCH_PROFILE_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
@@ -287,7 +287,11 @@ fn profile_loop() {
         return profile_content_events(&chat, requests);
     }
     if case == "first" {
-        return profile_first_events(&chat, requests);
+        return profile_short_streams(&chat, requests, &[0], "streams of one event");
+    }
+    if case == "ends" {
+        let n = chat.response.len();
+        return profile_short_streams(&chat, requests, &[0, n - 3, n - 2], "streams of their first, finish and usage events");
     }
     let enforcing = case == "enforcement";
     let gw = if enforcing {
@@ -343,20 +347,21 @@ fn profile_content_events(chat: &Workload, requests: u64) {
 
 /// `BENCH_PROFILE_CASE=first`: chat streams that end after their first event (`[DONE]` next):
 /// the first event of a stream is skimmed and teaches the template; this profiles that callback
-/// among the request and settlement around it.
-fn profile_first_events(chat: &Workload, requests: u64) {
+/// among the request and settlement around it. `ends`: the first event, the finish event and
+/// the usage chunk (the response's fixed costs), then `[DONE]`.
+fn profile_short_streams(chat: &Workload, requests: u64, events: &[usize], what: &str) {
     let gw = Gateway::new(CONFIG);
     gw.start();
     let short = Workload {
         name: chat.name,
         request: chat.request.clone(),
         response_headers: chat.response_headers.clone(),
-        response: vec![chat.response[0].clone(), chat.response[chat.response.len() - 1].clone()],
+        response: events.iter().chain([&(chat.response.len() - 1)]).map(|&i| chat.response[i].clone()).collect(),
     };
     for _ in 0..requests {
         measure(&gw, &short);
     }
-    println!("profiled {requests} streams of one event: {} instructions", gw.instructions());
+    println!("profiled {requests} {what}: {} instructions", gw.instructions());
 }
 
 /// `BENCH_CALLBACKS=1`: the chat workload's response phase per host callback in the steady
