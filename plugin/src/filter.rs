@@ -46,6 +46,7 @@ use tollgate_core::dialect::Recognised;
 use tollgate_core::errors::{ErrorKind, Failure};
 use tollgate_core::enforce::reservation;
 use tollgate_core::routing::plan::{self, ParsedRequest, RequestPlan};
+use tollgate_core::pricing::PriceLookup;
 use crate::guard::GuardMetrics;
 use tollgate_core::guard::retry::Decision;
 use tollgate_core::guard::{Attributed, RetryGuard, Work};
@@ -273,6 +274,9 @@ struct RequestState {
     started_at_ms: i64,
     had_content_length: bool,
     plan: Option<RequestPlan>,
+    /// The routed model's price, looked up once at admission (set with `plan`); settlement
+    /// charges at it.
+    routed_price: Option<PriceLookup>,
     /// A checkpoint a trusted upstream filter wrote (`guards.retry.checkpoint_header`), hashed.
     checkpoint: Option<u64>,
     /// The shared-data key of the task's failure streak, when the retry guard counted this request
@@ -537,6 +541,7 @@ impl Stream {
         };
         if let Some(req) = self.request.as_mut() {
             req.plan = Some(plan);
+            req.routed_price = Some(price);
         }
         self.on_verdict(verdict, false)
     }
@@ -642,7 +647,7 @@ impl Stream {
         }
         self.phase = Phase::Settled;
         let (Some(config), Some(req)) = (self.config.as_ref(), self.request.as_ref()) else { return };
-        let Some(plan) = req.plan.as_ref() else { return };
+        let (Some(plan), Some(routed_price)) = (req.plan.as_ref(), req.routed_price.as_ref()) else { return };
         let unscanned = ScanOutcome::default();
         let (status, scan) = match self.response.as_mut() {
             Some(r) => (r.status, r.scanner.as_deref_mut().map_or(&unscanned, UsageScanner::outcome)),
@@ -655,6 +660,7 @@ impl Stream {
             dialect: req.recognised.dialect,
             requested_model: &plan.requested_model,
             routed_model: &plan.routed_model,
+            routed_price,
             prompt_bytes: u64::try_from(plan.body_len).unwrap_or(u64::MAX),
             started_at_ms: req.started_at_ms,
         };
@@ -907,6 +913,7 @@ impl HttpContext for Stream {
             started_at_ms,
             had_content_length: declared_len.is_some(),
             plan: None,
+            routed_price: None,
             checkpoint: crate::guard::checkpoint(config.guards.as_ref(), |name| header(&headers, name)),
             guard_task: None,
         });

@@ -24,6 +24,7 @@
 //! - [`host`]: every raw host call, with every status handled (the SDK's hostcalls panic).
 //! - [`wire`]: the header-map wire format, decoded without panicking.
 //! - [`small_alloc`]: the VM's allocator (free lists per size class before wasi-libc's malloc).
+//! - [`mem_compare`]: the VM's `memcmp` (words, not wasi-libc's byte loop).
 //!
 //! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
 
@@ -35,6 +36,7 @@ pub mod enforce;
 pub mod filter;
 pub mod guard;
 pub mod host;
+pub mod mem_compare;
 pub mod metrics;
 pub mod scanners;
 pub mod settle;

@@ -10,13 +10,15 @@
 //!   content streamed so far, `estimated: true`;
 //! - an upstream error without usage → zero tokens (the provider does not bill it).
 //!
-//! The routed model is priced (it is what was asked for and reserved against). If the table does
-//! not know it but knows the model the upstream reports (e.g. an Azure deployment name vs the
-//! `gpt-4o-2024-08-06` in the response), the reported model is priced instead.
+//! The routed model is priced (it is what was asked for and reserved against), at the price
+//! admission looked up ([`Exchange::routed_price`]: the table is not searched twice per request).
+//! If the table does not know it but knows the model the upstream reports (e.g. an Azure
+//! deployment name vs the `gpt-4o-2024-08-06` in the response), the reported model is priced
+//! instead; else admission's unknown-model policy price applies.
 
 use tollgate_core::dialect::Dialect;
 use tollgate_core::money::Micros;
-use tollgate_core::pricing::PriceTable;
+use tollgate_core::pricing::{PriceLookup, PriceTable};
 use tollgate_core::protocol::{Principal, Tokens, UsageRecord};
 use tollgate_core::usage::ScanOutcome;
 
@@ -51,6 +53,9 @@ pub struct Exchange<'a> {
     pub dialect: Dialect,
     pub requested_model: &'a str,
     pub routed_model: &'a str,
+    /// The routed model's price as admission found it (`PriceTable::price`: the unknown-model
+    /// policy already applied; a model the `deny` policy refuses never reaches settlement).
+    pub routed_price: &'a PriceLookup,
     /// Bytes of the body sent upstream.
     pub prompt_bytes: u64,
     pub started_at_ms: i64,
@@ -118,18 +123,14 @@ pub fn price(prices: &PriceTable, exchange: &Exchange<'_>, scan: &ScanOutcome, s
         ),
         None => (Tokens::default(), Ended::UpstreamError),
     };
-    // The routed model's price; else the reported model's, if the table knows it (each looked up
-    // once); else the unknown-model policy, for the routed model.
-    let known = prices
-        .lookup(exchange.routed_model)
-        .or_else(|| scan.model.as_deref().and_then(|reported| prices.lookup(reported)));
-    let (cost_micros, unknown_model): (Micros, bool) = match known {
-        Some(price) => (price.cost_micros(&tokens).max(0), false),
-        None => match prices.cost(exchange.routed_model, &tokens) {
-            Ok(cost) => (cost.micros.max(0), !cost.known),
-            Err(_) => (0, true),
-        },
+    // The routed model's price; else the reported model's, if the table knows it; else the
+    // unknown-model policy's, for the routed model.
+    let routed = exchange.routed_price;
+    let (price, unknown_model) = match scan.model.as_deref().filter(|_| !routed.known).and_then(|reported| prices.lookup(reported)) {
+        Some(reported) => (reported, false),
+        None => (&routed.price, !routed.known),
     };
+    let cost_micros = price.cost_micros(&tokens).max(0);
     Priced { tokens, cost_micros, status, ended, unknown_model }
 }
 
@@ -159,7 +160,10 @@ mod tests {
         PRINCIPAL.get_or_init(|| Principal { team: Some("t".into()), ..Default::default() })
     }
 
+    /// The exchange of a request routed to `model`, at the price admission found in [`table`]
+    /// (the default unknown-model policy, `zero`, for a model it does not know).
     fn exchange(model: &str) -> Exchange<'_> {
+        let price = Box::leak(Box::new(table().price(model).unwrap()));
         Exchange {
             gateway_id: "gw",
             request_id: "r1",
@@ -167,6 +171,7 @@ mod tests {
             dialect: Dialect::OpenAi,
             requested_model: "tier:x",
             routed_model: model,
+            routed_price: price,
             prompt_bytes: 4000,
             started_at_ms: 10,
         }
