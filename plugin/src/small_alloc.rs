@@ -243,17 +243,19 @@ mod tests {
         unsafe {
             let mut size = 5;
             let mut block = classes.alloc(layout(size, 1), &backing);
-            for (i, b) in (0..size).zip(1u8..) {
+            // Byte values 1..=255 over and over (`1u8..` would overflow past 255 bytes).
+            let pattern = || (1..=255u8).cycle();
+            for (i, b) in (0..size).zip(pattern()) {
                 block.add(i).write(b);
             }
             // Within the class, across classes, to the system allocator, within it, and back down.
             for new_size in [12, 16, 17, 1000, 4096, 5000, 9000, 300, 3] {
                 block = classes.realloc(block, layout(size, 1), new_size, &backing);
                 assert!(!block.is_null());
-                for (i, b) in (0..size.min(new_size)).zip(1u8..) {
+                for (i, b) in (0..size.min(new_size)).zip(pattern()) {
                     assert_eq!(block.add(i).read(), b, "byte {i} after {size} → {new_size}");
                 }
-                for (i, b) in (0..new_size).zip(1u8..) {
+                for (i, b) in (0..new_size).zip(pattern()) {
                     block.add(i).write(b);
                 }
                 size = new_size;
