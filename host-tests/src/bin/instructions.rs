@@ -229,9 +229,10 @@ fn main() {
     gw.start();
     let startup = gw.instructions();
     println!("startup (instantiate + configure, bundled price table): {startup} instructions");
-    if std::env::var_os("BENCH_CALLBACKS").is_some() {
-        print_response_callbacks(&gw);
-        return;
+    match std::env::var("BENCH_CALLBACKS").as_deref() {
+        Ok("enforcement") => return print_response_callbacks(&enforcing_gateway()),
+        Ok(_) => return print_response_callbacks(&gw),
+        Err(_) => {}
     }
     let noop = wasm.with_file_name("noop_filter.wasm");
     let floor = noop.exists().then(|| Gateway::new("").module(module::load_module(&noop)));
@@ -365,7 +366,8 @@ fn profile_short_streams(chat: &Workload, requests: u64, events: &[usize], what:
 }
 
 /// `BENCH_CALLBACKS=1`: the chat workload's response phase per host callback in the steady
-/// state (the request as [`measure`] sends it), to see where it goes. The last body callback is
+/// state (the request as [`measure`] sends it), to see where it goes (`BENCH_CALLBACKS=enforcement`:
+/// with enforcement, one request a second: the shared path). The last body callback is
 /// followed by the stream's log, done and delete, counted apart.
 fn print_response_callbacks(gw: &Gateway) {
     let chat = workloads().into_iter().next().expect("the chat workload");
