@@ -9,8 +9,9 @@ impl UsageScanner {
 
     pub(super) fn feed_sse(&mut self, mut bytes: &[u8]) {
         let total = bytes.len();
+        let missed = std::mem::take(&mut self.sse.template_missed);
         while let Some((&first, rest)) = bytes.split_first() {
-            if first == b'd' && self.sse.at_event_start() {
+            if first == b'd' && self.sse.at_event_start() && !(missed && bytes.len() == total) {
                 // A whole `data:` event shaped like the last skimmed one: counted in one pass.
                 let event_name = self.sse.event_name.as_slice();
                 if let Some((len, content)) = self.sse.template.match_event(bytes, event_name) {
@@ -66,6 +67,32 @@ impl UsageScanner {
                     self.sse.field.push(first);
                 }
             }
+        }
+    }
+
+    /// A chunk that is exactly one whole event shaped like the last skimmed one
+    /// ([`EventTemplate::match_event`]) at an event's start: counted as `feed_sse` would count
+    /// it (its content, nothing else changes), without framing it. Per chunk this skips the
+    /// framing loop, the strip's record of where events end and its check of them: about a
+    /// fifth of a content event's cost in the filter. `false`: nothing was done; feed it.
+    pub(super) fn take_template_chunk(&mut self, body: &[u8]) -> bool {
+        if self.finished.is_some() || self.bom_seen < 3 || self.format != ResponseFormat::Sse || !self.sse.at_event_start() {
+            return false;
+        }
+        match self.sse.template.match_event(body, self.sse.event_name.as_slice()) {
+            None => {
+                self.sse.template_missed = true;
+                false
+            }
+            Some((len, content)) if len == body.len() => {
+                self.found.content_bytes = self.found.content_bytes.saturating_add(content);
+                self.sse.event_name.clear();
+                // What framing it would leave: no usage-only event, no end waiting to be noted.
+                self.usage_only_event = false;
+                self.sse.dispatched = false;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -260,6 +287,9 @@ pub(super) struct SseState {
     pub(super) template: EventTemplate,
     /// An event was just dispatched (read by [`UsageScanner::record_event_end`]).
     pub(super) dispatched: bool,
+    /// The bytes about to be framed were just compared with the template, whole, and did not
+    /// match ([`UsageScanner::take_template_chunk`]): `feed_sse` does not compare them again.
+    pub(super) template_missed: bool,
     /// Record where events end, for the strip (`usage::strip`).
     pub(super) record_ends: bool,
     /// Each event that ended during the current [`UsageScanner::feed`]: its end, as an offset
@@ -289,6 +319,7 @@ impl SseState {
             event_name,
             template,
             dispatched,
+            template_missed,
             record_ends,
             ends,
             ends_base,
@@ -307,6 +338,7 @@ impl SseState {
         event_name.clear();
         template.reset();
         *dispatched = false;
+        *template_missed = false;
         *record_ends = false;
         ends.clear();
         *ends_base = 0;

@@ -85,6 +85,12 @@ impl UsageScanner {
     /// [`Forward::hold`], then the new chunk — and says what to do with it. Without
     /// [`UsageScanner::drop_usage_chunk`] this is [`UsageScanner::feed`] and the body passes.
     pub fn feed_forward(&mut self, body: &[u8], end_of_stream: bool) -> Forward {
+        // Most chunks of a stream: one content event shaped like the last skimmed one, with
+        // nothing held before it. It passes as it is, whatever the strip does.
+        let clean = self.strip.as_deref().is_none_or(|s| s.held == 0 && s.lf_ends_event.is_none() && !s.passing);
+        if clean && self.take_template_chunk(body) {
+            return Forward::default();
+        }
         let Some(mut strip) = self.strip.take() else {
             self.feed(body);
             return Forward::default();

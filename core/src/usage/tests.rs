@@ -943,6 +943,62 @@ fn an_event_longer_than_the_hold_passes_whole_and_a_cut_stream_keeps_its_tail() 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
+    /// The chunking Envoy usually hands over, one event per chunk (some merged, a few cut
+    /// anywhere): a chunk that is one event shaped like the last skimmed one is counted without
+    /// framing it (`take_template_chunk`). The client gets the same bytes and the metering is the
+    /// same as for the whole stream read without event templates, with the strip and without.
+    #[test]
+    fn streams_chunked_event_by_event_forward_and_meter_like_whole_ones(
+        dialect in prop_oneof![Just(OpenAi), Just(Anthropic)],
+        events in proptest::collection::vec(stream_event(OpenAi), 1..16),
+        anthropic_events in proptest::collection::vec(stream_event(Anthropic), 1..16),
+        merged in proptest::collection::vec(any::<bool>(), 16),
+        cuts in proptest::collection::vec(0usize..3000, 0..3),
+        strip in any::<bool>(),
+    ) {
+        let (endpoint, events) = if dialect == Anthropic { (Messages, anthropic_events) } else { (Chat, events) };
+        let body = events.concat();
+        let mut at = 0;
+        let mut cuts = cuts;
+        for (event, merged) in events.iter().zip(merged.iter().chain(std::iter::repeat(&false))) {
+            at += event.len();
+            if !merged {
+                cuts.push(at);
+            }
+        }
+        let reference = {
+            let mut s = UsageScanner::new(dialect, endpoint, Sse).without_event_templates();
+            s.feed(body.as_bytes());
+            s.finish()
+        };
+        let scanner = UsageScanner::new(dialect, endpoint, Sse);
+        let (client, outcome) = if strip {
+            forward_through(scanner, body.as_bytes(), &cuts)
+        } else {
+            let mut scanner = scanner;
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(body.len());
+            let mut start = 0;
+            let mut client = Vec::new();
+            for (i, &cut) in points.iter().enumerate() {
+                let chunk = body.as_bytes().get(start..cut).unwrap_or(&[]);
+                let forward = scanner.feed_forward(chunk, i == points.len() - 1);
+                prop_assert_eq!(forward, Forward::default(), "without the strip every chunk passes");
+                client.extend_from_slice(chunk);
+                start = cut;
+            }
+            (client, scanner.finish())
+        };
+        let want: String = if strip && dialect == OpenAi {
+            events.iter().filter(|e| !e.contains("\"choices\":[],\"usage\":{")).cloned().collect()
+        } else {
+            body.clone()
+        };
+        prop_assert_eq!(String::from_utf8_lossy(&client), want);
+        prop_assert_eq!(outcome, reference);
+    }
+
     /// Whatever the events and however they are cut, the client gets exactly the stream without
     /// its usage-only events, and the metering is the scanner's on the whole stream.
     #[test]
