@@ -427,8 +427,13 @@ pub(super) fn unescape_if_needed(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 
 /// Decodes a JSON string's escapes (invalid ones and lone surrogates become U+FFFD).
 pub(super) fn unescape_lossy(raw: &[u8]) -> String {
-    if !raw.contains(&b'\\') {
-        return String::from_utf8_lossy(raw).into_owned();
+    if bytes::find_either(raw, b'\\', b'\\').is_none() {
+        // Valid UTF-8 (what providers send) is copied as it is; `from_utf8_lossy` would walk
+        // it chunk by chunk first.
+        return match std::str::from_utf8(raw) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(raw).into_owned(),
+        };
     }
     let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     let mut units: Vec<u16> = Vec::new();
