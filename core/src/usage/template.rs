@@ -66,7 +66,10 @@ impl EventTemplate {
     /// its first unescaped quote (the tail starts with that quote), and no line break may
     /// come before the blank line, so the SSE framing would have made the same event of it.
     pub(super) fn match_event(&self, bytes: &[u8], event_name: Option<&[u8]>) -> Option<(usize, u64)> {
-        if !self.valid || !self.single_line || event_name != Some(self.event_name.as_slice()) {
+        // The name compared by length first: most streams have none (OpenAI), and comparing two
+        // empty slices is still a `memcmp` call.
+        let same_name = event_name.is_some_and(|name| name.len() == self.event_name.len() && (name.is_empty() || name == self.event_name.as_slice()));
+        if !self.valid || !self.single_line || !same_name {
             return None;
         }
         let (line_head, line_tail) = (self.line_head.as_slice(), self.line_tail.as_slice());
