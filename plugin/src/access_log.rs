@@ -20,87 +20,120 @@ const STATE_PREFIX: &str = "tollgate.";
 /// The summary's filter-state key.
 const SUMMARY_KEY: &str = "tollgate.summary";
 
+/// A value's name as the summary writes it, ` name=` (one leading space, the `=`), composed at
+/// compile time by [`key!`] so that starting a pair is one copy: no separator to decide, no
+/// bytes pushed one at a time. `fields` mode publishes the bare name ([`Key::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(&'static str);
+
+/// `key!("team")`: the access-log [`Key`] of the value named `team`.
+macro_rules! key {
+    ($name:literal) => {
+        $crate::access_log::Key::composed(concat!(" ", $name, "="))
+    };
+}
+pub(crate) use key;
+
+impl Key {
+    /// From ` name=` as [`key!`] composes it.
+    #[doc(hidden)]
+    pub const fn composed(written: &'static str) -> Key {
+        Key(written)
+    }
+
+    /// The value's name, as `fields` mode publishes it (`tollgate.<name>`).
+    pub fn name(self) -> &'static str {
+        self.0.get(1..self.0.len().saturating_sub(1)).unwrap_or_default()
+    }
+}
+
+/// The key of an attribution field (its name is `Field::as_str`, checked by a test).
+pub fn attribution_key(field: tollgate_core::attribution::Field) -> Key {
+    use tollgate_core::attribution::Field;
+    match field {
+        Field::Org => key!("org"),
+        Field::CostCenter => key!("cost_center"),
+        Field::Team => key!("team"),
+        Field::User => key!("user"),
+        Field::KeyId => key!("key_id"),
+        Field::UseCase => key!("use_case"),
+        Field::Tier => key!("tier"),
+        Field::Task => key!("task"),
+    }
+}
+
 /// One request's access-log values.
 #[derive(Debug)]
 pub struct AccessLog {
     mode: AccessLogMode,
-    /// The summary so far (`summary` mode): printable ASCII only (values are escaped), kept as
-    /// bytes so numbers are appended whole, without a check per character.
+    /// The summary so far (`summary` mode), each pair written with its leading space (the first
+    /// one's is not published): printable ASCII only (values are escaped), kept as bytes so
+    /// numbers are appended whole, without a check per character.
     summary: Vec<u8>,
 }
 
 impl AccessLog {
     pub fn new(mode: AccessLogMode) -> AccessLog {
-        AccessLog { mode, summary: Vec::new() }
-    }
-
-    /// Records `name=value`.
-    pub fn set(&mut self, name: &str, value: &str) {
-        match self.mode {
-            AccessLogMode::Off => {}
-            AccessLogMode::Summary => {
-                self.start_pair(name);
-                escape_into(&mut self.summary, value);
-            }
-            AccessLogMode::Fields => publish(name, value),
-        }
-    }
-
-    /// Records a number (formatted only if it is published).
-    pub fn set_int(&mut self, name: &str, value: impl itoa_like::Int) {
-        match self.mode {
-            AccessLogMode::Off => {}
-            AccessLogMode::Summary => {
-                self.start_pair(name);
-                value.push_to(&mut self.summary);
-            }
-            AccessLogMode::Fields => {
-                let mut text = Vec::new();
-                value.push_to(&mut text);
-                publish(name, &String::from_utf8_lossy(&text));
-            }
-        }
-    }
-
-    /// Records an amount of micro-dollars as dollars (`core::money::format_micros`).
-    pub fn set_usd(&mut self, name: &str, micros: tollgate_core::money::Micros) {
-        match self.mode {
-            AccessLogMode::Off => {}
-            // Digits, `-` and `.`: nothing to escape.
-            AccessLogMode::Summary => {
-                self.start_pair(name);
-                tollgate_core::money::push_micros(&mut self.summary, micros);
-            }
-            AccessLogMode::Fields => publish(name, &tollgate_core::money::format_micros(micros)),
-        }
-    }
-
-    fn start_pair(&mut self, name: &str) {
-        if self.summary.is_empty() {
+        let summary = match mode {
             // One allocation for the whole line: a metered chat request's summary is about 250
             // bytes, and attribution, a guard or enforcement add more. Growing it in the response
             // phase (a realloc and a copy of the line) is what made the retry guard's response
             // phase dear: with 384, the guarded 2 KB chat request's fell by ~2,400 instructions
             // (wasm fuel, issue 12).
-            self.summary.reserve(384);
-        } else {
-            self.summary.push(b' ');
+            AccessLogMode::Summary => Vec::with_capacity(384),
+            AccessLogMode::Off | AccessLogMode::Fields => Vec::new(),
+        };
+        AccessLog { mode, summary }
+    }
+
+    /// Records `name=value`.
+    pub fn set(&mut self, key: Key, value: &str) {
+        match self.mode {
+            AccessLogMode::Off => {}
+            AccessLogMode::Summary => {
+                self.summary.extend_from_slice(key.0.as_bytes());
+                escape_into(&mut self.summary, value);
+            }
+            AccessLogMode::Fields => publish(key.name(), value),
         }
-        self.summary.extend_from_slice(name.as_bytes());
-        self.summary.push(b'=');
+    }
+
+    /// Records a number (formatted only if it is published).
+    pub fn set_int(&mut self, key: Key, value: impl itoa::Integer) {
+        match self.mode {
+            AccessLogMode::Off => {}
+            AccessLogMode::Summary => {
+                self.summary.extend_from_slice(key.0.as_bytes());
+                self.summary.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+            }
+            AccessLogMode::Fields => publish(key.name(), itoa::Buffer::new().format(value)),
+        }
+    }
+
+    /// Records an amount of micro-dollars as dollars (`core::money::format_micros`).
+    pub fn set_usd(&mut self, key: Key, micros: tollgate_core::money::Micros) {
+        match self.mode {
+            AccessLogMode::Off => {}
+            // Digits, `-` and `.`: nothing to escape.
+            AccessLogMode::Summary => {
+                self.summary.extend_from_slice(key.0.as_bytes());
+                tollgate_core::money::push_micros(&mut self.summary, micros);
+            }
+            AccessLogMode::Fields => publish(key.name(), &tollgate_core::money::format_micros(micros)),
+        }
     }
 
     /// Publishes the summary (once; a second call does nothing). `fields` mode published as it went.
     pub fn flush(&mut self) {
         if self.mode == AccessLogMode::Summary && !self.summary.is_empty() {
-            let _ = host::set_property(SUMMARY_KEY, &self.summary);
+            let _ = host::set_property(SUMMARY_KEY, self.summary.get(1..).unwrap_or_default());
             self.summary.clear();
         }
     }
 
     /// The summary collected so far (for tests).
     pub fn summary(&self) -> &str {
-        std::str::from_utf8(&self.summary).unwrap_or_default()
+        std::str::from_utf8(self.summary.get(1..).unwrap_or_default()).unwrap_or_default()
     }
 }
 
@@ -129,41 +162,6 @@ fn escape_into(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// Integers appended without `core::fmt` (smaller and faster in wasm), their digits in one copy.
-pub mod itoa_like {
-    pub trait Int {
-        fn push_to(self, out: &mut Vec<u8>);
-    }
-
-    impl Int for u64 {
-        fn push_to(self, out: &mut Vec<u8>) {
-            let mut digits = [0u8; 20];
-            let mut n = self;
-            let mut at = digits.len();
-            loop {
-                at -= 1;
-                if let Some(d) = digits.get_mut(at) {
-                    *d = b'0' + (n % 10) as u8;
-                }
-                n /= 10;
-                if n == 0 || at == 0 {
-                    break;
-                }
-            }
-            out.extend_from_slice(digits.get(at..).unwrap_or_default());
-        }
-    }
-
-    impl Int for i64 {
-        fn push_to(self, out: &mut Vec<u8>) {
-            if self < 0 {
-                out.push(b'-');
-            }
-            self.unsigned_abs().push_to(out);
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -172,23 +170,24 @@ mod tests {
     #[test]
     fn the_summary_is_space_separated_pairs_in_order() {
         let mut log = AccessLog::new(AccessLogMode::Summary);
-        log.set("dialect", "openai");
-        log.set("team", "platform");
-        log.set_int("tokens_input", 1234u64);
-        log.set_int("cost_micros", 0i64);
-        log.set_int("tokens_output", u64::MAX);
-        log.set_int("delta", -42i64);
+        log.set(key!("dialect"), "openai");
+        log.set(key!("team"), "platform");
+        log.set_int(key!("tokens_input"), 1234u64);
+        log.set_int(key!("cost_micros"), 0i64);
+        log.set_int(key!("tokens_output"), u64::MAX);
+        log.set_int(key!("delta"), -42i64);
+        log.set_int(key!("least"), i64::MIN);
         assert_eq!(
             log.summary(),
-            "dialect=openai team=platform tokens_input=1234 cost_micros=0 tokens_output=18446744073709551615 delta=-42"
+            "dialect=openai team=platform tokens_input=1234 cost_micros=0 tokens_output=18446744073709551615 delta=-42 least=-9223372036854775808"
         );
     }
 
     #[test]
     fn summary_values_that_could_break_the_line_are_percent_encoded() {
         let mut log = AccessLog::new(AccessLogMode::Summary);
-        log.set("requested_model", "my model=x%y\n");
-        log.set("user", "zoë");
+        log.set(key!("requested_model"), "my model=x%y\n");
+        log.set(key!("user"), "zoë");
         assert_eq!(log.summary(), "requested_model=my%20model%3Dx%25y%0A user=zo%C3%AB");
     }
 
@@ -196,7 +195,7 @@ mod tests {
     fn amounts_are_written_as_dollars() {
         let mut log = AccessLog::new(AccessLogMode::Summary);
         for micros in [0, 2_160, -1_234_567, 120_000_000, i64::MIN] {
-            log.set_usd("cost_usd", micros);
+            log.set_usd(key!("cost_usd"), micros);
         }
         assert_eq!(log.summary(), "cost_usd=0.000000 cost_usd=0.002160 cost_usd=-1.234567 cost_usd=120.000000 cost_usd=-9223372036854.775808");
     }
@@ -205,10 +204,18 @@ mod tests {
     fn off_and_fields_modes_collect_nothing() {
         for mode in [AccessLogMode::Off, AccessLogMode::Fields] {
             let mut log = AccessLog::new(mode);
-            log.set("dialect", "openai");
-            log.set_int("cost_micros", 5i64);
-            log.set_usd("cost_usd", 5);
+            log.set(key!("dialect"), "openai");
+            log.set_int(key!("cost_micros"), 5i64);
+            log.set_usd(key!("cost_usd"), 5);
             assert_eq!(log.summary(), "", "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn keys_publish_their_bare_names() {
+        assert_eq!(key!("tokens_input").name(), "tokens_input");
+        for field in tollgate_core::attribution::Field::ALL {
+            assert_eq!(attribution_key(field).name(), field.as_str(), "{field:?}");
         }
     }
 }

@@ -24,7 +24,7 @@
 //! 4. `on_log`: a request that never reached end of stream (client or upstream cut) is settled
 //!    here from an estimate.
 
-use crate::access_log::AccessLog;
+use crate::access_log::{attribution_key, key, AccessLog};
 use crate::admission::{Admission, Enforcer, Verdict};
 use crate::banner::{BannerMetrics, Fed, Page, PageRewriter};
 use crate::context_memory::SharedContextMemory;
@@ -353,7 +353,7 @@ impl Stream {
             ErrorKind::BudgetExceeded | ErrorKind::Unavailable | ErrorKind::GuardRefused => Outcome::Refused,
         };
         self.metrics.outcome(dialect, outcome);
-        self.access_log.set("outcome", outcome.as_str());
+        self.access_log.set(key!("outcome"), outcome.as_str());
         let body = failure.body(dialect);
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(extra_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -402,14 +402,14 @@ impl Stream {
             match guards.check_attribution(&parsed.principal, &parsed.requested_model) {
                 Ok(Attributed::Ok) => {}
                 Ok(Attributed::Downgrade { model, rule }) => {
-                    self.access_log.set("guard", &format!("downgraded:{rule}"));
+                    self.access_log.set(key!("guard"), &format!("downgraded:{rule}"));
                     if let Some(g) = &self.guard_metrics {
                         g.unattributed(true);
                     }
                     parsed.downgrade(model);
                 }
                 Err(f) => {
-                    self.access_log.set("guard", "unattributed");
+                    self.access_log.set(key!("guard"), "unattributed");
                     if let Some(g) = &self.guard_metrics {
                         g.unattributed(false);
                     }
@@ -419,10 +419,10 @@ impl Stream {
         }
         for field in Field::ALL {
             if let Some(value) = field.get(&parsed.principal) {
-                self.access_log.set(field.as_str(), value);
+                self.access_log.set(attribution_key(field), value);
             }
         }
-        self.access_log.set("requested_model", &parsed.requested_model);
+        self.access_log.set(key!("requested_model"), &parsed.requested_model);
         // Only enforcement needs the time here (a host call).
         let now = if self.enforcer.is_some() { host::now_ms() } else { 0 };
         let utilization = self.enforcer.as_mut().and_then(|e| e.utilization_pct(&parsed.principal, now));
@@ -431,9 +431,9 @@ impl Stream {
             Ok(p) => p,
             Err(f) => return self.reply(&f, &[]),
         };
-        self.access_log.set("routed_model", &plan.routed_model);
+        self.access_log.set(key!("routed_model"), &plan.routed_model);
         if let Some(rule) = &plan.rule {
-            self.access_log.set("rule", rule);
+            self.access_log.set(key!("rule"), rule);
             self.metrics.routed();
         }
         let price = match config.prices.price(&plan.routed_model) {
@@ -605,15 +605,15 @@ impl Stream {
         match decision {
             Decision::Pass { retry } => {
                 if retry > 0 {
-                    self.access_log.set_int("guard_retry", u64::from(retry));
+                    self.access_log.set_int(key!("guard_retry"), u64::from(retry));
                 }
             }
             Decision::Observe { retry } => {
-                self.access_log.set_int("guard_retry", u64::from(retry));
-                self.access_log.set("guard", "retry_observed");
+                self.access_log.set_int(key!("guard_retry"), u64::from(retry));
+                self.access_log.set(key!("guard"), "retry_observed");
             }
             Decision::Refuse { attempts } => {
-                self.access_log.set("guard", "retry_refused");
+                self.access_log.set(key!("guard"), "retry_refused");
                 return Some(guard.refusal(&plan.principal, attempts));
             }
         }
@@ -627,11 +627,11 @@ impl Stream {
         match decision? {
             Decision::Pass { .. } => None,
             Decision::Observe { .. } => {
-                self.access_log.set("guard", "task_retry_observed");
+                self.access_log.set(key!("guard"), "task_retry_observed");
                 None
             }
             Decision::Refuse { attempts } => {
-                self.access_log.set("guard", "task_retry_refused");
+                self.access_log.set(key!("guard"), "task_retry_refused");
                 if let Some(req) = self.request.as_mut() {
                     req.guard_task = None;
                 }
@@ -688,23 +688,23 @@ impl Stream {
         let t = &s.tokens;
         let log = &mut self.access_log;
         for (name, value) in [
-            ("tokens_input", t.input),
-            ("tokens_output", t.output),
-            ("tokens_cache_read", t.cache_read),
-            ("tokens_cache_write", t.cache_write),
-            ("tokens_reasoning", t.reasoning),
+            (key!("tokens_input"), t.input),
+            (key!("tokens_output"), t.output),
+            (key!("tokens_cache_read"), t.cache_read),
+            (key!("tokens_cache_write"), t.cache_write),
+            (key!("tokens_reasoning"), t.reasoning),
         ] {
             log.set_int(name, value);
         }
-        log.set_int("cost_micros", s.cost_micros);
-        log.set_usd("cost_usd", s.cost_micros);
-        log.set("estimated", if s.estimated() { "true" } else { "false" });
+        log.set_int(key!("cost_micros"), s.cost_micros);
+        log.set_usd(key!("cost_usd"), s.cost_micros);
+        log.set(key!("estimated"), if s.estimated() { "true" } else { "false" });
         let outcome = match s.ended {
             Ended::Metered => Outcome::Metered,
             Ended::Estimated => Outcome::Estimated,
             Ended::UpstreamError => Outcome::UpstreamError,
         };
-        log.set("outcome", outcome.as_str());
+        log.set(key!("outcome"), outcome.as_str());
         self.metrics.outcome(req.recognised.dialect, outcome);
         self.metrics.usage(t, s.cost_micros);
         if s.unknown_model {
@@ -904,7 +904,7 @@ impl HttpContext for Stream {
             .unwrap_or("-");
         let request_id = request_id(client_id, &self.vm_tag, self.context_id);
         let declared_len = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-        self.access_log.set("dialect", recognised.dialect.as_str());
+        self.access_log.set(key!("dialect"), recognised.dialect.as_str());
         self.request = Some(RequestState {
             recognised,
             facts,
@@ -992,8 +992,14 @@ impl HttpContext for Stream {
         }
         let headers = host::headers(Map::ResponseHeaders).unwrap_or_default();
         let status = header(&headers, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let content_type = header(&headers, "content-type").unwrap_or_default().to_ascii_lowercase();
-        let format = if content_type.starts_with("text/event-stream") { ResponseFormat::Sse } else { ResponseFormat::Json };
+        // Media types are case-insensitive; compared where they lie (no lowercased copy).
+        const EVENT_STREAM: &str = "text/event-stream";
+        let content_type = header(&headers, "content-type").unwrap_or_default().as_bytes();
+        let sse = content_type.get(..EVENT_STREAM.len()).is_some_and(|t| {
+            // As providers write it, then in any case.
+            t == EVENT_STREAM.as_bytes() || t.eq_ignore_ascii_case(EVENT_STREAM.as_bytes())
+        });
+        let format = if sse { ResponseFormat::Sse } else { ResponseFormat::Json };
         let encoded = header(&headers, "content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
         let scanner = match (&self.request, encoded) {
             // A compressed body cannot be scanned; it is charged from an estimate.

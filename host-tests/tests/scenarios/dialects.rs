@@ -28,6 +28,23 @@ fn every_dialect_is_routed_byte_exact_and_metered() {
 }
 
 #[test]
+fn an_event_stream_is_recognised_in_any_case_and_with_parameters() {
+    let gw = gateway();
+    for case in cases().into_iter().filter(|c| c.response_content_type == "text/event-stream") {
+        for content_type in ["Text/Event-Stream; charset=utf-8", "TEXT/EVENT-STREAM", "text/event-stream;charset=UTF-8"] {
+            gw.label(format!("{} as {content_type}", case.name));
+            let mut s = gw.stream();
+            s.send_request(&refs(&case.headers()), &case.request);
+            s.response_headers(&[(":status", "200"), ("content-type", content_type)], false);
+            s.response_body(&case.response, true);
+            // Read as SSE: the usage chunk the filter asked for is not the client's.
+            assert_eq!(s.client().body, case.client_response(), "{} as {content_type}", case.name);
+            expect_metered(&s, &case);
+        }
+    }
+}
+
+#[test]
 fn routing_rules_pick_the_provider_cluster_by_header() {
     let gw = gateway();
     for case in cases() {
