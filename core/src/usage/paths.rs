@@ -175,33 +175,7 @@ pub(super) fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
     let usage = |field: Field| Leaf(Target::Usage(field));
     match (node, step) {
         (Stream, I) => Root,
-        (Root, K(key)) => match (dialect, key) {
-            (Dialect::Gemini, b"modelVersion") => leaf(Target::Model),
-            (Dialect::Gemini, b"usageMetadata") => GUsage,
-            (Dialect::Gemini, b"candidates") => GCandidates,
-            // A cache resource (`cachedContents` create): read only on that endpoint.
-            (Dialect::Gemini, b"name") => leaf(Target::RootId),
-            (Dialect::Gemini, b"expireTime") => leaf(Target::ExpireTime),
-            (Dialect::Gemini, _) if key == b"error" => leaf(Target::Error),
-            (Dialect::Gemini, _) => Dead,
-            (_, b"model") => leaf(Target::Model),
-            (_, b"type") => leaf(Target::Type),
-            (_, b"error") => leaf(Target::Error),
-            (Dialect::Anthropic, b"usage") => AUsage,
-            (Dialect::Anthropic, b"message") => AMessage,
-            (Dialect::Anthropic, b"delta") => ADelta,
-            (Dialect::Anthropic, b"content") => AContent,
-            (Dialect::Anthropic, _) => Dead,
-            (_, b"status") => leaf(Target::Status),
-            (_, b"usage") => OUsage,
-            (_, b"response") => OResponse,
-            (_, b"choices") => OChoices,
-            // Responses API streaming deltas (`response.output_text.delta` and friends).
-            (_, b"delta") => leaf(Target::Content),
-            (_, b"output") => OOutput,
-            (_, b"id") => leaf(Target::RootId),
-            _ => Dead,
-        },
+        (Root, K(key)) => root_step(dialect, key),
         // OpenAI / Azure: chat, completions, embeddings, Responses.
         (OResponse, K(b"model")) => leaf(Target::Model),
         (OResponse, K(b"usage")) => OUsage,
@@ -261,6 +235,49 @@ pub(super) fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
         (GParts, I) => GPart,
         (GPart, K(b"text")) => leaf(Target::Content),
         _ => Dead,
+    }
+}
+
+/// A message root's key: one match per dialect, each a plain match on the key's bytes (its
+/// length first, then one comparison per key of that length).
+fn root_step(dialect: Dialect, key: &[u8]) -> Node {
+    use Node::*;
+    let leaf = Leaf;
+    match dialect {
+        Dialect::Gemini => match key {
+            b"modelVersion" => leaf(Target::Model),
+            b"usageMetadata" => GUsage,
+            b"candidates" => GCandidates,
+            // A cache resource (`cachedContents` create): read only on that endpoint.
+            b"name" => leaf(Target::RootId),
+            b"expireTime" => leaf(Target::ExpireTime),
+            b"error" => leaf(Target::Error),
+            _ => Dead,
+        },
+        Dialect::Anthropic => match key {
+            b"model" => leaf(Target::Model),
+            b"type" => leaf(Target::Type),
+            b"error" => leaf(Target::Error),
+            b"usage" => AUsage,
+            b"message" => AMessage,
+            b"delta" => ADelta,
+            b"content" => AContent,
+            _ => Dead,
+        },
+        Dialect::OpenAi | Dialect::AzureOpenAi => match key {
+            b"model" => leaf(Target::Model),
+            b"type" => leaf(Target::Type),
+            b"error" => leaf(Target::Error),
+            b"status" => leaf(Target::Status),
+            b"usage" => OUsage,
+            b"response" => OResponse,
+            b"choices" => OChoices,
+            // Responses API streaming deltas (`response.output_text.delta` and friends).
+            b"delta" => leaf(Target::Content),
+            b"output" => OOutput,
+            b"id" => leaf(Target::RootId),
+            _ => Dead,
+        },
     }
 }
 
