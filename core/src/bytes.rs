@@ -216,6 +216,18 @@ pub fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     find_either_words(hay, a, b)
 }
 
+/// The first position at or after `from` of `a` or `b` in `data`. Like [`find_either`] on
+/// `data[from..]`, but a tail shorter than a block is searched as the last sixteen bytes of
+/// `data` (the lanes before the tail masked off) instead of byte by byte: the end of an event is
+/// where its last keys and values are.
+#[inline]
+pub fn find_either_from(data: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return lanes::find_either_from::<lanes::Simd128>(data, from, a, b);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    find_either_words(data.get(from..)?, a, b).map(|i| from + i)
+}
+
 /// Inside a JSON string, from `from` (just past its opening quote): where its closing quote is
 /// (the first `"` not escaped by a backslash) and whether the string holds an escape; `None` if
 /// `data` ends first. The bytes between are not checked (control bytes, UTF-8).
@@ -224,7 +236,7 @@ pub fn string_end(data: &[u8], from: usize) -> Option<(usize, bool)> {
     let mut at = from;
     let mut escaped = false;
     loop {
-        let found = at + find_either(data.get(at..)?, b'"', b'\\')?;
+        let found = find_either_from(data, at, b'"', b'\\')?;
         if data.get(found) == Some(&b'"') {
             return Some((found, escaped));
         }

@@ -188,6 +188,34 @@ pub(super) fn find_either<B: Block>(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     tail.iter().position(|&c| c == a || c == b).map(|i| offset + i)
 }
 
+/// [`super::find_either_from`], sixteen bytes per step; a tail shorter than a block as the last
+/// sixteen bytes of `data` with the lanes before the tail shifted out (data shorter than a block
+/// byte by byte).
+#[inline(always)]
+pub(super) fn find_either_from<B: Block>(data: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    let (blocks, tail) = data.get(from..)?.as_chunks::<16>();
+    let mut offset = from;
+    for block in blocks {
+        let v = B::load(block);
+        let found = v.eq(a).or(v.eq(b));
+        if found.any() {
+            return Some(offset + found.high_bits().trailing_zeros() as usize);
+        }
+        offset += 16;
+    }
+    if tail.is_empty() {
+        return None;
+    }
+    match data.last_chunk::<16>() {
+        Some(last) => {
+            let v = B::load(last);
+            let found = v.eq(a).or(v.eq(b)).high_bits() >> (16 - tail.len());
+            (found != 0).then(|| offset + found.trailing_zeros() as usize)
+        }
+        None => tail.iter().position(|&c| c == a || c == b).map(|i| offset + i),
+    }
+}
+
 /// [`super::each_quote_or_backslash`], sixteen bytes per step: each block's `"` and `\` lanes as
 /// a bitmask, visited lowest first.
 #[inline(always)]
@@ -454,6 +482,14 @@ mod tests {
             // Mostly plain text first, so the stop falls in every lane of the first blocks.
             let bytes = [vec![b'x'; plain], body].concat();
             prop_assert_eq!(string_body_on_one_line::<Portable>(&bytes), super::super::string_body_on_one_line_words(&bytes));
+        }
+
+        #[test]
+        fn find_either_from_agrees_with_position(bytes in runs(), from in any::<prop::sample::Index>()) {
+            let from = from.index(bytes.len() + 1);
+            let want = bytes[from..].iter().position(|&c| c == b'"' || c == 0x1F).map(|i| from + i);
+            prop_assert_eq!(find_either_from::<Portable>(&bytes, from, b'"', 0x1F), want);
+            prop_assert_eq!(super::super::find_either_from(&bytes, from, b'"', 0x1F), want);
         }
 
         #[test]

@@ -165,8 +165,8 @@ impl UsageScanner {
         // String to string: the next opening quote (outside strings only `"` matters), then the
         // string's closing quote, both found sixteen bytes at a time.
         let mut at = 0;
-        while let Some(open) = bytes::find_either(data.get(at..).unwrap_or_default(), b'"', b'"') {
-            let start = at + open + 1;
+        while let Some(open) = bytes::find_either_from(data, at, b'"', b'"') {
+            let start = open + 1;
             let Some((end, string_escaped)) = bytes::string_end(data, start) else {
                 string_start = Some(start);
                 break;
