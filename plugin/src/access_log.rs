@@ -146,7 +146,7 @@ fn publish(name: &str, value: &str) {
 
 fn escape_into(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    if value.bytes().all(|b| b.is_ascii_graphic() && b != b'%' && b != b'=') {
+    if tollgate_core::bytes::graphic_ascii_without(value.as_bytes(), b'%', b'=') {
         out.extend_from_slice(value.as_bytes());
         return;
     }
