@@ -626,10 +626,23 @@ def envoy_part(layout, cases):
                 e = envoys["enforce"]
                 # Every record delivered: the filter's queue drains (flush every second), then the
                 # counter's own count is compared with what the filter settled.
-                wait_until(lambda: e.stats().get(UNACKED, 0) == 0, 15, "the enforce Envoy's usage queue to drain")
+                deadline = time.monotonic() + 15
+                while e.stats().get(UNACKED, 0) != 0 and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 stats = e.stats()
+                enforce["unacked_after"] = stats.get(UNACKED, 0)
                 enforce["settled_total"] = stats.get(SETTLED, 0)
                 enforce["dropped_total"] = stats.get("wasmcustom.tollgate_usage_dropped_total", 0)
+                enforce["requeued_total"] = stats.get("wasmcustom.tollgate_usage_records_requeued_total", 0)
+                enforce["post_failures"] = stats.get("wasmcustom.tollgate_usage_post_failures_total", 0)
+                # The gauge is one figure written by every worker: with several, it can read 0
+                # a moment before the last batches are posted. The books are the counter's own
+                # count, so wait (bounded) for it to reach what the filter settled.
+                waited = time.monotonic()
+                deadline = waited + 15
+                while counter.metrics()["records"] < enforce["settled_total"] - enforce["dropped_total"] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                enforce["counter_wait_s"] = time.monotonic() - waited
                 enforce["counter"] = counter.metrics()
         finally:
             for e in envoys.values():
@@ -734,9 +747,16 @@ def envoy_report(med, enforce, conditions, layout):
                      "outside the count: the case idles longer than a lease lives (30 s) while the others run, and the first "
                      "request on each connection after such an idle spell waits once for a new lease.")
         lines.append(f"- Delivered: the counter ingested **{c.get('records', 0)}** usage records in {batches} batches "
-                     f"(~{per_batch} records a batch; {c.get('duplicates', 0)} duplicates) for the {enforce.get('settled_total', 0):.0f} "
+                     f"(~{per_batch} records a batch; {c.get('duplicates', 0)} duplicates: {enforce.get('post_failures', 0):.0f} failed posts "
+                     f"(timeouts or errors) put {enforce.get('requeued_total', 0):.0f} records back to be sent again) for the {enforce.get('settled_total', 0):.0f} "
                      f"requests the filter settled over its whole life (sanity check and warm-up included); "
-                     f"{enforce.get('dropped_total', 0):.0f} dropped, usage queue drained to 0 after the run.")
+                     f"{enforce.get('dropped_total', 0):.0f} dropped, "
+                     + ("usage queue drained to 0 after the run" if not enforce.get("unacked_after")
+                        else f"**the usage queue gauge still read {enforce['unacked_after']:.0f} 15 s after the run**")
+                     + (f" (the counter's count reached it {enforce['counter_wait_s']:.1f} s later)."
+                        if c.get('records', 0) + enforce.get('dropped_total', 0) >= enforce.get('settled_total', 0)
+                        else f"; **{enforce.get('settled_total', 0) - enforce.get('dropped_total', 0) - c.get('records', 0):.0f} records missing** "
+                             f"at the counter {enforce['counter_wait_s']:.0f} s later."))
     if "litellm" in med and "tollgate" in med:
         l, t = med["litellm"], med["tollgate"]
         lines.append(f"- LiteLLM proxy {LITELLM_VERSION} (one worker, no database, its own spend tracking; on the measured CPU like Envoy) "

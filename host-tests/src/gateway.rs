@@ -491,6 +491,17 @@ impl Gateway {
         self.inner.borrow().shared.borrow().metrics.get(name).cloned()
     }
 
+    /// Sets a gauge as a write from outside this scenario's order of events would: in Envoy every
+    /// worker's VM writes the same gauge, and two workers' writes can land in either order.
+    pub fn overwrite_gauge(&self, name: &str, value: i64) {
+        let inner = self.inner.borrow();
+        let mut shared = inner.shared.borrow_mut();
+        match shared.metrics.get_mut(name) {
+            Some(Metric::Gauge(v)) => *v = value,
+            other => panic!("{name} is not a gauge the filter defined: {other:?}"),
+        }
+    }
+
     /// A counter's value, 0 if undefined.
     pub fn counter(&self, name: &str) -> u64 {
         match self.metric(name) {

@@ -176,6 +176,42 @@ fn settled_usage_leaves_in_a_tick_batch_and_is_redelivered_after_a_failed_post()
     );
 }
 
+/// The unacknowledged-records gauge is one figure every worker writes after changing the shared
+/// count; two workers' writes can land out of order and leave it wrong (0 with records waiting,
+/// or a count long acknowledged). Each tick writes the count as it is, so it is right again on
+/// the next tick: what a drain check or an alert on it reads.
+#[test]
+fn the_unacknowledged_gauge_is_put_right_on_the_next_tick_after_a_stale_write() {
+    const GAUGE: &str = "tollgate_usage_unacked";
+    let gw = enforcing("fail_closed").workers(2);
+    let c = chat();
+    let now = gw.now_ms();
+    let mut s = gw.stream_on(1);
+    s.send_request(&refs(&request_headers(&c, "req-gauge")), &c.request);
+    gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+    s.respond(&refs(&c.response_headers()), &c.response);
+    let gauge = || match gw.metric(GAUGE) {
+        Some(Metric::Gauge(v)) => v,
+        other => panic!("{GAUGE} is a gauge: {other:?}"),
+    };
+    assert_eq!(gauge(), 1, "the settled record waits for its batch");
+    // Another worker's late write of an older figure.
+    gw.overwrite_gauge(GAUGE, 0);
+    gw.advance(Duration::from_millis(100));
+    assert_eq!(gauge(), 1, "the next tick writes the shared count back");
+    // Delivered and acknowledged, then a late write of the count before it.
+    gw.advance(Duration::from_millis(1000));
+    while gw.pending_calls().iter().any(|c| c.path() == "/v1/leases") {
+        let now = gw.now_ms();
+        gw.answer_call_to("/v1/leases", |call| grant(call, 1_000_000, "ok", now));
+    }
+    gw.expect_usage_batch();
+    assert_eq!(gauge(), 0, "acknowledged");
+    gw.overwrite_gauge(GAUGE, 1);
+    gw.advance(Duration::from_millis(100));
+    assert_eq!(gauge(), 0, "the next tick writes the shared count back");
+}
+
 #[test]
 fn a_budget_at_its_hard_limit_refuses_with_429_in_the_dialects_shape() {
     let gw = enforcing("fail_closed");

@@ -613,9 +613,15 @@ impl Worker {
     /// requests does, not thousands of instructions per record.
     pub(super) fn flush(&mut self, now: i64, now_or_never: bool) {
         let Some(queue_id) = self.queue_id else { return };
+        let unacked = store::unacked();
+        // Every worker writes the one gauge after changing the count, and with several workers
+        // two writes can land in the other order than their changes (the gauge then reads 0 with
+        // records waiting, or records long acknowledged). Each flush writes the count as it is,
+        // so a stale figure lasts until the next tick at most.
+        host::set_gauge(self.metrics.usage_unacked, unacked);
         // Guard events alone are worth a post too (their answer carries the shared counts and
         // checkpoints), on the same interval.
-        let queued = usize::try_from(store::unacked()).unwrap_or(usize::MAX).max(usize::from(!self.guard_events.is_empty()));
+        let queued = usize::try_from(unacked).unwrap_or(usize::MAX).max(usize::from(!self.guard_events.is_empty()));
         let since = if now_or_never { i64::MAX } else { now.saturating_sub(self.last_post_ms) };
         if !queue::should_flush(queued, since, self.usage_in_flight, &self.settings) {
             return;
