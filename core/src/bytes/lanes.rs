@@ -172,20 +172,10 @@ pub(super) fn same_bytes<B: Block>(a: &[u8], b: &[u8]) -> bool {
     !diff.any()
 }
 
-/// [`super::find_either`], sixteen bytes per step; a tail shorter than a block byte by byte.
+/// [`super::find_either`]: [`find_either_from`] the start.
 #[inline(always)]
 pub(super) fn find_either<B: Block>(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    let (blocks, tail) = hay.as_chunks::<16>();
-    let mut offset = 0;
-    for block in blocks {
-        let v = B::load(block);
-        let found = v.eq(a).or(v.eq(b));
-        if found.any() {
-            return Some(offset + found.high_bits().trailing_zeros() as usize);
-        }
-        offset += 16;
-    }
-    tail.iter().position(|&c| c == a || c == b).map(|i| offset + i)
+    find_either_from::<B>(hay, 0, a, b)
 }
 
 /// [`super::find_either_from`], sixteen bytes per step; a tail shorter than a block as the last
