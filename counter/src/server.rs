@@ -336,7 +336,7 @@ async fn leases<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: B
 
 async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Body) -> Response {
     tri!(app.gateway(&headers));
-    let mut batch: UsageBatch = match parse_body(&body).and_then(|b| validate_batch(&b).map(|_| b).map_err(invalid)) {
+    let batch: UsageBatch = match parse_body(&body).and_then(|b| validate_batch(&b).map(|_| b).map_err(invalid)) {
         Ok(b) => b,
         Err(response) => {
             inc(&app.metrics.usage_batches_rejected, 1);
@@ -345,6 +345,20 @@ async fn usage<S: Store>(State(app): State<App<S>>, headers: HeaderMap, body: Bo
     };
     tri!(apply_templates(&app, batch.records.iter().flat_map(|r| r.principal.scope_keys())).await);
     let now_ms = app.clock.now_ms();
+    // Finished in a task of its own: a gateway that hangs up (its call timed out) drops this
+    // handler's future, but the writer commits the records regardless, so the guard exchange and
+    // the metrics must follow them. Were they cancelled with the handler, the gateway's re-send
+    // would be answered as duplicates and `usage_records_total{result="accepted"}` would stay short
+    // of the ledger for good.
+    match tokio::spawn(ingest(app, batch, now_ms)).await {
+        Ok(response) => response,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("usage ingest task failed: {e}")),
+    }
+}
+
+/// Stores a validated batch, exchanges its retry-guard events and counts it: the part of `/v1/usage`
+/// that runs to the end whether or not the gateway is still waiting for the answer.
+async fn ingest<S: Store>(app: App<S>, mut batch: UsageBatch, now_ms: i64) -> Response {
     let (gateway_id, events) = (batch.gateway_id.clone(), std::mem::take(&mut batch.guard_events));
     match app.store.ingest(batch, now_ms).await {
         Ok(mut ack) => {

@@ -331,6 +331,34 @@ async fn utilization_and_metrics_cover_every_budget() {
 }
 
 #[tokio::test]
+async fn usage_a_gateway_stopped_waiting_for_is_stored_and_counted_once() {
+    let h = Harness::start().await;
+    h.budget(team_budget("platform", "platform", "1.00")).await;
+    let records = || vec![record("gave-up-1", "platform", 300), record("gave-up-2", "platform", 400)];
+    let accepted = "tollgate_counter_usage_records_total{result=\"accepted\"}";
+    let duplicate = "tollgate_counter_usage_records_total{result=\"duplicate\"}";
+
+    // The store is slow; the gateway's call times out and it hangs up mid-ingest.
+    let hold = h.hold_writes();
+    let post = h.gateway("/v1/usage", json!({"gateway_id": "gw1", "records": records()}));
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), post).await.is_err(), "the post should wait for the held store");
+    drop(hold);
+
+    // The ingest runs to the end anyway: the records are charged and counted as accepted...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while h.counter_total(accepted).await < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.spent("platform").await, 700);
+    assert_eq!(h.counter_total(accepted).await, 2);
+
+    // ...and the gateway's re-send is answered as duplicates, charged nothing more.
+    assert_eq!(h.usage("gw1", records()).await, (0, 2));
+    assert_eq!(h.spent("platform").await, 700);
+    assert_eq!((h.counter_total(accepted).await, h.counter_total(duplicate).await), (2, 2));
+}
+
+#[tokio::test]
 async fn a_lease_call_sent_before_a_grant_landed_never_lowers_that_grant() {
     let h = Harness::start().await;
     h.budget(team_budget("platform", "platform", "1")).await;

@@ -186,10 +186,48 @@ impl Harness {
         (body["accepted"].as_u64().unwrap(), body["duplicates"].as_u64().unwrap())
     }
 
+    /// Holds the store's writes until the guard is dropped: on SQLite another connection's write
+    /// transaction (the counter's writer waits for it, `busy_timeout`), on Redis the server stopped
+    /// (SIGSTOP; every command waits). Reads of the in-memory budget index go on. Keep a hold well
+    /// under a second: both stores give up waiting after a few.
+    pub fn hold_writes(&self) -> WriteHold<'_> {
+        if let Some(redis) = &self.redis {
+            redis.pause();
+            return WriteHold { sqlite: None, redis: Some(redis) };
+        }
+        let conn = rusqlite::Connection::open(self.dir.path().join(tollgate_counter::store::sqlite::DB_FILE)).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        WriteHold { sqlite: Some(conn), redis: None }
+    }
+
+    /// A counter's value as /metrics renders it (`name` with its labels), 0 when absent.
+    pub async fn counter_total(&self, name: &str) -> u64 {
+        let text = self.client().await.get("/metrics", None).await.unwrap().text();
+        let prefix = format!("{name} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    }
+
     pub async fn spent(&self, budget: &str) -> i64 {
         let (status, body) = self.admin("GET", &format!("/admin/budgets/{budget}"), None).await;
         assert_eq!(status, 200, "{body}");
         body["spent_micros"].as_i64().unwrap()
+    }
+}
+
+/// Writes held back by [`Harness::hold_writes`]; dropping it lets them through.
+pub struct WriteHold<'a> {
+    sqlite: Option<rusqlite::Connection>,
+    redis: Option<&'a redis_server::RedisServer>,
+}
+
+impl Drop for WriteHold<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.sqlite.take() {
+            conn.execute_batch("COMMIT").unwrap();
+        }
+        if let Some(redis) = self.redis {
+            redis.resume();
+        }
     }
 }
 
