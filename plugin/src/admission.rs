@@ -60,7 +60,9 @@ pub enum Verdict {
 
 /// Per-request enforcement.
 pub trait Enforcer {
-    /// The highest budget utilization (percent) on the principal's chain, for routing.
+    /// The highest budget utilization (percent) on the principal's chain, for routing. Called at
+    /// most once, before [`Enforcer::admit`], with the principal the request is admitted and
+    /// settled with (an enforcer may keep the chain it computes here).
     fn utilization_pct(&mut self, _principal: &Principal, _now_ms: i64) -> Option<u32> {
         None
     }

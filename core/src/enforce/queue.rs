@@ -235,6 +235,14 @@ impl Item {
 
     /// Appends a record (its JSON written here, once: [`UsageRecord::write_json`]).
     pub fn push(&mut self, record: &UsageRecord) {
+        self.push_charged(record, &record.principal.scope_keys());
+    }
+
+    /// [`Item::push`] for a caller that holds the record's chain already (`chain` is
+    /// `record.principal.scope_keys()`, e.g. the settled reservation's scopes): the keys are not
+    /// built a second time on the settling request's path.
+    pub fn push_charged(&mut self, record: &UsageRecord, chain: &[String]) {
+        debug_assert_eq!(chain, record.principal.scope_keys(), "the chain of the record's own principal");
         self.reopen();
         if self.records > 0 {
             self.bytes.push(b',');
@@ -243,8 +251,7 @@ impl Item {
         record.write_json(&mut self.bytes);
         let json_len = self.bytes.len() - body;
         self.json_end = self.bytes.len();
-        let keys = record.principal.scope_keys();
-        self.index_record(record.id.as_bytes(), record.cost_micros, json_len, keys.iter().map(String::as_bytes));
+        self.index_record(record.id.as_bytes(), record.cost_micros, json_len, chain.iter().map(String::as_bytes));
     }
 
     /// Appends a record's JSON (joined by `,`) and its index entry.

@@ -182,7 +182,9 @@ impl Enforcer for LeaseEnforcer {
     fn utilization_pct(&mut self, principal: &Principal, now_ms: i64) -> Option<u32> {
         let worker = self.worker.clone();
         let mut w = worker.try_borrow_mut().ok()?;
-        Some(w.utilization_pct(&principal.scope_keys(), now_ms))
+        // The chain is kept for `admit` and `settle`: the same principal (the trait's contract).
+        self.scopes = principal.scope_keys();
+        Some(w.utilization_pct(&self.scopes, now_ms))
     }
 
     fn budget_statuses(&mut self, principal: &Principal) -> Vec<BudgetStatus> {
@@ -198,7 +200,10 @@ impl Enforcer for LeaseEnforcer {
     fn admit(&mut self, admission: &Admission<'_>) -> Verdict {
         let worker = self.worker.clone();
         let Ok(mut w) = worker.try_borrow_mut() else { return busy_verdict() };
-        self.scopes = admission.principal.scope_keys();
+        if self.scopes.is_empty() {
+            self.scopes = admission.principal.scope_keys();
+        }
+        debug_assert_eq!(self.scopes, admission.principal.scope_keys(), "utilization_pct saw another principal");
         self.amount = admission.worst_case.micros.max(0);
         self.worst_case = Some(admission.worst_case);
         admission.routed_model.clone_into(&mut self.routed_model);
@@ -232,7 +237,9 @@ impl Enforcer for LeaseEnforcer {
         self.settled = true;
         let reservation = self.reservation.take();
         if let Ok(mut w) = worker.try_borrow_mut() {
-            w.settle(reservation, record);
+            // The chain admission used (none if the request was never admitted: then built here).
+            let chain = if self.scopes.is_empty() { record.principal.scope_keys() } else { std::mem::take(&mut self.scopes) };
+            w.settle(reservation, record, &chain);
             return;
         }
         worker.settle_later(reservation, record);

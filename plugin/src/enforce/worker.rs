@@ -120,7 +120,8 @@ impl SharedWorker {
         if !late.is_empty() {
             counters::inc(&w.metrics.late_settlements, late.len() as u64);
             for l in late {
-                w.settle(l.reservation, &l.record);
+                let chain = l.record.principal.scope_keys();
+                w.settle(l.reservation, &l.record, &chain);
             }
         }
         Ok(w)
@@ -477,15 +478,16 @@ impl Worker {
     }
 
     /// A request ended: its real cost replaces its reservation (`None`: it had none) in the book on
-    /// the next tick, and its record joins the outbox.
-    pub(super) fn settle(&mut self, reservation: Option<Reservation>, record: &UsageRecord) {
+    /// the next tick, and its record joins the outbox. `chain` is the record's principal's scope
+    /// keys (`Principal::scope_keys`), which the request already holds.
+    pub(super) fn settle(&mut self, reservation: Option<Reservation>, record: &UsageRecord, chain: &[String]) {
         let cost = record.cost_micros.max(0);
         let reservation = match reservation {
             Some(r) => {
                 self.unhold(&r.scopes);
                 r
             }
-            None => Reservation::unreserved(record.principal.scope_keys()),
+            None => Reservation::unreserved(chain.to_vec()),
         };
         let unreserved = reservation.reserved_on.is_empty() && reservation.amount == 0;
         if unreserved {
@@ -515,13 +517,13 @@ impl Worker {
         // Queued (and counted unacknowledged) before it counts as settled, so an observer that
         // sees it settled also sees it waiting.
         if below_worst.is_empty() {
-            self.enqueue(record);
+            self.enqueue(record, chain);
         } else {
             let excess = below_worst.iter().map(|held| held.excess(cost)).max().unwrap_or(0);
             counters::inc(&self.metrics.p99_excess_micros, micros(excess));
             let mut record = record.clone();
             record.p99_reservations = below_worst;
-            self.enqueue(&record);
+            self.enqueue(&record, chain);
         }
         counters::inc(&self.metrics.settled, 1);
     }
@@ -676,15 +678,15 @@ impl Worker {
     /// Takes a settled request's record into this worker's outbox, queued on the next tick. The
     /// first record of an empty outbox is counted unacknowledged at once (bounded: past
     /// `queue_bound` it is dropped and counted); the rest are counted when queued.
-    pub(super) fn enqueue(&mut self, record: &UsageRecord) {
+    pub(super) fn enqueue(&mut self, record: &UsageRecord, chain: &[String]) {
         let first = self.outbox.is_empty() && self.outbox_full.is_empty();
         if first && !self.adjust_unacked(1, self.settings.queue_bound as u64) {
             let mut one = Item::new();
-            one.push(record);
+            one.push_charged(record, chain);
             self.dropped(&one, "the usage queue is full (enforcement.queue_bound)");
             return;
         }
-        self.outbox.push(record);
+        self.outbox.push_charged(record, chain);
         if self.outbox.len() >= self.settings.batch_size {
             let full = std::mem::take(&mut self.outbox);
             self.outbox_full.push(full);
