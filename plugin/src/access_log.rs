@@ -62,6 +62,9 @@ pub fn attribution_key(field: tollgate_core::attribution::Field) -> Key {
     }
 }
 
+/// The summary line's size when it is allocated ([`AccessLog::begin`]).
+const SUMMARY_CAPACITY: usize = 384;
+
 /// One request's access-log values.
 #[derive(Debug)]
 pub struct AccessLog {
@@ -73,17 +76,22 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// Allocates nothing: a request on a path that is not an LLM API records no value
+    /// ([`AccessLog::begin`] sizes the line once the request is known to be one).
     pub fn new(mode: AccessLogMode) -> AccessLog {
-        let summary = match mode {
-            // One allocation for the whole line: a metered chat request's summary is about 250
-            // bytes, and attribution, a guard or enforcement add more. Growing it in the response
-            // phase (a realloc and a copy of the line) is what made the retry guard's response
-            // phase dear: with 384, the guarded 2 KB chat request's fell by ~2,400 instructions
-            // (wasm fuel, issue 12).
-            AccessLogMode::Summary => Vec::with_capacity(384),
-            AccessLogMode::Off | AccessLogMode::Fields => Vec::new(),
-        };
-        AccessLog { mode, summary }
+        AccessLog { mode, summary: Vec::new() }
+    }
+
+    /// The request is an LLM API call: the summary line is allocated whole, before its first
+    /// value. A metered chat request's summary is about 250 bytes, and attribution, a guard or
+    /// enforcement add more. Growing it in the response phase (a realloc and a copy of the line)
+    /// is what made the retry guard's response phase dear: with 384, the guarded 2 KB chat
+    /// request's fell by ~2,400 instructions (wasm fuel, issue 12). Here, not per value: a check
+    /// in every `set` cost the metered chat request ~230 instructions.
+    pub fn begin(&mut self) {
+        if self.mode == AccessLogMode::Summary && self.summary.capacity() == 0 {
+            self.summary = Vec::with_capacity(SUMMARY_CAPACITY);
+        }
     }
 
     /// Records `name=value`.

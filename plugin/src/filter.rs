@@ -884,6 +884,7 @@ impl HttpContext for Stream {
             }
             return Action::Continue;
         };
+        self.access_log.begin();
         // Gemini clients may send their key as `?key=`: read like `x-goog-api-key`.
         let query = if recognised.dialect == Dialect::Gemini { QueryKey::from_path(path) } else { None };
         let query_key = query.as_ref().map(|q| q.key.as_str());

@@ -83,6 +83,24 @@ fn measure(gw: &Gateway, w: &Workload) -> (u64, u64) {
     (request, s.instructions() - request)
 }
 
+/// A request the filter passes through (no LLM API on its path): what every other request on an
+/// LLM gateway's listener pays, steady state.
+fn measure_passthrough(gw: &Gateway) -> (u64, u64) {
+    let once = || {
+        let mut s = gw.stream();
+        s.request_headers(&[(":method", "GET"), (":path", "/healthz"), (":authority", "llm.internal")], true);
+        let request = s.instructions();
+        s.response_headers(&[(":status", "200"), ("content-type", "application/json")], false);
+        s.response_body(br#"{"status":"ok"}"#, true);
+        assert!(s.finished(), "the passed-through stream did not finish");
+        (request, s.instructions() - request)
+    };
+    once();
+    let steady = once();
+    assert_eq!(steady, once(), "instruction counts are deterministic");
+    steady
+}
+
 /// The enforcement workload: [`CONFIG`] plus enforcement against a counter played here, with a
 /// budget on `org:acme` only (as in the Envoy bench): the chain's other scope (`team:platform`)
 /// has none. Steady state: the slice is in hand, no request waits.
@@ -268,6 +286,8 @@ fn main() {
         println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
         println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");
     }
+    let (pass_req, pass_resp) = measure_passthrough(&gw);
+    println!("| a request on a path that is not an LLM API (`GET /healthz`, passed through untouched) | {pass_req} | {pass_resp} | {} | |", pass_req + pass_resp);
     print_delivery();
     memory_after_many_requests();
     let (with, without) = measure_banner();

@@ -52,7 +52,8 @@ pub struct Worker {
     pub(super) topups: BTreeSet<String>,
     /// Scopes with requests in flight on this worker (reference counts): their leases are renewed
     /// on the tick before they lapse, even without new traffic, so a long stream's reservation is
-    /// never left without a live lease.
+    /// never left without a live lease. A count back at 0 stays until the next renewal check
+    /// (which drops it), so a scope in steady use is not copied in and out per request.
     pub(super) held: BTreeMap<String, u32>,
     /// Per scope, its highest budget utilization (percent) and when this worker read it: routing's
     /// input without a shared-data read per request.
@@ -195,6 +196,7 @@ impl Worker {
         }
         if now.saturating_sub(self.last_renew_check_ms) >= RENEW_CHECK_MS {
             self.last_renew_check_ms = now;
+            self.held.retain(|_, n| *n > 0);
             for scope in self.held.keys() {
                 if !self.topups.contains(scope) {
                     let entry = store::load(scope);
@@ -569,7 +571,12 @@ impl Worker {
 
     pub(super) fn hold(&mut self, scopes: &[String]) {
         for scope in scopes {
-            *self.held.entry(scope.clone()).or_insert(0) += 1;
+            match self.held.get_mut(scope) {
+                Some(n) => *n = n.saturating_add(1),
+                None => {
+                    self.held.insert(scope.clone(), 1);
+                }
+            }
         }
     }
 
@@ -577,9 +584,6 @@ impl Worker {
         for scope in scopes {
             if let Some(n) = self.held.get_mut(scope) {
                 *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.held.remove(scope);
-                }
             }
         }
     }
