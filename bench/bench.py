@@ -68,6 +68,7 @@ then measured for both binaries in BENCH_COUNTER_ROUNDS (3) interleaved rounds, 
 BENCH_DYNAMIC_MODULE (the dynamic cases' shared object; default
 $CARGO_TARGET_DIR/dynamic-calls/release/libtollgate_dynamic_calls.so, where scripts/bench.sh builds it),
 BENCH_BASELINE_WASM (another tollgate.wasm, measured beside the current one as case `tollgate-base`),
+BENCH_USAGE_BATCH_SIZE (500) and BENCH_USAGE_FLUSH_MS (1000): the enforce case's usage delivery settings,
 BENCH_COUNTER_IDLE (1: the enforce case's counter at SCHED_IDLE, off the load generator's way; 0: normal priority),
 BENCH_PERF (1: a `perf record` profile of each gateway by binary, see `Profile`),
 BENCH_PIN (1 with 2+ CPUs: Envoy on CPU 0, wrk and the mock on the others, so the load generator
@@ -199,9 +200,13 @@ GATEWAY_TOKEN = "bench-gateway-token"
 ADMIN_TOKEN = "bench-admin-token"
 BENCH_BUDGET = {"id": "bench-org", "scope": "org:acme", "limit": "100000000.00", "window": "none"}
 SLICE_USD = "100"
+# Usage delivery's settings (issue 15 §2: what a post costs per record): the filter's defaults
+# unless BENCH_USAGE_BATCH_SIZE / BENCH_USAGE_FLUSH_MS say otherwise.
+USAGE_DELIVERY = {"batch_size": int(os.environ.get("BENCH_USAGE_BATCH_SIZE", "500")),
+                  "flush_interval_ms": int(os.environ.get("BENCH_USAGE_FLUSH_MS", "1000"))}
 ENFORCE_CONFIG = {**TOLLGATE_CONFIG, "enforcement": {
     "counter_cluster": "tollgate_counter", "gateway_token": GATEWAY_TOKEN, "lease_slice_usd": SLICE_USD,
-    "failure_mode": "fail_closed", "call_timeout_ms": 5000}}
+    "failure_mode": "fail_closed", "call_timeout_ms": 5000, **USAGE_DELIVERY}}
 PAUSED = "wasmcustom.tollgate_enforce_paused_total"
 ADMITTED = "wasmcustom.tollgate_enforce_admitted_total"
 SETTLED = "wasmcustom.tollgate_enforce_settled_total"
@@ -691,7 +696,8 @@ def envoy_report(med, enforce, conditions, layout):
               f"budget enforcement against a real `tollgate-counter serve` on loopback (SQLite, `--sync full`, temp dir, "
               f"{'at idle CPU priority (SCHED_IDLE: it runs when wrk and mock-llm leave the CPU free), ' if COUNTER_IDLE else 'at normal CPU priority (BENCH_COUNTER_IDLE=0), '}one budget "
               f"on `org:acme`, ${BENCH_BUDGET['limit']}, window none, so nothing is refused), `lease_slice_usd` ${SLICE_USD}, "
-              "usage records batched and posted (defaults: `batch_size` 500, `flush_interval_ms` 1000).", ""]
+              f"usage records batched and posted (`batch_size` {USAGE_DELIVERY['batch_size']}, `flush_interval_ms` {USAGE_DELIVERY['flush_interval_ms']}"
+              + ("; the filter's defaults)." if USAGE_DELIVERY == {"batch_size": 500, "flush_interval_ms": 1000} else "; BENCH_USAGE_BATCH_SIZE / BENCH_USAGE_FLUSH_MS, not the defaults)."), ""]
     if "plain" in med and noop:
         lines.append(f"- no-op wasm keeps **{noop['rps'] / med['plain']['rps'] * 100:.1f}%** of plain Envoy's throughput.")
     if "naive" in med and "plain" in med:
