@@ -209,10 +209,11 @@ ENFORCE_CONFIG = {**TOLLGATE_CONFIG, "enforcement": {
     "failure_mode": "fail_closed", "call_timeout_ms": 5000, **USAGE_DELIVERY}}
 PAUSED = "wasmcustom.tollgate_enforce_paused_total"
 ADMITTED = "wasmcustom.tollgate_enforce_admitted_total"
+POOLED = "wasmcustom.tollgate_enforce_pooled_total"
 SETTLED = "wasmcustom.tollgate_enforce_settled_total"
 LEASE_CALLS = "wasmcustom.tollgate_lease_calls_total"
 UNACKED = "wasmcustom.tollgate_usage_unacked"
-ENVOY_ONLY_COUNTERS = (PAUSED, ADMITTED, SETTLED, LEASE_CALLS)
+ENVOY_ONLY_COUNTERS = (PAUSED, ADMITTED, POOLED, SETTLED, LEASE_CALLS)
 
 
 def machine():
@@ -557,7 +558,7 @@ def envoy_part(layout, cases):
     body = chat_body()
     assert len(body) == 2048, len(body)
     conditions = machine()
-    enforce = {"paused": 0, "admitted": 0, "settled": 0, "lease_calls": 0}
+    enforce = {"paused": 0, "admitted": 0, "pooled": 0, "settled": 0, "lease_calls": 0}
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as work:
         work = Path(work)
         script = work / "chat.lua"
@@ -614,9 +615,9 @@ def envoy_part(layout, cases):
                     extra = ""
                     if before is not None:
                         after = e.stats()
-                        for key, stat in (("paused", PAUSED), ("admitted", ADMITTED), ("settled", SETTLED), ("lease_calls", LEASE_CALLS)):
+                        for key, stat in (("paused", PAUSED), ("admitted", ADMITTED), ("pooled", POOLED), ("settled", SETTLED), ("lease_calls", LEASE_CALLS)):
                             enforce[key] += after.get(stat, 0) - before.get(stat, 0)
-                        extra = f"  | paused so far {enforce['paused']} of {enforce['admitted']} admitted"
+                        extra = f"  | paused so far {enforce['paused']} of {enforce['admitted']} admitted ({enforce['pooled']} from pools)"
                     res = results[name]
                     res["rps"].append(r["rps"]); res["p50"].append(r["p50_us"]); res["p99"].append(r["p99_us"])
                     res["p50_1"].append(one["p50_us"]); res["p99_1"].append(one["p99_us"])
@@ -752,6 +753,8 @@ def envoy_report(med, enforce, conditions, layout):
                      "(`tollgate_lease_calls_total` delta, background top-ups and renewals). Each round starts with a 1 s run "
                      "outside the count: the case idles longer than a lease lives (30 s) while the others run, and the first "
                      "request on each connection after such an idle spell waits once for a new lease.")
+        lines.append(f"- Admitted from the worker's own lease pools (no shared-data call): **{enforce['pooled']:.0f}** of "
+                     f"{enforce['admitted']:.0f} (`tollgate_enforce_pooled_total` delta; the rest took the shared book).")
         lines.append(f"- Delivered: the counter ingested **{c.get('records', 0)}** usage records in {batches} batches "
                      f"(~{per_batch} records a batch; {c.get('duplicates', 0)} duplicates: {enforce.get('post_failures', 0):.0f} failed posts "
                      f"(timeouts or errors) put {enforce.get('requeued_total', 0):.0f} records back to be sent again) for the {enforce.get('settled_total', 0):.0f} "

@@ -161,6 +161,9 @@ fn in_steady_state_a_request_makes_no_shared_data_call_and_the_pools_go_back_whe
     flush_counters(&gw);
     assert_eq!(gw.counter("tollgate_enforce_admitted_total"), served as u64);
     assert_eq!(gw.counter("tollgate_enforce_settled_total"), served as u64);
+    let pooled = gw.counter("tollgate_enforce_pooled_total");
+    // The four checked above made no shared-data call; the first tick's six came before any pool.
+    assert!((4..=served as u64 - 6).contains(&pooled), "requests admitted from the pools are counted, the others not: {pooled} of {served}");
 }
 
 /// The same budget, driven to its hard limit by the same two workers, once with traffic light

@@ -36,6 +36,7 @@ macro_rules! counters {
 
 counters! {
     admitted = "tollgate_enforce_admitted_total", "requests admitted with a reservation";
+    pooled = "tollgate_enforce_pooled_total", "requests admitted from this worker's lease pools (no shared-data call)";
     paused = "tollgate_enforce_paused_total", "requests that waited for a lease call";
     refused = "tollgate_enforce_refused_total", "429s";
     unavailable = "tollgate_enforce_unavailable_total", "503s (counter unreachable, fail-closed)";

@@ -66,7 +66,10 @@ impl LeaseEnforcer {
         // In steady state from this worker's pools, with no host call; else the shared book,
         // holding all of this worker's free headroom before it says no.
         let decision = match w.admit_from_pools(&self.scopes, self.amount, now) {
-            Some(pooled) => pooled,
+            Some(pooled) => {
+                counters::inc(&w.metrics.pooled, 1);
+                pooled
+            }
             None => match shared(w, &self.ask()) {
                 admitted @ Decision::Admit { .. } => admitted,
                 _ if w.return_pools(&self.scopes, now) => shared(w, &self.ask()),
