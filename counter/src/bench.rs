@@ -40,10 +40,11 @@ fn batch_body(gateway: &str, prefix: &str, start: u64, n: usize) -> Vec<u8> {
         }
         let _ = write!(
             s,
-            "{{\"id\":\"{prefix}-{k}\",\"principal\":{{\"org\":\"acme\",\"team\":\"t{}\",\"user\":\"u{}\",\"use_case\":\"chat\"}},\
+            "{{\"id\":\"{:016x}-{prefix}-{k}\",\"principal\":{{\"org\":\"acme\",\"team\":\"t{}\",\"user\":\"u{}\",\"use_case\":\"chat\"}},\
              \"dialect\":\"openai\",\"requested_model\":\"gpt-4o\",\"routed_model\":\"gpt-4o-mini\",\
              \"tokens\":{{\"input\":{},\"output\":{}}},\"cost_micros\":{},\"status\":200,\
              \"started_at_ms\":1763900000000,\"finished_at_ms\":1763900000400}}",
+            scatter(k),
             k % 10,
             k % 100,
             100 + k % 900,
@@ -53,6 +54,17 @@ fn batch_body(gateway: &str, prefix: &str, start: u64, n: usize) -> Vec<u8> {
     }
     s.push_str("]}");
     s.into_bytes()
+}
+
+/// A bijection of `k` (splitmix64's finaliser) that puts consecutive records' ids far apart, as
+/// the request ids gateways send are (Envoy's generated `x-request-id` is a random UUID): the
+/// ledger is keyed by id, so sequential ids would measure appends, not the inserts the counter
+/// really does.
+fn scatter(k: u64) -> u64 {
+    let mut z = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Runs both phases and prints `usage_records_per_sec=…` and `lease_calls_per_sec=…` lines.
