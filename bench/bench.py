@@ -70,6 +70,7 @@ $CARGO_TARGET_DIR/dynamic-calls/release/libtollgate_dynamic_calls.so, where scri
 BENCH_BASELINE_WASM (another tollgate.wasm, measured beside the current one as case `tollgate-base`),
 BENCH_USAGE_BATCH_SIZE (500) and BENCH_USAGE_FLUSH_MS (1000): the enforce case's usage delivery settings,
 BENCH_COUNTER_IDLE (1: the enforce case's counter at SCHED_IDLE, off the load generator's way; 0: normal priority),
+BENCH_COUNTER_CPU (load: the enforce case's counter beside wrk and mock-llm; envoy: on the measured Envoy's CPU, see COUNTER_CPU),
 BENCH_PERF (1: a `perf record` profile of each gateway by binary, see `Profile`),
 BENCH_PIN (1 with 2+ CPUs: Envoy on CPU 0, wrk and the mock on the others, so the load generator
 does not steal the measured worker's core; 0 to let the scheduler decide).
@@ -143,7 +144,9 @@ COUNTER_SCHED = ("chrt", "--idle", "0") if COUNTER_IDLE else ()
 # CPU slows the measured one (they share a physical core's resources under the hypervisor: a busy
 # loop there raised Tollgate's Envoy CPU per request by a quarter), so with "load" the enforce
 # row also carries the counter's ingestion; with "envoy" the counter's CPU is its own process's,
-# not Envoy's, and Envoy's CPU per request is the filter's (req/s then pays for the counter).
+# not Envoy's, but it takes turns with Envoy on that CPU and its caches, which slows Envoy too
+# (req/s also pays for its time). Neither isolates the filter on this 2-vCPU machine; a host
+# with a CPU of its own for the counter would.
 COUNTER_CPU = os.environ.get("BENCH_COUNTER_CPU", "load")
 if COUNTER_CPU not in ("load", "envoy"):
     sys.exit(f"BENCH_COUNTER_CPU={COUNTER_CPU!r}: use load (beside wrk and mock-llm) or envoy (on the measured CPU)")
@@ -165,6 +168,9 @@ class Layout:
         self.load = ("taskset", "-c", ",".join(map(str, CPUS[1:]))) if pin else ()
 
     def describe(self):
+        if self.pin and COUNTER_CPU == "envoy":
+            return (f"Envoy and tollgate-counter pinned to CPU {CPUS[0]} (`BENCH_COUNTER_CPU=envoy`), wrk and mock-llm to CPU "
+                    f"{','.join(map(str, CPUS[1:]))}")
         if self.pin:
             return (f"Envoy pinned to CPU {CPUS[0]}, wrk, mock-llm and tollgate-counter to CPU "
                     f"{','.join(map(str, CPUS[1:]))}")
@@ -765,8 +771,8 @@ def envoy_report(med, enforce, conditions, layout):
                          f"{med['tollgate']['cpu_us']:.1f} µs ({extra:+.1f} µs), with the counter "
                          + ("beside wrk and mock-llm on the other CPU, where its ingestion also slows the measured CPU "
                             "(`BENCH_COUNTER_CPU=envoy` puts it on Envoy's CPU instead; BENCHMARKS.md, \"Issue 15: seventh session\")."
-                            if COUNTER_CPU == "load" else "on Envoy's CPU (`BENCH_COUNTER_CPU=envoy`): its ingestion is not in this figure, "
-                            "and req/s pays for it."))
+                            if COUNTER_CPU == "load" else "on Envoy's CPU (`BENCH_COUNTER_CPU=envoy`): its own CPU is not in this figure, "
+                            "but it takes turns with Envoy on that CPU (and its caches), and req/s pays for its time."))
         lines.append(f"- Paused on a lease call during the measured rounds: **{enforce['paused']:.0f}** of {enforce['admitted']:.0f} "
                      f"admitted requests (`tollgate_enforce_paused_total` delta); {enforce['lease_calls']:.0f} lease calls "
                      "(`tollgate_lease_calls_total` delta, background top-ups and renewals). Each round starts with a 1 s run "
