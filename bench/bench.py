@@ -141,7 +141,7 @@ COUNTER_IDLE = os.environ.get("BENCH_COUNTER_IDLE", "1") != "0"
 COUNTER_SCHED = ("chrt", "--idle", "0") if COUNTER_IDLE else ()
 # Where the enforce case's counter runs (issue 15 §2): "load" (default) beside wrk and mock-llm, or
 # "envoy" on the measured Envoy's own CPU at normal priority. On this machine work on the other
-# CPU slows the measured one (they share a physical core's resources under the hypervisor: a busy
+# CPU slows the measured one (as if they shared a physical core under the hypervisor: a busy
 # loop there raised Tollgate's Envoy CPU per request by a quarter), so with "load" the enforce
 # row also carries the counter's ingestion; with "envoy" the counter's CPU is its own process's,
 # not Envoy's, but it takes turns with Envoy on that CPU and its caches, which slows Envoy too
@@ -598,7 +598,8 @@ def envoy_part(layout, cases):
                     # The measured gateway, on the measured CPU like each Envoy.
                     envoys[name] = LiteLLM(work, mock.port, cmd_prefix=layout.envoy)
                 elif name == "enforce":
-                    # The counter is load-side work (like the mock): off the measured worker's CPU.
+                    # The counter is load-side work (like the mock): off the measured worker's CPU
+                    # unless BENCH_COUNTER_CPU=envoy (see COUNTER_CPU).
                     counter = Counter(work, cmd_prefix=(*layout.load, *COUNTER_SCHED) if COUNTER_CPU == "load" else layout.envoy)
                     envoys[name] = EnforcingEnvoy(work, mock.port, counter.port, name, ENFORCE_CONFIG, cmd_prefix=layout.envoy,
                                                   concurrency=layout.concurrency)
