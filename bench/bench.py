@@ -573,7 +573,7 @@ def envoy_part(layout, cases):
     body = chat_body()
     assert len(body) == 2048, len(body)
     conditions = machine()
-    enforce = {"paused": 0, "admitted": 0, "pooled": 0, "settled": 0, "lease_calls": 0}
+    enforce = {"paused": 0, "admitted": 0, "pooled": 0, "settled": 0, "lease_calls": 0, "counter_cpu_s": 0.0, "counter_records": 0}
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as work:
         work = Path(work)
         script = work / "chat.lua"
@@ -621,10 +621,20 @@ def envoy_part(layout, cases):
                         # restart after idle, not steady state; a short run takes the lease first.
                         run_wrk(e.listen_port, script, CONNECTIONS, 1, layout)
                     before = e.stats() if name == "enforce" else None
+                    # The counter's own CPU per record it ingests, over the same measured run.
+                    counter_before = (cpu_seconds(counter.proc.pid), counter.metrics()["records"]) if name == "enforce" else None
+                    counter_note = ""
                     cpu_before = cpu_seconds(e.proc.pid)
                     profile = Profile(e.proc.pid, work / f"{name}.perf", SECONDS) if PERF and rnd == ROUNDS else None
                     r = run_wrk(e.listen_port, script, CONNECTIONS, SECONDS, layout)
                     cpu_after = cpu_seconds(e.proc.pid)
+                    if counter_before is not None and counter_before[0] is not None:
+                        counter_cpu = cpu_seconds(counter.proc.pid)
+                        if counter_cpu is not None:
+                            run_records = counter.metrics()["records"] - counter_before[1]
+                            enforce["counter_cpu_s"] += counter_cpu - counter_before[0]
+                            enforce["counter_records"] += run_records
+                            counter_note = f"  | counter {(counter_cpu - counter_before[0]) * 1e6 / max(run_records, 1):.1f} µs/record"
                     if profile:
                         profiles[name] = profile.shares()
                     one = run_wrk(e.listen_port, script, 1, LATENCY_SECONDS, layout)
@@ -633,7 +643,7 @@ def envoy_part(layout, cases):
                         after = e.stats()
                         for key, stat in (("paused", PAUSED), ("admitted", ADMITTED), ("pooled", POOLED), ("settled", SETTLED), ("lease_calls", LEASE_CALLS)):
                             enforce[key] += after.get(stat, 0) - before.get(stat, 0)
-                        extra = f"  | paused so far {enforce['paused']} of {enforce['admitted']} admitted ({enforce['pooled']} from pools)"
+                        extra = f"  | paused so far {enforce['paused']} of {enforce['admitted']} admitted ({enforce['pooled']} from pools)" + counter_note
                     res = results[name]
                     res["rps"].append(r["rps"]); res["p50"].append(r["p50_us"]); res["p99"].append(r["p99_us"])
                     res["p50_1"].append(one["p50_us"]); res["p99_1"].append(one["p99_us"])
@@ -774,6 +784,11 @@ def envoy_report(med, enforce, conditions, layout):
                             "(`BENCH_COUNTER_CPU=envoy` puts it on Envoy's CPU instead; BENCHMARKS.md, \"Issue 15: seventh session\")."
                             if COUNTER_CPU == "load" else "on Envoy's CPU (`BENCH_COUNTER_CPU=envoy`): its own CPU is not in this figure, "
                             "but it takes turns with Envoy on that CPU (and its caches), and req/s pays for its time."))
+        if enforce["counter_records"]:
+            lines.append(f"- tollgate-counter's own CPU: **{enforce['counter_cpu_s'] * 1e6 / enforce['counter_records']:.1f} µs per usage "
+                         f"record** it ingested during the measured runs ({enforce['counter_records']:.0f} records; the CPU time of "
+                         "its process, HTTP, JSON and SQLite together). Wherever it runs, this is work this machine's other CPU "
+                         "or Envoy's own CPU does beside the measured Envoy.")
         lines.append(f"- Paused on a lease call during the measured rounds: **{enforce['paused']:.0f}** of {enforce['admitted']:.0f} "
                      f"admitted requests (`tollgate_enforce_paused_total` delta); {enforce['lease_calls']:.0f} lease calls "
                      "(`tollgate_lease_calls_total` delta, background top-ups and renewals). Each round starts with a 1 s run "

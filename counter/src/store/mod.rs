@@ -23,8 +23,11 @@
 //!   any concurrency. Expired slices count for nothing. A grant is durable before it is answered:
 //!   a restarted counter still counts the live slices it handed out before the restart.
 //! - **Usage** ([`Store::ingest`]): a batch is all or nothing. A record whose id was seen before
-//!   (in any earlier batch, across restarts, or earlier in the same batch) is a duplicate and
-//!   changes nothing. Each new record is added to the ledger and charged (cost and billed tokens) to
+//!   with the same `finished_at_ms` (in any earlier batch, across restarts, or earlier in the same
+//!   batch) is a duplicate and changes nothing: a gateway's retry re-sends its queued records as
+//!   they were. (An id sent again with another finish time is a gateway bug, never a retry; the
+//!   SQLite store counts it, keyed by both for a ledger that appends, the Redis store does not.)
+//!   Each new record is added to the ledger and charged (cost and billed tokens) to
 //!   the current window — at `now_ms`, not the record's own time — of every budget covering a key of
 //!   `record.principal.scope_keys()`, **once per budget**, and shrinks the reporting gateway's slice
 //!   on that budget (for a selector budget: the slice held under the key it matched) by its cost,

@@ -10,10 +10,10 @@
 //! Every write goes through **one writer thread** that owns the write connection, so there is never
 //! lock contention inside SQLite. Usage batches waiting in its queue are **group-committed**: one
 //! `BEGIN IMMEDIATE … COMMIT` covers all of them (up to [`SqliteOptions::max_group_records`]).
-//! Inside, each record is an `INSERT OR IGNORE` into the ledger keyed by record id — the primary
-//! key is the idempotency check, so a duplicate within a batch, across batches or across restarts
-//! is caught by the same rule — and per-(budget, day) spend deltas are upserted into `spend` in the
-//! same transaction. Only after `COMMIT` returns are the deltas applied to the in-memory book and
+//! Inside, each record is an `INSERT OR IGNORE` into the ledger keyed by (finish time, record id)
+//! — the primary key is the idempotency check, so a gateway's re-send within a batch, across
+//! batches or across restarts is caught by the same rule — and per-(budget, day) spend deltas are
+//! upserted into `spend` in the same transaction. Only after `COMMIT` returns are the deltas applied to the in-memory book and
 //! the HTTP acks released. A failed transaction rolls back whole, so nothing is half-applied.
 //!
 //! With `synchronous=FULL` (the default) SQLite fsyncs the WAL at every commit: an acknowledged
@@ -33,6 +33,22 @@
 //! After a crash every unexpired bound is restored as the slice: a restart cannot hand out
 //! headroom a gateway still holds; it can only hold back more than needed, for at most
 //! `2 × lease_ttl`. Usage that shrinks a slice is not re-written, for the same reason.
+//!
+//! # Why the ledger is keyed by finish time first
+//! A record id begins with the request's `x-request-id`, a random UUID. Keyed by id alone, every
+//! insert landed on its own b-tree page: a commit of 260 records wrote ~260 pages (4 KiB each) to
+//! the WAL and, once the ledger outgrew the page cache, read them back first — 30 µs of the
+//! counter's CPU per record in `make bench`'s enforce case. Records arrive in about the order they
+//! finished, so under `(finished_at_ms, id)` inserts land at the b-tree's right edge and a commit
+//! writes about one page per dozen records (8 µs per record; BENCHMARKS.md). The key also serves
+//! the reports that read by finish time, which needed an index of their own before.
+//!
+//! What it changes: a duplicate is a record sent again as it was (a gateway's retry re-sends the
+//! queued record byte for byte, so its finish time is the same). A record that reused an id with a
+//! different finish time would be counted, where the Redis store, keyed by id alone, would not;
+//! a gateway never sends one (an id is gateway id, request id, a tag unique to the VM and the
+//! request's context id), see the [`Store`] contract. A ledger from before this key is rewritten under it once, at open
+//! ([`rekey_ledger`]).
 
 mod requests;
 mod gov;
@@ -78,6 +94,43 @@ impl Default for SqliteOptions {
 /// The file inside the data directory.
 pub const DB_FILE: &str = "counter.sqlite3";
 
+/// Rewrites a ledger keyed by record id alone (databases from before the ledger was keyed by
+/// finish time, see the module docs) under [`SCHEMA`]'s key, in one transaction: every row is kept,
+/// and the indexes are rebuilt by [`SCHEMA`]. Runs before [`SCHEMA`]; a no-op on a new or already
+/// rewritten database. Takes time in proportion to the ledger, once.
+fn rekey_ledger(conn: &Connection) -> StoreResult<()> {
+    let keyed_by_id_alone = conn
+        .query_row("SELECT COUNT(*) FROM pragma_table_info('ledger') WHERE name = 'id' AND pk = 1", [], |r| r.get::<_, i64>(0))
+        .map_err(internal)?
+        > 0;
+    if !keyed_by_id_alone {
+        return Ok(());
+    }
+    let rewrite = || -> rusqlite::Result<()> {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE ledger RENAME TO ledger_keyed_by_id;
+             DROP INDEX IF EXISTS ledger_finished;
+             DROP INDEX IF EXISTS ledger_task;
+             DROP INDEX IF EXISTS ledger_task_set;",
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        // By name, not position: an old ledger's columns need not be in today's order.
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('ledger') ORDER BY cid")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let columns = columns.join(", ");
+        conn.execute_batch(&format!(
+            "INSERT INTO ledger ({columns}) SELECT {columns} FROM ledger_keyed_by_id; DROP TABLE ledger_keyed_by_id; COMMIT;"
+        ))
+    };
+    rewrite().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        internal(format!("rewriting the ledger under its (finished_at_ms, id) key: {e}; the database is unchanged"))
+    })
+}
+
 /// `ALTER TABLE {table} ADD COLUMN {column} {definition}` unless the table has the column. The
 /// names are ours, never a request's.
 fn add_column_if_missing(conn: &Connection, table: &str, column: &str, definition: &str) -> StoreResult<()> {
@@ -93,15 +146,15 @@ fn add_column_if_missing(conn: &Connection, table: &str, column: &str, definitio
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
-  id TEXT PRIMARY KEY, gateway_id TEXT NOT NULL, ingested_at_ms INTEGER NOT NULL,
+  id TEXT NOT NULL, gateway_id TEXT NOT NULL, ingested_at_ms INTEGER NOT NULL,
   org TEXT, cost_center TEXT, team TEXT, user TEXT, key_id TEXT, use_case TEXT, tier TEXT, task TEXT,
   dialect TEXT NOT NULL, requested_model TEXT NOT NULL, routed_model TEXT NOT NULL,
   input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cache_read_tokens INTEGER NOT NULL,
   cache_write_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
   cost_micros INTEGER NOT NULL, status INTEGER NOT NULL, estimated INTEGER NOT NULL,
-  started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER NOT NULL
+  started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER NOT NULL,
+  PRIMARY KEY (finished_at_ms, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ledger_finished ON ledger (finished_at_ms);
 CREATE TABLE IF NOT EXISTS budgets (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spend (
   budget_id TEXT NOT NULL, bucket INTEGER NOT NULL, micros INTEGER NOT NULL, tokens INTEGER NOT NULL,
@@ -236,12 +289,12 @@ impl SqliteStore {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
-        // The writer's page cache: 64 MiB, not SQLite's 2 MiB. Record ids are random (a gateway's
-        // id begins with the request's x-request-id), so every insert into the id-keyed ledger
-        // lands on its own page; a small cache reads each of those pages back from the file
-        // (docs/counter.md, "Throughput").
+        // The writer's page cache: 64 MiB, not SQLite's 2 MiB. Every record is also a check of the
+        // ledger's key and a charge to `spend`; a small cache reads pages back from the file that a
+        // busy writer touches again within seconds (docs/counter.md, "Throughput").
         conn.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA cache_size=-65536;"))
             .map_err(internal)?;
+        rekey_ledger(&conn)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         conn.execute_batch(gov::SCHEMA).map_err(internal)?;
         // Columns that came later; older databases gain them. Audit notes ("started from $X
@@ -889,6 +942,72 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ledger as it was created before it was keyed by finish time: one row, with the indexes
+    /// it had then.
+    const LEDGER_KEYED_BY_ID: &str = "
+        CREATE TABLE ledger (
+          id TEXT PRIMARY KEY, gateway_id TEXT NOT NULL, ingested_at_ms INTEGER NOT NULL,
+          org TEXT, cost_center TEXT, team TEXT, user TEXT, key_id TEXT, use_case TEXT, tier TEXT, task TEXT,
+          dialect TEXT NOT NULL, requested_model TEXT NOT NULL, routed_model TEXT NOT NULL,
+          input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cache_read_tokens INTEGER NOT NULL,
+          cache_write_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
+          cost_micros INTEGER NOT NULL, status INTEGER NOT NULL, estimated INTEGER NOT NULL,
+          started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX ledger_finished ON ledger (finished_at_ms);
+        CREATE INDEX ledger_task ON ledger (task);
+        INSERT INTO ledger VALUES ('gw1:old', 'gw1', 500, 'acme', NULL, 'a', 'bob', NULL, 'chat', NULL, 'fix-42',
+          'openai', 'gpt-4o', 'gpt-4o-mini', 100, 20, 0, 0, 0, 1234, 200, 0, 400, 450);";
+
+    fn usage(id: &str, finished_at_ms: i64) -> UsageBatch {
+        serde_json::from_value(serde_json::json!({"gateway_id": "gw1", "records": [{
+            "id": id, "principal": {"org": "acme", "team": "a", "user": "bob", "use_case": "chat", "task": "fix-42"},
+            "dialect": "openai", "requested_model": "gpt-4o", "routed_model": "gpt-4o-mini",
+            "tokens": {"input": 100, "output": 20}, "cost_micros": 1234, "status": 200,
+            "started_at_ms": 400, "finished_at_ms": finished_at_ms}]}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_ledger_keyed_by_id_alone_is_rewritten_under_the_finish_time_key_and_still_knows_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join(DB_FILE)).unwrap().execute_batch(LEDGER_KEYED_BY_ID).unwrap();
+
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default(), 1_000).unwrap();
+        let resent = store.ingest(usage("gw1:old", 450), 1_000).await.unwrap();
+        assert_eq!((resent.accepted, resent.duplicates), (0, 1), "a record from before the rewrite, re-sent, is a duplicate");
+        let new = store.ingest(usage("gw1:new", 460), 1_000).await.unwrap();
+        assert_eq!((new.accepted, new.duplicates), (1, 0));
+        let listed = store.requests(RequestsQuery { from_ms: 0, to_ms: 1_000, limit: 10 }).await.unwrap();
+        let listed: Vec<_> = listed.iter().map(|r| (r.id.as_str(), r.cost_micros, r.finished_at_ms)).collect();
+        assert_eq!(listed, [("gw1:old", 1234, 450), ("gw1:new", 1234, 460)], "the old row kept every column it had");
+        store.shutdown().await.unwrap();
+
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let key: Vec<(String, i64)> = conn
+            .prepare("SELECT name, pk FROM pragma_table_info('ledger') WHERE pk > 0 ORDER BY pk")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(key, [("finished_at_ms".to_owned(), 1), ("id".to_owned(), 2)]);
+        let objects: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE tbl_name LIKE 'ledger%' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(objects, ["ledger", "ledger_task_set"], "the old table and its indexes are gone");
+        drop(conn);
+
+        // A second open finds the new key and leaves the ledger as it is.
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default(), 2_000).unwrap();
+        assert_eq!(store.requests(RequestsQuery { from_ms: 0, to_ms: 1_000, limit: 10 }).await.unwrap().len(), 2);
+        store.shutdown().await.unwrap();
+    }
 
     #[tokio::test]
     async fn a_database_from_before_the_later_columns_gains_them_and_keeps_its_rows() {
