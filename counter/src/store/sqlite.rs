@@ -110,21 +110,27 @@ fn rekey_ledger(conn: &Connection) -> StoreResult<()> {
         conn.execute_batch(
             "BEGIN IMMEDIATE;
              ALTER TABLE ledger RENAME TO ledger_keyed_by_id;
-             DROP INDEX IF EXISTS ledger_finished;
              DROP INDEX IF EXISTS ledger_task;
              DROP INDEX IF EXISTS ledger_task_set;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        // By name, not position: an old ledger's columns need not be in today's order.
+        // By name, not position: an old ledger's columns need not be in today's order. In key
+        // order (the old `ledger_finished` index holds it), so the copy appends; it goes with the
+        // old table.
         let columns: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('ledger') ORDER BY cid")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let columns = columns.join(", ");
-        conn.execute_batch(&format!(
-            "INSERT INTO ledger ({columns}) SELECT {columns} FROM ledger_keyed_by_id; DROP TABLE ledger_keyed_by_id; COMMIT;"
-        ))
+        let records = conn.execute(&format!("INSERT INTO ledger ({columns}) SELECT {columns} FROM ledger_keyed_by_id ORDER BY finished_at_ms, id"), [])?;
+        conn.execute_batch("DROP TABLE ledger_keyed_by_id; COMMIT;")?;
+        crate::log::info("ledger rewritten under its (finished_at_ms, id) key", serde_json::json!({"records": records}));
+        Ok(())
     };
+    crate::log::info(
+        "rewriting the ledger under its (finished_at_ms, id) key, once; the counter starts when it is done (about 5 s per million records)",
+        serde_json::json!({}),
+    );
     rewrite().map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         internal(format!("rewriting the ledger under its (finished_at_ms, id) key: {e}; the database is unchanged"))
