@@ -13,8 +13,8 @@
 //! Inside, each record is an `INSERT OR IGNORE` into the ledger keyed by (finish time, record id)
 //! — the primary key is the idempotency check, so a gateway's re-send within a batch, across
 //! batches or across restarts is caught by the same rule — and per-(budget, day) spend deltas are
-//! upserted into `spend` in the same transaction. Only after `COMMIT` returns are the deltas applied to the in-memory book and
-//! the HTTP acks released. A failed transaction rolls back whole, so nothing is half-applied.
+//! upserted into `spend` in the same transaction. Only after `COMMIT` returns are the deltas
+//! applied to the in-memory book and the HTTP acks released. A failed transaction rolls back whole, so nothing is half-applied.
 //!
 //! With `synchronous=FULL` (the default) SQLite fsyncs the WAL at every commit: an acknowledged
 //! record survives a process kill **and** an OS crash or power loss. With `synchronous=NORMAL` the
@@ -47,8 +47,8 @@
 //! queued record byte for byte, so its finish time is the same). A record that reused an id with a
 //! different finish time would be counted, where the Redis store, keyed by id alone, would not;
 //! a gateway never sends one (an id is gateway id, request id, a tag unique to the VM and the
-//! request's context id), see the [`Store`] contract. A ledger from before this key is rewritten under it once, at open
-//! ([`rekey_ledger`]).
+//! request's context id), see the [`Store`] contract. A ledger from before this key is rewritten
+//! under it once, at open (`rekey_ledger`).
 
 mod requests;
 mod gov;
