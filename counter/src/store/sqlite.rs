@@ -14,7 +14,8 @@
 //! — the primary key is the idempotency check, so a gateway's re-send within a batch, across
 //! batches or across restarts is caught by the same rule — and per-(budget, day) spend deltas are
 //! upserted into `spend` in the same transaction. Only after `COMMIT` returns are the deltas
-//! applied to the in-memory book and the HTTP acks released. A failed transaction rolls back whole, so nothing is half-applied.
+//! applied to the in-memory book and the HTTP acks released. A failed transaction rolls back
+//! whole, so nothing is half-applied.
 //!
 //! With `synchronous=FULL` (the default) SQLite fsyncs the WAL at every commit: an acknowledged
 //! record survives a process kill **and** an OS crash or power loss. With `synchronous=NORMAL` the
