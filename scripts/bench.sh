@@ -2,6 +2,8 @@
 # make bench: every benchmark figure in one run, written into BENCHMARKS.md (one regenerated section
 # per part, each with its command and the machine conditions):
 #   instructions  wasm instructions per request (host-tests; compiled here on first use)
+#   v8            the filters' own time in V8 without Envoy (bench/v8-time.mjs in Node), warm and
+#                 with the caches evicted before each request
 #   envoy         plain Envoy vs no-op wasm vs naive vs the host-call floor (`calls`, and `calls-v1`:
 #                 the floor before issue 17 corrected it, side by side) vs Tollgate (metering) vs
 #                 Tollgate with full enforcement against a real tollgate-counter; interleaved wrk
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-parts="${BENCH_PARTS:-instructions,envoy,envoy2,counter,redis}"
+parts="${BENCH_PARTS:-instructions,v8,envoy,envoy2,counter,redis}"
 cases=",${BENCH_CASES:-plain,noop,naive,calls-v1,calls,tollgate,enforce},"
 # The scale part (envoy2) runs its own cases; what it needs is checked with the envoy part's.
 case ",$parts," in *,envoy2,*) cases="$cases${BENCH_CASES2:-plain,noop,calls,tollgate,enforce}," ; parts="$parts,envoy" ;; esac
@@ -34,6 +36,11 @@ if [[ ",$parts," == *,envoy,* ]]; then
   [[ "$cases" =~ ,(noop|naive|calls|calls-v1), ]] && need+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm")
   [[ "$cases" =~ ,(tollgate|enforce), ]] && need+=("$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm")
   [[ "$cases" == *,enforce,* ]] && need+=("${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}")
+fi
+# The v8 part: Node runs the filters outside Envoy on the mock's answer.
+if [[ ",$parts," == *,v8,* ]]; then
+  need+=("$CARGO_TARGET_DIR/release/mock-llm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm")
+  command -v node >/dev/null || { echo "bench: node is missing: run scripts/setup.sh" >&2; exit 2; }
 fi
 case ",$parts," in *,counter,*|*,redis,*) need+=("${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}") ;; esac
 for f in "${need[@]}"; do

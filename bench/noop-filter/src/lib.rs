@@ -119,6 +119,24 @@ struct Calls {
 /// How the usage-only chunk of an OpenAI stream starts (`"choices":[]`, then the usage).
 const USAGE_ONLY: &[u8] = br#""choices":[],"usage""#;
 
+/// Whether `body` holds the usage-only event: the least work that decides where the one body
+/// write goes, so the floor stays Envoy's conversation and not a search. Core's byte search finds
+/// each `[` (sixteen bytes per step in the filter's wasm, as Tollgate's own scans do) and only
+/// there are the bytes around it compared. A byte-window comparison at every offset cost the
+/// chat workload 225 k wasm instructions, more than twice Tollgate's whole work on it (BENCHMARKS.md,
+/// "Issue 15: ninth session").
+fn holds_usage_only_event(body: &[u8]) -> bool {
+    const BEFORE: usize = br#""choices":"#.len();
+    let mut from = 0;
+    while let Some(at) = tollgate_core::bytes::find_either_from(body, from, b'[', b'[') {
+        if at >= BEFORE && body.get(at - BEFORE..).is_some_and(|rest| rest.starts_with(USAGE_ONLY)) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
 impl Context for Calls {}
 
 impl HttpContext for Calls {
@@ -158,7 +176,7 @@ impl HttpContext for Calls {
             // Tollgate rewrites the chunk holding the usage-only event it asked for (it keeps that
             // event from the client): one body write, here with the bytes unchanged.
             if let Some(body) = self.get_http_response_body(0, body_size) {
-                if body.windows(USAGE_ONLY.len()).any(|w| w == USAGE_ONLY) {
+                if holds_usage_only_event(&body) {
                     self.set_http_response_body(0, body_size, &body);
                 }
             }

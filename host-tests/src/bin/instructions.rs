@@ -254,9 +254,10 @@ fn main() {
     }
     let noop = wasm.with_file_name("noop_filter.wasm");
     let floor = noop.exists().then(|| Gateway::new("").module(module::load_module(&noop)));
+    let calls_floor = noop.exists().then(|| Gateway::new(r#"{"mode":"calls"}"#).module(module::load_module(&noop)));
     println!();
-    println!("| workload | request phase | response phase | total | no-op filter total |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| workload | request phase | response phase | total | no-op filter total | `calls` filter total |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for w in workloads() {
         // The first request pays one-time lazy initialisation; the steady state is what matters.
         let (cold_req, cold_resp) = measure(&gw, &w);
@@ -266,28 +267,32 @@ fn main() {
         let (req, resp) = measure(&gw, &w);
         let again = measure(&gw, &w);
         assert_eq!((req, resp), again, "instruction counts are deterministic");
-        let floor_total = floor.as_ref().map(|f| {
-            let (a, b) = measure(f, &w);
-            (a + b).to_string()
-        });
+        let total = |g: &Option<Gateway>| {
+            g.as_ref().map(|f| {
+                let (a, b) = measure(f, &w);
+                (a + b).to_string()
+            })
+        };
+        let (floor_total, calls_total) = (total(&floor), total(&calls_floor));
         println!(
-            "| {} | {req} | {resp} | {} | {} |",
+            "| {} | {req} | {resp} | {} | {} | {} |",
             w.name,
             req + resp,
-            floor_total.unwrap_or_else(|| "(noop_filter.wasm not built)".into())
+            floor_total.unwrap_or_else(|| "(noop_filter.wasm not built)".into()),
+            calls_total.unwrap_or_default()
         );
-        println!("|   first request (cold) | {cold_req} | {cold_resp} | {} | |", cold_req + cold_resp);
+        println!("|   first request (cold) | {cold_req} | {cold_resp} | {} | | |", cold_req + cold_resp);
         let guarded = guarded_gateway();
         measure(&guarded, &w);
         measure(&guarded, &w);
         let (greq, gresp) = measure(&guarded, &w);
-        println!("|   with the retry guard (every request counted) | {greq} | {gresp} | {} | |", greq + gresp);
+        println!("|   with the retry guard (every request counted) | {greq} | {gresp} | {} | | |", greq + gresp);
         let (ereq, eresp, amortized) = measure_enforcement(&w);
-        println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | |", ereq + eresp);
-        println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | |");
+        println!("|   with enforcement (budget on org:acme) | {ereq} | {eresp} | {} | | |", ereq + eresp);
+        println!("|   with enforcement, incl. root ticks (usage delivery), per request over 50 | | | {amortized} | | |");
     }
     let (pass_req, pass_resp) = measure_passthrough(&gw);
-    println!("| a request on a path that is not an LLM API (`GET /healthz`, passed through untouched) | {pass_req} | {pass_resp} | {} | |", pass_req + pass_resp);
+    println!("| a request on a path that is not an LLM API (`GET /healthz`, passed through untouched) | {pass_req} | {pass_resp} | {} | | |", pass_req + pass_resp);
     print_delivery();
     memory_after_many_requests();
     let (with, without) = measure_banner();
