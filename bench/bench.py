@@ -44,7 +44,10 @@ instruction counter, if needed, happens before anything is timed):
                 `cargo run --release -p tollgate-host-tests --features bench --bin instructions`
   v8            the filter's own time in V8 without Envoy (`bench/v8-time.mjs` in Node): the same
                 request and answer through no-op, `calls` and Tollgate in one process, interleaved,
-                with warm caches and with the caches evicted before each request (BENCH_V8_ROUNDS)
+                with warm caches and with the caches evicted before each request (BENCH_V8_ROUNDS);
+                then each filter's footprint on that request (deterministic): the wasm code its
+                callbacks enter and the memory lines they touch (`bench/wasm-footprint` rewrites the
+                modules to report them, `v8-time.mjs --footprint` records one request)
   envoy         the table above
   envoy2        the same table with Envoy `--concurrency 2` (issue 15 §5): both CPUs to Envoy, nothing
                 pinned, so wrk, mock-llm and the counter time-share them with Envoy; cases
@@ -943,6 +946,7 @@ def v8_part():
             if t["headersAction"] != 1 or t["state"] != 1 or t["upstream"] == len(body) or c["state"] != 1 or t["localReply"] is not None:
                 raise RuntimeError(f"v8: a filter did not do its work on the request: {shapes}")
             results.append((label, rounds, requests, r))
+        footprint = footprint_table(work, filters)
     node_v8 = results[0][3]["v8"]
     names = [f["name"] for f in results[0][3]["filters"]]
     rows = []
@@ -968,10 +972,62 @@ def v8_part():
              "in every figure and the same for filters that make the same calls (`calls` and Tollgate: host-tests "
              "`host_calls`), so the differences are the filters' own work in V8.",
              "", "| µs per request (median of rounds) | " + " | ".join(f"{label} ({rounds} × {requests})" for label, rounds, requests, _ in results) + " |",
-             "|---|" + "---:|" * len(results), *rows, *diff_rows, ""]
+             "|---|" + "---:|" * len(results), *rows, *diff_rows, "", *footprint]
     section = "\n".join(lines)
     print(section)
     return section
+
+
+FOOTPRINT_TOOL = harness.TARGET / "wasm-footprint" / "release" / "tollgate-wasm-footprint"
+
+
+def footprint_table(work, filters):
+    """The footprint rows of the v8 section: each filter's code and memory lines on one request."""
+    rewritten = []
+    for spec in filters:
+        name, rest = spec.split("=", 1)
+        wasm, _, config = rest.partition("@")
+        out = work / f"{name}.footprint.wasm"
+        p = subprocess.run([str(FOOTPRINT_TOOL), wasm, str(out), str(work / f"{name}.footprint.map.json")],
+                           capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"v8: footprint: rewriting {wasm} failed ({p.returncode}):\n{p.stderr}")
+        rewritten.append(f"{name}={out}" + (f"@{config}" if config else ""))
+    cmd = ["node", "--no-liftoff", str(REPO / "bench" / "v8-time.mjs"), str(work / "workload.json"), *rewritten,
+           "--warmup", "200", "--footprint"]
+    print("v8: footprint: bench/wasm-footprint, then v8-time.mjs --footprint", flush=True)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"v8: footprint failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    found = {f["name"]: f for f in json.loads(p.stdout)["footprint"]}
+    phases = (("request headers", ("proxy_on_request_headers",)), ("request body", ("proxy_on_request_body",)),
+              ("response headers", ("proxy_on_response_headers",)), ("response body", ("proxy_on_response_body",)))
+    def cells(f):
+        by = {c["callback"]: c for c in f["callbacks"]}
+        named = {cb for _, cbs in phases for cb in cbs}
+        out = []
+        for _, cbs in phases:
+            rows = [by[cb] for cb in cbs if cb in by]
+            out.append(f"{sum(r['code_instrs'] for r in rows):,} / {sum(r['lines'] for r in rows):,}")
+        rest = [c for c in f["callbacks"] if c["callback"] not in named]
+        out.append(f"{sum(r['code_instrs'] for r in rest):,} / {sum(r['lines'] for r in rest):,}")
+        t = f["total"]
+        out.append(f"**{t['code_instrs']:,} / {t['lines']:,}**")
+        out.append(f"{t['request_code_instrs']:,} / {t['request_lines']:,}")
+        return out
+    chunks = next((c["calls"] for c in found["tollgate"]["callbacks"] if c["callback"] == "proxy_on_response_body"), 0)
+    lines = ["Footprint of one request (deterministic; `bench/wasm-footprint` rewrites each module to report the code "
+             "blocks it enters and the 64-byte lines of its memory it loads or stores, `v8-time.mjs --footprint` "
+             "records one request after the warm-up). Each cell: wasm instructions of code entered / memory lines, "
+             "counted per callback and summed, since in a proxy other requests' work runs between two of a filter's "
+             f"callbacks (the response body is {chunks} callbacks, one per chunk). Last column: the whole request's "
+             "distinct code and lines. (How many bytes of machine code V8 makes of a wasm instruction is not measured here.)", "",
+             "| filter | request headers | request body | response headers | response body | other callbacks | "
+             "sum over callbacks | whole request, distinct |", "|---|" + "---:|" * 7]
+    for name, f in found.items():
+        lines.append(f"| {name} | " + " | ".join(cells(f)) + " |")
+    lines.append("")
+    return lines
 
 
 def instructions_part():

@@ -19,7 +19,7 @@
 // (TurboFan only); so does this (`--no-liftoff`, passed by bench.py).
 //
 // Usage: node --no-liftoff bench/v8-time.mjs <workload.json> name=<filter.wasm>[@<config.json>] ...
-//   [--rounds N] [--requests N] [--warmup N] [--evict-kib N] [--split]
+//   [--rounds N] [--requests N] [--warmup N] [--evict-kib N [--rewarm-memory]] [--split] [--footprint [--footprint-call N]]
 // A filter without @config gets the workload's configuration (Tollgate's); "@" alone an empty one.
 import fs from "node:fs";
 
@@ -27,6 +27,7 @@ const OK = 0, NOT_FOUND = 1, BAD_ARGUMENT = 2, EMPTY = 7, CAS_MISMATCH = 8;
 const CONTINUE = 0;
 const enc = new TextEncoder();
 const SPLIT = process.argv.includes("--split");
+const FOOTPRINT = process.argv.includes("--footprint");
 const dec = new TextDecoder();
 
 function parseArgs(argv) {
@@ -36,7 +37,9 @@ function parseArgs(argv) {
     if (a === "--rounds") opts.rounds = Number(argv[++i]);
     else if (a === "--requests") opts.requests = Number(argv[++i]);
     else if (a === "--warmup") opts.warmup = Number(argv[++i]);
-    else if (a === "--split") continue;
+    else if (a === "--split" || a === "--footprint") continue;
+    else if (a === "--rewarm-memory") opts.rewarm = true;
+    else if (a === "--footprint-call") opts.footprintCall = Number(argv[++i]);
     else if (a === "--evict-kib") opts.evictKib = Number(argv[++i]);
     else if (!opts.workload) opts.workload = a;
     else {
@@ -71,8 +74,29 @@ class Vm {
       }
       return out;
     };
-    this.instance = new WebAssembly.Instance(module, { env: timed(this.env()), wasi_snapshot_preview1: timed(this.wasi()) });
+    const imports = { env: timed(this.env()), wasi_snapshot_preview1: timed(this.wasi()) };
+    if (FOOTPRINT) {
+      if (!WebAssembly.Module.imports(module).some((i) => i.module === "footprint")) {
+        throw new Error(`${name}: --footprint needs a module rewritten by bench/wasm-footprint`);
+      }
+      imports.footprint = this.footprintHooks();
+    }
+    this.instance = new WebAssembly.Instance(module, imports);
     this.x = this.instance.exports;
+    if (FOOTPRINT) {
+      // Each callback is recorded on its own: in Envoy other requests run between two of them.
+      const vm = this;
+      this.x = Object.fromEntries(Object.entries(this.x).map(([k, f]) => [k, typeof f === "function" && k.startsWith("proxy_on_")
+        ? (...args) => {
+          // A callback the host makes inside another (proxy_on_memory_allocate while a header
+          // map is copied in) belongs to the outer one.
+          const t = vm.trace;
+          if (!t || t.depth++ > 0) { try { return f(...args); } finally { if (t) t.depth--; } }
+          t.calls.push(t.now = { callback: k, blocks: new Set(), lines: new Set(), hostLines: new Set() });
+          try { return f(...args); } finally { t.depth--; t.now = null; }
+        }
+        : f]));
+    }
     this.nextContext = 2;
     if (this.x._initialize) this.x._initialize();
     this.call("proxy_on_context_create", 1, 0);
@@ -80,6 +104,23 @@ class Vm {
     this.configuring = true;
     if (this.call("proxy_on_configure", 1, this.pluginConfig.length) === 0) throw new Error(`${name}: proxy_on_configure refused: ${this.lastLog}`);
     this.configuring = false;
+  }
+
+  /** The `footprint` imports: what one traced request's callbacks touch (see bench/wasm-footprint). */
+  footprintHooks() {
+    const vm = this;
+    const lines = (set, addr, len) => { for (let l = addr >>> 6, end = (addr + Math.max(len, 1) - 1) >>> 6; l <= end; l++) set.add(l); };
+    return {
+      block(id) { if (vm.trace) vm.trace.now.blocks.add(id); },
+      mem(addr, offset, width) { if (vm.trace) lines(vm.trace.now.lines, (addr >>> 0) + offset, width); },
+      range(addr, len) { if (vm.trace && len !== 0) lines(vm.trace.now.lines, addr >>> 0, len >>> 0); },
+    };
+  }
+
+  /** Lines of the filter's memory the host itself read or wrote (buffers copied in and out). */
+  hostTouched(ptr, len) {
+    if (!this.trace || !this.trace.now || len === 0) return;
+    for (let l = ptr >>> 6, end = (ptr + len - 1) >>> 6; l <= end; l++) this.trace.now.hostLines.add(l);
   }
 
   call(fn, ...args) {
@@ -96,8 +137,8 @@ class Vm {
     if (this.dv === undefined || this.dv.buffer !== this.x.memory.buffer) this.dv = new DataView(this.x.memory.buffer);
     return this.dv;
   }
-  read(ptr, len) { return this.bytes().slice(ptr, ptr + len); }
-  text(ptr, len) { return dec.decode(this.bytes().subarray(ptr, ptr + len)); }
+  read(ptr, len) { if (FOOTPRINT) this.hostTouched(ptr, len); return this.bytes().slice(ptr, ptr + len); }
+  text(ptr, len) { if (FOOTPRINT) this.hostTouched(ptr, len); return dec.decode(this.bytes().subarray(ptr, ptr + len)); }
 
   /** Copies `data` into memory the filter allocates, as Envoy does, and writes pointer and size. */
   copyOut(data, ptrPtr, sizePtr) {
@@ -106,6 +147,7 @@ class Vm {
       ptr = this.x.proxy_on_memory_allocate(data.length);
       if (ptr === 0) return 6;
       this.bytes().set(data, ptr);
+      if (FOOTPRINT) this.hostTouched(ptr, data.length);
     }
     const v = this.view();
     v.setUint32(ptrPtr, ptr, true);
@@ -347,6 +389,8 @@ function concatBytes(a, b) {
   return out;
 }
 
+let sink = 0;
+
 function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -373,6 +417,7 @@ function main() {
     const now = JSON.stringify(vm.request(w));
     if (now !== shapes[i]) throw new Error(`${vm.name}: a request changed after warm-up: ${shapes[i]} then ${now}`);
   });
+  if (FOOTPRINT) return footprint(opts, vms, w);
   // --evict-kib: before each timed request, write one byte per 64-byte line of a buffer this
   // big (outside the timed part), so the request starts with the caches holding other work, as
   // in a proxy where thousands of other requests' code and data pass between two of a filter's.
@@ -389,6 +434,10 @@ function main() {
       let ns = 0n;
       for (let n = 0; n < opts.requests; n++) {
         if (evict) evict();
+        // --rewarm-memory: then read the filter's whole linear memory back into the caches, so
+        // that only its code (and the host's) starts cold: the data part of the evicted cost
+        // is the difference from a run without it.
+        if (opts.rewarm) { const b = vm.bytes(); let x = 0; for (let i = 0; i < b.length; i += 64) x += b[i]; sink ^= x; }
         const t0 = process.hrtime.bigint();
         vm.request(w);
         ns += process.hrtime.bigint() - t0;
@@ -418,6 +467,75 @@ function main() {
     paired_difference_us_median: vms.map((vm, i) => median(times[i].map((t, r) => t - times[0][r]))),
   };
   process.stdout.write(JSON.stringify(result, null, 1) + "\n");
+}
+
+/**
+ * --footprint: one traced request per filter (after the warm-up), each callback's distinct code
+ * blocks and 64-byte memory lines, summed over callbacks (each starts cold in a busy proxy).
+ * Code is counted in wasm instructions of the blocks entered (V8 emits a few bytes per
+ * instruction); memory in lines, split by where they lie: stack, static data, heap.
+ */
+function footprint(opts, vms, w) {
+  const filters = vms.map((vm, i) => {
+    const mapPath = opts.filters[i].wasm.replace(/\.wasm$/, ".map.json");
+    const map = JSON.parse(fs.readFileSync(mapPath, "utf8"));
+    vm.trace = { calls: [], now: null, depth: 0 };
+    vm.request(w);
+    const trace = vm.trace;
+    vm.trace = null;
+    const region = (line) => { const a = line * 64; return a < map.stack_top ? "stack" : a < map.data[1] ? "static" : "heap"; };
+    const byCallback = new Map();
+    const functions = new Map();
+    const total = { callbacks: 0, code_instrs: 0, blocks: 0, lines: 0, stack: 0, static: 0, heap: 0, host_lines: 0 };
+    trace.calls.forEach((c, i) => {
+      if (i !== opts.footprintCall) return;
+      // --footprint-call N: the code the Nth callback of the request entered, by function.
+      const fns = new Map();
+      for (const b of c.blocks) { const [fn, n] = map.blocks[b]; fns.set(fn, (fns.get(fn) || 0) + n); }
+      process.stderr.write(`${vm.name}: callback ${i} (${c.callback}): ${c.lines.size} lines\n`);
+      for (const [fn, n] of [...fns.entries()].sort((a, b) => b[1] - a[1])) process.stderr.write(`  ${String(n).padStart(6)}  ${fn}\n`);
+    });
+    for (const c of trace.calls) {
+      let code = 0;
+      const row = byCallback.get(c.callback) || { callback: c.callback, calls: 0, code_instrs: 0, blocks: 0, lines: 0, stack: 0, static: 0, heap: 0, host_lines: 0, functions: new Map() };
+      for (const b of c.blocks) {
+        const [fn, n] = map.blocks[b];
+        code += n;
+        functions.set(fn, (functions.get(fn) || 0) + n);
+        row.functions.set(fn, (row.functions.get(fn) || 0) + n);
+      }
+      row.calls++;
+      // Each call's code and lines, in order (the response body's chunks differ: the first
+      // event is learned, the last carries usage).
+      (row.each = row.each || []).push([code, c.lines.size]);
+      row.code_instrs += code;
+      row.blocks += c.blocks.size;
+      row.lines += c.lines.size;
+      for (const l of c.lines) row[region(l)]++;
+      row.host_lines += [...c.hostLines].filter((l) => !c.lines.has(l)).length;
+      byCallback.set(c.callback, row);
+    }
+    for (const row of byCallback.values()) for (const k of Object.keys(total)) total[k] += k === "callbacks" ? row.calls : row[k];
+    // The whole request's distinct code and lines (what stays warm if the proxy runs nothing else).
+    const allBlocks = new Set(), allLines = new Set();
+    for (const c of trace.calls) { for (const b of c.blocks) allBlocks.add(b); for (const l of c.lines) allLines.add(l); }
+    total.request_code_instrs = [...allBlocks].reduce((n, b) => n + map.blocks[b][1], 0);
+    total.request_lines = allLines.size;
+    const requestFunctions = new Map();
+    for (const b of allBlocks) { const [fn, n] = map.blocks[b]; requestFunctions.set(fn, (requestFunctions.get(fn) || 0) + n); }
+    const top = (m, n) => [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, n).map(([f, c]) => ({ function: f, code_instrs: c }));
+    for (const row of byCallback.values()) row.functions = top(row.functions, 25);
+    return {
+      name: vm.name,
+      total,
+      callbacks: [...byCallback.values()],
+        // Code entered, summed over callbacks, by function (largest first).
+      functions: top(functions, 60),
+      // The request's distinct code, by function (largest first).
+      request_functions: top(requestFunctions, 80),
+    };
+  });
+  process.stdout.write(JSON.stringify({ workload: w.name, footprint: filters }, null, 1) + "\n");
 }
 
 main();

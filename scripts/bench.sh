@@ -3,7 +3,8 @@
 # per part, each with its command and the machine conditions):
 #   instructions  wasm instructions per request (host-tests; compiled here on first use)
 #   v8            the filters' own time in V8 without Envoy (bench/v8-time.mjs in Node), warm and
-#                 with the caches evicted before each request
+#                 with the caches evicted before each request, and their footprint: the code and
+#                 memory lines one request touches (bench/wasm-footprint)
 #   envoy         plain Envoy vs no-op wasm vs naive vs the host-call floor (`calls`, and `calls-v1`:
 #                 the floor before issue 17 corrected it, side by side) vs Tollgate (metering) vs
 #                 Tollgate with full enforcement against a real tollgate-counter; interleaved wrk
@@ -41,6 +42,9 @@ fi
 if [[ ",$parts," == *,v8,* ]]; then
   need+=("$CARGO_TARGET_DIR/release/mock-llm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/noop_filter.wasm" "$CARGO_TARGET_DIR/wasm32-wasip1/release/tollgate.wasm")
   command -v node >/dev/null || { echo "bench: node is missing: run scripts/setup.sh" >&2; exit 2; }
+  # Its footprint table: the filters rewritten by bench/wasm-footprint (outside the workspace:
+  # `make test` never builds it), built here.
+  cargo build --release -q --locked --manifest-path bench/wasm-footprint/Cargo.toml --target-dir "$CARGO_TARGET_DIR/wasm-footprint"
 fi
 case ",$parts," in *,counter,*|*,redis,*) need+=("${TOLLGATE_COUNTER_BIN:-$CARGO_TARGET_DIR/release/tollgate-counter}") ;; esac
 for f in "${need[@]}"; do

@@ -570,7 +570,8 @@ impl Stream {
         if let Some(body) = &plan.body {
             host::set_buffer(Buffer::RequestBody, 0, original_len, body)?;
             if self.request.as_ref().is_some_and(|r| r.had_content_length) {
-                host::set_header(Map::RequestHeaders, "content-length", &body.len().to_string())?;
+                // itoa, not `to_string`: core::fmt's integer formatting is code this path needs nowhere else.
+                host::set_header(Map::RequestHeaders, "content-length", itoa::Buffer::new().format(body.len()))?;
             }
         }
         if let Some(path) = &plan.path {

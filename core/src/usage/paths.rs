@@ -168,146 +168,310 @@ pub(super) enum Step<'a> {
 }
 
 /// The node of a value, from its container's node and its key or index.
+///
+/// A match on the container's node picks a small table of its keys, searched by one shared loop
+/// ([`find`]). Matches on the key bytes compiled to a decision tree per match whose blocks one
+/// usage event walked most of (3.6 k wasm instructions of code, then 2.4 k with one match per
+/// node): code that a proxy, running other requests between a filter's callbacks, fetches again
+/// for every event (BENCHMARKS.md, "Issue 15: tenth session").
 pub(super) fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
+    match step {
+        Step::Index => index_step(node),
+        Step::Key(key) => key_step(dialect, node, key),
+    }
+}
+
+/// An array element's node.
+fn index_step(node: Node) -> Node {
     use Node::*;
-    use Step::{Index as I, Key as K};
-    let leaf = Leaf;
-    let usage = |field: Field| Leaf(Target::Usage(field));
-    match (node, step) {
-        (Stream, I) => Root,
-        (Root, K(key)) => root_step(dialect, key),
-        // OpenAI / Azure: chat, completions, embeddings, Responses.
-        (OResponse, K(b"model")) => leaf(Target::Model),
-        (OResponse, K(b"usage")) => OUsage,
-        (OResponse, K(b"output")) => OFinalOutput,
-        (OResponse, K(b"id")) => leaf(Target::ResponseId),
-        (OFinalOutput, I) => OFinalItem,
-        (OFinalItem | OOutputItem, K(b"type")) => leaf(Target::OutputType),
-        (OUsage, K(b"prompt_tokens" | b"input_tokens")) => usage(Field::Prompt),
-        (OUsage, K(b"completion_tokens" | b"output_tokens")) => usage(Field::Completion),
-        (OUsage, K(b"prompt_tokens_details" | b"input_tokens_details")) => OPromptDetails,
-        (OUsage, K(b"completion_tokens_details" | b"output_tokens_details")) => OCompletionDetails,
-        (OPromptDetails, K(b"cached_tokens")) => usage(Field::CacheRead),
-        (OCompletionDetails, K(b"reasoning_tokens")) => usage(Field::Reasoning),
-        (OChoices, I) => OChoice,
-        (OChoice, K(b"delta" | b"message")) => OChoiceMessage,
-        (OChoice, K(b"text")) => leaf(Target::Content),
-        (OChoiceMessage, K(b"content" | b"refusal" | b"reasoning_content")) => leaf(Target::Content),
-        (OChoiceMessage, K(b"tool_calls")) => OToolCalls,
-        (OToolCalls, I) => OToolCall,
-        (OToolCall, K(b"function")) => OFunction,
-        (OFunction, K(b"arguments")) => leaf(Target::Content),
-        (OOutput, I) => OOutputItem,
-        (OOutputItem, K(b"content")) => OOutputContent,
-        (OOutputItem, K(b"arguments")) => leaf(Target::Content),
-        (OOutputContent, I) => OOutputPart,
-        (OOutputPart, K(b"text")) => leaf(Target::Content),
-        // Anthropic. `message.usage` is message_start's: its output count is a placeholder.
-        (AMessage, K(b"model")) => leaf(Target::Model),
-        (AMessage, K(b"usage")) => AEarlyUsage,
-        (AUsage, K(field)) => anthropic_usage(field),
-        (AEarlyUsage, K(field)) => match anthropic_usage(field) {
-            Leaf(Target::Usage(field)) => Leaf(Target::EarlyUsage(field)),
-            ACacheCreation => AEarlyCacheCreation,
-            AServerTools => AEarlyServerTools,
-            other => other,
-        },
-        (ACacheCreation, K(b"ephemeral_5m_input_tokens")) => usage(Field::CacheWrite5m),
-        (ACacheCreation, K(b"ephemeral_1h_input_tokens")) => usage(Field::CacheWrite1h),
-        (AEarlyCacheCreation, K(b"ephemeral_5m_input_tokens")) => Leaf(Target::EarlyUsage(Field::CacheWrite5m)),
-        (AEarlyCacheCreation, K(b"ephemeral_1h_input_tokens")) => Leaf(Target::EarlyUsage(Field::CacheWrite1h)),
-        (AServerTools, K(b"web_search_requests")) => usage(Field::WebSearches),
-        (AEarlyServerTools, K(b"web_search_requests")) => Leaf(Target::EarlyUsage(Field::WebSearches)),
-        (ADelta, K(b"text" | b"partial_json" | b"thinking")) => leaf(Target::Content),
-        (AContent, I) => AContentItem,
-        (AContentItem, K(b"text" | b"thinking")) => leaf(Target::Content),
-        // Gemini.
-        (GUsage, K(b"promptTokenCount")) => usage(Field::Prompt),
-        (GUsage, K(b"candidatesTokenCount")) => usage(Field::Completion),
-        (GUsage, K(b"cachedContentTokenCount")) => usage(Field::CacheRead),
-        (GUsage, K(b"thoughtsTokenCount")) => usage(Field::Thoughts),
-        (GUsage, K(b"toolUsePromptTokenCount")) => usage(Field::ToolPrompt),
-        (GUsage, K(b"totalTokenCount")) => leaf(Target::CacheTokens),
-        (GCandidates, I) => GCandidate,
-        (GCandidate, K(b"finishReason")) => leaf(Target::Finish),
-        (GCandidate, K(b"content")) => GContent,
-        (GContent, K(b"parts")) => GParts,
-        (GParts, I) => GPart,
-        (GPart, K(b"text")) => leaf(Target::Content),
+    match node {
+        Stream => Root,
+        OFinalOutput => OFinalItem,
+        OChoices => OChoice,
+        OToolCalls => OToolCall,
+        OOutput => OOutputItem,
+        OOutputContent => OOutputPart,
+        AContent => AContentItem,
+        GCandidates => GCandidate,
+        GParts => GPart,
         _ => Dead,
     }
 }
 
-/// A message root's key: one match per dialect, each a plain match on the key's bytes (its
-/// length first, then one comparison per key of that length).
-fn root_step(dialect: Dialect, key: &[u8]) -> Node {
+/// A key of a table: its length and its first eight bytes as one number, compared before any
+/// byte comparison (a `memcmp` is a call in wasm), and the whole key for longer ones.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    len: usize,
+    word: u64,
+    bytes: &'static [u8],
+}
+
+const fn k(bytes: &'static [u8]) -> Key {
+    Key { len: bytes.len(), word: key_word(bytes), bytes }
+}
+
+/// The value a table gives `key`, if it lists it.
+#[inline(never)]
+fn find<T: Copy>(table: &[(Key, T)], key: &[u8]) -> Option<T> {
+    let word = match key.first_chunk::<8>() {
+        Some(eight) => u64::from_le_bytes(*eight),
+        None => key_word(key),
+    };
+    table.iter().find(|(k, _)| k.len == key.len() && k.word == word && (k.len <= 8 || k.bytes == key)).map(|&(_, v)| v)
+}
+
+type Keys = &'static [(Key, Node)];
+
+const fn usage(field: Field) -> Node {
+    Node::Leaf(Target::Usage(field))
+}
+
+const fn early(field: Field) -> Node {
+    Node::Leaf(Target::EarlyUsage(field))
+}
+
+const CONTENT: Node = Node::Leaf(Target::Content);
+
+// OpenAI / Azure: chat, completions, embeddings, Responses.
+const OPENAI_ROOT: Keys = &[
+    (k(b"model"), Node::Leaf(Target::Model)),
+    (k(b"type"), Node::Leaf(Target::Type)),
+    (k(b"error"), Node::Leaf(Target::Error)),
+    (k(b"status"), Node::Leaf(Target::Status)),
+    (k(b"usage"), Node::OUsage),
+    (k(b"response"), Node::OResponse),
+    (k(b"choices"), Node::OChoices),
+    // Responses API streaming deltas (`response.output_text.delta` and friends).
+    (k(b"delta"), CONTENT),
+    (k(b"output"), Node::OOutput),
+    (k(b"id"), Node::Leaf(Target::RootId)),
+];
+const O_RESPONSE: Keys = &[
+    (k(b"model"), Node::Leaf(Target::Model)),
+    (k(b"usage"), Node::OUsage),
+    (k(b"output"), Node::OFinalOutput),
+    (k(b"id"), Node::Leaf(Target::ResponseId)),
+];
+const O_FINAL_ITEM: Keys = &[(k(b"type"), Node::Leaf(Target::OutputType))];
+const O_OUTPUT_ITEM: Keys = &[
+    (k(b"type"), Node::Leaf(Target::OutputType)),
+    (k(b"content"), Node::OOutputContent),
+    (k(b"arguments"), CONTENT),
+];
+const O_USAGE: Keys = &[
+    (k(b"prompt_tokens"), usage(Field::Prompt)),
+    (k(b"input_tokens"), usage(Field::Prompt)),
+    (k(b"completion_tokens"), usage(Field::Completion)),
+    (k(b"output_tokens"), usage(Field::Completion)),
+    (k(b"prompt_tokens_details"), Node::OPromptDetails),
+    (k(b"input_tokens_details"), Node::OPromptDetails),
+    (k(b"completion_tokens_details"), Node::OCompletionDetails),
+    (k(b"output_tokens_details"), Node::OCompletionDetails),
+];
+const O_PROMPT_DETAILS: Keys = &[(k(b"cached_tokens"), usage(Field::CacheRead))];
+const O_COMPLETION_DETAILS: Keys = &[(k(b"reasoning_tokens"), usage(Field::Reasoning))];
+const O_CHOICE: Keys = &[(k(b"delta"), Node::OChoiceMessage), (k(b"message"), Node::OChoiceMessage), (k(b"text"), CONTENT)];
+const O_CHOICE_MESSAGE: Keys = &[
+    (k(b"content"), CONTENT),
+    (k(b"refusal"), CONTENT),
+    (k(b"reasoning_content"), CONTENT),
+    (k(b"tool_calls"), Node::OToolCalls),
+];
+const O_TOOL_CALL: Keys = &[(k(b"function"), Node::OFunction)];
+const O_FUNCTION: Keys = &[(k(b"arguments"), CONTENT)];
+const O_OUTPUT_PART: Keys = &[(k(b"text"), CONTENT)];
+
+// Anthropic. `message.usage` is message_start's: its output count is a placeholder.
+const ANTHROPIC_ROOT: Keys = &[
+    (k(b"model"), Node::Leaf(Target::Model)),
+    (k(b"type"), Node::Leaf(Target::Type)),
+    (k(b"error"), Node::Leaf(Target::Error)),
+    (k(b"usage"), Node::AUsage),
+    (k(b"message"), Node::AMessage),
+    (k(b"delta"), Node::ADelta),
+    (k(b"content"), Node::AContent),
+];
+const A_MESSAGE: Keys = &[(k(b"model"), Node::Leaf(Target::Model)), (k(b"usage"), Node::AEarlyUsage)];
+const A_USAGE: Keys = &[
+    (k(b"input_tokens"), usage(Field::Prompt)),
+    (k(b"output_tokens"), usage(Field::Completion)),
+    (k(b"cache_read_input_tokens"), usage(Field::CacheRead)),
+    (k(b"cache_creation_input_tokens"), usage(Field::CacheWrite)),
+    (k(b"cache_creation"), Node::ACacheCreation),
+    (k(b"server_tool_use"), Node::AServerTools),
+];
+const A_CACHE_CREATION: Keys = &[
+    (k(b"ephemeral_5m_input_tokens"), usage(Field::CacheWrite5m)),
+    (k(b"ephemeral_1h_input_tokens"), usage(Field::CacheWrite1h)),
+];
+const A_EARLY_CACHE_CREATION: Keys = &[
+    (k(b"ephemeral_5m_input_tokens"), early(Field::CacheWrite5m)),
+    (k(b"ephemeral_1h_input_tokens"), early(Field::CacheWrite1h)),
+];
+const A_SERVER_TOOLS: Keys = &[(k(b"web_search_requests"), usage(Field::WebSearches))];
+const A_EARLY_SERVER_TOOLS: Keys = &[(k(b"web_search_requests"), early(Field::WebSearches))];
+const A_DELTA: Keys = &[(k(b"text"), CONTENT), (k(b"partial_json"), CONTENT), (k(b"thinking"), CONTENT)];
+const A_CONTENT_ITEM: Keys = &[(k(b"text"), CONTENT), (k(b"thinking"), CONTENT)];
+
+// Gemini.
+const GEMINI_ROOT: Keys = &[
+    (k(b"modelVersion"), Node::Leaf(Target::Model)),
+    (k(b"usageMetadata"), Node::GUsage),
+    (k(b"candidates"), Node::GCandidates),
+    // A cache resource (`cachedContents` create): read only on that endpoint.
+    (k(b"name"), Node::Leaf(Target::RootId)),
+    (k(b"expireTime"), Node::Leaf(Target::ExpireTime)),
+    (k(b"error"), Node::Leaf(Target::Error)),
+];
+const G_USAGE: Keys = &[
+    (k(b"promptTokenCount"), usage(Field::Prompt)),
+    (k(b"candidatesTokenCount"), usage(Field::Completion)),
+    (k(b"cachedContentTokenCount"), usage(Field::CacheRead)),
+    (k(b"thoughtsTokenCount"), usage(Field::Thoughts)),
+    (k(b"toolUsePromptTokenCount"), usage(Field::ToolPrompt)),
+    (k(b"totalTokenCount"), Node::Leaf(Target::CacheTokens)),
+];
+const G_CANDIDATE: Keys = &[(k(b"finishReason"), Node::Leaf(Target::Finish)), (k(b"content"), Node::GContent)];
+const G_CONTENT: Keys = &[(k(b"parts"), Node::GParts)];
+const G_PART: Keys = &[(k(b"text"), CONTENT)];
+
+/// The keys a container's members are looked up in; `None`: nothing in it is read.
+fn keys(dialect: Dialect, node: Node) -> Option<Keys> {
     use Node::*;
-    let leaf = Leaf;
-    match dialect {
-        Dialect::Gemini => match key {
-            b"modelVersion" => leaf(Target::Model),
-            b"usageMetadata" => GUsage,
-            b"candidates" => GCandidates,
-            // A cache resource (`cachedContents` create): read only on that endpoint.
-            b"name" => leaf(Target::RootId),
-            b"expireTime" => leaf(Target::ExpireTime),
-            b"error" => leaf(Target::Error),
-            _ => Dead,
+    Some(match node {
+        Root => match dialect {
+            Dialect::Gemini => GEMINI_ROOT,
+            Dialect::Anthropic => ANTHROPIC_ROOT,
+            Dialect::OpenAi | Dialect::AzureOpenAi => OPENAI_ROOT,
         },
-        Dialect::Anthropic => match key {
-            b"model" => leaf(Target::Model),
-            b"type" => leaf(Target::Type),
-            b"error" => leaf(Target::Error),
-            b"usage" => AUsage,
-            b"message" => AMessage,
-            b"delta" => ADelta,
-            b"content" => AContent,
-            _ => Dead,
-        },
-        Dialect::OpenAi | Dialect::AzureOpenAi => match key {
-            b"model" => leaf(Target::Model),
-            b"type" => leaf(Target::Type),
-            b"error" => leaf(Target::Error),
-            b"status" => leaf(Target::Status),
-            b"usage" => OUsage,
-            b"response" => OResponse,
-            b"choices" => OChoices,
-            // Responses API streaming deltas (`response.output_text.delta` and friends).
-            b"delta" => leaf(Target::Content),
-            b"output" => OOutput,
-            b"id" => leaf(Target::RootId),
-            _ => Dead,
-        },
+        OResponse => O_RESPONSE,
+        OFinalItem => O_FINAL_ITEM,
+        OOutputItem => O_OUTPUT_ITEM,
+        OUsage => O_USAGE,
+        OPromptDetails => O_PROMPT_DETAILS,
+        OCompletionDetails => O_COMPLETION_DETAILS,
+        OChoice => O_CHOICE,
+        OChoiceMessage => O_CHOICE_MESSAGE,
+        OToolCall => O_TOOL_CALL,
+        OFunction => O_FUNCTION,
+        OOutputPart => O_OUTPUT_PART,
+        AMessage => A_MESSAGE,
+        AUsage | AEarlyUsage => A_USAGE,
+        ACacheCreation => A_CACHE_CREATION,
+        AEarlyCacheCreation => A_EARLY_CACHE_CREATION,
+        AServerTools => A_SERVER_TOOLS,
+        AEarlyServerTools => A_EARLY_SERVER_TOOLS,
+        ADelta => A_DELTA,
+        AContentItem => A_CONTENT_ITEM,
+        GUsage => G_USAGE,
+        GCandidate => G_CANDIDATE,
+        GContent => G_CONTENT,
+        GPart => G_PART,
+        // Containers with no keys we read (arrays, leaves, dead ends).
+        Dead | Stream | Leaf(_) | OChoices | OToolCalls | OOutput | OOutputContent | OFinalOutput | AContent | GCandidates
+        | GParts => return None,
+    })
+}
+
+/// An object member's node.
+fn key_step(dialect: Dialect, node: Node, key: &[u8]) -> Node {
+    let Some(found) = keys(dialect, node).and_then(|table| find(table, key)) else { return Node::Dead };
+    if node != Node::AEarlyUsage {
+        return found;
+    }
+    // `message.usage`'s counts are reported again, final, later.
+    match found {
+        Node::Leaf(Target::Usage(field)) => early(field),
+        Node::ACacheCreation => Node::AEarlyCacheCreation,
+        Node::AServerTools => Node::AEarlyServerTools,
+        other => other,
     }
 }
 
-pub(super) fn anthropic_usage(field: &[u8]) -> Node {
-    let usage = |field: Field| Node::Leaf(Target::Usage(field));
-    match field {
-        b"input_tokens" => usage(Field::Prompt),
-        b"output_tokens" => usage(Field::Completion),
-        b"cache_read_input_tokens" => usage(Field::CacheRead),
-        b"cache_creation_input_tokens" => usage(Field::CacheWrite),
-        b"cache_creation" => Node::ACacheCreation,
-        b"server_tool_use" => Node::AServerTools,
-        _ => Node::Dead,
-    }
-}
+const TERMINAL_TYPES: &[(Key, TerminalEvent)] = &[
+    (k(b"response.completed"), TerminalEvent::Completed),
+    (k(b"message_stop"), TerminalEvent::Completed),
+    (k(b"response.incomplete"), TerminalEvent::Incomplete),
+    (k(b"response.failed"), TerminalEvent::Failed),
+    (k(b"error"), TerminalEvent::Failed),
+];
+
+const TERMINAL_STATUSES: &[(Key, TerminalEvent)] = &[
+    (k(b"completed"), TerminalEvent::Completed),
+    (k(b"incomplete"), TerminalEvent::Incomplete),
+    (k(b"failed"), TerminalEvent::Failed),
+];
 
 pub(super) fn terminal_for_type(kind: &[u8]) -> Option<TerminalEvent> {
-    match kind {
-        b"response.completed" | b"message_stop" => Some(TerminalEvent::Completed),
-        b"response.incomplete" => Some(TerminalEvent::Incomplete),
-        b"response.failed" | b"error" => Some(TerminalEvent::Failed),
-        _ => None,
-    }
+    find(TERMINAL_TYPES, kind)
 }
 
 pub(super) fn terminal_for_status(status: &[u8]) -> Option<TerminalEvent> {
-    match status {
-        b"completed" => Some(TerminalEvent::Completed),
-        b"incomplete" => Some(TerminalEvent::Incomplete),
-        b"failed" => Some(TerminalEvent::Failed),
-        _ => None,
+    find(TERMINAL_STATUSES, status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Node::*;
+
+    fn key(dialect: Dialect, node: Node, key: &str) -> Node {
+        step(dialect, node, Step::Key(key.as_bytes()))
+    }
+
+    #[test]
+    fn each_dialect_reaches_its_usage_fields_and_nothing_else() {
+        let (o, a, g) = (Dialect::OpenAi, Dialect::Anthropic, Dialect::Gemini);
+        let cases: &[(Dialect, Node, &str, Node)] = &[
+            (o, Root, "usage", OUsage),
+            (Dialect::AzureOpenAi, Root, "choices", OChoices),
+            (o, OUsage, "prompt_tokens", usage(Field::Prompt)),
+            (o, OUsage, "input_tokens", usage(Field::Prompt)),
+            (o, OUsage, "output_tokens_details", OCompletionDetails),
+            (o, OPromptDetails, "cached_tokens", usage(Field::CacheRead)),
+            (o, OCompletionDetails, "reasoning_tokens", usage(Field::Reasoning)),
+            (o, OChoiceMessage, "reasoning_content", CONTENT),
+            (o, OOutputItem, "arguments", CONTENT),
+            (o, OFinalItem, "arguments", Dead),
+            // Same length as a key read there, other bytes.
+            (o, OUsage, "total_tokens", Dead),
+            (o, OPromptDetails, "audio_tokens", Dead),
+            // A key of another dialect's root.
+            (o, Root, "usageMetadata", Dead),
+            (a, Root, "message", AMessage),
+            (a, AUsage, "cache_creation", ACacheCreation),
+            (a, ACacheCreation, "ephemeral_1h_input_tokens", usage(Field::CacheWrite1h)),
+            // message_start's usage is reported again, final, later.
+            (a, AMessage, "usage", AEarlyUsage),
+            (a, AEarlyUsage, "input_tokens", early(Field::Prompt)),
+            (a, AEarlyUsage, "cache_creation", AEarlyCacheCreation),
+            (a, AEarlyUsage, "server_tool_use", AEarlyServerTools),
+            (a, AEarlyCacheCreation, "ephemeral_5m_input_tokens", early(Field::CacheWrite5m)),
+            (a, AEarlyServerTools, "web_search_requests", early(Field::WebSearches)),
+            (g, Root, "usageMetadata", GUsage),
+            (g, GUsage, "totalTokenCount", Node::Leaf(Target::CacheTokens)),
+            (g, GCandidate, "finishReason", Node::Leaf(Target::Finish)),
+            (g, Root, "usage", Dead),
+            // Nothing under a container with no keys we read.
+            (o, Dead, "usage", Dead),
+            (o, OChoices, "usage", Dead),
+            (o, CONTENT, "usage", Dead),
+        ];
+        for &(dialect, node, k, want) in cases {
+            assert_eq!(key(dialect, node, k), want, "{dialect:?} {node:?} .{k}");
+        }
+        assert_eq!(step(o, Stream, Step::Index), Root);
+        assert_eq!(step(o, OChoices, Step::Index), OChoice);
+        assert_eq!(step(o, Root, Step::Index), Dead);
+    }
+
+    #[test]
+    fn terminal_types_and_statuses() {
+        assert_eq!(terminal_for_type(b"message_stop"), Some(TerminalEvent::Completed));
+        assert_eq!(terminal_for_type(b"response.failed"), Some(TerminalEvent::Failed));
+        assert_eq!(terminal_for_type(b"response.created"), None);
+        assert_eq!(terminal_for_status(b"incomplete"), Some(TerminalEvent::Incomplete));
+        assert_eq!(terminal_for_status(b"in_progress"), None);
     }
 }
