@@ -111,7 +111,7 @@ pub(super) enum Target {
 
 /// Where a container sits on the paths we read: a node of a small trie per dialect, kept in each
 /// stack frame. A value's node is one step from its container's, so finding out what a value
-/// means costs one match, and nothing under a `Dead` container is looked at (not even its keys).
+/// means costs a match or two, and nothing under a `Dead` container is looked at (not even its keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Node {
     /// Nothing we read is in here.
@@ -169,11 +169,12 @@ pub(super) enum Step<'a> {
 
 /// The node of a value, from its container's node and its key or index.
 ///
-/// A match on the container's node picks a small table of its keys, searched by one shared loop
-/// ([`find`]). Matches on the key bytes compiled to a decision tree per match whose blocks one
-/// usage event walked most of (3.6 k wasm instructions of code, then 2.4 k with one match per
-/// node): code that a proxy, running other requests between a filter's callbacks, fetches again
-/// for every event (BENCHMARKS.md, "Issue 15: tenth session").
+/// One match on the container's node, then a small match on the key for that node alone. (One
+/// match on `(node, step)` compiled to a decision tree whose blocks one usage event walked
+/// almost all of: 3.6 k of its 4.2 k wasm instructions of code, code that a proxy, running other
+/// requests between a filter's callbacks, fetches again for every event; BENCHMARKS.md, "Issue
+/// 15: tenth session". Tables searched by one shared loop cut the code further but executed
+/// more instructions per key than these matches, which compare a length and a word or two.)
 pub(super) fn step(dialect: Dialect, node: Node, step: Step<'_>) -> Node {
     match step {
         Step::Index => index_step(node),
@@ -198,31 +199,6 @@ fn index_step(node: Node) -> Node {
     }
 }
 
-/// A key of a table: its length and its first eight bytes as one number, compared before any
-/// byte comparison (a `memcmp` is a call in wasm), and the whole key for longer ones.
-#[derive(Debug, Clone, Copy)]
-struct Key {
-    len: usize,
-    word: u64,
-    bytes: &'static [u8],
-}
-
-const fn k(bytes: &'static [u8]) -> Key {
-    Key { len: bytes.len(), word: key_word(bytes), bytes }
-}
-
-/// The value a table gives `key`, if it lists it.
-#[inline(never)]
-fn find<T: Copy>(table: &[(Key, T)], key: &[u8]) -> Option<T> {
-    let word = match key.first_chunk::<8>() {
-        Some(eight) => u64::from_le_bytes(*eight),
-        None => key_word(key),
-    };
-    table.iter().find(|(k, _)| k.len == key.len() && k.word == word && (k.len <= 8 || k.bytes == key)).map(|&(_, v)| v)
-}
-
-type Keys = &'static [(Key, Node)];
-
 const fn usage(field: Field) -> Node {
     Node::Leaf(Target::Usage(field))
 }
@@ -233,182 +209,206 @@ const fn early(field: Field) -> Node {
 
 const CONTENT: Node = Node::Leaf(Target::Content);
 
-// OpenAI / Azure: chat, completions, embeddings, Responses.
-const OPENAI_ROOT: Keys = &[
-    (k(b"model"), Node::Leaf(Target::Model)),
-    (k(b"type"), Node::Leaf(Target::Type)),
-    (k(b"error"), Node::Leaf(Target::Error)),
-    (k(b"status"), Node::Leaf(Target::Status)),
-    (k(b"usage"), Node::OUsage),
-    (k(b"response"), Node::OResponse),
-    (k(b"choices"), Node::OChoices),
-    // Responses API streaming deltas (`response.output_text.delta` and friends).
-    (k(b"delta"), CONTENT),
-    (k(b"output"), Node::OOutput),
-    (k(b"id"), Node::Leaf(Target::RootId)),
-];
-const O_RESPONSE: Keys = &[
-    (k(b"model"), Node::Leaf(Target::Model)),
-    (k(b"usage"), Node::OUsage),
-    (k(b"output"), Node::OFinalOutput),
-    (k(b"id"), Node::Leaf(Target::ResponseId)),
-];
-const O_FINAL_ITEM: Keys = &[(k(b"type"), Node::Leaf(Target::OutputType))];
-const O_OUTPUT_ITEM: Keys = &[
-    (k(b"type"), Node::Leaf(Target::OutputType)),
-    (k(b"content"), Node::OOutputContent),
-    (k(b"arguments"), CONTENT),
-];
-const O_USAGE: Keys = &[
-    (k(b"prompt_tokens"), usage(Field::Prompt)),
-    (k(b"input_tokens"), usage(Field::Prompt)),
-    (k(b"completion_tokens"), usage(Field::Completion)),
-    (k(b"output_tokens"), usage(Field::Completion)),
-    (k(b"prompt_tokens_details"), Node::OPromptDetails),
-    (k(b"input_tokens_details"), Node::OPromptDetails),
-    (k(b"completion_tokens_details"), Node::OCompletionDetails),
-    (k(b"output_tokens_details"), Node::OCompletionDetails),
-];
-const O_PROMPT_DETAILS: Keys = &[(k(b"cached_tokens"), usage(Field::CacheRead))];
-const O_COMPLETION_DETAILS: Keys = &[(k(b"reasoning_tokens"), usage(Field::Reasoning))];
-const O_CHOICE: Keys = &[(k(b"delta"), Node::OChoiceMessage), (k(b"message"), Node::OChoiceMessage), (k(b"text"), CONTENT)];
-const O_CHOICE_MESSAGE: Keys = &[
-    (k(b"content"), CONTENT),
-    (k(b"refusal"), CONTENT),
-    (k(b"reasoning_content"), CONTENT),
-    (k(b"tool_calls"), Node::OToolCalls),
-];
-const O_TOOL_CALL: Keys = &[(k(b"function"), Node::OFunction)];
-const O_FUNCTION: Keys = &[(k(b"arguments"), CONTENT)];
-const O_OUTPUT_PART: Keys = &[(k(b"text"), CONTENT)];
-
-// Anthropic. `message.usage` is message_start's: its output count is a placeholder.
-const ANTHROPIC_ROOT: Keys = &[
-    (k(b"model"), Node::Leaf(Target::Model)),
-    (k(b"type"), Node::Leaf(Target::Type)),
-    (k(b"error"), Node::Leaf(Target::Error)),
-    (k(b"usage"), Node::AUsage),
-    (k(b"message"), Node::AMessage),
-    (k(b"delta"), Node::ADelta),
-    (k(b"content"), Node::AContent),
-];
-const A_MESSAGE: Keys = &[(k(b"model"), Node::Leaf(Target::Model)), (k(b"usage"), Node::AEarlyUsage)];
-const A_USAGE: Keys = &[
-    (k(b"input_tokens"), usage(Field::Prompt)),
-    (k(b"output_tokens"), usage(Field::Completion)),
-    (k(b"cache_read_input_tokens"), usage(Field::CacheRead)),
-    (k(b"cache_creation_input_tokens"), usage(Field::CacheWrite)),
-    (k(b"cache_creation"), Node::ACacheCreation),
-    (k(b"server_tool_use"), Node::AServerTools),
-];
-const A_CACHE_CREATION: Keys = &[
-    (k(b"ephemeral_5m_input_tokens"), usage(Field::CacheWrite5m)),
-    (k(b"ephemeral_1h_input_tokens"), usage(Field::CacheWrite1h)),
-];
-const A_EARLY_CACHE_CREATION: Keys = &[
-    (k(b"ephemeral_5m_input_tokens"), early(Field::CacheWrite5m)),
-    (k(b"ephemeral_1h_input_tokens"), early(Field::CacheWrite1h)),
-];
-const A_SERVER_TOOLS: Keys = &[(k(b"web_search_requests"), usage(Field::WebSearches))];
-const A_EARLY_SERVER_TOOLS: Keys = &[(k(b"web_search_requests"), early(Field::WebSearches))];
-const A_DELTA: Keys = &[(k(b"text"), CONTENT), (k(b"partial_json"), CONTENT), (k(b"thinking"), CONTENT)];
-const A_CONTENT_ITEM: Keys = &[(k(b"text"), CONTENT), (k(b"thinking"), CONTENT)];
-
-// Gemini.
-const GEMINI_ROOT: Keys = &[
-    (k(b"modelVersion"), Node::Leaf(Target::Model)),
-    (k(b"usageMetadata"), Node::GUsage),
-    (k(b"candidates"), Node::GCandidates),
-    // A cache resource (`cachedContents` create): read only on that endpoint.
-    (k(b"name"), Node::Leaf(Target::RootId)),
-    (k(b"expireTime"), Node::Leaf(Target::ExpireTime)),
-    (k(b"error"), Node::Leaf(Target::Error)),
-];
-const G_USAGE: Keys = &[
-    (k(b"promptTokenCount"), usage(Field::Prompt)),
-    (k(b"candidatesTokenCount"), usage(Field::Completion)),
-    (k(b"cachedContentTokenCount"), usage(Field::CacheRead)),
-    (k(b"thoughtsTokenCount"), usage(Field::Thoughts)),
-    (k(b"toolUsePromptTokenCount"), usage(Field::ToolPrompt)),
-    (k(b"totalTokenCount"), Node::Leaf(Target::CacheTokens)),
-];
-const G_CANDIDATE: Keys = &[(k(b"finishReason"), Node::Leaf(Target::Finish)), (k(b"content"), Node::GContent)];
-const G_CONTENT: Keys = &[(k(b"parts"), Node::GParts)];
-const G_PART: Keys = &[(k(b"text"), CONTENT)];
-
-/// The keys a container's members are looked up in; `None`: nothing in it is read.
-fn keys(dialect: Dialect, node: Node) -> Option<Keys> {
-    use Node::*;
-    Some(match node {
-        Root => match dialect {
-            Dialect::Gemini => GEMINI_ROOT,
-            Dialect::Anthropic => ANTHROPIC_ROOT,
-            Dialect::OpenAi | Dialect::AzureOpenAi => OPENAI_ROOT,
-        },
-        OResponse => O_RESPONSE,
-        OFinalItem => O_FINAL_ITEM,
-        OOutputItem => O_OUTPUT_ITEM,
-        OUsage => O_USAGE,
-        OPromptDetails => O_PROMPT_DETAILS,
-        OCompletionDetails => O_COMPLETION_DETAILS,
-        OChoice => O_CHOICE,
-        OChoiceMessage => O_CHOICE_MESSAGE,
-        OToolCall => O_TOOL_CALL,
-        OFunction => O_FUNCTION,
-        OOutputPart => O_OUTPUT_PART,
-        AMessage => A_MESSAGE,
-        AUsage | AEarlyUsage => A_USAGE,
-        ACacheCreation => A_CACHE_CREATION,
-        AEarlyCacheCreation => A_EARLY_CACHE_CREATION,
-        AServerTools => A_SERVER_TOOLS,
-        AEarlyServerTools => A_EARLY_SERVER_TOOLS,
-        ADelta => A_DELTA,
-        AContentItem => A_CONTENT_ITEM,
-        GUsage => G_USAGE,
-        GCandidate => G_CANDIDATE,
-        GContent => G_CONTENT,
-        GPart => G_PART,
-        // Containers with no keys we read (arrays, leaves, dead ends).
-        Dead | Stream | Leaf(_) | OChoices | OToolCalls | OOutput | OOutputContent | OFinalOutput | AContent | GCandidates
-        | GParts => return None,
-    })
-}
-
 /// An object member's node.
 fn key_step(dialect: Dialect, node: Node, key: &[u8]) -> Node {
-    let Some(found) = keys(dialect, node).and_then(|table| find(table, key)) else { return Node::Dead };
-    if node != Node::AEarlyUsage {
-        return found;
-    }
-    // `message.usage`'s counts are reported again, final, later.
-    match found {
-        Node::Leaf(Target::Usage(field)) => early(field),
-        Node::ACacheCreation => Node::AEarlyCacheCreation,
-        Node::AServerTools => Node::AEarlyServerTools,
-        other => other,
+    use Node::*;
+    let leaf = Leaf;
+    match node {
+        Root => root_step(dialect, key),
+        // OpenAI / Azure: chat, completions, embeddings, Responses.
+        OResponse => match key {
+            b"model" => leaf(Target::Model),
+            b"usage" => OUsage,
+            b"output" => OFinalOutput,
+            b"id" => leaf(Target::ResponseId),
+            _ => Dead,
+        },
+        OFinalItem => match key {
+            b"type" => leaf(Target::OutputType),
+            _ => Dead,
+        },
+        OOutputItem => match key {
+            b"type" => leaf(Target::OutputType),
+            b"content" => OOutputContent,
+            b"arguments" => CONTENT,
+            _ => Dead,
+        },
+        OUsage => match key {
+            b"prompt_tokens" | b"input_tokens" => usage(Field::Prompt),
+            b"completion_tokens" | b"output_tokens" => usage(Field::Completion),
+            b"prompt_tokens_details" | b"input_tokens_details" => OPromptDetails,
+            b"completion_tokens_details" | b"output_tokens_details" => OCompletionDetails,
+            _ => Dead,
+        },
+        OPromptDetails => match key {
+            b"cached_tokens" => usage(Field::CacheRead),
+            _ => Dead,
+        },
+        OCompletionDetails => match key {
+            b"reasoning_tokens" => usage(Field::Reasoning),
+            _ => Dead,
+        },
+        OChoice => match key {
+            b"delta" | b"message" => OChoiceMessage,
+            b"text" => CONTENT,
+            _ => Dead,
+        },
+        OChoiceMessage => match key {
+            b"content" | b"refusal" | b"reasoning_content" => CONTENT,
+            b"tool_calls" => OToolCalls,
+            _ => Dead,
+        },
+        OToolCall => match key {
+            b"function" => OFunction,
+            _ => Dead,
+        },
+        OFunction => match key {
+            b"arguments" => CONTENT,
+            _ => Dead,
+        },
+        OOutputPart => match key {
+            b"text" => CONTENT,
+            _ => Dead,
+        },
+        // Anthropic. `message.usage` is message_start's: its output count is a placeholder.
+        AMessage => match key {
+            b"model" => leaf(Target::Model),
+            b"usage" => AEarlyUsage,
+            _ => Dead,
+        },
+        AUsage => anthropic_usage(key),
+        AEarlyUsage => match anthropic_usage(key) {
+            Leaf(Target::Usage(field)) => early(field),
+            ACacheCreation => AEarlyCacheCreation,
+            AServerTools => AEarlyServerTools,
+            other => other,
+        },
+        ACacheCreation => match key {
+            b"ephemeral_5m_input_tokens" => usage(Field::CacheWrite5m),
+            b"ephemeral_1h_input_tokens" => usage(Field::CacheWrite1h),
+            _ => Dead,
+        },
+        AEarlyCacheCreation => match key {
+            b"ephemeral_5m_input_tokens" => early(Field::CacheWrite5m),
+            b"ephemeral_1h_input_tokens" => early(Field::CacheWrite1h),
+            _ => Dead,
+        },
+        AServerTools => match key {
+            b"web_search_requests" => usage(Field::WebSearches),
+            _ => Dead,
+        },
+        AEarlyServerTools => match key {
+            b"web_search_requests" => early(Field::WebSearches),
+            _ => Dead,
+        },
+        ADelta => match key {
+            b"text" | b"partial_json" | b"thinking" => CONTENT,
+            _ => Dead,
+        },
+        AContentItem => match key {
+            b"text" | b"thinking" => CONTENT,
+            _ => Dead,
+        },
+        // Gemini.
+        GUsage => match key {
+            b"promptTokenCount" => usage(Field::Prompt),
+            b"candidatesTokenCount" => usage(Field::Completion),
+            b"cachedContentTokenCount" => usage(Field::CacheRead),
+            b"thoughtsTokenCount" => usage(Field::Thoughts),
+            b"toolUsePromptTokenCount" => usage(Field::ToolPrompt),
+            b"totalTokenCount" => leaf(Target::CacheTokens),
+            _ => Dead,
+        },
+        GCandidate => match key {
+            b"finishReason" => leaf(Target::Finish),
+            b"content" => GContent,
+            _ => Dead,
+        },
+        GContent => match key {
+            b"parts" => GParts,
+            _ => Dead,
+        },
+        GPart => match key {
+            b"text" => CONTENT,
+            _ => Dead,
+        },
+        // Containers with no keys we read (arrays, leaves, dead ends).
+        Dead | Stream | Leaf(_) | OChoices | OToolCalls | OOutput | OOutputContent | OFinalOutput | AContent | GCandidates
+        | GParts => Dead,
     }
 }
 
-const TERMINAL_TYPES: &[(Key, TerminalEvent)] = &[
-    (k(b"response.completed"), TerminalEvent::Completed),
-    (k(b"message_stop"), TerminalEvent::Completed),
-    (k(b"response.incomplete"), TerminalEvent::Incomplete),
-    (k(b"response.failed"), TerminalEvent::Failed),
-    (k(b"error"), TerminalEvent::Failed),
-];
+/// A message root's key: one match per dialect, each a plain match on the key's bytes (its
+/// length first, then one comparison per key of that length).
+fn root_step(dialect: Dialect, key: &[u8]) -> Node {
+    use Node::*;
+    let leaf = Leaf;
+    match dialect {
+        Dialect::Gemini => match key {
+            b"modelVersion" => leaf(Target::Model),
+            b"usageMetadata" => GUsage,
+            b"candidates" => GCandidates,
+            // A cache resource (`cachedContents` create): read only on that endpoint.
+            b"name" => leaf(Target::RootId),
+            b"expireTime" => leaf(Target::ExpireTime),
+            b"error" => leaf(Target::Error),
+            _ => Dead,
+        },
+        Dialect::Anthropic => match key {
+            b"model" => leaf(Target::Model),
+            b"type" => leaf(Target::Type),
+            b"error" => leaf(Target::Error),
+            b"usage" => AUsage,
+            b"message" => AMessage,
+            b"delta" => ADelta,
+            b"content" => AContent,
+            _ => Dead,
+        },
+        Dialect::OpenAi | Dialect::AzureOpenAi => match key {
+            b"model" => leaf(Target::Model),
+            b"type" => leaf(Target::Type),
+            b"error" => leaf(Target::Error),
+            b"status" => leaf(Target::Status),
+            b"usage" => OUsage,
+            b"response" => OResponse,
+            b"choices" => OChoices,
+            // Responses API streaming deltas (`response.output_text.delta` and friends).
+            b"delta" => CONTENT,
+            b"output" => OOutput,
+            b"id" => leaf(Target::RootId),
+            _ => Dead,
+        },
+    }
+}
 
-const TERMINAL_STATUSES: &[(Key, TerminalEvent)] = &[
-    (k(b"completed"), TerminalEvent::Completed),
-    (k(b"incomplete"), TerminalEvent::Incomplete),
-    (k(b"failed"), TerminalEvent::Failed),
-];
+fn anthropic_usage(field: &[u8]) -> Node {
+    match field {
+        b"input_tokens" => usage(Field::Prompt),
+        b"output_tokens" => usage(Field::Completion),
+        b"cache_read_input_tokens" => usage(Field::CacheRead),
+        b"cache_creation_input_tokens" => usage(Field::CacheWrite),
+        b"cache_creation" => Node::ACacheCreation,
+        b"server_tool_use" => Node::AServerTools,
+        _ => Node::Dead,
+    }
+}
 
 pub(super) fn terminal_for_type(kind: &[u8]) -> Option<TerminalEvent> {
-    find(TERMINAL_TYPES, kind)
+    match kind {
+        b"response.completed" | b"message_stop" => Some(TerminalEvent::Completed),
+        b"response.incomplete" => Some(TerminalEvent::Incomplete),
+        b"response.failed" | b"error" => Some(TerminalEvent::Failed),
+        _ => None,
+    }
 }
 
 pub(super) fn terminal_for_status(status: &[u8]) -> Option<TerminalEvent> {
-    find(TERMINAL_STATUSES, status)
+    match status {
+        b"completed" => Some(TerminalEvent::Completed),
+        b"incomplete" => Some(TerminalEvent::Incomplete),
+        b"failed" => Some(TerminalEvent::Failed),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
