@@ -573,6 +573,15 @@ impl Gateway {
             .collect()
     }
 
+    /// Calls a filter export as a misbehaving host would (a context id the filter never saw, a
+    /// call token it never issued): the export's result, `None` if the module has no such
+    /// export. A trap fails the test, as in every other callback.
+    pub fn raw_callback(&self, worker: usize, name: &str, args: &[i32]) -> Option<i32> {
+        let mut inner = self.inner.borrow_mut();
+        inner.ensure_started();
+        inner.call(worker, name, args).ok().flatten()
+    }
+
     /// Envoy's plugin shutdown: `proxy_on_done` on every root context; `true` if all are done
     /// (a root that answers false is done once it calls `proxy_done`).
     pub fn shutdown(&self) -> bool {

@@ -29,12 +29,10 @@ use crate::admission::{Admission, Enforcer, Verdict};
 use crate::banner::{BannerMetrics, Fed, Page, PageRewriter};
 use crate::context_memory::SharedContextMemory;
 use crate::enforce::EnforcementRoot;
-use crate::host::{self, Buffer, LogLevel, Map};
+use crate::host::{self, Action, Buffer, LogLevel, Map};
 use crate::metrics::{Metrics, Outcome, FLUSH_INTERVAL_MS};
 use crate::settle::{self, Ended, Exchange};
 use crate::wire::HeaderMap;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use std::cell::RefCell;
 use tollgate_core::attribution::{Field, HeaderFacts, KeyDigests, QueryKey};
@@ -110,9 +108,10 @@ impl LogLevelCache {
     }
 }
 
-impl Context for Root {
+/// The callbacks `crate::abi` delivers to a root context.
+impl Root {
     /// Answers to calls the root made for enforcement (lease top-ups, usage batches).
-    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    pub fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(enforcement) = &self.enforcement else { return };
         let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
         let headers = host::headers(Map::HttpCallResponseHeaders).unwrap_or_default();
@@ -120,7 +119,8 @@ impl Context for Root {
         enforcement.on_http_call_response(token, status, &body, host::now_ms());
     }
 
-    fn on_done(&mut self) -> bool {
+    /// The plugin is going away: counters flushed, enforcement's records handed on.
+    pub fn on_done(&mut self) -> bool {
         self.metrics.flush();
         if let Some(m) = &self.context_memory {
             m.flush();
@@ -136,10 +136,8 @@ impl Context for Root {
         }
         true
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, size: usize) -> bool {
+    pub fn on_configure(&mut self, size: usize) -> bool {
         let bytes = match host::get_buffer(Buffer::PluginConfiguration, 0, size) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -204,7 +202,7 @@ impl RootContext for Root {
         }
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         self.metrics.flush();
         if let Some(m) = &self.context_memory {
             m.flush();
@@ -220,10 +218,12 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// A new HTTP stream of this plugin, built where it will live (a `Stream` is large: moved
+    /// by value it is copied byte by byte).
+    pub fn create_stream(&self, context_id: u32) -> Rc<RefCell<Stream>> {
         let enforcer = self.enforcement.as_ref().map(EnforcementRoot::for_request);
         let access_log = AccessLog::new(self.config.as_ref().map(|c| c.access_log).unwrap_or_default());
-        Some(Box::new(Stream {
+        Rc::new(RefCell::new(Stream {
             access_log,
             log_level: Rc::clone(&self.log_level),
             key_digests: Rc::clone(&self.key_digests),
@@ -242,10 +242,6 @@ impl RootContext for Root {
             response: None,
             pending_response_headers: Vec::new(),
         }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
 
@@ -812,8 +808,10 @@ impl Stream {
     }
 }
 
-impl Context for Stream {
-    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+/// The callbacks `crate::abi` delivers to an HTTP stream.
+impl Stream {
+    /// An answer to a lease call this request made while paused for admission.
+    pub fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         if self.phase != Phase::AwaitingAdmission {
             return;
         }
@@ -828,13 +826,7 @@ impl Context for Stream {
         }
     }
 
-    fn on_done(&mut self) -> bool {
-        true
-    }
-}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.phase != Phase::Start {
             return Action::Continue;
         }
@@ -948,7 +940,7 @@ impl HttpContext for Stream {
         Action::Pause
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.phase != Phase::AwaitingBody {
             return Action::Continue;
         }
@@ -965,7 +957,7 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    pub fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // A body followed by trailers ends here rather than with end_of_stream on a body chunk.
         if self.phase != Phase::AwaitingBody {
             return Action::Continue;
@@ -984,7 +976,7 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.page.is_some() {
             self.page_headers(end_of_stream);
             return Action::Continue;
@@ -1027,7 +1019,7 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.page.is_some() {
             self.page_body(body_size, end_of_stream);
             return Action::Continue;
@@ -1061,7 +1053,7 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+    pub fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         // A page that ends with trailers ends without a last body chunk: whatever the rewriter
         // still held cannot be sent any more.
         if let Some(Page::Rewriting(_)) = self.page.take() {
@@ -1073,7 +1065,7 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_log(&mut self) {
+    pub fn on_log(&mut self) {
         // A request still waiting for admission was abandoned (client gone): nothing to charge.
         if self.phase == Phase::AwaitingAdmission {
             self.phase = Phase::Settled;

@@ -2,8 +2,8 @@
 //!
 //! The proxy-wasm SDK's `hostcalls` panic on any status they did not expect, and a panic traps the
 //! VM. These wrappers call the ABI directly and turn each status into a value the filter decides
-//! about. Memory the host returns is allocated through the SDK's `proxy_on_memory_allocate`
-//! (the global allocator), so it is taken back with `Vec::from_raw_parts`, as the SDK does.
+//! about. Memory the host returns is allocated through `crate::abi::proxy_on_memory_allocate`
+//! (the global allocator, a `Vec<u8>`'s layout), so it is taken back with `Vec::from_raw_parts`.
 //!
 //! Outside wasm (native `cargo test`), the imports are replaced by stubs that report failure, so
 //! the crate builds and its pure parts are tested without a host.
@@ -19,6 +19,16 @@ pub struct HostError(pub u32);
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+
+/// What a stream callback tells the host: go on, or hold the stream where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Action {
+    Continue = 0,
+    /// Stop iteration: the host buffers the body and calls again with the next chunk; a paused
+    /// request resumes with `proxy_continue_stream`.
+    Pause = 1,
+}
 
 /// Buffers the filter reads or writes.
 #[derive(Debug, Clone, Copy)]
@@ -299,6 +309,20 @@ mod imports {
         pub fn proxy_dequeue_shared_queue(id: u32, value: *mut *mut u8, value_size: *mut usize) -> u32;
         pub fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn proxy_http_call(
+            upstream: *const u8,
+            upstream_size: usize,
+            headers: *const u8,
+            headers_size: usize,
+            body: *const u8,
+            body_size: usize,
+            trailers: *const u8,
+            trailers_size: usize,
+            timeout_ms: u32,
+            token: *mut u32,
+        ) -> u32;
+        pub fn proxy_set_effective_context(context_id: u32) -> u32;
     }
 }
 
@@ -314,6 +338,8 @@ mod imports {
     pub unsafe fn proxy_dequeue_shared_queue(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 { FAIL }
     pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 { FAIL }
     pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 { FAIL }
+    pub unsafe fn proxy_http_call(_: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: *const u8, _: usize, _: u32, _: *mut u32) -> u32 { FAIL }
+    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 { FAIL }
 }
 
 /// A shared-data value and its version (`None`: the key is absent).
@@ -378,17 +404,68 @@ pub fn dequeue(id: u32) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
-/// Dispatches an HTTP call to `cluster`; the answer arrives at the current context's
-/// `on_http_call_response` with the returned token.
-///
-/// This one goes through the SDK's `hostcalls::dispatch_http_call`: its dispatcher routes the
-/// answer by token and only knows tokens registered there (an unknown token panics in the SDK).
-/// That wrapper panics only on a status Envoy's `httpCall` never returns (Envoy answers Ok,
-/// BadArgument for an unknown cluster, or InternalFailure).
+/// Dispatches an HTTP call to `cluster`; the answer arrives at the calling context's
+/// `on_http_call_response` with the returned token (`crate::abi` routes it by that token).
 pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u64) -> Result<u32, HostError> {
-    let timeout = std::time::Duration::from_millis(timeout_ms.min(u64::from(u32::MAX)));
-    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers.to_vec(), Some(body), Vec::new(), timeout)
-        .map_err(|status| HostError(status as u32))
+    let headers = wire::encode_map(headers);
+    let trailers = wire::encode_map(&[]);
+    let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths describe live data; out-pointer to a live local.
+    check(unsafe {
+        imports::proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout,
+            &mut token,
+        )
+    })?;
+    CALLERS.with(|c| {
+        if let Ok(mut calls) = c.calls.try_borrow_mut() {
+            calls.push((token, c.current.get()));
+        }
+    });
+    Ok(token)
+}
+
+/// Which context each outbound call belongs to, so its answer reaches it.
+struct Callers {
+    /// (token, context) of the calls not answered yet: a handful (lease top-ups, usage batches,
+    /// requests paused for a lease), searched in order.
+    calls: std::cell::RefCell<Vec<(u32, u32)>>,
+    /// The context whose callback is running (`enter_context`).
+    current: std::cell::Cell<u32>,
+}
+
+thread_local! {
+    static CALLERS: Callers = const { Callers { calls: std::cell::RefCell::new(Vec::new()), current: std::cell::Cell::new(0) } };
+}
+
+/// The host is calling into `context_id`: outbound calls made from here on are its.
+pub fn enter_context(context_id: u32) {
+    CALLERS.with(|c| c.current.set(context_id));
+}
+
+/// The context that made the call `token` (once: the answer is delivered once).
+pub fn caller_of(token: u32) -> Option<u32> {
+    CALLERS.with(|c| {
+        let mut calls = c.calls.try_borrow_mut().ok()?;
+        let at = calls.iter().position(|(t, _)| *t == token)?;
+        Some(calls.swap_remove(at).1)
+    })
+}
+
+/// Makes `context_id` the context later host calls act on (an outbound call's answer is
+/// delivered outside any stream callback).
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: plain value.
+    check(unsafe { imports::proxy_set_effective_context(context_id) })
 }
 
 /// Defines a gauge; Envoy names it `wasmcustom.<name>`.

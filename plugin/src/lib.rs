@@ -6,6 +6,8 @@
 //! Budget enforcement plugs in at two points (see [`admission`]).
 //!
 //! # Layout
+//! - [`abi`]: the callbacks the host calls (the proxy-wasm ABI's exports) and the contexts they
+//!   reach; never traps on an id or token it does not know.
 //! - [`filter`]: the root and HTTP contexts; each callback advances the request's phase.
 //! - [`admission`]: the admission / settlement hooks (imports nothing of the crate).
 //! - [`enforce`]: budget enforcement behind those hooks (leases in shared data, usage queue);
@@ -28,6 +30,7 @@
 //!
 //! Nothing here may panic: a panic traps the VM (`[lints.clippy]` denies unwrap/expect/panic).
 
+pub mod abi;
 pub mod access_log;
 pub mod admission;
 pub mod banner;
@@ -47,8 +50,3 @@ pub mod wire;
 #[global_allocator]
 static ALLOCATOR: small_alloc::SmallAlloc = small_alloc::SmallAlloc::new();
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(filter::Root::default()) });
-}}
